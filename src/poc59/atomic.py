@@ -1,0 +1,37 @@
+"""Atomic file writes: a reader sees the old file or the new one, never half of one.
+
+Write to a temporary file in the same folder, flush to disk, then rename over
+the target (a rename within one filesystem is atomic). A failed write (full
+disk, crash) leaves the previous file intact and removes the temporary one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+
+def write_bytes(path: str | Path, data: bytes) -> Path:
+    """Write `data` to `path` atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_json(path: str | Path, obj: Any) -> Path:
+    """Write `obj` as indented JSON atomically; NaN is refused (use None for 'absent')."""
+    text = json.dumps(obj, indent=2, allow_nan=False, default=str) + "\n"
+    return write_bytes(path, text.encode())

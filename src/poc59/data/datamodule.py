@@ -1,0 +1,189 @@
+"""The LightningDataModule: folder -> uint8 tensors in RAM -> whole batches -> augmented on the device.
+
+Knows nothing of models. After `setup()` it offers what the model side needs:
+`classes` (the class table), `class_weights` (for the loss), `split` and
+`val_masks` (for reporting).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+
+from poc59.classes import ClassTable, load_class_table
+from poc59.data.augment import FlipRotate
+from poc59.data.class_weights import load_or_compute
+from poc59.data.feed import BatchFeed
+from poc59.data.preload import Preloaded, preload
+from poc59.data.sources import DEFAULT_GROUP_PATTERN, Sample, discover
+from poc59.data.split import Split, grouped_split
+
+log = logging.getLogger(__name__)
+
+
+def files_fingerprint(samples: list[Sample]) -> str:
+    """Names, sizes and modification times of every file: changes when any file changes."""
+    h = hashlib.sha256()
+    for s in samples:
+        for p in (s.image, s.mask):
+            st = p.stat()
+            h.update(f"{p.name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:16]
+
+
+class SegmentationDataModule(L.LightningDataModule):
+    """ARTeFACT-layout folder, preloaded once, split by source image, fed as whole batches."""
+
+    def __init__(
+        self,
+        root: str | Path,
+        image_size: int = 384,
+        batch_size: int = 96,
+        val_fraction: float = 0.2,
+        seed: int = 0,
+        val_aug_copies: bool = False,
+        group_pattern: str = DEFAULT_GROUP_PATTERN,
+        augment: dict[str, float] | None = None,
+        class_weights: dict[str, Any] | None = None,
+        synthetic: dict[str, int] | None = None,
+        cache_dir: str | Path | None = None,
+    ) -> None:
+        super().__init__()
+        self.root = Path(root).expanduser().resolve()
+        self.image_size = int(image_size)
+        self.batch_size = int(batch_size)
+        self.val_fraction = float(val_fraction)
+        self.seed = int(seed)
+        self.val_aug_copies = bool(val_aug_copies)
+        self.group_pattern = group_pattern
+        self.augment = FlipRotate(**(augment or {}))
+        self.class_weights_cfg = {"method": "inverse_sqrt", "cap": None, **(class_weights or {})}
+        self.synthetic = dict(synthetic) if synthetic else None
+        self.cache_dir = Path(cache_dir).expanduser().resolve() if cache_dir else None
+        self.samples: list[Sample] = []
+        self.data: Preloaded | None = None
+        self._split: Split | None = None
+        self.class_weights_record: dict | None = None
+        self._aug_generator = torch.Generator().manual_seed(self.seed)
+
+    # -- preparation -------------------------------------------------------------------------
+    def prepare_data(self) -> None:
+        """Generate the built-in synthetic set on first use (once per node)."""
+        if self.synthetic is not None:
+            from poc59.data.synthetic import ensure_synthetic
+
+            ensure_synthetic(self.root, **self.synthetic)
+
+    def setup(self, stage: str | None = None) -> None:
+        """Discover, split and preload; idempotent, so train.py may call it before `fit`."""
+        if self.data is not None:
+            return
+        self.classes = load_class_table(self.root)
+        self.samples = discover(self.root, self.group_pattern)
+        self._split = grouped_split(self.samples, self.val_fraction, self.seed, self.val_aug_copies)
+        self.data = preload(self.samples, self.image_size, self.classes.num_classes, self.classes.ignore_index)
+        self.fingerprint = files_fingerprint(self.samples)
+        split_fp = self.split["fingerprint"]
+        key = f"{self.fingerprint}-{split_fp}-{self.image_size}-{self.class_weights_cfg['method']}-{self.class_weights_cfg['cap']}"
+        self.class_weights_record = load_or_compute(
+            self.cache_dir / f"class_weights-{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
+            if self.cache_dir
+            else None,
+            self.data.masks[list(self._split.train)],
+            self.classes.names,
+            fingerprint=key,
+            **self.class_weights_cfg,
+        )
+        n_train, n_val = len(self._split.train), len(self._split.val)
+        log.info(
+            "Data %s: %d pairs, %d classes; split by source image: %d train, %d validation (seed %d)",
+            self.root, len(self.samples), self.classes.num_classes, n_train, n_val, self.seed,
+        )
+
+    # -- what the model side reads -----------------------------------------------------------
+    @property
+    def split(self) -> dict:
+        """Ids per side and a fingerprint (written to split.json)."""
+        assert self._split is not None, "call setup() first"
+        return self._split.to_dict(self.samples)
+
+    @property
+    def class_weights(self) -> torch.Tensor:
+        assert self.class_weights_record is not None, "call setup() first"
+        return torch.tensor(self.class_weights_record["weights"], dtype=torch.float32)
+
+    @property
+    def val_masks(self) -> torch.Tensor:
+        assert self.data is not None and self._split is not None, "call setup() first"
+        return self.data.masks[list(self._split.val)]
+
+    def describe(self) -> dict:
+        """Data provenance for summary.json."""
+        return {
+            "root": str(self.root),
+            "image_size": self.image_size,
+            "batch_size_per_device": self.batch_size,
+            "images": len(self.samples),
+            "train_images": len(self._split.train) if self._split else None,
+            "val_images": len(self._split.val) if self._split else None,
+            "files_fingerprint": getattr(self, "fingerprint", None),
+            "split_fingerprint": self.split["fingerprint"] if self._split else None,
+            "preload_seconds": round(self.data.seconds, 3) if self.data else None,
+            "preload_bytes": self.data.nbytes if self.data else None,
+            "augment": vars(self.augment),
+        }
+
+    # -- batches -----------------------------------------------------------------------------
+    def _feed(self, indices: tuple[int, ...], train: bool) -> BatchFeed:
+        assert self.data is not None, "call setup() first"
+        trainer = self.trainer
+        rank, world = (trainer.global_rank, trainer.world_size) if trainer else (0, 1)
+        device = trainer.strategy.root_device if trainer else torch.device("cpu")
+        batch_size = self.batch_size
+        per_rank = len(indices) // world
+        if train and per_rank < batch_size:
+            if per_rank < 1:
+                raise ValueError(f"{len(indices)} training images cannot feed {world} devices")
+            log.warning(
+                "data.batch_size=%d is larger than the %d training images per device; using batches of %d",
+                batch_size, per_rank, per_rank,
+            )
+            batch_size = per_rank
+        return BatchFeed(
+            self.data.images,
+            self.data.masks,
+            indices,
+            batch_size,
+            shuffle=train,
+            drop_last=train,
+            seed=self.seed,
+            epoch_fn=(lambda: trainer.current_epoch) if trainer else (lambda: 0),
+            rank=rank,
+            world_size=world,
+            device=device,
+        )
+
+    def train_dataloader(self) -> BatchFeed:
+        return self._feed(self._split.train, train=True)
+
+    def val_dataloader(self) -> BatchFeed:
+        return self._feed(self._split.val, train=False)
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        if self.trainer is not None and self.trainer.training:
+            images, masks = batch
+            return self.augment(images, masks, self._aug_generator)
+        return batch
+
+    def state_dict(self) -> dict[str, Any]:
+        """The augmentation RNG, so a resumed run draws what an unbroken one would."""
+        return {"aug_generator": self._aug_generator.get_state()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if "aug_generator" in state_dict:
+            self._aug_generator.set_state(state_dict["aug_generator"])

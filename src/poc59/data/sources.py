@@ -1,0 +1,102 @@
+"""Find image/mask pairs in an ARTeFACT-layout folder and say clearly what is wrong.
+
+ROOT/images/<stem>.<png|jpg|jpeg|tif|tiff|bmp|webp> pairs with ROOT/annotations/<stem>.<ext>.
+An original and its augmented copies (`<id>_aug1`, ...) form one *group*,
+found with `group_pattern`, so a split can keep them on one side.
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp")
+DEFAULT_GROUP_PATTERN = r"^(?P<group>.+?)_aug\d+$"
+
+
+class DataError(ValueError):
+    """Bad or missing input data; the message names the files and the fix."""
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One image/mask pair."""
+
+    id: str
+    image: Path
+    mask: Path
+    group: str
+    is_copy: bool
+    material: str | None = None
+
+
+def _by_stem(folder: Path) -> dict[str, Path]:
+    found: dict[str, Path] = {}
+    duplicates: list[str] = []
+    for path in sorted(folder.iterdir()):
+        if path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith("."):
+            if path.stem in found:
+                duplicates.append(f"{found[path.stem].name} / {path.name}")
+            found[path.stem] = path
+    if duplicates:
+        raise DataError(f"{folder}: several files share a stem: {', '.join(duplicates[:5])}; keep one of each")
+    return found
+
+
+def _materials(root: Path) -> dict[str, str]:
+    path = root / "metadata.csv"
+    if not path.exists():
+        return {}
+    with path.open(newline="") as f:
+        reader = csv.DictReader(f)
+        if not reader.fieldnames or "id" not in reader.fieldnames or "material" not in reader.fieldnames:
+            return {}
+        return {row["id"]: row["material"] for row in reader if row.get("id")}
+
+
+def discover(root: str | Path, group_pattern: str = DEFAULT_GROUP_PATTERN) -> list[Sample]:
+    """All pairs under `root`, sorted by id. Raises DataError for a missing folder or an unpaired file."""
+    root = Path(root)
+    images_dir, masks_dir = root / "images", root / "annotations"
+    if not root.is_dir():
+        raise DataError(
+            f"data folder not found: {root.resolve()}\n"
+            "Point data.root at a folder with images/ and annotations/ (ARTeFACT layout), "
+            "or try the built-in synthetic set: python -m poc59.train experiment=quickstart"
+        )
+    for sub in (images_dir, masks_dir):
+        if not sub.is_dir():
+            raise DataError(f"{root.resolve()} has no {sub.name}/ folder; expected ROOT/images and ROOT/annotations")
+    images, masks = _by_stem(images_dir), _by_stem(masks_dir)
+    if not images and not masks:
+        raise DataError(f"{images_dir} and {masks_dir} hold no images ({', '.join(IMAGE_EXTENSIONS)})")
+    lonely_images = sorted(set(images) - set(masks))
+    lonely_masks = sorted(set(masks) - set(images))
+    if lonely_images or lonely_masks:
+        lines = [f"  image without mask: {images[s]}" for s in lonely_images[:10]]
+        lines += [f"  mask without image: {masks[s]}" for s in lonely_masks[:10]]
+        more = len(lonely_images) + len(lonely_masks) - len(lines)
+        raise DataError(
+            "unpaired files (each image needs a mask with the same name stem):\n"
+            + "\n".join(lines)
+            + (f"\n  ... and {more} more" if more > 0 else "")
+        )
+    pattern = re.compile(group_pattern)
+    materials = _materials(root)
+    samples = []
+    for stem in sorted(images):
+        m = pattern.match(stem)
+        group = m.group("group") if m else stem
+        samples.append(
+            Sample(
+                id=stem,
+                image=images[stem],
+                mask=masks[stem],
+                group=group,
+                is_copy=m is not None,
+                material=materials.get(stem) or materials.get(group),
+            )
+        )
+    return samples

@@ -1,0 +1,75 @@
+"""Training throughput and peak memory, measured the way summary.json states them.
+
+Images/s counts all devices together, over training steps only: validation is
+paused out, the first epoch is skipped (warm-up, cuDNN autotuning, allocator
+growth) and, in a one-epoch run, only the first step is skipped.
+"""
+
+from __future__ import annotations
+
+import resource
+import time
+from typing import Any
+
+import lightning as L
+import torch
+
+CONVENTION = (
+    "training images per second, all devices together, training steps only "
+    "(validation excluded; first epoch excluded, or only its first step in a 1-epoch run)"
+)
+
+
+def _sync(trainer: L.Trainer) -> None:
+    if trainer.strategy.root_device.type == "cuda":
+        torch.cuda.synchronize(trainer.strategy.root_device)
+
+
+def peak_memory(device: torch.device) -> dict:
+    """Peak memory with its meaning: CUDA max allocated on GPU, else peak RSS of this process."""
+    if device.type == "cuda":
+        return {"bytes": int(torch.cuda.max_memory_allocated(device)), "kind": "CUDA max allocated (this process)"}
+    rss_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    return {"bytes": int(rss_kib) * 1024, "kind": "peak resident set size of the main process"}
+
+
+class TrainThroughput(L.Callback):
+    """Times each training epoch from the end of its first step to the start of validation."""
+
+    def __init__(self) -> None:
+        self.epochs: list[dict[str, float]] = []  # per epoch: images and seconds after the first step
+        self._t0: float | None = None
+        self._images = 0
+        self._step = 0
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._t0, self._images, self._step = None, 0, 0
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+        self._step += 1
+        if self._step == 1:
+            _sync(trainer)
+            self._t0 = time.perf_counter()
+            return
+        self._images += batch[0].shape[0] * trainer.world_size
+
+    def _close_epoch(self, trainer: L.Trainer) -> None:
+        if self._t0 is None:
+            return
+        _sync(trainer)
+        self.epochs.append({"images": self._images, "seconds": time.perf_counter() - self._t0})
+        self._t0 = None
+
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self._close_epoch(trainer)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._close_epoch(trainer)  # when validation did not run this epoch
+
+    def images_per_second(self) -> float | None:
+        """The figure under CONVENTION, or None if no step was timed."""
+        epochs = self.epochs[1:] if len(self.epochs) > 1 else self.epochs
+        images = sum(e["images"] for e in epochs)
+        seconds = sum(e["seconds"] for e in epochs)
+        return images / seconds if images and seconds > 0 else None

@@ -1,0 +1,190 @@
+"""Train one model: `python -m poc59.train [Hydra overrides]`.
+
+Instantiates data, network, loss, optimizer, scheduler, callbacks, loggers and
+trainer from the composed config (conf/train.yaml), fits, and writes the run's
+summary.json. The only place where `poc59.data` and `poc59.model` meet.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning as L
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from poc59.atomic import write_bytes, write_json
+from poc59.config import config_dir, register_resolvers
+from poc59.data.datamodule import SegmentationDataModule
+from poc59.data.sources import DataError
+from poc59.model.factory import (
+    MissingWeightsError,
+    UnknownEncoderError,
+    build_network,
+    check_image_size,
+    count_parameters,
+    normalization,
+)
+from poc59.model.metrics import all_clean_baseline, metric_convention
+from poc59.model.module import SegmentationModule
+from poc59.provenance import git_commit, package_versions
+from poc59.throughput import CONVENTION as THROUGHPUT_CONVENTION
+from poc59.throughput import TrainThroughput, peak_memory
+
+log = logging.getLogger("poc59.train")
+
+USER_ERRORS = (DataError, MissingWeightsError, UnknownEncoderError)
+
+
+def _instantiate_all(group: DictConfig | None) -> list[Any]:
+    """One object per entry of a callbacks/logger group (entries without _target_ are skipped)."""
+    return [instantiate(c) for c in (group or {}).values() if c is not None and "_target_" in c]
+
+
+def _best(history: list[dict]) -> dict | None:
+    scored = [h for h in history if h["mIoU"] is not None]
+    return max(scored, key=lambda h: h["mIoU"]) if scored else None
+
+
+def train(cfg: DictConfig) -> dict:
+    """Fit one model as configured; returns (and on rank 0 writes) the run summary."""
+    started = time.perf_counter()
+    L.seed_everything(cfg.seed, workers=True)
+    run_dir = Path(cfg.paths.run_dir)
+
+    datamodule: SegmentationDataModule = instantiate(cfg.data)
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    classes = datamodule.classes
+
+    enc = cfg.encoder
+    check_image_size(datamodule.image_size, enc.input_multiple, enc.name)
+    network = {
+        "name": enc.name,
+        "decoder": enc.decoder,
+        "num_classes": classes.num_classes,
+        "kwargs": OmegaConf.to_container(enc.get("kwargs") or {}),
+        "decoder_kwargs": OmegaConf.to_container(enc.get("decoder_kwargs") or {}),
+    }
+    net = build_network(**network, weights=enc.weights, weights_dir=cfg.paths.weights_dir)
+    loss = instantiate(cfg.loss, class_weights=datamodule.class_weights)
+    module = SegmentationModule(
+        net,
+        loss,
+        instantiate(cfg.optimizer),
+        instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
+        classes=classes.to_dict(),
+        normalization=normalization(enc.name),
+        network=network,
+        image_size=datamodule.image_size,
+    )
+    callbacks = _instantiate_all(cfg.get("callbacks"))
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=_instantiate_all(cfg.get("logger")))
+
+    if trainer.is_global_zero:
+        write_bytes(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True).encode())
+        write_json(run_dir / "split.json", datamodule.split)
+        write_json(run_dir / "class_weights.json", datamodule.class_weights_record)
+        log.info("Run folder: %s", run_dir)
+
+    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+
+    best = _best(module.history)
+    baseline = all_clean_baseline(datamodule.val_masks, classes.num_classes, classes.ignore_index)
+    throughput = next((c for c in callbacks if isinstance(c, TrainThroughput)), None)
+    ckpt = trainer.checkpoint_callback
+    summary = {
+        "encoder": enc.name,
+        "decoder": enc.decoder,
+        "family": enc.get("family"),
+        "parameters": count_parameters(net),
+        "image_size": datamodule.image_size,
+        "classes": classes.to_dict(),
+        "epochs_run": trainer.current_epoch,
+        "best_epoch": best["epoch"] if best else None,
+        "val/mIoU": best["mIoU"] if best else None,
+        "val/IoU": best["IoU"] if best else None,
+        "all_clean_baseline_val/mIoU": baseline,
+        "metric_convention": metric_convention(),
+        "train_images_per_s": throughput.images_per_second() if throughput else None,
+        "train_images_per_s_convention": THROUGHPUT_CONVENTION,
+        "peak_memory": peak_memory(trainer.strategy.root_device),
+        "wall_time_s": round(time.perf_counter() - started, 2),
+        "checkpoint": {
+            "best": ckpt.best_model_path if ckpt else None,
+            "last": str(Path(ckpt.dirpath) / "last.ckpt") if ckpt and ckpt.save_last else None,
+        },
+        "history": module.history,
+        "provenance": {
+            "loss": loss.describe(),
+            "class_weights": datamodule.class_weights_record,
+            "optimizer": OmegaConf.to_container(cfg.optimizer, resolve=True),
+            "scheduler": OmegaConf.to_container(cfg.scheduler, resolve=True) if cfg.get("scheduler") else None,
+            "batch_size_per_device": datamodule.batch_size,
+            "devices": trainer.world_size,
+            "precision": str(trainer.precision),
+            "seed": cfg.seed,
+            "encoder_weights": enc.weights,
+            "data": datamodule.describe(),
+            "git_commit": git_commit(),
+            "packages": package_versions(),
+        },
+    }
+    if trainer.is_global_zero:
+        write_json(run_dir / "summary.json", summary)
+        _report(summary, run_dir)
+    return summary
+
+
+def _report(summary: dict, run_dir: Path) -> None:
+    """A few plain lines at the end of a run; the full record is in summary.json."""
+    miou, base = summary["val/mIoU"], summary["all_clean_baseline_val/mIoU"]
+    fmt = lambda v: "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:.2f} %"
+    log.info("Best val/mIoU %s at epoch %s (%s)", fmt(miou), summary["best_epoch"], summary["metric_convention"])
+    log.info("Predicting Clean everywhere on the same validation set scores val/mIoU %s", fmt(base))
+    ips = summary["train_images_per_s"]
+    log.info("Training throughput: %s images/s (%s)", f"{ips:.1f}" if ips else "n/a", summary["train_images_per_s_convention"])
+    log.info("Summary: %s", run_dir / "summary.json")
+
+
+def _encoder_presets() -> list[str]:
+    return sorted(p.stem for p in (config_dir() / "encoder").glob("*.yaml"))
+
+
+def check_encoder_choice(argv: list[str]) -> None:
+    """Say which presets exist, and how to name any smp/timm encoder, before Hydra's terser error."""
+    presets = _encoder_presets()
+    for arg in argv:
+        key, _, value = arg.lstrip("+~").partition("=")
+        if key == "encoder" and value and value not in presets and "," not in value and "(" not in value:
+            sys.exit(
+                f"error: unknown encoder preset {value!r}. Presets: {', '.join(presets)}.\n"
+                f"Any segmentation-models-pytorch or timm encoder works by name: "
+                f"encoder=custom encoder.name={value if value.startswith('tu-') else 'tu-' + value}"
+            )
+
+
+@hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="train")
+def _hydra_main(cfg: DictConfig) -> float | None:
+    try:
+        summary = train(cfg)
+    except USER_ERRORS as err:
+        log.error("%s", err)
+        raise SystemExit(2) from None
+    return summary["val/mIoU"]  # the value a Hydra sweeper optimises
+
+
+def main() -> None:
+    register_resolvers()
+    check_encoder_choice(sys.argv[1:])
+    _hydra_main()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,60 @@
+import pytest
+import torch
+
+from poc59.data.feed import BatchFeed
+
+
+def _set(n=23, size=4):
+    images = torch.arange(n, dtype=torch.uint8).view(n, 1, 1, 1).expand(n, 3, size, size).contiguous()
+    masks = images[:, 0].clone()
+    return images, masks
+
+
+def test_batches_are_the_indexed_samples_and_cover_each_once():
+    images, masks = _set()
+    indices = list(range(3, 23))
+    feed = BatchFeed(images, masks, indices, 6, shuffle=False, drop_last=False)
+    batches = [(i.clone(), m.clone()) for i, m in feed]  # buffers are reused: keep copies
+    assert len(feed) == len(batches) == 4 and [b[0].shape[0] for b in batches] == [6, 6, 6, 2]
+    seen = torch.cat([b[0][:, 0, 0, 0] for b in batches]).tolist()
+    assert seen == indices
+    for imgs, msks in batches:
+        assert torch.equal(imgs[:, 0], msks)
+
+
+def test_buffers_are_reused_but_not_clobbered_by_one_batch_of_lookahead():
+    images, masks = _set(40)
+    feed = BatchFeed(images, masks, range(40), 5, shuffle=True, drop_last=True, seed=1)
+    it = iter(feed)
+    prev = next(it)
+    prev_ids = prev[0][:, 0, 0, 0].clone()
+    ptrs = {prev[0].data_ptr()}
+    for cur in it:  # Lightning holds the previous batch while fetching the next
+        assert torch.equal(prev[0][:, 0, 0, 0], prev_ids)
+        prev, prev_ids = cur, cur[0][:, 0, 0, 0].clone()
+        ptrs.add(cur[0].data_ptr())
+    assert len(ptrs) == 3  # a ring of three reused buffers, no fresh allocation per batch
+
+
+def test_shuffle_is_seeded_per_epoch():
+    images, masks = _set(30)
+    epoch = {"e": 0}
+    feed = BatchFeed(images, masks, range(30), 10, shuffle=True, drop_last=True, seed=5, epoch_fn=lambda: epoch["e"])
+    a = torch.cat([b[0][:, 0, 0, 0] for b in feed]).tolist()
+    again = torch.cat([b[0][:, 0, 0, 0] for b in feed]).tolist()
+    epoch["e"] = 1
+    b = torch.cat([b[0][:, 0, 0, 0] for b in feed]).tolist()
+    assert a == again and a != b and sorted(a) == sorted(b) == list(range(30))
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_rank_shards_are_disjoint_equal_and_cover(world):
+    images, masks = _set(23)
+    train = [BatchFeed(images, masks, range(23), 2, shuffle=True, drop_last=True, seed=0, rank=r, world_size=world) for r in range(world)]
+    shards = [set(f.shard(0).tolist()) for f in train]
+    assert len({len(f) for f in train}) == 1  # equal number of batches on every rank
+    assert all(not (shards[i] & shards[j]) for i in range(world) for j in range(i + 1, world))
+    assert len(set().union(*shards)) == 23 // world * world
+    val = [BatchFeed(images, masks, range(23), 4, shuffle=False, drop_last=False, rank=r, world_size=world) for r in range(world)]
+    seen = sorted(i for f in val for b in f for i in b[0][:, 0, 0, 0].tolist())
+    assert seen == list(range(23))  # validation sees every sample exactly once

@@ -1,0 +1,63 @@
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from poc59.classes import ARTEFACT, load_class_table
+from poc59.data.sources import DataError, discover
+
+from helpers import CRACKFOREST, make_folder, write_pair
+
+
+def test_discovers_real_crackforest_with_its_classes():
+    samples = discover(CRACKFOREST)
+    assert len(samples) == 118
+    assert all(s.image.suffix == ".jpg" and s.mask.suffix == ".png" for s in samples)
+    assert all(s.image.stem == s.mask.stem == s.id == s.group for s in samples)
+    table = load_class_table(CRACKFOREST)
+    assert table.names == ("background", "crack") and table.num_classes == 2
+    assert table.palette[0] == "#000000" and table.palette[1] != table.palette[0]
+
+
+def test_groups_originals_with_their_copies(tmp_path):
+    samples = discover(make_folder(tmp_path, n=3, copies=2))
+    assert len(samples) == 9
+    by_group = {}
+    for s in samples:
+        by_group.setdefault(s.group, []).append((s.id, s.is_copy))
+    assert by_group["img001"] == [("img001", False), ("img001_aug1", True), ("img001_aug2", True)]
+
+
+def test_missing_folder_says_where_and_what_to_do(tmp_path):
+    with pytest.raises(DataError, match="experiment=quickstart") as err:
+        discover(tmp_path / "nowhere")
+    assert str(tmp_path / "nowhere") in str(err.value)
+
+
+def test_empty_folder_is_an_error(tmp_path):
+    (tmp_path / "images").mkdir()
+    (tmp_path / "annotations").mkdir()
+    with pytest.raises(DataError, match="hold no images"):
+        discover(tmp_path)
+
+
+def test_unpaired_files_are_named(tmp_path):
+    make_folder(tmp_path, n=2, copies=0)
+    (tmp_path / "annotations" / "img001.png").unlink()
+    write_pair(tmp_path, "extra", np.zeros((8, 8, 3), np.uint8), np.zeros((8, 8)))
+    (tmp_path / "images" / "extra.png").unlink()
+    with pytest.raises(DataError) as err:
+        discover(tmp_path)
+    assert "image without mask" in str(err.value) and "img001.png" in str(err.value)
+    assert "mask without image" in str(err.value) and "extra.png" in str(err.value)
+
+
+def test_classes_json_overrides_and_bad_json_is_named(tmp_path):
+    make_folder(tmp_path, n=2, copies=0)
+    assert load_class_table(tmp_path) is ARTEFACT
+    (tmp_path / "classes.json").write_text(json.dumps(["a", "b", "c"]))
+    assert load_class_table(tmp_path).names == ("a", "b", "c")
+    (tmp_path / "classes.json").write_text("{not json")
+    with pytest.raises(ValueError, match="classes.json"):
+        load_class_table(tmp_path)
