@@ -26,7 +26,8 @@ def test_ignore_label_survives_resizing_and_is_never_remapped(tmp_path):
     mask[:, :16] = 255
     mask[10:20, 20:30] = 15
     write_pair(tmp_path, "a", np.full((32, 32, 3), 100, np.uint8), mask)
-    _, lab = load_pair(discover(tmp_path)[0], 16, num_classes=16, ignore_index=255)
+    _, lab, hw = load_pair(discover(tmp_path)[0], 16, num_classes=16, ignore_index=255)
+    assert hw == (16, 16)
     assert set(np.unique(lab).tolist()) == {0, 15, 255}
     assert (lab[:, :8] == 255).all()
 
@@ -53,6 +54,10 @@ def test_truncated_file_is_an_error_naming_it(tmp_path):
     path.write_bytes(path.read_bytes()[:60])
     with pytest.raises(DataError, match="cannot read .*img001.png"):
         preload(discover(tmp_path), 8, num_classes=4)
+    # on_bad_file=skip: the pair is left out and listed, never silently
+    data = preload(discover(tmp_path), 8, num_classes=4, on_bad_file="skip")
+    assert [s.id for s in data.samples] == ["img000"] and data.images.shape[0] == 1
+    assert data.skipped[0]["id"] == "img001" and "img001.png" in data.skipped[0]["reason"]
 
 
 def test_colour_mask_is_refused_and_palette_mask_read_as_indices(tmp_path):
@@ -77,3 +82,68 @@ def test_image_modes_become_rgb(tmp_path, mode):
     data = preload(discover(tmp_path), 8, num_classes=2)
     assert data.images.shape == (1, 3, 8, 8)
     assert data.images.float().std() == 0 and data.images.max() > 0
+
+
+def test_skip_keeps_tensors_aligned_with_samples(tmp_path):
+    make_folder(tmp_path, n=5, copies=0, size=(16, 16))
+    bad = np.zeros((16, 16), np.uint8)
+    bad[0, 0] = 99
+    write_pair(tmp_path, "img002", np.full((16, 16, 3), 5, np.uint8), bad)  # label out of range
+    samples = discover(tmp_path)
+    full = {s.id: preload([s], 16, num_classes=4).images[0] for s in samples if s.id != "img002"}
+    data = preload(samples, 16, num_classes=4, on_bad_file="skip")
+    assert [s.id for s in data.samples] == ["img000", "img001", "img003", "img004"]
+    for s, img in zip(data.samples, data.images):
+        assert torch.equal(img, full[s.id])
+    assert "[99]" in data.skipped[0]["reason"]
+
+
+def test_pad_keeps_aspect_and_pads_with_ignore(tmp_path):
+    write_pair(tmp_path, "wide", np.full((20, 40, 3), 200, np.uint8), np.ones((20, 40)))
+    data = preload(discover(tmp_path), 16, num_classes=2, policy="pad")
+    assert data.sizes[0].tolist() == [8, 16]
+    assert (data.masks[0, :8] == 1).all() and (data.masks[0, 8:] == 255).all()
+    assert (data.images[0, :, :8] == 200).all() and (data.images[0, :, 8:] == 0).all()
+
+
+def test_crop_keeps_native_scale_capped_at_max_side(tmp_path):
+    write_pair(tmp_path, "big", np.full((30, 50, 3), 9, np.uint8), np.ones((30, 50)))
+    write_pair(tmp_path, "small", np.full((10, 12, 3), 9, np.uint8), np.ones((10, 12)))
+    data = preload(discover(tmp_path), 16, num_classes=2, policy="crop", max_side=40)
+    assert data.images.shape[-1] == 48  # canvas: max_side rounded up to a multiple of image_size
+    assert data.sizes.tolist() == [[24, 40], [10, 12]]  # capped, never enlarged
+    assert (data.masks[1, :10, :12] == 1).all() and (data.masks[1, 10:] == 255).all()
+    with pytest.raises(ValueError, match="max_side"):
+        preload(discover(tmp_path), 16, num_classes=2, policy="crop")
+
+
+def test_cache_is_reused_invalidated_by_a_changed_file_and_rebuilt_when_damaged(tmp_path, caplog):
+    root = make_folder(tmp_path / "d", n=4, copies=1, size=(24, 24))
+    cache = tmp_path / "cache"
+    cold = preload(discover(root), 16, num_classes=4, cache_dir=cache)
+    assert cold.source == "decoded" and len(list(cache.glob("preload-*"))) == 1
+    warm = preload(discover(root), 16, num_classes=4, cache_dir=cache)
+    assert warm.source == "cache"
+    assert torch.equal(warm.images, cold.images) and torch.equal(warm.masks, cold.masks)
+    assert [s.id for s in warm.samples] == [s.id for s in cold.samples]
+    # a changed file: new key, decoded again, and the new pixels are used
+    write_pair(root, "img001", np.full((24, 24, 3), 77, np.uint8), np.zeros((24, 24)))
+    changed = preload(discover(root), 16, num_classes=4, cache_dir=cache)
+    assert changed.source == "decoded" and (changed.images[2] == 77).all()
+    # a damaged cache (truncated tensor file) is detected and rebuilt
+    folder = next(p for p in cache.glob("preload-*") if p.name.endswith(changed.key))
+    (folder / "images.u8").write_bytes((folder / "images.u8").read_bytes()[:100])
+    rebuilt = preload(discover(root), 16, num_classes=4, cache_dir=cache)
+    assert rebuilt.source == "decoded" and torch.equal(rebuilt.images, changed.images)
+    assert "damaged" in caplog.text
+    assert preload(discover(root), 16, num_classes=4, cache_dir=cache).source == "cache"
+    assert not list(cache.glob(".*tmp*"))  # no temporary folders left behind
+
+
+def test_too_little_ram_stops_before_allocating(tmp_path, monkeypatch):
+    import psutil
+
+    make_folder(tmp_path, n=2, copies=0, size=(16, 16))
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: type("vm", (), {"available": 1000})())
+    with pytest.raises(DataError, match="data.image_size"):
+        preload(discover(tmp_path), 16, num_classes=4)

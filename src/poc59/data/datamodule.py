@@ -19,21 +19,11 @@ from poc59.classes import ClassTable, load_class_table
 from poc59.data.augment import FlipRotate
 from poc59.data.class_weights import load_or_compute
 from poc59.data.feed import BatchFeed
-from poc59.data.preload import Preloaded, preload
+from poc59.data.preload import Preloaded, canvas_side, preload
 from poc59.data.sources import DEFAULT_GROUP_PATTERN, Sample, discover
-from poc59.data.split import Split, grouped_split
+from poc59.data.split import Split, grouped_split, load_split
 
 log = logging.getLogger(__name__)
-
-
-def files_fingerprint(samples: list[Sample]) -> str:
-    """Names, sizes and modification times of every file: changes when any file changes."""
-    h = hashlib.sha256()
-    for s in samples:
-        for p in (s.image, s.mask):
-            st = p.stat()
-            h.update(f"{p.name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
-    return h.hexdigest()[:16]
 
 
 class SegmentationDataModule(L.LightningDataModule):
@@ -52,6 +42,14 @@ class SegmentationDataModule(L.LightningDataModule):
         class_weights: dict[str, Any] | None = None,
         synthetic: dict[str, int] | None = None,
         cache_dir: str | Path | None = None,
+        policy: str = "resize",
+        max_side: int | None = None,
+        on_bad_file: str = "error",
+        cache: bool = True,
+        use_aug_copies: bool = True,
+        test_fraction: float = 0.0,
+        split_file: str | Path | None = None,
+        on_device: bool = False,
     ) -> None:
         super().__init__()
         self.root = Path(root).expanduser().resolve()
@@ -65,11 +63,19 @@ class SegmentationDataModule(L.LightningDataModule):
         self.class_weights_cfg = {"method": "inverse_sqrt", "cap": None, **(class_weights or {})}
         self.synthetic = dict(synthetic) if synthetic else None
         self.cache_dir = Path(cache_dir).expanduser().resolve() if cache_dir else None
+        self.policy, self.max_side, self.on_bad_file = policy, max_side, on_bad_file
+        canvas_side(policy, self.image_size, max_side)  # a bad geometry fails now, not after discovery
+        self.cache = bool(cache)
+        self.use_aug_copies = bool(use_aug_copies)
+        self.test_fraction = float(test_fraction)
+        self.split_file = Path(split_file).expanduser().resolve() if split_file else None
+        self.on_device = bool(on_device)
         self.samples: list[Sample] = []
         self.data: Preloaded | None = None
         self._split: Split | None = None
         self.class_weights_record: dict | None = None
         self._aug_generator = torch.Generator().manual_seed(self.seed)
+        self._device_data: tuple[torch.Tensor, torch.Tensor] | None = None
 
     # -- preparation -------------------------------------------------------------------------
     def prepare_data(self) -> None:
@@ -80,30 +86,48 @@ class SegmentationDataModule(L.LightningDataModule):
             ensure_synthetic(self.root, **self.synthetic)
 
     def setup(self, stage: str | None = None) -> None:
-        """Discover, split and preload; idempotent, so train.py may call it before `fit`."""
+        """Discover, check, preload, split; idempotent, so train.py may call it before `fit`."""
         if self.data is not None:
             return
         self.classes = load_class_table(self.root)
         self.samples = discover(self.root, self.group_pattern)
-        self._split = grouped_split(self.samples, self.val_fraction, self.seed, self.val_aug_copies)
-        self.data = preload(self.samples, self.image_size, self.classes.num_classes, self.classes.ignore_index)
-        self.fingerprint = files_fingerprint(self.samples)
-        split_fp = self.split["fingerprint"]
-        key = f"{self.fingerprint}-{split_fp}-{self.image_size}-{self.class_weights_cfg['method']}-{self.class_weights_cfg['cap']}"
+        if not self.use_aug_copies:
+            self.samples = [s for s in self.samples if not s.is_copy]
+        self.data = preload(
+            self.samples, self.image_size, self.classes.num_classes, self.classes.ignore_index,
+            policy=self.policy, max_side=self.max_side, on_bad_file=self.on_bad_file,
+            cache_dir=self.cache_dir if self.cache else None,
+        )
+        self.samples = self.data.samples  # without any skipped pair
+        if self.split_file is not None:
+            self._split = load_split(self.split_file, self.samples)
+            log.info("Split read from %s", self.split_file)
+        else:
+            self._split = grouped_split(
+                self.samples, self.val_fraction, self.seed, val_aug_copies=self.val_aug_copies,
+                test_fraction=self.test_fraction, presence=self.presence(),
+            )
+        key = f"{self.data.key}-{self.split['fingerprint']}-{self.class_weights_cfg['method']}-{self.class_weights_cfg['cap']}"
         self.class_weights_record = load_or_compute(
             self.cache_dir / f"class_weights-{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
-            if self.cache_dir
+            if self.cache_dir and self.cache
             else None,
             self.data.masks[list(self._split.train)],
             self.classes.names,
             fingerprint=key,
             **self.class_weights_cfg,
         )
-        n_train, n_val = len(self._split.train), len(self._split.val)
         log.info(
-            "Data %s: %d pairs, %d classes; split by source image: %d train, %d validation (seed %d)",
-            self.root, len(self.samples), self.classes.num_classes, n_train, n_val, self.seed,
+            "Data %s: %d pairs, %d classes; split by source image: %d train, %d validation, %d test (seed %d)",
+            self.root, len(self.samples), self.classes.num_classes,
+            len(self._split.train), len(self._split.val), len(self._split.test), self.seed,
         )
+
+    def presence(self) -> torch.Tensor:
+        """[N, C] bool: which classes each preloaded sample contains (for stratifying the split)."""
+        assert self.data is not None, "call setup() first"
+        c = self.classes.num_classes
+        return torch.stack([torch.bincount(m.reshape(-1), minlength=256)[:c] > 0 for m in self.data.masks])
 
     # -- what the model side reads -----------------------------------------------------------
     @property
@@ -131,10 +155,15 @@ class SegmentationDataModule(L.LightningDataModule):
             "images": len(self.samples),
             "train_images": len(self._split.train) if self._split else None,
             "val_images": len(self._split.val) if self._split else None,
-            "files_fingerprint": getattr(self, "fingerprint", None),
+            "policy": self.policy,
+            "max_side": self.max_side,
+            "test_images": len(self._split.test) if self._split else None,
+            "files_fingerprint": self.data.key if self.data else None,
             "split_fingerprint": self.split["fingerprint"] if self._split else None,
             "preload_seconds": round(self.data.seconds, 3) if self.data else None,
             "preload_bytes": self.data.nbytes if self.data else None,
+            "preload_source": self.data.source if self.data else None,
+            "skipped_files": self.data.skipped if self.data else [],
             "augment": vars(self.augment),
         }
 
@@ -144,6 +173,12 @@ class SegmentationDataModule(L.LightningDataModule):
         trainer = self.trainer
         rank, world = (trainer.global_rank, trainer.world_size) if trainer else (0, 1)
         device = trainer.strategy.root_device if trainer else torch.device("cpu")
+        images, masks = self.data.images, self.data.masks
+        if self.on_device and device.type == "cuda":
+            if self._device_data is None:
+                self._device_data = (images.to(device), masks.to(device))
+                log.info("Whole data set moved to %s (%.1f MB)", device, self.data.nbytes / 1e6)
+            images, masks = self._device_data
         batch_size = self.batch_size
         per_rank = len(indices) // world
         if train and per_rank < batch_size:
@@ -154,9 +189,10 @@ class SegmentationDataModule(L.LightningDataModule):
                 batch_size, per_rank, per_rank,
             )
             batch_size = per_rank
+        crop = self.policy == "crop"
         return BatchFeed(
-            self.data.images,
-            self.data.masks,
+            images,
+            masks,
             indices,
             batch_size,
             shuffle=train,
@@ -166,6 +202,9 @@ class SegmentationDataModule(L.LightningDataModule):
             rank=rank,
             world_size=world,
             device=device,
+            window=self.image_size if crop else None,
+            sizes=self.data.sizes if crop else None,
+            tiles=crop and not train,
         )
 
     def train_dataloader(self) -> BatchFeed:

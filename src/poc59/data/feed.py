@@ -5,6 +5,13 @@ large allocations pay page faults every batch). Buffers form a ring of three,
 because Lightning fetches one batch ahead of the one being trained on. With a
 CUDA device the buffers are pinned and each batch is copied with
 `non_blocking=True`; a buffer is refilled only after its last copy finished.
+When the whole set already lives on the device (`data.on_device`), batches are
+gathered there and nothing crosses the bus.
+
+With `window=S` (the `crop` geometry) each item is an S x S window of a larger
+canvas instead of the whole sample: a random window inside the sample's real
+content for training, or, with `tiles=True`, every non-overlapping tile that
+touches real content, so validation scores each pixel exactly once.
 """
 
 from __future__ import annotations
@@ -39,11 +46,20 @@ class BatchFeed:
         rank: int = 0,
         world_size: int = 1,
         device: torch.device | str = "cpu",
+        window: int | None = None,
+        sizes: torch.Tensor | None = None,
+        tiles: bool = False,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.images, self.masks = images, masks
-        self.indices = torch.as_tensor(list(indices), dtype=torch.int64)
+        self.window, self.sizes = window, sizes
+        if window is not None and sizes is None:
+            raise ValueError("window needs the samples' content sizes")
+        self.units = torch.as_tensor(list(indices), dtype=torch.int64)  # samples, or (sample, y, x) tiles
+        if window is not None and tiles:
+            self.units = tile_grid(self.units, sizes, window)
+        self.random_windows = window is not None and not tiles
         self.batch_size, self.shuffle, self.drop_last = batch_size, shuffle, drop_last
         self.seed, self.epoch_fn = seed, epoch_fn
         self.rank, self.world_size = rank, world_size
@@ -53,7 +69,7 @@ class BatchFeed:
 
     def shard(self, epoch: int) -> torch.Tensor:
         """This rank's sample indices for `epoch`, in order."""
-        order = self.indices
+        order = self.units
         if self.shuffle:
             g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
             order = order[torch.randperm(len(order), generator=g)]
@@ -62,7 +78,7 @@ class BatchFeed:
         return order[self.rank :: self.world_size]
 
     def __len__(self) -> int:
-        n = len(self.indices)
+        n = len(self.units)
         if self.drop_last:
             return (n // self.world_size) // self.batch_size
         per_rank = len(range(self.rank, n, self.world_size))
@@ -70,28 +86,62 @@ class BatchFeed:
 
     def _buffer(self, slot: int) -> tuple[torch.Tensor, torch.Tensor]:
         if not self._buffers:
-            pin = self.device.type == "cuda"
-            shape = (self.batch_size, *self.images.shape[1:])
-            mshape = (self.batch_size, *self.masks.shape[1:])
+            pin = self.device.type == "cuda" and self.images.device.type == "cpu"
+            side = self.images.shape[-2:] if self.window is None else (self.window, self.window)
+            shape = (self.batch_size, self.images.shape[1], *side)
+            mshape = (self.batch_size, *side)
             self._buffers = [
-                (torch.empty(shape, dtype=torch.uint8, pin_memory=pin), torch.empty(mshape, dtype=torch.uint8, pin_memory=pin))
+                (
+                    torch.empty(shape, dtype=torch.uint8, device=self.images.device, pin_memory=pin),
+                    torch.empty(mshape, dtype=torch.uint8, device=self.images.device, pin_memory=pin),
+                )
                 for _ in range(_RING)
             ]
         if self._copied[slot] is not None:
             self._copied[slot].synchronize()  # the previous non_blocking copy out of this buffer is done
         return self._buffers[slot]
 
+    def _windows(self, units: torch.Tensor, epoch: int, batch: int) -> torch.Tensor:
+        """(sample, y, x) per item: the tiles themselves, or random windows inside each sample's content."""
+        if not self.random_windows:
+            return units
+        g = torch.Generator().manual_seed((self.seed * 1_000_003 + epoch) * 65_537 + batch * 7 + self.rank)
+        room = (self.sizes[units] - self.window).clamp_min(0) + 1  # valid top-left positions per axis
+        yx = (torch.rand((len(units), 2), generator=g) * room).long()
+        return torch.cat([units.view(-1, 1), yx], dim=1)
+
+    def _gather(self, units: torch.Tensor, img_buf: torch.Tensor, mask_buf: torch.Tensor, epoch: int, batch: int):
+        n = len(units)
+        if self.window is None:
+            return (
+                torch.index_select(self.images, 0, units, out=img_buf[:n]),
+                torch.index_select(self.masks, 0, units, out=mask_buf[:n]),
+            )
+        s = self.window
+        for k, (i, y, x) in enumerate(self._windows(units, epoch, batch).tolist()):
+            img_buf[k].copy_(self.images[i, :, y : y + s, x : x + s])
+            mask_buf[k].copy_(self.masks[i, y : y + s, x : x + s])
+        return img_buf[:n], mask_buf[:n]
+
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        order = self.shard(self.epoch_fn())
+        epoch = self.epoch_fn()
+        order = self.shard(epoch)
         for b in range(len(self)):
-            idx = order[b * self.batch_size : (b + 1) * self.batch_size]
+            units = order[b * self.batch_size : (b + 1) * self.batch_size]
             slot = b % _RING
-            img_buf, mask_buf = self._buffer(slot)
-            images = torch.index_select(self.images, 0, idx, out=img_buf[: len(idx)])
-            masks = torch.index_select(self.masks, 0, idx, out=mask_buf[: len(idx)])
-            if self.device.type == "cuda":
+            images, masks = self._gather(units, *self._buffer(slot), epoch, b)
+            if self.device.type == "cuda" and images.device != self.device:
                 images = images.to(self.device, non_blocking=True)
                 masks = masks.to(self.device, non_blocking=True)
                 self._copied[slot] = torch.cuda.Event()
                 self._copied[slot].record()
             yield images, masks
+
+
+def tile_grid(indices: torch.Tensor, sizes: torch.Tensor, window: int) -> torch.Tensor:
+    """(sample, y, x) for every window-aligned tile that touches a sample's content (h, w)."""
+    tiles = []
+    for i in indices.tolist():
+        h, w = sizes[i].tolist()
+        tiles += [(i, y, x) for y in range(0, h, window) for x in range(0, w, window)]
+    return torch.tensor(tiles, dtype=torch.int64).view(-1, 3)
