@@ -1,0 +1,86 @@
+"""`python -m poc59.data.prepare [the same overrides as training]`: check and cache the data before a run.
+
+Composes the training config, so `data=...`, `data.root=...`, `data.image_size=...`
+mean exactly what they mean to `poc59.train`. Validates every pair, builds the
+preload cache and the class weights, and prints a report: images, split sizes,
+pixels per class by name, class weights and RAM. Run it on a login node (or in
+an interactive job) so the training jobs of a sweep start from a warm cache.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.table import Table
+
+from poc59.config import config_dir, register_resolvers
+from poc59.data.class_weights import pixel_counts
+from poc59.data.datamodule import SegmentationDataModule
+from poc59.data.sources import DataError
+
+log = logging.getLogger("poc59.prepare")
+
+
+def report(dm: SegmentationDataModule, console: Console) -> dict:
+    """Print the data report and return it as a plain dict."""
+    split = dm.split
+    masks = dm.data.masks
+    names = dm.classes.names
+    sides = {"train": split["train"], "val": split["val"], "test": split["test"]}
+    index = {s.id: i for i, s in enumerate(dm.samples)}
+    counts = {side: pixel_counts(masks[[index[i] for i in ids]], len(names)) if ids else [0] * len(names) for side, ids in sides.items()}
+    weights = dm.class_weights_record["weights"]
+
+    table = Table(title=f"Pixels per class at {dm.image_size} px (ignore label excluded), and loss weights")
+    table.add_column("id", justify="right")
+    table.add_column("class")
+    for side in sides:
+        table.add_column(f"{side} pixels", justify="right")
+    table.add_column("train %", justify="right")
+    table.add_column("weight", justify="right")
+    total_train = sum(counts["train"]) or 1
+    for c, name in enumerate(names):
+        table.add_row(
+            str(c), name, *(f"{counts[side][c]:,}" for side in sides),
+            f"{100 * counts['train'][c] / total_train:.3f}", f"{weights[c]:.3f}",
+        )
+    console.print(table)
+    d = dm.describe()
+    console.print(
+        f"Images: {d['images']} pairs ({len(d['skipped_files'])} skipped); split by source image "
+        f"(seed {dm.seed}): {len(split['train'])} train / {len(split['val'])} validation / {len(split['test'])} test, "
+        f"fingerprint {split['fingerprint']}"
+    )
+    console.print(
+        f"Preload: {d['preload_bytes'] / 2**20:.1f} MiB of uint8 in RAM ({d['policy']}, canvas "
+        f"{dm.data.images.shape[-1]} px), {d['preload_seconds']:.2f} s ({d['preload_source']})"
+    )
+    for skipped in d["skipped_files"]:
+        console.print(f"Skipped {skipped['id']}: {skipped['reason']}")
+    return {"describe": d, "pixels": counts, "class_weights": weights, "split": split}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    logging.basicConfig(level=logging.INFO, format="%(message)s", handlers=[RichHandler(show_path=False)])
+    register_resolvers()
+    with initialize_config_dir(str(config_dir()), version_base="1.3"):
+        cfg = compose("train", overrides=argv)
+    dm: SegmentationDataModule = instantiate(cfg.data)
+    try:
+        dm.prepare_data()
+        dm.setup("fit")
+    except (DataError, ValueError) as err:
+        log.error("%s", err)
+        return 2
+    report(dm, Console())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
