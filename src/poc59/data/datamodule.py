@@ -100,7 +100,9 @@ class SegmentationDataModule(L.LightningDataModule):
         )
         self.samples = self.data.samples  # without any skipped pair
         if self.split_file is not None:
-            self._split = load_split(self.split_file, self.samples)
+            self._split = load_split(
+                self.split_file, self.samples, use_aug_copies=self.use_aug_copies, group_pattern=self.group_pattern
+            )
             log.info("Split read from %s", self.split_file)
         else:
             self._split = grouped_split(

@@ -1,58 +1,388 @@
-"""Grouped, seeded train/validation split.
+"""Grouped, stratified, seeded train/validation(/test) split, and its split.json form.
 
 An original and all its augmented copies are one group and land on one side,
 so no validation image leaks into training through a flipped copy (the earlier
 system's random split over files did exactly that).
+
+Groups are stratified by material and by the rarest of the rare classes they
+contain, so a few-hundred-image set does not put all the Burn marks on one side
+by chance. A split written to split.json can be read back (`data.split_file`),
+so the encoders of a sweep are compared on exactly the same images.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import re
+from collections import Counter, defaultdict
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
 
 import numpy as np
 
-from poc59.data.sources import Sample
+from poc59.data.sources import DEFAULT_GROUP_PATTERN, DataError, Sample
+
+SIDES = ("train", "val", "test")
+MIN_STRATUM = 2  # strata smaller than this are coarsened, then pooled, so singletons don't force odd splits
+
+
+def _fingerprint(ids: dict[str, list[str]]) -> str:
+    return hashlib.sha256(json.dumps(ids, sort_keys=True).encode()).hexdigest()[:16]
 
 
 @dataclass(frozen=True)
 class Split:
-    """Indices into the sample list, per side."""
+    """Indices into the sample list, per side, each sorted ascending."""
 
     train: tuple[int, ...]
     val: tuple[int, ...]
+    test: tuple[int, ...] = ()
 
-    def to_dict(self, samples: list[Sample]) -> dict:
-        """The form written to split.json: ids per side and a fingerprint."""
-        d = {
-            "train": [samples[i].id for i in self.train],
-            "val": [samples[i].id for i in self.val],
-        }
-        d["fingerprint"] = hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+    def to_dict(self, samples: Sequence[Sample]) -> dict[str, Any]:
+        """The form written to split.json: ids per side ("test" always present) and a fingerprint over them."""
+        d: dict[str, Any] = {side: [samples[i].id for i in getattr(self, side)] for side in SIDES}
+        d["fingerprint"] = _fingerprint(d)
         return d
 
+    @classmethod
+    def from_dict(
+        cls,
+        d: dict[str, Any],
+        samples: Sequence[Sample],
+        *,
+        use_aug_copies: bool = True,
+        group_pattern: str = DEFAULT_GROUP_PATTERN,
+        source: str = "split file",
+    ) -> Split:
+        """See `from_dict` (module level)."""
+        return from_dict(d, samples, use_aug_copies=use_aug_copies, group_pattern=group_pattern, source=source)
 
-def grouped_split(samples: list[Sample], val_fraction: float, seed: int, val_aug_copies: bool = False) -> Split:
-    """Hold out `val_fraction` of the groups (at least one, at most all but one) for validation.
 
-    Validation keeps only originals unless `val_aug_copies`: copies of a validation
-    image add no new information and would weight it several times.
-    """
+# -- building a split ---------------------------------------------------------------------------
+
+
+def _check_fractions(val_fraction: float, test_fraction: float) -> None:
     if not 0.0 < val_fraction < 1.0:
         raise ValueError(f"data.val_fraction must be between 0 and 1 (exclusive), got {val_fraction}")
-    groups = sorted({s.group for s in samples})
-    if len(groups) < 2:
+    if not 0.0 <= test_fraction < 1.0:
+        raise ValueError(f"data.test_fraction must be in [0, 1), got {test_fraction}")
+    if val_fraction + test_fraction >= 1.0:
         raise ValueError(
-            f"a train/validation split needs at least 2 source images, found {len(groups)} group(s): {groups}"
+            f"data.val_fraction + data.test_fraction must leave some training data, got "
+            f"{val_fraction} + {test_fraction} = {val_fraction + test_fraction}"
         )
-    order = np.random.default_rng(seed).permutation(len(groups))
-    n_val = min(max(1, round(val_fraction * len(groups))), len(groups) - 1)
-    val_groups = {groups[i] for i in order[:n_val]}
-    train = tuple(i for i, s in enumerate(samples) if s.group not in val_groups)
-    val = tuple(
-        i for i, s in enumerate(samples) if s.group in val_groups and (val_aug_copies or not s.is_copy)
-    )
-    if not val:  # a validation group made only of copies: keep them rather than validate on nothing
-        val = tuple(i for i, s in enumerate(samples) if s.group in val_groups)
-    return Split(train, val)
+
+
+def _presence_array(presence: Any, n: int) -> np.ndarray | None:
+    if presence is None:
+        return None
+    if hasattr(presence, "detach"):  # a torch tensor, possibly on a device
+        presence = presence.detach().cpu().numpy()
+    arr = np.asarray(presence).astype(bool)
+    if arr.ndim != 2 or arr.shape[0] != n:
+        raise ValueError(f"presence must be a [N_samples, C] array with N_samples={n}, got shape {arr.shape}")
+    return arr
+
+
+def _group_keys(
+    groups: list[str],
+    members: dict[str, list[int]],
+    samples: Sequence[Sample],
+    presence: np.ndarray | None,
+    rare_fraction: float,
+) -> dict[str, tuple[str, str]]:
+    """Stratum key per group: (material of its original, rarest rare class it contains), then coarsened.
+
+    Rare classes are those present in at least one but fewer than `rare_fraction` of the
+    groups. A (material, class) stratum smaller than MIN_STRATUM first drops the material
+    (keeping rare classes on both sides matters most for per-class IoU), then the class,
+    then joins one catch-all stratum.
+    """
+    material: dict[str, str] = {}
+    for g in groups:
+        originals = [samples[i] for i in members[g] if not samples[i].is_copy] or [samples[i] for i in members[g]]
+        material[g] = next((s.material for s in originals if s.material), "")
+    rare: dict[str, str] = {g: "" for g in groups}
+    if presence is not None and presence.shape[1]:
+        in_group = np.stack([presence[members[g]].any(axis=0) for g in groups])  # [G, C]
+        counts = in_group.sum(axis=0)
+        is_rare = (counts >= 1) & (counts < rare_fraction * len(groups))
+        for k, g in enumerate(groups):
+            candidates = np.flatnonzero(in_group[k] & is_rare)
+            if candidates.size:  # the rarest by group count; ties go to the lower class id
+                rare[g] = str(int(candidates[np.argmin(counts[candidates])]))
+
+    # The ladder each group steps down while its stratum is too small; "" means "not stratified on this".
+    ladder = {
+        g: list(dict.fromkeys([(material[g], rare[g]), ("", rare[g]), (material[g], ""), ("", "")]))
+        for g in groups
+    }
+    level = dict.fromkeys(groups, 0)
+    while True:
+        sizes = Counter(ladder[g][level[g]] for g in groups)
+        small = [g for g in groups if sizes[ladder[g][level[g]]] < MIN_STRATUM and level[g] < len(ladder[g]) - 1]
+        if not small:
+            break
+        for g in small:
+            level[g] += 1
+    keys = {g: ladder[g][level[g]] for g in groups}
+    return keys
+
+
+def _apportion(
+    sizes: list[int], capacity: list[int], fraction: float, total: int, rng: np.random.Generator
+) -> list[int]:
+    """Largest-remainder allocation of `total` over strata (quota fraction*size, at most capacity).
+
+    Ties between equal remainders are broken in a seeded random order, so which small
+    stratum gets the extra group varies with the seed instead of always being the first.
+    """
+    quota = [fraction * n for n in sizes]
+    take = [min(int(np.floor(q)), c) for q, c in zip(quota, capacity)]
+    tiebreak = rng.permutation(len(sizes))
+    order = sorted(range(len(sizes)), key=lambda s: (-(quota[s] - np.floor(quota[s])), tiebreak[s]))
+    while sum(take) < total:
+        before = sum(take)
+        for s in order:
+            if sum(take) == total:
+                break
+            if take[s] < capacity[s]:
+                take[s] += 1
+        if sum(take) == before:  # every stratum is full; cannot happen with the totals grouped_split asks for
+            break
+    while sum(take) > total:  # floors exceed the total only if the total was clamped down
+        for s in reversed(order):
+            if sum(take) == total:
+                break
+            if take[s] > 0:
+                take[s] -= 1
+    return take
+
+
+def grouped_split(
+    samples: Sequence[Sample],
+    val_fraction: float = 0.2,
+    seed: int = 0,
+    *,
+    val_aug_copies: bool = False,
+    test_fraction: float = 0.0,
+    use_aug_copies: bool = True,
+    presence: Any = None,
+    rare_fraction: float = 0.05,
+) -> Split:
+    """Hold out `val_fraction` (and `test_fraction`) of the groups, stratified by material and rare class.
+
+    - A group (an original and its `_augK` copies) is on exactly one side.
+    - `use_aug_copies=False` drops every copy from every side.
+    - Validation and test keep only originals unless `val_aug_copies`: copies of a
+      held-out image add no new information and would weight it several times
+      (a held-out group made only of copies keeps them, rather than vanish).
+    - `presence` ([N_samples, C] bool, sample i contains class c) enables the
+      rare-class stratification; without it and without materials this is a plain
+      seeded permutation of the groups.
+    - At least one validation group, one test group when `test_fraction > 0`, and one training group.
+    """
+    _check_fractions(val_fraction, test_fraction)
+    pres = _presence_array(presence, len(samples))
+    kept = [i for i, s in enumerate(samples) if use_aug_copies or not s.is_copy]
+    members: dict[str, list[int]] = defaultdict(list)
+    for i in kept:
+        members[samples[i].group].append(i)
+    groups = sorted(members)
+    n_sides = 3 if test_fraction > 0 else 2
+    if len(groups) < n_sides:
+        raise ValueError(
+            f"a train/validation{'/test' if n_sides == 3 else ''} split needs at least {n_sides} source images, "
+            f"found {len(groups)} group(s): {groups[:10]}"
+        )
+    G = len(groups)
+    n_test = min(max(1, round(test_fraction * G)), G - 2) if test_fraction > 0 else 0
+    n_val = min(max(1, round(val_fraction * G)), G - n_test - 1)
+
+    keys = _group_keys(groups, members, samples, pres, rare_fraction)
+    strata: dict[tuple[str, str], list[str]] = defaultdict(list)
+    for g in groups:
+        strata[keys[g]].append(g)
+    stratum_keys = sorted(strata)
+    rng = np.random.default_rng(seed)
+    shuffled = [[strata[k][j] for j in rng.permutation(len(strata[k]))] for k in stratum_keys]
+    tie_rng = np.random.default_rng([seed, 1])
+    sizes = [len(s) for s in shuffled]
+    t_take = _apportion(sizes, sizes, test_fraction, n_test, tie_rng)
+    v_take = _apportion(sizes, [n - t for n, t in zip(sizes, t_take)], val_fraction, n_val, tie_rng)
+
+    side_of: dict[str, str] = {}
+    for order, t, v in zip(shuffled, t_take, v_take):
+        for j, g in enumerate(order):
+            side_of[g] = "test" if j < t else "val" if j < t + v else "train"
+
+    out: dict[str, list[int]] = {side: [] for side in SIDES}
+    for g in groups:
+        side = side_of[g]
+        idx = members[g]
+        if side != "train" and not val_aug_copies:
+            idx = [i for i in idx if not samples[i].is_copy] or idx
+        out[side].extend(idx)
+    return Split(*(tuple(sorted(out[side])) for side in SIDES))
+
+
+# -- reading a split back -----------------------------------------------------------------------
+
+
+def _few(ids: Sequence[str], k: int = 5) -> str:
+    shown = ", ".join(list(ids)[:k])
+    return shown + (f", ... ({len(ids) - k} more)" if len(ids) > k else "")
+
+
+def from_dict(
+    d: dict[str, Any],
+    samples: Sequence[Sample],
+    *,
+    use_aug_copies: bool = True,
+    group_pattern: str = DEFAULT_GROUP_PATTERN,
+    source: str = "split file",
+) -> Split:
+    """Map the ids of a split.json back to indices into `samples`; refuse anything that isn't the same data.
+
+    - ids in the file missing from the data: DataError (the file describes other images);
+      with `use_aug_copies=False`, copies named in the file (by `group_pattern`) are dropped instead.
+    - samples not in the file: a copy of a training group joins training (new copies
+      add augmentation, not new images); a copy of a held-out group stays out (as the
+      split left it); anything else is a DataError.
+    - a group on two sides, an id listed twice, or a fingerprint that does not match
+      the ids (the file was edited by hand): DataError. A file without a fingerprint
+      is taken as written on purpose and not checked.
+    """
+    fix = "regenerate it (delete the file or point data.split_file elsewhere, and a new split is made)"
+    if not isinstance(d, dict) or not all(isinstance(d.get(side), list) for side in ("train", "val")):
+        raise DataError(f"{source}: not a split file (expected lists \"train\" and \"val\" of image ids); {fix}")
+    if "test" in d and not isinstance(d["test"], list):
+        raise DataError(f"{source}: \"test\" must be a list of image ids; {fix}")
+    ids = {side: [str(x) for x in d.get(side) or []] for side in SIDES}
+    if "fingerprint" in d:
+        expected = _fingerprint(ids) if "test" in d else _fingerprint({"train": ids["train"], "val": ids["val"]})
+        if d["fingerprint"] != expected:
+            raise DataError(
+                f"{source}: fingerprint {d['fingerprint']} does not match its ids ({expected}): the file was edited "
+                f"after it was written; {fix}, or remove the \"fingerprint\" entry if the edit is deliberate"
+            )
+    if not ids["train"] or not ids["val"]:
+        raise DataError(f"{source}: no {'training' if not ids['train'] else 'validation'} images listed; {fix}")
+
+    listed = Counter(x for side in SIDES for x in ids[side])
+    twice = sorted(x for x, n in listed.items() if n > 1)
+    if twice:
+        raise DataError(f"{source}: {len(twice)} id(s) listed more than once: {_few(twice)}; {fix}")
+
+    index = {s.id: i for i, s in enumerate(samples)}
+    copy_re = re.compile(group_pattern)
+    missing = [x for x in listed if x not in index]
+    if not use_aug_copies:
+        missing = [x for x in missing if not copy_re.match(x)]
+    if missing:
+        raise DataError(
+            f"{source}: {len(missing)} image id(s) in the split are not in the data: {_few(sorted(missing))}. "
+            f"A split file must describe the same images; {fix}"
+        )
+
+    out: dict[str, list[int]] = {}
+    side_of_group: dict[str, set[str]] = defaultdict(set)
+    for side in SIDES:
+        out[side] = [
+            index[x] for x in ids[side] if x in index and (use_aug_copies or not samples[index[x]].is_copy)
+        ]
+        for i in out[side]:
+            side_of_group[samples[i].group].add(side)
+    crossing = sorted(g for g, sides in side_of_group.items() if len(sides) > 1)
+    if crossing:
+        raise DataError(
+            f"{source}: {len(crossing)} source image(s) have copies on more than one side: {_few(crossing)} "
+            f"(an original and its copies must stay on one side); {fix}"
+        )
+
+    unknown = []
+    for i, s in enumerate(samples):
+        if s.id in listed or (s.is_copy and not use_aug_copies):
+            continue
+        if s.is_copy and s.group in side_of_group:
+            if side_of_group[s.group] == {"train"}:
+                out["train"].append(i)
+            continue  # a copy of a held-out image: validation/test stay as the file lists them
+        unknown.append(s.id)
+    if unknown:
+        raise DataError(
+            f"{source}: {len(unknown)} image(s) in the data are not in the split: {_few(unknown)}. "
+            f"A split file must describe the same images; {fix}"
+        )
+    return Split(*(tuple(sorted(out[side])) for side in SIDES))
+
+
+def load_split(
+    path: str | Path,
+    samples: Sequence[Sample],
+    *,
+    use_aug_copies: bool = True,
+    group_pattern: str = DEFAULT_GROUP_PATTERN,
+) -> Split:
+    """Read a split.json (see `from_dict`); DataError naming the file when it is missing or not JSON."""
+    path = Path(path)
+    try:
+        d = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise DataError(
+            f"data.split_file not found: {path}; point it at an existing split.json or set it to null"
+        ) from None
+    except (OSError, json.JSONDecodeError) as err:
+        raise DataError(
+            f"data.split_file {path} is not readable JSON ({err}); regenerate it or point data.split_file elsewhere"
+        ) from None
+    return from_dict(d, samples, use_aug_copies=use_aug_copies, group_pattern=group_pattern, source=str(path))
+
+
+def save_split(split: Split, samples: Sequence[Sample], path: str | Path) -> dict[str, Any]:
+    """Write split.json (the form `load_split` reads) and return what was written."""
+    d = split.to_dict(samples)
+    Path(path).write_text(json.dumps(d, indent=1) + "\n")
+    return d
+
+
+# -- reporting -----------------------------------------------------------------------------------
+
+
+def describe_split(
+    split: Split,
+    samples: Sequence[Sample],
+    presence: Any = None,
+    names: Sequence[str] | None = None,
+) -> dict[str, Any]:
+    """Counts per side, for the log and the `prepare` report: is every material and class on every side?
+
+    Returns {"images": {side: n}, "groups": {side: n}, "materials": {material: {side: images}},
+    "classes": {name: {side: images containing it}}}. "materials" is empty when no sample has one
+    ("(none)" collects the rest otherwise); "classes" is empty without `presence`.
+    """
+    pres = _presence_array(presence, len(samples))
+    out: dict[str, Any] = {
+        "images": {side: len(getattr(split, side)) for side in SIDES},
+        "groups": {side: len({samples[i].group for i in getattr(split, side)}) for side in SIDES},
+        "materials": {},
+        "classes": {},
+    }
+    if any(s.material for s in samples):
+        materials = sorted({s.material or "(none)" for s in samples})
+        out["materials"] = {
+            m: {side: sum(1 for i in getattr(split, side) if (samples[i].material or "(none)") == m) for side in SIDES}
+            for m in materials
+        }
+    if pres is not None:
+        if names is not None and len(names) != pres.shape[1]:
+            raise ValueError(f"{len(names)} class names for presence with {pres.shape[1]} classes")
+        labels = list(names) if names is not None else [str(c) for c in range(pres.shape[1])]
+        per_side = {
+            side: pres[list(getattr(split, side))].sum(axis=0) if getattr(split, side) else np.zeros(pres.shape[1], int)
+            for side in SIDES
+        }
+        out["classes"] = {label: {side: int(per_side[side][c]) for side in SIDES} for c, label in enumerate(labels)}
+    return out
