@@ -47,6 +47,11 @@ def _instantiate_all(group: DictConfig | None) -> list[Any]:
     return [instantiate(c) for c in (group or {}).values() if c is not None and "_target_" in c]
 
 
+def _plain(node: Any) -> dict:
+    """A config mapping as a plain dict ({} for null)."""
+    return OmegaConf.to_container(node, resolve=True) if node else {}
+
+
 def _best(history: list[dict]) -> dict | None:
     scored = [h for h in history if h["mIoU"] is not None]
     return max(scored, key=lambda h: h["mIoU"]) if scored else None
@@ -69,8 +74,8 @@ def train(cfg: DictConfig) -> dict:
         "name": enc.name,
         "decoder": enc.decoder,
         "num_classes": classes.num_classes,
-        "kwargs": OmegaConf.to_container(enc.get("kwargs") or {}),
-        "decoder_kwargs": OmegaConf.to_container(enc.get("decoder_kwargs") or {}),
+        "kwargs": _plain(enc.get("kwargs")),
+        "decoder_kwargs": _plain(enc.get("decoder_kwargs")),
     }
     net = build_network(**network, weights=enc.weights, weights_dir=cfg.paths.weights_dir)
     loss = instantiate(cfg.loss, class_weights=datamodule.class_weights)

@@ -1,0 +1,266 @@
+"""Segmentation networks: an smp architecture (decoder) on any smp or timm encoder, weights from files only.
+
+`build_network("tu-convnext_tiny", "Unet", weights="imagenet")` builds `smp.Unet` with
+`encoder_weights=None` (never downloads), then loads the encoder from poc59's weight
+cache (see `pretrained.py`; fill it with `python -m poc59.weights fetch encoder=<preset>`),
+from a file path, or leaves it randomly initialised (`weights=None`).
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+import logging
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from poc59.model.pretrained import (
+    IMAGENET,
+    MissingWeightsError,
+    WeightsMismatchError,
+    cached_weights_path,
+    encoder_presets,
+    load_encoder_weights,
+    missing_weights_message,
+)
+
+__all__ = [
+    "DECODERS",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "MissingWeightsError",
+    "UnknownEncoderError",
+    "WeightsMismatchError",
+    "build_network",
+    "check_encoder_name",
+    "check_image_size",
+    "count_parameters",
+    "normalization",
+]
+
+log = logging.getLogger(__name__)
+
+DECODERS = ("Unet", "FPN", "UPerNet", "Segformer")
+"""smp architectures poc59 builds (encoder.decoder), matched case-insensitively."""
+
+IMAGENET_MEAN = [0.485, 0.456, 0.406]
+IMAGENET_STD = [0.229, 0.224, 0.225]
+
+# smp's own encoders whose ImageNet weights expect other input statistics (smp < 0.5 listed them; 0.5+
+# keeps them in hub config files, which training does not read).
+_SMP_NORMALIZATION = {
+    "inceptionv4": ([0.5, 0.5, 0.5], [0.5, 0.5, 0.5]),
+    "inceptionresnetv2": ([0.5, 0.5, 0.5], [0.5, 0.5, 0.5]),
+    "xception": ([0.5, 0.5, 0.5], [0.5, 0.5, 0.5]),
+    "dpn": ([124 / 255, 117 / 255, 104 / 255], [1 / (0.0167 * 255)] * 3),
+}
+
+
+class UnknownEncoderError(ValueError):
+    """An encoder name that is neither an smp encoder nor a timm model."""
+
+
+def _no_hub() -> None:
+    """Training never waits on the network: make any hub call fail at once (HF_HUB_OFFLINE=1 unless set)."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    constants = sys.modules.get("huggingface_hub.constants")  # read at import: update it if already imported
+    if constants is not None and os.environ["HF_HUB_OFFLINE"].strip().lower() in ("1", "true", "yes", "on"):
+        constants.HF_HUB_OFFLINE = True
+
+
+def _plain(value: Any) -> Any:
+    """OmegaConf containers (and tuples) to plain dicts and lists."""
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, Sequence) and not isinstance(value, (str, bytes)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _architectures() -> dict[str, type[nn.Module]]:
+    import segmentation_models_pytorch as smp
+
+    return {name.lower(): getattr(smp, name) for name in DECODERS}
+
+
+def _presets_hint() -> str:
+    presets = encoder_presets()
+    lines = [
+        f"encoder={preset} ({cfg.get('name')})" for preset, cfg in presets.items() if preset != "custom"
+    ]
+    hint = ""
+    if lines:
+        hint += "poc59's presets: " + ", ".join(lines) + ".\n"
+    hint += (
+        "Any other encoder: encoder=custom encoder.name=tu-<timm model> (e.g. tu-resnet34; any name from "
+        "timm.list_models()) or encoder=custom encoder.name=<smp encoder> (e.g. mit_b2, resnet50; "
+        "smp.encoders.get_encoder_names())."
+    )
+    return hint
+
+
+def check_encoder_name(name: str) -> None:
+    """Raise UnknownEncoderError unless `name` is an smp encoder or `tu-<timm model>`."""
+    import segmentation_models_pytorch as smp
+    import timm
+    from segmentation_models_pytorch.encoders import is_equivalent_to_timm_universal
+
+    if not isinstance(name, str) or not name or name == "???":
+        raise UnknownEncoderError(f"No encoder name given (encoder.name={name!r}).\n{_presets_hint()}")
+    if name.startswith("tu-"):
+        base = name[3:]
+        if base.startswith("hf-hub:") or timm.is_model(base):
+            return
+        candidates = ["tu-" + m for m in timm.list_models()]
+        reason = f"{base!r} is not a timm model"
+    else:
+        if name in smp.encoders.encoders or is_equivalent_to_timm_universal(name):
+            return
+        if timm.is_model(name):
+            raise UnknownEncoderError(
+                f"Unknown encoder {name!r}: it is a timm model; timm models need the tu- prefix: "
+                f"encoder=custom encoder.name=tu-{name}"
+            )
+        candidates = list(smp.encoders.get_encoder_names())
+        reason = "not an smp encoder and not tu-<timm model>"
+    close = difflib.get_close_matches(name, candidates, n=3, cutoff=0.75)
+    did_you_mean = f" Did you mean {', '.join(close)}?" if close else ""
+    raise UnknownEncoderError(f"Unknown encoder {name!r}: {reason}.{did_you_mean}\n{_presets_hint()}")
+
+
+def _architecture(decoder: str) -> type[nn.Module]:
+    architectures = _architectures()
+    key = str(decoder).lower()
+    if key not in architectures:
+        raise ValueError(f"Unknown decoder {decoder!r}: choose one of {', '.join(DECODERS)} (encoder.decoder=...)")
+    return architectures[key]
+
+
+def _check_kwargs(arch: type[nn.Module], name: str, kwargs: dict, decoder_kwargs: dict) -> None:
+    params = set(inspect.signature(arch.__init__).parameters) - {"self", "kwargs"}
+    fixed = {"encoder_name", "encoder_weights", "classes"}
+    accepted = sorted(params - fixed)
+    wrong = sorted(set(decoder_kwargs) - set(accepted))
+    if wrong:
+        raise ValueError(
+            f"encoder.decoder_kwargs {wrong} are not arguments of smp.{arch.__name__}; it takes {accepted} "
+            "(presets' decoder_kwargs are for their own decoder: with another decoder set encoder.decoder_kwargs={})"
+        )
+    if kwargs and not name.startswith("tu-"):
+        raise ValueError(
+            f"encoder.kwargs {sorted(kwargs)} given for {name}, but only timm (tu-) encoders take keyword "
+            "arguments (smp would ignore them): set encoder.kwargs={}"
+        )
+    clash = sorted(set(kwargs) & params)
+    if clash:
+        raise ValueError(f"encoder.kwargs {clash} are smp.{arch.__name__} arguments: put them in encoder.decoder_kwargs")
+
+
+def build_network(
+    name: str,
+    decoder: str = "Unet",
+    weights: str | Path | None = None,
+    num_classes: int = 16,
+    weights_dir: str | Path | None = None,
+    kwargs: dict | None = None,
+    decoder_kwargs: dict | None = None,
+) -> nn.Module:
+    """An smp `decoder` network on encoder `name` with `num_classes` outputs at input resolution.
+
+    weights: None / "null" (from scratch), "imagenet" (poc59's weight cache, `weights_dir` or
+    cache_root()/weights; MissingWeightsError naming the fetch command if absent), or a file path
+    (.safetensors / .pth: an smp encoder state dict, or a timm checkpoint for tu- encoders).
+    Loaded weights are verified tensor by tensor (WeightsMismatchError names the file and what differs).
+    kwargs go to the encoder (timm.create_model for tu- encoders), decoder_kwargs to the smp architecture.
+    """
+    _no_hub()
+    kwargs = _plain(dict(kwargs or {}))
+    decoder_kwargs = _plain(dict(decoder_kwargs or {}))
+    check_encoder_name(name)
+    arch = _architecture(decoder)
+    _check_kwargs(arch, name, kwargs, decoder_kwargs)
+
+    path: Path | None = None
+    if isinstance(weights, str) and weights.strip().lower() in ("", "null", "none", "scratch"):
+        weights = None
+    if weights is True or (isinstance(weights, str) and weights.strip().lower() == IMAGENET):
+        path = cached_weights_path(name, weights_dir)
+        if not path.is_file():
+            raise MissingWeightsError(missing_weights_message(name, path, kwargs, weights_dir))
+    elif weights is not None and weights is not False:
+        path = Path(str(weights)).expanduser()
+        if not path.is_file():
+            raise MissingWeightsError(
+                f"encoder.weights={weights!r} is not an existing file (nor null or imagenet).\n"
+                "  Use encoder.weights=imagenet (poc59's weight cache), encoder.weights=/path/to/file, "
+                "or encoder.weights=null to train from scratch."
+            )
+
+    try:
+        net = arch(encoder_name=name, encoder_weights=None, classes=num_classes, **decoder_kwargs, **kwargs)
+    except Exception as e:
+        if hasattr(e, "add_note"):
+            e.add_note(f"(poc59: building smp.{arch.__name__} on encoder {name} with kwargs={kwargs}, "
+                       f"decoder_kwargs={decoder_kwargs})")
+        raise
+    if path is not None:
+        load_encoder_weights(net.encoder, path, name, kwargs)
+    else:
+        log.info("encoder %s: random initialisation (encoder.weights=null)", name)
+    return net
+
+
+def check_image_size(image_size: int, input_multiple: int, name: str) -> None:
+    """Raise ValueError unless `image_size` is a positive multiple of the encoder's `input_multiple`."""
+    if input_multiple <= 0:
+        raise ValueError(f"encoder.input_multiple must be positive, got {input_multiple}")
+    if image_size > 0 and image_size % input_multiple == 0:
+        return
+    lower = max(input_multiple, image_size // input_multiple * input_multiple)
+    upper = lower if image_size < input_multiple else lower + input_multiple
+    sizes = f"data.image_size={lower}" + (f" or {upper}" if upper != lower else "")
+    message = (
+        f"data.image_size={image_size} does not fit encoder {name}: it needs a multiple of "
+        f"{input_multiple} (encoder.input_multiple). Use {sizes}"
+    )
+    if "maxvit" in name or "window" in name:
+        fit = image_size if image_size > 0 and image_size % 32 == 0 else max(32, image_size // 32 * 32)
+        message += (
+            f", or a variant whose attention window fits: MaxViT's window is img_size/32 and the input must be "
+            f"a multiple of 32 x window, e.g. encoder.kwargs.img_size={fit} encoder.input_multiple={fit} "
+            f"data.image_size={fit}"
+        )
+    raise ValueError(message + ".")
+
+
+def normalization(name: str) -> dict[str, list[float]]:
+    """Input mean/std (0-1 scale RGB) the encoder's pretrained weights expect: {"mean": [...], "std": [...]}.
+
+    tu- encoders: timm's pretrained config (e.g. 0.5/0.5 for maxvit_tiny_tf_384); smp's own encoders:
+    ImageNet statistics except the few that differ. Stored in checkpoints so later commands need nothing else.
+    """
+    if name.startswith("tu-"):
+        from timm.models import get_pretrained_cfg
+
+        try:
+            cfg = get_pretrained_cfg(name[3:])
+        except Exception:
+            cfg = None
+        mean, std = getattr(cfg, "mean", None), getattr(cfg, "std", None)
+        if mean and std and len(mean) == 3 and len(std) == 3:
+            return {"mean": [float(v) for v in mean], "std": [float(v) for v in std]}
+    else:
+        for prefix, (mean, std) in _SMP_NORMALIZATION.items():
+            if name.startswith(prefix):
+                return {"mean": list(mean), "std": list(std)}
+    return {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}
+
+
+def count_parameters(net: nn.Module, trainable_only: bool = False) -> int:
+    """Number of parameters (all, or only those with requires_grad)."""
+    return sum(p.numel() for p in net.parameters() if p.requires_grad or not trainable_only)

@@ -1,0 +1,483 @@
+"""Pretrained encoder weights: poc59's weight cache, loading files into smp encoders, and fetching.
+
+Training never downloads. ImageNet weights live in poc59's weight cache
+(`cache_root()/weights`, i.e. $POC59_CACHE/weights), one file per encoder:
+`<encoder name>.imagenet.safetensors`, holding `model.encoder.state_dict()` of an
+smp model built with ImageNet weights. `fetch()` (CLI: `python -m poc59.weights
+fetch encoder=<preset>`) writes that file on a machine that can reach the model
+hub; anywhere else it fails fast and says how to bring a file in by hand.
+
+`load_encoder_weights()` loads a file into a built encoder and then checks that
+every encoder tensor equals the file's (smp silently ignores a timm weights file
+when `encoder_weights=None`; poc59 does not rely on smp for loading). It reads:
+- an smp encoder state dict (keys of `model.encoder.state_dict()`), also inside a
+  whole smp model or Lightning checkpoint (keys `...encoder.<key>`);
+- for `tu-` encoders, a plain timm checkpoint (keys of `timm.create_model(name)`):
+  timm's features-only wrapper renames modules (`stages.0` -> `model.stages_0`), so
+  keys are matched with the `model.` prefix dropped and dots read as underscores;
+  tensors of modules the wrapper drops (classifier heads, final norms) are ignored.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import tempfile
+import threading
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # torch is imported where needed: `python -m poc59.weights path` stays quick
+    import torch
+    from torch import nn
+
+log = logging.getLogger(__name__)
+
+IMAGENET = "imagenet"
+FETCH_MODULE = "poc59.weights"
+
+# Top-level modules smp's own encoders delete (classification heads): tensors under them may be dropped.
+_NATIVE_HEAD_PREFIXES = ("fc", "head", "classifier", "last_linear", "_fc", "logits")
+
+
+class MissingWeightsError(FileNotFoundError):
+    """The requested weights file is not there (cache not filled, or a wrong path)."""
+
+
+class WeightsMismatchError(ValueError):
+    """A weights file does not fit the encoder (other keys or shapes)."""
+
+
+class HubUnreachableError(ConnectionError):
+    """The model hub cannot be reached (or is disabled with HF_HUB_OFFLINE)."""
+
+
+# --------------------------------------------------------------------------- cache locations
+
+
+def default_weights_dir() -> Path:
+    """poc59's weight cache: `cache_root()/weights` ($POC59_CACHE/weights, else ~/.cache/poc59/weights)."""
+    from poc59.config import cache_root
+
+    return cache_root() / "weights"
+
+
+def resolve_weights_dir(weights_dir: str | Path | None = None) -> Path:
+    return Path(weights_dir).expanduser().resolve() if weights_dir else default_weights_dir()
+
+
+def cached_weights_path(name: str, weights_dir: str | Path | None = None) -> Path:
+    """Where the ImageNet weights of encoder `name` are expected: `<weights_dir>/<name>.imagenet.safetensors`."""
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", name)
+    return resolve_weights_dir(weights_dir) / f"{safe}.{IMAGENET}.safetensors"
+
+
+# --------------------------------------------------------------------------- presets
+
+
+def encoder_presets_dir() -> Path:
+    """`conf/encoder` (inside the package of a wheel, or at the top of a checkout)."""
+    from poc59 import config
+
+    try:
+        return config.config_dir() / "encoder"
+    except FileNotFoundError:
+        # conf/ exists but without train.yaml (e.g. a partial checkout): look for the encoder group itself.
+        package_dir = Path(config.__file__).resolve().parent
+        for candidate in (package_dir / "conf" / "encoder", package_dir.parents[1] / "conf" / "encoder"):
+            if candidate.is_dir():
+                return candidate
+        raise
+
+
+def encoder_presets() -> dict[str, dict[str, Any]]:
+    """poc59's encoder presets (`conf/encoder/*.yaml`) by preset name; {} when the configs cannot be found."""
+    from omegaconf import OmegaConf
+
+    try:
+        folder = encoder_presets_dir()
+    except FileNotFoundError:
+        return {}
+    presets = {}
+    for path in sorted(folder.glob("*.yaml")):
+        presets[path.stem] = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+    return presets
+
+
+def _override_value(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, separators=(",", ":"))
+
+
+def encoder_overrides(name: str, kwargs: Mapping[str, Any] | None = None) -> str:
+    """The command-line overrides that select encoder `name` (with `kwargs`): a preset if one matches.
+
+    e.g. "encoder=convnext_tiny", or "encoder=custom encoder.name=tu-resnet34".
+    """
+    kwargs = dict(kwargs or {})
+    presets = encoder_presets()
+    preset, preset_kwargs = None, {}
+    for preset_name, cfg in presets.items():
+        if preset_name != "custom" and cfg.get("name") == name:
+            preset, preset_kwargs = preset_name, dict(cfg.get("kwargs") or {})
+            break
+    parts = [f"encoder={preset}"] if preset else [f"encoder=custom encoder.name={name}"]
+    for key, value in kwargs.items():
+        if preset_kwargs.get(key, object()) != value:
+            parts.append(f"encoder.kwargs.{key}={_override_value(value)}")
+    return " ".join(parts)
+
+
+def fetch_command(
+    name: str, kwargs: Mapping[str, Any] | None = None, weights_dir: str | Path | None = None
+) -> str:
+    """The exact command that fills the weight cache for encoder `name`."""
+    command = f"python -m {FETCH_MODULE} fetch {encoder_overrides(name, kwargs)}"
+    if weights_dir is not None and resolve_weights_dir(weights_dir) != default_weights_dir():
+        command += f" weights_dir={resolve_weights_dir(weights_dir)}"
+    return command
+
+
+def missing_weights_message(
+    name: str, path: Path, kwargs: Mapping[str, Any] | None = None, weights_dir: str | Path | None = None
+) -> str:
+    return (
+        f"No ImageNet weights for encoder {name} in poc59's weight cache: {path} does not exist "
+        "(training never downloads).\n"
+        f"  - fetch them once on a machine that reaches the model hub (e.g. a login node; the cache is "
+        f"$POC59_CACHE/weights, shared or copied to where training runs):\n"
+        f"      {fetch_command(name, kwargs, weights_dir)}\n"
+        "  - or use a weights file you have: encoder.weights=/path/to/file (.safetensors or .pth: an smp encoder "
+        "state dict, or a timm checkpoint for tu- encoders)\n"
+        "  - or train from scratch: encoder.weights=null"
+    )
+
+
+# --------------------------------------------------------------------------- reading and loading
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """The tensors of a .safetensors or torch (.pth/.pt/.ckpt) file, unwrapped from {"state_dict": ...}/{"model": ...}."""
+    import torch
+
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise MissingWeightsError(f"weights file {path} does not exist")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            obj: Any = load_file(str(path), device="cpu")
+        else:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # corrupt, truncated, or not a weights file
+        hint = "" if path.suffix == ".safetensors" else (
+            " (torch files are read with weights_only=True: save a plain state dict, or use .safetensors)"
+        )
+        raise WeightsMismatchError(f"cannot read weights file {path}: {type(e).__name__}: {e}{hint}") from e
+    for wrapper in ("state_dict", "model", "module"):
+        if isinstance(obj, Mapping) and isinstance(obj.get(wrapper), Mapping):
+            obj = obj[wrapper]
+            break
+    if not isinstance(obj, Mapping):
+        raise WeightsMismatchError(f"weights file {path} holds a {type(obj).__name__}, not a state dict")
+    tensors = {str(k): v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+    if not tensors:
+        raise WeightsMismatchError(f"weights file {path} holds no tensors")
+    return tensors
+
+
+def _norm_key(key: str, timm_universal: bool) -> str:
+    if key.startswith("module."):
+        key = key[len("module.") :]
+    if not timm_universal:
+        return key
+    # timm's features-only wrappers: FeatureListNet flattens `stages.0` to `stages_0`, FeatureGetterNet
+    # nests the model (`model.model.`), smp prefixes `model.`.
+    return re.sub(r"^(model\.)+", "", key).replace(".", "_")
+
+
+def _views(tensors: dict[str, torch.Tensor]) -> list[tuple[str, dict[str, torch.Tensor]]]:
+    """The file as is, and the encoder part of whole-model checkpoints (keys `<prefix>encoder.<key>`)."""
+    views = [("", tensors)]
+    prefixes: dict[str, int] = {}
+    for key in tensors:
+        index = key.find("encoder.")
+        if index >= 0 and (index == 0 or key[index - 1] == "."):
+            prefix = key[: index + len("encoder.")]
+            prefixes[prefix] = prefixes.get(prefix, 0) + 1
+    for prefix, _ in sorted(prefixes.items(), key=lambda item: -item[1])[:4]:
+        views.append((prefix, {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}))
+    return views
+
+
+def _droppable_keys(name: str, kwargs: Mapping[str, Any] | None, timm_universal: bool) -> set[str] | None:
+    """Normalised keys of a full timm model that the features-only encoder lacks (heads); None: use prefixes."""
+    if not timm_universal:
+        return None
+    import timm
+    import torch
+
+    base = name[3:]
+    try:
+        with torch.device("meta"):
+            full = timm.create_model(base, pretrained=False, **dict(kwargs or {}))
+    except Exception:
+        try:
+            full = timm.create_model(base, pretrained=False, **dict(kwargs or {}))
+        except Exception:
+            return None
+    return {_norm_key(k, True) for k in full.state_dict()}
+
+
+def _short(keys: list[str], n: int = 5) -> str:
+    shown = ", ".join(keys[:n])
+    return shown + (f", ... ({len(keys)} in all)" if len(keys) > n else "")
+
+
+def _match(
+    view: dict[str, torch.Tensor],
+    target: dict[str, torch.Tensor],
+    timm_universal: bool,
+    droppable: set[str] | None,
+) -> dict[str, Any]:
+    by_norm: dict[str, list[str]] = {}
+    for key in view:
+        by_norm.setdefault(_norm_key(key, timm_universal), []).append(key)
+    mapped: dict[str, str] = {}
+    missing, shapes, ambiguous = [], [], []
+    seen: set[str] = set()  # file keys matched by name (also those reported for shape or ambiguity)
+    for key, tensor in target.items():
+        candidates = by_norm.get(_norm_key(key, timm_universal), [])
+        if not candidates:
+            if not key.endswith("num_batches_tracked"):
+                missing.append(key)
+            continue
+        seen.update(candidates)
+        if len(candidates) > 1:
+            ambiguous.append(f"{key} <- {candidates}")
+            continue
+        source = view[candidates[0]]
+        if tuple(source.shape) != tuple(tensor.shape):
+            shapes.append(f"{candidates[0]}: file {tuple(source.shape)} vs encoder {tuple(tensor.shape)}")
+            continue
+        mapped[key] = candidates[0]
+    unexpected = []
+    for key in view:
+        if key in seen or key.endswith("num_batches_tracked"):
+            continue
+        if droppable is not None:  # tu-: tensors of the full timm model that the features-only encoder drops
+            if _norm_key(key, timm_universal) in droppable:
+                continue
+        elif _norm_key(key, False).split(".")[0] in _NATIVE_HEAD_PREFIXES:
+            continue
+        unexpected.append(key)
+    return dict(mapped=mapped, missing=missing, shapes=shapes, ambiguous=ambiguous, unexpected=unexpected)
+
+
+def load_encoder_weights(
+    encoder: nn.Module, path: str | Path, name: str, kwargs: Mapping[str, Any] | None = None
+) -> int:
+    """Load weights file `path` into smp encoder `encoder` (of encoder `name`), verify, return the tensor count.
+
+    Raises MissingWeightsError (no file), WeightsMismatchError (file does not fit: names the file and
+    what did not match).
+    """
+    import torch
+    from torch import nn
+
+    path = Path(path).expanduser().resolve()
+    tensors = read_state_dict(path)
+    timm_universal = name.startswith("tu-")
+    target = encoder.state_dict()
+    droppable = _droppable_keys(name, kwargs, timm_universal)
+
+    best: tuple[str, dict[str, Any]] | None = None
+    for prefix, view in _views(tensors):
+        result = _match(view, target, timm_universal, droppable)
+        if not (result["missing"] or result["shapes"] or result["ambiguous"] or result["unexpected"]):
+            best = (prefix, result)
+            break
+        score = len(result["mapped"])
+        if best is None or score > len(best[1]["mapped"]):
+            best = (prefix, result)
+    assert best is not None
+    prefix, result = best
+    problems = []
+    if result["missing"]:
+        problems.append(
+            f"{len(result['missing'])} of the encoder's {len(target)} tensors are not in the file "
+            f"(e.g. {_short(result['missing'])})"
+        )
+    if result["shapes"]:
+        problems.append(
+            f"{len(result['shapes'])} tensors have other shapes (e.g. {_short(result['shapes'], 3)}; "
+            "were encoder.kwargs different when the file was made?)"
+        )
+    if result["ambiguous"]:
+        problems.append(f"ambiguous keys: {_short(result['ambiguous'], 3)}")
+    if result["unexpected"]:
+        problems.append(
+            f"the file has {len(result['unexpected'])} tensors this encoder does not have "
+            f"(e.g. {_short(result['unexpected'])}; saved for a bigger or different model?)"
+        )
+    if problems:
+        expected = "an smp encoder state dict (model.encoder.state_dict())"
+        if timm_universal:
+            expected += f" or a timm checkpoint of timm.create_model({name[3:]!r})"
+        raise WeightsMismatchError(
+            f"weights file {path} does not fit encoder {name}: " + "; ".join(problems) + ". "
+            f"The file's first keys: {_short(list(tensors), 4)}. Expected {expected}; "
+            "or train from scratch with encoder.weights=null."
+        )
+
+    mapped = result["mapped"]
+    view = dict(_views(tensors))[prefix]
+    state = {key: (view[mapped[key]] if key in mapped else value) for key, value in target.items()}
+    # nn.Module's own loader: smp's encoder subclasses rename or drop keys in their load_state_dict overrides.
+    nn.Module.load_state_dict(encoder, state, strict=True)
+
+    loaded = encoder.state_dict()
+    wrong = [k for k, source in mapped.items() if not torch.equal(loaded[k], view[source].to(loaded[k].dtype))]
+    if wrong:
+        raise RuntimeError(f"weights from {path} were not applied to encoder {name}: {_short(wrong)}")
+    log.info("encoder %s: loaded %d tensors from %s (all verified)", name, len(mapped), path)
+    return len(mapped)
+
+
+# --------------------------------------------------------------------------- fetching (needs the hub)
+
+
+def _hub_offline_env() -> bool:
+    values = (os.environ.get("HF_HUB_OFFLINE", ""), os.environ.get("TRANSFORMERS_OFFLINE", ""))
+    if any(v.strip().lower() in ("1", "true", "yes", "on") for v in values):
+        return True
+    import sys
+
+    constants = sys.modules.get("huggingface_hub.constants")
+    return bool(getattr(constants, "HF_HUB_OFFLINE", False))
+
+
+def check_hub(timeout: float = 10.0) -> None:
+    """Raise HubUnreachableError unless the model hub answers within `timeout` seconds (bounded, no retries)."""
+    from huggingface_hub import constants
+
+    endpoint = constants.ENDPOINT
+    if _hub_offline_env():
+        raise HubUnreachableError(f"the model hub is disabled here (HF_HUB_OFFLINE=1); {endpoint} was not contacted")
+    outcome: dict[str, Any] = {}
+
+    def probe() -> None:
+        try:
+            from huggingface_hub.utils import get_session
+
+            outcome["status"] = get_session().head(endpoint, timeout=timeout).status_code
+        except Exception as e:  # DNS failure, refused, proxy, TLS, timeout
+            outcome["error"] = f"{type(e).__name__}: {e}"
+
+    thread = threading.Thread(target=probe, name="poc59-hub-probe", daemon=True)
+    thread.start()
+    thread.join(timeout + 2.0)
+    if thread.is_alive():
+        raise HubUnreachableError(f"the model hub {endpoint} did not answer within {timeout:.0f} s")
+    if "error" in outcome:
+        raise HubUnreachableError(f"the model hub {endpoint} is unreachable ({outcome['error']})")
+
+
+def unreachable_message(name: str, dest: Path, reason: str, kwargs: Mapping[str, Any] | None = None) -> str:
+    return (
+        f"Cannot fetch ImageNet weights for encoder {name}: {reason}.\n"
+        "  - run the same command on a machine with network (e.g. a login node), with the same $POC59_CACHE:\n"
+        f"      {fetch_command(name, kwargs, dest.parent)}\n"
+        f"  - or copy a file in by hand: an smp encoder state dict as {dest}, or pass any file directly with "
+        "encoder.weights=/path/to/file (.safetensors or .pth; for tu- encoders a timm checkpoint works too)\n"
+        "  - or train from scratch: encoder.weights=null"
+    )
+
+
+def _atomic_save(tensors: dict[str, torch.Tensor], dest: Path, metadata: dict[str, str]) -> None:
+    from safetensors.torch import save_file
+
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata=metadata)
+        os.replace(tmp, dest)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def fetch(
+    name: str,
+    weights_dir: str | Path | None = None,
+    kwargs: Mapping[str, Any] | None = None,
+    force: bool = False,
+    timeout: float = 10.0,
+) -> Path:
+    """Download encoder `name`'s ImageNet weights into the weight cache; return the file's path.
+
+    Builds the smp encoder with ImageNet weights (`encoder_weights="imagenet"`; True for tu- encoders, i.e.
+    timm's default pretrained tag, or the tag in the name: tu-convnext_tiny.fb_in22k), saves its state dict
+    atomically as safetensors and checks it loads back. Without a reachable hub: HubUnreachableError, fast.
+    """
+    kwargs = dict(kwargs or {})
+    dest = cached_weights_path(name, weights_dir)
+    if dest.is_file() and not force:
+        log.info("%s is already there (force=true to fetch again)", dest)
+        return dest
+    try:  # first, before the slow imports: offline, fail within a second
+        check_hub(timeout)
+    except HubUnreachableError as e:
+        raise HubUnreachableError(unreachable_message(name, dest, str(e), kwargs)) from None
+
+    import segmentation_models_pytorch as smp
+
+    from poc59.model.factory import check_encoder_name
+
+    check_encoder_name(name)
+
+    if name.startswith("tu-"):
+        import timm
+
+        if not timm.models.is_model_pretrained(name[3:]):
+            raise ValueError(f"timm has no pretrained weights for {name[3:]}: use encoder.weights=null")
+        weights: Any = True
+    else:
+        available = list(smp.encoders.encoders.get(name, {}).get("pretrained_settings", {}))
+        if IMAGENET not in available:
+            raise ValueError(f"smp has no ImageNet weights for encoder {name} (it has: {available or 'none'})")
+        weights = IMAGENET
+    log.info("downloading ImageNet weights for encoder %s ...", name)
+    try:
+        encoder = smp.encoders.get_encoder(name, weights=weights, **kwargs)
+    except Exception as e:
+        raise HubUnreachableError(
+            unreachable_message(name, dest, f"the download failed ({type(e).__name__}: {e})", kwargs)
+        ) from e
+    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in encoder.state_dict().items()}
+    source = ""
+    if name.startswith("tu-"):
+        import timm
+
+        cfg = timm.models.get_pretrained_cfg(name[3:])
+        source = getattr(cfg, "hf_hub_id", None) or getattr(cfg, "url", None) or ""
+    else:
+        source = smp.encoders.encoders[name]["pretrained_settings"][IMAGENET].get("repo_id", "")
+    metadata = {
+        "format": "poc59 smp-encoder-state-dict",
+        "encoder": name,
+        "weights": IMAGENET,
+        "source": str(source),
+        "kwargs": json.dumps(kwargs, sort_keys=True),
+    }
+    _atomic_save(tensors, dest, metadata)
+    fresh = smp.encoders.get_encoder(name, weights=None, **kwargs)
+    load_encoder_weights(fresh, dest, name, kwargs)
+    log.info("saved %d tensors to %s (from %s)", len(tensors), dest, source or "the hub")
+    return dest

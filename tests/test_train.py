@@ -1,0 +1,157 @@
+"""End to end through the real composed config (conf/train.yaml), as a user runs it."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig, open_dict
+
+from helpers import CRACKFOREST
+from poc59.classes import ARTEFACT
+from poc59.config import config_dir, register_resolvers
+from poc59.train import train
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def make_cfg(tmp_path: Path, *overrides: str) -> DictConfig:
+    """The real config with a private run folder, as `python -m poc59.train <overrides>` would compose it."""
+    register_resolvers()
+    with initialize_config_dir(str(config_dir()), version_base="1.3"):
+        cfg = compose("train", overrides=list(overrides), return_hydra_config=False)
+    with open_dict(cfg):
+        cfg.paths.run_dir = str(tmp_path / "run")
+    return cfg
+
+
+SMALL = (
+    "encoder=tiny",
+    "data.synthetic.n=10",
+    "data.image_size=64",
+    "data.batch_size=8",
+    "trainer.enable_progress_bar=false",
+    "callbacks.progress_bar=null",
+)
+
+
+def test_fast_dev_run_through_the_real_config(tmp_path):
+    cfg = make_cfg(tmp_path, *SMALL, "trainer.fast_dev_run=true")
+    summary = train(cfg)
+    assert summary["encoder"] == "tu-mobilenetv3_small_050"
+    assert summary["classes"]["names"] == list(ARTEFACT.names)
+    assert (tmp_path / "run" / "summary.json").exists()
+
+
+def test_short_run_writes_a_complete_run_folder(tmp_path):
+    cfg = make_cfg(tmp_path, *SMALL, "trainer.max_epochs=2")
+    summary = train(cfg)
+    run = tmp_path / "run"
+    for name in ("config.yaml", "split.json", "class_weights.json", "summary.json", "checkpoints/best.ckpt", "checkpoints/last.ckpt", "csv/metrics.csv"):
+        assert (run / name).exists(), name
+    assert list((run / "tensorboard").glob("events.*"))
+
+    on_disk = json.loads((run / "summary.json").read_text())
+    assert on_disk["val/mIoU"] == summary["val/mIoU"] and on_disk["epochs_run"] == 2
+    assert set(on_disk["val/IoU"]) == set(ARTEFACT.names)  # every class by name from the one table
+    present = [v for v in on_disk["val/IoU"].values() if v is not None]
+    assert on_disk["val/mIoU"] == pytest.approx(sum(present) / len(present))
+    assert 0 <= on_disk["all_clean_baseline_val/mIoU"] <= 1
+    assert on_disk["train_images_per_s"] > 0 and on_disk["peak_memory"]["bytes"] > 0
+    prov = on_disk["provenance"]
+    assert prov["loss"]["name"] == "dice_focal" and prov["loss"]["components"] == {"dice": 0.5, "focal": 0.5}
+    assert prov["class_weights"]["weights"] == prov["loss"]["class_weights"]
+    assert prov["batch_size_per_device"] == 8 and prov["precision"] == "32-true" and prov["seed"] == 0
+    assert prov["data"]["split_fingerprint"] == json.loads((run / "split.json").read_text())["fingerprint"]
+
+    # the best val/mIoU is the best logged one, and the checkpoint holds it
+    rows = list(csv.DictReader((run / "csv" / "metrics.csv").open()))
+    logged = [float(r["val/mIoU"]) for r in rows if r.get("val/mIoU")]
+    assert len(logged) == 2 and max(logged) == pytest.approx(summary["val/mIoU"], abs=1e-6)
+    ckpt = torch.load(run / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=False)
+    hp = ckpt["hyper_parameters"]
+    assert hp["classes"]["names"] == list(ARTEFACT.names) and hp["classes"]["palette"] == list(ARTEFACT.palette)
+    assert len(hp["normalization"]["mean"]) == 3 and hp["network"]["name"] == "tu-mobilenetv3_small_050"
+    assert hp["image_size"] == 64
+
+
+def test_split_keeps_copies_with_their_original(tmp_path):
+    cfg = make_cfg(tmp_path, *SMALL, "trainer.fast_dev_run=true")
+    train(cfg)
+    split = json.loads((tmp_path / "run" / "split.json").read_text())
+    group = lambda i: i.split("_aug")[0]
+    assert not {group(i) for i in split["train"]} & {group(i) for i in split["val"]}
+    assert all("_aug" not in i for i in split["val"])
+
+
+def test_real_crackforest_trains_as_it_is(tmp_path):
+    cfg = make_cfg(
+        tmp_path, "encoder=tiny", "data=artefact", f"data.root={CRACKFOREST}", "data.image_size=64",
+        "data.batch_size=16", "trainer.max_epochs=1", "trainer.limit_train_batches=2", "trainer.enable_progress_bar=false", "callbacks.progress_bar=null",
+    )
+    summary = train(cfg)
+    assert summary["classes"]["names"] == ["background", "crack"]
+    assert set(summary["val/IoU"]) == {"background", "crack"}
+    assert summary["provenance"]["data"]["images"] == 118
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("encoder", ["convnext_tiny", "segformer_b3", "maxvit_tiny"])
+def test_one_training_step_of_each_encoder_at_384(tmp_path, encoder):
+    cfg = make_cfg(
+        tmp_path, f"encoder={encoder}", "encoder.weights=null", "data.synthetic.n=3", "data.image_size=384",
+        "data.batch_size=2", "data.val_fraction=0.34", "trainer.max_steps=1", "trainer.limit_val_batches=1",
+        "trainer.num_sanity_val_steps=0", "trainer.enable_progress_bar=false", "callbacks.progress_bar=null",
+    )
+    summary = train(cfg)
+    assert summary["image_size"] == 384 and summary["epochs_run"] == 1
+    assert summary["val/mIoU"] is not None and not math.isnan(summary["val/mIoU"])
+
+
+def _run(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, timeout=300, env=env)
+
+
+def test_unknown_encoder_lists_presets_and_raw_names():
+    out = _run("poc59.train", "encoder=resnet50")
+    assert out.returncode != 0
+    assert "convnext_tiny" in out.stderr and "segformer_b3" in out.stderr and "maxvit_tiny" in out.stderr
+    assert "encoder=custom encoder.name=tu-resnet50" in out.stderr
+
+
+def test_missing_data_folder_says_where_it_looked(tmp_path):
+    out = _run("poc59.train", "data=artefact", f"data.root={tmp_path / 'nope'}", f"hydra.run.dir={tmp_path / 'run'}")
+    assert out.returncode == 2
+    assert str(tmp_path / "nope") in out.stderr and "experiment=quickstart" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_configs_ship_inside_the_wheel(tmp_path):
+    """poc59 must run from a built wheel, not only from a checkout."""
+    build = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w", str(tmp_path), str(REPO)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert build.returncode == 0, build.stderr[-2000:]
+    wheel = next(tmp_path.glob("poc59-*.whl"))
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "poc59/conf/train.yaml" in names and "poc59/conf/encoder/segformer_b3.yaml" in names
+    site = tmp_path / "site"
+    zipfile.ZipFile(wheel).extractall(site)
+    env = {**os.environ, "PYTHONPATH": str(site)}
+    out = _run("poc59.train", "--cfg", "job", "encoder=segformer_b3", env=env)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "mit_b3" in out.stdout
+    where = subprocess.run(
+        [sys.executable, "-c", "import poc59.config as c; print(c.config_dir())"], capture_output=True, text=True, env=env
+    )
+    assert where.stdout.strip() == str(site / "poc59" / "conf")
