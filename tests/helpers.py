@@ -28,6 +28,7 @@ def make_folder(root: Path, n: int = 6, copies: int = 2, size: tuple[int, int] =
         mask = np.kron(rng.integers(0, classes, (h // 8, w // 8)), np.ones((8, 8), dtype=np.int64))
         mask[:2] = 255
         write_pair(root, f"img{i:03d}", image, mask)
-        for k in range(1, copies + 1):
-            write_pair(root, f"img{i:03d}_aug{k}", np.ascontiguousarray(image[:, ::-1]), np.ascontiguousarray(mask[:, ::-1]))
+        for k in range(1, copies + 1):  # distinct copies: horizontal, vertical, both flips
+            flip = {1: (slice(None), slice(None, None, -1)), 2: (slice(None, None, -1),), 0: (slice(None, None, -1), slice(None, None, -1))}[k % 3]
+            write_pair(root, f"img{i:03d}_aug{k}", np.ascontiguousarray(image[flip]), np.ascontiguousarray(mask[flip]))
     return root

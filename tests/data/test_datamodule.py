@@ -1,0 +1,82 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from helpers import CRACKFOREST, make_folder, write_pair
+from poc59.data.datamodule import SegmentationDataModule
+from poc59.data.prepare import main as prepare_main
+
+
+def _dm(root, tmp_path, **kw):
+    kw.setdefault("image_size", 16)
+    kw.setdefault("batch_size", 4)
+    dm = SegmentationDataModule(root, cache_dir=tmp_path / "cache", **kw)
+    dm.setup("fit")
+    return dm
+
+
+def test_batches_come_from_the_training_side_only(tmp_path):
+    dm = _dm(make_folder(tmp_path / "d", n=10, copies=2), tmp_path)
+    train_ids = set(dm.split["train"])
+    by_pixels = {bytes(dm.data.images[i].numpy()): s.id for i, s in enumerate(dm.samples)}
+    seen = set()
+    for images, masks in dm.train_dataloader():
+        assert images.dtype == torch.uint8 and masks.dtype == torch.uint8
+        seen |= {by_pixels[bytes(img.numpy())] for img in images}
+    assert seen <= train_ids and len(seen) == len(train_ids) // 4 * 4
+    val = [i for images, _ in dm.val_dataloader() for i in images]
+    assert len(val) == len(dm.split["val"]) and all("_aug" not in i for i in dm.split["val"])
+
+
+def test_split_file_reuses_the_same_images(tmp_path):
+    root = make_folder(tmp_path / "d", n=10, copies=1)
+    first = _dm(root, tmp_path, seed=1)
+    path = tmp_path / "split.json"
+    path.write_text(json.dumps(first.split))
+    second = _dm(root, tmp_path, seed=99, split_file=path)
+    assert second.split == first.split
+    assert _dm(root, tmp_path, seed=99).split != first.split
+
+
+def test_without_stored_copies(tmp_path):
+    dm = _dm(make_folder(tmp_path / "d", n=6, copies=3), tmp_path, use_aug_copies=False)
+    assert len(dm.samples) == 6 and not any(s.is_copy for s in dm.samples)
+
+
+def test_skipped_files_are_recorded(tmp_path):
+    root = make_folder(tmp_path / "d", n=6, copies=0)
+    (root / "images" / "img003.png").write_bytes(b"not a png")
+    with pytest.raises(Exception, match="img003"):
+        _dm(root, tmp_path)
+    dm = _dm(root, tmp_path, on_bad_file="skip")
+    skipped = dm.describe()["skipped_files"]
+    assert [s["id"] for s in skipped] == ["img003"] and len(dm.samples) == 5
+
+
+def test_crop_policy_trains_on_windows_and_validates_on_tiles(tmp_path):
+    root = tmp_path / "d"
+    rng = np.random.default_rng(0)
+    for i in range(6):
+        img = rng.integers(0, 256, (40, 44, 3), dtype=np.uint8)  # under max_side: native pixels
+        write_pair(root, f"im{i}", img, (img[:, :, 0] // 64).astype(np.uint8))
+    dm = _dm(root, tmp_path, policy="crop", max_side=48, batch_size=3, val_fraction=0.34)
+    assert dm.data.images.shape[-1] == 48 and dm.data.sizes.tolist()[0] == [40, 44]
+    for images, masks in dm.train_dataloader():
+        assert images.shape[-2:] == (16, 16)
+        valid = masks != 255
+        assert torch.equal((images[:, 0] // 64)[valid], masks[valid].to(images.dtype))  # windows stay aligned
+    tiles = [m for _, ms in dm.val_dataloader() for m in ms]
+    val_pixels = sum(int((m != 255).sum()) for m in tiles)
+    assert val_pixels == len(dm.split["val"]) * 40 * 44  # every content pixel scored exactly once
+
+
+def test_prepare_reports_real_crackforest(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("POC59_CACHE", str(tmp_path / "cache"))
+    code = prepare_main(["data=artefact", f"data.root={CRACKFOREST}", "data.image_size=32", "encoder=tiny"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "background" in out and "crack" in out and "118 pairs" in out
+    assert list((tmp_path / "cache" / "data").glob("preload-*/meta.json"))
+    assert prepare_main(["data=artefact", f"data.root={tmp_path / 'missing'}", "encoder=tiny"]) == 2
