@@ -16,6 +16,7 @@ from typing import Any
 
 import hydra
 import lightning as L
+import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
@@ -60,6 +61,10 @@ def _best(history: list[dict]) -> dict | None:
 def train(cfg: DictConfig) -> dict:
     """Fit one model as configured; returns (and on rank 0 writes) the run summary."""
     started = time.perf_counter()
+    # Denormal floats appear as small models train from scratch and make CPU arithmetic
+    # 3-10x slower (measured: 9.8 -> 34.8 images/s on the quickstart); flushing them to
+    # zero changes no result that matters and does nothing on GPUs.
+    torch.set_flush_denormal(True)
     L.seed_everything(cfg.seed, workers=True)
     run_dir = Path(cfg.paths.run_dir)
 
