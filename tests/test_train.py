@@ -69,7 +69,7 @@ def test_short_run_writes_a_complete_run_folder(tmp_path):
     assert on_disk["train_images_per_s"] > 0 and on_disk["peak_memory"]["bytes"] > 0
     prov = on_disk["provenance"]
     assert prov["loss"]["name"] == "dice_focal" and prov["loss"]["components"] == {"dice": 0.5, "focal": 0.5}
-    assert prov["class_weights"]["weights"] == prov["loss"]["class_weights"]
+    assert prov["class_weights"]["weights"] == pytest.approx(prov["loss"]["class_weights"], rel=1e-6)  # float32 in the loss
     assert prov["batch_size_per_device"] == 8 and prov["precision"] == "32-true" and prov["seed"] == 0
     assert prov["data"]["split_fingerprint"] == json.loads((run / "split.json").read_text())["fingerprint"]
 

@@ -16,7 +16,7 @@ import lightning as L
 import torch
 
 from poc59.classes import ClassTable, load_class_table
-from poc59.data.augment import FlipRotate
+from poc59.data.augment import BatchAugment
 from poc59.data.class_weights import load_or_compute
 from poc59.data.feed import BatchFeed
 from poc59.data.preload import Preloaded, canvas_side, preload
@@ -59,7 +59,7 @@ class SegmentationDataModule(L.LightningDataModule):
         self.seed = int(seed)
         self.val_aug_copies = bool(val_aug_copies)
         self.group_pattern = group_pattern
-        self.augment = FlipRotate(**(augment or {}))
+        self.augment = BatchAugment.from_config(augment or {})
         self.class_weights_cfg = {"method": "inverse_sqrt", "cap": None, **(class_weights or {})}
         self.synthetic = dict(synthetic) if synthetic else None
         self.cache_dir = Path(cache_dir).expanduser().resolve() if cache_dir else None
@@ -166,7 +166,7 @@ class SegmentationDataModule(L.LightningDataModule):
             "preload_bytes": self.data.nbytes if self.data else None,
             "preload_source": self.data.source if self.data else None,
             "skipped_files": self.data.skipped if self.data else [],
-            "augment": vars(self.augment),
+            "augment": self.augment.to_dict(),
         }
 
     # -- batches -----------------------------------------------------------------------------
