@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 from omegaconf import OmegaConf
 
@@ -46,9 +47,66 @@ def auto_precision() -> str:
     return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
 
 
+def _partition_has_gpus(partition: str | None) -> bool | None:
+    """Whether `sinfo` lists a GPU GRES on the partition (the default one if None); None if sinfo cannot tell."""
+    import shutil
+    import subprocess
+
+    if not shutil.which("sinfo"):
+        return None
+    cmd = ["sinfo", "--noheader", "--format=%G"] + (["--partition", str(partition)] if partition else [])
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if out.returncode != 0 or not out.stdout.strip():
+        return None
+    return "gpu" in out.stdout
+
+
+def gpus_per_node(accelerator: Any, devices: Any, partition: Any = None) -> int:
+    """GPUs a SLURM job asks per node for `trainer.accelerator` / `trainer.devices` (conf/hydra/launcher/slurm.yaml).
+
+    SLURM starts one process per device (tasks_per_node = devices), so the device count must be an
+    integer: `auto` or a list of indices is refused with the setting to use. cpu -> 0 GPUs; gpu/cuda ->
+    `devices`; auto -> `devices` if `sinfo` shows GPUs on the partition, 0 if it shows none.
+    """
+    if isinstance(devices, str) and devices.strip().isdigit():
+        devices = int(devices)
+    if isinstance(devices, bool) or not isinstance(devices, int) or devices < 1:
+        raise ValueError(
+            f"trainer.devices={devices}: a SLURM launch needs an integer device count per node (SLURM starts "
+            f"one process per device; tasks_per_node and gpus_per_node follow it). Set trainer.devices=N, "
+            f"e.g. trainer.devices=1 (and trainer.num_nodes=M for several nodes)"
+        )
+    acc = str(accelerator).lower()
+    if acc == "cpu":
+        return 0
+    if acc in ("gpu", "cuda"):
+        return devices
+    if acc == "auto":
+        has_gpus = _partition_has_gpus(partition)
+        if has_gpus is None:
+            raise ValueError(
+                f"trainer.accelerator=auto: cannot tell whether SLURM partition {partition or '(default)'} has GPUs "
+                "(sinfo did not answer). Set trainer.accelerator=gpu or trainer.accelerator=cpu"
+            )
+        return devices if has_gpus else 0
+    raise ValueError(
+        f"trainer.accelerator={accelerator}: the SLURM launcher knows cpu, gpu (cuda) and auto; "
+        "set trainer.accelerator=gpu or trainer.accelerator=cpu"
+    )
+
+
 def register_resolvers() -> None:
-    """Resolvers used by conf/: ${poc59.cache:}, ${poc59.precision:}. Idempotent."""
+    """Resolvers used by conf/: ${poc59.cache:}, ${poc59.precision:}, ${poc59.first:...},
+    ${poc59.gpus_per_node:accelerator,devices,partition} (conf/hydra/launcher/). Idempotent."""
     if not OmegaConf.has_resolver("poc59.cache"):
         OmegaConf.register_new_resolver("poc59.cache", lambda: str(cache_root()))
     if not OmegaConf.has_resolver("poc59.precision"):
         OmegaConf.register_new_resolver("poc59.precision", auto_precision)
+    if not OmegaConf.has_resolver("poc59.gpus_per_node"):
+        OmegaConf.register_new_resolver("poc59.gpus_per_node", gpus_per_node)
+    if not OmegaConf.has_resolver("poc59.first"):
+        # the first argument that is set: ${poc59.first:${run_dir},default}
+        OmegaConf.register_new_resolver("poc59.first", lambda *values: next((v for v in values if v not in (None, "")), None))

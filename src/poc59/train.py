@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -18,9 +19,13 @@ import hydra
 import lightning as L
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from lightning.pytorch.plugins.environments import SLURMEnvironment
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from poc59 import resume
 
 from poc59.atomic import write_bytes, write_json
+from poc59.checkpointing import AtomicCheckpointIO
 from poc59.config import config_dir, register_resolvers
 from poc59.data.datamodule import SegmentationDataModule
 from poc59.data.sources import DataError
@@ -40,7 +45,7 @@ from poc59.throughput import TrainThroughput, peak_memory
 
 log = logging.getLogger("poc59.train")
 
-USER_ERRORS = (DataError, MissingWeightsError, UnknownEncoderError)
+USER_ERRORS = (DataError, MissingWeightsError, UnknownEncoderError, resume.ResumeConfigError)
 
 
 def _instantiate_all(group: DictConfig | None) -> list[Any]:
@@ -51,6 +56,14 @@ def _instantiate_all(group: DictConfig | None) -> list[Any]:
 def _plain(node: Any) -> dict:
     """A config mapping as a plain dict ({} for null)."""
     return OmegaConf.to_container(node, resolve=True) if node else {}
+
+
+def _plugins() -> list[Any]:
+    """Atomic checkpoints; under submitit, submitit owns requeue (it re-runs this job, which resumes)."""
+    plugins: list[Any] = [AtomicCheckpointIO()]
+    if os.environ.get("SUBMITIT_EXECUTOR") == "slurm" and SLURMEnvironment.detect():
+        plugins.append(SLURMEnvironment(auto_requeue=False))
+    return plugins
 
 
 def _best(history: list[dict]) -> dict | None:
@@ -66,7 +79,9 @@ def train(cfg: DictConfig) -> dict:
     # zero changes no result that matters and does nothing on GPUs.
     torch.set_flush_denormal(True)
     L.seed_everything(cfg.seed, workers=True)
-    run_dir = Path(cfg.paths.run_dir)
+    run_dir, ckpt_path = resume.plan(cfg, Path(cfg.paths.run_dir))
+    with open_dict(cfg):
+        cfg.paths.run_dir = str(run_dir)  # loggers and checkpoints follow a resume=never move
 
     datamodule: SegmentationDataModule = instantiate(cfg.data)
     datamodule.prepare_data()
@@ -95,7 +110,9 @@ def train(cfg: DictConfig) -> dict:
         image_size=datamodule.image_size,
     )
     callbacks = _instantiate_all(cfg.get("callbacks"))
-    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=_instantiate_all(cfg.get("logger")))
+    trainer: L.Trainer = instantiate(
+        cfg.trainer, callbacks=callbacks, logger=_instantiate_all(cfg.get("logger")), plugins=_plugins()
+    )
 
     if trainer.is_global_zero:
         write_bytes(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True).encode())
@@ -103,7 +120,7 @@ def train(cfg: DictConfig) -> dict:
         write_json(run_dir / "class_weights.json", datamodule.class_weights_record)
         log.info("Run folder: %s", run_dir)
 
-    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
 
     best = _best(module.history)
     baseline = all_clean_baseline(datamodule.val_masks, classes.num_classes, classes.ignore_index)

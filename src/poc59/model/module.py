@@ -7,6 +7,7 @@ the network, image size) is saved in its hyperparameters.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable
 from typing import Any
@@ -16,6 +17,8 @@ import torch
 from torch import nn
 
 from poc59.model.metrics import SegmentationIoU, iou_by_name, mean_iou
+
+log = logging.getLogger(__name__)
 
 
 class SegmentationModule(L.LightningModule):
@@ -50,6 +53,7 @@ class SegmentationModule(L.LightningModule):
         self.train_iou = SegmentationIoU(len(self.names), ignore_index=self.ignore_index)
         self.val_iou = SegmentationIoU(len(self.names), ignore_index=self.ignore_index)
         self.history: list[dict] = []  # one entry per completed validation epoch; survives resume
+        self._resumed_scheduler_states: list[dict] = []
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 (or 0-255 float) images [B,3,H,W] -> logits [B,C,H,W]."""
@@ -98,11 +102,21 @@ class SegmentationModule(L.LightningModule):
         optimizer = self.optimizer_factory(params=self.parameters())
         if self.scheduler_factory is None:
             return {"optimizer": optimizer}
-        scheduler = self.scheduler_factory(optimizer=optimizer, total_steps=int(self.trainer.estimated_stepping_batches))
+        total_steps = int(self.trainer.estimated_stepping_batches)
+        for state in self._resumed_scheduler_states:  # a resumed run whose max_epochs was raised
+            if state.get("total_steps") not in (None, total_steps):
+                log.warning(
+                    "trainer.max_epochs changed since the checkpoint: the schedule is stretched from %d to %d steps",
+                    state["total_steps"], total_steps,
+                )
+                state["total_steps"] = total_steps
+        scheduler = self.scheduler_factory(optimizer=optimizer, total_steps=total_steps)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["poc59_history"] = self.history
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Called before configure_optimizers; the scheduler states are loaded after it, from this same dict.
         self.history = list(checkpoint.get("poc59_history", []))
+        self._resumed_scheduler_states = checkpoint.get("lr_schedulers") or []

@@ -1,0 +1,103 @@
+"""Run identity and resume: a run folder that holds `last.ckpt` is continued, not overwritten.
+
+`resume=auto` (default) continues from `<run folder>/checkpoints/last.ckpt` when it
+exists, after checking that the configuration is the same one the run started
+with (keys that are safe to change, such as `trainer.max_epochs` or paths, are
+allowed to differ). `resume=never` starts over in a new sibling folder.
+`ckpt_path=...` resumes from any checkpoint, unchecked.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger(__name__)
+
+RESUME_MODES = ("auto", "never")
+
+# Keys (or key prefixes, ending in ".") that may change between attempts of one run.
+SAFE_TO_CHANGE = (
+    "trainer.max_epochs",
+    "trainer.max_steps",
+    "trainer.enable_progress_bar",
+    "trainer.log_every_n_steps",
+    "trainer.limit_val_batches",
+    "trainer.num_sanity_val_steps",
+    "callbacks.progress_bar",
+    "paths.",
+    "hydra.",
+    "ckpt_path",
+    "resume",
+    "run_name",
+    "run_dir",
+)
+
+
+class ResumeConfigError(ValueError):
+    """The run folder was started with a different configuration."""
+
+
+def last_checkpoint(run_dir: Path) -> Path:
+    return run_dir / "checkpoints" / "last.ckpt"
+
+
+def _flat(node: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(node, dict):
+        out: dict[str, Any] = {}
+        for k, v in node.items():
+            out.update(_flat(v, f"{prefix}{k}."))
+        return out or {prefix[:-1]: {}}
+    return {prefix[:-1]: node}
+
+
+def changed_keys(old: dict, new: dict) -> dict[str, tuple[Any, Any]]:
+    """Keys whose values differ (missing counts as None), except those safe to change."""
+    a, b = _flat(old), _flat(new)
+    diff = {}
+    for key in sorted(set(a) | set(b)):
+        if any(key == s or (s.endswith(".") and key.startswith(s)) for s in SAFE_TO_CHANGE):
+            continue
+        if a.get(key) != b.get(key):
+            diff[key] = (a.get(key), b.get(key))
+    return diff
+
+
+def _free_sibling(run_dir: Path) -> Path:
+    n = 2
+    while (run_dir.parent / f"{run_dir.name}-{n}").exists():
+        n += 1
+    return run_dir.parent / f"{run_dir.name}-{n}"
+
+
+def plan(cfg: DictConfig, run_dir: Path) -> tuple[Path, str | None]:
+    """(run folder to use, checkpoint to resume from or None), or ResumeConfigError."""
+    mode = cfg.get("resume", "auto")
+    if mode not in RESUME_MODES:
+        raise ValueError(f"resume={mode!r} must be one of {RESUME_MODES}")
+    if cfg.get("ckpt_path"):
+        log.info("Resuming from %s (ckpt_path)", cfg.ckpt_path)
+        return run_dir, str(Path(cfg.ckpt_path).expanduser().resolve())
+    last = last_checkpoint(run_dir)
+    if not last.exists():
+        return run_dir, None
+    if mode == "never":
+        new_dir = _free_sibling(run_dir)
+        log.info("%s holds a run and resume=never: starting over in %s", run_dir, new_dir)
+        return new_dir, None
+    saved = run_dir / "config.yaml"
+    if saved.exists():
+        old = OmegaConf.to_container(OmegaConf.load(saved), resolve=False)
+        new = OmegaConf.to_container(cfg, resolve=True)
+        diff = changed_keys(old, new)
+        if diff:
+            lines = "\n".join(f"  {k}: {o!r} -> {n!r}" for k, n_o in diff.items() for o, n in [n_o])
+            raise ResumeConfigError(
+                f"{run_dir} holds a run started with a different configuration; refusing to resume it with:\n{lines}\n"
+                "Restore those settings to continue it, or pass resume=never to start over in a new folder."
+            )
+    log.info("Resuming from %s", last)
+    return run_dir, str(last)

@@ -1,0 +1,95 @@
+"""A killed run continues from last.ckpt with the same command; a changed configuration is refused."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from poc59.checkpointing import AtomicCheckpointIO
+from poc59.resume import changed_keys
+
+TINY = [
+    "encoder=tiny", "data.synthetic.n=6", "data.image_size=64", "data.batch_size=4",
+    "trainer.enable_progress_bar=false", "callbacks.progress_bar=null", "trainer.num_sanity_val_steps=0",
+]
+
+
+def _cmd(run_dir: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "poc59.train", *TINY, f"run_dir={run_dir}", *extra]
+
+
+def _epoch_of(ckpt: Path) -> int:
+    try:
+        return int(torch.load(ckpt, map_location="cpu", weights_only=False)["epoch"])
+    except Exception:  # not there yet
+        return -1
+
+
+def test_sigkill_then_same_command_resumes_and_runs_each_epoch_once(tmp_path):
+    run_dir = tmp_path / "run"
+    last = run_dir / "checkpoints" / "last.ckpt"
+    cmd = _cmd(run_dir, "trainer.max_epochs=5")
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    while _epoch_of(last) < 1 and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    assert proc.poll() is None, "the run ended before it could be killed: " + proc.stderr.read()[-2000:]
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    killed_at = _epoch_of(last)
+    assert killed_at >= 1 and not (run_dir / "summary.json").exists()
+
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "Resuming from" in again.stderr and "last.ckpt" in again.stderr
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert [h["epoch"] for h in summary["history"]] == [0, 1, 2, 3, 4]  # none lost, none repeated
+    assert summary["epochs_run"] == 5
+    assert not list(run_dir.glob("checkpoints/.*tmp"))
+
+
+def test_resume_with_a_changed_learning_rate_is_refused_and_never_starts_over(tmp_path):
+    run_dir = tmp_path / "run"
+    first = subprocess.run(_cmd(run_dir, "trainer.max_epochs=1"), capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stderr[-3000:]
+    changed = subprocess.run(_cmd(run_dir, "trainer.max_epochs=2", "optimizer.lr=0.05"), capture_output=True, text=True, timeout=300)
+    assert changed.returncode == 2
+    assert "optimizer.lr" in changed.stderr and "resume=never" in changed.stderr
+    assert "optimizer.scheduler" not in changed.stderr
+    # more epochs alone is a safe change: the run continues
+    longer = subprocess.run(_cmd(run_dir, "trainer.max_epochs=2"), capture_output=True, text=True, timeout=300)
+    assert longer.returncode == 0, longer.stderr[-3000:]
+    assert [h["epoch"] for h in json.loads((run_dir / "summary.json").read_text())["history"]] == [0, 1]
+    fresh = subprocess.run(_cmd(run_dir, "trainer.max_epochs=1", "resume=never"), capture_output=True, text=True, timeout=300)
+    assert fresh.returncode == 0, fresh.stderr[-3000:]
+    assert (tmp_path / "run-2" / "summary.json").exists()
+
+
+def test_changed_keys_ignores_only_safe_keys():
+    old = {"optimizer": {"lr": 0.1}, "trainer": {"max_epochs": 5}, "paths": {"run_dir": "/a"}}
+    new = {"optimizer": {"lr": 0.2}, "trainer": {"max_epochs": 9}, "paths": {"run_dir": "/b"}, "seed": 1}
+    assert changed_keys(old, new) == {"optimizer.lr": (0.1, 0.2), "seed": (None, 1)}
+
+
+def test_checkpoint_writes_leave_the_old_file_when_interrupted(tmp_path, monkeypatch):
+    path = tmp_path / "last.ckpt"
+    AtomicCheckpointIO().save_checkpoint({"epoch": 1}, path)
+    assert torch.load(path, weights_only=False)["epoch"] == 1
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full_disk)
+    try:
+        AtomicCheckpointIO().save_checkpoint({"epoch": 2}, path)
+    except OSError:
+        pass
+    assert torch.load(path, weights_only=False)["epoch"] == 1  # the previous checkpoint survives
+    assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]  # no temporary left behind
