@@ -54,6 +54,7 @@ class SegmentationModule(L.LightningModule):
         self.val_iou = SegmentationIoU(len(self.names), ignore_index=self.ignore_index)
         self.history: list[dict] = []  # one entry per completed validation epoch; survives resume
         self._resumed_scheduler_states: list[dict] = []
+        self.val_confmat: torch.Tensor | None = None  # of the last validation epoch
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 (or 0-255 float) images [B,3,H,W] -> logits [B,C,H,W]."""
@@ -80,6 +81,8 @@ class SegmentationModule(L.LightningModule):
 
     def _epoch_end(self, stage: str, metric: SegmentationIoU) -> dict:
         iou = metric.compute()  # synchronised across ranks
+        if stage == "val":
+            self.val_confmat = metric.confusion_matrix()  # summed over ranks; rows target, columns prediction
         metric.reset()
         miou = mean_iou(iou)
         per_class = iou_by_name(iou, self.names)
