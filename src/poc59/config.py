@@ -77,7 +77,8 @@ def gpus_per_node(accelerator: Any, devices: Any, partition: Any = None) -> int:
         raise ValueError(
             f"trainer.devices={devices}: a SLURM launch needs an integer device count per node (SLURM starts "
             f"one process per device; tasks_per_node and gpus_per_node follow it). Set trainer.devices=N, "
-            f"e.g. trainer.devices=1 (and trainer.num_nodes=M for several nodes)"
+            f"e.g. trainer.devices=1 (and trainer.num_nodes=M for several nodes), once for the whole sweep: its runs "
+            f"share one SLURM request, so trainer.devices is not swept"
         )
     acc = str(accelerator).lower()
     if acc == "cpu":

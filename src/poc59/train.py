@@ -204,6 +204,9 @@ def _hydra_main(cfg: DictConfig) -> float | None:
     except USER_ERRORS as err:
         log.error("%s", err)
         raise SystemExit(2) from None
+    except Exception:
+        log.exception("Run failed")  # in a sweep Hydra keeps only the message; the log keeps the traceback
+        raise
     return summary["val/mIoU"]  # the value a Hydra sweeper optimises
 
 
@@ -214,4 +217,8 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    # Run the importable poc59.train, not this __main__ copy: submitit pickles the task
+    # function by reference, which only works for a function of an importable module.
+    from poc59.train import main as _main
+
+    _main()

@@ -149,7 +149,7 @@ def _check_kwargs(arch: type[nn.Module], name: str, kwargs: dict, decoder_kwargs
     if wrong:
         raise ValueError(
             f"encoder.decoder_kwargs {wrong} are not arguments of smp.{arch.__name__}; it takes {accepted} "
-            "(presets' decoder_kwargs are for their own decoder: with another decoder set encoder.decoder_kwargs={})"
+            "(presets' decoder_kwargs are for their own decoder: with another decoder set encoder.decoder_kwargs=null)"
         )
     if kwargs and not name.startswith("tu-"):
         raise ValueError(

@@ -1,0 +1,216 @@
+"""Sweeps on a real SLURM cluster: slurm/local/up.sh's single-node cluster (or the one CI started), no mocks.
+
+The session fixture uses the cluster named by $SLURM_CONF when `scontrol ping` says it is up (CI
+starts one with slurm/local/up.sh), else starts a private one with slurm/local/up.sh and stops it
+with slurm/local/down.sh at the end. It skips only where no cluster can run (not root, none given);
+under CI (CI=1) it fails instead.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import OmegaConf
+
+from poc59.config import config_dir, gpus_per_node, register_resolvers
+
+REPO = Path(__file__).resolve().parents[1]
+UP, DOWN = REPO / "slurm" / "local" / "up.sh", REPO / "slurm" / "local" / "down.sh"
+
+
+@dataclass
+class Cluster:
+    env: dict  # os.environ plus SLURM_CONF
+    partition: str
+    started_here: bool
+
+
+def _ping(env: dict) -> bool:
+    if not shutil.which("scontrol"):
+        return False
+    out = subprocess.run(["scontrol", "ping"], capture_output=True, text=True, env=env, timeout=30)
+    return "is UP" in out.stdout
+
+
+def _default_partition(env: dict) -> str:
+    out = subprocess.run(["sinfo", "--noheader", "--format=%P"], capture_output=True, text=True, env=env, timeout=30)
+    names = out.stdout.split()
+    return next((n.rstrip("*") for n in names if n.endswith("*")), names[0] if names else "debug")
+
+
+@pytest.fixture(scope="session")
+def slurm(tmp_path_factory: pytest.TempPathFactory):
+    env = dict(os.environ)
+    if env.get("SLURM_CONF") and _ping(env):
+        yield Cluster(env, _default_partition(env), started_here=False)
+        return
+    if os.geteuid() != 0:
+        reason = "no SLURM cluster (SLURM_CONF unset or down) and not root to start one with slurm/local/up.sh"
+        if os.environ.get("CI"):
+            pytest.fail(reason)
+        pytest.skip(reason)
+    state = tmp_path_factory.mktemp("slurm")
+    t0 = time.perf_counter()
+    up = subprocess.run(["bash", str(UP), str(state)], capture_output=True, text=True, timeout=900)
+    assert up.returncode == 0, f"slurm/local/up.sh failed:\n{up.stderr[-4000:]}"
+    print(f"\nslurm/local/up.sh: cluster up in {time.perf_counter() - t0:.1f} s")
+    env["SLURM_CONF"] = str(state / "slurm.conf")
+    assert up.stdout.strip() == f"export SLURM_CONF={env['SLURM_CONF']}"
+    try:
+        yield Cluster(env, _default_partition(env), started_here=True)
+    finally:
+        down = subprocess.run(["bash", str(DOWN), str(state)], capture_output=True, text=True, timeout=120)
+        assert down.returncode == 0, down.stderr
+        assert not list(state.glob("*.pid")), "down.sh left daemons recorded as running"
+
+
+def _launcher(*overrides: str) -> dict:
+    """conf/hydra/launcher/* resolved as the launcher receives it."""
+    register_resolvers()
+    with initialize_config_dir(str(config_dir()), version_base="1.3"):
+        cfg = compose("train", overrides=list(overrides), return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    return OmegaConf.to_container(cfg.hydra.launcher, resolve=True)
+
+
+# ---------------------------------------------------------------- the launcher configs (no cluster needed)
+
+
+def test_slurm_launcher_follows_the_trainer():
+    gpu = _launcher("hydra/launcher=slurm", "trainer.accelerator=gpu", "trainer.devices=4", "trainer.num_nodes=2",
+                    "hydra.launcher.partition=gpu", "hydra.launcher.account=proj1", "hydra.launcher.timeout_min=600")
+    assert (gpu["tasks_per_node"], gpu["gpus_per_node"], gpu["nodes"]) == (4, 4, 2)
+    assert (gpu["partition"], gpu["account"], gpu["timeout_min"]) == ("gpu", "proj1", 600)
+    assert "/.submitit/" in gpu["submitit_folder"] and gpu["max_num_timeout"] == 3
+    cpu = _launcher("hydra/launcher=slurm", "trainer.accelerator=cpu", "trainer.devices=2")
+    assert (cpu["tasks_per_node"], cpu["gpus_per_node"]) == (2, 0)
+
+
+def test_slurm_launcher_refuses_devices_auto():
+    with pytest.raises(Exception, match=r"integer device count.*trainer\.devices=N"):
+        _launcher("hydra/launcher=slurm", "trainer.accelerator=gpu")  # trainer.devices is auto by default
+    with pytest.raises(ValueError, match="trainer.devices"):
+        gpus_per_node("gpu", [0, 1])
+    with pytest.raises(ValueError, match="trainer.accelerator=gpu or trainer.accelerator=cpu"):
+        gpus_per_node("mps", 1)
+    assert gpus_per_node("cuda", "2") == 2
+
+
+def test_local_launcher_gives_each_run_its_gpus():
+    gpu = _launcher("hydra/launcher=local", "trainer.accelerator=gpu", "trainer.devices=1")
+    assert gpu["_target_"].endswith("LocalLauncher") and gpu["gpus_per_node"] == 1 and gpu["tasks_per_node"] == 1
+    assert gpu["setup"][0].startswith("n=1\n") and "flock" in gpu["setup"][0]
+    assert _launcher("hydra/launcher=local", "trainer.accelerator=cpu", "trainer.devices=1")["gpus_per_node"] == 0
+
+
+# ---------------------------------------------------------------- the real cluster
+
+
+def test_sbatch_runs_a_job(slurm, tmp_path):
+    out_file = tmp_path / "out.txt"
+    sub = subprocess.run(
+        ["sbatch", "--parsable", f"--partition={slurm.partition}", "--output", str(out_file),
+         "--wrap", "echo hello from job $SLURM_JOB_ID"],
+        capture_output=True, text=True, env=slurm.env, timeout=60,
+    )
+    assert sub.returncode == 0, sub.stderr
+    job_id = sub.stdout.strip().split(";")[0]
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and f"hello from job {job_id}" not in (out_file.read_text() if out_file.exists() else ""):
+        time.sleep(0.5)
+    assert out_file.read_text().strip() == f"hello from job {job_id}"
+
+
+def test_up_again_is_a_no_op(slurm):
+    state = Path(slurm.env["SLURM_CONF"]).parent
+    if not (state / "slurmctld.pid").exists():
+        pytest.skip(f"the cluster of {slurm.env['SLURM_CONF']} was not started by slurm/local/up.sh")
+    pids = {p.name: p.read_text() for p in state.glob("*.pid")}
+    again = subprocess.run(["bash", str(UP), str(state)], capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0 and "already up" in again.stderr, again.stderr
+    assert again.stdout.strip() == f"export SLURM_CONF={state / 'slurm.conf'}"
+    assert {p.name: p.read_text() for p in state.glob("*.pid")} == pids  # the same daemons
+
+
+def test_accelerator_auto_asks_the_partition(slurm, monkeypatch):
+    monkeypatch.setenv("SLURM_CONF", slurm.env["SLURM_CONF"])
+    assert gpus_per_node("auto", 2, slurm.partition) == 0  # this test cluster has no GPUs
+
+
+TINY = (  # a tiny CPU run: ~5 s of training; SLURM starts one process per job
+    "data.synthetic.n=6", "data.image_size=64", "trainer.max_epochs=1", "trainer.accelerator=cpu", "trainer.devices=1",
+    "callbacks.progress_bar=null", "trainer.enable_progress_bar=false",
+    "hydra.launcher.timeout_min=20", "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=1",
+    "hydra.launcher.array_parallelism=3",
+)
+
+
+def _sweep(slurm: Cluster, sweep_dir: Path, *overrides: str) -> subprocess.CompletedProcess:
+    """`python -m poc59.train -m hydra/launcher=slurm ...`, as a user runs it (jobs share the test's data cache)."""
+    cmd = [sys.executable, "-m", "poc59.train", "-m", "hydra/launcher=slurm", f"hydra.launcher.partition={slurm.partition}",
+           f"hydra.sweep.dir={sweep_dir}", *TINY, *overrides]
+    return subprocess.run(cmd, capture_output=True, text=True, env=slurm.env, cwd=sweep_dir.parent, timeout=600)
+
+
+def _status(slurm: Cluster, sweep_dir: Path) -> dict:
+    out = subprocess.run([sys.executable, "-m", "poc59.sweep_status", str(sweep_dir), "--json"],
+                         capture_output=True, text=True, env=slurm.env, timeout=120)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
+
+
+ENCODERS = ["tu-mobilenetv3_small_050", "tu-regnetx_002", "tu-resnet10t"]  # three small timm CNNs standing in for three encoders
+
+
+def test_three_encoder_sweep_on_slurm(slurm, tmp_path, private_cache):
+    sweep_dir = tmp_path / "sweep"
+    t0 = time.perf_counter()
+    run = _sweep(slurm, sweep_dir, "encoder=custom", "encoder.weights=null", "encoder.batch_size=4", "encoder.lr=1e-3",
+                 "encoder.name=" + ",".join(ENCODERS))
+    print(f"\n3-job SLURM sweep: {time.perf_counter() - t0:.1f} s")
+    assert run.returncode == 0, run.stderr[-4000:]
+
+    summaries = [json.loads((sweep_dir / str(n) / "summary.json").read_text()) for n in range(3)]
+    assert [s["encoder"] for s in summaries] == ENCODERS
+    assert all(s["epochs_run"] == 1 and s["val/mIoU"] is not None for s in summaries)
+    for n in range(3):
+        assert (sweep_dir / str(n) / "checkpoints" / "last.ckpt").exists()
+        assert (sweep_dir / str(n) / ".hydra" / "overrides.yaml").exists()
+    # submitit's files sit inside the sweep folder, and the launcher's ${trainer.*} interpolations resolved
+    scripts = list((sweep_dir / ".submitit").glob("*/*_submission.sh"))
+    assert scripts, "no sbatch script in the sweep's .submitit folder"
+    script = scripts[0].read_text()
+    for line in ("--ntasks-per-node=1", "--gpus-per-node=0", "--cpus-per-task=1", f"--partition={slurm.partition}",
+                 "--array=0-2%3", "export OMP_NUM_THREADS=$SLURM_CPUS_PER_TASK"):
+        assert line in script, line
+
+    report = _status(slurm, sweep_dir)
+    assert report["counts"] == {"finished": 3, "failed": 0, "running": 0, "pending": 0}
+    assert [j["encoder"] for j in report["jobs"]] == ENCODERS
+    assert [j["overrides"] for j in report["jobs"]] == [[f"encoder.name={e}"] for e in ENCODERS]
+
+
+def test_sweep_with_a_failing_job(slurm, tmp_path, private_cache):
+    sweep_dir = tmp_path / "sweep"
+    run = _sweep(slurm, sweep_dir, "encoder=tiny", "data.image_size=64,63")  # 63: not a multiple of 32
+    assert run.returncode != 0  # Hydra reports the failed job once all have ended
+    assert "data.image_size=63" in run.stderr, run.stderr[-4000:]
+
+    assert (sweep_dir / "0" / "summary.json").exists() and not (sweep_dir / "1" / "summary.json").exists()
+    report = _status(slurm, sweep_dir)
+    assert report["counts"] == {"finished": 1, "failed": 1, "running": 0, "pending": 0}
+    ok, bad = report["jobs"]
+    assert ok["status"] == "finished" and ok["overrides"] == ["data.image_size=64"]
+    assert bad["status"] == "failed" and bad["overrides"] == ["data.image_size=63"]
+    error = "\n".join(bad["error"])
+    assert "data.image_size=63" in error and "multiple of 32" in error
