@@ -155,3 +155,15 @@ def test_configs_ship_inside_the_wheel(tmp_path):
         [sys.executable, "-c", "import poc59.config as c; print(c.config_dir())"], capture_output=True, text=True, env=env
     )
     assert where.stdout.strip() == str(site / "poc59" / "conf")
+
+
+def test_compare_encoders_sweeps_the_three_on_one_split():
+    register_resolvers()
+    with initialize_config_dir(str(config_dir()), version_base="1.3"):
+        cfg = compose("train", overrides=["experiment=compare_encoders"], return_hydra_config=True)
+        runs = [compose("train", overrides=["experiment=compare_encoders", f"encoder={e}"]) for e in ("convnext_tiny", "segformer_b3", "maxvit_tiny")]
+    assert str(cfg.hydra.mode) == "RunMode.MULTIRUN"
+    assert cfg.hydra.sweeper.params.encoder == "convnext_tiny,segformer_b3,maxvit_tiny"
+    split_keys = ("root", "image_size", "seed", "val_fraction", "test_fraction", "group_pattern", "use_aug_copies", "split_file")
+    assert len({tuple(str(r.data[k]) for k in split_keys) for r in runs}) == 1  # the split cannot differ
+    assert [r.data.batch_size for r in runs] == [96, 32, 48]  # each keeps its recommended batch
