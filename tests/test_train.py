@@ -109,7 +109,7 @@ def test_real_crackforest_trains_as_it_is(tmp_path):
 def test_one_training_step_of_each_encoder_at_384(tmp_path, encoder):
     cfg = make_cfg(
         tmp_path, f"encoder={encoder}", "encoder.weights=null", "data.synthetic.n=3", "data.image_size=384",
-        "data.batch_size=2", "data.val_fraction=0.34", "trainer.max_steps=1", "trainer.limit_val_batches=1",
+        "data.batch_size=2", "data.val_fraction=0.34", "trainer.max_epochs=1", "trainer.limit_train_batches=1", "trainer.limit_val_batches=1",
         "trainer.num_sanity_val_steps=0", "trainer.enable_progress_bar=false", "callbacks.progress_bar=null",
     )
     summary = train(cfg)
