@@ -56,7 +56,7 @@ def test_short_run_writes_a_complete_run_folder(tmp_path):
     cfg = make_cfg(tmp_path, *SMALL, "trainer.max_epochs=2")
     summary = train(cfg)
     run = tmp_path / "run"
-    for name in ("config.yaml", "split.json", "class_weights.json", "summary.json", "checkpoints/best.ckpt", "checkpoints/last.ckpt", "csv/metrics.csv"):
+    for name in ("config.yaml", "split.json", "class_weights.json", "summary.json", "checkpoints/best.ckpt", "checkpoints/last.ckpt", "csv/version_0/metrics.csv"):
         assert (run / name).exists(), name
     assert list((run / "tensorboard").glob("events.*"))
 
@@ -74,7 +74,7 @@ def test_short_run_writes_a_complete_run_folder(tmp_path):
     assert prov["data"]["split_fingerprint"] == json.loads((run / "split.json").read_text())["fingerprint"]
 
     # the best val/mIoU is the best logged one, and the checkpoint holds it
-    rows = list(csv.DictReader((run / "csv" / "metrics.csv").open()))
+    rows = list(csv.DictReader((run / "csv" / "version_0" / "metrics.csv").open()))
     logged = [float(r["val/mIoU"]) for r in rows if r.get("val/mIoU")]
     assert len(logged) == 2 and max(logged) == pytest.approx(summary["val/mIoU"], abs=1e-6)
     ckpt = torch.load(run / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=False)

@@ -145,7 +145,7 @@ def train(cfg: DictConfig) -> dict:
         "wall_time_s": round(time.perf_counter() - started, 2),
         "checkpoint": {
             "best": ckpt.best_model_path if ckpt else None,
-            "last": str(Path(ckpt.dirpath) / "last.ckpt") if ckpt and ckpt.save_last else None,
+            "last": str(resume.last_checkpoint(run_dir)) if resume.last_checkpoint(run_dir).exists() else None,
         },
         "history": module.history,
         "provenance": {
