@@ -34,8 +34,14 @@ Per sample, independently, in this order:
 
 Only the chosen samples are converted to float; with `scale` and `colour` off
 (or none chosen in a batch) the batch stays uint8 throughout. The inputs are
-never modified; when nothing at all was drawn for a batch they are returned as
-they are.
+never modified (unless `inplace=True`); when nothing at all was drawn for a
+batch they are returned as they are.
+
+`inplace=True` is for a caller that owns the batch and gives it up (the
+datamodule's reused feed buffers): the flips and rotations are then written
+back into the inputs row by row instead of into new batch-sized tensors, which
+on a CPU would pay page faults on every batch. On a CPU these row copies run in
+NumPy, which never waits on a busy intra-op thread pool.
 """
 
 from __future__ import annotations
@@ -46,6 +52,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -107,9 +114,12 @@ class BatchAugment:
 
     # -- the call ------------------------------------------------------------------------------
     def __call__(
-        self, images: torch.Tensor, masks: torch.Tensor, generator: torch.Generator
+        self, images: torch.Tensor, masks: torch.Tensor, generator: torch.Generator, *, inplace: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """images uint8 [B,C,H,W], masks uint8 [B,H,W] -> the same shapes, dtype and device."""
+        """images uint8 [B,C,H,W], masks uint8 [B,H,W] -> the same shapes, dtype and device.
+
+        With `inplace=True` the inputs may be overwritten with the result (use the returned tensors).
+        """
         if images.dim() != 4 or masks.dim() != 3 or images.shape[0] != masks.shape[0] or images.shape[-2:] != masks.shape[-2:]:
             raise ValueError(f"expected images [B,C,H,W] and masks [B,H,W], got {tuple(images.shape)} and {tuple(masks.shape)}")
         if images.dtype != torch.uint8 or masks.dtype != torch.uint8:
@@ -126,11 +136,16 @@ class BatchAugment:
 
         # 1. The symmetries of the square, in uint8: per symmetry drawn, gather its rows, flip (and transpose).
         groups = list(plan.symmetries.items())
-        if len(groups) == 1 and len(groups[0][1]) == b:  # one symmetry for the whole batch: no gather
+        if groups and inplace and _rows_in_place_ok(images, masks):  # CPU: row by row, into the inputs
+            arrays, key_of = (images.numpy(), masks.numpy()), {i: key for key, rows in groups for i in rows}
+            _symmetry_rows_(arrays, sorted(key_of), key_of)
+            owned = True
+        elif len(groups) == 1 and len(groups[0][1]) == b:  # one symmetry for the whole batch: no gather
             images, masks = (_symmetry(t, *groups[0][0]) for t in (images, masks))
             owned = True
         elif groups:
-            images, masks = images.clone(), masks.clone()
+            if not inplace:
+                images, masks = images.clone(), masks.clone()
             for k, (key, _) in enumerate(groups):
                 ids = dev[f"sym{k}"]
                 for t in (images, masks):
@@ -161,7 +176,7 @@ class BatchAugment:
             if every:
                 masks = m
             else:
-                masks = masks if owned else masks.clone()
+                masks = masks if owned or inplace else masks.clone()
                 masks[dev["zoomed"]] = m
         if plan.coloured:
             xc = x[first_col:]
@@ -171,7 +186,7 @@ class BatchAugment:
         x = x.add_(0.5).clamp_(0, 255).to(torch.uint8)  # round half up (every value is >= 0 here)
         if in_order:
             return x, masks
-        images = images if owned else images.clone()
+        images = images if owned or inplace else images.clone()
         images[dev["float_rows"]] = x
         return images, masks
 
@@ -266,6 +281,39 @@ def _symmetry(t: torch.Tensor, transpose: bool, flip_rows: bool, flip_cols: bool
     t = t.flip(dims) if dims else t
     # A real transposed copy: a flip of a transposed view would keep transposed strides into later kernels.
     return t.mT.contiguous() if transpose else t
+
+
+def _rows_in_place_ok(images: torch.Tensor, masks: torch.Tensor) -> bool:
+    """Rows can be transformed in place through NumPy: contiguous CPU tensors outside autograd."""
+    return all(t.device.type == "cpu" and t.is_contiguous() and not t.requires_grad for t in (images, masks))
+
+
+def _symmetry_rows_(arrays: tuple[np.ndarray, ...], rows: list[int], key_of: dict[int, tuple[bool, bool, bool]]) -> None:
+    """In place, row i of each [B,...,H,W] uint8 array: transpose the last two dims, then reverse rows and/or
+    columns, as key_of[i] = (transpose, flip_rows, flip_cols) says.
+
+    Each row goes to a one-row scratch copy (it stays in the CPU cache) and comes back through a strided
+    view, so no batch-sized tensor is allocated. Reversing columns alone reverses 8-byte words and then
+    swaps the bytes inside each word: 8x fewer strided elements than reversing bytes one by one.
+    """
+    for a in arrays:
+        scratch = np.empty(a[0].shape, a.dtype)
+        for i in rows:
+            transpose, flip_rows, flip_cols = key_of[i]
+            row = a[i]
+            if not transpose and flip_cols and a.shape[-1] % 8 == 0:
+                src, tmp = row.view(np.uint64), scratch.view(np.uint64)
+                np.copyto(tmp, src[..., ::-1, ::-1] if flip_rows else src[..., ::-1])
+                tmp.byteswap(inplace=True)
+                np.copyto(row, scratch)
+                continue
+            np.copyto(scratch, row)
+            view = np.swapaxes(scratch, -1, -2) if transpose else scratch
+            if flip_rows:
+                view = view[..., ::-1, :]
+            if flip_cols:
+                view = view[..., ::-1]
+            np.copyto(row, view)
 
 
 def _jitter(x: torch.Tensor, matrix: torch.Tensor, offset: torch.Tensor, mixes: bool, needs_mean: bool) -> torch.Tensor:

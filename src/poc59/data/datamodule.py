@@ -13,17 +13,36 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 
 from poc59.classes import ClassTable, load_class_table
 from poc59.data.augment import BatchAugment
 from poc59.data.class_weights import load_or_compute
 from poc59.data.feed import BatchFeed
-from poc59.data.preload import Preloaded, canvas_side, preload
+from poc59.data.preload import Preloaded, canvas_side, mapped, preload
 from poc59.data.sources import DEFAULT_GROUP_PATTERN, Sample, discover
 from poc59.data.split import Split, grouped_split, load_split
 
 log = logging.getLogger(__name__)
+
+
+class _Rows:
+    """`masks[rows]` for `class_weights.pixel_counts`, gathered a slice at a time when (and only if) it is read.
+
+    On a warm start the class weights come from their cache and the training masks are never touched;
+    gathering them eagerly would copy most of the set for nothing.
+    """
+
+    def __init__(self, masks: torch.Tensor, rows: tuple[int, ...]) -> None:
+        self.masks, self.rows = masks, torch.as_tensor(rows, dtype=torch.int64)
+        self.shape = torch.Size((len(self.rows), *masks.shape[1:]))
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: Any) -> torch.Tensor:
+        return self.masks[self.rows[index]]
 
 
 class SegmentationDataModule(L.LightningDataModule):
@@ -93,11 +112,12 @@ class SegmentationDataModule(L.LightningDataModule):
         self.samples = discover(self.root, self.group_pattern)
         if not self.use_aug_copies:
             self.samples = [s for s in self.samples if not s.is_copy]
+        cache_dir = self.cache_dir if self.cache else None
         self.data = preload(
             self.samples, self.image_size, self.classes.num_classes, self.classes.ignore_index,
-            policy=self.policy, max_side=self.max_side, on_bad_file=self.on_bad_file,
-            cache_dir=self.cache_dir if self.cache else None,
+            policy=self.policy, max_side=self.max_side, on_bad_file=self.on_bad_file, cache_dir=cache_dir,
         )
+        self.data = mapped(self.data, cache_dir)  # after a cold decode: one copy in RAM, not two
         self.samples = self.data.samples  # without any skipped pair
         if self.split_file is not None:
             self._split = load_split(
@@ -114,7 +134,7 @@ class SegmentationDataModule(L.LightningDataModule):
             self.cache_dir / f"class_weights-{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
             if self.cache_dir and self.cache
             else None,
-            self.data.masks[list(self._split.train)],
+            _Rows(self.data.masks, self._split.train),  # gathered only if the weights are not cached
             self.classes.names,
             fingerprint=key,
             **self.class_weights_cfg,
@@ -126,10 +146,18 @@ class SegmentationDataModule(L.LightningDataModule):
         )
 
     def presence(self) -> torch.Tensor:
-        """[N, C] bool: which classes each preloaded sample contains (for stratifying the split)."""
+        """[N, C] bool: which classes each preloaded sample contains (for stratifying the split).
+
+        From the label counts the preload keeps with its cache (no pass over the masks); counted here,
+        in NumPy, only for a cache written before those were kept.
+        """
         assert self.data is not None, "call setup() first"
         c = self.classes.num_classes
-        return torch.stack([torch.bincount(m.reshape(-1), minlength=256)[:c] > 0 for m in self.data.masks])
+        counts = self.data.label_counts
+        if counts is None:
+            masks = self.data.masks.numpy()
+            counts = torch.from_numpy(np.stack([np.bincount(m.reshape(-1), minlength=256) for m in masks]))
+        return counts[:, :c] > 0
 
     # -- what the model side reads -----------------------------------------------------------
     @property
@@ -218,7 +246,9 @@ class SegmentationDataModule(L.LightningDataModule):
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         if self.trainer is not None and self.trainer.training:
             images, masks = batch
-            return self.augment(images, masks, self._aug_generator)
+            # The batch is the feed's reused buffer (or its fresh copy on the device): augmenting it in
+            # place allocates no batch-sized tensors, which on a CPU would page-fault on every batch.
+            return self.augment(images, masks, self._aug_generator, inplace=True)
         return batch
 
     def state_dict(self) -> dict[str, Any]:

@@ -1,7 +1,9 @@
 """Whole batches by tensor indexing: no per-sample Python, no worker processes.
 
-Each batch is gathered with one `index_select` into a reused buffer (fresh
-large allocations pay page faults every batch). Buffers form a ring of three,
+Each batch is gathered into a reused buffer (fresh large allocations pay page
+faults every batch): on the device with one `index_select`, on a CPU row by row
+with NumPy copies (memcpy speed, and no intra-op thread pool to wait on when
+other work shares the cores). Buffers form a ring of three,
 because Lightning fetches one batch ahead of the one being trained on. With a
 CUDA device the buffers are pinned and each batch is copied with
 `non_blocking=True`; a buffer is refilled only after its last copy finished.
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 
+import numpy as np
 import torch
 
 _RING = 3
@@ -112,15 +115,26 @@ class BatchFeed:
 
     def _gather(self, units: torch.Tensor, img_buf: torch.Tensor, mask_buf: torch.Tensor, epoch: int, batch: int):
         n = len(units)
+        on_cpu = self.images.device.type == "cpu" and img_buf.device.type == "cpu"
         if self.window is None:
-            return (
-                torch.index_select(self.images, 0, units, out=img_buf[:n]),
-                torch.index_select(self.masks, 0, units, out=mask_buf[:n]),
-            )
+            if not on_cpu:
+                return (
+                    torch.index_select(self.images, 0, units, out=img_buf[:n]),
+                    torch.index_select(self.masks, 0, units, out=mask_buf[:n]),
+                )
+            src_i, src_m, dst_i, dst_m = (t.numpy() for t in (self.images, self.masks, img_buf, mask_buf))
+            for k, i in enumerate(units.tolist()):
+                np.copyto(dst_i[k], src_i[i])
+                np.copyto(dst_m[k], src_m[i])
+            return img_buf[:n], mask_buf[:n]
         s = self.window
         for k, (i, y, x) in enumerate(self._windows(units, epoch, batch).tolist()):
-            img_buf[k].copy_(self.images[i, :, y : y + s, x : x + s])
-            mask_buf[k].copy_(self.masks[i, y : y + s, x : x + s])
+            if on_cpu:
+                np.copyto(img_buf[k].numpy(), self.images[i, :, y : y + s, x : x + s].numpy())
+                np.copyto(mask_buf[k].numpy(), self.masks[i, y : y + s, x : x + s].numpy())
+            else:
+                img_buf[k].copy_(self.images[i, :, y : y + s, x : x + s])
+                mask_buf[k].copy_(self.masks[i, y : y + s, x : x + s])
         return img_buf[:n], mask_buf[:n]
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

@@ -10,6 +10,12 @@ sizes and modification times, the geometry and the class count: the next run
 maps the cache into memory instead of decoding. The cache is written to a
 temporary folder and renamed into place, so a crash or a concurrent run never
 leaves a half-written cache that looks complete; a damaged one is rebuilt.
+With a cache folder each decoding thread also writes its sample to the cache
+files as soon as it is decoded, and a background thread hands them to the disk
+while decoding goes on, so writing the cache adds little to a cold start.
+
+Each sample's label histogram (pixels per label value of its stored mask) is
+kept with the cache, so the split's stratification never rereads the masks.
 
 Geometry (`policy`):
 - `resize`: the whole image to S x S (aspect not kept).
@@ -28,6 +34,7 @@ import logging
 import math
 import os
 import shutil
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -46,6 +53,8 @@ log = logging.getLogger(__name__)
 POLICIES = ("resize", "pad", "crop")
 CACHE_VERSION = 1
 _CHECK_BLOCKS = 32  # sampled 64 KiB blocks whose hash detects a damaged cache without reading it all
+_READ_AHEAD = 32  # pairs whose files the kernel is asked to read ahead of the decoding threads
+_FLUSH_SECONDS = 0.5  # while decoding into the cache files, hand what is written so far to the disk this often
 
 
 @dataclass
@@ -54,7 +63,9 @@ class Preloaded:
 
     `sizes` [N,2] holds each sample's (height, width) of real content on the
     canvas (the rest is padding, label 255); `samples` are the pairs kept, in
-    tensor order; `skipped` lists files left out under `on_bad_file=skip`.
+    tensor order; `skipped` lists files left out under `on_bad_file=skip`;
+    `label_counts` [N,256] int64 holds each stored mask's pixels per label value
+    (None for a cache written before it was kept).
     """
 
     images: torch.Tensor
@@ -65,6 +76,7 @@ class Preloaded:
     seconds: float = 0.0
     source: str = "decoded"  # or "cache"
     key: str = ""
+    label_counts: torch.Tensor | None = None
 
     @property
     def nbytes(self) -> int:
@@ -72,6 +84,21 @@ class Preloaded:
 
 
 # -- reading one pair --------------------------------------------------------------------------
+
+
+def _read_ahead(sample: Sample) -> None:
+    """Ask the kernel to start reading a pair's files now (on a cold page cache the decoders then wait less)."""
+    if not hasattr(os, "posix_fadvise"):
+        return
+    for path in (sample.image, sample.mask):
+        try:
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
+            finally:
+                os.close(fd)
+        except OSError:
+            pass  # only a hint; reading the file later reports any real problem
 
 
 def _open(path: Path, load: bool = True) -> Image.Image:
@@ -89,7 +116,7 @@ def _to_rgb(img: Image.Image) -> Image.Image:
         arr = np.asarray(img, dtype=np.float64)
         peak = arr.max() if arr.max() > 0 else 1.0
         img = Image.fromarray((arr * (255.0 / peak)).round().astype(np.uint8), "L")
-    return img.convert("RGB")
+    return img if img.mode == "RGB" else img.convert("RGB")  # convert() to the same mode would copy
 
 
 def _mask_array(img: Image.Image, path: Path) -> np.ndarray:
@@ -108,6 +135,10 @@ def _mask_array(img: Image.Image, path: Path) -> np.ndarray:
 
 def check_labels(mask: np.ndarray, num_classes: int, ignore_index: int, path: Path) -> None:
     """Every label must be a class id or the ignore id (255 is never remapped into a class)."""
+    if ignore_index == 255 and mask.dtype == np.uint8 and mask.size:
+        # 0..C-1 -> 1..C and 255 -> 0 (uint8 wraps): one vectorised pass instead of sorting for np.unique
+        if int((mask + np.uint8(1)).max()) <= num_classes:
+            return
     values = np.unique(mask)
     bad = values[(values >= num_classes) & (values != ignore_index)]
     if bad.size:
@@ -136,6 +167,14 @@ def load_pair(
     Images are resampled with antialiasing (bilinear over the whole footprint),
     masks with nearest neighbour, so labels and 255 survive unchanged.
     """
+    image, mask, hw = _load_pair(sample, size, num_classes, ignore_index, policy, max_side)
+    return np.require(image, requirements="CW"), np.require(mask, requirements="CW"), hw
+
+
+def _load_pair(
+    sample: Sample, size: int, num_classes: int, ignore_index: int, policy: str, max_side: int | None
+) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
+    """`load_pair` without its copies: the arrays may be read-only views of Pillow's pixels."""
     image = _open(sample.image)
     mask = _open(sample.mask)
     if image.size != mask.size:
@@ -158,15 +197,33 @@ def load_pair(
         rgb = rgb.resize(target, Image.BILINEAR, reducing_gap=None)
         lab = lab.resize(target, Image.NEAREST)
     side = canvas_side(policy, size, max_side)
+    w, h = target
+    if (w, h) == (side, side):  # the content fills the canvas (always with `resize`): no padding to write
+        return np.asarray(rgb), np.asarray(lab), (h, w)
     img_out = np.zeros((side, side, 3), np.uint8)
     mask_out = np.full((side, side), ignore_index, np.uint8)
-    w, h = target
     img_out[:h, :w] = np.asarray(rgb)
     mask_out[:h, :w] = np.asarray(lab)
     return img_out, mask_out, (h, w)
 
 
 # -- validation before any work ----------------------------------------------------------------
+
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _size(path: Path) -> tuple[int, int]:
+    """(width, height) from the header: PNGs read directly (24 bytes), anything else through Pillow."""
+    try:
+        with path.open("rb") as f:
+            head = f.read(24)
+        if head[:8] == _PNG_SIGNATURE and head[12:16] == b"IHDR":
+            return int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
+    except OSError:
+        pass  # Pillow says what is wrong, in its words
+    with _open(path, load=False) as img:
+        return img.size
 
 
 def scan(samples: list[Sample], on_bad_file: str = "error") -> tuple[list[Sample], list[dict]]:
@@ -176,11 +233,11 @@ def scan(samples: list[Sample], on_bad_file: str = "error") -> tuple[list[Sample
     good, skipped = [], []
     for s in samples:
         try:
-            im, mk = _open(s.image, load=False), _open(s.mask, load=False)
-            if im.size != mk.size:
+            (iw, ih), (mw, mh) = _size(s.image), _size(s.mask)
+            if (iw, ih) != (mw, mh):
                 raise DataError(
-                    f"size mismatch: {s.image} is {im.size[0]}x{im.size[1]} but "
-                    f"{s.mask} is {mk.size[0]}x{mk.size[1]}; an image and its mask must match"
+                    f"size mismatch: {s.image} is {iw}x{ih} but "
+                    f"{s.mask} is {mw}x{mh}; an image and its mask must match"
                 )
         except DataError as err:
             if on_bad_file == "error":
@@ -227,11 +284,109 @@ def _sample_hash(path: Path) -> str:
     return h.hexdigest()
 
 
+def _pwrite(fd: int, arr: np.ndarray, offset: int) -> None:
+    """All of a contiguous array's bytes at `offset` (the GIL is released while writing)."""
+    view = memoryview(np.ascontiguousarray(arr)).cast("B")
+    while view:
+        done = os.pwrite(fd, view, offset)
+        view, offset = view[done:], offset + done
+
+
 def _write_tensor(path: Path, t: torch.Tensor) -> None:
-    with path.open("wb") as f:
-        t.numpy().tofile(f)
-        f.flush()
-        os.fsync(f.fileno())
+    flat = t.numpy().reshape(-1).view(np.uint8)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        step = 1 << 24  # pwrite in 16 MiB pieces: numpy's tofile is several times slower
+        for start in range(0, flat.size, step):
+            _pwrite(fd, flat[start : start + step], start)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _meta(data: Preloaded, folder: Path) -> dict:
+    names = ("images.u8", "masks.u8") + (("labels.i64",) if data.label_counts is not None else ())
+    meta = {
+        "version": CACHE_VERSION,
+        "key": data.key,
+        "images_shape": list(data.images.shape),
+        "masks_shape": list(data.masks.shape),
+        "sizes": data.sizes.tolist(),
+        "ids": [s.id for s in data.samples],
+        "skipped": data.skipped,
+        "check": {name: _sample_hash(folder / name) for name in names},
+    }
+    if data.label_counts is not None:
+        meta["labels_shape"] = list(data.label_counts.shape)
+    return meta
+
+
+def _publish(tmp: Path, folder: Path, data: Preloaded) -> None:
+    """Rename a complete temporary cache folder into place (a concurrent writer's valid copy wins harmlessly)."""
+    try:
+        os.rename(tmp, folder)
+    except OSError:  # another run renamed its copy first (or a stale one is in the way)
+        if load_cache(folder, data.samples, data.key) is None:
+            shutil.rmtree(folder, ignore_errors=True)
+            os.rename(tmp, folder)
+
+
+class _CacheWriter:
+    """Writes each decoded sample into preallocated cache files while the others are still decoding.
+
+    A background thread hands what is written so far to the disk (fdatasync) every `_FLUSH_SECONDS`,
+    so the final fsync has little left to wait for. Any failure only turns caching off.
+    """
+
+    def __init__(self, tmp: Path) -> None:
+        self.paths = (tmp / "images.u8", tmp / "masks.u8")
+        self.fds: list[int] = []
+        self.error: OSError | None = None
+        self._stop = threading.Event()
+        self._flusher: threading.Thread | None = None
+
+    def open(self, n: int, side: int) -> None:
+        try:
+            for path, size in zip(self.paths, (n * 3 * side * side, n * side * side)):
+                self.fds.append(os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644))
+                os.ftruncate(self.fds[-1], size)  # a full disk shows as a failed write, which turns caching off
+        except OSError as err:
+            self.error = err
+            return
+        self._flusher = threading.Thread(target=self._flush_loop, name="preload-cache-flush", daemon=True)
+        self._flusher.start()
+
+    def write(self, i: int, image: np.ndarray, mask: np.ndarray) -> None:
+        if self.error is not None or not self.fds:
+            return
+        try:
+            _pwrite(self.fds[0], image, i * image.nbytes)
+            _pwrite(self.fds[1], mask, i * mask.nbytes)
+        except OSError as err:
+            self.error = err
+
+    def _flush_loop(self) -> None:
+        while not self._stop.wait(_FLUSH_SECONDS):
+            try:
+                for fd in self.fds:
+                    os.fdatasync(fd)
+            except OSError:
+                return
+
+    def close(self, sync: bool) -> None:
+        self._stop.set()
+        if self._flusher is not None:
+            self._flusher.join()
+        try:
+            if sync and self.error is None:
+                for fd in self.fds:
+                    os.fsync(fd)
+        except OSError as err:
+            self.error = err
+        finally:
+            for fd in self.fds:
+                os.close(fd)
+            self.fds = []
 
 
 def save_cache(folder: Path, data: Preloaded) -> None:
@@ -241,33 +396,24 @@ def save_cache(folder: Path, data: Preloaded) -> None:
     if data.nbytes > free:
         log.warning("Not caching the preload: it needs %.1f GB but %s has %.1f GB free", data.nbytes / 1e9, folder.parent, free / 1e9)
         return
-    tmp = folder.with_name(f".{folder.name}.tmp-{os.getpid()}")
+    tmp = _tmp_folder(folder)
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
         _write_tensor(tmp / "images.u8", data.images)
         _write_tensor(tmp / "masks.u8", data.masks)
-        meta = {
-            "version": CACHE_VERSION,
-            "key": data.key,
-            "images_shape": list(data.images.shape),
-            "masks_shape": list(data.masks.shape),
-            "sizes": data.sizes.tolist(),
-            "ids": [s.id for s in data.samples],
-            "skipped": data.skipped,
-            "check": {name: _sample_hash(tmp / name) for name in ("images.u8", "masks.u8")},
-        }
-        write_json(tmp / "meta.json", meta)
-        try:
-            os.rename(tmp, folder)
-        except OSError:  # another run renamed its copy first (or a stale one is in the way)
-            if load_cache(folder, data.samples, data.key) is None:
-                shutil.rmtree(folder, ignore_errors=True)
-                os.rename(tmp, folder)
+        if data.label_counts is not None:
+            _write_tensor(tmp / "labels.i64", data.label_counts)
+        write_json(tmp / "meta.json", _meta(data, tmp))
+        _publish(tmp, folder, data)
     except OSError as err:
         log.warning("Could not write the preload cache to %s (%s); training goes on without it", folder, err)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _tmp_folder(folder: Path) -> Path:
+    return folder.with_name(f".{folder.name}.tmp-{os.getpid()}")
 
 
 def load_cache(folder: Path, samples: list[Sample], key: str) -> Preloaded | None:
@@ -281,12 +427,19 @@ def load_cache(folder: Path, samples: list[Sample], key: str) -> Preloaded | Non
         if meta.get("version") != CACHE_VERSION or meta.get("key") != key:
             return None
         tensors = []
-        for name, shape in (("images.u8", meta["images_shape"]), ("masks.u8", meta["masks_shape"])):
+        files = [("images.u8", meta["images_shape"], torch.uint8), ("masks.u8", meta["masks_shape"], torch.uint8)]
+        if "labels.i64" in meta["check"]:  # absent from caches written before label counts were kept
+            files.append(("labels.i64", meta["labels_shape"], torch.int64))
+        for name, shape, dtype in files:
             path = folder / name
-            if path.stat().st_size != math.prod(shape) or _sample_hash(path) != meta["check"][name]:
+            nbytes = math.prod(shape) * dtype.itemsize
+            if path.stat().st_size != nbytes or _sample_hash(path) != meta["check"][name]:
                 log.warning("Preload cache %s is damaged; rebuilding it", folder)
                 return None
-            tensors.append(torch.from_file(str(path), shared=False, size=math.prod(shape), dtype=torch.uint8).view(*shape))
+            if dtype == torch.uint8:  # mapped (copy-on-write): pages are read when first used
+                tensors.append(torch.from_file(str(path), shared=False, size=math.prod(shape), dtype=dtype).view(*shape))
+            else:
+                tensors.append(torch.from_numpy(np.fromfile(path, dtype=np.int64)).view(*shape))
     except (OSError, ValueError, KeyError, json.JSONDecodeError) as err:
         log.warning("Preload cache %s is unreadable (%s); rebuilding it", folder, err)
         return None
@@ -296,7 +449,7 @@ def load_cache(folder: Path, samples: list[Sample], key: str) -> Preloaded | Non
         return None
     return Preloaded(
         tensors[0], tensors[1], torch.tensor(meta["sizes"], dtype=torch.int64).view(-1, 2), kept,
-        meta["skipped"], time.perf_counter() - start, "cache", key,
+        meta["skipped"], time.perf_counter() - start, "cache", key, tensors[2] if len(tensors) > 2 else None,
     )
 
 
@@ -312,8 +465,13 @@ def decode(
     max_side: int | None = None,
     on_bad_file: str = "error",
     workers: int | None = None,
+    *,
+    writer: _CacheWriter | None = None,
 ) -> Preloaded:
-    """Decode all pairs into uint8 tensors, in parallel threads; bad pairs raise, or are skipped and listed."""
+    """Decode all pairs into uint8 tensors, in parallel threads; bad pairs raise, or are skipped and listed.
+
+    `writer` (internal) receives each sample as soon as it is decoded, to write it to the cache.
+    """
     start = time.perf_counter()
     samples, skipped = scan(samples, on_bad_file)
     if not samples:
@@ -323,21 +481,32 @@ def decode(
     check_memory(n * 4 * side * side, f"Preloading {n} pairs at {side}x{side} px")
     images = torch.empty((n, 3, side, side), dtype=torch.uint8)
     masks = torch.empty((n, side, side), dtype=torch.uint8)
+    if writer is not None:
+        writer.open(n, side)
     sizes = torch.empty((n, 2), dtype=torch.int64)
+    counts = torch.zeros((n, 256), dtype=torch.int64)
+    img_np, mask_np, counts_np = images.numpy(), masks.numpy(), counts.numpy()
     bad: dict[int, str] = {}
 
     def fill(i: int) -> None:
+        if i + _READ_AHEAD < n:
+            _read_ahead(samples[i + _READ_AHEAD])
         try:
-            rgb, lab, hw = load_pair(samples[i], size, num_classes, ignore_index, policy, max_side)
+            rgb, lab, hw = _load_pair(samples[i], size, num_classes, ignore_index, policy, max_side)
         except DataError as err:
             if on_bad_file == "error":
                 raise
             bad[i] = str(err)
             return
-        images[i].numpy()[...] = rgb.transpose(2, 0, 1)  # straight into the shared tensor
-        masks[i].numpy()[...] = lab
-        sizes[i] = torch.tensor(hw)
+        img_np[i] = rgb.transpose(2, 0, 1)  # straight into the shared tensor
+        mask_np[i] = lab
+        counts_np[i] = Image.fromarray(lab).histogram()  # pixels per label value, for the split's stratification
+        sizes[i, 0], sizes[i, 1] = hw
+        if writer is not None:
+            writer.write(i, img_np[i], mask_np[i])
 
+    for s in samples[:_READ_AHEAD]:
+        _read_ahead(s)
     with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
         list(pool.map(fill, range(n)))
     if bad:
@@ -348,12 +517,65 @@ def decode(
             skipped.append({"id": s.id, "image": str(s.image), "mask": str(s.mask), "reason": reason})
         for dst, src in enumerate(keep):  # compact in place: no second copy of the set
             if dst != src:
-                images[dst], masks[dst], sizes[dst] = images[src], masks[src], sizes[src]
-        images, masks, sizes = images[: len(keep)], masks[: len(keep)], sizes[: len(keep)]
+                images[dst], masks[dst], sizes[dst], counts[dst] = images[src], masks[src], sizes[src], counts[src]
+        k = len(keep)
+        images, masks, sizes, counts = images[:k], masks[:k], sizes[:k], counts[:k]
         samples = [samples[i] for i in keep]
         if not samples:
             raise DataError(f"no readable image/mask pairs are left ({len(skipped)} skipped)")
-    return Preloaded(images, masks, sizes, samples, skipped, time.perf_counter() - start, "decoded")
+    return Preloaded(images, masks, sizes, samples, skipped, time.perf_counter() - start, "decoded", label_counts=counts)
+
+
+def _decode_into_cache(
+    folder: Path, samples: list[Sample], size: int, num_classes: int, ignore_index: int, policy: str,
+    max_side: int | None, on_bad_file: str, workers: int | None, key: str,
+) -> Preloaded:
+    """Decode, writing each sample to a temporary cache folder as it comes; then publish the cache.
+
+    When the files could not be written as decoding went (a write failed, e.g. a full disk), or pairs
+    were skipped (the tensors were compacted), the cache is written afterwards, as `save_cache` does.
+    """
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp_folder(folder)
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    writer = _CacheWriter(tmp)
+    try:
+        data = decode(samples, size, num_classes, ignore_index, policy, max_side, on_bad_file, workers, writer=writer)
+        writer.close(sync=not writer.error)
+        data.key = key
+        if writer.error is not None or data.skipped:
+            if writer.error is not None:
+                log.info("Preload cache not written while decoding (%s); writing it afterwards", writer.error)
+            shutil.rmtree(tmp, ignore_errors=True)
+            save_cache(folder, data)
+            return data
+        _write_tensor(tmp / "labels.i64", data.label_counts)
+        write_json(tmp / "meta.json", _meta(data, tmp))
+        _publish(tmp, folder, data)
+    except OSError as err:
+        log.warning("Could not write the preload cache to %s (%s); training goes on without it", folder, err)
+    finally:
+        writer.close(sync=False)
+        shutil.rmtree(tmp, ignore_errors=True)
+    return data
+
+
+def mapped(data: Preloaded, cache_dir: str | Path | None) -> Preloaded:
+    """The same set served from its published cache (mapped copy-on-write), or `data` itself if there is none.
+
+    After a cold decode the process holds the set in its own memory while the page cache holds the
+    cache file just written: two copies in RAM. Mapping the cache leaves one, shared with the page cache
+    and with every other process (rank) that maps it, and read in only where used, as a warm start is.
+    (The mapped tensors read the cache file: truncating it in place under them would fault on access.)
+    """
+    if data.source != "decoded" or cache_dir is None or not data.key:
+        return data
+    cached = load_cache(Path(cache_dir) / f"preload-{data.key}", data.samples, data.key)
+    if cached is None or cached.images.shape != data.images.shape:
+        return data
+    cached.source, cached.skipped, cached.seconds = data.source, data.skipped, data.seconds
+    return cached
 
 
 def preload(
@@ -378,10 +600,11 @@ def preload(
             cached.seconds = time.perf_counter() - start
             log.info("Preload: %d pairs mapped from cache %s in %.2f s (%.1f MB uint8)", len(cached.samples), folder, cached.seconds, cached.nbytes / 1e6)
             return cached
-    data = decode(samples, size, num_classes, ignore_index, policy, max_side, on_bad_file, workers)
-    data.key = key
-    if folder is not None:
-        save_cache(folder, data)
+    if folder is None:
+        data = decode(samples, size, num_classes, ignore_index, policy, max_side, on_bad_file, workers)
+        data.key = key
+    else:
+        data = _decode_into_cache(folder, samples, size, num_classes, ignore_index, policy, max_side, on_bad_file, workers, key)
     data.seconds = time.perf_counter() - start
     log.info(
         "Preload: %d pairs decoded at %d px (%s) in %.1f s (%.1f MB uint8)%s",

@@ -1,0 +1,158 @@
+"""Feed: indices to an augmented uint8 batch ready for the model, vs the earlier system's per-sample DataLoader.
+
+poc59: the DataModule's own training feed (`dm.train_dataloader()`, a warm preload cache) and, per batch,
+`dm.on_after_batch_transfer(batch, 0)` under a trainer in training: the gather into the feed's reused
+buffers plus the default flips/rot90 (hflip 0.5, vflip 0.3, rot90 0.3), exactly as training runs them.
+Float conversion belongs to the model step and is not included. Whole epochs, after one warm-up epoch.
+Baseline: the earlier system's way: a torch DataLoader (2 workers, batch B, shuffled) over the training
+images stored as pre-decoded, full-size numpy arrays, augmented sample by sample with albumentations
+(Resize to S, HorizontalFlip 0.5, VerticalFlip 0.3, RandomRotate90 0.3, Normalize, ToTensorV2). Whole
+epochs with persistent workers, after one warm-up epoch.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+
+from bench import common
+
+NAME = "feed"
+BAR_RATIO = 5.0  # x the baseline's images/s
+BAR_RATE = 2000.0  # images/s on this machine's 2 cores
+
+
+class EarlierDataset(Dataset):
+    """Full-size decoded arrays, resized and augmented per sample with albumentations (the earlier system)."""
+
+    def __init__(self, images: list[np.ndarray], masks: list[np.ndarray], size: int) -> None:
+        try:
+            import albumentations as A
+            from albumentations.pytorch import ToTensorV2
+        except ImportError as err:
+            raise RuntimeError(f"the earlier system's feed (the baseline) needs albumentations: pip install -e '.[bench]' ({err})") from err
+
+        self.images, self.masks = images, masks
+        self.transform = A.Compose(
+            [
+                A.Resize(size, size),
+                A.HorizontalFlip(p=0.5),
+                A.VerticalFlip(p=0.3),
+                A.RandomRotate90(p=0.3),
+                A.Normalize(),
+                ToTensorV2(),
+            ]
+        )
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int):
+        out = self.transform(image=self.images[i], mask=self.masks[i])
+        return out["image"], out["mask"]
+
+
+def _decode_full_size(samples) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    def one(s):
+        with Image.open(s.image) as im, Image.open(s.mask) as mk:
+            return np.asarray(im.convert("RGB")), np.asarray(mk)
+
+    with ThreadPoolExecutor(2) as pool:
+        pairs = list(pool.map(one, samples))
+    return [p[0] for p in pairs], [p[1] for p in pairs]
+
+
+def run(quick: bool) -> list[dict]:
+    s = common.sizes(quick)
+    root = common.data_set(s.pairs)
+    epochs = 2 if quick else 3  # poc59 epochs per measurement (an epoch takes well under a second)
+
+    dm = common.datamodule(root, s, common.warm_cache_dir())
+    dm.setup("fit")
+    feed = dm.train_dataloader()
+    split = {"gather_s": 0.0, "augment_s": 0.0, "batches": 0}
+
+    def one_epoch() -> int:
+        n, it = 0, iter(feed)
+        while True:
+            t0 = common.clock()
+            try:
+                batch = next(it)
+            except StopIteration:
+                break
+            t1 = common.clock()
+            images, masks = dm.on_after_batch_transfer(batch, 0)
+            split["gather_s"] += t1 - t0
+            split["augment_s"] += common.clock() - t1
+            split["batches"] += 1
+            if images.dtype != torch.uint8 or images.shape[1:] != (3, s.image_size, s.image_size):
+                raise RuntimeError(f"unexpected batch {images.dtype} {tuple(images.shape)}")
+            n += len(images)
+        dm.trainer.current_epoch += 1
+        return n
+
+    one_epoch()  # warm-up: ring buffers allocated, cache pages mapped
+    split.update(gather_s=0.0, augment_s=0.0, batches=0)
+
+    cores: list[float] = []
+
+    def poc59() -> float:
+        with common.Stopwatch() as sw:
+            n = sum(one_epoch() for _ in range(epochs))
+        cores.append(round(sw.cores, 2))
+        return n / sw.wall
+
+    by_id = {x.id: x for x in dm.samples}
+    train = [by_id[i] for i in dm.split["train"]]
+    dataset = EarlierDataset([], [], s.image_size)  # fails now if albumentations is missing
+    dataset.images, dataset.masks = _decode_full_size(train)
+    loader = DataLoader(
+        dataset, batch_size=s.batch_size, shuffle=True, num_workers=2, drop_last=True, persistent_workers=True,
+    )
+
+    def one_loader_epoch() -> int:
+        n = 0
+        for x, y in loader:
+            if x.shape[1:] != (3, s.image_size, s.image_size):
+                raise RuntimeError(f"unexpected baseline batch {tuple(x.shape)}")
+            n += len(x)
+        return n
+
+    one_loader_epoch()  # warm-up: workers started
+
+    def baseline() -> float:
+        start = common.clock()
+        n = one_loader_epoch()
+        return n / (common.clock() - start)
+
+    before = common.load()
+    try:
+        runs = common.interleaved({"poc59": poc59, "baseline": baseline}, s.repeats)
+    finally:
+        del loader  # stops the persistent workers
+    ours, base = common.median(runs["poc59"]), common.median(runs["baseline"])
+    ratio = ours / base
+    batches = max(1, split["batches"])
+    return [
+        common.row(
+            NAME,
+            f"indices to augmented uint8 batches of {s.batch_size} at {s.image_size} px",
+            ours, "img/s", base, "per-sample albumentations DataLoader, 2 workers", ratio, "x",
+            f">= {BAR_RATIO:g}x and >= {BAR_RATE:,.0f} img/s", ratio >= BAR_RATIO and ours >= BAR_RATE, quick,
+            {
+                "train_images": len(train),
+                "batches_per_epoch": len(feed),
+                "gather_ms_per_batch": round(1e3 * split["gather_s"] / batches, 2),
+                "augment_ms_per_batch": round(1e3 * split["augment_s"] / batches, 2),
+                "runs_img_per_s": runs,
+                "poc59_cores_used": cores,  # CPU time / wall time of the (single-threaded) feed: 1.0 on an idle core
+                "torch_threads": torch.get_num_threads(),
+                "load_before": before,
+                "load_after": common.load(),
+            },
+        )
+    ]
