@@ -147,3 +147,25 @@ def test_too_little_ram_stops_before_allocating(tmp_path, monkeypatch):
     monkeypatch.setattr(psutil, "virtual_memory", lambda: type("vm", (), {"available": 1000})())
     with pytest.raises(DataError, match="data.image_size"):
         preload(discover(tmp_path), 16, num_classes=4)
+
+
+def test_two_runs_building_the_same_cache_at_once_both_succeed(tmp_path):
+    import subprocess
+    import sys
+
+    root = make_folder(tmp_path / "d", n=12, copies=1, size=(64, 64))
+    cache = tmp_path / "cache"
+    code = (
+        "import sys, torch\n"
+        "from poc59.data.sources import discover\n"
+        "from poc59.data.preload import preload\n"
+        f"d = preload(discover({str(root)!r}), 32, num_classes=4, cache_dir={str(cache)!r})\n"
+        "torch.save((d.images, d.masks), sys.argv[1])\n"
+    )
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path / f"out{i}.pt")]) for i in range(2)]
+    assert [p.wait(timeout=300) for p in procs] == [0, 0]
+    (a_img, a_mask), (b_img, b_mask) = (torch.load(tmp_path / f"out{i}.pt") for i in range(2))
+    assert torch.equal(a_img, b_img) and torch.equal(a_mask, b_mask)
+    assert len(list(cache.glob("preload-*"))) == 1 and not list(cache.glob(".*tmp*"))
+    warm = preload(discover(root), 32, num_classes=4, cache_dir=cache)
+    assert warm.source == "cache" and torch.equal(warm.images, a_img)
