@@ -68,6 +68,7 @@ def data_set(pairs: int) -> Path:
     if (out / ".complete").exists():
         return out
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=bench_dir()))
+    tmp.chmod(0o755)  # mkdtemp's 0700 would hide a shared cache from other users
     try:
         for sub in ("images", "annotations"):
             (tmp / sub).mkdir()

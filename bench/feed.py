@@ -34,7 +34,7 @@ class EarlierDataset(Dataset):
             import albumentations as A
             from albumentations.pytorch import ToTensorV2
         except ImportError as err:
-            raise RuntimeError(f"the earlier system's feed (the baseline) needs albumentations: pip install -e '.[bench]' ({err})") from err
+            raise RuntimeError(f"the earlier system's feed (the baseline) needs albumentations (in the dev extra: pip install -e '.[dev]') ({err})") from err
 
         self.images, self.masks = images, masks
         self.transform = A.Compose(
