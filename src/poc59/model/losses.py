@@ -28,6 +28,7 @@ in run summaries next to the results.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 
 import torch
@@ -53,7 +54,7 @@ def _as_weight_tensor(class_weights: Sequence[float] | Tensor | None) -> Tensor 
     return w
 
 
-class _SegLoss(nn.Module):
+class _SegLoss(nn.Module, ABC):
     """Shared parts: class-weight buffer, input checks, describe()."""
 
     name = "base"
@@ -106,9 +107,9 @@ class _SegLoss(nn.Module):
     def _weights_list(self) -> list[float] | None:
         return None if self.class_weights is None else [float(x) for x in self.class_weights.tolist()]
 
+    @abstractmethod
     def describe(self) -> dict:
         """Plain, JSON-serialisable record of this loss (stored in run summaries)."""
-        raise NotImplementedError
 
     def extra_repr(self) -> str:
         d = self.describe()
