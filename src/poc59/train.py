@@ -19,6 +19,7 @@ import hydra
 import lightning as L
 import torch
 from hydra.utils import instantiate
+from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.plugins.environments import SLURMEnvironment
 from omegaconf import DictConfig, OmegaConf, open_dict
 
@@ -108,8 +109,11 @@ def train(cfg: DictConfig) -> dict:
         normalization=normalization(enc.name),
         network=network,
         image_size=datamodule.image_size,
+        geometry={"policy": datamodule.policy, "image_size": datamodule.image_size, "max_side": datamodule.max_side},
     )
     callbacks = _instantiate_all(cfg.get("callbacks"))
+    if not cfg.trainer.get("enable_progress_bar", True):  # Lightning refuses a progress bar callback then
+        callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
     trainer: L.Trainer = instantiate(
         cfg.trainer, callbacks=callbacks, logger=_instantiate_all(cfg.get("logger")), plugins=_plugins()
     )

@@ -35,9 +35,11 @@ class SegmentationModule(L.LightningModule):
         normalization: dict,
         network: dict | None = None,
         image_size: int | None = None,
+        geometry: dict | None = None,
     ) -> None:
         """`classes` is a ClassTable dict, `normalization` has `mean`/`std` (0-1 scale),
-        `network` the keyword arguments that rebuild `net` with `build_network`."""
+        `network` the keyword arguments that rebuild `net` with `build_network`, `geometry`
+        how training images were brought to `image_size` (`policy`: resize | pad | crop, `max_side`)."""
         super().__init__()
         self.save_hyperparameters(ignore=["net", "loss", "optimizer", "scheduler"])
         self.net = net
