@@ -1,0 +1,52 @@
+"""Loading a trained model back from its checkpoint, with nothing else from the run."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+from test_train import SMALL, make_cfg
+
+from poc59.classes import ARTEFACT
+from poc59.model.module import SegmentationModule
+from poc59.train import train
+from poc59.trained import ModelLoadError, load_checkpoint, load_model
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("trained")
+    train(make_cfg(tmp, *SMALL, "trainer.max_epochs=1", "trainer.limit_train_batches=2"))
+    return tmp / "run"
+
+
+def test_checkpoint_rebuilds_the_trained_network(run, tmp_path):
+    ckpt = run / "checkpoints" / "best.ckpt"
+    model = load_model(ckpt)
+    assert model.run_dir == run and model.classes.names == ARTEFACT.names
+    assert model.geometry == {"policy": "resize", "image_size": 64, "max_side": None} and model.image_size == 64
+
+    state = torch.load(ckpt, map_location="cpu", weights_only=False)
+    module = SegmentationModule.load_from_checkpoint(ckpt, net=model.segmenter.net, loss=torch.nn.Identity(),
+                                                     optimizer=None, map_location="cpu")
+    images = torch.randint(0, 256, (2, 3, 64, 64), dtype=torch.uint8)
+    with torch.no_grad():
+        assert torch.equal(model.segmenter(images), module.eval()(images))
+    for key, value in model.segmenter.net.state_dict().items():
+        assert torch.equal(value, state["state_dict"][f"net.{key}"]), key
+
+    # a copy outside its run folder is still self-contained
+    alone = shutil.copy(ckpt, tmp_path / "model.ckpt")
+    assert load_checkpoint(alone).run_dir is None
+
+
+def test_bad_files_are_named(tmp_path):
+    with pytest.raises(ModelLoadError, match="no such checkpoint"):
+        load_checkpoint(tmp_path / "missing.ckpt")
+    (tmp_path / "junk.ckpt").write_bytes(b"not a checkpoint")
+    with pytest.raises(ModelLoadError, match="junk.ckpt: cannot be read"):
+        load_checkpoint(tmp_path / "junk.ckpt")
+    torch.save({"state_dict": {}}, tmp_path / "other.ckpt")
+    with pytest.raises(ModelLoadError, match="not a poc59 training checkpoint"):
+        load_checkpoint(tmp_path / "other.ckpt")
