@@ -1,0 +1,78 @@
+"""Label maps to pictures: colours, overlays and legends, all from one ClassTable.
+
+Every picture poc59 draws (evaluate, compare, predict, the TensorBoard overlays)
+colours classes here, so a class has the same colour and name everywhere and
+the ignore label 255 is never mistaken for a class.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from poc59.classes import IGNORE_COLOUR, ClassTable, _hex_to_rgb
+
+__all__ = ["colorize", "ignore_rgb", "legend", "lookup_table", "overlay"]
+
+
+def ignore_rgb() -> tuple[int, int, int]:
+    """RGB of ignored pixels (label 255, outside the object)."""
+    return _hex_to_rgb(IGNORE_COLOUR)
+
+
+def lookup_table(classes: ClassTable) -> np.ndarray:
+    """uint8 [256, 3]: row c is class c's colour, row `ignore_index` the ignore colour, others 0."""
+    lut = np.zeros((256, 3), dtype=np.uint8)
+    lut[: classes.num_classes] = np.asarray(classes.rgb(), dtype=np.uint8)
+    lut[classes.ignore_index] = ignore_rgb()
+    return lut
+
+
+def _checked_labels(labels: np.ndarray, classes: ClassTable) -> np.ndarray:
+    """Labels as an index array; a label that is no class and not ignore is an error, never a colour."""
+    labels = np.asarray(labels)
+    if labels.ndim != 2:
+        raise ValueError(f"labels must be a label map [H, W], got shape {labels.shape}")
+    if labels.dtype.kind not in "iu":
+        raise ValueError(f"labels must be integers, got dtype {labels.dtype}")
+    valid = ((labels >= 0) & (labels < classes.num_classes)) | (labels == classes.ignore_index)
+    if not valid.all():
+        bad = sorted({int(v) for v in np.unique(labels[~valid])})[:10]
+        raise ValueError(
+            f"labels {bad} are neither a class id (0..{classes.num_classes - 1}) nor the ignore id "
+            f"{classes.ignore_index}: the label map does not belong to this class table"
+        )
+    return labels.astype(np.intp, copy=False)
+
+
+def colorize(labels: np.ndarray, classes: ClassTable) -> np.ndarray:
+    """uint8 [H, W, 3] picture of a label map [H, W] in the table's palette (ignore in IGNORE_COLOUR)."""
+    return lookup_table(classes)[_checked_labels(labels, classes)]
+
+
+def overlay(image: np.ndarray, labels: np.ndarray, classes: ClassTable, alpha: float = 0.5) -> np.ndarray:
+    """The image with damage blended in its class colour; Clean (id 0) and ignored pixels stay the image."""
+    image = np.asarray(image)
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"image must be uint8 [H, W, 3], got {image.dtype} {image.shape}")
+    labels = _checked_labels(labels, classes)
+    if labels.shape != image.shape[:2]:
+        raise ValueError(f"labels {labels.shape} and image {image.shape[:2]} differ in size")
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+    out = image.copy()
+    damage = (labels != 0) & (labels != classes.ignore_index)
+    colours = lookup_table(classes)[labels[damage]].astype(np.float32)
+    out[damage] = np.rint((1.0 - alpha) * image[damage].astype(np.float32) + alpha * colours).astype(np.uint8)
+    return out
+
+
+def legend(classes: ClassTable, present: set[int] | None = None) -> list[tuple[str, tuple[int, int, int]]]:
+    """(name, rgb) per class in id order, only those in `present` if given; ("ignored", rgb) if 255 is in it."""
+    entries = [
+        (name, rgb)
+        for i, (name, rgb) in enumerate(zip(classes.names, classes.rgb()))
+        if present is None or i in present
+    ]
+    if present is not None and classes.ignore_index in present:
+        entries.append(("ignored", ignore_rgb()))
+    return entries
