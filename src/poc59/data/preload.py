@@ -111,12 +111,37 @@ def _open(path: Path, load: bool = True) -> Image.Image:
     return img
 
 
+WIDE_MODES = ("I;16", "I;16B", "I;16L", "I")  # wider than 8 bits: scaled so the image's peak becomes 255
+
+
+def wide_to_8bit(img: Image.Image, peak: float | None = None) -> Image.Image:
+    """A 16/32-bit grayscale image as 8-bit "L", scaled by `peak` (default: its own maximum); others unchanged."""
+    if img.mode not in WIDE_MODES:
+        return img
+    arr = np.asarray(img, dtype=np.float64)
+    if peak is None:
+        peak = arr.max()
+    peak = peak if peak > 0 else 1.0
+    return Image.fromarray((arr * (255.0 / peak)).round().astype(np.uint8), "L")
+
+
 def _to_rgb(img: Image.Image) -> Image.Image:
-    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
-        arr = np.asarray(img, dtype=np.float64)
-        peak = arr.max() if arr.max() > 0 else 1.0
-        img = Image.fromarray((arr * (255.0 / peak)).round().astype(np.uint8), "L")
+    img = wide_to_8bit(img)
     return img if img.mode == "RGB" else img.convert("RGB")  # convert() to the same mode would copy
+
+
+def content_size(width: int, height: int, size: int, policy: str, max_side: int | None) -> tuple[int, int]:
+    """(width, height) an image of `width` x `height` is resampled to under the geometry (before padding)."""
+    if policy == "resize":
+        return size, size
+    cap = size if policy == "pad" else max_side
+    scale = cap / max(width, height) if policy == "pad" else min(1.0, cap / max(width, height))
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+def resample_image(rgb: Image.Image, target: tuple[int, int]) -> Image.Image:
+    """The image resampled as training does: bilinear over the whole footprint (antialiased)."""
+    return rgb if rgb.size == target else rgb.resize(target, Image.BILINEAR, reducing_gap=None)
 
 
 def _mask_array(img: Image.Image, path: Path) -> np.ndarray:
@@ -186,15 +211,9 @@ def _load_pair(
     check_labels(labels, num_classes, ignore_index, sample.mask)
     rgb = _to_rgb(image)
     lab = Image.fromarray(labels, "L")
-    if policy == "resize":
-        target = (size, size)
-    else:
-        cap = size if policy == "pad" else max_side
-        w, h = rgb.size
-        scale = cap / max(w, h) if policy == "pad" else min(1.0, cap / max(w, h))
-        target = (max(1, round(w * scale)), max(1, round(h * scale)))
+    target = content_size(*rgb.size, size, policy, max_side)
     if target != rgb.size:
-        rgb = rgb.resize(target, Image.BILINEAR, reducing_gap=None)
+        rgb = resample_image(rgb, target)
         lab = lab.resize(target, Image.NEAREST)
     side = canvas_side(policy, size, max_side)
     w, h = target
