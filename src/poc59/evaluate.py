@@ -1,0 +1,321 @@
+"""Score a trained model on the images its run validated on (or its test split, or another folder).
+
+    python -m poc59.evaluate run_dir=outputs/runs/<name>            # best.ckpt on the run's validation split
+    python -m poc59.evaluate run_dir=... split=test                 # the held-out test split (data.test_fraction)
+    python -m poc59.evaluate ckpt=model.ckpt data.root=/data/other  # another folder: all its images by default
+    python -m poc59.evaluate sweep=outputs/sweeps/<date_time>       # every finished run of a sweep
+
+Options: split=val|test|all, data.root=DIR, bootstrap.resamples=1000, bootstrap.seed=0,
+bootstrap.level=0.95, batch_size=N (default: the run's), device=auto|cpu|cuda, out=DIR,
+pictures=true|false, worst_k=8.
+
+The images, split and geometry are the run's own (its config.yaml and split.json), fed by the
+same BatchFeed as training validation, so the run's best val/mIoU is reproduced. Writes
+metrics.json (atomically) into <run>/evaluation/<split>/ and prints a table.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import sys
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from poc59.analysis.bootstrap import bootstrap_iou
+from poc59.analysis.scores import LEGACY_CONVENTION, batched_miou, scores
+from poc59.atomic import write_json
+from poc59.config import cache_root
+from poc59.data.datamodule import SegmentationDataModule
+from poc59.data.sources import DataError
+from poc59.evaluate_pass import SPEED_CONVENTION, DeviceError, precision_for, predicted_canvases, resolve_device, score
+from poc59.model.metrics import metric_convention
+from poc59.trained import ModelLoadError, TrainedModel, load_model
+
+log = logging.getLogger("poc59.evaluate")
+
+SPLITS = ("val", "test", "all")
+GROUP_COLUMNS = ("material", "content")
+
+
+class EvaluateError(ValueError):
+    """Bad arguments or a run that cannot be evaluated; the message names the fix."""
+
+
+# ---------------------------------------------------------------- what to evaluate
+
+
+def locate(run_dir: str | Path | None, ckpt: str | Path | None) -> tuple[Path, Path | None]:
+    """(checkpoint, run folder or None) from run_dir= and/or ckpt=."""
+    if run_dir is None and ckpt is None:
+        raise EvaluateError("name what to evaluate: run_dir=<run folder> (uses its checkpoints/best.ckpt) or ckpt=<file>")
+    run = Path(run_dir).expanduser().resolve() if run_dir is not None else None
+    if run is not None and not (run / "config.yaml").is_file():
+        raise EvaluateError(
+            f"{run}: not a run folder (no config.yaml). run_dir= names a folder written by python -m poc59.train, "
+            "e.g. outputs/runs/<name>; or pass ckpt=<file> data.root=<dataset>"
+        )
+    if ckpt is None:
+        ckpt = run / "checkpoints" / "best.ckpt"
+        if not ckpt.is_file():
+            raise EvaluateError(
+                f"{ckpt} not found: the run has not finished a validation epoch. "
+                f"Pass ckpt={run / 'checkpoints' / 'last.ckpt'} to score its latest state, or wait for the run"
+            )
+    return Path(ckpt).expanduser().resolve(), run
+
+
+def data_config(model: TrainedModel, run: Path | None, data_root: str | Path | None, batch_size: int | None) -> tuple[Any, bool]:
+    """The DataModule config: the run's own (same images, split and geometry), or `data_root` at the checkpoint's geometry.
+
+    Returns (config, own) where `own` says the data is the run's (its split.json applies).
+    """
+    if run is None and data_root is None:
+        raise EvaluateError(
+            f"{model.source} is not inside a run folder (no ../config.yaml), so its data is unknown: "
+            "pass data.root=<dataset folder> (the geometry comes from the checkpoint), or run_dir=<run folder>"
+        )
+    if run is not None:
+        cfg = OmegaConf.load(run / "config.yaml").data
+    else:
+        cfg = OmegaConf.create({"_target_": f"{SegmentationDataModule.__module__}.{SegmentationDataModule.__name__}",
+                                "cache_dir": str(cache_root() / "data"), "batch_size": 8})
+    own = run is not None and (data_root is None or Path(data_root).expanduser().resolve() == Path(cfg.root).resolve())
+    if own:
+        cfg.split_file = str(run / "split.json")
+    else:
+        cfg.root, cfg.split_file, cfg.synthetic = str(Path(data_root).expanduser().resolve()), None, None
+    cfg.image_size, cfg.policy, cfg.max_side = (model.geometry.get(k) for k in ("image_size", "policy", "max_side"))
+    cfg.on_device = False
+    if batch_size is not None:
+        cfg.batch_size = int(batch_size)
+    return cfg, own
+
+
+def check_split(split: str | None) -> None:
+    if split is not None and split not in SPLITS:
+        raise EvaluateError(f"unknown split {split!r}: choose split=val, split=test or split=all")
+
+
+def split_indices(dm: SegmentationDataModule, split: str) -> list[int]:
+    """Sample indices of `split`: val / test from the split, or all source images (copies only where no original exists)."""
+    check_split(split)
+    if split == "all":
+        originals = {s.group for s in dm.samples if not s.is_copy}
+        return [i for i, s in enumerate(dm.samples) if not s.is_copy or s.group not in originals]
+    ids = dm.split[split]
+    if not ids:
+        raise EvaluateError(
+            f"the {split} split of {dm.root} is empty" + (
+                ": the run held out no test images (train with data.test_fraction=0.1 to have some), or use split=val"
+                if split == "test" else ""
+            )
+        )
+    index = {s.id: i for i, s in enumerate(dm.samples)}
+    return [index[i] for i in ids]
+
+
+# ---------------------------------------------------------------- results
+
+
+def metadata_groups(dm: SegmentationDataModule, indices: list[int]) -> dict[str, dict[str, list[int]]]:
+    """{column: {value: positions in `indices`}} for the metadata.csv columns material / content (by id, else group)."""
+    path = dm.root / "metadata.csv"
+    if not path.is_file():
+        return {}
+    with path.open(newline="") as f:
+        reader = csv.DictReader(f)
+        columns = [c for c in GROUP_COLUMNS if c in (reader.fieldnames or ()) and "id" in reader.fieldnames]
+        rows = {r["id"]: r for r in reader if r.get("id")}
+    groups: dict[str, dict[str, list[int]]] = {c: defaultdict(list) for c in columns}
+    for k, i in enumerate(indices):
+        sample = dm.samples[i]
+        meta = rows.get(sample.id) or rows.get(sample.group) or {}
+        for c in columns:
+            if meta.get(c):
+                groups[c][meta[c]].append(k)
+    return {c: dict(sorted(v.items())) for c, v in groups.items()}
+
+
+def _interval(iv: np.ndarray) -> list[float] | None:
+    return None if np.isnan(iv).any() else [float(iv[0]), float(iv[1])]
+
+
+def group_report(per_image: torch.Tensor, groups: dict[str, dict[str, list[int]]], names: list[str]) -> dict:
+    """Per metadata group: images, mIoU and per-class IoU from the sum of its images' matrices."""
+    out: dict[str, dict] = {}
+    for column, values in groups.items():
+        out[column] = {}
+        for value, rows in values.items():
+            s = scores(per_image[rows].sum(0), names)
+            out[column][value] = {"num_images": len(rows), "miou": s["miou"],
+                                  "per_class_iou": {n: s["per_class"][n]["iou"] for n in names}}
+    return out
+
+
+# ---------------------------------------------------------------- the command
+
+
+def evaluate_run(
+    run_dir: Path | None = None,
+    ckpt: Path | None = None,
+    split: str | None = "val",
+    *,
+    data_root: str | Path | None = None,
+    resamples: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+    batch_size: int | None = None,
+    device: str = "auto",
+    out: str | Path | None = None,
+    pictures: bool = True,
+    worst_k: int = 8,
+) -> dict:
+    """Evaluate one checkpoint; writes <out>/metrics.json (and pictures) and returns the metrics dict.
+
+    `split=None` means val for the run's own data, all for another data.root. `out` defaults to
+    <run>/evaluation/<split> (<run>/evaluation/<data folder>-<split> for another data.root).
+    """
+    check_split(split)
+    torch.set_flush_denormal(True)  # as training did: the same arithmetic, and 3-10x faster on CPU
+    ckpt_path, run = locate(run_dir, ckpt)
+    dev = resolve_device(device)
+    model = load_model(ckpt_path, dev)
+    run = run or model.run_dir
+    cfg, own = data_config(model, run, data_root, batch_size)
+    split = split or ("val" if own else "all")
+    dm: SegmentationDataModule = instantiate(cfg)
+    dm.prepare_data()
+    dm.setup("validate")
+    classes, names = model.classes, list(model.classes.names)
+    if dm.classes.num_classes != classes.num_classes:
+        raise EvaluateError(
+            f"{dm.root} has {dm.classes.num_classes} classes ({', '.join(dm.classes.names)}) but the model predicts "
+            f"{classes.num_classes} ({', '.join(names)}): evaluate on a folder with the model's classes (ROOT/classes.json)"
+        )
+    if dm.classes.names != classes.names:
+        log.warning("%s names its classes %s; reporting the model's names %s", dm.root, list(dm.classes.names), names)
+    indices = split_indices(dm, split)
+    precision, autocast = precision_for(dev)
+    log.info("Evaluating %s on %d %s images of %s (%s, %d px, batch %d, %s, %s)", ckpt_path, len(indices), split,
+             dm.root, dm.policy, dm.image_size, dm.batch_size, dev, precision)
+
+    confmat, per_image, seconds = score(model, dm, indices, dm.batch_size, dev, autocast)
+    assert torch.equal(per_image.sum(0), confmat), "per-image matrices do not add up to the split's matrix"
+    s = scores(confmat, names)
+    boot = bootstrap_iou(per_image, resamples, seed, level)
+    per_class = {n: {"iou": s["per_class"][n]["iou"], "iou_ci": _interval(boot["per_class_iou"][c]),
+                     **{key: v for key, v in s["per_class"][n].items() if key != "iou"}} for c, n in enumerate(names)}
+    image_miou = batched_miou(per_image).tolist()
+    ranked = sorted((m, p) for p, m in enumerate(image_miou) if not math.isnan(m))  # worst first
+    worst_k = max(0, int(worst_k))
+    ms = 1000 * seconds / len(indices)
+    metrics = {
+        "checkpoint": str(ckpt_path),
+        "checkpoint_epoch": model.extra.get("epoch"),
+        "run_dir": str(run) if run else None,
+        "split": split,
+        "data_root": str(dm.root),
+        "mode": "training_resolution",
+        "image_size": dm.image_size,
+        "geometry": dict(model.geometry),
+        "split_fingerprint": dm.split["fingerprint"],
+        "num_images": len(indices),
+        "classes": classes.to_dict(),
+        "metric_convention": metric_convention(),
+        "miou": s["miou"],
+        "miou_ci": _interval(boot["miou"]),
+        "miou_legacy": s["miou_legacy"],
+        "miou_legacy_convention": LEGACY_CONVENTION,
+        "pixel_accuracy": s["pixel_accuracy"],
+        "fw_iou": s["fw_iou"],
+        "per_class": per_class,
+        "bootstrap": {key: boot[key] for key in ("resamples", "seed", "level", "unit")},
+        "groups": group_report(per_image, metadata_groups(dm, indices), names),
+        "speed": {"ms_per_image": ms, "images_per_s": 1000 / ms if ms > 0 else None, "device": str(dev),
+                  "batch_size": dm.batch_size, "precision": precision, "convention": SPEED_CONVENTION},
+        "worst_images": [{"id": dm.samples[indices[p]].id, "miou": float(m)} for m, p in ranked[:worst_k]],
+        "confusion_matrix": confmat.tolist(),
+        "pictures": {},
+    }
+    folder = Path(out).expanduser().resolve() if out else _default_out(ckpt_path, run, dm.root, split, own)
+    if pictures:
+        from poc59.evaluate_pictures import draw  # matplotlib only when pictures are asked for
+
+        grids = {"sample": list(range(min(worst_k, len(indices)))), "worst": [p for _, p in ranked[:worst_k]]}
+        metrics["pictures"] = draw(metrics, model, dm, indices, image_miou, grids, folder,
+                                   lambda chosen: predicted_canvases(model, dm, chosen, dm.batch_size, dev, autocast))
+    write_json(folder / "metrics.json", metrics)
+    log.info("Metrics: %s", folder / "metrics.json")
+    return metrics
+
+
+def _default_out(ckpt: Path, run: Path | None, root: Path, split: str, own: bool) -> Path:
+    base = run / "evaluation" if run else ckpt.parent / f"{ckpt.stem}-evaluation"
+    return base / (split if own else f"{root.name}-{split}")
+
+
+# ---------------------------------------------------------------- command line
+
+USAGE = (
+    "usage: python -m poc59.evaluate run_dir=<run folder> | ckpt=<file> [data.root=<folder>] | sweep=<sweep folder>\n"
+    "       [split=val|test|all] [bootstrap.resamples=1000] [bootstrap.seed=0] [bootstrap.level=0.95]\n"
+    "       [batch_size=N] [device=auto|cpu|cuda] [out=<folder>] [pictures=true|false] [worst_k=8]"
+)
+_KEYS = {  # command-line key -> (evaluate_run keyword, type)
+    "run_dir": ("run_dir", str), "ckpt": ("ckpt", str), "sweep": ("sweep", str), "split": ("split", str),
+    "data.root": ("data_root", str), "bootstrap.resamples": ("resamples", int), "bootstrap.seed": ("seed", int),
+    "bootstrap.level": ("level", float), "batch_size": ("batch_size", int), "device": ("device", str),
+    "out": ("out", str), "pictures": ("pictures", bool), "worst_k": ("worst_k", int),
+}
+_BOOL = {"true": True, "false": False, "1": True, "0": False, "yes": True, "no": False}
+
+
+def parse_args(argv: list[str]) -> dict[str, Any]:
+    """evaluate_run keywords (plus `sweep`) from key=value arguments."""
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        raise EvaluateError(USAGE)
+    options: dict[str, Any] = {}
+    for arg in argv:
+        key, sep, value = arg.partition("=")
+        key = key.lstrip("+")
+        if not sep or key not in _KEYS:
+            raise EvaluateError(f"unknown argument {arg!r} (expected key=value with one of: {', '.join(_KEYS)})\n{USAGE}")
+        name, kind = _KEYS[key]
+        try:
+            options[name] = _BOOL[value.lower()] if kind is bool else kind(value)
+        except (KeyError, ValueError):
+            raise EvaluateError(f"{key}={value}: expected {'true or false' if kind is bool else kind.__name__}") from None
+    return options
+
+
+def main(argv: list[str] | None = None) -> int:
+    from rich.console import Console
+
+    from poc59.evaluate_report import print_report
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    try:
+        options = parse_args(list(sys.argv[1:] if argv is None else argv))
+        sweep = options.pop("sweep", None)
+        if sweep is not None:
+            from poc59.evaluate_all import evaluate_all
+
+            return 0 if evaluate_all(sweep, **options)["counts"]["failed"] == 0 else 1
+        options.setdefault("split", None)
+        print_report(evaluate_run(**options), Console())
+    except (EvaluateError, DataError, ModelLoadError, DeviceError) as err:
+        log.error("%s", err)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

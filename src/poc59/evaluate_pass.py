@@ -1,0 +1,134 @@
+"""One pass of a model over images of a split, fed exactly as training validation feeds them.
+
+Same preloaded uint8 tensors, same BatchFeed (whole images, or non-overlapping tiles under
+policy=crop), same arithmetic (the Segmenter is SegmentationModule.forward), 32-bit on CPU and
+mixed precision only on CUDA, as training: so a run's best val/mIoU is reproduced. Gives the
+split-wide confusion matrix (SegmentationIoU, DDP-safe state), one matrix per image (for the
+bootstrap and the worst images), the inference time, and predicted label maps for pictures.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from typing import Any
+
+import numpy as np
+import torch
+
+from poc59.data.datamodule import SegmentationDataModule
+from poc59.data.feed import BatchFeed
+from poc59.model.metrics import SegmentationIoU
+from poc59.trained import TrainedModel
+
+SPEED_CONVENTION = (
+    "model forward + argmax only (data feed and metric updates excluded), first batch excluded as warm-up "
+    "unless it is the only one; per source image (all its tiles under policy=crop)"
+)
+
+
+class DeviceError(ValueError):
+    """A device that is not there; the message names the setting to use."""
+
+
+def resolve_device(name: str) -> torch.device:
+    """device=auto|cpu|cuda[:N] as a torch device (auto: CUDA when there is one)."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name not in ("cpu", "cuda") and not name.startswith("cuda:"):
+        raise DeviceError(f"device={name}: choose device=auto, device=cpu or device=cuda")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise DeviceError(f"device={name}: no CUDA device here; use device=cpu (or auto)")
+    return torch.device(name)
+
+
+def precision_for(device: torch.device) -> tuple[str, Any]:
+    """(label, autocast context): mixed precision on CUDA only, as training (32-bit on CPU)."""
+    if device.type != "cuda":
+        return "32-true", nullcontext()
+    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return ("bf16-mixed" if dtype == torch.bfloat16 else "16-mixed"), torch.autocast("cuda", dtype=dtype)
+
+
+def feed(dm: SegmentationDataModule, indices: list[int], batch_size: int, device: torch.device) -> BatchFeed:
+    """The validation feed of training (SegmentationDataModule._feed with train=False), for any indices."""
+    crop = dm.policy == "crop"
+    return BatchFeed(
+        dm.data.images, dm.data.masks, indices, batch_size, shuffle=False, drop_last=False, seed=dm.seed,
+        device=device, window=dm.image_size if crop else None, sizes=dm.data.sizes if crop else None, tiles=crop,
+    )
+
+
+def batch_confmats(preds: torch.Tensor, target: torch.Tensor, num_classes: int, ignore_index: int) -> torch.Tensor:
+    """[B, C, C] int64 confusion matrix of each image (rows target, cols prediction; ignored pixels left out)."""
+    b, c = preds.shape[0], num_classes
+    valid = target != ignore_index
+    image = torch.arange(b, device=preds.device).view(-1, 1, 1).expand_as(target)
+    flat = (image * c + target.long()) * c + preds.long()
+    return torch.bincount(flat[valid], minlength=b * c * c).view(b, c, c)
+
+
+def run_feed(model: TrainedModel, batches: BatchFeed, autocast: Any,
+             on_batch: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], None]) -> float:
+    """Predict every batch of a feed; on_batch(label maps, masks, the batch's units) each time.
+
+    Returns the inference seconds for the whole feed (see SPEED_CONVENTION): the timed batches'
+    seconds per unit, times all units.
+    """
+    units = batches.shard(0)
+    device, timed, timed_units, n = batches.device, 0.0, 0, len(batches)
+    with torch.inference_mode():
+        for b, (images, masks) in enumerate(batches):
+            sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+            sync()
+            t0 = time.perf_counter()
+            with autocast:
+                preds = model.segmenter(images).argmax(dim=1)
+            sync()
+            if b > 0 or n == 1:
+                timed += time.perf_counter() - t0
+                timed_units += len(images)
+            on_batch(preds, masks, units[b * batches.batch_size : b * batches.batch_size + len(images)])
+    return timed / max(timed_units, 1) * len(units)
+
+
+def score(
+    model: TrainedModel, dm: SegmentationDataModule, indices: list[int], batch_size: int, device: torch.device, autocast: Any
+) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """(split-wide confusion matrix [C, C], per-image matrices [N, C, C], seconds for the whole split)."""
+    classes = model.classes
+    metric = SegmentationIoU(classes.num_classes, ignore_index=classes.ignore_index).to(device)
+    per_image = torch.zeros(len(indices), classes.num_classes, classes.num_classes, dtype=torch.int64)
+    row = {sample: k for k, sample in enumerate(indices)}
+
+    def on_batch(preds: torch.Tensor, masks: torch.Tensor, units: torch.Tensor) -> None:
+        target = masks.long()
+        metric.update(preds, target)
+        owners = units[:, 0] if units.ndim == 2 else units  # crop tiles are (sample, y, x)
+        rows = torch.tensor([row[int(s)] for s in owners])
+        per_image.index_add_(0, rows, batch_confmats(preds, target, classes.num_classes, classes.ignore_index).cpu())
+
+    seconds = run_feed(model, feed(dm, indices, batch_size, device), autocast, on_batch)
+    return metric.confusion_matrix(), per_image, seconds
+
+
+def predicted_canvases(model: TrainedModel, dm: SegmentationDataModule, indices: list[int], batch_size: int,
+                       device: torch.device, autocast: Any) -> np.ndarray:
+    """uint8 [n, H, W] label maps on the stored canvas (tiles pasted back under policy=crop; 255 where nothing was predicted)."""
+    canvas = torch.full((len(indices), *dm.data.masks.shape[1:]), 255, dtype=torch.uint8)
+    row = {sample: k for k, sample in enumerate(indices)}
+    s = dm.image_size
+
+    def on_batch(preds: torch.Tensor, masks: torch.Tensor, units: torch.Tensor) -> None:
+        for p, u in zip(preds.to("cpu", torch.uint8), units.tolist()):
+            if isinstance(u, list):
+                i, y, x = u
+                canvas[row[i], y : y + s, x : x + s] = p
+            else:
+                canvas[row[u]] = p
+
+    run_feed(model, feed(dm, indices, batch_size, device), autocast, on_batch)
+    return canvas.numpy()
+
+

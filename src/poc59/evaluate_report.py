@@ -1,0 +1,62 @@
+"""The evaluation as a Rich table: per class by name, then the headline numbers, each labelled."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+
+def pct(value: float | None) -> str:
+    """A 0-1 ratio as a percentage; n/a when undefined."""
+    return "n/a" if value is None else f"{100 * value:.2f}"
+
+
+def with_interval(value: float | None, interval: list[float] | None) -> str:
+    return pct(value) + (f" [{pct(interval[0])}, {pct(interval[1])}]" if value is not None and interval else "")
+
+
+def print_report(metrics: dict, console: Console | None = None) -> None:
+    """Print one evaluation (a metrics.json dict)."""
+    console = console or Console()
+    level = f"{100 * metrics['bootstrap']['level']:g} %"
+    table = Table(
+        title=f"{metrics['checkpoint']}\n{metrics['split']} split of {metrics['data_root']}: {metrics['num_images']} images "
+        f"at {metrics['image_size']} px ({metrics['geometry'].get('policy')}); values in %",
+        title_justify="left",
+    )
+    table.add_column("id", justify="right")
+    table.add_column("class")
+    table.add_column(f"IoU [{level} CI]", justify="right")
+    table.add_column("precision", justify="right")
+    table.add_column("recall", justify="right")
+    table.add_column("F1", justify="right")
+    table.add_column("target pixels", justify="right")
+    for c, (name, row) in enumerate(metrics["per_class"].items()):
+        if not row["present"]:
+            absent = Text("absent", style="dim italic")
+            table.add_row(str(c), name, absent, absent, absent, absent, f"{row['support']:,}")
+            continue
+        table.add_row(str(c), name, with_interval(row["iou"], row["iou_ci"]), pct(row["precision"]), pct(row["recall"]),
+                      pct(row["f1"]), f"{row['support']:,}")
+    console.print(table)
+    console.print(Text("absent: neither in the target nor predicted anywhere in the split; precision n/a: never predicted",
+                       style="dim"))
+    boot = metrics["bootstrap"]
+    lines = [
+        ("mIoU", with_interval(metrics["miou"], metrics["miou_ci"]) + " %",
+         f"{metrics['metric_convention']}; [{level} bootstrap interval over images, {boot['resamples']} resamples, seed {boot['seed']}]"),
+        ("mIoU, earlier system's convention", pct(metrics["miou_legacy"]) + " %", metrics["miou_legacy_convention"]),
+        ("pixel accuracy", pct(metrics["pixel_accuracy"]) + " %", "correct / all non-ignored pixels of the split"),
+        ("frequency-weighted IoU", pct(metrics["fw_iou"]) + " %", "per-class IoU weighted by target pixel share"),
+    ]
+    speed = metrics["speed"]
+    lines.append((
+        "inference", f"{speed['ms_per_image']:.2f} ms/image, {speed['images_per_s']:.1f} images/s" if speed["images_per_s"] else "n/a",
+        f"{speed['device']}, batch {speed['batch_size']}, {speed['precision']}; {speed['convention']}",
+    ))
+    for label, value, meaning in lines:
+        console.print(Text.assemble((f"{label}: ", "bold"), (value, "bold"), (f"  ({meaning})", "dim")))
+    for column, groups in metrics["groups"].items():
+        console.print(Text.assemble((f"mIoU by {column}: ", "bold"), "; ".join(
+            f"{value} {pct(g['miou'])} % ({g['num_images']} images)" for value, g in groups.items())))
