@@ -1,0 +1,356 @@
+"""Reading scans for prediction: any image Pillow opens, as sRGB uint8 RGB rows, whole or in strips.
+
+Every file is brought to what the model was trained on: EXIF orientation
+applied, 16-bit grayscale scaled by its peak exactly as training does
+(`poc59.data.preload.wide_to_8bit`), alpha dropped, palette / grayscale / CMYK
+expanded to RGB, and an embedded ICC profile converted to sRGB.
+
+Pillow's decompression-bomb limit (`PIL.Image.MAX_IMAGE_PIXELS`, about 89 MP)
+is enforced for every file; only `allow_large_images=True` lifts it, for that
+file only.
+
+Strips. A scan whose decoded pixels would exceed the memory budget is read in
+bands of rows, top to bottom, without decoding the whole image first:
+- non-interlaced PNG: the IDAT stream is inflated incrementally; each band's
+  filtered rows (with the previous row, unfiltered, as context) are handed to
+  Pillow's own PNG row decoder;
+- uncompressed single-strip images (TIFF "raw", PPM/PGM): each band's bytes are
+  read at their file offset.
+Other files (JPEG, compressed TIFF, interlaced PNG, EXIF-rotated files, ...)
+cannot be read partially through Pillow and are decoded whole (uint8, 3 bytes
+a pixel after conversion), with a log line saying so. 16-bit strips take two
+passes (the first finds the peak that training's scaling uses).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageCms, ImageOps
+
+from poc59.data.preload import WIDE_MODES, wide_to_8bit
+
+log = logging.getLogger(__name__)
+
+__all__ = ["IMAGE_SUFFIXES", "Scan", "ScanError", "open_scan", "read_object_mask", "scan_size"]
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp", ".ppm", ".pgm", ".pnm", ".jp2", ".gif")
+_ORIENTATION = 0x0112  # EXIF tag
+_PNG_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}  # PNG colour type -> samples per pixel
+_MIN_STRIP_ROWS = 16
+
+
+class ScanError(ValueError):
+    """An image that cannot be read (the message names the file, the reason and what to do)."""
+
+
+@contextlib.contextmanager
+def _bomb_limit(allow_large: bool):
+    """Pillow's decompression-bomb limit as is, or lifted for the duration (allow_large_images=true)."""
+    saved = Image.MAX_IMAGE_PIXELS
+    if allow_large:
+        Image.MAX_IMAGE_PIXELS = None
+    try:
+        yield
+    finally:
+        Image.MAX_IMAGE_PIXELS = saved
+
+
+def _base_mode(mode: str) -> str:
+    """The 8-bit mode an image is brought to before colour management: L, RGB or CMYK."""
+    if mode in WIDE_MODES or mode in ("L", "LA", "La", "1", "I;16N"):
+        return "L"
+    return "CMYK" if mode == "CMYK" else "RGB"
+
+
+def _icc_transform(img: Image.Image, path: Path) -> ImageCms.ImageCmsTransform | None:
+    """A transform from the embedded ICC profile to sRGB, or None (no profile, already sRGB, or unusable)."""
+    icc = img.info.get("icc_profile")
+    if not icc:
+        return None
+    try:
+        source = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+        if "srgb" in ImageCms.getProfileDescription(source).lower().replace(" ", ""):
+            return None
+        return ImageCms.buildTransform(source, ImageCms.createProfile("sRGB"), _base_mode(img.mode), "RGB")
+    except (ImageCms.PyCMSError, OSError, ValueError) as err:
+        log.warning("%s: its ICC profile cannot be applied (%s); colours are used as stored", path, err)
+        return None
+
+
+class _Converter:
+    """Pillow image (whole or a band) -> RGB uint8 array, the same way for every band of one file."""
+
+    def __init__(self, transform: ImageCms.ImageCmsTransform | None, peak: float | None = None) -> None:
+        self.transform, self.peak = transform, peak
+
+    def __call__(self, img: Image.Image) -> np.ndarray:
+        img = wide_to_8bit(img, self.peak)
+        base = _base_mode(img.mode)
+        if img.mode != base:
+            img = img.convert(base)
+        if self.transform is not None:
+            img = ImageCms.applyTransform(img, self.transform)
+        if img.mode != "RGB":
+            img = img.convert("RGB")
+        return np.asarray(img)
+
+
+class _PngBands:
+    """Rows of a non-interlaced PNG, a band at a time: zlib inflates IDAT incrementally, Pillow unfilters."""
+
+    def __init__(self, path: Path, img: Image.Image) -> None:
+        self.mode, self.rawmode, self.width = img.mode, img.tile[0].args, img.size[0]
+        self.palette = img.getpalette() if img.mode == "P" else None
+        self.transparency = img.info.get("transparency")
+        Image.new(self.mode, (2, 1)).tobytes("raw", self.rawmode)  # a packer for the previous row must exist
+        self.f = open(path, "rb")  # noqa: SIM115  (closed by close())
+        self.f.seek(16)
+        width, _, depth, colour, _, _, interlace = struct.unpack(">IIBBBBB", self.f.read(13))
+        if interlace:
+            self.close()
+            raise NotImplementedError("interlaced PNG")
+        self.stride = (width * _PNG_CHANNELS[colour] * depth + 7) // 8 + 1  # + the filter-type byte
+        self.chunks = self._idat()
+        self.inflate = zlib.decompressobj()
+        self.tail = b""
+        self.previous: bytes | None = None  # the last row decoded, unfiltered, as PNG stores it
+
+    def _idat(self):
+        self.f.seek(8)
+        while True:
+            head = self.f.read(8)
+            if len(head) < 8:
+                return
+            length, kind = struct.unpack(">I4s", head)
+            if kind == b"IEND":
+                return
+            if kind == b"IDAT":
+                yield self.f.read(length)
+                self.f.seek(4, io.SEEK_CUR)
+            else:
+                self.f.seek(length + 4, io.SEEK_CUR)
+
+    def read(self, n: int) -> Image.Image:
+        need = n * self.stride
+        data = bytearray()
+        while len(data) < need:
+            chunk = self.tail or next(self.chunks, b"")
+            out = self.inflate.decompress(chunk, need - len(data))
+            if not out and not chunk:
+                raise OSError("image file is truncated (the PNG data ends before its last row)")
+            data += out
+            self.tail = self.inflate.unconsumed_tail
+        context = b"" if self.previous is None else b"\x00" + self.previous  # filter type 0: stored as is
+        rows = n + (self.previous is not None)
+        band = Image.frombytes(self.mode, (self.width, rows), zlib.compress(context + bytes(data), 0), "zip", self.rawmode)
+        self.previous = band.crop((0, rows - 1, self.width, rows)).tobytes("raw", self.rawmode)
+        if rows != n:
+            band = band.crop((0, 1, self.width, rows))
+        if self.palette is not None:
+            band.putpalette(self.palette)
+        if self.transparency is not None:
+            band.info["transparency"] = self.transparency
+        return band
+
+    def close(self) -> None:
+        self.f.close()
+
+
+class _RawBands:
+    """Rows of an uncompressed single-strip image (TIFF raw, PPM/PGM): each band read at its offset."""
+
+    def __init__(self, path: Path, img: Image.Image) -> None:
+        (tile,) = img.tile
+        args = tile.args if isinstance(tile.args, tuple) else (tile.args,)
+        self.rawmode, stride, orientation = (tuple(args) + (0, 1))[:3]
+        if tile.codec_name != "raw" or tile.extents != (0, 0, *img.size) or orientation != 1:
+            raise NotImplementedError(f"{tile.codec_name} tile layout")
+        self.mode, self.width = img.mode, img.size[0]
+        self.stride = stride or len(Image.new(self.mode, (self.width, 1)).tobytes("raw", self.rawmode))
+        self.palette = img.getpalette() if img.mode == "P" else None
+        self.offset, self.y = tile.offset, 0
+        self.f = open(path, "rb")  # noqa: SIM115  (closed by close())
+
+    def read(self, n: int) -> Image.Image:
+        self.f.seek(self.offset + self.y * self.stride)
+        data = self.f.read(n * self.stride)
+        if len(data) < n * self.stride:
+            raise OSError("image file is truncated")
+        self.y += n
+        band = Image.frombytes(self.mode, (self.width, n), data, "raw", self.rawmode, self.stride, 1)
+        if self.palette is not None:
+            band.putpalette(self.palette)
+        return band
+
+    def close(self) -> None:
+        self.f.close()
+
+
+def _bands(path: Path, img: Image.Image) -> _PngBands | _RawBands | None:
+    """A band reader for this file, or None when its format cannot be read partially."""
+    try:
+        if img.format == "PNG" and len(img.tile) == 1:
+            return _PngBands(path, img)
+        if len(img.tile) == 1 and img.tile[0].codec_name == "raw":
+            return _RawBands(path, img)
+    except (NotImplementedError, ValueError, KeyError, OSError):
+        pass
+    return None
+
+
+def _pixel_bytes(img: Image.Image) -> int:
+    """Bytes a pixel takes while decoding whole: the decoded file, its 8-bit RGB form, float64 for 16-bit scaling."""
+    stored = {"I": 4, "F": 4, "I;16": 2, "I;16B": 2, "I;16L": 2}.get(img.mode, len(img.getbands()))
+    return stored + 3 + (8 if img.mode in WIDE_MODES else 0)
+
+
+class Scan:
+    """One image file as RGB uint8 rows [h, W, 3]; `rows` must be asked for top to bottom when `streamed`.
+
+    Rows already passed are dropped; the rows from the last request's start onwards stay available, so a
+    caller may ask again for rows it was just given (predict reads a tile row, then the finished band in it).
+    """
+
+    def __init__(self, path: Path, width: int, height: int, whole: np.ndarray | None = None,
+                 bands: _PngBands | _RawBands | None = None, convert: _Converter | None = None,
+                 strip_rows: int = 256) -> None:
+        self.path, self.width, self.height = path, width, height
+        self._whole, self._bands, self._convert = whole, bands, convert
+        self.strip_rows = max(_MIN_STRIP_ROWS, strip_rows)
+        self._buffer = np.zeros((0, width, 3), np.uint8)
+        self._start = 0  # image row of self._buffer[0]
+
+    @property
+    def streamed(self) -> bool:
+        """True when the file is decoded in strips (never whole)."""
+        return self._bands is not None
+
+    def whole(self) -> np.ndarray:
+        """All pixels [H, W, 3]; for a streamed scan this decodes them all (only for small images)."""
+        return self._whole if self._whole is not None else self.rows(0, self.height)
+
+    def rows(self, y0: int, y1: int) -> np.ndarray:
+        """Pixels of rows y0..y1-1 [y1 - y0, W, 3]."""
+        y1 = min(y1, self.height)
+        if self._whole is not None:
+            return self._whole[y0:y1]
+        if y0 < self._start:
+            raise ValueError(f"{self.path}: rows {y0}.. were already passed (a streamed scan is read top to bottom)")
+        end = self._start + len(self._buffer)
+        while end < y0:  # rows nobody asked for: decoded and dropped
+            end += len(self._decode(min(self.strip_rows, y0 - end)))
+        parts = [self._buffer[max(0, y0 - self._start) :]]
+        while end < y1:
+            parts.append(self._decode(min(self.strip_rows, self.height - end)))
+            end += len(parts[-1])
+        self._buffer = np.concatenate(parts) if len(parts) > 1 else parts[0]
+        self._start = y0
+        return self._buffer[: y1 - y0]
+
+    def _decode(self, n: int) -> np.ndarray:
+        try:
+            return self._convert(self._bands.read(n))
+        except (OSError, ValueError, zlib.error) as err:
+            raise ScanError(f"cannot read {self.path}: {err}. Replace or remove the file.") from err
+
+    def close(self) -> None:
+        if self._bands is not None:
+            self._bands.close()
+
+
+def _open(path: Path, allow_large: bool) -> Image.Image:
+    try:
+        with _bomb_limit(allow_large):
+            img = Image.open(path)
+    except Image.DecompressionBombError as err:
+        raise ScanError(f"{path}: {err}. If you trust the file, pass allow_large_images=true") from None
+    except Exception as err:  # Pillow raises many types for bad files
+        raise ScanError(f"cannot read {path}: {err}. Replace or remove the file.") from None
+    w, h = img.size
+    limit = Image.MAX_IMAGE_PIXELS
+    if not allow_large and limit and w * h > limit:
+        raise ScanError(
+            f"{path}: {w} x {h} = {w * h:,} pixels exceeds Pillow's decompression-bomb limit of {limit:,} pixels. "
+            "If you trust the file, pass allow_large_images=true"
+        )
+    return img
+
+
+def _peak(path: Path, img: Image.Image, strip_rows: int) -> float:
+    """The maximum of a 16/32-bit image, band by band (training scales by it)."""
+    bands = _bands(path, img)
+    peak, h = 0.0, img.size[1]
+    try:
+        for y in range(0, h, strip_rows):
+            peak = max(peak, float(np.asarray(bands.read(min(strip_rows, h - y))).max()))
+    finally:
+        bands.close()
+    return peak
+
+
+def scan_size(path: str | Path, allow_large_images: bool = False) -> tuple[int, int]:
+    """(width, height) as predicted (EXIF orientation applied), from the header only."""
+    with _open(Path(path), allow_large_images) as img:
+        w, h = img.size
+        return (h, w) if img.getexif().get(_ORIENTATION, 1) in (5, 6, 7, 8) else (w, h)
+
+
+def open_scan(path: str | Path, allow_large_images: bool = False, max_bytes: int | None = None) -> Scan:
+    """Open one image for prediction; decoded whole if that fits in `max_bytes` (None: always), else in strips."""
+    path = Path(path)
+    img = _open(path, allow_large_images)
+    w, h = img.size
+    orientation = img.getexif().get(_ORIENTATION, 1)
+    whole_bytes = w * h * _pixel_bytes(img)
+    bands = None
+    if max_bytes is not None and whole_bytes > max_bytes:
+        bands = _bands(path, img) if orientation == 1 else None
+        if bands is None:
+            why = "it is EXIF-rotated" if orientation != 1 else f"{img.format} {img.mode} cannot be read in strips"
+            log.warning(
+                "%s: decoding it whole (~%.0f MB, above the %.0f MB budget) because %s",
+                path, whole_bytes / 2**20, max_bytes / 2**20, why,
+            )
+    if bands is not None:
+        strip_rows = max(_MIN_STRIP_ROWS, max_bytes // (4 * w * _pixel_bytes(img)))
+        try:
+            peak = _peak(path, img, strip_rows) if img.mode in WIDE_MODES else None
+        except (OSError, ValueError, zlib.error) as err:
+            bands.close()
+            raise ScanError(f"cannot read {path}: {err}. Replace or remove the file.") from err
+        log.info("%s: %d x %d read in strips of %d rows (PNG/raw rows; never decoded whole)", path, w, h, strip_rows)
+        return Scan(path, w, h, bands=bands, convert=_Converter(_icc_transform(img, path), peak), strip_rows=strip_rows)
+    try:
+        with _bomb_limit(allow_large_images):
+            img.load()
+        transform = _icc_transform(img, path)
+        img = ImageOps.exif_transpose(img)
+        pixels = _Converter(transform)(img)
+    except Exception as err:  # truncated or corrupt data surfaces only when decoding
+        raise ScanError(f"cannot read {path}: {err}. Replace or remove the file.") from None
+    return Scan(path, pixels.shape[1], pixels.shape[0], whole=pixels)
+
+
+def read_object_mask(path: str | Path, size: tuple[int, int], allow_large_images: bool = False) -> np.ndarray:
+    """bool [H, W]: True on the object. A single-channel image, non-zero = object (white on black)."""
+    path = Path(path)
+    img = _open(path, allow_large_images)
+    try:
+        with _bomb_limit(allow_large_images):
+            img = ImageOps.exif_transpose(img)
+        mask = np.asarray(wide_to_8bit(img).convert("L")) > 0
+    except Exception as err:
+        raise ScanError(f"cannot read object mask {path}: {err}") from None
+    if mask.shape[::-1] != tuple(size):
+        raise ScanError(
+            f"object mask {path} is {mask.shape[1]} x {mask.shape[0]} but its image is {size[0]} x {size[1]}; "
+            "a mask must have its image's size"
+        )
+    return mask

@@ -1,0 +1,175 @@
+"""Sliding-window inference at native scale: tiles batched through the network, logits blended without seams.
+
+Pure tensors, no files. The image is covered by a grid of `tile` x `tile` windows
+overlapping by at least `overlap`; each window's logits are weighted by a
+separable window that fades towards the tile edges (a linear ramp over the
+overlap, with a floor > 0 so every pixel keeps a weight) and normalised by the
+sum of the weights covering each pixel. Constant logits therefore stay
+constant, and a tile's edge (where a network sees least context) counts least.
+
+The image is consumed one row of tiles at a time, top to bottom, so only one
+tile row of blended logits is ever held: `stream_logits` reads its rows through
+a callable and yields finished bands of logits as soon as no later tile can
+touch them. That is what lets `predict` work on scans larger than memory.
+
+Flip test-time augmentation averages the logits of each tile-row band with the
+mirrored logits of the mirrored band, the same computation on both, so the
+result is exactly mirror-symmetric: pred(flip(x)) == flip(pred(x)), bit for bit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Callable, Iterator
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["WINDOW_FLOOR", "predict_logits", "run_batches", "stream_logits", "tile_starts", "window"]
+
+WINDOW_FLOOR = 0.05  # the weight of a tile's outermost pixels, relative to its centre
+
+Segmenter = Callable[[torch.Tensor], torch.Tensor]  # uint8 [B, 3, h, w] -> float logits [B, C, h, w]
+RowReader = Callable[[int, int], torch.Tensor]  # (y0, y1) -> uint8 [3, y1 - y0, W], rows in non-decreasing order
+
+
+def tile_starts(length: int, tile: int, overlap: float) -> list[int]:
+    """Start offsets of tiles covering `length` with neighbours overlapping by at least `overlap` of a tile.
+
+    Spread evenly from 0 to length - tile, so the last tile ends at the border and no tile sticks out.
+    """
+    if not 0.0 <= overlap < 1.0:
+        raise ValueError(f"overlap must be in [0, 1), got {overlap}")
+    if length <= tile:
+        return [0]
+    stride = max(1, round(tile * (1.0 - overlap)))
+    n = math.ceil((length - tile) / stride) + 1
+    return [i * (length - tile) // (n - 1) for i in range(n)]
+
+
+def window(tile: int, overlap: float, floor: float = WINDOW_FLOOR) -> torch.Tensor:
+    """1-D blending weights [tile]: 1 in the middle, ramping down linearly over the overlap to `floor` at the edges."""
+    i = torch.arange(tile, dtype=torch.float32)
+    distance = torch.minimum(i + 0.5, tile - i - 0.5)  # to the nearest tile edge
+    return (distance / max(1.0, tile * overlap)).clamp(floor, 1.0)
+
+
+def _normalised(length: int, tile: int, starts: list[int], win: torch.Tensor) -> torch.Tensor:
+    """[n, tile]: each tile's window divided by the summed windows at each pixel (so weights sum to 1 per pixel).
+
+    A pixel covered by one tile gets weight w / w = 1 exactly: one tile reproduces the network's output exactly.
+    """
+    cover = torch.zeros(length)
+    for s in starts:
+        cover[s : s + tile] += win
+    return torch.stack([win / cover[s : s + tile] for s in starts])
+
+
+def _autocast(device: torch.device, dtype: torch.dtype | None):
+    """bf16/fp16 autocast on CUDA only (on CPU it is slower than float32, see README Conventions)."""
+    if dtype is None or dtype == torch.float32 or device.type != "cuda":
+        return contextlib.nullcontext()
+    return torch.autocast("cuda", dtype=dtype)
+
+
+def run_batches(
+    segmenter: Segmenter, tiles: torch.Tensor, batch_size: int, device: torch.device | str = "cpu",
+    autocast: torch.dtype | None = None,
+) -> torch.Tensor:
+    """Float32 logits [N, C, h, w] of uint8 tiles [N, 3, h, w], `batch_size` at a time, on `device`."""
+    device = torch.device(device)
+    out = []
+    with torch.no_grad(), _autocast(device, autocast):
+        for i in range(0, len(tiles), batch_size):
+            logits = segmenter(tiles[i : i + batch_size].to(device, non_blocking=True))
+            if logits.ndim != 4 or logits.shape[-2:] != tiles.shape[-2:]:
+                raise ValueError(
+                    f"the model returned logits of shape {tuple(logits.shape)} for tiles {tuple(tiles.shape[-2:])}; "
+                    "it must return [B, C, H, W] at the input size"
+                )
+            out.append(logits.float())
+    return torch.cat(out)
+
+
+def _pad_to(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Zero-pad [3, h, w] at the bottom/right (as the training canvas is padded with image 0)."""
+    h, w = x.shape[-2:]
+    return x if (h, w) == (height, width) else F.pad(x, (0, width - w, 0, height - h))
+
+
+def stream_logits(
+    segmenter: Segmenter,
+    read_rows: RowReader,
+    height: int,
+    width: int,
+    tile: int,
+    overlap: float = 0.25,
+    batch_size: int = 8,
+    tta: bool = False,
+    device: torch.device | str = "cpu",
+    autocast: torch.dtype | None = None,
+) -> Iterator[tuple[int, torch.Tensor]]:
+    """Blended logits of a `height` x `width` image, as bands (y0, logits [C, h, width]) from top to bottom.
+
+    `read_rows(y0, y1)` returns image rows uint8 [3, y1 - y0, width]; it is called once per tile row with
+    non-decreasing y0, so a reader may stream the image. Images smaller than a tile are zero-padded.
+    Memory: about (2 + 2 * tta) x C x tile x width float32 (the tile row being blended and the rows not
+    yet finished), plus one batch of tiles through the network; never the whole image's logits.
+    """
+    device = torch.device(device)
+    ph, pw = max(height, tile), max(width, tile)
+    ys, xs = tile_starts(ph, tile, overlap), tile_starts(pw, tile, overlap)
+    win = window(tile, overlap)
+    wy, wx = _normalised(ph, tile, ys, win).to(device), _normalised(pw, tile, xs, win).to(device)
+
+    def blend(rows: torch.Tensor, out: torch.Tensor, wy_r: torch.Tensor) -> torch.Tensor:
+        """Add one tile row's weighted logits into `out` [C, tile, pw], a batch at a time."""
+        band = _pad_to(rows, tile, pw)
+        for i in range(0, len(xs), batch_size):
+            chunk = xs[i : i + batch_size]
+            logits = run_batches(segmenter, torch.stack([band[:, :, x : x + tile] for x in chunk]), batch_size, device, autocast)
+            if out.numel() == 0:
+                out = torch.zeros((logits.shape[1], tile, pw), device=device)
+            for t, x, w in zip(logits, chunk, wx[i : i + batch_size]):
+                out[:, :, x : x + tile] += t * (w[None, :] * wy_r[:, None])
+        return out
+
+    ones = torch.ones(tile, device=device)
+    acc = torch.empty(0, device=device)
+    for r, y in enumerate(ys):
+        rows = read_rows(y, min(y + tile, height))
+        if rows.shape[0] != 3 or rows.shape[-1] != width:
+            raise ValueError(f"read_rows returned {tuple(rows.shape)}, expected [3, rows, {width}]")
+        if tta:  # the same computation on the mirrored rows, mirrored back: exactly symmetric by construction
+            row = blend(rows, torch.empty(0, device=device), ones)[..., :width]
+            mirrored = blend(rows.flip(-1), torch.empty(0, device=device), ones)[..., :width].flip(-1)
+            row = (row + mirrored) / 2
+            acc = row * wy[r][None, :, None] if acc.numel() == 0 else acc.add_(row * wy[r][None, :, None])
+        else:
+            acc = blend(rows, acc, wy[r])
+        nxt = ys[r + 1] if r + 1 < len(ys) else ph
+        done = min(nxt, height) - y
+        if done > 0:
+            yield y, acc[:, :done, :width]
+        acc = torch.cat([acc[:, nxt - y :], acc.new_zeros((acc.shape[0], nxt - y, acc.shape[2]))], dim=1)
+
+
+def predict_logits(
+    segmenter: Segmenter,
+    image: torch.Tensor,
+    tile: int,
+    overlap: float = 0.25,
+    batch_size: int = 8,
+    tta: bool = False,
+    device: torch.device | str = "cpu",
+    autocast: torch.dtype | None = None,
+) -> torch.Tensor:
+    """Blended logits [C, H, W] of one uint8 image (or strip) [3, H, W] held in memory."""
+    if image.ndim != 3 or image.shape[0] != 3:
+        raise ValueError(f"image must be uint8 [3, H, W], got {tuple(image.shape)}")
+    height, width = image.shape[-2:]
+    bands = stream_logits(
+        segmenter, lambda y0, y1: image[:, y0:y1], height, width, tile, overlap, batch_size, tta, device, autocast
+    )
+    return torch.cat([b for _, b in bands], dim=1)
