@@ -166,7 +166,7 @@ def group_report(per_image: torch.Tensor, groups: dict[str, dict[str, list[int]]
 def evaluate_run(
     run_dir: Path | None = None,
     ckpt: Path | None = None,
-    split: str | None = "val",
+    split: str | None = None,
     *,
     data_root: str | Path | None = None,
     resamples: int = 1000,
@@ -180,7 +180,7 @@ def evaluate_run(
 ) -> dict:
     """Evaluate one checkpoint; writes <out>/metrics.json (and pictures) and returns the metrics dict.
 
-    `split=None` means val for the run's own data, all for another data.root. `out` defaults to
+    `split=None` (the default) means val for the run's own data, all for another data.root. `out` defaults to
     <run>/evaluation/<split> (<run>/evaluation/<data folder>-<split> for another data.root).
     """
     check_split(split)
@@ -211,8 +211,10 @@ def evaluate_run(
     assert torch.equal(per_image.sum(0), confmat), "per-image matrices do not add up to the split's matrix"
     s = scores(confmat, names)
     boot = bootstrap_iou(per_image, resamples, seed, level)
+    images = (per_image.sum(2) > 0).sum(0).tolist()  # images whose target holds the class: 1 or 2 = a fragile IoU
     per_class = {n: {"iou": s["per_class"][n]["iou"], "iou_ci": _interval(boot["per_class_iou"][c]),
-                     **{key: v for key, v in s["per_class"][n].items() if key != "iou"}} for c, n in enumerate(names)}
+                     **{key: v for key, v in s["per_class"][n].items() if key != "iou"}, "images": images[c]}
+                 for c, n in enumerate(names)}
     image_miou = batched_miou(per_image).tolist()
     ranked = sorted((m, p) for p, m in enumerate(image_miou) if not math.isnan(m))  # worst first
     worst_k = max(0, int(worst_k))
@@ -309,7 +311,6 @@ def main(argv: list[str] | None = None) -> int:
             from poc59.evaluate_all import evaluate_all
 
             return 0 if evaluate_all(sweep, **options)["counts"]["failed"] == 0 else 1
-        options.setdefault("split", None)
         print_report(evaluate_run(**options), Console())
     except (EvaluateError, DataError, ModelLoadError, DeviceError) as err:
         log.error("%s", err)

@@ -32,16 +32,17 @@ def print_report(metrics: dict, console: Console | None = None) -> None:
     table.add_column("recall", justify="right")
     table.add_column("F1", justify="right")
     table.add_column("target pixels", justify="right")
+    table.add_column("images", justify="right")
     for c, (name, row) in enumerate(metrics["per_class"].items()):
         if not row["present"]:
             absent = Text("absent", style="dim italic")
-            table.add_row(str(c), name, absent, absent, absent, absent, f"{row['support']:,}")
+            table.add_row(str(c), name, absent, absent, absent, absent, f"{row['support']:,}", str(row["images"]))
             continue
         table.add_row(str(c), name, with_interval(row["iou"], row["iou_ci"]), pct(row["precision"]), pct(row["recall"]),
-                      pct(row["f1"]), f"{row['support']:,}")
+                      pct(row["f1"]), f"{row['support']:,}", str(row["images"]))
     console.print(table)
-    console.print(Text("absent: neither in the target nor predicted anywhere in the split; precision n/a: never predicted",
-                       style="dim"))
+    console.print(Text("absent: neither in the target nor predicted anywhere in the split; precision n/a: never predicted; "
+                       "images: images whose target holds the class (an IoU from 1 or 2 images is fragile)", style="dim"))
     boot = metrics["bootstrap"]
     lines = [
         ("mIoU", with_interval(metrics["miou"], metrics["miou_ci"]) + " %",

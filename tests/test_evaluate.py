@@ -1,0 +1,248 @@
+"""python -m poc59.evaluate on a real (tiny) trained run: the run's own numbers back, the test split,
+another folder, metadata groups, bad input, and evaluate-all over a sweep (through slurm/evaluate.sbatch)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from omegaconf import OmegaConf
+from PIL import Image
+from test_train import SMALL, make_cfg
+
+from helpers import CRACKFOREST, make_folder
+from poc59.data.datamodule import SegmentationDataModule
+from poc59.evaluate import EvaluateError, evaluate_run, main, parse_args
+from poc59.train import train
+
+REPO = Path(__file__).resolve().parents[1]
+FAST = {"resamples": 200, "device": "cpu"}
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory) -> Path:
+    """A tiny 2-epoch run with a held-out test split (so best.ckpt is one of two epochs)."""
+    tmp = tmp_path_factory.mktemp("evaluate")
+    train(make_cfg(tmp, *SMALL, "data.test_fraction=0.2", "trainer.max_epochs=2", "trainer.limit_train_batches=3"))
+    return tmp / "run"
+
+
+@pytest.fixture(scope="module")
+def val_metrics(run) -> dict:
+    return evaluate_run(run_dir=run, worst_k=3, **FAST)
+
+
+def _masks(run: Path, side: str) -> torch.Tensor:
+    """The run's `side` masks as the data layer holds them (an independent DataModule from the run's config)."""
+    cfg = OmegaConf.load(run / "config.yaml").data
+    dm = SegmentationDataModule(cfg.root, image_size=cfg.image_size, split_file=run / "split.json", cache_dir=cfg.cache_dir)
+    dm.setup()
+    index = {s.id: i for i, s in enumerate(dm.samples)}
+    return dm.data.masks[[index[i] for i in dm.split[side]]]
+
+
+def _label_counts(masks: torch.Tensor, c: int) -> list[int]:
+    return torch.bincount(masks.flatten().long(), minlength=256)[:c].tolist()
+
+
+def test_reproduces_the_runs_best_val_miou(run, val_metrics):
+    summary = json.loads((run / "summary.json").read_text())
+    m = val_metrics
+    assert m["checkpoint_epoch"] == summary["best_epoch"]  # best.ckpt is the best epoch's state
+    assert m["miou"] == pytest.approx(summary["val/mIoU"], abs=1e-4)
+    for name, iou in summary["val/IoU"].items():
+        assert (m["per_class"][name]["iou"] is None) == (iou is None), name
+        if iou is not None:
+            assert m["per_class"][name]["iou"] == pytest.approx(iou, abs=1e-4), name
+    split = json.loads((run / "split.json").read_text())
+    assert m["split"] == "val" and m["num_images"] == len(split["val"]) and m["split_fingerprint"] == split["fingerprint"]
+    assert m["run_dir"] == str(run) and m["checkpoint"] == str(run / "checkpoints" / "best.ckpt")
+    assert m["mode"] == "training_resolution" and m["image_size"] == 64 and m["geometry"]["policy"] == "resize"
+    assert m["classes"] == summary["classes"] and m["metric_convention"] == summary["metric_convention"]
+    # the confusion matrix holds exactly the validation pixels that are not ignored, class by class
+    cm = np.array(m["confusion_matrix"])
+    assert cm.sum(1).tolist() == _label_counts(_masks(run, "val"), 16)
+    assert [row["support"] for row in m["per_class"].values()] == cm.sum(1).tolist()
+    assert m["pixel_accuracy"] == pytest.approx(np.trace(cm) / cm.sum())
+    lo, hi = m["miou_ci"]
+    assert lo <= m["miou"] <= hi and m["bootstrap"] == {"resamples": 200, "seed": 0, "level": 0.95, "unit": "image"}
+    assert m["miou_legacy"] <= m["miou"]  # absent classes pull the earlier convention down, never up
+    assert m["speed"]["ms_per_image"] > 0 and m["speed"]["device"] == "cpu" and m["speed"]["batch_size"] == 8
+    on_disk = json.loads((run / "evaluation" / "val" / "metrics.json").read_text())
+    assert on_disk == json.loads(json.dumps(m))
+
+
+def test_groups_by_material_and_content(run, val_metrics):
+    root = Path(json.loads((run / "summary.json").read_text())["provenance"]["data"]["root"])
+    meta = {r["id"]: r for r in csv.DictReader((root / "metadata.csv").open())}
+    val_ids = json.loads((run / "split.json").read_text())["val"]
+    for column in ("material", "content"):
+        groups = val_metrics["groups"][column]
+        expected = {}
+        for i in val_ids:
+            expected[meta[i][column]] = expected.get(meta[i][column], 0) + 1
+        assert {value: g["num_images"] for value, g in groups.items()} == expected
+    if len(val_metrics["groups"]["material"]) == 1:  # one group is the whole split
+        (only,) = val_metrics["groups"]["material"].values()
+        assert only["miou"] == pytest.approx(val_metrics["miou"])
+
+
+def test_pictures_are_real_pngs(run, val_metrics):
+    folder = run / "evaluation" / "val"
+    assert set(val_metrics["pictures"]) == {"confusion_matrix", "iou_bars", "sample", "worst"}
+    for name, rel in val_metrics["pictures"].items():
+        with Image.open(folder / rel) as im:
+            im.verify()
+        with Image.open(folder / rel) as im:
+            pixels = np.asarray(im.convert("RGB"))
+        assert pixels.shape[0] >= 200 and pixels.shape[1] >= 200, name
+        assert len(np.unique(pixels.reshape(-1, 3), axis=0)) > 10, f"{name}: (nearly) blank"
+    assert len(val_metrics["worst_images"]) == min(3, val_metrics["num_images"])
+    worst = [w["miou"] for w in val_metrics["worst_images"]]
+    assert worst == sorted(worst)
+
+
+def test_cli_prints_the_table(run, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")  # Rich wraps to the terminal's width
+    assert main([f"run_dir={run}", f"out={tmp_path}", "pictures=false", "bootstrap.resamples=50"]) == 0
+    out = capsys.readouterr().out
+    for text in ("Clean", "Lightleak", "IoU [95 % CI]", "precision", "earlier system's convention", "pixel accuracy",
+                 "frequency-weighted IoU", "ms/image", "mIoU by material"):
+        assert text in out, text
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["pictures"] == {} and metrics["bootstrap"]["resamples"] == 50
+    if any(not r["present"] for r in metrics["per_class"].values()):
+        assert "absent" in out
+
+
+def test_test_split(run):
+    m = evaluate_run(run_dir=run, split="test", pictures=False, **FAST)
+    test_ids = json.loads((run / "split.json").read_text())["test"]
+    assert m["split"] == "test" and m["num_images"] == len(test_ids) > 0
+    assert np.array(m["confusion_matrix"]).sum(1).tolist() == _label_counts(_masks(run, "test"), 16)
+    assert (run / "evaluation" / "test" / "metrics.json").exists()
+
+
+def test_a_run_without_a_test_split_says_how_to_get_one(run, tmp_path):
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy, ignore=shutil.ignore_patterns("evaluation", "tensorboard", "csv"))
+    split = json.loads((copy / "split.json").read_text())
+    split = {"train": split["train"] + split["test"], "val": split["val"], "test": []}  # no fingerprint: a deliberate edit
+    (copy / "split.json").write_text(json.dumps(split))
+    with pytest.raises(EvaluateError, match=r"held out no test images.*data\.test_fraction"):
+        evaluate_run(run_dir=copy, split="test", pictures=False, **FAST)
+
+
+def test_another_data_folder(run, tmp_path):
+    other = make_folder(tmp_path / "other", n=4, copies=1, size=(48, 40), classes=5)
+    m = evaluate_run(run_dir=run, data_root=other, pictures=False, **FAST)  # default split for another folder: all
+    assert m["split"] == "all" and m["num_images"] == 4 and m["data_root"] == str(other)
+    dm = SegmentationDataModule(other, image_size=64, cache=False)
+    dm.setup()
+    originals = [i for i, s in enumerate(dm.samples) if not s.is_copy]
+    assert np.array(m["confusion_matrix"]).sum(1).tolist() == _label_counts(dm.data.masks[originals], 16)
+    assert m["groups"] == {}  # no metadata.csv
+    assert (run / "evaluation" / "other-all" / "metrics.json").exists()  # never over the run's own val results
+
+    with pytest.raises(EvaluateError, match=r"2 classes \(background, crack\).*16.*classes\.json"):
+        evaluate_run(run_dir=run, data_root=CRACKFOREST, pictures=False, **FAST)
+
+
+def test_bad_input_names_the_fix(run, tmp_path, caplog):
+    with pytest.raises(EvaluateError, match=r"not a run folder.*python -m poc59.train.*ckpt="):
+        evaluate_run(run_dir=tmp_path / "nope")
+    with pytest.raises(EvaluateError, match=r"run_dir=.*or ckpt="):
+        evaluate_run()
+    alone = tmp_path / "model.ckpt"
+    shutil.copy(run / "checkpoints" / "best.ckpt", alone)
+    with pytest.raises(EvaluateError, match=r"not inside a run folder.*pass data\.root="):
+        evaluate_run(ckpt=alone)
+    with pytest.raises(EvaluateError, match=r"unknown split 'train'.*split=val, split=test or split=all"):
+        evaluate_run(run_dir=run, split="train")
+    unfinished = tmp_path / "unfinished"
+    unfinished.mkdir()
+    shutil.copy(run / "config.yaml", unfinished)
+    with pytest.raises(EvaluateError, match=r"best\.ckpt not found.*ckpt=.*last\.ckpt"):
+        evaluate_run(run_dir=unfinished)
+    with pytest.raises(EvaluateError, match=r"unknown argument 'resamples=5'.*bootstrap\.resamples"):
+        parse_args(["run_dir=x", "resamples=5"])
+    with pytest.raises(EvaluateError, match="pictures=maybe: expected true or false"):
+        parse_args(["run_dir=x", "pictures=maybe"])
+    assert parse_args(["ckpt=a.ckpt", "data.root=d", "bootstrap.level=0.9", "pictures=false"]) == {
+        "ckpt": "a.ckpt", "data_root": "d", "level": 0.9, "pictures": False}
+    with caplog.at_level(logging.ERROR):
+        assert main([f"run_dir={tmp_path / 'nope'}"]) == 2
+    assert "not a run folder" in caplog.text
+
+
+def test_a_checkpoint_outside_its_run_with_a_data_folder(run, tmp_path):
+    alone = tmp_path / "model.ckpt"
+    shutil.copy(run / "checkpoints" / "best.ckpt", alone)
+    root = json.loads((run / "summary.json").read_text())["provenance"]["data"]["root"]
+    m = evaluate_run(ckpt=alone, data_root=root, split="all", pictures=False, **FAST)
+    assert m["run_dir"] is None and m["num_images"] == 10  # every original of the synthetic set
+    assert (tmp_path / "model-evaluation" / f"{Path(root).name}-all" / "metrics.json").exists()
+
+
+# ---------------------------------------------------------------- evaluate-all, through slurm/evaluate.sbatch
+
+
+def _cluster_env() -> dict | None:
+    """The environment of a running SLURM cluster ($SLURM_CONF answered by `scontrol ping`), else None."""
+    env = dict(os.environ)
+    if not env.get("SLURM_CONF") or not shutil.which("sbatch"):
+        return None
+    ping = subprocess.run(["scontrol", "ping"], capture_output=True, text=True, env=env, timeout=30)
+    return env if "is UP" in ping.stdout else None
+
+
+def test_evaluate_sbatch_is_valid_bash():
+    check = subprocess.run(["bash", "-n", str(REPO / "slurm" / "evaluate.sbatch")], capture_output=True, text=True)
+    assert check.returncode == 0, check.stderr
+
+
+def test_evaluate_all_over_a_sweep(run, tmp_path, private_cache):
+    sweep = tmp_path / "sweep"
+    keep = shutil.ignore_patterns("evaluation", "tensorboard", "csv")
+    for n in ("0", "1"):
+        shutil.copytree(run, sweep / n, ignore=keep)
+    shutil.copytree(run, sweep / "2", ignore=keep)  # finished, but its checkpoint is broken
+    (sweep / "2" / "checkpoints" / "best.ckpt").write_bytes(b"truncated")
+    (sweep / "3").mkdir()  # started, never finished
+    shutil.copy(run / "config.yaml", sweep / "3")
+
+    env = {**os.environ, "POC59_CACHE": str(private_cache), "HF_HUB_OFFLINE": "1",
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO / "src"), os.environ.get("PYTHONPATH")]))}
+    args = [str(REPO / "slurm" / "evaluate.sbatch"), f"sweep={sweep}", "bootstrap.resamples=50", "pictures=false"]
+    cluster = _cluster_env()
+    if cluster is not None:  # as a user submits it (CI starts a cluster); command-line options override #SBATCH
+        env = {**cluster, **env}
+        done = subprocess.run(["sbatch", "--wait", "--gpus-per-node=0", "--cpus-per-task=1", "--mem=2G", "--time=10",
+                               f"--output={tmp_path / 'job.out'}", *args],
+                              capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600)
+        log = (tmp_path / "job.out").read_text() if (tmp_path / "job.out").exists() else done.stderr
+    else:  # no cluster here: the script body, as a job would run it
+        done = subprocess.run(["bash", *args], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600)
+        log = done.stdout + done.stderr
+    assert done.returncode == 1, log[-4000:]  # one run failed: the job says so, the others were evaluated
+
+    report = json.loads((sweep / "evaluation-val.json").read_text())
+    assert report["counts"] == {"evaluated": 2, "skipped": 1, "failed": 1}
+    status = {Path(r["run_dir"]).name: r for r in report["runs"]}
+    assert [status[n]["status"] for n in "0123"] == ["evaluated", "evaluated", "failed", "skipped"]
+    assert "best.ckpt" in status["2"]["reason"] and "summary.json" in status["3"]["reason"]
+    summary = json.loads((run / "summary.json").read_text())
+    for n in "01":
+        metrics = json.loads((sweep / n / "evaluation" / "val" / "metrics.json").read_text())
+        assert metrics["miou"] == pytest.approx(summary["val/mIoU"], abs=1e-4) == status[n]["miou"]
+    assert "evaluated" in log and "failed" in log
