@@ -1,0 +1,150 @@
+"""The comparison as files (Markdown, CSV, JSON) and as a Rich table: one table, every number labelled."""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+from typing import Any
+
+from poc59.atomic import write_bytes, write_json
+
+__all__ = ["print_table", "table_rows", "write_reports"]
+
+COLUMNS = ("rank", "configuration", "family", "decoder", "parameters", "best val mIoU, %", "interval, %",
+           "seeds", "train images/s", "peak memory", "wall time", "status")
+
+
+def _pct(v: float | None, digits: int = 2) -> str:
+    return "" if v is None else f"{100 * v:.{digits}f}"
+
+
+def _interval(iv: list[float] | None) -> str:
+    return "" if not iv else f"{_pct(iv[0])} .. {_pct(iv[1])}"
+
+
+def _miou(c: dict) -> str:
+    m = c["val_mIoU"]
+    if m["mean"] is None:
+        return "none"
+    return f"{_pct(m['mean'])} ± {_pct(m['std'])} (mean ± std)" if m["std"] is not None else _pct(m["mean"])
+
+
+def _num(v: float | None, fmt: str) -> str:
+    return "" if v is None else format(v, fmt)
+
+
+def _memory(b: int | None) -> str:
+    return "" if b is None else f"{b / 2**30:.2f} GiB"
+
+
+def _params(p: int | None) -> str:
+    return "" if p is None else f"{p / 1e6:.2f} M"
+
+
+def table_rows(result: dict) -> list[list[str]]:
+    """The comparison table as text cells (COLUMNS): configurations by rank, then runs that did not finish."""
+    rows = []
+    for c in result["configurations"]:
+        rank = "" if c["rank"] is None else str(c["rank"]) + (" best" if c["best"] else "")
+        rows.append([rank, c["label"], c["family"] or "", c["decoder"] or "", _params(c["parameters"]), _miou(c),
+                     _interval(c["interval"]), str(c["n"]), _num(c["train_images_per_s"], ".1f"),
+                     _memory(c["peak_memory_bytes"]), _num(c["wall_time_s"] and c["wall_time_s"] / 60, ".1f") + (" min" if c["wall_time_s"] else ""),
+                     "finished"])
+    for r in result["runs"]:
+        if r["status"] != "finished":
+            rows.append(["", r["dir"], "", "", "", "", "", "", "", "", "", f"{r['status']} ({r['detail']})"])
+    return rows
+
+
+def _md_table(header: list[str], rows: list[list[str]]) -> str:
+    esc = lambda s: str(s).replace("|", "\\|")
+    lines = ["| " + " | ".join(map(esc, header)) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(map(esc, row)) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def markdown(result: dict) -> str:
+    configs, conv = result["configurations"], result["conventions"]
+    rows = table_rows(result)
+    for row in rows:
+        if row[0].endswith("best"):
+            row[1] = f"**{row[1]}**"
+    parts = ["# Encoder comparison", ""]
+    if result["sweep"]:
+        parts += [f"Sweep: `{result['sweep']}`", ""]
+    if result["best"]:
+        parts += [f"Best: **{result['best']}**. {result['lead']['verdict'][0].upper()}{result['lead']['verdict'][1:]}.", ""]
+    parts += [_md_table(list(COLUMNS), rows), ""]
+    repeats = [c for c in configs if c["n"] >= 2]
+    if repeats:
+        parts += ["## Seed repeats", "", f"Runs that differ only by the seed; std: {conv['std']}.", ""]
+        parts.append(_md_table(
+            ["configuration", "n", "mean, %", "std, %", "min .. max, %", "per seed, %"],
+            [[c["label"], str(c["n"]), _pct(c["val_mIoU"]["mean"]), _pct(c["val_mIoU"]["std"]),
+              f"{_pct(c['val_mIoU']['min'])} .. {_pct(c['val_mIoU']['max'])}",
+              ", ".join(f"seed {s}: {_pct(v)}" for s, v in zip(c["seeds"], c["val_mIoU"]["values"]))] for c in repeats]))
+        parts.append("")
+    names = result["classes"]["names"]
+    parts += ["## Per-class IoU", "", f"Best val IoU per class, %; {conv['per_class_iou']}.", ""]
+    parts.append(_md_table(["class"] + [c["label"] for c in configs],
+                           [[n] + [("absent" if c["per_class_iou"].get(n) is None else _pct(c["per_class_iou"][n], 1)) for c in configs] for n in names]))
+    parts += ["", f"![Per-class IoU by configuration]({Path(result['chart']).name})", "", "## Runs", ""]
+    parts.append(_md_table(["run folder", "seed", "status", "best val mIoU, %", "interval, %", "detail"],
+                           [[r["dir"], "" if r["seed"] is None else str(r["seed"]), r["status"], _pct(r["val_miou"]),
+                             _interval(r["interval"]), r["detail"]] for r in result["runs"]]))
+    parts += ["", "## What the numbers mean", ""] + [f"- **{k}**: {v}" for k, v in conv.items()]
+    return "\n".join(parts) + "\n"
+
+
+def csv_text(result: dict) -> str:
+    """One row per configuration (fractions, not %), then one per run that did not finish."""
+    names = result["classes"]["names"]
+    header = ["rank", "best", "configuration", "encoder", "family", "decoder", "parameters", "n_seeds", "seeds",
+              "val_mIoU_mean", "val_mIoU_std", "val_mIoU_min", "val_mIoU_max", "interval_lo", "interval_hi", "interval_kind",
+              "train_images_per_s", "peak_memory_bytes", "wall_time_s", "status", "detail", "runs"] + [f"IoU/{n}" for n in names]
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(header)
+    blank = lambda v: "" if v is None else v
+    for c in result["configurations"]:
+        m, iv = c["val_mIoU"], c["interval"] or [None, None]
+        w.writerow([blank(c["rank"]), c["best"], c["label"], c["encoder"], c["family"], c["decoder"], c["parameters"], c["n"],
+                    " ".join(map(str, c["seeds"])), blank(m["mean"]), blank(m["std"]), blank(m["min"]), blank(m["max"]),
+                    blank(iv[0]), blank(iv[1]), blank(c["interval_kind"]), blank(c["train_images_per_s"]),
+                    blank(c["peak_memory_bytes"]), blank(c["wall_time_s"]), "finished", "", " ".join(c["runs"])]
+                   + [blank(c["per_class_iou"].get(n)) for n in names])
+    for r in result["runs"]:
+        if r["status"] != "finished":
+            w.writerow(["", False, "", "", "", "", "", "", "", "", "", "", "", "", "", "", "", "", "", r["status"], r["detail"], r["dir"]]
+                       + [""] * len(names))
+    return buf.getvalue()
+
+
+def write_reports(result: dict, out: Path) -> dict[str, Path]:
+    """comparison.md, comparison.csv, comparison.json in `out` (atomically)."""
+    paths = {"markdown": out / "comparison.md", "csv": out / "comparison.csv", "json": out / "comparison.json"}
+    write_bytes(paths["markdown"], markdown(result).encode())
+    write_bytes(paths["csv"], csv_text(result).encode())
+    write_json(paths["json"], result)
+    return paths
+
+
+def print_table(result: dict, console: Any) -> None:
+    """The comparison table, the verdict on the lead and what the numbers mean, with Rich."""
+    from rich.table import Table
+    from rich.text import Text
+
+    title = "Encoder comparison" + (f": {result['sweep']}" if result["sweep"] else "")
+    table = Table(title=title, title_justify="left")
+    for col in COLUMNS:
+        table.add_column(col, overflow="fold", justify="right" if col in ("parameters", "train images/s", "wall time") else "left")
+    for row in table_rows(result):
+        style = "bold green" if row[0].endswith("best") else ("red" if not row[11].startswith("finished") else None)
+        table.add_row(*row, style=style)
+    console.print(table)
+    if result["best"]:
+        console.print(Text(f"Best: {result['best']}. {result['lead']['verdict']}", style="bold"))
+    for k, v in result["conventions"].items():
+        console.print(Text(f"  {k}: {v}", style="dim"), soft_wrap=True)
+    console.print(f"Written: {Path(result['chart']).parent}/comparison.{{md,csv,json}}, {Path(result['chart']).name}")

@@ -1,0 +1,162 @@
+"""python -m poc59.compare on a sweep of really trained tiny runs: table, chart, seed aggregation, best, split rule."""
+
+from __future__ import annotations
+
+import csv
+import json
+import statistics
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from omegaconf import open_dict
+from PIL import Image
+from test_train import SMALL, make_cfg
+
+from poc59.compare import CompareError, lead, main
+from poc59.sweep_status import expected_jobs
+from poc59.train import train
+
+ENCODERS = ["tu-mobilenetv3_small_050", "tu-lcnet_050", "tu-regnetx_002"]
+TRAINED = {0, 1, 2, 4}  # (mobilenet, seed 0), (mobilenet, seed 1), (lcnet, seed 0), (regnetx, seed 0)
+STARTED = 3  # (lcnet, seed 1): started, no summary.json yet; job 5 never started
+
+
+def _train(tmp: Path, run_dir: Path, overrides: list[str]) -> None:
+    """One training step at 32 px and one validation pass: seconds, and a real run folder."""
+    cfg = make_cfg(tmp, *SMALL, "data.image_size=32", "trainer.max_epochs=1", "trainer.limit_train_batches=1",
+                   "trainer.num_sanity_val_steps=0", "callbacks.val_overlays=null", *overrides)
+    with open_dict(cfg):
+        cfg.paths.run_dir = str(run_dir)
+    train(cfg)
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory) -> Path:
+    """A Hydra sweep folder as `python -m poc59.train -m encoder.name=a,b,c seed=0,1 data.seed=0` leaves it mid-way."""
+    tmp = tmp_path_factory.mktemp("compare")
+    s = tmp / "sweeps" / "2026-01-01_10-00-00"
+    s.mkdir(parents=True)
+    task = ["encoder=tiny", "encoder.name=" + ",".join(ENCODERS), "seed=0,1", "data.seed=0"]
+    multirun = {"hydra": {"sweeper": {"_target_": "hydra._internal.core_plugins.basic_sweeper.BasicSweeper",
+                                      "max_batch_size": None, "params": None},
+                          "overrides": {"task": task}, "sweep": {"dir": str(s), "subdir": "${hydra.job.num}"}}}
+    (s / "multirun.yaml").write_text(yaml.safe_dump(multirun))
+    jobs = expected_jobs(s)
+    assert len(jobs) == 6 and "encoder.name=tu-lcnet_050" in jobs[STARTED] and "seed=1" in jobs[STARTED]
+    for num in sorted(TRAINED | {STARTED}):
+        d = s / str(num)
+        (d / ".hydra").mkdir(parents=True)
+        (d / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(jobs[num]))
+        if num in TRAINED:
+            _train(tmp, d, jobs[num])
+        else:
+            (d / "train.log").write_text("[2026-01-01 10:00:01,000][poc59.train][INFO] - epoch 0 ...\n")
+    # the same encoder with seed=1 outside the sweep, data.seed following it: another split
+    _train(tmp, tmp / "other", ["encoder.name=tu-mobilenetv3_small_050", "seed=1"])
+    return s
+
+
+def _summaries(sweep: Path) -> dict[int, dict]:
+    return {n: json.loads((sweep / str(n) / "summary.json").read_text()) for n in TRAINED}
+
+
+@pytest.fixture(scope="module")
+def compared(sweep):
+    assert main([f"sweep={sweep}", "evaluate=false"]) == 0
+    out = sweep / "comparison"
+    return json.loads((out / "comparison.json").read_text()), out
+
+
+def test_best_is_the_configuration_with_the_highest_val_miou(sweep, compared):
+    result, _ = compared
+    by_encoder: dict[str, list[float]] = {}
+    for s in _summaries(sweep).values():
+        by_encoder.setdefault(s["encoder"], []).append(s["val/mIoU"])
+    means = {e: statistics.fmean(v) for e, v in by_encoder.items()}
+    top = max(means.values())
+    assert result["best"] in {e for e, m in means.items() if m == top}
+    configs = {c["label"]: c for c in result["configurations"]}
+    assert set(configs) == set(ENCODERS)
+    assert [c["rank"] for c in result["configurations"]] == [1, 2, 3]
+    assert [c["val_mIoU"]["mean"] for c in result["configurations"]] == sorted(means.values(), reverse=True)
+    assert configs[result["best"]]["best"] and sum(c["best"] for c in configs.values()) == 1
+    assert "no interval" in result["lead"]["verdict"]  # evaluate=false and no metrics.json: not assessed, and says so
+
+
+def test_seed_repeats_are_aggregated(sweep, compared):
+    result, out = compared
+    s = _summaries(sweep)
+    values = [s[0]["val/mIoU"], s[1]["val/mIoU"]]  # mobilenet, seeds 0 and 1
+    (mob,) = [c for c in result["configurations"] if c["encoder"] == ENCODERS[0]]
+    assert mob["n"] == 2 and mob["seeds"] == [0, 1]
+    m = mob["val_mIoU"]
+    assert m["mean"] == pytest.approx(np.mean(values), abs=1e-12)
+    assert m["std"] == pytest.approx(np.std(values, ddof=1), abs=1e-12)
+    assert (m["min"], m["max"]) == (min(values), max(values))
+    assert mob["interval"] == [min(values), max(values)]  # no bootstrap intervals: the range over seeds
+    assert mob["per_class_iou"]["Clean"] == pytest.approx(np.mean([s[0]["val/IoU"]["Clean"], s[1]["val/IoU"]["Clean"]]))
+    assert all(c["n"] == 1 and c["val_mIoU"]["std"] is None for c in result["configurations"] if c is not mob)
+    md = (out / "comparison.md").read_text()
+    assert "## Seed repeats" in md and f"{100 * m['mean']:.2f} ± {100 * m['std']:.2f}" in md
+
+
+def test_unfinished_runs_are_listed_not_ranked(sweep, compared):
+    result, out = compared
+    status = {Path(r["dir"]).name.split(" ")[0]: (r["status"], r["detail"]) for r in result["runs"]}
+    assert status["3"][0] == "unfinished" and "no summary.json" in status["3"][1]
+    assert status["5"][0] == "unfinished" and "pending" in status["5"][1]
+    assert {k for k, v in status.items() if v[0] == "finished"} == {str(n) for n in TRAINED}
+    rows = list(csv.DictReader((out / "comparison.csv").open()))
+    assert [r["status"] for r in rows] == ["finished"] * 3 + ["unfinished"] * 2
+    assert float(rows[0]["val_mIoU_mean"]) == result["configurations"][0]["val_mIoU"]["mean"]
+    assert rows[0]["configuration"] == result["best"] and rows[0]["best"] == "True"
+    assert set(rows[0]) >= {"encoder", "family", "decoder", "parameters", "train_images_per_s", "peak_memory_bytes", "wall_time_s", "IoU/Clean"}
+
+
+def test_table_chart_and_labels(compared):
+    result, out = compared
+    with Image.open(out / "per_class_iou.png") as im:
+        rgb = np.asarray(im.convert("RGB"))
+    assert rgb.shape[0] > 500 and len(np.unique(rgb.reshape(-1, 3), axis=0)) > 20
+    md = (out / "comparison.md").read_text()
+    assert f"**{result['best']}**" in md and "per_class_iou.png" in md
+    conv = result["conventions"]
+    assert "mean of per-class IoU" in conv["val_mIoU"]  # the summaries' own metric convention
+    assert "training images per second" in conv["train_images_per_s"] and "resident set size" in conv["peak_memory"]
+    for text in (conv["val_mIoU"], conv["interval"], conv["std"]):
+        assert text in md
+
+
+def test_runs_on_different_splits_are_refused(sweep, caplog):
+    other = sweep.parents[1] / "other"
+    fp = lambda d: json.loads((d / "summary.json").read_text())["provenance"]["data"]["split_fingerprint"]
+    assert fp(other) != fp(sweep / "0")
+    assert main([f"runs=[{sweep / '0'},{sweep / '2'},{other}]", "evaluate=false", f"out={sweep.parent / 'refused'}"]) == 2
+    msg = caplog.text
+    assert "refusing to rank" in msg and "same split" in msg
+    assert f"differing from {sweep / '0'}: {other}" in msg
+    assert f"data.split_file={sweep / '0' / 'split.json'}" in msg
+    assert not (sweep.parent / "refused").exists()
+
+
+def test_lead_is_judged_against_the_intervals():
+    def cfg(label, mean, iv, rank):
+        return {"label": label, "val_mIoU": {"mean": mean}, "interval": iv, "rank": rank}
+
+    clear = lead([cfg("a", 0.50, [0.46, 0.54], 1), cfg("b", 0.40, [0.37, 0.45], 2)])
+    assert clear["larger_than_intervals"] is True and clear["difference"] == pytest.approx(0.10)
+    close = lead([cfg("a", 0.50, [0.44, 0.56], 1), cfg("b", 0.48, [0.45, 0.51], 2)])
+    assert close["larger_than_intervals"] is False and close["verdict"].startswith("lead within uncertainty")
+    alone = lead([cfg("a", 0.5, None, 1)])
+    assert alone["larger_than_intervals"] is None
+
+
+def test_bad_arguments_are_named(tmp_path, caplog):
+    assert main(["sweep=a", "runs=[b]"]) == 2 and "either sweep=DIR or runs=" in caplog.text
+    assert main([f"runs=[{tmp_path / 'nope'}]"]) == 2 and "no such run folder" in caplog.text
+    with pytest.raises(CompareError, match="evaluate=maybe"):
+        from poc59.compare import parse_args
+
+        parse_args(["sweep=x", "evaluate=maybe"])
