@@ -36,6 +36,7 @@ BENCHMARKS = [
     "warm_start",  # issue 3: DataModule setup on a warm cache to the first batch vs a cold start
     "preload_memory",  # issue 3: peak RSS added vs the raw uint8 bytes
     "feed",  # issue 3: augmented batches/s vs the earlier per-sample DataLoader
+    "train_step",  # issue 7: Lightning Trainer.fit images/s vs a plain PyTorch loop
 ]
 
 
