@@ -10,6 +10,7 @@ import os
 import shutil
 import subprocess
 import sys
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +23,8 @@ from test_train import SMALL, make_cfg
 from helpers import CRACKFOREST, make_folder
 from poc59.data.datamodule import SegmentationDataModule
 from poc59.evaluate import EvaluateError, evaluate_run, main, parse_args
+from poc59.evaluate_pass import predicted_canvases, score
+from poc59.trained import load_model
 from poc59.train import train
 
 REPO = Path(__file__).resolve().parents[1]
@@ -146,7 +149,7 @@ def test_another_data_folder(run, tmp_path):
     other = make_folder(tmp_path / "other", n=4, copies=1, size=(48, 40), classes=5)
     m = evaluate_run(run_dir=run, data_root=other, pictures=False, **FAST)  # default split for another folder: all
     assert m["split"] == "all" and m["num_images"] == 4 and m["data_root"] == str(other)
-    dm = SegmentationDataModule(other, image_size=64, cache=False)
+    dm = SegmentationDataModule(other, image_size=64, use_aug_copies=False, cache=False)
     dm.setup()
     originals = [i for i, s in enumerate(dm.samples) if not s.is_copy]
     assert np.array(m["confusion_matrix"]).sum(1).tolist() == _label_counts(dm.data.masks[originals], 16)
@@ -168,6 +171,8 @@ def test_bad_input_names_the_fix(run, tmp_path, caplog):
         evaluate_run(ckpt=alone)
     with pytest.raises(EvaluateError, match=r"unknown split 'train'.*split=val, split=test or split=all"):
         evaluate_run(run_dir=run, split="train")
+    with pytest.raises(EvaluateError, match=r"level between 0 and 1 \(e\.g\. bootstrap\.level=0\.95\)"):
+        evaluate_run(run_dir=run, level=95)
     unfinished = tmp_path / "unfinished"
     unfinished.mkdir()
     shutil.copy(run / "config.yaml", unfinished)
@@ -184,13 +189,31 @@ def test_bad_input_names_the_fix(run, tmp_path, caplog):
     assert "not a run folder" in caplog.text
 
 
-def test_a_checkpoint_outside_its_run_with_a_data_folder(run, tmp_path):
-    alone = tmp_path / "model.ckpt"
-    shutil.copy(run / "checkpoints" / "best.ckpt", alone)
-    root = json.loads((run / "summary.json").read_text())["provenance"]["data"]["root"]
-    m = evaluate_run(ckpt=alone, data_root=root, split="all", pictures=False, **FAST)
-    assert m["run_dir"] is None and m["num_images"] == 10  # every original of the synthetic set
-    assert (tmp_path / "model-evaluation" / f"{Path(root).name}-all" / "metrics.json").exists()
+def test_crop_geometry_scores_every_tile_once(run, tmp_path):
+    """policy=crop: validation-style tiles; per-image matrices, the split's matrix and the pasted label maps agree."""
+    ckpt = torch.load(run / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=False)
+    ckpt["hyper_parameters"]["geometry"] = {"policy": "crop", "image_size": 32, "max_side": 64}  # 2 x 2 tiles a canvas
+    torch.save(ckpt, tmp_path / "crop.ckpt")
+    cfg = OmegaConf.load(run / "config.yaml").data
+    m = evaluate_run(ckpt=tmp_path / "crop.ckpt", data_root=cfg.root, pictures=False, **FAST)
+    # a checkpoint outside its run, with a data folder: all its source images, at the checkpoint's geometry
+    assert m["run_dir"] is None and m["split"] == "all" and m["num_images"] == 10 and m["geometry"]["policy"] == "crop"
+    assert (tmp_path / "crop-evaluation" / f"{Path(cfg.root).name}-all" / "metrics.json").exists()
+
+    model = load_model(tmp_path / "crop.ckpt")
+    dm = SegmentationDataModule(cfg.root, image_size=32, policy="crop", max_side=64, use_aug_copies=False,
+                                cache_dir=cfg.cache_dir)
+    dm.setup()
+    indices = [i for i, s in enumerate(dm.samples) if not s.is_copy]
+    confmat, per_image, _ = score(model, dm, indices, 5, torch.device("cpu"), nullcontext())
+    assert confmat.tolist() == m["confusion_matrix"]
+    masks = dm.data.masks[indices]
+    assert confmat.sum(1).tolist() == _label_counts(masks, 16)  # every content pixel once
+    canvases = torch.from_numpy(predicted_canvases(model, dm, indices, 3, torch.device("cpu"), nullcontext()))
+    for k in range(len(indices)):
+        keep = masks[k] != 255
+        pasted = torch.bincount(masks[k][keep].long() * 16 + canvases[k][keep].long(), minlength=256).view(16, 16)
+        assert torch.equal(pasted, per_image[k]), k
 
 
 # ---------------------------------------------------------------- evaluate-all, through slurm/evaluate.sbatch

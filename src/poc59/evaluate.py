@@ -17,6 +17,7 @@ metrics.json (atomically) into <run>/evaluation/<split>/ and prints a table.
 from __future__ import annotations
 
 import csv
+import json
 import logging
 import math
 import sys
@@ -84,14 +85,18 @@ def data_config(model: TrainedModel, run: Path | None, data_root: str | Path | N
         )
     if run is not None:
         cfg = OmegaConf.load(run / "config.yaml").data
+        summary = run / "summary.json"
+        if not Path(cfg.root).expanduser().is_absolute() and summary.is_file():  # relative to where training ran
+            cfg.root = json.loads(summary.read_text())["provenance"]["data"]["root"]
     else:
         cfg = OmegaConf.create({"_target_": f"{SegmentationDataModule.__module__}.{SegmentationDataModule.__name__}",
                                 "cache_dir": str(cache_root() / "data"), "batch_size": 8})
     own = run is not None and (data_root is None or Path(data_root).expanduser().resolve() == Path(cfg.root).resolve())
     if own:
         cfg.split_file = str(run / "split.json")
-    else:
+    else:  # another folder: split afresh with the run's settings; _augK copies would only ever be training images
         cfg.root, cfg.split_file, cfg.synthetic = str(Path(data_root).expanduser().resolve()), None, None
+        cfg.use_aug_copies = False
     cfg.image_size, cfg.policy, cfg.max_side = (model.geometry.get(k) for k in ("image_size", "policy", "max_side"))
     cfg.on_device = False
     if batch_size is not None:
@@ -184,6 +189,9 @@ def evaluate_run(
     <run>/evaluation/<split> (<run>/evaluation/<data folder>-<split> for another data.root).
     """
     check_split(split)
+    if int(resamples) < 1 or not 0.0 < float(level) < 1.0:  # before any inference, not after it
+        raise EvaluateError(f"bootstrap.resamples={resamples}, bootstrap.level={level}: resamples must be >= 1 "
+                            "and level between 0 and 1 (e.g. bootstrap.level=0.95)")
     torch.set_flush_denormal(True)  # as training did: the same arithmetic, and 3-10x faster on CPU
     ckpt_path, run = locate(run_dir, ckpt)
     dev = resolve_device(device)
@@ -203,7 +211,8 @@ def evaluate_run(
     if dm.classes.names != classes.names:
         log.warning("%s names its classes %s; reporting the model's names %s", dm.root, list(dm.classes.names), names)
     indices = split_indices(dm, split)
-    precision, autocast = precision_for(dev)
+    trained = OmegaConf.load(run / "config.yaml").trainer.get("precision") if run else None
+    precision, autocast = precision_for(dev, trained)
     log.info("Evaluating %s on %d %s images of %s (%s, %d px, batch %d, %s, %s)", ckpt_path, len(indices), split,
              dm.root, dm.policy, dm.image_size, dm.batch_size, dev, precision)
 
@@ -242,7 +251,8 @@ def evaluate_run(
         "bootstrap": {key: boot[key] for key in ("resamples", "seed", "level", "unit")},
         "groups": group_report(per_image, metadata_groups(dm, indices), names),
         "speed": {"ms_per_image": ms, "images_per_s": 1000 / ms if ms > 0 else None, "device": str(dev),
-                  "batch_size": dm.batch_size, "precision": precision, "convention": SPEED_CONVENTION},
+                  "cpu_threads": torch.get_num_threads(), "batch_size": dm.batch_size, "precision": precision,
+                  "convention": SPEED_CONVENTION},
         "worst_images": [{"id": dm.samples[indices[p]].id, "miou": float(m)} for m, p in ranked[:worst_k]],
         "confusion_matrix": confmat.tolist(),
         "pictures": {},

@@ -2,7 +2,7 @@
 
 Same preloaded uint8 tensors, same BatchFeed (whole images, or non-overlapping tiles under
 policy=crop), same arithmetic (the Segmenter is SegmentationModule.forward), 32-bit on CPU and
-mixed precision only on CUDA, as training: so a run's best val/mIoU is reproduced. Gives the
+the run's mixed precision on CUDA, as training: so a run's best val/mIoU is reproduced. Gives the
 split-wide confusion matrix (SegmentationIoU, DDP-safe state), one matrix per image (for the
 bootstrap and the worst images), the inference time, and predicted label maps for pictures.
 """
@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from poc59 import inference
 from poc59.data.datamodule import SegmentationDataModule
 from poc59.data.feed import BatchFeed
 from poc59.model.metrics import SegmentationIoU
@@ -33,22 +34,24 @@ class DeviceError(ValueError):
 
 
 def resolve_device(name: str) -> torch.device:
-    """device=auto|cpu|cuda[:N] as a torch device (auto: CUDA when there is one)."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name not in ("cpu", "cuda") and not name.startswith("cuda:"):
+    """device=auto|cpu|cuda[:N] as a torch device (auto: CUDA when there is one); a missing GPU is an error."""
+    if name not in ("auto", "cpu", "cuda") and not name.startswith("cuda:"):
         raise DeviceError(f"device={name}: choose device=auto, device=cpu or device=cuda")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise DeviceError(f"device={name}: no CUDA device here; use device=cpu (or auto)")
-    return torch.device(name)
+    return inference.resolve_device(name)
 
 
-def precision_for(device: torch.device) -> tuple[str, Any]:
-    """(label, autocast context): mixed precision on CUDA only, as training (32-bit on CPU)."""
-    if device.type != "cuda":
+_MIXED = {"bf16-mixed": "bf16", "16-mixed": "fp16", "32-true": "32", "32": "32"}
+
+
+def precision_for(device: torch.device, trained: str | None = None) -> tuple[str, Any]:
+    """(label, autocast context): 32-bit on CPU; on CUDA the run's training precision (`trained`,
+    e.g. "bf16-mixed") so validation is reproduced, else bf16 where supported, else fp16."""
+    dtype = inference.resolve_precision(_MIXED.get(str(trained), "auto"), device) if device.type == "cuda" else None
+    if dtype is None:
         return "32-true", nullcontext()
-    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return ("bf16-mixed" if dtype == torch.bfloat16 else "16-mixed"), torch.autocast("cuda", dtype=dtype)
+    return ("bf16-mixed" if dtype == torch.bfloat16 else "16-mixed"), torch.autocast(device.type, dtype=dtype)
 
 
 def feed(dm: SegmentationDataModule, indices: list[int], batch_size: int, device: torch.device) -> BatchFeed:

@@ -54,7 +54,8 @@ def print_report(metrics: dict, console: Console | None = None) -> None:
     speed = metrics["speed"]
     lines.append((
         "inference", f"{speed['ms_per_image']:.2f} ms/image, {speed['images_per_s']:.1f} images/s" if speed["images_per_s"] else "n/a",
-        f"{speed['device']}, batch {speed['batch_size']}, {speed['precision']}; {speed['convention']}",
+        f"{speed['device']}" + (f" ({speed['cpu_threads']} threads)" if speed["device"] == "cpu" else "")
+        + f", batch {speed['batch_size']}, {speed['precision']}; {speed['convention']}",
     ))
     for label, value, meaning in lines:
         console.print(Text.assemble((f"{label}: ", "bold"), (value, "bold"), (f"  ({meaning})", "dim")))
