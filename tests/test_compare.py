@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 import statistics
 from pathlib import Path
 
@@ -104,9 +105,10 @@ def test_seed_repeats_are_aggregated(sweep, compared):
 
 def test_unfinished_runs_are_listed_not_ranked(sweep, compared):
     result, out = compared
-    status = {Path(r["dir"]).name.split(" ")[0]: (r["status"], r["detail"]) for r in result["runs"]}
+    status = {r["name"]: (r["status"], r["detail"]) for r in result["runs"]}
+    assert [r["dir"] for r in result["runs"]] == [str(sweep / str(n)) for n in range(6)]
     assert status["3"][0] == "unfinished" and "no summary.json" in status["3"][1]
-    assert status["5"][0] == "unfinished" and "pending" in status["5"][1]
+    assert status["5"][0] == "unfinished" and "not started" in status["5"][1]
     assert {k for k, v in status.items() if v[0] == "finished"} == {str(n) for n in TRAINED}
     rows = list(csv.DictReader((out / "comparison.csv").open()))
     assert [r["status"] for r in rows] == ["finished"] * 3 + ["unfinished"] * 2
@@ -119,7 +121,8 @@ def test_table_chart_and_labels(compared):
     result, out = compared
     with Image.open(out / "per_class_iou.png") as im:
         rgb = np.asarray(im.convert("RGB"))
-    assert rgb.shape[0] > 500 and len(np.unique(rgb.reshape(-1, 3), axis=0)) > 20
+    packed = (rgb[..., 0].astype(np.int32) << 16) | (rgb[..., 1].astype(np.int32) << 8) | rgb[..., 2]
+    assert rgb.shape[0] > 500 and len(np.unique(packed)) > 20
     md = (out / "comparison.md").read_text()
     assert f"**{result['best']}**" in md and "per_class_iou.png" in md
     conv = result["conventions"]
@@ -148,7 +151,7 @@ def test_lead_is_judged_against_the_intervals():
     clear = lead([cfg("a", 0.50, [0.46, 0.54], 1), cfg("b", 0.40, [0.37, 0.45], 2)])
     assert clear["larger_than_intervals"] is True and clear["difference"] == pytest.approx(0.10)
     close = lead([cfg("a", 0.50, [0.44, 0.56], 1), cfg("b", 0.48, [0.45, 0.51], 2)])
-    assert close["larger_than_intervals"] is False and close["verdict"].startswith("lead within uncertainty")
+    assert close["larger_than_intervals"] is False and close["verdict"].startswith("Lead within uncertainty")
     alone = lead([cfg("a", 0.5, None, 1)])
     assert alone["larger_than_intervals"] is None
 
@@ -160,3 +163,22 @@ def test_bad_arguments_are_named(tmp_path, caplog):
         from poc59.compare import parse_args
 
         parse_args(["sweep=x", "evaluate=maybe"])
+
+
+def test_missing_intervals_are_computed_by_evaluate(sweep, tmp_path):
+    """evaluate=true (the default): each run's best.ckpt is evaluated once, and its bootstrap interval is used."""
+    runs = [shutil.copytree(sweep / str(n), tmp_path / "runs" / f"job{n}") for n in (2, 4)]  # copies: the sweep stays unevaluated
+    assert main(["runs=[" + ",".join(map(str, runs)) + "]", f"out={tmp_path / 'cmp'}"]) == 0
+    result = json.loads((tmp_path / "cmp" / "comparison.json").read_text())
+    for run in runs:
+        metrics = json.loads((run / "evaluation" / "val" / "metrics.json").read_text())
+        summary = json.loads((run / "summary.json").read_text())
+        assert metrics["miou"] == pytest.approx(summary["val/mIoU"], abs=1e-4)
+        (config,) = [c for c in result["configurations"] if c["runs"] == [str(run)]]
+        assert config["interval"] == metrics["miou_ci"] and config["n"] == 1
+        assert config["per_class_interval"]["Clean"] == metrics["per_class"]["Clean"]["iou_ci"]
+    assert "bootstrap interval over validation images" in result["conventions"]["interval"]
+    best, runner = result["configurations"][:2]
+    assert result["lead"]["larger_than_intervals"] == (best["interval"][0] > runner["interval"][1])
+    if not result["lead"]["larger_than_intervals"]:
+        assert "lead within uncertainty" in (tmp_path / "cmp" / "comparison.md").read_text().lower()

@@ -56,5 +56,6 @@ def test_overlays_show_image_truth_and_prediction_in_palette_colours(events):
 
 
 def test_k_null_logs_no_overlays(tmp_path):
-    train(make_cfg(tmp_path, *SMALL, "trainer.max_epochs=1", "trainer.limit_train_batches=1", "callbacks.val_overlays.k=null"))
+    train(make_cfg(tmp_path, *SMALL, "data.image_size=32", "trainer.max_epochs=1", "trainer.limit_train_batches=1",
+                   "trainer.num_sanity_val_steps=0", "callbacks.val_overlays.k=null"))
     assert _events(tmp_path / "run").Tags()["images"] == []

@@ -6,9 +6,10 @@
 
 Reads each run's summary.json and config.yaml. The interval of a run's best val mIoU comes from
 <run>/evaluation/val/metrics.json (python -m poc59.evaluate); with evaluate=true (the default) a
-missing one is computed first. Runs whose configurations differ only by the seed are one
-configuration: mean, std, min..max over seeds. Configurations are ranked by (mean) best val mIoU,
-and the best's lead over the runner-up is checked against their intervals.
+missing one is computed first (numbers only; `python -m poc59.evaluate sweep=...` also draws the
+pictures). Runs whose configurations differ only by the seed are one configuration: mean, std,
+min..max over seeds. Configurations are ranked by (mean) best val mIoU, and the best's lead over
+the runner-up is checked against their intervals.
 
 Runs validated on different splits (summary provenance.data.split_fingerprint) or with different
 class tables are never ranked: compare stops, names them and says how to fix it.
@@ -58,6 +59,7 @@ class Run:
 
     dir: str
     status: str  # finished | failed | unfinished
+    name: str = ""  # as tables show it: the job number in a sweep, else the folder
     detail: str = ""  # sweep_status's state and the error's last line, for runs that did not finish
     seed: int | None = None
     encoder: str | None = None
@@ -81,11 +83,11 @@ class Run:
 
 def config_key(config: dict, run_dir: Path) -> str:
     """The run's resolved config without identity/seed keys and values naming its own folder (canonical JSON)."""
-    here = str(run_dir)
+    homes = {str(run_dir), str((config.get("paths") or {}).get("run_dir") or run_dir)}  # now, and when it ran
     kept = {
         k: v for k, v in _flat(config).items()
         if not any(k == s or (s.endswith(".") and k.startswith(s)) for s in IDENTITY_KEYS)
-        and not (isinstance(v, str) and here in v)
+        and not (isinstance(v, str) and any(h in v for h in homes))
     }
     return json.dumps(kept, sort_keys=True, default=str)
 
@@ -108,7 +110,7 @@ def _load_metrics(run: Run, evaluate: bool) -> None:
         from poc59.evaluate import evaluate_run  # torch, data and model: only when needed
 
         log.info("Evaluating %s (best.ckpt on its validation split) for the interval of its val mIoU", run.dir)
-        evaluate_run(run_dir=Path(run.dir))
+        evaluate_run(run_dir=Path(run.dir), pictures=False)  # the numbers; `python -m poc59.evaluate` draws
     if not path.exists():
         return
     m = _read_json(path)
@@ -125,9 +127,9 @@ def _load_metrics(run: Run, evaluate: bool) -> None:
     run.per_class_interval = {n: (c or {}).get("iou_ci") for n, c in (m.get("per_class") or {}).items()}
 
 
-def read_run(run_dir: Path, status: str, detail: str, evaluate: bool) -> Run:
+def read_run(run_dir: Path, name: str, status: str, detail: str, evaluate: bool) -> Run:
     """A Run from its folder: summary.json and config.yaml for a finished one, the status for others."""
-    run = Run(dir=str(run_dir), status=status, detail=detail)
+    run = Run(dir=str(run_dir), name=name, status=status, detail=detail)
     if status != "finished":
         return run
     s = run.summary = _read_json(run_dir / "summary.json")
@@ -153,7 +155,8 @@ def _state(job: dict) -> tuple[str, str]:
     if job["status"] == "finished":
         return "finished", ""
     error = job.get("error") or []
-    detail = f"{job['status']}: no summary.json" + (f"; {error[-1]}" if error else "")
+    detail = "pending: not started" if job["status"] == "pending" else f"{job['status']}: no summary.json"
+    detail += f"; {error[-1]}" if error else ""
     return ("failed" if job["status"] == "failed" else "unfinished"), detail
 
 
@@ -166,11 +169,12 @@ def collect(sweep: str | Path | None = None, runs: list[str | Path] | None = Non
         report = sweep_status(sweep)
         for job in report["jobs"]:
             status, detail = _state(job)
+            name = str(job["num"])
             if job["dir"] is None:
                 overrides = " ".join(job["overrides"])
-                out.append(Run(dir=f"{report['sweep_dir']}/{job['num']} (not started)", status=status, detail=f"{detail} ({overrides})"))
+                out.append(Run(dir=str(Path(report["sweep_dir"]) / name), name=name, status=status, detail=f"{detail} ({overrides})"))
             else:
-                out.append(read_run(Path(job["dir"]), status, detail, evaluate))
+                out.append(read_run(Path(job["dir"]), name, status, detail, evaluate))
         return out
     for num, d in enumerate(runs or []):
         d = Path(d).expanduser().resolve()
@@ -178,7 +182,7 @@ def collect(sweep: str | Path | None = None, runs: list[str | Path] | None = Non
             raise CompareError(f"{d}: no such run folder")
         job = inspect_job(Job(num=num), d, None, None, lines=5).as_dict()
         status, detail = _state(job)
-        out.append(read_run(d, status, detail, evaluate))
+        out.append(read_run(d, str(d), status, detail, evaluate))
     return out
 
 
@@ -186,8 +190,8 @@ def collect(sweep: str | Path | None = None, runs: list[str | Path] | None = Non
 
 
 def _fix_hint(reference: Run) -> str:
-    return (f"train the other runs again with data.split_file={Path(reference.dir) / 'split.json'} "
-            "(a seed sweep keeps one split with data.seed fixed: seed=0,1 data.seed=0)")
+    return (f"train the differing runs again with data.split_file={Path(reference.dir) / 'split.json'} "
+            "(data.seed follows seed: a seed sweep keeps one split with data.split_file, or with data.seed=0)")
 
 
 def check_comparable(runs: list[Run]) -> ClassTable:
@@ -280,7 +284,7 @@ def configurations(runs: list[Run]) -> list[dict]:
 def _interval_kind(run: Run) -> str:
     b = (run.metrics or {}).get("bootstrap") or {}
     level = f"{100 * b['level']:.0f} % " if b.get("level") else ""
-    unit = b.get("unit", "images")
+    unit = str(b.get("unit") or "image").rstrip("s") + "s"
     return f"{level}bootstrap interval over validation {unit}" + (f" ({b['resamples']} resamples)" if b.get("resamples") else "")
 
 
@@ -306,21 +310,21 @@ def lead(configs: list[dict]) -> dict:
     """Is the best's lead over the runner-up larger than their intervals?"""
     ranked = [c for c in configs if c["rank"] is not None]
     if len(ranked) < 2:
-        return {"verdict": "only one configuration finished: nothing to rank it against", "larger_than_intervals": None}
+        return {"verdict": "Only one configuration finished: nothing to rank it against", "larger_than_intervals": None}
     best, runner = ranked[0], ranked[1]
     diff = best["val_mIoU"]["mean"] - runner["val_mIoU"]["mean"]
     out = {"best": best["label"], "runner_up": runner["label"], "difference": diff}
     missing = [c["label"] for c in (best, runner) if not c["interval"]]
     if missing:
         out["larger_than_intervals"] = None
-        out["verdict"] = (f"lead of {100 * diff:.2f} points not assessed: no interval for {', '.join(missing)} "
+        out["verdict"] = (f"Lead of {100 * diff:.2f} points not assessed: no interval for {', '.join(missing)} "
                           "(python -m poc59.evaluate run_dir=..., or compare with evaluate=true)")
     elif best["interval"][0] > runner["interval"][1]:
         out["larger_than_intervals"] = True
-        out["verdict"] = f"lead of {100 * diff:.2f} points is larger than the intervals (they do not overlap)"
+        out["verdict"] = f"Lead of {100 * diff:.2f} points is larger than the intervals (they do not overlap)"
     else:
         out["larger_than_intervals"] = False
-        out["verdict"] = f"lead within uncertainty: {100 * diff:.2f} points, and the intervals overlap"
+        out["verdict"] = f"Lead within uncertainty: {100 * diff:.2f} points, and the intervals overlap"
     return out
 
 
@@ -363,6 +367,7 @@ def compare(sweep: str | Path | None = None, runs: list[str | Path] | None = Non
         {c["label"]: c["per_class_iou"] for c in configs}, classes, out / "per_class_iou.png",
         "Best val IoU per class, by configuration (mean over seeds)",
         intervals={c["label"]: c["per_class_interval"] for c in configs},
+        interval_label="bootstrap interval of one run, or range over seeds", legend_title="configuration",
     )
     conv = conventions(all_runs)
     kinds = list(dict.fromkeys(c["interval_kind"] for c in configs if c["interval_kind"]))

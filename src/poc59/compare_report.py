@@ -53,7 +53,7 @@ def table_rows(result: dict) -> list[list[str]]:
                      "finished"])
     for r in result["runs"]:
         if r["status"] != "finished":
-            rows.append(["", r["dir"], "", "", "", "", "", "", "", "", "", f"{r['status']} ({r['detail']})"])
+            rows.append(["", f"run {r['name']}", "", "", "", "", "", "", "", "", "", r["status"]])  # why: in the runs list
     return rows
 
 
@@ -74,7 +74,7 @@ def markdown(result: dict) -> str:
     if result["sweep"]:
         parts += [f"Sweep: `{result['sweep']}`", ""]
     if result["best"]:
-        parts += [f"Best: **{result['best']}**. {result['lead']['verdict'][0].upper()}{result['lead']['verdict'][1:]}.", ""]
+        parts += [f"Best: **{result['best']}**. {result['lead']['verdict']}.", ""]
     parts += [_md_table(list(COLUMNS), rows), ""]
     repeats = [c for c in configs if c["n"] >= 2]
     if repeats:
@@ -86,13 +86,15 @@ def markdown(result: dict) -> str:
               ", ".join(f"seed {s}: {_pct(v)}" for s, v in zip(c["seeds"], c["val_mIoU"]["values"]))] for c in repeats]))
         parts.append("")
     names = result["classes"]["names"]
-    parts += ["## Per-class IoU", "", f"Best val IoU per class, %; {conv['per_class_iou']}.", ""]
+    parts += ["## Per-class IoU", "", f"IoU per class, % ({conv['per_class_iou']}).", ""]
     parts.append(_md_table(["class"] + [c["label"] for c in configs],
                            [[n] + [("absent" if c["per_class_iou"].get(n) is None else _pct(c["per_class_iou"][n], 1)) for c in configs] for n in names]))
     parts += ["", f"![Per-class IoU by configuration]({Path(result['chart']).name})", "", "## Runs", ""]
-    parts.append(_md_table(["run folder", "seed", "status", "best val mIoU, %", "interval, %", "detail"],
-                           [[r["dir"], "" if r["seed"] is None else str(r["seed"]), r["status"], _pct(r["val_miou"]),
-                             _interval(r["interval"]), r["detail"]] for r in result["runs"]]))
+    parts.append(_md_table(["run", "configuration", "seed", "status", "best val mIoU, %", "interval, %", "detail"],
+                           [[r["name"], r["encoder"] or "", "" if r["seed"] is None else str(r["seed"]), r["status"],
+                             _pct(r["val_miou"]), _interval(r["interval"]), r["detail"]] for r in result["runs"]]))
+    if result["sweep"]:
+        parts += ["", f"Runs are the sweep's job folders, `{result['sweep']}/<run>`."]
     parts += ["", "## What the numbers mean", ""] + [f"- **{k}**: {v}" for k, v in conv.items()]
     return "\n".join(parts) + "\n"
 
@@ -138,11 +140,15 @@ def print_table(result: dict, console: Any) -> None:
     title = "Encoder comparison" + (f": {result['sweep']}" if result["sweep"] else "")
     table = Table(title=title, title_justify="left")
     for col in COLUMNS:
-        table.add_column(col, overflow="fold", justify="right" if col in ("parameters", "train images/s", "wall time") else "left")
+        table.add_column(col, overflow="fold", min_width=12 if col == "configuration" else None,
+                         justify="right" if col in ("parameters", "train images/s", "wall time") else "left")
     for row in table_rows(result):
         style = "bold green" if row[0].endswith("best") else ("red" if not row[11].startswith("finished") else None)
         table.add_row(*row, style=style)
     console.print(table)
+    for r in result["runs"]:
+        if r["status"] != "finished":
+            console.print(Text(f"run {r['name']} {r['status']}: {r['detail']} ({r['dir']})", style="red"), soft_wrap=True)
     if result["best"]:
         console.print(Text(f"Best: {result['best']}. {result['lead']['verdict']}", style="bold"))
     for k, v in result["conventions"].items():

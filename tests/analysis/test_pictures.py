@@ -24,7 +24,8 @@ def _colours(path) -> set[tuple[int, int, int]]:
         assert im.format == "PNG"
         rgb = np.asarray(im.convert("RGB"))
     assert rgb.shape[0] >= 300 and rgb.shape[1] >= 400, rgb.shape
-    colours = {tuple(int(c) for c in px) for px in np.unique(rgb.reshape(-1, 3), axis=0)}
+    packed = np.unique((rgb[..., 0].astype(np.int32) << 16) | (rgb[..., 1].astype(np.int32) << 8) | rgb[..., 2])
+    colours = {(int(p) >> 16, (int(p) >> 8) & 255, int(p) & 255) for p in packed}
     assert len(colours) > 20, "a near-uniform picture"
     return colours
 

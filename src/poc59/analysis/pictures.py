@@ -154,11 +154,11 @@ def iou_bars_figure(
             edgecolor="0.3", linewidth=0.6, xerr=_err(values, ivs), error_kw={"ecolor": "0.2", "capsize": 3, "lw": 1})
     for k, (v, text) in enumerate(zip(values, _bar_texts(values))):
         hi = (ivs[k][1] if ivs[k] is not None and v is not None else (v or 0.0)) * 100
-        ax.text(hi + 1.0, k, text, va="center", fontsize=8, color="0.45" if v is None else "black",
+        ax.text(hi + 0.01 * _xmax(values, ivs), k, text, va="center", fontsize=8, color="0.45" if v is None else "black",
                 style="italic" if v is None else "normal")
     ax.set_yticks(y, names, fontsize=8)
     ax.invert_yaxis()
-    ax.set_xlim(0, 110)
+    ax.set_xlim(0, 1.1 * _xmax(values, ivs))  # room for the value labels
     label = "IoU, %" + (" (whiskers: confidence interval)" if any(i is not None for i in ivs) else "")
     ax.set_xlabel(label)
     ax.set_title(title, fontsize=10)
@@ -170,12 +170,20 @@ def _finite(v: float | None) -> float | None:
     return None if v is None or (isinstance(v, float) and math.isnan(v)) else float(v)
 
 
+def _xmax(values: Sequence[float | None], intervals: Sequence[Interval]) -> float:
+    """Right end of an IoU axis in %: 100, or closer when every value is small (bars stay readable)."""
+    top = max([v for v in values if v is not None] + [iv[1] for iv in intervals if iv is not None] + [0.0])
+    return min(100.0, max(5.0, 115.0 * top))
+
+
 def grouped_iou_bars_figure(
     per_run: Mapping[str, Mapping[str, float | None]],
     classes: ClassTable,
     path: str | Path,
     title: str,
     intervals: Mapping[str, Mapping[str, Interval]] | None = None,
+    interval_label: str = "confidence interval",
+    legend_title: str = "run",
 ) -> Path:
     """Per-class IoU, one bar per run in each class's group (runs in distinct colours, legend by run label)."""
     if not per_run:
@@ -191,9 +199,12 @@ def grouped_iou_bars_figure(
     y = np.arange(len(names))
     fig = Figure(figsize=(8.0, 1.5 + len(names) * (0.12 + 0.18 * len(runs))), dpi=100, layout="constrained")
     ax = fig.add_subplot()
+    everything: tuple[list, list] = ([], [])
     for r, label in enumerate(runs):
         values = [_finite(per_run[label].get(n)) for n in names]
         ivs = [((intervals or {}).get(label) or {}).get(n) for n in names]
+        everything[0].extend(values)
+        everything[1].extend(ivs)
         pos = y - 0.4 + height * (r + 0.5)
         ax.barh(pos, [0 if v is None else 100 * v for v in values], height=height, color=colours[r % len(colours)],
                 label=label, xerr=_err(values, ivs), error_kw={"ecolor": "0.2", "capsize": 2, "lw": 0.8})
@@ -202,11 +213,11 @@ def grouped_iou_bars_figure(
                 ax.text(0.5, pos[k], "absent", va="center", fontsize=7, color="0.45", style="italic")
     ax.set_yticks(y, names, fontsize=8)
     ax.invert_yaxis()
-    ax.set_xlim(0, 100)
-    ax.set_xlabel("IoU, %" + (" (whiskers: confidence interval)" if intervals else ""))
+    ax.set_xlim(0, _xmax(*everything))
+    ax.set_xlabel("IoU, %" + (f" (whiskers: {interval_label})" if any(iv is not None for iv in everything[1]) else ""))
     ax.set_title(title, fontsize=10)
     ax.grid(axis="x", alpha=0.3)
-    ax.legend(loc="lower right", fontsize=8, title="run", title_fontsize=8)
+    ax.legend(loc="lower right", fontsize=8, title=legend_title, title_fontsize=8)
     return _save(fig, path)
 
 
