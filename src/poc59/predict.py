@@ -297,7 +297,7 @@ def _print_summary(console: Console, rows: list[dict], classes: ClassTable) -> N
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(message)s", handlers=[RichHandler(show_path=False)], force=True)
+    logging.basicConfig(level=logging.INFO, format="%(message)s", handlers=[RichHandler(show_path=False)])
     try:
         settings = parse_args(list(sys.argv[1:] if argv is None else argv))
         return run(settings)

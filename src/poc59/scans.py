@@ -28,6 +28,7 @@ import contextlib
 import io
 import logging
 import struct
+import warnings
 import zlib
 from pathlib import Path
 
@@ -205,6 +206,18 @@ def _bands(path: Path, img: Image.Image) -> _PngBands | _RawBands | None:
     return None
 
 
+def _orientation(img: Image.Image) -> int:
+    """EXIF orientation without decoding (Pillow's PNG getexif() would decode the whole image to look after IDAT)."""
+    if img.format == "PNG":
+        raw = img.info.get("exif")
+        if not raw:
+            return 1
+        exif = Image.Exif()
+        exif.load(raw)
+        return exif.get(_ORIENTATION, 1)
+    return img.getexif().get(_ORIENTATION, 1)
+
+
 def _pixel_bytes(img: Image.Image) -> int:
     """Bytes a pixel takes while decoding whole: the decoded file, its 8-bit RGB form, float64 for 16-bit scaling."""
     stored = {"I": 4, "F": 4, "I;16": 2, "I;16B": 2, "I;16L": 2}.get(img.mode, len(img.getbands()))
@@ -267,7 +280,8 @@ class Scan:
 
 def _open(path: Path, allow_large: bool) -> Image.Image:
     try:
-        with _bomb_limit(allow_large):
+        with _bomb_limit(allow_large), warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # refused below, with the way out
             img = Image.open(path)
     except Image.DecompressionBombError as err:
         raise ScanError(f"{path}: {err}. If you trust the file, pass allow_large_images=true") from None
@@ -299,7 +313,7 @@ def scan_size(path: str | Path, allow_large_images: bool = False) -> tuple[int, 
     """(width, height) as predicted (EXIF orientation applied), from the header only."""
     with _open(Path(path), allow_large_images) as img:
         w, h = img.size
-        return (h, w) if img.getexif().get(_ORIENTATION, 1) in (5, 6, 7, 8) else (w, h)
+        return (h, w) if _orientation(img) in (5, 6, 7, 8) else (w, h)
 
 
 def open_scan(path: str | Path, allow_large_images: bool = False, max_bytes: int | None = None) -> Scan:
@@ -307,7 +321,7 @@ def open_scan(path: str | Path, allow_large_images: bool = False, max_bytes: int
     path = Path(path)
     img = _open(path, allow_large_images)
     w, h = img.size
-    orientation = img.getexif().get(_ORIENTATION, 1)
+    orientation = _orientation(img)
     whole_bytes = w * h * _pixel_bytes(img)
     bands = None
     if max_bytes is not None and whole_bytes > max_bytes:

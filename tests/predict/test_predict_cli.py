@@ -1,0 +1,152 @@
+"""python -m poc59.predict end to end: a real tiny checkpoint trained on CrackForest, real photographs."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+from test_train import make_cfg
+
+from helpers import CRACKFOREST
+from poc59.inference import predict_label_map
+from poc59.predict import main, parse_args
+from poc59.scans import open_scan
+from poc59.train import train
+from poc59.trained import load_model
+
+IMAGES = ["001", "002", "003"]
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    """A tiny native-scale (crop) model, 128 px tiles, trained for 2 steps on 10 CrackForest photographs."""
+    tmp = tmp_path_factory.mktemp("predict")
+    root = tmp / "crackforest"
+    for sub in ("images", "annotations"):
+        (root / sub).mkdir(parents=True)
+    shutil.copy(CRACKFOREST / "classes.json", root)
+    for i in range(1, 11):
+        shutil.copy(CRACKFOREST / "images" / f"{i:03d}.jpg", root / "images")
+        shutil.copy(CRACKFOREST / "annotations" / f"{i:03d}.png", root / "annotations")
+    cfg = make_cfg(
+        tmp, "encoder=tiny", "data=artefact", f"data.root={root}", "data.image_size=128", "data.batch_size=8",
+        "data.policy=crop", "data.max_side=480", "trainer.enable_progress_bar=false", "trainer.max_epochs=1",
+        "trainer.limit_train_batches=2", "trainer.limit_val_batches=2",
+    )
+    train(cfg)
+    return tmp / "run" / "checkpoints" / "best.ckpt"
+
+
+@pytest.fixture
+def scans(tmp_path):
+    folder = tmp_path / "scans"
+    folder.mkdir()
+    for stem in IMAGES:
+        shutil.copy(CRACKFOREST / "images" / f"{stem}.jpg", folder)
+    return folder
+
+
+def test_a_folder_of_real_photographs_with_one_unreadable_file(ckpt, scans, tmp_path):
+    (scans / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    (scans / "notes.txt").write_text("not an image")
+    out = tmp_path / "out"
+    code = main([f"ckpt={ckpt}", f"input={scans}", f"output={out}", "batch_size=4"])
+    assert code == 1  # one image failed: reported, the others predicted
+    model = load_model(ckpt)
+    assert model.geometry["policy"] == "crop" and model.classes.names == ("background", "crack")
+    stats = json.loads((out / "statistics.json").read_text())
+    assert [f["image"] for f in stats["failed"]] == [str(scans / "broken.png")]
+    assert "cannot read" in stats["failed"][0]["reason"]
+    assert stats["predicted"] == 3 and [r["image"] for r in stats["images"]] == [str(scans / f"{s}.jpg") for s in IMAGES]
+    rows = list(csv.DictReader((out / "statistics.csv").open()))
+    assert [r["image"] for r in rows] == [str(scans / f"{s}.jpg") for s in IMAGES]
+    for stem, row, js in zip(IMAGES, rows, stats["images"]):
+        labels_png = Image.open(out / f"{stem}_labels.png")
+        assert labels_png.mode == "P" and labels_png.size == (480, 320)
+        palette = labels_png.getpalette()
+        assert [tuple(palette[3 * c : 3 * c + 3]) for c in range(2)] == model.classes.rgb()
+        labels = np.asarray(labels_png)
+        pixels = open_scan(scans / f"{stem}.jpg").whole()
+        if stem == IMAGES[0]:  # the CLI's streamed prediction is the library's prediction of the same pixels
+            assert np.array_equal(labels, predict_label_map(model, pixels, batch_size=4))
+        # statistics: a hand count of the label map, percents of the image summing to 100
+        counts = np.bincount(labels.reshape(-1), minlength=2)
+        for c, name in enumerate(model.classes.names):
+            assert js["classes"][name]["pixels"] == int(counts[c]) == int(row[f"{name} pixels"])
+            assert js["classes"][name]["percent"] == pytest.approx(100 * counts[c] / labels.size)
+        assert sum(v["percent"] for v in js["classes"].values()) == pytest.approx(100.0)
+        assert js["reference"] == "image" and js["reference_pixels"] == 480 * 320
+        overlay = Image.open(out / f"{stem}_overlay.png")
+        assert overlay.mode == "RGB" and overlay.width == 480 and overlay.height > 320  # legend panel below
+        shown = np.asarray(overlay)[:320]
+        clean = labels == 0
+        assert np.array_equal(shown[clean], pixels[clean])  # Clean pixels are the photograph itself
+
+
+def test_object_mask_statistics_and_tta(ckpt, scans, tmp_path):
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    (scans / "003.jpg").unlink()  # two photographs are enough here
+    for i, stem in enumerate(IMAGES[:2]):
+        m = np.zeros((320, 480), np.uint8)
+        m[40 + i : 300, 60:400 - i] = 255
+        Image.fromarray(m).save(masks / f"{stem}.png")
+    out = tmp_path / "out"
+    assert main([f"ckpt={ckpt}", f"input={scans}/*.jpg", f"output={out}", f"object_mask={masks}", "tta=true", "overlap=0.4"]) == 0
+    stats = json.loads((out / "statistics.json").read_text())
+    model = load_model(ckpt)
+    assert len(stats["images"]) == 2
+    for i, (stem, js) in enumerate(zip(IMAGES, stats["images"])):
+        inside = np.asarray(Image.open(masks / f"{stem}.png")) > 0
+        labels = np.asarray(Image.open(out / f"{stem}_labels.png"))
+        assert (labels[~inside] == 255).all()  # outside the object: the ignore label
+        if i == 0:
+            expect = predict_label_map(model, open_scan(scans / f"{stem}.jpg").whole(), overlap=0.4, tta=True)
+            assert np.array_equal(labels[inside], expect[inside])
+        assert js["reference"] == "object mask" and js["reference_pixels"] == int(inside.sum())
+        assert [v["pixels"] for v in js["classes"].values()] == np.bincount(labels[inside], minlength=2).tolist()
+        assert sum(v["percent"] for v in js["classes"].values()) == pytest.approx(100.0)
+    assert stats["settings"]["tta"] is True and stats["failed"] == []
+
+
+def test_refusals_exit_2_before_reading_images(ckpt, scans, tmp_path, caplog):
+    out = tmp_path / "out"
+    wrong = tmp_path / "classes.json"
+    wrong.write_text(json.dumps(["background", "crack", "pothole"]))
+    assert main([f"ckpt={ckpt}", f"input={scans}", f"output={out}", f"classes={wrong}"]) == 2
+    assert "predicts ['background', 'crack'] but classes= asks for ['background', 'crack', 'pothole']" in caplog.text
+    recoloured = tmp_path / "recoloured.json"
+    recoloured.write_text(json.dumps({"names": ["background", "crack"], "palette": ["#000000", "#FF0000"]}))
+    assert main([f"ckpt={ckpt}", f"input={scans}", f"output={out}", f"classes={recoloured}"]) == 2
+    assert "palette differs" in caplog.text
+    assert not out.exists()
+    assert main([f"ckpt={ckpt}", f"input={scans / '001.jpg'}", f"output={out}", f"classes={CRACKFOREST / 'classes.json'}"]) == 0
+    assert main([f"ckpt={ckpt}", f"input={scans / '001.jpg'}", f"output={out}"]) == 2  # outputs exist
+    assert "pass overwrite=true" in caplog.text
+    assert main([f"ckpt={ckpt}", f"input={scans / '001.jpg'}", f"output={out}", "overwrite=true", "overlay=false"]) == 0
+    assert main([f"ckpt={tmp_path / 'nope.ckpt'}", f"input={scans}", f"output={tmp_path / 'other'}"]) == 2
+    assert "no such checkpoint" in caplog.text
+    assert main([f"ckpt={ckpt}", f"input={tmp_path / 'none' / '*.png'}", f"output={out}"]) == 2
+    with pytest.raises(ValueError, match="unknown argument 'tiles=3'"):
+        parse_args(["ckpt=a", "input=b", "output=c", "tiles=3"])
+    with pytest.raises(ValueError, match="tta='maybe': expected true or false"):
+        parse_args(["ckpt=a", "input=b", "output=c", "tta=maybe"])
+    with pytest.raises(ValueError, match="missing output="):
+        parse_args(["ckpt=a", "input=b"])
+
+
+def test_the_command_line_entry_point(ckpt, scans, tmp_path):
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        [sys.executable, "-m", "poc59.predict", f"ckpt={ckpt}", f"input={scans / '002.jpg'}", f"output={out}"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (out / "002_labels.png").exists() and (out / "statistics.csv").exists()
+    assert "1 of 1 image(s) predicted" in proc.stderr + proc.stdout

@@ -1,0 +1,29 @@
+"""A 6,000 x 4,000 scan is predicted in strips with bounded memory, measured in a fresh process."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+
+from bench.predict import measure_memory, write_scan  # noqa: E402  (the benchmark's own child, with a stand-in model)
+
+MB = 2**20
+
+
+def test_a_6000_by_4000_scan_stays_within_the_memory_setting(tmp_path):
+    height, width, classes, tile, budget_mb = 4000, 6000, 8, 256, 160
+    scan = write_scan(tmp_path / "scan.png", height, width)
+    got = measure_memory(scan, "pointwise", classes, tile, max_memory_mb=budget_mb, batch_size=8)
+    assert (got["width"], got["height"]) == (width, height)
+    assert got["streamed"]  # decoded in strips of rows, never whole
+    pixels = width * height
+    # what the strips guarantee: the max_memory_mb working set (decoded strip + one tile row of logits + a batch),
+    # plus the outputs held while they are written (label map 1 byte/pixel, overlay picture 4 bytes/pixel, and
+    # their PNG encodings, at most about as large again), plus allocator and encoder slack
+    bound = budget_mb * MB + 2 * 5 * pixels + 160 * MB
+    whole_logits = classes * pixels * 4  # what holding the full image's logits alone would take: 768 MB
+    assert got["added_bytes"] < bound, got
+    assert bound < whole_logits + 5 * pixels  # holding the full image's logits next to the outputs would not fit
