@@ -28,6 +28,7 @@ SAFE_TO_CHANGE = (
     "trainer.limit_val_batches",
     "trainer.num_sanity_val_steps",
     "callbacks.progress_bar",
+    "callbacks.val_overlays.",  # pictures only; runs started before it existed resume with it
     "paths.",
     "hydra.",
     "ckpt_path",
