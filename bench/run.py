@@ -37,6 +37,7 @@ BENCHMARKS = [
     "preload_memory",  # issue 3: peak RSS added vs the raw uint8 bytes
     "feed",  # issue 3: augmented batches/s vs the earlier per-sample DataLoader
     "train_step",  # issue 7: Lightning Trainer.fit images/s vs a plain PyTorch loop
+    "predict",  # issue 6: predict MP/s vs a naive one-tile loop; peak memory of a 6,000 x 4,000 scan
 ]
 
 
