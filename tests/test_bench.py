@@ -60,6 +60,12 @@ def test_quick_run_writes_all_rows_and_the_table(tmp_path):
     assert "| benchmark | poc59 | baseline | ratio | bar | result |" in proc.stdout
     for name in ISSUE_3:
         assert f"**{name}**" in proc.stdout
+    # issue 7: Lightning's training steps against a plain loop that did exactly the same arithmetic
+    step = rows["train_step"]
+    assert "error" not in step, (step.get("error"), step.get("traceback"))
+    assert step["value"] > 0 and step["baseline"] > 0 and step["ratio"] == pytest.approx(step["details"]["pair_ratios"][0], abs=1e-4)
+    assert step["passed"] is None and step["bar"].startswith(">= 0.95x") and "**train_step**" in proc.stdout
+    assert step["details"]["max_weight_difference"] == 0.0  # same weights after both runs: same batches and updates
     assert (tmp_path / "cache" / "bench").is_dir()  # generated data went to the private cache
 
 
