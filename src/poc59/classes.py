@@ -57,7 +57,7 @@ ARTEFACT_PALETTE: tuple[str, ...] = (
 IGNORE_COLOUR = "#5A0007"
 
 
-def _hex_to_rgb(colour: str) -> tuple[int, int, int]:
+def hex_to_rgb(colour: str) -> tuple[int, int, int]:
     colour = colour.lstrip("#")
     return int(colour[0:2], 16), int(colour[2:4], 16), int(colour[4:6], 16)
 
@@ -104,7 +104,7 @@ class ClassTable:
 
     def rgb(self) -> list[tuple[int, int, int]]:
         """Palette as RGB triples, class id order."""
-        return [_hex_to_rgb(c) for c in self.palette]
+        return [hex_to_rgb(c) for c in self.palette]
 
     def to_dict(self) -> dict:
         """Plain form stored in checkpoints, summaries and model cards."""

@@ -36,7 +36,8 @@ import yaml
 
 from poc59.analysis.pictures import grouped_iou_bars_figure
 from poc59.classes import ClassTable
-from poc59.resume import _flat
+from poc59.cli_args import parse_key_values
+from poc59.resume import flatten
 from poc59.sweep_status import Job, inspect_job, sweep_status
 
 log = logging.getLogger("poc59.compare")
@@ -46,7 +47,6 @@ METRICS = Path("evaluation") / "val" / "metrics.json"
 # Config keys that name or seed a run without changing what is trained (key or key prefix ending in ".").
 IDENTITY_KEYS = ("seed", "data.seed", "data.split_file", "run_name", "run_dir", "resume", "ckpt_path", "paths.", "hydra.")
 STD_CONVENTION = "sample standard deviation over seeds (n - 1)"
-_BOOL = {"true": True, "false": False, "1": True, "0": False, "yes": True, "no": False}
 
 
 class CompareError(ValueError):
@@ -85,7 +85,7 @@ def config_key(config: dict, run_dir: Path) -> str:
     """The run's resolved config without identity/seed keys and values naming its own folder (canonical JSON)."""
     homes = {str(run_dir), str((config.get("paths") or {}).get("run_dir") or run_dir)}  # now, and when it ran
     kept = {
-        k: v for k, v in _flat(config).items()
+        k: v for k, v in flatten(config).items()
         if not any(k == s or (s.endswith(".") and k.startswith(s)) for s in IDENTITY_KEYS)
         and not (isinstance(v, str) and any(h in v for h in homes))
     }
@@ -388,26 +388,7 @@ def compare(sweep: str | Path | None = None, runs: list[str | Path] | None = Non
 
 def parse_args(argv: list[str]) -> dict[str, Any]:
     """compare() keywords from key=value arguments (runs= is a list: [a,b] or a,b)."""
-    if not argv or argv[0] in ("-h", "--help", "help"):
-        raise CompareError(USAGE)
-    options: dict[str, Any] = {}
-    for arg in argv:
-        key, sep, value = arg.partition("=")
-        key = key.lstrip("+")
-        if not sep or key not in ("sweep", "runs", "out", "evaluate"):
-            raise CompareError(f"unknown argument {arg!r}\n{USAGE}")
-        if key == "runs":
-            parsed = yaml.safe_load(value) if value.startswith("[") else value.split(",")
-            if not isinstance(parsed, list) or not parsed:
-                raise CompareError(f"runs={value}: expected a list of run folders, e.g. runs=[outputs/runs/a,outputs/runs/b]")
-            options["runs"] = [str(p) for p in parsed]
-        elif key == "evaluate":
-            if value.lower() not in _BOOL:
-                raise CompareError(f"evaluate={value}: expected true or false")
-            options["evaluate"] = _BOOL[value.lower()]
-        else:
-            options[key] = value
-    return options
+    return parse_key_values(argv, {"sweep": str, "runs": list, "out": str, "evaluate": bool}, USAGE, CompareError)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -33,6 +33,7 @@ from omegaconf import OmegaConf
 from poc59.analysis.bootstrap import bootstrap_iou
 from poc59.analysis.scores import LEGACY_CONVENTION, batched_miou, scores
 from poc59.atomic import write_json
+from poc59.cli_args import parse_key_values
 from poc59.config import cache_root
 from poc59.data.datamodule import SegmentationDataModule
 from poc59.data.sources import DataError
@@ -287,25 +288,12 @@ _KEYS = {  # command-line key -> (evaluate_run keyword, type)
     "bootstrap.level": ("level", float), "batch_size": ("batch_size", int), "device": ("device", str),
     "out": ("out", str), "pictures": ("pictures", bool), "worst_k": ("worst_k", int),
 }
-_BOOL = {"true": True, "false": False, "1": True, "0": False, "yes": True, "no": False}
 
 
 def parse_args(argv: list[str]) -> dict[str, Any]:
     """evaluate_run keywords (plus `sweep`) from key=value arguments."""
-    if not argv or argv[0] in ("-h", "--help", "help"):
-        raise EvaluateError(USAGE)
-    options: dict[str, Any] = {}
-    for arg in argv:
-        key, sep, value = arg.partition("=")
-        key = key.lstrip("+")
-        if not sep or key not in _KEYS:
-            raise EvaluateError(f"unknown argument {arg!r} (expected key=value with one of: {', '.join(_KEYS)})\n{USAGE}")
-        name, kind = _KEYS[key]
-        try:
-            options[name] = _BOOL[value.lower()] if kind is bool else kind(value)
-        except (KeyError, ValueError):
-            raise EvaluateError(f"{key}={value}: expected {'true or false' if kind is bool else kind.__name__}") from None
-    return options
+    given = parse_key_values(argv, {key: kind for key, (_, kind) in _KEYS.items()}, USAGE, EvaluateError)
+    return {_KEYS[key][0]: value for key, value in given.items()}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -46,18 +46,19 @@ def last_checkpoint(run_dir: Path) -> Path:
     return run_dir / "checkpoints" / "last.ckpt"
 
 
-def _flat(node: Any, prefix: str = "") -> dict[str, Any]:
+def flatten(node: Any, prefix: str = "") -> dict[str, Any]:
+    """A nested mapping as {"a.b.c": leaf} (an empty mapping is kept as a leaf {})."""
     if isinstance(node, dict):
         out: dict[str, Any] = {}
         for k, v in node.items():
-            out.update(_flat(v, f"{prefix}{k}."))
+            out.update(flatten(v, f"{prefix}{k}."))
         return out or {prefix[:-1]: {}}
     return {prefix[:-1]: node}
 
 
 def changed_keys(old: dict, new: dict) -> dict[str, tuple[Any, Any]]:
     """Keys whose values differ (missing counts as None), except those safe to change."""
-    a, b = _flat(old), _flat(new)
+    a, b = flatten(old), flatten(new)
     diff = {}
     for key in sorted(set(a) | set(b)):
         if any(key == s or (s.endswith(".") and key.startswith(s)) for s in SAFE_TO_CHANGE):

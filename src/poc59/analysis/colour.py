@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from poc59.classes import IGNORE_COLOUR, ClassTable, _hex_to_rgb
+from poc59.classes import IGNORE_COLOUR, ClassTable, hex_to_rgb
 
 __all__ = ["colorize", "ignore_rgb", "legend", "lookup_table", "overlay"]
 
 
 def ignore_rgb() -> tuple[int, int, int]:
     """RGB of ignored pixels (label 255, outside the object)."""
-    return _hex_to_rgb(IGNORE_COLOUR)
+    return hex_to_rgb(IGNORE_COLOUR)
 
 
 def lookup_table(classes: ClassTable) -> np.ndarray:
