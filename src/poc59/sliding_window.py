@@ -125,14 +125,15 @@ def stream_logits(
 
     def blend(rows: torch.Tensor, out: torch.Tensor, wy_r: torch.Tensor) -> torch.Tensor:
         """Add one tile row's weighted logits into `out` [C, tile, pw], a batch at a time."""
-        band = _pad_to(rows, tile, pw)
+        band = _pad_to(rows, tile, pw).contiguous()  # tiles are then cut from contiguous rows
         for i in range(0, len(xs), batch_size):
             chunk = xs[i : i + batch_size]
             logits = run_batches(segmenter, torch.stack([band[:, :, x : x + tile] for x in chunk]), batch_size, device, autocast)
+            logits.mul_(wx[i : i + batch_size, None, None, :] * wy_r[None, None, :, None])  # weights, in place
             if out.numel() == 0:
                 out = torch.zeros((logits.shape[1], tile, pw), device=device)
-            for t, x, w in zip(logits, chunk, wx[i : i + batch_size]):
-                out[:, :, x : x + tile] += t * (w[None, :] * wy_r[:, None])
+            for t, x in zip(logits, chunk):
+                out[:, :, x : x + tile] += t
         return out
 
     ones = torch.ones(tile, device=device)

@@ -5,8 +5,6 @@ from __future__ import annotations
 import csv
 import json
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -20,24 +18,24 @@ from poc59.scans import open_scan
 from poc59.train import train
 from poc59.trained import load_model
 
-IMAGES = ["001", "002", "003"]
+IMAGES = ["001", "002"]
 
 
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory):
-    """A tiny native-scale (crop) model, 128 px tiles, trained for 2 steps on 10 CrackForest photographs."""
+    """A tiny native-scale (crop) model, 128 px tiles, trained for 2 steps on 6 CrackForest photographs."""
     tmp = tmp_path_factory.mktemp("predict")
     root = tmp / "crackforest"
     for sub in ("images", "annotations"):
         (root / sub).mkdir(parents=True)
     shutil.copy(CRACKFOREST / "classes.json", root)
-    for i in range(1, 11):
+    for i in range(1, 7):
         shutil.copy(CRACKFOREST / "images" / f"{i:03d}.jpg", root / "images")
         shutil.copy(CRACKFOREST / "annotations" / f"{i:03d}.png", root / "annotations")
     cfg = make_cfg(
         tmp, "encoder=tiny", "data=artefact", f"data.root={root}", "data.image_size=128", "data.batch_size=8",
         "data.policy=crop", "data.max_side=480", "trainer.enable_progress_bar=false", "trainer.max_epochs=1",
-        "trainer.limit_train_batches=2", "trainer.limit_val_batches=2",
+        "trainer.limit_train_batches=2", "trainer.limit_val_batches=1",
     )
     train(cfg)
     return tmp / "run" / "checkpoints" / "best.ckpt"
@@ -63,7 +61,7 @@ def test_a_folder_of_real_photographs_with_one_unreadable_file(ckpt, scans, tmp_
     stats = json.loads((out / "statistics.json").read_text())
     assert [f["image"] for f in stats["failed"]] == [str(scans / "broken.png")]
     assert "cannot read" in stats["failed"][0]["reason"]
-    assert stats["predicted"] == 3 and [r["image"] for r in stats["images"]] == [str(scans / f"{s}.jpg") for s in IMAGES]
+    assert stats["predicted"] == len(IMAGES) and [r["image"] for r in stats["images"]] == [str(scans / f"{s}.jpg") for s in IMAGES]
     rows = list(csv.DictReader((out / "statistics.csv").open()))
     assert [r["image"] for r in rows] == [str(scans / f"{s}.jpg") for s in IMAGES]
     for stem, row, js in zip(IMAGES, rows, stats["images"]):
@@ -92,13 +90,12 @@ def test_a_folder_of_real_photographs_with_one_unreadable_file(ckpt, scans, tmp_
 def test_object_mask_statistics_and_tta(ckpt, scans, tmp_path):
     masks = tmp_path / "masks"
     masks.mkdir()
-    (scans / "003.jpg").unlink()  # two photographs are enough here
-    for i, stem in enumerate(IMAGES[:2]):
+    for i, stem in enumerate(IMAGES):
         m = np.zeros((320, 480), np.uint8)
         m[40 + i : 300, 60:400 - i] = 255
         Image.fromarray(m).save(masks / f"{stem}.png")
     out = tmp_path / "out"
-    assert main([f"ckpt={ckpt}", f"input={scans}/*.jpg", f"output={out}", f"object_mask={masks}", "tta=true", "overlap=0.4"]) == 0
+    assert main([f"ckpt={ckpt}", f"input={scans}/*.jpg", f"output={out}", f"object_mask={masks}", "tta=true", "overlap=0.3"]) == 0
     stats = json.loads((out / "statistics.json").read_text())
     model = load_model(ckpt)
     assert len(stats["images"]) == 2
@@ -107,7 +104,7 @@ def test_object_mask_statistics_and_tta(ckpt, scans, tmp_path):
         labels = np.asarray(Image.open(out / f"{stem}_labels.png"))
         assert (labels[~inside] == 255).all()  # outside the object: the ignore label
         if i == 0:
-            expect = predict_label_map(model, open_scan(scans / f"{stem}.jpg").whole(), overlap=0.4, tta=True)
+            expect = predict_label_map(model, open_scan(scans / f"{stem}.jpg").whole(), overlap=0.3, tta=True)
             assert np.array_equal(labels[inside], expect[inside])
         assert js["reference"] == "object mask" and js["reference_pixels"] == int(inside.sum())
         assert [v["pixels"] for v in js["classes"].values()] == np.bincount(labels[inside], minlength=2).tolist()
@@ -140,13 +137,3 @@ def test_refusals_exit_2_before_reading_images(ckpt, scans, tmp_path, caplog):
     with pytest.raises(ValueError, match="missing output="):
         parse_args(["ckpt=a", "input=b"])
 
-
-def test_the_command_line_entry_point(ckpt, scans, tmp_path):
-    out = tmp_path / "out"
-    proc = subprocess.run(
-        [sys.executable, "-m", "poc59.predict", f"ckpt={ckpt}", f"input={scans / '002.jpg'}", f"output={out}"],
-        capture_output=True, text=True, timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert (out / "002_labels.png").exists() and (out / "statistics.csv").exists()
-    assert "1 of 1 image(s) predicted" in proc.stderr + proc.stdout
