@@ -37,7 +37,7 @@ from poc59.trained import TrainedModel
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ArrayImage", "logit_bands", "predict_label_map", "resolve_device", "resolve_precision", "row_upsampler"]
+__all__ = ["ArrayImage", "band_labels", "logit_bands", "predict_label_map", "resolve_device", "resolve_precision", "row_upsampler"]
 
 BAND_ROWS = 256  # rows per band when upsampling resize/pad logits to the original size
 
@@ -162,6 +162,17 @@ def logit_bands(
         yield y0, band
 
 
+def band_labels(logits: torch.Tensor) -> np.ndarray:
+    """argmax over classes of [C, h, W] as uint8 [h, W] (first class wins ties, as argmax; ~3x faster on CPU)."""
+    best = logits[0].clone()
+    labels = torch.zeros(logits.shape[1:], dtype=torch.uint8, device=logits.device)
+    for c in range(1, logits.shape[0]):
+        higher = logits[c] > best
+        best = torch.where(higher, logits[c], best)
+        labels.masked_fill_(higher, c)
+    return labels.cpu().numpy()
+
+
 def predict_label_map(
     model: TrainedModel,
     image: np.ndarray,
@@ -182,5 +193,5 @@ def predict_label_map(
     device = torch.device(device)
     labels = np.empty((source.height, source.width), np.uint8)
     for y0, band in logit_bands(model, source, overlap, batch_size, tta, device, resolve_precision(precision, device)):
-        labels[y0 : y0 + band.shape[1]] = band.argmax(0).to(torch.uint8).cpu().numpy()
+        labels[y0 : y0 + band.shape[1]] = band_labels(band)
     return labels

@@ -46,7 +46,7 @@ from poc59.analysis.colour import overlay as colour_overlay
 from poc59.atomic import write_bytes
 from poc59.classes import ClassTable
 from poc59.damage_outputs import OverlayPicture, damage_statistics, label_map_png, write_statistics
-from poc59.inference import logit_bands, resolve_device, resolve_precision
+from poc59.inference import band_labels, logit_bands, resolve_device, resolve_precision
 from poc59.scans import IMAGE_SUFFIXES, ScanError, open_scan, read_object_mask, scan_size
 from poc59.trained import ModelLoadError, TrainedModel, load_model
 
@@ -195,7 +195,7 @@ def predict_image(model: TrainedModel, path: Path, mask_path: Path | None, out: 
         task = progress.add_task(f"{path.name}", total=scan.height) if progress else None
         for y0, band in logit_bands(model, scan, s.overlap, s.batch_size, s.tta, device, autocast):
             y1 = y0 + band.shape[1]
-            lab = band.argmax(0).to(torch.uint8).cpu().numpy()
+            lab = band_labels(band)
             if inside is not None:
                 lab[~inside[y0:y1]] = model.classes.ignore_index
             labels[y0:y1] = lab

@@ -23,8 +23,8 @@ import contextlib
 import math
 from collections.abc import Callable, Iterator
 
+import numpy as np
 import torch
-import torch.nn.functional as F
 
 __all__ = ["WINDOW_FLOOR", "predict_logits", "run_batches", "stream_logits", "tile_starts", "window"]
 
@@ -92,12 +92,6 @@ def run_batches(
     return torch.cat(out)
 
 
-def _pad_to(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """Zero-pad [3, h, w] at the bottom/right (as the training canvas is padded with image 0)."""
-    h, w = x.shape[-2:]
-    return x if (h, w) == (height, width) else F.pad(x, (0, width - w, 0, height - h))
-
-
 def stream_logits(
     segmenter: Segmenter,
     read_rows: RowReader,
@@ -125,10 +119,12 @@ def stream_logits(
 
     def blend(rows: torch.Tensor, out: torch.Tensor, wy_r: torch.Tensor) -> torch.Tensor:
         """Add one tile row's weighted logits into `out` [C, tile, pw], a batch at a time."""
-        band = _pad_to(rows, tile, pw).contiguous()  # tiles are then cut from contiguous rows
+        band = np.zeros((3, tile, pw), np.uint8)  # zero-padded at the bottom/right, as the training canvas is
+        band[:, : rows.shape[1], :width] = rows.cpu().numpy()
         for i in range(0, len(xs), batch_size):
             chunk = xs[i : i + batch_size]
-            logits = run_batches(segmenter, torch.stack([band[:, :, x : x + tile] for x in chunk]), batch_size, device, autocast)
+            tiles = torch.from_numpy(np.stack([band[:, :, x : x + tile] for x in chunk]))  # numpy: strided uint8 copies fast
+            logits = run_batches(segmenter, tiles, batch_size, device, autocast)
             logits.mul_(wx[i : i + batch_size, None, None, :] * wy_r[None, None, :, None])  # weights, in place
             if out.numel() == 0:
                 out = torch.zeros((logits.shape[1], tile, pw), device=device)
