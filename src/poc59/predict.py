@@ -169,10 +169,9 @@ def _object_masks(spec: str | None, images: list[Path]) -> dict[Path, Path | Non
 
 
 def stream_bytes(model: TrainedModel, width: int, s: Settings) -> int:
-    """Working memory of the logits while one image is predicted (crop: one tile row; resize/pad: the upsampler)."""
+    """Working memory of a crop model's logits: one tile row blended (x2 while it moves on, x2 with TTA), one batch."""
     c, tile = model.classes.num_classes, model.image_size
-    rows = tile * (2 + 2 * s.tta) if model.geometry["policy"] == "crop" else tile * (1 + s.tta) + 256 * 3
-    return 4 * c * width * rows + 4 * 2 * c * s.batch_size * tile * tile
+    return 4 * c * width * tile * (2 + 2 * s.tta) + 4 * 2 * c * s.batch_size * tile * tile
 
 
 def predict_image(model: TrainedModel, path: Path, mask_path: Path | None, out: Path, s: Settings,
@@ -187,6 +186,7 @@ def predict_image(model: TrainedModel, path: Path, mask_path: Path | None, out: 
             log.warning("%s: max_memory_mb=%g is below one tile row of logits; reading the smallest strips", path, s.max_memory_mb)
             decode_budget = 1
     scan = open_scan(path, s.allow_large_images, max_bytes=decode_budget)
+    task = None
     try:
         inside = read_object_mask(mask_path, (scan.width, scan.height), s.allow_large_images) if mask_path else None
         labels = np.empty((scan.height, scan.width), np.uint8)
@@ -204,10 +204,10 @@ def predict_image(model: TrainedModel, path: Path, mask_path: Path | None, out: 
                 picture.paste(y0, colour_overlay(scan.rows(y0, y1), lab, model.classes))
             if task is not None:
                 progress.update(task, completed=y1)
-        if task is not None:
-            progress.remove_task(task)
     finally:
         scan.close()
+        if task is not None:
+            progress.remove_task(task)
     write_bytes(out / f"{path.stem}_labels.png", label_map_png(labels, model.classes))
     if picture is not None:
         write_bytes(out / f"{path.stem}_overlay.png", picture.png())
