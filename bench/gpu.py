@@ -41,7 +41,7 @@ if str(REPO) not in sys.path:
 
 from poc59.atomic import write_json  # noqa: E402
 from poc59.classes import ARTEFACT, IGNORE_INDEX  # noqa: E402
-from poc59.config import auto_precision  # noqa: E402
+from poc59.config import auto_precision, config_dir  # noqa: E402
 
 if TYPE_CHECKING:
     from poc59.model.module import SegmentationModule
@@ -237,6 +237,38 @@ def legend(image_size: int, batch: int, steps: int, warmup: int) -> str:
     )
 
 
+def run_grid(
+    device: torch.device, presets: list[str], grid: list[Setting], batch: int, image_size: int, steps: int, warmup: int,
+    log: Callable[[str], None] = print,
+) -> list[dict]:
+    """One row per (preset, setting, mode): `measure` on a freshly built module at the largest batch up to `batch`
+    that fits; a setting that fails otherwise (e.g. torch.compile) is a row with its error."""
+    from bench.composed import segmentation_module, train_config
+
+    rows: list[dict] = []
+    for preset in presets:
+        cfg = train_config(f"encoder={preset}", "encoder.weights=null")
+        for setting in grid:
+            for mode in ("train", "infer"):
+                label = {"encoder": preset, "encoder_name": cfg.encoder.name, **asdict(setting), "mode": mode}
+                log(f"[gpu] {preset} {mode} {setting} ...")
+
+                def measure_at(b: int, mode: str = mode, setting: Setting = setting) -> dict:
+                    torch.manual_seed(0)
+                    module = segmentation_module(cfg, ARTEFACT, torch.ones(ARTEFACT.num_classes))
+                    return measure(
+                        module, device, mode, b, image_size, setting, steps, warmup,
+                        gradient_clip=cfg.trainer.gradient_clip_val,
+                    )
+
+                try:
+                    rows.append({**label, **largest_fitting(measure_at, batch, log)})
+                except Exception as err:  # noqa: BLE001  (one failed setting, e.g. a compile error, is a row)
+                    rows.append({**label, "error": f"{type(err).__name__}: {err}"})
+                torch._dynamo.reset()  # compiled graphs of one measurement are not reused by the next
+    return rows
+
+
 def no_cuda_reason() -> str | None:
     """One line saying why this machine cannot run the harness, or None if it can."""
     if torch.cuda.is_available():
@@ -255,38 +287,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=20, help="timed steps per measurement")
     parser.add_argument("--warmup", type=int, default=5, help="untimed steps first (compilation, cuDNN autotuning)")
     args = parser.parse_args(argv)
+    presets = [e for e in args.encoders.split(",") if e]
+    known = sorted(f.stem for f in (config_dir() / "encoder").glob("*.yaml"))
+    if set(presets) - set(known):
+        parser.error(f"unknown encoder preset(s) {sorted(set(presets) - set(known))}; conf/encoder/ has {known}")
     reason = no_cuda_reason()
     if reason:
         print(reason)
         return 0
 
-    from bench.composed import segmentation_module, train_config
-
     device = torch.device("cuda")
     torch.backends.cudnn.benchmark = True  # as trainer.benchmark=true: every batch has the same shape
-    amp = auto_precision()  # bf16-mixed where supported, else 16-mixed
     started = dt.datetime.now(dt.timezone.utc)
-    rows: list[dict] = []
-    for preset in [e for e in args.encoders.split(",") if e]:
-        cfg = train_config(f"encoder={preset}", "encoder.weights=null")
-        for setting in settings(amp, args.full):
-            for mode in ("train", "infer"):
-                label = {"encoder": preset, "encoder_name": cfg.encoder.name, **asdict(setting), "mode": mode}
-                print(f"[gpu] {preset} {mode} {setting} ...", flush=True)
-
-                def measure_at(batch: int) -> dict:
-                    torch.manual_seed(0)
-                    module = segmentation_module(cfg, ARTEFACT, torch.ones(ARTEFACT.num_classes))
-                    return measure(
-                        module, device, mode, batch, args.image_size, setting, args.steps, args.warmup,
-                        gradient_clip=cfg.trainer.gradient_clip_val,
-                    )
-
-                try:
-                    rows.append({**label, **largest_fitting(measure_at, args.batch)})
-                except Exception as err:  # noqa: BLE001  (one failed setting, e.g. a compile error, is a row)
-                    rows.append({**label, "error": f"{type(err).__name__}: {err}"})
-                torch._dynamo.reset()  # compiled graphs of one measurement are not reused by the next
+    grid = settings(auto_precision(), args.full)  # AMP: bf16-mixed where supported, else 16-mixed
+    rows = run_grid(device, presets, grid, args.batch, args.image_size, args.steps, args.warmup)
     report = {
         "started": started.isoformat(timespec="seconds"),
         "device": {

@@ -44,6 +44,29 @@ def test_without_cuda_it_says_why_in_one_line_and_exits_0(tmp_path):
     assert not out.exists()  # no figures written without a GPU
 
 
+def test_the_grid_on_a_cpu_measures_each_mode_and_reports_a_failed_setting_as_a_row():
+    grid = [gpu.Setting("32-true", True, False), gpu.Setting("fp8-imaginary", True, False)]
+    logged: list[str] = []
+    rows = gpu.run_grid(CPU, ["tiny"], grid, batch=2, image_size=32, steps=1, warmup=1, log=logged.append)
+    assert [(r["mode"], r["precision"]) for r in rows] == [
+        ("train", "32-true"), ("infer", "32-true"), ("train", "fp8-imaginary"), ("infer", "fp8-imaginary"),
+    ]
+    for r in rows[:2]:
+        assert r["encoder"] == "tiny" and r["encoder_name"] == "tu-mobilenetv3_small_050" and r["images_per_s"] > 0
+        assert r["batch"] == r["batch_requested"] == 2 and r["out_of_memory_at"] == []
+    for r in rows[2:]:
+        assert r["error"].startswith("ValueError: precision must be one of") and "images_per_s" not in r
+    assert len(logged) == 4
+    text = gpu.table(rows)
+    assert text.count("| tiny |") == 4 and "error: ValueError" in text
+
+
+def test_unknown_encoder_preset_is_refused_before_anything_runs(capsys):
+    with pytest.raises(SystemExit):
+        gpu.main(["--encoders", "convnext_tiny,resnet_huge"])
+    assert "resnet_huge" in capsys.readouterr().err
+
+
 @pytest.fixture(scope="module")
 def cfg():
     return train_config("encoder=tiny")
