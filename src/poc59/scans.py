@@ -219,8 +219,8 @@ def _orientation(img: Image.Image) -> int:
 
 
 def _pixel_bytes(img: Image.Image) -> int:
-    """Bytes a pixel takes while decoding whole: the decoded file, its 8-bit RGB form, float64 for 16-bit scaling."""
-    stored = {"I": 4, "F": 4, "I;16": 2, "I;16B": 2, "I;16L": 2}.get(img.mode, len(img.getbands()))
+    """Bytes a pixel takes while decoding whole: Pillow's pixels (multi-band: 4), the RGB array, float64 for 16-bit."""
+    stored = {"I": 4, "F": 4, "I;16": 2, "I;16B": 2, "I;16L": 2}.get(img.mode, 1 if len(img.getbands()) == 1 else 4)
     return stored + 3 + (8 if img.mode in WIDE_MODES else 0)
 
 
