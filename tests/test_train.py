@@ -14,9 +14,12 @@ from pathlib import Path
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+from lightning.pytorch.callbacks import RichProgressBar
 from omegaconf import DictConfig, open_dict
 
 from helpers import CRACKFOREST
+
 from poc59.classes import ARTEFACT
 from poc59.config import config_dir, register_resolvers
 from poc59.train import train
@@ -49,6 +52,13 @@ def test_fast_dev_run_through_the_real_config(tmp_path):
     assert summary["encoder"] == "tu-mobilenetv3_small_050"
     assert summary["classes"]["names"] == list(ARTEFACT.names)
     assert (tmp_path / "run" / "summary.json").exists()
+
+
+def test_progress_bar_refreshes_at_the_logging_interval(tmp_path):
+    """Each refresh reads the step loss (a host sync on GPUs): not every step."""
+    cfg = make_cfg(tmp_path, "trainer.log_every_n_steps=25")
+    bar = instantiate(cfg.callbacks.progress_bar)
+    assert isinstance(bar, RichProgressBar) and bar.refresh_rate == 25
 
 
 def test_short_run_writes_a_complete_run_folder(tmp_path):

@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 
 RESUME_MODES = ("auto", "never")
 
-# Keys (or key prefixes, ending in ".") that may change between attempts of one run.
+# Keys that may change between attempts of one run, with everything under them (a trailing "." is only a reminder).
 SAFE_TO_CHANGE = (
     "trainer.max_epochs",
     "trainer.max_steps",
@@ -27,7 +27,7 @@ SAFE_TO_CHANGE = (
     "trainer.log_every_n_steps",
     "trainer.limit_val_batches",
     "trainer.num_sanity_val_steps",
-    "callbacks.progress_bar",
+    "callbacks.progress_bar.",
     "callbacks.val_overlays.",  # pictures only; runs started before it existed resume with it
     "paths.",
     "hydra.",
@@ -61,7 +61,7 @@ def changed_keys(old: dict, new: dict) -> dict[str, tuple[Any, Any]]:
     a, b = flatten(old), flatten(new)
     diff = {}
     for key in sorted(set(a) | set(b)):
-        if any(key == s or (s.endswith(".") and key.startswith(s)) for s in SAFE_TO_CHANGE):
+        if any(key == s.rstrip(".") or key.startswith(s.rstrip(".") + ".") for s in SAFE_TO_CHANGE):
             continue
         if a.get(key) != b.get(key):
             diff[key] = (a.get(key), b.get(key))
