@@ -3,6 +3,8 @@
 Write to a temporary file in the same folder, flush to disk, then rename over
 the target (a rename within one filesystem is atomic). A failed write (full
 disk, crash) leaves the previous file intact and removes the temporary one.
+The file gets the permissions a plain `open(path, "w")` would (0666 minus the
+umask), not mkstemp's owner-only 0600: run folders are shared on clusters.
 """
 
 from __future__ import annotations
@@ -14,6 +16,15 @@ from pathlib import Path
 from typing import Any
 
 
+def _read_umask() -> int:
+    mask = os.umask(0o022)  # reading it means setting it: done once, at import, before any threads write
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()
+
+
 def write_bytes(path: str | Path, data: bytes) -> Path:
     """Write `data` to `path` atomically."""
     path = Path(path)
@@ -23,6 +34,7 @@ def write_bytes(path: str | Path, data: bytes) -> Path:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
+            os.fchmod(f.fileno(), 0o666 & ~_UMASK)
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
