@@ -45,7 +45,7 @@ log = logging.getLogger("poc59.compare")
 USAGE = "usage: python -m poc59.compare sweep=DIR | runs=[DIR,DIR,...]  [out=DIR] [evaluate=true|false]"
 METRICS = Path("evaluation") / "val" / "metrics.json"
 # Config keys that name or seed a run without changing what is trained (key or key prefix ending in ".").
-IDENTITY_KEYS = ("seed", "data.seed", "data.split_file", "run_name", "run_dir", "resume", "ckpt_path", "paths.", "hydra.")
+IDENTITY_KEYS = ("seed", "data.seed", "data.split_file", "data.cache_dir", "run_name", "run_dir", "resume", "ckpt_path", "paths.", "hydra.")
 STD_CONVENTION = "sample standard deviation over seeds (n - 1)"
 
 
