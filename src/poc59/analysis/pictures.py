@@ -217,7 +217,7 @@ def grouped_iou_bars_figure(
     ax.set_xlabel("IoU, %" + (f" (whiskers: {interval_label})" if any(iv is not None for iv in everything[1]) else ""))
     ax.set_title(title, fontsize=10)
     ax.grid(axis="x", alpha=0.3)
-    ax.legend(loc="lower right", fontsize=8, title=legend_title, title_fontsize=8)
+    fig.legend(loc="outside lower center", fontsize=8, title=legend_title, title_fontsize=8, frameon=False)  # never over bars
     return _save(fig, path)
 
 
