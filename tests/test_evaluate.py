@@ -269,3 +269,33 @@ def test_evaluate_all_over_a_sweep(run, tmp_path, private_cache):
         metrics = json.loads((sweep / n / "evaluation" / "val" / "metrics.json").read_text())
         assert metrics["miou"] == pytest.approx(summary["val/mIoU"], abs=1e-4) == status[n]["miou"]
     assert "evaluated" in log and "failed" in log
+
+
+def test_native_mode_scores_full_resolution_predictions(run, tmp_path):
+    """mode=native: predict's own output at each image's stored size, against the full-resolution mask."""
+    from poc59.data.sources import discover
+    from poc59.inference import predict_label_map
+
+    metrics = evaluate_run(run_dir=run, mode="native", pictures=False, **FAST)
+    assert metrics["mode"] == "native" and "not comparable" in metrics["mode_convention"]
+    assert (run / "evaluation" / "val-native" / "metrics.json").exists()
+    assert (run / "evaluation" / "val" / "metrics.json").exists()  # the training-resolution result is kept apart
+
+    split = json.loads((run / "split.json").read_text())
+    samples = {s.id: s for s in discover(OmegaConf.load(run / "config.yaml").data.root)}
+    masks = [np.asarray(Image.open(samples[i].mask)) for i in split["val"]]
+    assert (masks[0].shape[0], masks[0].shape[1]) != (64, 64)  # really full resolution, not the 64 px canvas
+    cm = np.asarray(metrics["confusion_matrix"])
+    c = cm.shape[0]
+    assert cm.sum(1).tolist() == np.bincount(np.concatenate([m.ravel() for m in masks]), minlength=256)[:c].tolist()
+
+    # the predicted labels are predict's: recount the whole matrix independently
+    model = load_model(run / "checkpoints" / "best.ckpt")
+    expected = np.zeros((c, c), np.int64)
+    for i, mask in zip(split["val"], masks):
+        labels = predict_label_map(model, np.asarray(Image.open(samples[i].image).convert("RGB")), device="cpu")
+        valid = mask != 255
+        np.add.at(expected, (mask[valid], labels[valid]), 1)
+    assert metrics["num_images"] == len(masks) and cm.tolist() == expected.tolist()
+    with pytest.raises(EvaluateError, match="mode=sideways"):
+        evaluate_run(run_dir=run, mode="sideways", **FAST)

@@ -37,7 +37,16 @@ from poc59.cli_args import parse_key_values
 from poc59.config import cache_root
 from poc59.data.datamodule import SegmentationDataModule
 from poc59.data.sources import DataError
-from poc59.evaluate_pass import SPEED_CONVENTION, DeviceError, precision_for, predicted_canvases, resolve_device, score
+from poc59.evaluate_pass import (
+    NATIVE_SPEED_CONVENTION,
+    SPEED_CONVENTION,
+    DeviceError,
+    precision_for,
+    predicted_canvases,
+    resolve_device,
+    score,
+    score_native,
+)
 from poc59.model.metrics import metric_convention
 from poc59.trained import ModelLoadError, TrainedModel, load_model
 
@@ -103,6 +112,14 @@ def data_config(model: TrainedModel, run: Path | None, data_root: str | Path | N
     if batch_size is not None:
         cfg.batch_size = int(batch_size)
     return cfg, own
+
+
+MODES = ("training_resolution", "native")
+MODE_CONVENTIONS = {
+    "training_resolution": "images as training validation saw them (the run's geometry and image size): reproduces val/mIoU",
+    "native": "each image at its stored resolution, predicted as python -m poc59.predict does (overlap {overlap}, "
+              "flip TTA {tta}), scored against its full-resolution mask: not comparable with val/mIoU",
+}
 
 
 def check_split(split: str | None) -> None:
@@ -183,13 +200,20 @@ def evaluate_run(
     out: str | Path | None = None,
     pictures: bool = True,
     worst_k: int = 8,
+    mode: str = "training_resolution",
+    overlap: float = 0.25,
+    tta: bool = False,
 ) -> dict:
     """Evaluate one checkpoint; writes <out>/metrics.json (and pictures) and returns the metrics dict.
 
     `split=None` (the default) means val for the run's own data, all for another data.root. `out` defaults to
-    <run>/evaluation/<split> (<run>/evaluation/<data folder>-<split> for another data.root).
+    <run>/evaluation/<split> (<run>/evaluation/<data folder>-<split> for another data.root; "-native" added
+    for mode=native). `mode=native` scores predict's full-resolution output (`overlap`, `tta` as in predict)
+    against full-resolution masks, a different number from the training-resolution val/mIoU.
     """
     check_split(split)
+    if mode not in MODES:
+        raise EvaluateError(f"mode={mode}: choose {' or '.join(MODES)} (native: full resolution, as predict runs)")
     if int(resamples) < 1 or not 0.0 < float(level) < 1.0:  # before any inference, not after it
         raise EvaluateError(f"bootstrap.resamples={resamples}, bootstrap.level={level}: resamples must be >= 1 "
                             "and level between 0 and 1 (e.g. bootstrap.level=0.95)")
@@ -217,7 +241,10 @@ def evaluate_run(
     log.info("Evaluating %s on %d %s images of %s (%s, %d px, batch %d, %s, %s)", ckpt_path, len(indices), split,
              dm.root, dm.policy, dm.image_size, dm.batch_size, dev, precision)
 
-    confmat, per_image, seconds = score(model, dm, indices, dm.batch_size, dev, autocast)
+    if mode == "native":
+        confmat, per_image, seconds = score_native(model, dm, indices, dm.batch_size, dev, overlap, tta)
+    else:
+        confmat, per_image, seconds = score(model, dm, indices, dm.batch_size, dev, autocast)
     assert torch.equal(per_image.sum(0), confmat), "per-image matrices do not add up to the split's matrix"
     s = scores(confmat, names)
     boot = bootstrap_iou(per_image, resamples, seed, level)
@@ -235,7 +262,8 @@ def evaluate_run(
         "run_dir": str(run) if run else None,
         "split": split,
         "data_root": str(dm.root),
-        "mode": "training_resolution",
+        "mode": mode,
+        "mode_convention": MODE_CONVENTIONS[mode] if mode == "training_resolution" else MODE_CONVENTIONS[mode].format(overlap=overlap, tta=tta),
         "image_size": dm.image_size,
         "geometry": dict(model.geometry),
         "split_fingerprint": dm.split["fingerprint"],
@@ -253,16 +281,18 @@ def evaluate_run(
         "groups": group_report(per_image, metadata_groups(dm, indices), names),
         "speed": {"ms_per_image": ms, "images_per_s": 1000 / ms if ms > 0 else None, "device": str(dev),
                   "cpu_threads": torch.get_num_threads(), "batch_size": dm.batch_size, "precision": precision,
-                  "convention": SPEED_CONVENTION},
+                  "convention": NATIVE_SPEED_CONVENTION if mode == "native" else SPEED_CONVENTION},
         "worst_images": [{"id": dm.samples[indices[p]].id, "miou": float(m)} for m, p in ranked[:worst_k]],
         "confusion_matrix": confmat.tolist(),
         "pictures": {},
     }
-    folder = Path(out).expanduser().resolve() if out else _default_out(ckpt_path, run, dm.root, split, own)
+    grids = {"sample": list(range(min(worst_k, len(indices)))), "worst": [p for _, p in ranked[:worst_k]]}
+    folder = Path(out).expanduser().resolve() if out else _default_out(ckpt_path, run, dm.root, split, own, mode)
+    if mode == "native":
+        grids = {}  # the grids show the stored canvases; full-resolution maps come from predict
     if pictures:
         from poc59.evaluate_pictures import draw  # matplotlib only when pictures are asked for
 
-        grids = {"sample": list(range(min(worst_k, len(indices)))), "worst": [p for _, p in ranked[:worst_k]]}
         metrics["pictures"] = draw(metrics, model, dm, indices, image_miou, grids, folder,
                                    lambda chosen: predicted_canvases(model, dm, chosen, dm.batch_size, dev, autocast))
     write_json(folder / "metrics.json", metrics)
@@ -270,9 +300,10 @@ def evaluate_run(
     return metrics
 
 
-def _default_out(ckpt: Path, run: Path | None, root: Path, split: str, own: bool) -> Path:
+def _default_out(ckpt: Path, run: Path | None, root: Path, split: str, own: bool, mode: str) -> Path:
     base = run / "evaluation" if run else ckpt.parent / f"{ckpt.stem}-evaluation"
-    return base / (split if own else f"{root.name}-{split}")
+    name = split if own else f"{root.name}-{split}"
+    return base / (f"{name}-native" if mode == "native" else name)
 
 
 # ---------------------------------------------------------------- command line
@@ -280,13 +311,15 @@ def _default_out(ckpt: Path, run: Path | None, root: Path, split: str, own: bool
 USAGE = (
     "usage: python -m poc59.evaluate run_dir=<run folder> | ckpt=<file> [data.root=<folder>] | sweep=<sweep folder>\n"
     "       [split=val|test|all] [bootstrap.resamples=1000] [bootstrap.seed=0] [bootstrap.level=0.95]\n"
-    "       [batch_size=N] [device=auto|cpu|cuda] [out=<folder>] [pictures=true|false] [worst_k=8]"
+    "       [batch_size=N] [device=auto|cpu|cuda] [out=<folder>] [pictures=true|false] [worst_k=8]\n"
+    "       [mode=training_resolution|native] [overlap=0.25] [tta=false]"
 )
 _KEYS = {  # command-line key -> (evaluate_run keyword, type)
     "run_dir": ("run_dir", str), "ckpt": ("ckpt", str), "sweep": ("sweep", str), "split": ("split", str),
     "data.root": ("data_root", str), "bootstrap.resamples": ("resamples", int), "bootstrap.seed": ("seed", int),
     "bootstrap.level": ("level", float), "batch_size": ("batch_size", int), "device": ("device", str),
     "out": ("out", str), "pictures": ("pictures", bool), "worst_k": ("worst_k", int),
+    "mode": ("mode", str), "overlap": ("overlap", float), "tta": ("tta", bool),
 }
 
 

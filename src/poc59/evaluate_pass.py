@@ -5,6 +5,10 @@ policy=crop), same arithmetic (the Segmenter is SegmentationModule.forward), 32-
 the run's mixed precision on CUDA, as training: so a run's best val/mIoU is reproduced. Gives the
 split-wide confusion matrix (SegmentationIoU, DDP-safe state), one matrix per image (for the
 bootstrap and the worst images), the inference time, and predicted label maps for pictures.
+
+`score_native` is the other mode: each image at its stored resolution through predict's own
+path (sliding window or resize-and-back, as the model's geometry says) against its full-resolution
+mask; what a conservator gets from `python -m poc59.predict`, not what training validated.
 """
 
 from __future__ import annotations
@@ -19,10 +23,15 @@ import torch
 
 from poc59 import inference
 from poc59.data.datamodule import SegmentationDataModule
+from poc59.data.preload import load_native
 from poc59.data.feed import BatchFeed
 from poc59.model.metrics import SegmentationIoU
 from poc59.trained import TrainedModel
 
+NATIVE_SPEED_CONVENTION = (
+    "predict's whole path per image at its stored resolution (tiling or resizing, forward, blending, argmax; "
+    "file decoding and metric updates excluded)"
+)
 SPEED_CONVENTION = (
     "model forward + argmax only (data feed and metric updates excluded), first batch excluded as warm-up "
     "unless it is the only one; per source image (all its tiles under policy=crop)"
@@ -135,3 +144,20 @@ def predicted_canvases(model: TrainedModel, dm: SegmentationDataModule, indices:
     return canvas.numpy()
 
 
+
+
+def score_native(
+    model: TrainedModel, dm: SegmentationDataModule, indices: list[int], batch_size: int, device: torch.device,
+    overlap: float = 0.25, tta: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """Like `score`, at each image's stored resolution via `inference.predict_label_map` (one image at a time)."""
+    c, ignore = model.classes.num_classes, model.classes.ignore_index
+    per_image = torch.zeros(len(indices), c, c, dtype=torch.int64)
+    seconds = 0.0
+    for k, i in enumerate(indices):
+        image, mask = load_native(dm.samples[i], c, ignore)
+        t0 = time.perf_counter()
+        labels = inference.predict_label_map(model, image, overlap, batch_size, tta, device)
+        seconds += time.perf_counter() - t0
+        per_image[k] = batch_confmats(torch.as_tensor(labels)[None], torch.tensor(mask)[None], c, ignore)[0]
+    return per_image.sum(0), per_image, seconds

@@ -196,10 +196,8 @@ def load_pair(
     return np.require(image, requirements="CW"), np.require(mask, requirements="CW"), hw
 
 
-def _load_pair(
-    sample: Sample, size: int, num_classes: int, ignore_index: int, policy: str, max_side: int | None
-) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
-    """`load_pair` without its copies: the arrays may be read-only views of Pillow's pixels."""
+def _read_pair(sample: Sample, num_classes: int, ignore_index: int) -> tuple[Image.Image, np.ndarray]:
+    """The checked pair as stored: (RGB image, labels [H, W] uint8)."""
     image = _open(sample.image)
     mask = _open(sample.mask)
     if image.size != mask.size:
@@ -209,7 +207,20 @@ def _load_pair(
         )
     labels = _mask_array(mask, sample.mask)
     check_labels(labels, num_classes, ignore_index, sample.mask)
-    rgb = _to_rgb(image)
+    return _to_rgb(image), labels
+
+
+def load_native(sample: Sample, num_classes: int, ignore_index: int) -> tuple[np.ndarray, np.ndarray]:
+    """One pair at its stored resolution: (image [H, W, 3] uint8, mask [H, W] uint8), read and checked as training reads it."""
+    rgb, labels = _read_pair(sample, num_classes, ignore_index)
+    return np.asarray(rgb), labels
+
+
+def _load_pair(
+    sample: Sample, size: int, num_classes: int, ignore_index: int, policy: str, max_side: int | None
+) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
+    """`load_pair` without its copies: the arrays may be read-only views of Pillow's pixels."""
+    rgb, labels = _read_pair(sample, num_classes, ignore_index)
     lab = Image.fromarray(labels, "L")
     target = content_size(*rgb.size, size, policy, max_side)
     if target != rgb.size:
