@@ -1,0 +1,188 @@
+"""Export to ONNX and TorchScript: parity with PyTorch, dynamic sizes, the model card, loading back, bad input."""
+
+from __future__ import annotations
+
+import builtins
+import json
+import shutil
+
+import pytest
+import torch
+from test_train import make_cfg
+
+from poc59.export import ExportError, export_model, main, parity, parity_inputs, to_onnx, to_torchscript
+from poc59.exported import OnnxSegmenter, jit_load, load_onnx
+from poc59.model.factory import build_network, normalization
+from poc59.model.pretrained import encoder_presets
+from poc59.train import train
+from poc59.trained import ModelLoadError, Segmenter, load_model
+
+TOLERANCE = 1e-4  # issue 6: max absolute logits difference on CPU
+
+QUICKSTART = (
+    "experiment=quickstart",  # encoder=cpu_small at 128 px, as `python -m poc59.train experiment=quickstart`
+    "data.synthetic.n=10",
+    "data.batch_size=4",
+    "trainer.max_epochs=1",
+    "trainer.limit_train_batches=1",
+    "trainer.num_sanity_val_steps=0",
+    "trainer.enable_progress_bar=false",
+)
+
+
+@pytest.fixture(scope="module")
+def quickstart(tmp_path_factory):
+    """A real short-trained quickstart run, exported once in both formats through the command line."""
+    tmp = tmp_path_factory.mktemp("export")
+    train(make_cfg(tmp, *QUICKSTART))
+    run, out = tmp / "run", tmp / "exported"
+    assert main([f"run_dir={run}", f"out={out}"]) == 0
+    return run, out
+
+
+@pytest.fixture(autouse=True)
+def _flush_denormals():
+    """As training and export do (from-scratch networks produce denormals; they make CPU kernels crawl)."""
+    torch.set_flush_denormal(True)
+    yield
+    torch.set_flush_denormal(False)  # torch's default
+
+
+def _settled(seg: Segmenter, size: int) -> Segmenter:
+    """BatchNorm statistics from a few random batches, as training would leave them.
+
+    Untouched (mean 0, var 1) they make a from-scratch network's activations grow layer by layer:
+    MaxViT's logits reach ~30, where float32 rounding alone (PyTorch float32 vs float64: ~1.2e-4)
+    is above the tolerance. Settled, the logits are at a trained model's scale (~5).
+    """
+    for m in seg.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            m.momentum = None  # cumulative average
+    seg.train()
+    with torch.no_grad():
+        seg(torch.randint(0, 256, (4, 3, size, size), dtype=torch.uint8, generator=torch.Generator().manual_seed(1)))
+    return seg.eval()
+
+
+# MaxViT-Tiny's window is img_size/32 and inputs must be multiples of img_size: img_size=64 (window 2) is the
+# smallest whose windows and grids hold more than one token; the other presets need multiples of 32.
+PRESETS = {"convnext_tiny": ({}, 32), "segformer_b3": ({}, 32), "maxvit_tiny": ({"img_size": 64}, 64)}
+SIZE = 64
+
+
+@pytest.mark.parametrize("preset", list(PRESETS))
+def test_three_encoders_export_with_parity(preset, tmp_path):
+    cfg = encoder_presets()[preset]
+    kwargs, multiple = PRESETS[preset]
+    torch.manual_seed(0)
+    net = build_network(cfg["name"], cfg["decoder"], weights=None, num_classes=16, kwargs=kwargs)
+    seg = _settled(Segmenter(net, **normalization(cfg["name"])), SIZE)
+    inputs = parity_inputs(SIZE, multiple)  # 2 x 64 x 64 and 1 x 64 x (64 + multiple)
+    example = inputs[1].expand(2, -1, -1, -1).contiguous()
+    (tmp_path / "m.onnx").write_bytes(to_onnx(seg, example, opset=18))
+    (tmp_path / "m.pt").write_bytes(to_torchscript(seg, example))
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+    with torch.no_grad():
+        expected = [seg(images) for images in inputs]
+    for fmt, exported in (("onnx", OnnxSegmenter(session)), ("torchscript", jit_load(tmp_path / "m.pt", "cpu"))):
+        rows = parity(expected, exported, inputs)
+        print(preset, fmt, [(r["input_shape"], f"{r['max_abs_diff']:.1e}", r["label_agreement"]) for r in rows])
+        for r in rows:
+            assert r["max_abs_diff"] <= TOLERANCE, (fmt, r)
+            assert r["label_agreement"] >= 0.999, (fmt, r)
+
+
+def test_quickstart_export_card_and_parity(quickstart):
+    run, out = quickstart
+    assert sorted(p.name for p in out.iterdir()) == ["model.card.json", "model.onnx", "model.pt"]
+    card = json.loads((out / "model.card.json").read_text())
+    ckpt = load_model(run / "checkpoints" / "best.ckpt")
+    summary = json.loads((run / "summary.json").read_text())
+    assert card["classes"] == ckpt.classes.to_dict() and card["output"]["channels"] == 16
+    assert card["geometry"] == ckpt.geometry == {"policy": "resize", "image_size": 128, "max_side": None}
+    assert card["tile_size"] == 128 and card["input"]["multiple_of"] == 32 and card["input"]["dtype"] == "uint8"
+    assert card["normalization"]["mean"] == ckpt.normalization["mean"] and card["network"] == ckpt.network
+    assert card["encoder"]["name"] == "tu-regnetx_004" and card["encoder"]["family"] == "CNN"
+    assert card["metrics"]["training"]["val/mIoU"] == summary["val/mIoU"]
+    assert card["metrics"]["training"]["metric_convention"] == summary["metric_convention"]
+    assert card["source"]["epoch"] == summary["best_epoch"] and card["export"]["opset"] == 18
+    assert card["provenance"]["commit"] and card["provenance"]["poc59"]
+    for fmt in ("onnx", "torchscript"):
+        sizes = [r["input_shape"] for r in card["parity"][fmt]["sizes"]]
+        assert sizes == [[2, 3, 128, 128], [1, 3, 128, 160]]  # the training size and a non-square one
+        assert card["parity"][fmt]["passed"] and card["parity"][fmt]["max_abs_diff"] <= TOLERANCE
+
+
+def test_exported_models_load_and_predict_like_the_checkpoint(quickstart):
+    run, out = quickstart
+    ckpt = load_model(run / "checkpoints" / "best.ckpt")
+    images = torch.randint(0, 256, (3, 3, 96, 224), dtype=torch.uint8)  # neither the export size nor the training one
+    with torch.no_grad():
+        want = ckpt.segmenter(images)
+    for name in ("model.onnx", "model.pt"):
+        model = load_model(out / name)
+        assert (model.classes, model.geometry, model.network) == (ckpt.classes, ckpt.geometry, ckpt.network)
+        assert model.normalization == ckpt.normalization and model.image_size == 128
+        with torch.no_grad():
+            got = model.segmenter(images)
+        assert got.dtype == torch.float32 and got.shape == want.shape == (3, 16, 96, 224)
+        assert (got - want).abs().max() <= TOLERANCE, name
+        assert (got.argmax(1) == want.argmax(1)).float().mean() >= 0.999, name
+
+
+def test_dynamo_exporter(tmp_path):
+    """The opt-in torch.export-based exporter: dynamic batch and size too (a small conv net: it takes minutes on MaxViT)."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, stride=2, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(8, 4, 1),
+                              torch.nn.Upsample(scale_factor=2, mode="bilinear"))
+    seg = Segmenter(net, [0.5] * 3, [0.25] * 3).eval()
+    inputs = parity_inputs(32, 32) + [torch.randint(0, 256, (3, 3, 96, 32), dtype=torch.uint8)]
+    (tmp_path / "m.onnx").write_bytes(to_onnx(seg, inputs[1].expand(2, -1, -1, -1).contiguous(), 18, "dynamo"))
+    import onnxruntime
+
+    exported = OnnxSegmenter(onnxruntime.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"]))
+    with torch.no_grad():
+        expected = [seg(images) for images in inputs]
+    for r in parity(expected, exported, inputs):
+        assert r["max_abs_diff"] <= TOLERANCE and r["label_agreement"] == 1.0, r
+
+
+def test_bad_input_is_named(quickstart, tmp_path, monkeypatch, caplog):
+    run, out = quickstart
+    with pytest.raises(ModelLoadError, match="missing.ckpt: no such checkpoint"):
+        export_model(ckpt=tmp_path / "missing.ckpt", out=tmp_path)
+    assert main([f"ckpt={tmp_path / 'missing.ckpt'}"]) == 2 and "no such checkpoint" in caplog.text
+    with pytest.raises(ExportError, match="format=tflite: choose one of onnx, torchscript, both"):
+        export_model(run_dir=run, format="tflite")
+    assert main(["run_dir=x", "colour=red"]) == 2 and "unknown argument 'colour=red'" in caplog.text
+    with pytest.raises(ExportError, match="ckpt=<file.ckpt> or run_dir="):
+        export_model()
+
+    # the card is part of the model: missing, or belonging to another model
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    shutil.copy(out / "model.onnx", alone / "model.onnx")
+    with pytest.raises(ModelLoadError, match=r"model.card.json: no model card beside model.onnx"):
+        load_model(alone / "model.onnx")
+    card = json.loads((out / "model.card.json").read_text())
+    card["classes"] = {"names": ["background", "crack"], "palette": ["#000000", "#FFFFFF"], "ignore_index": 255}
+    (alone / "model.card.json").write_text(json.dumps(card))
+    with pytest.raises(ModelLoadError, match="outputs 16 channels but its card model.card.json lists 2 classes"):
+        load_model(alone / "model.onnx")
+
+    # onnxruntime not installed: both the export and the loader name the extra to install
+    real_import = builtins.__import__
+
+    def no_onnxruntime(name, *args, **kwargs):
+        if name == "onnxruntime":
+            raise ImportError("No module named 'onnxruntime'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_onnxruntime)
+    with pytest.raises(ExportError, match=r'format=onnx needs onnxruntime.*pip install -e "\.\[export\]"'):
+        export_model(run_dir=run, out=tmp_path / "never", format="onnx")
+    assert not (tmp_path / "never").exists()
+    with pytest.raises(ModelLoadError, match=r'onnxruntime.*pip install -e "\.\[export\]"'):
+        load_onnx(out / "model.onnx")
