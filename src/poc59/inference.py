@@ -6,9 +6,10 @@ The scale follows the checkpoint (`TrainedModel.geometry`):
   top-left with 0 for `pad`), one forward pass, and the logits are upsampled
   bilinearly to the original size (then argmax; never nearest on labels).
 - `crop` (native scale): sliding-window inference over the full image with the
-  training tile (`poc59.sliding_window`), tiles batched, logits blended.
-  `max_side` was a training-time memory cap and is not applied: scans are
-  predicted at their native scale.
+  training tile (`poc59.sliding_window`), tiles batched, logits blended. A model
+  trained with `max_side` saw its sources shrunk so the long side was at most
+  `max_side`: a larger scan is shrunk the same way first (the damage then has the
+  size the model learnt), and the blended logits are upsampled back bilinearly.
 
 Both yield logits as bands of rows, top to bottom, so the caller never holds a
 full-resolution [C, H, W] float tensor. Flip test-time augmentation averages
@@ -32,7 +33,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from poc59.data.preload import content_size, resample_image
-from poc59.sliding_window import run_batches, stream_logits
+from poc59.sliding_window import predict_logits, run_batches, stream_logits
 from poc59.trained import TrainedModel
 
 log = logging.getLogger(__name__)
@@ -107,6 +108,14 @@ def _geometry_logits(
     return run_batches(model.segmenter, canvas, 1, device, autocast)[0, :, : target[1], : target[0]]
 
 
+def _shrunk(model: TrainedModel, width: int, height: int) -> tuple[int, int] | None:
+    """The (width, height) training shrank a source of this size to under `max_side`; None if it kept it."""
+    if not model.geometry.get("max_side"):
+        return None
+    target = content_size(width, height, model.image_size, "crop", model.geometry.get("max_side"))
+    return None if target == (width, height) else target
+
+
 def row_upsampler(logits: torch.Tensor, height: int, width: int) -> Callable[[int, int], torch.Tensor]:
     """(y0, y1) -> rows y0..y1-1 of `logits` [C, h, w] upsampled bilinearly to [C, height, width].
 
@@ -141,6 +150,14 @@ def logit_bands(
     """Logits of the image at its own size, as bands (y0, [C, h, W]) from top to bottom (on `device`)."""
     device = torch.device(device)
     policy = model.geometry["policy"]
+    if policy == "crop" and _shrunk(model, image.width, image.height) is not None:
+        target = _shrunk(model, image.width, image.height)
+        small = _hwc_to_chw(np.asarray(resample_image(Image.fromarray(image.whole()), target)))
+        logits = predict_logits(model.segmenter, small, model.image_size, overlap, batch_size, tta, device, autocast)
+        upsample = row_upsampler(logits, image.height, image.width)
+        for y0 in range(0, image.height, band_rows):
+            yield y0, upsample(y0, min(y0 + band_rows, image.height))
+        return
     if policy == "crop":
         yield from stream_logits(
             model.segmenter, lambda y0, y1: _hwc_to_chw(image.rows(y0, y1)), image.height, image.width,

@@ -48,7 +48,8 @@ class LocalConv(nn.Module):
         return self.b(torch.tanh(self.a(x.float() / 255.0)))
 
 
-def model(segmenter: nn.Module, policy: str = "crop", image_size: int = 32, classes: int | None = None) -> TrainedModel:
+def model(segmenter: nn.Module, policy: str = "crop", image_size: int = 32, classes: int | None = None,
+          max_side: int | None = None) -> TrainedModel:
     """A TrainedModel around a stand-in segmenter (class names c0, c1, ...)."""
     if classes is None:
         with torch.no_grad():
@@ -56,5 +57,5 @@ def model(segmenter: nn.Module, policy: str = "crop", image_size: int = 32, clas
     table = ClassTable.from_names([f"c{i}" for i in range(classes)])
     return TrainedModel(
         segmenter=segmenter.eval(), classes=table, normalization={"mean": [0, 0, 0], "std": [1, 1, 1]},
-        geometry={"policy": policy, "image_size": image_size, "max_side": None}, network={}, source=Path("stand-in"),
+        geometry={"policy": policy, "image_size": image_size, "max_side": max_side}, network={}, source=Path("stand-in"),
     )

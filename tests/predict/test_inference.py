@@ -83,6 +83,24 @@ def test_crop_models_slide_over_the_full_image_at_native_scale():
     assert np.array_equal(predict_label_map(m, image, overlap=0.25), expect.numpy())
 
 
+def test_crop_models_trained_under_max_side_predict_at_the_scale_they_learnt():
+    """Training shrank sources to a long side <= max_side: a larger scan is shrunk alike, then mapped back."""
+    net = LocalConv(seed=3)
+    image = _rgb(70, 100, seed=4)
+    capped = model(net, "crop", 32, max_side=50)
+    small = np.asarray(Image.fromarray(image).resize((50, 35), Image.BILINEAR, reducing_gap=None))
+    logits = predict_logits(net, torch.from_numpy(small.copy()).permute(2, 0, 1), tile=32, overlap=0.25)
+    expect = F.interpolate(logits[None], size=(70, 100), mode="bilinear", align_corners=False)[0].argmax(0)
+    got = predict_label_map(capped, image, overlap=0.25)
+    assert got.shape == (70, 100) and np.mean(got == expect.numpy()) > 0.999  # band-wise upsampling: float rounding only
+    # a scan already within max_side is predicted at its own scale, as training kept it
+    assert np.array_equal(predict_label_map(model(net, "crop", 32, max_side=200), image),
+                          predict_label_map(model(net, "crop", 32), image))
+    # flip TTA stays symmetric through the shrink and the upsampling
+    tta = lambda x: predict_label_map(capped, x, tta=True)
+    assert np.array_equal(tta(np.ascontiguousarray(image[:, ::-1])), tta(image)[:, ::-1])
+
+
 def test_constant_model_gives_one_label_everywhere_at_any_size():
     for policy in ("resize", "pad", "crop"):
         m = model(Constant([0.0, 2.0, 1.0]), policy, 32)
