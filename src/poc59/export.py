@@ -192,7 +192,7 @@ def model_card(model: TrainedModel, run: Path | None, files: dict[str, str], ops
 
 def _require(formats: tuple[str, ...], exporter: str) -> None:
     """Fail before any work when an optional package is missing."""
-    needed = (["onnxruntime"] if "onnx" in formats else []) + (["onnxscript"] if "onnx" in formats and exporter == "dynamo" else [])
+    needed = ["onnx", "onnxruntime"] + (["onnxscript"] if exporter == "dynamo" else []) if "onnx" in formats else []
     for module in needed:
         try:
             __import__(module)
