@@ -271,7 +271,7 @@ def test_evaluate_all_over_a_sweep(run, tmp_path, private_cache):
     assert "evaluated" in log and "failed" in log
 
 
-def test_native_mode_scores_full_resolution_predictions(run, tmp_path):
+def test_native_mode_scores_full_resolution_predictions(run, val_metrics):
     """mode=native: predict's own output at each image's stored size, against the full-resolution mask."""
     from poc59.data.sources import discover
     from poc59.inference import predict_label_map
@@ -297,5 +297,12 @@ def test_native_mode_scores_full_resolution_predictions(run, tmp_path):
         valid = mask != 255
         np.add.at(expected, (mask[valid], labels[valid]), 1)
     assert metrics["num_images"] == len(masks) and cm.tolist() == expected.tolist()
+    from rich.console import Console
+
+    from poc59.evaluate_report import print_report
+
+    console = Console(record=True, width=200)
+    print_report(metrics, console)
+    assert "at their stored resolution (mode=native" in console.export_text()
     with pytest.raises(EvaluateError, match="mode=sideways"):
         evaluate_run(run_dir=run, mode="sideways", **FAST)

@@ -22,7 +22,7 @@ def print_report(metrics: dict, console: Console | None = None) -> None:
     level = f"{100 * metrics['bootstrap']['level']:g} %"
     table = Table(
         title=f"{metrics['checkpoint']}\n{metrics['split']} split of {metrics['data_root']}: {metrics['num_images']} images "
-        (f"at {metrics['image_size']} px ({metrics['geometry'].get('policy')})" if metrics.get("mode") != "native"
+        + (f"at {metrics['image_size']} px ({metrics['geometry'].get('policy')})" if metrics.get("mode") != "native"
          else "at their stored resolution (mode=native, as predict runs)") + "; values in %",
         title_justify="left",
     )
