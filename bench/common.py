@@ -184,6 +184,9 @@ def load() -> dict:
 # -- rows ----------------------------------------------------------------------------------------
 
 
+REPORTED = "none (reported)"
+
+
 def row(
     name: str,
     title: str,
@@ -194,11 +197,12 @@ def row(
     ratio: float,
     ratio_what: str,
     bar: str,
-    passed: bool,
+    passed: bool | None,
     quick: bool,
     details: dict,
 ) -> dict:
-    """One result row; in --quick mode the bars are not judged (passed is None)."""
+    """One result row; in --quick mode the bars are not judged (passed is None). A figure reported
+    without a bar passes `bar=REPORTED, passed=None`."""
     return {
         "name": name,
         "title": title,
@@ -209,6 +213,6 @@ def row(
         "ratio": ratio,
         "ratio_what": ratio_what,
         "bar": bar,
-        "passed": None if quick else bool(passed),
+        "passed": None if quick or passed is None else bool(passed),
         "details": details,
     }

@@ -32,7 +32,6 @@ from bench import common
 from bench.preload_memory import _reset_peak, _status
 
 NAME_SPEED, NAME_MEMORY = "predict_speed", "predict_memory"
-BAR_SPEED = 1.0  # x the naive loop: batching must not be slower
 BAR_MEMORY = 1.5e9  # bytes above the model's own
 CLASSES = 16
 REPO = Path(__file__).resolve().parents[1]
@@ -202,7 +201,7 @@ def run(quick: bool) -> list[dict]:
     return [
         common.row(
             NAME_SPEED, f"predict on CPU, {w:,} x {h:,} image ({title})", ours, "MP/s", base,
-            "naive loop: one tile at a time, no batching", ours / base, "x", f">= {BAR_SPEED:g}x", ours / base >= BAR_SPEED,
+            "naive loop: one tile at a time, no batching", ours / base, "x", common.REPORTED, None,  # memory is the bar (issue 6)
             quick, {"runs_mp_per_s": runs, "cores_used": cores, "labels_agree": agree, "torch_threads": torch.get_num_threads(),
                     "load_before": before, "load_after": common.load()},
         ),

@@ -198,3 +198,14 @@ def test_cache_written_while_decoding_matches_and_skips_are_rewritten(tmp_path):
     assert cached is not None and [s.id for s in cached.samples] == [s.id for s in data.samples]
     assert torch.equal(cached.images, data.images) and torch.equal(cached.label_counts, data.label_counts)
     assert not list((tmp_path / "c").glob(".*tmp*"))
+
+
+def test_a_reported_figure_has_no_bar_and_never_fails_the_run():
+    from bench import common
+
+    reported = common.row("fake_speed", "a figure without a bar", 1.8, "MP/s", 1.82, "naive", 0.99, "x",
+                          common.REPORTED, None, False, {})
+    barred = common.row("fake_memory", "a barred one", 900.0, "MB", 1500.0, "limit", 0.6, "x", "<= 1,500 MB", False, False, {})
+    assert reported["passed"] is None and barred["passed"] is False
+    text = bench_run.table([reported, barred])
+    assert "| none (reported) | reported |" in text and "| <= 1,500 MB | FAIL |" in text
