@@ -267,6 +267,7 @@ def test_evaluate_all_over_a_sweep(run, tmp_path, private_cache):
     summary = json.loads((run / "summary.json").read_text())
     for n in "01":
         metrics = json.loads((sweep / n / "evaluation" / "val" / "metrics.json").read_text())
+        assert Path(status[n]["metrics"]) == sweep / n / "evaluation" / "val" / "metrics.json"  # where it really is
         assert metrics["miou"] == pytest.approx(summary["val/mIoU"], abs=1e-4) == status[n]["miou"]
     assert "evaluated" in log and "failed" in log
 
@@ -279,6 +280,7 @@ def test_native_mode_scores_full_resolution_predictions(run, val_metrics):
     metrics = evaluate_run(run_dir=run, mode="native", pictures=False, **FAST)
     assert metrics["mode"] == "native" and "not comparable" in metrics["mode_convention"]
     assert (run / "evaluation" / "val-native" / "metrics.json").exists()
+    assert Path(metrics["folder"]) == run / "evaluation" / "val-native"
     assert (run / "evaluation" / "val" / "metrics.json").exists()  # the training-resolution result is kept apart
 
     split = json.loads((run / "split.json").read_text())

@@ -242,7 +242,7 @@ def evaluate_run(
              dm.root, dm.policy, dm.image_size, dm.batch_size, dev, precision)
 
     if mode == "native":
-        confmat, per_image, seconds = score_native(model, dm, indices, dm.batch_size, dev, overlap, tta)
+        confmat, per_image, seconds = score_native(model, dm, indices, dm.batch_size, dev, overlap, tta, trained)
     else:
         confmat, per_image, seconds = score(model, dm, indices, dm.batch_size, dev, autocast)
     assert torch.equal(per_image.sum(0), confmat), "per-image matrices do not add up to the split's matrix"
@@ -295,6 +295,7 @@ def evaluate_run(
 
         metrics["pictures"] = draw(metrics, model, dm, indices, image_miou, grids, folder,
                                    lambda chosen: predicted_canvases(model, dm, chosen, dm.batch_size, dev, autocast))
+    metrics["folder"] = str(folder)
     write_json(folder / "metrics.json", metrics)
     log.info("Metrics: %s", folder / "metrics.json")
     return metrics

@@ -64,11 +64,12 @@ def evaluate_all(sweep: str | Path, split: str | None = "val", out: Any = None, 
                 row.update(status="failed", reason=f"{type(err).__name__}: {err}")
             else:
                 row.update(status="evaluated", miou=metrics["miou"],
-                           metrics=str(run / "evaluation" / split / "metrics.json"))
+                           metrics=str(Path(metrics["folder"]) / "metrics.json"))
         rows.append(row)
     report = {"sweep": str(folder), "split": split, "counts": {s: sum(r["status"] == s for r in rows) for s in STATUSES},
               "runs": rows}
-    write_json(folder / f"evaluation-{split}.json", report)
+    native = "-native" if options.get("mode") == "native" else ""
+    write_json(folder / f"evaluation-{split}{native}.json", report)
     print_summary(report, Console())
     return report
 

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from poc59 import inference
+from poc59.inference import DeviceError, resolve_device  # noqa: F401  (evaluate's names for them)
 from poc59.data.datamodule import SegmentationDataModule
 from poc59.data.preload import load_native
 from poc59.data.feed import BatchFeed
@@ -36,19 +37,6 @@ SPEED_CONVENTION = (
     "model forward + argmax only (data feed and metric updates excluded), first batch excluded as warm-up "
     "unless it is the only one; per source image (all its tiles under policy=crop)"
 )
-
-
-class DeviceError(ValueError):
-    """A device that is not there; the message names the setting to use."""
-
-
-def resolve_device(name: str) -> torch.device:
-    """device=auto|cpu|cuda[:N] as a torch device (auto: CUDA when there is one); a missing GPU is an error."""
-    if name not in ("auto", "cpu", "cuda") and not name.startswith("cuda:"):
-        raise DeviceError(f"device={name}: choose device=auto, device=cpu or device=cuda")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise DeviceError(f"device={name}: no CUDA device here; use device=cpu (or auto)")
-    return inference.resolve_device(name)
 
 
 _MIXED = {"bf16-mixed": "bf16", "16-mixed": "fp16", "32-true": "32", "32": "32"}
@@ -148,16 +136,18 @@ def predicted_canvases(model: TrainedModel, dm: SegmentationDataModule, indices:
 
 def score_native(
     model: TrainedModel, dm: SegmentationDataModule, indices: list[int], batch_size: int, device: torch.device,
-    overlap: float = 0.25, tta: bool = False,
+    overlap: float = 0.25, tta: bool = False, trained: str | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, float]:
-    """Like `score`, at each image's stored resolution via `inference.predict_label_map` (one image at a time)."""
+    """Like `score`, at each image's stored resolution via `inference.predict_label_map` (one image at a time),
+    in the run's training precision (`trained`) as `precision_for` reports it."""
+    precision = _MIXED.get(str(trained), "auto")
     c, ignore = model.classes.num_classes, model.classes.ignore_index
     per_image = torch.zeros(len(indices), c, c, dtype=torch.int64)
     seconds = 0.0
     for k, i in enumerate(indices):
         image, mask = load_native(dm.samples[i], c, ignore)
         t0 = time.perf_counter()
-        labels = inference.predict_label_map(model, image, overlap, batch_size, tta, device)
+        labels = inference.predict_label_map(model, image, overlap, batch_size, tta, device, precision)
         seconds += time.perf_counter() - t0
         per_image[k] = batch_confmats(torch.as_tensor(labels)[None], torch.tensor(mask)[None], c, ignore)[0]
     return per_image.sum(0), per_image, seconds

@@ -70,8 +70,16 @@ class ArrayImage:
         return self.image
 
 
+class DeviceError(ValueError):
+    """A device that is not there; the message names the setting to use."""
+
+
 def resolve_device(device: str = "auto") -> torch.device:
-    """`auto`: the first CUDA GPU if there is one, else the CPU."""
+    """device=auto|cpu|cuda[:N] (auto: the first CUDA GPU if there is one, else the CPU); a missing GPU is an error."""
+    if device not in ("auto", "cpu", "cuda") and not device.startswith("cuda:"):
+        raise DeviceError(f"device={device}: choose device=auto, device=cpu or device=cuda")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise DeviceError(f"device={device}: no CUDA device here; use device=cpu (or auto)")
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
@@ -150,8 +158,11 @@ def logit_bands(
     """Logits of the image at its own size, as bands (y0, [C, h, W]) from top to bottom (on `device`)."""
     device = torch.device(device)
     policy = model.geometry["policy"]
-    if policy == "crop" and _shrunk(model, image.width, image.height) is not None:
-        target = _shrunk(model, image.width, image.height)
+    target = _shrunk(model, image.width, image.height) if policy == "crop" else None
+    if target is not None:
+        if getattr(image, "streamed", False):
+            log.warning("%s: decoded whole to be shrunk to the model's max_side (%s px): max_memory_mb does not bound it",
+                        getattr(image, "path", "image"), model.geometry.get("max_side"))
         small = _hwc_to_chw(np.asarray(resample_image(Image.fromarray(image.whole()), target)))
         logits = predict_logits(model.segmenter, small, model.image_size, overlap, batch_size, tta, device, autocast)
         upsample = row_upsampler(logits, image.height, image.width)

@@ -46,7 +46,7 @@ from poc59.analysis.colour import overlay as colour_overlay
 from poc59.atomic import write_bytes
 from poc59.classes import ClassTable
 from poc59.damage_outputs import OverlayPicture, damage_statistics, label_map_png, write_statistics
-from poc59.inference import band_labels, logit_bands, resolve_device, resolve_precision
+from poc59.inference import DeviceError, band_labels, logit_bands, resolve_device, resolve_precision
 from poc59.scans import IMAGE_SUFFIXES, ScanError, open_scan, read_object_mask, scan_size
 from poc59.trained import ModelLoadError, TrainedModel, load_model
 
@@ -302,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = parse_args(list(sys.argv[1:] if argv is None else argv))
         return run(settings)
-    except (UsageError, ModelLoadError) as err:
+    except (UsageError, ModelLoadError, DeviceError) as err:
         log.error("%s", err)
         return 2
 

@@ -114,3 +114,14 @@ def test_bad_inputs_are_refused_clearly():
     bad = model(LocalConv(), "stretch", 32)
     with pytest.raises(ValueError, match="unknown geometry policy 'stretch'"):
         predict_label_map(bad, _rgb(10, 10))
+
+
+def test_a_missing_or_unknown_device_is_a_clear_error(monkeypatch):
+    from poc59.inference import DeviceError, resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # a machine without a GPU
+    assert resolve_device("cpu").type == "cpu" and resolve_device("auto").type == "cpu"
+    with pytest.raises(DeviceError, match="device=tpu: choose device=auto, device=cpu or device=cuda"):
+        resolve_device("tpu")
+    with pytest.raises(DeviceError, match="device=cuda:1: no CUDA device here; use device=cpu"):
+        resolve_device("cuda:1")
