@@ -33,7 +33,6 @@ import sys
 import time
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -45,6 +44,7 @@ from rich.table import Table
 from poc59.analysis.colour import overlay as colour_overlay
 from poc59.atomic import write_bytes
 from poc59.classes import ClassTable
+from poc59.cli_args import parse_key_values
 from poc59.damage_outputs import OverlayPicture, damage_statistics, label_map_png, write_statistics
 from poc59.inference import DeviceError, band_labels, logit_bands, resolve_device, resolve_precision
 from poc59.scans import IMAGE_SUFFIXES, ScanError, open_scan, read_object_mask, scan_size
@@ -77,32 +77,14 @@ class Settings:
     overwrite: bool = False
 
 
-def _convert(key: str, kind: Any, text: str) -> Any:
-    if kind is bool:
-        if text.lower() in ("true", "1", "yes", "on"):
-            return True
-        if text.lower() in ("false", "0", "no", "off"):
-            return False
-        raise UsageError(f"{key}={text!r}: expected true or false")
-    if kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            raise UsageError(f"{key}={text!r}: expected a number") from None
-    return text or None if key in ("object_mask", "classes") else text
+_OPTIONAL = ("object_mask", "classes")  # empty = none
 
 
 def parse_args(argv: list[str]) -> Settings:
     """Settings from key=value arguments (unknown keys and missing ckpt/input/output are errors)."""
-    if not argv or argv[0] in ("-h", "--help", "help"):
-        raise UsageError(__doc__)
     kinds = {f.name: {"float": float, "int": int, "bool": bool}.get(str(f.type).split(" ")[0], str) for f in fields(Settings)}
-    settings = Settings()
-    for arg in argv:
-        key, sep, value = arg.partition("=")
-        if not sep or key not in kinds:
-            raise UsageError(f"unknown argument {arg!r}: expected key=value with key in {', '.join(kinds)}\n{USAGE}")
-        setattr(settings, key, _convert(key, kinds[key], value))
+    given = parse_key_values(argv, kinds, USAGE, UsageError)
+    settings = Settings(**{k: (v or None) if k in _OPTIONAL else v for k, v in given.items()})
     missing = [k for k in ("ckpt", "input", "output") if not getattr(settings, k)]
     if missing:
         raise UsageError(f"missing {', '.join(f'{k}=' for k in missing)}\n{USAGE}")

@@ -132,7 +132,7 @@ def test_refusals_exit_2_before_reading_images(ckpt, scans, tmp_path, caplog):
     assert main([f"ckpt={ckpt}", f"input={tmp_path / 'none' / '*.png'}", f"output={out}"]) == 2
     with pytest.raises(ValueError, match="unknown argument 'tiles=3'"):
         parse_args(["ckpt=a", "input=b", "output=c", "tiles=3"])
-    with pytest.raises(ValueError, match="tta='maybe': expected true or false"):
+    with pytest.raises(ValueError, match="tta=maybe: expected true or false"):
         parse_args(["ckpt=a", "input=b", "output=c", "tta=maybe"])
     with pytest.raises(ValueError, match="missing output="):
         parse_args(["ckpt=a", "input=b"])
