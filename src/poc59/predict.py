@@ -82,6 +82,8 @@ _OPTIONAL = ("object_mask", "classes")  # empty = none
 
 def parse_args(argv: list[str]) -> Settings:
     """Settings from key=value arguments (unknown keys and missing ckpt/input/output are errors)."""
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        raise UsageError(__doc__)  # the whole story, which USAGE points to
     kinds = {f.name: {"float": float, "int": int, "bool": bool}.get(str(f.type).split(" ")[0], str) for f in fields(Settings)}
     given = parse_key_values(argv, kinds, USAGE, UsageError)
     settings = Settings(**{k: (v or None) if k in _OPTIONAL else v for k, v in given.items()})
