@@ -47,6 +47,10 @@ _PNG_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}  # PNG colour type -> samples per
 _MIN_STRIP_ROWS = 16
 
 
+class _NotInBands(Exception):
+    """This file's layout cannot be read a band at a time (it is decoded whole instead)."""
+
+
 class ScanError(ValueError):
     """An image that cannot be read (the message names the file, the reason and what to do)."""
 
@@ -116,7 +120,7 @@ class _PngBands:
         width, _, depth, colour, _, _, interlace = struct.unpack(">IIBBBBB", self.f.read(13))
         if interlace:
             self.close()
-            raise NotImplementedError("interlaced PNG")
+            raise _NotInBands("interlaced PNG")
         self.stride = (width * _PNG_CHANNELS[colour] * depth + 7) // 8 + 1  # + the filter-type byte
         self.chunks = self._idat()
         self.inflate = zlib.decompressobj()
@@ -172,7 +176,7 @@ class _RawBands:
         args = tile.args if isinstance(tile.args, tuple) else (tile.args,)
         self.rawmode, stride, orientation = (tuple(args) + (0, 1))[:3]
         if tile.codec_name != "raw" or tile.extents != (0, 0, *img.size) or orientation != 1:
-            raise NotImplementedError(f"{tile.codec_name} tile layout")
+            raise _NotInBands(f"{tile.codec_name} tile layout")
         self.mode, self.width = img.mode, img.size[0]
         self.stride = stride or len(Image.new(self.mode, (self.width, 1)).tobytes("raw", self.rawmode))
         self.palette = img.getpalette() if img.mode == "P" else None
@@ -201,8 +205,8 @@ def _bands(path: Path, img: Image.Image) -> _PngBands | _RawBands | None:
             return _PngBands(path, img)
         if len(img.tile) == 1 and img.tile[0].codec_name == "raw":
             return _RawBands(path, img)
-    except (NotImplementedError, ValueError, KeyError, OSError):
-        pass
+    except (_NotInBands, ValueError, KeyError, OSError):
+        pass  # decoded whole instead (logged by open_scan)
     return None
 
 
