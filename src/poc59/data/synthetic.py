@@ -56,6 +56,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 from poc59.classes import ARTEFACT, IGNORE_INDEX
+from poc59.cli_args import parse_key_values
 
 log = logging.getLogger(__name__)
 
@@ -1072,30 +1073,22 @@ _USAGE = "usage: python -m poc59.data.synthetic out=DIR [n=100] [seed=0] [aug=3]
 def main(argv: list[str] | None = None) -> int:
     """`python -m poc59.data.synthetic out=DIR n=N seed=S [aug=3]`: write a new set (refuses a non-empty DIR)."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    if any(a in ("-h", "--help", "help") for a in argv):
-        print(_USAGE)
-        return 0
-    args: dict[str, object] = {}
-    for item in argv:
-        key, sep, value = item.partition("=")
-        key = key.lstrip("+")
-        if not sep or key not in _CLI_KEYS:
-            print(f"error: unknown argument {item!r}; allowed keys: {', '.join(_CLI_KEYS)}\n{_USAGE}", file=sys.stderr)
-            return 2
-        try:
-            args[key] = _CLI_KEYS[key](value)
-        except ValueError:
-            print(f"error: {key}={value!r} is not a valid {_CLI_KEYS[key].__name__}\n{_USAGE}", file=sys.stderr)
-            return 2
-    if "out" not in args:
-        print(f"error: missing out=DIR (the folder to write)\n{_USAGE}", file=sys.stderr)
-        return 2
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if any(a in ("-h", "--help", "help") for a in argv):
+        log.info("%s", _USAGE)
+        return 0
+    try:
+        args = parse_key_values(argv, _CLI_KEYS, _USAGE) if argv else {}
+        if "out" not in args:
+            raise ValueError(f"missing out=DIR (the folder to write)\n{_USAGE}")
+    except ValueError as err:
+        log.error("error: %s", err)
+        return 2
     try:
         generate(args["out"], int(args.get("n", 100)), int(args.get("seed", 0)), int(args.get("aug", 3)),
-                 workers=args.get("workers"))  # type: ignore[arg-type]
+                 workers=args.get("workers"))
     except (FileExistsError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
+        log.error("error: %s", err)
         return 1
     return 0
 
