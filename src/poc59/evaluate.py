@@ -40,13 +40,12 @@ from poc59.data.sources import DataError
 from poc59.evaluate_pass import (
     NATIVE_SPEED_CONVENTION,
     SPEED_CONVENTION,
-    DeviceError,
     precision_for,
     predicted_canvases,
-    resolve_device,
     score,
     score_native,
 )
+from poc59.inference import DeviceError, resolve_device
 from poc59.model.metrics import metric_convention
 from poc59.trained import ModelLoadError, TrainedModel, load_model
 

@@ -22,7 +22,6 @@ import numpy as np
 import torch
 
 from poc59 import inference
-from poc59.inference import DeviceError, resolve_device  # noqa: F401  (evaluate's names for them)
 from poc59.data.datamodule import SegmentationDataModule
 from poc59.data.preload import load_native
 from poc59.data.feed import BatchFeed
