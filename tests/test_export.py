@@ -19,8 +19,9 @@ from poc59.trained import ModelLoadError, Segmenter, load_model
 
 TOLERANCE = 1e-4  # issue 6: max absolute logits difference on CPU
 
+SIDE = 160  # data.image_size in conf/experiment/quickstart.yaml
 QUICKSTART = (
-    "experiment=quickstart",  # encoder=cpu_small at 128 px, as `python -m poc59.train experiment=quickstart`
+    "experiment=quickstart",  # encoder=cpu_small at SIDE px, as `python -m poc59.train experiment=quickstart`
     "data.synthetic.n=10",
     "data.batch_size=4",
     "trainer.max_epochs=1",
@@ -101,8 +102,8 @@ def test_quickstart_export_card_and_parity(quickstart):
     ckpt = load_model(run / "checkpoints" / "best.ckpt")
     summary = json.loads((run / "summary.json").read_text())
     assert card["classes"] == ckpt.classes.to_dict() and card["output"]["channels"] == 16
-    assert card["geometry"] == ckpt.geometry == {"policy": "resize", "image_size": 128, "max_side": None}
-    assert card["tile_size"] == 128 and card["input"]["multiple_of"] == 32 and card["input"]["dtype"] == "uint8"
+    assert card["geometry"] == ckpt.geometry == {"policy": "resize", "image_size": SIDE, "max_side": None}
+    assert card["tile_size"] == SIDE and card["input"]["multiple_of"] == 32 and card["input"]["dtype"] == "uint8"
     assert card["normalization"]["mean"] == ckpt.normalization["mean"] and card["network"] == ckpt.network
     assert card["encoder"]["name"] == "tu-regnetx_004" and card["encoder"]["family"] == "CNN"
     assert card["metrics"]["training"]["val/mIoU"] == summary["val/mIoU"]
@@ -111,7 +112,7 @@ def test_quickstart_export_card_and_parity(quickstart):
     assert card["provenance"]["commit"] and card["provenance"]["poc59"]
     for fmt in ("onnx", "torchscript"):
         sizes = [r["input_shape"] for r in card["parity"][fmt]["sizes"]]
-        assert sizes == [[2, 3, 128, 128], [1, 3, 128, 160]]  # the training size and a non-square one
+        assert sizes == [[2, 3, SIDE, SIDE], [1, 3, SIDE, SIDE + 32]]  # the training size and a non-square one
         assert card["parity"][fmt]["passed"] and card["parity"][fmt]["max_abs_diff"] <= TOLERANCE
 
 
@@ -125,7 +126,7 @@ def test_exported_models_load_and_predict_like_the_checkpoint(quickstart):
     for name in ("model.onnx", "model.pt"):
         model = load_model(out / name)
         assert (model.classes, model.geometry, model.network) == (ckpt.classes, ckpt.geometry, ckpt.network)
-        assert model.normalization == ckpt.normalization and model.image_size == 128
+        assert model.normalization == ckpt.normalization and model.image_size == SIDE
         with torch.no_grad():
             got = model.segmenter(images)
         assert got.dtype == torch.float32 and got.shape == want.shape == (3, 16, 96, 224)
