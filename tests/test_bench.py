@@ -66,6 +66,18 @@ def test_quick_run_writes_all_rows_and_the_table(tmp_path):
     assert step["value"] > 0 and step["baseline"] > 0 and step["ratio"] == pytest.approx(step["details"]["pair_ratios"][0], abs=1e-4)
     assert step["passed"] is None and step["bar"].startswith(">= 0.95x") and "**train_step**" in proc.stdout
     assert step["details"]["max_weight_difference"] == 0.0  # same weights after both runs: same batches and updates
+    # issue 2: the quickstart command itself, from an empty cache, scored by its own summary.json
+    for name in ("quickstart_time", "quickstart_score"):
+        r = rows[name]
+        assert "error" not in r, (name, r.get("error"), r.get("traceback"))
+        assert r["passed"] is None and r["baseline"] > 0 and f"**{name}**" in proc.stdout
+        assert r["details"]["epochs"] == 1 and "experiment=quickstart" in r["details"]["command"]
+    took = rows["quickstart_time"]
+    assert took["details"]["run_wall_time_s"] < took["value"] and took["baseline"] == 300.0
+    score = rows["quickstart_score"]
+    present = [v for v in score["details"]["val/IoU"].values() if v is not None]
+    assert score["value"] == pytest.approx(100 * sum(present) / len(present))  # the run's own mIoU, in %
+    assert score["ratio"] == pytest.approx(score["value"] / score["baseline"])
     assert (tmp_path / "cache" / "bench").is_dir()  # generated data went to the private cache
 
 
