@@ -35,16 +35,28 @@ def cache_root() -> Path:
     return (Path(base).expanduser() / "poc59").resolve()
 
 
-def auto_precision() -> str:
-    """Lightning precision by device: bf16-mixed on GPUs that support it, 16-mixed on older GPUs, 32-true on CPU.
+def bf16_supported() -> bool:
+    """Whether the current CUDA GPU runs bf16 natively (compute capability 8.0 and newer, or ROCm).
 
-    bf16 autocast on CPU is ~30x slower than fp32 (measured), so CPU trains in 32-bit.
+    `torch.cuda.is_bf16_supported()` also answers True on V100 / T4 (sm70 / sm75), where bf16 is only
+    emulated and slower than fp16: poc59 asks without emulation, so those GPUs get 16-mixed.
+    """
+    import torch
+
+    return torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False)
+
+
+def auto_precision() -> str:
+    """Lightning precision by device: bf16-mixed on GPUs with native bf16, 16-mixed on older GPUs, 32-true on CPU.
+
+    The one place poc59 picks a precision (training config, evaluate, predict, bench). bf16 autocast on
+    CPU is ~30x slower than fp32 (measured), so CPU trains in 32-bit.
     """
     import torch
 
     if not torch.cuda.is_available():
         return "32-true"
-    return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
+    return "bf16-mixed" if bf16_supported() else "16-mixed"
 
 
 def _partition_has_gpus(partition: str | None) -> bool | None:

@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from poc59.config import auto_precision
 from poc59.data.preload import content_size, resample_image
 from poc59.sliding_window import predict_logits, run_batches, stream_logits
 from poc59.trained import TrainedModel
@@ -95,7 +96,7 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype | Non
             log.warning("precision=%s needs a CUDA device; running float32 on %s", precision, device)
         return None
     if precision == "auto":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.bfloat16 if auto_precision() == "bf16-mixed" else torch.float16
     return {"32": None, "bf16": torch.bfloat16, "fp16": torch.float16, "16": torch.float16}[precision]
 
 
