@@ -308,3 +308,34 @@ def test_native_mode_scores_full_resolution_predictions(run, val_metrics):
     assert "at their stored resolution (mode=native" in " ".join(console.export_text().split())  # titles wrap
     with pytest.raises(EvaluateError, match="mode=sideways"):
         evaluate_run(run_dir=run, mode="sideways", **FAST)
+
+
+def test_evaluate_on_a_second_gpu_times_and_waits_on_that_gpu():
+    """device=cuda:1: the timing syncs and the feed's copy events are cuda:1's, not the default cuda:0's
+    (on the CPU stand-in for CUDA, tests/fake_cuda.py); the per-image matrices match a CPU pass."""
+    from types import SimpleNamespace
+
+    from fake_cuda import FakeCuda
+
+    from poc59.data.feed import BatchFeed
+    from poc59.evaluate_pass import batch_confmats, run_feed
+
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (5, 3, 8, 8), dtype=torch.uint8, generator=g)
+    masks = torch.randint(0, 4, (5, 8, 8), dtype=torch.uint8, generator=g)
+    masks[:, 0] = 255
+    net = torch.nn.Conv2d(3, 4, 3, padding=1)
+
+    def counts(device: torch.device) -> list[torch.Tensor]:
+        out: list[torch.Tensor] = []
+        feed = BatchFeed(images, masks, range(5), 2, shuffle=False, drop_last=False, device=device)
+        model = SimpleNamespace(segmenter=lambda x: net(x.float()))
+        run_feed(model, feed, nullcontext(), lambda p, m, u: out.append(batch_confmats(p, m.long(), 4, 255).to("cpu")))
+        return out
+
+    expected = counts(torch.device("cpu"))
+    with FakeCuda() as cuda:
+        net.to("cuda:1")
+        got = counts(torch.device("cuda:1"))
+    assert [torch.equal(a, b) for a, b in zip(got, expected)] == [True] * 3
+    assert cuda.devices_called("synchronize", "event.record") == {torch.device("cuda:1")}

@@ -3,7 +3,7 @@
 Same preloaded uint8 tensors, same BatchFeed (whole images, or non-overlapping tiles under
 policy=crop), same arithmetic (the Segmenter is SegmentationModule.forward), 32-bit on CPU and
 the run's mixed precision on CUDA, as training: so a run's best val/mIoU is reproduced. Gives the
-split-wide confusion matrix (SegmentationIoU, DDP-safe state), one matrix per image (for the
+split-wide confusion matrix (the sum of the per-image ones, counted in this process), one matrix per image (for the
 bootstrap and the worst images), the inference time, and predicted label maps for pictures.
 
 `score_native` is the other mode: each image at its stored resolution through predict's own
@@ -25,7 +25,7 @@ from poc59 import inference
 from poc59.data.datamodule import SegmentationDataModule
 from poc59.data.preload import load_native
 from poc59.data.feed import BatchFeed
-from poc59.model.metrics import SegmentationIoU
+from poc59.model.metrics import confusion_matrix
 from poc59.trained import TrainedModel
 
 NATIVE_SPEED_CONVENTION = (
@@ -61,11 +61,7 @@ def feed(dm: SegmentationDataModule, indices: list[int], batch_size: int, device
 
 def batch_confmats(preds: torch.Tensor, target: torch.Tensor, num_classes: int, ignore_index: int) -> torch.Tensor:
     """[B, C, C] int64 confusion matrix of each image (rows target, cols prediction; ignored pixels left out)."""
-    b, c = preds.shape[0], num_classes
-    valid = target != ignore_index
-    image = torch.arange(b, device=preds.device).view(-1, 1, 1).expand_as(target)
-    flat = (image * c + target.long()) * c + preds.long()
-    return torch.bincount(flat[valid], minlength=b * c * c).view(b, c, c)
+    return confusion_matrix(preds, target, num_classes, ignore_index, per_image=True)
 
 
 def run_feed(model: TrainedModel, batches: BatchFeed, autocast: Any,
@@ -79,7 +75,7 @@ def run_feed(model: TrainedModel, batches: BatchFeed, autocast: Any,
     device, timed, timed_units, n = batches.device, 0.0, 0, len(batches)
     with torch.inference_mode():
         for b, (images, masks) in enumerate(batches):
-            sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+            sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
             sync()
             t0 = time.perf_counter()
             with autocast:
@@ -97,19 +93,17 @@ def score(
 ) -> tuple[torch.Tensor, torch.Tensor, float]:
     """(split-wide confusion matrix [C, C], per-image matrices [N, C, C], seconds for the whole split)."""
     classes = model.classes
-    metric = SegmentationIoU(classes.num_classes, ignore_index=classes.ignore_index).to(device)
     per_image = torch.zeros(len(indices), classes.num_classes, classes.num_classes, dtype=torch.int64)
     row = {sample: k for k, sample in enumerate(indices)}
 
     def on_batch(preds: torch.Tensor, masks: torch.Tensor, units: torch.Tensor) -> None:
         target = masks.long()
-        metric.update(preds, target)
         owners = units[:, 0] if units.ndim == 2 else units  # crop tiles are (sample, y, x)
         rows = torch.tensor([row[int(s)] for s in owners])
         per_image.index_add_(0, rows, batch_confmats(preds, target, classes.num_classes, classes.ignore_index).cpu())
 
     seconds = run_feed(model, feed(dm, indices, batch_size, device), autocast, on_batch)
-    return metric.confusion_matrix(), per_image, seconds
+    return per_image.sum(0), per_image, seconds  # every pixel belongs to one image: their sum is the split's
 
 
 def predicted_canvases(model: TrainedModel, dm: SegmentationDataModule, indices: list[int], batch_size: int,

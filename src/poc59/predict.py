@@ -241,13 +241,20 @@ def run(s: Settings, console: Console | None = None) -> int:
                   console=console, transient=True) as progress:
         overall = progress.add_task("images", total=len(images))
         for path in images:
+            out_of_memory = False
             try:
                 if s.object_mask and masks[path] is None:
                     raise ScanError(f"{path}: no object mask named {path.stem}.<ext> in {s.object_mask}")
                 rows.append(predict_image(model, path, masks[path], out, s, device, autocast, progress))
-            except (ScanError, OSError, ValueError, MemoryError) as err:
-                log.error("%s: not predicted: %s", path, err)
-                failed.append({"image": str(path), "reason": str(err)})
+            except (ScanError, OSError, ValueError, MemoryError, torch.OutOfMemoryError) as err:
+                reason = str(err)
+                out_of_memory = isinstance(err, torch.OutOfMemoryError)  # this scan did not fit; the next may
+                if out_of_memory:
+                    reason = f"out of GPU memory ({reason.splitlines()[0]}); lower max_memory_mb= or batch_size=, or use device=cpu"
+                log.error("%s: not predicted: %s", path, reason)
+                failed.append({"image": str(path), "reason": reason})
+            if out_of_memory and device.type == "cuda":
+                torch.cuda.empty_cache()  # out of the except block: the failed scan's tensors are released now
             progress.advance(overall)
     meta = {
         "model": str(model.source),

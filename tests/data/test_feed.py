@@ -58,3 +58,37 @@ def test_rank_shards_are_disjoint_equal_and_cover(world):
     val = [BatchFeed(images, masks, range(23), 4, shuffle=False, drop_last=False, rank=r, world_size=world) for r in range(world)]
     seen = sorted(i for f in val for b in f for i in b[0][:, 0, 0, 0].tolist())
     assert seen == list(range(23))  # validation sees every sample exactly once
+
+
+# -- GPU paths, on the CPU stand-in for CUDA (tests/fake_cuda.py) ------------------------------------------
+
+
+@pytest.mark.parametrize("window", [None, 2])
+def test_data_on_the_device_is_gathered_with_an_index_on_that_device(window):
+    """data.on_device=true: the set lives on the GPU, and index_select needs its index there too."""
+    from fake_cuda import FakeCuda
+
+    images, masks = _set(12)
+    with FakeCuda() as cuda:
+        dev_images, dev_masks = cuda.put(images, "cuda:0"), cuda.put(masks, "cuda:0")
+        sizes = torch.full((12, 2), 4) if window else None
+        feed = BatchFeed(dev_images, dev_masks, range(12), 4, shuffle=True, drop_last=True, seed=3,
+                         device=torch.device("cuda:0"), window=window, sizes=sizes)
+        batches = [(i.device, i.clone(), m.clone()) for i, m in feed]
+    order = feed.shard(0).tolist()
+    assert [d for d, _, _ in batches] == [torch.device("cuda:0")] * 3
+    for b, (_, imgs, msks) in enumerate(batches):
+        ids = order[4 * b : 4 * b + 4]
+        assert imgs[:, 0, 0, 0].tolist() == ids and torch.equal(imgs[:, 0], msks)
+
+
+def test_copies_to_a_second_gpu_are_awaited_on_that_gpu():
+    """A feed for cuda:1 records its copy events on cuda:1's stream (not the default device's)."""
+    from fake_cuda import FakeCuda
+
+    images, masks = _set(12)
+    with FakeCuda() as cuda:
+        feed = BatchFeed(images, masks, range(12), 2, shuffle=False, drop_last=False, device=torch.device("cuda:1"))
+        out = [(i.device, i[:, 0, 0, 0].tolist()) for i, _ in feed]
+    assert out == [(torch.device("cuda:1"), [2 * b, 2 * b + 1]) for b in range(6)]
+    assert cuda.devices_called("event.record") == {torch.device("cuda:1")}

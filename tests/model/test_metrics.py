@@ -164,3 +164,29 @@ def test_all_clean_baseline_hand_computed():
 def test_metric_convention_is_one_line():
     s = metric_convention()
     assert "\n" not in s and "255" in s and "absent" in s
+
+
+def test_the_accelerator_histogram_counts_what_bincount_counts():
+    """On a GPU the confusion matrix is counted by scatter-adds into rows (bincount would sync with the host)."""
+    from poc59.model.metrics import _ROW, _row_scatter_histogram, histogram
+
+    g = torch.Generator().manual_seed(0)
+    for n in (1, _ROW - 1, _ROW, 3 * _ROW + 17):
+        values = torch.randint(0, 257, (n,), generator=g)
+        values[: n // 2] = 0  # one crowded bin, as Clean is
+        assert torch.equal(_row_scatter_histogram(values, 257), torch.bincount(values, minlength=257))
+    assert torch.equal(histogram(torch.tensor([[2, 2], [0, 1]]), 4), torch.tensor([1, 1, 2, 0]))
+
+
+def test_per_image_confusion_matrices_sum_to_the_split_one():
+    from poc59.model.metrics import confusion_matrix
+
+    g = torch.Generator().manual_seed(2)
+    t = torch.randint(0, 4, (3, 5, 6), generator=g)
+    p = torch.randint(0, 4, (3, 5, 6), generator=g)
+    t[0, 0] = IGN
+    per_image = confusion_matrix(p, t, 4, per_image=True)
+    assert per_image.shape == (3, 4, 4)
+    for i in range(3):
+        np.testing.assert_array_equal(per_image[i].numpy(), np_confmat(p[i].numpy(), t[i].numpy(), 4))
+    assert torch.equal(per_image.sum(0), confusion_matrix(p, t, 4))

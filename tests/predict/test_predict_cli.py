@@ -137,3 +137,28 @@ def test_refusals_exit_2_before_reading_images(ckpt, scans, tmp_path, caplog):
     with pytest.raises(ValueError, match="missing output="):
         parse_args(["ckpt=a", "input=b"])
 
+
+
+def test_a_scan_that_runs_out_of_gpu_memory_is_reported_and_the_others_go_on(ckpt, scans, tmp_path, monkeypatch):
+    import torch
+
+    import poc59.predict as predict
+
+    real = predict.logit_bands
+
+    seen = []
+
+    def first_scan_too_big(model, scan, *args, **kwargs):
+        seen.append(scan.path)
+        if scan.path.stem == IMAGES[0]:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+        return real(model, scan, *args, **kwargs)
+
+    monkeypatch.setattr(predict, "logit_bands", first_scan_too_big)
+    out = tmp_path / "out"
+    code = main([f"ckpt={ckpt}", f"input={scans}", f"output={out}", "batch_size=4"])
+    assert code == 1 and len(seen) == len(IMAGES)
+    stats = json.loads((out / "statistics.json").read_text())
+    assert [f["image"] for f in stats["failed"]] == [str(scans / f"{IMAGES[0]}.jpg")]
+    assert "out of GPU memory" in stats["failed"][0]["reason"] and "max_memory_mb=" in stats["failed"][0]["reason"]
+    assert stats["predicted"] == len(IMAGES) - 1 and (out / f"{IMAGES[1]}_labels.png").exists()

@@ -10,6 +10,11 @@ CUDA device the buffers are pinned and each batch is copied with
 When the whole set already lives on the device (`data.on_device`), batches are
 gathered there and nothing crosses the bus.
 
+Under DDP every rank gets at least one validation batch: a rank whose shard would be empty (fewer
+validation samples than ranks) gets one padding item, a real image with an all-ignore mask, which
+counts nowhere; a rank without a batch would skip validation and leave the others waiting at the
+epoch-end sum of the confusion matrix.
+
 With `window=S` (the `crop` geometry) each item is an S x S window of a larger
 canvas instead of the whole sample: a random window inside the sample's real
 content for training, or, with `tiles=True`, every non-overlapping tile that
@@ -23,7 +28,10 @@ from collections.abc import Callable, Iterator
 import numpy as np
 import torch
 
+from poc59.classes import IGNORE_INDEX
+
 _RING = 3
+PADDING = -1  # the sample index of a padding item (see the module docstring)
 
 
 class BatchFeed:
@@ -52,6 +60,7 @@ class BatchFeed:
         window: int | None = None,
         sizes: torch.Tensor | None = None,
         tiles: bool = False,
+        ignore_index: int = IGNORE_INDEX,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -67,6 +76,7 @@ class BatchFeed:
         self.seed, self.epoch_fn = seed, epoch_fn
         self.rank, self.world_size = rank, world_size
         self.device = torch.device(device)
+        self.ignore_index = ignore_index
         self._buffers: list[tuple[torch.Tensor, torch.Tensor]] = []
         self._copied: list[torch.cuda.Event | None] = [None] * _RING
 
@@ -78,13 +88,19 @@ class BatchFeed:
             order = order[torch.randperm(len(order), generator=g)]
         if self.drop_last:
             order = order[: len(order) // self.world_size * self.world_size]
-        return order[self.rank :: self.world_size]
+        shard = order[self.rank :: self.world_size]
+        if not self.drop_last and self.world_size > 1 and len(shard) == 0:
+            shard = torch.zeros((1, *self.units.shape[1:]), dtype=torch.int64)
+            shard.view(-1)[0] = PADDING  # sample PADDING (at y = x = 0 for tiles)
+        return shard
 
     def __len__(self) -> int:
         n = len(self.units)
         if self.drop_last:
             return (n // self.world_size) // self.batch_size
         per_rank = len(range(self.rank, n, self.world_size))
+        if self.world_size > 1:
+            per_rank = max(per_rank, 1)  # the padding item
         return -(-per_rank // self.batch_size)
 
     def _buffer(self, slot: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -114,13 +130,24 @@ class BatchFeed:
         return torch.cat([units.view(-1, 1), yx], dim=1)
 
     def _gather(self, units: torch.Tensor, img_buf: torch.Tensor, mask_buf: torch.Tensor, epoch: int, batch: int):
+        padding = bool((units.view(len(units), -1)[:, 0] == PADDING).all())
+        if padding:  # the image of sample 0, the mask all ignore
+            units = units.clone()
+            units.view(len(units), -1)[:, 0] = 0
+        images, masks = self._gather_units(units, img_buf, mask_buf, epoch, batch)
+        if padding:
+            masks.fill_(self.ignore_index)
+        return images, masks
+
+    def _gather_units(self, units: torch.Tensor, img_buf: torch.Tensor, mask_buf: torch.Tensor, epoch: int, batch: int):
         n = len(units)
         on_cpu = self.images.device.type == "cpu" and img_buf.device.type == "cpu"
         if self.window is None:
             if not on_cpu:
+                index = units.to(self.images.device)  # index_select wants its index where the data is
                 return (
-                    torch.index_select(self.images, 0, units, out=img_buf[:n]),
-                    torch.index_select(self.masks, 0, units, out=mask_buf[:n]),
+                    torch.index_select(self.images, 0, index, out=img_buf[:n]),
+                    torch.index_select(self.masks, 0, index, out=mask_buf[:n]),
                 )
             src_i, src_m, dst_i, dst_m = (t.numpy() for t in (self.images, self.masks, img_buf, mask_buf))
             for k, i in enumerate(units.tolist()):
@@ -148,7 +175,7 @@ class BatchFeed:
                 images = images.to(self.device, non_blocking=True)
                 masks = masks.to(self.device, non_blocking=True)
                 self._copied[slot] = torch.cuda.Event()
-                self._copied[slot].record()
+                self._copied[slot].record(torch.cuda.current_stream(self.device))  # the copies' device, not cuda:0
             yield images, masks
 
 

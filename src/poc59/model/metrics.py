@@ -2,11 +2,11 @@
 
 Every number shown as "IoU"/"mIoU" comes from here:
 
-- One confusion matrix is accumulated over the whole evaluated split by
-  torchmetrics' ``MulticlassJaccardIndex(num_classes, ignore_index=255,
-  average="none")`` (its ``confmat`` state: rows = target class, columns =
-  predicted class; pixels whose target is 255 are dropped). Under DDP
-  torchmetrics sums the state across ranks before it is read.
+- One confusion matrix is accumulated over the whole evaluated split
+  (``confusion_matrix``; rows = target class, columns = predicted class;
+  pixels whose target is 255 are dropped), held as the state of a torchmetrics
+  ``Metric`` (``SegmentationIoU``) so that under DDP the state is summed
+  across ranks before it is read.
 - Per-class IoU = diag / (rowsum + colsum - diag). A class that is neither in
   the target nor predicted anywhere in the split has an empty union: it is
   *absent* and its IoU is NaN (JSON null), not 0 and not 1.
@@ -23,13 +23,15 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor
-from torchmetrics.classification import MulticlassJaccardIndex
+from torchmetrics import Metric
 
 from poc59.classes import IGNORE_INDEX
 
 __all__ = [
     "SegmentationIoU",
     "all_clean_baseline",
+    "confusion_matrix",
+    "histogram",
     "iou_by_name",
     "iou_from_confmat",
     "mean_iou",
@@ -80,21 +82,72 @@ def iou_by_name(iou: Tensor, names: Sequence[str]) -> dict[str, float | None]:
     return {str(n): (None if math.isnan(v) else float(v)) for n, v in zip(names, vals)}
 
 
-class SegmentationIoU(MulticlassJaccardIndex):
+_ROW = 1 << 14  # values per row of the scatter table in `histogram` (see there)
+
+
+def histogram(values: Tensor, bins: int) -> Tensor:
+    """int64 counts of the integers ``values`` (any shape, each in ``0..bins-1``), without a host sync.
+
+    On a CPU this is ``torch.bincount``. On an accelerator ``bincount`` first reads ``values.max()`` back
+    to size its output, a host sync that stalls every training step; instead the values are cut into
+    rows of ``_ROW`` and scatter-added into a ``[rows, bins]`` table, which is summed. The rows spread
+    the atomic adds of the frequent bins (most pixels are Clean) over many addresses.
+    """
+    flat = values.reshape(-1).long()
+    if flat.device.type == "cpu":
+        return torch.bincount(flat, minlength=bins)
+    return _row_scatter_histogram(flat, bins)
+
+
+def _row_scatter_histogram(flat: Tensor, bins: int) -> Tensor:
+    rows = max(1, -(-flat.numel() // _ROW))
+    padded = torch.nn.functional.pad(flat, (0, rows * _ROW - flat.numel()), value=bins)  # padding -> bin `bins`
+    table = torch.zeros(rows, bins + 1, dtype=torch.int64, device=flat.device)
+    table.scatter_add_(1, padded.view(rows, _ROW), torch.ones(1, dtype=torch.int64, device=flat.device).expand(rows, _ROW))
+    return table.sum(0)[:bins]
+
+
+def confusion_matrix(
+    preds: Tensor, target: Tensor, num_classes: int, ignore_index: int = IGNORE_INDEX, *, per_image: bool = False
+) -> Tensor:
+    """int64 confusion matrix of integer label maps ``preds`` and ``target`` ``[B, H, W]``: ``[C, C]``, or
+    ``[B, C, C]`` with ``per_image``; rows target, columns prediction; pixels whose target is
+    ``ignore_index`` are left out (they go to one extra bin, which is dropped: no boolean indexing, so no
+    host sync). Label values are not checked here; the data layer refuses labels outside 0..C-1 and 255.
+    """
+    if preds.shape != target.shape:
+        raise ValueError(f"preds {tuple(preds.shape)} and target {tuple(target.shape)} must be label maps of one shape")
+    c = num_classes
+    cells = c * c
+    index = target.long() * c + preds.long()
+    if per_image:
+        image = torch.arange(target.shape[0], device=target.device).view(-1, *([1] * (target.ndim - 1)))
+        index = index + image * cells
+        cells *= target.shape[0]
+    index = torch.where(target == ignore_index, cells, index)
+    counts = histogram(index, cells + 1)[:cells]
+    return counts.view(-1, c, c) if per_image else counts.view(c, c)
+
+
+class SegmentationIoU(Metric):
     """Split-wide confusion matrix and IoU under the one convention (see module doc).
 
-    A ``MulticlassJaccardIndex(average="none")`` whose ``compute()`` returns
-    per-class IoU as float64 with NaN for absent classes (torchmetrics' own
-    would give 0). Update it with integer label maps ``preds [B, H, W]``
-    (argmax of the logits) and ``target [B, H, W]`` (255 = ignore); float
-    logits ``[B, C, H, W]`` are accepted and argmaxed here, but passing labels
-    is cheaper. Reading methods (``compute``, ``per_class``, ``miou``,
-    ``confusion_matrix``) see the state summed over DDP ranks.
+    A torchmetrics ``Metric`` whose only state is the ``[C, C]`` int64 confusion matrix (summed over DDP
+    ranks when read). ``compute()`` returns per-class IoU as float64 with NaN for absent classes. Update
+    it with integer label maps ``preds [B, H, W]`` (argmax of the logits) and ``target [B, H, W]``
+    (255 = ignore); float logits ``[B, C, H, W]`` are accepted and argmaxed here. An update costs no
+    host sync (see ``confusion_matrix``), so it can run on every training step.
     """
 
+    is_differentiable = False
+    higher_is_better = True
+    full_state_update = False
+    confmat: Tensor
+
     def __init__(self, num_classes: int, ignore_index: int = IGNORE_INDEX, **kwargs: Any) -> None:
-        kwargs.pop("average", None)
-        super().__init__(num_classes=num_classes, ignore_index=ignore_index, average="none", **kwargs)
+        super().__init__(**kwargs)
+        self.num_classes, self.ignore_index = int(num_classes), int(ignore_index)
+        self.add_state("confmat", torch.zeros(num_classes, num_classes, dtype=torch.int64), dist_reduce_fx="sum")
 
     def update(self, preds: Tensor, target: Tensor) -> None:  # type: ignore[override]
         if preds.is_floating_point():
@@ -104,7 +157,7 @@ class SegmentationIoU(MulticlassJaccardIndex):
                     f"[B, H, W] otherwise (got preds {tuple(preds.shape)}, target {tuple(target.shape)})"
                 )
             preds = preds.argmax(dim=1)
-        super().update(preds, target)
+        self.confmat += confusion_matrix(preds, target, self.num_classes, self.ignore_index)
 
     def compute(self) -> Tensor:
         """Per-class IoU (float64, NaN = absent) from the accumulated confusion matrix."""
@@ -119,7 +172,11 @@ class SegmentationIoU(MulticlassJaccardIndex):
         return mean_iou(self.compute())
 
     def confusion_matrix(self) -> Tensor:
-        """The accumulated [C, C] int64 confusion matrix (rows target, cols prediction), on CPU."""
+        """The accumulated [C, C] int64 confusion matrix (rows target, cols prediction) summed over ranks, on CPU.
+
+        The sum over ranks is one collective on the state's own device: call it on every rank, inside
+        Lightning's loop (an epoch-end hook), never after `fit` has returned.
+        """
         with self.sync_context():
             return self.confmat.detach().to("cpu").clone()
 
@@ -143,16 +200,17 @@ def all_clean_baseline(
 ) -> float:
     """mIoU of predicting class 0 ("Clean") everywhere on ``targets`` [N, H, W].
 
-    Computed through :class:`SegmentationIoU`, i.e. under the same convention as
-    every reported mIoU. A model must beat this to have learned anything.
+    Under the same convention as every reported mIoU (``confusion_matrix``, ``iou_from_confmat``,
+    ``mean_iou``), counted in this process only: no collective, so it is safe after `fit` under DDP.
+    A model must beat this to have learned anything.
     """
     t = torch.as_tensor(targets)
     if t.ndim < 2:
         raise ValueError(f"targets must be label maps [N, H, W], got shape {tuple(t.shape)}")
     if t.ndim == 2:
         t = t.unsqueeze(0)
-    metric = SegmentationIoU(num_classes, ignore_index=ignore_index)
+    confmat = torch.zeros(num_classes, num_classes, dtype=torch.int64)
     for start in range(0, t.shape[0], chunk):
         tb = t[start : start + chunk].long()
-        metric.update(torch.zeros_like(tb), tb)
-    return metric.miou()
+        confmat += confusion_matrix(torch.zeros_like(tb), tb, num_classes, ignore_index)
+    return mean_iou(iou_from_confmat(confmat))

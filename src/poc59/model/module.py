@@ -15,8 +15,9 @@ from typing import Any
 import lightning as L
 import torch
 from torch import nn
+from torchmetrics import MeanMetric
 
-from poc59.model.metrics import SegmentationIoU, iou_by_name, mean_iou
+from poc59.model.metrics import SegmentationIoU, iou_by_name, iou_from_confmat, mean_iou
 
 log = logging.getLogger(__name__)
 
@@ -36,12 +37,16 @@ class SegmentationModule(L.LightningModule):
         network: dict | None = None,
         image_size: int | None = None,
         geometry: dict | None = None,
+        channels_last: bool | None = None,
+        compile: bool = False,
     ) -> None:
         """`classes` is a ClassTable dict, `normalization` has `mean`/`std` (0-1 scale),
         `network` the keyword arguments that rebuild `net` with `build_network`, `geometry`
-        how training images were brought to `image_size` (`policy`: resize | pad | crop, `max_side`)."""
+        how training images were brought to `image_size` (`policy`: resize | pad | crop, `max_side`).
+        `channels_last` (None: on CUDA only) and `compile` (torch.compile) change how the network
+        runs, not what it computes; they are not saved with the checkpoint."""
         super().__init__()
-        self.save_hyperparameters(ignore=["net", "loss", "optimizer", "scheduler"])
+        self.save_hyperparameters(ignore=["net", "loss", "optimizer", "scheduler", "channels_last", "compile"])
         self.net = net
         self.loss = loss
         self.optimizer_factory = optimizer
@@ -54,37 +59,57 @@ class SegmentationModule(L.LightningModule):
         self.register_buffer("pixel_std", std, persistent=False)
         self.train_iou = SegmentationIoU(len(self.names), ignore_index=self.ignore_index)
         self.val_iou = SegmentationIoU(len(self.names), ignore_index=self.ignore_index)
+        # val/loss as a mean over images with a labelled pixel, summed over ranks: a rank whose shard holds
+        # only the feed's all-ignore padding counts nothing (Lightning's sync_dist mean would count it).
+        self.val_loss = MeanMetric(nan_strategy="disable")
+        self.channels_last, self.compile_net = channels_last, bool(compile)
+        self._memory_format = torch.contiguous_format
         self.history: list[dict] = []  # one entry per completed validation epoch; survives resume
         self._resumed_scheduler_states: list[dict] = []
         self.val_confmat: torch.Tensor | None = None  # of the last validation epoch
 
+    def configure_model(self) -> None:
+        """Before the strategy wraps the module (DDP buckets follow the parameters' layout): channels_last
+        on CUDA (convolutions run on NHWC tensor cores; `channels_last=None`), and torch.compile if asked.
+        In place, so the checkpoint's keys do not change."""
+        trainer = self._trainer
+        device = trainer.strategy.root_device if trainer is not None else self.device
+        if self.channels_last or (self.channels_last is None and device.type == "cuda"):
+            self._memory_format = torch.channels_last
+            self.net.to(memory_format=torch.channels_last)
+        if self.compile_net and not getattr(self.net, "_compiled_call_impl", None):
+            self.net.compile()
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 (or 0-255 float) images [B,3,H,W] -> logits [B,C,H,W]."""
         x = (images.to(self.pixel_mean.dtype) - self.pixel_mean) / self.pixel_std
-        return self.net(x)
+        return self.net(x.contiguous(memory_format=self._memory_format))
 
-    def _step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str, metric: SegmentationIoU) -> torch.Tensor:
+    def _step(self, batch: tuple[torch.Tensor, torch.Tensor], metric: SegmentationIoU) -> tuple[torch.Tensor, torch.Tensor]:
+        """(loss, masks as int64): no host sync here, this runs on every training step."""
         images, masks = batch
         target = masks.long()
         logits = self(images)
         loss = self.loss(logits, target)
         metric.update(logits.detach().argmax(dim=1), target)
-        self.log(
-            f"{stage}/loss", loss, on_step=stage == "train", on_epoch=True,
-            prog_bar=True, batch_size=images.shape[0], sync_dist=stage != "train",
-        )
-        return loss
+        return loss, target
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        return self._step(batch, "train", self.train_iou)
+        loss, _ = self._step(batch, self.train_iou)
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=batch[0].shape[0])
+        return loss
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
-        self._step(batch, "val", self.val_iou)
+        loss, target = self._step(batch, self.val_iou)
+        labelled = (target != self.ignore_index).flatten(1).any(1).sum()  # images that count (padding does not)
+        self.val_loss.update(torch.where(labelled > 0, loss.detach(), torch.zeros_like(loss)), labelled)
+        self.log("val/loss", self.val_loss, on_step=False, on_epoch=True, prog_bar=True)
 
     def _epoch_end(self, stage: str, metric: SegmentationIoU) -> dict:
-        iou = metric.compute()  # synchronised across ranks
+        confmat = metric.confusion_matrix()  # one collective: summed over ranks; rows target, columns prediction
+        iou = iou_from_confmat(confmat)
         if stage == "val":
-            self.val_confmat = metric.confusion_matrix()  # summed over ranks; rows target, columns prediction
+            self.val_confmat = confmat
         metric.reset()
         miou = mean_iou(iou)
         per_class = iou_by_name(iou, self.names)
