@@ -1,0 +1,31 @@
+"""The training step reads nothing back from the device (on a GPU each read is a host sync that stalls the step).
+
+Counted on a CPU by following device values through every tensor operation (tests/host_syncs.py), on the
+real composed config with its callbacks, the Rich progress bar included.
+"""
+
+from __future__ import annotations
+
+from test_train import make_cfg
+
+import host_syncs
+from poc59.model import metrics
+from poc59.train import train
+
+
+def test_training_steps_read_nothing_from_the_device_but_the_bar_at_its_refresh(tmp_path, monkeypatch):
+    # count the confusion matrix as a GPU does (a CPU's bincount reads the max; a GPU's scatter does not)
+    monkeypatch.setattr(metrics, "histogram", lambda v, bins: metrics._row_scatter_histogram(v.reshape(-1).long(), bins))
+    host_syncs.WATCHES.clear()
+    cfg = make_cfg(
+        tmp_path, "encoder=tiny", "data.synthetic.n=12", "data.image_size=64", "data.batch_size=2",
+        "trainer.max_epochs=1", "trainer.limit_train_batches=7", "trainer.limit_val_batches=1",
+        "trainer.log_every_n_steps=3", "+callbacks.host_syncs._target_=host_syncs.HostSyncWatch",
+    )
+    train(cfg)
+    (watch,) = host_syncs.WATCHES
+    assert watch.batches == 7
+    outside_bar = [r for r in watch.reads if "progress.py" not in r[2]]
+    assert outside_bar == []  # the module's step, the loss, the metric update, backward, optimizer, other callbacks
+    # the bar reads the step loss on an epoch's first batch, then every log_every_n_steps batches
+    assert watch.reads and {b for b, _, _ in watch.reads} <= {0, 2, 5}
