@@ -1,24 +1,29 @@
-"""bench/gpu.py: the one-line skip without CUDA, and its measurement loop and out-of-memory back-off run on a
-CPU device (the GPU figures themselves need a GPU; nothing here stands in for them)."""
+"""bench/gpu.py and bench/gpu_check.sh on a CPU: the one-line skip without CUDA, the measurement loop, the fit row
+(the real training command, scored by its own summary.json), the budget and the out-of-memory back-off (the GPU
+figures themselves need a GPU; nothing here stands in for them)."""
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
+from poc59.atomic import write_json
 from poc59.classes import ARTEFACT
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench import gpu  # noqa: E402
-from bench.composed import segmentation_module, train_config  # noqa: E402
+from bench import gpu
+from bench.composed import segmentation_module, train_config
 
 CPU = torch.device("cpu")
 
@@ -36,7 +41,7 @@ def test_without_cuda_it_says_why_in_one_line_and_exits_0(tmp_path):
     out = tmp_path / "gpu.json"
     proc = subprocess.run(
         [sys.executable, str(REPO / "bench" / "gpu.py"), "--output", str(out)],
-        capture_output=True, text=True, cwd=tmp_path, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""}, timeout=300,
+        capture_output=True, text=True, cwd=tmp_path, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""}, timeout=300, check=False,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.count("\n") == 1, proc.stdout
@@ -140,8 +145,9 @@ def test_out_of_memory_backs_off_to_the_largest_batch_that_fits(cfg):
     def never_fits(batch: int) -> dict:
         raise torch.OutOfMemoryError("CUDA out of memory (stand-in)")
 
-    with pytest.raises(torch.OutOfMemoryError):
+    with pytest.raises(gpu.OutOfMemoryGaveUp) as gave_up:
         gpu.largest_fitting(never_fits, 2, log=logged.append)
+    assert gave_up.value.failed == [2, 1] and "smaller --batch" in str(gave_up.value)
 
     def broken(batch: int) -> dict:
         raise ValueError("not a memory problem")
@@ -160,9 +166,181 @@ def test_table_puts_the_seed_figure_beside_convnext_training_only():
     ])
     lines = text.splitlines()
     assert "seed (context)" in lines[0] and "peak GPU memory" in lines[0]
-    assert lines[2].endswith("| 96 | 250.0 | 12.34 GB | 83.8 |") and lines[3].endswith("| 12.34 GB |  |")
+    assert lines[2].endswith("| 96 | 250.0 | 12.34 GB |  | 83.8 |") and lines[3].endswith("| 12.34 GB |  |  |")
     assert "error: RuntimeError: compile / failed" in lines[4]
     assert "83.8 images/s" in gpu.legend(384, 96, 20, 5) and "max_memory_allocated" in gpu.legend(384, 96, 20, 5)
     assert [s.compile for s in gpu.settings("bf16-mixed", full=False)] == [False, True]
     grid = gpu.settings("bf16-mixed", full=True)
     assert len(grid) == len(set(grid)) == 8 and grid[:2] == gpu.settings("bf16-mixed", full=False)
+
+
+# -- the budget and a back-off that cannot run away (issue 12, item 10) ------------------------------------------
+
+
+def test_a_row_the_budget_leaves_no_time_for_is_a_skipped_row_and_every_row_is_saved(tmp_path):
+    out = tmp_path / "gpu.json"
+    saved: list[int] = []
+
+    def save(rows: list[dict]) -> None:
+        write_json(out, {"rows": rows})  # as main does: after every row, atomically
+        saved.append(len(json.loads(out.read_text())["rows"]))
+
+    grid = [gpu.Setting("32-true", False, False), gpu.Setting("32-true", False, True)]
+    started = time.monotonic()
+    rows = gpu.run_grid(
+        CPU, ["tiny"], grid, batch=2, image_size=32, steps=1, warmup=1, log=lambda _: None,
+        fit_steps=2, work=tmp_path, budget=gpu.Budget(0.0), on_row=save,
+    )
+    assert time.monotonic() - started < 30  # nothing was built or trained
+    assert [(r["mode"], r["compile"]) for r in rows] == [(m, c) for c in (False, True) for m in ("train", "infer", "fit")]
+    assert all(r["skipped"].startswith("budget: 0 s left of 0 s") and "images_per_s" not in r for r in rows)
+    assert saved == [1, 2, 3, 4, 5, 6]
+    assert gpu.table(rows).count("skipped: budget") == 6
+    assert not (tmp_path / "data").exists()  # the fit rows' data is generated only when a fit row runs
+
+
+def test_timed_steps_are_cut_to_what_the_last_warmup_step_says_still_fits():
+    def step() -> None:
+        time.sleep(0.05)
+
+    done, run, seconds = gpu._run_steps(step, CPU, warmup=2, steps=1000, deadline=time.monotonic() + 1.0)
+    assert done == 2 and 1 <= run < 1000 and seconds < 2.0
+    with pytest.raises(gpu.OverBudget, match="warm-up step took"):
+        gpu._run_steps(step, CPU, warmup=3, steps=10, deadline=time.monotonic() + 0.01)
+    assert gpu._run_steps(step, CPU, warmup=1, steps=3, deadline=None)[:2] == (1, 3)
+
+
+def test_an_out_of_memory_error_wrapped_by_torch_compile_is_retried_smaller_with_caches_freed(cfg, monkeypatch):
+    freed: list[int] = []
+    monkeypatch.setattr(gpu, "free_memory", lambda: freed.append(1))
+    tried: list[int] = []
+
+    def compiled(batch: int) -> dict:
+        tried.append(batch)
+        if batch > 4:  # how Inductor reports an OOM while it compiles or autotunes
+            try:
+                raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+            except torch.OutOfMemoryError as oom:
+                raise RuntimeError("backend='inductor' raised: OutOfMemoryError") from oom
+        return {"batch": batch, "images_per_s": 1.0}
+
+    row = gpu.largest_fitting(compiled, 8, log=lambda _: None)
+    assert tried == [8, 6, 4] and row["batch"] == 4 and row["out_of_memory_at"] == [8, 6] and len(freed) == 2
+
+    def never_fits(batch: int) -> dict:
+        tried.append(batch)
+        raise torch.OutOfMemoryError("CUDA out of memory (stand-in)")
+
+    tried.clear()
+    with pytest.raises(gpu.OutOfMemoryGaveUp) as gave_up:
+        gpu.largest_fitting(never_fits, 96, log=lambda _: None)
+    assert tried == [96, 72, 54, 40, 30, 22] and len(tried) == gpu.MAX_ATTEMPTS and gave_up.value.failed == tried
+
+    tried.clear()
+    with pytest.raises(gpu.OverBudget, match="out of memory at batch"):  # no retry starts after the budget
+        gpu.largest_fitting(never_fits, 96, log=lambda _: None, budget=gpu.Budget(0.0))
+    assert tried == [96]
+
+
+def test_a_failed_grid_row_from_out_of_memory_names_every_batch_tried(monkeypatch):
+    def oom(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory (stand-in)")
+
+    monkeypatch.setattr(gpu, "measure", oom)
+    rows = gpu.run_grid(CPU, ["tiny"], [gpu.Setting("32-true", False, False)], 4, 32, 1, 1, log=lambda _: None)
+    assert [r["out_of_memory_at"] for r in rows] == [[4, 3, 2, 1]] * 2
+    assert all(r["error"].startswith("OutOfMemoryGaveUp: out of memory at every batch tried [4, 3, 2, 1]") for r in rows)
+
+
+# -- the fit row: the real training command beside the bare step (issue 12, item 9) ------------------------------
+
+
+def test_fit_rows_come_from_the_runs_own_summary_and_share_one_data_folder(tmp_path):
+    grid = [gpu.Setting("32-true", False, False)]
+    rows = gpu.run_grid(CPU, ["tiny", "cpu_small"], grid, batch=4, image_size=64, steps=1, warmup=1,
+                        log=lambda _: None, fit_steps=2, work=tmp_path)
+    assert [(r["encoder"], r["mode"]) for r in rows] == [(e, m) for e in ("tiny", "cpu_small") for m in ("train", "infer", "fit")]
+    assert not [r for r in rows if "error" in r or "skipped" in r], rows
+    fits = [r for r in rows if r["mode"] == "fit"]
+    for fit, bare in zip(fits, [r for r in rows if r["mode"] == "train"]):
+        summary = json.loads(Path(fit["summary"]).read_text())  # the run's own record, not a figure of the harness
+        assert fit["images_per_s"] == summary["train_images_per_s"] > 0
+        assert fit["images_per_s_convention"] == summary["train_images_per_s_convention"]
+        assert fit["peak_memory"] == summary["peak_memory"] and fit["precision_run"] == summary["provenance"]["precision"] == "32-true"
+        assert summary["encoder"] == bare["encoder_name"] and summary["epochs_run"] == 2 and summary["image_size"] == 64
+        assert summary["provenance"]["batch_size_per_device"] == fit["batch"] == bare["batch"] == 4
+        assert fit["steps"] == 2 and fit["timed_steps"] == 1 and fit["data"]["train_images"] >= 4 * 2
+        assert fit["fit_over_bare"] == pytest.approx(fit["images_per_s"] / bare["images_per_s"])
+        assert fit["passed"] is None  # the bar is judged on a GPU only
+        assert not (Path(fit["summary"]).parent / "checkpoints").exists()  # removed: hundreds of MB on a GPU model
+    assert fits[0]["data"]["root"] == fits[1]["data"]["root"] and len(list((tmp_path / "data").iterdir())) == 1
+    assert fits[0]["data"]["preload_source"] == "decoded" and fits[1]["data"]["preload_source"] == "cache"
+    text = gpu.table(rows)
+    assert "x (not judged off a GPU) |" in text and gpu.bar_lines(rows) == []
+    judged = [{**fits[0], "device": "cuda:0", "passed": True}]
+    assert gpu.bar_lines(judged)[0].startswith("fit >= 0.9x bare: tiny 32-true") and gpu.bar_lines(judged)[0].endswith("pass")
+
+
+def test_a_fit_row_stops_at_the_budgets_end_and_is_reported_as_cut(tmp_path):
+    data = gpu.fit_data(tmp_path / "data", gpu.fit_images(2, 3), 64)
+    with pytest.raises(gpu.OverBudget, match="stopped at the budget's end"):
+        gpu.measure_fit(CPU, "tiny", gpu.Setting("32-true", False, False), 2, 64, 3, tmp_path, data, deadline=time.monotonic())
+    marker = json.loads(next((tmp_path / "runs").glob(f"*/{gpu.DEADLINE_MARKER}")).read_text())
+    assert marker["stopped_at_step"] == 1  # the callback (from the config) stopped training after its first step
+
+
+def test_fit_config_is_the_composed_training_config_with_the_settings_model_block(tmp_path):
+    cfg = gpu.fit_config("tiny", gpu.Setting("32-true", False, False), 8, 64, 3, tmp_path / "d", tmp_path / "c",
+                         tmp_path / "run", CPU, deadline=123.0)
+    assert cfg.encoder.weights is None and cfg.data.root == str(tmp_path / "d") and cfg.data.batch_size == 8
+    assert cfg.trainer.max_epochs == gpu.FIT_EPOCHS and cfg.trainer.limit_train_batches == 3 and cfg.trainer.devices == 1
+    assert cfg.trainer.enable_progress_bar is False and cfg.callbacks.progress_bar is None
+    assert cfg.callbacks.bench_deadline.at == 123.0 and cfg.paths.run_dir == str(tmp_path / "run")
+    compiled = gpu.Setting("bf16-mixed", True, True)
+    if cfg.get("model") is not None:
+        cfg = gpu.fit_config("tiny", compiled, 8, 64, 3, tmp_path, tmp_path, tmp_path, CPU)
+        assert cfg.model.channels_last is True and cfg.model.compile is True
+    else:  # conf/train.yaml without the model block: the row says what to add rather than measure something else
+        with pytest.raises(ValueError, match="no `model` block"):
+            gpu.fit_config("tiny", compiled, 8, 64, 3, tmp_path, tmp_path, tmp_path, CPU)
+
+
+def test_fit_data_is_an_artefact_folder_written_once(tmp_path):
+    from poc59.data.sources import discover
+
+    first = gpu.fit_data(tmp_path, 5, 64)
+    stamp = (first / "images" / "p00000.png").stat().st_mtime_ns
+    assert gpu.fit_data(tmp_path, 5, 64) == first and (first / "images" / "p00000.png").stat().st_mtime_ns == stamp
+    assert len(discover(first)) == 5 and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+    assert gpu.fit_images(96, 12) * (1 - gpu.FIT_VAL_FRACTION) >= 96 * 12
+
+
+def test_table_of_a_results_file_prints_without_a_gpu(tmp_path, capsys):
+    rows = [{"encoder": "tiny", "mode": "train", "precision": "32-true", "channels_last": False, "compile": False,
+             "skipped": "budget: 3 s left of 480 s"}]
+    path = write_json(tmp_path / "gpu.json", {"rows": rows, "legend": "the legend", "complete": False,
+                                              "device": {"name": "NVIDIA H200"}})
+    assert gpu.main(["--table", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "skipped: budget: 3 s left of 480 s" in out and "the legend" in out and "INCOMPLETE" in out
+
+
+# -- bench/gpu_check.sh (issue 12, item 12) ---------------------------------------------------------------------
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
+def test_gpu_check_without_cuda_writes_a_report_saying_so_and_runs_no_gpu_step(tmp_path):
+    out = tmp_path / "out"
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OUT": str(out), "POC59_GPU_WORK": str(tmp_path / "work"),
+           "PYTHON": sys.executable}
+    for attempt in (1, 2):  # safe to run twice
+        proc = subprocess.run(["bash", str(REPO / "bench" / "gpu_check.sh")], capture_output=True, text=True,
+                              cwd=REPO, env=env, timeout=120, check=False)
+        assert proc.returncode == 3, (attempt, proc.stdout[-2000:], proc.stderr[-2000:])
+        report = (out / "report.md").read_text()
+        steps = report.split("## Steps")[1]
+        assert "PASS     environment" in steps and "no CUDA device" in steps and "FAIL" not in steps, report
+        assert "SKIP     GPU tests" in steps and "SKIP     benchmark" in steps, report
+        assert "RESULT   no CUDA device: no GPU step was run (exit 3" in steps, report
+        assert not (out / "gpu_results.json").exists() and not (out / "gpu_tests.log").exists()  # nothing GPU ran
+        assert "torch.cuda.is_available(): False" in (out / "env.md").read_text()
