@@ -177,3 +177,30 @@ def test_compare_encoders_sweeps_the_three_on_one_split():
     split_keys = ("root", "image_size", "seed", "val_fraction", "test_fraction", "group_pattern", "use_aug_copies", "split_file")
     assert len({tuple(str(r.data[k]) for k in split_keys) for r in runs}) == 1  # the split cannot differ
     assert [r.data.batch_size for r in runs] == [96, 32, 48]  # each keeps its recommended batch
+
+
+@pytest.mark.parametrize("compile_net", [False, True])
+def test_channels_last_and_compile_train_as_the_benchmark_measures(tmp_path, compile_net):
+    """model.channels_last (auto: on CUDA only) and model.compile change how the network runs; the checkpoint's
+    keys and the network rebuilt from it stay the same."""
+    from poc59.trained import load_model
+
+    cfg = make_cfg(tmp_path, *SMALL, "trainer.max_epochs=1", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1",
+                   "model.channels_last=true", f"model.compile={str(compile_net).lower()}",
+                   "+model.compile_options.backend=aot_eager")  # dynamo and AOT autograd without inductor's minutes of codegen
+    summary = train(cfg)
+    assert summary["val/mIoU"] is not None
+    ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    state = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
+    assert all(k.startswith(("net.", "loss.")) and "_orig_mod" not in k for k in state)
+    weight = next(v for k, v in state.items() if v.ndim == 4)
+    assert weight.is_contiguous(memory_format=torch.channels_last)  # the network ran channels_last
+    model = load_model(ckpt)
+    assert model.classes.names == ARTEFACT.names
+
+
+def test_model_flags_are_checked(tmp_path):
+    from poc59.config import SettingError
+
+    with pytest.raises(SettingError, match="model.compile=auto: choose true or false"):
+        train(make_cfg(tmp_path, *SMALL, "model.compile=auto"))

@@ -16,6 +16,10 @@ from omegaconf import OmegaConf
 _PACKAGE_DIR = Path(__file__).resolve().parent
 
 
+class SettingError(ValueError):
+    """A setting that cannot work; the message names the key and the fix (the command exits 2)."""
+
+
 def config_dir() -> Path:
     """The `conf/` folder: inside the package (wheel) or at the checkout's top."""
     for candidate in (_PACKAGE_DIR / "conf", _PACKAGE_DIR.parents[1] / "conf"):

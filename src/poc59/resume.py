@@ -29,6 +29,7 @@ SAFE_TO_CHANGE = (
     "trainer.num_sanity_val_steps",
     "callbacks.progress_bar.",
     "callbacks.val_overlays.",  # pictures only; runs started before it existed resume with it
+    "model.",  # how the network runs (channels_last, compile), not what it computes; older runs resume with it
     "paths.",
     "hydra.",
     "ckpt_path",

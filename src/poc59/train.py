@@ -27,7 +27,7 @@ from poc59 import resume
 
 from poc59.atomic import write_bytes, write_json
 from poc59.checkpointing import AtomicCheckpointIO
-from poc59.config import config_dir, register_resolvers
+from poc59.config import SettingError, config_dir, register_resolvers
 from poc59.data.datamodule import SegmentationDataModule
 from poc59.data.sources import DataError
 from poc59.model.factory import (
@@ -46,7 +46,7 @@ from poc59.throughput import TrainThroughput, peak_memory
 
 log = logging.getLogger("poc59.train")
 
-USER_ERRORS = (DataError, MissingWeightsError, UnknownEncoderError, resume.ResumeConfigError)
+USER_ERRORS = (DataError, MissingWeightsError, UnknownEncoderError, resume.ResumeConfigError, SettingError)
 
 
 def _instantiate_all(group: DictConfig | None) -> list[Any]:
@@ -67,6 +67,15 @@ def _plugins() -> list[Any]:
     return plugins
 
 
+def _auto_flag(value: Any, key: str, auto: bool = True) -> bool | None:
+    """true / false, or None for `auto` (where `auto` is allowed): the device decides."""
+    if isinstance(value, bool):
+        return value
+    if auto and str(value).lower() == "auto":
+        return None
+    raise SettingError(f"{key}={value}: choose {'auto, ' if auto else ''}true or false")
+
+
 def _best(history: list[dict]) -> dict | None:
     scored = [h for h in history if h["mIoU"] is not None]
     return max(scored, key=lambda h: h["mIoU"]) if scored else None
@@ -83,6 +92,9 @@ def train(cfg: DictConfig) -> dict:
     run_dir, ckpt_path = resume.plan(cfg, Path(cfg.paths.run_dir))
     with open_dict(cfg):
         cfg.paths.run_dir = str(run_dir)  # loggers and checkpoints follow a resume=never move
+
+    channels_last = _auto_flag(cfg.model.channels_last, "model.channels_last")  # checked before any data is touched
+    compile_net = _auto_flag(cfg.model.compile, "model.compile", auto=False)
 
     datamodule: SegmentationDataModule = instantiate(cfg.data)
     datamodule.prepare_data()
@@ -110,6 +122,9 @@ def train(cfg: DictConfig) -> dict:
         network=network,
         image_size=datamodule.image_size,
         geometry={"policy": datamodule.policy, "image_size": datamodule.image_size, "max_side": datamodule.max_side},
+        channels_last=channels_last,
+        compile=compile_net,
+        compile_options=_plain(cfg.model.get("compile_options")),
     )
     callbacks = _instantiate_all(cfg.get("callbacks"))
     if not cfg.trainer.get("enable_progress_bar", True):  # Lightning refuses a progress bar callback then

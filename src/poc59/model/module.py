@@ -39,14 +39,15 @@ class SegmentationModule(L.LightningModule):
         geometry: dict | None = None,
         channels_last: bool | None = None,
         compile: bool = False,
+        compile_options: dict | None = None,
     ) -> None:
         """`classes` is a ClassTable dict, `normalization` has `mean`/`std` (0-1 scale),
         `network` the keyword arguments that rebuild `net` with `build_network`, `geometry`
         how training images were brought to `image_size` (`policy`: resize | pad | crop, `max_side`).
-        `channels_last` (None: on CUDA only) and `compile` (torch.compile) change how the network
-        runs, not what it computes; they are not saved with the checkpoint."""
+        `channels_last` (None: on CUDA only) and `compile` (torch.compile, with `compile_options`)
+        change how the network runs, not what it computes; they are not saved with the checkpoint."""
         super().__init__()
-        self.save_hyperparameters(ignore=["net", "loss", "optimizer", "scheduler", "channels_last", "compile"])
+        self.save_hyperparameters(ignore=["net", "loss", "optimizer", "scheduler", "channels_last", "compile", "compile_options"])
         self.net = net
         self.loss = loss
         self.optimizer_factory = optimizer
@@ -62,7 +63,7 @@ class SegmentationModule(L.LightningModule):
         # val/loss as a mean over images with a labelled pixel, summed over ranks: a rank whose shard holds
         # only the feed's all-ignore padding counts nothing (Lightning's sync_dist mean would count it).
         self.val_loss = MeanMetric(nan_strategy="disable")
-        self.channels_last, self.compile_net = channels_last, bool(compile)
+        self.channels_last, self.compile_net, self.compile_options = channels_last, bool(compile), dict(compile_options or {})
         self._memory_format = torch.contiguous_format
         self.history: list[dict] = []  # one entry per completed validation epoch; survives resume
         self._resumed_scheduler_states: list[dict] = []
@@ -78,7 +79,7 @@ class SegmentationModule(L.LightningModule):
             self._memory_format = torch.channels_last
             self.net.to(memory_format=torch.channels_last)
         if self.compile_net and not getattr(self.net, "_compiled_call_impl", None):
-            self.net.compile()
+            self.net.compile(**self.compile_options)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 (or 0-255 float) images [B,3,H,W] -> logits [B,C,H,W]."""
