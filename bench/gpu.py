@@ -21,8 +21,8 @@ else 16-mixed with a GradScaler: poc59.config.auto_precision) with channels_last
 torch.compile; `--full` adds the grid's other combinations (32-bit, and without channels_last).
 
 Budget (`--budget-s`, default 480 s, so the whole run fits one device call): rows are ordered cheap first (every
-encoder's eager rows, then the compiled ones); a row that would start with less than MIN_ROW_S left is recorded
-as skipped, with the reason; a measurement cuts its timed steps to what its last warm-up step says still fits,
+encoder's eager rows, then the compiled ones); a row that would start with less than MIN_ROW_S left (a compiled
+one: MIN_COMPILE_ROW_S, since compiling cannot be cut short) is recorded as skipped, with the reason; a measurement cuts its timed steps to what its last warm-up step says still fits,
 a fit row stops training at the budget's end, and no out-of-memory retry starts after it. The JSON is written
 atomically after every row, so a run killed from outside keeps every row it finished.
 
@@ -75,6 +75,7 @@ AUTOCAST = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16, "32-true": 
 BACKOFF = 0.75  # on out-of-memory, the next batch tried is this fraction of the last
 MAX_ATTEMPTS = 6  # batches tried per row: 96 72 54 40 30 22, then the row is an error (no endless back-off)
 MIN_ROW_S = 15.0  # a row starts only with this much of the budget left (building a model alone takes seconds)
+MIN_COMPILE_ROW_S = 90.0  # a torch.compile row: compiling cannot be cut short, so it starts only with this much left
 FIT_BAR = 0.9  # issue 12: the fit row is at least 0.9x the bare training step with the same settings
 FIT_EPOCHS = 2  # epoch 1 warms up (cuDNN autotuning, compilation); summary.json times epoch 2 (its convention)
 FIT_VAL_FRACTION = 0.05  # validation is one batch per epoch: few images held out, so fewer generated
@@ -519,8 +520,12 @@ def run_grid(
                 label = {"encoder": preset, "encoder_name": cfg.encoder.name, **asdict(setting), "mode": mode}
                 row: dict
                 try:
-                    if budget is not None and budget.left() < MIN_ROW_S:
-                        raise OverBudget(f"budget: {max(budget.left(), 0):.0f} s left of {budget.seconds:.0f} s")
+                    least = MIN_COMPILE_ROW_S if setting.compile else MIN_ROW_S
+                    if budget is not None and budget.left() < least:
+                        raise OverBudget(
+                            f"budget: {max(budget.left(), 0):.0f} s left of {budget.seconds:.0f} s "
+                            f"(a{' torch.compile' if setting.compile else ''} row starts with {least:.0f} s or more)"
+                        )
                     log(f"[gpu] {preset} {mode} {setting} ...")
                     if mode == "fit":
                         n_fit = _fit_steps(fit_steps, bare, budget.left() if budget else None)

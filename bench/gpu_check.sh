@@ -72,7 +72,7 @@ report() {  # report.md from what exists so far: called after every step
       echo "## GPU tests (pytest -m gpu tests/gpu)"
       echo
       echo '```'
-      grep -E "^(FAILED|ERROR|SKIPPED|XFAIL|XPASS) |^=+ .*(passed|failed|skipped|error|deselected|no tests ran).* =+$" \
+      grep -E "^(FAILED|ERROR|SKIPPED|XFAIL|XPASS) |(passed|failed|skipped|errors?|deselected|no tests ran).* in [0-9.]+s" \
         "$OUT/gpu_tests.log" | cut -c1-300 | tail -n 40
       echo '```'
     fi
@@ -81,6 +81,13 @@ report() {  # report.md from what exists so far: called after every step
       echo "## Benchmark (bench/gpu.py; raw figures in gpu_results.json)"
       echo
       "$PY" "$REPO/bench/gpu.py" --table "$OUT/gpu_results.json" 2>&1 | sed 's/^fit >= /- **bar** fit >= /'
+    elif [ -f "$OUT/gpu_bench.log" ]; then
+      echo
+      echo "## Benchmark: no results file; the end of gpu_bench.log"
+      echo
+      echo '```'
+      tail -n 15 "$OUT/gpu_bench.log" | cut -c1-300
+      echo '```'
     fi
   } >"$OUT/report.md.tmp" && mv "$OUT/report.md.tmp" "$OUT/report.md"
 }
@@ -171,7 +178,7 @@ else
     for d in "$REPO/../shared/gpu/wheels" "$REPO/.gpucheck/wheels"; do ls "$d"/*.whl >/dev/null 2>&1 && { WHEELS=$d; break; }; done
   fi
   if [ -z "$WHEELS" ] || ! ls "$WHEELS"/*.whl >/dev/null 2>&1; then
-    say "FAIL     packages: cannot import: $MISSING; no wheel folder: pass --wheels DIR or POC59_WHEELS=DIR"
+    say "FAIL     packages: cannot import: $MISSING; ${WHEELS:+$WHEELS holds no .whl; }pass --wheels DIR or POC59_WHEELS=DIR"
     say "         (wheels from a machine with network: pip download --no-deps --only-binary=:all: -d DIR NAME==VERSION)"
     finish 2 "the Python environment is unusable"
   fi

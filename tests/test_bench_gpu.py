@@ -194,6 +194,7 @@ def test_a_row_the_budget_leaves_no_time_for_is_a_skipped_row_and_every_row_is_s
     assert time.monotonic() - started < 30  # nothing was built or trained
     assert [(r["mode"], r["compile"]) for r in rows] == [(m, c) for c in (False, True) for m in ("train", "infer", "fit")]
     assert all(r["skipped"].startswith("budget: 0 s left of 0 s") and "images_per_s" not in r for r in rows)
+    assert "a torch.compile row starts with 90 s or more" in rows[-1]["skipped"]
     assert saved == [1, 2, 3, 4, 5, 6]
     assert gpu.table(rows).count("skipped: budget") == 6
     assert not (tmp_path / "data").exists()  # the fit rows' data is generated only when a fit row runs
