@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf
@@ -111,6 +112,43 @@ def test_local_launcher_gives_each_run_its_gpus():
     assert gpu["_target_"].endswith("LocalLauncher") and gpu["gpus_per_node"] == 1 and gpu["tasks_per_node"] == 1
     assert gpu["setup"][0].startswith("n=1\n") and "flock" in gpu["setup"][0]
     assert _launcher("hydra/launcher=local", "trainer.accelerator=cpu", "trainer.devices=1")["gpus_per_node"] == 0
+    ddp = _launcher("hydra/launcher=local", "trainer.accelerator=gpu", "trainer.devices=4")
+    assert (ddp["tasks_per_node"], ddp["gpus_per_node"]) == (4, 4)  # one process per device, as SLURM starts them
+    auto = _launcher("hydra/launcher=local", "trainer.devices=2")  # accelerator auto: this machine's GPUs, if any
+    assert auto["gpus_per_node"] == (2 if torch.cuda.is_available() else 0)
+
+
+def test_local_launcher_runs_a_two_process_ddp_run(tmp_path):
+    """Lightning would re-execute `python -m submitit.core._submit ...` for its second rank (submitit refuses
+    the extra arguments); the local launcher starts one process per device instead, as SLURM does."""
+    sweep = tmp_path / "sweep"
+    run = subprocess.run(
+        [sys.executable, "-m", "poc59.train", "-m", "hydra/launcher=local", "trainer.accelerator=cpu", "trainer.devices=2",
+         "encoder=tiny", "data.synthetic.n=8", "data.image_size=32", "data.batch_size=2", "trainer.max_epochs=1",
+         "trainer.enable_progress_bar=false", f"hydra.sweep.dir={sweep}", "seed=0,1"],
+        capture_output=True, text=True, timeout=600, cwd=tmp_path,
+    )
+    assert run.returncode == 0, run.stderr[-3000:] + "".join(p.read_text()[-2000:] for p in sweep.glob(".submitit/*/*_log.err"))
+    for job in ("0", "1"):
+        summary = json.loads((sweep / job / "summary.json").read_text())
+        assert summary["provenance"]["devices"] == 2 and summary["val/mIoU"] is not None
+
+
+def test_local_launcher_tasks_follow_the_devices():
+    from poc59.config import SettingError
+    from poc59.training.distributed import adopt_submitit_local_ranks
+
+    env = {"SUBMITIT_EXECUTOR": "local", "SUBMITIT_LOCAL_NTASKS": "2", "SUBMITIT_LOCAL_LOCALID": "1", "SUBMITIT_LOCAL_JOB_ID": "4242"}
+    assert adopt_submitit_local_ranks(2, 1, env)
+    assert (env["LOCAL_RANK"], env["NODE_RANK"], env["WORLD_SIZE"], env["MASTER_ADDR"]) == ("1", "0", "2", "127.0.0.1")
+    same_job = {**env, "SUBMITIT_LOCAL_LOCALID": "0"}
+    adopt_submitit_local_ranks(2, 1, same_job)
+    assert same_job["MASTER_PORT"] == env["MASTER_PORT"]  # every task of a job meets at one port
+    with pytest.raises(SettingError, match=r"tasks_per_node=2.*leave hydra.launcher.tasks_per_node"):
+        adopt_submitit_local_ranks(4, 1, dict(env))
+    with pytest.raises(SettingError, match="trainer.num_nodes=1"):
+        adopt_submitit_local_ranks(2, 2, dict(env))
+    assert not adopt_submitit_local_ranks(1, 1, {"SUBMITIT_EXECUTOR": "slurm"})  # SLURM: Lightning reads SLURM's own
 
 
 # ---------------------------------------------------------------- the real cluster

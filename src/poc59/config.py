@@ -115,15 +115,28 @@ def gpus_per_node(accelerator: Any, devices: Any, partition: Any = None) -> int:
     )
 
 
+def local_gpus_per_node(accelerator: Any, devices: Any) -> int:
+    """GPUs one run of conf/hydra/launcher/local.yaml claims: as `gpus_per_node`, where `auto` means this
+    machine's CUDA GPUs (there is no SLURM partition to ask)."""
+    if str(accelerator).lower() == "auto":
+        import torch
+
+        accelerator = "gpu" if torch.cuda.is_available() else "cpu"
+    return gpus_per_node(accelerator, devices)
+
+
 def register_resolvers() -> None:
     """Resolvers used by conf/: ${poc59.cache:}, ${poc59.precision:}, ${poc59.first:...},
-    ${poc59.gpus_per_node:accelerator,devices,partition} (conf/hydra/launcher/). Idempotent."""
+    ${poc59.gpus_per_node:accelerator,devices,partition} and ${poc59.local_gpus_per_node:accelerator,devices}
+    (conf/hydra/launcher/). Idempotent."""
     if not OmegaConf.has_resolver("poc59.cache"):
         OmegaConf.register_new_resolver("poc59.cache", lambda: str(cache_root()))
     if not OmegaConf.has_resolver("poc59.precision"):
         OmegaConf.register_new_resolver("poc59.precision", auto_precision)
     if not OmegaConf.has_resolver("poc59.gpus_per_node"):
         OmegaConf.register_new_resolver("poc59.gpus_per_node", gpus_per_node)
+    if not OmegaConf.has_resolver("poc59.local_gpus_per_node"):
+        OmegaConf.register_new_resolver("poc59.local_gpus_per_node", local_gpus_per_node)
     if not OmegaConf.has_resolver("poc59.first"):
         # the first argument that is set: ${poc59.first:${run_dir},default}
         OmegaConf.register_new_resolver("poc59.first", lambda *values: next((v for v in values if v not in (None, "")), None))

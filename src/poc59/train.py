@@ -42,6 +42,7 @@ from poc59.model.metrics import all_clean_baseline, metric_convention
 from poc59.model.module import SegmentationModule
 from poc59.provenance import git_commit, package_versions
 from poc59.throughput import CONVENTION as THROUGHPUT_CONVENTION
+from poc59.training.distributed import adopt_submitit_local_ranks
 from poc59.throughput import TrainThroughput, peak_memory
 
 log = logging.getLogger("poc59.train")
@@ -219,6 +220,7 @@ def check_encoder_choice(argv: list[str]) -> None:
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="train")
 def _hydra_main(cfg: DictConfig) -> float | None:
     try:
+        adopt_submitit_local_ranks(cfg.trainer.devices, cfg.trainer.num_nodes)
         summary = train(cfg)
     except USER_ERRORS as err:
         log.error("%s", err)
