@@ -693,6 +693,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown encoder preset(s) {sorted(set(presets) - set(known))}; conf/encoder/ has {known}")
     if args.budget_s <= 0:
         parser.error(f"--budget-s must be positive, got {args.budget_s}")
+    if not args.no_fit and args.fit_steps < 2:
+        parser.error(f"--fit-steps must be >= 2 (summary.json times epoch 2 after its first step), got {args.fit_steps}")
     reason = no_cuda_reason()
     if reason:
         print(reason)

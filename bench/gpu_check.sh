@@ -158,7 +158,7 @@ esac
 
 # ---- packages this machine lacks, from a wheel folder -----------------------------------------------------
 NEEDED=(hydra omegaconf segmentation_models_pytorch submitit lightning timm torchmetrics numpy PIL rich tensorboard
-  matplotlib safetensors psutil pyarrow pytest)
+  matplotlib safetensors psutil pyarrow)  # what training and the benchmark import; the tests need pytest too
 missing() { "$PY" - "$@" <<'EOF'
 import importlib, sys
 gone = []
@@ -170,28 +170,23 @@ for m in sys.argv[1:]:
 print(" ".join(gone))
 EOF
 }
-MISSING=$(missing "${NEEDED[@]}")
+MISSING=$(missing "${NEEDED[@]}" pytest)
+if [ -n "$MISSING" ] && [ -z "$WHEELS" ]; then
+  for d in "$REPO/../shared/gpu/wheels" "$REPO/.gpucheck/wheels"; do ls "$d"/*.whl >/dev/null 2>&1 && { WHEELS=$d; break; }; done
+fi
 if [ -z "$MISSING" ]; then
   say "PASS     packages: all importable, nothing installed"
-else
-  if [ -z "$WHEELS" ]; then
-    for d in "$REPO/../shared/gpu/wheels" "$REPO/.gpucheck/wheels"; do ls "$d"/*.whl >/dev/null 2>&1 && { WHEELS=$d; break; }; done
-  fi
-  if [ -z "$WHEELS" ] || ! ls "$WHEELS"/*.whl >/dev/null 2>&1; then
-    say "FAIL     packages: cannot import: $MISSING; ${WHEELS:+$WHEELS holds no .whl; }pass --wheels DIR or POC59_WHEELS=DIR"
-    say "         (wheels from a machine with network: pip download --no-deps --only-binary=:all: -d DIR NAME==VERSION)"
-    finish 2 "the Python environment is unusable"
-  fi
+elif [ -n "$WHEELS" ] && ls "$WHEELS"/*.whl >/dev/null 2>&1; then
   s=$(date +%s)
   mkdir -p "$WORK/site"
-  {
+  (
     echo "missing: $MISSING; installing every wheel of $WHEELS into $WORK/site"
     if "$PY" -m pip --version >/dev/null 2>&1; then
       "$PY" -m pip install -q --no-index --no-deps --no-compile --target "$WORK/site" "$WHEELS"/*.whl
     else  # no pip: a pure-Python wheel is a zip archive laid out for site-packages
       for w in "$WHEELS"/*.whl; do "$PY" -m zipfile -e "$w" "$WORK/site" || exit 1; done
     fi
-  } >"$OUT/packages.log" 2>&1
+  ) >"$OUT/packages.log" 2>&1
   rc=$?
   export PYTHONPATH="$PYTHONPATH:$WORK/site"
   STILL=$(missing "${NEEDED[@]}")
@@ -200,13 +195,24 @@ else
     finish 2 "the Python environment is unusable"
   fi
   say "PASS     packages: installed $MISSING from $WHEELS ($(($(date +%s) - s))s, packages.log)"
+elif [ -n "$(missing "${NEEDED[@]}")" ]; then
+  say "FAIL     packages: cannot import: $MISSING; ${WHEELS:+$WHEELS holds no .whl; }pass --wheels DIR or POC59_WHEELS=DIR"
+  say "         (wheels from a machine with network: pip download --no-deps --only-binary=:all: -d DIR NAME==VERSION)"
+  finish 2 "the Python environment is unusable"
+else
+  say "PASS     packages: all that training and the benchmark import (pytest is missing and no wheel folder has it)"
 fi
 report
 
 # ---- the GPU tests, then the benchmark with what is left -------------------------------------------------
 FAILED=0
-step "GPU tests: pytest -m gpu tests/gpu" 270 "$OUT/gpu_tests.log" \
-  "$PY" -m pytest -m gpu tests/gpu -q -rA -p no:cacheprovider --junitxml="$OUT/gpu_tests.xml" || FAILED=1
+if [ -n "$(missing pytest)" ]; then
+  say "FAIL     GPU tests: pytest cannot be imported: add the wheels of pytest, pluggy and iniconfig to the wheel folder"
+  FAILED=1
+else
+  step "GPU tests: pytest -m gpu tests/gpu" 270 "$OUT/gpu_tests.log" \
+    "$PY" -m pytest -m gpu tests/gpu -q -rA -p no:cacheprovider --junitxml="$OUT/gpu_tests.xml" || FAILED=1
+fi
 
 BUDGET=$(($(left) - 45))  # the report and a kill margin after it
 if [ "$BUDGET" -lt 60 ]; then

@@ -70,6 +70,9 @@ def test_unknown_encoder_preset_is_refused_before_anything_runs(capsys):
     with pytest.raises(SystemExit):
         gpu.main(["--encoders", "convnext_tiny,resnet_huge"])
     assert "resnet_huge" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        gpu.main(["--fit-steps", "1"])
+    assert "--fit-steps must be >= 2" in capsys.readouterr().err
 
 
 @pytest.fixture(scope="module")
