@@ -22,8 +22,9 @@ torch.compile; `--full` adds the grid's other combinations (32-bit, and without 
 
 Budget (`--budget-s`, default 480 s, so the whole run fits one device call): rows are ordered cheap first (every
 encoder's eager rows, then the compiled ones); a row that would start with less than MIN_ROW_S left (a compiled
-one: MIN_COMPILE_ROW_S, since compiling cannot be cut short) is recorded as skipped, with the reason; a measurement cuts its timed steps to what its last warm-up step says still fits,
-a fit row stops training at the budget's end, and no out-of-memory retry starts after it. The JSON is written
+one: MIN_COMPILE_ROW_S, since compiling cannot be cut short) is recorded as skipped, with the reason; a
+measurement cuts its timed steps to what its last warm-up step says still fits, a fit row stops training at the
+budget's end, and no out-of-memory retry starts after it. The JSON is written
 atomically after every row, so a run killed from outside keeps every row it finished.
 
 Encoder weights are random (`encoder.weights=null`): throughput does not depend on their values, and ImageNet
@@ -400,15 +401,8 @@ def fit_config(
         run_dir=run_dir,
     )
     with open_dict(cfg):
-        if cfg.get("model") is not None:  # conf/train.yaml's model block: how the network runs
-            cfg.model.channels_last = setting.channels_last
-            cfg.model.compile = setting.compile
-        elif setting.channels_last or setting.compile:
-            raise ValueError(
-                "conf/train.yaml has no `model` block (model.channels_last, model.compile), so training cannot run "
-                f"with channels_last={setting.channels_last}, compile={setting.compile}: add it (issue 12, item 9) "
-                "or measure a setting without them"
-            )
+        cfg.model.channels_last = setting.channels_last  # how the network runs, as the bare row ran it
+        cfg.model.compile = setting.compile
         if deadline is not None:
             cfg.callbacks.bench_deadline = {
                 "_target_": f"{__name__}.fit_deadline", "at": deadline, "marker": str(run_dir / DEADLINE_MARKER),

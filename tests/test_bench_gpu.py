@@ -300,13 +300,10 @@ def test_fit_config_is_the_composed_training_config_with_the_settings_model_bloc
     assert cfg.trainer.max_epochs == gpu.FIT_EPOCHS and cfg.trainer.limit_train_batches == 3 and cfg.trainer.devices == 1
     assert cfg.trainer.enable_progress_bar is False and cfg.callbacks.progress_bar is None
     assert cfg.callbacks.bench_deadline.at == 123.0 and cfg.paths.run_dir == str(tmp_path / "run")
-    compiled = gpu.Setting("bf16-mixed", True, True)
-    if cfg.get("model") is not None:
-        cfg = gpu.fit_config("tiny", compiled, 8, 64, 3, tmp_path, tmp_path, tmp_path, CPU)
-        assert cfg.model.channels_last is True and cfg.model.compile is True
-    else:  # conf/train.yaml without the model block: the row says what to add rather than measure something else
-        with pytest.raises(ValueError, match="no `model` block"):
-            gpu.fit_config("tiny", compiled, 8, 64, 3, tmp_path, tmp_path, tmp_path, CPU)
+    assert cfg.model.channels_last is False and cfg.model.compile is False
+    cfg = gpu.fit_config("tiny", gpu.Setting("bf16-mixed", True, True), 8, 64, 3, tmp_path, tmp_path, tmp_path, CPU)
+    assert cfg.model.channels_last is True and cfg.model.compile is True and cfg.trainer.precision == "bf16-mixed"
+    assert "bench_deadline" not in cfg.callbacks  # no budget, no deadline callback
 
 
 def test_fit_data_is_an_artefact_folder_written_once(tmp_path):

@@ -42,7 +42,7 @@ def mismatched(cls: type[BatchFeed], images: torch.Tensor, masks: torch.Tensor) 
         for im, mk in feed:
             assert im.device.type == "cuda" and mk.device.type == "cuda"
             torch.cuda._sleep(SLEEP_CYCLES)
-            outs.append((epoch, im, mk))
+            outs.append((epoch, im.clone(), mk.clone()))  # stream-ordered after the copy: holds what it delivered
     torch.cuda.synchronize()
     n, bad = len(feed), 0
     for k, (epoch, im, mk) in enumerate(outs):
@@ -68,7 +68,7 @@ def test_a_set_on_the_device_is_gathered_on_the_device(source, window):
     sizes = torch.full((64, 2), S) if window else None
     feed = BatchFeed(images, masks, list(range(64)), 16, shuffle=True, drop_last=True, device="cuda",
                      window=window, sizes=sizes)
-    batches = list(feed)
+    batches = [(im.clone(), mk.clone()) for im, mk in feed]  # a batch is a reused buffer: keep what it held
     assert len(batches) == 4 and all(im.device.type == "cuda" for im, _ in batches)
     if window is None:
         for b, (im, mk) in enumerate(batches):
