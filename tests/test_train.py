@@ -80,6 +80,7 @@ def test_short_run_writes_a_complete_run_folder(tmp_path):
     assert prov["loss"]["name"] == "dice_focal" and prov["loss"]["components"] == {"dice": 0.5, "focal": 0.5}
     assert prov["class_weights"]["weights"] == pytest.approx(prov["loss"]["class_weights"], rel=1e-6)  # float32 in the loss
     assert prov["batch_size_per_device"] == 8 and prov["precision"] == "32-true" and prov["seed"] == 0
+    assert prov["model"]["channels_last"] is False  # auto: on CUDA only
     assert prov["data"]["split_fingerprint"] == json.loads((run / "split.json").read_text())["fingerprint"]
 
     # the best val/mIoU is the best logged one, and the checkpoint holds it
@@ -190,6 +191,7 @@ def test_channels_last_and_compile_train_as_the_benchmark_measures(tmp_path, com
                    "+model.compile_options.backend=aot_eager")  # dynamo and AOT autograd without inductor's minutes of codegen
     summary = train(cfg)
     assert summary["val/mIoU"] is not None
+    assert summary["provenance"]["model"] == {"channels_last": True, "compile": compile_net, "compile_options": {"backend": "aot_eager"}}
     ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
     state = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
     assert all(k.startswith(("net.", "loss.")) and "_orig_mod" not in k for k in state)

@@ -176,6 +176,11 @@ def train(cfg: DictConfig) -> dict:
             "batch_size_per_device": datamodule.batch_size,
             "devices": trainer.world_size,
             "precision": str(trainer.precision),
+            "model": {  # how the network ran, as resolved on this device
+                "channels_last": module.runs_channels_last,
+                "compile": compile_net,
+                "compile_options": _plain(cfg.model.get("compile_options")),
+            },
             "seed": cfg.seed,
             "encoder_weights": enc.weights,
             "data": datamodule.describe(),

@@ -81,6 +81,11 @@ class SegmentationModule(L.LightningModule):
         if self.compile_net and not getattr(self.net, "_compiled_call_impl", None):
             self.net.compile(**self.compile_options)
 
+    @property
+    def runs_channels_last(self) -> bool:
+        """Whether the network runs in channels_last (decided by `configure_model`)."""
+        return self._memory_format == torch.channels_last
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 (or 0-255 float) images [B,3,H,W] -> logits [B,C,H,W]."""
         x = (images.to(self.pixel_mean.dtype) - self.pixel_mean) / self.pixel_std
