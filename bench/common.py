@@ -65,21 +65,33 @@ def data_set(pairs: int) -> Path:
     n = math.ceil(pairs / (1 + COPIES))
     source = ensure_synthetic(bench_dir() / f"synthetic-n{n}-seed{SEED}", n, SEED, COPIES)
     out = bench_dir() / f"set-{pairs}"
-    if (out / ".complete").exists():
-        return out
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=bench_dir()))
-    tmp.chmod(0o755)  # mkdtemp's 0700 would hide a shared cache from other users
-    try:
-        for sub in ("images", "annotations"):
-            (tmp / sub).mkdir()
-        for s in discover(source)[:pairs]:
-            for path, sub in ((s.image, "images"), (s.mask, "annotations")):
+
+    def fill(tmp: Path) -> None:
+        for sample in discover(source)[:pairs]:
+            for path, sub in ((sample.image, "images"), (sample.mask, "annotations")):
                 try:
                     os.link(path, tmp / sub / path.name)
                 except OSError:
                     shutil.copy2(path, tmp / sub / path.name)
         shutil.copy2(source / "metadata.csv", tmp / "metadata.csv")
-        (tmp / ".complete").write_text(f"{pairs} pairs of {source.name}\n")
+
+    return build_folder_once(out, fill, f"{pairs} pairs of {source.name}")
+
+
+def build_folder_once(out: Path, fill: Callable[[Path], None], note: str) -> Path:
+    """`out`, an ARTeFACT-layout folder made once: `fill` writes images/ and annotations/ into a temporary
+    folder beside it, which is renamed into place with a `.complete` marker (a killed writer leaves no
+    half folder; when two runs race, the first rename wins and the other's copy is dropped)."""
+    if (out / ".complete").exists():
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    tmp.chmod(0o755)  # mkdtemp's 0700 would hide a shared cache from other users
+    try:
+        for sub in ("images", "annotations"):
+            (tmp / sub).mkdir()
+        fill(tmp)
+        (tmp / ".complete").write_text(note + "\n")
         try:
             os.rename(tmp, out)
         except OSError:  # another run made it first

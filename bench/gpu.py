@@ -43,7 +43,6 @@ import math
 import os
 import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -58,6 +57,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from bench.common import build_folder_once
 from poc59.atomic import write_json
 from poc59.classes import ARTEFACT, IGNORE_INDEX
 from poc59.config import auto_precision, config_dir
@@ -346,24 +346,12 @@ def fit_data(parent: Path, n: int, image_size: int, seed: int = 0) -> Path:
     """An ARTeFACT-layout folder of `n` random pairs at `image_size` px (already the model's size, so preloading
     only decodes), written once in parallel and reused: every fit row (and a second run) shares it."""
     out = parent / f"fit-n{n}-s{image_size}-seed{seed}"
-    if (out / ".complete").exists():
-        return out
-    parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=parent))
-    try:
-        for sub in ("images", "annotations"):
-            (tmp / sub).mkdir()
+
+    def fill(tmp: Path) -> None:
         with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:  # PNG encoding releases the GIL
             list(pool.map(lambda i: _write_pair(tmp, i, image_size, seed), range(n)))
-        (tmp / ".complete").write_text(f"{n} random pairs at {image_size} px for bench/gpu.py's fit rows\n")
-        try:
-            os.rename(tmp, out)
-        except OSError:  # another run made it first
-            if not (out / ".complete").exists():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return out
+
+    return build_folder_once(out, fill, f"{n} random pairs at {image_size} px for bench/gpu.py's fit rows")
 
 
 def fit_deadline(at: float, marker: str) -> Any:
