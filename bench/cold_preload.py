@@ -33,7 +33,7 @@ def pil_one_by_one(samples, size: int) -> tuple[list[np.ndarray], list[np.ndarra
 
 
 def run(quick: bool) -> list[dict]:
-    from poc59.classes import load_class_table
+    from poc59.core.classes import load_class_table
     from poc59.data.preload import preload
     from poc59.data.sources import discover
 

@@ -18,7 +18,7 @@ from types import SimpleNamespace
 
 import torch
 
-from poc59.config import cache_root
+from poc59.core.config import cache_root
 from poc59.data.sources import discover
 from poc59.data.synthetic import ensure_synthetic
 

@@ -10,11 +10,11 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import DictConfig, open_dict
 
-from poc59.classes import ClassTable
-from poc59.config import config_dir, register_resolvers
+from poc59.core.classes import ClassTable
+from poc59.core.config import config_dir, register_resolvers
 from poc59.model.factory import build_network, normalization
 from poc59.model.module import SegmentationModule
-from poc59.train import _plain
+from poc59.training.run import plain
 
 
 def train_config(*overrides: str, run_dir: Path | None = None) -> DictConfig:
@@ -34,7 +34,7 @@ def segmentation_module(cfg: DictConfig, classes: ClassTable, class_weights: tor
     enc = cfg.encoder
     net = build_network(
         enc.name, enc.decoder, weights=enc.weights, num_classes=classes.num_classes, weights_dir=cfg.paths.weights_dir,
-        kwargs=_plain(enc.get("kwargs")), decoder_kwargs=_plain(enc.get("decoder_kwargs")),
+        kwargs=plain(enc.get("kwargs")), decoder_kwargs=plain(enc.get("decoder_kwargs")),
     )
     return SegmentationModule(
         net,

@@ -12,12 +12,12 @@ batch ran and which failed), three rows per setting:
 - train: images/s of bare training steps (forward, the production loss, backward, gradient clipping, AdamW,
   OneCycle: the objects poc59.train builds, bench/composed.py) on one random batch already on the GPU;
 - infer: images/s of forward passes under inference_mode on that batch;
-- fit: the real training path, `poc59.train.train` on the composed config (the pinned feed, on-device
+- fit: the real training path, `poc59.training.run.train` on the composed config (the pinned feed, on-device
   augmentation, metrics, loggers, checkpoints, callbacks) over a generated 384 px folder, 2 epochs of
   `--fit-steps` batches; its summary.json's `train_images_per_s` (epoch 2) and peak memory, and its ratio to
   the bare train row of the same encoder and setting. Issue 12's bar, judged on a GPU only: fit >= 0.9x bare.
 Peak GPU memory is torch.cuda.max_memory_allocated. Settings: AMP (bf16-mixed where the GPU runs bf16 natively,
-else 16-mixed with a GradScaler: poc59.config.auto_precision) with channels_last, without and with
+else 16-mixed with a GradScaler: poc59.core.config.auto_precision) with channels_last, without and with
 torch.compile; `--full` adds the grid's other combinations (32-bit, and without channels_last).
 
 Budget (`--budget-s`, default 480 s, so the whole run fits one device call): rows are ordered cheap first (every
@@ -58,9 +58,9 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from bench.common import build_folder_once
-from poc59.atomic import write_json
-from poc59.classes import ARTEFACT, IGNORE_INDEX
-from poc59.config import auto_precision, config_dir
+from poc59.core.atomic import write_json
+from poc59.core.classes import ARTEFACT, IGNORE_INDEX
+from poc59.core.config import auto_precision, config_dir
 
 if TYPE_CHECKING:
     from poc59.model.module import SegmentationModule
@@ -207,10 +207,10 @@ def measure(
 
     train: autocast forward + the module's loss, backward (through a GradScaler under 16-mixed), gradient
     clipping, the module's optimizer and scheduler; infer: autocast forward under inference_mode. Peak memory is
-    poc59.throughput.peak_memory: CUDA max allocated since this call began (a CPU reports peak RSS instead).
+    poc59.training.throughput.peak_memory: CUDA max allocated since this call began (a CPU reports peak RSS instead).
     `deadline` (time.monotonic) cuts the timed steps to what fits (the row says so: steps < steps_requested).
     """
-    from poc59.throughput import peak_memory
+    from poc59.training.throughput import peak_memory
 
     if mode not in ("train", "infer"):
         raise ValueError(f"mode must be train or infer, got {mode!r}")
@@ -402,8 +402,8 @@ def measure_fit(
     device: torch.device, preset: str, setting: Setting, batch: int, image_size: int, steps: int, work: Path,
     data: Path, deadline: float | None = None,
 ) -> dict:
-    """One real training run, `poc59.train.train`: the row's figures are its own summary.json's."""
-    from poc59.train import train
+    """One real training run, `poc59.training.run.train`: the row's figures are its own summary.json's."""
+    from poc59.training.run import train
 
     run_dir = work / "runs" / f"{preset}-{setting.precision}-cl{int(setting.channels_last)}-c{int(setting.compile)}-b{batch}"
     shutil.rmtree(run_dir, ignore_errors=True)  # a second run of the harness measures afresh
@@ -600,7 +600,7 @@ def bar_lines(rows: list[dict]) -> list[str]:
 
 def legend(image_size: int, batch: int, steps: int, warmup: int, fit_steps: int = 0) -> str:
     fit = (
-        f" fit: poc59.train.train on the composed config (feed, augmentation, metrics, loggers, callbacks), "
+        f" fit: poc59.training.run.train on the composed config (feed, augmentation, metrics, loggers, callbacks), "
         f"{FIT_EPOCHS} epochs of {fit_steps} batches of a generated {image_size} px set; images/s is its summary.json's "
         f"train_images_per_s (epoch 2 after its first step); fit / bare: over the train row of the same encoder and "
         f"setting, bar >= {FIT_BAR}x (judged on a GPU only)."

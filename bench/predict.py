@@ -3,7 +3,7 @@
 Model: the `tiny` preset's network (tu-mobilenetv3_small_050 U-Net, 16 classes, seeded random weights: speed
 and memory do not depend on the weights) as a native-scale (`crop`) model with 384 px tiles, overlap 0.25.
 
-- `predict_speed`: megapixels/s of `poc59.inference.predict_label_map` (predict's inference path: tile rows
+- `predict_speed`: megapixels/s of `poc59.inference.image.predict_label_map` (predict's inference path: tile rows
   streamed, tiles batched 8 at a time, blended, argmax per band) on a 2,048 x 1,536 image, against a naive
   loop over the same tiles one at a time (no batching) into a full-image float accumulator with the same
   window. Interleaved A B A B after one untimed round, medians. The labels of both must agree.
@@ -72,9 +72,9 @@ def write_scan(path: Path, height: int, width: int) -> Path:
 
 def model(kind: str, classes: int, tile: int):
     """A crop-geometry TrainedModel: `tiny` (the preset's network) or `pointwise` (a 1x1 convolution, for tests)."""
-    from poc59.classes import ClassTable
+    from poc59.core.classes import ClassTable
     from poc59.model.factory import build_network
-    from poc59.trained import Segmenter, TrainedModel
+    from poc59.artifacts.trained import Segmenter, TrainedModel
 
     torch.manual_seed(0)
     if kind == "tiny":
@@ -92,7 +92,7 @@ def model(kind: str, classes: int, tile: int):
 
 def naive_labels(segmenter, image: torch.Tensor, tile: int, overlap: float) -> torch.Tensor:
     """The straightforward loop: every tile alone through the network, into a full-image accumulator."""
-    from poc59.sliding_window import tile_starts, window
+    from poc59.inference.tiling import tile_starts, window
 
     _, h, w = image.shape
     win = window(tile, overlap)
@@ -114,7 +114,7 @@ def memory_child(image: str, out: str, kind: str, classes: int, tile: int, max_m
     import gc
     import logging
 
-    from poc59.predict import Settings, predict_image
+    from poc59.inference.run import Settings, predict_image
 
     lines: list[str] = []
 
@@ -159,7 +159,7 @@ def measure_memory(image: Path, kind: str = "tiny", classes: int = CLASSES, tile
 
 
 def run(quick: bool) -> list[dict]:
-    from poc59.inference import predict_label_map
+    from poc59.inference.image import predict_label_map
 
     s = QUICK if quick else FULL
     torch.set_flush_denormal(True)  # as the command does

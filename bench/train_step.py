@@ -45,7 +45,7 @@ from bench import common
 from bench.composed import segmentation_module, train_config
 from poc59.data.datamodule import SegmentationDataModule
 from poc59.model.module import SegmentationModule
-from poc59.train import _instantiate_all
+from poc59.training.run import instantiate_all
 
 NAME = "train_step"
 BAR = 0.95  # Lightning images/s over the plain loop's, median of the interleaved pairs
@@ -149,11 +149,11 @@ def quiet_fit() -> Iterator[None]:
 def lightning_fit(cfg: DictConfig, clock: StepClock) -> SegmentationModule:
     """`Trainer.fit` with the config's callbacks and loggers, and `clock` last."""
     dm, module = build(cfg)
-    callbacks = _instantiate_all(cfg.callbacks)
+    callbacks = instantiate_all(cfg.callbacks)
     if not any(isinstance(c, RichProgressBar) for c in callbacks):
         raise RuntimeError("the config has no Rich progress bar: this benchmark measures training as a user has it")
     with quiet_fit():
-        trainer: L.Trainer = instantiate(cfg.trainer, callbacks=[*callbacks, clock], logger=_instantiate_all(cfg.logger))
+        trainer: L.Trainer = instantiate(cfg.trainer, callbacks=[*callbacks, clock], logger=instantiate_all(cfg.logger))
         trainer.fit(module, datamodule=dm)
     return module
 

@@ -1,4 +1,4 @@
-"""Run by tests/test_ddp.py in a subprocess: poc59.train.train on the real composed config, under DDP (gloo),
+"""Run by tests/test_ddp.py in a subprocess: poc59.training.run.train on the real composed config, under DDP (gloo),
 with a guard on torch.distributed's collectives (Lightning re-executes this script for every rank).
 
 usage: python ddp_train_check.py OUT_DIR OVERRIDE...
@@ -22,9 +22,9 @@ from hydra import compose, initialize_config_dir
 from omegaconf import open_dict
 from torch.utils._pytree import tree_flatten
 
-from poc59.config import config_dir, register_resolvers
+from poc59.core.config import config_dir, register_resolvers
 from poc59.model.module import SegmentationModule
-from poc59.train import train
+from poc59.training.run import train
 
 COLLECTIVES = (
     "all_reduce", "all_gather", "all_gather_into_tensor", "reduce", "reduce_scatter", "reduce_scatter_tensor",

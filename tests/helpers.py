@@ -1,11 +1,15 @@
-"""Small test helpers: ARTeFACT-layout folders written by the tests themselves."""
+"""Small test helpers: ARTeFACT-layout folders written by the tests themselves, and the real composed config."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig, open_dict
 from PIL import Image
+
+from poc59.core.config import config_dir, register_resolvers
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 CRACKFOREST = SHARED / "data" / "crackforest"
@@ -32,3 +36,22 @@ def make_folder(root: Path, n: int = 6, copies: int = 2, size: tuple[int, int] =
             flip = {1: (slice(None), slice(None, None, -1)), 2: (slice(None, None, -1),), 0: (slice(None, None, -1), slice(None, None, -1))}[k % 3]
             write_pair(root, f"img{i:03d}_aug{k}", np.ascontiguousarray(image[flip]), np.ascontiguousarray(mask[flip]))
     return root
+
+
+def make_cfg(tmp_path: Path, *overrides: str) -> DictConfig:
+    """The real config with a private run folder, as `python -m poc59.train <overrides>` would compose it."""
+    register_resolvers()
+    with initialize_config_dir(str(config_dir()), version_base="1.3"):
+        cfg = compose("train", overrides=list(overrides), return_hydra_config=False)
+    with open_dict(cfg):
+        cfg.paths.run_dir = str(tmp_path / "run")
+    return cfg
+
+
+SMALL = (
+    "encoder=tiny",
+    "data.synthetic.n=10",
+    "data.image_size=64",
+    "data.batch_size=8",
+    "trainer.enable_progress_bar=false",  # drops the Rich progress bar callback too (Lightning refuses both)
+)

@@ -10,12 +10,12 @@ import sys
 
 import pytest
 
-from poc59.atomic import write_bytes, write_json
+from poc59.core.atomic import write_bytes, write_json
 
 
 def test_written_files_get_the_umask_permissions_not_owner_only(tmp_path):
     # in a child with a known umask: results in shared run folders must be readable by the group
-    code = "from poc59.atomic import write_bytes; import sys; write_bytes(sys.argv[1], b'x')"
+    code = "from poc59.core.atomic import write_bytes; import sys; write_bytes(sys.argv[1], b'x')"
     target = tmp_path / "shared.json"
     subprocess.run([sys.executable, "-c", f"import os; os.umask(0o027); exec({code!r})", str(target)], check=True)
     assert stat.S_IMODE(target.stat().st_mode) == 0o640

@@ -16,8 +16,8 @@ import pytest
 import torch
 from torch import nn
 
-from poc59.atomic import write_json
-from poc59.classes import ARTEFACT
+from poc59.core.atomic import write_json
+from poc59.core.classes import ARTEFACT
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))

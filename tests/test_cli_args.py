@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from poc59.cli_args import parse_key_values
+from poc59.core.cli import parse_key_values
 
 KEYS = {"n": int, "level": float, "name": str, "pictures": bool, "runs": list}
 

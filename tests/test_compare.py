@@ -13,11 +13,12 @@ import pytest
 import yaml
 from omegaconf import open_dict
 from PIL import Image
-from test_train import SMALL, make_cfg
+from helpers import SMALL, make_cfg
 
-from poc59.compare import CompareError, lead, main
-from poc59.sweep_status import expected_jobs
-from poc59.train import train
+from poc59.compare import main
+from poc59.comparison.run import CompareError, lead
+from poc59.training.sweeps import expected_jobs
+from poc59.training.run import train
 
 ENCODERS = ["tu-mobilenetv3_small_050", "tu-lcnet_050", "tu-regnetx_002"]
 TRAINED = {0, 1, 2, 4}  # (mobilenet, seed 0), (mobilenet, seed 1), (lcnet, seed 0), (regnetx, seed 0)

@@ -18,14 +18,15 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 from PIL import Image
-from test_train import SMALL, make_cfg
+from helpers import SMALL, make_cfg
 
 from helpers import CRACKFOREST, make_folder
 from poc59.data.datamodule import SegmentationDataModule
-from poc59.evaluate import EvaluateError, evaluate_run, main, parse_args
-from poc59.evaluate_pass import predicted_canvases, score
-from poc59.trained import load_model
-from poc59.train import train
+from poc59.evaluate import main, parse_args
+from poc59.evaluation.run import EvaluateError, evaluate_run
+from poc59.evaluation.passes import predicted_canvases, score
+from poc59.artifacts.load import load_model
+from poc59.training.run import train
 
 REPO = Path(__file__).resolve().parents[1]
 FAST = {"resamples": 200, "device": "cpu"}
@@ -275,7 +276,7 @@ def test_evaluate_all_over_a_sweep(run, tmp_path, private_cache):
 def test_native_mode_scores_full_resolution_predictions(run, val_metrics):
     """mode=native: predict's own output at each image's stored size, against the full-resolution mask."""
     from poc59.data.sources import discover
-    from poc59.inference import predict_label_map
+    from poc59.inference.image import predict_label_map
 
     metrics = evaluate_run(run_dir=run, mode="native", pictures=False, **FAST)
     assert metrics["mode"] == "native" and "not comparable" in metrics["mode_convention"]
@@ -301,7 +302,7 @@ def test_native_mode_scores_full_resolution_predictions(run, val_metrics):
     assert metrics["num_images"] == len(masks) and cm.tolist() == expected.tolist()
     from rich.console import Console
 
-    from poc59.evaluate_report import print_report
+    from poc59.evaluation.report import print_report
 
     console = Console(record=True, width=200)
     print_report(metrics, console)
@@ -318,7 +319,7 @@ def test_evaluate_on_a_second_gpu_times_and_waits_on_that_gpu():
     from fake_cuda import FakeCuda
 
     from poc59.data.feed import BatchFeed
-    from poc59.evaluate_pass import batch_confmats, run_feed
+    from poc59.evaluation.passes import batch_confmats, run_feed
 
     g = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (5, 3, 8, 8), dtype=torch.uint8, generator=g)

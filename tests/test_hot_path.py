@@ -6,16 +6,17 @@ real composed config with its callbacks, the Rich progress bar included.
 
 from __future__ import annotations
 
-from test_train import make_cfg
+from helpers import make_cfg
 
 import host_syncs
 from poc59.model import metrics
-from poc59.train import train
+from poc59.training.run import train
 
 
 def test_training_steps_read_nothing_from_the_device_but_the_bar_at_its_refresh(tmp_path, monkeypatch):
     # count the confusion matrix as a GPU does (a CPU's bincount reads the max; a GPU's scatter does not)
-    monkeypatch.setattr(metrics, "histogram", lambda v, bins: metrics._row_scatter_histogram(v.reshape(-1).long(), bins))
+    real = metrics.histogram
+    monkeypatch.setattr(metrics, "histogram", lambda v, bins: real(v, bins, scatter=True))
     host_syncs.WATCHES.clear()
     cfg = make_cfg(
         tmp_path, "encoder=tiny", "data.synthetic.n=12", "data.image_size=64", "data.batch_size=2",

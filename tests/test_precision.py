@@ -6,9 +6,9 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from poc59.config import auto_precision, config_dir, register_resolvers
-from poc59.evaluate_pass import precision_for
-from poc59.inference import resolve_precision
+from poc59.core.config import auto_precision, config_dir, register_resolvers
+from poc59.evaluation.passes import precision_for
+from poc59.inference.image import resolve_precision
 
 
 def _stand_in_gpu(monkeypatch: pytest.MonkeyPatch, native_bf16: bool) -> None:

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import torch
 
-from poc59.checkpointing import AtomicCheckpointIO
-from poc59.resume import changed_keys
+from poc59.training.checkpointing import AtomicCheckpointIO
+from poc59.training.resume import changed_keys
 
 TINY = [
     "encoder=tiny", "data.synthetic.n=6", "data.image_size=64", "data.batch_size=4",
@@ -75,7 +75,7 @@ def test_resume_with_a_changed_learning_rate_is_refused_and_never_starts_over(tm
 def test_changed_keys_ignores_only_safe_keys():
     old = {"optimizer": {"lr": 0.1}, "trainer": {"max_epochs": 5}, "paths": {"run_dir": "/a"}}
     new = {"optimizer": {"lr": 0.2}, "trainer": {"max_epochs": 9}, "paths": {"run_dir": "/b"}, "seed": 1,
-           "callbacks": {"val_overlays": {"_target_": "poc59.val_overlays.ValidationOverlays", "k": 4},  # added later
+           "callbacks": {"val_overlays": {"_target_": "poc59.training.overlays.ValidationOverlays", "k": 4},  # added later
                          "progress_bar": {"refresh_rate": 10}}}
     assert changed_keys(old, new) == {"optimizer.lr": (0.1, 0.2), "seed": (None, 1)}
 

@@ -1,20 +1,17 @@
 """Sweeps on a real SLURM cluster: slurm/local/up.sh's single-node cluster (or the one CI started), no mocks.
 
-The session fixture uses the cluster named by $SLURM_CONF when `scontrol ping` says it is up (CI
-starts one with slurm/local/up.sh), else starts a private one with slurm/local/up.sh and stops it
-with slurm/local/down.sh at the end. It skips only where no cluster can run (not root, none given);
-under CI (CI=1) it fails instead.
+The session fixture `slurm` (tests/slurm_cluster.py, through conftest.py) uses the cluster named by
+$SLURM_CONF when `scontrol ping` says it is up (CI starts one with slurm/local/up.sh), else starts a
+private one with slurm/local/up.sh and stops it with slurm/local/down.sh at the end. It skips only
+where no cluster can run (not root, none given); under CI (CI=1) it fails instead.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -22,57 +19,9 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf
+from slurm_cluster import UP, Cluster
 
-from poc59.config import config_dir, gpus_per_node, register_resolvers
-
-REPO = Path(__file__).resolve().parents[1]
-UP, DOWN = REPO / "slurm" / "local" / "up.sh", REPO / "slurm" / "local" / "down.sh"
-
-
-@dataclass
-class Cluster:
-    env: dict  # os.environ plus SLURM_CONF
-    partition: str
-    started_here: bool
-
-
-def _ping(env: dict) -> bool:
-    if not shutil.which("scontrol"):
-        return False
-    out = subprocess.run(["scontrol", "ping"], capture_output=True, text=True, env=env, timeout=30)
-    return "is UP" in out.stdout
-
-
-def _default_partition(env: dict) -> str:
-    out = subprocess.run(["sinfo", "--noheader", "--format=%P"], capture_output=True, text=True, env=env, timeout=30)
-    names = out.stdout.split()
-    return next((n.rstrip("*") for n in names if n.endswith("*")), names[0] if names else "debug")
-
-
-@pytest.fixture(scope="session")
-def slurm(tmp_path_factory: pytest.TempPathFactory):
-    env = dict(os.environ)
-    if env.get("SLURM_CONF") and _ping(env):
-        yield Cluster(env, _default_partition(env), started_here=False)
-        return
-    if os.geteuid() != 0:
-        reason = "no SLURM cluster (SLURM_CONF unset or down) and not root to start one with slurm/local/up.sh"
-        if os.environ.get("CI"):
-            pytest.fail(reason)
-        pytest.skip(reason)
-    state = tmp_path_factory.mktemp("slurm")
-    t0 = time.perf_counter()
-    up = subprocess.run(["bash", str(UP), str(state)], capture_output=True, text=True, timeout=900)
-    assert up.returncode == 0, f"slurm/local/up.sh failed:\n{up.stderr[-4000:]}"
-    print(f"\nslurm/local/up.sh: cluster up in {time.perf_counter() - t0:.1f} s")
-    env["SLURM_CONF"] = str(state / "slurm.conf")
-    assert up.stdout.strip() == f"export SLURM_CONF={env['SLURM_CONF']}"
-    try:
-        yield Cluster(env, _default_partition(env), started_here=True)
-    finally:
-        down = subprocess.run(["bash", str(DOWN), str(state)], capture_output=True, text=True, timeout=120)
-        assert down.returncode == 0, down.stderr
-        assert not list(state.glob("*.pid")), "down.sh left daemons recorded as running"
+from poc59.core.config import config_dir, gpus_per_node, register_resolvers
 
 
 def _launcher(*overrides: str) -> dict:
@@ -135,7 +84,7 @@ def test_local_launcher_runs_a_two_process_ddp_run(tmp_path):
 
 
 def test_local_launcher_tasks_follow_the_devices():
-    from poc59.config import SettingError
+    from poc59.core.config import SettingError
     from poc59.training.distributed import adopt_submitit_local_ranks
 
     env = {"SUBMITIT_EXECUTOR": "local", "SUBMITIT_LOCAL_NTASKS": "2", "SUBMITIT_LOCAL_LOCALID": "1", "SUBMITIT_LOCAL_JOB_ID": "4242"}

@@ -32,8 +32,7 @@ from typing import Callable
 
 import pytest
 import torch
-
-from test_slurm import REPO, Cluster, slurm  # noqa: F401  (slurm: the session fixture)
+from slurm_cluster import REPO, Cluster
 
 TINY = [  # tests/test_resume.py's tiny run: seconds an epoch on one CPU
     "encoder=tiny", "data.synthetic.n=6", "data.image_size=64", "data.batch_size=4",

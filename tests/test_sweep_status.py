@@ -14,7 +14,8 @@ from hydra.core.utils import JobReturn, JobStatus
 from omegaconf import OmegaConf
 
 from poc59.data.sources import DataError
-from poc59.sweep_status import main, sweep_status
+from poc59.sweep_status import main
+from poc59.training.sweeps import sweep_status
 
 ENCODERS = ["convnext_tiny", "segformer_b3", "maxvit_tiny", "tiny", "custom"]
 
@@ -114,7 +115,7 @@ def test_each_state_is_told_apart(sweep):
 def test_reading_results_imports_nothing_of_the_model(sweep):
     """The status tool answers in a moment: it never imports torch to read a result pickle."""
     code = (
-        "import sys; from poc59.sweep_status import sweep_status; "
+        "import sys; from poc59.training.sweeps import sweep_status; "
         f"r = sweep_status({str(sweep)!r}, use_squeue=False); "
         "assert r['counts']['failed'] == 2, r; "
         "print('torch' in sys.modules, 'poc59.data.sources' in sys.modules)"

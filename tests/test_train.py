@@ -16,34 +16,14 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import RichProgressBar
-from omegaconf import DictConfig, open_dict
 
-from helpers import CRACKFOREST
+from helpers import CRACKFOREST, SMALL, make_cfg
 
-from poc59.classes import ARTEFACT
-from poc59.config import config_dir, register_resolvers
-from poc59.train import train
+from poc59.core.classes import ARTEFACT
+from poc59.core.config import config_dir, register_resolvers
+from poc59.training.run import train
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def make_cfg(tmp_path: Path, *overrides: str) -> DictConfig:
-    """The real config with a private run folder, as `python -m poc59.train <overrides>` would compose it."""
-    register_resolvers()
-    with initialize_config_dir(str(config_dir()), version_base="1.3"):
-        cfg = compose("train", overrides=list(overrides), return_hydra_config=False)
-    with open_dict(cfg):
-        cfg.paths.run_dir = str(tmp_path / "run")
-    return cfg
-
-
-SMALL = (
-    "encoder=tiny",
-    "data.synthetic.n=10",
-    "data.image_size=64",
-    "data.batch_size=8",
-    "trainer.enable_progress_bar=false",  # drops the Rich progress bar callback too (Lightning refuses both)
-)
 
 
 def test_fast_dev_run_through_the_real_config(tmp_path):
@@ -163,7 +143,7 @@ def test_configs_ship_inside_the_wheel(tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     assert "mit_b3" in out.stdout
     where = subprocess.run(
-        [sys.executable, "-c", "import poc59.config as c; print(c.config_dir())"], capture_output=True, text=True, env=env
+        [sys.executable, "-c", "import poc59.core.config as c; print(c.config_dir())"], capture_output=True, text=True, env=env
     )
     assert where.stdout.strip() == str(site / "poc59" / "conf")
 
@@ -184,7 +164,7 @@ def test_compare_encoders_sweeps_the_three_on_one_split():
 def test_channels_last_and_compile_train_as_the_benchmark_measures(tmp_path, compile_net):
     """model.channels_last (auto: on CUDA only) and model.compile change how the network runs; the checkpoint's
     keys and the network rebuilt from it stay the same."""
-    from poc59.trained import load_model
+    from poc59.artifacts.load import load_model
 
     cfg = make_cfg(tmp_path, *SMALL, "trainer.max_epochs=1", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1",
                    "model.channels_last=true", f"model.compile={str(compile_net).lower()}",
@@ -202,7 +182,7 @@ def test_channels_last_and_compile_train_as_the_benchmark_measures(tmp_path, com
 
 
 def test_model_flags_are_checked(tmp_path):
-    from poc59.config import SettingError
+    from poc59.core.config import SettingError
 
     with pytest.raises(SettingError, match="model.compile=auto: choose true or false"):
         train(make_cfg(tmp_path, *SMALL, "model.compile=auto"))

@@ -6,12 +6,13 @@ import shutil
 
 import pytest
 import torch
-from test_train import SMALL, make_cfg
+from helpers import SMALL, make_cfg
 
-from poc59.classes import ARTEFACT
+from poc59.core.classes import ARTEFACT
 from poc59.model.module import SegmentationModule
-from poc59.train import train
-from poc59.trained import ModelLoadError, load_checkpoint, load_model
+from poc59.training.run import train
+from poc59.artifacts.trained import ModelLoadError, load_checkpoint
+from poc59.artifacts.load import load_model
 
 
 @pytest.fixture(scope="module")

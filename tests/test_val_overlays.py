@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-from test_train import SMALL, make_cfg
+from helpers import SMALL, make_cfg
 
-from poc59.classes import ARTEFACT
-from poc59.train import train
+from poc59.core.classes import ARTEFACT
+from poc59.training.run import train
 
 
 def _events(run) -> EventAccumulator:

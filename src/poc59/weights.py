@@ -16,6 +16,12 @@ import logging
 import sys
 from typing import Any
 
+import yaml
+
+from poc59.model import pretrained
+from poc59.model.encoders import encoder_presets
+from poc59.model.factory import UnknownEncoderError, check_encoder_name
+
 log = logging.getLogger("poc59.weights")
 
 COMMANDS = ("fetch", "path")
@@ -30,7 +36,6 @@ class UsageError(ValueError):
 
 
 def _value(text: str) -> Any:
-    import yaml
 
     try:
         return yaml.safe_load(text)
@@ -40,7 +45,6 @@ def _value(text: str) -> Any:
 
 def parse_args(argv: list[str]) -> dict[str, Any]:
     """{command, name, kwargs, weights_dir, force} from `fetch encoder=... key=value ...`."""
-    from poc59.model.pretrained import encoder_presets
 
     if not argv or argv[0] in ("-h", "--help", "help"):
         raise UsageError(USAGE)
@@ -97,7 +101,6 @@ def parse_args(argv: list[str]) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    from poc59.model import pretrained
 
     try:
         args = parse_args(list(sys.argv[1:] if argv is None else argv))
@@ -106,7 +109,6 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     name = args["name"]
     if args["raw_name"]:  # presets' names are known; a raw name is checked before anything else
-        from poc59.model.factory import UnknownEncoderError, check_encoder_name
 
         try:
             check_encoder_name(name)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from poc59.analysis.colour import colorize, ignore_rgb, legend, overlay
-from poc59.classes import ARTEFACT, IGNORE_COLOUR, ClassTable
+from poc59.core.classes import ARTEFACT, IGNORE_COLOUR, ClassTable
 
 
 def _rgb(hex_colour: str) -> tuple[int, int, int]:

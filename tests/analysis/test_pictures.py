@@ -15,7 +15,7 @@ from poc59.analysis.pictures import (
     row_normalised,
     sample_grid_figure,
 )
-from poc59.classes import ARTEFACT, ClassTable
+from poc59.core.classes import ARTEFACT, ClassTable
 
 
 def _colours(path) -> set[tuple[int, int, int]]:

@@ -326,12 +326,12 @@ def test_settings_round_trip_and_serialise():
         BatchAugment()(torch.zeros(1, 3, 4, 4), torch.zeros(1, 4, 4, dtype=torch.uint8), gen(0))
 
 
-def test_zoom_grid_is_affine_grid():
+def testzoom_grid_is_affine_grid():
     """The zoom grid is built elementwise (no matmul, so no TF32 on a GPU) but is exactly what affine_grid gives."""
-    from poc59.data.augment import _zoom_grid
+    from poc59.data.augment import zoom_grid
 
     theta = torch.zeros(5, 2, 3)
     theta[:, 0, 0] = theta[:, 1, 1] = torch.linspace(0.5, 1.5, 5)
     theta[:, :, 2] = torch.rand(5, 2, generator=gen(31)) - 0.5
     expected = torch.nn.functional.affine_grid(theta, [5, 3, 7, 11], align_corners=False)
-    assert torch.allclose(_zoom_grid(theta, 7, 11), expected, atol=1e-6)
+    assert torch.allclose(zoom_grid(theta, 7, 11), expected, atol=1e-6)

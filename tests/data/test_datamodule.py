@@ -6,7 +6,7 @@ import torch
 
 from helpers import CRACKFOREST, make_folder, write_pair
 from poc59.data.datamodule import SegmentationDataModule
-from poc59.data.prepare import main as prepare_main
+from poc59.prepare import main as prepare_main
 
 
 def _dm(root, tmp_path, **kw):

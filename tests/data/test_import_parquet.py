@@ -19,8 +19,9 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from poc59.classes import ARTEFACT
-from poc59.data.import_parquet import METADATA_COLUMNS, import_parquet, main, safe_id
+from poc59.core.classes import ARTEFACT
+from poc59.data.import_parquet import METADATA_COLUMNS, import_parquet, safe_id
+from poc59.import_parquet import main
 from poc59.data.sources import DataError, discover
 
 IMAGE_TYPE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
@@ -270,7 +271,7 @@ def test_main_in_process_returns_codes(shards, tmp_path, capsys):
 def test_cli_subprocess(shards, tmp_path):
     src, _ = shards
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    cmd = [sys.executable, "-m", "poc59.data.import_parquet"]
+    cmd = [sys.executable, "-m", "poc59.import_parquet"]
     ok = subprocess.run([*cmd, str(src), str(tmp_path / "out")], capture_output=True, text=True, env=env, timeout=60)
     assert ok.returncode == 0, ok.stderr
     assert "imported 5 rows" in ok.stderr

@@ -1,10 +1,9 @@
 import json
-import shutil
 
 import numpy as np
 import pytest
 
-from poc59.classes import ARTEFACT, load_class_table
+from poc59.core.classes import ARTEFACT, load_class_table
 from poc59.data.sources import DataError, discover
 
 from helpers import CRACKFOREST, make_folder, write_pair

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from poc59.classes import ARTEFACT, IGNORE_INDEX
+from poc59.core.classes import ARTEFACT, IGNORE_INDEX
 from poc59.data import synthetic
 from poc59.data.sources import discover
 from poc59.data.synthetic import GENERATOR_VERSION, MARKER, ensure_synthetic, generate, render

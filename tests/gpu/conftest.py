@@ -18,7 +18,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, open_dict
 from PIL import Image
 
-from poc59.config import config_dir, register_resolvers
+from poc59.core.config import config_dir, register_resolvers
 
 NO_CUDA = "needs a CUDA device (torch.cuda.is_available() is False): run `bash bench/gpu_check.sh` on a GPU machine"
 

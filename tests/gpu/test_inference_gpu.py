@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from poc59.train import train
+from poc59.training.run import train
 
 pytestmark = pytest.mark.gpu  # skipped without CUDA (conftest.py says why)
 

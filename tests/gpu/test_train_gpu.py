@@ -11,9 +11,9 @@ import warnings
 import pytest
 import torch
 
-from poc59.config import auto_precision
+from poc59.core.config import auto_precision
 from poc59.model.module import SegmentationModule
-from poc59.train import train
+from poc59.training.run import train
 
 pytestmark = pytest.mark.gpu  # skipped without CUDA (conftest.py says why)
 

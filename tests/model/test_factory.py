@@ -13,7 +13,7 @@ from poc59.model.factory import (
     count_parameters,
     normalization,
 )
-from poc59.model.pretrained import encoder_presets
+from poc59.model.encoders import encoder_presets
 
 NUM_CLASSES = 16
 

@@ -168,13 +168,13 @@ def test_metric_convention_is_one_line():
 
 def test_the_accelerator_histogram_counts_what_bincount_counts():
     """On a GPU the confusion matrix is counted by scatter-adds into rows (bincount would sync with the host)."""
-    from poc59.model.metrics import _ROW, _row_scatter_histogram, histogram
+    from poc59.model.metrics import HISTOGRAM_ROW, histogram
 
     g = torch.Generator().manual_seed(0)
-    for n in (1, _ROW - 1, _ROW, 3 * _ROW + 17):
+    for n in (1, HISTOGRAM_ROW - 1, HISTOGRAM_ROW, 3 * HISTOGRAM_ROW + 17):
         values = torch.randint(0, 257, (n,), generator=g)
         values[: n // 2] = 0  # one crowded bin, as Clean is
-        assert torch.equal(_row_scatter_histogram(values, 257), torch.bincount(values, minlength=257))
+        assert torch.equal(histogram(values, 257, scatter=True), torch.bincount(values, minlength=257))
     assert torch.equal(histogram(torch.tensor([[2, 2], [0, 1]]), 4), torch.tensor([1, 1, 2, 0]))
 
 

@@ -7,8 +7,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from poc59.classes import ClassTable
-from poc59.trained import TrainedModel
+from poc59.core.classes import ClassTable
+from poc59.artifacts.trained import TrainedModel
 
 
 class Constant(nn.Module):

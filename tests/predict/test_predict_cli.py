@@ -9,14 +9,14 @@ import shutil
 import numpy as np
 import pytest
 from PIL import Image
-from test_train import make_cfg
+from helpers import make_cfg
 
 from helpers import CRACKFOREST
-from poc59.inference import predict_label_map
+from poc59.inference.image import predict_label_map
 from poc59.predict import main, parse_args
-from poc59.scans import open_scan
-from poc59.train import train
-from poc59.trained import load_model
+from poc59.inference.scans import open_scan
+from poc59.training.run import train
+from poc59.artifacts.load import load_model
 
 IMAGES = ["001", "002"]
 
@@ -142,7 +142,7 @@ def test_refusals_exit_2_before_reading_images(ckpt, scans, tmp_path, caplog):
 def test_a_scan_that_runs_out_of_gpu_memory_is_reported_and_the_others_go_on(ckpt, scans, tmp_path, monkeypatch):
     import torch
 
-    import poc59.predict as predict
+    import poc59.inference.run as predict
 
     real = predict.logit_bands
 

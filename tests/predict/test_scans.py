@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageCms, ImageOps
 
-from poc59.scans import ScanError, open_scan, read_object_mask, scan_size
+from poc59.inference.scans import ScanError, open_scan, read_object_mask, scan_size
 
 
 def _smooth(h: int, w: int, seed: int = 0) -> np.ndarray:

@@ -6,7 +6,7 @@ import pytest
 import torch
 from predict.standins import Constant, LocalConv, TilePosition
 
-from poc59.sliding_window import predict_logits, stream_logits, tile_starts, window
+from poc59.inference.tiling import predict_logits, stream_logits, tile_starts, window
 
 
 def _image(h: int, w: int, seed: int = 0) -> torch.Tensor:

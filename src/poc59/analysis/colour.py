@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from poc59.classes import IGNORE_COLOUR, ClassTable, hex_to_rgb
+from poc59.core.classes import IGNORE_COLOUR, ClassTable, hex_to_rgb
 
 __all__ = ["colorize", "ignore_rgb", "legend", "lookup_table", "overlay"]
 

@@ -13,13 +13,14 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
+from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
 from poc59.analysis.colour import colorize, ignore_rgb, legend
-from poc59.atomic import write_bytes
-from poc59.classes import ClassTable
+from poc59.core.atomic import write_bytes
+from poc59.core.classes import ClassTable
 
 __all__ = [
     "ERROR_COLOURS",
@@ -95,7 +96,6 @@ def confusion_matrix_figure(confmat: np.ndarray, classes: ClassTable, path: str 
     fig = Figure(figsize=(side + 1.0, side), dpi=100, layout="constrained")
     ax = fig.add_subplot()
     masked = np.ma.masked_invalid(shares * 100.0)
-    from matplotlib import colormaps
 
     cmap = colormaps["Blues"].with_extremes(bad="white")
     im = ax.imshow(masked, cmap=cmap, vmin=0.0, vmax=100.0, interpolation="nearest")
@@ -190,7 +190,6 @@ def grouped_iou_bars_figure(
         raise ValueError("grouped IoU bars need at least one run")
     for label, ious in per_run.items():
         _check_names(ious, classes, f"run {label!r}")
-    from matplotlib import colormaps
 
     names = list(classes.names)
     runs = list(per_run)

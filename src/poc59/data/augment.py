@@ -162,7 +162,7 @@ class BatchAugment:
         x = (images if in_order else images[dev["float_rows"]]).float()
         n_zoom, first_col = len(plan.zoomed), len(order) - len(plan.coloured)
         if n_zoom:
-            grid = _zoom_grid(dev["theta"], h, w)
+            grid = zoom_grid(dev["theta"], h, w)
             zoomed = F.grid_sample(x[:n_zoom], grid, mode="bilinear", padding_mode="zeros", align_corners=False)
             if n_zoom == len(order):
                 x = zoomed
@@ -258,7 +258,7 @@ class _Plan:
         return {k: piece.view(v.shape).long() if k in ids else piece.view(v.shape) for (k, v), piece in zip(parts.items(), pieces)}
 
 
-def _zoom_grid(theta: torch.Tensor, h: int, w: int) -> torch.Tensor:
+def zoom_grid(theta: torch.Tensor, h: int, w: int) -> torch.Tensor:
     """`F.affine_grid(theta, [n, C, h, w], align_corners=False)` for zoom + shift matrices (no rotation or shear).
 
     Built elementwise from theta's diagonal and translation: on a CPU the batched matmul inside

@@ -15,7 +15,7 @@ from typing import Sequence
 
 import torch
 
-from poc59.atomic import write_json
+from poc59.core.atomic import write_json
 
 log = logging.getLogger(__name__)
 

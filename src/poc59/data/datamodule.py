@@ -16,13 +16,14 @@ import lightning as L
 import numpy as np
 import torch
 
-from poc59.classes import ClassTable, load_class_table
+from poc59.core.classes import load_class_table
 from poc59.data.augment import BatchAugment
 from poc59.data.class_weights import load_or_compute
 from poc59.data.feed import BatchFeed
 from poc59.data.preload import Preloaded, canvas_side, mapped, preload
 from poc59.data.sources import DEFAULT_GROUP_PATTERN, Sample, discover
 from poc59.data.split import Split, grouped_split, load_split
+from poc59.data.synthetic import ensure_synthetic
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +101,6 @@ class SegmentationDataModule(L.LightningDataModule):
     def prepare_data(self) -> None:
         """Generate the built-in synthetic set on first use (once per node)."""
         if self.synthetic is not None:
-            from poc59.data.synthetic import ensure_synthetic
 
             ensure_synthetic(self.root, **self.synthetic)
 

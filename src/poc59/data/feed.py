@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterator
 import numpy as np
 import torch
 
-from poc59.classes import IGNORE_INDEX
+from poc59.core.classes import IGNORE_INDEX
 
 _RING = 3
 PADDING = -1  # the sample index of a padding item (see the module docstring)

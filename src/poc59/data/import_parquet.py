@@ -23,19 +23,17 @@ is written atomically, and **metadata.csv is written last: it is the marker of
 a complete import**. A run that fails midway leaves files but no metadata.csv;
 rerun with `--overwrite`.
 
-    python -m poc59.data.import_parquet SRC OUT [--max-side N] [--overwrite]
+`python -m poc59.import_parquet SRC OUT [--max-side N] [--overwrite]` is its command.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import csv
 import io
 import logging
 import re
 import shutil
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -43,13 +41,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 from PIL import Image
 
-from poc59.atomic import write_bytes
-from poc59.classes import ARTEFACT, ClassTable
+from poc59.core.atomic import write_bytes
+from poc59.core.classes import ARTEFACT, ClassTable
 from poc59.data.sources import DataError
 
-log = logging.getLogger("poc59.data.import_parquet")  # not "__main__" under -m
+log = logging.getLogger("poc59.import_parquet")  # the command's name in the log
+
 
 METADATA_COLUMNS = (
     "id",
@@ -61,12 +62,25 @@ METADATA_COLUMNS = (
     "width",
     "height",
 )
+
+
 REQUIRED_COLUMNS = ("id", "image", "annotation")
+
+
 OPTIONAL_COLUMNS = ("annotation_rgb", "material", "content")
+
+
 OWNED = ("images", "annotations", "annotations_rgb")  # what --overwrite replaces (plus metadata.csv)
+
+
 BATCH_SIZE = 4  # rows decoded at a time: a few full-size ARTeFACT images
+
+
 MAX_PIXELS = 1 << 29  # Pillow's bomb guard (89 Mpx) is below ARTeFACT's largest scans
+
+
 PROGRESS_SECONDS = 10.0
+
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 
@@ -236,8 +250,6 @@ def _check_schema(shard: Path, names: list[str]) -> list[str]:
 
 
 def _open_shard(shard: Path):
-    import pyarrow as pa
-    import pyarrow.parquet as pq
 
     try:
         return pq.ParquetFile(shard)
@@ -275,7 +287,6 @@ def import_parquet(
     annotations/, annotations_rgb/ and metadata.csv; other files are kept.
     metadata.csv is written last and only on success: without it, OUT is incomplete.
     """
-    import pyarrow as pa
 
     if max_side is not None and max_side < 1:
         raise DataError(f"max_side must be a positive number of pixels, got {max_side}")
@@ -357,27 +368,3 @@ def _write_row(row: _Row, out: Path, max_side: int | None, seen: dict[str, str])
         write_bytes(out / rgb_path, _png(rgb))
     return [row.id, row.material, row.content, image_path, annotation_path, rgb_path, str(size[0]), str(size[1])]
 
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m poc59.data.import_parquet",
-        description="Turn ARTeFACT's Hugging Face parquet shards into images/, annotations/, "
-        "annotations_rgb/ and metadata.csv (written last: the marker of a complete import).",
-    )
-    parser.add_argument("src", type=Path, help="a .parquet file or a folder searched recursively for *.parquet")
-    parser.add_argument("out", type=Path, help="output folder (must be empty or absent unless --overwrite)")
-    parser.add_argument("--max-side", type=int, default=None, metavar="N", help="cap the long side at N px, keeping aspect")
-    parser.add_argument("--overwrite", action="store_true", help="replace images/, annotations/, annotations_rgb/ and metadata.csv in OUT")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        n = import_parquet(args.src, args.out, max_side=args.max_side, overwrite=args.overwrite)
-    except (DataError, OSError) as err:
-        sys.stderr.write(f"error: {err}\n")
-        return 1
-    log.info("done: %d rows in %s", n, args.out)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -45,7 +45,7 @@ import psutil
 import torch
 from PIL import Image
 
-from poc59.atomic import write_json
+from poc59.core.atomic import write_json
 from poc59.data.sources import DataError, Sample
 
 log = logging.getLogger(__name__)

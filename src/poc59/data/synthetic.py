@@ -55,8 +55,8 @@ from typing import Callable, Iterator
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from poc59.classes import ARTEFACT, IGNORE_INDEX
-from poc59.cli_args import parse_key_values
+from poc59.core.classes import ARTEFACT, IGNORE_INDEX
+from poc59.core.cli import parse_key_values
 
 log = logging.getLogger(__name__)
 
@@ -1001,7 +1001,7 @@ def _read_marker(out: Path) -> dict | None:
 def _lock(out: Path) -> Iterator[None]:
     """Exclusive lock on a sibling `.NAME.lock` file; best effort (no fcntl, or a filesystem without locks)."""
     try:
-        import fcntl
+        import fcntl  # POSIX only (an optional platform module)
     except ImportError:  # Windows: rely on the atomic rename alone
         yield
         return

@@ -8,7 +8,6 @@ from a file path, or leaves it randomly initialised (`weights=None`).
 
 from __future__ import annotations
 
-import difflib
 import inspect
 import logging
 import os
@@ -17,14 +16,16 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import segmentation_models_pytorch as smp
+from timm.models import get_pretrained_cfg
 from torch import nn
 
+from poc59.model.encoders import UnknownEncoderError, check_encoder_name
 from poc59.model.pretrained import (
     IMAGENET,
     MissingWeightsError,
     WeightsMismatchError,
     cached_weights_path,
-    encoder_presets,
     load_encoder_weights,
     missing_weights_message,
 )
@@ -61,10 +62,6 @@ _SMP_NORMALIZATION = {
 }
 
 
-class UnknownEncoderError(ValueError):
-    """An encoder name that is neither an smp encoder nor a timm model."""
-
-
 def _no_hub() -> None:
     """Training never waits on the network: make any hub call fail at once (HF_HUB_OFFLINE=1 unless set)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -83,54 +80,8 @@ def _plain(value: Any) -> Any:
 
 
 def _architectures() -> dict[str, type[nn.Module]]:
-    import segmentation_models_pytorch as smp
 
     return {name.lower(): getattr(smp, name) for name in DECODERS}
-
-
-def _presets_hint() -> str:
-    presets = encoder_presets()
-    lines = [
-        f"encoder={preset} ({cfg.get('name')})" for preset, cfg in presets.items() if preset != "custom"
-    ]
-    hint = ""
-    if lines:
-        hint += "poc59's presets: " + ", ".join(lines) + ".\n"
-    hint += (
-        "Any other encoder: encoder=custom encoder.name=tu-<timm model> (e.g. tu-resnet34; any name from "
-        "timm.list_models()) or encoder=custom encoder.name=<smp encoder> (e.g. mit_b2, resnet50; "
-        "smp.encoders.get_encoder_names())."
-    )
-    return hint
-
-
-def check_encoder_name(name: str) -> None:
-    """Raise UnknownEncoderError unless `name` is an smp encoder or `tu-<timm model>`."""
-    import segmentation_models_pytorch as smp
-    import timm
-    from segmentation_models_pytorch.encoders import is_equivalent_to_timm_universal
-
-    if not isinstance(name, str) or not name or name == "???":
-        raise UnknownEncoderError(f"No encoder name given (encoder.name={name!r}).\n{_presets_hint()}")
-    if name.startswith("tu-"):
-        base = name[3:]
-        if base.startswith("hf-hub:") or timm.is_model(base):
-            return
-        candidates = ["tu-" + m for m in timm.list_models()]
-        reason = f"{base!r} is not a timm model"
-    else:
-        if name in smp.encoders.encoders or is_equivalent_to_timm_universal(name):
-            return
-        if timm.is_model(name):
-            raise UnknownEncoderError(
-                f"Unknown encoder {name!r}: it is a timm model; timm models need the tu- prefix: "
-                f"encoder=custom encoder.name=tu-{name}"
-            )
-        candidates = list(smp.encoders.get_encoder_names())
-        reason = "not an smp encoder and not tu-<timm model>"
-    close = difflib.get_close_matches(name, candidates, n=3, cutoff=0.75)
-    did_you_mean = f" Did you mean {', '.join(close)}?" if close else ""
-    raise UnknownEncoderError(f"Unknown encoder {name!r}: {reason}.{did_you_mean}\n{_presets_hint()}")
 
 
 def _architecture(decoder: str) -> type[nn.Module]:
@@ -245,7 +196,6 @@ def normalization(name: str) -> dict[str, list[float]]:
     ImageNet statistics except the few that differ. Stored in checkpoints so later commands need nothing else.
     """
     if name.startswith("tu-"):
-        from timm.models import get_pretrained_cfg
 
         try:
             cfg = get_pretrained_cfg(name[3:])

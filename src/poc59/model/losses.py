@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from poc59.classes import IGNORE_INDEX
+from poc59.core.classes import IGNORE_INDEX
 
 __all__ = ["CrossEntropyLoss", "DiceFocalLoss", "DiceLoss", "FocalLoss"]
 

@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 from torchmetrics import Metric
 
-from poc59.classes import IGNORE_INDEX
+from poc59.core.classes import IGNORE_INDEX
 
 __all__ = [
     "SegmentationIoU",
@@ -82,28 +82,27 @@ def iou_by_name(iou: Tensor, names: Sequence[str]) -> dict[str, float | None]:
     return {str(n): (None if math.isnan(v) else float(v)) for n, v in zip(names, vals)}
 
 
-_ROW = 1 << 14  # values per row of the scatter table in `histogram` (see there)
+HISTOGRAM_ROW = 1 << 14  # values per row of the scatter table in `histogram` (see there)
 
 
-def histogram(values: Tensor, bins: int) -> Tensor:
+def histogram(values: Tensor, bins: int, *, scatter: bool | None = None) -> Tensor:
     """int64 counts of the integers ``values`` (any shape, each in ``0..bins-1``), without a host sync.
 
     On a CPU this is ``torch.bincount``. On an accelerator ``bincount`` first reads ``values.max()`` back
-    to size its output, a host sync that stalls every training step; instead the values are cut into
-    rows of ``_ROW`` and scatter-added into a ``[rows, bins]`` table, which is summed. The rows spread
-    the atomic adds of the frequent bins (most pixels are Clean) over many addresses.
+    to size its output, a host sync that stalls every training step; instead (``scatter``, the default
+    off the CPU) the values are cut into rows of ``HISTOGRAM_ROW`` and scatter-added into a
+    ``[rows, bins]`` table, which is summed. The rows spread the atomic adds of the frequent bins (most
+    pixels are Clean) over many addresses.
     """
     flat = values.reshape(-1).long()
-    if flat.device.type == "cpu":
+    if scatter is None:
+        scatter = flat.device.type != "cpu"
+    if not scatter:
         return torch.bincount(flat, minlength=bins)
-    return _row_scatter_histogram(flat, bins)
-
-
-def _row_scatter_histogram(flat: Tensor, bins: int) -> Tensor:
-    rows = max(1, -(-flat.numel() // _ROW))
-    padded = torch.nn.functional.pad(flat, (0, rows * _ROW - flat.numel()), value=bins)  # padding -> bin `bins`
+    rows = max(1, -(-flat.numel() // HISTOGRAM_ROW))
+    padded = torch.nn.functional.pad(flat, (0, rows * HISTOGRAM_ROW - flat.numel()), value=bins)  # padding -> bin `bins`
     table = torch.zeros(rows, bins + 1, dtype=torch.int64, device=flat.device)
-    table.scatter_add_(1, padded.view(rows, _ROW), torch.ones(1, dtype=torch.int64, device=flat.device).expand(rows, _ROW))
+    table.scatter_add_(1, padded.view(rows, HISTOGRAM_ROW), torch.ones(1, dtype=torch.int64, device=flat.device).expand(rows, HISTOGRAM_ROW))
     return table.sum(0)[:bins]
 
 

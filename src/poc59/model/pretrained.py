@@ -24,14 +24,23 @@ import json
 import logging
 import os
 import re
+import sys
 import threading
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:  # torch is imported where needed: `python -m poc59.weights path` stays quick
-    import torch
-    from torch import nn
+import segmentation_models_pytorch as smp
+import timm
+import torch
+from huggingface_hub import constants
+from huggingface_hub.utils import get_session
+from safetensors.torch import load_file, save
+from torch import nn
+
+from poc59.core.atomic import write_bytes
+from poc59.core.config import cache_root
+from poc59.model.encoders import check_encoder_name, encoder_overrides
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +68,6 @@ class HubUnreachableError(ConnectionError):
 
 def default_weights_dir() -> Path:
     """poc59's weight cache: `cache_root()/weights` ($POC59_CACHE/weights, else ~/.cache/poc59/weights)."""
-    from poc59.config import cache_root
 
     return cache_root() / "weights"
 
@@ -75,60 +83,6 @@ def cached_weights_path(name: str, weights_dir: str | Path | None = None) -> Pat
 
 
 # --------------------------------------------------------------------------- presets
-
-
-def encoder_presets_dir() -> Path:
-    """`conf/encoder` (inside the package of a wheel, or at the top of a checkout)."""
-    from poc59 import config
-
-    try:
-        return config.config_dir() / "encoder"
-    except FileNotFoundError:
-        # conf/ exists but without train.yaml (e.g. a partial checkout): look for the encoder group itself.
-        package_dir = Path(config.__file__).resolve().parent
-        for candidate in (package_dir / "conf" / "encoder", package_dir.parents[1] / "conf" / "encoder"):
-            if candidate.is_dir():
-                return candidate
-        raise
-
-
-def encoder_presets() -> dict[str, dict[str, Any]]:
-    """poc59's encoder presets (`conf/encoder/*.yaml`) by preset name; {} when the configs cannot be found."""
-    from omegaconf import OmegaConf
-
-    try:
-        folder = encoder_presets_dir()
-    except FileNotFoundError:
-        return {}
-    presets = {}
-    for path in sorted(folder.glob("*.yaml")):
-        presets[path.stem] = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
-    return presets
-
-
-def _override_value(value: Any) -> str:
-    if isinstance(value, str):
-        return value
-    return json.dumps(value, separators=(",", ":"))
-
-
-def encoder_overrides(name: str, kwargs: Mapping[str, Any] | None = None) -> str:
-    """The command-line overrides that select encoder `name` (with `kwargs`): a preset if one matches.
-
-    e.g. "encoder=convnext_tiny", or "encoder=custom encoder.name=tu-resnet34".
-    """
-    kwargs = dict(kwargs or {})
-    presets = encoder_presets()
-    preset, preset_kwargs = None, {}
-    for preset_name, cfg in presets.items():
-        if preset_name != "custom" and cfg.get("name") == name:
-            preset, preset_kwargs = preset_name, dict(cfg.get("kwargs") or {})
-            break
-    parts = [f"encoder={preset}"] if preset else [f"encoder=custom encoder.name={name}"]
-    for key, value in kwargs.items():
-        if preset_kwargs.get(key, object()) != value:
-            parts.append(f"encoder.kwargs.{key}={_override_value(value)}")
-    return " ".join(parts)
 
 
 def fetch_command(
@@ -161,14 +115,12 @@ def missing_weights_message(
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """The tensors of a .safetensors or torch (.pth/.pt/.ckpt) file, unwrapped from {"state_dict": ...}/{"model": ...}."""
-    import torch
 
     path = Path(path).expanduser()
     if not path.is_file():
         raise MissingWeightsError(f"weights file {path} does not exist")
     try:
         if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
 
             obj: Any = load_file(str(path), device="cpu")
         else:
@@ -218,8 +170,6 @@ def _droppable_keys(name: str, kwargs: Mapping[str, Any] | None, timm_universal:
     """Normalised keys of a full timm model that the features-only encoder lacks (heads); None: use prefixes."""
     if not timm_universal:
         return None
-    import timm
-    import torch
 
     base = name[3:]
     try:
@@ -286,8 +236,6 @@ def load_encoder_weights(
     Raises MissingWeightsError (no file), WeightsMismatchError (file does not fit: names the file and
     what did not match).
     """
-    import torch
-    from torch import nn
 
     path = Path(path).expanduser().resolve()
     tensors = read_state_dict(path)
@@ -355,7 +303,6 @@ def _hub_offline_env() -> bool:
     values = (os.environ.get("HF_HUB_OFFLINE", ""), os.environ.get("TRANSFORMERS_OFFLINE", ""))
     if any(v.strip().lower() in ("1", "true", "yes", "on") for v in values):
         return True
-    import sys
 
     constants = sys.modules.get("huggingface_hub.constants")
     return bool(getattr(constants, "HF_HUB_OFFLINE", False))
@@ -363,7 +310,6 @@ def _hub_offline_env() -> bool:
 
 def check_hub(timeout: float = 10.0) -> None:
     """Raise HubUnreachableError unless the model hub answers within `timeout` seconds (bounded, no retries)."""
-    from huggingface_hub import constants
 
     endpoint = constants.ENDPOINT
     if _hub_offline_env():
@@ -372,7 +318,6 @@ def check_hub(timeout: float = 10.0) -> None:
 
     def probe() -> None:
         try:
-            from huggingface_hub.utils import get_session
 
             outcome["status"] = get_session().head(endpoint, timeout=timeout).status_code
         except Exception as e:  # DNS failure, refused, proxy, TLS, timeout
@@ -399,9 +344,7 @@ def unreachable_message(name: str, dest: Path, reason: str, kwargs: Mapping[str,
 
 
 def _atomic_save(tensors: dict[str, torch.Tensor], dest: Path, metadata: dict[str, str]) -> None:
-    from safetensors.torch import save
 
-    from poc59.atomic import write_bytes
 
     write_bytes(dest, save(tensors, metadata=metadata))
 
@@ -429,14 +372,11 @@ def fetch(
     except HubUnreachableError as e:
         raise HubUnreachableError(unreachable_message(name, dest, str(e), kwargs)) from None
 
-    import segmentation_models_pytorch as smp
 
-    from poc59.model.factory import check_encoder_name
 
     check_encoder_name(name)
 
     if name.startswith("tu-"):
-        import timm
 
         if not timm.models.is_model_pretrained(name[3:]):
             raise ValueError(f"timm has no pretrained weights for {name[3:]}: use encoder.weights=null")
@@ -456,7 +396,6 @@ def fetch(
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in encoder.state_dict().items()}
     source = ""
     if name.startswith("tu-"):
-        import timm
 
         cfg = timm.models.get_pretrained_cfg(name[3:])
         source = getattr(cfg, "hf_hub_id", None) or getattr(cfg, "url", None) or ""

@@ -15,7 +15,7 @@ import logging
 import os
 import zlib
 
-from poc59.config import SettingError
+from poc59.core.config import SettingError
 
 log = logging.getLogger(__name__)
 

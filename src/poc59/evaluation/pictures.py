@@ -7,9 +7,13 @@ from pathlib import Path
 
 import numpy as np
 
-from poc59.analysis.pictures import confusion_matrix_figure, iou_bars_figure, sample_grid_figure
+from poc59.analysis.pictures import (
+    confusion_matrix_figure,
+    iou_bars_figure,
+    sample_grid_figure,
+)
+from poc59.artifacts.trained import TrainedModel
 from poc59.data.datamodule import SegmentationDataModule
-from poc59.trained import TrainedModel
 
 
 def draw(

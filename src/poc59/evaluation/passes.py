@@ -21,12 +21,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from poc59 import inference
+from poc59.artifacts.trained import TrainedModel
 from poc59.data.datamodule import SegmentationDataModule
-from poc59.data.preload import load_native
 from poc59.data.feed import BatchFeed
+from poc59.data.preload import load_native
+from poc59.inference import image as inference
 from poc59.model.metrics import confusion_matrix
-from poc59.trained import TrainedModel
 
 NATIVE_SPEED_CONVENTION = (
     "predict's whole path per image at its stored resolution (tiling or resizing, forward, blending, argmax; "

@@ -19,7 +19,8 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from poc59.atomic import write_json
+from poc59.core.atomic import write_json
+from poc59.evaluation.run import EvaluateError, evaluate_run
 
 log = logging.getLogger("poc59.evaluate")
 
@@ -38,7 +39,6 @@ def evaluate_all(sweep: str | Path, split: str | None = "val", out: Any = None, 
 
     Returns {"sweep", "split", "counts", "runs": [{"run_dir", "status", "miou", "metrics", "reason"}]}.
     """
-    from poc59.evaluate import EvaluateError, evaluate_run
 
     folder = Path(sweep).expanduser().resolve()
     if not folder.is_dir():

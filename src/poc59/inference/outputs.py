@@ -20,8 +20,8 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from poc59.analysis.colour import legend, lookup_table
-from poc59.atomic import write_bytes, write_json
-from poc59.classes import ClassTable
+from poc59.core.atomic import write_bytes, write_json
+from poc59.core.classes import ClassTable
 
 __all__ = ["STATISTICS_CONVENTION", "OverlayPicture", "damage_statistics", "label_map_png", "write_statistics"]
 

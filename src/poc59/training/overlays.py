@@ -19,7 +19,7 @@ import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from poc59.analysis.colour import legend, overlay
-from poc59.classes import ClassTable
+from poc59.core.classes import ClassTable
 
 __all__ = ["ValidationOverlays"]
 

@@ -1,4 +1,4 @@
-"""`python -m poc59.data.prepare [the same overrides as training]`: check and cache the data before a run.
+"""`python -m poc59.prepare [the same overrides as training]`: check and cache the data before a run.
 
 Composes the training config, so `data=...`, `data.root=...`, `data.image_size=...`
 mean exactly what they mean to `poc59.train`. Validates every pair, builds the
@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.logging import RichHandler
 from rich.table import Table
 
-from poc59.config import config_dir, register_resolvers
+from poc59.core.config import config_dir, register_resolvers
 from poc59.data.class_weights import pixel_counts
 from poc59.data.datamodule import SegmentationDataModule
 from poc59.data.sources import DataError

@@ -18,12 +18,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from poc59.classes import ClassTable
+from poc59.core.classes import ClassTable
 from poc59.model.factory import build_network
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ModelLoadError", "Segmenter", "TrainedModel", "load_checkpoint", "load_model"]
+__all__ = ["ModelLoadError", "Segmenter", "TrainedModel", "load_checkpoint"]
 
 
 class ModelLoadError(ValueError):
@@ -113,17 +113,3 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Tra
         run_dir=_run_dir_of(path),
         extra={"epoch": ckpt.get("epoch"), "global_step": ckpt.get("global_step")},
     )
-
-
-def load_model(path: str | Path, device: str | torch.device = "cpu") -> TrainedModel:
-    """A checkpoint (.ckpt) or an exported model (.onnx, .pt TorchScript with its model card)."""
-    path = Path(path).expanduser()
-    if path.suffix == ".onnx":
-        from poc59.exported import load_onnx  # onnxruntime is an optional extra
-
-        return load_onnx(path)
-    if path.suffix == ".pt":
-        from poc59.exported import load_torchscript
-
-        return load_torchscript(path, device)
-    return load_checkpoint(path, device)

@@ -7,7 +7,10 @@ import io
 from pathlib import Path
 from typing import Any
 
-from poc59.atomic import write_bytes, write_json
+from rich.table import Table
+from rich.text import Text
+
+from poc59.core.atomic import write_bytes, write_json
 
 __all__ = ["print_table", "table_rows", "write_reports"]
 
@@ -134,8 +137,6 @@ def write_reports(result: dict, out: Path) -> dict[str, Path]:
 
 def print_table(result: dict, console: Any) -> None:
     """The comparison table, the verdict on the lead and what the numbers mean, with Rich."""
-    from rich.table import Table
-    from rich.text import Text
 
     title = "Encoder comparison" + (f": {result['sweep']}" if result["sweep"] else "")
     table = Table(title=title, title_justify="left")

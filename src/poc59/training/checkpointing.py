@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from poc59.atomic import write_bytes
+from poc59.core.atomic import write_bytes
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

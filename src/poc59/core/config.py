@@ -8,22 +8,25 @@
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 
+import torch
 from omegaconf import OmegaConf
 
-_PACKAGE_DIR = Path(__file__).resolve().parent
+_PACKAGE_DIR = Path(__file__).resolve().parents[1]  # the poc59 package (this file is poc59/core/config.py)
 
 
 class SettingError(ValueError):
     """A setting that cannot work; the message names the key and the fix (the command exits 2)."""
 
 
-def config_dir() -> Path:
-    """The `conf/` folder: inside the package (wheel) or at the checkout's top."""
+def config_dir(needs: str = "train.yaml") -> Path:
+    """The `conf/` folder: inside the package (wheel) or at the checkout's top; the first that holds `needs`."""
     for candidate in (_PACKAGE_DIR / "conf", _PACKAGE_DIR.parents[1] / "conf"):
-        if (candidate / "train.yaml").is_file():
+        if (candidate / needs).exists():
             return candidate
     raise FileNotFoundError(
         f"poc59's configs were not found in {_PACKAGE_DIR / 'conf'} or {_PACKAGE_DIR.parents[1] / 'conf'}; "
@@ -45,7 +48,6 @@ def bf16_supported() -> bool:
     `torch.cuda.is_bf16_supported()` also answers True on V100 / T4 (sm70 / sm75), where bf16 is only
     emulated and slower than fp16: poc59 asks without emulation, so those GPUs get 16-mixed.
     """
-    import torch
 
     return torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False)
 
@@ -56,7 +58,6 @@ def auto_precision() -> str:
     The one place poc59 picks a precision (training config, evaluate, predict, bench). bf16 autocast on
     CPU is ~30x slower than fp32 (measured), so CPU trains in 32-bit.
     """
-    import torch
 
     if not torch.cuda.is_available():
         return "32-true"
@@ -65,8 +66,6 @@ def auto_precision() -> str:
 
 def _partition_has_gpus(partition: str | None) -> bool | None:
     """Whether `sinfo` lists a GPU GRES on the partition (the default one if None); None if sinfo cannot tell."""
-    import shutil
-    import subprocess
 
     if not shutil.which("sinfo"):
         return None
@@ -119,7 +118,6 @@ def local_gpus_per_node(accelerator: Any, devices: Any) -> int:
     """GPUs one run of conf/hydra/launcher/local.yaml claims: as `gpus_per_node`, where `auto` means this
     machine's CUDA GPUs (there is no SLURM partition to ask)."""
     if str(accelerator).lower() == "auto":
-        import torch
 
         accelerator = "gpu" if torch.cuda.is_available() else "cpu"
     return gpus_per_node(accelerator, devices)

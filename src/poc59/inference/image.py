@@ -6,7 +6,7 @@ The scale follows the checkpoint (`TrainedModel.geometry`):
   top-left with 0 for `pad`), one forward pass, and the logits are upsampled
   bilinearly to the original size (then argmax; never nearest on labels).
 - `crop` (native scale): sliding-window inference over the full image with the
-  training tile (`poc59.sliding_window`), tiles batched, logits blended. A model
+  training tile (`poc59.inference.tiling`), tiles batched, logits blended. A model
   trained with `max_side` saw its sources shrunk so the long side was at most
   `max_side`: a larger scan is shrunk the same way first (the damage then has the
   size the model learnt), and the blended logits are upsampled back bilinearly.
@@ -32,10 +32,10 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from poc59.config import auto_precision
+from poc59.artifacts.trained import TrainedModel
+from poc59.core.config import auto_precision
 from poc59.data.preload import content_size, resample_image
-from poc59.sliding_window import predict_logits, run_batches, stream_logits
-from poc59.trained import TrainedModel
+from poc59.inference.tiling import predict_logits, run_batches, stream_logits
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ BAND_ROWS = 256  # rows per band when upsampling resize/pad logits to the origin
 
 
 class ImageRows(Protocol):
-    """An image as RGB uint8 rows: `poc59.scans.Scan` (a file, maybe streamed) or `ArrayImage`."""
+    """An image as RGB uint8 rows: `poc59.inference.scans.Scan` (a file, maybe streamed) or `ArrayImage`."""
 
     width: int
     height: int

@@ -1,0 +1,281 @@
+"""Score a trained model on a split of its run's data (or another folder): `evaluate_run`.
+
+The images, split and geometry are the run's own (its config.yaml and split.json), fed by the
+same BatchFeed as training validation, so the run's best val/mIoU is reproduced. Writes
+metrics.json (atomically) into <run>/evaluation/<split>/. `python -m poc59.evaluate` is its command.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from poc59.analysis.bootstrap import bootstrap_iou
+from poc59.analysis.scores import LEGACY_CONVENTION, batched_miou, scores
+from poc59.artifacts.load import load_model, locate_checkpoint
+from poc59.artifacts.trained import TrainedModel
+from poc59.core.atomic import write_json
+from poc59.core.config import cache_root
+from poc59.data.datamodule import SegmentationDataModule
+from poc59.evaluation.passes import (
+    NATIVE_SPEED_CONVENTION,
+    SPEED_CONVENTION,
+    precision_for,
+    predicted_canvases,
+    score,
+    score_native,
+)
+from poc59.evaluation.pictures import (
+    draw,  # matplotlib only when pictures are asked for
+)
+from poc59.inference.image import resolve_device
+from poc59.model.metrics import metric_convention
+
+log = logging.getLogger("poc59.evaluate")
+
+
+SPLITS = ("val", "test", "all")
+
+
+GROUP_COLUMNS = ("material", "content")
+
+
+class EvaluateError(ValueError):
+    """Bad arguments or a run that cannot be evaluated; the message names the fix."""
+
+
+def locate(run_dir: str | Path | None, ckpt: str | Path | None) -> tuple[Path, Path | None]:
+    """(checkpoint, run folder or None) from run_dir= and/or ckpt=."""
+    if run_dir is None and ckpt is None:
+        raise EvaluateError("name what to evaluate: run_dir=<run folder> (uses its checkpoints/best.ckpt) or ckpt=<file>")
+    return locate_checkpoint(run_dir, ckpt, EvaluateError)
+
+
+def data_config(model: TrainedModel, run: Path | None, data_root: str | Path | None, batch_size: int | None) -> tuple[Any, bool]:
+    """The DataModule config: the run's own (same images, split and geometry), or `data_root` at the checkpoint's geometry.
+
+    Returns (config, own) where `own` says the data is the run's (its split.json applies).
+    """
+    if run is None and data_root is None:
+        raise EvaluateError(
+            f"{model.source} is not inside a run folder (no ../config.yaml), so its data is unknown: "
+            "pass data.root=<dataset folder> (the geometry comes from the checkpoint), or run_dir=<run folder>"
+        )
+    if run is not None:
+        cfg = OmegaConf.load(run / "config.yaml").data
+        summary = run / "summary.json"
+        if not Path(cfg.root).expanduser().is_absolute() and summary.is_file():  # relative to where training ran
+            cfg.root = json.loads(summary.read_text())["provenance"]["data"]["root"]
+    else:
+        cfg = OmegaConf.create({"_target_": f"{SegmentationDataModule.__module__}.{SegmentationDataModule.__name__}",
+                                "cache_dir": str(cache_root() / "data"), "batch_size": 8})
+    own = run is not None and (data_root is None or Path(data_root).expanduser().resolve() == Path(cfg.root).resolve())
+    if own:
+        cfg.split_file = str(run / "split.json")
+    else:  # another folder: split afresh with the run's settings; _augK copies would only ever be training images
+        cfg.root, cfg.split_file, cfg.synthetic = str(Path(data_root).expanduser().resolve()), None, None
+        cfg.use_aug_copies = False
+    cfg.image_size, cfg.policy, cfg.max_side = (model.geometry.get(k) for k in ("image_size", "policy", "max_side"))
+    cfg.on_device = False
+    if batch_size is not None:
+        cfg.batch_size = int(batch_size)
+    return cfg, own
+
+
+MODES = ("training_resolution", "native")
+
+
+MODE_CONVENTIONS = {
+    "training_resolution": "images as training validation saw them (the run's geometry and image size): reproduces val/mIoU",
+    "native": "each image at its stored resolution, predicted as python -m poc59.predict does (overlap {overlap}, "
+              "flip TTA {tta}), scored against its full-resolution mask: not comparable with val/mIoU",
+}
+
+
+def check_split(split: str | None) -> None:
+    if split is not None and split not in SPLITS:
+        raise EvaluateError(f"unknown split {split!r}: choose split=val, split=test or split=all")
+
+
+def split_indices(dm: SegmentationDataModule, split: str) -> list[int]:
+    """Sample indices of `split`: val / test from the split, or all source images (copies only where no original exists)."""
+    check_split(split)
+    if split == "all":
+        originals = {s.group for s in dm.samples if not s.is_copy}
+        return [i for i, s in enumerate(dm.samples) if not s.is_copy or s.group not in originals]
+    ids = dm.split[split]
+    if not ids:
+        raise EvaluateError(
+            f"the {split} split of {dm.root} is empty" + (
+                ": the run held out no test images (train with data.test_fraction=0.1 to have some), or use split=val"
+                if split == "test" else ""
+            )
+        )
+    index = {s.id: i for i, s in enumerate(dm.samples)}
+    return [index[i] for i in ids]
+
+
+def metadata_groups(dm: SegmentationDataModule, indices: list[int]) -> dict[str, dict[str, list[int]]]:
+    """{column: {value: positions in `indices`}} for the metadata.csv columns material / content (by id, else group)."""
+    path = dm.root / "metadata.csv"
+    if not path.is_file():
+        return {}
+    with path.open(newline="") as f:
+        reader = csv.DictReader(f)
+        columns = [c for c in GROUP_COLUMNS if c in (reader.fieldnames or ()) and "id" in reader.fieldnames]
+        rows = {r["id"]: r for r in reader if r.get("id")}
+    groups: dict[str, dict[str, list[int]]] = {c: defaultdict(list) for c in columns}
+    for k, i in enumerate(indices):
+        sample = dm.samples[i]
+        meta = rows.get(sample.id) or rows.get(sample.group) or {}
+        for c in columns:
+            if meta.get(c):
+                groups[c][meta[c]].append(k)
+    return {c: dict(sorted(v.items())) for c, v in groups.items()}
+
+
+def _interval(iv: np.ndarray) -> list[float] | None:
+    return None if np.isnan(iv).any() else [float(iv[0]), float(iv[1])]
+
+
+def group_report(per_image: torch.Tensor, groups: dict[str, dict[str, list[int]]], names: list[str]) -> dict:
+    """Per metadata group: images, mIoU and per-class IoU from the sum of its images' matrices."""
+    out: dict[str, dict] = {}
+    for column, values in groups.items():
+        out[column] = {}
+        for value, rows in values.items():
+            s = scores(per_image[rows].sum(0), names)
+            out[column][value] = {"num_images": len(rows), "miou": s["miou"],
+                                  "per_class_iou": {n: s["per_class"][n]["iou"] for n in names}}
+    return out
+
+
+def evaluate_run(
+    run_dir: Path | None = None,
+    ckpt: Path | None = None,
+    split: str | None = None,
+    *,
+    data_root: str | Path | None = None,
+    resamples: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+    batch_size: int | None = None,
+    device: str = "auto",
+    out: str | Path | None = None,
+    pictures: bool = True,
+    worst_k: int = 8,
+    mode: str = "training_resolution",
+    overlap: float = 0.25,
+    tta: bool = False,
+) -> dict:
+    """Evaluate one checkpoint; writes <out>/metrics.json (and pictures) and returns the metrics dict.
+
+    `split=None` (the default) means val for the run's own data, all for another data.root. `out` defaults to
+    <run>/evaluation/<split> (<run>/evaluation/<data folder>-<split> for another data.root; "-native" added
+    for mode=native). `mode=native` scores predict's full-resolution output (`overlap`, `tta` as in predict)
+    against full-resolution masks, a different number from the training-resolution val/mIoU.
+    """
+    check_split(split)
+    if mode not in MODES:
+        raise EvaluateError(f"mode={mode}: choose {' or '.join(MODES)} (native: full resolution, as predict runs)")
+    if int(resamples) < 1 or not 0.0 < float(level) < 1.0:  # before any inference, not after it
+        raise EvaluateError(f"bootstrap.resamples={resamples}, bootstrap.level={level}: resamples must be >= 1 "
+                            "and level between 0 and 1 (e.g. bootstrap.level=0.95)")
+    torch.set_flush_denormal(True)  # as training did: the same arithmetic, and 3-10x faster on CPU
+    ckpt_path, run = locate(run_dir, ckpt)
+    dev = resolve_device(device)
+    model = load_model(ckpt_path, dev)
+    run = run or model.run_dir
+    cfg, own = data_config(model, run, data_root, batch_size)
+    split = split or ("val" if own else "all")
+    dm: SegmentationDataModule = instantiate(cfg)
+    dm.prepare_data()
+    dm.setup("validate")
+    classes, names = model.classes, list(model.classes.names)
+    if dm.classes.num_classes != classes.num_classes:
+        raise EvaluateError(
+            f"{dm.root} has {dm.classes.num_classes} classes ({', '.join(dm.classes.names)}) but the model predicts "
+            f"{classes.num_classes} ({', '.join(names)}): evaluate on a folder with the model's classes (ROOT/classes.json)"
+        )
+    if dm.classes.names != classes.names:
+        log.warning("%s names its classes %s; reporting the model's names %s", dm.root, list(dm.classes.names), names)
+    indices = split_indices(dm, split)
+    trained = OmegaConf.load(run / "config.yaml").trainer.get("precision") if run else None
+    precision, autocast = precision_for(dev, trained)
+    log.info("Evaluating %s on %d %s images of %s (%s, %d px, batch %d, %s, %s)", ckpt_path, len(indices), split,
+             dm.root, dm.policy, dm.image_size, dm.batch_size, dev, precision)
+
+    if mode == "native":
+        confmat, per_image, seconds = score_native(model, dm, indices, dm.batch_size, dev, overlap, tta, trained)
+    else:
+        confmat, per_image, seconds = score(model, dm, indices, dm.batch_size, dev, autocast)
+    assert torch.equal(per_image.sum(0), confmat), "per-image matrices do not add up to the split's matrix"
+    s = scores(confmat, names)
+    boot = bootstrap_iou(per_image, resamples, seed, level)
+    images = (per_image.sum(2) > 0).sum(0).tolist()  # images whose target holds the class: 1 or 2 = a fragile IoU
+    per_class = {n: {"iou": s["per_class"][n]["iou"], "iou_ci": _interval(boot["per_class_iou"][c]),
+                     **{key: v for key, v in s["per_class"][n].items() if key != "iou"}, "images": images[c]}
+                 for c, n in enumerate(names)}
+    image_miou = batched_miou(per_image).tolist()
+    ranked = sorted((m, p) for p, m in enumerate(image_miou) if not math.isnan(m))  # worst first
+    worst_k = max(0, int(worst_k))
+    ms = 1000 * seconds / len(indices)
+    metrics = {
+        "checkpoint": str(ckpt_path),
+        "checkpoint_epoch": model.extra.get("epoch"),
+        "run_dir": str(run) if run else None,
+        "split": split,
+        "data_root": str(dm.root),
+        "mode": mode,
+        "mode_convention": MODE_CONVENTIONS[mode] if mode == "training_resolution" else MODE_CONVENTIONS[mode].format(overlap=overlap, tta=tta),
+        "image_size": dm.image_size,
+        "geometry": dict(model.geometry),
+        "split_fingerprint": dm.split["fingerprint"],
+        "num_images": len(indices),
+        "classes": classes.to_dict(),
+        "metric_convention": metric_convention(),
+        "miou": s["miou"],
+        "miou_ci": _interval(boot["miou"]),
+        "miou_legacy": s["miou_legacy"],
+        "miou_legacy_convention": LEGACY_CONVENTION,
+        "pixel_accuracy": s["pixel_accuracy"],
+        "fw_iou": s["fw_iou"],
+        "per_class": per_class,
+        "bootstrap": {key: boot[key] for key in ("resamples", "seed", "level", "unit")},
+        "groups": group_report(per_image, metadata_groups(dm, indices), names),
+        "speed": {"ms_per_image": ms, "images_per_s": 1000 / ms if ms > 0 else None, "device": str(dev),
+                  "cpu_threads": torch.get_num_threads(), "batch_size": dm.batch_size, "precision": precision,
+                  "convention": NATIVE_SPEED_CONVENTION if mode == "native" else SPEED_CONVENTION},
+        "worst_images": [{"id": dm.samples[indices[p]].id, "miou": float(m)} for m, p in ranked[:worst_k]],
+        "confusion_matrix": confmat.tolist(),
+        "pictures": {},
+    }
+    grids = {"sample": list(range(min(worst_k, len(indices)))), "worst": [p for _, p in ranked[:worst_k]]}
+    folder = Path(out).expanduser().resolve() if out else _default_out(ckpt_path, run, dm.root, split, own, mode)
+    if mode == "native":
+        grids = {}  # the grids show the stored canvases; full-resolution maps come from predict
+    if pictures:
+
+        metrics["pictures"] = draw(metrics, model, dm, indices, image_miou, grids, folder,
+                                   lambda chosen: predicted_canvases(model, dm, chosen, dm.batch_size, dev, autocast))
+    metrics["folder"] = str(folder)
+    write_json(folder / "metrics.json", metrics)
+    log.info("Metrics: %s", folder / "metrics.json")
+    return metrics
+
+
+def _default_out(ckpt: Path, run: Path | None, root: Path, split: str, own: bool, mode: str) -> Path:
+    base = run / "evaluation" if run else ckpt.parent / f"{ckpt.stem}-evaluation"
+    name = split if own else f"{root.name}-{split}"
+    return base / (f"{name}-native" if mode == "native" else name)
+

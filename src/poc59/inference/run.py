@@ -1,0 +1,247 @@
+"""Predict scans into a folder: `run(settings)` writes a label map, an overlay and damage statistics per
+image (streamed in bands of rows, so a scan never sits in memory as float logits) and returns what it did.
+
+An unreadable image, or one that runs out of memory, is reported and the rest go on. `python -m
+poc59.predict` is its command (its docstring lists every setting).
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+)
+
+from poc59.analysis.colour import overlay as colour_overlay
+from poc59.artifacts.load import load_model
+from poc59.artifacts.trained import TrainedModel
+from poc59.core.atomic import write_bytes
+from poc59.core.classes import ClassTable
+from poc59.inference.image import (
+    band_labels,
+    logit_bands,
+    resolve_device,
+    resolve_precision,
+)
+from poc59.inference.outputs import (
+    OverlayPicture,
+    damage_statistics,
+    label_map_png,
+    write_statistics,
+)
+from poc59.inference.scans import (
+    IMAGE_SUFFIXES,
+    ScanError,
+    open_scan,
+    read_object_mask,
+    scan_size,
+)
+
+log = logging.getLogger("poc59.predict")
+
+
+class UsageError(ValueError):
+    pass
+
+
+@dataclass
+class Settings:
+    ckpt: str = ""
+    input: str = ""
+    output: str = ""
+    overlap: float = 0.25
+    batch_size: int = 8
+    tta: bool = False
+    device: str = "auto"
+    precision: str = "auto"
+    max_memory_mb: float = 1024.0
+    object_mask: str | None = None
+    classes: str | None = None
+    overlay: bool = True
+    allow_large_images: bool = False
+    overwrite: bool = False
+
+
+def find_inputs(spec: str) -> list[Path]:
+    """A file, the image files of a folder (sorted), or the files matching a glob (sorted)."""
+    path = Path(spec).expanduser()
+    if path.is_file():
+        return [path]
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.is_file())
+        images = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES]
+        if len(images) < len(files):
+            log.info("%s: %d files without an image suffix ignored", path, len(files) - len(images))
+        return images
+    matches = sorted(Path(p) for p in glob.glob(str(path), recursive=True) if Path(p).is_file())
+    if not matches:
+        raise UsageError(f"input={spec}: no such file or folder, and no file matches it as a pattern")
+    return matches
+
+
+def requested_classes(path: str | Path) -> ClassTable:
+    """A classes.json: a list of names (ARTeFACT's colours if ARTeFACT's names, else generated), or {names, palette}."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+        if isinstance(data, dict) and "palette" in data:
+            return ClassTable.from_dict(data)
+        names = data["names"] if isinstance(data, dict) else data
+        return ClassTable.from_names(names)
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise UsageError(f"classes={path}: not a readable class list ({err}); expected [\"name0\", ...] or {{names, palette}}") from None
+
+
+def check_classes(model: TrainedModel, wanted: ClassTable) -> None:
+    """The model must predict exactly the requested classes, in order, with the requested colours."""
+    have = model.classes
+    if have.names != wanted.names:
+        raise UsageError(
+            f"the model {model.source} predicts {list(have.names)} but classes= asks for {list(wanted.names)}; "
+            "use the model trained on these classes, or drop classes="
+        )
+    if have.palette != wanted.palette:
+        diff = [f"{n}: model {a} vs requested {b}" for n, a, b in zip(have.names, have.palette, wanted.palette) if a != b]
+        raise UsageError(f"the model's palette differs from classes=: {'; '.join(diff)}")
+
+
+def _object_masks(spec: str | None, images: list[Path]) -> dict[Path, Path | None]:
+    if spec is None:
+        return {p: None for p in images}
+    path = Path(spec).expanduser()
+    if path.is_file():
+        return {p: path for p in images}
+    if not path.is_dir():
+        raise UsageError(f"object_mask={spec}: no such file or folder")
+    by_stem = {p.stem: p for p in sorted(path.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES}
+    return {p: by_stem.get(p.stem) for p in images}
+
+
+def stream_bytes(model: TrainedModel, width: int, s: Settings) -> int:
+    """Working memory of a crop model's logits: one tile row blended (x2 while it moves on, x2 with TTA), one batch."""
+    c, tile = model.classes.num_classes, model.image_size
+    return 4 * c * width * tile * (2 + 2 * s.tta) + 4 * 2 * c * s.batch_size * tile * tile
+
+
+def predict_image(model: TrainedModel, path: Path, mask_path: Path | None, out: Path, s: Settings,
+                  device: torch.device, autocast: torch.dtype | None, progress: Progress | None = None) -> dict:
+    """Predict one scan, write its label map (and overlay); return its statistics row."""
+    start = time.perf_counter()
+    decode_budget = None  # resize/pad: the model sees the whole image, so it is decoded whole
+    if model.geometry["policy"] == "crop":
+        width, _ = scan_size(path, s.allow_large_images)
+        decode_budget = int(s.max_memory_mb * 2**20) - stream_bytes(model, width, s)
+        if decode_budget <= 0:
+            log.warning("%s: max_memory_mb=%g is below one tile row of logits; reading the smallest strips", path, s.max_memory_mb)
+            decode_budget = 1
+    scan = open_scan(path, s.allow_large_images, max_bytes=decode_budget)
+    task = None
+    try:
+        inside = read_object_mask(mask_path, (scan.width, scan.height), s.allow_large_images) if mask_path else None
+        labels = np.empty((scan.height, scan.width), np.uint8)
+        picture = OverlayPicture(scan.width, scan.height, model.classes, inside is not None) if s.overlay else None
+        counts = np.zeros(256, np.int64)
+        task = progress.add_task(f"{path.name}", total=scan.height) if progress else None
+        for y0, band in logit_bands(model, scan, s.overlap, s.batch_size, s.tta, device, autocast):
+            y1 = y0 + band.shape[1]
+            lab = band_labels(band)
+            if inside is not None:
+                lab[~inside[y0:y1]] = model.classes.ignore_index
+            labels[y0:y1] = lab
+            counts += np.bincount(lab.reshape(-1), minlength=256)
+            if picture is not None:
+                picture.paste(y0, colour_overlay(scan.rows(y0, y1), lab, model.classes))
+            if task is not None:
+                progress.update(task, completed=y1)
+    finally:
+        scan.close()
+        if task is not None:
+            progress.remove_task(task)
+    write_bytes(out / f"{path.stem}_labels.png", label_map_png(labels, model.classes))
+    if picture is not None:
+        write_bytes(out / f"{path.stem}_overlay.png", picture.png())
+    row = damage_statistics(str(path), counts, model.classes, (scan.width, scan.height),
+                            int(inside.sum()) if inside is not None else None)
+    row["labels"] = f"{path.stem}_labels.png"
+    row["overlay"] = f"{path.stem}_overlay.png" if picture is not None else None
+    row["seconds"] = round(time.perf_counter() - start, 3)
+    return row
+
+
+def _existing_outputs(out: Path, images: list[Path]) -> list[Path]:
+    names = ["statistics.csv", "statistics.json"] + [f"{p.stem}_{k}.png" for p in images for k in ("labels", "overlay")]
+    return [out / n for n in names if (out / n).exists()]
+
+
+def run(s: Settings, console: Console | None = None) -> dict:
+    """Predict every input; 0 if all were predicted, 1 if some could not be read, 2 for usage/model errors."""
+    console = console or Console(stderr=True)
+    images = find_inputs(s.input)
+    if not images:
+        raise UsageError(f"input={s.input}: no image files ({', '.join(IMAGE_SUFFIXES)})")
+    stems: dict[str, Path] = {}
+    for p in images:
+        if p.stem in stems:
+            raise UsageError(f"{stems[p.stem]} and {p} would write the same outputs ({p.stem}_labels.png); rename one")
+        stems[p.stem] = p
+    out = Path(s.output).expanduser()
+    existing = _existing_outputs(out, images)
+    if existing and not s.overwrite:
+        raise UsageError(f"{existing[0]} exists ({len(existing)} outputs in {out}); pass overwrite=true or another output=")
+    masks = _object_masks(s.object_mask, images)
+    device = resolve_device(s.device)
+    autocast = resolve_precision(s.precision, device)
+    torch.set_flush_denormal(True)  # as training and evaluate do: the same arithmetic, several times faster on CPU
+    model = load_model(s.ckpt, device)
+    if s.classes:
+        check_classes(model, requested_classes(s.classes))
+    geometry = model.geometry
+    how = (f"sliding window, tile {model.image_size} px, overlap {s.overlap:g}, batches of {s.batch_size}"
+           if geometry["policy"] == "crop" else f"{geometry['policy']} to {model.image_size} px, logits upsampled bilinearly")
+    log.info("%d image(s); model %s (%d classes), geometry %s: %s%s; %s", len(images), model.source,
+             model.classes.num_classes, geometry["policy"], how, ", flip TTA" if s.tta else "", device)
+    out.mkdir(parents=True, exist_ok=True)
+    rows, failed = [], []
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console, transient=True) as progress:
+        overall = progress.add_task("images", total=len(images))
+        for path in images:
+            out_of_memory = False
+            try:
+                if s.object_mask and masks[path] is None:
+                    raise ScanError(f"{path}: no object mask named {path.stem}.<ext> in {s.object_mask}")
+                rows.append(predict_image(model, path, masks[path], out, s, device, autocast, progress))
+            except (ScanError, OSError, ValueError, MemoryError, torch.OutOfMemoryError) as err:
+                reason = str(err)
+                out_of_memory = isinstance(err, torch.OutOfMemoryError)  # this scan did not fit; the next may
+                if out_of_memory:
+                    reason = f"out of GPU memory ({reason.splitlines()[0]}); lower max_memory_mb= or batch_size=, or use device=cpu"
+                log.error("%s: not predicted: %s", path, reason)
+                failed.append({"image": str(path), "reason": reason})
+            if out_of_memory and device.type == "cuda":
+                torch.cuda.empty_cache()  # out of the except block: the failed scan's tensors are released now
+            progress.advance(overall)
+    meta = {
+        "model": str(model.source),
+        "classes": model.classes.to_dict(),
+        "geometry": geometry,
+        "settings": {k: v for k, v in vars(s).items() if k not in ("input", "output")} | {"input": s.input},
+        "predicted": len(rows),
+        "failed": failed,
+    }
+    csv_path, _ = write_statistics(out, rows, model.classes, meta)
+    return {"rows": rows, "failed": failed, "images": images, "out": out, "statistics": csv_path, "classes": model.classes}
+
