@@ -12,9 +12,9 @@ from omegaconf import DictConfig, open_dict
 
 from poc59.core.classes import ClassTable
 from poc59.core.config import config_dir, register_resolvers
-from poc59.model.factory import build_network, normalization
+from poc59.model.factory import build_network
 from poc59.model.module import SegmentationModule
-from poc59.training.run import plain
+from poc59.training.run import model_card
 
 
 def train_config(*overrides: str, run_dir: Path | None = None) -> DictConfig:
@@ -31,16 +31,13 @@ def train_config(*overrides: str, run_dir: Path | None = None) -> DictConfig:
 def segmentation_module(cfg: DictConfig, classes: ClassTable, class_weights: torch.Tensor) -> SegmentationModule:
     """Network (cfg.encoder), loss (cfg.loss with `class_weights`), AdamW and OneCycle factories, as poc59.train
     joins them. Seed first for the same initial weights on every call."""
-    enc = cfg.encoder
-    net = build_network(
-        enc.name, enc.decoder, weights=enc.weights, num_classes=classes.num_classes, weights_dir=cfg.paths.weights_dir,
-        kwargs=plain(enc.get("kwargs")), decoder_kwargs=plain(enc.get("decoder_kwargs")),
-    )
+    size = cfg.data.image_size
+    card = model_card(cfg, classes, {"policy": cfg.data.policy, "image_size": size, "max_side": cfg.data.get("max_side")})
+    net = build_network(**card.network, weights=cfg.encoder.weights, weights_dir=cfg.paths.weights_dir)
     return SegmentationModule(
         net,
         instantiate(cfg.loss, class_weights=class_weights),
         instantiate(cfg.optimizer),
         instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
-        classes=classes.to_dict(),
-        normalization=normalization(enc.name),
+        card=card.to_dict(),
     )

@@ -74,7 +74,9 @@ def model(kind: str, classes: int, tile: int):
     """A crop-geometry TrainedModel: `tiny` (the preset's network) or `pointwise` (a 1x1 convolution, for tests)."""
     from poc59.core.classes import ClassTable
     from poc59.model.factory import build_network
-    from poc59.artifacts.trained import Segmenter, TrainedModel
+    from poc59.artifacts.card import ModelCard
+    from poc59.artifacts.trained import TrainedModel
+    from poc59.model.segmenter import Segmenter
 
     torch.manual_seed(0)
     if kind == "tiny":
@@ -86,8 +88,9 @@ def model(kind: str, classes: int, tile: int):
         raise ValueError(f"unknown model kind {kind!r}")
     seg = Segmenter(net, [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]).eval()
     table = ClassTable.from_names([f"class{i}" for i in range(classes)])
-    return TrainedModel(seg, table, {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]},
-                        {"policy": "crop", "image_size": tile, "max_side": None}, {"name": kind}, Path(f"bench-{kind}"))
+    card = ModelCard(table, {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}, {"name": kind},
+                     {"policy": "crop", "image_size": tile, "max_side": None}, input_multiple=tile)
+    return TrainedModel(seg, card, Path(f"bench-{kind}"))
 
 
 def naive_labels(segmenter, image: torch.Tensor, tile: int, overlap: float) -> torch.Tensor:

@@ -135,7 +135,7 @@ def test_out_of_memory_backs_off_to_the_largest_batch_that_fits(cfg):
     def measure_at(batch: int) -> dict:
         tried.append(batch)
         module = _module(cfg)
-        module.net = _MemoryLimit(module.net, limit=4)
+        module.segmenter.net = _MemoryLimit(module.segmenter.net, limit=4)
         return gpu.measure(module, CPU, "train", batch, 32, gpu.Setting("32-true", True, False), steps=1, warmup=1)
 
     row = gpu.largest_fitting(measure_at, 8, log=logged.append)

@@ -193,7 +193,7 @@ def test_bad_input_names_the_fix(run, tmp_path, caplog):
 def test_crop_geometry_scores_every_tile_once(run, tmp_path):
     """policy=crop: validation-style tiles; per-image matrices, the split's matrix and the pasted label maps agree."""
     ckpt = torch.load(run / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=False)
-    ckpt["hyper_parameters"]["geometry"] = {"policy": "crop", "image_size": 32, "max_side": 64}  # 2 x 2 tiles a canvas
+    ckpt["hyper_parameters"]["card"]["geometry"] = {"policy": "crop", "image_size": 32, "max_side": 64}  # 2 x 2 tiles a canvas
     torch.save(ckpt, tmp_path / "crop.ckpt")
     cfg = OmegaConf.load(run / "config.yaml").data
     m = evaluate_run(ckpt=tmp_path / "crop.ckpt", data_root=cfg.root, pictures=False, **FAST)

@@ -16,7 +16,8 @@ from poc59.artifacts.exported import OnnxSegmenter, jit_load, load_onnx
 from poc59.model.factory import build_network, normalization
 from poc59.model.encoders import encoder_presets
 from poc59.training.run import train
-from poc59.artifacts.trained import ModelLoadError, Segmenter
+from poc59.artifacts.trained import ModelLoadError
+from poc59.model.segmenter import Segmenter
 from poc59.artifacts.load import load_model
 
 TOLERANCE = 1e-4  # issue 6: max absolute logits difference on CPU

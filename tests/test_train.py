@@ -68,11 +68,13 @@ def test_short_run_writes_a_complete_run_folder(tmp_path):
     logged = [float(r["val/mIoU"]) for r in rows if r.get("val/mIoU")]
     assert len(logged) == 2 and max(logged) == pytest.approx(summary["val/mIoU"], abs=1e-6)
     ckpt = torch.load(run / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=False)
-    hp = ckpt["hyper_parameters"]
-    assert hp["classes"]["names"] == list(ARTEFACT.names) and hp["classes"]["palette"] == list(ARTEFACT.palette)
-    assert len(hp["normalization"]["mean"]) == 3 and hp["network"]["name"] == "tu-mobilenetv3_small_050"
-    assert hp["image_size"] == 64
-    assert hp["geometry"] == {"policy": "resize", "image_size": 64, "max_side": None}
+    card = ckpt["hyper_parameters"]["card"]  # the ModelCard (poc59.artifacts.card), the checkpoint's one record
+    assert card["classes"]["names"] == list(ARTEFACT.names) and card["classes"]["palette"] == list(ARTEFACT.palette)
+    assert len(card["normalization"]["mean"]) == 3 and card["network"]["name"] == "tu-mobilenetv3_small_050"
+    assert card["geometry"] == {"policy": "resize", "image_size": 64, "max_side": None}
+    assert card["input_multiple"] == 32 and card["family"] == "CNN" and card["provenance"]["run_dir"] == str(run)
+    best = next(h for h in on_disk["history"] if h["epoch"] == on_disk["best_epoch"])
+    assert card["metrics"]["validation"]["val/mIoU"] == best["mIoU"] == on_disk["val/mIoU"]  # what these weights scored
 
 
 def test_split_keeps_copies_with_their_original(tmp_path):
@@ -174,7 +176,7 @@ def test_channels_last_and_compile_train_as_the_benchmark_measures(tmp_path, com
     assert summary["provenance"]["model"] == {"channels_last": True, "compile": compile_net, "compile_options": {"backend": "aot_eager"}}
     ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
     state = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
-    assert all(k.startswith(("net.", "loss.")) and "_orig_mod" not in k for k in state)
+    assert all(k.startswith(("segmenter.net.", "loss.")) and "_orig_mod" not in k for k in state)
     weight = next(v for k, v in state.items() if v.ndim == 4)
     assert weight.is_contiguous(memory_format=torch.channels_last)  # the network ran channels_last
     model = load_model(ckpt)

@@ -35,7 +35,7 @@ def test_checkpoint_rebuilds_the_trained_network(run, tmp_path):
     with torch.no_grad():
         assert torch.equal(model.segmenter(images), module.eval()(images))
     for key, value in model.segmenter.net.state_dict().items():
-        assert torch.equal(value, state["state_dict"][f"net.{key}"]), key
+        assert torch.equal(value, state["state_dict"][f"segmenter.net.{key}"]), key
 
     # a copy outside its run folder is still self-contained
     alone = shutil.copy(ckpt, tmp_path / "model.ckpt")

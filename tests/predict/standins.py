@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from poc59.core.classes import ClassTable
+from poc59.artifacts.card import ModelCard
 from poc59.artifacts.trained import TrainedModel
 
 
@@ -55,7 +56,6 @@ def model(segmenter: nn.Module, policy: str = "crop", image_size: int = 32, clas
         with torch.no_grad():
             classes = segmenter(torch.zeros(1, 3, 32, 32, dtype=torch.uint8)).shape[1]
     table = ClassTable.from_names([f"c{i}" for i in range(classes)])
-    return TrainedModel(
-        segmenter=segmenter.eval(), classes=table, normalization={"mean": [0, 0, 0], "std": [1, 1, 1]},
-        geometry={"policy": policy, "image_size": image_size, "max_side": max_side}, network={}, source=Path("stand-in"),
-    )
+    card = ModelCard(table, {"mean": [0, 0, 0], "std": [1, 1, 1]}, {},
+                     {"policy": policy, "image_size": image_size, "max_side": max_side}, input_multiple=image_size)
+    return TrainedModel(segmenter=segmenter.eval(), card=card, source=Path("stand-in"))

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 
 from poc59.artifacts.exported import INSTALL_HINT, OnnxSegmenter, card_path, jit_load
 from poc59.artifacts.load import locate_checkpoint
@@ -115,17 +114,6 @@ def _load_exported(fmt: str, path: Path) -> Any:
     return jit_load(path, "cpu")
 
 
-def run_encoder(run: Path | None) -> dict[str, Any]:
-    """The run's encoder config (config.yaml), {} without a run folder."""
-    return ((yaml.safe_load((run / "config.yaml").read_text()) or {}).get("encoder") or {}) if run else {}
-
-
-def input_multiple(encoder: dict[str, Any], image_size: int) -> int:
-    """H and W of the exported model must be multiples of this: the run's encoder.input_multiple, else the tile size."""
-    multiple = encoder.get("input_multiple")
-    return multiple if isinstance(multiple, int) and multiple > 0 and image_size % multiple == 0 else image_size
-
-
 def run_metrics(model: TrainedModel, run: Path | None) -> dict[str, Any]:
     """The run's scores of this very checkpoint: summary.json's best val/mIoU (when this is best.ckpt) and evaluations."""
     out: dict[str, Any] = {}
@@ -152,34 +140,29 @@ def run_metrics(model: TrainedModel, run: Path | None) -> dict[str, Any]:
 
 def model_card(model: TrainedModel, run: Path | None, files: dict[str, str], opset: int | None,
                exporter: str, checks: dict[str, Any] | None) -> dict[str, Any]:
-    """Everything a user of the exported file needs that the graph does not say."""
+    """The model's ModelCard (poc59.artifacts.card) with what an exported file adds: its files, input and
+    output, the run's metrics of this very checkpoint, where it came from, the export and its parity."""
     c = model.classes.num_classes
-    encoder = run_encoder(run)
-    multiple = input_multiple(encoder, model.image_size)
+    card = model.card.with_metrics(**run_metrics(model, run))
+    card = card.with_provenance(poc59=metadata.version("poc59"), commit=git_commit(), torch=torch.__version__)
     return {
-        "card_version": 1,
+        **card.to_dict(),
         "files": files,
-        "classes": model.classes.to_dict(),
         "input": {
             "name": INPUT, "dtype": "uint8", "layout": "NCHW", "channels": "RGB", "range": [0, 255],
-            "dynamic": ["batch", "height", "width"], "multiple_of": multiple,
+            "dynamic": ["batch", "height", "width"], "multiple_of": card.input_multiple,
             "normalization": "inside the model: (x - 255 * mean) / (255 * std), mean and std below on the 0-1 scale",
         },
         "output": {"name": OUTPUT, "dtype": "float32", "layout": "NCHW", "channels": c,
                    "meaning": f"logits of the {c} classes (argmax = class id; softmax over dim 1 = probabilities)"},
-        "normalization": model.normalization,
         "tile_size": model.image_size,
-        "geometry": model.geometry,
         "encoder": {"name": model.network["name"], "decoder": model.network.get("decoder"),
-                    "family": encoder.get("family"), "parameters": count_parameters(model.segmenter)},
-        "network": model.network,
-        "metrics": run_metrics(model, run),
+                    "family": card.family, "parameters": count_parameters(model.segmenter)},
         "source": {
             "checkpoint": str(model.source), "sha256": hashlib.sha256(model.source.read_bytes()).hexdigest(),
             "epoch": model.extra.get("epoch"), "global_step": model.extra.get("global_step"),
             "run_dir": str(run) if run else None,
         },
-        "provenance": {"poc59": metadata.version("poc59"), "commit": git_commit(), "torch": torch.__version__},
         "export": {"opset": opset, "onnx_exporter": exporter if opset is not None else None,
                    "date": datetime.now(timezone.utc).isoformat(timespec="seconds")},
         "parity": checks,
@@ -226,7 +209,7 @@ def export_model(
     run = run or model.run_dir
     folder = Path(out).expanduser().resolve() if out else (run / "export" if run else ckpt_path.parent / f"{ckpt_path.stem}-export")
     segmenter = model.segmenter.eval()
-    inputs = parity_inputs(model.image_size, input_multiple(run_encoder(run), model.image_size))
+    inputs = parity_inputs(model.image_size, model.card.input_multiple)
     example = inputs[1][:1].expand(2, -1, -1, -1).contiguous()  # non-square, batch 2: nothing to specialise on
     with torch.no_grad():
         expected = [segmenter(images) for images in inputs] if check else []

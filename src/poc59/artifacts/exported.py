@@ -19,14 +19,12 @@ import numpy as np
 import torch
 
 from poc59.artifacts.trained import ModelLoadError, TrainedModel
-from poc59.core.classes import ClassTable
+from poc59.artifacts.card import ModelCard
 
 __all__ = ["INSTALL_HINT", "OnnxSegmenter", "card_path", "jit_load", "load_onnx", "load_torchscript", "read_card"]
 
 INSTALL_HINT = 'pip install -e ".[export]"'
 CARD_SUFFIX = ".card.json"
-REQUIRED = (("geometry", "image_size"), ("geometry", "policy"), ("normalization", "mean"), ("normalization", "std"),
-            ("network", "name"))
 
 
 def card_path(model_path: str | Path) -> Path:
@@ -34,8 +32,9 @@ def card_path(model_path: str | Path) -> Path:
     return Path(model_path).with_suffix(CARD_SUFFIX)
 
 
-def read_card(model_path: str | Path) -> dict[str, Any]:
-    """The model card beside an exported model; a clear error when it is missing or not a poc59 card."""
+def read_card(model_path: str | Path) -> tuple[ModelCard, dict[str, Any]]:
+    """(the ModelCard, the whole card file's data) beside an exported model; a clear error when it is
+    missing or not a poc59 card."""
     path = card_path(model_path)
     if not path.is_file():
         raise ModelLoadError(
@@ -43,14 +42,10 @@ def read_card(model_path: str | Path) -> dict[str, Any]:
             "and geometry: keep the card that python -m poc59.export wrote next to the model, or export again"
         )
     try:
-        card = json.loads(path.read_text())
-        ClassTable.from_dict(card["classes"])
-        missing = [f"{part}.{key}" for part, key in REQUIRED if key not in (card.get(part) or {})]
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
-        raise ModelLoadError(f"{path}: not a poc59 model card ({type(e).__name__}: {e}); export the model again") from None
-    if missing:
-        raise ModelLoadError(f"{path}: not a poc59 model card (no {', '.join(missing)}); export the model again")
-    return card
+        data = json.loads(path.read_text())
+        return ModelCard.from_dict(data), data
+    except (OSError, ValueError) as e:  # CardError is a ValueError
+        raise ModelLoadError(f"{path}: not a poc59 model card ({e}); export the model again") from None
 
 
 class OnnxSegmenter:
@@ -84,31 +79,22 @@ def _onnxruntime() -> Any:
     return onnxruntime
 
 
-def _trained(segmenter: Callable[[torch.Tensor], torch.Tensor], card: dict, path: Path, fmt: str,
+def _trained(segmenter: Callable[[torch.Tensor], torch.Tensor], card: tuple[ModelCard, dict], path: Path, fmt: str,
              device: str | torch.device = "cpu") -> TrainedModel:
     """Check the model's output channels against the card's classes (one small forward), then wrap both."""
-    classes = ClassTable.from_dict(card["classes"])
-    side = int((card.get("input") or {}).get("multiple_of") or card["geometry"]["image_size"])
+    model_card, data = card
+    side = model_card.input_multiple
     try:
         with torch.no_grad():
             channels = segmenter(torch.zeros((1, 3, side, side), dtype=torch.uint8, device=device)).shape[1]
     except Exception as e:
         raise ModelLoadError(f"{path}: the model does not run on a {side}x{side} uint8 image ({type(e).__name__}: {e})") from None
-    if channels != classes.num_classes:
+    if channels != model_card.classes.num_classes:
         raise ModelLoadError(
             f"{path}: the model outputs {channels} channels but its card {card_path(path).name} lists "
-            f"{classes.num_classes} classes; the card belongs to another model: export again"
+            f"{model_card.classes.num_classes} classes; the card belongs to another model: export again"
         )
-    return TrainedModel(
-        segmenter=segmenter,
-        classes=classes,
-        normalization=dict(card["normalization"]),
-        geometry=dict(card["geometry"]),
-        network=dict(card["network"]),
-        source=path,
-        run_dir=None,
-        extra={"format": fmt, "card": card},
-    )
+    return TrainedModel(segmenter=segmenter, card=model_card, source=path, run_dir=None, extra={"format": fmt, "card": data})
 
 
 def _existing(path: str | Path, what: str) -> Path:

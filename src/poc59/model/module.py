@@ -1,8 +1,8 @@
 """The LightningModule: normalise uint8 on the device, step, measure, optimise.
 
 Knows nothing of files or launchers. Everything later commands need to use a
-checkpoint on their own (class names, palette, normalisation, how to rebuild
-the network, image size) is saved in its hyperparameters.
+checkpoint on their own is the model card (class names, palette, normalisation,
+how to rebuild the network, geometry, ...), saved in its hyperparameters.
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ import torch
 from torch import nn
 from torchmetrics import MeanMetric
 
-from poc59.model.metrics import SegmentationIoU, iou_by_name, iou_from_confmat, mean_iou
+from poc59.model.metrics import SegmentationIoU, iou_by_name, iou_from_confmat, mean_iou, metric_convention
+from poc59.model.segmenter import Segmenter
 
 log = logging.getLogger(__name__)
 
@@ -32,39 +33,31 @@ class SegmentationModule(L.LightningModule):
         optimizer: Callable[..., torch.optim.Optimizer],
         scheduler: Callable[..., Any] | None = None,
         *,
-        classes: dict,
-        normalization: dict,
-        network: dict | None = None,
-        image_size: int | None = None,
-        geometry: dict | None = None,
+        card: dict,
         channels_last: bool | None = None,
         compile: bool = False,
         compile_options: dict | None = None,
     ) -> None:
-        """`classes` is a ClassTable dict, `normalization` has `mean`/`std` (0-1 scale),
-        `network` the keyword arguments that rebuild `net` with `build_network`, `geometry`
-        how training images were brought to `image_size` (`policy`: resize | pad | crop, `max_side`).
-        `channels_last` (None: on CUDA only) and `compile` (torch.compile, with `compile_options`)
-        change how the network runs, not what it computes; they are not saved with the checkpoint."""
+        """`card` is the model card's data (`poc59.artifacts.card.ModelCard.to_dict()`: classes, normalisation,
+        network, geometry, ...), saved in the checkpoint's hyperparameters so that every command can use the
+        checkpoint on its own; this module reads its class table and normalisation. `channels_last` (None: on
+        CUDA only) and `compile` (torch.compile, with `compile_options`) change how the network runs, not
+        what it computes; they are not saved."""
         super().__init__()
         self.save_hyperparameters(ignore=["net", "loss", "optimizer", "scheduler", "channels_last", "compile", "compile_options"])
-        self.net = net
+        classes, normalization = card["classes"], card["normalization"]
+        self.segmenter = Segmenter(net, normalization["mean"], normalization["std"])
         self.loss = loss
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.names = list(classes["names"])
         self.ignore_index = int(classes.get("ignore_index", 255))
-        mean = torch.tensor(normalization["mean"], dtype=torch.float32).view(1, -1, 1, 1) * 255.0
-        std = torch.tensor(normalization["std"], dtype=torch.float32).view(1, -1, 1, 1) * 255.0
-        self.register_buffer("pixel_mean", mean, persistent=False)
-        self.register_buffer("pixel_std", std, persistent=False)
         self.train_iou = SegmentationIoU(len(self.names), ignore_index=self.ignore_index)
         self.val_iou = SegmentationIoU(len(self.names), ignore_index=self.ignore_index)
         # val/loss as a mean over images with a labelled pixel, summed over ranks: a rank whose shard holds
         # only the feed's all-ignore padding counts nothing (Lightning's sync_dist mean would count it).
         self.val_loss = MeanMetric(nan_strategy="disable")
         self.channels_last, self.compile_net, self.compile_options = channels_last, bool(compile), dict(compile_options or {})
-        self._memory_format = torch.contiguous_format
         self.history: list[dict] = []  # one entry per completed validation epoch; survives resume
         self._resumed_scheduler_states: list[dict] = []
         self.val_confmat: torch.Tensor | None = None  # of the last validation epoch
@@ -76,20 +69,19 @@ class SegmentationModule(L.LightningModule):
         trainer = self._trainer
         device = trainer.strategy.root_device if trainer is not None else self.device
         if self.channels_last or (self.channels_last is None and device.type == "cuda"):
-            self._memory_format = torch.channels_last
-            self.net.to(memory_format=torch.channels_last)
-        if self.compile_net and not getattr(self.net, "_compiled_call_impl", None):
-            self.net.compile(**self.compile_options)
+            self.segmenter.memory_format = torch.channels_last
+            self.segmenter.net.to(memory_format=torch.channels_last)
+        if self.compile_net and not getattr(self.segmenter.net, "_compiled_call_impl", None):
+            self.segmenter.net.compile(**self.compile_options)
 
     @property
     def runs_channels_last(self) -> bool:
         """Whether the network runs in channels_last (decided by `configure_model`)."""
-        return self._memory_format == torch.channels_last
+        return self.segmenter.memory_format == torch.channels_last
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """uint8 (or 0-255 float) images [B,3,H,W] -> logits [B,C,H,W]."""
-        x = (images.to(self.pixel_mean.dtype) - self.pixel_mean) / self.pixel_std
-        return self.net(x.contiguous(memory_format=self._memory_format))
+        """uint8 (or 0-255 float) images [B,3,H,W] -> logits [B,C,H,W] (the Segmenter every command uses)."""
+        return self.segmenter(images)
 
     def _step(self, batch: tuple[torch.Tensor, torch.Tensor], metric: SegmentationIoU) -> tuple[torch.Tensor, torch.Tensor]:
         """(loss, masks as int64): no host sync here, this runs on every training step."""
@@ -151,8 +143,24 @@ class SegmentationModule(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["poc59_history"] = self.history
+        card = checkpoint.get("hyper_parameters", {}).get("card")
+        if card is not None and self.history:  # the card says what these weights scored
+            last = self.history[-1]
+            card["metrics"] = {**card.get("metrics", {}), "validation": {
+                "epoch": last["epoch"], "val/mIoU": last["mIoU"], "val/IoU": last["IoU"], "convention": metric_convention(),
+            }}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        # Called before configure_optimizers; the scheduler states are loaded after it, from this same dict.
+        # Called before configure_optimizers and before the weights are loaded; the scheduler states are
+        # loaded after it, from this same dict.
+        migrate_state_dict(checkpoint["state_dict"])
         self.history = list(checkpoint.get("poc59_history", []))
         self._resumed_scheduler_states = checkpoint.get("lr_schedulers") or []
+
+
+def migrate_state_dict(state: dict[str, Any]) -> dict[str, Any]:
+    """In place: a checkpoint's weights under this module's names. Checkpoints written before the module
+    held a Segmenter (26ca46b and earlier) kept the network under `net.`; it is `segmenter.net.` now."""
+    for key in [k for k in state if k.startswith("net.")]:
+        state["segmenter." + key] = state.pop(key)
+    return state

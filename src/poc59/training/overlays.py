@@ -54,7 +54,7 @@ class ValidationOverlays(L.Callback):
         images, masks = batch[0][: self.k], batch[1][: self.k]
         with torch.no_grad():
             preds = pl_module(images).argmax(dim=1)
-        classes = ClassTable.from_dict(pl_module.hparams["classes"])
+        classes = ClassTable.from_dict(pl_module.hparams["card"]["classes"])
         images_np = images.permute(0, 2, 3, 1).to("cpu", torch.uint8).numpy()
         masks_np, preds_np = masks.to("cpu").numpy(), preds.to("cpu").numpy()
         for i, (image, mask, pred) in enumerate(zip(images_np, masks_np, preds_np)):

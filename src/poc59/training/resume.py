@@ -39,6 +39,13 @@ SAFE_TO_CHANGE = (
 )
 
 
+# poc59 classes that moved (one house, after 26ca46b): a run folder that names the old path continues with the new.
+RENAMED_TARGETS = {
+    "poc59.throughput.TrainThroughput": "poc59.training.throughput.TrainThroughput",
+    "poc59.val_overlays.ValidationOverlays": "poc59.training.overlays.ValidationOverlays",
+}
+
+
 class ResumeConfigError(ValueError):
     """The run folder was started with a different configuration."""
 
@@ -60,6 +67,7 @@ def flatten(node: Any, prefix: str = "") -> dict[str, Any]:
 def changed_keys(old: dict, new: dict) -> dict[str, tuple[Any, Any]]:
     """Keys whose values differ (missing counts as None), except those safe to change."""
     a, b = flatten(old), flatten(new)
+    a = {k: RENAMED_TARGETS.get(v, v) if k.endswith("_target_") else v for k, v in a.items()}
     diff = {}
     for key in sorted(set(a) | set(b)):
         if any(key == s.rstrip(".") or key.startswith(s.rstrip(".") + ".") for s in SAFE_TO_CHANGE):

@@ -21,7 +21,9 @@ from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.plugins.environments import SLURMEnvironment
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from poc59.artifacts.card import ModelCard
 from poc59.core.atomic import write_bytes, write_json
+from poc59.core.classes import ClassTable
 from poc59.core.config import SettingError
 from poc59.core.provenance import git_commit, package_versions
 from poc59.data.datamodule import SegmentationDataModule
@@ -73,6 +75,22 @@ def _auto_flag(value: Any, key: str, auto: bool = True) -> bool | None:
     raise SettingError(f"{key}={value}: choose {'auto, ' if auto else ''}true or false")
 
 
+def model_card(cfg: DictConfig, classes: ClassTable, geometry: dict) -> ModelCard:
+    """The model card of the network `cfg.encoder` builds for `classes` at `geometry` (no scores yet)."""
+    enc = cfg.encoder
+    network = {
+        "name": enc.name,
+        "decoder": enc.decoder,
+        "num_classes": classes.num_classes,
+        "kwargs": plain(enc.get("kwargs")),
+        "decoder_kwargs": plain(enc.get("decoder_kwargs")),
+    }
+    return ModelCard(
+        classes=classes, normalization=normalization(enc.name), network=network, geometry=dict(geometry),
+        input_multiple=int(enc.input_multiple), family=enc.get("family"),
+    )
+
+
 def _best(history: list[dict]) -> dict | None:
     scored = [h for h in history if h["mIoU"] is not None]
     return max(scored, key=lambda h: h["mIoU"]) if scored else None
@@ -100,25 +118,18 @@ def train(cfg: DictConfig) -> dict:
 
     enc = cfg.encoder
     check_image_size(datamodule.image_size, enc.input_multiple, enc.name)
-    network = {
-        "name": enc.name,
-        "decoder": enc.decoder,
-        "num_classes": classes.num_classes,
-        "kwargs": plain(enc.get("kwargs")),
-        "decoder_kwargs": plain(enc.get("decoder_kwargs")),
-    }
-    net = build_network(**network, weights=enc.weights, weights_dir=cfg.paths.weights_dir)
+    geometry = {"policy": datamodule.policy, "image_size": datamodule.image_size, "max_side": datamodule.max_side}
+    card = model_card(cfg, classes, geometry).with_provenance(
+        run_dir=str(run_dir), seed=cfg.seed, git_commit=git_commit(), packages=package_versions()
+    )
+    net = build_network(**card.network, weights=enc.weights, weights_dir=cfg.paths.weights_dir)
     loss = instantiate(cfg.loss, class_weights=datamodule.class_weights)
     module = SegmentationModule(
         net,
         loss,
         instantiate(cfg.optimizer),
         instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
-        classes=classes.to_dict(),
-        normalization=normalization(enc.name),
-        network=network,
-        image_size=datamodule.image_size,
-        geometry={"policy": datamodule.policy, "image_size": datamodule.image_size, "max_side": datamodule.max_side},
+        card=card.to_dict(),
         channels_last=channels_last,
         compile=compile_net,
         compile_options=plain(cfg.model.get("compile_options")),
