@@ -17,7 +17,7 @@ batch ran and which failed), three rows per setting:
   `--fit-steps` batches; its summary.json's `train_images_per_s` (epoch 2) and peak memory, and its ratio to
   the bare train row of the same encoder and setting. Issue 12's bar, judged on a GPU only: fit >= 0.9x bare.
 Peak GPU memory is torch.cuda.max_memory_allocated. Settings: AMP (bf16-mixed where the GPU runs bf16 natively,
-else 16-mixed with a GradScaler: poc59.core.config.auto_precision) with channels_last, without and with
+else 16-mixed with a GradScaler: poc59.core.device.auto_precision) with channels_last, without and with
 torch.compile; `--full` adds the grid's other combinations (32-bit, and without channels_last).
 
 Budget (`--budget-s`, default 480 s, so the whole run fits one device call): rows are ordered cheap first (every
@@ -60,7 +60,8 @@ if str(REPO) not in sys.path:
 from bench.common import build_folder_once
 from poc59.core.atomic import write_json
 from poc59.core.classes import ARTEFACT, IGNORE_INDEX
-from poc59.core.config import auto_precision, config_dir
+from poc59.core.config import config_dir
+from poc59.core.device import auto_precision, peak_memory, synchronize
 
 if TYPE_CHECKING:
     from poc59.model.module import SegmentationModule
@@ -139,11 +140,6 @@ def random_batch(batch: int, image_size: int, num_classes: int, device: torch.de
     return images.to(device), masks.to(device)
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def is_out_of_memory(err: BaseException) -> bool:
     """A CUDA out-of-memory error, also when torch.compile (Dynamo/Inductor) or Lightning wrapped it."""
     seen: set[int] = set()
@@ -173,7 +169,7 @@ def _run_steps(step: Callable[[], None], device: torch.device, warmup: int, step
     for _ in range(warmup):
         t = time.perf_counter()
         step()
-        _sync(device)
+        synchronize(device)
         last, done = time.perf_counter() - t, done + 1
         if deadline is not None and time.monotonic() + 2 * last > deadline:
             break
@@ -183,11 +179,11 @@ def _run_steps(step: Callable[[], None], device: torch.device, warmup: int, step
         run = min(steps, int(room / last)) if last > 0 else steps
         if run < 1:
             raise OverBudget(f"budget: a warm-up step took {last:.1f} s and {max(room, 0):.0f} s were left")
-    _sync(device)
+    synchronize(device)
     start = time.perf_counter()
     for _ in range(run):
         step()
-    _sync(device)
+    synchronize(device)
     return done, run, time.perf_counter() - start
 
 
@@ -207,11 +203,9 @@ def measure(
 
     train: autocast forward + the module's loss, backward (through a GradScaler under 16-mixed), gradient
     clipping, the module's optimizer and scheduler; infer: autocast forward under inference_mode. Peak memory is
-    poc59.training.throughput.peak_memory: CUDA max allocated since this call began (a CPU reports peak RSS instead).
+    poc59.core.device.peak_memory: CUDA max allocated since this call began (a CPU reports peak RSS instead).
     `deadline` (time.monotonic) cuts the timed steps to what fits (the row says so: steps < steps_requested).
     """
-    from poc59.training.throughput import peak_memory
-
     if mode not in ("train", "infer"):
         raise ValueError(f"mode must be train or infer, got {mode!r}")
     if setting.precision not in AUTOCAST:

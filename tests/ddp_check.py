@@ -12,12 +12,12 @@ from pathlib import Path
 import lightning as L
 import torch
 
+from poc59.artifacts.card import ModelCard
+from poc59.core.classes import ClassTable
 from poc59.data.datamodule import SegmentationDataModule
 from poc59.model.factory import build_network, normalization
 from poc59.model.losses import DiceFocalLoss
 from poc59.model.module import SegmentationModule
-from poc59.artifacts.card import ModelCard
-from poc59.core.classes import ClassTable
 
 data_dir, out, devices = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3])
 torch.manual_seed(0)

@@ -11,14 +11,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from helpers import SMALL, make_cfg
 from omegaconf import open_dict
 from PIL import Image
-from helpers import SMALL, make_cfg
 
 from poc59.compare import main
 from poc59.comparison.run import CompareError, lead
-from poc59.training.sweeps import expected_jobs
 from poc59.training.run import train
+from poc59.training.sweeps import expected_jobs
 
 ENCODERS = ["tu-mobilenetv3_small_050", "tu-lcnet_050", "tu-regnetx_002"]
 TRAINED = {0, 1, 2, 4}  # (mobilenet, seed 0), (mobilenet, seed 1), (lcnet, seed 0), (regnetx, seed 0)

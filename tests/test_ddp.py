@@ -7,9 +7,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
-
 from helpers import make_folder
+from PIL import Image
 
 SCRIPT = Path(__file__).with_name("ddp_check.py")
 

@@ -16,16 +16,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import CRACKFOREST, SMALL, make_cfg, make_folder
 from omegaconf import OmegaConf
 from PIL import Image
-from helpers import SMALL, make_cfg
 
-from helpers import CRACKFOREST, make_folder
+from poc59.artifacts.load import load_model
 from poc59.data.datamodule import SegmentationDataModule
 from poc59.evaluate import main, parse_args
-from poc59.evaluation.run import EvaluateError, evaluate_run
 from poc59.evaluation.passes import predicted_canvases, score
-from poc59.artifacts.load import load_model
+from poc59.evaluation.run import EvaluateError, evaluate_run
 from poc59.training.run import train
 
 REPO = Path(__file__).resolve().parents[1]

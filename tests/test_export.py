@@ -10,15 +10,22 @@ import pytest
 import torch
 from helpers import make_cfg
 
-from poc59.artifacts.export import ExportError, export_model, parity, parity_inputs, to_onnx, to_torchscript
-from poc59.export import main
+from poc59.artifacts.export import (
+    ExportError,
+    export_model,
+    parity,
+    parity_inputs,
+    to_onnx,
+    to_torchscript,
+)
 from poc59.artifacts.exported import OnnxSegmenter, jit_load, load_onnx
-from poc59.model.factory import build_network, normalization
-from poc59.model.encoders import encoder_presets
-from poc59.training.run import train
-from poc59.artifacts.trained import ModelLoadError
-from poc59.model.segmenter import Segmenter
 from poc59.artifacts.load import load_model
+from poc59.artifacts.trained import ModelLoadError
+from poc59.export import main
+from poc59.model.encoders import encoder_presets
+from poc59.model.factory import build_network, normalization
+from poc59.model.segmenter import Segmenter
+from poc59.training.run import train
 
 TOLERANCE = 1e-4  # issue 6: max absolute logits difference on CPU
 

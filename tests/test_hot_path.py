@@ -6,9 +6,9 @@ real composed config with its callbacks, the Rich progress bar included.
 
 from __future__ import annotations
 
+import host_syncs
 from helpers import make_cfg
 
-import host_syncs
 from poc59.model import metrics
 from poc59.training.run import train
 

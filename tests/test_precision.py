@@ -6,9 +6,9 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from poc59.core.config import auto_precision, config_dir, register_resolvers
+from poc59.core.config import config_dir, register_resolvers
+from poc59.core.device import auto_precision, autocast_dtype
 from poc59.evaluation.passes import precision_for
-from poc59.inference.image import resolve_precision
 
 
 def _stand_in_gpu(monkeypatch: pytest.MonkeyPatch, native_bf16: bool) -> None:
@@ -30,7 +30,7 @@ def test_evaluate_and_predict_follow_the_same_choice_on_a_v100(monkeypatch):
     _stand_in_gpu(monkeypatch, native_bf16=False)
     cuda = torch.device("cuda")
     assert auto_precision() == "16-mixed"
-    assert resolve_precision("auto", cuda) == torch.float16  # predict's precision=auto
+    assert autocast_dtype("auto", cuda) == torch.float16  # predict's precision=auto
     assert precision_for(cuda)[0] == "16-mixed"  # evaluate without a run's own precision
     assert precision_for(cuda, "bf16-mixed")[0] == "bf16-mixed"  # a run trained in bf16 is evaluated as it trained
 
@@ -38,4 +38,4 @@ def test_evaluate_and_predict_follow_the_same_choice_on_a_v100(monkeypatch):
 def test_cpu_trains_in_32_bit(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert auto_precision() == "32-true"
-    assert resolve_precision("auto", torch.device("cpu")) is None
+    assert autocast_dtype("auto", torch.device("cpu")) is None

@@ -8,11 +8,11 @@ import pytest
 import torch
 from helpers import SMALL, make_cfg
 
+from poc59.artifacts.load import load_model
+from poc59.artifacts.trained import ModelLoadError, load_checkpoint
 from poc59.core.classes import ARTEFACT
 from poc59.model.module import SegmentationModule
 from poc59.training.run import train
-from poc59.artifacts.trained import ModelLoadError, load_checkpoint
-from poc59.artifacts.load import load_model
 
 
 @pytest.fixture(scope="module")

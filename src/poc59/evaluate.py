@@ -24,11 +24,11 @@ from rich.console import Console
 
 from poc59.artifacts.trained import ModelLoadError
 from poc59.core.cli import parse_key_values
+from poc59.core.device import DeviceError
 from poc59.data.sources import DataError
 from poc59.evaluation.report import print_report
 from poc59.evaluation.run import EvaluateError, evaluate_run
 from poc59.evaluation.sweep import evaluate_all
-from poc59.inference.image import DeviceError
 
 log = logging.getLogger("poc59.evaluate")
 

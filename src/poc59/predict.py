@@ -38,7 +38,7 @@ from rich.table import Table
 from poc59.artifacts.trained import ModelLoadError
 from poc59.core.classes import ClassTable
 from poc59.core.cli import parse_key_values
-from poc59.inference.image import DeviceError
+from poc59.core.device import DeviceError
 from poc59.inference.run import Settings, UsageError, run
 
 log = logging.getLogger("poc59.predict")

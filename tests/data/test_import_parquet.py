@@ -21,8 +21,8 @@ from PIL import Image
 
 from poc59.core.classes import ARTEFACT
 from poc59.data.import_parquet import METADATA_COLUMNS, import_parquet, safe_id
-from poc59.import_parquet import main
 from poc59.data.sources import DataError, discover
+from poc59.import_parquet import main
 
 IMAGE_TYPE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
 ALL_LABELS = np.array([*range(ARTEFACT.num_classes), ARTEFACT.ignore_index], dtype=np.uint8)

@@ -1,12 +1,11 @@
 import numpy as np
 import pytest
 import torch
+from helpers import CRACKFOREST, make_folder, write_pair
 from PIL import Image
 
 from poc59.data.preload import load_pair, preload
 from poc59.data.sources import DataError, discover
-
-from helpers import CRACKFOREST, make_folder, write_pair
 
 
 def test_preload_real_jpegs_into_uint8_tensors():

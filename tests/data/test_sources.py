@@ -2,11 +2,10 @@ import json
 
 import numpy as np
 import pytest
+from helpers import CRACKFOREST, make_folder, write_pair
 
 from poc59.core.classes import ARTEFACT, load_class_table
 from poc59.data.sources import DataError, discover
-
-from helpers import CRACKFOREST, make_folder, write_pair
 
 
 def test_discovers_real_crackforest_with_its_classes():

@@ -4,11 +4,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import make_folder
 
 from poc59.data.sources import DataError, Sample, discover
 from poc59.data.split import Split, describe_split, from_dict, grouped_split, load_split
-
-from helpers import make_folder
 
 
 @pytest.fixture(scope="module")

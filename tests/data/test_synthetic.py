@@ -17,7 +17,13 @@ from PIL import Image
 from poc59.core.classes import ARTEFACT, IGNORE_INDEX
 from poc59.data import synthetic
 from poc59.data.sources import discover
-from poc59.data.synthetic import GENERATOR_VERSION, MARKER, ensure_synthetic, generate, render
+from poc59.data.synthetic import (
+    GENERATOR_VERSION,
+    MARKER,
+    ensure_synthetic,
+    generate,
+    render,
+)
 
 SRC = Path(synthetic.__file__).resolve().parents[2]
 DAMAGE = ARTEFACT.names[1:]

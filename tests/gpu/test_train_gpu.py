@@ -11,7 +11,7 @@ import warnings
 import pytest
 import torch
 
-from poc59.core.config import auto_precision
+from poc59.core.device import auto_precision
 from poc59.model.module import SegmentationModule
 from poc59.training.run import train
 

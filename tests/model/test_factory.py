@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from poc59.model.encoders import encoder_presets
 from poc59.model.factory import (
     DECODERS,
     UnknownEncoderError,
@@ -13,7 +14,6 @@ from poc59.model.factory import (
     count_parameters,
     normalization,
 )
-from poc59.model.encoders import encoder_presets
 
 NUM_CLASSES = 16
 

@@ -7,9 +7,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from poc59.core.classes import ClassTable
 from poc59.artifacts.card import ModelCard
 from poc59.artifacts.trained import TrainedModel
+from poc59.core.classes import ClassTable
 
 
 class Constant(nn.Module):

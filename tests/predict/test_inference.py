@@ -6,13 +6,18 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from predict.standins import Constant, LocalConv, model
-from PIL import Image
-
 from helpers import write_pair
+from PIL import Image
+from predict.standins import Constant, LocalConv, model
+
 from poc59.data.preload import load_pair
 from poc59.data.sources import discover
-from poc59.inference.image import ArrayImage, logit_bands, predict_label_map, row_upsampler
+from poc59.inference.image import (
+    ArrayImage,
+    logit_bands,
+    predict_label_map,
+    row_upsampler,
+)
 from poc59.inference.tiling import predict_logits
 
 
@@ -117,7 +122,7 @@ def test_bad_inputs_are_refused_clearly():
 
 
 def test_a_missing_or_unknown_device_is_a_clear_error(monkeypatch):
-    from poc59.inference.image import DeviceError, resolve_device
+    from poc59.core.device import DeviceError, resolve_device
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # a machine without a GPU
     assert resolve_device("cpu").type == "cpu" and resolve_device("auto").type == "cpu"

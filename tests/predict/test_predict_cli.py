@@ -8,15 +8,14 @@ import shutil
 
 import numpy as np
 import pytest
+from helpers import CRACKFOREST, make_cfg
 from PIL import Image
-from helpers import make_cfg
 
-from helpers import CRACKFOREST
-from poc59.inference.image import predict_label_map
-from poc59.predict import main, parse_args
-from poc59.inference.scans import open_scan
-from poc59.training.run import train
 from poc59.artifacts.load import load_model
+from poc59.inference.image import predict_label_map
+from poc59.inference.scans import open_scan
+from poc59.predict import main, parse_args
+from poc59.training.run import train
 
 IMAGES = ["001", "002"]
 

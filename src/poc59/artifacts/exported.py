@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from poc59.artifacts.trained import ModelLoadError, TrainedModel
 from poc59.artifacts.card import ModelCard
+from poc59.artifacts.trained import ModelLoadError, TrainedModel
 
 __all__ = ["INSTALL_HINT", "OnnxSegmenter", "card_path", "jit_load", "load_onnx", "load_torchscript", "read_card"]
 

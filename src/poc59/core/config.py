@@ -16,6 +16,8 @@ from typing import Any
 import torch
 from omegaconf import OmegaConf
 
+from poc59.core.device import auto_precision
+
 _PACKAGE_DIR = Path(__file__).resolve().parents[1]  # the poc59 package (this file is poc59/core/config.py)
 
 
@@ -40,28 +42,6 @@ def cache_root() -> Path:
         return Path(os.environ["POC59_CACHE"]).expanduser().resolve()
     base = os.environ.get("XDG_CACHE_HOME") or "~/.cache"
     return (Path(base).expanduser() / "poc59").resolve()
-
-
-def bf16_supported() -> bool:
-    """Whether the current CUDA GPU runs bf16 natively (compute capability 8.0 and newer, or ROCm).
-
-    `torch.cuda.is_bf16_supported()` also answers True on V100 / T4 (sm70 / sm75), where bf16 is only
-    emulated and slower than fp16: poc59 asks without emulation, so those GPUs get 16-mixed.
-    """
-
-    return torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False)
-
-
-def auto_precision() -> str:
-    """Lightning precision by device: bf16-mixed on GPUs with native bf16, 16-mixed on older GPUs, 32-true on CPU.
-
-    The one place poc59 picks a precision (training config, evaluate, predict, bench). bf16 autocast on
-    CPU is ~30x slower than fp32 (measured), so CPU trains in 32-bit.
-    """
-
-    if not torch.cuda.is_available():
-        return "32-true"
-    return "bf16-mixed" if bf16_supported() else "16-mixed"
 
 
 def _partition_has_gpus(partition: str | None) -> bool | None:

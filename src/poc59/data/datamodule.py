@@ -198,18 +198,22 @@ class SegmentationDataModule(L.LightningDataModule):
         }
 
     # -- batches -----------------------------------------------------------------------------
-    def _feed(self, indices: tuple[int, ...], train: bool) -> BatchFeed:
+    def feed(self, indices: list[int] | tuple[int, ...], train: bool, batch_size: int | None = None,
+             device: torch.device | None = None) -> BatchFeed:
+        """The one feed of this data: training batches (shuffled random windows or whole samples) or
+        validation batches (every sample, or every tile under policy=crop, once). Rank, world size, device
+        and epoch come from the attached trainer; without one (evaluate) a single process on `device`."""
         assert self.data is not None, "call setup() first"
         trainer = self.trainer
         rank, world = (trainer.global_rank, trainer.world_size) if trainer else (0, 1)
-        device = trainer.strategy.root_device if trainer else torch.device("cpu")
+        device = device or (trainer.strategy.root_device if trainer else torch.device("cpu"))
         images, masks = self.data.images, self.data.masks
         if self.on_device and device.type == "cuda":
             if self._device_data is None:
                 self._device_data = (images.to(device), masks.to(device))
                 log.info("Whole data set moved to %s (%.1f MB)", device, self.data.nbytes / 1e6)
             images, masks = self._device_data
-        batch_size = self.batch_size
+        batch_size = batch_size or self.batch_size
         per_rank = len(indices) // world
         if train and per_rank < batch_size:
             if per_rank < 1:
@@ -235,13 +239,14 @@ class SegmentationDataModule(L.LightningDataModule):
             window=self.image_size if crop else None,
             sizes=self.data.sizes if crop else None,
             tiles=crop and not train,
+            ignore_index=self.classes.ignore_index,
         )
 
     def train_dataloader(self) -> BatchFeed:
-        return self._feed(self._split.train, train=True)
+        return self.feed(self._split.train, train=True)
 
     def val_dataloader(self) -> BatchFeed:
-        return self._feed(self._split.val, train=False)
+        return self.feed(self._split.val, train=False)
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         if self.trainer is not None and self.trainer.training:

@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from contextlib import nullcontext
 from typing import Any
 
 import numpy as np
 import torch
 
 from poc59.artifacts.trained import TrainedModel
+from poc59.core.device import autocast, autocast_dtype, lightning_precision, synchronize
 from poc59.data.datamodule import SegmentationDataModule
 from poc59.data.feed import BatchFeed
 from poc59.data.preload import load_native
@@ -38,25 +38,11 @@ SPEED_CONVENTION = (
 )
 
 
-_MIXED = {"bf16-mixed": "bf16", "16-mixed": "fp16", "32-true": "32", "32": "32"}
-
-
 def precision_for(device: torch.device, trained: str | None = None) -> tuple[str, Any]:
-    """(label, autocast context): 32-bit on CPU; on CUDA the run's training precision (`trained`,
-    e.g. "bf16-mixed") so validation is reproduced, else bf16 where supported, else fp16."""
-    dtype = inference.resolve_precision(_MIXED.get(str(trained), "auto"), device) if device.type == "cuda" else None
-    if dtype is None:
-        return "32-true", nullcontext()
-    return ("bf16-mixed" if dtype == torch.bfloat16 else "16-mixed"), torch.autocast(device.type, dtype=dtype)
-
-
-def feed(dm: SegmentationDataModule, indices: list[int], batch_size: int, device: torch.device) -> BatchFeed:
-    """The validation feed of training (SegmentationDataModule._feed with train=False), for any indices."""
-    crop = dm.policy == "crop"
-    return BatchFeed(
-        dm.data.images, dm.data.masks, indices, batch_size, shuffle=False, drop_last=False, seed=dm.seed,
-        device=device, window=dm.image_size if crop else None, sizes=dm.data.sizes if crop else None, tiles=crop,
-    )
+    """(Lightning precision name, autocast context): 32-bit on CPU; on CUDA the run's training precision
+    (`trained`, e.g. "bf16-mixed") so validation is reproduced, else `auto_precision()`'s."""
+    dtype = autocast_dtype(trained or "auto", device)
+    return lightning_precision(dtype), autocast(device, dtype)
 
 
 def batch_confmats(preds: torch.Tensor, target: torch.Tensor, num_classes: int, ignore_index: int) -> torch.Tensor:
@@ -75,12 +61,11 @@ def run_feed(model: TrainedModel, batches: BatchFeed, autocast: Any,
     device, timed, timed_units, n = batches.device, 0.0, 0, len(batches)
     with torch.inference_mode():
         for b, (images, masks) in enumerate(batches):
-            sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
-            sync()
+            synchronize(device)
             t0 = time.perf_counter()
             with autocast:
                 preds = model.segmenter(images).argmax(dim=1)
-            sync()
+            synchronize(device)
             if b > 0 or n == 1:
                 timed += time.perf_counter() - t0
                 timed_units += len(images)
@@ -102,7 +87,7 @@ def score(
         rows = torch.tensor([row[int(s)] for s in owners])
         per_image.index_add_(0, rows, batch_confmats(preds, target, classes.num_classes, classes.ignore_index).cpu())
 
-    seconds = run_feed(model, feed(dm, indices, batch_size, device), autocast, on_batch)
+    seconds = run_feed(model, dm.feed(indices, train=False, batch_size=batch_size, device=device), autocast, on_batch)
     return per_image.sum(0), per_image, seconds  # every pixel belongs to one image: their sum is the split's
 
 
@@ -121,7 +106,7 @@ def predicted_canvases(model: TrainedModel, dm: SegmentationDataModule, indices:
             else:
                 canvas[row[u]] = p
 
-    run_feed(model, feed(dm, indices, batch_size, device), autocast, on_batch)
+    run_feed(model, dm.feed(indices, train=False, batch_size=batch_size, device=device), autocast, on_batch)
     return canvas.numpy()
 
 
@@ -133,7 +118,7 @@ def score_native(
 ) -> tuple[torch.Tensor, torch.Tensor, float]:
     """Like `score`, at each image's stored resolution via `inference.predict_label_map` (one image at a time),
     in the run's training precision (`trained`) as `precision_for` reports it."""
-    precision = _MIXED.get(str(trained), "auto")
+    precision = trained or "auto"
     c, ignore = model.classes.num_classes, model.classes.ignore_index
     per_image = torch.zeros(len(indices), c, c, dtype=torch.int64)
     seconds = 0.0

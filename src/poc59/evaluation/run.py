@@ -26,6 +26,7 @@ from poc59.artifacts.load import load_model, locate_checkpoint
 from poc59.artifacts.trained import TrainedModel
 from poc59.core.atomic import write_json
 from poc59.core.config import cache_root
+from poc59.core.device import resolve_device
 from poc59.data.datamodule import SegmentationDataModule
 from poc59.evaluation.passes import (
     NATIVE_SPEED_CONVENTION,
@@ -38,7 +39,6 @@ from poc59.evaluation.passes import (
 from poc59.evaluation.pictures import (
     draw,  # matplotlib only when pictures are asked for
 )
-from poc59.inference.image import resolve_device
 from poc59.model.metrics import metric_convention
 
 log = logging.getLogger("poc59.evaluate")

@@ -33,13 +33,13 @@ import torch.nn.functional as F
 from PIL import Image
 
 from poc59.artifacts.trained import TrainedModel
-from poc59.core.config import auto_precision
+from poc59.core.device import autocast_dtype
 from poc59.data.preload import content_size, resample_image
 from poc59.inference.tiling import predict_logits, run_batches, stream_logits
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ArrayImage", "band_labels", "logit_bands", "predict_label_map", "resolve_device", "resolve_precision", "row_upsampler"]
+__all__ = ["ArrayImage", "band_labels", "logit_bands", "predict_label_map", "row_upsampler"]
 
 BAND_ROWS = 256  # rows per band when upsampling resize/pad logits to the original size
 
@@ -69,35 +69,6 @@ class ArrayImage:
 
     def whole(self) -> np.ndarray:
         return self.image
-
-
-class DeviceError(ValueError):
-    """A device that is not there; the message names the setting to use."""
-
-
-def resolve_device(device: str = "auto") -> torch.device:
-    """device=auto|cpu|cuda[:N] (auto: the first CUDA GPU if there is one, else the CPU); a missing GPU is an error."""
-    if device not in ("auto", "cpu", "cuda") and not device.startswith("cuda:"):
-        raise DeviceError(f"device={device}: choose device=auto, device=cpu or device=cuda")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise DeviceError(f"device={device}: no CUDA device here; use device=cpu (or auto)")
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
-def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
-    """Autocast dtype: bf16/fp16 on CUDA only (`auto`: bf16 where supported, else fp16); None = float32."""
-    precision = str(precision).lower()
-    if precision not in ("auto", "32", "bf16", "fp16", "16"):
-        raise ValueError(f"precision={precision!r}: choose auto, 32, bf16 or fp16")
-    if device.type != "cuda":
-        if precision in ("bf16", "fp16", "16"):
-            log.warning("precision=%s needs a CUDA device; running float32 on %s", precision, device)
-        return None
-    if precision == "auto":
-        return torch.bfloat16 if auto_precision() == "bf16-mixed" else torch.float16
-    return {"32": None, "bf16": torch.bfloat16, "fp16": torch.float16, "16": torch.float16}[precision]
 
 
 def _hwc_to_chw(rows: np.ndarray) -> torch.Tensor:
@@ -221,6 +192,6 @@ def predict_label_map(
         device = next(iter(tensors), torch.empty(0)).device
     device = torch.device(device)
     labels = np.empty((source.height, source.width), np.uint8)
-    for y0, band in logit_bands(model, source, overlap, batch_size, tta, device, resolve_precision(precision, device)):
+    for y0, band in logit_bands(model, source, overlap, batch_size, tta, device, autocast_dtype(precision, device)):
         labels[y0 : y0 + band.shape[1]] = band_labels(band)
     return labels

@@ -30,11 +30,10 @@ from poc59.artifacts.load import load_model
 from poc59.artifacts.trained import TrainedModel
 from poc59.core.atomic import write_bytes
 from poc59.core.classes import ClassTable
+from poc59.core.device import autocast_dtype, resolve_device
 from poc59.inference.image import (
     band_labels,
     logit_bands,
-    resolve_device,
-    resolve_precision,
 )
 from poc59.inference.outputs import (
     OverlayPicture,
@@ -203,7 +202,7 @@ def run(s: Settings, console: Console | None = None) -> dict:
         raise UsageError(f"{existing[0]} exists ({len(existing)} outputs in {out}); pass overwrite=true or another output=")
     masks = _object_masks(s.object_mask, images)
     device = resolve_device(s.device)
-    autocast = resolve_precision(s.precision, device)
+    autocast = autocast_dtype(s.precision, device)
     torch.set_flush_denormal(True)  # as training and evaluate do: the same arithmetic, several times faster on CPU
     model = load_model(s.ckpt, device)
     if s.classes:

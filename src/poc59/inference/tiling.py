@@ -19,12 +19,13 @@ result is exactly mirror-symmetric: pred(flip(x)) == flip(pred(x)), bit for bit.
 
 from __future__ import annotations
 
-import contextlib
 import math
 from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch
+
+from poc59.core.device import autocast as device_autocast
 
 __all__ = ["WINDOW_FLOOR", "predict_logits", "run_batches", "stream_logits", "tile_starts", "window"]
 
@@ -66,13 +67,6 @@ def _normalised(length: int, tile: int, starts: list[int], win: torch.Tensor) ->
     return torch.stack([win / cover[s : s + tile] for s in starts])
 
 
-def _autocast(device: torch.device, dtype: torch.dtype | None):
-    """bf16/fp16 autocast on CUDA only (on CPU it is slower than float32, see README Conventions)."""
-    if dtype is None or dtype == torch.float32 or device.type != "cuda":
-        return contextlib.nullcontext()
-    return torch.autocast("cuda", dtype=dtype)
-
-
 def run_batches(
     segmenter: Segmenter, tiles: torch.Tensor, batch_size: int, device: torch.device | str = "cpu",
     autocast: torch.dtype | None = None,
@@ -80,7 +74,7 @@ def run_batches(
     """Float32 logits [N, C, h, w] of uint8 tiles [N, 3, h, w], `batch_size` at a time, on `device`."""
     device = torch.device(device)
     out = []
-    with torch.no_grad(), _autocast(device, autocast):
+    with torch.no_grad(), device_autocast(device, autocast):
         for i in range(0, len(tiles), batch_size):
             logits = segmenter(tiles[i : i + batch_size].to(device, non_blocking=True))
             if logits.ndim != 4 or logits.shape[-2:] != tiles.shape[-2:]:

@@ -17,7 +17,13 @@ import torch
 from torch import nn
 from torchmetrics import MeanMetric
 
-from poc59.model.metrics import SegmentationIoU, iou_by_name, iou_from_confmat, mean_iou, metric_convention
+from poc59.model.metrics import (
+    SegmentationIoU,
+    iou_by_name,
+    iou_from_confmat,
+    mean_iou,
+    metric_convention,
+)
 from poc59.model.segmenter import Segmenter
 
 log = logging.getLogger(__name__)

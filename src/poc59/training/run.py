@@ -25,6 +25,7 @@ from poc59.artifacts.card import ModelCard
 from poc59.core.atomic import write_bytes, write_json
 from poc59.core.classes import ClassTable
 from poc59.core.config import SettingError
+from poc59.core.device import peak_memory
 from poc59.core.provenance import git_commit, package_versions
 from poc59.data.datamodule import SegmentationDataModule
 from poc59.data.sources import DataError
@@ -41,7 +42,7 @@ from poc59.model.module import SegmentationModule
 from poc59.training import resume
 from poc59.training.checkpointing import AtomicCheckpointIO
 from poc59.training.throughput import CONVENTION as THROUGHPUT_CONVENTION
-from poc59.training.throughput import TrainThroughput, peak_memory
+from poc59.training.throughput import TrainThroughput
 
 log = logging.getLogger("poc59.train")  # the command's name in the log
 

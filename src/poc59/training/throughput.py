@@ -7,30 +7,17 @@ growth) and, in a one-epoch run, only the first step is skipped.
 
 from __future__ import annotations
 
-import resource
 import time
 from typing import Any
 
 import lightning as L
-import torch
+
+from poc59.core.device import synchronize
 
 CONVENTION = (
     "training images per second, all devices together, training steps only "
     "(validation excluded; first epoch excluded, or only its first step in a 1-epoch run)"
 )
-
-
-def _sync(trainer: L.Trainer) -> None:
-    if trainer.strategy.root_device.type == "cuda":
-        torch.cuda.synchronize(trainer.strategy.root_device)
-
-
-def peak_memory(device: torch.device) -> dict:
-    """Peak memory with its meaning: CUDA max allocated on GPU, else peak RSS of this process."""
-    if device.type == "cuda":
-        return {"bytes": int(torch.cuda.max_memory_allocated(device)), "kind": "CUDA max allocated (this process)"}
-    rss_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
-    return {"bytes": int(rss_kib) * 1024, "kind": "peak resident set size of the main process"}
 
 
 class TrainThroughput(L.Callback):
@@ -48,7 +35,7 @@ class TrainThroughput(L.Callback):
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
         self._step += 1
         if self._step == 1:
-            _sync(trainer)
+            synchronize(trainer.strategy.root_device)
             self._t0 = time.perf_counter()
             return
         self._images += batch[0].shape[0] * trainer.world_size
@@ -56,7 +43,7 @@ class TrainThroughput(L.Callback):
     def _close_epoch(self, trainer: L.Trainer) -> None:
         if self._t0 is None:
             return
-        _sync(trainer)
+        synchronize(trainer.strategy.root_device)
         self.epochs.append({"images": self._images, "seconds": time.perf_counter() - self._t0})
         self._t0 = None
 
