@@ -110,13 +110,13 @@ def run(quick: bool) -> list[dict]:
     train = [by_id[i] for i in dm.split["train"]]
     dataset = EarlierDataset([], [], s.image_size)  # fails now if albumentations is missing
     dataset.images, dataset.masks = _decode_full_size(train)
-    loader = DataLoader(
+    loaders = [DataLoader(  # a list, so the finally below can drop the loader (and its persistent workers)
         dataset, batch_size=s.batch_size, shuffle=True, num_workers=2, drop_last=True, persistent_workers=True,
-    )
+    )]
 
     def one_loader_epoch() -> int:
         n = 0
-        for x, y in loader:
+        for x, _ in loaders[0]:
             if x.shape[1:] != (3, s.image_size, s.image_size):
                 raise RuntimeError(f"unexpected baseline batch {tuple(x.shape)}")
             n += len(x)
@@ -133,7 +133,7 @@ def run(quick: bool) -> list[dict]:
     try:
         runs = common.interleaved({"poc59": poc59, "baseline": baseline}, s.repeats)
     finally:
-        del loader  # stops the persistent workers
+        loaders.clear()  # stops the persistent workers
     ours, base = common.median(runs["poc59"]), common.median(runs["baseline"])
     ratio = ours / base
     batches = max(1, split["batches"])

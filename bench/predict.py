@@ -72,10 +72,10 @@ def write_scan(path: Path, height: int, width: int) -> Path:
 
 def model(kind: str, classes: int, tile: int):
     """A crop-geometry TrainedModel: `tiny` (the preset's network) or `pointwise` (a 1x1 convolution, for tests)."""
-    from poc59.core.classes import ClassTable
-    from poc59.model.factory import build_network
     from poc59.artifacts.card import ModelCard
     from poc59.artifacts.trained import TrainedModel
+    from poc59.core.classes import ClassTable
+    from poc59.model.factory import build_network
     from poc59.model.segmenter import Segmenter
 
     torch.manual_seed(0)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from slurm_cluster import slurm  # noqa: F401  (the session fixture of the SLURM tests)
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never wait on a model hub

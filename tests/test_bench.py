@@ -13,8 +13,8 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from helpers import make_folder, write_pair
 
+from helpers import make_folder, write_pair
 from poc59.data.augment import BatchAugment
 from poc59.data.datamodule import SegmentationDataModule
 from poc59.data.preload import decode, load_cache, preload

@@ -11,10 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from helpers import SMALL, make_cfg
 from omegaconf import open_dict
 from PIL import Image
 
+from helpers import SMALL, make_cfg
 from poc59.compare import main
 from poc59.comparison.run import CompareError, lead
 from poc59.training.run import train

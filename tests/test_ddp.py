@@ -7,8 +7,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import make_folder
 from PIL import Image
+
+from helpers import make_folder
 
 SCRIPT = Path(__file__).with_name("ddp_check.py")
 

@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import CRACKFOREST, SMALL, make_cfg, make_folder
 from omegaconf import OmegaConf
 from PIL import Image
 
+from helpers import CRACKFOREST, SMALL, make_cfg, make_folder
 from poc59.artifacts.load import load_model
 from poc59.data.datamodule import SegmentationDataModule
 from poc59.evaluate import main, parse_args
@@ -316,7 +316,6 @@ def test_evaluate_on_a_second_gpu_times_and_waits_on_that_gpu():
     from types import SimpleNamespace
 
     from fake_cuda import FakeCuda
-
     from poc59.data.feed import BatchFeed
     from poc59.evaluation.passes import batch_confmats, run_feed
 

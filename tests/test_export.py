@@ -8,8 +8,8 @@ import shutil
 
 import pytest
 import torch
-from helpers import make_cfg
 
+from helpers import make_cfg
 from poc59.artifacts.export import (
     ExportError,
     export_model,

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import host_syncs
 from helpers import make_cfg
-
 from poc59.model import metrics
 from poc59.training.run import train
 

@@ -19,9 +19,9 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf
-from slurm_cluster import UP, Cluster
 
 from poc59.core.config import config_dir, gpus_per_node, register_resolvers
+from slurm_cluster import UP, Cluster
 
 
 def _launcher(*overrides: str) -> dict:

@@ -26,12 +26,13 @@ import re
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import pytest
 import torch
+
 from slurm_cluster import REPO, Cluster
 
 TINY = [  # tests/test_resume.py's tiny run: seconds an epoch on one CPU

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import CRACKFOREST, SMALL, make_cfg
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import RichProgressBar
 
+from helpers import CRACKFOREST, SMALL, make_cfg
 from poc59.core.classes import ARTEFACT
 from poc59.core.config import config_dir, register_resolvers
 from poc59.training.run import train

@@ -6,8 +6,8 @@ import shutil
 
 import pytest
 import torch
-from helpers import SMALL, make_cfg
 
+from helpers import SMALL, make_cfg
 from poc59.artifacts.load import load_model
 from poc59.artifacts.trained import ModelLoadError, load_checkpoint
 from poc59.core.classes import ARTEFACT

@@ -6,10 +6,10 @@ import io
 
 import numpy as np
 import pytest
-from helpers import SMALL, make_cfg
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from helpers import SMALL, make_cfg
 from poc59.core.classes import ARTEFACT
 from poc59.training.run import train
 

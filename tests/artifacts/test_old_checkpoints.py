@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import CRACKFOREST, make_cfg
 
+from helpers import CRACKFOREST, make_cfg
 from poc59.artifacts.export import export_model
 from poc59.artifacts.load import load_model
 from poc59.core.classes import ARTEFACT

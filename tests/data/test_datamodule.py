@@ -3,8 +3,8 @@ import json
 import numpy as np
 import pytest
 import torch
-from helpers import CRACKFOREST, make_folder, write_pair
 
+from helpers import CRACKFOREST, make_folder, write_pair
 from poc59.data.datamodule import SegmentationDataModule
 from poc59.prepare import main as prepare_main
 

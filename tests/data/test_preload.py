@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 import torch
-from helpers import CRACKFOREST, make_folder, write_pair
 from PIL import Image
 
+from helpers import CRACKFOREST, make_folder, write_pair
 from poc59.data.preload import load_pair, preload
 from poc59.data.sources import DataError, discover
 

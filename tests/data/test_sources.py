@@ -2,8 +2,8 @@ import json
 
 import numpy as np
 import pytest
-from helpers import CRACKFOREST, make_folder, write_pair
 
+from helpers import CRACKFOREST, make_folder, write_pair
 from poc59.core.classes import ARTEFACT, load_class_table
 from poc59.data.sources import DataError, discover
 

@@ -4,8 +4,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import make_folder
 
+from helpers import make_folder
 from poc59.data.sources import DataError, Sample, discover
 from poc59.data.split import Split, describe_split, from_dict, grouped_split, load_split
 

@@ -102,7 +102,7 @@ def test_layout_metadata_and_masks(small_set):
 
 
 def test_sizes_non_square_with_a_mount(rendered):
-    for img, lab, _, _ in rendered:
+    for _, lab, _, _ in rendered:
         h, w = lab.shape
         assert 300 <= h <= 800 and 300 <= w <= 800 and h != w
     outside = [np.mean(lab == IGNORE_INDEX) for _, lab, _, _ in rendered]

@@ -6,10 +6,9 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import write_pair
 from PIL import Image
-from predict.standins import Constant, LocalConv, model
 
+from helpers import write_pair
 from poc59.data.preload import load_pair
 from poc59.data.sources import discover
 from poc59.inference.image import (
@@ -19,6 +18,7 @@ from poc59.inference.image import (
     row_upsampler,
 )
 from poc59.inference.tiling import predict_logits
+from predict.standins import Constant, LocalConv, model
 
 
 def _rgb(h: int, w: int, seed: int = 0) -> np.ndarray:

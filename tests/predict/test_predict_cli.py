@@ -8,9 +8,9 @@ import shutil
 
 import numpy as np
 import pytest
-from helpers import CRACKFOREST, make_cfg
 from PIL import Image
 
+from helpers import CRACKFOREST, make_cfg
 from poc59.artifacts.load import load_model
 from poc59.inference.image import predict_label_map
 from poc59.inference.scans import open_scan

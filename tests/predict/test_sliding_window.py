@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from predict.standins import Constant, LocalConv, TilePosition
 
 from poc59.inference.tiling import predict_logits, stream_logits, tile_starts, window
+from predict.standins import Constant, LocalConv, TilePosition
 
 
 def _image(h: int, w: int, seed: int = 0) -> torch.Tensor:

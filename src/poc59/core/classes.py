@@ -111,11 +111,11 @@ class ClassTable:
         return {"names": list(self.names), "palette": list(self.palette), "ignore_index": self.ignore_index}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "ClassTable":
+    def from_dict(cls, d: dict) -> ClassTable:
         return cls(tuple(d["names"]), tuple(d["palette"]), int(d.get("ignore_index", IGNORE_INDEX)))
 
     @classmethod
-    def from_names(cls, names: list[str] | tuple[str, ...]) -> "ClassTable":
+    def from_names(cls, names: list[str] | tuple[str, ...]) -> ClassTable:
         """ARTeFACT colours when the names are ARTeFACT's, generated ones otherwise."""
         names = tuple(str(n) for n in names)
         if names == ARTEFACT_NAMES:
