@@ -55,7 +55,9 @@ def run(quick: bool) -> list[dict]:
             seconds = sw.wall
             cores["poc59"].append(round(sw.cores, 2))
             if data.source != "decoded" or len(data.samples) != len(samples):
-                raise RuntimeError(f"expected a cold decode of {len(samples)} pairs, got {data.source} / {len(data.samples)}")
+                raise RuntimeError(
+                    f"expected a cold decode of {len(samples)} pairs, got {data.source} / {len(data.samples)}"
+                )
             if not list(cache.glob("preload-*/meta.json")):
                 raise RuntimeError("the cold preload wrote no cache")
             return seconds
@@ -78,11 +80,21 @@ def run(quick: bool) -> list[dict]:
         common.row(
             NAME,
             f"{len(samples):,} files to uint8 tensors at {s.image_size} px, cache written",
-            ours, "s", base, "PIL one by one, 1 process", ratio, "x faster", f">= {BAR}x", ratio >= BAR, quick,
+            ours,
+            "s",
+            base,
+            "PIL one by one, 1 process",
+            ratio,
+            "x faster",
+            f">= {BAR}x",
+            ratio >= BAR,
+            quick,
             {
                 "pairs": len(samples),
                 "raw_bytes": len(samples) * 4 * s.image_size**2,
-                "page_cache": "dropped before each run" if dropped else "not dropped (not root): both read the same warm page cache",
+                "page_cache": "dropped before each run"
+                if dropped
+                else "not dropped (not root): both read the same warm page cache",
                 "runs_s": runs,
                 "cores_used": cores,  # CPU time / wall time: poc59 would use 2.0 on 2 idle cores, the baseline 1.0
                 "decode_threads": os.cpu_count(),

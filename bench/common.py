@@ -112,7 +112,10 @@ class TrainerStub(SimpleNamespace):
 
     def __init__(self, training: bool = True) -> None:
         super().__init__(
-            global_rank=0, world_size=1, training=training, current_epoch=0,
+            global_rank=0,
+            world_size=1,
+            training=training,
+            current_epoch=0,
             strategy=SimpleNamespace(root_device=torch.device("cpu")),
         )
 

@@ -32,7 +32,9 @@ def segmentation_module(cfg: DictConfig, classes: ClassTable, class_weights: tor
     """Network (cfg.encoder), loss (cfg.loss with `class_weights`), AdamW and OneCycle factories, as poc59.train
     joins them. Seed first for the same initial weights on every call."""
     size = cfg.data.image_size
-    card = model_card(cfg, classes, {"policy": cfg.data.policy, "image_size": size, "max_side": cfg.data.get("max_side")})
+    card = model_card(
+        cfg, classes, {"policy": cfg.data.policy, "image_size": size, "max_side": cfg.data.get("max_side")}
+    )
     net = build_network(**card.network, weights=cfg.encoder.weights, weights_dir=cfg.paths.weights_dir)
     return SegmentationModule(
         net,

@@ -34,7 +34,9 @@ class EarlierDataset(Dataset):
             import albumentations as A
             from albumentations.pytorch import ToTensorV2
         except ImportError as err:
-            raise RuntimeError(f"the earlier system's feed (the baseline) needs albumentations (in the dev extra: pip install -e '.[dev]') ({err})") from err
+            raise RuntimeError(
+                f"the earlier system's feed (the baseline) needs albumentations (in the dev extra: pip install -e '.[dev]') ({err})"
+            ) from err
 
         self.images, self.masks = images, masks
         self.transform = A.Compose(
@@ -110,9 +112,16 @@ def run(quick: bool) -> list[dict]:
     train = [by_id[i] for i in dm.split["train"]]
     dataset = EarlierDataset([], [], s.image_size)  # fails now if albumentations is missing
     dataset.images, dataset.masks = _decode_full_size(train)
-    loaders = [DataLoader(  # a list, so the finally below can drop the loader (and its persistent workers)
-        dataset, batch_size=s.batch_size, shuffle=True, num_workers=2, drop_last=True, persistent_workers=True,
-    )]
+    loaders = [
+        DataLoader(  # a list, so the finally below can drop the loader (and its persistent workers)
+            dataset,
+            batch_size=s.batch_size,
+            shuffle=True,
+            num_workers=2,
+            drop_last=True,
+            persistent_workers=True,
+        )
+    ]
 
     def one_loader_epoch() -> int:
         n = 0
@@ -141,8 +150,15 @@ def run(quick: bool) -> list[dict]:
         common.row(
             NAME,
             f"indices to augmented uint8 batches of {s.batch_size} at {s.image_size} px",
-            ours, "img/s", base, "per-sample albumentations DataLoader, 2 workers", ratio, "x",
-            f">= {BAR_RATIO:g}x and >= {BAR_RATE:,.0f} img/s", ratio >= BAR_RATIO and ours >= BAR_RATE, quick,
+            ours,
+            "img/s",
+            base,
+            "per-sample albumentations DataLoader, 2 workers",
+            ratio,
+            "x",
+            f">= {BAR_RATIO:g}x and >= {BAR_RATE:,.0f} img/s",
+            ratio >= BAR_RATIO and ours >= BAR_RATE,
+            quick,
             {
                 "train_images": len(train),
                 "batches_per_epoch": len(feed),

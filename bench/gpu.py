@@ -116,8 +116,7 @@ class OutOfMemoryGaveUp(RuntimeError):
 
     def __init__(self, failed: list[int], last_error: str) -> None:
         super().__init__(
-            f"out of memory at every batch tried {failed} (last: {last_error}); "
-            f"try a smaller --batch or fewer settings"
+            f"out of memory at every batch tried {failed} (last: {last_error}); try a smaller --batch or fewer settings"
         )
         self.failed = failed
 
@@ -231,7 +230,11 @@ def measure(
 
         fwd = torch.compile(forward_loss) if setting.compile else forward_loss
         optimizer = module.optimizer_factory(params=module.parameters())
-        scheduler = module.scheduler_factory(optimizer=optimizer, total_steps=warmup + steps) if module.scheduler_factory else None
+        scheduler = (
+            module.scheduler_factory(optimizer=optimizer, total_steps=warmup + steps)
+            if module.scheduler_factory
+            else None
+        )
         scaler = torch.amp.GradScaler(device.type) if setting.precision == "16-mixed" else None
 
         def step() -> None:
@@ -258,7 +261,10 @@ def measure(
         fwd = torch.compile(module) if setting.compile else module
 
         def step() -> None:
-            with torch.inference_mode(), torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            with (
+                torch.inference_mode(),
+                torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None),
+            ):
                 fwd(images)
 
     done, run, seconds = _run_steps(step, device, warmup, steps, deadline)
@@ -363,8 +369,16 @@ def fit_deadline(at: float, marker: str) -> Any:
 
 
 def fit_config(
-    preset: str, setting: Setting, batch: int, image_size: int, steps: int, data: Path, cache: Path, run_dir: Path,
-    device: torch.device, deadline: float | None = None,
+    preset: str,
+    setting: Setting,
+    batch: int,
+    image_size: int,
+    steps: int,
+    data: Path,
+    cache: Path,
+    run_dir: Path,
+    device: torch.device,
+    deadline: float | None = None,
 ) -> Any:
     """The composed training config (bench/composed.py: conf/train.yaml as the command composes it) for one fit
     row: `data` at `image_size`, `FIT_EPOCHS` epochs of `steps` batches, one validation batch, no progress bar,
@@ -374,12 +388,24 @@ def fit_config(
     from bench.composed import train_config
 
     cfg = train_config(
-        f"encoder={preset}", "encoder.weights=null", "data=artefact", f"data.root={data}",
-        f"data.image_size={image_size}", f"data.batch_size={batch}", f"data.val_fraction={FIT_VAL_FRACTION}",
-        f"data.cache_dir={cache}", f"trainer.max_epochs={FIT_EPOCHS}", f"trainer.limit_train_batches={steps}",
-        "trainer.limit_val_batches=1", "trainer.num_sanity_val_steps=0", "trainer.enable_progress_bar=false",
-        "callbacks.progress_bar=null", f"trainer.accelerator={'gpu' if device.type == 'cuda' else 'cpu'}",
-        "trainer.devices=1", f"trainer.precision={setting.precision}", "resume=never",
+        f"encoder={preset}",
+        "encoder.weights=null",
+        "data=artefact",
+        f"data.root={data}",
+        f"data.image_size={image_size}",
+        f"data.batch_size={batch}",
+        f"data.val_fraction={FIT_VAL_FRACTION}",
+        f"data.cache_dir={cache}",
+        f"trainer.max_epochs={FIT_EPOCHS}",
+        f"trainer.limit_train_batches={steps}",
+        "trainer.limit_val_batches=1",
+        "trainer.num_sanity_val_steps=0",
+        "trainer.enable_progress_bar=false",
+        "callbacks.progress_bar=null",
+        f"trainer.accelerator={'gpu' if device.type == 'cuda' else 'cpu'}",
+        "trainer.devices=1",
+        f"trainer.precision={setting.precision}",
+        "resume=never",
         run_dir=run_dir,
     )
     with open_dict(cfg):
@@ -387,19 +413,30 @@ def fit_config(
         cfg.model.compile = setting.compile
         if deadline is not None:
             cfg.callbacks.bench_deadline = {
-                "_target_": f"{__name__}.fit_deadline", "at": deadline, "marker": str(run_dir / DEADLINE_MARKER),
+                "_target_": f"{__name__}.fit_deadline",
+                "at": deadline,
+                "marker": str(run_dir / DEADLINE_MARKER),
             }
     return cfg
 
 
 def measure_fit(
-    device: torch.device, preset: str, setting: Setting, batch: int, image_size: int, steps: int, work: Path,
-    data: Path, deadline: float | None = None,
+    device: torch.device,
+    preset: str,
+    setting: Setting,
+    batch: int,
+    image_size: int,
+    steps: int,
+    work: Path,
+    data: Path,
+    deadline: float | None = None,
 ) -> dict:
     """One real training run, `poc59.training.run.train`: the row's figures are its own summary.json's."""
     from poc59.training.run import train
 
-    run_dir = work / "runs" / f"{preset}-{setting.precision}-cl{int(setting.channels_last)}-c{int(setting.compile)}-b{batch}"
+    run_dir = (
+        work / "runs" / f"{preset}-{setting.precision}-cl{int(setting.channels_last)}-c{int(setting.compile)}-b{batch}"
+    )
     shutil.rmtree(run_dir, ignore_errors=True)  # a second run of the harness measures afresh
     cfg = fit_config(preset, setting, batch, image_size, steps, data, work / "cache", run_dir, device, deadline)
     if device.type == "cuda":
@@ -435,7 +472,10 @@ def measure_fit(
         "device": str(device),
         "precision_run": summary["provenance"]["precision"],
         "summary": str(summary_path),
-        "data": {k: data_record.get(k) for k in ("root", "images", "train_images", "val_images", "preload_seconds", "preload_source")},
+        "data": {
+            k: data_record.get(k)
+            for k in ("root", "images", "train_images", "val_images", "preload_seconds", "preload_source")
+        },
     }
 
 
@@ -458,13 +498,23 @@ def _with_ratio(row: dict, bare: dict | None) -> dict:
         return row
     ratio = row["images_per_s"] / bare["images_per_s"]
     return {
-        **row, "bare_images_per_s": bare["images_per_s"], "bare_batch": bare["batch"], "fit_over_bare": ratio,
-        "bar": f">= {FIT_BAR}x bare", "passed": ratio >= FIT_BAR if row["device"].startswith("cuda") else None,
+        **row,
+        "bare_images_per_s": bare["images_per_s"],
+        "bare_batch": bare["batch"],
+        "fit_over_bare": ratio,
+        "bar": f">= {FIT_BAR}x bare",
+        "passed": ratio >= FIT_BAR if row["device"].startswith("cuda") else None,
     }
 
 
 def run_grid(
-    device: torch.device, presets: list[str], grid: list[Setting], batch: int, image_size: int, steps: int, warmup: int,
+    device: torch.device,
+    presets: list[str],
+    grid: list[Setting],
+    batch: int,
+    image_size: int,
+    steps: int,
+    warmup: int,
     log: Callable[[str], None] = print,
     *,
     fit_steps: int = 0,
@@ -509,7 +559,11 @@ def run_grid(
                             data = fit_data(work / "data", fit_images(batch, fit_steps), image_size)
 
                         def measure_at(
-                            b: int, setting: Setting = setting, preset: str = preset, n: int = n_fit, data: Path = data,
+                            b: int,
+                            setting: Setting = setting,
+                            preset: str = preset,
+                            n: int = n_fit,
+                            data: Path = data,
                         ) -> dict:
                             return measure_fit(device, preset, setting, b, image_size, n, work, data, deadline)
 
@@ -520,8 +574,16 @@ def run_grid(
                             torch.manual_seed(0)
                             module = segmentation_module(cfg, ARTEFACT, torch.ones(ARTEFACT.num_classes))
                             return measure(
-                                module, device, mode, b, image_size, setting, steps, warmup,
-                                gradient_clip=cfg.trainer.gradient_clip_val, deadline=deadline,
+                                module,
+                                device,
+                                mode,
+                                b,
+                                image_size,
+                                setting,
+                                steps,
+                                warmup,
+                                gradient_clip=cfg.trainer.gradient_clip_val,
+                                deadline=deadline,
                             )
 
                         first = batch
@@ -574,7 +636,11 @@ def table(rows: list[dict]) -> str:
             lines.append(f"{head} | {what[:120].replace('|', '/')} | | | |")
             continue
         batch = f"{r['batch']}" + (f" (OOM at {r['out_of_memory_at'][0]})" if r.get("out_of_memory_at") else "")
-        seed = f"{SEED_CONTEXT['images_per_s']}" if r["encoder"] == "convnext_tiny" and r["mode"] in ("train", "fit") else ""
+        seed = (
+            f"{SEED_CONTEXT['images_per_s']}"
+            if r["encoder"] == "convnext_tiny" and r["mode"] in ("train", "fit")
+            else ""
+        )
         lines.append(f"{head} {batch} | {r['images_per_s']:.1f} | {_gb(r)} | {_ratio(r)} | {seed} |")
     return "\n".join(lines)
 
@@ -619,7 +685,11 @@ def print_report(report: dict) -> None:
         print(line)
     print()
     print(report["legend"])
-    done = "complete" if report.get("complete") else "INCOMPLETE (stopped before the last row: the rows above are all it measured)"
+    done = (
+        "complete"
+        if report.get("complete")
+        else "INCOMPLETE (stopped before the last row: the rows above are all it measured)"
+    )
     print(f"\n{report['device']['name']}; {len(report['rows'])} rows, {done}")
 
 
@@ -645,18 +715,31 @@ def device_record(device: torch.device) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--full", action="store_true", help="the whole grid: AMP and 32-bit, channels_last or not, compile or not")
+    parser.add_argument(
+        "--full", action="store_true", help="the whole grid: AMP and 32-bit, channels_last or not, compile or not"
+    )
     parser.add_argument("--output", type=Path, default=REPO / "bench" / "gpu_results.json")
     parser.add_argument("--encoders", default=",".join(PRESETS), help="comma-separated encoder presets (conf/encoder/)")
     parser.add_argument("--batch", type=int, default=96, help="batch tried first (cut by 1/4 on out-of-memory)")
     parser.add_argument("--image-size", type=int, default=384)
     parser.add_argument("--steps", type=int, default=20, help="timed steps per measurement")
     parser.add_argument("--warmup", type=int, default=5, help="untimed steps first (compilation, cuDNN autotuning)")
-    parser.add_argument("--budget-s", type=float, default=480.0, help="wall-clock seconds in all; later rows are skipped rows")
-    parser.add_argument("--fit-steps", type=int, default=12, help=f"batches per epoch of a fit row ({FIT_EPOCHS} epochs)")
+    parser.add_argument(
+        "--budget-s", type=float, default=480.0, help="wall-clock seconds in all; later rows are skipped rows"
+    )
+    parser.add_argument(
+        "--fit-steps", type=int, default=12, help=f"batches per epoch of a fit row ({FIT_EPOCHS} epochs)"
+    )
     parser.add_argument("--no-fit", action="store_true", help="bare train and infer rows only")
-    parser.add_argument("--work-dir", type=Path, default=None, help="fit rows' data, preload cache and runs (default: $POC59_CACHE/bench/gpu)")
-    parser.add_argument("--table", type=Path, default=None, metavar="JSON", help="print the table of a results file and exit")
+    parser.add_argument(
+        "--work-dir",
+        type=Path,
+        default=None,
+        help="fit rows' data, preload cache and runs (default: $POC59_CACHE/bench/gpu)",
+    )
+    parser.add_argument(
+        "--table", type=Path, default=None, metavar="JSON", help="print the table of a results file and exit"
+    )
     args = parser.parse_args(argv)
     if args.table is not None:
         if not args.table.exists():
@@ -670,7 +753,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.budget_s <= 0:
         parser.error(f"--budget-s must be positive, got {args.budget_s}")
     if not args.no_fit and args.fit_steps < 2:
-        parser.error(f"--fit-steps must be >= 2 (summary.json times epoch 2 after its first step), got {args.fit_steps}")
+        parser.error(
+            f"--fit-steps must be >= 2 (summary.json times epoch 2 after its first step), got {args.fit_steps}"
+        )
     reason = no_cuda_reason()
     if reason:
         print(reason)
@@ -707,8 +792,17 @@ def main(argv: list[str] | None = None) -> int:
 
     save([])
     rows = run_grid(
-        device, presets, grid, args.batch, args.image_size, args.steps, args.warmup,
-        fit_steps=fit_steps, work=args.work_dir, budget=budget, on_row=save,
+        device,
+        presets,
+        grid,
+        args.batch,
+        args.image_size,
+        args.steps,
+        args.warmup,
+        fit_steps=fit_steps,
+        work=args.work_dir,
+        budget=budget,
+        on_row=save,
     )
     report.update(complete=True, rows=rows, elapsed_s=round(budget.seconds - budget.left(), 1))
     write_json(args.output, report)

@@ -80,16 +80,22 @@ def model(kind: str, classes: int, tile: int):
 
     torch.manual_seed(0)
     if kind == "tiny":
-        net = build_network("tu-mobilenetv3_small_050", "Unet", None, classes,
-                            decoder_kwargs={"decoder_channels": [64, 32, 16, 16, 8]})
+        net = build_network(
+            "tu-mobilenetv3_small_050", "Unet", None, classes, decoder_kwargs={"decoder_channels": [64, 32, 16, 16, 8]}
+        )
     elif kind == "pointwise":
         net = torch.nn.Conv2d(3, classes, 1)
     else:
         raise ValueError(f"unknown model kind {kind!r}")
     seg = Segmenter(net, [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]).eval()
     table = ClassTable.from_names([f"class{i}" for i in range(classes)])
-    card = ModelCard(table, {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}, {"name": kind},
-                     {"policy": "crop", "image_size": tile, "max_side": None}, input_multiple=tile)
+    card = ModelCard(
+        table,
+        {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]},
+        {"name": kind},
+        {"policy": "crop", "image_size": tile, "max_side": None},
+        input_multiple=tile,
+    )
     return TrainedModel(seg, card, Path(f"bench-{kind}"))
 
 
@@ -112,7 +118,9 @@ def naive_labels(segmenter, image: torch.Tensor, tile: int, overlap: float) -> t
     return (acc / weight).argmax(0).to(torch.uint8)
 
 
-def memory_child(image: str, out: str, kind: str, classes: int, tile: int, max_memory_mb: float, batch_size: int) -> dict:
+def memory_child(
+    image: str, out: str, kind: str, classes: int, tile: int, max_memory_mb: float, batch_size: int
+) -> dict:
     """Peak RSS above the model's own while predict_image handles one scan (run in a fresh process)."""
     import gc
     import logging
@@ -148,13 +156,29 @@ def memory_child(image: str, out: str, kind: str, classes: int, tile: int, max_m
     }
 
 
-def measure_memory(image: Path, kind: str = "tiny", classes: int = CLASSES, tile: int = 384,
-                   max_memory_mb: float = 1024, batch_size: int = 8) -> dict:
+def measure_memory(
+    image: Path,
+    kind: str = "tiny",
+    classes: int = CLASSES,
+    tile: int = 384,
+    max_memory_mb: float = 1024,
+    batch_size: int = 8,
+) -> dict:
     """`memory_child` in a subprocess (the tests use it too, with a pointwise stand-in)."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
     with tempfile.TemporaryDirectory(prefix="predict-mem-") as out:
-        cmd = [sys.executable, "-m", "bench.predict", str(image), out, kind, str(classes), str(tile),
-               str(max_memory_mb), str(batch_size)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "bench.predict",
+            str(image),
+            out,
+            kind,
+            str(classes),
+            str(tile),
+            str(max_memory_mb),
+            str(batch_size),
+        ]
         proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env, timeout=1200)
     if proc.returncode != 0:
         raise RuntimeError(f"memory child failed ({proc.returncode}): {proc.stderr.strip()[-2000:]}")
@@ -203,24 +227,54 @@ def run(quick: bool) -> list[dict]:
     title = f"tiny U-Net, crop geometry, tile {s.tile}, overlap 0.25, {CLASSES} classes"
     return [
         common.row(
-            NAME_SPEED, f"predict on CPU, {w:,} x {h:,} image ({title})", ours, "MP/s", base,
-            "naive loop: one tile at a time, no batching", ours / base, "x", common.REPORTED, None,  # memory is the bar (issue 6)
-            quick, {"runs_mp_per_s": runs, "cores_used": cores, "labels_agree": agree, "torch_threads": torch.get_num_threads(),
-                    "load_before": before, "load_after": common.load()},
+            NAME_SPEED,
+            f"predict on CPU, {w:,} x {h:,} image ({title})",
+            ours,
+            "MP/s",
+            base,
+            "naive loop: one tile at a time, no batching",
+            ours / base,
+            "x",
+            common.REPORTED,
+            None,  # memory is the bar (issue 6)
+            quick,
+            {
+                "runs_mp_per_s": runs,
+                "cores_used": cores,
+                "labels_agree": agree,
+                "torch_threads": torch.get_num_threads(),
+                "load_before": before,
+                "load_after": common.load(),
+            },
         ),
         common.row(
-            NAME_MEMORY, f"peak RSS above the model's own, {bw:,} x {bh:,} PNG through predict_image (defaults)",
-            mem["added_bytes"] / 1e6, "MB", full_logits / 1e6, "full-image float32 logits alone (C x H x W x 4)",
-            mem["added_bytes"] / full_logits, "x", f"<= {BAR_MEMORY / 1e6:,.0f} MB", mem["added_bytes"] <= BAR_MEMORY,
-            quick, {**mem, "load": common.load()},
+            NAME_MEMORY,
+            f"peak RSS above the model's own, {bw:,} x {bh:,} PNG through predict_image (defaults)",
+            mem["added_bytes"] / 1e6,
+            "MB",
+            full_logits / 1e6,
+            "full-image float32 logits alone (C x H x W x 4)",
+            mem["added_bytes"] / full_logits,
+            "x",
+            f"<= {BAR_MEMORY / 1e6:,.0f} MB",
+            mem["added_bytes"] <= BAR_MEMORY,
+            quick,
+            {**mem, "load": common.load()},
         ),
     ]
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description="memory child: predict one scan, print the peak RSS as JSON")
-    for name, kind in (("image", str), ("out", str), ("kind", str), ("classes", int), ("tile", int),
-                       ("max_memory_mb", float), ("batch_size", int)):
+    for name, kind in (
+        ("image", str),
+        ("out", str),
+        ("kind", str),
+        ("classes", int),
+        ("tile", int),
+        ("max_memory_mb", float),
+        ("batch_size", int),
+    ):
         parser.add_argument(name, type=kind)
     a = parser.parse_args()
     print(json.dumps(memory_child(a.image, a.out, a.kind, a.classes, a.tile, a.max_memory_mb, a.batch_size)))

@@ -102,8 +102,15 @@ def run(quick: bool) -> list[dict]:
         common.row(
             NAME,
             f"peak RSS added by setup + one training pass, worse of cold/warm ({s.pairs:,} files)",
-            worst / 1e6, "MB", raw / 1e6, "raw uint8 bytes (N x S x S x 4)", ratio, "x raw", f"<= {BAR}x",
-            ratio <= BAR, quick,
+            worst / 1e6,
+            "MB",
+            raw / 1e6,
+            "raw uint8 bytes (N x S x S x 4)",
+            ratio,
+            "x raw",
+            f"<= {BAR}x",
+            ratio <= BAR,
+            quick,
             {
                 "cold": cold,
                 "warm": warm,

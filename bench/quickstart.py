@@ -28,8 +28,15 @@ QUICK = ("data.synthetic.n=20", "trainer.max_epochs=1")
 def run(quick: bool) -> list[dict]:
     scratch = common.scratch_dir("quickstart-")
     try:
-        cmd = [sys.executable, "-m", "poc59.train", "experiment=quickstart", f"run_dir={scratch / 'run'}",
-               "trainer.enable_progress_bar=false", *(QUICK if quick else ())]
+        cmd = [
+            sys.executable,
+            "-m",
+            "poc59.train",
+            "experiment=quickstart",
+            f"run_dir={scratch / 'run'}",
+            "trainer.enable_progress_bar=false",
+            *(QUICK if quick else ()),
+        ]
         env = {**os.environ, "POC59_CACHE": str(scratch / "cache")}  # HF_HUB_OFFLINE: set by bench/run.py
         before = common.load()
         start = time.perf_counter()
@@ -41,21 +48,45 @@ def run(quick: bool) -> list[dict]:
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     miou, clean = summary["val/mIoU"], summary["all_clean_baseline_val/mIoU"]
-    details = {"command": " ".join(cmd[1:]), "run_wall_time_s": summary["wall_time_s"],
-               "epochs": summary["epochs_run"], "best_epoch": summary["best_epoch"],
-               "train_images_per_s": summary["train_images_per_s"], "val/IoU": summary["val/IoU"],
-               "metric_convention": summary["metric_convention"], "load_before": before, "load_after": common.load()}
+    details = {
+        "command": " ".join(cmd[1:]),
+        "run_wall_time_s": summary["wall_time_s"],
+        "epochs": summary["epochs_run"],
+        "best_epoch": summary["best_epoch"],
+        "train_images_per_s": summary["train_images_per_s"],
+        "val/IoU": summary["val/IoU"],
+        "metric_convention": summary["metric_convention"],
+        "load_before": before,
+        "load_after": common.load(),
+    }
     what = "python -m poc59.train experiment=quickstart" + (" (quick: 20 images, 1 epoch)" if quick else "")
     return [
         common.row(
-            NAME_TIME, f"{what}, empty cache: launch to exit, data generation included", wall, "s", BUDGET_S,
-            "issue 2's budget (5 minutes)", wall / BUDGET_S, "of the budget", f"<= {BUDGET_S:.0f} s",
-            wall <= BUDGET_S, quick, details,
+            NAME_TIME,
+            f"{what}, empty cache: launch to exit, data generation included",
+            wall,
+            "s",
+            BUDGET_S,
+            "issue 2's budget (5 minutes)",
+            wall / BUDGET_S,
+            "of the budget",
+            f"<= {BUDGET_S:.0f} s",
+            wall <= BUDGET_S,
+            quick,
+            details,
         ),
         common.row(
-            NAME_SCORE, f"{what}: best val/mIoU from summary.json ({summary['metric_convention']})",
-            100 * miou, "%", 100 * clean, "predicting Clean everywhere, same validation images and convention",
-            miou / clean if clean else float("inf"), "x", f">= {BAR_RATIO:g}x", miou >= BAR_RATIO * clean,
-            quick, details,
+            NAME_SCORE,
+            f"{what}: best val/mIoU from summary.json ({summary['metric_convention']})",
+            100 * miou,
+            "%",
+            100 * clean,
+            "predicting Clean everywhere, same validation images and convention",
+            miou / clean if clean else float("inf"),
+            "x",
+            f">= {BAR_RATIO:g}x",
+            miou >= BAR_RATIO * clean,
+            quick,
+            details,
         ),
     ]

@@ -107,7 +107,13 @@ def table(rows: list[dict]) -> str:
         if "error" in r:
             lines.append(f"| {r['name']} | error | | | | ERROR: {r['error'][:160].replace('|', '/')} |")
             continue
-        result = "reported" if r["bar"] == common.REPORTED else "n/a (quick)" if r["passed"] is None else ("pass" if r["passed"] else "FAIL")
+        result = (
+            "reported"
+            if r["bar"] == common.REPORTED
+            else "n/a (quick)"
+            if r["passed"] is None
+            else ("pass" if r["passed"] else "FAIL")
+        )
         ratio = f"{r['ratio']:.2f}x" + (" raw" if r["ratio_what"] == "x raw" else "")
         lines.append(
             f"| **{r['name']}**: {r['title']} | {_fmt(r['value'], r['unit'])} | {_fmt(r['baseline'], r['unit'])} "
@@ -123,11 +129,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--strict", action="store_true", help="exit 1 if a bar fails or a benchmark errors")
     parser.add_argument("--output", type=Path, default=REPO / "bench" / "results.json")
     parser.add_argument(
-        "--no-drop-caches", action="store_true",
+        "--no-drop-caches",
+        action="store_true",
         help="never drop the page cache (by default cold runs drop it first when run as root)",
     )
     parser.add_argument(
-        "--priority", action="store_true",
+        "--priority",
+        action="store_true",
         help="run at niceness -20, also for the session's autogroup (root only): other work on the machine then "
         "takes less of the cores measured (a parallel-vs-serial ratio is otherwise decided by how busy the "
         "machine is); that work slows down meanwhile",
@@ -156,7 +164,9 @@ def main(argv: list[str] | None = None) -> int:
             "torch": torch.__version__,
             "torch_threads": torch.get_num_threads(),
             "niceness": os.nice(0),
-            "autogroup": Path("/proc/self/autogroup").read_text().strip() if Path("/proc/self/autogroup").exists() else None,
+            "autogroup": Path("/proc/self/autogroup").read_text().strip()
+            if Path("/proc/self/autogroup").exists()
+            else None,
             "loadavg_at_end": [round(x, 2) for x in os.getloadavg()],
         },
         "rows": rows,
@@ -166,8 +176,10 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(table(rows))
     loadavg = report["machine"]["loadavg_at_end"]
-    print(f"\n{report['mode']} mode, {report['seconds']:.0f} s, niceness {report['machine']['niceness']}, "
-          f"load average {loadavg[0]} (1 min) on {report['machine']['cpus']} cores; results in {args.output}")
+    print(
+        f"\n{report['mode']} mode, {report['seconds']:.0f} s, niceness {report['machine']['niceness']}, "
+        f"load average {loadavg[0]} (1 min) on {report['machine']['cpus']} cores; results in {args.output}"
+    )
     failed = [r["name"] for r in rows if r["passed"] is False]
     if failed:
         print(f"bars missed or errors: {', '.join(failed)}")

@@ -77,11 +77,21 @@ def sizes(quick: bool) -> Sizes:
 def config(root: Path, s: Sizes, run_dir: Path, *extra: str) -> DictConfig:
     """The real composed config for `s.steps` training steps on the folder `root`, nothing but training."""
     return train_config(
-        "encoder=tiny", "data=artefact", f"data.root={root}", f"data.image_size={s.image_size}",
-        f"data.batch_size={s.batch_size}", f"data.cache_dir={common.warm_cache_dir()}",
-        "trainer.accelerator=cpu", "trainer.devices=1", "trainer.max_epochs=1",
-        f"trainer.limit_train_batches={s.steps}", "trainer.limit_val_batches=0", "trainer.num_sanity_val_steps=0",
-        "callbacks.model_checkpoint=null", "callbacks.last_checkpoint=null", "+trainer.enable_checkpointing=false",
+        "encoder=tiny",
+        "data=artefact",
+        f"data.root={root}",
+        f"data.image_size={s.image_size}",
+        f"data.batch_size={s.batch_size}",
+        f"data.cache_dir={common.warm_cache_dir()}",
+        "trainer.accelerator=cpu",
+        "trainer.devices=1",
+        "trainer.max_epochs=1",
+        f"trainer.limit_train_batches={s.steps}",
+        "trainer.limit_val_batches=0",
+        "trainer.num_sanity_val_steps=0",
+        "callbacks.model_checkpoint=null",
+        "callbacks.last_checkpoint=null",
+        "+trainer.enable_checkpointing=false",
         # the bar renders as in a terminal wherever this runs (into a null sink: see quiet_fit)
         "+callbacks.progress_bar.console_kwargs={force_terminal: true, width: 120}",
         "+trainer.enable_model_summary=false",  # a table printed once at fit start, outside the timed steps
@@ -111,7 +121,9 @@ class StepClock(L.Callback):
         self.cpu.append(time.process_time())
         self.images.append(images)
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         self.tick(batch[0].shape[0])
 
     def _check(self, warmup: int) -> None:
@@ -244,9 +256,15 @@ def run(quick: bool) -> list[dict]:
             NAME,
             f"Lightning Trainer.fit as a user has it (Rich bar, CSV + TensorBoard, lr monitor, throughput, train "
             f"IoU), training steps: tiny encoder, {s.image_size} px, batch {s.batch_size}, CPU 32-bit, {THREADS} thread",
-            common.median(runs["lightning"]), "img/s", common.median(runs["plain"]),
-            "plain PyTorch loop: same module, loss, AdamW + OneCycle, clipping, batches", ratio, "x",
-            f">= {BAR:g}x (median of {s.repeats} interleaved pairs)", ratio >= BAR, quick,
+            common.median(runs["lightning"]),
+            "img/s",
+            common.median(runs["plain"]),
+            "plain PyTorch loop: same module, loss, AdamW + OneCycle, clipping, batches",
+            ratio,
+            "x",
+            f">= {BAR:g}x (median of {s.repeats} interleaved pairs)",
+            ratio >= BAR,
+            quick,
             {
                 "runs_img_per_s": runs,
                 "pair_ratios": [round(r, 4) for r in ratios],

@@ -24,7 +24,11 @@ def setup_to_first_batch(root, s, cache_dir) -> float:
     dm.setup("fit")
     images, masks = dm.on_after_batch_transfer(next(iter(dm.train_dataloader())), 0)
     seconds = common.clock() - start
-    if images.shape != (s.batch_size, 3, s.image_size, s.image_size) or masks.shape != (s.batch_size, s.image_size, s.image_size):
+    if images.shape != (s.batch_size, 3, s.image_size, s.image_size) or masks.shape != (
+        s.batch_size,
+        s.image_size,
+        s.image_size,
+    ):
         raise RuntimeError(f"unexpected first batch {tuple(images.shape)} / {tuple(masks.shape)}")
     source = dm.data.source
     del dm, images, masks
@@ -69,7 +73,15 @@ def run(quick: bool) -> list[dict]:
         common.row(
             NAME,
             f"DataModule setup on a warm cache to the first augmented batch ({s.pairs:,} files)",
-            ours, "s", base, "cold start, same path", ratio, "x faster", f">= {BAR:g}x", ratio >= BAR, quick,
+            ours,
+            "s",
+            base,
+            "cold start, same path",
+            ratio,
+            "x faster",
+            f">= {BAR:g}x",
+            ratio >= BAR,
+            quick,
             {
                 "pairs": s.pairs,
                 "warm_runs_s": warm_runs,

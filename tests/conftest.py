@@ -14,7 +14,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never wait on a model hub
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 
-
 @pytest.fixture(scope="session", autouse=True)
 def private_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Tests never touch the user's ~/.cache/poc59 (unless POC59_TEST_CACHE names one to reuse)."""

@@ -23,14 +23,27 @@ data_dir, out, devices = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3])
 torch.manual_seed(0)
 name = "tu-mobilenetv3_small_050"
 net = build_network(name, num_classes=16, decoder_kwargs={"decoder_channels": [16, 16, 8, 8, 8]})
-net.load_state_dict(torch.load(out / "net.pt")) if (out / "net.pt").exists() else torch.save(net.state_dict(), out / "net.pt")
+net.load_state_dict(torch.load(out / "net.pt")) if (out / "net.pt").exists() else torch.save(
+    net.state_dict(), out / "net.pt"
+)
 dm = SegmentationDataModule(data_dir, image_size=32, batch_size=3, val_fraction=0.5, seed=0)
-card = ModelCard(ClassTable.from_names([str(i) for i in range(16)]), normalization(name), {"name": name},
-                 {"policy": "resize", "image_size": 32, "max_side": None}, input_multiple=32)
+card = ModelCard(
+    ClassTable.from_names([str(i) for i in range(16)]),
+    normalization(name),
+    {"name": name},
+    {"policy": "resize", "image_size": 32, "max_side": None},
+    input_multiple=32,
+)
 module = SegmentationModule(net, DiceFocalLoss(), torch.optim.AdamW, card=card.to_dict())
 trainer = L.Trainer(
-    accelerator="cpu", devices=devices, strategy="ddp" if devices > 1 else "auto", logger=False,
-    enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, use_distributed_sampler=False,
+    accelerator="cpu",
+    devices=devices,
+    strategy="ddp" if devices > 1 else "auto",
+    logger=False,
+    enable_checkpointing=False,
+    enable_progress_bar=False,
+    enable_model_summary=False,
+    use_distributed_sampler=False,
 )
 trainer.validate(module, datamodule=dm, verbose=False)
 rank = trainer.global_rank

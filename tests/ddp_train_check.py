@@ -27,9 +27,21 @@ from poc59.model.module import SegmentationModule
 from poc59.training.run import train
 
 COLLECTIVES = (
-    "all_reduce", "all_gather", "all_gather_into_tensor", "reduce", "reduce_scatter", "reduce_scatter_tensor",
-    "broadcast", "gather", "scatter", "all_to_all", "all_to_all_single", "barrier", "all_gather_object",
-    "broadcast_object_list", "gather_object",
+    "all_reduce",
+    "all_gather",
+    "all_gather_into_tensor",
+    "reduce",
+    "reduce_scatter",
+    "reduce_scatter_tensor",
+    "broadcast",
+    "gather",
+    "scatter",
+    "all_to_all",
+    "all_to_all_single",
+    "barrier",
+    "all_gather_object",
+    "broadcast_object_list",
+    "gather_object",
 )
 after_fit: list[dict] = []
 fit_returned = False
@@ -39,10 +51,16 @@ def guarded(name, collective):
     @functools.wraps(collective)
     def call(*args, **kwargs):
         if fit_returned:
-            cpu = [tuple(t.shape) for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor) and t.device.type == "cpu"]
+            cpu = [
+                tuple(t.shape)
+                for t in tree_flatten((args, kwargs))[0]
+                if isinstance(t, torch.Tensor) and t.device.type == "cpu"
+            ]
             after_fit.append({"collective": name, "cpu_tensors": cpu})
             if cpu:
-                raise RuntimeError(f"{name} on CPU tensors {cpu} after fit: NCCL refuses this ('No backend type associated with device type cpu')")
+                raise RuntimeError(
+                    f"{name} on CPU tensors {cpu} after fit: NCCL refuses this ('No backend type associated with device type cpu')"
+                )
         return collective(*args, **kwargs)
 
     return call
@@ -85,4 +103,6 @@ with open_dict(cfg):
     cfg.paths.run_dir = str(out / "run")
 summary = train(cfg)
 rank = dist.get_rank() if dist.is_initialized() else 0
-(out / f"after-fit-{rank}.json").write_text(json.dumps({"after_fit": after_fit, "world_size": summary["provenance"]["devices"], "val_pixels": val_pixels}))
+(out / f"after-fit-{rank}.json").write_text(
+    json.dumps({"after_fit": after_fit, "world_size": summary["provenance"]["devices"], "val_pixels": val_pixels})
+)

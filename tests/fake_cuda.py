@@ -23,7 +23,14 @@ from torch.utils._pytree import tree_flatten, tree_map
 from torch.utils.weak import WeakIdKeyDictionary
 
 CPU = torch.device("cpu")
-_MIXING_ALLOWED = {"copy_", "__getitem__", "__setitem__", "index_put_", "index_put", "_has_compatible_shallow_copy_type"}
+_MIXING_ALLOWED = {
+    "copy_",
+    "__getitem__",
+    "__setitem__",
+    "index_put_",
+    "index_put",
+    "_has_compatible_shallow_copy_type",
+}
 
 
 def _is_property(func: Any, prop: Any) -> bool:
@@ -85,7 +92,9 @@ class FakeCuda(TorchFunctionMode):
         if func in (torch.Tensor.is_pinned,):
             return False
         if func in (torch.Tensor.numpy,) and self.device_of(args[0]).type == "cuda":
-            raise TypeError(f"can't convert {self.device_of(args[0])} device type tensor to numpy. Use Tensor.cpu() first")
+            raise TypeError(
+                f"can't convert {self.device_of(args[0])} device type tensor to numpy. Use Tensor.cpu() first"
+            )
         if func in (torch.Tensor.to, torch.Tensor.cuda, torch.Tensor.cpu):
             return self._to(func, args, kwargs)
         kwargs.pop("pin_memory", None)
@@ -99,10 +108,14 @@ class FakeCuda(TorchFunctionMode):
             devices.add(target)
         if len(devices) > 1 and name not in _MIXING_ALLOWED:
             found = sorted(map(str, devices))
-            raise RuntimeError(f"Expected all tensors to be on the same device, but found at least two devices, {found[0]} and {found[1]}! ({name})")
+            raise RuntimeError(
+                f"Expected all tensors to be on the same device, but found at least two devices, {found[0]} and {found[1]}! ({name})"
+            )
         out = func(*args, **kwargs)
         device = target or next((d for d in devices if d.type == "cuda"), None)
-        if name.endswith("_") and not name.endswith("__"):  # in place (copy_, add_, ...): the result is the first argument
+        if name.endswith("_") and not name.endswith(
+            "__"
+        ):  # in place (copy_, add_, ...): the result is the first argument
             return out
         return self._tag(out, device) if device is not None else out
 

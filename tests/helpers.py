@@ -23,7 +23,9 @@ def write_pair(root: Path, stem: str, image: np.ndarray, mask: np.ndarray, image
     Image.fromarray(mask.astype(np.uint8), "L").save(root / "annotations" / f"{stem}.png")
 
 
-def make_folder(root: Path, n: int = 6, copies: int = 2, size: tuple[int, int] = (40, 32), classes: int = 4, seed: int = 0) -> Path:
+def make_folder(
+    root: Path, n: int = 6, copies: int = 2, size: tuple[int, int] = (40, 32), classes: int = 4, seed: int = 0
+) -> Path:
     """n originals (+ copies named <id>_augK) with random images and blocky masks, some 255."""
     rng = np.random.default_rng(seed)
     h, w = size
@@ -33,7 +35,11 @@ def make_folder(root: Path, n: int = 6, copies: int = 2, size: tuple[int, int] =
         mask[:2] = 255
         write_pair(root, f"img{i:03d}", image, mask)
         for k in range(1, copies + 1):  # distinct copies: horizontal, vertical, both flips
-            flip = {1: (slice(None), slice(None, None, -1)), 2: (slice(None, None, -1),), 0: (slice(None, None, -1), slice(None, None, -1))}[k % 3]
+            flip = {
+                1: (slice(None), slice(None, None, -1)),
+                2: (slice(None, None, -1),),
+                0: (slice(None, None, -1), slice(None, None, -1)),
+            }[k % 3]
             write_pair(root, f"img{i:03d}_aug{k}", np.ascontiguousarray(image[flip]), np.ascontiguousarray(mask[flip]))
     return root
 

@@ -27,8 +27,26 @@ from torch.utils.weak import WeakIdKeyDictionary
 from torchmetrics import Metric
 
 T = torch.Tensor
-READS = {T.item, T.tolist, T.cpu, T.numpy, T.nonzero, torch.nonzero, T.unique, torch.unique, T.bincount, torch.bincount,
-         T.masked_select, torch.masked_select, T.__bool__, T.__int__, T.__float__, T.__index__, T.any, T.all}
+READS = {
+    T.item,
+    T.tolist,
+    T.cpu,
+    T.numpy,
+    T.nonzero,
+    torch.nonzero,
+    T.unique,
+    torch.unique,
+    T.bincount,
+    torch.bincount,
+    T.masked_select,
+    torch.masked_select,
+    T.__bool__,
+    T.__int__,
+    T.__float__,
+    T.__index__,
+    T.any,
+    T.all,
+}
 WATCHES: list[HostSyncWatch] = []  # the instances Hydra made, for the test to read
 
 
@@ -79,7 +97,9 @@ class HostSyncWatch(L.Callback):
         here = [s for s in stack if "host_syncs.py" not in s and "overrides.py" not in s]
         self.reads.append((self.batches, what, " < ".join(reversed(here[-10:]))))
 
-    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
         self._mode = _Taint(self)
         self._mode.taint(batch, list(pl_module.parameters()), list(pl_module.buffers()))
         for m in pl_module.modules():
@@ -91,7 +111,9 @@ class HostSyncWatch(L.Callback):
         if self._mode is not None:
             self._mode.taint([p.grad for p in pl_module.parameters() if p.grad is not None])
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         if self._mode is not None:
             self._mode.__exit__(None, None, None)
             self._mode = None

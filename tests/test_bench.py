@@ -42,7 +42,11 @@ def test_quick_run_writes_all_rows_and_the_table(tmp_path):
     env = {**os.environ, "POC59_CACHE": str(tmp_path / "cache"), "HF_HUB_OFFLINE": "1"}
     proc = subprocess.run(
         [sys.executable, str(REPO / "bench" / "run.py"), "--quick", "--no-drop-caches", "--output", str(out)],
-        capture_output=True, text=True, cwd=tmp_path, env=env, timeout=600,
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+        timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(out.read_text())
@@ -63,7 +67,11 @@ def test_quick_run_writes_all_rows_and_the_table(tmp_path):
     # issue 7: Lightning's training steps against a plain loop that did exactly the same arithmetic
     step = rows["train_step"]
     assert "error" not in step, (step.get("error"), step.get("traceback"))
-    assert step["value"] > 0 and step["baseline"] > 0 and step["ratio"] == pytest.approx(step["details"]["pair_ratios"][0], abs=1e-4)
+    assert (
+        step["value"] > 0
+        and step["baseline"] > 0
+        and step["ratio"] == pytest.approx(step["details"]["pair_ratios"][0], abs=1e-4)
+    )
     assert step["passed"] is None and step["bar"].startswith(">= 0.95x") and "**train_step**" in proc.stdout
     assert step["details"]["max_weight_difference"] == 0.0  # same weights after both runs: same batches and updates
     # issue 2: the quickstart command itself, from an empty cache, scored by its own summary.json
@@ -87,8 +95,19 @@ def _fake(run):
 
 def _ok_rows(quick):
     return [
-        {"name": "fake_ok", "title": "a fine one", "value": 2.0, "unit": "s", "baseline": 4.0, "baseline_what": "slow",
-         "ratio": 2.0, "ratio_what": "x faster", "bar": ">= 1.5x", "passed": None if quick else True, "details": {}}
+        {
+            "name": "fake_ok",
+            "title": "a fine one",
+            "value": 2.0,
+            "unit": "s",
+            "baseline": 4.0,
+            "baseline_what": "slow",
+            "ratio": 2.0,
+            "ratio_what": "x faster",
+            "bar": ">= 1.5x",
+            "passed": None if quick else True,
+            "details": {},
+        }
     ]
 
 
@@ -97,9 +116,15 @@ def _broken(quick):
 
 
 def test_a_failing_benchmark_is_an_error_row_and_the_others_still_run():
-    rows = bench_run.run_benchmarks([("fake_broken", _fake(_broken)), ("fake_ok", _fake(_ok_rows))], quick=False, log=lambda *_: None)
+    rows = bench_run.run_benchmarks(
+        [("fake_broken", _fake(_broken)), ("fake_ok", _fake(_ok_rows))], quick=False, log=lambda *_: None
+    )
     assert [r["name"] for r in rows] == ["fake_broken", "fake_ok"]
-    assert rows[0]["passed"] is False and "deliberately broken" in rows[0]["error"] and "RuntimeError" in rows[0]["traceback"]
+    assert (
+        rows[0]["passed"] is False
+        and "deliberately broken" in rows[0]["error"]
+        and "RuntimeError" in rows[0]["traceback"]
+    )
     assert rows[1]["passed"] is True and rows[1]["seconds"] >= 0
     text = bench_run.table(rows)
     assert "ERROR: RuntimeError: deliberately broken" in text and "| pass |" in text
@@ -151,7 +176,11 @@ def test_in_place_flips_equal_the_reference(width):
 def _dm(root, cache, **kw):
     dm = SegmentationDataModule(root, image_size=16, batch_size=4, cache_dir=cache, **kw)
     dm.trainer = SimpleNamespace(
-        global_rank=0, world_size=1, training=True, current_epoch=0, strategy=SimpleNamespace(root_device=torch.device("cpu"))
+        global_rank=0,
+        world_size=1,
+        training=True,
+        current_epoch=0,
+        strategy=SimpleNamespace(root_device=torch.device("cpu")),
     )
     dm.setup("fit")
     return dm
@@ -215,9 +244,12 @@ def test_cache_written_while_decoding_matches_and_skips_are_rewritten(tmp_path):
 def test_a_reported_figure_has_no_bar_and_never_fails_the_run():
     from bench import common
 
-    reported = common.row("fake_speed", "a figure without a bar", 1.8, "MP/s", 1.82, "naive", 0.99, "x",
-                          common.REPORTED, None, False, {})
-    barred = common.row("fake_memory", "a barred one", 900.0, "MB", 1500.0, "limit", 0.6, "x", "<= 1,500 MB", False, False, {})
+    reported = common.row(
+        "fake_speed", "a figure without a bar", 1.8, "MP/s", 1.82, "naive", 0.99, "x", common.REPORTED, None, False, {}
+    )
+    barred = common.row(
+        "fake_memory", "a barred one", 900.0, "MB", 1500.0, "limit", 0.6, "x", "<= 1,500 MB", False, False, {}
+    )
     assert reported["passed"] is None and barred["passed"] is False
     text = bench_run.table([reported, barred])
     assert "| none (reported) | reported |" in text and "| <= 1,500 MB | FAIL |" in text

@@ -41,7 +41,12 @@ def test_without_cuda_it_says_why_in_one_line_and_exits_0(tmp_path):
     out = tmp_path / "gpu.json"
     proc = subprocess.run(
         [sys.executable, str(REPO / "bench" / "gpu.py"), "--output", str(out)],
-        capture_output=True, text=True, cwd=tmp_path, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""}, timeout=300, check=False,
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={**os.environ, "CUDA_VISIBLE_DEVICES": ""},
+        timeout=300,
+        check=False,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.count("\n") == 1, proc.stdout
@@ -54,7 +59,10 @@ def test_the_grid_on_a_cpu_measures_each_mode_and_reports_a_failed_setting_as_a_
     logged: list[str] = []
     rows = gpu.run_grid(CPU, ["tiny"], grid, batch=2, image_size=32, steps=1, warmup=1, log=logged.append)
     assert [(r["mode"], r["precision"]) for r in rows] == [
-        ("train", "32-true"), ("infer", "32-true"), ("train", "fp8-imaginary"), ("infer", "fp8-imaginary"),
+        ("train", "32-true"),
+        ("infer", "32-true"),
+        ("train", "fp8-imaginary"),
+        ("infer", "fp8-imaginary"),
     ]
     for r in rows[:2]:
         assert r["encoder"] == "tiny" and r["encoder_name"] == "tu-mobilenetv3_small_050" and r["images_per_s"] > 0
@@ -96,9 +104,19 @@ def test_training_steps_on_a_cpu_step_the_optimizer(cfg, precision):
     setting = gpu.Setting(precision, channels_last=True, compile=False)
     row = gpu.measure(module, CPU, "train", 2, 32, setting, steps=2, warmup=1)
     assert row["images_per_s"] > 0 and row["seconds"] > 0
-    assert {k: row[k] for k in ("mode", "batch", "image_size", "precision", "channels_last", "compile", "steps", "warmup", "device")} == {
-        "mode": "train", "batch": 2, "image_size": 32, "precision": precision, "channels_last": True, "compile": False,
-        "steps": 2, "warmup": 1, "device": "cpu",
+    assert {
+        k: row[k]
+        for k in ("mode", "batch", "image_size", "precision", "channels_last", "compile", "steps", "warmup", "device")
+    } == {
+        "mode": "train",
+        "batch": 2,
+        "image_size": 32,
+        "precision": precision,
+        "channels_last": True,
+        "compile": False,
+        "steps": 2,
+        "warmup": 1,
+        "device": "cpu",
     }
     assert row["peak_memory"]["bytes"] > 0 and "resident" in row["peak_memory"]["kind"]  # a CPU says what it measured
     after = _params(module)
@@ -160,13 +178,21 @@ def test_out_of_memory_backs_off_to_the_largest_batch_that_fits(cfg):
 
 
 def test_table_puts_the_seed_figure_beside_convnext_training_only():
-    base = {"precision": "bf16-mixed", "channels_last": True, "compile": False, "batch": 96, "images_per_s": 250.0,
-            "peak_memory": {"bytes": 12_340_000_000, "kind": "CUDA max allocated (this process)"}}
-    text = gpu.table([
-        {"encoder": "convnext_tiny", "mode": "train", **base},
-        {"encoder": "convnext_tiny", "mode": "infer", **base},
-        {"encoder": "segformer_b3", "mode": "train", **base, "error": "RuntimeError: compile | failed"},
-    ])
+    base = {
+        "precision": "bf16-mixed",
+        "channels_last": True,
+        "compile": False,
+        "batch": 96,
+        "images_per_s": 250.0,
+        "peak_memory": {"bytes": 12_340_000_000, "kind": "CUDA max allocated (this process)"},
+    }
+    text = gpu.table(
+        [
+            {"encoder": "convnext_tiny", "mode": "train", **base},
+            {"encoder": "convnext_tiny", "mode": "infer", **base},
+            {"encoder": "segformer_b3", "mode": "train", **base, "error": "RuntimeError: compile | failed"},
+        ]
+    )
     lines = text.splitlines()
     assert "seed (context)" in lines[0] and "peak GPU memory" in lines[0]
     assert lines[2].endswith("| 96 | 250.0 | 12.34 GB |  | 83.8 |") and lines[3].endswith("| 12.34 GB |  |  |")
@@ -191,11 +217,23 @@ def test_a_row_the_budget_leaves_no_time_for_is_a_skipped_row_and_every_row_is_s
     grid = [gpu.Setting("32-true", False, False), gpu.Setting("32-true", False, True)]
     started = time.monotonic()
     rows = gpu.run_grid(
-        CPU, ["tiny"], grid, batch=2, image_size=32, steps=1, warmup=1, log=lambda _: None,
-        fit_steps=2, work=tmp_path, budget=gpu.Budget(0.0), on_row=save,
+        CPU,
+        ["tiny"],
+        grid,
+        batch=2,
+        image_size=32,
+        steps=1,
+        warmup=1,
+        log=lambda _: None,
+        fit_steps=2,
+        work=tmp_path,
+        budget=gpu.Budget(0.0),
+        on_row=save,
     )
     assert time.monotonic() - started < 30  # nothing was built or trained
-    assert [(r["mode"], r["compile"]) for r in rows] == [(m, c) for c in (False, True) for m in ("train", "infer", "fit")]
+    assert [(r["mode"], r["compile"]) for r in rows] == [
+        (m, c) for c in (False, True) for m in ("train", "infer", "fit")
+    ]
     assert all(r["skipped"].startswith("budget: 0 s left of 0 s") and "images_per_s" not in r for r in rows)
     assert "a torch.compile row starts with 90 s or more" in rows[-1]["skipped"]
     assert saved == [1, 2, 3, 4, 5, 6]
@@ -253,7 +291,9 @@ def test_a_failed_grid_row_from_out_of_memory_names_every_batch_tried(monkeypatc
     monkeypatch.setattr(gpu, "measure", oom)
     rows = gpu.run_grid(CPU, ["tiny"], [gpu.Setting("32-true", False, False)], 4, 32, 1, 1, log=lambda _: None)
     assert [r["out_of_memory_at"] for r in rows] == [[4, 3, 2, 1]] * 2
-    assert all(r["error"].startswith("OutOfMemoryGaveUp: out of memory at every batch tried [4, 3, 2, 1]") for r in rows)
+    assert all(
+        r["error"].startswith("OutOfMemoryGaveUp: out of memory at every batch tried [4, 3, 2, 1]") for r in rows
+    )
 
 
 # -- the fit row: the real training command beside the bare step (issue 12, item 9) ------------------------------
@@ -261,16 +301,31 @@ def test_a_failed_grid_row_from_out_of_memory_names_every_batch_tried(monkeypatc
 
 def test_fit_rows_come_from_the_runs_own_summary_and_share_one_data_folder(tmp_path):
     grid = [gpu.Setting("32-true", False, False)]
-    rows = gpu.run_grid(CPU, ["tiny", "cpu_small"], grid, batch=4, image_size=64, steps=1, warmup=1,
-                        log=lambda _: None, fit_steps=2, work=tmp_path)
-    assert [(r["encoder"], r["mode"]) for r in rows] == [(e, m) for e in ("tiny", "cpu_small") for m in ("train", "infer", "fit")]
+    rows = gpu.run_grid(
+        CPU,
+        ["tiny", "cpu_small"],
+        grid,
+        batch=4,
+        image_size=64,
+        steps=1,
+        warmup=1,
+        log=lambda _: None,
+        fit_steps=2,
+        work=tmp_path,
+    )
+    assert [(r["encoder"], r["mode"]) for r in rows] == [
+        (e, m) for e in ("tiny", "cpu_small") for m in ("train", "infer", "fit")
+    ]
     assert not [r for r in rows if "error" in r or "skipped" in r], rows
     fits = [r for r in rows if r["mode"] == "fit"]
     for fit, bare in zip(fits, [r for r in rows if r["mode"] == "train"]):
         summary = json.loads(Path(fit["summary"]).read_text())  # the run's own record, not a figure of the harness
         assert fit["images_per_s"] == summary["train_images_per_s"] > 0
         assert fit["images_per_s_convention"] == summary["train_images_per_s_convention"]
-        assert fit["peak_memory"] == summary["peak_memory"] and fit["precision_run"] == summary["provenance"]["precision"] == "32-true"
+        assert (
+            fit["peak_memory"] == summary["peak_memory"]
+            and fit["precision_run"] == summary["provenance"]["precision"] == "32-true"
+        )
         assert summary["encoder"] == bare["encoder_name"] and summary["epochs_run"] == 2 and summary["image_size"] == 64
         assert summary["provenance"]["batch_size_per_device"] == fit["batch"] == bare["batch"] == 4
         assert fit["steps"] == 2 and fit["timed_steps"] == 1 and fit["data"]["train_images"] >= 4 * 2
@@ -282,22 +337,38 @@ def test_fit_rows_come_from_the_runs_own_summary_and_share_one_data_folder(tmp_p
     text = gpu.table(rows)
     assert "x (not judged off a GPU) |" in text and gpu.bar_lines(rows) == []
     judged = [{**fits[0], "device": "cuda:0", "passed": True}]
-    assert gpu.bar_lines(judged)[0].startswith("fit >= 0.9x bare: tiny 32-true") and gpu.bar_lines(judged)[0].endswith("pass")
+    assert gpu.bar_lines(judged)[0].startswith("fit >= 0.9x bare: tiny 32-true") and gpu.bar_lines(judged)[0].endswith(
+        "pass"
+    )
 
 
 def test_a_fit_row_stops_at_the_budgets_end_and_is_reported_as_cut(tmp_path):
     data = gpu.fit_data(tmp_path / "data", gpu.fit_images(2, 3), 64)
     with pytest.raises(gpu.OverBudget, match="stopped at the budget's end"):
-        gpu.measure_fit(CPU, "tiny", gpu.Setting("32-true", False, False), 2, 64, 3, tmp_path, data, deadline=time.monotonic())
+        gpu.measure_fit(
+            CPU, "tiny", gpu.Setting("32-true", False, False), 2, 64, 3, tmp_path, data, deadline=time.monotonic()
+        )
     marker = json.loads(next((tmp_path / "runs").glob(f"*/{gpu.DEADLINE_MARKER}")).read_text())
     assert marker["stopped_at_step"] == 1  # the callback (from the config) stopped training after its first step
 
 
 def test_fit_config_is_the_composed_training_config_with_the_settings_model_block(tmp_path):
-    cfg = gpu.fit_config("tiny", gpu.Setting("32-true", False, False), 8, 64, 3, tmp_path / "d", tmp_path / "c",
-                         tmp_path / "run", CPU, deadline=123.0)
+    cfg = gpu.fit_config(
+        "tiny",
+        gpu.Setting("32-true", False, False),
+        8,
+        64,
+        3,
+        tmp_path / "d",
+        tmp_path / "c",
+        tmp_path / "run",
+        CPU,
+        deadline=123.0,
+    )
     assert cfg.encoder.weights is None and cfg.data.root == str(tmp_path / "d") and cfg.data.batch_size == 8
-    assert cfg.trainer.max_epochs == gpu.FIT_EPOCHS and cfg.trainer.limit_train_batches == 3 and cfg.trainer.devices == 1
+    assert (
+        cfg.trainer.max_epochs == gpu.FIT_EPOCHS and cfg.trainer.limit_train_batches == 3 and cfg.trainer.devices == 1
+    )
     assert cfg.trainer.enable_progress_bar is False and cfg.callbacks.progress_bar is None
     assert cfg.callbacks.bench_deadline.at == 123.0 and cfg.paths.run_dir == str(tmp_path / "run")
     assert cfg.model.channels_last is False and cfg.model.compile is False
@@ -317,10 +388,20 @@ def test_fit_data_is_an_artefact_folder_written_once(tmp_path):
 
 
 def test_table_of_a_results_file_prints_without_a_gpu(tmp_path, capsys):
-    rows = [{"encoder": "tiny", "mode": "train", "precision": "32-true", "channels_last": False, "compile": False,
-             "skipped": "budget: 3 s left of 480 s"}]
-    path = write_json(tmp_path / "gpu.json", {"rows": rows, "legend": "the legend", "complete": False,
-                                              "device": {"name": "NVIDIA H200"}})
+    rows = [
+        {
+            "encoder": "tiny",
+            "mode": "train",
+            "precision": "32-true",
+            "channels_last": False,
+            "compile": False,
+            "skipped": "budget: 3 s left of 480 s",
+        }
+    ]
+    path = write_json(
+        tmp_path / "gpu.json",
+        {"rows": rows, "legend": "the legend", "complete": False, "device": {"name": "NVIDIA H200"}},
+    )
     assert gpu.main(["--table", str(path)]) == 0
     out = capsys.readouterr().out
     assert "skipped: budget: 3 s left of 480 s" in out and "the legend" in out and "INCOMPLETE" in out
@@ -332,11 +413,23 @@ def test_table_of_a_results_file_prints_without_a_gpu(tmp_path, capsys):
 @pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
 def test_gpu_check_without_cuda_writes_a_report_saying_so_and_runs_no_gpu_step(tmp_path):
     out = tmp_path / "out"
-    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OUT": str(out), "POC59_GPU_WORK": str(tmp_path / "work"),
-           "PYTHON": sys.executable}
+    env = {
+        **os.environ,
+        "CUDA_VISIBLE_DEVICES": "",
+        "OUT": str(out),
+        "POC59_GPU_WORK": str(tmp_path / "work"),
+        "PYTHON": sys.executable,
+    }
     for attempt in (1, 2):  # safe to run twice
-        proc = subprocess.run(["bash", str(REPO / "bench" / "gpu_check.sh")], capture_output=True, text=True,
-                              cwd=REPO, env=env, timeout=120, check=False)
+        proc = subprocess.run(
+            ["bash", str(REPO / "bench" / "gpu_check.sh")],
+            capture_output=True,
+            text=True,
+            cwd=REPO,
+            env=env,
+            timeout=120,
+            check=False,
+        )
         assert proc.returncode == 3, (attempt, proc.stdout[-2000:], proc.stderr[-2000:])
         report = (out / "report.md").read_text()
         steps = report.split("## Steps")[1]

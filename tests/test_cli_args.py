@@ -15,14 +15,17 @@ def test_values_are_converted_by_type():
     assert parse_key_values(["runs=a,b,c"], KEYS, "usage")["runs"] == ["a", "b", "c"]
 
 
-@pytest.mark.parametrize(("argv", "message"), [
-    (["n=three"], "n=three: expected an integer"),
-    (["pictures=maybe"], "pictures=maybe: expected true or false"),
-    (["colour=red"], "unknown argument 'colour=red'"),
-    (["n"], "unknown argument 'n'"),
-    (["--help"], "usage: demo"),
-    ([], "usage: demo"),
-])
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["n=three"], "n=three: expected an integer"),
+        (["pictures=maybe"], "pictures=maybe: expected true or false"),
+        (["colour=red"], "unknown argument 'colour=red'"),
+        (["n"], "unknown argument 'n'"),
+        (["--help"], "usage: demo"),
+        ([], "usage: demo"),
+    ],
+)
 def test_bad_arguments_name_the_key_and_show_usage(argv, message):
     class DemoError(Exception):
         pass

@@ -27,8 +27,16 @@ STARTED = 3  # (lcnet, seed 1): started, no summary.json yet; job 5 never starte
 
 def _train(tmp: Path, run_dir: Path, overrides: list[str]) -> None:
     """One training step at 32 px and one validation pass: seconds, and a real run folder."""
-    cfg = make_cfg(tmp, *SMALL, "data.image_size=32", "trainer.max_epochs=1", "trainer.limit_train_batches=1",
-                   "trainer.num_sanity_val_steps=0", "callbacks.val_overlays=null", *overrides)
+    cfg = make_cfg(
+        tmp,
+        *SMALL,
+        "data.image_size=32",
+        "trainer.max_epochs=1",
+        "trainer.limit_train_batches=1",
+        "trainer.num_sanity_val_steps=0",
+        "callbacks.val_overlays=null",
+        *overrides,
+    )
     with open_dict(cfg):
         cfg.paths.run_dir = str(run_dir)
     train(cfg)
@@ -41,9 +49,17 @@ def sweep(tmp_path_factory) -> Path:
     s = tmp / "sweeps" / "2026-01-01_10-00-00"
     s.mkdir(parents=True)
     task = ["encoder=tiny", "encoder.name=" + ",".join(ENCODERS), "seed=0,1", "data.seed=0"]
-    multirun = {"hydra": {"sweeper": {"_target_": "hydra._internal.core_plugins.basic_sweeper.BasicSweeper",
-                                      "max_batch_size": None, "params": None},
-                          "overrides": {"task": task}, "sweep": {"dir": str(s), "subdir": "${hydra.job.num}"}}}
+    multirun = {
+        "hydra": {
+            "sweeper": {
+                "_target_": "hydra._internal.core_plugins.basic_sweeper.BasicSweeper",
+                "max_batch_size": None,
+                "params": None,
+            },
+            "overrides": {"task": task},
+            "sweep": {"dir": str(s), "subdir": "${hydra.job.num}"},
+        }
+    }
     (s / "multirun.yaml").write_text(yaml.safe_dump(multirun))
     jobs = expected_jobs(s)
     assert len(jobs) == 6 and "encoder.name=tu-lcnet_050" in jobs[STARTED] and "seed=1" in jobs[STARTED]
@@ -115,7 +131,16 @@ def test_unfinished_runs_are_listed_not_ranked(sweep, compared):
     assert [r["status"] for r in rows] == ["finished"] * 3 + ["unfinished"] * 2
     assert float(rows[0]["val_mIoU_mean"]) == result["configurations"][0]["val_mIoU"]["mean"]
     assert rows[0]["configuration"] == result["best"] and rows[0]["best"] == "True"
-    assert set(rows[0]) >= {"encoder", "family", "decoder", "parameters", "train_images_per_s", "peak_memory_bytes", "wall_time_s", "IoU/Clean"}
+    assert set(rows[0]) >= {
+        "encoder",
+        "family",
+        "decoder",
+        "parameters",
+        "train_images_per_s",
+        "peak_memory_bytes",
+        "wall_time_s",
+        "IoU/Clean",
+    }
 
 
 def test_table_chart_and_labels(compared):
@@ -137,7 +162,9 @@ def test_runs_on_different_splits_are_refused(sweep, caplog):
     other = sweep.parents[1] / "other"
     fp = lambda d: json.loads((d / "summary.json").read_text())["provenance"]["data"]["split_fingerprint"]
     assert fp(other) != fp(sweep / "0")
-    assert main([f"runs=[{sweep / '0'},{sweep / '2'},{other}]", "evaluate=false", f"out={sweep.parent / 'refused'}"]) == 2
+    assert (
+        main([f"runs=[{sweep / '0'},{sweep / '2'},{other}]", "evaluate=false", f"out={sweep.parent / 'refused'}"]) == 2
+    )
     msg = caplog.text
     assert "refusing to rank" in msg and "same split" in msg
     assert f"differing from {sweep / '0'}: {other}" in msg
@@ -168,7 +195,9 @@ def test_bad_arguments_are_named(tmp_path, caplog):
 
 def test_missing_intervals_are_computed_by_evaluate(sweep, tmp_path):
     """evaluate=true (the default): each run's best.ckpt is evaluated once, and its bootstrap interval is used."""
-    runs = [shutil.copytree(sweep / str(n), tmp_path / "runs" / f"job{n}") for n in (2, 4)]  # copies: the sweep stays unevaluated
+    runs = [
+        shutil.copytree(sweep / str(n), tmp_path / "runs" / f"job{n}") for n in (2, 4)
+    ]  # copies: the sweep stays unevaluated
     assert main(["runs=[" + ",".join(map(str, runs)) + "]", f"out={tmp_path / 'cmp'}"]) == 0
     result = json.loads((tmp_path / "cmp" / "comparison.json").read_text())
     for run in runs:

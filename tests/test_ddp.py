@@ -19,7 +19,12 @@ def test_two_process_ddp_shards_and_validates_like_one(tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     for devices in (1, 2):
-        run = subprocess.run([sys.executable, str(SCRIPT), str(data), str(out), str(devices)], capture_output=True, text=True, timeout=600)
+        run = subprocess.run(
+            [sys.executable, str(SCRIPT), str(data), str(out), str(devices)],
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         assert run.returncode == 0, run.stderr[-3000:]
     ranks = [json.loads((out / f"shards-2-{r}.json").read_text()) for r in (0, 1)]
     assert [r["world_size"] for r in ranks] == [2, 2]
@@ -35,13 +40,24 @@ def test_two_process_ddp_shards_and_validates_like_one(tmp_path):
 
 
 TRAIN_SCRIPT = Path(__file__).with_name("ddp_train_check.py")
-DDP = ("encoder=tiny", "data=artefact", "data.image_size=32", "data.batch_size=2", "trainer.max_epochs=2",
-       "trainer.accelerator=cpu", "trainer.devices=2", "+trainer.strategy=ddp", "trainer.enable_progress_bar=false")
+DDP = (
+    "encoder=tiny",
+    "data=artefact",
+    "data.image_size=32",
+    "data.batch_size=2",
+    "trainer.max_epochs=2",
+    "trainer.accelerator=cpu",
+    "trainer.devices=2",
+    "+trainer.strategy=ddp",
+    "trainer.enable_progress_bar=false",
+)
 
 
 def _train_ddp(out: Path, *overrides: str) -> tuple[dict, list[dict]]:
     out.mkdir(parents=True)
-    run = subprocess.run([sys.executable, str(TRAIN_SCRIPT), str(out), *DDP, *overrides], capture_output=True, text=True, timeout=600)
+    run = subprocess.run(
+        [sys.executable, str(TRAIN_SCRIPT), str(out), *DDP, *overrides], capture_output=True, text=True, timeout=600
+    )
     assert run.returncode == 0, run.stderr[-4000:]
     ranks = [json.loads((out / f"after-fit-{r}.json").read_text()) for r in (0, 1)]
     assert [r["world_size"] for r in ranks] == [2, 2]

@@ -47,7 +47,9 @@ def val_metrics(run) -> dict:
 def _masks(run: Path, side: str) -> torch.Tensor:
     """The run's `side` masks as the data layer holds them (an independent DataModule from the run's config)."""
     cfg = OmegaConf.load(run / "config.yaml").data
-    dm = SegmentationDataModule(cfg.root, image_size=cfg.image_size, split_file=run / "split.json", cache_dir=cfg.cache_dir)
+    dm = SegmentationDataModule(
+        cfg.root, image_size=cfg.image_size, split_file=run / "split.json", cache_dir=cfg.cache_dir
+    )
     dm.setup()
     index = {s.id: i for i, s in enumerate(dm.samples)}
     return dm.data.masks[[index[i] for i in dm.split[side]]]
@@ -67,7 +69,9 @@ def test_reproduces_the_runs_best_val_miou(run, val_metrics):
         if iou is not None:
             assert m["per_class"][name]["iou"] == pytest.approx(iou, abs=1e-4), name
     split = json.loads((run / "split.json").read_text())
-    assert m["split"] == "val" and m["num_images"] == len(split["val"]) and m["split_fingerprint"] == split["fingerprint"]
+    assert (
+        m["split"] == "val" and m["num_images"] == len(split["val"]) and m["split_fingerprint"] == split["fingerprint"]
+    )
     assert m["run_dir"] == str(run) and m["checkpoint"] == str(run / "checkpoints" / "best.ckpt")
     assert m["mode"] == "training_resolution" and m["image_size"] == 64 and m["geometry"]["policy"] == "resize"
     assert m["classes"] == summary["classes"] and m["metric_convention"] == summary["metric_convention"]
@@ -118,8 +122,17 @@ def test_cli_prints_the_table(run, tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("COLUMNS", "200")  # Rich wraps to the terminal's width
     assert main([f"run_dir={run}", f"out={tmp_path}", "pictures=false", "bootstrap.resamples=50"]) == 0
     out = capsys.readouterr().out
-    for text in ("Clean", "Lightleak", "IoU [95 % CI]", "precision", "earlier system's convention", "pixel accuracy",
-                 "frequency-weighted IoU", "ms/image", "mIoU by material"):
+    for text in (
+        "Clean",
+        "Lightleak",
+        "IoU [95 % CI]",
+        "precision",
+        "earlier system's convention",
+        "pixel accuracy",
+        "frequency-weighted IoU",
+        "ms/image",
+        "mIoU by material",
+    ):
         assert text in out, text
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["pictures"] == {} and metrics["bootstrap"]["resamples"] == 50
@@ -139,7 +152,11 @@ def test_a_run_without_a_test_split_says_how_to_get_one(run, tmp_path):
     copy = tmp_path / "run"
     shutil.copytree(run, copy, ignore=shutil.ignore_patterns("evaluation", "tensorboard", "csv"))
     split = json.loads((copy / "split.json").read_text())
-    split = {"train": split["train"] + split["test"], "val": split["val"], "test": []}  # no fingerprint: a deliberate edit
+    split = {
+        "train": split["train"] + split["test"],
+        "val": split["val"],
+        "test": [],
+    }  # no fingerprint: a deliberate edit
     (copy / "split.json").write_text(json.dumps(split))
     with pytest.raises(EvaluateError, match=r"held out no test images.*data\.test_fraction"):
         evaluate_run(run_dir=copy, split="test", pictures=False, **FAST)
@@ -183,7 +200,11 @@ def test_bad_input_names_the_fix(run, tmp_path, caplog):
     with pytest.raises(EvaluateError, match="pictures=maybe: expected true or false"):
         parse_args(["run_dir=x", "pictures=maybe"])
     assert parse_args(["ckpt=a.ckpt", "data.root=d", "bootstrap.level=0.9", "pictures=false"]) == {
-        "ckpt": "a.ckpt", "data_root": "d", "level": 0.9, "pictures": False}
+        "ckpt": "a.ckpt",
+        "data_root": "d",
+        "level": 0.9,
+        "pictures": False,
+    }
     with caplog.at_level(logging.ERROR):
         assert main([f"run_dir={tmp_path / 'nope'}"]) == 2
     assert "not a run folder" in caplog.text
@@ -192,7 +213,11 @@ def test_bad_input_names_the_fix(run, tmp_path, caplog):
 def test_crop_geometry_scores_every_tile_once(run, tmp_path):
     """policy=crop: validation-style tiles; per-image matrices, the split's matrix and the pasted label maps agree."""
     ckpt = torch.load(run / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=False)
-    ckpt["hyper_parameters"]["card"]["geometry"] = {"policy": "crop", "image_size": 32, "max_side": 64}  # 2 x 2 tiles a canvas
+    ckpt["hyper_parameters"]["card"]["geometry"] = {
+        "policy": "crop",
+        "image_size": 32,
+        "max_side": 64,
+    }  # 2 x 2 tiles a canvas
     torch.save(ckpt, tmp_path / "crop.ckpt")
     cfg = OmegaConf.load(run / "config.yaml").data
     m = evaluate_run(ckpt=tmp_path / "crop.ckpt", data_root=cfg.root, pictures=False, **FAST)
@@ -201,8 +226,9 @@ def test_crop_geometry_scores_every_tile_once(run, tmp_path):
     assert (tmp_path / "crop-evaluation" / f"{Path(cfg.root).name}-all" / "metrics.json").exists()
 
     model = load_model(tmp_path / "crop.ckpt")
-    dm = SegmentationDataModule(cfg.root, image_size=32, policy="crop", max_side=64, use_aug_copies=False,
-                                cache_dir=cfg.cache_dir)
+    dm = SegmentationDataModule(
+        cfg.root, image_size=32, policy="crop", max_side=64, use_aug_copies=False, cache_dir=cfg.cache_dir
+    )
     dm.setup()
     indices = [i for i, s in enumerate(dm.samples) if not s.is_copy]
     confmat, per_image, _ = score(model, dm, indices, 5, torch.device("cpu"), nullcontext())
@@ -243,16 +269,34 @@ def test_evaluate_all_over_a_sweep(run, tmp_path, private_cache):
     (sweep / "3").mkdir()  # started, never finished
     shutil.copy(run / "config.yaml", sweep / "3")
 
-    env = {**os.environ, "POC59_CACHE": str(private_cache), "HF_HUB_OFFLINE": "1",
-           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO / "src"), os.environ.get("PYTHONPATH")]))}
+    env = {
+        **os.environ,
+        "POC59_CACHE": str(private_cache),
+        "HF_HUB_OFFLINE": "1",
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO / "src"), os.environ.get("PYTHONPATH")])),
+    }
     args = [str(REPO / "slurm" / "evaluate.sbatch"), f"sweep={sweep}", "bootstrap.resamples=50", "pictures=false"]
     cluster = _cluster_env()
     if cluster is not None:  # as a user submits it (CI starts a cluster); command-line options override #SBATCH
         env = {**cluster, **env}
-        done = subprocess.run(["sbatch", "--wait", "--gpus-per-node=0", "--cpus-per-task=1", "--mem=2G", "--time=10",
-                               f"--output={tmp_path / 'job.out'}", *args],
-                              capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600)
+        done = subprocess.run(
+            [
+                "sbatch",
+                "--wait",
+                "--gpus-per-node=0",
+                "--cpus-per-task=1",
+                "--mem=2G",
+                "--time=10",
+                f"--output={tmp_path / 'job.out'}",
+                *args,
+            ],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=tmp_path,
+            timeout=600,
+        )
         log = (tmp_path / "job.out").read_text() if (tmp_path / "job.out").exists() else done.stderr
     else:  # no cluster here: the script body, as a job would run it
         done = subprocess.run(["bash", *args], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600)

@@ -147,8 +147,12 @@ def test_exported_models_load_and_predict_like_the_checkpoint(quickstart):
 def test_dynamo_exporter(tmp_path):
     """The opt-in torch.export-based exporter: dynamic batch and size too (a small conv net: it takes minutes on MaxViT)."""
     torch.manual_seed(0)
-    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, stride=2, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(8, 4, 1),
-                              torch.nn.Upsample(scale_factor=2, mode="bilinear"))
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3, stride=2, padding=1),
+        torch.nn.ReLU(),
+        torch.nn.Conv2d(8, 4, 1),
+        torch.nn.Upsample(scale_factor=2, mode="bilinear"),
+    )
     seg = Segmenter(net, [0.5] * 3, [0.25] * 3).eval()
     inputs = parity_inputs(32, 32) + [torch.randint(0, 256, (3, 3, 96, 32), dtype=torch.uint8)]
     (tmp_path / "m.onnx").write_bytes(to_onnx(seg, inputs[1].expand(2, -1, -1, -1).contiguous(), 18, "dynamo"))

@@ -18,9 +18,16 @@ def test_training_steps_read_nothing_from_the_device_but_the_bar_at_its_refresh(
     monkeypatch.setattr(metrics, "histogram", lambda v, bins: real(v, bins, scatter=True))
     host_syncs.WATCHES.clear()
     cfg = make_cfg(
-        tmp_path, "encoder=tiny", "data.synthetic.n=12", "data.image_size=64", "data.batch_size=2",
-        "trainer.max_epochs=1", "trainer.limit_train_batches=7", "trainer.limit_val_batches=1",
-        "trainer.log_every_n_steps=3", "+callbacks.host_syncs._target_=host_syncs.HostSyncWatch",
+        tmp_path,
+        "encoder=tiny",
+        "data.synthetic.n=12",
+        "data.image_size=64",
+        "data.batch_size=2",
+        "trainer.max_epochs=1",
+        "trainer.limit_train_batches=7",
+        "trainer.limit_val_batches=1",
+        "trainer.log_every_n_steps=3",
+        "+callbacks.host_syncs._target_=host_syncs.HostSyncWatch",
     )
     train(cfg)
     (watch,) = host_syncs.WATCHES

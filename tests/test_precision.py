@@ -14,7 +14,9 @@ from poc59.evaluation.passes import precision_for
 def _stand_in_gpu(monkeypatch: pytest.MonkeyPatch, native_bf16: bool) -> None:
     """torch.cuda as a CUDA machine answers it: bf16 'supported' with emulation on every GPU, natively from sm80."""
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: native_bf16 or including_emulation)
+    monkeypatch.setattr(
+        torch.cuda, "is_bf16_supported", lambda including_emulation=True: native_bf16 or including_emulation
+    )
 
 
 @pytest.mark.parametrize(("native_bf16", "expected"), [(False, "16-mixed"), (True, "bf16-mixed")])

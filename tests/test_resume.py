@@ -16,8 +16,13 @@ from poc59.training.checkpointing import AtomicCheckpointIO
 from poc59.training.resume import changed_keys
 
 TINY = [
-    "encoder=tiny", "data.synthetic.n=6", "data.image_size=64", "data.batch_size=4",
-    "trainer.enable_progress_bar=false", "callbacks.progress_bar=null", "trainer.num_sanity_val_steps=0",
+    "encoder=tiny",
+    "data.synthetic.n=6",
+    "data.image_size=64",
+    "data.batch_size=4",
+    "trainer.enable_progress_bar=false",
+    "callbacks.progress_bar=null",
+    "trainer.num_sanity_val_steps=0",
 ]
 
 
@@ -59,7 +64,9 @@ def test_resume_with_a_changed_learning_rate_is_refused_and_never_starts_over(tm
     run_dir = tmp_path / "run"
     first = subprocess.run(_cmd(run_dir, "trainer.max_epochs=1"), capture_output=True, text=True, timeout=300)
     assert first.returncode == 0, first.stderr[-3000:]
-    changed = subprocess.run(_cmd(run_dir, "trainer.max_epochs=2", "optimizer.lr=0.05"), capture_output=True, text=True, timeout=300)
+    changed = subprocess.run(
+        _cmd(run_dir, "trainer.max_epochs=2", "optimizer.lr=0.05"), capture_output=True, text=True, timeout=300
+    )
     assert changed.returncode == 2
     assert "optimizer.lr" in changed.stderr and "resume=never" in changed.stderr
     assert "optimizer.scheduler" not in changed.stderr
@@ -67,16 +74,25 @@ def test_resume_with_a_changed_learning_rate_is_refused_and_never_starts_over(tm
     longer = subprocess.run(_cmd(run_dir, "trainer.max_epochs=2"), capture_output=True, text=True, timeout=300)
     assert longer.returncode == 0, longer.stderr[-3000:]
     assert [h["epoch"] for h in json.loads((run_dir / "summary.json").read_text())["history"]] == [0, 1]
-    fresh = subprocess.run(_cmd(run_dir, "trainer.max_epochs=1", "resume=never"), capture_output=True, text=True, timeout=300)
+    fresh = subprocess.run(
+        _cmd(run_dir, "trainer.max_epochs=1", "resume=never"), capture_output=True, text=True, timeout=300
+    )
     assert fresh.returncode == 0, fresh.stderr[-3000:]
     assert (tmp_path / "run-2" / "summary.json").exists()
 
 
 def test_changed_keys_ignores_only_safe_keys():
     old = {"optimizer": {"lr": 0.1}, "trainer": {"max_epochs": 5}, "paths": {"run_dir": "/a"}}
-    new = {"optimizer": {"lr": 0.2}, "trainer": {"max_epochs": 9}, "paths": {"run_dir": "/b"}, "seed": 1,
-           "callbacks": {"val_overlays": {"_target_": "poc59.training.overlays.ValidationOverlays", "k": 4},  # added later
-                         "progress_bar": {"refresh_rate": 10}}}
+    new = {
+        "optimizer": {"lr": 0.2},
+        "trainer": {"max_epochs": 9},
+        "paths": {"run_dir": "/b"},
+        "seed": 1,
+        "callbacks": {
+            "val_overlays": {"_target_": "poc59.training.overlays.ValidationOverlays", "k": 4},  # added later
+            "progress_bar": {"refresh_rate": 10},
+        },
+    }
     assert changed_keys(old, new) == {"optimizer.lr": (0.1, 0.2), "seed": (None, 1)}
 
 

@@ -37,8 +37,15 @@ def _launcher(*overrides: str) -> dict:
 
 
 def test_slurm_launcher_follows_the_trainer():
-    gpu = _launcher("hydra/launcher=slurm", "trainer.accelerator=gpu", "trainer.devices=4", "trainer.num_nodes=2",
-                    "hydra.launcher.partition=gpu", "hydra.launcher.account=proj1", "hydra.launcher.timeout_min=600")
+    gpu = _launcher(
+        "hydra/launcher=slurm",
+        "trainer.accelerator=gpu",
+        "trainer.devices=4",
+        "trainer.num_nodes=2",
+        "hydra.launcher.partition=gpu",
+        "hydra.launcher.account=proj1",
+        "hydra.launcher.timeout_min=600",
+    )
     assert (gpu["tasks_per_node"], gpu["gpus_per_node"], gpu["nodes"]) == (4, 4, 2)
     assert (gpu["partition"], gpu["account"], gpu["timeout_min"]) == ("gpu", "proj1", 600)
     assert "/.submitit/" in gpu["submitit_folder"] and gpu["max_num_timeout"] == 3
@@ -72,12 +79,31 @@ def test_local_launcher_runs_a_two_process_ddp_run(tmp_path):
     the extra arguments); the local launcher starts one process per device instead, as SLURM does."""
     sweep = tmp_path / "sweep"
     run = subprocess.run(
-        [sys.executable, "-m", "poc59.train", "-m", "hydra/launcher=local", "trainer.accelerator=cpu", "trainer.devices=2",
-         "encoder=tiny", "data.synthetic.n=8", "data.image_size=32", "data.batch_size=2", "trainer.max_epochs=1",
-         "trainer.enable_progress_bar=false", f"hydra.sweep.dir={sweep}", "seed=0,1"],
-        capture_output=True, text=True, timeout=600, cwd=tmp_path,
+        [
+            sys.executable,
+            "-m",
+            "poc59.train",
+            "-m",
+            "hydra/launcher=local",
+            "trainer.accelerator=cpu",
+            "trainer.devices=2",
+            "encoder=tiny",
+            "data.synthetic.n=8",
+            "data.image_size=32",
+            "data.batch_size=2",
+            "trainer.max_epochs=1",
+            "trainer.enable_progress_bar=false",
+            f"hydra.sweep.dir={sweep}",
+            "seed=0,1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tmp_path,
     )
-    assert run.returncode == 0, run.stderr[-3000:] + "".join(p.read_text()[-2000:] for p in sweep.glob(".submitit/*/*_log.err"))
+    assert run.returncode == 0, run.stderr[-3000:] + "".join(
+        p.read_text()[-2000:] for p in sweep.glob(".submitit/*/*_log.err")
+    )
     for job in ("0", "1"):
         summary = json.loads((sweep / job / "summary.json").read_text())
         assert summary["provenance"]["devices"] == 2 and summary["val/mIoU"] is not None
@@ -87,7 +113,12 @@ def test_local_launcher_tasks_follow_the_devices():
     from poc59.core.config import SettingError
     from poc59.training.distributed import adopt_submitit_local_ranks
 
-    env = {"SUBMITIT_EXECUTOR": "local", "SUBMITIT_LOCAL_NTASKS": "2", "SUBMITIT_LOCAL_LOCALID": "1", "SUBMITIT_LOCAL_JOB_ID": "4242"}
+    env = {
+        "SUBMITIT_EXECUTOR": "local",
+        "SUBMITIT_LOCAL_NTASKS": "2",
+        "SUBMITIT_LOCAL_LOCALID": "1",
+        "SUBMITIT_LOCAL_JOB_ID": "4242",
+    }
     assert adopt_submitit_local_ranks(2, 1, env)
     assert (env["LOCAL_RANK"], env["NODE_RANK"], env["WORLD_SIZE"], env["MASTER_ADDR"]) == ("1", "0", "2", "127.0.0.1")
     same_job = {**env, "SUBMITIT_LOCAL_LOCALID": "0"}
@@ -106,14 +137,26 @@ def test_local_launcher_tasks_follow_the_devices():
 def test_sbatch_runs_a_job(slurm, tmp_path):
     out_file = tmp_path / "out.txt"
     sub = subprocess.run(
-        ["sbatch", "--parsable", f"--partition={slurm.partition}", "--output", str(out_file),
-         "--wrap", "echo hello from job $SLURM_JOB_ID"],
-        capture_output=True, text=True, env=slurm.env, timeout=60,
+        [
+            "sbatch",
+            "--parsable",
+            f"--partition={slurm.partition}",
+            "--output",
+            str(out_file),
+            "--wrap",
+            "echo hello from job $SLURM_JOB_ID",
+        ],
+        capture_output=True,
+        text=True,
+        env=slurm.env,
+        timeout=60,
     )
     assert sub.returncode == 0, sub.stderr
     job_id = sub.stdout.strip().split(";")[0]
     deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and f"hello from job {job_id}" not in (out_file.read_text() if out_file.exists() else ""):
+    while time.monotonic() < deadline and f"hello from job {job_id}" not in (
+        out_file.read_text() if out_file.exists() else ""
+    ):
         time.sleep(0.5)
     assert out_file.read_text().strip() == f"hello from job {job_id}"
 
@@ -135,35 +178,67 @@ def test_accelerator_auto_asks_the_partition(slurm, monkeypatch):
 
 
 TINY = (  # a tiny CPU run: ~5 s of training; SLURM starts one process per job
-    "data.synthetic.n=6", "data.image_size=64", "trainer.max_epochs=1", "trainer.accelerator=cpu", "trainer.devices=1",
-    "callbacks.progress_bar=null", "trainer.enable_progress_bar=false",
-    "hydra.launcher.timeout_min=20", "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=1",
+    "data.synthetic.n=6",
+    "data.image_size=64",
+    "trainer.max_epochs=1",
+    "trainer.accelerator=cpu",
+    "trainer.devices=1",
+    "callbacks.progress_bar=null",
+    "trainer.enable_progress_bar=false",
+    "hydra.launcher.timeout_min=20",
+    "hydra.launcher.cpus_per_task=1",
+    "hydra.launcher.mem_gb=1",
     "hydra.launcher.array_parallelism=3",
 )
 
 
 def _sweep(slurm: Cluster, sweep_dir: Path, *overrides: str) -> subprocess.CompletedProcess:
     """`python -m poc59.train -m hydra/launcher=slurm ...`, as a user runs it (jobs share the test's data cache)."""
-    cmd = [sys.executable, "-m", "poc59.train", "-m", "hydra/launcher=slurm", f"hydra.launcher.partition={slurm.partition}",
-           f"hydra.sweep.dir={sweep_dir}", *TINY, *overrides]
+    cmd = [
+        sys.executable,
+        "-m",
+        "poc59.train",
+        "-m",
+        "hydra/launcher=slurm",
+        f"hydra.launcher.partition={slurm.partition}",
+        f"hydra.sweep.dir={sweep_dir}",
+        *TINY,
+        *overrides,
+    ]
     return subprocess.run(cmd, capture_output=True, text=True, env=slurm.env, cwd=sweep_dir.parent, timeout=600)
 
 
 def _status(slurm: Cluster, sweep_dir: Path) -> dict:
-    out = subprocess.run([sys.executable, "-m", "poc59.sweep_status", str(sweep_dir), "--json"],
-                         capture_output=True, text=True, env=slurm.env, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-m", "poc59.sweep_status", str(sweep_dir), "--json"],
+        capture_output=True,
+        text=True,
+        env=slurm.env,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout)
 
 
-ENCODERS = ["tu-mobilenetv3_small_050", "tu-regnetx_002", "tu-resnet10t"]  # three small timm CNNs standing in for three encoders
+ENCODERS = [
+    "tu-mobilenetv3_small_050",
+    "tu-regnetx_002",
+    "tu-resnet10t",
+]  # three small timm CNNs standing in for three encoders
 
 
 def test_three_encoder_sweep_on_slurm(slurm, tmp_path, private_cache):
     sweep_dir = tmp_path / "sweep"
     t0 = time.perf_counter()
-    run = _sweep(slurm, sweep_dir, "encoder=custom", "encoder.weights=null", "encoder.batch_size=4", "encoder.lr=1e-3",
-                 "encoder.name=" + ",".join(ENCODERS))
+    run = _sweep(
+        slurm,
+        sweep_dir,
+        "encoder=custom",
+        "encoder.weights=null",
+        "encoder.batch_size=4",
+        "encoder.lr=1e-3",
+        "encoder.name=" + ",".join(ENCODERS),
+    )
     print(f"\n3-job SLURM sweep: {time.perf_counter() - t0:.1f} s")
     assert run.returncode == 0, run.stderr[-4000:]
 
@@ -177,8 +252,14 @@ def test_three_encoder_sweep_on_slurm(slurm, tmp_path, private_cache):
     scripts = list((sweep_dir / ".submitit").glob("*/*_submission.sh"))
     assert scripts, "no sbatch script in the sweep's .submitit folder"
     script = scripts[0].read_text()
-    for line in ("--ntasks-per-node=1", "--gpus-per-node=0", "--cpus-per-task=1", f"--partition={slurm.partition}",
-                 "--array=0-2%3", "export OMP_NUM_THREADS=$SLURM_CPUS_PER_TASK"):
+    for line in (
+        "--ntasks-per-node=1",
+        "--gpus-per-node=0",
+        "--cpus-per-task=1",
+        f"--partition={slurm.partition}",
+        "--array=0-2%3",
+        "export OMP_NUM_THREADS=$SLURM_CPUS_PER_TASK",
+    ):
         assert line in script, line
 
     report = _status(slurm, sweep_dir)

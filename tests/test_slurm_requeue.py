@@ -36,8 +36,13 @@ import torch
 from slurm_cluster import REPO, Cluster
 
 TINY = [  # tests/test_resume.py's tiny run: seconds an epoch on one CPU
-    "encoder=tiny", "data.synthetic.n=6", "data.image_size=64", "data.batch_size=4",
-    "trainer.enable_progress_bar=false", "callbacks.progress_bar=null", "trainer.num_sanity_val_steps=0",
+    "encoder=tiny",
+    "data.synthetic.n=6",
+    "data.image_size=64",
+    "data.batch_size=4",
+    "trainer.enable_progress_bar=false",
+    "callbacks.progress_bar=null",
+    "trainer.num_sanity_val_steps=0",
 ]
 EPOCHS = 4
 
@@ -59,16 +64,18 @@ def _epoch_of(path: Path) -> int:
 
 def _job(slurm: Cluster, job_id: str) -> dict[str, str]:
     """`scontrol show job` as a dict ({} once the job has left the controller)."""
-    out = subprocess.run(["scontrol", "-o", "show", "job", job_id], capture_output=True, text=True,
-                         env=slurm.env, timeout=30)
+    out = subprocess.run(
+        ["scontrol", "-o", "show", "job", job_id], capture_output=True, text=True, env=slurm.env, timeout=30
+    )
     if out.returncode != 0:
         return {}
     return dict(kv.split("=", 1) for kv in out.stdout.split() if "=" in kv)
 
 
 def _in_queue(slurm: Cluster, job_id: str) -> bool:
-    out = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T"], capture_output=True, text=True,
-                         env=slurm.env, timeout=30)
+    out = subprocess.run(
+        ["squeue", "-h", "-j", job_id, "-o", "%T"], capture_output=True, text=True, env=slurm.env, timeout=30
+    )
     return bool(out.stdout.strip())
 
 
@@ -99,11 +106,16 @@ class Requeued:
     seconds: float
 
 
-def _requeue_after_epoch_1(slurm: Cluster, job_id: str, last: Path, requeue: list[str],
-                           explain: Callable[[], str], running: Callable[[], bool]) -> tuple[int, int]:
+def _requeue_after_epoch_1(
+    slurm: Cluster, job_id: str, last: Path, requeue: list[str], explain: Callable[[], str], running: Callable[[], bool]
+) -> tuple[int, int]:
     """Wait for last.ckpt at epoch >= 1, requeue the running job, read last.ckpt between the attempts, release it."""
-    _wait("last.ckpt at epoch >= 1 while the job runs",
-          lambda: _epoch_of(last) >= 1 or not _in_queue(slurm, job_id) or not running(), 180, explain)
+    _wait(
+        "last.ckpt at epoch >= 1 while the job runs",
+        lambda: _epoch_of(last) >= 1 or not _in_queue(slurm, job_id) or not running(),
+        180,
+        explain,
+    )
     assert _job(slurm, job_id).get("JobState") == "RUNNING", "the job ended before it could be requeued\n" + explain()
     _run(requeue, slurm)
     _wait("the requeued job pending", lambda: _job(slurm, job_id).get("JobState") == "PENDING", 60, explain)
@@ -170,18 +182,38 @@ def sbatch_requeued(slurm, tmp_path_factory, private_cache) -> Requeued:
     }
     # Command-line options override train.sbatch's #SBATCH lines: no GPU on this cluster, one core, little memory.
     sub = subprocess.run(
-        ["sbatch", "--parsable", f"--partition={slurm.partition}", "--gpus-per-node=0", "--cpus-per-task=1",
-         "--mem=2G", "--time=15", str(REPO / "slurm" / "train.sbatch"),
-         *TINY, f"trainer.max_epochs={EPOCHS}", "trainer.accelerator=cpu"],
-        capture_output=True, text=True, env=env, cwd=tmp, timeout=60,
+        [
+            "sbatch",
+            "--parsable",
+            f"--partition={slurm.partition}",
+            "--gpus-per-node=0",
+            "--cpus-per-task=1",
+            "--mem=2G",
+            "--time=15",
+            str(REPO / "slurm" / "train.sbatch"),
+            *TINY,
+            f"trainer.max_epochs={EPOCHS}",
+            "trainer.accelerator=cpu",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp,
+        timeout=60,
     )
     assert sub.returncode == 0, sub.stderr
     job_id = sub.stdout.strip().split(";")[0]
     log = run_dir / f"slurm-{job_id}.log"  # train.sbatch tees every attempt into the run folder
     explain = lambda: f"job {job_id}: {_job(slurm, job_id)}\n---- {log}\n{_tail(log)}"  # noqa: E731
     try:
-        epoch, step = _requeue_after_epoch_1(slurm, job_id, run_dir / "checkpoints" / "last.ckpt",
-                                             ["scontrol", "requeue", job_id], explain, running=lambda: True)
+        epoch, step = _requeue_after_epoch_1(
+            slurm,
+            job_id,
+            run_dir / "checkpoints" / "last.ckpt",
+            ["scontrol", "requeue", job_id],
+            explain,
+            running=lambda: True,
+        )
         assert not (run_dir / "summary.json").exists(), "the stopped attempt wrote a summary\n" + explain()
         _wait("the job finished", lambda: not _in_queue(slurm, job_id), 180, explain)
     finally:
@@ -222,26 +254,48 @@ def test_preempted_submitit_job_requeues_itself_and_resumes_from_last_ckpt(slurm
         "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO / "src"), os.environ.get("PYTHONPATH")])),
         "HF_HUB_OFFLINE": "1",
     }
-    cmd = [sys.executable, "-m", "poc59.train", "-m", "hydra/launcher=slurm", f"hydra.launcher.partition={slurm.partition}",
-           f"hydra.sweep.dir={sweep}", *TINY, f"trainer.max_epochs={EPOCHS}", "trainer.accelerator=cpu", "trainer.devices=1",
-           "hydra.launcher.timeout_min=20", "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=1"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "poc59.train",
+        "-m",
+        "hydra/launcher=slurm",
+        f"hydra.launcher.partition={slurm.partition}",
+        f"hydra.sweep.dir={sweep}",
+        *TINY,
+        f"trainer.max_epochs={EPOCHS}",
+        "trainer.accelerator=cpu",
+        "trainer.devices=1",
+        "hydra.launcher.timeout_min=20",
+        "hydra.launcher.cpus_per_task=1",
+        "hydra.launcher.mem_gb=1",
+    ]
     launcher_err = tmp_path / "launcher.err"
     with open(launcher_err, "w") as err:
         launcher = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, env=env, cwd=tmp_path)
     job_dirs = lambda: [p for p in (sweep / ".submitit").glob("*") if p.name.isdigit()]  # noqa: E731
     job_id = ""
     log = Path("/nonexistent")
-    explain = lambda: (f"job {job_id}: {_job(slurm, job_id) if job_id else None}\n---- {log}\n{_tail(log)}"  # noqa: E731
-                       f"\n---- launcher\n{_tail(launcher_err, 20)}")
+    explain = lambda: (
+        f"job {job_id}: {_job(slurm, job_id) if job_id else None}\n---- {log}\n{_tail(log)}"  # noqa: E731
+        f"\n---- launcher\n{_tail(launcher_err, 20)}"
+    )
     try:
         _wait("the sweep's job submitted", lambda: bool(job_dirs()) or launcher.poll() is not None, 120, explain)
         assert job_dirs(), explain()
         job_id = job_dirs()[0].name
-        log = sweep / ".submitit" / job_id / f"{job_id}_0_log.err"  # submitit appends every attempt (--open-mode=append)
+        log = (
+            sweep / ".submitit" / job_id / f"{job_id}_0_log.err"
+        )  # submitit appends every attempt (--open-mode=append)
         # submitit's preemption signal: it checkpoints its job (the same Hydra run) and requeues it itself
-        epoch, step = _requeue_after_epoch_1(slurm, job_id, run_dir / "checkpoints" / "last.ckpt",
-                                             ["scancel", "--signal=USR2", job_id], explain,
-                                             running=lambda: launcher.poll() is None)
+        epoch, step = _requeue_after_epoch_1(
+            slurm,
+            job_id,
+            run_dir / "checkpoints" / "last.ckpt",
+            ["scancel", "--signal=USR2", job_id],
+            explain,
+            running=lambda: launcher.poll() is None,
+        )
         launcher.wait(timeout=180)  # the sweep returns once the second attempt has finished
     except subprocess.TimeoutExpired:
         pytest.fail("the sweep did not return after the requeued job\n" + explain())

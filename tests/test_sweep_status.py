@@ -21,9 +21,17 @@ ENCODERS = ["convnext_tiny", "segformer_b3", "maxvit_tiny", "tiny", "custom"]
 
 
 def _multirun(sweep: Path, task: list[str]) -> None:
-    cfg = {"hydra": {"sweeper": {"_target_": "hydra._internal.core_plugins.basic_sweeper.BasicSweeper",
-                                 "max_batch_size": None, "params": None},
-                     "overrides": {"task": task}, "sweep": {"dir": str(sweep), "subdir": "${hydra.job.num}"}}}
+    cfg = {
+        "hydra": {
+            "sweeper": {
+                "_target_": "hydra._internal.core_plugins.basic_sweeper.BasicSweeper",
+                "max_batch_size": None,
+                "params": None,
+            },
+            "overrides": {"task": task},
+            "sweep": {"dir": str(sweep), "subdir": "${hydra.job.num}"},
+        }
+    }
     sweep.mkdir(parents=True, exist_ok=True)
     (sweep / "multirun.yaml").write_text(yaml.safe_dump(cfg))
 
@@ -51,14 +59,26 @@ def _task(sweep: Path, job_id: str, err: str = "", result: tuple | None = None) 
 
 
 def _summary(d: Path, encoder: str, miou: float, epochs: int = 3) -> None:
-    summary = {"encoder": encoder, "decoder": "Unet", "val/mIoU": miou, "best_epoch": epochs - 1,
-               "epochs_run": epochs, "wall_time_s": 12.5}
+    summary = {
+        "encoder": encoder,
+        "decoder": "Unet",
+        "val/mIoU": miou,
+        "best_epoch": epochs - 1,
+        "epochs_run": epochs,
+        "wall_time_s": 12.5,
+    }
     (d / "summary.json").write_text(json.dumps(summary))
 
 
 def _job_return(overrides: list[str], status: JobStatus, value) -> JobReturn:
-    ret = JobReturn(overrides=overrides, cfg=OmegaConf.create({"seed": 0}), hydra_cfg=OmegaConf.create({}),
-                    working_dir="/somewhere", task_name="train", status=status)
+    ret = JobReturn(
+        overrides=overrides,
+        cfg=OmegaConf.create({"seed": 0}),
+        hydra_cfg=OmegaConf.create({}),
+        working_dir="/somewhere",
+        task_name="train",
+        status=status,
+    )
     ret._return_value = value
     return ret
 
@@ -83,7 +103,12 @@ def sweep(tmp_path: Path) -> Path:
     _task(s, "42_2", started + "Epoch 1 ...\n")
     # 3 failed: SLURM killed it (time limit), so no result pickle; the log says so
     _run_dir(s, 3, jobs[3], "42_3")
-    _task(s, "42_3", started + "Epoch 2 ...\nslurmstepd: error: *** JOB 45 ON node1 CANCELLED AT 2026-01-01T12:00:00 DUE TO TIME LIMIT ***\n")
+    _task(
+        s,
+        "42_3",
+        started
+        + "Epoch 2 ...\nslurmstepd: error: *** JOB 45 ON node1 CANCELLED AT 2026-01-01T12:00:00 DUE TO TIME LIMIT ***\n",
+    )
     # 4 pending: submitted, not started (no run folder, no log)
     _task(s, "42_4")
     (s / ".submitit" / "42").mkdir()  # the array's own folder (submission script only)
@@ -129,7 +154,7 @@ def test_launcher_error_shows_the_traceback_tail(tmp_path):
     s = tmp_path / "sweep"
     _multirun(s, ["encoder=tiny,custom"])
     _run_dir(s, 0, ["encoder=tiny"], "7_0")
-    tb = "Traceback (most recent call last):\n  File \"x.py\", line 1, in <module>\n    boom()\nRuntimeError: CUDA out of memory"
+    tb = 'Traceback (most recent call last):\n  File "x.py", line 1, in <module>\n    boom()\nRuntimeError: CUDA out of memory'
     _task(s, "7_0", "log\n", ("error", tb))
     _task(s, "7_1")
     report = sweep_status(s, lines=2, use_squeue=False)
@@ -146,8 +171,10 @@ def test_a_sweep_without_submitit(tmp_path):
     _summary(d0, "tu-mobilenetv3_small_050", 0.12, epochs=1)
     d1 = _run_dir(s, 1, ["data.image_size=63"])
     with (d1 / "train.log").open("a") as f:
-        f.write("[2026-01-01 10:00:02,000][poc59.train][ERROR] - Run failed\nTraceback (most recent call last):\n"
-                "ValueError: data.image_size=63 does not fit encoder tu-mobilenetv3_small_050\n")
+        f.write(
+            "[2026-01-01 10:00:02,000][poc59.train][ERROR] - Run failed\nTraceback (most recent call last):\n"
+            "ValueError: data.image_size=63 does not fit encoder tu-mobilenetv3_small_050\n"
+        )
     report = sweep_status(s, use_squeue=False)
     assert [j["status"] for j in report["jobs"]] == ["finished", "failed", "pending"]
     assert report["jobs"][1]["error"][-1].startswith("ValueError: data.image_size=63")
@@ -166,12 +193,22 @@ def test_cli_json_and_table(sweep, capsys):
     assert main([str(sweep), "--json", "--no-squeue"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["sweep_dir"] == str(sweep) and report["counts"]["finished"] == 1
-    assert {"num", "status", "encoder", "val/mIoU", "epochs_run", "error", "overrides", "job_id", "log"} <= set(report["jobs"][0])
+    assert {"num", "status", "encoder", "val/mIoU", "epochs_run", "error", "overrides", "job_id", "log"} <= set(
+        report["jobs"][0]
+    )
 
     # a folder of sweeps: the newest one; the table names the states and the errors' last lines
     assert main([str(sweep.parent), "--no-squeue"]) == 0
     out = capsys.readouterr().out
-    for word in ("1 finished", "2 failed", "1 running", "1 pending", "43.21 %", "DataError: data.root=/nope", "TIME LIMIT"):
+    for word in (
+        "1 finished",
+        "2 failed",
+        "1 running",
+        "1 pending",
+        "43.21 %",
+        "DataError: data.root=/nope",
+        "TIME LIMIT",
+    ):
         assert word in out, word
 
 

@@ -44,7 +44,15 @@ def test_short_run_writes_a_complete_run_folder(tmp_path):
     cfg = make_cfg(tmp_path, *SMALL, "trainer.max_epochs=2")
     summary = train(cfg)
     run = tmp_path / "run"
-    for name in ("config.yaml", "split.json", "class_weights.json", "summary.json", "checkpoints/best.ckpt", "checkpoints/last.ckpt", "csv/version_0/metrics.csv"):
+    for name in (
+        "config.yaml",
+        "split.json",
+        "class_weights.json",
+        "summary.json",
+        "checkpoints/best.ckpt",
+        "checkpoints/last.ckpt",
+        "csv/version_0/metrics.csv",
+    ):
         assert (run / name).exists(), name
     assert list((run / "tensorboard").glob("events.*"))
 
@@ -57,7 +65,9 @@ def test_short_run_writes_a_complete_run_folder(tmp_path):
     assert on_disk["train_images_per_s"] > 0 and on_disk["peak_memory"]["bytes"] > 0
     prov = on_disk["provenance"]
     assert prov["loss"]["name"] == "dice_focal" and prov["loss"]["components"] == {"dice": 0.5, "focal": 0.5}
-    assert prov["class_weights"]["weights"] == pytest.approx(prov["loss"]["class_weights"], rel=1e-6)  # float32 in the loss
+    assert prov["class_weights"]["weights"] == pytest.approx(
+        prov["loss"]["class_weights"], rel=1e-6
+    )  # float32 in the loss
     assert prov["batch_size_per_device"] == 8 and prov["precision"] == "32-true" and prov["seed"] == 0
     assert prov["model"]["channels_last"] is False  # auto: on CUDA only
     assert prov["data"]["split_fingerprint"] == json.loads((run / "split.json").read_text())["fingerprint"]
@@ -87,8 +97,16 @@ def test_split_keeps_copies_with_their_original(tmp_path):
 
 def test_real_crackforest_trains_as_it_is(tmp_path):
     cfg = make_cfg(
-        tmp_path, "encoder=tiny", "data=artefact", f"data.root={CRACKFOREST}", "data.image_size=64",
-        "data.batch_size=16", "trainer.max_epochs=1", "trainer.limit_train_batches=2", "trainer.enable_progress_bar=false", "callbacks.progress_bar=null",
+        tmp_path,
+        "encoder=tiny",
+        "data=artefact",
+        f"data.root={CRACKFOREST}",
+        "data.image_size=64",
+        "data.batch_size=16",
+        "trainer.max_epochs=1",
+        "trainer.limit_train_batches=2",
+        "trainer.enable_progress_bar=false",
+        "callbacks.progress_bar=null",
     )
     summary = train(cfg)
     assert summary["classes"]["names"] == ["background", "crack"]
@@ -100,9 +118,19 @@ def test_real_crackforest_trains_as_it_is(tmp_path):
 @pytest.mark.parametrize("encoder", ["convnext_tiny", "segformer_b3", "maxvit_tiny"])
 def test_one_training_step_of_each_encoder_at_384(tmp_path, encoder):
     cfg = make_cfg(
-        tmp_path, f"encoder={encoder}", "encoder.weights=null", "data.synthetic.n=3", "data.image_size=384",
-        "data.batch_size=2", "data.val_fraction=0.34", "trainer.max_epochs=1", "trainer.limit_train_batches=1", "trainer.limit_val_batches=1",
-        "trainer.num_sanity_val_steps=0", "trainer.enable_progress_bar=false", "callbacks.progress_bar=null",
+        tmp_path,
+        f"encoder={encoder}",
+        "encoder.weights=null",
+        "data.synthetic.n=3",
+        "data.image_size=384",
+        "data.batch_size=2",
+        "data.val_fraction=0.34",
+        "trainer.max_epochs=1",
+        "trainer.limit_train_batches=1",
+        "trainer.limit_val_batches=1",
+        "trainer.num_sanity_val_steps=0",
+        "trainer.enable_progress_bar=false",
+        "callbacks.progress_bar=null",
     )
     summary = train(cfg)
     assert summary["image_size"] == 384 and summary["epochs_run"] == 1
@@ -131,7 +159,9 @@ def test_configs_ship_inside_the_wheel(tmp_path):
     """poc59 must run from a built wheel, not only from a checkout."""
     build = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w", str(tmp_path), str(REPO)],
-        capture_output=True, text=True, timeout=300,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert build.returncode == 0, build.stderr[-2000:]
     wheel = next(tmp_path.glob("poc59-*.whl"))
@@ -144,7 +174,10 @@ def test_configs_ship_inside_the_wheel(tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     assert "mit_b3" in out.stdout
     where = subprocess.run(
-        [sys.executable, "-c", "import poc59.core.config as c; print(c.config_dir())"], capture_output=True, text=True, env=env
+        [sys.executable, "-c", "import poc59.core.config as c; print(c.config_dir())"],
+        capture_output=True,
+        text=True,
+        env=env,
     )
     assert where.stdout.strip() == str(site / "poc59" / "conf")
 
@@ -153,10 +186,22 @@ def test_compare_encoders_sweeps_the_three_on_one_split():
     register_resolvers()
     with initialize_config_dir(str(config_dir()), version_base="1.3"):
         cfg = compose("train", overrides=["experiment=compare_encoders"], return_hydra_config=True)
-        runs = [compose("train", overrides=["experiment=compare_encoders", f"encoder={e}"]) for e in ("convnext_tiny", "segformer_b3", "maxvit_tiny")]
+        runs = [
+            compose("train", overrides=["experiment=compare_encoders", f"encoder={e}"])
+            for e in ("convnext_tiny", "segformer_b3", "maxvit_tiny")
+        ]
     assert str(cfg.hydra.mode) == "RunMode.MULTIRUN"
     assert cfg.hydra.sweeper.params.encoder == "convnext_tiny,segformer_b3,maxvit_tiny"
-    split_keys = ("root", "image_size", "seed", "val_fraction", "test_fraction", "group_pattern", "use_aug_copies", "split_file")
+    split_keys = (
+        "root",
+        "image_size",
+        "seed",
+        "val_fraction",
+        "test_fraction",
+        "group_pattern",
+        "use_aug_copies",
+        "split_file",
+    )
     assert len({tuple(str(r.data[k]) for k in split_keys) for r in runs}) == 1  # the split cannot differ
     assert [r.data.batch_size for r in runs] == [96, 32, 48]  # each keeps its recommended batch
 
@@ -167,12 +212,23 @@ def test_channels_last_and_compile_train_as_the_benchmark_measures(tmp_path, com
     keys and the network rebuilt from it stay the same."""
     from poc59.artifacts.load import load_model
 
-    cfg = make_cfg(tmp_path, *SMALL, "trainer.max_epochs=1", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1",
-                   "model.channels_last=true", f"model.compile={str(compile_net).lower()}",
-                   "+model.compile_options.backend=aot_eager")  # dynamo and AOT autograd without inductor's minutes of codegen
+    cfg = make_cfg(
+        tmp_path,
+        *SMALL,
+        "trainer.max_epochs=1",
+        "trainer.limit_train_batches=2",
+        "trainer.limit_val_batches=1",
+        "model.channels_last=true",
+        f"model.compile={str(compile_net).lower()}",
+        "+model.compile_options.backend=aot_eager",
+    )  # dynamo and AOT autograd without inductor's minutes of codegen
     summary = train(cfg)
     assert summary["val/mIoU"] is not None
-    assert summary["provenance"]["model"] == {"channels_last": True, "compile": compile_net, "compile_options": {"backend": "aot_eager"}}
+    assert summary["provenance"]["model"] == {
+        "channels_last": True,
+        "compile": compile_net,
+        "compile_options": {"backend": "aot_eager"},
+    }
     ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
     state = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
     assert all(k.startswith(("segmenter.net.", "loss.")) and "_orig_mod" not in k for k in state)

@@ -29,8 +29,9 @@ def test_checkpoint_rebuilds_the_trained_network(run, tmp_path):
     assert model.geometry == {"policy": "resize", "image_size": 64, "max_side": None} and model.image_size == 64
 
     state = torch.load(ckpt, map_location="cpu", weights_only=False)
-    module = SegmentationModule.load_from_checkpoint(ckpt, net=model.segmenter.net, loss=torch.nn.Identity(),
-                                                     optimizer=None, map_location="cpu")
+    module = SegmentationModule.load_from_checkpoint(
+        ckpt, net=model.segmenter.net, loss=torch.nn.Identity(), optimizer=None, map_location="cpu"
+    )
     images = torch.randint(0, 256, (2, 3, 64, 64), dtype=torch.uint8)
     with torch.no_grad():
         assert torch.equal(model.segmenter(images), module.eval()(images))

@@ -47,7 +47,9 @@ def test_k_overlays_per_validation_epoch_not_the_sanity_check(events):
 
 def test_overlays_show_image_truth_and_prediction_in_palette_colours(events):
     for tag in ("val_overlay/0", "val_overlay/1"):
-        first, second = (np.asarray(Image.open(io.BytesIO(e.encoded_image_string)).convert("RGB")) for e in events.Images(tag))
+        first, second = (
+            np.asarray(Image.open(io.BytesIO(e.encoded_image_string)).convert("RGB")) for e in events.Images(tag)
+        )
         assert first.shape == (64, 3 * 64, 3)
         left, truth, pred = first[:, :64], first[:, 64:128], first[:, 128:]
         assert np.array_equal(second[:, :64], left)  # the same fixed validation image every epoch
@@ -56,6 +58,15 @@ def test_overlays_show_image_truth_and_prediction_in_palette_colours(events):
 
 
 def test_k_null_logs_no_overlays(tmp_path):
-    train(make_cfg(tmp_path, *SMALL, "data.image_size=32", "trainer.max_epochs=1", "trainer.limit_train_batches=1",
-                   "trainer.num_sanity_val_steps=0", "callbacks.val_overlays.k=null"))
+    train(
+        make_cfg(
+            tmp_path,
+            *SMALL,
+            "data.image_size=32",
+            "trainer.max_epochs=1",
+            "trainer.limit_train_batches=1",
+            "trainer.num_sanity_val_steps=0",
+            "callbacks.val_overlays.k=null",
+        )
+    )
     assert _events(tmp_path / "run").Tags()["images"] == []

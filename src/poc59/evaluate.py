@@ -42,11 +42,22 @@ USAGE = (
 
 
 _KEYS = {  # command-line key -> (evaluate_run keyword, type)
-    "run_dir": ("run_dir", str), "ckpt": ("ckpt", str), "sweep": ("sweep", str), "split": ("split", str),
-    "data.root": ("data_root", str), "bootstrap.resamples": ("resamples", int), "bootstrap.seed": ("seed", int),
-    "bootstrap.level": ("level", float), "batch_size": ("batch_size", int), "device": ("device", str),
-    "out": ("out", str), "pictures": ("pictures", bool), "worst_k": ("worst_k", int),
-    "mode": ("mode", str), "overlap": ("overlap", float), "tta": ("tta", bool),
+    "run_dir": ("run_dir", str),
+    "ckpt": ("ckpt", str),
+    "sweep": ("sweep", str),
+    "split": ("split", str),
+    "data.root": ("data_root", str),
+    "bootstrap.resamples": ("resamples", int),
+    "bootstrap.seed": ("seed", int),
+    "bootstrap.level": ("level", float),
+    "batch_size": ("batch_size", int),
+    "device": ("device", str),
+    "out": ("out", str),
+    "pictures": ("pictures", bool),
+    "worst_k": ("worst_k", int),
+    "mode": ("mode", str),
+    "overlap": ("overlap", float),
+    "tta": ("tta", bool),
 }
 
 
@@ -72,4 +83,3 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
-

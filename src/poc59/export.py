@@ -44,8 +44,13 @@ def print_parity(card: dict[str, Any], console: Console) -> None:
         table.add_column(column)
     for fmt in SUFFIXES:
         for row in parity_record.get(fmt, {}).get("sizes", []):
-            table.add_row(fmt, "x".join(map(str, row["input_shape"])), f"{row['max_abs_diff']:.2e}",
-                          f"{100 * row['label_agreement']:.3f} %", "yes" if row["max_abs_diff"] <= tolerance else "NO")
+            table.add_row(
+                fmt,
+                "x".join(map(str, row["input_shape"])),
+                f"{row['max_abs_diff']:.2e}",
+                f"{100 * row['label_agreement']:.3f} %",
+                "yes" if row["max_abs_diff"] <= tolerance else "NO",
+            )
     console.print(table)
     console.print(f"({parity_record['convention']})")
 
@@ -56,8 +61,16 @@ USAGE = (
 )
 
 
-_KEYS = {"ckpt": str, "run_dir": str, "out": str, "format": str, "opset": int, "check": bool, "tolerance": float,
-         "exporter": str}
+_KEYS = {
+    "ckpt": str,
+    "run_dir": str,
+    "out": str,
+    "format": str,
+    "opset": int,
+    "check": bool,
+    "tolerance": float,
+    "exporter": str,
+}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -70,12 +83,13 @@ def main(argv: list[str] | None = None) -> int:
     print_parity(card, Console())
     failed = [fmt for fmt, entry in (card["parity"] or {}).items() if isinstance(entry, dict) and not entry["passed"]]
     if failed:
-        log.error("Parity beyond tolerance for %s: the exported files are written but differ from the checkpoint",
-                  ", ".join(failed))
+        log.error(
+            "Parity beyond tolerance for %s: the exported files are written but differ from the checkpoint",
+            ", ".join(failed),
+        )
         return 1
     return 0
 
 
 if __name__ == "__main__":
     sys.exit(main())
-

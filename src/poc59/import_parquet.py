@@ -27,8 +27,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("src", type=Path, help="a .parquet file or a folder searched recursively for *.parquet")
     parser.add_argument("out", type=Path, help="output folder (must be empty or absent unless --overwrite)")
-    parser.add_argument("--max-side", type=int, default=None, metavar="N", help="cap the long side at N px, keeping aspect")
-    parser.add_argument("--overwrite", action="store_true", help="replace images/, annotations/, annotations_rgb/ and metadata.csv in OUT")
+    parser.add_argument(
+        "--max-side", type=int, default=None, metavar="N", help="cap the long side at N px, keeping aspect"
+    )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace images/, annotations/, annotations_rgb/ and metadata.csv in OUT",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
@@ -42,4 +48,3 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
-

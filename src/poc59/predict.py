@@ -54,7 +54,9 @@ def parse_args(argv: list[str]) -> Settings:
     """Settings from key=value arguments (unknown keys and missing ckpt/input/output are errors)."""
     if not argv or argv[0] in ("-h", "--help", "help"):
         raise UsageError(__doc__)  # the whole story, which USAGE points to
-    kinds = {f.name: {"float": float, "int": int, "bool": bool}.get(str(f.type).split(" ")[0], str) for f in fields(Settings)}
+    kinds = {
+        f.name: {"float": float, "int": int, "bool": bool}.get(str(f.type).split(" ")[0], str) for f in fields(Settings)
+    }
     given = parse_key_values(argv, kinds, USAGE, UsageError)
     settings = Settings(**{k: (v or None) if k in _OPTIONAL else v for k, v in given.items()})
     missing = [k for k in ("ckpt", "input", "output") if not getattr(settings, k)]
@@ -76,7 +78,9 @@ def _print_summary(console: Console, rows: list[dict], classes: ClassTable) -> N
     table.add_column(f"{classes.names[0]} %", justify="right")
     table.add_column("damage classes %")
     for r in rows:
-        damage = sorted(((v["percent"] or 0.0, n) for n, v in r["classes"].items() if n != classes.names[0]), reverse=True)
+        damage = sorted(
+            ((v["percent"] or 0.0, n) for n, v in r["classes"].items() if n != classes.names[0]), reverse=True
+        )
         shown = ", ".join(f"{n} {p:.2f}" for p, n in damage[:4] if p > 0) or "none"
         table.add_row(Path(r["image"]).name, r["reference"], f"{r['classes'][classes.names[0]]['percent']:.2f}", shown)
     console.print(table)
@@ -93,14 +97,17 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     rows, failed = done["rows"], done["failed"]
     _print_summary(console, rows, done["classes"])
-    console.print(f"{len(rows)} of {len(done['images'])} image(s) predicted into {done['out']} "
-                  f"(statistics: {done['statistics'].name}, statistics.json)")
+    console.print(
+        f"{len(rows)} of {len(done['images'])} image(s) predicted into {done['out']} "
+        f"(statistics: {done['statistics'].name}, statistics.json)"
+    )
     if failed:
-        console.print(f"[red]{len(failed)} image(s) could not be predicted:[/red] " + "; ".join(f["image"] for f in failed))
+        console.print(
+            f"[red]{len(failed)} image(s) could not be predicted:[/red] " + "; ".join(f["image"] for f in failed)
+        )
         return 1
     return 0
 
 
 if __name__ == "__main__":
     sys.exit(main())
-

@@ -33,7 +33,10 @@ def report(dm: SegmentationDataModule, console: Console) -> dict:
     names = dm.classes.names
     sides = {"train": split["train"], "val": split["val"], "test": split["test"]}
     index = {s.id: i for i, s in enumerate(dm.samples)}
-    counts = {side: pixel_counts(masks[[index[i] for i in ids]], len(names)) if ids else [0] * len(names) for side, ids in sides.items()}
+    counts = {
+        side: pixel_counts(masks[[index[i] for i in ids]], len(names)) if ids else [0] * len(names)
+        for side, ids in sides.items()
+    }
     weights = dm.class_weights_record["weights"]
 
     table = Table(title=f"Pixels per class at {dm.image_size} px (ignore label excluded), and loss weights")
@@ -46,8 +49,11 @@ def report(dm: SegmentationDataModule, console: Console) -> dict:
     total_train = sum(counts["train"]) or 1
     for c, name in enumerate(names):
         table.add_row(
-            str(c), name, *(f"{counts[side][c]:,}" for side in sides),
-            f"{100 * counts['train'][c] / total_train:.3f}", f"{weights[c]:.3f}",
+            str(c),
+            name,
+            *(f"{counts[side][c]:,}" for side in sides),
+            f"{100 * counts['train'][c] / total_train:.3f}",
+            f"{weights[c]:.3f}",
         )
     console.print(table)
     d = dm.describe()

@@ -54,8 +54,15 @@ def _print_table(report: dict) -> None:
             epochs += f" (best {j['best_epoch']})"
         encoder = " + ".join(x for x in (j["encoder"], j["decoder"]) if x)
         where = " ".join(x for x in (j["job_id"], j["slurm_state"] and j["slurm_state"].lower()) if x)
-        table.add_row(str(j["num"]), Text(j["status"], style=style[j["status"]]), "\n".join(j["overrides"]),
-                      encoder, miou, epochs, where)
+        table.add_row(
+            str(j["num"]),
+            Text(j["status"], style=style[j["status"]]),
+            "\n".join(j["overrides"]),
+            encoder,
+            miou,
+            epochs,
+            where,
+        )
     console.print(table)
     for j in report["jobs"]:  # errors below the table, where their lines keep their width
         if j["status"] == "failed":
@@ -69,7 +76,9 @@ def _print_table(report: dict) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m poc59.sweep_status", description=__doc__.split("\n")[0])
-    parser.add_argument("sweep_dir", type=Path, help="a sweep folder (outputs/sweeps/<date_time>), or a folder of sweeps")
+    parser.add_argument(
+        "sweep_dir", type=Path, help="a sweep folder (outputs/sweeps/<date_time>), or a folder of sweeps"
+    )
     parser.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
     parser.add_argument("--lines", type=int, default=5, help="last lines of each error to show (5)")
     parser.add_argument("--no-squeue", action="store_true", help="read files only, do not ask squeue")
@@ -89,4 +98,3 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
-

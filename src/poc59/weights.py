@@ -70,7 +70,9 @@ def parse_args(argv: list[str]) -> dict[str, Any]:
         elif key == "encoder.kwargs":
             parsed = _value(value)
             if not isinstance(parsed, dict):
-                raise UsageError(f"encoder.kwargs must be a mapping, e.g. encoder.kwargs={{img_size:256}}; got {value!r}")
+                raise UsageError(
+                    f"encoder.kwargs must be a mapping, e.g. encoder.kwargs={{img_size:256}}; got {value!r}"
+                )
             kwargs.update(parsed)
         elif key == "weights_dir":
             weights_dir = value or None
@@ -109,7 +111,6 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     name = args["name"]
     if args["raw_name"]:  # presets' names are known; a raw name is checked before anything else
-
         try:
             check_encoder_name(name)
         except UnknownEncoderError as e:
@@ -120,7 +121,11 @@ def main(argv: list[str] | None = None) -> int:
         if path.is_file():
             log.info("%s: present", name)
         else:
-            log.info("%s: missing; fill it with: %s", name, pretrained.fetch_command(name, args["kwargs"], args["weights_dir"]))
+            log.info(
+                "%s: missing; fill it with: %s",
+                name,
+                pretrained.fetch_command(name, args["kwargs"], args["weights_dir"]),
+            )
         print(path)
         return 0
     try:

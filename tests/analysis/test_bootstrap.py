@@ -43,7 +43,12 @@ def test_vectorised_equals_a_plain_loop():
     miou, per_class = loop_reference(cms, 300, 7, 0.9)
     np.testing.assert_allclose(out["miou"], miou, rtol=1e-12)
     np.testing.assert_allclose(out["per_class_iou"], per_class, rtol=1e-12, equal_nan=True)
-    assert {k: out[k] for k in ("resamples", "seed", "level", "unit")} == {"resamples": 300, "seed": 7, "level": 0.9, "unit": "image"}
+    assert {k: out[k] for k in ("resamples", "seed", "level", "unit")} == {
+        "resamples": 300,
+        "seed": 7,
+        "level": 0.9,
+        "unit": "image",
+    }
 
 
 def test_seeded():

@@ -55,4 +55,8 @@ def test_overlay_blends_damage_and_leaves_clean_and_ignored_pixels_as_the_image(
 
 def test_legend_lists_names_and_colours_of_the_classes_shown():
     assert legend(ARTEFACT) == [(n, _rgb(c)) for n, c in zip(ARTEFACT.names, ARTEFACT.palette)]
-    assert legend(ARTEFACT, {3, 0, 255}) == [("Clean", (0, 0, 0)), ("Dust", _rgb(ARTEFACT.palette[3])), ("ignored", _rgb(IGNORE_COLOUR))]
+    assert legend(ARTEFACT, {3, 0, 255}) == [
+        ("Clean", (0, 0, 0)),
+        ("Dust", _rgb(ARTEFACT.palette[3])),
+        ("ignored", _rgb(IGNORE_COLOUR)),
+    ]

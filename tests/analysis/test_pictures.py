@@ -90,8 +90,13 @@ def test_sample_grid_shows_the_classes_present_and_the_error_map(tmp_path):
 
 
 def test_grouped_iou_bars_one_colour_per_run(tmp_path):
-    runs = {f"run{r}": {n: (None if (r, i) == (0, 3) else 0.2 + 0.1 * r) for i, n in enumerate(ARTEFACT.names)} for r in range(3)}
+    runs = {
+        f"run{r}": {n: (None if (r, i) == (0, 3) else 0.2 + 0.1 * r) for i, n in enumerate(ARTEFACT.names)}
+        for r in range(3)
+    }
     intervals = {"run1": {n: (0.25, 0.35) for n in ARTEFACT.names}}
-    colours = _colours(grouped_iou_bars_figure(runs, ARTEFACT, tmp_path / "grouped.png", "compare", intervals=intervals))
+    colours = _colours(
+        grouped_iou_bars_figure(runs, ARTEFACT, tmp_path / "grouped.png", "compare", intervals=intervals)
+    )
     tab10 = [tuple(round(255 * c) for c in rgb) for rgb in colormaps["tab10"].colors]
     assert all(c in colours for c in tab10[:3]) and tab10[3] not in colours

@@ -67,7 +67,9 @@ def test_against_numpy_on_random_matrices(seed):
     for cm in random_confmats(seed):
         ref = np_reference(cm)
         for fn, key in ((precision, "precision"), (recall, "recall"), (f1, "f1"), (batched_iou, "iou")):
-            np.testing.assert_allclose(fn(torch.from_numpy(cm)).numpy(), ref[key], rtol=1e-12, equal_nan=True, err_msg=key)
+            np.testing.assert_allclose(
+                fn(torch.from_numpy(cm)).numpy(), ref[key], rtol=1e-12, equal_nan=True, err_msg=key
+            )
         np.testing.assert_array_equal(iou_from_confmat(torch.from_numpy(cm)).numpy(), batched_iou(cm).numpy())
         np.testing.assert_array_equal(support(cm).numpy(), ref["support"])
         np.testing.assert_array_equal(present(cm).numpy(), ref["present"])
@@ -101,10 +103,7 @@ def test_hand_computed_example():
     #   class 1: 30 target pixels, 30 predicted, 20 correct
     #   class 2: never in the target, predicted 5 times (wrongly)  -> IoU 0, counted
     #   class 3: neither in target nor predicted                   -> absent
-    cm = torch.tensor([[50, 10, 0, 0],
-                       [5, 20, 5, 0],
-                       [0, 0, 0, 0],
-                       [0, 0, 0, 0]])
+    cm = torch.tensor([[50, 10, 0, 0], [5, 20, 5, 0], [0, 0, 0, 0], [0, 0, 0, 0]])
     s = scores(cm, ["Clean", "Crack", "Dust", "Hair"])
     pc = s["per_class"]
     # IoU = TP / (target + predicted - TP): 50 / (60 + 55 - 50) = 10/13; 20 / (30 + 30 - 20) = 1/2; 0 / 5 = 0

@@ -50,12 +50,18 @@ def test_shuffle_is_seeded_per_epoch():
 @pytest.mark.parametrize("world", [2, 3])
 def test_rank_shards_are_disjoint_equal_and_cover(world):
     images, masks = _set(23)
-    train = [BatchFeed(images, masks, range(23), 2, shuffle=True, drop_last=True, seed=0, rank=r, world_size=world) for r in range(world)]
+    train = [
+        BatchFeed(images, masks, range(23), 2, shuffle=True, drop_last=True, seed=0, rank=r, world_size=world)
+        for r in range(world)
+    ]
     shards = [set(f.shard(0).tolist()) for f in train]
     assert len({len(f) for f in train}) == 1  # equal number of batches on every rank
     assert all(not (shards[i] & shards[j]) for i in range(world) for j in range(i + 1, world))
     assert len(set().union(*shards)) == 23 // world * world
-    val = [BatchFeed(images, masks, range(23), 4, shuffle=False, drop_last=False, rank=r, world_size=world) for r in range(world)]
+    val = [
+        BatchFeed(images, masks, range(23), 4, shuffle=False, drop_last=False, rank=r, world_size=world)
+        for r in range(world)
+    ]
     seen = sorted(i for f in val for b in f for i in b[0][:, 0, 0, 0].tolist())
     assert seen == list(range(23))  # validation sees every sample exactly once
 
@@ -72,8 +78,18 @@ def test_data_on_the_device_is_gathered_with_an_index_on_that_device(window):
     with FakeCuda() as cuda:
         dev_images, dev_masks = cuda.put(images, "cuda:0"), cuda.put(masks, "cuda:0")
         sizes = torch.full((12, 2), 4) if window else None
-        feed = BatchFeed(dev_images, dev_masks, range(12), 4, shuffle=True, drop_last=True, seed=3,
-                         device=torch.device("cuda:0"), window=window, sizes=sizes)
+        feed = BatchFeed(
+            dev_images,
+            dev_masks,
+            range(12),
+            4,
+            shuffle=True,
+            drop_last=True,
+            seed=3,
+            device=torch.device("cuda:0"),
+            window=window,
+            sizes=sizes,
+        )
         batches = [(i.device, i.clone(), m.clone()) for i, m in feed]
     order = feed.shard(0).tolist()
     assert [d for d, _, _ in batches] == [torch.device("cuda:0")] * 3

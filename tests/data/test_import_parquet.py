@@ -206,7 +206,14 @@ def test_unknown_label_names_id_and_value_and_leaves_no_marker(tmp_path):
 def test_wide_integer_annotation_values(tmp_path):
     rng = np.random.default_rng(6)
     labels = rng.choice(ALL_LABELS, size=(5, 9)).astype(np.uint8)
-    ok = make_row("i16", 9, 5, rng, labels=labels, annotation={"bytes": png(Image.fromarray(labels.astype(np.uint16))), "path": None})
+    ok = make_row(
+        "i16",
+        9,
+        5,
+        rng,
+        labels=labels,
+        annotation={"bytes": png(Image.fromarray(labels.astype(np.uint16))), "path": None},
+    )
     out = tmp_path / "out"
     import_parquet(one_shard(tmp_path, [ok]), out)
     np.testing.assert_array_equal(np.asarray(Image.open(out / "annotations/i16.png")), labels)
@@ -275,6 +282,8 @@ def test_cli_subprocess(shards, tmp_path):
     ok = subprocess.run([*cmd, str(src), str(tmp_path / "out")], capture_output=True, text=True, env=env, timeout=60)
     assert ok.returncode == 0, ok.stderr
     assert "imported 5 rows" in ok.stderr
-    bad = subprocess.run([*cmd, str(tmp_path / "missing"), str(tmp_path / "o2")], capture_output=True, text=True, env=env, timeout=60)
+    bad = subprocess.run(
+        [*cmd, str(tmp_path / "missing"), str(tmp_path / "o2")], capture_output=True, text=True, env=env, timeout=60
+    )
     assert bad.returncode != 0
     assert "parquet source not found" in bad.stderr and "Traceback" not in bad.stderr

@@ -73,7 +73,11 @@ def test_colour_mask_is_refused_and_palette_mask_read_as_indices(tmp_path):
 
 @pytest.mark.parametrize("mode", ["L", "RGBA", "I;16"])
 def test_image_modes_become_rgb(tmp_path, mode):
-    arr = {"L": np.full((8, 8), 7, np.uint8), "RGBA": np.full((8, 8, 4), 9, np.uint8), "I;16": np.full((8, 8), 4000, np.uint16)}[mode]
+    arr = {
+        "L": np.full((8, 8), 7, np.uint8),
+        "RGBA": np.full((8, 8, 4), 9, np.uint8),
+        "I;16": np.full((8, 8), 4000, np.uint16),
+    }[mode]
     (tmp_path / "images").mkdir()
     Image.fromarray(arr).save(tmp_path / "images" / "x.png")  # uint16 is written as a 16-bit PNG
     (tmp_path / "annotations").mkdir()

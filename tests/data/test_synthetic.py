@@ -117,7 +117,9 @@ def test_copies_move_the_mask_with_the_image(small_set):
         flips = [ax for ax in (0, 1) if np.array_equal(lab1, np.flip(lab, ax))]
         assert flips and np.array_equal(img1, np.flip(img, flips[0]))
         img2, lab2 = _load(small_set, f"syn{i:05d}_aug2")
-        turns = [k for k in (1, 2, 3) if lab2.shape == np.rot90(lab, k).shape and np.array_equal(lab2, np.rot90(lab, k))]
+        turns = [
+            k for k in (1, 2, 3) if lab2.shape == np.rot90(lab, k).shape and np.array_equal(lab2, np.rot90(lab, k))
+        ]
         assert turns and np.array_equal(img2, np.rot90(img, turns[0]))
         img3, lab3 = _load(small_set, f"syn{i:05d}_aug3")
         assert np.array_equal(lab3, lab)  # colour change: same labels
@@ -221,17 +223,23 @@ def test_concurrent_ensure_calls_agree(tmp_path, monkeypatch, locking):
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")])}
-    return subprocess.run([sys.executable, "-m", "poc59.data.synthetic", *args],
-                          capture_output=True, text=True, env=env, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "poc59.data.synthetic", *args], capture_output=True, text=True, env=env, timeout=120
+    )
 
 
 def test_cli_writes_a_set(tmp_path):
     res = _cli(f"out={tmp_path / 'cli'}", "n=2", "seed=1", "aug=1")
     assert res.returncode == 0, res.stderr
     assert sorted(p.name for p in (tmp_path / "cli" / "annotations").iterdir()) == [
-        "syn00000.png", "syn00000_aug1.png", "syn00001.png", "syn00001_aug1.png"]
+        "syn00000.png",
+        "syn00000_aug1.png",
+        "syn00001.png",
+        "syn00001_aug1.png",
+    ]
     assert (tmp_path / "cli" / "images" / "syn00001.png").read_bytes() == (
-        generate(tmp_path / "lib", n=2, seed=1, aug_copies=0) / "images" / "syn00001.png").read_bytes()
+        generate(tmp_path / "lib", n=2, seed=1, aug_copies=0) / "images" / "syn00001.png"
+    ).read_bytes()
 
 
 def test_cli_bad_arguments_are_named(tmp_path):

@@ -50,7 +50,9 @@ def write_folder(root: Path, n: int, size: int, seed: int = 0) -> Path:
     for i in range(n):
         coarse = rng.integers(0, 256, (size // 16, size // 16, 3), dtype=np.uint8)
         Image.fromarray(coarse).resize((size, size), Image.BILINEAR).save(root / "images" / f"g{i:03d}.png")
-        mask = np.kron(rng.integers(0, 16, (size // 32, size // 32)), np.ones((32, 32), dtype=np.int64)).astype(np.uint8)
+        mask = np.kron(rng.integers(0, 16, (size // 32, size // 32)), np.ones((32, 32), dtype=np.int64)).astype(
+            np.uint8
+        )
         mask[:4] = 255
         Image.fromarray(mask, "L").save(root / "annotations" / f"g{i:03d}.png")
     return root

@@ -18,8 +18,10 @@ SLEEP_CYCLES = 60_000_000  # ~30 ms of GPU work after each batch: the next non_b
 @pytest.fixture(scope="module")
 def source() -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(0)
-    return (torch.randint(0, 256, (N, 3, S, S), dtype=torch.uint8, generator=g),
-            torch.randint(0, 16, (N, S, S), dtype=torch.uint8, generator=g))
+    return (
+        torch.randint(0, 256, (N, 3, S, S), dtype=torch.uint8, generator=g),
+        torch.randint(0, 16, (N, S, S), dtype=torch.uint8, generator=g),
+    )
 
 
 class NoWait(BatchFeed):
@@ -46,7 +48,7 @@ def mismatched(cls: type[BatchFeed], images: torch.Tensor, masks: torch.Tensor) 
     torch.cuda.synchronize()
     n, bad = len(feed), 0
     for k, (epoch, im, mk) in enumerate(outs):
-        idx = feed.shard(epoch)[(k % n) * B:(k % n + 1) * B]
+        idx = feed.shard(epoch)[(k % n) * B : (k % n + 1) * B]
         bad += not (torch.equal(im.cpu(), images[idx]) and torch.equal(mk.cpu(), masks[idx]))
     return len(outs), bad
 
@@ -66,13 +68,14 @@ def test_pinned_buffers_reused_under_a_delayed_stream_give_no_mismatched_batch(s
 def test_a_set_on_the_device_is_gathered_on_the_device(source, window):
     images, masks = (t[:64].cuda() for t in source)
     sizes = torch.full((64, 2), S) if window else None
-    feed = BatchFeed(images, masks, list(range(64)), 16, shuffle=True, drop_last=True, device="cuda",
-                     window=window, sizes=sizes)
+    feed = BatchFeed(
+        images, masks, list(range(64)), 16, shuffle=True, drop_last=True, device="cuda", window=window, sizes=sizes
+    )
     batches = [(im.clone(), mk.clone()) for im, mk in feed]  # a batch is a reused buffer: keep what it held
     assert len(batches) == 4 and all(im.device.type == "cuda" for im, _ in batches)
     if window is None:
         for b, (im, mk) in enumerate(batches):
-            idx = feed.shard(0)[b * 16:(b + 1) * 16].cuda()
+            idx = feed.shard(0)[b * 16 : (b + 1) * 16].cuda()
             assert torch.equal(im, images[idx]) and torch.equal(mk, masks[idx])
     else:
         assert batches[0][0].shape == (16, 3, window, window) and batches[0][1].shape == (16, window, window)

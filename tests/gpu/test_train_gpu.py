@@ -21,23 +21,39 @@ pytestmark = pytest.mark.gpu  # skipped without CUDA (conftest.py says why)
 @pytest.mark.parametrize("encoder", ["convnext_tiny", "segformer_b3", "maxvit_tiny"])
 def test_one_amp_training_step_of_each_encoder_at_384(encoder, gpu_cfg, set_384, tmp_path):
     cfg = gpu_cfg(
-        tmp_path / "run", f"encoder={encoder}", "encoder.weights=null", f"data.root={set_384}", "data.image_size=384",
-        "data.batch_size=2", "data.val_fraction=0.25", "trainer.max_epochs=1", "trainer.limit_train_batches=1",
+        tmp_path / "run",
+        f"encoder={encoder}",
+        "encoder.weights=null",
+        f"data.root={set_384}",
+        "data.image_size=384",
+        "data.batch_size=2",
+        "data.val_fraction=0.25",
+        "trainer.max_epochs=1",
+        "trainer.limit_train_batches=1",
         "trainer.limit_val_batches=1",
     )
     assert cfg.trainer.precision == auto_precision() in ("bf16-mixed", "16-mixed")  # AMP, from the config's auto
     summary = train(cfg)
     on_disk = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert on_disk["image_size"] == 384 and on_disk["epochs_run"] == 1
-    assert on_disk["provenance"]["precision"] == cfg.trainer.precision and on_disk["provenance"]["encoder_weights"] is None
+    assert (
+        on_disk["provenance"]["precision"] == cfg.trainer.precision and on_disk["provenance"]["encoder_weights"] is None
+    )
     assert on_disk["peak_memory"]["kind"].startswith("CUDA") and on_disk["peak_memory"]["bytes"] > 0
     assert summary["val/mIoU"] is not None and not math.isnan(summary["val/mIoU"])
 
 
 def test_the_whole_set_on_the_device_trains(gpu_cfg, set_128, tmp_path):
     cfg = gpu_cfg(
-        tmp_path / "run", "encoder=tiny", f"data.root={set_128}", "data.image_size=128", "data.on_device=true",
-        "data.batch_size=4", "trainer.max_epochs=2", "trainer.limit_train_batches=3", "trainer.limit_val_batches=2",
+        tmp_path / "run",
+        "encoder=tiny",
+        f"data.root={set_128}",
+        "data.image_size=128",
+        "data.on_device=true",
+        "data.batch_size=4",
+        "trainer.max_epochs=2",
+        "trainer.limit_train_batches=3",
+        "trainer.limit_val_batches=2",
     )
     summary = train(cfg)
     assert (tmp_path / "run" / "summary.json").exists() and summary["epochs_run"] == 2
@@ -48,13 +64,26 @@ def test_one_gpu_ddp_over_nccl_writes_its_summary(gpu_argv, set_128, tmp_path):
     """NCCL refuses collectives on CPU tensors: whatever runs after `fit` (the baseline, the summary) must not."""
     run = tmp_path / "run"
     proc = subprocess.run(
-        gpu_argv(run, "encoder=tiny", f"data.root={set_128}", "data.image_size=128", "data.batch_size=4",
-                 "trainer.max_epochs=1", "trainer.limit_train_batches=2", "trainer.limit_val_batches=2",
-                 "++trainer.strategy=ddp"),
-        capture_output=True, text=True, timeout=240, check=False,
+        gpu_argv(
+            run,
+            "encoder=tiny",
+            f"data.root={set_128}",
+            "data.image_size=128",
+            "data.batch_size=4",
+            "trainer.max_epochs=1",
+            "trainer.limit_train_batches=2",
+            "trainer.limit_val_batches=2",
+            "++trainer.strategy=ddp",
+        ),
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
-    assert "distributed_backend=nccl" in proc.stdout + proc.stderr, "Lightning did not report NCCL: " + proc.stderr[-2000:]
+    assert "distributed_backend=nccl" in proc.stdout + proc.stderr, (
+        "Lightning did not report NCCL: " + proc.stderr[-2000:]
+    )
     summary = json.loads((run / "summary.json").read_text())
     assert summary["provenance"]["devices"] == 1 and summary["all_clean_baseline_val/mIoU"] is not None
 
@@ -75,7 +104,9 @@ def test_a_steady_state_training_step_makes_no_host_sync(gpu_cfg, set_128, tmp_p
     module_step: list[list[str]] = []
     mark: dict[str, int] = {}
     start, end, step = (
-        SegmentationModule.on_train_batch_start, SegmentationModule.on_train_batch_end, SegmentationModule.training_step,
+        SegmentationModule.on_train_batch_start,
+        SegmentationModule.on_train_batch_end,
+        SegmentationModule.training_step,
     )
 
     def on_start(self, batch, batch_idx):
@@ -96,15 +127,21 @@ def test_a_steady_state_training_step_makes_no_host_sync(gpu_cfg, set_128, tmp_p
     def on_end(self, outputs, batch, batch_idx):
         if batch_idx >= warm:
             torch.cuda.set_sync_debug_mode("default")
-            whole.append(_syncs(records[mark["start"]:]))
+            whole.append(_syncs(records[mark["start"] :]))
         return end(self, outputs, batch, batch_idx)
 
     monkeypatch.setattr(SegmentationModule, "on_train_batch_start", on_start)
     monkeypatch.setattr(SegmentationModule, "training_step", training_step)
     monkeypatch.setattr(SegmentationModule, "on_train_batch_end", on_end)
     cfg = gpu_cfg(
-        tmp_path / "run", "encoder=tiny", f"data.root={set_128}", "data.image_size=128", "data.batch_size=4",
-        "trainer.max_epochs=1", "trainer.limit_train_batches=6", "trainer.limit_val_batches=1",
+        tmp_path / "run",
+        "encoder=tiny",
+        f"data.root={set_128}",
+        "data.image_size=128",
+        "data.batch_size=4",
+        "trainer.max_epochs=1",
+        "trainer.limit_train_batches=6",
+        "trainer.limit_val_batches=1",
         "trainer.log_every_n_steps=10",
     )
     try:

@@ -56,7 +56,13 @@ def test_presets_follow_the_schema(presets):
     }
     for preset, (name, family, batch, lr) in earlier.items():
         cfg = presets[preset]
-        assert (cfg["name"], cfg["family"], cfg["batch_size"], cfg["lr"], cfg["decoder"]) == (name, family, batch, lr, "Unet")
+        assert (cfg["name"], cfg["family"], cfg["batch_size"], cfg["lr"], cfg["decoder"]) == (
+            name,
+            family,
+            batch,
+            lr,
+            "Unet",
+        )
     assert presets["maxvit_tiny"]["input_multiple"] == 384
     assert presets["custom"]["name"] == "???"
     assert presets["tiny"]["weights"] is None
@@ -128,5 +134,7 @@ def test_check_image_size():
 def test_normalization():
     for name in ("tu-convnext_tiny", "mit_b3"):
         stats = normalization(name)
-        assert stats["mean"] == pytest.approx([0.485, 0.456, 0.406]) and stats["std"] == pytest.approx([0.229, 0.224, 0.225])
+        assert stats["mean"] == pytest.approx([0.485, 0.456, 0.406]) and stats["std"] == pytest.approx(
+            [0.229, 0.224, 0.225]
+        )
     assert normalization("tu-maxvit_tiny_tf_384") == {"mean": [0.5] * 3, "std": [0.5] * 3}  # timm's cfg for tf_384

@@ -187,7 +187,12 @@ def test_fetch_saves_a_loadable_file(tmp_path, monkeypatch):
 def test_cli_arguments(tmp_path):
     args = parse_args(["fetch", "encoder=maxvit_tiny", "encoder.kwargs.img_size=256", f"weights_dir={tmp_path}"])
     assert args == dict(
-        command="fetch", name="tu-maxvit_tiny_tf_384", kwargs={"img_size": 256}, weights_dir=str(tmp_path), force=False, raw_name=False
+        command="fetch",
+        name="tu-maxvit_tiny_tf_384",
+        kwargs={"img_size": 256},
+        weights_dir=str(tmp_path),
+        force=False,
+        raw_name=False,
     )
     args = parse_args(["path", "encoder=custom", "encoder.name=tu-resnet34"])
     assert args["name"] == "tu-resnet34" and args["raw_name"]

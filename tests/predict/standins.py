@@ -49,13 +49,23 @@ class LocalConv(nn.Module):
         return self.b(torch.tanh(self.a(x.float() / 255.0)))
 
 
-def model(segmenter: nn.Module, policy: str = "crop", image_size: int = 32, classes: int | None = None,
-          max_side: int | None = None) -> TrainedModel:
+def model(
+    segmenter: nn.Module,
+    policy: str = "crop",
+    image_size: int = 32,
+    classes: int | None = None,
+    max_side: int | None = None,
+) -> TrainedModel:
     """A TrainedModel around a stand-in segmenter (class names c0, c1, ...)."""
     if classes is None:
         with torch.no_grad():
             classes = segmenter(torch.zeros(1, 3, 32, 32, dtype=torch.uint8)).shape[1]
     table = ClassTable.from_names([f"c{i}" for i in range(classes)])
-    card = ModelCard(table, {"mean": [0, 0, 0], "std": [1, 1, 1]}, {},
-                     {"policy": policy, "image_size": image_size, "max_side": max_side}, input_multiple=image_size)
+    card = ModelCard(
+        table,
+        {"mean": [0, 0, 0], "std": [1, 1, 1]},
+        {},
+        {"policy": policy, "image_size": image_size, "max_side": max_side},
+        input_multiple=image_size,
+    )
     return TrainedModel(segmenter=segmenter.eval(), card=card, source=Path("stand-in"))

@@ -77,7 +77,9 @@ def test_flip_tta_is_exactly_symmetric_for_every_geometry(policy):
     a = torch.cat([b for _, b in logit_bands(m, ArrayImage(image), tta=True)], dim=1)
     b = torch.cat([b for _, b in logit_bands(m, ArrayImage(np.ascontiguousarray(image[:, ::-1])), tta=True)], dim=1)
     assert torch.equal(b, a.flip(-1))
-    assert np.array_equal(predict_label_map(m, image[:, ::-1].copy(), tta=True), predict_label_map(m, image, tta=True)[:, ::-1])
+    assert np.array_equal(
+        predict_label_map(m, image[:, ::-1].copy(), tta=True), predict_label_map(m, image, tta=True)[:, ::-1]
+    )
 
 
 def test_crop_models_slide_over_the_full_image_at_native_scale():
@@ -97,10 +99,13 @@ def test_crop_models_trained_under_max_side_predict_at_the_scale_they_learnt():
     logits = predict_logits(net, torch.from_numpy(small.copy()).permute(2, 0, 1), tile=32, overlap=0.25)
     expect = F.interpolate(logits[None], size=(70, 100), mode="bilinear", align_corners=False)[0].argmax(0)
     got = predict_label_map(capped, image, overlap=0.25)
-    assert got.shape == (70, 100) and np.mean(got == expect.numpy()) > 0.999  # band-wise upsampling: float rounding only
+    assert (
+        got.shape == (70, 100) and np.mean(got == expect.numpy()) > 0.999
+    )  # band-wise upsampling: float rounding only
     # a scan already within max_side is predicted at its own scale, as training kept it
-    assert np.array_equal(predict_label_map(model(net, "crop", 32, max_side=200), image),
-                          predict_label_map(model(net, "crop", 32), image))
+    assert np.array_equal(
+        predict_label_map(model(net, "crop", 32, max_side=200), image), predict_label_map(model(net, "crop", 32), image)
+    )
     # flip TTA stays symmetric through the shrink and the upsampling
     tta = lambda x: predict_label_map(capped, x, tta=True)
     assert np.array_equal(tta(np.ascontiguousarray(image[:, ::-1])), tta(image)[:, ::-1])

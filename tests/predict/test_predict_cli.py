@@ -32,9 +32,18 @@ def ckpt(tmp_path_factory):
         shutil.copy(CRACKFOREST / "images" / f"{i:03d}.jpg", root / "images")
         shutil.copy(CRACKFOREST / "annotations" / f"{i:03d}.png", root / "annotations")
     cfg = make_cfg(
-        tmp, "encoder=tiny", "data=artefact", f"data.root={root}", "data.image_size=128", "data.batch_size=8",
-        "data.policy=crop", "data.max_side=480", "trainer.enable_progress_bar=false", "trainer.max_epochs=1",
-        "trainer.limit_train_batches=2", "trainer.limit_val_batches=1",
+        tmp,
+        "encoder=tiny",
+        "data=artefact",
+        f"data.root={root}",
+        "data.image_size=128",
+        "data.batch_size=8",
+        "data.policy=crop",
+        "data.max_side=480",
+        "trainer.enable_progress_bar=false",
+        "trainer.max_epochs=1",
+        "trainer.limit_train_batches=2",
+        "trainer.limit_val_batches=1",
     )
     train(cfg)
     return tmp / "run" / "checkpoints" / "best.ckpt"
@@ -60,7 +69,9 @@ def test_a_folder_of_real_photographs_with_one_unreadable_file(ckpt, scans, tmp_
     stats = json.loads((out / "statistics.json").read_text())
     assert [f["image"] for f in stats["failed"]] == [str(scans / "broken.png")]
     assert "cannot read" in stats["failed"][0]["reason"]
-    assert stats["predicted"] == len(IMAGES) and [r["image"] for r in stats["images"]] == [str(scans / f"{s}.jpg") for s in IMAGES]
+    assert stats["predicted"] == len(IMAGES) and [r["image"] for r in stats["images"]] == [
+        str(scans / f"{s}.jpg") for s in IMAGES
+    ]
     rows = list(csv.DictReader((out / "statistics.csv").open()))
     assert [r["image"] for r in rows] == [str(scans / f"{s}.jpg") for s in IMAGES]
     for stem, row, js in zip(IMAGES, rows, stats["images"]):
@@ -91,10 +102,15 @@ def test_object_mask_statistics_and_tta(ckpt, scans, tmp_path):
     masks.mkdir()
     for i, stem in enumerate(IMAGES):
         m = np.zeros((320, 480), np.uint8)
-        m[40 + i : 300, 60:400 - i] = 255
+        m[40 + i : 300, 60 : 400 - i] = 255
         Image.fromarray(m).save(masks / f"{stem}.png")
     out = tmp_path / "out"
-    assert main([f"ckpt={ckpt}", f"input={scans}/*.jpg", f"output={out}", f"object_mask={masks}", "tta=true", "overlap=0.3"]) == 0
+    assert (
+        main(
+            [f"ckpt={ckpt}", f"input={scans}/*.jpg", f"output={out}", f"object_mask={masks}", "tta=true", "overlap=0.3"]
+        )
+        == 0
+    )
     stats = json.loads((out / "statistics.json").read_text())
     model = load_model(ckpt)
     assert len(stats["images"]) == 2
@@ -122,7 +138,10 @@ def test_refusals_exit_2_before_reading_images(ckpt, scans, tmp_path, caplog):
     assert main([f"ckpt={ckpt}", f"input={scans}", f"output={out}", f"classes={recoloured}"]) == 2
     assert "palette differs" in caplog.text
     assert not out.exists()
-    assert main([f"ckpt={ckpt}", f"input={scans / '001.jpg'}", f"output={out}", f"classes={CRACKFOREST / 'classes.json'}"]) == 0
+    assert (
+        main([f"ckpt={ckpt}", f"input={scans / '001.jpg'}", f"output={out}", f"classes={CRACKFOREST / 'classes.json'}"])
+        == 0
+    )
     assert main([f"ckpt={ckpt}", f"input={scans / '001.jpg'}", f"output={out}"]) == 2  # outputs exist
     assert "pass overwrite=true" in caplog.text
     assert main([f"ckpt={ckpt}", f"input={scans / '001.jpg'}", f"output={out}", "overwrite=true", "overlay=false"]) == 0
@@ -135,7 +154,6 @@ def test_refusals_exit_2_before_reading_images(ckpt, scans, tmp_path, caplog):
         parse_args(["ckpt=a", "input=b", "output=c", "tta=maybe"])
     with pytest.raises(ValueError, match="missing output="):
         parse_args(["ckpt=a", "input=b"])
-
 
 
 def test_a_scan_that_runs_out_of_gpu_memory_is_reported_and_the_others_go_on(ckpt, scans, tmp_path, monkeypatch):

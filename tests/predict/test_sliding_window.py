@@ -86,7 +86,9 @@ def test_streamed_bands_equal_the_whole_image_and_read_rows_in_order():
     assert [y for y, _ in bands] == sorted(y for y, _ in bands) and bands[0][0] == 0
     assert sum(b.shape[1] for _, b in bands) == 300
     assert [r[0] for r in reads] == sorted(r[0] for r in reads) and all(y1 - y0 <= 64 for y0, y1 in reads)
-    assert torch.equal(torch.cat([b for _, b in bands], dim=1), predict_logits(net, image, tile=64, overlap=0.25, batch_size=5))
+    assert torch.equal(
+        torch.cat([b for _, b in bands], dim=1), predict_logits(net, image, tile=64, overlap=0.25, batch_size=5)
+    )
 
 
 def test_tile_grid_and_window():

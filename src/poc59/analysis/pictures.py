@@ -86,7 +86,9 @@ def row_normalised(confmat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return shares, support
 
 
-def confusion_matrix_figure(confmat: np.ndarray, classes: ClassTable, path: str | Path, title: str | None = None) -> Path:
+def confusion_matrix_figure(
+    confmat: np.ndarray, classes: ClassTable, path: str | Path, title: str | None = None
+) -> Path:
     """Row-normalised confusion matrix (rows: ground truth, columns: prediction), cells in %."""
     shares, support = row_normalised(confmat)
     c = classes.num_classes
@@ -102,7 +104,16 @@ def confusion_matrix_figure(confmat: np.ndarray, classes: ClassTable, path: str 
     fig.colorbar(im, ax=ax, shrink=0.8, label="% of the row's ground-truth pixels")
     for i in range(c):
         if support[i] == 0:
-            ax.text((c - 1) / 2, i, "absent (no ground-truth pixels)", ha="center", va="center", color="0.4", fontsize=8, style="italic")
+            ax.text(
+                (c - 1) / 2,
+                i,
+                "absent (no ground-truth pixels)",
+                ha="center",
+                va="center",
+                color="0.4",
+                fontsize=8,
+                style="italic",
+            )
             continue
         for j in range(c):
             v = shares[i, j] * 100.0
@@ -150,12 +161,26 @@ def iou_bars_figure(
     y = np.arange(len(names))
     fig = Figure(figsize=(7.5, 1.2 + 0.32 * len(names)), dpi=100, layout="constrained")
     ax = fig.add_subplot()
-    ax.barh(y, [0 if v is None else 100 * v for v in values], color=[_rgb01(c) for c in classes.rgb()],
-            edgecolor="0.3", linewidth=0.6, xerr=_err(values, ivs), error_kw={"ecolor": "0.2", "capsize": 3, "lw": 1})
+    ax.barh(
+        y,
+        [0 if v is None else 100 * v for v in values],
+        color=[_rgb01(c) for c in classes.rgb()],
+        edgecolor="0.3",
+        linewidth=0.6,
+        xerr=_err(values, ivs),
+        error_kw={"ecolor": "0.2", "capsize": 3, "lw": 1},
+    )
     for k, (v, text) in enumerate(zip(values, _bar_texts(values))):
         hi = (ivs[k][1] if ivs[k] is not None and v is not None else (v or 0.0)) * 100
-        ax.text(hi + 0.01 * _xmax(values, ivs), k, text, va="center", fontsize=8, color="0.45" if v is None else "black",
-                style="italic" if v is None else "normal")
+        ax.text(
+            hi + 0.01 * _xmax(values, ivs),
+            k,
+            text,
+            va="center",
+            fontsize=8,
+            color="0.45" if v is None else "black",
+            style="italic" if v is None else "normal",
+        )
     ax.set_yticks(y, names, fontsize=8)
     ax.invert_yaxis()
     ax.set_xlim(0, 1.1 * _xmax(values, ivs))  # room for the value labels
@@ -205,8 +230,15 @@ def grouped_iou_bars_figure(
         everything[0].extend(values)
         everything[1].extend(ivs)
         pos = y - 0.4 + height * (r + 0.5)
-        ax.barh(pos, [0 if v is None else 100 * v for v in values], height=height, color=colours[r % len(colours)],
-                label=label, xerr=_err(values, ivs), error_kw={"ecolor": "0.2", "capsize": 2, "lw": 0.8})
+        ax.barh(
+            pos,
+            [0 if v is None else 100 * v for v in values],
+            height=height,
+            color=colours[r % len(colours)],
+            label=label,
+            xerr=_err(values, ivs),
+            error_kw={"ecolor": "0.2", "capsize": 2, "lw": 0.8},
+        )
         for k, v in enumerate(values):
             if v is None:
                 ax.text(0.5, pos[k], "absent", va="center", fontsize=7, color="0.45", style="italic")
@@ -216,7 +248,9 @@ def grouped_iou_bars_figure(
     ax.set_xlabel("IoU, %" + (f" (whiskers: {interval_label})" if any(iv is not None for iv in everything[1]) else ""))
     ax.set_title(title, fontsize=10)
     ax.grid(axis="x", alpha=0.3)
-    fig.legend(loc="outside lower center", fontsize=8, title=legend_title, title_fontsize=8, frameon=False)  # never over bars
+    fig.legend(
+        loc="outside lower center", fontsize=8, title=legend_title, title_fontsize=8, frameon=False
+    )  # never over bars
     return _save(fig, path)
 
 
@@ -248,7 +282,9 @@ def sample_grid_figure(
     if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
         raise ValueError(f"images must be uint8 [N, H, W, 3], got {images.dtype} {images.shape}")
     if targets.shape != images.shape[:3] or preds.shape != images.shape[:3]:
-        raise ValueError(f"targets {targets.shape} and predictions {preds.shape} must be [N, H, W] = {images.shape[:3]}")
+        raise ValueError(
+            f"targets {targets.shape} and predictions {preds.shape} must be [N, H, W] = {images.shape[:3]}"
+        )
     if len(titles) != len(images):
         raise ValueError(f"{len(images)} images but {len(titles)} titles")
     n, h, w = targets.shape
@@ -257,7 +293,12 @@ def sample_grid_figure(
     axes = fig.subplots(n, 4, squeeze=False)
     headers = ("image", "ground truth", "prediction", "errors")
     for i in range(n):
-        panels = (images[i], colorize(targets[i], classes), colorize(preds[i], classes), error_map(targets[i], preds[i], classes))
+        panels = (
+            images[i],
+            colorize(targets[i], classes),
+            colorize(preds[i], classes),
+            error_map(targets[i], preds[i], classes),
+        )
         for j, panel in enumerate(panels):
             ax = axes[i, j]
             ax.imshow(panel, interpolation="nearest")
@@ -268,6 +309,9 @@ def sample_grid_figure(
         axes[i, 0].set_ylabel(titles[i], fontsize=8)
     shown = {int(v) for v in np.unique(np.concatenate([targets.ravel(), preds.ravel()]))}
     handles = [Patch(facecolor=_rgb01(rgb), edgecolor="0.3", label=name) for name, rgb in legend(classes, shown)]
-    handles += [Patch(facecolor=_rgb01(ERROR_COLOURS[k]), edgecolor="0.3", label=f"error map: {k}") for k in ("correct", "wrong")]
+    handles += [
+        Patch(facecolor=_rgb01(ERROR_COLOURS[k]), edgecolor="0.3", label=f"error map: {k}")
+        for k in ("correct", "wrong")
+    ]
     fig.legend(handles=handles, loc="outside lower center", ncols=min(4, len(handles)), fontsize=8, frameon=False)
     return _save(fig, path)

@@ -142,7 +142,9 @@ def scores(confmat: Tensor | np.ndarray, names: Sequence[str]) -> dict:
     """All of the above for one matrix, JSON-ready (NaN -> None): headline numbers and per class by name."""
     cm = _cm(confmat)
     if cm.ndim != 2 or cm.shape[0] != len(names):
-        raise ValueError(f"a [{len(names)}, {len(names)}] confusion matrix is needed for {len(names)} classes, got {tuple(cm.shape)}")
+        raise ValueError(
+            f"a [{len(names)}, {len(names)}] confusion matrix is needed for {len(names)} classes, got {tuple(cm.shape)}"
+        )
     iou = iou_from_confmat(cm)
     columns = {"iou": iou, "precision": precision(cm), "recall": recall(cm), "f1": f1(cm)}
     sup, pres = support(cm).tolist(), present(cm).tolist()

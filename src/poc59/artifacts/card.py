@@ -27,8 +27,13 @@ from typing import Any
 from poc59.core.classes import ClassTable
 
 CARD_VERSION = 2
-_REQUIRED = (("geometry", "image_size"), ("geometry", "policy"), ("normalization", "mean"), ("normalization", "std"),
-             ("network", "name"))
+_REQUIRED = (
+    ("geometry", "image_size"),
+    ("geometry", "policy"),
+    ("normalization", "mean"),
+    ("normalization", "std"),
+    ("network", "name"),
+)
 
 
 class CardError(ValueError):
@@ -112,13 +117,21 @@ class ModelCard:
             return cls.from_dict(hp["card"])
         if "network" not in hp or "classes" not in hp:
             raise CardError("no card (nor network/classes hyperparameters): not a poc59 training checkpoint")
-        geometry = dict(hp.get("geometry") or {"policy": "resize", "image_size": hp.get("image_size"), "max_side": None})
+        geometry = dict(
+            hp.get("geometry") or {"policy": "resize", "image_size": hp.get("image_size"), "max_side": None}
+        )
         encoder = run_encoder or {}
         multiple = encoder.get("input_multiple")
         if not (isinstance(multiple, int) and multiple > 0 and geometry.get("image_size", 0) % multiple == 0):
             multiple = None  # -> the tile size
-        return cls.from_dict({
-            "classes": hp["classes"], "normalization": hp["normalization"], "network": hp["network"],
-            "geometry": geometry, "input_multiple": multiple, "family": encoder.get("family"),
-            "provenance": {"card": "rebuilt from a checkpoint written before the model card (26ca46b or earlier)"},
-        })
+        return cls.from_dict(
+            {
+                "classes": hp["classes"],
+                "normalization": hp["normalization"],
+                "network": hp["network"],
+                "geometry": geometry,
+                "input_multiple": multiple,
+                "family": encoder.get("family"),
+                "provenance": {"card": "rebuilt from a checkpoint written before the model card (26ca46b or earlier)"},
+            }
+        )

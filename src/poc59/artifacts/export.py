@@ -58,16 +58,31 @@ def to_onnx(segmenter: torch.nn.Module, example: torch.Tensor, opset: int, expor
     if exporter == "dynamo":
         dynamic = torch.export.Dim.DYNAMIC
         program = torch.onnx.export(
-            segmenter, (example,), dynamo=True, verbose=False, opset_version=opset, input_names=[INPUT],
-            output_names=[OUTPUT], dynamic_shapes={INPUT: {0: dynamic, 2: dynamic, 3: dynamic}}, external_data=False,
+            segmenter,
+            (example,),
+            dynamo=True,
+            verbose=False,
+            opset_version=opset,
+            input_names=[INPUT],
+            output_names=[OUTPUT],
+            dynamic_shapes={INPUT: {0: dynamic, 2: dynamic, 3: dynamic}},
+            external_data=False,
         )
         return program.model_proto.SerializeToString()
     buffer = io.BytesIO()
     axes = {0: "batch", 2: "height", 3: "width"}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # TracerWarnings on Python values and the exporter's deprecation notice
-        torch.onnx.export(segmenter, (example,), buffer, dynamo=False, opset_version=opset, input_names=[INPUT],
-                          output_names=[OUTPUT], dynamic_axes={INPUT: axes, OUTPUT: axes})
+        torch.onnx.export(
+            segmenter,
+            (example,),
+            buffer,
+            dynamo=False,
+            opset_version=opset,
+            input_names=[INPUT],
+            output_names=[OUTPUT],
+            dynamic_axes={INPUT: axes, OUTPUT: axes},
+        )
     return buffer.getvalue()
 
 
@@ -95,13 +110,16 @@ def parity(expected: list[torch.Tensor], exported: Any, inputs: list[torch.Tenso
         for images, want in zip(inputs, expected, strict=True):
             got = exported(images)
             if got.shape != want.shape:
-                raise ExportError(f"exported model returns {tuple(got.shape)} for {tuple(images.shape)}, "
-                                  f"PyTorch {tuple(want.shape)}")
-            rows.append({
-                "input_shape": list(images.shape),
-                "max_abs_diff": float((got - want).abs().max()),
-                "label_agreement": float((got.argmax(1) == want.argmax(1)).float().mean()),
-            })
+                raise ExportError(
+                    f"exported model returns {tuple(got.shape)} for {tuple(images.shape)}, PyTorch {tuple(want.shape)}"
+                )
+            rows.append(
+                {
+                    "input_shape": list(images.shape),
+                    "max_abs_diff": float((got - want).abs().max()),
+                    "label_agreement": float((got.argmax(1) == want.argmax(1)).float().mean()),
+                }
+            )
     return rows
 
 
@@ -124,22 +142,46 @@ def run_metrics(model: TrainedModel, run: Path | None) -> dict[str, Any]:
         s = json.loads(summary_file.read_text())
         best = Path((s.get("checkpoint") or {}).get("best") or "best.ckpt").name
         if model.source.name == best and s.get("best_epoch") == model.extra.get("epoch"):
-            keys = ("val/mIoU", "val/IoU", "all_clean_baseline_val/mIoU", "metric_convention", "best_epoch", "epochs_run")
+            keys = (
+                "val/mIoU",
+                "val/IoU",
+                "all_clean_baseline_val/mIoU",
+                "metric_convention",
+                "best_epoch",
+                "epochs_run",
+            )
             out["training"] = {"file": str(summary_file), **{k: s[k] for k in keys if k in s}}
     evaluations = []
     for file in sorted((run / "evaluation").glob("*/metrics.json")):
         m = json.loads(file.read_text())
-        if Path(m.get("checkpoint", "")).name == model.source.name and m.get("checkpoint_epoch") == model.extra.get("epoch"):
-            keys = ("split", "mode", "num_images", "miou", "miou_ci", "metric_convention", "miou_legacy",
-                    "miou_legacy_convention", "pixel_accuracy")
+        if Path(m.get("checkpoint", "")).name == model.source.name and m.get("checkpoint_epoch") == model.extra.get(
+            "epoch"
+        ):
+            keys = (
+                "split",
+                "mode",
+                "num_images",
+                "miou",
+                "miou_ci",
+                "metric_convention",
+                "miou_legacy",
+                "miou_legacy_convention",
+                "pixel_accuracy",
+            )
             evaluations.append({"file": str(file), **{k: m[k] for k in keys if k in m}})
     if evaluations:
         out["evaluation"] = evaluations
     return out
 
 
-def model_card(model: TrainedModel, run: Path | None, files: dict[str, str], opset: int | None,
-               exporter: str, checks: dict[str, Any] | None) -> dict[str, Any]:
+def model_card(
+    model: TrainedModel,
+    run: Path | None,
+    files: dict[str, str],
+    opset: int | None,
+    exporter: str,
+    checks: dict[str, Any] | None,
+) -> dict[str, Any]:
     """The model's ModelCard (poc59.artifacts.card) with what an exported file adds: its files, input and
     output, the run's metrics of this very checkpoint, where it came from, the export and its parity."""
     c = model.classes.num_classes
@@ -149,22 +191,41 @@ def model_card(model: TrainedModel, run: Path | None, files: dict[str, str], ops
         **card.to_dict(),
         "files": files,
         "input": {
-            "name": INPUT, "dtype": "uint8", "layout": "NCHW", "channels": "RGB", "range": [0, 255],
-            "dynamic": ["batch", "height", "width"], "multiple_of": card.input_multiple,
+            "name": INPUT,
+            "dtype": "uint8",
+            "layout": "NCHW",
+            "channels": "RGB",
+            "range": [0, 255],
+            "dynamic": ["batch", "height", "width"],
+            "multiple_of": card.input_multiple,
             "normalization": "inside the model: (x - 255 * mean) / (255 * std), mean and std below on the 0-1 scale",
         },
-        "output": {"name": OUTPUT, "dtype": "float32", "layout": "NCHW", "channels": c,
-                   "meaning": f"logits of the {c} classes (argmax = class id; softmax over dim 1 = probabilities)"},
+        "output": {
+            "name": OUTPUT,
+            "dtype": "float32",
+            "layout": "NCHW",
+            "channels": c,
+            "meaning": f"logits of the {c} classes (argmax = class id; softmax over dim 1 = probabilities)",
+        },
         "tile_size": model.image_size,
-        "encoder": {"name": model.network["name"], "decoder": model.network.get("decoder"),
-                    "family": card.family, "parameters": count_parameters(model.segmenter)},
+        "encoder": {
+            "name": model.network["name"],
+            "decoder": model.network.get("decoder"),
+            "family": card.family,
+            "parameters": count_parameters(model.segmenter),
+        },
         "source": {
-            "checkpoint": str(model.source), "sha256": hashlib.sha256(model.source.read_bytes()).hexdigest(),
-            "epoch": model.extra.get("epoch"), "global_step": model.extra.get("global_step"),
+            "checkpoint": str(model.source),
+            "sha256": hashlib.sha256(model.source.read_bytes()).hexdigest(),
+            "epoch": model.extra.get("epoch"),
+            "global_step": model.extra.get("global_step"),
             "run_dir": str(run) if run else None,
         },
-        "export": {"opset": opset, "onnx_exporter": exporter if opset is not None else None,
-                   "date": datetime.now(timezone.utc).isoformat(timespec="seconds")},
+        "export": {
+            "opset": opset,
+            "onnx_exporter": exporter if opset is not None else None,
+            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        },
         "parity": checks,
     }
 
@@ -182,7 +243,9 @@ def _require(formats: tuple[str, ...], exporter: str) -> None:
 def locate(ckpt: str | Path | None, run_dir: str | Path | None) -> tuple[Path, Path | None]:
     """(checkpoint, run folder or None) from ckpt= or run_dir= (-> its checkpoints/best.ckpt)."""
     if ckpt is None and run_dir is None:
-        raise ExportError("name what to export: ckpt=<file.ckpt> or run_dir=<run folder> (uses its checkpoints/best.ckpt)")
+        raise ExportError(
+            "name what to export: ckpt=<file.ckpt> or run_dir=<run folder> (uses its checkpoints/best.ckpt)"
+        )
     return locate_checkpoint(run_dir, ckpt, ExportError)
 
 
@@ -207,7 +270,11 @@ def export_model(
     ckpt_path, run = locate(ckpt, run_dir)
     model = load_checkpoint(ckpt_path, "cpu")
     run = run or model.run_dir
-    folder = Path(out).expanduser().resolve() if out else (run / "export" if run else ckpt_path.parent / f"{ckpt_path.stem}-export")
+    folder = (
+        Path(out).expanduser().resolve()
+        if out
+        else (run / "export" if run else ckpt_path.parent / f"{ckpt_path.stem}-export")
+    )
     segmenter = model.segmenter.eval()
     inputs = parity_inputs(model.image_size, model.card.input_multiple)
     example = inputs[1][:1].expand(2, -1, -1, -1).contiguous()  # non-square, batch 2: nothing to specialise on
@@ -230,4 +297,3 @@ def export_model(
     write_json(card_path(folder / "model"), card)
     log.info("Model card: %s", card_path(folder / "model"))
     return card
-

@@ -79,8 +79,13 @@ def _onnxruntime() -> Any:
     return onnxruntime
 
 
-def _trained(segmenter: Callable[[torch.Tensor], torch.Tensor], card: tuple[ModelCard, dict], path: Path, fmt: str,
-             device: str | torch.device = "cpu") -> TrainedModel:
+def _trained(
+    segmenter: Callable[[torch.Tensor], torch.Tensor],
+    card: tuple[ModelCard, dict],
+    path: Path,
+    fmt: str,
+    device: str | torch.device = "cpu",
+) -> TrainedModel:
     """Check the model's output channels against the card's classes (one small forward), then wrap both."""
     model_card, data = card
     side = model_card.input_multiple
@@ -88,13 +93,17 @@ def _trained(segmenter: Callable[[torch.Tensor], torch.Tensor], card: tuple[Mode
         with torch.no_grad():
             channels = segmenter(torch.zeros((1, 3, side, side), dtype=torch.uint8, device=device)).shape[1]
     except Exception as e:
-        raise ModelLoadError(f"{path}: the model does not run on a {side}x{side} uint8 image ({type(e).__name__}: {e})") from None
+        raise ModelLoadError(
+            f"{path}: the model does not run on a {side}x{side} uint8 image ({type(e).__name__}: {e})"
+        ) from None
     if channels != model_card.classes.num_classes:
         raise ModelLoadError(
             f"{path}: the model outputs {channels} channels but its card {card_path(path).name} lists "
             f"{model_card.classes.num_classes} classes; the card belongs to another model: export again"
         )
-    return TrainedModel(segmenter=segmenter, card=model_card, source=path, run_dir=None, extra={"format": fmt, "card": data})
+    return TrainedModel(
+        segmenter=segmenter, card=model_card, source=path, run_dir=None, extra={"format": fmt, "card": data}
+    )
 
 
 def _existing(path: str | Path, what: str) -> Path:

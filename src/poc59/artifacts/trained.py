@@ -94,17 +94,24 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Tra
         run_dir = _run_dir_of(path)
         card = ModelCard.from_checkpoint(ckpt, run_encoder=_run_encoder(run_dir))
     except CardError as e:
-        raise ModelLoadError(f"{path}: not a poc59 training checkpoint ({e}); pass a checkpoint written by python -m poc59.train") from None
+        raise ModelLoadError(
+            f"{path}: not a poc59 training checkpoint ({e}); pass a checkpoint written by python -m poc59.train"
+        ) from None
     net = build_network(**card.network, weights=None)
     prefix = "segmenter.net."
-    state = {k[len(prefix):]: v for k, v in migrate_state_dict(dict(ckpt["state_dict"])).items() if k.startswith(prefix)}
+    state = {
+        k[len(prefix) :]: v for k, v in migrate_state_dict(dict(ckpt["state_dict"])).items() if k.startswith(prefix)
+    }
     try:
         net.load_state_dict(state, strict=True)
     except RuntimeError as e:
         raise ModelLoadError(f"{path}: weights do not match the recorded network {card.network['name']}: {e}") from None
     segmenter = Segmenter(net, card.normalization["mean"], card.normalization["std"]).to(device).eval()
     return TrainedModel(
-        segmenter=segmenter, card=card, source=path, run_dir=run_dir,
+        segmenter=segmenter,
+        card=card,
+        source=path,
+        run_dir=run_dir,
         extra={"epoch": ckpt.get("epoch"), "global_step": ckpt.get("global_step")},
     )
 

@@ -14,8 +14,20 @@ from poc59.core.atomic import write_bytes, write_json
 
 __all__ = ["print_table", "table_rows", "write_reports"]
 
-COLUMNS = ("rank", "configuration", "family", "decoder", "parameters", "best val mIoU, %", "interval, %",
-           "seeds", "train images/s", "peak memory", "wall time", "status")
+COLUMNS = (
+    "rank",
+    "configuration",
+    "family",
+    "decoder",
+    "parameters",
+    "best val mIoU, %",
+    "interval, %",
+    "seeds",
+    "train images/s",
+    "peak memory",
+    "wall time",
+    "status",
+)
 
 
 def _pct(v: float | None, digits: int = 2) -> str:
@@ -50,13 +62,27 @@ def table_rows(result: dict) -> list[list[str]]:
     rows = []
     for c in result["configurations"]:
         rank = "" if c["rank"] is None else str(c["rank"]) + (" best" if c["best"] else "")
-        rows.append([rank, c["label"], c["family"] or "", c["decoder"] or "", _params(c["parameters"]), _miou(c),
-                     _interval(c["interval"]), str(c["n"]), _num(c["train_images_per_s"], ".1f"),
-                     _memory(c["peak_memory_bytes"]), _num(c["wall_time_s"] and c["wall_time_s"] / 60, ".1f") + (" min" if c["wall_time_s"] else ""),
-                     "finished"])
+        rows.append(
+            [
+                rank,
+                c["label"],
+                c["family"] or "",
+                c["decoder"] or "",
+                _params(c["parameters"]),
+                _miou(c),
+                _interval(c["interval"]),
+                str(c["n"]),
+                _num(c["train_images_per_s"], ".1f"),
+                _memory(c["peak_memory_bytes"]),
+                _num(c["wall_time_s"] and c["wall_time_s"] / 60, ".1f") + (" min" if c["wall_time_s"] else ""),
+                "finished",
+            ]
+        )
     for r in result["runs"]:
         if r["status"] != "finished":
-            rows.append(["", f"run {r['name']}", "", "", "", "", "", "", "", "", "", r["status"]])  # why: in the runs list
+            rows.append(
+                ["", f"run {r['name']}", "", "", "", "", "", "", "", "", "", r["status"]]
+            )  # why: in the runs list
     return rows
 
 
@@ -82,20 +108,53 @@ def markdown(result: dict) -> str:
     repeats = [c for c in configs if c["n"] >= 2]
     if repeats:
         parts += ["## Seed repeats", "", f"Runs that differ only by the seed; std: {conv['std']}.", ""]
-        parts.append(_md_table(
-            ["configuration", "n", "mean, %", "std, %", "min .. max, %", "per seed, %"],
-            [[c["label"], str(c["n"]), _pct(c["val_mIoU"]["mean"]), _pct(c["val_mIoU"]["std"]),
-              f"{_pct(c['val_mIoU']['min'])} .. {_pct(c['val_mIoU']['max'])}",
-              ", ".join(f"seed {s}: {_pct(v)}" for s, v in zip(c["seeds"], c["val_mIoU"]["values"]))] for c in repeats]))
+        parts.append(
+            _md_table(
+                ["configuration", "n", "mean, %", "std, %", "min .. max, %", "per seed, %"],
+                [
+                    [
+                        c["label"],
+                        str(c["n"]),
+                        _pct(c["val_mIoU"]["mean"]),
+                        _pct(c["val_mIoU"]["std"]),
+                        f"{_pct(c['val_mIoU']['min'])} .. {_pct(c['val_mIoU']['max'])}",
+                        ", ".join(f"seed {s}: {_pct(v)}" for s, v in zip(c["seeds"], c["val_mIoU"]["values"])),
+                    ]
+                    for c in repeats
+                ],
+            )
+        )
         parts.append("")
     names = result["classes"]["names"]
     parts += ["## Per-class IoU", "", f"IoU per class, % ({conv['per_class_iou']}).", ""]
-    parts.append(_md_table(["class"] + [c["label"] for c in configs],
-                           [[n] + [("absent" if c["per_class_iou"].get(n) is None else _pct(c["per_class_iou"][n], 1)) for c in configs] for n in names]))
+    parts.append(
+        _md_table(
+            ["class"] + [c["label"] for c in configs],
+            [
+                [n]
+                + [("absent" if c["per_class_iou"].get(n) is None else _pct(c["per_class_iou"][n], 1)) for c in configs]
+                for n in names
+            ],
+        )
+    )
     parts += ["", f"![Per-class IoU by configuration]({Path(result['chart']).name})", "", "## Runs", ""]
-    parts.append(_md_table(["run", "configuration", "seed", "status", "best val mIoU, %", "interval, %", "detail"],
-                           [[r["name"], r["encoder"] or "", "" if r["seed"] is None else str(r["seed"]), r["status"],
-                             _pct(r["val_miou"]), _interval(r["interval"]), r["detail"]] for r in result["runs"]]))
+    parts.append(
+        _md_table(
+            ["run", "configuration", "seed", "status", "best val mIoU, %", "interval, %", "detail"],
+            [
+                [
+                    r["name"],
+                    r["encoder"] or "",
+                    "" if r["seed"] is None else str(r["seed"]),
+                    r["status"],
+                    _pct(r["val_miou"]),
+                    _interval(r["interval"]),
+                    r["detail"],
+                ]
+                for r in result["runs"]
+            ],
+        )
+    )
     if result["sweep"]:
         parts += ["", f"Runs are the sweep's job folders, `{result['sweep']}/<run>`."]
     parts += ["", "## What the numbers mean", ""] + [f"- **{k}**: {v}" for k, v in conv.items()]
@@ -105,24 +164,92 @@ def markdown(result: dict) -> str:
 def csv_text(result: dict) -> str:
     """One row per configuration (fractions, not %), then one per run that did not finish."""
     names = result["classes"]["names"]
-    header = ["rank", "best", "configuration", "encoder", "family", "decoder", "parameters", "n_seeds", "seeds",
-              "val_mIoU_mean", "val_mIoU_std", "val_mIoU_min", "val_mIoU_max", "interval_lo", "interval_hi", "interval_kind",
-              "train_images_per_s", "peak_memory_bytes", "wall_time_s", "status", "detail", "runs"] + [f"IoU/{n}" for n in names]
+    header = [
+        "rank",
+        "best",
+        "configuration",
+        "encoder",
+        "family",
+        "decoder",
+        "parameters",
+        "n_seeds",
+        "seeds",
+        "val_mIoU_mean",
+        "val_mIoU_std",
+        "val_mIoU_min",
+        "val_mIoU_max",
+        "interval_lo",
+        "interval_hi",
+        "interval_kind",
+        "train_images_per_s",
+        "peak_memory_bytes",
+        "wall_time_s",
+        "status",
+        "detail",
+        "runs",
+    ] + [f"IoU/{n}" for n in names]
     buf = io.StringIO()
     w = csv.writer(buf)
     w.writerow(header)
     blank = lambda v: "" if v is None else v
     for c in result["configurations"]:
         m, iv = c["val_mIoU"], c["interval"] or [None, None]
-        w.writerow([blank(c["rank"]), c["best"], c["label"], c["encoder"], c["family"], c["decoder"], c["parameters"], c["n"],
-                    " ".join(map(str, c["seeds"])), blank(m["mean"]), blank(m["std"]), blank(m["min"]), blank(m["max"]),
-                    blank(iv[0]), blank(iv[1]), blank(c["interval_kind"]), blank(c["train_images_per_s"]),
-                    blank(c["peak_memory_bytes"]), blank(c["wall_time_s"]), "finished", "", " ".join(c["runs"])]
-                   + [blank(c["per_class_iou"].get(n)) for n in names])
+        w.writerow(
+            [
+                blank(c["rank"]),
+                c["best"],
+                c["label"],
+                c["encoder"],
+                c["family"],
+                c["decoder"],
+                c["parameters"],
+                c["n"],
+                " ".join(map(str, c["seeds"])),
+                blank(m["mean"]),
+                blank(m["std"]),
+                blank(m["min"]),
+                blank(m["max"]),
+                blank(iv[0]),
+                blank(iv[1]),
+                blank(c["interval_kind"]),
+                blank(c["train_images_per_s"]),
+                blank(c["peak_memory_bytes"]),
+                blank(c["wall_time_s"]),
+                "finished",
+                "",
+                " ".join(c["runs"]),
+            ]
+            + [blank(c["per_class_iou"].get(n)) for n in names]
+        )
     for r in result["runs"]:
         if r["status"] != "finished":
-            w.writerow(["", False, "", "", "", "", "", "", "", "", "", "", "", "", "", "", "", "", "", r["status"], r["detail"], r["dir"]]
-                       + [""] * len(names))
+            w.writerow(
+                [
+                    "",
+                    False,
+                    "",
+                    "",
+                    "",
+                    "",
+                    "",
+                    "",
+                    "",
+                    "",
+                    "",
+                    "",
+                    "",
+                    "",
+                    "",
+                    "",
+                    "",
+                    "",
+                    "",
+                    r["status"],
+                    r["detail"],
+                    r["dir"],
+                ]
+                + [""] * len(names)
+            )
     return buf.getvalue()
 
 
@@ -141,15 +268,21 @@ def print_table(result: dict, console: Any) -> None:
     title = "Encoder comparison" + (f": {result['sweep']}" if result["sweep"] else "")
     table = Table(title=title, title_justify="left")
     for col in COLUMNS:
-        table.add_column(col, overflow="fold", min_width=12 if col == "configuration" else None,
-                         justify="right" if col in ("parameters", "train images/s", "wall time") else "left")
+        table.add_column(
+            col,
+            overflow="fold",
+            min_width=12 if col == "configuration" else None,
+            justify="right" if col in ("parameters", "train images/s", "wall time") else "left",
+        )
     for row in table_rows(result):
         style = "bold green" if row[0].endswith("best") else ("red" if not row[11].startswith("finished") else None)
         table.add_row(*row, style=style)
     console.print(table)
     for r in result["runs"]:
         if r["status"] != "finished":
-            console.print(Text(f"run {r['name']} {r['status']}: {r['detail']} ({r['dir']})", style="red"), soft_wrap=True)
+            console.print(
+                Text(f"run {r['name']} {r['status']}: {r['detail']} ({r['dir']})", style="red"), soft_wrap=True
+            )
     if result["best"]:
         console.print(Text(f"Best: {result['best']}. {result['lead']['verdict']}", style="bold"))
     for k, v in result["conventions"].items():

@@ -32,7 +32,18 @@ METRICS = Path("evaluation") / "val" / "metrics.json"
 
 
 # Config keys that name or seed a run without changing what is trained (key or key prefix ending in ".").
-IDENTITY_KEYS = ("seed", "data.seed", "data.split_file", "data.cache_dir", "run_name", "run_dir", "resume", "ckpt_path", "paths.", "hydra.")
+IDENTITY_KEYS = (
+    "seed",
+    "data.seed",
+    "data.split_file",
+    "data.cache_dir",
+    "run_name",
+    "run_dir",
+    "resume",
+    "ckpt_path",
+    "paths.",
+    "hydra.",
+)
 
 
 STD_CONVENTION = "sample standard deviation over seeds (n - 1)"
@@ -71,7 +82,8 @@ def config_key(config: dict, run_dir: Path) -> str:
     """The run's resolved config without identity/seed keys and values naming its own folder (canonical JSON)."""
     homes = {str(run_dir), str((config.get("paths") or {}).get("run_dir") or run_dir)}  # now, and when it ran
     kept = {
-        k: v for k, v in flatten(config).items()
+        k: v
+        for k, v in flatten(config).items()
         if not any(k == s or (s.endswith(".") and k.startswith(s)) for s in IDENTITY_KEYS)
         and not (isinstance(v, str) and any(h in v for h in homes))
     }
@@ -93,7 +105,6 @@ def _load_metrics(run: Run, evaluate: bool) -> None:
     """The run's val metrics.json (evaluating it first if asked); the intervals if it matches the run."""
     path = Path(run.dir) / METRICS
     if not path.exists() and evaluate:
-
         log.info("Evaluating %s (best.ckpt on its validation split) for the interval of its val mIoU", run.dir)
         evaluate_run(run_dir=Path(run.dir), pictures=False)  # the numbers; `python -m poc59.evaluate` draws
     if not path.exists():
@@ -101,12 +112,21 @@ def _load_metrics(run: Run, evaluate: bool) -> None:
     m = _read_json(path)
     fingerprint = run.summary.get("provenance", {}).get("data", {}).get("split_fingerprint")
     if m.get("split") != "val" or m.get("split_fingerprint") != fingerprint:
-        log.warning("%s: evaluated on split %s (%s), not the run's validation split %s: its interval is not used",
-                    path, m.get("split"), m.get("split_fingerprint"), fingerprint)
+        log.warning(
+            "%s: evaluated on split %s (%s), not the run's validation split %s: its interval is not used",
+            path,
+            m.get("split"),
+            m.get("split_fingerprint"),
+            fingerprint,
+        )
         return
     if run.val_miou is not None and m.get("miou") is not None and abs(m["miou"] - run.val_miou) > 1e-4:
-        log.warning("%s: evaluation gives mIoU %.5f, training recorded %.5f for the same checkpoint and split",
-                    path, m["miou"], run.val_miou)
+        log.warning(
+            "%s: evaluation gives mIoU %.5f, training recorded %.5f for the same checkpoint and split",
+            path,
+            m["miou"],
+            run.val_miou,
+        )
     run.metrics = m
     run.interval = m.get("miou_ci")
     run.per_class_interval = {n: (c or {}).get("iou_ci") for n, c in (m.get("per_class") or {}).items()}
@@ -122,10 +142,17 @@ def read_run(run_dir: Path, name: str, status: str, detail: str, evaluate: bool)
     try:
         config = yaml.safe_load(cfg_path.read_text()) or {}
     except (OSError, yaml.YAMLError) as err:
-        raise CompareError(f"{cfg_path}: cannot be read ({err}); every finished run folder has its config.yaml") from None
+        raise CompareError(
+            f"{cfg_path}: cannot be read ({err}); every finished run folder has its config.yaml"
+        ) from None
     run.config = config_key(config, run_dir)
     run.seed = s.get("provenance", {}).get("seed", config.get("seed"))
-    run.encoder, run.family, run.decoder, run.parameters = s.get("encoder"), s.get("family"), s.get("decoder"), s.get("parameters")
+    run.encoder, run.family, run.decoder, run.parameters = (
+        s.get("encoder"),
+        s.get("family"),
+        s.get("decoder"),
+        s.get("parameters"),
+    )
     run.val_miou = _finite(s.get("val/mIoU"))
     run.per_class = {n: _finite(v) for n, v in (s.get("val/IoU") or {}).items()}
     run.train_images_per_s = _finite(s.get("train_images_per_s"))
@@ -157,7 +184,14 @@ def collect(sweep: str | Path | None = None, runs: list[str | Path] | None = Non
             name = str(job["num"])
             if job["dir"] is None:
                 overrides = " ".join(job["overrides"])
-                out.append(Run(dir=str(Path(report["sweep_dir"]) / name), name=name, status=status, detail=f"{detail} ({overrides})"))
+                out.append(
+                    Run(
+                        dir=str(Path(report["sweep_dir"]) / name),
+                        name=name,
+                        status=status,
+                        detail=f"{detail} ({overrides})",
+                    )
+                )
             else:
                 out.append(read_run(Path(job["dir"]), name, status, detail, evaluate))
         return out
@@ -172,30 +206,49 @@ def collect(sweep: str | Path | None = None, runs: list[str | Path] | None = Non
 
 
 def _fix_hint(reference: Run) -> str:
-    return (f"train the differing runs again with data.split_file={Path(reference.dir) / 'split.json'} "
-            "(data.seed follows seed: a seed sweep keeps one split with data.split_file, or with data.seed=0)")
+    return (
+        f"train the differing runs again with data.split_file={Path(reference.dir) / 'split.json'} "
+        "(data.seed follows seed: a seed sweep keeps one split with data.split_file, or with data.seed=0)"
+    )
 
 
 def check_comparable(runs: list[Run]) -> ClassTable:
     """The shared class table of the finished runs; CompareError if splits or class tables differ."""
     finished = [r for r in runs if r.status == "finished"]
     if not finished:
-        raise CompareError("no finished run to compare (no summary.json in any of them): " + ", ".join(r.dir for r in runs))
-    for what, key in (("split", lambda r: str(r.summary.get("provenance", {}).get("data", {}).get("split_fingerprint"))),
-                      ("class table", lambda r: json.dumps(r.summary.get("classes"), sort_keys=True))):
+        raise CompareError(
+            "no finished run to compare (no summary.json in any of them): " + ", ".join(r.dir for r in runs)
+        )
+    for what, key in (
+        ("split", lambda r: str(r.summary.get("provenance", {}).get("data", {}).get("split_fingerprint"))),
+        ("class table", lambda r: json.dumps(r.summary.get("classes"), sort_keys=True)),
+    ):
         by: dict[str, list[Run]] = defaultdict(list)
         for r in finished:
             by[key(r)].append(r)
         if len(by) > 1:
             groups = sorted(by.values(), key=len, reverse=True)
             ref = groups[0]
-            lines = [f"refusing to rank: the runs were not validated on the same {what}; their val mIoU is not comparable."]
+            lines = [
+                f"refusing to rank: the runs were not validated on the same {what}; their val mIoU is not comparable."
+            ]
             for g in groups:
-                label = f"split {key(g[0])}" if what == "split" else f"classes {g[0].summary.get('classes', {}).get('names')}"
+                label = (
+                    f"split {key(g[0])}"
+                    if what == "split"
+                    else f"classes {g[0].summary.get('classes', {}).get('names')}"
+                )
                 lines.append(f"  {label}: " + ", ".join(r.dir for r in g))
             others = [r.dir for g in groups[1:] for r in g]
             lines.append(f"differing from {ref[0].dir}: " + ", ".join(others))
-            lines.append("fix: " + (_fix_hint(ref[0]) if what == "split" else "compare only runs trained on the same dataset and classes.json"))
+            lines.append(
+                "fix: "
+                + (
+                    _fix_hint(ref[0])
+                    if what == "split"
+                    else "compare only runs trained on the same dataset and classes.json"
+                )
+            )
             raise CompareError("\n".join(lines))
     return ClassTable.from_dict(finished[0].summary["classes"])
 
@@ -234,27 +287,42 @@ def configurations(runs: list[Run]) -> list[dict]:
         names = list(first.per_class)
         per_class_iv = {}
         for name in names:
-            pts = [(r.per_class[name], r.per_class_interval.get(name)) for r in members if r.per_class.get(name) is not None]
-            per_class_iv[name] = (pts[0][1] if len(members) == 1 and pts else _span(pts) if len(pts) > 1 else None)
-        out.append({
-            "label": first.encoder or Path(first.dir).name,
-            "encoder": first.encoder, "family": first.family, "decoder": first.decoder, "parameters": first.parameters,
-            "n": n, "seeds": [r.seed for r in members], "runs": [r.dir for r in members],
-            "val_mIoU": {
-                "mean": statistics.fmean(values) if values else None,
-                "std": statistics.stdev(values) if n >= 2 else None,
-                "min": min(values) if values else None, "max": max(values) if values else None,
-                "values": values,
-            },
-            "interval": interval, "interval_kind": kind,
-            "per_class_iou": {name: _mean([r.per_class.get(name) for r in members]) for name in names},
-            "per_class_interval": per_class_iv,
-            "train_images_per_s": _mean([r.train_images_per_s for r in members]),
-            "peak_memory_bytes": max((r.peak_memory_bytes for r in members if r.peak_memory_bytes is not None), default=None),
-            "wall_time_s": _mean([r.wall_time_s for r in members]),
-            "status": "finished",
-            "config": first.config,
-        })
+            pts = [
+                (r.per_class[name], r.per_class_interval.get(name))
+                for r in members
+                if r.per_class.get(name) is not None
+            ]
+            per_class_iv[name] = pts[0][1] if len(members) == 1 and pts else _span(pts) if len(pts) > 1 else None
+        out.append(
+            {
+                "label": first.encoder or Path(first.dir).name,
+                "encoder": first.encoder,
+                "family": first.family,
+                "decoder": first.decoder,
+                "parameters": first.parameters,
+                "n": n,
+                "seeds": [r.seed for r in members],
+                "runs": [r.dir for r in members],
+                "val_mIoU": {
+                    "mean": statistics.fmean(values) if values else None,
+                    "std": statistics.stdev(values) if n >= 2 else None,
+                    "min": min(values) if values else None,
+                    "max": max(values) if values else None,
+                    "values": values,
+                },
+                "interval": interval,
+                "interval_kind": kind,
+                "per_class_iou": {name: _mean([r.per_class.get(name) for r in members]) for name in names},
+                "per_class_interval": per_class_iv,
+                "train_images_per_s": _mean([r.train_images_per_s for r in members]),
+                "peak_memory_bytes": max(
+                    (r.peak_memory_bytes for r in members if r.peak_memory_bytes is not None), default=None
+                ),
+                "wall_time_s": _mean([r.wall_time_s for r in members]),
+                "status": "finished",
+                "config": first.config,
+            }
+        )
     _disambiguate(out)
     out.sort(key=lambda c: -1.0 if c["val_mIoU"]["mean"] is None else c["val_mIoU"]["mean"], reverse=True)
     for rank, c in enumerate(out, 1):
@@ -267,11 +335,14 @@ def _interval_kind(run: Run) -> str:
     b = (run.metrics or {}).get("bootstrap") or {}
     level = f"{100 * b['level']:.0f} % " if b.get("level") else ""
     unit = str(b.get("unit") or "image").rstrip("s") + "s"
-    return f"{level}bootstrap interval over validation {unit}" + (f" ({b['resamples']} resamples)" if b.get("resamples") else "")
+    return f"{level}bootstrap interval over validation {unit}" + (
+        f" ({b['resamples']} resamples)" if b.get("resamples") else ""
+    )
 
 
 def _disambiguate(configs: list[dict]) -> None:
     """Labels unique: the encoder, then + decoder, then the config keys that set it apart."""
+
     def clashes() -> dict[str, list[dict]]:
         by: dict[str, list[dict]] = defaultdict(list)
         for c in configs:
@@ -299,8 +370,10 @@ def lead(configs: list[dict]) -> dict:
     missing = [c["label"] for c in (best, runner) if not c["interval"]]
     if missing:
         out["larger_than_intervals"] = None
-        out["verdict"] = (f"Lead of {100 * diff:.2f} points not assessed: no interval for {', '.join(missing)} "
-                          "(python -m poc59.evaluate run_dir=..., or compare with evaluate=true)")
+        out["verdict"] = (
+            f"Lead of {100 * diff:.2f} points not assessed: no interval for {', '.join(missing)} "
+            "(python -m poc59.evaluate run_dir=..., or compare with evaluate=true)"
+        )
     elif best["interval"][0] > runner["interval"][1]:
         out["larger_than_intervals"] = True
         out["verdict"] = f"Lead of {100 * diff:.2f} points is larger than the intervals (they do not overlap)"
@@ -322,34 +395,52 @@ def conventions(runs: list[Run]) -> dict:
         return distinct[0] if distinct else None
 
     return {
-        "val_mIoU": "best val/mIoU of each run (best.ckpt, the run's validation split); " + str(one([r.summary.get("metric_convention") for r in finished], "mIoU convention")),
+        "val_mIoU": "best val/mIoU of each run (best.ckpt, the run's validation split); "
+        + str(one([r.summary.get("metric_convention") for r in finished], "mIoU convention")),
         "std": STD_CONVENTION,
-        "train_images_per_s": str(one([r.summary.get("train_images_per_s_convention") for r in finished], "images/s convention")) + "; mean over seeds",
-        "peak_memory": str(one([(r.summary.get("peak_memory") or {}).get("kind") for r in finished], "memory kind")) + "; max over seeds",
+        "train_images_per_s": str(
+            one([r.summary.get("train_images_per_s_convention") for r in finished], "images/s convention")
+        )
+        + "; mean over seeds",
+        "peak_memory": str(one([(r.summary.get("peak_memory") or {}).get("kind") for r in finished], "memory kind"))
+        + "; max over seeds",
         "wall_time_s": "wall time of the training run, seconds; mean over seeds",
         "per_class_iou": "best val IoU per class (absent classes: null); mean over seeds",
     }
 
 
-def compare(sweep: str | Path | None = None, runs: list[str | Path] | None = None, out: str | Path | None = None,
-            evaluate: bool = True) -> dict:
+def compare(
+    sweep: str | Path | None = None,
+    runs: list[str | Path] | None = None,
+    out: str | Path | None = None,
+    evaluate: bool = True,
+) -> dict:
     """Compare the runs, write comparison.{md,csv,json} and per_class_iou.png into `out`; return the result."""
 
     all_runs = collect(sweep, runs, evaluate)
     classes = check_comparable(all_runs)
     configs = configurations(all_runs)
     if out is None:
-        out = (Path(sweep) / "comparison") if sweep is not None else Path("outputs") / "comparisons" / time.strftime("%Y-%m-%d_%H-%M-%S")
+        out = (
+            (Path(sweep) / "comparison")
+            if sweep is not None
+            else Path("outputs") / "comparisons" / time.strftime("%Y-%m-%d_%H-%M-%S")
+        )
     out = Path(out)
     chart = grouped_iou_bars_figure(
-        {c["label"]: c["per_class_iou"] for c in configs}, classes, out / "per_class_iou.png",
+        {c["label"]: c["per_class_iou"] for c in configs},
+        classes,
+        out / "per_class_iou.png",
         "Best val IoU per class, by configuration (mean over seeds)",
         intervals={c["label"]: c["per_class_interval"] for c in configs},
-        interval_label="bootstrap interval of one run, or range over seeds", legend_title="configuration",
+        interval_label="bootstrap interval of one run, or range over seeds",
+        legend_title="configuration",
     )
     conv = conventions(all_runs)
     kinds = list(dict.fromkeys(c["interval_kind"] for c in configs if c["interval_kind"]))
-    conv["interval"] = "; ".join(kinds) or "none: no evaluation/val/metrics.json (python -m poc59.evaluate, or evaluate=true)"
+    conv["interval"] = (
+        "; ".join(kinds) or "none: no evaluation/val/metrics.json (python -m poc59.evaluate, or evaluate=true)"
+    )
     result = {
         "sweep": str(sweep) if sweep is not None else None,
         "classes": classes.to_dict(),
@@ -362,4 +453,3 @@ def compare(sweep: str | Path | None = None, runs: list[str | Path] | None = Non
     }
     write_reports(result, out)
     return result
-

@@ -90,13 +90,9 @@ class ClassTable:
         if len(set(self.names)) != len(self.names):
             raise ValueError(f"class names must be unique, got {list(self.names)}")
         if len(self.palette) != len(self.names):
-            raise ValueError(
-                f"{len(self.names)} class names but {len(self.palette)} palette colours"
-            )
+            raise ValueError(f"{len(self.names)} class names but {len(self.palette)} palette colours")
         if len(self.names) > self.ignore_index:
-            raise ValueError(
-                f"{len(self.names)} classes collide with the ignore id {self.ignore_index}"
-            )
+            raise ValueError(f"{len(self.names)} classes collide with the ignore id {self.ignore_index}")
 
     @property
     def num_classes(self) -> int:
@@ -138,7 +134,7 @@ def load_class_table(root: str | Path) -> ClassTable:
     if isinstance(names, dict) and "names" in names:
         names = names["names"]
     if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
-        raise ValueError(f"{path}: must be a JSON list of class names, e.g. [\"background\", \"crack\"]")
+        raise ValueError(f'{path}: must be a JSON list of class names, e.g. ["background", "crack"]')
     try:
         return ClassTable.from_names(names)
     except ValueError as err:

@@ -98,7 +98,6 @@ def local_gpus_per_node(accelerator: Any, devices: Any) -> int:
     """GPUs one run of conf/hydra/launcher/local.yaml claims: as `gpus_per_node`, where `auto` means this
     machine's CUDA GPUs (there is no SLURM partition to ask)."""
     if str(accelerator).lower() == "auto":
-
         accelerator = "gpu" if torch.cuda.is_available() else "cpu"
     return gpus_per_node(accelerator, devices)
 
@@ -117,4 +116,6 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("poc59.local_gpus_per_node", local_gpus_per_node)
     if not OmegaConf.has_resolver("poc59.first"):
         # the first argument that is set: ${poc59.first:${run_dir},default}
-        OmegaConf.register_new_resolver("poc59.first", lambda *values: next((v for v in values if v not in (None, "")), None))
+        OmegaConf.register_new_resolver(
+            "poc59.first", lambda *values: next((v for v in values if v not in (None, "")), None)
+        )

@@ -25,8 +25,15 @@ import torch
 log = logging.getLogger(__name__)
 
 _NAMES = {
-    "auto": "auto", "32": "32", "32-true": "32", "fp32": "32",
-    "bf16": "bf16", "bf16-mixed": "bf16", "fp16": "fp16", "16": "fp16", "16-mixed": "fp16",
+    "auto": "auto",
+    "32": "32",
+    "32-true": "32",
+    "fp32": "32",
+    "bf16": "bf16",
+    "bf16-mixed": "bf16",
+    "fp16": "fp16",
+    "16": "fp16",
+    "16-mixed": "fp16",
 }
 _DTYPES = {"32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 

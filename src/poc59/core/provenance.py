@@ -7,8 +7,16 @@ from importlib import metadata
 from pathlib import Path
 
 PACKAGES = (
-    "poc59", "torch", "torchvision", "lightning", "hydra-core", "timm",
-    "segmentation-models-pytorch", "torchmetrics", "numpy", "pillow",
+    "poc59",
+    "torch",
+    "torchvision",
+    "lightning",
+    "hydra-core",
+    "timm",
+    "segmentation-models-pytorch",
+    "torchmetrics",
+    "numpy",
+    "pillow",
 )
 
 
@@ -20,7 +28,11 @@ def git_commit() -> str | None:
             ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5, check=True
         ).stdout.strip()
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=here, capture_output=True, text=True, timeout=5
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=here,
+            capture_output=True,
+            text=True,
+            timeout=5,
         ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return None

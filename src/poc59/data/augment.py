@@ -120,8 +120,15 @@ class BatchAugment:
 
         With `inplace=True` the inputs may be overwritten with the result (use the returned tensors).
         """
-        if images.dim() != 4 or masks.dim() != 3 or images.shape[0] != masks.shape[0] or images.shape[-2:] != masks.shape[-2:]:
-            raise ValueError(f"expected images [B,C,H,W] and masks [B,H,W], got {tuple(images.shape)} and {tuple(masks.shape)}")
+        if (
+            images.dim() != 4
+            or masks.dim() != 3
+            or images.shape[0] != masks.shape[0]
+            or images.shape[-2:] != masks.shape[-2:]
+        ):
+            raise ValueError(
+                f"expected images [B,C,H,W] and masks [B,H,W], got {tuple(images.shape)} and {tuple(masks.shape)}"
+            )
         if images.dtype != torch.uint8 or masks.dtype != torch.uint8:
             raise TypeError(f"expected uint8 images and masks, got {images.dtype} and {masks.dtype}")
         b, c, h, w = images.shape
@@ -224,7 +231,7 @@ class BatchAugment:
         both = sorted(set(zoomed) & set(coloured))
         plan.zoomed = [i for i in zoomed if i not in both] + both
         plan.coloured = both + [i for i in coloured if i not in both]
-        plan.float_rows = plan.zoomed + plan.coloured[len(both):]
+        plan.float_rows = plan.zoomed + plan.coloured[len(both) :]
         if plan.zoomed:
             plan.theta = theta[plan.zoomed]
         if plan.coloured:
@@ -251,11 +258,16 @@ class _Plan:
         ids = {f"sym{k}": rows for k, rows in enumerate(self.symmetries.values())}
         ids |= {"float_rows": self.float_rows, "zoomed": self.zoomed}
         parts = {k: torch.tensor(v, dtype=torch.float64) for k, v in ids.items()}
-        parts |= {k: v for k, v in (("theta", self.theta), ("matrix", self.matrix), ("offset", self.offset)) if v is not None}
+        parts |= {
+            k: v for k, v in (("theta", self.theta), ("matrix", self.matrix), ("offset", self.offset)) if v is not None
+        }
         # float32 carries row ids exactly (< 2**24)
         flat = torch.cat([v.reshape(-1).to(torch.float32) for v in parts.values()]).to(device, non_blocking=True)
         pieces = flat.split([v.numel() for v in parts.values()])
-        return {k: piece.view(v.shape).long() if k in ids else piece.view(v.shape) for (k, v), piece in zip(parts.items(), pieces)}
+        return {
+            k: piece.view(v.shape).long() if k in ids else piece.view(v.shape)
+            for (k, v), piece in zip(parts.items(), pieces)
+        }
 
 
 def zoom_grid(theta: torch.Tensor, h: int, w: int) -> torch.Tensor:
@@ -288,7 +300,9 @@ def _rows_in_place_ok(images: torch.Tensor, masks: torch.Tensor) -> bool:
     return all(t.device.type == "cpu" and t.is_contiguous() and not t.requires_grad for t in (images, masks))
 
 
-def _symmetry_rows_(arrays: tuple[np.ndarray, ...], rows: list[int], key_of: dict[int, tuple[bool, bool, bool]]) -> None:
+def _symmetry_rows_(
+    arrays: tuple[np.ndarray, ...], rows: list[int], key_of: dict[int, tuple[bool, bool, bool]]
+) -> None:
     """In place, row i of each [B,...,H,W] uint8 array: transpose the last two dims, then reverse rows and/or
     columns, as key_of[i] = (transpose, flip_rows, flip_cols) says.
 

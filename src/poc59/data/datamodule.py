@@ -101,7 +101,6 @@ class SegmentationDataModule(L.LightningDataModule):
     def prepare_data(self) -> None:
         """Generate the built-in synthetic set on first use (once per node)."""
         if self.synthetic is not None:
-
             ensure_synthetic(self.root, **self.synthetic)
 
     def setup(self, stage: str | None = None) -> None:
@@ -114,8 +113,14 @@ class SegmentationDataModule(L.LightningDataModule):
             self.samples = [s for s in self.samples if not s.is_copy]
         cache_dir = self.cache_dir if self.cache else None
         self.data = preload(
-            self.samples, self.image_size, self.classes.num_classes, self.classes.ignore_index,
-            policy=self.policy, max_side=self.max_side, on_bad_file=self.on_bad_file, cache_dir=cache_dir,
+            self.samples,
+            self.image_size,
+            self.classes.num_classes,
+            self.classes.ignore_index,
+            policy=self.policy,
+            max_side=self.max_side,
+            on_bad_file=self.on_bad_file,
+            cache_dir=cache_dir,
         )
         self.data = mapped(self.data, cache_dir)  # after a cold decode: one copy in RAM, not two
         self.samples = self.data.samples  # without any skipped pair
@@ -126,8 +131,12 @@ class SegmentationDataModule(L.LightningDataModule):
             log.info("Split read from %s", self.split_file)
         else:
             self._split = grouped_split(
-                self.samples, self.val_fraction, self.seed, val_aug_copies=self.val_aug_copies,
-                test_fraction=self.test_fraction, presence=self.presence(),
+                self.samples,
+                self.val_fraction,
+                self.seed,
+                val_aug_copies=self.val_aug_copies,
+                test_fraction=self.test_fraction,
+                presence=self.presence(),
             )
         key = f"{self.data.key}-{self.split['fingerprint']}-{self.class_weights_cfg['method']}-{self.class_weights_cfg['cap']}"
         self.class_weights_record = load_or_compute(
@@ -141,8 +150,13 @@ class SegmentationDataModule(L.LightningDataModule):
         )
         log.info(
             "Data %s: %d pairs, %d classes; split by source image: %d train, %d validation, %d test (seed %d)",
-            self.root, len(self.samples), self.classes.num_classes,
-            len(self._split.train), len(self._split.val), len(self._split.test), self.seed,
+            self.root,
+            len(self.samples),
+            self.classes.num_classes,
+            len(self._split.train),
+            len(self._split.val),
+            len(self._split.test),
+            self.seed,
         )
 
     def presence(self) -> torch.Tensor:
@@ -198,8 +212,13 @@ class SegmentationDataModule(L.LightningDataModule):
         }
 
     # -- batches -----------------------------------------------------------------------------
-    def feed(self, indices: list[int] | tuple[int, ...], train: bool, batch_size: int | None = None,
-             device: torch.device | None = None) -> BatchFeed:
+    def feed(
+        self,
+        indices: list[int] | tuple[int, ...],
+        train: bool,
+        batch_size: int | None = None,
+        device: torch.device | None = None,
+    ) -> BatchFeed:
         """The one feed of this data: training batches (shuffled random windows or whole samples) or
         validation batches (every sample, or every tile under policy=crop, once). Rank, world size, device
         and epoch come from the attached trainer; without one (evaluate) a single process on `device`."""
@@ -220,7 +239,9 @@ class SegmentationDataModule(L.LightningDataModule):
                 raise ValueError(f"{len(indices)} training images cannot feed {world} devices")
             log.warning(
                 "data.batch_size=%d is larger than the %d training images per device; using batches of %d",
-                batch_size, per_rank, per_rank,
+                batch_size,
+                per_rank,
+                per_rank,
             )
             batch_size = per_rank
         crop = self.policy == "crop"

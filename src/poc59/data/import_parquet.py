@@ -104,7 +104,11 @@ def find_shards(src: str | Path) -> list[Path]:
     if not src.is_dir():
         raise DataError(f"parquet source not found: {src.resolve()}; give a .parquet file or a folder of shards")
     shards = sorted(
-        (p for p in src.rglob("*.parquet") if p.is_file() and not any(part.startswith(".") for part in p.relative_to(src).parts)),
+        (
+            p
+            for p in src.rglob("*.parquet")
+            if p.is_file() and not any(part.startswith(".") for part in p.relative_to(src).parts)
+        ),
         key=lambda p: p.relative_to(src).as_posix(),
     )
     if not shards:
@@ -168,10 +172,14 @@ def _labels(img: Image.Image, row_id: str, table: ClassTable) -> np.ndarray:
             "The `annotation` column must hold single-channel class ids (mode L, P or I)"
         )
     if img.mode not in ("L", "P") and not img.mode.startswith("I"):
-        raise DataError(f"row {row_id!r}: annotation has mode {img.mode}; expected a single-channel integer map (L, P or I)")
+        raise DataError(
+            f"row {row_id!r}: annotation has mode {img.mode}; expected a single-channel integer map (L, P or I)"
+        )
     arr = np.asarray(img)  # mode P gives the palette indices, not colours
     if arr.ndim != 2 or arr.dtype.kind not in "iu":
-        raise DataError(f"row {row_id!r}: annotation decodes to {arr.dtype} of shape {arr.shape}; expected a 2-D integer map")
+        raise DataError(
+            f"row {row_id!r}: annotation decodes to {arr.dtype} of shape {arr.shape}; expected a 2-D integer map"
+        )
     allowed = np.zeros(256, dtype=bool)
     allowed[: table.num_classes] = True
     allowed[table.ignore_index] = True
@@ -221,7 +229,9 @@ def _parse(record: dict[str, Any], table: ClassTable) -> _Row:
         if rgb.mode != "RGB":
             rgb = rgb.convert("RGB")
         if rgb.size != image.size:
-            log.warning("row %r: annotation_rgb is %dx%d, image %dx%d; written as it is", raw_id, *rgb.size, *image.size)
+            log.warning(
+                "row %r: annotation_rgb is %dx%d, image %dx%d; written as it is", raw_id, *rgb.size, *image.size
+            )
     return _Row(row_id, raw_id, _text(record.get("material")), _text(record.get("content")), image, labels, rgb)
 
 
@@ -299,7 +309,13 @@ def import_parquet(
         with _open_shard(shard) as pf:
             columns_of[shard] = _check_schema(shard, pf.schema_arrow.names)
             total_rows += pf.metadata.num_rows
-    log.info("%d shard(s), %d rows -> %s%s", len(shards), total_rows, out, f" (long side <= {max_side} px)" if max_side else "")
+    log.info(
+        "%d shard(s), %d rows -> %s%s",
+        len(shards),
+        total_rows,
+        out,
+        f" (long side <= {max_side} px)" if max_side else "",
+    )
     _prepare_out(out, overwrite)
 
     seen: dict[str, str] = {}  # casefolded file stem -> raw id (case-insensitive file systems)
@@ -346,7 +362,9 @@ def _write_row(row: _Row, out: Path, max_side: int | None, seen: dict[str, str])
         first = seen[key]
         if first == row.raw_id:
             raise DataError(f"duplicate id {row.raw_id!r}: ids must be unique")
-        raise DataError(f"ids {first!r} and {row.raw_id!r} both map to the file name {row.id!r}.png; ids must be unique")
+        raise DataError(
+            f"ids {first!r} and {row.raw_id!r} both map to the file name {row.id!r}.png; ids must be unique"
+        )
     seen[key] = row.raw_id
     if row.id != row.raw_id:
         log.info("id %r written as %r", row.raw_id, row.id)
@@ -367,4 +385,3 @@ def _write_row(row: _Row, out: Path, max_side: int | None, seen: dict[str, str])
         rgb_path = f"annotations_rgb/{row.id}.png"
         write_bytes(out / rgb_path, _png(rgb))
     return [row.id, row.material, row.content, image_path, annotation_path, rgb_path, str(size[0]), str(size[1])]
-

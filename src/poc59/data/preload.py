@@ -266,8 +266,7 @@ def scan(samples: list[Sample], on_bad_file: str = "error") -> tuple[list[Sample
             (iw, ih), (mw, mh) = _size(s.image), _size(s.mask)
             if (iw, ih) != (mw, mh):
                 raise DataError(
-                    f"size mismatch: {s.image} is {iw}x{ih} but "
-                    f"{s.mask} is {mw}x{mh}; an image and its mask must match"
+                    f"size mismatch: {s.image} is {iw}x{ih} but {s.mask} is {mw}x{mh}; an image and its mask must match"
                 )
         except DataError as err:
             if on_bad_file == "error":
@@ -293,7 +292,9 @@ def check_memory(nbytes: int, what: str) -> None:
 # -- the cache ---------------------------------------------------------------------------------
 
 
-def cache_key(samples: list[Sample], size: int, policy: str, max_side: int | None, num_classes: int, on_bad_file: str) -> str:
+def cache_key(
+    samples: list[Sample], size: int, policy: str, max_side: int | None, num_classes: int, on_bad_file: str
+) -> str:
     """Changes whenever any file's name, size or modification time, or the geometry, changes."""
     h = hashlib.sha256(f"v{CACHE_VERSION}|{size}|{policy}|{max_side}|{num_classes}|{on_bad_file}\n".encode())
     for s in samples:
@@ -424,7 +425,12 @@ def save_cache(folder: Path, data: Preloaded) -> None:
     folder.parent.mkdir(parents=True, exist_ok=True)
     free = shutil.disk_usage(folder.parent).free
     if data.nbytes > free:
-        log.warning("Not caching the preload: it needs %.1f GB but %s has %.1f GB free", data.nbytes / 1e9, folder.parent, free / 1e9)
+        log.warning(
+            "Not caching the preload: it needs %.1f GB but %s has %.1f GB free",
+            data.nbytes / 1e9,
+            folder.parent,
+            free / 1e9,
+        )
         return
     tmp = _tmp_folder(folder)
     shutil.rmtree(tmp, ignore_errors=True)
@@ -467,7 +473,9 @@ def load_cache(folder: Path, samples: list[Sample], key: str) -> Preloaded | Non
                 log.warning("Preload cache %s is damaged; rebuilding it", folder)
                 return None
             if dtype == torch.uint8:  # mapped (copy-on-write): pages are read when first used
-                tensors.append(torch.from_file(str(path), shared=False, size=math.prod(shape), dtype=dtype).view(*shape))
+                tensors.append(
+                    torch.from_file(str(path), shared=False, size=math.prod(shape), dtype=dtype).view(*shape)
+                )
             else:
                 tensors.append(torch.from_numpy(np.fromfile(path, dtype=np.int64)).view(*shape))
     except (OSError, ValueError, KeyError, json.JSONDecodeError) as err:
@@ -478,8 +486,15 @@ def load_cache(folder: Path, samples: list[Sample], key: str) -> Preloaded | Non
     if len(kept) != len(meta["ids"]):
         return None
     return Preloaded(
-        tensors[0], tensors[1], torch.tensor(meta["sizes"], dtype=torch.int64).view(-1, 2), kept,
-        meta["skipped"], time.perf_counter() - start, "cache", key, tensors[2] if len(tensors) > 2 else None,
+        tensors[0],
+        tensors[1],
+        torch.tensor(meta["sizes"], dtype=torch.int64).view(-1, 2),
+        kept,
+        meta["skipped"],
+        time.perf_counter() - start,
+        "cache",
+        key,
+        tensors[2] if len(tensors) > 2 else None,
     )
 
 
@@ -553,12 +568,22 @@ def decode(
         samples = [samples[i] for i in keep]
         if not samples:
             raise DataError(f"no readable image/mask pairs are left ({len(skipped)} skipped)")
-    return Preloaded(images, masks, sizes, samples, skipped, time.perf_counter() - start, "decoded", label_counts=counts)
+    return Preloaded(
+        images, masks, sizes, samples, skipped, time.perf_counter() - start, "decoded", label_counts=counts
+    )
 
 
 def _decode_into_cache(
-    folder: Path, samples: list[Sample], size: int, num_classes: int, ignore_index: int, policy: str,
-    max_side: int | None, on_bad_file: str, workers: int | None, key: str,
+    folder: Path,
+    samples: list[Sample],
+    size: int,
+    num_classes: int,
+    ignore_index: int,
+    policy: str,
+    max_side: int | None,
+    on_bad_file: str,
+    workers: int | None,
+    key: str,
 ) -> Preloaded:
     """Decode, writing each sample to a temporary cache folder as it comes; then publish the cache.
 
@@ -628,17 +653,29 @@ def preload(
         cached = load_cache(folder, samples, key)
         if cached is not None:
             cached.seconds = time.perf_counter() - start
-            log.info("Preload: %d pairs mapped from cache %s in %.2f s (%.1f MB uint8)", len(cached.samples), folder, cached.seconds, cached.nbytes / 1e6)
+            log.info(
+                "Preload: %d pairs mapped from cache %s in %.2f s (%.1f MB uint8)",
+                len(cached.samples),
+                folder,
+                cached.seconds,
+                cached.nbytes / 1e6,
+            )
             return cached
     if folder is None:
         data = decode(samples, size, num_classes, ignore_index, policy, max_side, on_bad_file, workers)
         data.key = key
     else:
-        data = _decode_into_cache(folder, samples, size, num_classes, ignore_index, policy, max_side, on_bad_file, workers, key)
+        data = _decode_into_cache(
+            folder, samples, size, num_classes, ignore_index, policy, max_side, on_bad_file, workers, key
+        )
     data.seconds = time.perf_counter() - start
     log.info(
         "Preload: %d pairs decoded at %d px (%s) in %.1f s (%.1f MB uint8)%s",
-        len(data.samples), data.images.shape[-1], policy, data.seconds, data.nbytes / 1e6,
+        len(data.samples),
+        data.images.shape[-1],
+        policy,
+        data.seconds,
+        data.nbytes / 1e6,
         f"; {len(data.skipped)} skipped" if data.skipped else "",
     )
     return data

@@ -117,8 +117,7 @@ def _group_keys(
 
     # The ladder each group steps down while its stratum is too small; "" means "not stratified on this".
     ladder = {
-        g: list(dict.fromkeys([(material[g], rare[g]), ("", rare[g]), (material[g], ""), ("", "")]))
-        for g in groups
+        g: list(dict.fromkeys([(material[g], rare[g]), ("", rare[g]), (material[g], ""), ("", "")])) for g in groups
     }
     level = dict.fromkeys(groups, 0)
     while True:
@@ -258,16 +257,16 @@ def from_dict(
     """
     fix = "regenerate it (delete the file or point data.split_file elsewhere, and a new split is made)"
     if not isinstance(d, dict) or not all(isinstance(d.get(side), list) for side in ("train", "val")):
-        raise DataError(f"{source}: not a split file (expected lists \"train\" and \"val\" of image ids); {fix}")
+        raise DataError(f'{source}: not a split file (expected lists "train" and "val" of image ids); {fix}')
     if "test" in d and not isinstance(d["test"], list):
-        raise DataError(f"{source}: \"test\" must be a list of image ids; {fix}")
+        raise DataError(f'{source}: "test" must be a list of image ids; {fix}')
     ids = {side: [str(x) for x in d.get(side) or []] for side in SIDES}
     if "fingerprint" in d:
         expected = _fingerprint(ids) if "test" in d else _fingerprint({"train": ids["train"], "val": ids["val"]})
         if d["fingerprint"] != expected:
             raise DataError(
                 f"{source}: fingerprint {d['fingerprint']} does not match its ids ({expected}): the file was edited "
-                f"after it was written; {fix}, or remove the \"fingerprint\" entry if the edit is deliberate"
+                f'after it was written; {fix}, or remove the "fingerprint" entry if the edit is deliberate'
             )
     if not ids["train"] or not ids["val"]:
         raise DataError(f"{source}: no {'training' if not ids['train'] else 'validation'} images listed; {fix}")
@@ -291,9 +290,7 @@ def from_dict(
     out: dict[str, list[int]] = {}
     side_of_group: dict[str, set[str]] = defaultdict(set)
     for side in SIDES:
-        out[side] = [
-            index[x] for x in ids[side] if x in index and (use_aug_copies or not samples[index[x]].is_copy)
-        ]
+        out[side] = [index[x] for x in ids[side] if x in index and (use_aug_copies or not samples[index[x]].is_copy)]
         for i in out[side]:
             side_of_group[samples[i].group].add(side)
     crossing = sorted(g for g, sides in side_of_group.items() if len(sides) > 1)

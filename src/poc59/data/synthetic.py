@@ -67,8 +67,16 @@ MARKER = ".complete"
 """Written last (inside the temporary folder, before the rename): its presence means a complete set."""
 
 MATERIALS: tuple[str, ...] = (
-    "Parchment", "Film emulsion", "Glass", "Paper", "Tesserae",
-    "Canvas", "Textile", "Wood", "Ceramic", "Lacquer",
+    "Parchment",
+    "Film emulsion",
+    "Glass",
+    "Paper",
+    "Tesserae",
+    "Canvas",
+    "Textile",
+    "Wood",
+    "Ceramic",
+    "Lacquer",
 )
 CONTENTS: tuple[str, ...] = ("Artistic depiction", "Photographic depiction", "Line art", "Geometric patterns")
 METADATA_COLUMNS: tuple[str, ...] = ("id", "material", "content", "image_path", "annotation_path", "width", "height")
@@ -80,16 +88,29 @@ _CLEAN = ARTEFACT.names.index("Clean")
 
 # Substrate colour under the paint/emulsion: what Material loss, Peel and Puncture rims reveal.
 _SUBSTRATE: dict[str, tuple[int, int, int]] = {
-    "Parchment": (222, 202, 160), "Film emulsion": (205, 205, 192), "Glass": (200, 218, 214),
-    "Paper": (236, 229, 210), "Tesserae": (172, 166, 150), "Canvas": (198, 176, 136),
-    "Textile": (186, 168, 138), "Wood": (150, 106, 66), "Ceramic": (196, 128, 88), "Lacquer": (128, 88, 56),
+    "Parchment": (222, 202, 160),
+    "Film emulsion": (205, 205, 192),
+    "Glass": (200, 218, 214),
+    "Paper": (236, 229, 210),
+    "Tesserae": (172, 166, 150),
+    "Canvas": (198, 176, 136),
+    "Textile": (186, 168, 138),
+    "Wood": (150, 106, 66),
+    "Ceramic": (196, 128, 88),
+    "Lacquer": (128, 88, 56),
 }
 # Which contents each material tends to carry (weights over CONTENTS).
 _CONTENT_WEIGHTS: dict[str, tuple[float, float, float, float]] = {
-    "Parchment": (0.5, 0.0, 0.35, 0.15), "Film emulsion": (0.1, 0.8, 0.05, 0.05),
-    "Glass": (0.3, 0.5, 0.05, 0.15), "Paper": (0.35, 0.25, 0.3, 0.1), "Tesserae": (0.35, 0.0, 0.0, 0.65),
-    "Canvas": (0.8, 0.0, 0.05, 0.15), "Textile": (0.3, 0.0, 0.1, 0.6), "Wood": (0.6, 0.0, 0.1, 0.3),
-    "Ceramic": (0.4, 0.0, 0.2, 0.4), "Lacquer": (0.6, 0.0, 0.15, 0.25),
+    "Parchment": (0.5, 0.0, 0.35, 0.15),
+    "Film emulsion": (0.1, 0.8, 0.05, 0.05),
+    "Glass": (0.3, 0.5, 0.05, 0.15),
+    "Paper": (0.35, 0.25, 0.3, 0.1),
+    "Tesserae": (0.35, 0.0, 0.0, 0.65),
+    "Canvas": (0.8, 0.0, 0.05, 0.15),
+    "Textile": (0.3, 0.0, 0.1, 0.6),
+    "Wood": (0.6, 0.0, 0.1, 0.3),
+    "Ceramic": (0.4, 0.0, 0.2, 0.4),
+    "Lacquer": (0.6, 0.0, 0.15, 0.25),
 }
 
 
@@ -122,8 +143,9 @@ def _palette(rng: np.random.Generator, k: int) -> np.ndarray:
     return np.stack([_hsv(hh, s, v) for hh, s, v in zip(hues, sats, vals)])
 
 
-def _blob(rng: np.random.Generator, cx: float, cy: float, r: float, irr: float, nv: int = 28,
-          aspect: float = 1.0) -> list[tuple[float, float]]:
+def _blob(
+    rng: np.random.Generator, cx: float, cy: float, r: float, irr: float, nv: int = 28, aspect: float = 1.0
+) -> list[tuple[float, float]]:
     """An irregular closed outline (radius modulated by random harmonics and jitter)."""
     th = np.linspace(0, 2 * np.pi, nv, endpoint=False) + rng.uniform(0, 2 * np.pi / nv)
     rad = np.ones(nv)
@@ -197,8 +219,14 @@ class _Ctx:
         y1 = min(self.h, int(math.ceil(max(ys) + pad)) + 1)
         return (x0, y0, x1, y1) if x1 > x0 and y1 > y0 else None
 
-    def paint(self, cls: int, box: tuple[int, int, int, int], label: np.ndarray,
-              target: Callable[[np.ndarray], np.ndarray], alpha: np.ndarray | float = 1.0) -> None:
+    def paint(
+        self,
+        cls: int,
+        box: tuple[int, int, int, int],
+        label: np.ndarray,
+        target: Callable[[np.ndarray], np.ndarray],
+        alpha: np.ndarray | float = 1.0,
+    ) -> None:
         """Blend `target(crop)` into the crop with `alpha` and write `cls` where `label`.
 
         A scalar alpha only touches the labelled pixels (cheap for thin damage);
@@ -318,13 +346,18 @@ def _material_loss(c: _Ctx, cls: int) -> None:
         hole = np.asarray(layer) > 0
         rim = (np.asarray(layer.filter(ImageFilter.MaxFilter(5))) > 0) & ~hole
         sub = c.substrate + rng.normal(0, 12, 3).astype(np.float32)
-        c.paint(cls, box, hole,
-                lambda x: sub + 0.12 * (x - x.mean(0)) + rng.standard_normal((len(x), 1), dtype=np.float32) * 7)
+        c.paint(
+            cls,
+            box,
+            hole,
+            lambda x: sub + 0.12 * (x - x.mean(0)) + rng.standard_normal((len(x), 1), dtype=np.float32) * 7,
+        )
         c.paint(cls, box, rim, lambda x: x * 0.6, alpha=0.7)
 
 
-def _crack_paths(rng: np.random.Generator, x: float, y: float, angle: float, length: float, depth: int,
-                 out: list[np.ndarray]) -> None:
+def _crack_paths(
+    rng: np.random.Generator, x: float, y: float, angle: float, length: float, depth: int, out: list[np.ndarray]
+) -> None:
     n = max(3, int(length / 4))
     ang = angle + np.cumsum(rng.normal(0, 0.28, n))
     xs = x + np.cumsum(np.cos(ang) * 4)
@@ -349,7 +382,9 @@ def _cracks(c: _Ctx, cls: int) -> None:
             continue
         layer, draw = _layer(box)
         for i, p in enumerate(paths):
-            draw.line(_shift(p.tolist(), box), fill=255, width=int(rng.integers(2, 4)) if i < 3 else int(rng.integers(1, 3)))
+            draw.line(
+                _shift(p.tolist(), box), fill=255, width=int(rng.integers(2, 4)) if i < 3 else int(rng.integers(1, 3))
+            )
         dark = rng.uniform(0.25, 0.5)
         c.paint(cls, box, np.asarray(layer) > 0, lambda x: x * dark, alpha=0.9)
 
@@ -496,7 +531,7 @@ def _sticker(c: _Ctx, cls: int) -> None:
         win = (sx0, sy0, sx0 + box[2] - box[0], sy0 + box[3] - box[1])
         s_arr = np.asarray(sticker.crop(win), np.float32)
         s_lab = np.asarray(alpha_img.crop(win)) > 127
-        mean_under = c.img[box[1]:box[3], box[0]:box[2]].reshape(-1, 3).mean(0)
+        mean_under = c.img[box[1] : box[3], box[0] : box[2]].reshape(-1, 3).mean(0)
         aged = 0.8 * s_arr[s_lab] + 0.2 * mean_under  # sunlight and grime pull it toward its surroundings
         c.paint(cls, box, s_lab, lambda x: aged)
 
@@ -632,10 +667,19 @@ if sorted(_DRAWERS) != sorted(ARTEFACT.names[1:]):
     raise AssertionError("one drawer per ARTeFACT damage type, named as in the class table")
 # Material makes some types likelier (light leaks on film, cracks on brittle surfaces, ...).
 _AFFINITY: dict[tuple[str, str], float] = {
-    ("Film emulsion", "Lightleak"): 3.0, ("Glass", "Lightleak"): 2.0, ("Film emulsion", "Scratch"): 1.6,
-    ("Glass", "Cracks"): 1.6, ("Ceramic", "Cracks"): 1.6, ("Lacquer", "Cracks"): 1.5,
-    ("Canvas", "Cracks"): 1.4, ("Paper", "Writing"): 2.0, ("Parchment", "Writing"): 2.5,
-    ("Paper", "Stamp"): 1.8, ("Paper", "Fold"): 1.8, ("Textile", "Fold"): 1.6, ("Tesserae", "Material loss"): 1.3,
+    ("Film emulsion", "Lightleak"): 3.0,
+    ("Glass", "Lightleak"): 2.0,
+    ("Film emulsion", "Scratch"): 1.6,
+    ("Glass", "Cracks"): 1.6,
+    ("Ceramic", "Cracks"): 1.6,
+    ("Lacquer", "Cracks"): 1.5,
+    ("Canvas", "Cracks"): 1.4,
+    ("Paper", "Writing"): 2.0,
+    ("Parchment", "Writing"): 2.5,
+    ("Paper", "Stamp"): 1.8,
+    ("Paper", "Fold"): 1.8,
+    ("Textile", "Fold"): 1.6,
+    ("Tesserae", "Material loss"): 1.3,
 }
 
 
@@ -832,12 +876,24 @@ def render(index: int, seed: int) -> tuple[np.ndarray, np.ndarray, str, str]:
     img = _material_texture(rng, img.astype(np.float32), material)
     obj = _object_mask(rng, h, w)
     ys, xs = np.nonzero(obj.any(1))[0], np.nonzero(obj.any(0))[0]
-    mount = np.array([(22, 22, 22), (60, 60, 62), (128, 128, 128), (236, 234, 228), (88, 98, 114),
-                      (200, 190, 168)][int(rng.integers(6))], np.float32) + rng.normal(0, 6, 3).astype(np.float32)
+    mount = np.array(
+        [(22, 22, 22), (60, 60, 62), (128, 128, 128), (236, 234, 228), (88, 98, 114), (200, 190, 168)][
+            int(rng.integers(6))
+        ],
+        np.float32,
+    ) + rng.normal(0, 6, 3).astype(np.float32)
     substrate = np.array(_SUBSTRATE[material], np.float32) + rng.normal(0, 10, 3).astype(np.float32)
-    ctx = _Ctx(img=np.ascontiguousarray(img, np.float32), lab=np.full((h, w), _CLEAN, np.uint8), obj=obj,
-               bbox=(int(xs[0]), int(ys[0]), int(xs[-1]) + 1, int(ys[-1]) + 1), rng=rng,
-               substrate=substrate, mount=mount, material=material, content=content)
+    ctx = _Ctx(
+        img=np.ascontiguousarray(img, np.float32),
+        lab=np.full((h, w), _CLEAN, np.uint8),
+        obj=obj,
+        bbox=(int(xs[0]), int(ys[0]), int(xs[-1]) + 1, int(ys[-1]) + 1),
+        rng=rng,
+        substrate=substrate,
+        mount=mount,
+        material=material,
+        content=content,
+    )
 
     forced = _DAMAGE[index % len(_DAMAGE)][0]  # guarantees every type in any 15 consecutive images
     for name, p, draw in _DAMAGE:
@@ -875,11 +931,13 @@ def augment_copy(img: np.ndarray, lab: np.ndarray, k: int, rng: np.random.Genera
     # two C passes in Pillow, no float copy of the image.
     a = math.radians(rng.uniform(12, 60) * (1 if rng.random() < 0.5 else -1))
     co, si = math.cos(a), math.sin(a)
-    rot = np.array([
-        [0.299 + 0.701 * co + 0.168 * si, 0.587 - 0.587 * co + 0.330 * si, 0.114 - 0.114 * co - 0.497 * si],
-        [0.299 - 0.299 * co - 0.328 * si, 0.587 + 0.413 * co + 0.035 * si, 0.114 - 0.114 * co + 0.292 * si],
-        [0.299 - 0.300 * co + 1.250 * si, 0.587 - 0.588 * co - 1.050 * si, 0.114 + 0.886 * co - 0.203 * si],
-    ]) * rng.uniform(0.85, 1.12, (3, 1))
+    rot = np.array(
+        [
+            [0.299 + 0.701 * co + 0.168 * si, 0.587 - 0.587 * co + 0.330 * si, 0.114 - 0.114 * co - 0.497 * si],
+            [0.299 - 0.299 * co - 0.328 * si, 0.587 + 0.413 * co + 0.035 * si, 0.114 - 0.114 * co + 0.292 * si],
+            [0.299 - 0.300 * co + 1.250 * si, 0.587 - 0.588 * co - 1.050 * si, 0.114 + 0.886 * co - 0.203 * si],
+        ]
+    ) * rng.uniform(0.85, 1.12, (3, 1))
     matrix = tuple(float(v) for row in rot for v in (*row, 0.0))
     gamma = rng.uniform(0.75, 1.3)
     lut = [min(255, int(round(255 * (i / 255) ** gamma))) for i in range(256)] * 3
@@ -908,15 +966,28 @@ def _write_group(root: Path, index: int, seed: int, aug_copies: int) -> list[dic
     for name, im, lb in pairs:
         (root / "images" / f"{name}.png").write_bytes(_png(im))
         (root / "annotations" / f"{name}.png").write_bytes(_png(lb))
-        rows.append({"id": name, "material": material, "content": content,
-                     "image_path": f"images/{name}.png", "annotation_path": f"annotations/{name}.png",
-                     "width": im.shape[1], "height": im.shape[0]})
+        rows.append(
+            {
+                "id": name,
+                "material": material,
+                "content": content,
+                "image_path": f"images/{name}.png",
+                "annotation_path": f"annotations/{name}.png",
+                "width": im.shape[1],
+                "height": im.shape[0],
+            }
+        )
     return rows
 
 
 def _marker(n: int, seed: int, aug_copies: int) -> dict[str, object]:
-    return {"generator": "poc59.data.synthetic", "version": GENERATOR_VERSION,
-            "n": n, "seed": seed, "aug_copies": aug_copies}
+    return {
+        "generator": "poc59.data.synthetic",
+        "version": GENERATOR_VERSION,
+        "n": n,
+        "seed": seed,
+        "aug_copies": aug_copies,
+    }
 
 
 def _check_args(n: int, seed: int, aug_copies: int) -> tuple[int, int, int]:
@@ -983,8 +1054,9 @@ def generate(out: str | Path, n: int, seed: int = 0, aug_copies: int = 3, *, wor
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    log.info("synthetic set: %d originals + %d copies in %.1f s -> %s",
-             n, n * aug_copies, time.perf_counter() - start, out)
+    log.info(
+        "synthetic set: %d originals + %d copies in %.1f s -> %s", n, n * aug_copies, time.perf_counter() - start, out
+    )
     return out
 
 
@@ -1085,8 +1157,13 @@ def main(argv: list[str] | None = None) -> int:
         log.error("error: %s", err)
         return 2
     try:
-        generate(args["out"], int(args.get("n", 100)), int(args.get("seed", 0)), int(args.get("aug", 3)),
-                 workers=args.get("workers"))
+        generate(
+            args["out"],
+            int(args.get("n", 100)),
+            int(args.get("seed", 0)),
+            int(args.get("aug", 3)),
+            workers=args.get("workers"),
+        )
     except (FileExistsError, ValueError) as err:
         log.error("error: %s", err)
         return 1

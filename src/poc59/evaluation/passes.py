@@ -50,8 +50,12 @@ def batch_confmats(preds: torch.Tensor, target: torch.Tensor, num_classes: int, 
     return confusion_matrix(preds, target, num_classes, ignore_index, per_image=True)
 
 
-def run_feed(model: TrainedModel, batches: BatchFeed, autocast: Any,
-             on_batch: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], None]) -> float:
+def run_feed(
+    model: TrainedModel,
+    batches: BatchFeed,
+    autocast: Any,
+    on_batch: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], None],
+) -> float:
     """Predict every batch of a feed; on_batch(label maps, masks, the batch's units) each time.
 
     Returns the inference seconds for the whole feed (see SPEED_CONVENTION): the timed batches'
@@ -74,7 +78,12 @@ def run_feed(model: TrainedModel, batches: BatchFeed, autocast: Any,
 
 
 def score(
-    model: TrainedModel, dm: SegmentationDataModule, indices: list[int], batch_size: int, device: torch.device, autocast: Any
+    model: TrainedModel,
+    dm: SegmentationDataModule,
+    indices: list[int],
+    batch_size: int,
+    device: torch.device,
+    autocast: Any,
 ) -> tuple[torch.Tensor, torch.Tensor, float]:
     """(split-wide confusion matrix [C, C], per-image matrices [N, C, C], seconds for the whole split)."""
     classes = model.classes
@@ -91,8 +100,14 @@ def score(
     return per_image.sum(0), per_image, seconds  # every pixel belongs to one image: their sum is the split's
 
 
-def predicted_canvases(model: TrainedModel, dm: SegmentationDataModule, indices: list[int], batch_size: int,
-                       device: torch.device, autocast: Any) -> np.ndarray:
+def predicted_canvases(
+    model: TrainedModel,
+    dm: SegmentationDataModule,
+    indices: list[int],
+    batch_size: int,
+    device: torch.device,
+    autocast: Any,
+) -> np.ndarray:
     """uint8 [n, H, W] label maps on the stored canvas (tiles pasted back under policy=crop; 255 where nothing was predicted)."""
     canvas = torch.full((len(indices), *dm.data.masks.shape[1:]), 255, dtype=torch.uint8)
     row = {sample: k for k, sample in enumerate(indices)}
@@ -110,11 +125,15 @@ def predicted_canvases(model: TrainedModel, dm: SegmentationDataModule, indices:
     return canvas.numpy()
 
 
-
-
 def score_native(
-    model: TrainedModel, dm: SegmentationDataModule, indices: list[int], batch_size: int, device: torch.device,
-    overlap: float = 0.25, tta: bool = False, trained: str | None = None,
+    model: TrainedModel,
+    dm: SegmentationDataModule,
+    indices: list[int],
+    batch_size: int,
+    device: torch.device,
+    overlap: float = 0.25,
+    tta: bool = False,
+    trained: str | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, float]:
     """Like `score`, at each image's stored resolution via `inference.predict_label_map` (one image at a time),
     in the run's training precision (`trained`) as `precision_for` reports it."""

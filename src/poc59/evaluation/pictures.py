@@ -34,12 +34,17 @@ def draw(
     """
     classes, where = model.classes, f"{metrics['split']} split, {metrics['num_images']} images"
     out = {
-        "confusion_matrix": confusion_matrix_figure(np.asarray(metrics["confusion_matrix"]), classes, folder / "confusion_matrix.png",
-                                                    title=f"Confusion matrix, row-normalised ({where})"),
+        "confusion_matrix": confusion_matrix_figure(
+            np.asarray(metrics["confusion_matrix"]),
+            classes,
+            folder / "confusion_matrix.png",
+            title=f"Confusion matrix, row-normalised ({where})",
+        ),
         "iou_bars": iou_bars_figure(
             {n: row["iou"] for n, row in metrics["per_class"].items()},
             {n: tuple(row["iou_ci"]) if row["iou_ci"] else None for n, row in metrics["per_class"].items()},
-            classes, folder / "iou_bars.png",
+            classes,
+            folder / "iou_bars.png",
             f"IoU per class ({where}; {100 * metrics['bootstrap']['level']:g} % bootstrap intervals over images)",
         ),
     }
@@ -47,10 +52,17 @@ def draw(
         if not positions:
             continue
         chosen = [indices[p] for p in positions]
-        titles = [f"{dm.samples[indices[p]].id}\nimage mIoU " + ("n/a" if np.isnan(image_miou[p]) else f"{100 * image_miou[p]:.1f} %")
-                  for p in positions]
+        titles = [
+            f"{dm.samples[indices[p]].id}\nimage mIoU "
+            + ("n/a" if np.isnan(image_miou[p]) else f"{100 * image_miou[p]:.1f} %")
+            for p in positions
+        ]
         out[name] = sample_grid_figure(
-            dm.data.images[chosen].permute(0, 2, 3, 1).numpy(), dm.data.masks[chosen].numpy(), predict(chosen),
-            classes, folder / f"{name}.png", titles,
+            dm.data.images[chosen].permute(0, 2, 3, 1).numpy(),
+            dm.data.masks[chosen].numpy(),
+            predict(chosen),
+            classes,
+            folder / f"{name}.png",
+            titles,
         )
     return {name: str(Path(path).relative_to(folder)) for name, path in out.items()}

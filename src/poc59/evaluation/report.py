@@ -22,8 +22,12 @@ def print_report(metrics: dict, console: Console | None = None) -> None:
     level = f"{100 * metrics['bootstrap']['level']:g} %"
     table = Table(
         title=f"{metrics['checkpoint']}\n{metrics['split']} split of {metrics['data_root']}: {metrics['num_images']} images "
-        + (f"at {metrics['image_size']} px ({metrics['geometry'].get('policy')})" if metrics.get("mode") != "native"
-         else "at their stored resolution (mode=native, as predict runs)") + "; values in %",
+        + (
+            f"at {metrics['image_size']} px ({metrics['geometry'].get('policy')})"
+            if metrics.get("mode") != "native"
+            else "at their stored resolution (mode=native, as predict runs)"
+        )
+        + "; values in %",
         title_justify="left",
     )
     table.add_column("id", justify="right")
@@ -39,27 +43,53 @@ def print_report(metrics: dict, console: Console | None = None) -> None:
             absent = Text("absent", style="dim italic")
             table.add_row(str(c), name, absent, absent, absent, absent, f"{row['support']:,}", str(row["images"]))
             continue
-        table.add_row(str(c), name, with_interval(row["iou"], row["iou_ci"]), pct(row["precision"]), pct(row["recall"]),
-                      pct(row["f1"]), f"{row['support']:,}", str(row["images"]))
+        table.add_row(
+            str(c),
+            name,
+            with_interval(row["iou"], row["iou_ci"]),
+            pct(row["precision"]),
+            pct(row["recall"]),
+            pct(row["f1"]),
+            f"{row['support']:,}",
+            str(row["images"]),
+        )
     console.print(table)
-    console.print(Text("absent: neither in the target nor predicted anywhere in the split; precision n/a: never predicted; "
-                       "images: images whose target holds the class (an IoU from 1 or 2 images is fragile)", style="dim"))
+    console.print(
+        Text(
+            "absent: neither in the target nor predicted anywhere in the split; precision n/a: never predicted; "
+            "images: images whose target holds the class (an IoU from 1 or 2 images is fragile)",
+            style="dim",
+        )
+    )
     boot = metrics["bootstrap"]
     lines = [
-        ("mIoU", with_interval(metrics["miou"], metrics["miou_ci"]) + " %",
-         f"{metrics['metric_convention']}; [{level} bootstrap interval over images, {boot['resamples']} resamples, seed {boot['seed']}]"),
+        (
+            "mIoU",
+            with_interval(metrics["miou"], metrics["miou_ci"]) + " %",
+            f"{metrics['metric_convention']}; [{level} bootstrap interval over images, {boot['resamples']} resamples, seed {boot['seed']}]",
+        ),
         ("mIoU, earlier system's convention", pct(metrics["miou_legacy"]) + " %", metrics["miou_legacy_convention"]),
         ("pixel accuracy", pct(metrics["pixel_accuracy"]) + " %", "correct / all non-ignored pixels of the split"),
         ("frequency-weighted IoU", pct(metrics["fw_iou"]) + " %", "per-class IoU weighted by target pixel share"),
     ]
     speed = metrics["speed"]
-    lines.append((
-        "inference", f"{speed['ms_per_image']:.2f} ms/image, {speed['images_per_s']:.1f} images/s" if speed["images_per_s"] else "n/a",
-        f"{speed['device']}" + (f" ({speed['cpu_threads']} threads)" if speed["device"] == "cpu" else "")
-        + f", batch {speed['batch_size']}, {speed['precision']}; {speed['convention']}",
-    ))
+    lines.append(
+        (
+            "inference",
+            f"{speed['ms_per_image']:.2f} ms/image, {speed['images_per_s']:.1f} images/s"
+            if speed["images_per_s"]
+            else "n/a",
+            f"{speed['device']}"
+            + (f" ({speed['cpu_threads']} threads)" if speed["device"] == "cpu" else "")
+            + f", batch {speed['batch_size']}, {speed['precision']}; {speed['convention']}",
+        )
+    )
     for label, value, meaning in lines:
         console.print(Text.assemble((f"{label}: ", "bold"), (value, "bold"), (f"  ({meaning})", "dim")))
     for column, groups in metrics["groups"].items():
-        console.print(Text.assemble((f"mIoU by {column}: ", "bold"), "; ".join(
-            f"{value} {pct(g['miou'])} % ({g['num_images']} images)" for value, g in groups.items())))
+        console.print(
+            Text.assemble(
+                (f"mIoU by {column}: ", "bold"),
+                "; ".join(f"{value} {pct(g['miou'])} % ({g['num_images']} images)" for value, g in groups.items()),
+            )
+        )

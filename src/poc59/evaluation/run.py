@@ -57,11 +57,15 @@ class EvaluateError(ValueError):
 def locate(run_dir: str | Path | None, ckpt: str | Path | None) -> tuple[Path, Path | None]:
     """(checkpoint, run folder or None) from run_dir= and/or ckpt=."""
     if run_dir is None and ckpt is None:
-        raise EvaluateError("name what to evaluate: run_dir=<run folder> (uses its checkpoints/best.ckpt) or ckpt=<file>")
+        raise EvaluateError(
+            "name what to evaluate: run_dir=<run folder> (uses its checkpoints/best.ckpt) or ckpt=<file>"
+        )
     return locate_checkpoint(run_dir, ckpt, EvaluateError)
 
 
-def data_config(model: TrainedModel, run: Path | None, data_root: str | Path | None, batch_size: int | None) -> tuple[Any, bool]:
+def data_config(
+    model: TrainedModel, run: Path | None, data_root: str | Path | None, batch_size: int | None
+) -> tuple[Any, bool]:
     """The DataModule config: the run's own (same images, split and geometry), or `data_root` at the checkpoint's geometry.
 
     Returns (config, own) where `own` says the data is the run's (its split.json applies).
@@ -77,8 +81,13 @@ def data_config(model: TrainedModel, run: Path | None, data_root: str | Path | N
         if not Path(cfg.root).expanduser().is_absolute() and summary.is_file():  # relative to where training ran
             cfg.root = json.loads(summary.read_text())["provenance"]["data"]["root"]
     else:
-        cfg = OmegaConf.create({"_target_": f"{SegmentationDataModule.__module__}.{SegmentationDataModule.__name__}",
-                                "cache_dir": str(cache_root() / "data"), "batch_size": 8})
+        cfg = OmegaConf.create(
+            {
+                "_target_": f"{SegmentationDataModule.__module__}.{SegmentationDataModule.__name__}",
+                "cache_dir": str(cache_root() / "data"),
+                "batch_size": 8,
+            }
+        )
     own = run is not None and (data_root is None or Path(data_root).expanduser().resolve() == Path(cfg.root).resolve())
     if own:
         cfg.split_file = str(run / "split.json")
@@ -98,7 +107,7 @@ MODES = ("training_resolution", "native")
 MODE_CONVENTIONS = {
     "training_resolution": "images as training validation saw them (the run's geometry and image size): reproduces val/mIoU",
     "native": "each image at its stored resolution, predicted as python -m poc59.predict does (overlap {overlap}, "
-              "flip TTA {tta}), scored against its full-resolution mask: not comparable with val/mIoU",
+    "flip TTA {tta}), scored against its full-resolution mask: not comparable with val/mIoU",
 }
 
 
@@ -116,9 +125,11 @@ def split_indices(dm: SegmentationDataModule, split: str) -> list[int]:
     ids = dm.split[split]
     if not ids:
         raise EvaluateError(
-            f"the {split} split of {dm.root} is empty" + (
+            f"the {split} split of {dm.root} is empty"
+            + (
                 ": the run held out no test images (train with data.test_fraction=0.1 to have some), or use split=val"
-                if split == "test" else ""
+                if split == "test"
+                else ""
             )
         )
     index = {s.id: i for i, s in enumerate(dm.samples)}
@@ -155,8 +166,11 @@ def group_report(per_image: torch.Tensor, groups: dict[str, dict[str, list[int]]
         out[column] = {}
         for value, rows in values.items():
             s = scores(per_image[rows].sum(0), names)
-            out[column][value] = {"num_images": len(rows), "miou": s["miou"],
-                                  "per_class_iou": {n: s["per_class"][n]["iou"] for n in names}}
+            out[column][value] = {
+                "num_images": len(rows),
+                "miou": s["miou"],
+                "per_class_iou": {n: s["per_class"][n]["iou"] for n in names},
+            }
     return out
 
 
@@ -189,8 +203,10 @@ def evaluate_run(
     if mode not in MODES:
         raise EvaluateError(f"mode={mode}: choose {' or '.join(MODES)} (native: full resolution, as predict runs)")
     if int(resamples) < 1 or not 0.0 < float(level) < 1.0:  # before any inference, not after it
-        raise EvaluateError(f"bootstrap.resamples={resamples}, bootstrap.level={level}: resamples must be >= 1 "
-                            "and level between 0 and 1 (e.g. bootstrap.level=0.95)")
+        raise EvaluateError(
+            f"bootstrap.resamples={resamples}, bootstrap.level={level}: resamples must be >= 1 "
+            "and level between 0 and 1 (e.g. bootstrap.level=0.95)"
+        )
     torch.set_flush_denormal(True)  # as training did: the same arithmetic, and 3-10x faster on CPU
     ckpt_path, run = locate(run_dir, ckpt)
     dev = resolve_device(device)
@@ -212,8 +228,18 @@ def evaluate_run(
     indices = split_indices(dm, split)
     trained = OmegaConf.load(run / "config.yaml").trainer.get("precision") if run else None
     precision, autocast = precision_for(dev, trained)
-    log.info("Evaluating %s on %d %s images of %s (%s, %d px, batch %d, %s, %s)", ckpt_path, len(indices), split,
-             dm.root, dm.policy, dm.image_size, dm.batch_size, dev, precision)
+    log.info(
+        "Evaluating %s on %d %s images of %s (%s, %d px, batch %d, %s, %s)",
+        ckpt_path,
+        len(indices),
+        split,
+        dm.root,
+        dm.policy,
+        dm.image_size,
+        dm.batch_size,
+        dev,
+        precision,
+    )
 
     if mode == "native":
         confmat, per_image, seconds = score_native(model, dm, indices, dm.batch_size, dev, overlap, tta, trained)
@@ -223,9 +249,15 @@ def evaluate_run(
     s = scores(confmat, names)
     boot = bootstrap_iou(per_image, resamples, seed, level)
     images = (per_image.sum(2) > 0).sum(0).tolist()  # images whose target holds the class: 1 or 2 = a fragile IoU
-    per_class = {n: {"iou": s["per_class"][n]["iou"], "iou_ci": _interval(boot["per_class_iou"][c]),
-                     **{key: v for key, v in s["per_class"][n].items() if key != "iou"}, "images": images[c]}
-                 for c, n in enumerate(names)}
+    per_class = {
+        n: {
+            "iou": s["per_class"][n]["iou"],
+            "iou_ci": _interval(boot["per_class_iou"][c]),
+            **{key: v for key, v in s["per_class"][n].items() if key != "iou"},
+            "images": images[c],
+        }
+        for c, n in enumerate(names)
+    }
     image_miou = batched_miou(per_image).tolist()
     ranked = sorted((m, p) for p, m in enumerate(image_miou) if not math.isnan(m))  # worst first
     worst_k = max(0, int(worst_k))
@@ -237,7 +269,9 @@ def evaluate_run(
         "split": split,
         "data_root": str(dm.root),
         "mode": mode,
-        "mode_convention": MODE_CONVENTIONS[mode] if mode == "training_resolution" else MODE_CONVENTIONS[mode].format(overlap=overlap, tta=tta),
+        "mode_convention": MODE_CONVENTIONS[mode]
+        if mode == "training_resolution"
+        else MODE_CONVENTIONS[mode].format(overlap=overlap, tta=tta),
         "image_size": dm.image_size,
         "geometry": dict(model.geometry),
         "split_fingerprint": dm.split["fingerprint"],
@@ -253,9 +287,15 @@ def evaluate_run(
         "per_class": per_class,
         "bootstrap": {key: boot[key] for key in ("resamples", "seed", "level", "unit")},
         "groups": group_report(per_image, metadata_groups(dm, indices), names),
-        "speed": {"ms_per_image": ms, "images_per_s": 1000 / ms if ms > 0 else None, "device": str(dev),
-                  "cpu_threads": torch.get_num_threads(), "batch_size": dm.batch_size, "precision": precision,
-                  "convention": NATIVE_SPEED_CONVENTION if mode == "native" else SPEED_CONVENTION},
+        "speed": {
+            "ms_per_image": ms,
+            "images_per_s": 1000 / ms if ms > 0 else None,
+            "device": str(dev),
+            "cpu_threads": torch.get_num_threads(),
+            "batch_size": dm.batch_size,
+            "precision": precision,
+            "convention": NATIVE_SPEED_CONVENTION if mode == "native" else SPEED_CONVENTION,
+        },
         "worst_images": [{"id": dm.samples[indices[p]].id, "miou": float(m)} for m, p in ranked[:worst_k]],
         "confusion_matrix": confmat.tolist(),
         "pictures": {},
@@ -265,9 +305,16 @@ def evaluate_run(
     if mode == "native":
         grids = {}  # the grids show the stored canvases; full-resolution maps come from predict
     if pictures:
-
-        metrics["pictures"] = draw(metrics, model, dm, indices, image_miou, grids, folder,
-                                   lambda chosen: predicted_canvases(model, dm, chosen, dm.batch_size, dev, autocast))
+        metrics["pictures"] = draw(
+            metrics,
+            model,
+            dm,
+            indices,
+            image_miou,
+            grids,
+            folder,
+            lambda chosen: predicted_canvases(model, dm, chosen, dm.batch_size, dev, autocast),
+        )
     metrics["folder"] = str(folder)
     write_json(folder / "metrics.json", metrics)
     log.info("Metrics: %s", folder / "metrics.json")
@@ -278,4 +325,3 @@ def _default_out(ckpt: Path, run: Path | None, root: Path, split: str, own: bool
     base = run / "evaluation" if run else ckpt.parent / f"{ckpt.stem}-evaluation"
     name = split if own else f"{root.name}-{split}"
     return base / (f"{name}-native" if mode == "native" else name)
-

@@ -42,19 +42,27 @@ def evaluate_all(sweep: str | Path, split: str | None = "val", out: Any = None, 
 
     folder = Path(sweep).expanduser().resolve()
     if not folder.is_dir():
-        raise EvaluateError(f"sweep folder {folder} not found: sweep= names a folder of runs, e.g. outputs/sweeps/<date_time>")
+        raise EvaluateError(
+            f"sweep folder {folder} not found: sweep= names a folder of runs, e.g. outputs/sweeps/<date_time>"
+        )
     if out is not None:
-        raise EvaluateError("out= names one run's output folder; with sweep= each run writes to <run>/evaluation/<split>")
+        raise EvaluateError(
+            "out= names one run's output folder; with sweep= each run writes to <run>/evaluation/<split>"
+        )
     runs = run_folders(folder)
     if not runs:
-        raise EvaluateError(f"{folder} holds no run folders (none with config.yaml, .hydra/, summary.json or checkpoints/)")
+        raise EvaluateError(
+            f"{folder} holds no run folders (none with config.yaml, .hydra/, summary.json or checkpoints/)"
+        )
     split = split or "val"
     rows = []
     for run in runs:
         row: dict[str, Any] = {"run_dir": str(run), "status": "skipped", "miou": None, "metrics": None, "reason": None}
         missing = [m for m in ("summary.json", "checkpoints/best.ckpt") if not (run / m).is_file()]
         if missing:
-            row["reason"] = f"unfinished or failed: no {' and no '.join(missing)} (python -m poc59.sweep_status {folder})"
+            row["reason"] = (
+                f"unfinished or failed: no {' and no '.join(missing)} (python -m poc59.sweep_status {folder})"
+            )
             log.warning("Skipping %s: %s", run, row["reason"])
         else:
             try:
@@ -63,11 +71,16 @@ def evaluate_all(sweep: str | Path, split: str | None = "val", out: Any = None, 
                 log.exception("Evaluating %s failed", run)
                 row.update(status="failed", reason=f"{type(err).__name__}: {err}")
             else:
-                row.update(status="evaluated", miou=metrics["miou"],
-                           metrics=str(Path(metrics["folder"]) / "metrics.json"))
+                row.update(
+                    status="evaluated", miou=metrics["miou"], metrics=str(Path(metrics["folder"]) / "metrics.json")
+                )
         rows.append(row)
-    report = {"sweep": str(folder), "split": split, "counts": {s: sum(r["status"] == s for r in rows) for s in STATUSES},
-              "runs": rows}
+    report = {
+        "sweep": str(folder),
+        "split": split,
+        "counts": {s: sum(r["status"] == s for r in rows) for s in STATUSES},
+        "runs": rows,
+    }
     native = "-native" if options.get("mode") == "native" else ""
     write_json(folder / f"evaluation-{split}{native}.json", report)
     print_summary(report, Console())
@@ -76,8 +89,11 @@ def evaluate_all(sweep: str | Path, split: str | None = "val", out: Any = None, 
 
 def print_summary(report: dict, console: Console) -> None:
     counts = report["counts"]
-    table = Table(title=f"Evaluate-all {report['sweep']} ({report['split']} split): "
-                  + ", ".join(f"{counts[s]} {s}" for s in STATUSES), title_justify="left")
+    table = Table(
+        title=f"Evaluate-all {report['sweep']} ({report['split']} split): "
+        + ", ".join(f"{counts[s]} {s}" for s in STATUSES),
+        title_justify="left",
+    )
     table.add_column("run", overflow="fold")
     table.add_column("status")
     table.add_column("mIoU %", justify="right")
@@ -85,8 +101,17 @@ def print_summary(report: dict, console: Console) -> None:
     style = {"evaluated": "green", "skipped": "yellow", "failed": "bold red"}
     for r in report["runs"]:
         miou = "n/a" if r["miou"] is None else f"{100 * r['miou']:.2f}"
-        table.add_row(Path(r["run_dir"]).name, Text(r["status"], style=style[r["status"]]),
-                      miou if r["status"] == "evaluated" else "", r["metrics"] or r["reason"] or "")
+        table.add_row(
+            Path(r["run_dir"]).name,
+            Text(r["status"], style=style[r["status"]]),
+            miou if r["status"] == "evaluated" else "",
+            r["metrics"] or r["reason"] or "",
+        )
     console.print(table)
-    console.print(Text("mIoU: poc59's convention (mean over classes present in target or prediction); "
-                       "per-class tables are in each metrics.json", style="dim"))
+    console.print(
+        Text(
+            "mIoU: poc59's convention (mean over classes present in target or prediction); "
+            "per-class tables are in each metrics.json",
+            style="dim",
+        )
+    )

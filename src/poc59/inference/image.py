@@ -133,8 +133,11 @@ def logit_bands(
     target = _shrunk(model, image.width, image.height) if policy == "crop" else None
     if target is not None:
         if getattr(image, "streamed", False):
-            log.warning("%s: decoded whole to be shrunk to the model's max_side (%s px): max_memory_mb does not bound it",
-                        getattr(image, "path", "image"), model.geometry.get("max_side"))
+            log.warning(
+                "%s: decoded whole to be shrunk to the model's max_side (%s px): max_memory_mb does not bound it",
+                getattr(image, "path", "image"),
+                model.geometry.get("max_side"),
+            )
         small = _hwc_to_chw(np.asarray(resample_image(Image.fromarray(image.whole()), target)))
         logits = predict_logits(model.segmenter, small, model.image_size, overlap, batch_size, tta, device, autocast)
         upsample = row_upsampler(logits, image.height, image.width)
@@ -143,8 +146,16 @@ def logit_bands(
         return
     if policy == "crop":
         yield from stream_logits(
-            model.segmenter, lambda y0, y1: _hwc_to_chw(image.rows(y0, y1)), image.height, image.width,
-            model.image_size, overlap, batch_size, tta, device, autocast,
+            model.segmenter,
+            lambda y0, y1: _hwc_to_chw(image.rows(y0, y1)),
+            image.height,
+            image.width,
+            model.image_size,
+            overlap,
+            batch_size,
+            tta,
+            device,
+            autocast,
         )
         return
     if policy not in ("resize", "pad"):

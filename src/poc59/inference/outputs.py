@@ -105,7 +105,9 @@ def damage_statistics(
     }
 
 
-def write_statistics(folder: Path, rows: list[dict[str, Any]], classes: ClassTable, meta: dict[str, Any]) -> tuple[Path, Path]:
+def write_statistics(
+    folder: Path, rows: list[dict[str, Any]], classes: ClassTable, meta: dict[str, Any]
+) -> tuple[Path, Path]:
     """statistics.csv (one row per scan, `<class> pixels` / `<class> %` columns) and statistics.json (rows + meta)."""
     buf = io.StringIO()
     out = csv.writer(buf, lineterminator="\n")
@@ -122,4 +124,3 @@ def write_statistics(folder: Path, rows: list[dict[str, Any]], classes: ClassTab
     csv_path = write_bytes(folder / "statistics.csv", buf.getvalue().encode())
     json_path = write_json(folder / "statistics.json", {**meta, "convention": STATISTICS_CONVENTION, "images": rows})
     return csv_path, json_path
-

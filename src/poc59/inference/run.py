@@ -101,7 +101,9 @@ def requested_classes(path: str | Path) -> ClassTable:
         names = data["names"] if isinstance(data, dict) else data
         return ClassTable.from_names(names)
     except (OSError, ValueError, KeyError, TypeError) as err:
-        raise UsageError(f"classes={path}: not a readable class list ({err}); expected [\"name0\", ...] or {{names, palette}}") from None
+        raise UsageError(
+            f'classes={path}: not a readable class list ({err}); expected ["name0", ...] or {{names, palette}}'
+        ) from None
 
 
 def check_classes(model: TrainedModel, wanted: ClassTable) -> None:
@@ -113,7 +115,9 @@ def check_classes(model: TrainedModel, wanted: ClassTable) -> None:
             "use the model trained on these classes, or drop classes="
         )
     if have.palette != wanted.palette:
-        diff = [f"{n}: model {a} vs requested {b}" for n, a, b in zip(have.names, have.palette, wanted.palette) if a != b]
+        diff = [
+            f"{n}: model {a} vs requested {b}" for n, a, b in zip(have.names, have.palette, wanted.palette) if a != b
+        ]
         raise UsageError(f"the model's palette differs from classes=: {'; '.join(diff)}")
 
 
@@ -135,8 +139,16 @@ def stream_bytes(model: TrainedModel, width: int, s: Settings) -> int:
     return 4 * c * width * tile * (2 + 2 * s.tta) + 4 * 2 * c * s.batch_size * tile * tile
 
 
-def predict_image(model: TrainedModel, path: Path, mask_path: Path | None, out: Path, s: Settings,
-                  device: torch.device, autocast: torch.dtype | None, progress: Progress | None = None) -> dict:
+def predict_image(
+    model: TrainedModel,
+    path: Path,
+    mask_path: Path | None,
+    out: Path,
+    s: Settings,
+    device: torch.device,
+    autocast: torch.dtype | None,
+    progress: Progress | None = None,
+) -> dict:
     """Predict one scan, write its label map (and overlay); return its statistics row."""
     start = time.perf_counter()
     decode_budget = None  # resize/pad: the model sees the whole image, so it is decoded whole
@@ -144,7 +156,11 @@ def predict_image(model: TrainedModel, path: Path, mask_path: Path | None, out: 
         width, _ = scan_size(path, s.allow_large_images)
         decode_budget = int(s.max_memory_mb * 2**20) - stream_bytes(model, width, s)
         if decode_budget <= 0:
-            log.warning("%s: max_memory_mb=%g is below one tile row of logits; reading the smallest strips", path, s.max_memory_mb)
+            log.warning(
+                "%s: max_memory_mb=%g is below one tile row of logits; reading the smallest strips",
+                path,
+                s.max_memory_mb,
+            )
             decode_budget = 1
     scan = open_scan(path, s.allow_large_images, max_bytes=decode_budget)
     task = None
@@ -172,8 +188,9 @@ def predict_image(model: TrainedModel, path: Path, mask_path: Path | None, out: 
     write_bytes(out / f"{path.stem}_labels.png", label_map_png(labels, model.classes))
     if picture is not None:
         write_bytes(out / f"{path.stem}_overlay.png", picture.png())
-    row = damage_statistics(str(path), counts, model.classes, (scan.width, scan.height),
-                            int(inside.sum()) if inside is not None else None)
+    row = damage_statistics(
+        str(path), counts, model.classes, (scan.width, scan.height), int(inside.sum()) if inside is not None else None
+    )
     row["labels"] = f"{path.stem}_labels.png"
     row["overlay"] = f"{path.stem}_overlay.png" if picture is not None else None
     row["seconds"] = round(time.perf_counter() - start, 3)
@@ -199,7 +216,9 @@ def run(s: Settings, console: Console | None = None) -> dict:
     out = Path(s.output).expanduser()
     existing = _existing_outputs(out, images)
     if existing and not s.overwrite:
-        raise UsageError(f"{existing[0]} exists ({len(existing)} outputs in {out}); pass overwrite=true or another output=")
+        raise UsageError(
+            f"{existing[0]} exists ({len(existing)} outputs in {out}); pass overwrite=true or another output="
+        )
     masks = _object_masks(s.object_mask, images)
     device = resolve_device(s.device)
     autocast = autocast_dtype(s.precision, device)
@@ -208,14 +227,31 @@ def run(s: Settings, console: Console | None = None) -> dict:
     if s.classes:
         check_classes(model, requested_classes(s.classes))
     geometry = model.geometry
-    how = (f"sliding window, tile {model.image_size} px, overlap {s.overlap:g}, batches of {s.batch_size}"
-           if geometry["policy"] == "crop" else f"{geometry['policy']} to {model.image_size} px, logits upsampled bilinearly")
-    log.info("%d image(s); model %s (%d classes), geometry %s: %s%s; %s", len(images), model.source,
-             model.classes.num_classes, geometry["policy"], how, ", flip TTA" if s.tta else "", device)
+    how = (
+        f"sliding window, tile {model.image_size} px, overlap {s.overlap:g}, batches of {s.batch_size}"
+        if geometry["policy"] == "crop"
+        else f"{geometry['policy']} to {model.image_size} px, logits upsampled bilinearly"
+    )
+    log.info(
+        "%d image(s); model %s (%d classes), geometry %s: %s%s; %s",
+        len(images),
+        model.source,
+        model.classes.num_classes,
+        geometry["policy"],
+        how,
+        ", flip TTA" if s.tta else "",
+        device,
+    )
     out.mkdir(parents=True, exist_ok=True)
     rows, failed = [], []
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=console, transient=True) as progress:
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+    ) as progress:
         overall = progress.add_task("images", total=len(images))
         for path in images:
             out_of_memory = False
@@ -242,5 +278,11 @@ def run(s: Settings, console: Console | None = None) -> dict:
         "failed": failed,
     }
     csv_path, _ = write_statistics(out, rows, model.classes, meta)
-    return {"rows": rows, "failed": failed, "images": images, "out": out, "statistics": csv_path, "classes": model.classes}
-
+    return {
+        "rows": rows,
+        "failed": failed,
+        "images": images,
+        "out": out,
+        "statistics": csv_path,
+        "classes": model.classes,
+    }

@@ -154,7 +154,9 @@ class _PngBands:
             self.tail = self.inflate.unconsumed_tail
         context = b"" if self.previous is None else b"\x00" + self.previous  # filter type 0: stored as is
         rows = n + (self.previous is not None)
-        band = Image.frombytes(self.mode, (self.width, rows), zlib.compress(context + bytes(data), 0), "zip", self.rawmode)
+        band = Image.frombytes(
+            self.mode, (self.width, rows), zlib.compress(context + bytes(data), 0), "zip", self.rawmode
+        )
         self.previous = band.crop((0, rows - 1, self.width, rows)).tobytes("raw", self.rawmode)
         if rows != n:
             band = band.crop((0, 1, self.width, rows))
@@ -235,9 +237,16 @@ class Scan:
     caller may ask again for rows it was just given (predict reads a tile row, then the finished band in it).
     """
 
-    def __init__(self, path: Path, width: int, height: int, whole: np.ndarray | None = None,
-                 bands: _PngBands | _RawBands | None = None, convert: _Converter | None = None,
-                 strip_rows: int = 256) -> None:
+    def __init__(
+        self,
+        path: Path,
+        width: int,
+        height: int,
+        whole: np.ndarray | None = None,
+        bands: _PngBands | _RawBands | None = None,
+        convert: _Converter | None = None,
+        strip_rows: int = 256,
+    ) -> None:
         self.path, self.width, self.height = path, width, height
         self._whole, self._bands, self._convert = whole, bands, convert
         self.strip_rows = max(_MIN_STRIP_ROWS, strip_rows)
@@ -334,7 +343,10 @@ def open_scan(path: str | Path, allow_large_images: bool = False, max_bytes: int
             why = "it is EXIF-rotated" if orientation != 1 else f"{img.format} {img.mode} cannot be read in strips"
             log.warning(
                 "%s: decoding it whole (~%.0f MB, above the %.0f MB budget) because %s",
-                path, whole_bytes / 2**20, max_bytes / 2**20, why,
+                path,
+                whole_bytes / 2**20,
+                max_bytes / 2**20,
+                why,
             )
     if bands is not None:
         strip_rows = max(_MIN_STRIP_ROWS, max_bytes // (4 * w * _pixel_bytes(img)))

@@ -68,7 +68,10 @@ def _normalised(length: int, tile: int, starts: list[int], win: torch.Tensor) ->
 
 
 def run_batches(
-    segmenter: Segmenter, tiles: torch.Tensor, batch_size: int, device: torch.device | str = "cpu",
+    segmenter: Segmenter,
+    tiles: torch.Tensor,
+    batch_size: int,
+    device: torch.device | str = "cpu",
     autocast: torch.dtype | None = None,
 ) -> torch.Tensor:
     """Float32 logits [N, C, h, w] of uint8 tiles [N, 3, h, w], `batch_size` at a time, on `device`."""
@@ -117,7 +120,9 @@ def stream_logits(
         band[:, : rows.shape[1], :width] = rows.cpu().numpy()
         for i in range(0, len(xs), batch_size):
             chunk = xs[i : i + batch_size]
-            tiles = torch.from_numpy(np.stack([band[:, :, x : x + tile] for x in chunk]))  # numpy: strided uint8 copies fast
+            tiles = torch.from_numpy(
+                np.stack([band[:, :, x : x + tile] for x in chunk])
+            )  # numpy: strided uint8 copies fast
             logits = run_batches(segmenter, tiles, batch_size, device, autocast)
             logits.mul_(wx[i : i + batch_size, None, None, :] * wy_r[None, None, :, None])  # weights, in place
             if out.numel() == 0:

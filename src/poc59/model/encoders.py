@@ -67,9 +67,7 @@ def encoder_overrides(name: str, kwargs: Mapping[str, Any] | None = None) -> str
 
 def _presets_hint() -> str:
     presets = encoder_presets()
-    lines = [
-        f"encoder={preset} ({cfg.get('name')})" for preset, cfg in presets.items() if preset != "custom"
-    ]
+    lines = [f"encoder={preset} ({cfg.get('name')})" for preset, cfg in presets.items() if preset != "custom"]
     hint = ""
     if lines:
         hint += "poc59's presets: " + ", ".join(lines) + ".\n"

@@ -109,7 +109,9 @@ def _check_kwargs(arch: type[nn.Module], name: str, kwargs: dict, decoder_kwargs
         )
     clash = sorted(set(kwargs) & params)
     if clash:
-        raise ValueError(f"encoder.kwargs {clash} are smp.{arch.__name__} arguments: put them in encoder.decoder_kwargs")
+        raise ValueError(
+            f"encoder.kwargs {clash} are smp.{arch.__name__} arguments: put them in encoder.decoder_kwargs"
+        )
 
 
 def build_network(
@@ -156,8 +158,10 @@ def build_network(
         net = arch(encoder_name=name, encoder_weights=None, classes=num_classes, **decoder_kwargs, **kwargs)
     except Exception as e:
         if hasattr(e, "add_note"):
-            e.add_note(f"(poc59: building smp.{arch.__name__} on encoder {name} with kwargs={kwargs}, "
-                       f"decoder_kwargs={decoder_kwargs})")
+            e.add_note(
+                f"(poc59: building smp.{arch.__name__} on encoder {name} with kwargs={kwargs}, "
+                f"decoder_kwargs={decoder_kwargs})"
+            )
         raise
     if path is not None:
         load_encoder_weights(net.encoder, path, name, kwargs)
@@ -196,7 +200,6 @@ def normalization(name: str) -> dict[str, list[float]]:
     ImageNet statistics except the few that differ. Stored in checkpoints so later commands need nothing else.
     """
     if name.startswith("tu-"):
-
         try:
             cfg = get_pretrained_cfg(name[3:])
         except Exception:

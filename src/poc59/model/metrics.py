@@ -100,9 +100,15 @@ def histogram(values: Tensor, bins: int, *, scatter: bool | None = None) -> Tens
     if not scatter:
         return torch.bincount(flat, minlength=bins)
     rows = max(1, -(-flat.numel() // HISTOGRAM_ROW))
-    padded = torch.nn.functional.pad(flat, (0, rows * HISTOGRAM_ROW - flat.numel()), value=bins)  # padding -> bin `bins`
+    padded = torch.nn.functional.pad(
+        flat, (0, rows * HISTOGRAM_ROW - flat.numel()), value=bins
+    )  # padding -> bin `bins`
     table = torch.zeros(rows, bins + 1, dtype=torch.int64, device=flat.device)
-    table.scatter_add_(1, padded.view(rows, HISTOGRAM_ROW), torch.ones(1, dtype=torch.int64, device=flat.device).expand(rows, HISTOGRAM_ROW))
+    table.scatter_add_(
+        1,
+        padded.view(rows, HISTOGRAM_ROW),
+        torch.ones(1, dtype=torch.int64, device=flat.device).expand(rows, HISTOGRAM_ROW),
+    )
     return table.sum(0)[:bins]
 
 

@@ -50,7 +50,9 @@ class SegmentationModule(L.LightningModule):
         CUDA only) and `compile` (torch.compile, with `compile_options`) change how the network runs, not
         what it computes; they are not saved."""
         super().__init__()
-        self.save_hyperparameters(ignore=["net", "loss", "optimizer", "scheduler", "channels_last", "compile", "compile_options"])
+        self.save_hyperparameters(
+            ignore=["net", "loss", "optimizer", "scheduler", "channels_last", "compile", "compile_options"]
+        )
         classes, normalization = card["classes"], card["normalization"]
         self.segmenter = Segmenter(net, normalization["mean"], normalization["std"])
         self.loss = loss
@@ -63,7 +65,11 @@ class SegmentationModule(L.LightningModule):
         # val/loss as a mean over images with a labelled pixel, summed over ranks: a rank whose shard holds
         # only the feed's all-ignore padding counts nothing (Lightning's sync_dist mean would count it).
         self.val_loss = MeanMetric(nan_strategy="disable")
-        self.channels_last, self.compile_net, self.compile_options = channels_last, bool(compile), dict(compile_options or {})
+        self.channels_last, self.compile_net, self.compile_options = (
+            channels_last,
+            bool(compile),
+            dict(compile_options or {}),
+        )
         self.history: list[dict] = []  # one entry per completed validation epoch; survives resume
         self._resumed_scheduler_states: list[dict] = []
         self.val_confmat: torch.Tensor | None = None  # of the last validation epoch
@@ -89,7 +95,9 @@ class SegmentationModule(L.LightningModule):
         """uint8 (or 0-255 float) images [B,3,H,W] -> logits [B,C,H,W] (the Segmenter every command uses)."""
         return self.segmenter(images)
 
-    def _step(self, batch: tuple[torch.Tensor, torch.Tensor], metric: SegmentationIoU) -> tuple[torch.Tensor, torch.Tensor]:
+    def _step(
+        self, batch: tuple[torch.Tensor, torch.Tensor], metric: SegmentationIoU
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """(loss, masks as int64): no host sync here, this runs on every training step."""
         images, masks = batch
         target = masks.long()
@@ -141,7 +149,8 @@ class SegmentationModule(L.LightningModule):
             if state.get("total_steps") not in (None, total_steps):
                 log.warning(
                     "trainer.max_epochs changed since the checkpoint: the schedule is stretched from %d to %d steps",
-                    state["total_steps"], total_steps,
+                    state["total_steps"],
+                    total_steps,
                 )
                 state["total_steps"] = total_steps
         scheduler = self.scheduler_factory(optimizer=optimizer, total_steps=total_steps)
@@ -152,9 +161,15 @@ class SegmentationModule(L.LightningModule):
         card = checkpoint.get("hyper_parameters", {}).get("card")
         if card is not None and self.history:  # the card says what these weights scored
             last = self.history[-1]
-            card["metrics"] = {**card.get("metrics", {}), "validation": {
-                "epoch": last["epoch"], "val/mIoU": last["mIoU"], "val/IoU": last["IoU"], "convention": metric_convention(),
-            }}
+            card["metrics"] = {
+                **card.get("metrics", {}),
+                "validation": {
+                    "epoch": last["epoch"],
+                    "val/mIoU": last["mIoU"],
+                    "val/IoU": last["IoU"],
+                    "convention": metric_convention(),
+                },
+            }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # Called before configure_optimizers and before the weights are loaded; the scheduler states are

@@ -85,9 +85,7 @@ def cached_weights_path(name: str, weights_dir: str | Path | None = None) -> Pat
 # --------------------------------------------------------------------------- presets
 
 
-def fetch_command(
-    name: str, kwargs: Mapping[str, Any] | None = None, weights_dir: str | Path | None = None
-) -> str:
+def fetch_command(name: str, kwargs: Mapping[str, Any] | None = None, weights_dir: str | Path | None = None) -> str:
     """The exact command that fills the weight cache for encoder `name`."""
     command = f"python -m {FETCH_MODULE} fetch {encoder_overrides(name, kwargs)}"
     if weights_dir is not None and resolve_weights_dir(weights_dir) != default_weights_dir():
@@ -121,13 +119,14 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         raise MissingWeightsError(f"weights file {path} does not exist")
     try:
         if path.suffix == ".safetensors":
-
             obj: Any = load_file(str(path), device="cpu")
         else:
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # corrupt, truncated, or not a weights file
-        hint = "" if path.suffix == ".safetensors" else (
-            " (torch files are read with weights_only=True: save a plain state dict, or use .safetensors)"
+        hint = (
+            ""
+            if path.suffix == ".safetensors"
+            else (" (torch files are read with weights_only=True: save a plain state dict, or use .safetensors)")
         )
         raise WeightsMismatchError(f"cannot read weights file {path}: {type(e).__name__}: {e}{hint}") from e
     for wrapper in ("state_dict", "model", "module"):
@@ -318,7 +317,6 @@ def check_hub(timeout: float = 10.0) -> None:
 
     def probe() -> None:
         try:
-
             outcome["status"] = get_session().head(endpoint, timeout=timeout).status_code
         except Exception as e:  # DNS failure, refused, proxy, TLS, timeout
             outcome["error"] = f"{type(e).__name__}: {e}"
@@ -344,7 +342,6 @@ def unreachable_message(name: str, dest: Path, reason: str, kwargs: Mapping[str,
 
 
 def _atomic_save(tensors: dict[str, torch.Tensor], dest: Path, metadata: dict[str, str]) -> None:
-
 
     write_bytes(dest, save(tensors, metadata=metadata))
 
@@ -372,12 +369,9 @@ def fetch(
     except HubUnreachableError as e:
         raise HubUnreachableError(unreachable_message(name, dest, str(e), kwargs)) from None
 
-
-
     check_encoder_name(name)
 
     if name.startswith("tu-"):
-
         if not timm.models.is_model_pretrained(name[3:]):
             raise ValueError(f"timm has no pretrained weights for {name[3:]}: use encoder.weights=null")
         weights: Any = True
@@ -396,7 +390,6 @@ def fetch(
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in encoder.state_dict().items()}
     source = ""
     if name.startswith("tu-"):
-
         cfg = timm.models.get_pretrained_cfg(name[3:])
         source = getattr(cfg, "hf_hub_id", None) or getattr(cfg, "url", None) or ""
     else:

@@ -20,8 +20,12 @@ class Segmenter(nn.Module):
     def __init__(self, net: nn.Module, mean: list[float], std: list[float]) -> None:
         super().__init__()
         self.net = net
-        self.register_buffer("pixel_mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1) * 255.0, persistent=False)
-        self.register_buffer("pixel_std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1) * 255.0, persistent=False)
+        self.register_buffer(
+            "pixel_mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1) * 255.0, persistent=False
+        )
+        self.register_buffer(
+            "pixel_std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1) * 255.0, persistent=False
+        )
         self.memory_format = torch.contiguous_format  # torch.channels_last on CUDA (see SegmentationModule)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:

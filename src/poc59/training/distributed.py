@@ -34,7 +34,9 @@ def adopt_submitit_local_ranks(devices: object, num_nodes: object = 1, environ: 
     tasks = int(env.get("SUBMITIT_LOCAL_NTASKS", "1"))
     wanted = devices if isinstance(devices, int) else None
     if str(num_nodes) != "1":
-        raise SettingError(f"trainer.num_nodes={num_nodes}: hydra/launcher=local runs on this machine only; use trainer.num_nodes=1 or hydra/launcher=slurm")
+        raise SettingError(
+            f"trainer.num_nodes={num_nodes}: hydra/launcher=local runs on this machine only; use trainer.num_nodes=1 or hydra/launcher=slurm"
+        )
     if wanted is not None and wanted > 1 and tasks != wanted:
         raise SettingError(
             f"trainer.devices={wanted} but hydra.launcher.tasks_per_node={tasks}: the local launcher must start one "

@@ -44,7 +44,13 @@ class ValidationOverlays(L.Callback):
         return None
 
     def on_validation_batch_end(
-        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
     ) -> None:
         if batch_idx != 0 or dataloader_idx != 0 or not self.k or trainer.sanity_checking or not trainer.is_global_zero:
             return
@@ -64,6 +70,10 @@ class ValidationOverlays(L.Callback):
             writer.add_image(f"{TAG}/{i}", picture, global_step=trainer.global_step, dataformats="HWC")
         if not self._legend_logged:
             rows = "\n".join(f"| {name} | #{r:02X}{g:02X}{b:02X} |" for name, (r, g, b) in legend(classes))
-            writer.add_text(f"{TAG}/legend", "image / ground truth / prediction; Clean and ignored pixels left as the image\n\n"
-                            f"| class | colour |\n|---|---|\n{rows}", global_step=trainer.global_step)
+            writer.add_text(
+                f"{TAG}/legend",
+                "image / ground truth / prediction; Clean and ignored pixels left as the image\n\n"
+                f"| class | colour |\n|---|---|\n{rows}",
+                global_step=trainer.global_step,
+            )
             self._legend_logged = True

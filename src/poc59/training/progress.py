@@ -26,7 +26,9 @@ class ProgressBar(RichProgressBar):
         super().on_train_epoch_start(trainer, pl_module)
         self._shown, self._reads = None, 0
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         self._reads += 1
         super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
 

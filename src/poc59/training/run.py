@@ -87,8 +87,12 @@ def model_card(cfg: DictConfig, classes: ClassTable, geometry: dict) -> ModelCar
         "decoder_kwargs": plain(enc.get("decoder_kwargs")),
     }
     return ModelCard(
-        classes=classes, normalization=normalization(enc.name), network=network, geometry=dict(geometry),
-        input_multiple=int(enc.input_multiple), family=enc.get("family"),
+        classes=classes,
+        normalization=normalization(enc.name),
+        network=network,
+        geometry=dict(geometry),
+        input_multiple=int(enc.input_multiple),
+        family=enc.get("family"),
     )
 
 
@@ -209,7 +213,9 @@ def _report(summary: dict, run_dir: Path) -> None:
     log.info("Best val/mIoU %s at epoch %s (%s)", fmt(miou), summary["best_epoch"], summary["metric_convention"])
     log.info("Predicting Clean everywhere on the same validation set scores val/mIoU %s", fmt(base))
     ips = summary["train_images_per_s"]
-    log.info("Training throughput: %s images/s (%s)", f"{ips:.1f}" if ips else "n/a", summary["train_images_per_s_convention"])
+    log.info(
+        "Training throughput: %s images/s (%s)",
+        f"{ips:.1f}" if ips else "n/a",
+        summary["train_images_per_s_convention"],
+    )
     log.info("Summary: %s", run_dir / "summary.json")
-
-

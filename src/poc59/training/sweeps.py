@@ -88,8 +88,24 @@ class _Opaque(Exception):
         return str(self.args[0]) if len(self.args) == 1 else super().__str__()
 
 
-_ALLOWED = ("builtins", "copyreg", "collections", "enum", "pathlib", "datetime", "dataclasses", "typing", "_codecs",
-            "hydra", "omegaconf", "hydra_plugins", "submitit", "cloudpickle", "functools", "re")
+_ALLOWED = (
+    "builtins",
+    "copyreg",
+    "collections",
+    "enum",
+    "pathlib",
+    "datetime",
+    "dataclasses",
+    "typing",
+    "_codecs",
+    "hydra",
+    "omegaconf",
+    "hydra_plugins",
+    "submitit",
+    "cloudpickle",
+    "functools",
+    "re",
+)
 
 
 class _SafeUnpickler(pickle.Unpickler):
@@ -145,8 +161,10 @@ def submitit_tasks(sweep_dir: Path) -> dict[str, Path]:
     tasks = {}
     if root.is_dir():
         for d in root.iterdir():
-            if d.is_dir() and re.fullmatch(r"\d+(_\d+)?", d.name) and (
-                (d / f"{d.name}_submitted.pkl").exists() or any(d.glob(f"{d.name}_*_log.*"))
+            if (
+                d.is_dir()
+                and re.fullmatch(r"\d+(_\d+)?", d.name)
+                and ((d / f"{d.name}_submitted.pkl").exists() or any(d.glob(f"{d.name}_*_log.*")))
             ):
                 tasks[d.name] = d
     return dict(sorted(tasks.items(), key=lambda kv: _task_key(kv[0])))
@@ -169,7 +187,9 @@ def _squeue(job_ids: list[str]) -> dict[str, str] | None:
     try:
         out = subprocess.run(
             ["squeue", "--noheader", "--array", "--format=%i|%T", "--jobs", ",".join(parents)],
-            capture_output=True, text=True, timeout=20,
+            capture_output=True,
+            text=True,
+            timeout=20,
         )
     except (OSError, subprocess.TimeoutExpired):
         return None
@@ -249,15 +269,24 @@ def inspect_job(job: Job, run_dir: Path | None, task: Path | None, squeue: dict[
         errors = [i for i, line in enumerate(tail) if _ERROR_LINE.search(line)]
         if errors:  # the run logged an error and wrote no summary
             job.status, job.log = "failed", str(train_log)
-            job.error = tail[errors[0]:][-lines:]
+            job.error = tail[errors[0] :][-lines:]
             return job
     started = run_dir is not None or (err_log is not None and (err_log.exists() or out_log.exists()))
     if task is not None and squeue is not None:
         if job.slurm_state in ("PENDING", "CONFIGURING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "SUSPENDED"):
             job.status = "pending" if not started or job.slurm_state == "PENDING" else "running"
             return job
-        if job.slurm_state is None or job.slurm_state in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY",
-                                                          "NODE_FAIL", "PREEMPTED", "BOOT_FAIL", "DEADLINE"):
+        if job.slurm_state is None or job.slurm_state in (
+            "COMPLETED",
+            "FAILED",
+            "CANCELLED",
+            "TIMEOUT",
+            "OUT_OF_MEMORY",
+            "NODE_FAIL",
+            "PREEMPTED",
+            "BOOT_FAIL",
+            "DEADLINE",
+        ):
             job.status = "failed"  # SLURM no longer runs it and it left no result
             tail = _tail(err_log, lines) if err_log and err_log.exists() else []
             why = f"SLURM job {task.name} ended ({job.slurm_state or 'no longer queued'}) without a result"
@@ -270,7 +299,7 @@ def inspect_job(job: Job, run_dir: Path | None, task: Path | None, squeue: dict[
         ends = [i for i, line in enumerate(tail) if _SLURM_END.search(line)]
         if ends:
             job.status = "failed"
-            job.error = tail[max(0, ends[0] - lines + 1):ends[0] + 1][-lines:]
+            job.error = tail[max(0, ends[0] - lines + 1) : ends[0] + 1][-lines:]
             return job
     job.status = "running" if started else "pending"
     if train_log is not None and train_log.exists() and job.log is None:
@@ -335,4 +364,3 @@ def sweep_status(sweep_dir: str | Path, lines: int = 5, use_squeue: bool = True)
     _varying(jobs)
     counts = {s: sum(j.status == s for j in jobs) for s in STATES}
     return {"sweep_dir": str(sweep), "counts": counts, "jobs": [j.as_dict() for j in jobs]}
-
