@@ -210,7 +210,7 @@ def _sweep(slurm: Cluster, sweep_dir: Path, *overrides: str) -> subprocess.Compl
 
 def _status(slurm: Cluster, sweep_dir: Path) -> dict:
     out = subprocess.run(
-        [sys.executable, "-m", "poc59.sweep_status", str(sweep_dir), "--json"],
+        [sys.executable, "-m", "poc59.sweep_status", f"sweep={sweep_dir}", "json=true"],
         capture_output=True,
         text=True,
         env=slurm.env,

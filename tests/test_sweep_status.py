@@ -190,7 +190,7 @@ def test_half_written_summary_is_not_finished(tmp_path):
 
 
 def test_cli_json_and_table(sweep, capsys):
-    assert main([str(sweep), "--json", "--no-squeue"]) == 0
+    assert main([f"sweep={sweep}", "json=true", "squeue=false"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["sweep_dir"] == str(sweep) and report["counts"]["finished"] == 1
     assert {"num", "status", "encoder", "val/mIoU", "epochs_run", "error", "overrides", "job_id", "log"} <= set(
@@ -198,7 +198,7 @@ def test_cli_json_and_table(sweep, capsys):
     )
 
     # a folder of sweeps: the newest one; the table names the states and the errors' last lines
-    assert main([str(sweep.parent), "--no-squeue"]) == 0
+    assert main([f"sweep={sweep.parent}", "squeue=false"]) == 0
     out = capsys.readouterr().out
     for word in (
         "1 finished",
@@ -212,6 +212,6 @@ def test_cli_json_and_table(sweep, capsys):
         assert word in out, word
 
 
-def test_not_a_sweep_says_so(tmp_path, capsys):
-    assert main([str(tmp_path)]) == 2
-    assert "not a sweep folder" in capsys.readouterr().err
+def test_not_a_sweep_says_so(tmp_path, caplog):
+    assert main([f"sweep={tmp_path}"]) == 2
+    assert "not a sweep folder" in caplog.text

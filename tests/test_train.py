@@ -143,7 +143,7 @@ def _run(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
 
 def test_unknown_encoder_lists_presets_and_raw_names():
     out = _run("poc59.train", "encoder=resnet50")
-    assert out.returncode != 0
+    assert out.returncode == 2
     assert "convnext_tiny" in out.stderr and "segformer_b3" in out.stderr and "maxvit_tiny" in out.stderr
     assert "encoder=custom encoder.name=tu-resnet50" in out.stderr
 

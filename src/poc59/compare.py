@@ -29,28 +29,45 @@ from rich.console import Console
 
 from poc59.comparison.report import print_table
 from poc59.comparison.run import CompareError, compare
-from poc59.core.cli import parse_key_values
+from poc59.core.cli import Command, Key, run_command
 
 log = logging.getLogger("poc59.compare")
 
 
-USAGE = "usage: python -m poc59.compare sweep=DIR | runs=[DIR,DIR,...]  [out=DIR] [evaluate=true|false]"
+CLI = Command(
+    prog="python -m poc59.compare",
+    summary="Which encoder to ship: compare the runs of a sweep (or any run folders) on one split, class by "
+    "class, with their uncertainty.",
+    examples=(
+        "python -m poc59.compare sweep=outputs/sweeps/<date_time>            # writes <sweep>/comparison/",
+        "python -m poc59.compare runs=[outputs/runs/a,outputs/runs/b] out=cmp  # any finished runs",
+        "python -m poc59.compare sweep=... evaluate=false                     # no evaluation for missing intervals",
+    ),
+    keys=(
+        Key("sweep", str, "a sweep folder (python -m poc59.train -m ... writes it)"),
+        Key("runs", list, "run folders instead of a sweep: [a,b] or a,b"),
+        Key("out", str, "output folder (default: <sweep>/comparison, or outputs/comparisons/<date_time>)"),
+        Key("evaluate", bool, "evaluate runs that have no evaluation/val/metrics.json yet (for their intervals)"),
+    ),
+    notes="Writes comparison.md, .csv, .json and per_class_iou.png. Exit 0 done, 2 bad arguments or runs that "
+    "cannot be ranked together (another split or class table: named, with the fix).",
+    error=CompareError,
+    fills=compare,
+)
 
 
 def parse_args(argv: list[str]) -> dict[str, Any]:
     """compare() keywords from key=value arguments (runs= is a list: [a,b] or a,b)."""
-    return parse_key_values(argv, {"sweep": str, "runs": list, "out": str, "evaluate": bool}, USAGE, CompareError)
+    return CLI.parse(argv)
+
+
+def _compare(options: dict[str, Any]) -> int:
+    print_table(compare(**options), Console())
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    try:
-        result = compare(**parse_args(list(sys.argv[1:] if argv is None else argv)))
-    except (CompareError, FileNotFoundError) as err:
-        log.error("%s", err)
-        return 2
-    print_table(result, Console())
-    return 0
+    return run_command(CLI, argv, _compare, (FileNotFoundError,), log)
 
 
 if __name__ == "__main__":

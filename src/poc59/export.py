@@ -28,7 +28,7 @@ from rich.table import Table
 
 from poc59.artifacts.export import SUFFIXES, ExportError, export_model
 from poc59.artifacts.trained import ModelLoadError
-from poc59.core.cli import parse_key_values
+from poc59.core.cli import Command, Key, run_command
 
 log = logging.getLogger("poc59.export")
 
@@ -55,31 +55,32 @@ def print_parity(card: dict[str, Any], console: Console) -> None:
     console.print(f"({parity_record['convention']})")
 
 
-USAGE = (
-    "usage: python -m poc59.export ckpt=<file.ckpt> | run_dir=<run folder> [out=<folder>] [format=onnx|torchscript|both]\n"
-    "       [opset=18] [check=true] [tolerance=1e-4] [exporter=trace|dynamo]"
+CLI = Command(
+    prog="python -m poc59.export",
+    summary="A checkpoint to ONNX and TorchScript (uint8 images in, logits out, normalisation inside), checked "
+    "against PyTorch, with a model card beside it.",
+    examples=(
+        "python -m poc59.export run_dir=outputs/runs/<name>                # its best.ckpt -> <run>/export/",
+        "python -m poc59.export ckpt=model.ckpt out=exported format=onnx   # onnx | torchscript | both",
+    ),
+    keys=(
+        Key("ckpt", str, "the checkpoint to export"),
+        Key("run_dir", str, "or a run folder: its checkpoints/best.ckpt"),
+        Key("out", str, "output folder (default: <run>/export, or <checkpoint name>-export beside it)"),
+        Key("format", str, "onnx | torchscript | both"),
+        Key("opset", int, "ONNX opset"),
+        Key("check", bool, "parity against the PyTorch model at the training size and a non-square size"),
+        Key("tolerance", float, "largest absolute logits difference the parity check accepts"),
+        Key("exporter", str, "trace (torch.onnx, seconds) | dynamo (torch.export: minutes, needs onnxscript)"),
+    ),
+    notes="Exit 0 done, 1 the parity check failed (the files are written), 2 a bad setting or model.",
+    error=ExportError,
+    fills=export_model,
 )
 
 
-_KEYS = {
-    "ckpt": str,
-    "run_dir": str,
-    "out": str,
-    "format": str,
-    "opset": int,
-    "check": bool,
-    "tolerance": float,
-    "exporter": str,
-}
-
-
-def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    try:
-        card = export_model(**parse_key_values(list(sys.argv[1:] if argv is None else argv), _KEYS, USAGE, ExportError))
-    except (ExportError, ModelLoadError) as err:
-        log.error("%s", err)
-        return 2
+def _export(options: dict[str, Any]) -> int:
+    card = export_model(**options)
     print_parity(card, Console())
     failed = [fmt for fmt, entry in (card["parity"] or {}).items() if isinstance(entry, dict) and not entry["passed"]]
     if failed:
@@ -89,6 +90,10 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 1
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_command(CLI, argv, _export, (ModelLoadError,), log)
 
 
 if __name__ == "__main__":

@@ -1,50 +1,59 @@
-"""`python -m poc59.predict`: damage maps for full-resolution scans.
-
-    python -m poc59.predict ckpt=outputs/runs/x/checkpoints/best.ckpt input=scans/ output=maps/
-    python -m poc59.predict ckpt=model.onnx input='scans/*.tif' output=maps/ tta=true max_memory_mb=512
-
-Arguments are key=value:
-  ckpt=FILE              a checkpoint (.ckpt) or an exported model (.onnx, .pt), via poc59.artifacts.trained.load_model
-  input=FILE|DIR|GLOB    images (a folder: its image files, not recursive)
-  output=DIR             per image <stem>_labels.png and <stem>_overlay.png; statistics.csv/.json for the batch
-  overlap=0.25           sliding-window overlap between tiles (crop models)
-  batch_size=8           tiles per forward pass
-  tta=false              average with the horizontally flipped image's prediction
-  device=auto            auto | cpu | cuda | cuda:N
-  precision=auto         auto | 32 | bf16 | fp16 (autocast on CUDA only; CPU runs float32)
-  max_memory_mb=1024     working memory for one image (decoded pixels + logits); larger scans go in strips
-  object_mask=FILE|DIR   optional masks (non-zero = object): statistics relative to the object;
-                         a folder holds <stem>.<ext> per image, a file applies to every image
-  classes=FILE           optional classes.json (list of names, or {names, palette}): must match the model
-  overlay=true           write the colour overlay with its legend
-  allow_large_images=false  lift Pillow's decompression-bomb limit (~89 MP) for these inputs
-  overwrite=false        replace outputs already in output=
-
-An unreadable image is reported (file and reason) and the others go on; the exit status is then 1.
-Usage, model and class-table errors exit with 2 before any image is read.
-"""
+"""`python -m poc59.predict ckpt=... input=... output=...`: damage maps for full-resolution scans (`--help`)."""
 
 from __future__ import annotations
 
 import logging
 import sys
-from dataclasses import fields
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
-from rich.logging import RichHandler
 from rich.table import Table
 
 from poc59.artifacts.trained import ModelLoadError
 from poc59.core.classes import ClassTable
-from poc59.core.cli import parse_key_values
+from poc59.core.cli import Command, Key, run_command
 from poc59.core.device import DeviceError
 from poc59.inference.run import Settings, UsageError, run
 
 log = logging.getLogger("poc59.predict")
 
 
-USAGE = "usage: python -m poc59.predict ckpt=FILE input=FILE|DIR|GLOB output=DIR [key=value ...] (see --help)"
+CLI = Command(
+    rich_log=True,
+    prog="python -m poc59.predict",
+    summary="Damage maps for full-resolution scans: per image a label map (palette PNG), an overlay with its "
+    "legend, and damage statistics per class by name (statistics.csv / .json for the batch).",
+    examples=(
+        "python -m poc59.predict ckpt=outputs/runs/x/checkpoints/best.ckpt input=scans/ output=maps/",
+        "python -m poc59.predict ckpt=model.onnx input='scans/*.tif' output=maps/ tta=true max_memory_mb=512",
+    ),
+    keys=(
+        Key("ckpt", str, "a checkpoint (.ckpt) or an exported model (.onnx, .pt)", required=True),
+        Key("input", str, "an image, a folder (its image files, not recursive) or a glob", required=True),
+        Key("output", str, "the folder for <stem>_labels.png, <stem>_overlay.png and statistics", required=True),
+        Key("overlap", float, "sliding-window overlap between tiles, in [0, 1) (crop models)"),
+        Key("batch_size", int, "tiles per forward pass"),
+        Key("tta", bool, "average with the horizontally flipped image's prediction"),
+        Key("device", str, "auto | cpu | cuda | cuda:N"),
+        Key("precision", str, "auto | 32 | bf16 | fp16 (autocast on CUDA only; a CPU runs float32)"),
+        Key("max_memory_mb", float, "working memory for one image (pixels + logits); larger scans go in strips"),
+        Key(
+            "object_mask",
+            str,
+            "masks (non-zero = object) for statistics relative to the object: a file for "
+            "every image, or a folder of <stem>.<ext>",
+        ),
+        Key("classes", str, "a classes.json that must match the model's class table"),
+        Key("overlay", bool, "write the colour overlay with its legend"),
+        Key("allow_large_images", bool, "lift Pillow's decompression-bomb limit (~89 MP) for these inputs"),
+        Key("overwrite", bool, "replace outputs already in output="),
+    ),
+    notes="An unreadable image, or one that runs out of memory, is reported (file and reason) and the others go "
+    "on; the exit status is then 1. Usage, model and class-table errors exit with 2 before any image is read.",
+    error=UsageError,
+    fills=Settings,
+)
 
 
 _OPTIONAL = ("object_mask", "classes")  # empty = none
@@ -52,16 +61,12 @@ _OPTIONAL = ("object_mask", "classes")  # empty = none
 
 def parse_args(argv: list[str]) -> Settings:
     """Settings from key=value arguments (unknown keys and missing ckpt/input/output are errors)."""
-    if not argv or argv[0] in ("-h", "--help", "help"):
-        raise UsageError(__doc__)  # the whole story, which USAGE points to
-    kinds = {
-        f.name: {"float": float, "int": int, "bool": bool}.get(str(f.type).split(" ")[0], str) for f in fields(Settings)
-    }
-    given = parse_key_values(argv, kinds, USAGE, UsageError)
+    return settings_from(CLI.parse(argv))
+
+
+def settings_from(given: dict[str, Any]) -> Settings:
+    """Settings from the parsed keys, checked."""
     settings = Settings(**{k: (v or None) if k in _OPTIONAL else v for k, v in given.items()})
-    missing = [k for k in ("ckpt", "input", "output") if not getattr(settings, k)]
-    if missing:
-        raise UsageError(f"missing {', '.join(f'{k}=' for k in missing)}\n{USAGE}")
     if not 0 <= settings.overlap < 1:
         raise UsageError(f"overlap={settings.overlap}: must be in [0, 1) (0.25 = a quarter of a tile)")
     if settings.batch_size < 1 or settings.max_memory_mb <= 0:
@@ -86,15 +91,10 @@ def _print_summary(console: Console, rows: list[dict], classes: ClassTable) -> N
     console.print(table)
 
 
-def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(message)s", handlers=[RichHandler(show_path=False)])
-    try:
-        settings = parse_args(list(sys.argv[1:] if argv is None else argv))
-        console = Console(stderr=True)
-        done = run(settings, console)
-    except (UsageError, ModelLoadError, DeviceError) as err:
-        log.error("%s", err)
-        return 2
+def _predict(options: dict[str, Any]) -> int:
+    settings = settings_from(options)
+    console = Console(stderr=True)
+    done = run(settings, console)
     rows, failed = done["rows"], done["failed"]
     _print_summary(console, rows, done["classes"])
     console.print(
@@ -107,6 +107,10 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 1
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_command(CLI, argv, _predict, (ModelLoadError, DeviceError), log)
 
 
 if __name__ == "__main__":

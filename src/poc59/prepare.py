@@ -12,13 +12,13 @@ from __future__ import annotations
 import logging
 import sys
 
-from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from rich.console import Console
-from rich.logging import RichHandler
 from rich.table import Table
 
-from poc59.core.config import config_dir, register_resolvers
+from poc59.core.cli import configure_logging
+from poc59.core.config import SettingError
+from poc59.core.overrides import HELP, check_overrides, compose_train, help_text, split_argv
 from poc59.data.class_weights import pixel_counts
 from poc59.data.datamodule import SegmentationDataModule
 from poc59.data.sources import DataError
@@ -71,17 +71,26 @@ def report(dm: SegmentationDataModule, console: Console) -> dict:
     return {"describe": d, "pixels": counts, "class_weights": weights, "split": split}
 
 
+SUMMARY = (
+    "Check and cache the data of a training run: validate every pair, build the preload cache and the class\n"
+    "weights, print the split and the pixels per class. Takes the same overrides as python -m poc59.train:\n"
+    "  python -m poc59.prepare data=artefact data.root=/data/artefact data.image_size=384"
+)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    logging.basicConfig(level=logging.INFO, format="%(message)s", handlers=[RichHandler(show_path=False)])
-    register_resolvers()
-    with initialize_config_dir(str(config_dir()), version_base="1.3"):
-        cfg = compose("train", overrides=argv)
-    dm: SegmentationDataModule = instantiate(cfg.data)
+    configure_logging(rich=True)
     try:
+        if any(a in HELP for a in argv):
+            print(help_text(argv, "python -m poc59.prepare", SUMMARY))
+            return 0
+        check_overrides(argv, "python -m poc59.prepare")
+        cfg = compose_train(split_argv(argv)[0])
+        dm: SegmentationDataModule = instantiate(cfg.data)
         dm.prepare_data()
         dm.setup("fit")
-    except (DataError, ValueError) as err:
+    except (DataError, SettingError, ValueError) as err:
         log.error("%s", err)
         return 2
     report(dm, Console())

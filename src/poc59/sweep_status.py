@@ -1,4 +1,4 @@
-"""Which runs of a sweep finished, failed, or still run: `python -m poc59.sweep_status SWEEP_DIR [--json]`.
+"""Which runs of a sweep finished, failed, or still run: `python -m poc59.sweep_status sweep=DIR [json=true]`.
 
 A sweep folder is what `python -m poc59.train -m ...` writes (conf/train.yaml `hydra.sweep`):
 
@@ -17,20 +17,20 @@ to notice jobs that ended without a result. A run is
 - pending: nothing of it has started yet.
 
 SWEEP_DIR may also be a folder of sweeps (e.g. outputs/sweeps): the newest one is shown.
-Exit status 0 (also with failed runs; read --json), 2 if SWEEP_DIR is no sweep.
+Exit status 0 (also with failed runs; read json=true), 2 if the folder holds no sweep.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
-from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from poc59.core.cli import Command, Key, run_command
 from poc59.training.sweeps import STATES, sweep_status
 
 
@@ -74,26 +74,41 @@ def _print_table(report: dict) -> None:
         console.print(Text(f"#{j['num']} running: follow {j['log']}", style="yellow"))
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m poc59.sweep_status", description=__doc__.split("\n")[0])
-    parser.add_argument(
-        "sweep_dir", type=Path, help="a sweep folder (outputs/sweeps/<date_time>), or a folder of sweeps"
-    )
-    parser.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
-    parser.add_argument("--lines", type=int, default=5, help="last lines of each error to show (5)")
-    parser.add_argument("--no-squeue", action="store_true", help="read files only, do not ask squeue")
-    args = parser.parse_args(argv)
-    try:
-        report = sweep_status(args.sweep_dir, lines=args.lines, use_squeue=not args.no_squeue)
-    except FileNotFoundError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    if args.json:
+CLI = Command(
+    prog="python -m poc59.sweep_status",
+    summary="Which runs of a sweep finished, failed (with the error's last lines), or still run.",
+    examples=(
+        "python -m poc59.sweep_status sweep=outputs/sweeps/<date_time>",
+        "python -m poc59.sweep_status sweep=outputs/sweeps json=true   # the newest sweep, as JSON on stdout",
+    ),
+    keys=(
+        Key(
+            "sweep",
+            str,
+            "a sweep folder (outputs/sweeps/<date_time>), or a folder of sweeps (the newest)",
+            required=True,
+        ),
+        Key("json", bool, "print the report as JSON on stdout instead of a table", default=False),
+        Key("lines", int, "last lines of each error to show"),
+        Key("squeue", bool, "ask squeue (when there is one) to tell pending from running SLURM jobs", default=True),
+    ),
+    notes="Exit 0 (also with failed runs: read json=true), 2 if the folder holds no sweep.",
+    fills=sweep_status,
+)
+
+
+def _status(options: dict[str, Any]) -> int:
+    report = sweep_status(options["sweep"], lines=options.get("lines", 5), use_squeue=options.get("squeue", True))
+    if options.get("json"):
         json.dump(report, sys.stdout, indent=2)
         print()
     else:
         _print_table(report)
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_command(CLI, argv, _status, (FileNotFoundError,))
 
 
 if __name__ == "__main__":

@@ -12,28 +12,12 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from poc59.core.config import config_dir, register_resolvers
+from poc59.core.config import SettingError, config_dir, register_resolvers
+from poc59.core.overrides import HELP, check_overrides, help_text
 from poc59.training.distributed import adopt_submitit_local_ranks
 from poc59.training.run import USER_ERRORS, train
 
 log = logging.getLogger("poc59.train")
-
-
-def _encoder_presets() -> list[str]:
-    return sorted(p.stem for p in (config_dir() / "encoder").glob("*.yaml"))
-
-
-def check_encoder_choice(argv: list[str]) -> None:
-    """Say which presets exist, and how to name any smp/timm encoder, before Hydra's terser error."""
-    presets = _encoder_presets()
-    for arg in argv:
-        key, _, value = arg.lstrip("+~").partition("=")
-        if key == "encoder" and value and value not in presets and "," not in value and "(" not in value:
-            sys.exit(
-                f"error: unknown encoder preset {value!r}. Presets: {', '.join(presets)}.\n"
-                f"Any segmentation-models-pytorch or timm encoder works by name: "
-                f"encoder=custom encoder.name={value if value.startswith('tu-') else 'tu-' + value}"
-            )
 
 
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="train")
@@ -50,9 +34,26 @@ def _hydra_main(cfg: DictConfig) -> float | None:
     return summary["val/mIoU"]  # the value a Hydra sweeper optimises
 
 
+SUMMARY = (
+    "Train one model (or, with -m, a sweep of them): compose conf/train.yaml with the overrides, then fit,\n"
+    "checkpoint, and write the run's summary.json. Examples:\n"
+    "  python -m poc59.train experiment=quickstart\n"
+    "  python -m poc59.train encoder=segformer_b3 data=artefact data.root=/data/artefact trainer.accelerator=gpu"
+)
+
+
 def main() -> None:
+    """Check the overrides (exit 2 with the fix, before anything is read), answer --help, then run Hydra."""
     register_resolvers()
-    check_encoder_choice(sys.argv[1:])
+    argv = sys.argv[1:]
+    try:
+        if any(a in HELP for a in argv):
+            print(help_text(argv, "python -m poc59.train", SUMMARY))
+            sys.exit(0)
+        check_overrides(argv)
+    except SettingError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
     _hydra_main()
 
 

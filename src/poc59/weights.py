@@ -1,14 +1,4 @@
-"""poc59's weight cache from the command line.
-
-    python -m poc59.weights fetch encoder=convnext_tiny              # download ImageNet weights (needs network)
-    python -m poc59.weights fetch encoder=custom encoder.name=tu-resnet34
-    python -m poc59.weights path encoder=segformer_b3                # where the file is expected
-
-Arguments are key=value, as in training: encoder=<preset> (conf/encoder/<preset>.yaml),
-encoder.name=<smp encoder or tu-<timm model>>, encoder.kwargs.<key>=<value>,
-weights_dir=<folder> (default $POC59_CACHE/weights), force=true (fetch again).
-Run `fetch` where the model hub is reachable (e.g. a login node); training never downloads.
-"""
+"""`python -m poc59.weights fetch|path encoder=...`: poc59's weight cache from the command line (`--help`)."""
 
 from __future__ import annotations
 
@@ -16,128 +6,104 @@ import logging
 import sys
 from typing import Any
 
-import yaml
-
+from poc59.core.cli import Command, Key, run_command, to_value
 from poc59.model import pretrained
-from poc59.model.encoders import encoder_presets
-from poc59.model.factory import UnknownEncoderError, check_encoder_name
+from poc59.model.encoders import UnknownEncoderError, check_encoder_name, encoder_presets
 
 log = logging.getLogger("poc59.weights")
 
-COMMANDS = ("fetch", "path")
-USAGE = (
-    "usage: python -m poc59.weights {fetch,path} encoder=<preset> [encoder.name=<name>] "
-    "[encoder.kwargs.<key>=<value>] [weights_dir=<folder>] [force=true]"
+
+class UsageError(ValueError):
+    """A bad argument of this command (the message names it)."""
+
+
+CLI = Command(
+    prog="python -m poc59.weights",
+    summary="poc59's weight cache: fetch an encoder's ImageNet weights where the model hub is reachable (e.g. a "
+    "login node), or say where the file is expected. Training never downloads.",
+    verbs=("fetch", "path"),
+    examples=(
+        "python -m poc59.weights fetch encoder=convnext_tiny              # download ImageNet weights (needs network)",
+        "python -m poc59.weights fetch encoder=custom encoder.name=tu-resnet34",
+        "python -m poc59.weights path encoder=segformer_b3                # where the file is expected",
+    ),
+    keys=(
+        Key("encoder", str, "an encoder preset (conf/encoder/<preset>.yaml)", dest="preset"),
+        Key("encoder.name", str, "an smp encoder or tu-<timm model> (instead of, or over, the preset's)", dest="name"),
+        Key("encoder.kwargs.*", to_value, "one encoder keyword, e.g. encoder.kwargs.img_size=256", dest="kwargs"),
+        Key(
+            "encoder.kwargs", to_value, "all encoder keywords as a mapping, e.g. {img_size:256}", dest="kwargs_mapping"
+        ),
+        Key("weights_dir", str, "the weight cache (default $POC59_CACHE/weights, else ~/.cache/poc59/weights)"),
+        Key("force", bool, "fetch again even when the file is there", default=False),
+        Key("encoder.*", to_value, "other encoder settings of a training command line (ignored here)", dest="ignored"),
+    ),
+    notes="Prints the weights file's path on stdout. Exit 0 done, 1 the hub or the disk failed (named), 2 a bad setting.",
+    error=UsageError,
 )
 
 
-class UsageError(ValueError):
-    pass
-
-
-def _value(text: str) -> Any:
-
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError:
-        return text
-
-
 def parse_args(argv: list[str]) -> dict[str, Any]:
-    """{command, name, kwargs, weights_dir, force} from `fetch encoder=... key=value ...`."""
+    """{command, name, kwargs, weights_dir, force, raw_name} from `fetch encoder=... key=value ...`."""
+    return _resolve(CLI.parse(argv))
 
-    if not argv or argv[0] in ("-h", "--help", "help"):
-        raise UsageError(USAGE)
-    command, rest = argv[0], argv[1:]
-    if command not in COMMANDS:
-        raise UsageError(f"unknown command {command!r}: choose one of {', '.join(COMMANDS)}\n{USAGE}")
-    preset: str | None = None
-    name: str | None = None
-    kwargs: dict[str, Any] = {}
-    weights_dir: str | None = None
-    force = False
-    for arg in rest:
-        key, sep, value = arg.partition("=")
-        key = key.lstrip("+")
-        if not sep or not key:
-            raise UsageError(f"expected key=value, got {arg!r}\n{USAGE}")
-        if key == "encoder":
-            preset = value
-        elif key == "encoder.name":
-            name = value
-        elif key.startswith("encoder.kwargs."):
-            kwargs[key[len("encoder.kwargs.") :]] = _value(value)
-        elif key == "encoder.kwargs":
-            parsed = _value(value)
-            if not isinstance(parsed, dict):
-                raise UsageError(
-                    f"encoder.kwargs must be a mapping, e.g. encoder.kwargs={{img_size:256}}; got {value!r}"
-                )
-            kwargs.update(parsed)
-        elif key == "weights_dir":
-            weights_dir = value or None
-        elif key == "force":
-            force = bool(_value(value))
-        elif key.startswith("encoder."):
-            continue  # other preset fields (weights, batch_size, ...) do not matter here
-        else:
-            raise UsageError(f"unknown argument {key!r}\n{USAGE}")
 
+def _resolve(given: dict[str, Any]) -> dict[str, Any]:
+    """The encoder name and keywords: the preset's, with the keys given over them."""
+    preset, name = given.get("preset"), given.get("name")
+    mapping = given.get("kwargs_mapping")
+    if mapping is not None and not isinstance(mapping, dict):
+        raise UsageError(f"encoder.kwargs must be a mapping, e.g. encoder.kwargs={{img_size:256}}; got {mapping!r}")
+    kwargs = {**(mapping or {}), **given.get("kwargs", {})}
+    presets = encoder_presets()
     if preset is not None:
-        presets = encoder_presets()
         if preset not in presets:
             raise UsageError(
                 f"unknown encoder preset {preset!r}: choose one of {', '.join(presets) or '(none found)'}, "
                 "or encoder=custom encoder.name=<smp encoder or tu-<timm model>>"
             )
         cfg = presets[preset]
-        if name is None:
-            name = cfg.get("name")
+        name = name if name is not None else cfg.get("name")
         kwargs = {**dict(cfg.get("kwargs") or {}), **kwargs}
     if name in (None, "", "???"):
         hint = "encoder=custom needs encoder.name" if preset == "custom" else "give encoder=<preset> or encoder.name"
-        raise UsageError(f"no encoder name: {hint}, e.g. encoder=custom encoder.name=tu-resnet34\n{USAGE}")
+        raise UsageError(f"no encoder name: {hint}, e.g. encoder=custom encoder.name=tu-resnet34\n{CLI.usage()}")
     raw_name = preset is None or preset == "custom" or name != presets[preset].get("name")
-    return dict(command=command, name=name, kwargs=kwargs, weights_dir=weights_dir, force=force, raw_name=raw_name)
+    return {
+        "command": given["verb"],
+        "name": name,
+        "kwargs": kwargs,
+        "weights_dir": given.get("weights_dir") or None,
+        "force": given.get("force", False),
+        "raw_name": raw_name,
+    }
 
 
-def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-
-    try:
-        args = parse_args(list(sys.argv[1:] if argv is None else argv))
-    except UsageError as e:
-        log.error("%s", e)
-        return 2
+def _weights(given: dict[str, Any]) -> int:
+    args = _resolve(given)
     name = args["name"]
     if args["raw_name"]:  # presets' names are known; a raw name is checked before anything else
-        try:
-            check_encoder_name(name)
-        except UnknownEncoderError as e:
-            log.error("%s", e)
-            return 2
+        check_encoder_name(name)
     if args["command"] == "path":
         path = pretrained.cached_weights_path(name, args["weights_dir"])
         if path.is_file():
             log.info("%s: present", name)
         else:
-            log.info(
-                "%s: missing; fill it with: %s",
-                name,
-                pretrained.fetch_command(name, args["kwargs"], args["weights_dir"]),
-            )
-        print(path)
+            fill = pretrained.fetch_command(name, args["kwargs"], args["weights_dir"])
+            log.info("%s: missing; fill it with: %s", name, fill)
+        print(path)  # the command's result, for scripts
         return 0
     try:
         path = pretrained.fetch(name, args["weights_dir"], args["kwargs"], force=args["force"])
-    except pretrained.HubUnreachableError as e:
-        log.error("%s", e)
-        return 1
-    except (ValueError, OSError) as e:  # UnknownEncoderError, no pretrained weights, mismatch, disk
+    except (pretrained.HubUnreachableError, ValueError, OSError) as e:  # no network, no such weights, mismatch, disk
         log.error("%s", e)
         return 1
     print(path)
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_command(CLI, argv, _weights, (UnknownEncoderError,), log)
 
 
 if __name__ == "__main__":

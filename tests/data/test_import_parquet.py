@@ -267,23 +267,29 @@ def test_missing_column_and_missing_source(tmp_path):
         import_parquet(tmp_path / "empty", tmp_path / "o")
 
 
-def test_main_in_process_returns_codes(shards, tmp_path, capsys):
+def test_main_in_process_returns_codes(shards, tmp_path, caplog):
     src, _ = shards
-    assert main([str(src), str(tmp_path / "out"), "--max-side", "10"]) == 0
+    assert main([f"src={src}", f"out={tmp_path / 'out'}", "max_side=10"]) == 0
     assert all(max(int(m["width"]), int(m["height"])) <= 10 for m in read_metadata(tmp_path / "out"))
-    assert main([str(src), str(tmp_path / "out")]) == 1
-    assert "not empty" in capsys.readouterr().err
+    assert main([f"src={src}", f"out={tmp_path / 'out'}"]) == 2  # a user error: one plain line, exit 2
+    assert "not empty" in caplog.text
 
 
 def test_cli_subprocess(shards, tmp_path):
     src, _ = shards
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     cmd = [sys.executable, "-m", "poc59.import_parquet"]
-    ok = subprocess.run([*cmd, str(src), str(tmp_path / "out")], capture_output=True, text=True, env=env, timeout=60)
+    ok = subprocess.run(
+        [*cmd, f"src={src}", f"out={tmp_path / 'out'}"], capture_output=True, text=True, env=env, timeout=60
+    )
     assert ok.returncode == 0, ok.stderr
     assert "imported 5 rows" in ok.stderr
     bad = subprocess.run(
-        [*cmd, str(tmp_path / "missing"), str(tmp_path / "o2")], capture_output=True, text=True, env=env, timeout=60
+        [*cmd, f"src={tmp_path / 'missing'}", f"out={tmp_path / 'o2'}"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
     )
     assert bad.returncode != 0
     assert "parquet source not found" in bad.stderr and "Traceback" not in bad.stderr

@@ -1,17 +1,28 @@
-"""`key=value` command-line arguments for poc59's small commands (evaluate, compare, predict, ...).
+"""One way to call every poc59 command: `python -m poc59.<command> key=value ...`.
 
-Training is Hydra; the analysis commands take the same `key=value` shape without
-Hydra's start-up cost. One parser, so every command converts and complains alike.
+`train` and `prepare` compose the Hydra config (their keys are its keys, see `python -m poc59.train
+--help`); every other command declares its keys here as a `Command`: each `Key` has a type, a default
+and a meaning, `--help` lists them all, and an unknown key is refused with the closest known one. A
+leading `+` (a Hydra habit) is accepted. Values: true/false (yes/no, 1/0) for switches, `[a,b]` or `a,b`
+for lists.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import difflib
+import inspect
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import yaml
+from rich.console import Console
+from rich.logging import RichHandler
 
 TRUE_FALSE = {"true": True, "false": False, "1": True, "0": False, "yes": True, "no": False}
+HELP = ("-h", "--help", "help")
 
 
 def to_bool(text: str) -> bool:
@@ -30,34 +41,183 @@ def to_list(text: str) -> list[str]:
     return [str(p) for p in parsed]
 
 
-def _describe(kind: Callable[[str], Any]) -> str:
-    return {bool: "true or false", int: "an integer", float: "a number", list: "a list"}.get(kind, "a value")  # type: ignore[call-overload]
+def to_value(text: str) -> Any:
+    """A YAML scalar or list (`3`, `0.5`, `true`, `[1,2]`), else the text itself."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
 
 
-def parse_key_values(
-    argv: list[str],
-    keys: Mapping[str, Callable[[str], Any]],
-    usage: str,
-    error: type[Exception] = ValueError,
-) -> dict[str, Any]:
-    """`{key: converted value}` from `key=value` arguments; `keys` maps each allowed key to its type.
+_CONVERT: dict[Any, Callable[[str], Any]] = {bool: to_bool, list: to_list, Any: to_value}
+_DESCRIBE = {bool: "true or false", int: "an integer", float: "a number", list: "a list"}
 
-    bool and list use `to_bool` / `to_list`; any other callable converts the text. A leading
-    `+` (Hydra habit) is accepted. Unknown keys, bad values and `-h`/`--help` raise `error`
-    with the usage text.
-    """
-    if not argv or argv[0] in ("-h", "--help", "help"):
-        raise error(usage)
-    converters = {bool: to_bool, list: to_list}
-    out: dict[str, Any] = {}
-    for arg in argv:
-        key, sep, value = arg.partition("=")
-        key = key.lstrip("+")
-        if not sep or key not in keys:
-            raise error(f"unknown argument {arg!r} (expected key=value with one of: {', '.join(keys)})\n{usage}")
-        kind = keys[key]
-        try:
-            out[key] = converters.get(kind, kind)(value)  # type: ignore[call-overload]
-        except (TypeError, ValueError, yaml.YAMLError):
-            raise error(f"{key}={value}: expected {_describe(kind)}\n{usage}") from None
-    return out
+
+class HelpRequested(Exception):
+    """`--help` was asked for; `text` is the help (printed on stdout, exit 0)."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(text)
+        self.text = text
+
+
+@dataclass(frozen=True)
+class Key:
+    """One command-line key. `name` may end in `.*` for a family (`encoder.kwargs.*`); `dest` is the keyword
+    it fills (default: the name with dots as underscores); `default` is shown by `--help` (`Command.fills`
+    reads it from the function's signature when left out)."""
+
+    name: str
+    kind: Any = str
+    help: str = ""
+    default: Any = inspect.Parameter.empty
+    dest: str | None = None
+    required: bool = False
+
+    @property
+    def keyword(self) -> str:
+        return self.dest or self.name.replace(".", "_")
+
+    def matches(self, key: str) -> bool:
+        return key == self.name or (
+            self.name.endswith(".*") and key.startswith(self.name[:-1]) and len(key) > len(self.name) - 1
+        )
+
+
+@dataclass(frozen=True)
+class Command:
+    """A command's keys, its help, and the parser that refuses what it does not know (raising `error`)."""
+
+    prog: str
+    summary: str
+    keys: Sequence[Key]
+    examples: Sequence[str] = ()
+    notes: str = ""
+    error: type[Exception] = ValueError
+    fills: Callable[..., Any] | None = None  # the function the keys are keywords of (for defaults)
+    verbs: Sequence[str] = ()  # a first bare word, e.g. `fetch` / `path`
+    rich_log: bool = False  # log through Rich (for commands that also draw Rich progress bars)
+    _defaults: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.fills is not None:
+            params = inspect.signature(self.fills).parameters
+            for key in self.keys:
+                p = params.get(key.keyword)
+                if p is not None and p.default is not inspect.Parameter.empty:
+                    self._defaults[key.name] = p.default
+
+    def default(self, key: Key) -> Any:
+        return (
+            key.default
+            if key.default is not inspect.Parameter.empty
+            else self._defaults.get(key.name, inspect.Parameter.empty)
+        )
+
+    def usage(self) -> str:
+        verbs = "{" + ",".join(self.verbs) + "} " if self.verbs else ""
+        required = " ".join(f"{k.name}=..." for k in self.keys if k.required)
+        return f"usage: {self.prog} {verbs}{required + ' ' if required else ''}[key=value ...]   (--help: every key)"
+
+    def help(self) -> str:
+        lines = [self.usage(), "", self.summary]
+        if self.examples:
+            lines += ["", "Examples:"] + [f"  {e}" for e in self.examples]
+        lines += ["", "Keys (key=default: meaning):"]
+        shown = []
+        for key in self.keys:
+            default = self.default(key)
+            text = "required" if key.required else ("" if default is inspect.Parameter.empty else _show(default))
+            shown.append((f"{key.name}={text}", key.help))
+        width = min(max(len(a) for a, _ in shown) + 2, 34)
+        for left, meaning in shown:
+            lines.append(
+                f"  {left:<{width}} {meaning}" if len(left) < width else f"  {left}\n  {'':<{width}} {meaning}"
+            )
+        if self.notes:
+            lines += ["", self.notes.strip()]
+        return "\n".join(lines)
+
+    def parse(self, argv: Sequence[str]) -> dict[str, Any]:
+        """{keyword: value} of the keys given (`verb` too, with verbs); HelpRequested for --help."""
+        argv = list(argv)
+        if any(a in HELP for a in argv):
+            raise HelpRequested(self.help())
+        out: dict[str, Any] = {}
+        if self.verbs:
+            if not argv or argv[0] not in self.verbs:
+                got = f"{argv[0]!r}" if argv else "nothing"
+                raise self.error(f"expected one of {', '.join(self.verbs)} first, got {got}\n{self.usage()}")
+            out["verb"] = argv.pop(0)
+        for arg in argv:
+            name, sep, value = arg.partition("=")
+            name = name.lstrip("+")
+            key = next((k for k in self.keys if k.matches(name)), None)
+            if not sep or key is None:
+                raise self.error(self._unknown(arg, name, sep))
+            try:
+                converted = _CONVERT.get(key.kind, key.kind)(value)
+            except (TypeError, ValueError, yaml.YAMLError):
+                raise self.error(
+                    f"{name}={value}: expected {_DESCRIBE.get(key.kind, 'a value')}\n{self.usage()}"
+                ) from None
+            if key.name.endswith(".*"):
+                out.setdefault(key.keyword, {})[name[len(key.name) - 1 :]] = converted
+            else:
+                out[key.keyword] = converted
+        missing = [k.name for k in self.keys if k.required and k.keyword not in out]
+        if missing:
+            raise self.error(f"missing {', '.join(f'{m}=' for m in missing)}\n{self.usage()}")
+        return out
+
+    def _unknown(self, arg: str, name: str, sep: str) -> str:
+        if not sep:
+            return f"{arg!r}: arguments are key=value\n{self.usage()}"
+        close = difflib.get_close_matches(name, [k.name.rstrip(".*") for k in self.keys], n=1, cutoff=0.6)
+        hint = f"; did you mean {close[0]}=?" if close else ""
+        known = ", ".join(k.name for k in self.keys)
+        return (
+            f"unknown argument {arg!r}: no key {name!r}{hint} (keys: {known}; {self.prog} --help says what each means)"
+        )
+
+
+def run_command(
+    command: Command,
+    argv: Sequence[str] | None,
+    act: Callable[[dict[str, Any]], int],
+    user_errors: tuple[type[Exception], ...] = (),
+    log: logging.Logger | None = None,
+) -> int:
+    """A command's whole life: parse `argv` (sys.argv[1:] if None), `act` on the options, and return the exit
+    status: `act`'s, 0 after --help (printed on stdout), 2 with one logged line for a user error (the
+    command's own error or one of `user_errors`); anything else is a bug and propagates (traceback, 1)."""
+    configure_logging(rich=command.rich_log)
+    log = log or logging.getLogger(command.prog.rsplit(" ", 1)[-1])
+    try:
+        return act(command.parse(list(sys.argv[1:] if argv is None else argv)))
+    except HelpRequested as asked:
+        print(asked.text)
+        return 0
+    except (command.error, *user_errors) as err:
+        log.error("%s", err)
+        return 2
+
+
+def configure_logging(rich: bool = False) -> None:
+    """Every command logs INFO and up on stderr (stdout is for what it reports: tables, JSON, --help); with
+    `rich`, through Rich so that log lines and progress bars share the terminal."""
+    if rich:
+        handler: logging.Handler = RichHandler(console=Console(stderr=True), show_path=False)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=logging.INFO, handlers=[handler])
+
+
+def _show(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return str(value).lower()
+    return str(value)

@@ -51,12 +51,13 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 from poc59.core.classes import ARTEFACT, IGNORE_INDEX
-from poc59.core.cli import parse_key_values
+from poc59.core.cli import Command, Key, run_command
 
 log = logging.getLogger(__name__)
 
@@ -1138,36 +1139,29 @@ def ensure_synthetic(out: str | Path, n: int, seed: int = 0, aug_copies: int = 3
 
 # -- command line ----------------------------------------------------------------------------------
 
-_CLI_KEYS = {"out": str, "n": int, "seed": int, "aug": int, "workers": int}
-_USAGE = "usage: python -m poc59.data.synthetic out=DIR [n=100] [seed=0] [aug=3] [workers=N]"
+CLI = Command(
+    prog="python -m poc59.data.synthetic",
+    summary="Write a new built-in synthetic damage set (ARTeFACT layout, 16 classes) into an empty folder.",
+    examples=("python -m poc59.data.synthetic out=/tmp/synthetic n=100 seed=0",),
+    keys=(
+        Key("out", str, "the folder to write (must be empty or absent)", required=True),
+        Key("n", int, "originals", default=100),
+        Key("seed", int, "seed of the whole set", default=0),
+        Key("aug", int, "stored _augK copies of each original", default=3, dest="aug_copies"),
+        Key("workers", int, "processes drawing the images (default: the CPUs this process may use)", default=None),
+    ),
+    notes="Exit 0 done, 2 a bad setting or a folder that is not empty.",
+)
+
+
+def _generate(options: dict[str, Any]) -> int:
+    generate(options.pop("out"), options.pop("n", 100), options.pop("seed", 0), options.pop("aug_copies", 3), **options)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m poc59.data.synthetic out=DIR n=N seed=S [aug=3]`: write a new set (refuses a non-empty DIR)."""
-    argv = sys.argv[1:] if argv is None else list(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    if any(a in ("-h", "--help", "help") for a in argv):
-        log.info("%s", _USAGE)
-        return 0
-    try:
-        args = parse_key_values(argv, _CLI_KEYS, _USAGE) if argv else {}
-        if "out" not in args:
-            raise ValueError(f"missing out=DIR (the folder to write)\n{_USAGE}")
-    except ValueError as err:
-        log.error("error: %s", err)
-        return 2
-    try:
-        generate(
-            args["out"],
-            int(args.get("n", 100)),
-            int(args.get("seed", 0)),
-            int(args.get("aug", 3)),
-            workers=args.get("workers"),
-        )
-    except (FileExistsError, ValueError) as err:
-        log.error("error: %s", err)
-        return 1
-    return 0
+    """`python -m poc59.data.synthetic out=DIR [n=100] [seed=0] [aug=3]`: write a new set (refuses a non-empty DIR)."""
+    return run_command(CLI, argv, _generate, (FileExistsError,), log)
 
 
 if __name__ == "__main__":

@@ -61,7 +61,7 @@ def evaluate_all(sweep: str | Path, split: str | None = "val", out: Any = None, 
         missing = [m for m in ("summary.json", "checkpoints/best.ckpt") if not (run / m).is_file()]
         if missing:
             row["reason"] = (
-                f"unfinished or failed: no {' and no '.join(missing)} (python -m poc59.sweep_status {folder})"
+                f"unfinished or failed: no {' and no '.join(missing)} (python -m poc59.sweep_status sweep={folder})"
             )
             log.warning("Skipping %s: %s", run, row["reason"])
         else:

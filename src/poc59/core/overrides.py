@@ -1,0 +1,232 @@
+"""The command line of the commands built on the training config (`train`, `prepare`): Hydra overrides.
+
+`key=value` changes a key, `group=option` picks a file of a config group (conf/<group>/<option>.yaml),
+`+key=value` adds a key, `-m` with `a,b` values sweeps. Before anything runs, `check_overrides` composes
+the config with them (each option of a swept group too) and turns Hydra's errors into one `SettingError`
+naming the override and the fix (exit 2): an unknown key gets the closest known one. `help_text` is
+`--help`: every group with its options and every key with its default and meaning, the meanings read from
+the comments beside the keys in conf/.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from hydra import compose, initialize_config_dir
+from hydra._internal.utils import get_args_parser
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import HydraException
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from poc59.core.config import SettingError, config_dir, register_resolvers
+
+HELP = ("-h", "--help")
+
+
+def groups() -> dict[str, list[str]]:
+    """{group: its options} of conf/ (`hydra/launcher` included)."""
+    root = config_dir()
+    found = {}
+    for folder in sorted(p for p in root.rglob("*") if p.is_dir()):
+        options = sorted(f.stem for f in folder.glob("*.yaml"))
+        if options:
+            found[folder.relative_to(root).as_posix()] = options
+    return found
+
+
+def split_argv(argv: Sequence[str]) -> tuple[list[str], bool]:
+    """(the overrides, whether Hydra's own flags ask for something else than a run: --cfg, --info, ...)."""
+    args, _ = get_args_parser().parse_known_args(list(argv))
+    other = args.info or args.hydra_help or args.shell_completion or args.experimental_rerun
+    return list(args.overrides), bool(other or args.config_name or args.config_path or args.config_dir)
+
+
+def compose_train(overrides: Sequence[str], hydra: bool = False) -> DictConfig:
+    """conf/train.yaml composed with `overrides` (no sweep syntax); a Hydra error is a SettingError."""
+    try:
+        return _compose(overrides, hydra)
+    except (HydraException, OmegaConfBaseException) as err:
+        raise SettingError(_explain(err, overrides)) from None
+
+
+def _compose(overrides: Sequence[str], hydra: bool = False) -> DictConfig:
+    register_resolvers()
+    with initialize_config_dir(str(config_dir()), version_base="1.3"):
+        return compose("train", overrides=list(overrides), return_hydra_config=hydra)
+
+
+def check_overrides(argv: Sequence[str], prog: str = "python -m poc59.train") -> None:
+    """Refuse, before any data is read, an override that cannot compose (SettingError, exit 2). With `-m`
+    sweep values, each option of a swept group is composed once (the other keys at their first value)."""
+    overrides, other = split_argv(argv)
+    if other:
+        return
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except HydraException as err:
+        raise SettingError(f"cannot read the overrides: {err}\n{prog} --help lists every key") from None
+    known_groups = groups()
+    first = [_with_value(o.input_line, o, _values(o)[0]) for o in parsed]
+    compose_train(first, hydra=True)
+    for i, o in enumerate(parsed):
+        if o.is_sweep_override() and o.key_or_group in known_groups:
+            for value in _values(o)[1:]:
+                compose_train([*first[:i], _with_value(o.input_line, o, value), *first[i + 1 :]], hydra=True)
+
+
+def help_text(argv: Sequence[str], prog: str, summary: str) -> str:
+    """`--help`: the groups and their options, then every key of the config the other arguments compose
+    (so `encoder=custom --help` shows custom's keys), with default and meaning."""
+    overrides = [a for a in split_argv([a for a in argv if a not in HELP])[0]]
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    cfg = compose_train([_with_value(o.input_line, o, _values(o)[0]) for o in parsed], hydra=True)
+    choices = OmegaConf.to_container(cfg.hydra.runtime.choices)
+    lines = [
+        f"usage: {prog} [key=value ...] [group=option ...] [-m key=a,b ...]   (Hydra overrides)",
+        "",
+        summary,
+        "",
+        "Config groups (group=option; the chosen one in [brackets]):",
+    ]
+    for group, options in groups().items():
+        chosen = choices.get(group)
+        lines.append(f"  {group:<16} " + " ".join(f"[{o}]" if o == chosen else o for o in options))
+    lines += ["", "Keys (key=default: meaning):"]
+    rows = [(f"{key}={_show(value)}", meaning) for key, value, meaning in config_keys(cfg, choices)]
+    width = min(max(len(a) for a, _ in rows) + 2, 44)
+    for left, meaning in rows:
+        lines.append(f"  {left:<{width}} {meaning}" if len(left) < width else f"  {left}\n  {'':<{width}} {meaning}")
+    lines += [
+        "",
+        "+key=value adds a key the config does not have; hydra.* keys and Hydra's flags "
+        f"(-m, --cfg job, --info): {prog} --hydra-help.",
+        "Exit 0 done, 2 a setting or the data is wrong (one message naming the key and the fix), 1 a bug.",
+    ]
+    return "\n".join(lines)
+
+
+def config_keys(cfg: DictConfig, choices: dict[str, Any] | None = None) -> list[tuple[str, Any, str]]:
+    """(key, default, meaning) of every key of a composed config (hydra.* left out), the meaning from the
+    comment beside the key in train.yaml or in its group's files (the chosen one first)."""
+    root = config_dir()
+    meanings = _yaml_comments(root / "train.yaml", "")
+    for group, options in groups().items():
+        chosen = (choices or {}).get(group)
+        for option in sorted(options, key=lambda o: o != chosen):  # the chosen file's comments first
+            file = root / group / f"{option}.yaml"
+            package = "" if "@package _global_" in file.read_text() or "/" in group else f"{group}."
+            for key, text in _yaml_comments(file, package).items():
+                meanings.setdefault(key, text)
+    container = OmegaConf.to_container(cfg, resolve=False)
+    container.pop("hydra", None)
+    return [(key, value, meanings.get(key) or _argument_of(container, key)) for key, value in _flat(container)]
+
+
+def _argument_of(container: dict, key: str) -> str:
+    """The meaning of an uncommented key of an object the config builds: `Trainer(max_epochs=...)`."""
+    *parents, name = key.split(".")
+    node: Any = container
+    for part in parents:
+        node = node.get(part, {}) if isinstance(node, dict) else {}
+    target = node.get("_target_") if isinstance(node, dict) else None
+    if not target:
+        return ""
+    if name == "_target_":
+        return "the class this builds (the keys beside it are its arguments)"
+    if name == "_partial_":
+        return "built later, when its remaining arguments are known"
+    return f"{target}({name}=...)"
+
+
+def _values(o: Any) -> list[str]:
+    return list(o.sweep_string_iterator()) if o.is_sweep_override() else [o.get_value_element_as_str()]
+
+
+def _with_value(line: str, o: Any, value: str) -> str:
+    if o.is_delete():
+        return line
+    return f"{o.get_key_element()}={value}" if o.is_sweep_override() else line
+
+
+def _explain(err: Exception, overrides: Sequence[str]) -> str:
+    text = str(err).strip()
+    missing = re.search(r"Could not override '([^']+)'", text) or re.search(r"Key '([^']+)' is not in struct", text)
+    option = re.search(r"Could not find '([^']+)/([^']+)'", text)
+    if option:
+        group, value = option.groups()
+        known = groups().get(group, [])
+        close = difflib.get_close_matches(value, known, n=1, cutoff=0.5)
+        hint = f"; did you mean {group}={close[0]}?" if close else ""
+        message = f"no option {value!r} in the config group {group!r} (options: {', '.join(known)}){hint}"
+        if group == "encoder":
+            message += (
+                "\nAny segmentation-models-pytorch or timm encoder works by name: "
+                f"encoder=custom encoder.name={value if value.startswith('tu-') else 'tu-' + value}"
+            )
+        return message
+    if missing:
+        key = missing.group(1)
+        full = re.search(r"full_key: (\S+)", text)
+        key = full.group(1) if full and "." in full.group(1) else key
+        base = compose_keys_without(overrides, key)
+        close = (
+            difflib.get_close_matches(key, base, n=1, cutoff=0.6)
+            or [k for k in base if k.endswith("." + key.rsplit(".", 1)[-1])][:1]
+        )
+        hint = f"; did you mean {close[0]}?" if close else ""
+        return f"unknown key {key!r}{hint} (python -m poc59.train --help lists every key; +{key}=... adds a new one)"
+    return f"the overrides do not compose: {text}\n(python -m poc59.train --help lists every group and key)"
+
+
+def compose_keys_without(overrides: Sequence[str], key: str) -> list[str]:
+    """The keys of the config composed with the overrides other than `key`'s (to suggest one)."""
+    rest = [o for o in overrides if o.lstrip("+~").partition("=")[0] != key]
+    try:
+        cfg = _compose(rest)
+    except (HydraException, OmegaConfBaseException):
+        cfg = _compose([])
+    return [k for k, _ in _flat(OmegaConf.to_container(cfg, resolve=False))]
+
+
+def _yaml_comments(path: Path, prefix: str) -> dict[str, str]:
+    """{dotted key: its trailing comment} of one config file (the comment on the key's own line, or on the
+    block's first line for a mapping); keys under `prefix` (a group's package, e.g. `data.`)."""
+    comments: dict[str, str] = {}
+    stack: list[tuple[int, str]] = []
+    for line in path.read_text().splitlines():
+        m = re.match(r"^(\s*)([A-Za-z_]\w*):(.*)$", line)
+        if not m:
+            continue
+        indent, key, rest = len(m.group(1)), m.group(2), m.group(3)
+        while stack and stack[-1][0] >= indent:
+            stack.pop()
+        dotted = prefix + ".".join([k for _, k in stack] + [key])
+        comment = re.search(r"(?:^|\s)#\s*(.*)$", rest)
+        if comment and key != "defaults":
+            comments[dotted] = comment.group(1).strip()
+        stack.append((indent, key))
+    return comments
+
+
+def _flat(node: Any, prefix: str = "") -> list[tuple[str, Any]]:
+    if isinstance(node, dict) and node:
+        out: list[tuple[str, Any]] = []
+        for k, v in node.items():
+            out += _flat(v, f"{prefix}{k}.")
+        return out
+    return [(prefix[:-1], node)]
+
+
+def _show(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, list | dict):
+        return str(value).replace(" ", "")
+    return str(value)
