@@ -255,66 +255,97 @@ def from_dict(
       the ids (the file was edited by hand): DataError. A file without a fingerprint
       is taken as written on purpose and not checked.
     """
-    fix = "regenerate it (delete the file or point data.split_file elsewhere, and a new split is made)"
+    ids = _listed_ids(d, source)
+    index = {s.id: i for i, s in enumerate(samples)}
+    _check_listed_in_data(ids, index, re.compile(group_pattern), use_aug_copies, source)
+    out = {
+        side: [index[x] for x in ids[side] if x in index and (use_aug_copies or not samples[index[x]].is_copy)]
+        for side in SIDES
+    }
+    sides = _sides_of_groups(out, samples, source)
+    _place_unlisted(out, samples, {x for side in SIDES for x in ids[side]}, sides, use_aug_copies, source)
+    return Split(*(tuple(sorted(out[side])) for side in SIDES))
+
+
+_FIX = "regenerate it (delete the file or point data.split_file elsewhere, and a new split is made)"
+
+
+def _listed_ids(d: Any, source: str) -> dict[str, list[str]]:
+    """{side: ids} of a split file, once its shape, its fingerprint and its ids (none twice) are checked."""
     if not isinstance(d, dict) or not all(isinstance(d.get(side), list) for side in ("train", "val")):
-        raise DataError(f'{source}: not a split file (expected lists "train" and "val" of image ids); {fix}')
+        raise DataError(f'{source}: not a split file (expected lists "train" and "val" of image ids); {_FIX}')
     if "test" in d and not isinstance(d["test"], list):
-        raise DataError(f'{source}: "test" must be a list of image ids; {fix}')
+        raise DataError(f'{source}: "test" must be a list of image ids; {_FIX}')
     ids = {side: [str(x) for x in d.get(side) or []] for side in SIDES}
     if "fingerprint" in d:
         expected = _fingerprint(ids) if "test" in d else _fingerprint({"train": ids["train"], "val": ids["val"]})
         if d["fingerprint"] != expected:
             raise DataError(
                 f"{source}: fingerprint {d['fingerprint']} does not match its ids ({expected}): the file was edited "
-                f'after it was written; {fix}, or remove the "fingerprint" entry if the edit is deliberate'
+                f'after it was written; {_FIX}, or remove the "fingerprint" entry if the edit is deliberate'
             )
     if not ids["train"] or not ids["val"]:
-        raise DataError(f"{source}: no {'training' if not ids['train'] else 'validation'} images listed; {fix}")
-
+        raise DataError(f"{source}: no {'training' if not ids['train'] else 'validation'} images listed; {_FIX}")
     listed = Counter(x for side in SIDES for x in ids[side])
     twice = sorted(x for x, n in listed.items() if n > 1)
     if twice:
-        raise DataError(f"{source}: {len(twice)} id(s) listed more than once: {_few(twice)}; {fix}")
+        raise DataError(f"{source}: {len(twice)} id(s) listed more than once: {_few(twice)}; {_FIX}")
+    return ids
 
-    index = {s.id: i for i, s in enumerate(samples)}
-    copy_re = re.compile(group_pattern)
-    missing = [x for x in listed if x not in index]
+
+def _check_listed_in_data(
+    ids: dict[str, list[str]], index: dict[str, int], copy_re: re.Pattern, use_aug_copies: bool, source: str
+) -> None:
+    """Every listed id is in the data (without copies in use, a listed copy may be gone)."""
+    missing = list(dict.fromkeys(x for side in SIDES for x in ids[side] if x not in index))
     if not use_aug_copies:
         missing = [x for x in missing if not copy_re.match(x)]
     if missing:
         raise DataError(
             f"{source}: {len(missing)} image id(s) in the split are not in the data: {_few(sorted(missing))}. "
-            f"A split file must describe the same images; {fix}"
+            f"A split file must describe the same images; {_FIX}"
         )
 
-    out: dict[str, list[int]] = {}
-    side_of_group: dict[str, set[str]] = defaultdict(set)
+
+def _sides_of_groups(out: dict[str, list[int]], samples: Sequence[Sample], source: str) -> dict[str, set[str]]:
+    """{group: the sides its listed images are on}; a group on two sides is a DataError."""
+    sides: dict[str, set[str]] = defaultdict(set)
     for side in SIDES:
-        out[side] = [index[x] for x in ids[side] if x in index and (use_aug_copies or not samples[index[x]].is_copy)]
         for i in out[side]:
-            side_of_group[samples[i].group].add(side)
-    crossing = sorted(g for g, sides in side_of_group.items() if len(sides) > 1)
+            sides[samples[i].group].add(side)
+    crossing = sorted(g for g, on in sides.items() if len(on) > 1)
     if crossing:
         raise DataError(
             f"{source}: {len(crossing)} source image(s) have copies on more than one side: {_few(crossing)} "
-            f"(an original and its copies must stay on one side); {fix}"
+            f"(an original and its copies must stay on one side); {_FIX}"
         )
+    return sides
 
+
+def _place_unlisted(
+    out: dict[str, list[int]],
+    samples: Sequence[Sample],
+    listed: set[str],
+    sides: dict[str, set[str]],
+    use_aug_copies: bool,
+    source: str,
+) -> None:
+    """A copy the file does not list joins training if its group trains, else stays out (validation and test
+    stay as the file lists them); any other image the file does not list is a DataError."""
     unknown = []
     for i, s in enumerate(samples):
         if s.id in listed or (s.is_copy and not use_aug_copies):
             continue
-        if s.is_copy and s.group in side_of_group:
-            if side_of_group[s.group] == {"train"}:
+        if s.is_copy and s.group in sides:
+            if sides[s.group] == {"train"}:
                 out["train"].append(i)
-            continue  # a copy of a held-out image: validation/test stay as the file lists them
+            continue
         unknown.append(s.id)
     if unknown:
         raise DataError(
             f"{source}: {len(unknown)} image(s) in the data are not in the split: {_few(unknown)}. "
-            f"A split file must describe the same images; {fix}"
+            f"A split file must describe the same images; {_FIX}"
         )
-    return Split(*(tuple(sorted(out[side])) for side in SIDES))
 
 
 def load_split(

@@ -240,43 +240,11 @@ def _from_result(job: Job, result: Path, lines: int) -> bool:
     return True
 
 
-def inspect_job(job: Job, run_dir: Path | None, task: Path | None, squeue: dict[str, str] | None, lines: int) -> Job:
-    """Settle one job's state from its files (and squeue's word on its SLURM job)."""
-    if task is not None:
-        job.job_id = task.name
-    if run_dir is not None:
-        job.dir = str(run_dir)
-        overrides = _read_yaml(run_dir / ".hydra" / "overrides.yaml")
-        if isinstance(overrides, list):
-            job.overrides = [str(o) for o in overrides]
-        if (run_dir / "summary.json").exists() and _finished(job, run_dir / "summary.json"):
-            return job
-    err_log = out_log = None
-    if task is not None:
-        err_log, out_log = task / f"{task.name}_0_log.err", task / f"{task.name}_0_log.out"
-        job.log = str(err_log)
-        if squeue is not None:
-            job.slurm_state = squeue.get(task.name) or squeue.get(task.name.split("_")[0])
-        result = task / f"{task.name}_0_result.pkl"
-        if result.exists() and _from_result(job, result, lines):
-            train_log = run_dir / "train.log" if run_dir else None
-            if train_log and train_log.exists() and any(_ERROR_LINE.search(x) for x in _tail(train_log, 400)):
-                job.log = str(train_log)  # the run logged its error (with the traceback) there
-            return job
-    train_log = run_dir / "train.log" if run_dir is not None else None
-    if train_log is not None and train_log.exists():
-        tail = _tail(train_log, 400)
-        errors = [i for i, line in enumerate(tail) if _ERROR_LINE.search(line)]
-        if errors:  # the run logged an error and wrote no summary
-            job.status, job.log = "failed", str(train_log)
-            job.error = tail[errors[0] :][-lines:]
-            return job
-    started = run_dir is not None or (err_log is not None and (err_log.exists() or out_log.exists()))
-    if task is not None and squeue is not None:
-        if job.slurm_state in ("PENDING", "CONFIGURING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "SUSPENDED"):
-            job.status = "pending" if not started or job.slurm_state == "PENDING" else "running"
-            return job
-        if job.slurm_state is None or job.slurm_state in (
+# What squeue's state means for a job that left neither a summary nor a result; a state not listed is running.
+SLURM_STATES = {
+    **dict.fromkeys(("PENDING", "CONFIGURING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "SUSPENDED"), "waiting"),
+    **dict.fromkeys(
+        (
             "COMPLETED",
             "FAILED",
             "CANCELLED",
@@ -286,25 +254,121 @@ def inspect_job(job: Job, run_dir: Path | None, task: Path | None, squeue: dict[
             "PREEMPTED",
             "BOOT_FAIL",
             "DEADLINE",
-        ):
-            job.status = "failed"  # SLURM no longer runs it and it left no result
-            tail = _tail(err_log, lines) if err_log and err_log.exists() else []
-            why = f"SLURM job {task.name} ended ({job.slurm_state or 'no longer queued'}) without a result"
-            job.error = tail + [why] if tail else [why]
-            return job
-        job.status = "running"
+        ),
+        "ended",  # SLURM no longer runs it
+    ),
+}
+
+
+@dataclass(frozen=True)
+class _JobFiles:
+    """Where one job's files are: its run folder (Hydra) and its submitit task folder (absent locally)."""
+
+    run_dir: Path | None
+    task: Path | None
+
+    @property
+    def train_log(self) -> Path | None:
+        return self.run_dir / "train.log" if self.run_dir is not None else None
+
+    @property
+    def err_log(self) -> Path | None:
+        return self.task / f"{self.task.name}_0_log.err" if self.task is not None else None
+
+    @property
+    def started(self) -> bool:
+        logs = (self.err_log, self.task / f"{self.task.name}_0_log.out") if self.task is not None else ()
+        return self.run_dir is not None or any(p.exists() for p in logs)
+
+
+def inspect_job(job: Job, run_dir: Path | None, task: Path | None, squeue: dict[str, str] | None, lines: int) -> Job:
+    """Settle one job's state from its files (and squeue's word on its SLURM job). The first witness that
+    speaks decides, in this order: summary.json (finished), submitit's result (finished or failed), an
+    error in train.log (failed), squeue's state, an end line of SLURM's in the job's stderr (failed);
+    else the job is running if it left any file, pending if not."""
+    files = _JobFiles(run_dir, task)
+    _identify(job, files)
+    if _by_summary(job, files):
         return job
-    if task is not None and err_log.exists():
-        tail = _tail(err_log, 200)
-        ends = [i for i, line in enumerate(tail) if _SLURM_END.search(line)]
-        if ends:
-            job.status = "failed"
-            job.error = tail[max(0, ends[0] - lines + 1) : ends[0] + 1][-lines:]
+    if files.task is not None:
+        job.log = str(files.err_log)
+        if squeue is not None:
+            job.slurm_state = squeue.get(files.task.name) or squeue.get(files.task.name.split("_")[0])
+    for witness in (_by_result, _by_train_log, _by_squeue, _by_slurm_log):
+        if witness(job, files, squeue, lines):
             return job
-    job.status = "running" if started else "pending"
-    if train_log is not None and train_log.exists() and job.log is None:
-        job.log = str(train_log)
+    job.status = "running" if files.started else "pending"
+    if files.train_log is not None and files.train_log.exists() and job.log is None:
+        job.log = str(files.train_log)
     return job
+
+
+def _identify(job: Job, files: _JobFiles) -> None:
+    if files.task is not None:
+        job.job_id = files.task.name
+    if files.run_dir is not None:
+        job.dir = str(files.run_dir)
+        overrides = _read_yaml(files.run_dir / ".hydra" / "overrides.yaml")
+        if isinstance(overrides, list):
+            job.overrides = [str(o) for o in overrides]
+
+
+def _by_summary(job: Job, files: _JobFiles) -> bool:
+    summary = files.run_dir / "summary.json" if files.run_dir is not None else None
+    return summary is not None and summary.exists() and _finished(job, summary)
+
+
+def _by_result(job: Job, files: _JobFiles, squeue: dict[str, str] | None, lines: int) -> bool:
+    result = files.task / f"{files.task.name}_0_result.pkl" if files.task is not None else None
+    if result is None or not result.exists() or not _from_result(job, result, lines):
+        return False
+    if _error_lines(files.train_log, lines)[1]:
+        job.log = str(files.train_log)  # the run logged its error (with the traceback) there
+    return True
+
+
+def _by_train_log(job: Job, files: _JobFiles, squeue: dict[str, str] | None, lines: int) -> bool:
+    error, found = _error_lines(files.train_log, lines)
+    if found:  # the run logged an error and wrote no summary
+        job.status, job.log, job.error = "failed", str(files.train_log), error
+    return found
+
+
+def _by_squeue(job: Job, files: _JobFiles, squeue: dict[str, str] | None, lines: int) -> bool:
+    if files.task is None or squeue is None:
+        return False
+    meaning = SLURM_STATES.get(job.slurm_state, "running") if job.slurm_state is not None else "ended"
+    if meaning == "waiting":
+        job.status = "pending" if not files.started or job.slurm_state == "PENDING" else "running"
+    elif meaning == "ended":
+        job.status = "failed"  # and it left no result
+        tail = _tail(files.err_log, lines) if files.err_log.exists() else []
+        job.error = tail + [
+            f"SLURM job {files.task.name} ended ({job.slurm_state or 'no longer queued'}) without a result"
+        ]
+    else:
+        job.status = "running"
+    return True
+
+
+def _by_slurm_log(job: Job, files: _JobFiles, squeue: dict[str, str] | None, lines: int) -> bool:
+    if files.err_log is None or not files.err_log.exists():
+        return False
+    tail = _tail(files.err_log, 200)
+    ends = [i for i, line in enumerate(tail) if _SLURM_END.search(line)]
+    if ends:
+        job.status = "failed"
+        job.error = tail[max(0, ends[0] - lines + 1) : ends[0] + 1][-lines:]
+    return bool(ends)
+
+
+def _error_lines(train_log: Path | None, lines: int) -> tuple[list[str], bool]:
+    """(the last `lines` lines from the first ERROR of train.log's tail on, whether there is one)."""
+    if train_log is None or not train_log.exists():
+        return [], False
+    tail = _tail(train_log, 400)
+    errors = [i for i, line in enumerate(tail) if _ERROR_LINE.search(line)]
+    return (tail[errors[0] :][-lines:], True) if errors else ([], False)
 
 
 def find_sweep(path: Path) -> Path:
