@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from poc59.inference.tiling import predict_logits, stream_logits, tile_starts, window
+from poc59.inference.tiling import TileGrid, predict_logits, stream_logits, tile_starts, window
 from predict.standins import Constant, LocalConv, TilePosition
 
 
@@ -89,6 +89,29 @@ def test_streamed_bands_equal_the_whole_image_and_read_rows_in_order():
     assert torch.equal(
         torch.cat([b for _, b in bands], dim=1), predict_logits(net, image, tile=64, overlap=0.25, batch_size=5)
     )
+
+
+@pytest.mark.parametrize("tta", [False, True])
+@pytest.mark.parametrize("shape", [(300, 90), (40, 50), (130, 211)])
+def test_the_memory_estimate_is_the_memory_streaming_allocates(shape, tta):
+    """predict budgets its decoded strips with TileGrid.working_bytes: every float tensor stream_logits
+    hands out or runs the network on must be within the shapes that estimate counts."""
+    height, width = shape
+    classes, batch_size, tile = 5, 2, 64
+    seen, conv, image = [], LocalConv(classes=classes), _image(height, width)
+
+    def net(tiles):
+        out = conv(tiles)
+        seen.append(out)
+        return out
+
+    grid = TileGrid(height, width, tile, 0.25)
+    row_bytes = 4 * classes * tile * max(width, tile)
+    for _, band in stream_logits(net, lambda y0, y1: image[:, y0:y1], height, width, tile, 0.25, batch_size, tta):
+        assert band.untyped_storage().nbytes() <= row_bytes  # a band is a view into one tile row, never more
+    batch = max(t.untyped_storage().nbytes() for t in seen)
+    assert batch <= 4 * classes * batch_size * tile * tile
+    assert grid.working_bytes(classes, batch_size, tta) == row_bytes * (2 + 2 * tta) + 2 * batch
 
 
 def test_tile_grid_and_window():

@@ -35,11 +35,11 @@ from PIL import Image
 from poc59.artifacts.trained import TrainedModel
 from poc59.core.device import autocast_dtype
 from poc59.data.preload import content_size, resample_image
-from poc59.inference.tiling import predict_logits, run_batches, stream_logits
+from poc59.inference.tiling import TileGrid, predict_logits, run_batches, stream_logits
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ArrayImage", "band_labels", "logit_bands", "predict_label_map", "row_upsampler"]
+__all__ = ["ArrayImage", "band_labels", "logit_bands", "predict_label_map", "row_upsampler", "streaming_bytes"]
 
 BAND_ROWS = 256  # rows per band when upsampling resize/pad logits to the original size
 
@@ -115,6 +115,18 @@ def row_upsampler(logits: torch.Tensor, height: int, width: int) -> Callable[[in
         return (1 - lam) * wide[:, i0] + lam * wide[:, i1]
 
     return rows
+
+
+def streaming_bytes(
+    model: TrainedModel, width: int, height: int, overlap: float, batch_size: int, tta: bool
+) -> int | None:
+    """The float32 working memory `logit_bands` holds beside the decoded rows of a `width` x `height` image
+    when it streams them (a crop model: the tiling's `TileGrid.working_bytes`); None when the model sees
+    the whole image at once (resize, pad), which is decoded whole."""
+    if model.geometry["policy"] != "crop":
+        return None
+    grid = TileGrid(height, width, model.image_size, overlap)
+    return grid.working_bytes(model.classes.num_classes, batch_size, tta)
 
 
 def logit_bands(

@@ -31,10 +31,7 @@ from poc59.artifacts.trained import TrainedModel
 from poc59.core.atomic import write_bytes
 from poc59.core.classes import ClassTable
 from poc59.core.device import autocast_dtype, resolve_device
-from poc59.inference.image import (
-    band_labels,
-    logit_bands,
-)
+from poc59.inference.image import band_labels, logit_bands, streaming_bytes
 from poc59.inference.outputs import (
     OverlayPicture,
     damage_statistics,
@@ -133,12 +130,6 @@ def _object_masks(spec: str | None, images: list[Path]) -> dict[Path, Path | Non
     return {p: by_stem.get(p.stem) for p in images}
 
 
-def stream_bytes(model: TrainedModel, width: int, s: Settings) -> int:
-    """Working memory of a crop model's logits: one tile row blended (x2 while it moves on, x2 with TTA), one batch."""
-    c, tile = model.classes.num_classes, model.image_size
-    return 4 * c * width * tile * (2 + 2 * s.tta) + 4 * 2 * c * s.batch_size * tile * tile
-
-
 def predict_image(
     model: TrainedModel,
     path: Path,
@@ -153,8 +144,9 @@ def predict_image(
     start = time.perf_counter()
     decode_budget = None  # resize/pad: the model sees the whole image, so it is decoded whole
     if model.geometry["policy"] == "crop":
-        width, _ = scan_size(path, s.allow_large_images)
-        decode_budget = int(s.max_memory_mb * 2**20) - stream_bytes(model, width, s)
+        width, height = scan_size(path, s.allow_large_images)
+        logits = streaming_bytes(model, width, height, s.overlap, s.batch_size, s.tta)
+        decode_budget = int(s.max_memory_mb * 2**20) - logits
         if decode_budget <= 0:
             log.warning(
                 "%s: max_memory_mb=%g is below one tile row of logits; reading the smallest strips",

@@ -21,13 +21,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from poc59.core.device import autocast as device_autocast
 
-__all__ = ["WINDOW_FLOOR", "predict_logits", "run_batches", "stream_logits", "tile_starts", "window"]
+__all__ = ["WINDOW_FLOOR", "TileGrid", "predict_logits", "run_batches", "stream_logits", "tile_starts", "window"]
 
 WINDOW_FLOOR = 0.05  # the weight of a tile's outermost pixels, relative to its centre
 
@@ -65,6 +66,40 @@ def _normalised(length: int, tile: int, starts: list[int], win: torch.Tensor) ->
     for s in starts:
         cover[s : s + tile] += win
     return torch.stack([win / cover[s : s + tile] for s in starts])
+
+
+@dataclass(frozen=True)
+class TileGrid:
+    """The tiles covering a `height` x `width` image (zero-padded to at least one tile), and the memory
+    streaming them takes: `stream_logits` allocates the shapes below and nothing larger, so `working_bytes`
+    is the estimate `predict` budgets with, from the same definitions."""
+
+    height: int
+    width: int
+    tile: int
+    overlap: float = 0.25
+
+    @property
+    def padded(self) -> tuple[int, int]:
+        return max(self.height, self.tile), max(self.width, self.tile)
+
+    @property
+    def starts(self) -> tuple[list[int], list[int]]:
+        """(row starts, column starts) of the tiles."""
+        ph, pw = self.padded
+        return tile_starts(ph, self.tile, self.overlap), tile_starts(pw, self.tile, self.overlap)
+
+    def row_shape(self, classes: int) -> tuple[int, int, int]:
+        """One tile row of blended logits [C, tile, padded width]: what streaming accumulates into."""
+        return classes, self.tile, self.padded[1]
+
+    def working_bytes(self, classes: int, batch_size: int, tta: bool = False) -> int:
+        """Float32 bytes `stream_logits` holds at its peak: the tile row being blended and the next one it moves
+        on to (two rows; four with TTA, the mirrored row beside each), and one batch of tile logits twice (the
+        network's output and the float32 batch it is gathered into)."""
+        row = 4 * math.prod(self.row_shape(classes))
+        batch = 4 * classes * min(batch_size, len(self.starts[1])) * self.tile * self.tile
+        return row * (2 + 2 * tta) + 2 * batch
 
 
 def run_batches(
@@ -105,12 +140,12 @@ def stream_logits(
 
     `read_rows(y0, y1)` returns image rows uint8 [3, y1 - y0, width]; it is called once per tile row with
     non-decreasing y0, so a reader may stream the image. Images smaller than a tile are zero-padded.
-    Memory: about (2 + 2 * tta) x C x tile x width float32 (the tile row being blended and the rows not
-    yet finished), plus one batch of tiles through the network; never the whole image's logits.
+    Memory: `TileGrid.working_bytes` (about (2 + 2 * tta) tile rows of logits and one batch of tiles),
+    never the whole image's logits.
     """
     device = torch.device(device)
-    ph, pw = max(height, tile), max(width, tile)
-    ys, xs = tile_starts(ph, tile, overlap), tile_starts(pw, tile, overlap)
+    grid = TileGrid(height, width, tile, overlap)
+    (ph, pw), (ys, xs) = grid.padded, grid.starts
     win = window(tile, overlap)
     wy, wx = _normalised(ph, tile, ys, win).to(device), _normalised(pw, tile, xs, win).to(device)
 
@@ -126,7 +161,7 @@ def stream_logits(
             logits = run_batches(segmenter, tiles, batch_size, device, autocast)
             logits.mul_(wx[i : i + batch_size, None, None, :] * wy_r[None, None, :, None])  # weights, in place
             if out.numel() == 0:
-                out = torch.zeros((logits.shape[1], tile, pw), device=device)
+                out = torch.zeros(grid.row_shape(logits.shape[1]), device=device)
             for t, x in zip(logits, chunk):
                 out[:, :, x : x + tile] += t
         return out
