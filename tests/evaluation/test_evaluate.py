@@ -27,7 +27,7 @@ from poc59.evaluation.passes import predicted_canvases, score
 from poc59.evaluation.run import EvaluateError, evaluate_run
 from poc59.training.run import train
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 FAST = {"resamples": 200, "device": "cpu"}
 
 

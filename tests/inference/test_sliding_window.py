@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from inference.standins import Constant, LocalConv, TilePosition
 from poc59.inference.tiling import TileGrid, predict_logits, stream_logits, tile_starts, window
-from predict.standins import Constant, LocalConv, TilePosition
 
 
 def _image(h: int, w: int, seed: int = 0) -> torch.Tensor:

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from helpers import write_pair
+from inference.standins import Constant, LocalConv, model
 from poc59.data.preload import load_pair
 from poc59.data.sources import discover
 from poc59.inference.image import (
@@ -18,7 +19,6 @@ from poc59.inference.image import (
     row_upsampler,
 )
 from poc59.inference.tiling import predict_logits
-from predict.standins import Constant, LocalConv, model
 
 
 def _rgb(h: int, w: int, seed: int = 0) -> np.ndarray:

@@ -20,10 +20,9 @@ from poc59.data.datamodule import SegmentationDataModule
 from poc59.data.preload import decode, load_cache, preload
 from poc59.data.sources import discover
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+REPO = Path(__file__).resolve().parents[2]
 
-from bench import run as bench_run  # noqa: E402
+from bench import run as bench_run
 
 ISSUE_3 = {"cold_preload", "warm_start", "preload_memory", "feed"}
 

@@ -22,7 +22,7 @@ from poc59.core.classes import ARTEFACT
 from poc59.core.config import config_dir, register_resolvers
 from poc59.training.run import train
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_fast_dev_run_through_the_real_config(tmp_path):

@@ -19,8 +19,7 @@ from torch import nn
 from poc59.core.atomic import write_json
 from poc59.core.classes import ARTEFACT
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+REPO = Path(__file__).resolve().parents[2]
 
 from bench import gpu
 from bench.composed import segmentation_module, train_config

@@ -2,13 +2,7 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO))
-
-from bench.predict import measure_memory, write_scan  # noqa: E402  (the benchmark's own child, with a stand-in model)
+from bench.predict import measure_memory, write_scan
 
 MB = 2**20
 
