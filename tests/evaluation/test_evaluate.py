@@ -18,12 +18,16 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 from PIL import Image
+from rich.console import Console
 
 from helpers import CRACKFOREST, SMALL, make_cfg, make_folder
+from poc59.analysis import scores as registry
+from poc59.artifacts.export import run_metrics
 from poc59.artifacts.load import load_model
 from poc59.data.datamodule import SegmentationDataModule
 from poc59.evaluate import main, parse_args
 from poc59.evaluation.passes import predicted_canvases, score
+from poc59.evaluation.report import print_report
 from poc59.evaluation.run import EvaluateError, evaluate_run
 from poc59.training.run import train
 
@@ -382,3 +386,41 @@ def test_evaluate_on_a_second_gpu_times_and_waits_on_that_gpu():
         got = counts(torch.device("cuda:1"))
     assert [torch.equal(a, b) for a, b in zip(got, expected)] == [True] * 3
     assert cuda.devices_called("synchronize", "event.record") == {torch.device("cuda:1")}
+
+
+def test_a_metric_is_added_by_one_function_and_one_registration(run, monkeypatch):
+    """Registered in poc59.analysis.scores, a metric reaches metrics.json, the printed report (with its
+    meaning) and an exported model's card, with values checked against numpy."""
+    monkeypatch.setattr(registry, "METRICS", dict(registry.METRICS))  # the registration ends with the test
+
+    @registry.register("balanced_accuracy", "balanced accuracy", "mean recall over the classes in the target")
+    def balanced_accuracy(cm):
+        return float(registry.recall(cm).nanmean())
+
+    @registry.register("specificity", "specificity", "TN / (TN + FP)", per_class=True)
+    def specificity(cm):
+        cm = torch.as_tensor(cm, dtype=torch.float64)
+        fp = cm.sum(0) - cm.diagonal()
+        tn = cm.sum() - cm.sum(0) - cm.sum(1) + cm.diagonal()
+        return tn / (tn + fp)
+
+    out = run / "evaluation" / "registered"
+    try:
+        m = evaluate_run(run_dir=run, out=out, pictures=False, **FAST)
+        cm = np.array(m["confusion_matrix"], dtype=np.float64)
+        rows = cm.sum(1)
+        assert m["balanced_accuracy"] == pytest.approx(np.mean(np.diag(cm)[rows > 0] / rows[rows > 0]))
+        for c, row in enumerate(m["per_class"].values()):
+            fp, tn = cm[:, c].sum() - cm[c, c], cm.sum() - cm[:, c].sum() - cm[c].sum() + cm[c, c]
+            assert row["specificity"] == pytest.approx(tn / (tn + fp))
+        assert json.loads((out / "metrics.json").read_text())["balanced_accuracy"] == m["balanced_accuracy"]
+        console = Console(record=True, width=400)
+        print_report(m, console)
+        text = console.export_text()
+        assert "balanced accuracy: " in text and "mean recall over the classes in the target" in text
+        assert "specificity" in text and "TN / (TN + FP)" in text
+        card = run_metrics(load_model(run / "checkpoints" / "best.ckpt", "cpu"), run)
+        (entry,) = [e for e in card["evaluation"] if e["file"] == str(out / "metrics.json")]
+        assert entry["balanced_accuracy"] == m["balanced_accuracy"]
+    finally:
+        shutil.rmtree(out, ignore_errors=True)

@@ -9,25 +9,37 @@ its published numbers can be compared.
 
 Flat functions on float64 tensors; ratios whose denominator is 0 are NaN
 (undefined), never 0.
+
+`METRICS` is the one table of what is reported: a metric registered there (`register`, one function of the
+matrix) is computed by `scores`, written to evaluate's metrics.json, printed by its report with its label
+and meaning, and carried into an exported model's card.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from poc59.model.metrics import iou_from_confmat, mean_iou
+from poc59.model.metrics import iou_from_confmat, mean_iou, metric_convention
 
 __all__ = [
     "LEGACY_CONVENTION",
+    "METRICS",
+    "Metric",
+    "class_metrics",
+    "register",
+    "split_metrics",
     "batched_iou",
     "batched_miou",
     "f1",
     "fw_iou",
+    "iou",
+    "miou",
     "miou_legacy",
     "pixel_accuracy",
     "precision",
@@ -41,6 +53,39 @@ LEGACY_CONVENTION = (
     "earlier system's mIoU: absent classes counted as IoU 0, mean over all classes "
     "(lower than poc59's on small splits; for comparison with its published numbers only)"
 )
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One reported number of a confusion matrix: its key in metrics.json, the label and meaning shown beside
+    it, and its function (per class: [C, C] -> [C] tensor, NaN = undefined; of the split: -> float)."""
+
+    key: str
+    label: str
+    meaning: str
+    compute: Callable[[Tensor], Tensor | float]
+    per_class: bool = False
+
+
+METRICS: dict[str, Metric] = {}  # in registration order: the order of the report's columns and lines
+
+
+def register(key: str, label: str, meaning: str, per_class: bool = False) -> Callable:
+    """Decorator: report `fn(confmat)` as `key` (see the module docstring for where it then appears)."""
+
+    def add(fn: Callable[[Tensor], Tensor | float]) -> Callable[[Tensor], Tensor | float]:
+        METRICS[key] = Metric(key, label, meaning, fn, per_class)
+        return fn
+
+    return add
+
+
+def class_metrics() -> list[Metric]:
+    return [m for m in METRICS.values() if m.per_class]
+
+
+def split_metrics() -> list[Metric]:
+    return [m for m in METRICS.values() if not m.per_class]
 
 
 def _cm(confmat: Tensor | np.ndarray) -> Tensor:
@@ -76,18 +121,27 @@ def batched_miou(confmats: Tensor | np.ndarray) -> Tensor:
     return out
 
 
+@register("iou", "IoU", "TP / (TP + FP + FN) of the split's pixels", per_class=True)
+def iou(confmat: Tensor | np.ndarray) -> Tensor:
+    """Per class: poc59's IoU (poc59.model.metrics.iou_from_confmat); NaN when absent."""
+    return iou_from_confmat(_cm(confmat))
+
+
+@register("precision", "precision", "correct / predicted pixels (n/a: never predicted)", per_class=True)
 def precision(confmat: Tensor | np.ndarray) -> Tensor:
     """Per class: correct / predicted pixels; NaN when the class is never predicted."""
     cm = _cm(confmat)
     return _ratio(cm.diagonal(dim1=-2, dim2=-1).clone(), cm.sum(-2))
 
 
+@register("recall", "recall", "correct / target pixels", per_class=True)
 def recall(confmat: Tensor | np.ndarray) -> Tensor:
     """Per class: correct / target pixels; NaN when the class is not in the target."""
     cm = _cm(confmat)
     return _ratio(cm.diagonal(dim1=-2, dim2=-1).clone(), cm.sum(-1))
 
 
+@register("f1", "F1", "2 TP / (target + predicted pixels), = Dice", per_class=True)
 def f1(confmat: Tensor | np.ndarray) -> Tensor:
     """Per class: 2 TP / (target + predicted pixels) (= Dice = harmonic mean of precision and recall); NaN if absent.
 
@@ -108,11 +162,19 @@ def present(confmat: Tensor | np.ndarray) -> Tensor:
     return (cm.sum(-1) + cm.sum(-2)) > 0
 
 
+@register("miou", "mIoU", metric_convention())
+def miou(confmat: Tensor | np.ndarray) -> float:
+    """poc59's mIoU (see metric_convention); NaN when every class is absent."""
+    return mean_iou(iou_from_confmat(_cm(confmat)))
+
+
+@register("miou_legacy", "mIoU, earlier system's convention", LEGACY_CONVENTION)
 def miou_legacy(confmat: Tensor | np.ndarray) -> float:
     """The earlier system's mIoU (see LEGACY_CONVENTION): absent classes as 0, mean over all C classes."""
     return float(torch.nan_to_num(iou_from_confmat(_cm(confmat)), nan=0.0).mean())
 
 
+@register("pixel_accuracy", "pixel accuracy", "correct / all non-ignored pixels of the split")
 def pixel_accuracy(confmat: Tensor | np.ndarray) -> float:
     """Correct / all non-ignored pixels; NaN for an empty matrix."""
     cm = _cm(confmat)
@@ -120,6 +182,7 @@ def pixel_accuracy(confmat: Tensor | np.ndarray) -> float:
     return float(cm.diagonal().sum()) / total if total > 0 else math.nan
 
 
+@register("fw_iou", "frequency-weighted IoU", "per-class IoU weighted by target pixel share")
 def fw_iou(confmat: Tensor | np.ndarray) -> float:
     """Frequency-weighted IoU: sum over classes of (target pixel share) x IoU; NaN for an empty matrix.
 
@@ -145,8 +208,7 @@ def scores(confmat: Tensor | np.ndarray, names: Sequence[str]) -> dict:
         raise ValueError(
             f"a [{len(names)}, {len(names)}] confusion matrix is needed for {len(names)} classes, got {tuple(cm.shape)}"
         )
-    iou = iou_from_confmat(cm)
-    columns = {"iou": iou, "precision": precision(cm), "recall": recall(cm), "f1": f1(cm)}
+    columns = {m.key: m.compute(cm) for m in class_metrics()}
     sup, pres = support(cm).tolist(), present(cm).tolist()
     per_class = {
         str(name): {
@@ -156,10 +218,4 @@ def scores(confmat: Tensor | np.ndarray, names: Sequence[str]) -> dict:
         }
         for c, name in enumerate(names)
     }
-    return {
-        "miou": _none(mean_iou(iou)),
-        "miou_legacy": _none(miou_legacy(cm)),
-        "pixel_accuracy": _none(pixel_accuracy(cm)),
-        "fw_iou": _none(fw_iou(cm)),
-        "per_class": per_class,
-    }
+    return {**{m.key: _none(float(m.compute(cm))) for m in split_metrics()}, "per_class": per_class}

@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from poc59.analysis.scores import split_metrics
 from poc59.artifacts.exported import INSTALL_HINT, OnnxSegmenter, card_path, jit_load
 from poc59.artifacts.load import locate_checkpoint
 from poc59.artifacts.trained import TrainedModel, load_checkpoint
@@ -157,17 +158,8 @@ def run_metrics(model: TrainedModel, run: Path | None) -> dict[str, Any]:
         if Path(m.get("checkpoint", "")).name == model.source.name and m.get("checkpoint_epoch") == model.extra.get(
             "epoch"
         ):
-            keys = (
-                "split",
-                "mode",
-                "num_images",
-                "miou",
-                "miou_ci",
-                "metric_convention",
-                "miou_legacy",
-                "miou_legacy_convention",
-                "pixel_accuracy",
-            )
+            keys = ("split", "mode", "num_images", "metric_convention", "miou_ci", "miou_legacy_convention")
+            keys += tuple(m.key for m in split_metrics())  # the registered metrics (poc59.analysis.scores)
             evaluations.append({"file": str(file), **{k: m[k] for k in keys if k in m}})
     if evaluations:
         out["evaluation"] = evaluations

@@ -6,6 +6,8 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from poc59.analysis.scores import class_metrics, split_metrics
+
 
 def pct(value: float | None) -> str:
     """A 0-1 ratio as a percentage; n/a when undefined."""
@@ -32,45 +34,38 @@ def print_report(metrics: dict, console: Console | None = None) -> None:
     )
     table.add_column("id", justify="right")
     table.add_column("class")
-    table.add_column(f"IoU [{level} CI]", justify="right")
-    table.add_column("precision", justify="right")
-    table.add_column("recall", justify="right")
-    table.add_column("F1", justify="right")
+    columns = class_metrics()
+    rows = metrics["per_class"].values()
+    for m in columns:
+        with_ci = any(row.get(f"{m.key}_ci") for row in rows)
+        table.add_column(f"{m.label} [{level} CI]" if with_ci else m.label, justify="right")
     table.add_column("target pixels", justify="right")
     table.add_column("images", justify="right")
     for c, (name, row) in enumerate(metrics["per_class"].items()):
         if not row["present"]:
-            absent = Text("absent", style="dim italic")
-            table.add_row(str(c), name, absent, absent, absent, absent, f"{row['support']:,}", str(row["images"]))
-            continue
-        table.add_row(
-            str(c),
-            name,
-            with_interval(row["iou"], row["iou_ci"]),
-            pct(row["precision"]),
-            pct(row["recall"]),
-            pct(row["f1"]),
-            f"{row['support']:,}",
-            str(row["images"]),
-        )
+            values = [Text("absent", style="dim italic")] * len(columns)
+        else:
+            values = [with_interval(row.get(m.key), row.get(f"{m.key}_ci")) for m in columns]
+        table.add_row(str(c), name, *values, f"{row['support']:,}", str(row["images"]))
     console.print(table)
     console.print(
         Text(
-            "absent: neither in the target nor predicted anywhere in the split; precision n/a: never predicted; "
-            "images: images whose target holds the class (an IoU from 1 or 2 images is fragile)",
+            "absent: neither in the target nor predicted anywhere in the split; "
+            + "; ".join(f"{m.label}: {m.meaning}" for m in class_metrics())
+            + "; images: images whose target holds the class (an IoU from 1 or 2 images is fragile)",
             style="dim",
         )
     )
     boot = metrics["bootstrap"]
+    interval = f"[{level} bootstrap interval over images, {boot['resamples']} resamples, seed {boot['seed']}]"
     lines = [
         (
-            "mIoU",
-            with_interval(metrics["miou"], metrics["miou_ci"]) + " %",
-            f"{metrics['metric_convention']}; [{level} bootstrap interval over images, {boot['resamples']} resamples, seed {boot['seed']}]",
-        ),
-        ("mIoU, earlier system's convention", pct(metrics["miou_legacy"]) + " %", metrics["miou_legacy_convention"]),
-        ("pixel accuracy", pct(metrics["pixel_accuracy"]) + " %", "correct / all non-ignored pixels of the split"),
-        ("frequency-weighted IoU", pct(metrics["fw_iou"]) + " %", "per-class IoU weighted by target pixel share"),
+            m.label,
+            with_interval(metrics[m.key], metrics.get(f"{m.key}_ci")) + " %",
+            m.meaning + (f"; {interval}" if metrics.get(f"{m.key}_ci") else ""),
+        )
+        for m in split_metrics()
+        if m.key in metrics  # a metrics.json written before a metric was registered lacks it
     ]
     speed = metrics["speed"]
     lines.append(

@@ -21,7 +21,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from poc59.analysis.bootstrap import bootstrap_iou
-from poc59.analysis.scores import LEGACY_CONVENTION, batched_miou, scores
+from poc59.analysis.scores import LEGACY_CONVENTION, batched_miou, scores, split_metrics
 from poc59.artifacts.load import load_model, locate_checkpoint
 from poc59.artifacts.trained import TrainedModel
 from poc59.core.atomic import write_json
@@ -278,12 +278,9 @@ def evaluate_run(
         "num_images": len(indices),
         "classes": classes.to_dict(),
         "metric_convention": metric_convention(),
-        "miou": s["miou"],
+        **{m.key: s[m.key] for m in split_metrics()},  # the registered metrics (poc59.analysis.scores.METRICS)
         "miou_ci": _interval(boot["miou"]),
-        "miou_legacy": s["miou_legacy"],
         "miou_legacy_convention": LEGACY_CONVENTION,
-        "pixel_accuracy": s["pixel_accuracy"],
-        "fw_iou": s["fw_iou"],
         "per_class": per_class,
         "bootstrap": {key: boot[key] for key in ("resamples", "seed", "level", "unit")},
         "groups": group_report(per_image, metadata_groups(dm, indices), names),
