@@ -12,6 +12,7 @@ import json
 import logging
 import math
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -199,15 +200,82 @@ def evaluate_run(
     for mode=native). `mode=native` scores predict's full-resolution output (`overlap`, `tta` as in predict)
     against full-resolution masks, a different number from the training-resolution val/mIoU.
     """
+    check_options(split, mode, resamples, level)
+    torch.set_flush_denormal(True)  # as training did: the same arithmetic, and 3-10x faster on CPU
+    t = open_target(run_dir, ckpt, split, data_root, batch_size, device)
+    if mode == "native":
+        confmat, per_image, seconds = score_native(
+            t.model, t.dm, t.indices, t.dm.batch_size, t.device, overlap, tta, t.trained_precision
+        )
+    else:
+        confmat, per_image, seconds = score(t.model, t.dm, t.indices, t.dm.batch_size, t.device, t.autocast)
+    assert torch.equal(per_image.sum(0), confmat), "per-image matrices do not add up to the split's matrix"
+    convention = MODE_CONVENTIONS[mode].format(overlap=overlap, tta=tta)
+    metrics, image_miou, ranked = record(
+        t, confmat, per_image, seconds, (resamples, seed, level), max(0, int(worst_k)), mode, convention
+    )
+    folder = Path(out).expanduser().resolve() if out else _default_out(t.ckpt, t.run, t.dm.root, t.split, t.own, mode)
+    if pictures:
+        # the grids show the stored canvases; full-resolution maps of mode=native come from predict
+        grids = (
+            {"sample": list(range(min(worst_k, len(t.indices)))), "worst": [p for _, p in ranked]}
+            if mode != "native"
+            else {}
+        )
+        metrics["pictures"] = draw(
+            metrics,
+            t.model,
+            t.dm,
+            t.indices,
+            image_miou,
+            grids,
+            folder,
+            lambda chosen: predicted_canvases(t.model, t.dm, chosen, t.dm.batch_size, t.device, t.autocast),
+        )
+    metrics["folder"] = str(folder)
+    write_json(folder / "metrics.json", metrics)
+    log.info("Metrics: %s", folder / "metrics.json")
+    return metrics
+
+
+def check_options(split: str | None, mode: str, resamples: int, level: float) -> None:
+    """Refuse settings that cannot work before any model or image is read."""
     check_split(split)
     if mode not in MODES:
         raise EvaluateError(f"mode={mode}: choose {' or '.join(MODES)} (native: full resolution, as predict runs)")
-    if int(resamples) < 1 or not 0.0 < float(level) < 1.0:  # before any inference, not after it
+    if int(resamples) < 1 or not 0.0 < float(level) < 1.0:
         raise EvaluateError(
             f"bootstrap.resamples={resamples}, bootstrap.level={level}: resamples must be >= 1 "
             "and level between 0 and 1 (e.g. bootstrap.level=0.95)"
         )
-    torch.set_flush_denormal(True)  # as training did: the same arithmetic, and 3-10x faster on CPU
+
+
+@dataclass(frozen=True)
+class Target:
+    """What one evaluation scores: the checkpoint, its run, the model on its device, the data and the images."""
+
+    ckpt: Path
+    run: Path | None
+    device: torch.device
+    model: TrainedModel
+    dm: SegmentationDataModule
+    own: bool  # the run's own data (its split applies)
+    split: str
+    indices: list[int]
+    trained_precision: str | None  # the run's trainer.precision
+    precision: str
+    autocast: Any
+
+
+def open_target(
+    run_dir: Path | None,
+    ckpt: Path | None,
+    split: str | None,
+    data_root: str | Path | None,
+    batch_size: int | None,
+    device: str,
+) -> Target:
+    """Load the checkpoint and the data it is scored on; refuse data with other classes than the model's."""
     ckpt_path, run = locate(run_dir, ckpt)
     dev = resolve_device(device)
     model = load_model(ckpt_path, dev)
@@ -240,14 +308,24 @@ def evaluate_run(
         dev,
         precision,
     )
+    return Target(ckpt_path, run, dev, model, dm, own, split, indices, trained, precision, autocast)
 
-    if mode == "native":
-        confmat, per_image, seconds = score_native(model, dm, indices, dm.batch_size, dev, overlap, tta, trained)
-    else:
-        confmat, per_image, seconds = score(model, dm, indices, dm.batch_size, dev, autocast)
-    assert torch.equal(per_image.sum(0), confmat), "per-image matrices do not add up to the split's matrix"
+
+def record(
+    t: Target,
+    confmat: torch.Tensor,
+    per_image: torch.Tensor,
+    seconds: float,
+    bootstrap: tuple[int, int, float],
+    worst_k: int,
+    mode: str,
+    mode_convention: str,
+) -> tuple[dict, list[float], list[tuple[float, int]]]:
+    """(the metrics.json record, each image's mIoU, the `worst_k` worst (mIoU, position)) of one scoring;
+    `bootstrap` is (resamples, seed, level) of the intervals."""
+    names = list(t.model.classes.names)
     s = scores(confmat, names)
-    boot = bootstrap_iou(per_image, resamples, seed, level)
+    boot = bootstrap_iou(per_image, *bootstrap)
     images = (per_image.sum(2) > 0).sum(0).tolist()  # images whose target holds the class: 1 or 2 = a fragile IoU
     per_class = {
         n: {
@@ -259,63 +337,42 @@ def evaluate_run(
         for c, n in enumerate(names)
     }
     image_miou = batched_miou(per_image).tolist()
-    ranked = sorted((m, p) for p, m in enumerate(image_miou) if not math.isnan(m))  # worst first
-    worst_k = max(0, int(worst_k))
-    ms = 1000 * seconds / len(indices)
+    ranked = sorted((m, p) for p, m in enumerate(image_miou) if not math.isnan(m))[:worst_k]  # worst first
+    ms = 1000 * seconds / len(t.indices)
     metrics = {
-        "checkpoint": str(ckpt_path),
-        "checkpoint_epoch": model.extra.get("epoch"),
-        "run_dir": str(run) if run else None,
-        "split": split,
-        "data_root": str(dm.root),
+        "checkpoint": str(t.ckpt),
+        "checkpoint_epoch": t.model.extra.get("epoch"),
+        "run_dir": str(t.run) if t.run else None,
+        "split": t.split,
+        "data_root": str(t.dm.root),
         "mode": mode,
-        "mode_convention": MODE_CONVENTIONS[mode]
-        if mode == "training_resolution"
-        else MODE_CONVENTIONS[mode].format(overlap=overlap, tta=tta),
-        "image_size": dm.image_size,
-        "geometry": dict(model.geometry),
-        "split_fingerprint": dm.split["fingerprint"],
-        "num_images": len(indices),
-        "classes": classes.to_dict(),
+        "mode_convention": mode_convention,
+        "image_size": t.dm.image_size,
+        "geometry": dict(t.model.geometry),
+        "split_fingerprint": t.dm.split["fingerprint"],
+        "num_images": len(t.indices),
+        "classes": t.model.classes.to_dict(),
         "metric_convention": metric_convention(),
         **{m.key: s[m.key] for m in split_metrics()},  # the registered metrics (poc59.analysis.scores.METRICS)
         "miou_ci": _interval(boot["miou"]),
         "miou_legacy_convention": LEGACY_CONVENTION,
         "per_class": per_class,
         "bootstrap": {key: boot[key] for key in ("resamples", "seed", "level", "unit")},
-        "groups": group_report(per_image, metadata_groups(dm, indices), names),
+        "groups": group_report(per_image, metadata_groups(t.dm, t.indices), names),
         "speed": {
             "ms_per_image": ms,
             "images_per_s": 1000 / ms if ms > 0 else None,
-            "device": str(dev),
+            "device": str(t.device),
             "cpu_threads": torch.get_num_threads(),
-            "batch_size": dm.batch_size,
-            "precision": precision,
+            "batch_size": t.dm.batch_size,
+            "precision": t.precision,
             "convention": NATIVE_SPEED_CONVENTION if mode == "native" else SPEED_CONVENTION,
         },
-        "worst_images": [{"id": dm.samples[indices[p]].id, "miou": float(m)} for m, p in ranked[:worst_k]],
+        "worst_images": [{"id": t.dm.samples[t.indices[p]].id, "miou": float(m)} for m, p in ranked],
         "confusion_matrix": confmat.tolist(),
         "pictures": {},
     }
-    grids = {"sample": list(range(min(worst_k, len(indices)))), "worst": [p for _, p in ranked[:worst_k]]}
-    folder = Path(out).expanduser().resolve() if out else _default_out(ckpt_path, run, dm.root, split, own, mode)
-    if mode == "native":
-        grids = {}  # the grids show the stored canvases; full-resolution maps come from predict
-    if pictures:
-        metrics["pictures"] = draw(
-            metrics,
-            model,
-            dm,
-            indices,
-            image_miou,
-            grids,
-            folder,
-            lambda chosen: predicted_canvases(model, dm, chosen, dm.batch_size, dev, autocast),
-        )
-    metrics["folder"] = str(folder)
-    write_json(folder / "metrics.json", metrics)
-    log.info("Metrics: %s", folder / "metrics.json")
-    return metrics
+    return metrics, image_miou, ranked
 
 
 def _default_out(ckpt: Path, run: Path | None, root: Path, split: str, own: bool, mode: str) -> Path:
