@@ -1,1 +1,2 @@
-"""One training run: its callbacks (progress, throughput, overlays) and what joins data and model."""
+"""One training run (`training.run.train`) and what it writes: resume, checkpoints, throughput, progress,
+validation overlays, multi-process start-up, and what became of a sweep's runs."""
