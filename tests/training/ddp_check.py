@@ -1,4 +1,4 @@
-"""Run by tests/test_ddp.py in a subprocess (Lightning's DDP re-executes this script per rank).
+"""Run by tests/training/test_ddp.py in a subprocess (Lightning's DDP re-executes this script per rank).
 
 usage: python ddp_check.py DATA_DIR OUT_DIR DEVICES
 Validates one fixed network on DEVICES CPU processes (gloo) and writes, from each rank,

@@ -1,4 +1,4 @@
-"""Run by tests/test_ddp.py in a subprocess: poc59.training.run.train on the real composed config, under DDP (gloo),
+"""Run by tests/training/test_ddp.py in a subprocess: poc59.training.run.train on the real composed config, under DDP (gloo),
 with a guard on torch.distributed's collectives (Lightning re-executes this script for every rank).
 
 usage: python ddp_train_check.py OUT_DIR OVERRIDE...

@@ -35,7 +35,7 @@ import torch
 
 from slurm_cluster import REPO, Cluster
 
-TINY = [  # tests/test_resume.py's tiny run: seconds an epoch on one CPU
+TINY = [  # tests/training/test_resume.py's tiny run: seconds an epoch on one CPU
     "encoder=tiny",
     "data.synthetic.n=6",
     "data.image_size=64",
