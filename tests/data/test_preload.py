@@ -172,3 +172,60 @@ def test_two_runs_building_the_same_cache_at_once_both_succeed(tmp_path):
     assert len(list(cache.glob("preload-*"))) == 1 and not list(cache.glob(".*tmp*"))
     warm = preload(discover(root), 32, num_classes=4, cache_dir=cache)
     assert warm.source == "cache" and torch.equal(warm.images, a_img)
+
+
+def test_a_few_overwritten_bytes_anywhere_in_the_cache_are_noticed_and_the_cache_rebuilt(tmp_path, caplog):
+    """4 KiB of labels overwritten between the blocks an earlier check sampled were trained on: every
+    byte is now checked against the hash written with the cache."""
+    root = make_folder(tmp_path / "d", n=40, copies=1, size=(256, 256))
+    cache = tmp_path / "cache"
+    cold = preload(discover(root), 256, num_classes=4, cache_dir=cache)
+    masks = next(cache.glob("preload-*")) / "masks.u8"
+    size = masks.stat().st_size
+    assert size > 32 * 65536  # larger than the 32 sampled 64 KiB blocks of the earlier check
+    with masks.open("r+b") as f:  # just past the 5th sampled block: a spot the earlier check never read
+        f.seek(size * 5 // 32 + 65536 + 4096)
+        f.write(bytes([3]) * 4096)
+    rebuilt = preload(discover(root), 256, num_classes=4, cache_dir=cache)
+    assert rebuilt.source == "decoded" and torch.equal(rebuilt.masks, cold.masks)
+    assert "damaged (masks.u8 differs from its hash); rebuilding it" in caplog.text
+    warm = preload(discover(root), 256, num_classes=4, cache_dir=cache)
+    assert warm.source == "cache" and torch.equal(warm.masks, cold.masks)
+
+
+def test_a_preload_killed_while_writing_leaves_nothing_for_long(tmp_path, caplog):
+    """The next start removes a dead writer's temporary folder, and leaves a live writer's alone."""
+    import logging
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    root = make_folder(tmp_path / "d", n=60, copies=1, size=(256, 256))
+    cache = tmp_path / "cache"
+    code = (
+        "from poc59.data.sources import discover\n"
+        "from poc59.data.preload import preload\n"
+        f"preload(discover({str(root)!r}), 256, num_classes=4, cache_dir={str(cache)!r}, workers=1)\n"
+    )
+    writer = subprocess.Popen([sys.executable, "-c", code])
+    deadline = time.monotonic() + 120
+    while not list(cache.glob(".preload-*.tmp-*")) and writer.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    writer.send_signal(signal.SIGKILL)
+    writer.wait()
+    (leftover,) = list(cache.glob(".preload-*.tmp-*"))  # what a kill -9 mid-write leaves
+    live = cache / f".preload-other.tmp-{socket.gethostname()}-{os.getpid()}"  # a writer that still runs
+    live.mkdir()
+    elsewhere = cache / ".preload-other.tmp-another-node-123"  # another machine's, fresh: may still be writing
+    elsewhere.mkdir()
+    abandoned = cache / ".preload-old.tmp-another-node-456"  # another machine's, untouched for two hours
+    abandoned.mkdir()
+    os.utime(abandoned, (time.time() - 7200, time.time() - 7200))
+    caplog.set_level(logging.INFO, logger="poc59.data.preload")
+    data = preload(discover(root), 256, num_classes=4, cache_dir=cache)
+    assert data.source == "decoded"
+    assert not leftover.exists() and not abandoned.exists() and live.exists() and elsewhere.exists()
+    assert f"Removed {leftover}" in caplog.text and "killed while writing" in caplog.text
