@@ -56,19 +56,25 @@ def _materials(root: Path) -> dict[str, str]:
         return {row["id"]: row["material"] for row in reader if row.get("id")}
 
 
-def discover(root: str | Path, group_pattern: str = DEFAULT_GROUP_PATTERN) -> list[Sample]:
-    """All pairs under `root`, sorted by id. Raises DataError for a missing folder or an unpaired file."""
+def check_root(root: str | Path) -> None:
+    """DataError unless `root` is a folder with images/ and annotations/ (the layout, nothing read yet)."""
     root = Path(root)
-    images_dir, masks_dir = root / "images", root / "annotations"
     if not root.is_dir():
         raise DataError(
             f"data folder not found: {root.resolve()}\n"
             "Point data.root at a folder with images/ and annotations/ (ARTeFACT layout), "
             "or try the built-in synthetic set: python -m poc59.train experiment=quickstart"
         )
-    for sub in (images_dir, masks_dir):
+    for sub in (root / "images", root / "annotations"):
         if not sub.is_dir():
             raise DataError(f"{root.resolve()} has no {sub.name}/ folder; expected ROOT/images and ROOT/annotations")
+
+
+def discover(root: str | Path, group_pattern: str = DEFAULT_GROUP_PATTERN) -> list[Sample]:
+    """All pairs under `root`, sorted by id. Raises DataError for a missing folder or an unpaired file."""
+    root = Path(root)
+    check_root(root)
+    images_dir, masks_dir = root / "images", root / "annotations"
     images, masks = _by_stem(images_dir), _by_stem(masks_dir)
     if not images and not masks:
         raise DataError(f"{images_dir} and {masks_dir} hold no images ({', '.join(IMAGE_EXTENSIONS)})")

@@ -64,7 +64,7 @@ class Split:
 # -- building a split ---------------------------------------------------------------------------
 
 
-def _check_fractions(val_fraction: float, test_fraction: float) -> None:
+def check_fractions(val_fraction: float, test_fraction: float) -> None:
     if not 0.0 < val_fraction < 1.0:
         raise ValueError(f"data.val_fraction must be between 0 and 1 (exclusive), got {val_fraction}")
     if not 0.0 <= test_fraction < 1.0:
@@ -184,7 +184,7 @@ def grouped_split(
       seeded permutation of the groups.
     - At least one validation group, one test group when `test_fraction > 0`, and one training group.
     """
-    _check_fractions(val_fraction, test_fraction)
+    check_fractions(val_fraction, test_fraction)
     pres = _presence_array(presence, len(samples))
     kept = [i for i, s in enumerate(samples) if use_aug_copies or not s.is_copy]
     members: dict[str, list[int]] = defaultdict(list)

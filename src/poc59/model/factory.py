@@ -134,26 +134,8 @@ def build_network(
     _no_hub()
     kwargs = _plain(dict(kwargs or {}))
     decoder_kwargs = _plain(dict(decoder_kwargs or {}))
-    check_encoder_name(name)
+    path = check_network(name, decoder, weights, weights_dir, kwargs, decoder_kwargs)
     arch = _architecture(decoder)
-    _check_kwargs(arch, name, kwargs, decoder_kwargs)
-
-    path: Path | None = None
-    if isinstance(weights, str) and weights.strip().lower() in ("", "null", "none", "scratch"):
-        weights = None
-    if weights is True or (isinstance(weights, str) and weights.strip().lower() == IMAGENET):
-        path = cached_weights_path(name, weights_dir)
-        if not path.is_file():
-            raise MissingWeightsError(missing_weights_message(name, path, kwargs, weights_dir))
-    elif weights is not None and weights is not False:
-        path = Path(str(weights)).expanduser()
-        if not path.is_file():
-            raise MissingWeightsError(
-                f"encoder.weights={weights!r} is not an existing file (nor null or imagenet).\n"
-                "  Use encoder.weights=imagenet (poc59's weight cache), encoder.weights=/path/to/file, "
-                "or encoder.weights=null to train from scratch."
-            )
-
     try:
         net = arch(encoder_name=name, encoder_weights=None, classes=num_classes, **decoder_kwargs, **kwargs)
     except Exception as e:
@@ -168,6 +150,41 @@ def build_network(
     else:
         log.info("encoder %s: random initialisation (encoder.weights=null)", name)
     return net
+
+
+def check_network(
+    name: str,
+    decoder: str = "Unet",
+    weights: str | Path | bool | None = None,
+    weights_dir: str | Path | None = None,
+    kwargs: dict | None = None,
+    decoder_kwargs: dict | None = None,
+) -> Path | None:
+    """What `build_network` checks before it builds anything: the encoder name, the decoder, the keyword
+    arguments, and that the weights file exists. Returns the weights file (None: from scratch).
+
+    UnknownEncoderError, ValueError or MissingWeightsError name the setting and the fix.
+    """
+    kwargs, decoder_kwargs = _plain(dict(kwargs or {})), _plain(dict(decoder_kwargs or {}))
+    check_encoder_name(name)
+    _check_kwargs(_architecture(decoder), name, kwargs, decoder_kwargs)
+    if isinstance(weights, str) and weights.strip().lower() in ("", "null", "none", "scratch"):
+        weights = None
+    if weights is True or (isinstance(weights, str) and weights.strip().lower() == IMAGENET):
+        path = cached_weights_path(name, weights_dir)
+        if not path.is_file():
+            raise MissingWeightsError(missing_weights_message(name, path, kwargs, weights_dir))
+        return path
+    if weights is None or weights is False:
+        return None
+    path = Path(str(weights)).expanduser()
+    if not path.is_file():
+        raise MissingWeightsError(
+            f"encoder.weights={weights!r} is not an existing file (nor null or imagenet).\n"
+            "  Use encoder.weights=imagenet (poc59's weight cache), encoder.weights=/path/to/file, "
+            "or encoder.weights=null to train from scratch."
+        )
+    return path
 
 
 def check_image_size(image_size: int, input_multiple: int, name: str) -> None:

@@ -41,6 +41,7 @@ from poc59.model.metrics import all_clean_baseline, metric_convention
 from poc59.model.module import SegmentationModule
 from poc59.training import resume
 from poc59.training.checkpointing import AtomicCheckpointIO
+from poc59.training.preflight import check_settings
 from poc59.training.throughput import CONVENTION as THROUGHPUT_CONVENTION
 from poc59.training.throughput import TrainThroughput
 
@@ -108,6 +109,7 @@ def train(cfg: DictConfig) -> dict:
     # 3-10x slower (measured: 9.8 -> 34.8 images/s on the quickstart); flushing them to
     # zero changes no result that matters and does nothing on GPUs.
     torch.set_flush_denormal(True)
+    check_settings(cfg)  # everything that can be checked without the data, before any of it is touched
     L.seed_everything(cfg.seed, workers=True)
     run_dir, ckpt_path = resume.plan(cfg, Path(cfg.paths.run_dir))
     with open_dict(cfg):
