@@ -21,7 +21,7 @@ from poc59.data.augment import BatchAugment
 from poc59.data.class_weights import load_or_compute
 from poc59.data.feed import BatchFeed
 from poc59.data.preload import Preloaded, canvas_side, mapped, preload
-from poc59.data.sources import DEFAULT_GROUP_PATTERN, Sample, discover
+from poc59.data.sources import DEFAULT_GROUP_PATTERN, DataError, Sample, discover
 from poc59.data.split import Split, grouped_split, load_split
 from poc59.data.synthetic import ensure_synthetic
 
@@ -107,7 +107,10 @@ class SegmentationDataModule(L.LightningDataModule):
         """Discover, check, preload, split; idempotent, so train.py may call it before `fit`."""
         if self.data is not None:
             return
-        self.classes = load_class_table(self.root)
+        try:
+            self.classes = load_class_table(self.root)
+        except ValueError as err:  # ROOT/classes.json is the user's file: a data error, named
+            raise DataError(str(err)) from None
         self.samples = discover(self.root, self.group_pattern)
         if not self.use_aug_copies:
             self.samples = [s for s in self.samples if not s.is_copy]
@@ -138,6 +141,7 @@ class SegmentationDataModule(L.LightningDataModule):
                 test_fraction=self.test_fraction,
                 presence=self.presence(),
             )
+        self._check_labelled()
         key = f"{self.data.key}-{self.split['fingerprint']}-{self.class_weights_cfg['method']}-{self.class_weights_cfg['cap']}"
         self.class_weights_record = load_or_compute(
             self.cache_dir / f"class_weights-{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
@@ -158,6 +162,21 @@ class SegmentationDataModule(L.LightningDataModule):
             len(self._split.test),
             self.seed,
         )
+
+    def _check_labelled(self) -> None:
+        """DataError when the training or validation side holds no labelled pixel (every mask all ignore):
+        nothing to learn from, or no validation mIoU to select a checkpoint by."""
+        presence = self.presence()
+        for side, name in (("train", "training"), ("val", "validation")):
+            rows = list(getattr(self._split, side))
+            if rows and not presence[rows].any():
+                ids = ", ".join(self.samples[i].id for i in rows[:3]) + (", ..." if len(rows) > 3 else "")
+                raise DataError(
+                    f"{self.root}: the {name} split ({len(rows)} images: {ids}) has no labelled pixel: every pixel "
+                    f"of its masks is {self.classes.ignore_index} (ignore). Masks hold class ids 0-"
+                    f"{self.classes.num_classes - 1} where the object is; check ROOT/annotations"
+                    + (", or move labelled images to validation (data.split_file, data.seed)" if side == "val" else "")
+                )
 
     def presence(self) -> torch.Tensor:
         """[N, C] bool: which classes each preloaded sample contains (for stratifying the split).

@@ -193,9 +193,10 @@ def grouped_split(
     groups = sorted(members)
     n_sides = 3 if test_fraction > 0 else 2
     if len(groups) < n_sides:
-        raise ValueError(
+        raise DataError(
             f"a train/validation{'/test' if n_sides == 3 else ''} split needs at least {n_sides} source images, "
-            f"found {len(groups)} group(s): {groups[:10]}"
+            f"found {len(groups)} ({', '.join(groups[:10])}; an original and its _augK copies are one): add images"
+            + (", or hold out no test images (data.test_fraction=0)" if n_sides == 3 else "")
         )
     G = len(groups)
     n_test = min(max(1, round(test_fraction * G)), G - 2) if test_fraction > 0 else 0

@@ -1,0 +1,65 @@
+"""Bad data given to `python -m poc59.train`: exit 2, one message naming the file or split and the fix, no
+traceback, and nothing of a run folder left behind to be mistaken for a run."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from helpers import make_folder, write_pair
+
+TINY = ["encoder=tiny", "data=artefact", "data.image_size=32", "data.batch_size=2", "trainer.max_epochs=1"]
+
+
+def _all_ignore(root: Path) -> Path:
+    for i in range(5):
+        write_pair(root, f"img{i}", np.full((32, 32, 3), 40 * i, np.uint8), np.full((32, 32), 255))
+    return root
+
+
+def _one_source_image(root: Path) -> Path:
+    write_pair(root, "only", np.zeros((32, 32, 3), np.uint8), np.zeros((32, 32)))
+    write_pair(root, "only_aug1", np.zeros((32, 32, 3), np.uint8), np.zeros((32, 32)))
+    return root
+
+
+def _bad_classes_json(root: Path) -> Path:
+    make_folder(root, n=4, copies=0, size=(32, 32))
+    (root / "classes.json").write_text('["Clean", "Crack",')  # cut short
+    return root
+
+
+CASES = {
+    "masks with no labelled pixel": (_all_ignore, "has no labelled pixel: every pixel of its masks is 255"),
+    "one source image": (_one_source_image, "needs at least 2 source images, found 1 (only;"),
+    "classes.json not JSON": (_bad_classes_json, "classes.json: not valid JSON"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_bad_data_is_one_plain_message_with_exit_2(tmp_path, case):
+    make, says = CASES[case]
+    root = make(tmp_path / "data")
+    run = tmp_path / "run"
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "poc59.train",
+            *TINY,
+            f"data.root={root}",
+            f"hydra.run.dir={run}",
+            f"paths.cache_dir={tmp_path / 'cache'}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 2, out.stderr[-3000:]
+    said = " ".join(out.stderr.split())
+    assert says in said and "Traceback" not in said
+    assert not (run / "summary.json").exists() and not (run / "checkpoints").exists()
