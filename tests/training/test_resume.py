@@ -111,3 +111,40 @@ def test_checkpoint_writes_leave_the_old_file_when_interrupted(tmp_path, monkeyp
         pass
     assert torch.load(path, weights_only=False)["epoch"] == 1  # the previous checkpoint survives
     assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]  # no temporary left behind
+
+
+def _records(run_dir: Path) -> dict[str, bytes]:
+    """Every file of a run folder except the log (a log records each attempt, refused ones too)."""
+    return {
+        str(p.relative_to(run_dir)): p.read_bytes()
+        for p in sorted(run_dir.rglob("*"))
+        if p.is_file() and p.name != "train.log" and "tensorboard" not in p.parts and "csv" not in p.parts
+    }
+
+
+def test_a_refused_start_changes_nothing_and_a_rerun_of_a_finished_run_keeps_its_figures(tmp_path):
+    run_dir = tmp_path / "run"
+    first = subprocess.run(_cmd(run_dir, "trainer.max_epochs=2"), capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert (run_dir / ".hydra" / "overrides.yaml").exists() and (run_dir / ".hydra" / "hydra.yaml").exists()
+    before = _records(run_dir)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["train_images_per_s"] and summary["wall_time_s"] > 0
+
+    refused = subprocess.run(
+        _cmd(run_dir, "trainer.max_epochs=2", "optimizer.lr=0.05"), capture_output=True, text=True, timeout=300
+    )
+    assert refused.returncode == 2 and "resume=never" in refused.stderr
+    assert _records(run_dir) == before  # .hydra/ included: the refused settings are recorded nowhere
+
+    rerun = subprocess.run(_cmd(run_dir, "trainer.max_epochs=2"), capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert "already trained to the end" in rerun.stderr
+    assert json.loads((run_dir / "summary.json").read_text()) == summary  # every figure as it was
+
+    longer = subprocess.run(_cmd(run_dir, "trainer.max_epochs=3"), capture_output=True, text=True, timeout=300)
+    assert longer.returncode == 0, longer.stderr[-3000:]
+    grown = json.loads((run_dir / "summary.json").read_text())
+    assert [h["epoch"] for h in grown["history"]] == [0, 1, 2]
+    assert grown["wall_time_s"] > summary["wall_time_s"]  # the time of all the training, not of the last attempt
+    assert grown["train_images_per_s"] is not None

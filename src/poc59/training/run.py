@@ -7,6 +7,7 @@ trainer, fits, and writes the run's summary.json. The only place where
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -16,6 +17,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.plugins.environments import SLURMEnvironment
@@ -97,6 +99,18 @@ def model_card(cfg: DictConfig, classes: ClassTable, geometry: dict) -> ModelCar
     )
 
 
+def record_hydra(run_dir: Path, config_yaml: str) -> None:
+    """Hydra's record of this start, <run>/.hydra/{config,hydra,overrides}.yaml, as Hydra writes it, but
+    after the run may start (conf/train.yaml sets hydra.output_subdir=null so Hydra itself does not)."""
+    if not HydraConfig.initialized():
+        return  # called as a library, not through Hydra
+    hydra = HydraConfig.get()
+    folder = run_dir / ".hydra"
+    write_bytes(folder / "config.yaml", config_yaml.encode())
+    write_bytes(folder / "hydra.yaml", OmegaConf.to_yaml(OmegaConf.create({"hydra": hydra})).encode())
+    write_bytes(folder / "overrides.yaml", OmegaConf.to_yaml(hydra.overrides.task).encode())
+
+
 def _best(history: list[dict]) -> dict | None:
     scored = [h for h in history if h["mIoU"] is not None]
     return max(scored, key=lambda h: h["mIoU"]) if scored else None
@@ -110,8 +124,10 @@ def train(cfg: DictConfig) -> dict:
     # zero changes no result that matters and does nothing on GPUs.
     torch.set_flush_denormal(True)
     check_settings(cfg)  # everything that can be checked without the data, before any of it is touched
+    given = OmegaConf.to_yaml(cfg)  # the composed config, as Hydra records it
     L.seed_everything(cfg.seed, workers=True)
     run_dir, ckpt_path = resume.plan(cfg, Path(cfg.paths.run_dir))
+    record_hydra(run_dir, given)  # only now: a refused start leaves the run folder as it was
     with open_dict(cfg):
         cfg.paths.run_dir = str(run_dir)  # loggers and checkpoints follow a resume=never move
 
@@ -154,11 +170,16 @@ def train(cfg: DictConfig) -> dict:
         write_json(run_dir / "class_weights.json", datamodule.class_weights_record)
         log.info("Run folder: %s", run_dir)
 
+    throughput = next((c for c in callbacks if isinstance(c, TrainThroughput)), None)
+    if throughput is not None:
+        throughput.attempt_start = started
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
 
+    kept = _finished_already(run_dir, ckpt_path, throughput)
+    if kept is not None:
+        return kept
     best = _best(module.history)
     baseline = all_clean_baseline(datamodule.val_masks, classes.num_classes, classes.ignore_index)
-    throughput = next((c for c in callbacks if isinstance(c, TrainThroughput)), None)
     ckpt = trainer.checkpoint_callback
     summary = {
         "encoder": enc.name,
@@ -176,7 +197,8 @@ def train(cfg: DictConfig) -> dict:
         "train_images_per_s": throughput.images_per_second() if throughput else None,
         "train_images_per_s_convention": THROUGHPUT_CONVENTION,
         "peak_memory": peak_memory(trainer.strategy.root_device),
-        "wall_time_s": round(time.perf_counter() - started, 2),
+        # all the training that happened: earlier attempts (to their last checkpoint) and this one
+        "wall_time_s": round(throughput.elapsed_s() if throughput else time.perf_counter() - started, 2),
         "checkpoint": {
             "best": ckpt.best_model_path if ckpt else None,
             "last": str(resume.last_checkpoint(run_dir)) if resume.last_checkpoint(run_dir).exists() else None,
@@ -206,6 +228,16 @@ def train(cfg: DictConfig) -> dict:
         write_json(run_dir / "summary.json", summary)
         _report(summary, run_dir)
     return summary
+
+
+def _finished_already(run_dir: Path, ckpt_path: str | None, throughput: TrainThroughput | None) -> dict | None:
+    """The run's summary as it was, when this attempt resumed a finished run and trained no step (a rerun,
+    requeue or relaunch of it): its figures describe the training that happened, so they are kept."""
+    summary = run_dir / "summary.json"
+    if ckpt_path is None or throughput is None or throughput.steps > 0 or not summary.is_file():
+        return None
+    log.info("%s is already trained to the end: nothing to do; summary.json is kept as it was", run_dir)
+    return json.loads(summary.read_text())
 
 
 def _report(summary: dict, run_dir: Path) -> None:

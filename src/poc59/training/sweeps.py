@@ -174,7 +174,8 @@ def run_dirs(sweep_dir: Path) -> dict[int, Path]:
     """The runs' folders by job number (`hydra.sweep.subdir` = the job number, as conf/train.yaml sets)."""
     dirs = {}
     for d in sweep_dir.iterdir():
-        if d.is_dir() and d.name.isdigit() and ((d / ".hydra").is_dir() or (d / "summary.json").exists()):
+        started = any((d / marker).exists() for marker in (".hydra", "summary.json", "train.log"))
+        if d.is_dir() and d.name.isdigit() and started:  # train.log alone: refused before the run began
             dirs[int(d.name)] = d
     return dirs
 
