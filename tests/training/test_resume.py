@@ -148,3 +148,23 @@ def test_a_refused_start_changes_nothing_and_a_rerun_of_a_finished_run_keeps_its
     assert [h["epoch"] for h in grown["history"]] == [0, 1, 2]
     assert grown["wall_time_s"] > summary["wall_time_s"]  # the time of all the training, not of the last attempt
     assert grown["train_images_per_s"] is not None
+
+
+def test_a_truncated_last_checkpoint_stops_with_the_file_and_the_ways_on(tmp_path):
+    run_dir = tmp_path / "run"
+    first = subprocess.run(_cmd(run_dir, "trainer.max_epochs=1"), capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stderr[-3000:]
+    last = run_dir / "checkpoints" / "last.ckpt"
+    last.write_bytes(last.read_bytes()[: last.stat().st_size // 2])  # cut short, as a full disk leaves it
+    again = subprocess.run(_cmd(run_dir, "trainer.max_epochs=2"), capture_output=True, text=True, timeout=300)
+    assert again.returncode == 2, again.stderr[-3000:]
+    said = " ".join(again.stderr.split())
+    assert f"{last} is damaged" in said and "resume=never" in said and "Traceback" not in said
+    assert f"ckpt_path={run_dir / 'checkpoints' / 'best.ckpt'}" in said  # the intact one, named
+    continued = subprocess.run(
+        _cmd(run_dir, "trainer.max_epochs=2", f"ckpt_path={run_dir / 'checkpoints' / 'best.ckpt'}"),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert continued.returncode == 0, continued.stderr[-3000:]

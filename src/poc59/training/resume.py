@@ -10,6 +10,7 @@ allowed to differ). `resume=never` starts over in a new sibling folder.
 from __future__ import annotations
 
 import logging
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +78,29 @@ def changed_keys(old: dict, new: dict) -> dict[str, tuple[Any, Any]]:
     return diff
 
 
+def intact(path: Path) -> bool:
+    """Whether a checkpoint file is whole: torch writes a zip whose directory is at the end, so a file cut
+    short (a full disk, a copy interrupted) has none. Cheap: the directory is read, not the tensors."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            return bool(z.namelist())
+    except (OSError, zipfile.BadZipFile):
+        return False
+
+
+def check_intact(last: Path) -> None:
+    """ResumeConfigError naming the file and both ways on when `last.ckpt` is damaged: resume=auto would
+    otherwise stop in torch.load with "file is corrupted"."""
+    if intact(last):
+        return
+    best = last.with_name("best.ckpt")
+    other = f"ckpt_path={best} to continue from the best epoch's checkpoint, or " if intact(best) else ""
+    raise ResumeConfigError(
+        f"{last} is damaged (cut short: it is no complete checkpoint), so this run cannot continue from it. "
+        f"Pass {other}resume=never to start over in a new folder (this one is kept as it is)."
+    )
+
+
 def _free_sibling(run_dir: Path) -> Path:
     n = 2
     while (run_dir.parent / f"{run_dir.name}-{n}").exists():
@@ -99,6 +123,7 @@ def plan(cfg: DictConfig, run_dir: Path) -> tuple[Path, str | None]:
         new_dir = _free_sibling(run_dir)
         log.info("%s holds a run and resume=never: starting over in %s", run_dir, new_dir)
         return new_dir, None
+    check_intact(last)
     saved = run_dir / "config.yaml"
     if saved.exists():
         old = OmegaConf.to_container(OmegaConf.load(saved), resolve=False)
