@@ -23,6 +23,12 @@ from poc59.core.overrides import check_overrides, compose_train, config_keys, he
         # a sweep: every option of a swept group is checked, not only the first
         (["-m", "encoder=convnext_tiny,segformr_b3"], "no option 'segformr_b3' in the config group 'encoder'"),
         (["trainer.devices=[1"], "cannot read the overrides"),
+        # the SLURM launcher's settings are checked with the rest, not while Hydra builds the launcher
+        (
+            ["-m", "hydra/launcher=slurm", "hydra.launcher.timeout_min=abc"],
+            "'abc' of type 'str' could not be converted",
+        ),
+        (["-m", "hydra/launcher=slurm", "hydra.launcher.partitoin=gpu"], "did you mean hydra.launcher.partition?"),
     ],
 )
 def test_a_bad_override_is_one_message_with_the_fix(argv, says):

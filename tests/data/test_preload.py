@@ -229,3 +229,15 @@ def test_a_preload_killed_while_writing_leaves_nothing_for_long(tmp_path, caplog
     assert data.source == "decoded"
     assert not leftover.exists() and not abandoned.exists() and live.exists() and elsewhere.exists()
     assert f"Removed {leftover}" in caplog.text and "killed while writing" in caplog.text
+
+
+def test_skipped_pairs_are_named_on_every_start_not_only_the_one_that_decoded(tmp_path, caplog):
+    root = make_folder(tmp_path / "d", n=4, copies=0, size=(16, 16))
+    (root / "images" / "img002.png").write_bytes(b"not a png")
+    cache = tmp_path / "cache"
+    cold = preload(discover(root), 16, num_classes=4, on_bad_file="skip", cache_dir=cache)
+    assert [s["id"] for s in cold.skipped] == ["img002"]
+    caplog.clear()
+    warm = preload(discover(root), 16, num_classes=4, on_bad_file="skip", cache_dir=cache)
+    assert warm.source == "cache" and [s["id"] for s in warm.skipped] == ["img002"]
+    assert "Skipped img002 (when the cache was built)" in caplog.text

@@ -59,3 +59,19 @@ def test_classes_json_overrides_and_bad_json_is_named(tmp_path):
     (tmp_path / "classes.json").write_text("{not json")
     with pytest.raises(ValueError, match="classes.json"):
         load_class_table(tmp_path)
+
+
+def test_a_metadata_file_that_cannot_serve_the_split_is_said_so(tmp_path, caplog):
+    root = make_folder(tmp_path / "d", n=6, copies=1, size=(16, 16))
+    (root / "metadata.csv").write_text("id,content\nimg000,portrait\n")
+    discover(root)
+    assert "metadata.csv has no material column: the split is stratified by rare classes only" in caplog.text
+    caplog.clear()
+    (root / "metadata.csv").write_text("id,material\nimg000,parchment\nimg001,film\n")
+    samples = discover(root)
+    assert "gives the material of 2 of 6 source images (not of e.g. img002" in caplog.text
+    assert {s.id: s.material for s in samples}["img000_aug1"] == "parchment"  # a copy takes its original's
+    caplog.clear()
+    (root / "metadata.csv").write_text("id,material\n" + "".join(f"img{i:03d},film\n" for i in range(6)))
+    discover(root)
+    assert not caplog.text

@@ -180,16 +180,22 @@ def _explain(err: Exception, overrides: Sequence[str]) -> str:
         )
         hint = f"; did you mean {close[0]}?" if close else ""
         return f"unknown key {key!r}{hint} (python -m poc59.train --help lists every key; +{key}=... adds a new one)"
-    return f"the overrides do not compose: {text}\n(python -m poc59.train --help lists every group and key)"
+    cause = err.__cause__ or err.__context__
+    why = str(cause).strip().splitlines()[0] if cause is not None and str(cause).strip() else ""
+    return (
+        f"the overrides do not compose: {text}"
+        + (f" ({why})" if why and why not in text else "")
+        + "\n(python -m poc59.train --help lists every group and key)"
+    )
 
 
 def compose_keys_without(overrides: Sequence[str], key: str) -> list[str]:
     """The keys of the config composed with the overrides other than `key`'s (to suggest one)."""
     rest = [o for o in overrides if o.lstrip("+~").partition("=")[0] != key]
     try:
-        cfg = _compose(rest)
+        cfg = _compose(rest, hydra=True)
     except (HydraException, OmegaConfBaseException):
-        cfg = _compose([])
+        cfg = _compose([], hydra=True)
     return [k for k, _ in _flat(OmegaConf.to_container(cfg, resolve=False))]
 
 

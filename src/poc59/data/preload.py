@@ -701,6 +701,8 @@ def preload(
                 cached.seconds,
                 cached.nbytes / 1e6,
             )
+            for skipped in cached.skipped:  # named on every start, not only on the one that decoded
+                log.warning("Skipped %s (when the cache was built): %s", skipped["id"], skipped["reason"])
             return cached
     if folder is None:
         data = decode(samples, size, num_classes, ignore_index, policy, max_side, on_bad_file, workers)

@@ -8,9 +8,12 @@ found with `group_pattern`, so a split can keep them on one side.
 from __future__ import annotations
 
 import csv
+import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp")
 DEFAULT_GROUP_PATTERN = r"^(?P<group>.+?)_aug\d+$"
@@ -46,12 +49,21 @@ def _by_stem(folder: Path) -> dict[str, Path]:
 
 
 def _materials(root: Path) -> dict[str, str]:
+    """{id: material} from ROOT/metadata.csv (the split stratifies on it), with a warning when the file
+    has no `id` or `material` column."""
     path = root / "metadata.csv"
     if not path.exists():
         return {}
     with path.open(newline="") as f:
         reader = csv.DictReader(f)
-        if not reader.fieldnames or "id" not in reader.fieldnames or "material" not in reader.fieldnames:
+        missing = [c for c in ("id", "material") if c not in (reader.fieldnames or ())]
+        if missing:
+            log.warning(
+                "%s has no %s column: the split is stratified by rare classes only (columns: %s)",
+                path,
+                " and no ".join(missing),
+                ", ".join(reader.fieldnames or ()) or "none",
+            )
             return {}
         return {row["id"]: row["material"] for row in reader if row.get("id")}
 
@@ -104,5 +116,16 @@ def discover(root: str | Path, group_pattern: str = DEFAULT_GROUP_PATTERN) -> li
                 is_copy=m is not None,
                 material=materials.get(stem) or materials.get(group),
             )
+        )
+    originals = [x for x in samples if not x.is_copy]
+    unknown = [x.id for x in originals if x.material is None]
+    if materials and len(unknown) > len(originals) / 2:
+        log.warning(
+            "%s gives the material of %d of %d source images (not of e.g. %s): the rest are stratified as of "
+            "unknown material",
+            root / "metadata.csv",
+            len(originals) - len(unknown),
+            len(originals),
+            ", ".join(unknown[:3]),
         )
     return samples
