@@ -80,3 +80,22 @@ def test_prepare_reports_real_crackforest(tmp_path, capsys, monkeypatch):
     assert "background" in out and "crack" in out and "118 pairs" in out
     assert list((tmp_path / "cache" / "data").glob("preload-*/meta.json"))
     assert prepare_main(["data=artefact", f"data.root={tmp_path / 'missing'}", "encoder=tiny"]) == 2
+
+
+def test_an_image_over_pillows_limit_is_refused_naming_the_setting_that_allows_it(tmp_path, monkeypatch):
+    from PIL import Image
+
+    from poc59.data.sources import DataError
+
+    root = make_folder(tmp_path / "d", n=4, copies=0, size=(40, 40))
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # a 40x40 image stands in for a 100 MP scan
+    refused = SegmentationDataModule(root, image_size=16, batch_size=2, cache=False)
+    with pytest.raises(
+        DataError,
+        match="over Pillow's decompression-bomb limit of 0 MP: if it is a real scan, set data.allow_large_images=true",
+    ):
+        refused.setup("fit")
+    allowed = SegmentationDataModule(root, image_size=16, batch_size=2, cache=False, allow_large_images=True)
+    allowed.setup("fit")
+    assert allowed.data.images.shape[0] == 4
+    assert Image.MAX_IMAGE_PIXELS == 1000  # lifted for the preload only

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from poc59.core.classes import load_class_table
+from poc59.core.pixels import pixel_limit
 from poc59.data.augment import BatchAugment
 from poc59.data.class_weights import load_or_compute
 from poc59.data.feed import BatchFeed
@@ -70,6 +71,7 @@ class SegmentationDataModule(L.LightningDataModule):
         test_fraction: float = 0.0,
         split_file: str | Path | None = None,
         on_device: bool = False,
+        allow_large_images: bool = False,
     ) -> None:
         super().__init__()
         self.root = Path(root).expanduser().resolve()
@@ -90,6 +92,7 @@ class SegmentationDataModule(L.LightningDataModule):
         self.test_fraction = float(test_fraction)
         self.split_file = Path(split_file).expanduser().resolve() if split_file else None
         self.on_device = bool(on_device)
+        self.allow_large_images = bool(allow_large_images)
         self.samples: list[Sample] = []
         self.data: Preloaded | None = None
         self._split: Split | None = None
@@ -115,16 +118,17 @@ class SegmentationDataModule(L.LightningDataModule):
         if not self.use_aug_copies:
             self.samples = [s for s in self.samples if not s.is_copy]
         cache_dir = self.cache_dir if self.cache else None
-        self.data = preload(
-            self.samples,
-            self.image_size,
-            self.classes.num_classes,
-            self.classes.ignore_index,
-            policy=self.policy,
-            max_side=self.max_side,
-            on_bad_file=self.on_bad_file,
-            cache_dir=cache_dir,
-        )
+        with pixel_limit(self.allow_large_images):  # lifted for the preload only
+            self.data = preload(
+                self.samples,
+                self.image_size,
+                self.classes.num_classes,
+                self.classes.ignore_index,
+                policy=self.policy,
+                max_side=self.max_side,
+                on_bad_file=self.on_bad_file,
+                cache_dir=cache_dir,
+            )
         self.data = mapped(self.data, cache_dir)  # after a cold decode: one copy in RAM, not two
         self.samples = self.data.samples  # without any skipped pair
         if self.split_file is not None:

@@ -48,6 +48,7 @@ import xxhash
 from PIL import Image
 
 from poc59.core.atomic import write_json
+from poc59.core.pixels import over_limit
 from poc59.data.sources import DataError, Sample
 
 log = logging.getLogger(__name__)
@@ -259,17 +260,25 @@ def _size(path: Path) -> tuple[int, int]:
         return img.size
 
 
-def scan(samples: list[Sample], on_bad_file: str = "error") -> tuple[list[Sample], list[dict]]:
-    """Read every header (not the pixels): unreadable files and size mismatches, before anything is allocated."""
+def scan(samples: list[Sample], on_bad_file: str = "error") -> tuple[list[Sample], list[dict], int]:
+    """Read every header (not the pixels): unreadable files, size mismatches and images over Pillow's
+    decompression-bomb limit (`poc59.core.pixels`), before anything is allocated. Returns the good pairs,
+    the skipped ones, and the pixels of the largest image (what one decoding thread holds at once)."""
     if on_bad_file not in ("error", "skip"):
         raise ValueError(f"data.on_bad_file={on_bad_file!r} must be 'error' or 'skip'")
-    good, skipped = [], []
+    good, skipped, largest = [], [], 0
     for s in samples:
         try:
             (iw, ih), (mw, mh) = _size(s.image), _size(s.mask)
             if (iw, ih) != (mw, mh):
                 raise DataError(
                     f"size mismatch: {s.image} is {iw}x{ih} but {s.mask} is {mw}x{mh}; an image and its mask must match"
+                )
+            limit = over_limit(iw, ih)
+            if limit is not None:
+                raise DataError(
+                    f"{s.image} is {iw}x{ih} = {iw * ih / 1e6:.0f} MP, over Pillow's decompression-bomb limit of "
+                    f"{limit / 1e6:.0f} MP: if it is a real scan, set data.allow_large_images=true"
                 )
         except DataError as err:
             if on_bad_file == "error":
@@ -278,7 +287,8 @@ def scan(samples: list[Sample], on_bad_file: str = "error") -> tuple[list[Sample
             log.warning("Skipping %s: %s", s.id, err)
             continue
         good.append(s)
-    return good, skipped
+        largest = max(largest, iw * ih)
+    return good, skipped, largest
 
 
 def check_memory(nbytes: int, what: str) -> None:
@@ -299,7 +309,8 @@ def cache_key(
     samples: list[Sample], size: int, policy: str, max_side: int | None, num_classes: int, on_bad_file: str
 ) -> str:
     """Changes whenever any file's name, size or modification time, or the geometry, changes."""
-    h = hashlib.sha256(f"v{CACHE_VERSION}|{size}|{policy}|{max_side}|{num_classes}|{on_bad_file}\n".encode())
+    limit = Image.MAX_IMAGE_PIXELS  # lifted by data.allow_large_images: which pairs are kept may differ
+    h = hashlib.sha256(f"v{CACHE_VERSION}|{size}|{policy}|{max_side}|{num_classes}|{on_bad_file}|{limit}\n".encode())
     for s in samples:
         for p in (s.image, s.mask):
             st = p.stat()
@@ -559,12 +570,19 @@ def decode(
     `writer` (internal) receives each sample as soon as it is decoded, to write it to the cache.
     """
     start = time.perf_counter()
-    samples, skipped = scan(samples, on_bad_file)
+    samples, skipped, largest = scan(samples, on_bad_file)
     if not samples:
         raise DataError("no readable image/mask pairs are left" + (f" ({len(skipped)} skipped)" if skipped else ""))
     side = canvas_side(policy, size, max_side)
     n = len(samples)
-    check_memory(n * 4 * side * side, f"Preloading {n} pairs at {side}x{side} px")
+    threads = min(workers or os.cpu_count() or 1, n)
+    # the tensors, plus what each decoding thread holds of its largest image: RGB and mask (4 bytes a
+    # pixel), twice while Pillow converts and resamples
+    check_memory(
+        n * 4 * side * side + threads * 8 * largest,
+        f"Preloading {n} pairs at {side}x{side} px ({threads} threads decoding sources of up to "
+        f"{largest / 1e6:.0f} MP)",
+    )
     images = torch.empty((n, 3, side, side), dtype=torch.uint8)
     masks = torch.empty((n, side, side), dtype=torch.uint8)
     if writer is not None:

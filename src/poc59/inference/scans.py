@@ -24,7 +24,6 @@ passes (the first finds the peak that training's scaling uses).
 
 from __future__ import annotations
 
-import contextlib
 import io
 import logging
 import struct
@@ -35,6 +34,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageCms, ImageOps
 
+from poc59.core.pixels import pixel_limit
 from poc59.data.preload import WIDE_MODES, wide_to_8bit
 
 log = logging.getLogger(__name__)
@@ -53,18 +53,6 @@ class _NotInBands(Exception):
 
 class ScanError(ValueError):
     """An image that cannot be read (the message names the file, the reason and what to do)."""
-
-
-@contextlib.contextmanager
-def _bomb_limit(allow_large: bool):
-    """Pillow's decompression-bomb limit as is, or lifted for the duration (allow_large_images=true)."""
-    saved = Image.MAX_IMAGE_PIXELS
-    if allow_large:
-        Image.MAX_IMAGE_PIXELS = None
-    try:
-        yield
-    finally:
-        Image.MAX_IMAGE_PIXELS = saved
 
 
 def _base_mode(mode: str) -> str:
@@ -293,7 +281,7 @@ class Scan:
 
 def _open(path: Path, allow_large: bool) -> Image.Image:
     try:
-        with _bomb_limit(allow_large), warnings.catch_warnings():
+        with pixel_limit(allow_large), warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # refused below, with the way out
             img = Image.open(path)
     except Image.DecompressionBombError as err:
@@ -358,7 +346,7 @@ def open_scan(path: str | Path, allow_large_images: bool = False, max_bytes: int
         log.info("%s: %d x %d read in strips of %d rows (PNG/raw rows; never decoded whole)", path, w, h, strip_rows)
         return Scan(path, w, h, bands=bands, convert=_Converter(_icc_transform(img, path), peak), strip_rows=strip_rows)
     try:
-        with _bomb_limit(allow_large_images):
+        with pixel_limit(allow_large_images):
             img.load()
         transform = _icc_transform(img, path)
         img = ImageOps.exif_transpose(img)
@@ -373,7 +361,7 @@ def read_object_mask(path: str | Path, size: tuple[int, int], allow_large_images
     path = Path(path)
     img = _open(path, allow_large_images)
     try:
-        with _bomb_limit(allow_large_images):
+        with pixel_limit(allow_large_images):
             img = ImageOps.exif_transpose(img)
         mask = np.asarray(wide_to_8bit(img).convert("L")) > 0
     except Exception as err:
