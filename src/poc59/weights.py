@@ -36,9 +36,10 @@ CLI = Command(
         ),
         Key("weights_dir", str, "the weight cache (default $POC59_CACHE/weights, else ~/.cache/poc59/weights)"),
         Key("force", bool, "fetch again even when the file is there", default=False),
+        Key("timeout", float, "seconds the download may take before it is given up (nothing is kept)", default=900.0),
         Key("encoder.*", to_value, "other encoder settings of a training command line (ignored here)", dest="ignored"),
     ),
-    notes="Prints the weights file's path on stdout. Exit 0 done, 1 the hub or the disk failed (named), 2 a bad setting.",
+    notes="Prints the weights file's path on stdout. Exit 0 done, 2 a bad setting, or the hub or the disk failed (named, with what to do), 1 a bug.",
     error=UsageError,
 )
 
@@ -75,6 +76,7 @@ def _resolve(given: dict[str, Any]) -> dict[str, Any]:
         "kwargs": kwargs,
         "weights_dir": given.get("weights_dir") or None,
         "force": given.get("force", False),
+        "timeout": given.get("timeout", 900.0),
         "raw_name": raw_name,
     }
 
@@ -94,10 +96,12 @@ def _weights(given: dict[str, Any]) -> int:
         print(path)  # the command's result, for scripts
         return 0
     try:
-        path = pretrained.fetch(name, args["weights_dir"], args["kwargs"], force=args["force"])
+        path = pretrained.fetch(
+            name, args["weights_dir"], args["kwargs"], force=args["force"], download_timeout=args["timeout"]
+        )
     except (pretrained.HubUnreachableError, ValueError, OSError) as e:  # no network, no such weights, mismatch, disk
         log.error("%s", e)
-        return 1
+        return 2  # the user acts on it (where to run, which weights), as on any input error
     print(path)
     return 0
 

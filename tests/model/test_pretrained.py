@@ -192,6 +192,7 @@ def test_cli_arguments(tmp_path):
         kwargs={"img_size": 256},
         weights_dir=str(tmp_path),
         force=False,
+        timeout=900.0,
         raw_name=False,
     )
     args = parse_args(["path", "encoder=custom", "encoder.name=tu-resnet34"])

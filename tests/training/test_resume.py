@@ -94,6 +94,9 @@ def test_changed_keys_ignores_only_safe_keys():
         },
     }
     assert changed_keys(old, new) == {"optimizer.lr": (0.1, 0.2), "seed": (None, 1)}
+    # a key added after the run began: resumes at the value that keeps the old behaviour, not at another
+    assert changed_keys(old, {**old, "data": {"allow_large_images": False}}) == {}
+    assert changed_keys(old, {**old, "data": {"allow_large_images": True}}) == {"data.allow_large_images": (None, True)}
 
 
 def test_checkpoint_writes_leave_the_old_file_when_interrupted(tmp_path, monkeypatch):

@@ -352,12 +352,15 @@ def fetch(
     kwargs: Mapping[str, Any] | None = None,
     force: bool = False,
     timeout: float = 10.0,
+    download_timeout: float = 900.0,
 ) -> Path:
     """Download encoder `name`'s ImageNet weights into the weight cache; return the file's path.
 
     Builds the smp encoder with ImageNet weights (`encoder_weights="imagenet"`; True for tu- encoders, i.e.
     timm's default pretrained tag, or the tag in the name: tu-convnext_tiny.fb_in22k), saves its state dict
-    atomically as safetensors and checks it loads back. Without a reachable hub: HubUnreachableError, fast.
+    atomically as safetensors and checks it loads back. Without a reachable hub: HubUnreachableError, fast
+    (the probe waits `timeout` s); a download that fails, or is not done within `download_timeout` s (a hub
+    that stops answering), is a HubUnreachableError too, and leaves nothing in the weight cache.
     """
     kwargs = dict(kwargs or {})
     dest = cached_weights_path(name, weights_dir)
@@ -381,12 +384,26 @@ def fetch(
             raise ValueError(f"smp has no ImageNet weights for encoder {name} (it has: {available or 'none'})")
         weights = IMAGENET
     log.info("downloading ImageNet weights for encoder %s ...", name)
-    try:
-        encoder = smp.encoders.get_encoder(name, weights=weights, **kwargs)
-    except Exception as e:
+    done: dict[str, Any] = {}
+
+    def download() -> None:
+        try:
+            done["encoder"] = smp.encoders.get_encoder(name, weights=weights, **kwargs)
+        except Exception as e:  # the hub's and the libraries' many errors
+            done["error"] = e
+
+    worker = threading.Thread(target=download, name="poc59-weights-download", daemon=True)
+    worker.start()
+    worker.join(download_timeout)
+    if worker.is_alive():
+        why = f"the download did not finish within {download_timeout:.0f} s (the hub stopped answering?)"
+        raise HubUnreachableError(unreachable_message(name, dest, why, kwargs))
+    if "error" in done:
+        e = done["error"]
         raise HubUnreachableError(
             unreachable_message(name, dest, f"the download failed ({type(e).__name__}: {e})", kwargs)
         ) from e
+    encoder = done["encoder"]
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in encoder.state_dict().items()}
     source = ""
     if name.startswith("tu-"):

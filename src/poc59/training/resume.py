@@ -47,6 +47,13 @@ RENAMED_TARGETS = {
 }
 
 
+# Keys added after runs were started, with the value that means "as before": a run started without the key
+# resumes when the key has that value.
+ADDED_KEYS = {
+    "data.allow_large_images": False,
+}
+
+
 class ResumeConfigError(ValueError):
     """The run folder was started with a different configuration."""
 
@@ -73,6 +80,8 @@ def changed_keys(old: dict, new: dict) -> dict[str, tuple[Any, Any]]:
     for key in sorted(set(a) | set(b)):
         if any(key == s.rstrip(".") or key.startswith(s.rstrip(".") + ".") for s in SAFE_TO_CHANGE):
             continue
+        if key not in a and key in ADDED_KEYS and b.get(key) == ADDED_KEYS[key]:
+            continue  # the run began before the key existed, and it keeps the behaviour of then
         if a.get(key) != b.get(key):
             diff[key] = (a.get(key), b.get(key))
     return diff
