@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import yaml
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, open_dict
 from PIL import Image
@@ -61,3 +62,31 @@ SMALL = (
     "data.batch_size=8",
     "trainer.enable_progress_bar=false",  # drops the Rich progress bar callback too (Lightning refuses both)
 )
+
+
+TINY_RUN = [  # a tiny run from the command line: seconds an epoch on one CPU (resume, requeue)
+    "encoder=tiny",
+    "data.synthetic.n=6",
+    "data.image_size=64",
+    "data.batch_size=4",
+    "trainer.enable_progress_bar=false",
+    "callbacks.progress_bar=null",
+    "trainer.num_sanity_val_steps=0",
+]
+
+
+def write_multirun(sweep: Path, task: list[str]) -> None:
+    """The multirun.yaml Hydra writes at the top of a sweep of the basic sweeper over `task` overrides."""
+    cfg = {
+        "hydra": {
+            "sweeper": {
+                "_target_": "hydra._internal.core_plugins.basic_sweeper.BasicSweeper",
+                "max_batch_size": None,
+                "params": None,
+            },
+            "overrides": {"task": task},
+            "sweep": {"dir": str(sweep), "subdir": "${hydra.job.num}"},
+        }
+    }
+    sweep.mkdir(parents=True, exist_ok=True)
+    (sweep / "multirun.yaml").write_text(yaml.safe_dump(cfg))

@@ -10,6 +10,8 @@ import logging
 import sys
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from poc59.core.config import SettingError, config_dir, register_resolvers
@@ -27,6 +29,8 @@ def _hydra_main(cfg: DictConfig) -> float | None:
         summary = train(cfg)
     except USER_ERRORS as err:
         log.error("%s", err)
+        if HydraConfig.get().mode == RunMode.MULTIRUN:
+            raise  # a sweep's job: the launcher records the error and reports it when the sweep ends
         raise SystemExit(2) from None
     except Exception:
         log.exception("Run failed")  # in a sweep Hydra keeps only the message; the log keeps the traceback

@@ -14,7 +14,7 @@ import yaml
 from omegaconf import open_dict
 from PIL import Image
 
-from helpers import SMALL, make_cfg
+from helpers import SMALL, make_cfg, write_multirun
 from poc59.compare import main
 from poc59.comparison.run import CompareError, lead
 from poc59.training.run import train
@@ -49,18 +49,7 @@ def sweep(tmp_path_factory) -> Path:
     s = tmp / "sweeps" / "2026-01-01_10-00-00"
     s.mkdir(parents=True)
     task = ["encoder=tiny", "encoder.name=" + ",".join(ENCODERS), "seed=0,1", "data.seed=0"]
-    multirun = {
-        "hydra": {
-            "sweeper": {
-                "_target_": "hydra._internal.core_plugins.basic_sweeper.BasicSweeper",
-                "max_batch_size": None,
-                "params": None,
-            },
-            "overrides": {"task": task},
-            "sweep": {"dir": str(s), "subdir": "${hydra.job.num}"},
-        }
-    }
-    (s / "multirun.yaml").write_text(yaml.safe_dump(multirun))
+    write_multirun(s, task)
     jobs = expected_jobs(s)
     assert len(jobs) == 6 and "encoder.name=tu-lcnet_050" in jobs[STARTED] and "seed=1" in jobs[STARTED]
     for num in sorted(TRAINED | {STARTED}):

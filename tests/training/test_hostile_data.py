@@ -44,6 +44,7 @@ CASES = {
 def test_bad_data_is_one_plain_message_with_exit_2(tmp_path, case):
     make, says = CASES[case]
     root = make(tmp_path / "data")
+    before = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in sorted(root.rglob("*")) if p.is_file()}
     run = tmp_path / "run"
     out = subprocess.run(
         [
@@ -63,3 +64,5 @@ def test_bad_data_is_one_plain_message_with_exit_2(tmp_path, case):
     said = " ".join(out.stderr.split())
     assert says in said and "Traceback" not in said
     assert not (run / "summary.json").exists() and not (run / "checkpoints").exists()
+    after = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in sorted(root.rglob("*")) if p.is_file()}
+    assert after == before  # the user's data is read, never written

@@ -12,18 +12,11 @@ from pathlib import Path
 
 import torch
 
+from helpers import TINY_RUN
 from poc59.training.checkpointing import AtomicCheckpointIO
 from poc59.training.resume import changed_keys
 
-TINY = [
-    "encoder=tiny",
-    "data.synthetic.n=6",
-    "data.image_size=64",
-    "data.batch_size=4",
-    "trainer.enable_progress_bar=false",
-    "callbacks.progress_bar=null",
-    "trainer.num_sanity_val_steps=0",
-]
+TINY = TINY_RUN
 
 
 def _cmd(run_dir: Path, *extra: str) -> list[str]:

@@ -33,17 +33,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from helpers import TINY_RUN
 from slurm_cluster import REPO, Cluster
 
-TINY = [  # tests/training/test_resume.py's tiny run: seconds an epoch on one CPU
-    "encoder=tiny",
-    "data.synthetic.n=6",
-    "data.image_size=64",
-    "data.batch_size=4",
-    "trainer.enable_progress_bar=false",
-    "callbacks.progress_bar=null",
-    "trainer.num_sanity_val_steps=0",
-]
+TINY = TINY_RUN
 EPOCHS = 4
 
 

@@ -13,6 +13,7 @@ import yaml
 from hydra.core.utils import JobReturn, JobStatus
 from omegaconf import OmegaConf
 
+from helpers import write_multirun
 from poc59.data.sources import DataError
 from poc59.sweep_status import main
 from poc59.training.sweeps import sweep_status
@@ -20,20 +21,7 @@ from poc59.training.sweeps import sweep_status
 ENCODERS = ["convnext_tiny", "segformer_b3", "maxvit_tiny", "tiny", "custom"]
 
 
-def _multirun(sweep: Path, task: list[str]) -> None:
-    cfg = {
-        "hydra": {
-            "sweeper": {
-                "_target_": "hydra._internal.core_plugins.basic_sweeper.BasicSweeper",
-                "max_batch_size": None,
-                "params": None,
-            },
-            "overrides": {"task": task},
-            "sweep": {"dir": str(sweep), "subdir": "${hydra.job.num}"},
-        }
-    }
-    sweep.mkdir(parents=True, exist_ok=True)
-    (sweep / "multirun.yaml").write_text(yaml.safe_dump(cfg))
+_multirun = write_multirun
 
 
 def _run_dir(sweep: Path, num: int, overrides: list[str], job_id: str | None = None) -> Path:
