@@ -50,7 +50,7 @@ CLI = Command(
         Key("overwrite", bool, "replace outputs already in output="),
     ),
     notes="An unreadable image, or one that runs out of memory, is reported (file and reason) and the others go "
-    "on; the exit status is then 1. Usage, model and class-table errors exit with 2 before any image is read.",
+    "on; the exit status is then 2. Usage, model and class-table errors exit with 2 before any image is read.",
     error=UsageError,
     fills=Settings,
 )
@@ -105,7 +105,7 @@ def _predict(options: dict[str, Any]) -> int:
         console.print(
             f"[red]{len(failed)} image(s) could not be predicted:[/red] " + "; ".join(f["image"] for f in failed)
         )
-        return 1
+        return 2  # the input: each unreadable image is named (here and in statistics.json), the rest predicted
     return 0
 
 

@@ -63,7 +63,7 @@ def test_a_folder_of_real_photographs_with_one_unreadable_file(ckpt, scans, tmp_
     (scans / "notes.txt").write_text("not an image")
     out = tmp_path / "out"
     code = main([f"ckpt={ckpt}", f"input={scans}", f"output={out}", "batch_size=4"])
-    assert code == 1  # one image failed: reported, the others predicted
+    assert code == 2  # one image could not be read (the input): reported, the others predicted
     model = load_model(ckpt)
     assert model.geometry["policy"] == "crop" and model.classes.names == ("background", "crack")
     stats = json.loads((out / "statistics.json").read_text())
@@ -174,7 +174,7 @@ def test_a_scan_that_runs_out_of_gpu_memory_is_reported_and_the_others_go_on(ckp
     monkeypatch.setattr(predict, "logit_bands", first_scan_too_big)
     out = tmp_path / "out"
     code = main([f"ckpt={ckpt}", f"input={scans}", f"output={out}", "batch_size=4"])
-    assert code == 1 and len(seen) == len(IMAGES)
+    assert code == 2 and len(seen) == len(IMAGES)
     stats = json.loads((out / "statistics.json").read_text())
     assert [f["image"] for f in stats["failed"]] == [str(scans / f"{IMAGES[0]}.jpg")]
     assert "out of GPU memory" in stats["failed"][0]["reason"] and "max_memory_mb=" in stats["failed"][0]["reason"]
