@@ -1,0 +1,86 @@
+"""The catalogue of hostile input, each case through the real command as a user types it: exit 2, one
+message naming the setting or file and the fix, no traceback, and nothing written outside the run folder
+(no cache filled, no synthetic set generated, no outputs/ in the working folder).
+
+Data that is wrong in itself (masks, splits, classes.json) is in tests/training/test_hostile_data.py;
+faults of a run (kill, damaged checkpoint or cache) in tests/training/test_resume.py and
+tests/data/test_preload.py; a failing model hub in tests/model/test_weights_hub.py.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+TINY = ["encoder=tiny", "data.synthetic.n=6", "data.image_size=64", "data.batch_size=4", "trainer.max_epochs=1"]
+
+TRAIN = {  # overrides -> what the message must say
+    "image size not a multiple": (["data.image_size=100"], "data.image_size=100 does not fit encoder"),
+    "batch size 0": (["data.batch_size=0"], "data.batch_size=0: must be a whole number >= 1"),
+    "negative lr": (["optimizer.lr=-1"], "optimizer.lr=-1: the learning rate must be a positive number"),
+    "lr 0": (["optimizer.lr=0"], "the weights never change"),
+    "val fraction 1.5": (["data.val_fraction=1.5"], "data.val_fraction must be between 0 and 1"),
+    "max_epochs 0": (["trainer.max_epochs=0"], "trainer.max_epochs=0 trains nothing"),
+    "added typo": (["+data.imgae_size=128"], "did you mean data.image_size?"),
+    "forced typo": (["++data.imgae_size=128"], "did you mean data.image_size?"),
+    "unknown key": (["trainer.max_epoch=3"], "unknown key 'trainer.max_epoch'; did you mean trainer.max_epochs?"),
+    "unknown preset": (["encoder=resnet50"], "encoder=custom encoder.name=tu-resnet50"),
+    "unknown timm model": (["encoder=custom", "encoder.name=tu-no_such_net"], "'no_such_net' is not a timm model"),
+    "weights not cached": (["encoder.weights=imagenet"], "python -m poc59.weights fetch"),
+    "unknown strategy": (["+trainer.strategy=ddp_spwan"], "Lightning knows no such strategy"),
+    "no data folder": (["data.synthetic=null", "data.root=/no/such/folder"], "data folder not found: /no/such/folder"),
+    "launcher setting": (
+        ["-m", "hydra/launcher=slurm", "hydra.launcher.timeout_min=soon"],
+        "'soon' of type 'str' could not be converted to Integer",
+    ),
+}
+
+OTHERS = {  # command and arguments -> what the message must say
+    "evaluate: no run": (["poc59.evaluate", "run_dir=/no/such/run"], "/no/such/run"),
+    "evaluate: unknown key": (["poc59.evaluate", "splt=val"], "did you mean split=?"),
+    "predict: no model": (
+        ["poc59.predict", "ckpt=/no/such.ckpt", "input=/no/such/folder", "output=/no/such/out"],
+        "/no/such",
+    ),
+    "export: no model": (["poc59.export", "ckpt=/no/such.ckpt"], "/no/such.ckpt"),
+    "compare: no sweep": (["poc59.compare", "sweep=/no/such/sweep"], "/no/such/sweep"),
+    "sweep_status: no sweep": (["poc59.sweep_status", "sweep=/no/such/sweep"], "/no/such/sweep"),
+    "weights: unknown preset": (["poc59.weights", "fetch", "encoder=nope"], "unknown encoder preset 'nope'"),
+    "prepare: unknown key": (["poc59.prepare", "data.image_sise=256"], "did you mean data.image_size?"),
+}
+
+
+def _run(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, timeout=300, cwd=cwd)
+
+
+def _refused(out: subprocess.CompletedProcess, says: str) -> None:
+    said = " ".join(out.stderr.split())  # Rich wraps log lines
+    assert out.returncode == 2, out.stderr[-3000:]
+    assert says in said, said[-3000:]
+    assert "Traceback" not in said
+
+
+@pytest.mark.parametrize("case", sorted(TRAIN))
+def test_train_refuses_a_hostile_setting_before_anything_is_written(tmp_path, case):
+    overrides, says = TRAIN[case]
+    cache, run = tmp_path / "cache", tmp_path / "run"
+    work = tmp_path / "work"
+    work.mkdir()
+    flags = [o for o in overrides if o.startswith("-")]  # Hydra's flags come first, as a user types them
+    given = [o for o in overrides if not o.startswith("-")]
+    args = ["poc59.train", *flags, *TINY, f"paths.cache_dir={cache}", f"hydra.run.dir={run}", *given]
+    _refused(_run(args, work), says)
+    assert not cache.exists()  # no synthetic set generated, nothing decoded or cached
+    assert not list(work.iterdir())  # no outputs/ (a sweep folder, a run folder) where the command ran
+    assert not (run / ".hydra").exists() and not (run / "checkpoints").exists() and not (run / "summary.json").exists()
+
+
+@pytest.mark.parametrize("case", sorted(OTHERS))
+def test_every_other_command_refuses_hostile_input_with_one_message(tmp_path, case):
+    args, says = OTHERS[case]
+    _refused(_run(args, tmp_path), says)
+    assert not list(tmp_path.iterdir())  # nothing written where it ran
