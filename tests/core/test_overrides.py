@@ -29,6 +29,8 @@ from poc59.core.overrides import check_overrides, compose_train, config_keys, he
             "'abc' of type 'str' could not be converted",
         ),
         (["-m", "hydra/launcher=slurm", "hydra.launcher.partitoin=gpu"], "did you mean hydra.launcher.partition?"),
+        # one launcher request per sweep: the device layout is not swept (it could not match the jobs)
+        (["-m", "hydra/launcher=slurm", "trainer.devices=1,2"], "trainer.devices cannot be swept"),
     ],
 )
 def test_a_bad_override_is_one_message_with_the_fix(argv, says):

@@ -28,6 +28,7 @@ CASES = [
     (["encoder.weights=imagenet"], "python -m poc59.weights fetch"),
     (["encoder.weights=/no/such/file.safetensors"], "is not an existing file"),
     (["encoder.decoder=Unett"], "Unknown decoder 'Unett'"),
+    (["trainer.accelerator=gpux"], "trainer.accelerator=gpux: choose one of"),
     (["+trainer.strategy=ddp_spwan"], "trainer.strategy=ddp_spwan: Lightning knows no such strategy; did you mean"),
     (
         ["++trainer.strategy={_target_:lightning.pytorch.strategies.DDPStrategy,process_group_backend:ncll}"],

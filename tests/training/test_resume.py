@@ -164,3 +164,26 @@ def test_a_truncated_last_checkpoint_stops_with_the_file_and_the_ways_on(tmp_pat
         timeout=300,
     )
     assert continued.returncode == 0, continued.stderr[-3000:]
+
+
+def test_raising_max_epochs_on_resume_stretches_the_schedule_to_the_new_end(tmp_path):
+    """OneCycle over the new length: after the peak the lr only falls, and it ends near its floor (it used to
+    climb back up past the old end, the phases keeping the old total)."""
+    import csv
+
+    run_dir = tmp_path / "run"
+    first = subprocess.run(_cmd(run_dir, "trainer.max_epochs=2"), capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stderr[-3000:]
+    longer = subprocess.run(_cmd(run_dir, "trainer.max_epochs=6"), capture_output=True, text=True, timeout=300)
+    assert longer.returncode == 0, longer.stderr[-3000:]
+    assert "the schedule is stretched from" in longer.stderr
+    rows = []
+    for f in sorted((run_dir / "csv").glob("version_*/metrics.csv")):
+        with f.open() as fh:
+            rows += [(int(r["step"]), float(r["lr-AdamW"])) for r in csv.DictReader(fh) if r.get("lr-AdamW")]
+    lrs = [lr for _, lr in sorted(set(rows))]
+    resumed = [lr for step, lr in sorted(set(rows)) if step >= max(s for s, _ in rows) // 3]
+    peak = max(lrs)
+    after_peak = resumed[resumed.index(max(resumed)) :]
+    assert all(b <= a * (1 + 1e-9) for a, b in zip(after_peak, after_peak[1:])), after_peak  # never climbs again
+    assert lrs[-1] < 0.05 * peak  # ends near the floor of the stretched schedule

@@ -26,6 +26,7 @@ from omegaconf.errors import OmegaConfBaseException
 from poc59.core.config import SettingError, config_dir, register_resolvers
 
 HELP = ("-h", "--help")
+UNSWEPT = ("trainer.devices", "trainer.num_nodes", "trainer.accelerator")  # the launcher's one request per sweep
 
 
 def groups() -> dict[str, list[str]]:
@@ -70,6 +71,13 @@ def check_overrides(argv: Sequence[str], prog: str = "python -m poc59.train") ->
         parsed = OverridesParser.create().parse_overrides(overrides)
     except HydraException as err:
         raise SettingError(f"cannot read the overrides: {err}\n{prog} --help lists every key") from None
+    for o in parsed:
+        if o.is_sweep_override() and o.key_or_group in UNSWEPT:
+            raise SettingError(
+                f"{o.input_line}: {o.key_or_group} cannot be swept: a sweep's jobs share one launcher request "
+                "(processes, nodes and GPUs per job follow trainer.devices and trainer.num_nodes), so start one "
+                "sweep per value"
+            )
     known_groups = groups()
     first = [_with_value(o.input_line, o, _values(o)[0]) for o in parsed]
     compose_train(first, hydra=True)

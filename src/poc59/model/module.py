@@ -153,6 +153,9 @@ class SegmentationModule(L.LightningModule):
                     total_steps,
                 )
                 state["total_steps"] = total_steps
+                # the phases' end steps were computed from the old total: keep the new scheduler's (loading
+                # the state replaces only the keys it holds), or past the old end the lr would climb again
+                state.pop("_schedule_phases", None)
         scheduler = self.scheduler_factory(optimizer=optimizer, total_steps=total_steps)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
