@@ -99,3 +99,20 @@ def test_an_image_over_pillows_limit_is_refused_naming_the_setting_that_allows_i
     allowed.setup("fit")
     assert allowed.data.images.shape[0] == 4
     assert Image.MAX_IMAGE_PIXELS == 1000  # lifted for the preload only
+
+
+def test_files_without_their_partner_are_left_out_under_skip_and_named(tmp_path, caplog):
+    from poc59.data.sources import DataError
+
+    root = make_folder(tmp_path / "d", n=5, copies=0, size=(16, 16))
+    (root / "annotations" / "img004.png").unlink()  # an image without its mask
+    write_pair(tmp_path / "other", "lonely", np.zeros((16, 16, 3), np.uint8), np.zeros((16, 16)))
+    (tmp_path / "other" / "annotations" / "lonely.png").rename(root / "annotations" / "lonely.png")  # a lone mask
+    with pytest.raises(DataError, match="data.on_bad_file=skip leaves them out"):
+        SegmentationDataModule(root, image_size=16, batch_size=2, cache=False).setup("fit")
+    dm = SegmentationDataModule(root, image_size=16, batch_size=2, cache=False, on_bad_file="skip")
+    dm.setup("fit")
+    assert len(dm.samples) == 4
+    skipped = {s["id"]: s["reason"] for s in dm.describe()["skipped_files"]}  # what summary.json records
+    assert skipped == {"img004": "an image without its mask", "lonely": "a mask without its image"}
+    assert "Skipping img004: an image without its mask" in caplog.text

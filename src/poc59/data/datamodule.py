@@ -22,7 +22,7 @@ from poc59.data.augment import BatchAugment
 from poc59.data.class_weights import load_or_compute
 from poc59.data.feed import BatchFeed
 from poc59.data.preload import Preloaded, canvas_side, mapped, preload
-from poc59.data.sources import DEFAULT_GROUP_PATTERN, DataError, Sample, discover
+from poc59.data.sources import DEFAULT_GROUP_PATTERN, DataError, Sample, discover_pairs
 from poc59.data.split import Split, grouped_split, load_split
 from poc59.data.synthetic import ensure_synthetic
 
@@ -94,6 +94,7 @@ class SegmentationDataModule(L.LightningDataModule):
         self.on_device = bool(on_device)
         self.allow_large_images = bool(allow_large_images)
         self.samples: list[Sample] = []
+        self.unpaired: list[dict] = []  # files without their partner, left out under on_bad_file=skip
         self.data: Preloaded | None = None
         self._split: Split | None = None
         self.class_weights_record: dict | None = None
@@ -114,7 +115,7 @@ class SegmentationDataModule(L.LightningDataModule):
             self.classes = load_class_table(self.root)
         except ValueError as err:  # ROOT/classes.json is the user's file: a data error, named
             raise DataError(str(err)) from None
-        self.samples = discover(self.root, self.group_pattern)
+        self.samples, self.unpaired = discover_pairs(self.root, self.group_pattern, self.on_bad_file)
         if not self.use_aug_copies:
             self.samples = [s for s in self.samples if not s.is_copy]
         cache_dir = self.cache_dir if self.cache else None
@@ -230,7 +231,7 @@ class SegmentationDataModule(L.LightningDataModule):
             "preload_seconds": round(self.data.seconds, 3) if self.data else None,
             "preload_bytes": self.data.nbytes if self.data else None,
             "preload_source": self.data.source if self.data else None,
-            "skipped_files": self.data.skipped if self.data else [],
+            "skipped_files": self.unpaired + (self.data.skipped if self.data else []),
             "augment": self.augment.to_dict(),
         }
 

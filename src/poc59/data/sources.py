@@ -84,6 +84,15 @@ def check_root(root: str | Path) -> None:
 
 def discover(root: str | Path, group_pattern: str = DEFAULT_GROUP_PATTERN) -> list[Sample]:
     """All pairs under `root`, sorted by id. Raises DataError for a missing folder or an unpaired file."""
+    samples, _ = discover_pairs(root, group_pattern)
+    return samples
+
+
+def discover_pairs(
+    root: str | Path, group_pattern: str = DEFAULT_GROUP_PATTERN, on_bad_file: str = "error"
+) -> tuple[list[Sample], list[dict]]:
+    """(all pairs under `root` sorted by id, the files left out). A file without its partner is a DataError,
+    or with `on_bad_file=skip` left out, logged and listed ({"id", "image", "mask", "reason"})."""
     root = Path(root)
     check_root(root)
     images_dir, masks_dir = root / "images", root / "annotations"
@@ -92,7 +101,16 @@ def discover(root: str | Path, group_pattern: str = DEFAULT_GROUP_PATTERN) -> li
         raise DataError(f"{images_dir} and {masks_dir} hold no images ({', '.join(IMAGE_EXTENSIONS)})")
     lonely_images = sorted(set(images) - set(masks))
     lonely_masks = sorted(set(masks) - set(images))
-    if lonely_images or lonely_masks:
+    skipped = []
+    if (lonely_images or lonely_masks) and on_bad_file == "skip":
+        for stem in lonely_images + lonely_masks:
+            image, mask = images.get(stem), masks.get(stem)
+            reason = "an image without its mask" if mask is None else "a mask without its image"
+            log.warning("Skipping %s: %s (%s)", stem, reason, image or mask)
+            skipped.append({"id": stem, "image": str(image or ""), "mask": str(mask or ""), "reason": reason})
+            images.pop(stem, None)
+            masks.pop(stem, None)
+    elif lonely_images or lonely_masks:
         lines = [f"  image without mask: {images[s]}" for s in lonely_images[:10]]
         lines += [f"  mask without image: {masks[s]}" for s in lonely_masks[:10]]
         more = len(lonely_images) + len(lonely_masks) - len(lines)
@@ -100,6 +118,7 @@ def discover(root: str | Path, group_pattern: str = DEFAULT_GROUP_PATTERN) -> li
             "unpaired files (each image needs a mask with the same name stem):\n"
             + "\n".join(lines)
             + (f"\n  ... and {more} more" if more > 0 else "")
+            + "\n(data.on_bad_file=skip leaves them out, each named)"
         )
     pattern = re.compile(group_pattern)
     materials = _materials(root)
@@ -128,4 +147,4 @@ def discover(root: str | Path, group_pattern: str = DEFAULT_GROUP_PATTERN) -> li
             len(originals),
             ", ".join(unknown[:3]),
         )
-    return samples
+    return samples, skipped
