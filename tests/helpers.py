@@ -90,3 +90,19 @@ def write_multirun(sweep: Path, task: list[str]) -> None:
     }
     sweep.mkdir(parents=True, exist_ok=True)
     (sweep / "multirun.yaml").write_text(yaml.safe_dump(cfg))
+
+
+class PlantedBug(Exception):
+    """What `boom_callback`'s callback raises: a stand-in for a bug in poc59 (not a user error)."""
+
+
+def boom_callback():
+    """A Lightning callback that fails as a bug would once training starts
+    (`+callbacks.boom._target_=helpers.boom_callback`, with tests/ on PYTHONPATH)."""
+    import lightning as L
+
+    class Boom(L.Callback):
+        def on_train_start(self, trainer, pl_module):
+            raise PlantedBug("a planted bug")
+
+    return Boom()

@@ -241,3 +241,16 @@ def test_skipped_pairs_are_named_on_every_start_not_only_the_one_that_decoded(tm
     warm = preload(discover(root), 16, num_classes=4, on_bad_file="skip", cache_dir=cache)
     assert warm.source == "cache" and [s["id"] for s in warm.skipped] == ["img002"]
     assert "Skipped img002 (when the cache was built)" in caplog.text
+
+
+@pytest.mark.parametrize(
+    "change", [{"size": 24}, {"policy": "pad"}, {"num_classes": 5}, {"on_bad_file": "skip"}], ids=str
+)
+def test_the_cache_is_not_reused_for_another_geometry_or_class_count(tmp_path, change):
+    root = make_folder(tmp_path / "d", n=3, copies=0, size=(32, 32))
+    cache = tmp_path / "cache"
+    base = {"size": 16, "policy": "resize", "num_classes": 4, "on_bad_file": "error"}
+    assert preload(discover(root), cache_dir=cache, **base).source == "decoded"
+    assert preload(discover(root), cache_dir=cache, **base).source == "cache"
+    other = preload(discover(root), cache_dir=cache, **{**base, **change})
+    assert other.source == "decoded" and len(list(cache.glob("preload-*"))) == 2

@@ -66,3 +66,28 @@ def test_bad_data_is_one_plain_message_with_exit_2(tmp_path, case):
     assert not (run / "summary.json").exists() and not (run / "checkpoints").exists()
     after = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in sorted(root.rglob("*")) if p.is_file()}
     assert after == before  # the user's data is read, never written
+
+
+def test_a_bug_exits_1_with_its_traceback_in_the_run_log(tmp_path):
+    """The other side of exit 2: what is not the user's input is a bug, with its traceback kept."""
+    import os
+
+    run = tmp_path / "run"
+    tests = str(Path(__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (tests, os.environ.get("PYTHONPATH")) if p)}
+    args = [
+        "encoder=tiny",
+        "data.synthetic.n=6",
+        "data.image_size=32",
+        "data.batch_size=4",
+        "trainer.max_epochs=1",
+        "+callbacks.boom._target_=helpers.boom_callback",
+        f"hydra.run.dir={run}",
+        f"paths.cache_dir={tmp_path / 'cache'}",
+    ]
+    out = subprocess.run(
+        [sys.executable, "-m", "poc59.train", *args], capture_output=True, text=True, timeout=300, env=env
+    )
+    assert out.returncode == 1, out.stderr[-3000:]
+    log = (run / "train.log").read_text()
+    assert "Traceback" in log and "PlantedBug: a planted bug" in log

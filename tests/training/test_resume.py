@@ -75,6 +75,9 @@ def test_resume_with_a_changed_learning_rate_is_refused_and_never_starts_over(tm
 
 
 def test_changed_keys_ignores_only_safe_keys():
+    # what the validation measures is not safe to change: val/mIoU and best.ckpt would mean another thing
+    lowered = changed_keys({"trainer": {"limit_val_batches": 1.0}}, {"trainer": {"limit_val_batches": 0.5}})
+    assert "trainer.limit_val_batches" in lowered
     old = {"optimizer": {"lr": 0.1}, "trainer": {"max_epochs": 5}, "paths": {"run_dir": "/a"}}
     new = {
         "optimizer": {"lr": 0.2},
@@ -132,6 +135,7 @@ def test_a_refused_start_changes_nothing_and_a_rerun_of_a_finished_run_keeps_its
     )
     assert refused.returncode == 2 and "resume=never" in refused.stderr
     assert _records(run_dir) == before  # .hydra/ included: the refused settings are recorded nowhere
+    assert "refusing to resume it with" in (run_dir / "train.log").read_text()  # the log notes the attempt
 
     rerun = subprocess.run(_cmd(run_dir, "trainer.max_epochs=2"), capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stderr[-3000:]

@@ -26,7 +26,6 @@ SAFE_TO_CHANGE = (
     "trainer.max_steps",
     "trainer.enable_progress_bar",
     "trainer.log_every_n_steps",
-    "trainer.limit_val_batches",
     "trainer.num_sanity_val_steps",
     "callbacks.progress_bar.",
     "callbacks.val_overlays.",  # pictures only; runs started before it existed resume with it
