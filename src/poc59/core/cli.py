@@ -129,11 +129,7 @@ class Command:
             default = self.default(key)
             text = "required" if key.required else ("" if default is inspect.Parameter.empty else _show(default))
             shown.append((f"{key.name}={text}", key.help))
-        width = min(max(len(a) for a, _ in shown) + 2, 34)
-        for left, meaning in shown:
-            lines.append(
-                f"  {left:<{width}} {meaning}" if len(left) < width else f"  {left}\n  {'':<{width}} {meaning}"
-            )
+        lines += key_table(shown, widest=34)
         if self.notes:
             lines += ["", self.notes.strip()]
         return "\n".join(lines)
@@ -201,6 +197,16 @@ def run_command(
     except (command.error, *user_errors) as err:
         log.error("%s", err)
         return 2
+
+
+def key_table(rows: Sequence[tuple[str, str]], widest: int) -> list[str]:
+    """`--help`'s lines for (key=default, meaning) rows: meanings in one column, at most `widest` in; a longer
+    key=default gets its meaning on the next line."""
+    width = min(max((len(left) for left, _ in rows), default=0) + 2, widest)
+    return [
+        f"  {left:<{width}} {meaning}" if len(left) < width else f"  {left}\n  {'':<{width}} {meaning}"
+        for left, meaning in rows
+    ]
 
 
 def configure_logging(rich: bool = False) -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from poc59.core.device import auto_precision
 
@@ -23,6 +23,11 @@ _PACKAGE_DIR = Path(__file__).resolve().parents[1]  # the poc59 package (this fi
 
 class SettingError(ValueError):
     """A setting that cannot work; the message names the key and the fix (the command exits 2)."""
+
+
+def plain(node: Any) -> dict:
+    """A config mapping (DictConfig, or a dict already) as a plain, resolved dict ({} for null)."""
+    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node or {})
 
 
 def config_dir(needs: str = "train.yaml") -> Path:

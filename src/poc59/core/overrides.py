@@ -23,6 +23,7 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from poc59.core.cli import key_table
 from poc59.core.config import SettingError, config_dir, register_resolvers
 
 HELP = ("-h", "--help")
@@ -106,9 +107,7 @@ def help_text(argv: Sequence[str], prog: str, summary: str) -> str:
         lines.append(f"  {group:<16} " + " ".join(f"[{o}]" if o == chosen else o for o in options))
     lines += ["", "Keys (key=default: meaning):"]
     rows = [(f"{key}={_show(value)}", meaning) for key, value, meaning in config_keys(cfg, choices)]
-    width = min(max(len(a) for a, _ in rows) + 2, 44)
-    for left, meaning in rows:
-        lines.append(f"  {left:<{width}} {meaning}" if len(left) < width else f"  {left}\n  {'':<{width}} {meaning}")
+    lines += key_table(rows, widest=44)
     lines += [
         "",
         "+key=value adds a key the config does not have; hydra.* keys and Hydra's flags "

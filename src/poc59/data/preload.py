@@ -466,7 +466,6 @@ def save_cache(folder: Path, data: Preloaded) -> None:
 def _tmp_folder(folder: Path) -> Path:
     """This process's temporary cache folder: `.preload-<key>.tmp-<host>-<pid>`, so that a later start can
     tell a dead writer's leftovers (`remove_dead_writers`) from a live one's."""
-    remove_dead_writers(folder.parent)
     return folder.with_name(f".{folder.name}.tmp-{socket.gethostname()}-{os.getpid()}")
 
 
@@ -708,6 +707,7 @@ def preload(
     folder = None
     key = cache_key(samples, size, policy, max_side, num_classes, on_bad_file)
     if cache_dir is not None:
+        remove_dead_writers(Path(cache_dir))  # what killed preloads left, at every start
         folder = Path(cache_dir) / f"preload-{key}"
         cached = load_cache(folder, samples, key)
         if cached is not None:

@@ -16,9 +16,9 @@ from typing import Any
 from hydra.utils import get_class, get_method
 from lightning.pytorch.accelerators import AcceleratorRegistry
 from lightning.pytorch.strategies import StrategyRegistry
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from poc59.core.config import SettingError
+from poc59.core.config import SettingError, plain
 from poc59.data.preload import POLICIES
 from poc59.data.sources import check_root
 from poc59.data.split import check_fractions
@@ -62,8 +62,8 @@ def check_settings(cfg: DictConfig) -> None:
         enc.decoder,
         enc.weights,
         cfg.paths.weights_dir,
-        _plain(enc.get("kwargs")),
-        _plain(enc.get("decoder_kwargs")),
+        plain(enc.get("kwargs")),
+        plain(enc.get("decoder_kwargs")),
     )
 
 
@@ -110,10 +110,6 @@ def _check_trainer_names(trainer: DictConfig) -> None:
         close = difflib.get_close_matches(strategy, sorted(known), n=1, cutoff=0.6)
         hint = f"; did you mean {close[0]}?" if close else " (e.g. ddp)"
         raise SettingError(f"trainer.strategy={strategy}: Lightning knows no such strategy{hint}")
-
-
-def _plain(node: Any) -> dict:
-    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node or {})
 
 
 def _integer(value: Any, key: str, minimum: int) -> int:

@@ -26,7 +26,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from poc59.artifacts.card import ModelCard
 from poc59.core.atomic import write_bytes, write_json
 from poc59.core.classes import ClassTable
-from poc59.core.config import SettingError
+from poc59.core.config import SettingError, plain
 from poc59.core.device import peak_memory
 from poc59.core.provenance import git_commit, package_versions
 from poc59.data.datamodule import SegmentationDataModule
@@ -55,11 +55,6 @@ USER_ERRORS = (DataError, MissingWeightsError, UnknownEncoderError, resume.Resum
 def instantiate_all(group: DictConfig | None) -> list[Any]:
     """One object per entry of a callbacks/logger group (entries without _target_ are skipped)."""
     return [instantiate(c) for c in (group or {}).values() if c is not None and "_target_" in c]
-
-
-def plain(node: Any) -> dict:
-    """A config mapping as a plain dict ({} for null)."""
-    return OmegaConf.to_container(node, resolve=True) if node else {}
 
 
 def _plugins() -> list[Any]:
