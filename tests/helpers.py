@@ -106,3 +106,20 @@ def boom_callback():
             raise PlantedBug("a planted bug")
 
     return Boom()
+
+
+def kill_callback():
+    """A Lightning callback that SIGKILLs its own process as epoch `$POC59_TEST_KILL_AT` starts (after the
+    previous epoch's last.ckpt is written), and does nothing without that variable: a kill at a known point,
+    with the same config on both sides of it (`+callbacks.kill._target_=helpers.kill_callback`)."""
+    import os
+    import signal
+
+    import lightning as L
+
+    class Kill(L.Callback):
+        def on_train_epoch_start(self, trainer, pl_module):
+            if str(trainer.current_epoch) == os.environ.get("POC59_TEST_KILL_AT"):
+                os.kill(os.getpid(), signal.SIGKILL)
+
+    return Kill()

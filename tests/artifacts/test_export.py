@@ -126,6 +126,25 @@ def test_quickstart_export_card_and_parity(quickstart):
         assert card["parity"][fmt]["passed"] and card["parity"][fmt]["max_abs_diff"] <= TOLERANCE
 
 
+def test_parity_beyond_tolerance_exits_1_with_the_files_written(quickstart, tmp_path, caplog):
+    """Half the difference the quickstart export really showed: the same export now misses its tolerance.
+    The files and the card are written (and say it failed); the command exits 1 (poc59's side, not the input)."""
+    run, out = quickstart
+    seen = json.loads((out / "model.card.json").read_text())["parity"]["onnx"]["max_abs_diff"]
+    assert seen > 0  # ONNX Runtime's kernels are not PyTorch's: a real, small difference
+    again = tmp_path / "again"
+    assert main([f"run_dir={run}", f"out={again}", "format=onnx", f"tolerance={seen / 2}"]) == 1
+    assert "Parity beyond tolerance for onnx" in caplog.text
+    card = json.loads((again / "model.card.json").read_text())
+    assert card["parity"]["onnx"]["passed"] is False and card["parity"]["onnx"]["max_abs_diff"] == pytest.approx(
+        seen, rel=0.01
+    )
+    assert (again / "model.onnx").stat().st_size > 0
+    assert main([f"run_dir={run}", f"out={tmp_path / 'no'}", "tolerance=-1"]) == 2
+    assert "tolerance=-1.0: the largest absolute logits difference accepted" in caplog.text
+    assert not (tmp_path / "no").exists()
+
+
 def test_exported_models_load_and_predict_like_the_checkpoint(quickstart):
     run, out = quickstart
     ckpt = load_model(run / "checkpoints" / "best.ckpt")

@@ -161,6 +161,24 @@ def test_runs_on_different_splits_are_refused(sweep, caplog):
     assert not (sweep.parent / "refused").exists()
 
 
+def test_runs_with_different_class_tables_are_refused(sweep, caplog):
+    """Same split, another classes.json (one class renamed): per-class IoU would be set side by side under
+    names that mean different things, so nothing is ranked and nothing is written."""
+    renamed = sweep.parent / "renamed"
+    shutil.copytree(sweep / "2", renamed, ignore=shutil.ignore_patterns("tensorboard", "csv", "checkpoints"))
+    summary = json.loads((renamed / "summary.json").read_text())
+    names = summary["classes"]["names"]
+    summary["classes"]["names"] = [*names[:-1], "Not " + names[-1]]
+    (renamed / "summary.json").write_text(json.dumps(summary))
+    out = sweep.parent / "refused-classes"
+    assert main([f"runs=[{sweep / '0'},{sweep / '2'},{renamed}]", "evaluate=false", f"out={out}"]) == 2
+    msg = caplog.text
+    assert "refusing to rank" in msg and "same class table" in msg
+    assert f"differing from {sweep / '0'}: {renamed}" in msg and "Not " + names[-1] in msg
+    assert "same dataset and classes.json" in msg
+    assert not out.exists()
+
+
 def test_lead_is_judged_against_the_intervals():
     def cfg(label, mean, iv, rank):
         return {"label": label, "val_mIoU": {"mean": mean}, "interval": iv, "rank": rank}

@@ -254,3 +254,24 @@ def test_the_cache_is_not_reused_for_another_geometry_or_class_count(tmp_path, c
     assert preload(discover(root), cache_dir=cache, **base).source == "cache"
     other = preload(discover(root), cache_dir=cache, **{**base, **change})
     assert other.source == "decoded" and len(list(cache.glob("preload-*"))) == 2
+
+
+def test_the_ram_estimate_counts_one_full_size_decode_per_thread(tmp_path, monkeypatch):
+    """Tiny tensors, one 4 MP source: what fits with one decoding thread (8 bytes a source pixel held while
+    Pillow converts and resamples) does not with four, and the message says why, before anything is allocated."""
+    from types import SimpleNamespace
+
+    import poc59.data.preload as preload_module
+
+    make_folder(tmp_path, n=3, copies=0)
+    write_pair(tmp_path, "scan", np.full((2000, 2000, 3), 90, np.uint8), np.zeros((2000, 2000), np.uint8))
+    samples = discover(tmp_path)
+    per_thread = 8 * 2000 * 2000  # 32 MB
+    room = SimpleNamespace(available=int((2.5 * per_thread) / 0.9))  # two decodes fit, four do not
+    monkeypatch.setattr(preload_module.psutil, "virtual_memory", lambda: room)
+    with pytest.raises(DataError) as err:
+        preload(samples, 16, num_classes=4, workers=4)
+    said = str(err.value)
+    assert "4 threads decoding sources of up to 4 MP" in said and "0.1 GiB of RAM" in said
+    data = preload(samples, 16, num_classes=4, workers=2)
+    assert data.images.shape == (4, 3, 16, 16)

@@ -266,10 +266,10 @@ def test_evaluate_sbatch_is_valid_bash():
 def test_evaluate_all_over_a_sweep(run, tmp_path, private_cache):
     sweep = tmp_path / "sweep"
     keep = shutil.ignore_patterns("evaluation", "tensorboard", "csv")
-    for n in ("0", "1"):
+    shutil.copytree(run, sweep / "0", ignore=keep)  # finished, but its checkpoint is broken: the first one fails
+    (sweep / "0" / "checkpoints" / "best.ckpt").write_bytes(b"truncated")
+    for n in ("1", "2"):
         shutil.copytree(run, sweep / n, ignore=keep)
-    shutil.copytree(run, sweep / "2", ignore=keep)  # finished, but its checkpoint is broken
-    (sweep / "2" / "checkpoints" / "best.ckpt").write_bytes(b"truncated")
     (sweep / "3").mkdir()  # started, never finished
     shutil.copy(run / "config.yaml", sweep / "3")
 
@@ -310,10 +310,10 @@ def test_evaluate_all_over_a_sweep(run, tmp_path, private_cache):
     report = json.loads((sweep / "evaluation-val.json").read_text())
     assert report["counts"] == {"evaluated": 2, "skipped": 1, "failed": 1}
     status = {Path(r["run_dir"]).name: r for r in report["runs"]}
-    assert [status[n]["status"] for n in "0123"] == ["evaluated", "evaluated", "failed", "skipped"]
-    assert "best.ckpt" in status["2"]["reason"] and "summary.json" in status["3"]["reason"]
+    assert [status[n]["status"] for n in "0123"] == ["failed", "evaluated", "evaluated", "skipped"]
+    assert "best.ckpt" in status["0"]["reason"] and "summary.json" in status["3"]["reason"]
     summary = json.loads((run / "summary.json").read_text())
-    for n in "01":
+    for n in "12":
         metrics = json.loads((sweep / n / "evaluation" / "val" / "metrics.json").read_text())
         assert Path(status[n]["metrics"]) == sweep / n / "evaluation" / "val" / "metrics.json"  # where it really is
         assert metrics["miou"] == pytest.approx(summary["val/mIoU"], abs=1e-4) == status[n]["miou"]

@@ -179,3 +179,28 @@ def test_a_scan_that_runs_out_of_gpu_memory_is_reported_and_the_others_go_on(ckp
     assert [f["image"] for f in stats["failed"]] == [str(scans / f"{IMAGES[0]}.jpg")]
     assert "out of GPU memory" in stats["failed"][0]["reason"] and "max_memory_mb=" in stats["failed"][0]["reason"]
     assert stats["predicted"] == len(IMAGES) - 1 and (out / f"{IMAGES[1]}_labels.png").exists()
+
+
+def test_a_small_budget_reads_png_in_strips_says_what_is_decoded_whole_and_names_a_cut_file(
+    ckpt, scans, tmp_path, caplog
+):
+    """max_memory_mb below one image: a PNG is read in strips (the same labels as whole), a JPEG is decoded
+    whole with a log line saying why, and a PNG cut short part-way is named and leaves no output."""
+    pixels = np.asarray(Image.open(CRACKFOREST / "images" / "003.jpg").convert("RGB"))
+    Image.fromarray(pixels).save(scans / "strips.png")
+    data = (scans / "strips.png").read_bytes()
+    (scans / "cut.png").write_bytes(data[: len(data) * 3 // 5])  # rows decode, then the file ends
+    out = tmp_path / "out"
+    caplog.set_level("INFO")
+    code = main([f"ckpt={ckpt}", f"input={scans}", f"output={out}", "batch_size=4", "max_memory_mb=0.01"])
+    assert code == 2
+    said = " ".join(caplog.text.split())
+    for stem in IMAGES:
+        assert f"{scans / stem}.jpg: decoding it whole" in said and "JPEG RGB cannot be read in strips" in said
+    assert f"{scans / 'strips.png'}: decoding it whole" not in said
+    stats = json.loads((out / "statistics.json").read_text())
+    assert [f["image"] for f in stats["failed"]] == [str(scans / "cut.png")]
+    assert "truncated" in stats["failed"][0]["reason"]
+    assert not list(out.glob("cut_*")) and not list(out.glob(".*"))  # nothing half-written
+    labels = np.asarray(Image.open(out / "strips_labels.png"))
+    assert np.array_equal(labels, predict_label_map(load_model(ckpt), pixels, batch_size=4))

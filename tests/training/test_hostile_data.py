@@ -3,6 +3,7 @@ traceback, and nothing of a run folder left behind to be mistaken for a run."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -91,3 +92,28 @@ def test_a_bug_exits_1_with_its_traceback_in_the_run_log(tmp_path):
     assert out.returncode == 1, out.stderr[-3000:]
     log = (run / "train.log").read_text()
     assert "Traceback" in log and "PlantedBug: a planted bug" in log
+
+
+def test_skipped_files_are_named_in_the_log_and_summary_on_a_cold_and_a_warm_start(tmp_path):
+    """data.on_bad_file=skip through real runs sharing one cache: a pair whose image is cut short and an
+    image without its mask are left out, and each run (the second from the warm cache) names both in its
+    log and in summary.json."""
+    root = make_folder(tmp_path / "data", n=6, copies=0, size=(32, 32))
+    image = root / "images" / "img002.png"
+    image.write_bytes(image.read_bytes()[:60])  # cut short: unreadable
+    write_pair(tmp_path / "lone", "lone", np.zeros((32, 32, 3), np.uint8), np.zeros((32, 32)))
+    (tmp_path / "lone" / "images" / "lone.png").rename(root / "images" / "lone.png")  # no annotation
+    cache = tmp_path / "cache"
+    for n, source in ((1, "decoded"), (2, "cache")):
+        run = tmp_path / f"run{n}"
+        args = [*TINY, f"data.root={root}", "data.on_bad_file=skip", f"paths.cache_dir={cache}", f"hydra.run.dir={run}"]
+        out = subprocess.run([sys.executable, "-m", "poc59.train", *args], capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0, out.stderr[-3000:]
+        summary = json.loads((run / "summary.json").read_text())
+        assert summary["provenance"]["data"]["preload_source"] == source
+        skipped = {f["id"]: f for f in summary["provenance"]["data"]["skipped_files"]}
+        assert sorted(skipped) == ["img002", "lone"], skipped
+        assert skipped["img002"]["image"] == str(image) and skipped["lone"]["mask"] == ""
+        log = " ".join((run / "train.log").read_text().split())
+        assert str(image) in log and "lone.png" in log
+        assert summary["provenance"]["data"]["train_images"] + summary["provenance"]["data"]["val_images"] == 5

@@ -53,6 +53,58 @@ def test_sigkill_then_same_command_resumes_and_runs_each_epoch_once(tmp_path):
     assert not list(run_dir.glob("checkpoints/.*tmp"))
 
 
+def _tensors(tree, prefix=""):
+    """Every tensor and number of a checkpoint, by its path, for an exact comparison."""
+    if isinstance(tree, dict):
+        return {k: v for key, sub in tree.items() for k, v in _tensors(sub, f"{prefix}/{key}").items()}
+    if isinstance(tree, (list, tuple)):
+        return {k: v for i, sub in enumerate(tree) for k, v in _tensors(sub, f"{prefix}/{i}").items()}
+    if isinstance(tree, torch.Tensor):
+        return {prefix: tree}
+    if isinstance(tree, (int, float)) and not isinstance(tree, bool):
+        return {prefix: torch.tensor(tree)}
+    return {}
+
+
+def test_a_killed_and_resumed_run_ends_exactly_as_an_unbroken_one(tmp_path):
+    """Weights, optimizer moments, scheduler, augmentation generator and every epoch's figures: a run killed
+    at an epoch start and resumed is bit-identical to one that was never stopped (augmentation and OneCycle on)."""
+    tests = str(Path(__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (tests, os.environ.get("PYTHONPATH")) if p)}
+    extra = ("trainer.max_epochs=3", "+callbacks.kill._target_=helpers.kill_callback")
+    unbroken, broken = tmp_path / "unbroken", tmp_path / "broken"
+    done = subprocess.run(_cmd(unbroken, *extra), capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    killed = subprocess.run(
+        _cmd(broken, *extra), capture_output=True, text=True, timeout=300, env={**env, "POC59_TEST_KILL_AT": "2"}
+    )
+    assert (
+        killed.returncode == -signal.SIGKILL and _epoch_of(broken / "checkpoints" / "last.ckpt") == 1
+    )  # epochs 0 and 1 done
+    at_kill = next(
+        v
+        for k, v in _tensors(torch.load(broken / "checkpoints" / "last.ckpt", weights_only=False)).items()
+        if "aug_generator" in k
+    )
+    resumed = subprocess.run(_cmd(broken, *extra), capture_output=True, text=True, timeout=300, env=env)
+    assert resumed.returncode == 0 and "Resuming from" in resumed.stderr, resumed.stderr[-3000:]
+
+    a = torch.load(unbroken / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    b = torch.load(broken / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert a["optimizer_states"][0]["state"] and a["lr_schedulers"]  # Adam moments and OneCycle are compared
+    aug = [v for k, v in _tensors(a).items() if "aug_generator" in k]
+    assert len(aug) == 1  # and the augmentation generator's state, moved on by the last epoch's draws
+    assert not torch.equal(aug[0], at_kill)
+    timing = ("elapsed_s", "/epochs/", "time")  # seconds differ between two runs; nothing else may
+    ta = {k: v for k, v in _tensors(a).items() if not any(t in k for t in timing)}
+    tb = {k: v for k, v in _tensors(b).items() if not any(t in k for t in timing)}
+    assert ta.keys() == tb.keys()
+    differ = [k for k in ta if not torch.equal(ta[k], tb[k])]
+    assert not differ, differ[:10]
+    history = [json.loads((d / "summary.json").read_text())["history"] for d in (unbroken, broken)]
+    assert history[0] == history[1] and len(history[0]) == 3
+
+
 def test_resume_with_a_changed_learning_rate_is_refused_and_never_starts_over(tmp_path):
     run_dir = tmp_path / "run"
     first = subprocess.run(_cmd(run_dir, "trainer.max_epochs=1"), capture_output=True, text=True, timeout=300)

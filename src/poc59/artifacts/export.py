@@ -256,6 +256,8 @@ def export_model(
         raise ExportError(f"format={format}: choose one of {', '.join(FORMATS)}")
     if exporter not in EXPORTERS:
         raise ExportError(f"exporter={exporter}: choose one of {', '.join(EXPORTERS)}")
+    if not tolerance >= 0:  # NaN too: nothing would ever pass, or fail
+        raise ExportError(f"tolerance={tolerance}: the largest absolute logits difference accepted, a number >= 0")
     formats = FORMATS[format]
     _require(formats, exporter)
     torch.set_flush_denormal(True)  # as training did: the same arithmetic, and 3-10x faster on CPU
