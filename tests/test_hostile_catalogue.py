@@ -32,6 +32,14 @@ TRAIN = {  # overrides -> what the message must say
     "weights not cached": (["encoder.weights=imagenet"], "python -m poc59.weights fetch"),
     "unknown strategy": (["+trainer.strategy=ddp_spwan"], "Lightning knows no such strategy"),
     "no data folder": (["data.synthetic=null", "data.root=/no/such/folder"], "data folder not found: /no/such/folder"),
+    "a sweep with one bad value": (
+        ["-m", "optimizer.lr=0.01,-1"],
+        "the sweep's job with optimizer.lr=-1: optimizer.lr=-1",
+    ),
+    "a sweep with one job missing weights": (
+        ["-m", "encoder.weights=null,imagenet"],
+        "the sweep's job with encoder.weights=imagenet: No ImageNet weights for encoder",
+    ),
     "launcher setting": (
         ["-m", "hydra/launcher=slurm", "hydra.launcher.timeout_min=soon"],
         "'soon' of type 'str' could not be converted to Integer",

@@ -17,6 +17,7 @@ from omegaconf import DictConfig
 from poc59.core.config import SettingError, config_dir, register_resolvers
 from poc59.core.overrides import HELP, check_overrides, help_text
 from poc59.training.distributed import adopt_submitit_local_ranks
+from poc59.training.preflight import check_settings
 from poc59.training.run import USER_ERRORS, train
 
 log = logging.getLogger("poc59.train")
@@ -38,6 +39,14 @@ def _hydra_main(cfg: DictConfig) -> float | None:
     return summary["val/mIoU"]  # the value a Hydra sweeper optimises
 
 
+def _check_settings(cfg: DictConfig) -> None:
+    """`check_settings`, every user error (a missing weights file too) as the SettingError main reports."""
+    try:
+        check_settings(cfg)
+    except USER_ERRORS as err:
+        raise SettingError(str(err)) from None
+
+
 SUMMARY = (
     "Train one model (or, with -m, a sweep of them): compose conf/train.yaml with the overrides, then fit,\n"
     "checkpoint, and write the run's summary.json. Examples:\n"
@@ -54,7 +63,7 @@ def main() -> None:
         if any(a in HELP for a in argv):
             print(help_text(argv, "python -m poc59.train", SUMMARY))
             sys.exit(0)
-        check_overrides(argv)
+        check_overrides(argv, check=_check_settings)  # with -m: every swept value, before any job starts
     except SettingError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import difflib
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -62,9 +62,13 @@ def _compose(overrides: Sequence[str], hydra: bool = False) -> DictConfig:
         return compose("train", overrides=list(overrides), return_hydra_config=hydra)
 
 
-def check_overrides(argv: Sequence[str], prog: str = "python -m poc59.train") -> None:
+def check_overrides(
+    argv: Sequence[str], prog: str = "python -m poc59.train", check: Callable[[DictConfig], None] | None = None
+) -> None:
     """Refuse, before any data is read, an override that cannot compose (SettingError, exit 2). With `-m`
-    sweep values, each option of a swept group is composed once (the other keys at their first value)."""
+    sweep values, each option of a swept group is composed once (the other keys at their first value); with
+    `check` (the command's settings check), every value of every swept key is composed and checked that way,
+    so a sweep with one bad value is refused before any job is submitted, not when that job starts."""
     overrides, other = split_argv(argv)
     if other:
         return
@@ -80,12 +84,20 @@ def check_overrides(argv: Sequence[str], prog: str = "python -m poc59.train") ->
                 "sweep per value"
             )
     known_groups = groups()
-    first = [_with_value(o.input_line, o, _values(o)[0]) for o in parsed]
-    compose_train(first, hydra=True)
-    for i, o in enumerate(parsed):
-        if o.is_sweep_override() and o.key_or_group in known_groups:
-            for value in _values(o)[1:]:
-                compose_train([*first[:i], _with_value(o.input_line, o, value), *first[i + 1 :]], hydra=True)
+    listed = [o for o in parsed if not o.is_sweep_override() or o.is_discrete_sweep()]  # not a sweeper's ranges
+    first = [_with_value(o.input_line, o, _values(o)[0]) for o in listed]
+    variants = [first]
+    for i, o in enumerate(listed):
+        if o.is_sweep_override() and (check is not None or o.key_or_group in known_groups):
+            variants += [[*first[:i], _with_value(o.input_line, o, v), *first[i + 1 :]] for v in _values(o)[1:]]
+    for variant in variants:
+        cfg = compose_train(variant, hydra=True)
+        if check is not None:
+            try:
+                check(cfg)
+            except SettingError as err:
+                swept = [line for line, o in zip(variant, listed) if o.is_sweep_override()]
+                raise SettingError(f"the sweep's job with {' '.join(swept)}: {err}" if swept else str(err)) from None
 
 
 def help_text(argv: Sequence[str], prog: str, summary: str) -> str:
