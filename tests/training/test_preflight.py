@@ -35,6 +35,11 @@ CASES = [
         "trainer.strategy.process_group_backend=ncll: choose nccl, gloo",
     ),
     (["data.synthetic=null", "data.root=/no/such/folder"], "data folder not found: /no/such/folder"),
+    (["data.cv.folds=1"], "data.cv.folds=1: must be a whole number >= 2"),
+    (["data.cv.folds=3", "data.cv.fold=3"], "data.cv.fold=3: with data.cv.folds=3, pick a fold 0 to 2"),
+    (["data.cv.folds=3", "data.cv.by=material"], "are two kinds of cross-validation"),
+    (["data.cv.folds=3", "data.split_file=/tmp/split.json"], "fixes one split, and data.cv makes the folds"),
+    (["data.cv.by=material", "data.cv.min_images=0"], "data.cv.min_images=0: must be a whole number >= 1"),
 ]
 
 

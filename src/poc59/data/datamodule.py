@@ -21,6 +21,7 @@ from poc59.core.pixels import pixel_limit
 from poc59.data.augment import BatchAugment
 from poc59.data.class_weights import load_or_compute
 from poc59.data.feed import BatchFeed
+from poc59.data.folds import make_folds
 from poc59.data.preload import Preloaded, canvas_side, mapped, preload
 from poc59.data.sources import DEFAULT_GROUP_PATTERN, DataError, Sample, discover_pairs
 from poc59.data.split import Split, grouped_split, load_split
@@ -72,6 +73,7 @@ class SegmentationDataModule(L.LightningDataModule):
         split_file: str | Path | None = None,
         on_device: bool = False,
         allow_large_images: bool = False,
+        cv: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.root = Path(root).expanduser().resolve()
@@ -93,6 +95,9 @@ class SegmentationDataModule(L.LightningDataModule):
         self.split_file = Path(split_file).expanduser().resolve() if split_file else None
         self.on_device = bool(on_device)
         self.allow_large_images = bool(allow_large_images)
+        cv = {k: v for k, v in dict(cv or {}).items() if v is not None}
+        self.cv = cv if cv.get("folds") is not None or cv.get("by") is not None else None
+        self.cv_record: dict | None = None  # the fold this run validates on (see poc59.data.folds)
         self.samples: list[Sample] = []
         self.unpaired: list[dict] = []  # files without their partner, left out under on_bad_file=skip
         self.data: Preloaded | None = None
@@ -137,6 +142,29 @@ class SegmentationDataModule(L.LightningDataModule):
                 self.split_file, self.samples, use_aug_copies=self.use_aug_copies, group_pattern=self.group_pattern
             )
             log.info("Split read from %s", self.split_file)
+        elif self.cv is not None:
+            folds = make_folds(
+                self.samples,
+                folds=self.cv.get("folds"),
+                by=self.cv.get("by"),
+                root=self.root,
+                min_images=self.cv.get("min_images"),
+                seed=self.seed,
+                test_fraction=self.test_fraction,
+                presence=self.presence(),
+            )
+            fold = self.cv.get("fold", 0)
+            self._split = folds.split(fold, self.val_aug_copies)
+            self.cv_record = folds.record(fold)
+            r = self.cv_record
+            log.info(
+                "Cross-validation: fold %d of %d%s (partition %s; images per fold %s)",
+                r["fold"],
+                r["folds"],
+                f", holding out {r['by']}={r['value']}" if r["by"] else "",
+                r["partition_fingerprint"],
+                r["fold_images"],
+            )
         else:
             self._split = grouped_split(
                 self.samples,
@@ -202,7 +230,8 @@ class SegmentationDataModule(L.LightningDataModule):
     def split(self) -> dict:
         """Ids per side and a fingerprint (written to split.json)."""
         assert self._split is not None, "call setup() first"
-        return self._split.to_dict(self.samples)
+        d = self._split.to_dict(self.samples)
+        return {**d, "cv": self.cv_record} if self.cv_record else d
 
     @property
     def class_weights(self) -> torch.Tensor:
@@ -232,6 +261,7 @@ class SegmentationDataModule(L.LightningDataModule):
             "preload_bytes": self.data.nbytes if self.data else None,
             "preload_source": self.data.source if self.data else None,
             "skipped_files": self.unpaired + (self.data.skipped if self.data else []),
+            "cv": self.cv_record,
             "augment": self.augment.to_dict(),
         }
 

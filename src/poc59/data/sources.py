@@ -48,24 +48,36 @@ def _by_stem(folder: Path) -> dict[str, Path]:
     return found
 
 
+def metadata_rows(root: str | Path) -> tuple[list[str], dict[str, dict[str, str]]]:
+    """(columns, {id: row}) of ROOT/metadata.csv; ([], {}) without the file or without an `id` column."""
+    path = Path(root) / "metadata.csv"
+    if not path.is_file():
+        return [], {}
+    with path.open(newline="") as f:
+        reader = csv.DictReader(f)
+        columns = list(reader.fieldnames or ())
+        if "id" not in columns:
+            return columns, {}
+        return columns, {row["id"]: row for row in reader if row.get("id")}
+
+
 def _materials(root: Path) -> dict[str, str]:
     """{id: material} from ROOT/metadata.csv (the split stratifies on it), with a warning when the file
     has no `id` or `material` column."""
     path = root / "metadata.csv"
     if not path.exists():
         return {}
-    with path.open(newline="") as f:
-        reader = csv.DictReader(f)
-        missing = [c for c in ("id", "material") if c not in (reader.fieldnames or ())]
-        if missing:
-            log.warning(
-                "%s has no %s column: the split is stratified by rare classes only (columns: %s)",
-                path,
-                " and no ".join(missing),
-                ", ".join(reader.fieldnames or ()) or "none",
-            )
-            return {}
-        return {row["id"]: row["material"] for row in reader if row.get("id")}
+    columns, rows = metadata_rows(root)
+    missing = [c for c in ("id", "material") if c not in columns]
+    if missing:
+        log.warning(
+            "%s has no %s column: the split is stratified by rare classes only (columns: %s)",
+            path,
+            " and no ".join(missing),
+            ", ".join(columns) or "none",
+        )
+        return {}
+    return {i: row["material"] for i, row in rows.items()}
 
 
 def check_root(root: str | Path) -> None:

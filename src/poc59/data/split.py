@@ -161,6 +161,76 @@ def _apportion(
     return take
 
 
+def _num_test(test_fraction: float, num_groups: int) -> int:
+    """Test groups: the fraction, at least one (when asked for), leaving two for training and validation."""
+    return min(max(1, round(test_fraction * num_groups)), num_groups - 2) if test_fraction > 0 else 0
+
+
+@dataclass(frozen=True)
+class GroupPlan:
+    """The groups of a set in the seeded, stratified order every split and fold assignment deals from."""
+
+    samples: Sequence[Sample]
+    members: dict[str, list[int]]  # group -> sample indices (copies dropped when use_aug_copies=False)
+    strata: list[list[str]]  # groups per stratum, each in its seeded order; strata in sorted key order
+    seed: int
+
+    @property
+    def num_groups(self) -> int:
+        return len(self.members)
+
+    def test_groups(self, test_fraction: float) -> tuple[set[str], list[int]]:
+        """The groups held out for test (the first of each stratum, largest-remainder apportioned), and the
+        test take per stratum. The same groups whatever is done with the rest, so a plain split and the
+        folds of one seed hold out the same test images."""
+        if test_fraction <= 0:
+            return set(), [0] * len(self.strata)
+        sizes = [len(s) for s in self.strata]
+        take = _apportion(sizes, sizes, test_fraction, _num_test(test_fraction, self.num_groups), self.tie_rng)
+        return {g for order, t in zip(self.strata, take) for g in order[:t]}, take
+
+    @property
+    def tie_rng(self) -> np.random.Generator:
+        return np.random.default_rng([self.seed, 1])
+
+    def assemble(self, side_of: dict[str, str], val_aug_copies: bool) -> Split:
+        """Sample indices per side from {group: side}; held-out sides keep originals unless `val_aug_copies`
+        (a held-out group made only of copies keeps them, rather than vanish)."""
+        out: dict[str, list[int]] = {side: [] for side in SIDES}
+        for g in sorted(self.members):
+            side = side_of[g]
+            idx = self.members[g]
+            if side != "train" and not val_aug_copies:
+                idx = [i for i in idx if not self.samples[i].is_copy] or idx
+            out[side].extend(idx)
+        return Split(*(tuple(sorted(out[side])) for side in SIDES))
+
+
+def plan_groups(
+    samples: Sequence[Sample],
+    seed: int = 0,
+    *,
+    use_aug_copies: bool = True,
+    presence: Any = None,
+    rare_fraction: float = 0.05,
+) -> GroupPlan:
+    """Group the samples (an original and its `_augK` copies), stratify the groups by material and rare
+    class (see `_group_keys`), and shuffle each stratum with `seed`."""
+    pres = _presence_array(presence, len(samples))
+    kept = [i for i, s in enumerate(samples) if use_aug_copies or not s.is_copy]
+    members: dict[str, list[int]] = defaultdict(list)
+    for i in kept:
+        members[samples[i].group].append(i)
+    groups = sorted(members)
+    keys = _group_keys(groups, members, samples, pres, rare_fraction)
+    strata: dict[tuple[str, str], list[str]] = defaultdict(list)
+    for g in groups:
+        strata[keys[g]].append(g)
+    rng = np.random.default_rng(seed)
+    shuffled = [[strata[k][j] for j in rng.permutation(len(strata[k]))] for k in sorted(strata)]
+    return GroupPlan(samples, dict(members), shuffled, seed)
+
+
 def grouped_split(
     samples: Sequence[Sample],
     val_fraction: float = 0.2,
@@ -185,48 +255,26 @@ def grouped_split(
     - At least one validation group, one test group when `test_fraction > 0`, and one training group.
     """
     check_fractions(val_fraction, test_fraction)
-    pres = _presence_array(presence, len(samples))
-    kept = [i for i, s in enumerate(samples) if use_aug_copies or not s.is_copy]
-    members: dict[str, list[int]] = defaultdict(list)
-    for i in kept:
-        members[samples[i].group].append(i)
-    groups = sorted(members)
+    plan = plan_groups(samples, seed, use_aug_copies=use_aug_copies, presence=presence, rare_fraction=rare_fraction)
+    G = plan.num_groups
     n_sides = 3 if test_fraction > 0 else 2
-    if len(groups) < n_sides:
+    if G < n_sides:
         raise DataError(
             f"a train/validation{'/test' if n_sides == 3 else ''} split needs at least {n_sides} source images, "
-            f"found {len(groups)} ({', '.join(groups[:10])}; an original and its _augK copies are one): add images"
+            f"found {G} ({', '.join(sorted(plan.members)[:10])}; an original and its _augK copies are one): add images"
             + (", or hold out no test images (data.test_fraction=0)" if n_sides == 3 else "")
         )
-    G = len(groups)
-    n_test = min(max(1, round(test_fraction * G)), G - 2) if test_fraction > 0 else 0
+    n_test = _num_test(test_fraction, G)
     n_val = min(max(1, round(val_fraction * G)), G - n_test - 1)
-
-    keys = _group_keys(groups, members, samples, pres, rare_fraction)
-    strata: dict[tuple[str, str], list[str]] = defaultdict(list)
-    for g in groups:
-        strata[keys[g]].append(g)
-    stratum_keys = sorted(strata)
-    rng = np.random.default_rng(seed)
-    shuffled = [[strata[k][j] for j in rng.permutation(len(strata[k]))] for k in stratum_keys]
-    tie_rng = np.random.default_rng([seed, 1])
-    sizes = [len(s) for s in shuffled]
+    tie_rng = plan.tie_rng
+    sizes = [len(s) for s in plan.strata]
     t_take = _apportion(sizes, sizes, test_fraction, n_test, tie_rng)
     v_take = _apportion(sizes, [n - t for n, t in zip(sizes, t_take)], val_fraction, n_val, tie_rng)
-
     side_of: dict[str, str] = {}
-    for order, t, v in zip(shuffled, t_take, v_take):
+    for order, t, v in zip(plan.strata, t_take, v_take):
         for j, g in enumerate(order):
             side_of[g] = "test" if j < t else "val" if j < t + v else "train"
-
-    out: dict[str, list[int]] = {side: [] for side in SIDES}
-    for g in groups:
-        side = side_of[g]
-        idx = members[g]
-        if side != "train" and not val_aug_copies:
-            idx = [i for i in idx if not samples[i].is_copy] or idx
-        out[side].extend(idx)
-    return Split(*(tuple(sorted(out[side])) for side in SIDES))
+    return plan.assemble(side_of, val_aug_copies)
 
 
 # -- reading a split back -----------------------------------------------------------------------

@@ -7,7 +7,6 @@ metrics.json (atomically) into <run>/evaluation/<split>/. `python -m poc59.evalu
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import math
@@ -29,6 +28,7 @@ from poc59.core.atomic import write_json
 from poc59.core.config import cache_root
 from poc59.core.device import resolve_device
 from poc59.data.datamodule import SegmentationDataModule
+from poc59.data.sources import metadata_rows
 from poc59.evaluation.passes import (
     NATIVE_SPEED_CONVENTION,
     SPEED_CONVENTION,
@@ -96,7 +96,7 @@ def data_config(
         cfg.root, cfg.split_file, cfg.synthetic = str(Path(data_root).expanduser().resolve()), None, None
         cfg.use_aug_copies = False
     cfg.image_size, cfg.policy, cfg.max_side = (model.geometry.get(k) for k in ("image_size", "policy", "max_side"))
-    cfg.on_device = False
+    cfg.on_device, cfg.cv = False, None  # a run's fold is its split.json; another folder is scored whole
     if batch_size is not None:
         cfg.batch_size = int(batch_size)
     return cfg, own
@@ -139,13 +139,8 @@ def split_indices(dm: SegmentationDataModule, split: str) -> list[int]:
 
 def metadata_groups(dm: SegmentationDataModule, indices: list[int]) -> dict[str, dict[str, list[int]]]:
     """{column: {value: positions in `indices`}} for the metadata.csv columns material / content (by id, else group)."""
-    path = dm.root / "metadata.csv"
-    if not path.is_file():
-        return {}
-    with path.open(newline="") as f:
-        reader = csv.DictReader(f)
-        columns = [c for c in GROUP_COLUMNS if c in (reader.fieldnames or ()) and "id" in reader.fieldnames]
-        rows = {r["id"]: r for r in reader if r.get("id")}
+    present, rows = metadata_rows(dm.root)
+    columns = [c for c in GROUP_COLUMNS if c in present] if rows else []
     groups: dict[str, dict[str, list[int]]] = {c: defaultdict(list) for c in columns}
     for k, i in enumerate(indices):
         sample = dm.samples[i]

@@ -44,6 +44,7 @@ def check_settings(cfg: DictConfig) -> None:
         raise SettingError(f"data.policy={data.policy}: choose one of {', '.join(POLICIES)}")
     if data.policy == "crop" and not data.get("max_side"):
         raise SettingError("data.policy=crop needs data.max_side (the long side sources are stored at, e.g. 1024)")
+    check_cross_validation(data)
     if data.get("on_bad_file", "error") not in ("error", "skip"):
         raise SettingError(f"data.on_bad_file={data.on_bad_file}: choose error or skip")
     lr = float(cfg.optimizer.lr)
@@ -91,6 +92,34 @@ def check_arguments(cfg: DictConfig) -> None:
             close = difflib.get_close_matches(name, list(params), n=1, cutoff=0.6)
             hint = f"; did you mean {key}.{close[0]}?" if close else ""
             raise SettingError(f"{key}.{name}: {node._target_} takes no argument {name!r}{hint}")
+
+
+def check_cross_validation(data: DictConfig) -> None:
+    """data.cv: K folds or a metadata column (not both), a fold that exists, and no data.split_file beside it."""
+    cv = data.get("cv") or {}
+    folds, by, fold, floor = (cv.get(k) for k in ("folds", "by", "fold", "min_images"))
+    if folds is None and by is None:
+        return
+    if folds is not None and by is not None:
+        raise SettingError(
+            f"data.cv.folds={folds} and data.cv.by={by} are two kinds of cross-validation: keep one "
+            "(folds=K: K stratified folds; by=<metadata column>: one fold per value) and set the other to null"
+        )
+    if data.get("split_file"):
+        raise SettingError(
+            f"data.split_file={data.split_file} fixes one split, and data.cv makes the folds: set one of them to null"
+        )
+    if folds is not None:
+        k = _integer(folds, "data.cv.folds", minimum=2)
+        if isinstance(fold, bool) or not isinstance(fold, int) or not 0 <= fold < k:
+            raise SettingError(f"data.cv.fold={fold}: with data.cv.folds={k}, pick a fold 0 to {k - 1}")
+    else:
+        if not isinstance(by, str) or not by.strip():
+            raise SettingError(f"data.cv.by={by}: name a metadata.csv column, e.g. data.cv.by=material")
+        if isinstance(fold, bool) or not isinstance(fold, int | str) or (isinstance(fold, int) and fold < 0):
+            raise SettingError(f"data.cv.fold={fold}: a fold index (0, 1, ...) or a value of {by}")
+    if floor is not None:
+        _integer(floor, "data.cv.min_images", minimum=1)
 
 
 def _check_trainer_names(trainer: DictConfig) -> None:
