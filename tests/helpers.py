@@ -123,3 +123,14 @@ def kill_callback():
                 os.kill(os.getpid(), signal.SIGKILL)
 
     return Kill()
+
+
+def pooled_miou_by_hand(fold_metrics: list[Path]) -> float:
+    """mIoU of the sum of the folds' validation confusion matrices (metrics.json, rows target), with numpy:
+    IoU_c = TP / (row + column - TP) over the classes in target or prediction, then their mean."""
+    import json
+
+    cm = sum(np.array(json.loads(p.read_text())["confusion_matrix"], dtype=np.float64) for p in fold_metrics)
+    tp, rows, cols = np.diag(cm), cm.sum(1), cm.sum(0)
+    present = rows + cols > 0
+    return float(np.mean(tp[present] / (rows + cols - tp)[present]))

@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from poc59.core.config import SettingError, config_dir, register_resolvers
 from poc59.core.overrides import HELP, check_overrides, help_text
-from poc59.data.folds import sweep_values
+from poc59.data.folds import register_cv_folds, sweep_values
 from poc59.training.distributed import adopt_submitit_local_ranks
 from poc59.training.preflight import check_settings
 from poc59.training.run import USER_ERRORS, train
@@ -45,16 +45,11 @@ def _check_settings(cfg: DictConfig) -> None:
     error (a missing weights file, a metadata column that is not there) as the SettingError main reports."""
     try:
         check_settings(cfg)
-        params = OmegaConf.to_container(cfg.hydra.sweeper.get("params") or {}) if "hydra" in cfg else {}
-        if any("${cv_folds:" in str(v) for v in params.values()):
+        params = cfg.hydra.sweeper.get("params") if "hydra" in cfg else None
+        if params and any("${cv_folds:" in str(v) for v in OmegaConf.to_container(params).values()):
             sweep_values(cfg.data)  # the folds exist (metadata column, counts) before any job is submitted
     except USER_ERRORS as err:
         raise SettingError(str(err)) from None
-
-
-def _register_cv_folds() -> None:
-    """${cv_folds:}: every fold of the composed data.cv, for hydra.sweeper.params (see poc59.data.folds)."""
-    OmegaConf.register_new_resolver("cv_folds", lambda *, _root_: sweep_values(_root_.data), replace=True)
 
 
 SUMMARY = (
@@ -68,7 +63,7 @@ SUMMARY = (
 def main() -> None:
     """Check the overrides (exit 2 with the fix, before anything is read), answer --help, then run Hydra."""
     register_resolvers()
-    _register_cv_folds()
+    register_cv_folds()
     argv = sys.argv[1:]
     try:
         if any(a in HELP for a in argv):

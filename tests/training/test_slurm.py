@@ -20,6 +20,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf
 
+from helpers import pooled_miou_by_hand
 from poc59.core.config import config_dir, gpus_per_node, register_resolvers
 from slurm_cluster import UP, Cluster
 
@@ -193,7 +194,9 @@ TINY = (  # a tiny CPU run: ~5 s of training; SLURM starts one process per job
 
 
 def _sweep(slurm: Cluster, sweep_dir: Path, *overrides: str) -> subprocess.CompletedProcess:
-    """`python -m poc59.train -m hydra/launcher=slurm ...`, as a user runs it (jobs share the test's data cache)."""
+    """`python -m poc59.train -m hydra/launcher=slurm ...`, as a user runs it (jobs share the test's data cache);
+    `overrides` replace TINY's value of a key they set."""
+    keys = {o.split("=", 1)[0] for o in overrides}
     cmd = [
         sys.executable,
         "-m",
@@ -202,7 +205,7 @@ def _sweep(slurm: Cluster, sweep_dir: Path, *overrides: str) -> subprocess.Compl
         "hydra/launcher=slurm",
         f"hydra.launcher.partition={slurm.partition}",
         f"hydra.sweep.dir={sweep_dir}",
-        *TINY,
+        *(o for o in TINY if o.split("=", 1)[0] not in keys),
         *overrides,
     ]
     return subprocess.run(cmd, capture_output=True, text=True, env=slurm.env, cwd=sweep_dir.parent, timeout=600)
@@ -270,15 +273,37 @@ def test_three_encoder_sweep_on_slurm(slurm, tmp_path, private_cache):
 
 def test_sweep_with_a_failing_job(slurm, tmp_path, private_cache):
     sweep_dir = tmp_path / "sweep"
-    run = _sweep(slurm, sweep_dir, "encoder=tiny", "data.image_size=64,63")  # 63: not a multiple of 32
+    # one source image: a data error only the job finds (a bad setting is refused before submitting)
+    run = _sweep(slurm, sweep_dir, "encoder=tiny", "data.synthetic.n=6,1")
     assert run.returncode != 0  # Hydra reports the failed job once all have ended
-    assert "data.image_size=63" in run.stderr, run.stderr[-4000:]
+    assert "data.synthetic.n=1" in run.stderr, run.stderr[-4000:]
 
     assert (sweep_dir / "0" / "summary.json").exists() and not (sweep_dir / "1" / "summary.json").exists()
     report = _status(slurm, sweep_dir)
     assert report["counts"] == {"finished": 1, "failed": 1, "running": 0, "pending": 0}
     ok, bad = report["jobs"]
-    assert ok["status"] == "finished" and ok["overrides"] == ["data.image_size=64"]
-    assert bad["status"] == "failed" and bad["overrides"] == ["data.image_size=63"]
+    assert ok["status"] == "finished" and ok["overrides"] == ["data.synthetic.n=6"]
+    assert bad["status"] == "failed" and bad["overrides"] == ["data.synthetic.n=1"]
     error = "\n".join(bad["error"])
-    assert "data.image_size=63" in error and "multiple of 32" in error
+    assert "needs at least 2 source images, found 1" in error
+
+
+def test_cross_validation_sweep_on_slurm_is_pooled_by_compare(slurm, tmp_path, private_cache):
+    """experiment=cv through the SLURM launcher: one job per fold, then compare's pooled out-of-fold score."""
+    sweep_dir = tmp_path / "sweep"
+    run = _sweep(slurm, sweep_dir, "experiment=cv", "data.cv.folds=3", "encoder=tiny", "data.synthetic.n=9")
+    assert run.returncode == 0, run.stderr[-4000:]
+    report = _status(slurm, sweep_dir)
+    assert report["counts"] == {"finished": 3, "failed": 0, "running": 0, "pending": 0}
+    assert [j["overrides"][0] for j in report["jobs"]] == [f"data.cv.fold={k}" for k in range(3)]
+    compared = subprocess.run(
+        [sys.executable, "-m", "poc59.compare", f"sweep={sweep_dir}"],
+        capture_output=True,
+        text=True,
+        env=slurm.env,
+        timeout=600,
+    )
+    assert compared.returncode == 0, compared.stderr[-4000:]
+    (config,) = json.loads((sweep_dir / "comparison" / "comparison.json").read_text())["configurations"]
+    metrics = [sweep_dir / str(k) / "evaluation" / "val" / "metrics.json" for k in range(3)]
+    assert config["folds"] == 3 and config["pooled_miou"] == pytest.approx(pooled_miou_by_hand(metrics), abs=1e-9)

@@ -39,7 +39,12 @@ def _interval(iv: list[float] | None) -> str:
 
 
 def _miou(c: dict) -> str:
-    m = c["val_mIoU"]
+    m, cv = c["val_mIoU"], c.get("cv")
+    if cv:
+        folds = f"folds {_pct(m['mean'])} ± {_pct(m['std'])} (mean ± std)"
+        if cv["pooled_miou"] is None:
+            return f"not pooled; {folds}"
+        return f"{_pct(cv['pooled_miou'])} pooled over {cv['folds']} folds; {folds}"
     if m["mean"] is None:
         return "none"
     return f"{_pct(m['mean'])} ± {_pct(m['std'])} (mean ± std)" if m["std"] is not None else _pct(m["mean"])
@@ -105,7 +110,7 @@ def markdown(result: dict) -> str:
     if result["best"]:
         parts += [f"Best: **{result['best']}**. {result['lead']['verdict']}.", ""]
     parts += [_md_table(list(COLUMNS), rows), ""]
-    repeats = [c for c in configs if c["n"] >= 2]
+    repeats = [c for c in configs if c["n"] >= 2 and not c.get("cv")]
     if repeats:
         parts += ["## Seed repeats", "", f"Runs that differ only by the seed; std: {conv['std']}.", ""]
         parts.append(
@@ -125,6 +130,7 @@ def markdown(result: dict) -> str:
             )
         )
         parts.append("")
+    parts += _cross_validation_md(configs, conv)
     names = result["classes"]["names"]
     parts += ["## Per-class IoU", "", f"IoU per class, % ({conv['per_class_iou']}).", ""]
     parts.append(
@@ -159,6 +165,45 @@ def markdown(result: dict) -> str:
         parts += ["", f"Runs are the sweep's job folders, `{result['sweep']}/<run>`."]
     parts += ["", "## What the numbers mean", ""] + [f"- **{k}**: {v}" for k, v in conv.items()]
     return "\n".join(parts) + "\n"
+
+
+def _cross_validation_md(configs: list[dict], conv: dict) -> list[str]:
+    """The folds of each cross-validated configuration, its pooled score, and per held-out group."""
+    cvs = [c for c in configs if c.get("cv")]
+    if not cvs:
+        return []
+    parts = [
+        "## Cross-validation",
+        "",
+        f"Pooled: {conv['pooled_miou']}. Over folds: mean and {conv['fold_std']} of each fold's best val mIoU.",
+        "",
+    ]
+    rows = []
+    for c in cvs:
+        cv = c["cv"]
+        per_fold = ", ".join(
+            f"{f['fold']}{'=' + str(f['value']) if f['value'] is not None else ''}: {_pct(f['val_mIoU'])}"
+            for f in cv["per_fold"]
+        )
+        rows.append(
+            [
+                c["label"],
+                str(cv["folds"]) + (f" (by {cv['by']})" if cv["by"] else ""),
+                per_fold,
+                f"{_pct(cv['fold_mean'])} ± {_pct(cv['fold_std'])}",
+                _pct(cv["pooled_miou"]) or "not pooled",
+                _interval(cv["pooled_interval"]),
+                cv["pooled_note"] or f"{cv['pooled_images']} images",
+            ]
+        )
+    header = ["configuration", "folds", "best val mIoU per fold, %", "mean ± std, %", "pooled mIoU, %"]
+    parts += [_md_table([*header, "pooled interval, %", "note"], rows), ""]
+    for c in cvs:
+        for column, values in (c["cv"]["pooled_groups"] or {}).items():
+            parts += [f"Pooled out-of-fold mIoU by {column}, {c['label']}:", ""]
+            table = [[v, str(g["num_images"]), _pct(g["miou"])] for v, g in values.items()]
+            parts += [_md_table([column, "images", "pooled mIoU, %"], table), ""]
+    return parts
 
 
 def csv_text(result: dict) -> str:

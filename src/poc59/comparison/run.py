@@ -1,7 +1,9 @@
 """Runs of a sweep (or a list of run folders) grouped into configurations and ranked: `compare(...)`.
 
-Runs that differ only in their seed are one configuration (n, mean, std, range); runs of different
-splits or class tables are never ranked together. `python -m poc59.compare` is its command.
+Runs that differ only in their seed are one configuration (n, mean, std, range); so are the folds of one
+cross-validation, ranked by their pooled out-of-fold score (poc59.comparison.cross_validation). Runs of
+different splits (or fold partitions) or class tables are never ranked together. `python -m poc59.compare`
+is its command.
 """
 
 from __future__ import annotations
@@ -19,9 +21,16 @@ from typing import Any
 import yaml
 
 from poc59.analysis.pictures import grouped_iou_bars_figure
+from poc59.comparison.cross_validation import (
+    FOLD_STD_CONVENTION,
+    POOLED_CONVENTION,
+    cross_validate,
+    fold_record,
+    partition_key,
+)
 from poc59.comparison.report import write_reports
 from poc59.core.classes import ClassTable
-from poc59.evaluation.run import evaluate_run
+from poc59.evaluation.run import PER_IMAGE_FILE, evaluate_run
 from poc59.training.resume import flatten
 from poc59.training.sweeps import Job, inspect_job, sweep_status
 
@@ -36,6 +45,7 @@ IDENTITY_KEYS = (
     "seed",
     "data.seed",
     "data.split_file",
+    "data.cv.fold",  # the folds of one cross-validation are one configuration
     "data.cache_dir",
     "run_name",
     "run_dir",
@@ -47,6 +57,7 @@ IDENTITY_KEYS = (
 
 
 STD_CONVENTION = "sample standard deviation over seeds (n - 1)"
+BOOTSTRAP = {"resamples": 1000, "seed": 0, "level": 0.95}  # the pooled interval, as evaluate's defaults
 
 
 class CompareError(ValueError):
@@ -104,7 +115,8 @@ def _finite(v: Any) -> float | None:
 def _load_metrics(run: Run, evaluate: bool) -> None:
     """The run's val metrics.json (evaluating it first if asked); the intervals if it matches the run."""
     path = Path(run.dir) / METRICS
-    if not path.exists() and evaluate:
+    pooled = fold_record(run.summary) is not None and not (path.parent / PER_IMAGE_FILE).exists()
+    if (not path.exists() or pooled) and evaluate:  # a fold needs its per-image matrices to be pooled
         log.info("Evaluating %s (best.ckpt on its validation split) for the interval of its val mIoU", run.dir)
         evaluate_run(run_dir=Path(run.dir), pictures=False)  # the numbers; `python -m poc59.evaluate` draws
     if not path.exists():
@@ -220,7 +232,7 @@ def check_comparable(runs: list[Run]) -> ClassTable:
             "no finished run to compare (no summary.json in any of them): " + ", ".join(r.dir for r in runs)
         )
     for what, key in (
-        ("split", lambda r: str(r.summary.get("provenance", {}).get("data", {}).get("split_fingerprint"))),
+        ("split", lambda r: partition_key(r.summary)),
         ("class table", lambda r: json.dumps(r.summary.get("classes"), sort_keys=True)),
     ):
         by: dict[str, list[Run]] = defaultdict(list)
@@ -266,7 +278,8 @@ def _span(points: list[tuple[float, list[float] | None]]) -> list[float] | None:
 
 
 def configurations(runs: list[Run]) -> list[dict]:
-    """Finished runs grouped by configuration (seed repeats together), ranked by mean best val mIoU."""
+    """Finished runs grouped by configuration (seed repeats, folds together), ranked by their score: the
+    mean best val mIoU, or for a cross-validation its pooled out-of-fold mIoU."""
     groups: dict[str, list[Run]] = defaultdict(list)
     for r in runs:
         if r.status == "finished":
@@ -321,14 +334,39 @@ def configurations(runs: list[Run]) -> list[dict]:
                 "wall_time_s": _mean([r.wall_time_s for r in members]),
                 "status": "finished",
                 "config": first.config,
+                "score": statistics.fmean(values) if values else None,
+                "cv": None,
             }
         )
+        if fold_record(first.summary) is not None:
+            _as_cross_validation(out[-1], members, names)
     _disambiguate(out)
-    out.sort(key=lambda c: -1.0 if c["val_mIoU"]["mean"] is None else c["val_mIoU"]["mean"], reverse=True)
+    out.sort(key=lambda c: -1.0 if c["score"] is None else c["score"], reverse=True)
     for rank, c in enumerate(out, 1):
-        c["rank"] = rank if c["val_mIoU"]["mean"] is not None else None
-        c["best"] = rank == 1 and c["val_mIoU"]["mean"] is not None
+        c["rank"] = rank if c["score"] is not None else None
+        c["best"] = rank == 1 and c["score"] is not None
     return out
+
+
+def _as_cross_validation(c: dict, members: list[Run], names: list[str]) -> None:
+    """A configuration of folds: over-fold statistics, and the pooled score (its rank, interval, per class)."""
+    cv = c["cv"] = cross_validate(members, names, BOOTSTRAP)
+    c["folds"], c["pooled_miou"], c["pooled_interval"] = cv["folds"], cv["pooled_miou"], cv["pooled_interval"]
+    folds = [f["val_mIoU"] for f in cv["per_fold"] if f["val_mIoU"] is not None]
+    c["val_mIoU"] = {
+        "mean": cv["fold_mean"],
+        "std": cv["fold_std"],
+        "min": min(folds, default=None),
+        "max": max(folds, default=None),
+        "values": folds,
+        "over": "folds",
+    }
+    c["score"] = cv["pooled_miou"]
+    c["interval"] = cv["pooled_interval"]
+    c["interval_kind"] = cv.get("pooled_interval_kind")
+    if cv["pooled_miou"] is not None:
+        c["per_class_iou"] = cv["pooled_per_class_iou"]
+        c["per_class_interval"] = cv["pooled_per_class_interval"]
 
 
 def _interval_kind(run: Run) -> str:
@@ -365,7 +403,7 @@ def lead(configs: list[dict]) -> dict:
     if len(ranked) < 2:
         return {"verdict": "Only one configuration finished: nothing to rank it against", "larger_than_intervals": None}
     best, runner = ranked[0], ranked[1]
-    diff = best["val_mIoU"]["mean"] - runner["val_mIoU"]["mean"]
+    diff = best["score"] - runner["score"]
     out = {"best": best["label"], "runner_up": runner["label"], "difference": diff}
     missing = [c["label"] for c in (best, runner) if not c["interval"]]
     if missing:
@@ -394,7 +432,13 @@ def conventions(runs: list[Run]) -> dict:
             return " | ".join(str(v) for v in distinct)
         return distinct[0] if distinct else None
 
-    return {
+    cv = {}
+    if any(fold_record(r.summary) for r in finished):
+        cv = {
+            "pooled_miou": POOLED_CONVENTION + "; a cross-validated configuration is ranked by it",
+            "fold_std": FOLD_STD_CONVENTION,
+        }
+    return cv | {
         "val_mIoU": "best val/mIoU of each run (best.ckpt, the run's validation split); "
         + str(one([r.summary.get("metric_convention") for r in finished], "mIoU convention")),
         "std": STD_CONVENTION,

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from omegaconf import OmegaConf
 
 from poc59.data.sources import DEFAULT_GROUP_PATTERN, DataError, Sample, discover_pairs, metadata_rows
 from poc59.data.split import GroupPlan, Split, plan_groups
@@ -246,3 +247,8 @@ def sweep_values(data: Any) -> str:
         set(_fold_names(_group_values(members, samples, cv.by, root), cv.by, cv.get("min_images")).values())
     )
     return ",".join("'" + n.replace("\\", "\\\\").replace("'", "\\'") + "'" for n in names)
+
+
+def register_cv_folds() -> None:
+    """${cv_folds:}: every fold of the config's data.cv (`sweep_values`), for hydra.sweeper.params."""
+    OmegaConf.register_new_resolver("cv_folds", lambda *, _root_: sweep_values(_root_.data), replace=True)

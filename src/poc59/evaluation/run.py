@@ -7,6 +7,7 @@ metrics.json (atomically) into <run>/evaluation/<split>/. `python -m poc59.evalu
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import math
@@ -24,7 +25,7 @@ from poc59.analysis.bootstrap import bootstrap_iou
 from poc59.analysis.scores import LEGACY_CONVENTION, batched_miou, scores, split_metrics
 from poc59.artifacts.load import load_model, locate_checkpoint
 from poc59.artifacts.trained import TrainedModel
-from poc59.core.atomic import write_json
+from poc59.core.atomic import write_bytes, write_json
 from poc59.core.config import cache_root
 from poc59.core.device import resolve_device
 from poc59.data.datamodule import SegmentationDataModule
@@ -228,9 +229,27 @@ def evaluate_run(
             lambda chosen: predicted_canvases(t.model, t.dm, chosen, t.dm.batch_size, t.device, t.autocast),
         )
     metrics["folder"] = str(folder)
+    metrics["per_image_confusion"] = write_per_image(folder, [t.dm.samples[i].id for i in t.indices], per_image).name
     write_json(folder / "metrics.json", metrics)
     log.info("Metrics: %s", folder / "metrics.json")
     return metrics
+
+
+PER_IMAGE_FILE = "per_image_confusion.npz"
+
+
+def write_per_image(folder: Path, ids: list[str], per_image: torch.Tensor) -> Path:
+    """Each image's confusion matrix ([N, C, C] int64, rows target; `ids` in the same order) beside
+    metrics.json: what compare pools the folds of a cross-validation from, and bootstraps over."""
+    buf = io.BytesIO()
+    np.savez_compressed(buf, ids=np.array(ids), confusion=per_image.to(torch.int64).cpu().numpy())
+    return write_bytes(folder / PER_IMAGE_FILE, buf.getvalue())
+
+
+def read_per_image(path: Path) -> tuple[list[str], np.ndarray]:
+    """(ids, [N, C, C] int64) as `write_per_image` wrote them."""
+    with np.load(path, allow_pickle=False) as f:
+        return [str(i) for i in f["ids"]], f["confusion"]
 
 
 def check_options(split: str | None, mode: str, resamples: int, level: float) -> None:
