@@ -21,7 +21,7 @@ ALLOWED = {
     "training": {"core", "data", "model", "analysis", "artifacts"},
     "inference": {"core", "data", "analysis", "artifacts"},
     "evaluation": {"core", "data", "model", "analysis", "artifacts", "inference"},
-    "comparison": {"core", "analysis", "evaluation", "training"},
+    "comparison": {"core", "data", "analysis", "evaluation", "training"},
 }
 OPTIONAL = {"onnxruntime", "fcntl", "matplotlib", "mlflow"}  # may be imported inside a function
 

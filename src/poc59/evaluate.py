@@ -9,7 +9,7 @@ from typing import Any
 from rich.console import Console
 
 from poc59.artifacts.trained import ModelLoadError
-from poc59.core.cli import Command, Key, run_command
+from poc59.core.cli import Command, Key, Paths, run_command
 from poc59.core.device import DeviceError
 from poc59.data.sources import DataError
 from poc59.evaluation.report import print_report
@@ -28,12 +28,14 @@ CLI = Command(
         "python -m poc59.evaluate run_dir=... split=test                 # the held-out test split (data.test_fraction)",
         "python -m poc59.evaluate ckpt=model.ckpt data.root=/data/other  # another folder: all its images by default",
         "python -m poc59.evaluate sweep=outputs/sweeps/<date_time>       # every finished run of a sweep",
+        "python -m poc59.evaluate run_dirs=[sweep/0,sweep/1,sweep/2]     # their fold ensemble, on split=test",
     ),
     keys=(
         Key(
             "run_dir", str, "a run folder (python -m poc59.train writes it): its checkpoints/best.ckpt, data and split"
         ),
-        Key("ckpt", str, "a checkpoint or exported model (default: the run's best.ckpt)"),
+        Key("ckpt", Paths, "a checkpoint or exported model (default: the run's best.ckpt); [a,b]: an ensemble"),
+        Key("run_dirs", list, "an ensemble of these runs' best.ckpt (fold ensembles: on split=test)", default=None),
         Key("sweep", str, "a sweep folder: evaluate every finished run (other keys apply to each)", default=None),
         Key("split", str, "val | test | all (default: val on the run's own data, all on data.root)"),
         Key("data.root", str, "another ARTeFACT-layout folder to score, at the model's geometry"),

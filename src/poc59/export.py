@@ -28,7 +28,7 @@ from rich.table import Table
 
 from poc59.artifacts.export import SUFFIXES, ExportError, export_model
 from poc59.artifacts.trained import ModelLoadError
-from poc59.core.cli import Command, Key, run_command
+from poc59.core.cli import Command, Key, Paths, run_command
 
 log = logging.getLogger("poc59.export")
 
@@ -62,10 +62,13 @@ CLI = Command(
     examples=(
         "python -m poc59.export run_dir=outputs/runs/<name>                # its best.ckpt -> <run>/export/",
         "python -m poc59.export ckpt=model.ckpt out=exported format=onnx   # onnx | torchscript | both",
+        "python -m poc59.export sweep=outputs/sweeps/<cv>                  # the fold ensemble as one model",
     ),
     keys=(
-        Key("ckpt", str, "the checkpoint to export"),
+        Key("ckpt", Paths, "the checkpoint to export; [a.ckpt,b.ckpt]: their ensemble, as one graph"),
         Key("run_dir", str, "or a run folder: its checkpoints/best.ckpt"),
+        Key("run_dirs", list, "or an ensemble of these runs' best.ckpt (the folds of a cross-validation)"),
+        Key("sweep", str, "or an ensemble of the best.ckpt of every finished run of this sweep"),
         Key("out", str, "output folder (default: <run>/export, or <checkpoint name>-export beside it)"),
         Key("format", str, "onnx | torchscript | both"),
         Key("opset", int, "ONNX opset"),

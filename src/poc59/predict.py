@@ -12,7 +12,7 @@ from rich.table import Table
 
 from poc59.artifacts.trained import ModelLoadError
 from poc59.core.classes import ClassTable
-from poc59.core.cli import Command, Key, run_command
+from poc59.core.cli import Command, Key, Paths, run_command
 from poc59.core.device import DeviceError
 from poc59.inference.run import Settings, UsageError, run
 
@@ -27,9 +27,12 @@ CLI = Command(
     examples=(
         "python -m poc59.predict ckpt=outputs/runs/x/checkpoints/best.ckpt input=scans/ output=maps/",
         "python -m poc59.predict ckpt=model.onnx input='scans/*.tif' output=maps/ tta=true max_memory_mb=512",
+        "python -m poc59.predict sweep=outputs/sweeps/<cv> input=scans/ output=maps/   # the fold ensemble",
     ),
     keys=(
-        Key("ckpt", str, "a checkpoint (.ckpt) or an exported model (.onnx, .pt)", required=True),
+        Key("ckpt", Paths, "a checkpoint (.ckpt) or an exported model (.onnx, .pt); [a.ckpt,b.ckpt]: an ensemble"),
+        Key("run_dirs", list, "an ensemble of these runs' best.ckpt (the folds of a cross-validation)"),
+        Key("sweep", str, "an ensemble of the best.ckpt of every finished run of this sweep"),
         Key("input", str, "an image, a folder (its image files, not recursive) or a glob", required=True),
         Key("output", str, "the folder for <stem>_labels.png, <stem>_overlay.png and statistics", required=True),
         Key("overlap", float, "sliding-window overlap between tiles, in [0, 1) (crop models)"),
@@ -67,6 +70,8 @@ def parse_args(argv: list[str]) -> Settings:
 def settings_from(given: dict[str, Any]) -> Settings:
     """Settings from the parsed keys, checked."""
     settings = Settings(**{k: (v or None) if k in _OPTIONAL else v for k, v in given.items()})
+    if not (settings.ckpt or settings.run_dirs or settings.sweep):
+        raise UsageError("missing ckpt=: name the model (or an ensemble: ckpt=[a,b], run_dirs=[...], sweep=)")
     if not 0 <= settings.overlap < 1:
         raise UsageError(f"overlap={settings.overlap}: must be in [0, 1) (0.25 = a quarter of a tile)")
     if settings.batch_size < 1 or settings.max_memory_mb <= 0:

@@ -40,6 +40,16 @@ def _hydra_main(cfg: DictConfig) -> float | None:
     return summary["val/mIoU"]  # the value a Hydra sweeper optimises
 
 
+def with_every_fold(argv: list[str], first: DictConfig | None) -> list[str]:
+    """experiment=cv and experiment=leave_one_material_out sweep every fold (`data.cv.fold: ${cv_folds:}`):
+    the folds are written out as a command-line sweep, so the sweep's multirun.yaml lists each job's fold
+    (what sweep_status and compare read) and the fold list is the one checked here."""
+    params = first.hydra.sweeper.get("params") if first is not None else None
+    asked = params and "${cv_folds:" in str(OmegaConf.to_container(params).get("data.cv.fold"))
+    given = any(a.lstrip("+~").split("=", 1)[0] == "data.cv.fold" for a in argv)
+    return [*argv, f"data.cv.fold={sweep_values(first.data)}"] if asked and not given else argv
+
+
 def _check_settings(cfg: DictConfig) -> None:
     """`check_settings`, then the sweep the config itself asks for (experiment=cv: every fold); every user
     error (a missing weights file, a metadata column that is not there) as the SettingError main reports."""
@@ -69,7 +79,8 @@ def main() -> None:
         if any(a in HELP for a in argv):
             print(help_text(argv, "python -m poc59.train", SUMMARY))
             sys.exit(0)
-        check_overrides(argv, check=_check_settings)  # with -m: every swept value, before any job starts
+        first = check_overrides(argv, check=_check_settings)  # with -m: every swept value, before any job starts
+        sys.argv[1:] = with_every_fold(argv, first)
     except SettingError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)

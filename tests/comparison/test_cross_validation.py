@@ -115,3 +115,17 @@ def test_a_plain_split_run_is_not_ranked_with_folds(cv_sweep, tmp_path, caplog):
     shutil.copytree(tmp_path / "plain-sweep" / "0", plain)
     assert main([f"runs=[{cv_sweep / '0'},{plain}]", "evaluate=false", f"out={tmp_path / 'no'}"]) == 2
     assert "refusing to rank" in caplog.text and "cv:" in caplog.text
+
+
+def test_leave_one_material_out_reports_each_held_out_material(tmp_path):
+    sweep = tmp_path / "lomo"
+    _train(sweep, tmp_path, "experiment=leave_one_material_out", "data.cv.min_images=3")
+    jobs = expected_jobs(sweep)
+    assert [j[0] for j in jobs] == ["data.cv.fold='Ceramic'", "data.cv.fold='other'"]  # as multirun.yaml lists them
+    assert main([f"sweep={sweep}"]) == 0
+    (c,) = json.loads((sweep / "comparison" / "comparison.json").read_text())["configurations"]
+    assert c["cv"]["by"] == "material" and [f["value"] for f in c["cv"]["per_fold"]] == ["Ceramic", "other"]
+    held = json.loads((sweep / "0" / "split.json").read_text())
+    assert held["cv"]["value"] == "Ceramic" and c["pooled_miou"] is not None
+    md = (sweep / "comparison" / "comparison.md").read_text()
+    assert "0=Ceramic" in md and "1=other" in md and "(by material)" in md

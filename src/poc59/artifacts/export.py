@@ -10,6 +10,7 @@ import hashlib
 import io
 import json
 import logging
+import os
 import warnings
 from datetime import datetime, timezone
 from importlib import metadata
@@ -19,6 +20,7 @@ from typing import Any
 import torch
 
 from poc59.analysis.scores import split_metrics
+from poc59.artifacts.ensemble import load_ensemble, members_of
 from poc59.artifacts.exported import INSTALL_HINT, OnnxSegmenter, card_path, jit_load
 from poc59.artifacts.load import locate_checkpoint
 from poc59.artifacts.trained import TrainedModel, load_checkpoint
@@ -206,19 +208,26 @@ def model_card(
             "family": card.family,
             "parameters": count_parameters(model.segmenter),
         },
-        "source": {
-            "checkpoint": str(model.source),
-            "sha256": hashlib.sha256(model.source.read_bytes()).hexdigest(),
-            "epoch": model.extra.get("epoch"),
-            "global_step": model.extra.get("global_step"),
-            "run_dir": str(run) if run else None,
-        },
+        "source": _source(model, run),
         "export": {
             "opset": opset,
             "onnx_exporter": exporter if opset is not None else None,
             "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         },
         "parity": checks,
+    }
+
+
+def _source(model: TrainedModel, run: Path | None) -> dict[str, Any]:
+    """The checkpoint exported (its hash, epoch, run), or an ensemble's members (provenance.ensemble)."""
+    if "ensemble" in model.card.provenance:
+        return {"ensemble": [m["checkpoint"] for m in model.card.provenance["ensemble"]["members"]]}
+    return {
+        "checkpoint": str(model.source),
+        "sha256": hashlib.sha256(model.source.read_bytes()).hexdigest(),
+        "epoch": model.extra.get("epoch"),
+        "global_step": model.extra.get("global_step"),
+        "run_dir": str(run) if run else None,
     }
 
 
@@ -242,8 +251,10 @@ def locate(ckpt: str | Path | None, run_dir: str | Path | None) -> tuple[Path, P
 
 
 def export_model(
-    ckpt: str | Path | None = None,
+    ckpt: str | Path | list | None = None,
     run_dir: str | Path | None = None,
+    run_dirs: list | None = None,
+    sweep: str | Path | None = None,
     out: str | Path | None = None,
     format: str = "both",  # noqa: A002 (the command-line key)
     opset: int = 18,
@@ -251,7 +262,8 @@ def export_model(
     tolerance: float = 1e-4,
     exporter: str = "trace",
 ) -> dict[str, Any]:
-    """Export one checkpoint; writes model.onnx / model.pt and model.card.json into `out`; returns the card."""
+    """Export one checkpoint, or an ensemble (ckpt=[...], run_dirs=[...], sweep=: poc59.artifacts.ensemble) as
+    one graph; writes model.onnx / model.pt and model.card.json into `out`; returns the card."""
     if format not in FORMATS:
         raise ExportError(f"format={format}: choose one of {', '.join(FORMATS)}")
     if exporter not in EXPORTERS:
@@ -261,14 +273,16 @@ def export_model(
     formats = FORMATS[format]
     _require(formats, exporter)
     torch.set_flush_denormal(True)  # as training did: the same arithmetic, and 3-10x faster on CPU
-    ckpt_path, run = locate(ckpt, run_dir)
-    model = load_checkpoint(ckpt_path, "cpu")
-    run = run or model.run_dir
-    folder = (
-        Path(out).expanduser().resolve()
-        if out
-        else (run / "export" if run else ckpt_path.parent / f"{ckpt_path.stem}-export")
-    )
+    members = members_of(ckpt, run_dirs, sweep)
+    if members is None:
+        ckpt_path, run = locate(ckpt, run_dir)
+        model = load_checkpoint(ckpt_path, "cpu")
+        run = run or model.run_dir
+        default = run / "export" if run else ckpt_path.parent / f"{ckpt_path.stem}-export"
+    else:
+        model, ckpt_path, run = load_ensemble(members, "cpu"), members[0], None
+        default = Path(os.path.commonpath([m.parent for m in members])) / "ensemble-export"
+    folder = Path(out).expanduser().resolve() if out else default
     segmenter = model.segmenter.eval()
     inputs = parity_inputs(model.image_size, model.card.input_multiple)
     example = inputs[1][:1].expand(2, -1, -1, -1).contiguous()  # non-square, batch 2: nothing to specialise on

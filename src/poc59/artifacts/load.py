@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from poc59.artifacts.ensemble import load_ensemble, members_of
 from poc59.artifacts.exported import load_onnx, load_torchscript
 from poc59.artifacts.trained import ModelLoadError, TrainedModel, load_checkpoint
 
@@ -21,6 +22,21 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> TrainedM
     if path.suffix == ".pt":
         return load_torchscript(path, device)
     return load_checkpoint(path, device)
+
+
+def load_models(
+    ckpt: str | Path | list | None = None,
+    run_dirs: list | None = None,
+    sweep: str | Path | None = None,
+    device: str | torch.device = "cpu",
+) -> TrainedModel:
+    """One model (ckpt=<file>), or the ensemble of ckpt=[...], run_dirs=[...] or sweep= (their best.ckpt)."""
+    members = members_of(ckpt, run_dirs, sweep)
+    if members is None:
+        if ckpt is None:
+            raise ModelLoadError("name the model: ckpt=<file> (or an ensemble: ckpt=[a,b], run_dirs=[...], sweep=)")
+        return load_model(ckpt, device)
+    return load_ensemble(members, device)
 
 
 def locate_checkpoint(

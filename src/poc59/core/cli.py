@@ -41,6 +41,15 @@ def to_list(text: str) -> list[str]:
     return [str(p) for p in parsed]
 
 
+class Paths:
+    """The kind of a key that takes one path or a list of them (`ckpt=a.ckpt`, `ckpt=[a.ckpt,b.ckpt]`)."""
+
+
+def to_paths(text: str) -> str | list[str]:
+    """`[a,b]` (YAML) -> a list; anything else is one path, commas and all."""
+    return to_list(text) if text.strip().startswith("[") else text
+
+
 def to_value(text: str) -> Any:
     """A YAML scalar or list (`3`, `0.5`, `true`, `[1,2]`), else the text itself."""
     try:
@@ -49,8 +58,8 @@ def to_value(text: str) -> Any:
         return text
 
 
-_CONVERT: dict[Any, Callable[[str], Any]] = {bool: to_bool, list: to_list, Any: to_value}
-_DESCRIBE = {bool: "true or false", int: "an integer", float: "a number", list: "a list"}
+_CONVERT: dict[Any, Callable[[str], Any]] = {bool: to_bool, list: to_list, Paths: to_paths, Any: to_value}
+_DESCRIBE = {bool: "true or false", int: "an integer", float: "a number", list: "a list", Paths: "a path or [a,b]"}
 
 
 class HelpRequested(Exception):

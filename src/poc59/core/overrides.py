@@ -64,14 +64,15 @@ def _compose(overrides: Sequence[str], hydra: bool = False) -> DictConfig:
 
 def check_overrides(
     argv: Sequence[str], prog: str = "python -m poc59.train", check: Callable[[DictConfig], None] | None = None
-) -> None:
+) -> DictConfig | None:
     """Refuse, before any data is read, an override that cannot compose (SettingError, exit 2). With `-m`
     sweep values, each option of a swept group is composed once (the other keys at their first value); with
     `check` (the command's settings check), every value of every swept key is composed and checked that way,
-    so a sweep with one bad value is refused before any job is submitted, not when that job starts."""
+    so a sweep with one bad value is refused before any job is submitted, not when that job starts.
+    Returns the config of the first job (None when Hydra's flags ask for something else than a run)."""
     overrides, other = split_argv(argv)
     if other:
-        return
+        return None
     try:
         parsed = OverridesParser.create().parse_overrides(overrides)
     except HydraException as err:
@@ -98,6 +99,7 @@ def check_overrides(
             except SettingError as err:
                 swept = [line for line, o in zip(variant, listed) if o.is_sweep_override()]
                 raise SettingError(f"the sweep's job with {' '.join(swept)}: {err}" if swept else str(err)) from None
+    return compose_train(first, hydra=True)
 
 
 def help_text(argv: Sequence[str], prog: str, summary: str) -> str:

@@ -11,6 +11,7 @@ import io
 import json
 import logging
 import math
+import os
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,7 @@ from omegaconf import OmegaConf
 
 from poc59.analysis.bootstrap import bootstrap_iou
 from poc59.analysis.scores import LEGACY_CONVENTION, batched_miou, scores, split_metrics
+from poc59.artifacts.ensemble import load_ensemble, members_of
 from poc59.artifacts.load import load_model, locate_checkpoint
 from poc59.artifacts.trained import TrainedModel
 from poc59.core.atomic import write_bytes, write_json
@@ -173,9 +175,10 @@ def group_report(per_image: torch.Tensor, groups: dict[str, dict[str, list[int]]
 
 def evaluate_run(
     run_dir: Path | None = None,
-    ckpt: Path | None = None,
+    ckpt: Path | list | None = None,
     split: str | None = None,
     *,
+    run_dirs: list | None = None,
     data_root: str | Path | None = None,
     resamples: int = 1000,
     seed: int = 0,
@@ -195,10 +198,15 @@ def evaluate_run(
     <run>/evaluation/<split> (<run>/evaluation/<data folder>-<split> for another data.root; "-native" added
     for mode=native). `mode=native` scores predict's full-resolution output (`overlap`, `tta` as in predict)
     against full-resolution masks, a different number from the training-resolution val/mIoU.
+
+    An ensemble (`ckpt=[...]` or `run_dirs=[...]`, poc59.artifacts.ensemble) is scored on the first member's
+    run data; members validated on different images (the folds of a cross-validation) each trained on the
+    others' validation images, so they are scored on the test split (the default then) or another folder,
+    into <the members' common folder>/ensemble-evaluation/<split>.
     """
     check_options(split, mode, resamples, level)
     torch.set_flush_denormal(True)  # as training did: the same arithmetic, and 3-10x faster on CPU
-    t = open_target(run_dir, ckpt, split, data_root, batch_size, device)
+    t = open_target(run_dir, ckpt, split, data_root, batch_size, device, run_dirs)
     if mode == "native":
         confmat, per_image, seconds = score_native(
             t.model, t.dm, t.indices, t.dm.batch_size, t.device, overlap, tta, t.trained_precision
@@ -210,7 +218,7 @@ def evaluate_run(
     metrics, image_miou, ranked = record(
         t, confmat, per_image, seconds, (resamples, seed, level), max(0, int(worst_k)), mode, convention
     )
-    folder = Path(out).expanduser().resolve() if out else _default_out(t.ckpt, t.run, t.dm.root, t.split, t.own, mode)
+    folder = Path(out).expanduser().resolve() if out else _default_out(t, mode)
     if pictures:
         # the grids show the stored canvases; full-resolution maps of mode=native come from predict
         grids = (
@@ -279,6 +287,7 @@ class Target:
     trained_precision: str | None  # the run's trainer.precision
     precision: str
     autocast: Any
+    members: list[Path] | None = None  # an ensemble's checkpoints (`ckpt` is the first)
 
 
 def open_target(
@@ -288,13 +297,22 @@ def open_target(
     data_root: str | Path | None,
     batch_size: int | None,
     device: str,
+    run_dirs: list | None = None,
 ) -> Target:
-    """Load the checkpoint and the data it is scored on; refuse data with other classes than the model's."""
-    ckpt_path, run = locate(run_dir, ckpt)
+    """Load the checkpoint (or ensemble) and the data it is scored on; refuse data with other classes than
+    the model's, and an ensemble of folds on the images its members validated on."""
     dev = resolve_device(device)
-    model = load_model(ckpt_path, dev)
+    members = members_of(ckpt, run_dirs)
+    if members is None:
+        ckpt_path, run = locate(run_dir, ckpt)
+        model = load_model(ckpt_path, dev)
+    else:
+        model = load_ensemble(members, dev)
+        ckpt_path, run = members[0], None
     run = run or model.run_dir
     cfg, own = data_config(model, run, data_root, batch_size)
+    if members is not None and own:
+        split = _ensemble_split(members, split)
     split = split or ("val" if own else "all")
     dm: SegmentationDataModule = instantiate(cfg)
     dm.prepare_data()
@@ -322,7 +340,24 @@ def open_target(
         dev,
         precision,
     )
-    return Target(ckpt_path, run, dev, model, dm, own, split, indices, trained, precision, autocast)
+    return Target(ckpt_path, run, dev, model, dm, own, split, indices, trained, precision, autocast, members)
+
+
+def _ensemble_split(members: list[Path], split: str | None) -> str | None:
+    """test (the default) for members validated on different images; EvaluateError for their val or all."""
+    fingerprints = set()
+    for m in members:
+        split_file = m.parent.parent / "split.json"
+        fingerprints.add(json.loads(split_file.read_text())["fingerprint"] if split_file.is_file() else str(m))
+    if len(fingerprints) == 1:
+        return split
+    if split in (None, "test"):
+        return "test"
+    raise EvaluateError(
+        f"split={split}: the ensemble's members were validated on different images (the folds of a "
+        "cross-validation), so each trained on images another one validates on. Score the ensemble on the "
+        "held-out test split (split=test; data.test_fraction when training) or on data.root=<another folder>"
+    )
 
 
 def record(
@@ -355,6 +390,7 @@ def record(
     ms = 1000 * seconds / len(t.indices)
     metrics = {
         "checkpoint": str(t.ckpt),
+        "ensemble": t.model.card.provenance.get("ensemble") if t.members else None,
         "checkpoint_epoch": t.model.extra.get("epoch"),
         "run_dir": str(t.run) if t.run else None,
         "split": t.split,
@@ -389,7 +425,11 @@ def record(
     return metrics, image_miou, ranked
 
 
-def _default_out(ckpt: Path, run: Path | None, root: Path, split: str, own: bool, mode: str) -> Path:
-    base = run / "evaluation" if run else ckpt.parent / f"{ckpt.stem}-evaluation"
-    name = split if own else f"{root.name}-{split}"
+def _default_out(t: Target, mode: str) -> Path:
+    if t.members:
+        base = Path(os.path.commonpath([m.parent for m in t.members])) / "ensemble-evaluation"
+    else:
+        base = t.run / "evaluation" if t.run else t.ckpt.parent / f"{t.ckpt.stem}-evaluation"
+    split, root = t.split, t.dm.root
+    name = split if t.own else f"{root.name}-{split}"
     return base / (f"{name}-native" if mode == "native" else name)

@@ -26,7 +26,7 @@ from rich.progress import (
 )
 
 from poc59.analysis.colour import overlay as colour_overlay
-from poc59.artifacts.load import load_model
+from poc59.artifacts.load import load_models
 from poc59.artifacts.trained import TrainedModel
 from poc59.core.atomic import write_bytes
 from poc59.core.classes import ClassTable
@@ -55,7 +55,9 @@ class UsageError(ValueError):
 
 @dataclass
 class Settings:
-    ckpt: str = ""
+    ckpt: str | list[str] = ""
+    run_dirs: list[str] | None = None
+    sweep: str | None = None
     input: str = ""
     output: str = ""
     overlap: float = 0.25
@@ -215,7 +217,7 @@ def run(s: Settings, console: Console | None = None) -> dict:
     device = resolve_device(s.device)
     autocast = autocast_dtype(s.precision, device)
     torch.set_flush_denormal(True)  # as training and evaluate do: the same arithmetic, several times faster on CPU
-    model = load_model(s.ckpt, device)
+    model = load_models(s.ckpt or None, s.run_dirs, s.sweep, device)
     if s.classes:
         check_classes(model, requested_classes(s.classes))
     geometry = model.geometry
@@ -263,6 +265,7 @@ def run(s: Settings, console: Console | None = None) -> dict:
             progress.advance(overall)
     meta = {
         "model": str(model.source),
+        "ensemble": model.card.provenance.get("ensemble"),  # None for one model
         "classes": model.classes.to_dict(),
         "geometry": geometry,
         "settings": {k: v for k, v in vars(s).items() if k not in ("input", "output")} | {"input": s.input},

@@ -50,6 +50,10 @@ RENAMED_TARGETS = {
 # resumes when the key has that value.
 ADDED_KEYS = {
     "data.allow_large_images": False,
+    "data.cv.folds": None,  # cross-validation came later: a run from before it had one split
+    "data.cv.fold": 0,
+    "data.cv.by": None,
+    "data.cv.min_images": None,
 }
 
 

@@ -20,10 +20,6 @@ from typing import Any
 import yaml
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from omegaconf import OmegaConf
-
-from poc59.core.config import register_resolvers
-from poc59.data.folds import register_cv_folds
 
 STATES = ("finished", "failed", "running", "pending")
 
@@ -147,24 +143,12 @@ def expected_jobs(sweep_dir: Path) -> list[list[str]] | None:
         if "BasicSweeper" not in str(hydra_cfg["sweeper"]["_target_"]):
             return None
 
-        params = [f"{k}={v}" for k, v in _sweeper_params(sweep_dir / "multirun.yaml").items()]
+        params = [f"{k}={v}" for k, v in (hydra_cfg["sweeper"].get("params") or {}).items()]
         parsed = OverridesParser.create().parse_overrides(params + list(hydra_cfg["overrides"]["task"] or []))
         batches = BasicSweeper.split_arguments(parsed, None)
         return [job for batch in batches for job in batch]
     except Exception:  # another sweeper, an edited file: the folders still tell
         return None
-
-
-def _sweeper_params(path: Path) -> dict[str, str]:
-    """hydra.sweeper.params of a multirun.yaml, interpolations resolved as the sweep resolved them
-    (experiment=cv's `${cv_folds:}`: every fold)."""
-    cfg = OmegaConf.load(path)
-    params = cfg.hydra.sweeper.get("params") or {}
-    if any("${" in str(v) for v in OmegaConf.to_container(params).values()):
-        register_resolvers()
-        register_cv_folds()
-        params = OmegaConf.to_container(params, resolve=True)
-    return {str(k): str(v) for k, v in dict(params).items()}
 
 
 def _task_key(name: str) -> tuple[int, ...]:
