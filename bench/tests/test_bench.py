@@ -86,6 +86,12 @@ def test_quick_run_writes_all_rows_and_the_table(tmp_path):
     assert score["value"] == pytest.approx(100 * sum(present) / len(present))  # the run's own mIoU, in %
     assert score["ratio"] == pytest.approx(score["value"] / score["baseline"])
     assert (tmp_path / "cache" / "bench").is_dir()  # generated data went to the private cache
+    # issue 15: the fold ensemble against its best fold, on the same test images (reported, no bar)
+    ens = rows["fold_ensemble"]
+    assert "error" not in ens, (ens.get("error"), ens.get("traceback"))
+    assert ens["bar"] == "none (reported)" and ens["passed"] is None and len(ens["details"]["fold_test_miou"]) == 3
+    assert ens["value"] == pytest.approx(100 * ens["details"]["ensemble_test_miou"])
+    assert ens["baseline"] == pytest.approx(100 * max(ens["details"]["fold_test_miou"]))
 
 
 def _fake(run):

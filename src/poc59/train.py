@@ -10,12 +10,13 @@ import logging
 import sys
 
 import hydra
+from hydra._internal.utils import get_args_parser
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from poc59.core.config import SettingError, config_dir, register_resolvers
-from poc59.core.overrides import HELP, check_overrides, help_text
+from poc59.core.overrides import HELP, check_overrides, help_text, split_argv
 from poc59.data.folds import register_cv_folds, sweep_values
 from poc59.training.distributed import adopt_submitit_local_ranks
 from poc59.training.preflight import check_settings
@@ -47,7 +48,10 @@ def with_every_fold(argv: list[str], first: DictConfig | None) -> list[str]:
     params = first.hydra.sweeper.get("params") if first is not None else None
     asked = params and "${cv_folds:" in str(OmegaConf.to_container(params).get("data.cv.fold"))
     given = any(a.lstrip("+~").split("=", 1)[0] == "data.cv.fold" for a in argv)
-    return [*argv, f"data.cv.fold={sweep_values(first.data)}"] if asked and not given else argv
+    if not asked or given or get_args_parser().parse_known_args(argv)[0].cfg:  # --cfg shows one job's config
+        return argv
+    at = max(i for i, a in enumerate(argv) if a in split_argv(argv)[0]) + 1  # with the others: Hydra's flags after
+    return [*argv[:at], f"data.cv.fold={sweep_values(first.data)}", *argv[at:]]
 
 
 def _check_settings(cfg: DictConfig) -> None:
