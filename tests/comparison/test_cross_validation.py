@@ -1,8 +1,9 @@
-"""A real 3-fold cross-validation of tiny quickstart-like runs (experiment=cv, the local launcher), compared:
+"""A real 3-fold cross-validation of tiny runs (experiment=cv through the local launcher), compared:
 per fold, over folds, and pooled out of fold, against a by-hand sum of the folds' confusion matrices."""
 
 from __future__ import annotations
 
+import csv
 import json
 import shutil
 import subprocess
@@ -44,10 +45,20 @@ def _train(sweep: Path, cwd: Path, *overrides: str) -> None:
 
 @pytest.fixture(scope="module")
 def cv_sweep(tmp_path_factory):
-    """`python -m poc59.train experiment=cv data.cv.folds=3 encoder.name=a,b`: six jobs, one command."""
+    """`python -m poc59.train experiment=cv data.cv.folds=3 encoder.name=a,b hydra/launcher=local`: six jobs,
+    one command, each its own process (submitit's local executor, as on a workstation)."""
     tmp = tmp_path_factory.mktemp("cv")
     sweep = tmp / "sweep"
-    _train(sweep, tmp, "experiment=cv", "data.cv.folds=3", "encoder.name=tu-mobilenetv3_small_050,tu-lcnet_050")
+    _train(
+        sweep,
+        tmp,
+        "experiment=cv",
+        "data.cv.folds=3",
+        "encoder.name=tu-mobilenetv3_small_050,tu-lcnet_050",
+        "hydra/launcher=local",
+        "trainer.accelerator=cpu",
+        "trainer.devices=1",
+    )
     return sweep
 
 
@@ -90,6 +101,11 @@ def test_compare_pools_the_folds_out_of_fold(cv_sweep):
     ranked = sorted(configs.values(), key=lambda c: c["rank"])
     assert ranked[0]["pooled_miou"] >= ranked[1]["pooled_miou"] and ranked[0]["best"]
     assert result["conventions"]["pooled_miou"].startswith(POOLED_CONVENTION)
+    table = {r["encoder"]: r for r in csv.DictReader((cv_sweep / "comparison" / "comparison.csv").open())}
+    for encoder, c in configs.items():
+        assert table[encoder]["folds"] == "3" and float(table[encoder]["pooled_mIoU"]) == pytest.approx(
+            c["pooled_miou"]
+        )
     md = (cv_sweep / "comparison" / "comparison.md").read_text()
     assert "## Cross-validation" in md and "pooled over 3 folds" in md and "Seed repeats" not in md
     assert "Pooled out-of-fold mIoU by material" in md
