@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from helpers import CRACKFOREST
+
 TINY = ["encoder=tiny", "data.synthetic.n=6", "data.image_size=64", "data.batch_size=4", "trainer.max_epochs=1"]
 
 TRAIN = {  # overrides -> what the message must say
@@ -39,6 +41,11 @@ TRAIN = {  # overrides -> what the message must say
     "a sweep with one job missing weights": (
         ["-m", "encoder.weights=null,imagenet"],
         "the sweep's job with encoder.weights=imagenet: No ImageNet weights for encoder",
+    ),
+    "cv: a fold that does not exist": (["data.cv.folds=3", "data.cv.fold=5"], "pick a fold 0 to 2"),
+    "leave one material out without metadata.csv": (
+        ["experiment=leave_one_material_out", "data.synthetic=null", f"data.root={CRACKFOREST}"],
+        "data.cv.by=material: " + str(CRACKFOREST / "metadata.csv") + " has no 'material' column",
     ),
     "launcher setting": (
         ["-m", "hydra/launcher=slurm", "hydra.launcher.timeout_min=soon"],
