@@ -39,9 +39,14 @@ def report(dm: SegmentationDataModule, console: Console) -> dict:
     }
     weights = dm.class_weights_record["weights"]
 
-    table = Table(title=f"Pixels per class at {dm.image_size} px (ignore label excluded), and loss weights")
+    scale = (
+        f"at native scale (long side up to {dm.max_side} px; training windows {dm.image_size} px)"
+        if dm.policy == "crop"
+        else f"at {dm.image_size} px"
+    )
+    table = Table(title=f"Pixels per class {scale} (ignore label excluded), and loss weights")
     table.add_column("id", justify="right")
-    table.add_column("class")
+    table.add_column("class", no_wrap=True, min_width=max(map(len, names)))
     for side in sides:
         table.add_column(f"{side} pixels", justify="right")
     table.add_column("train %", justify="right")

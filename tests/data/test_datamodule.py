@@ -80,6 +80,13 @@ def test_prepare_reports_real_crackforest(tmp_path, capsys, monkeypatch):
     assert "background" in out and "crack" in out and "118 pairs" in out
     assert list((tmp_path / "cache" / "data").glob("preload-*/meta.json"))
     assert prepare_main(["data=artefact", f"data.root={tmp_path / 'missing'}", "encoder=tiny"]) == 2
+    assert "Pixels per class at 32 px" in out
+    monkeypatch.setenv("COLUMNS", "50")  # a narrow terminal: Rich shrinks columns, never the class names
+    crop = ["data.policy=crop", "data.max_side=256", "data.image_size=64"]
+    assert prepare_main(["data=artefact", f"data.root={CRACKFOREST}", "encoder=tiny", *crop]) == 0
+    said = " ".join(capsys.readouterr().out.split())
+    assert "Pixels per class at native scale (long side up to 256 px; training windows 64 px)" in said
+    assert "background" in said
 
 
 def test_an_image_over_pillows_limit_is_refused_naming_the_setting_that_allows_it(tmp_path, monkeypatch):

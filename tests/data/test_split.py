@@ -311,3 +311,20 @@ def test_describe_split_matches_a_hand_count():
     plain = describe_split(Split((0, 2), (4,)), synth(4, copies=1), presence)
     assert plain["materials"] == {} and plain["classes"]["1"] == {"train": 1, "val": 1, "test": 0}
     json.dumps(d)  # goes into the prepare report as is
+
+
+def test_a_few_class_set_is_stratified_by_the_rarest_class_each_image_holds(tmp_path):
+    """No class under the 5 % rarity threshold (a defect set: background everywhere, a defect in 6 of 20
+    images): the split still keys each image by the rarest class it holds, so validation gets the
+    defect's share (0.2 x 6 ~ 1) whatever the seed; a plain permutation does not."""
+    samples = discover(make_folder(tmp_path, n=20, copies=0, size=(16, 16)))
+    presence = np.zeros((20, 2), bool)
+    presence[:, 0] = True
+    defect = [2, 5, 7, 11, 13, 17]
+    presence[defect, 1] = True
+    groups = {samples[i].group for i in defect}
+    val_share = lambda split: len(groups & {samples[i].group for i in split.val})
+    stratified = [val_share(grouped_split(samples, 0.2, seed=s, presence=presence)) for s in range(20)]
+    plain = [val_share(grouped_split(samples, 0.2, seed=s)) for s in range(20)]
+    assert set(stratified) == {1}
+    assert set(plain) != {1}

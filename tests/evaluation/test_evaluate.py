@@ -142,6 +142,15 @@ def test_cli_prints_the_table(run, tmp_path, capsys, monkeypatch):
     assert metrics["pictures"] == {} and metrics["bootstrap"]["resamples"] == 50
     if any(not r["present"] for r in metrics["per_class"].values()):
         assert "absent" in out
+    from rich.console import Console
+
+    from poc59.evaluation.report import print_report
+
+    narrow = Console(width=60, record=True)  # the table shrinks, the class names stay whole
+    print_report(metrics, narrow)
+    text = narrow.export_text()
+    for name in metrics["classes"]["names"]:
+        assert any(line.split("│")[2].strip() == name for line in text.splitlines() if line.count("│") > 3), name
 
 
 def test_test_split(run):

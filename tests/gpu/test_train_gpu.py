@@ -85,7 +85,7 @@ def test_one_gpu_ddp_over_nccl_writes_its_summary(gpu_argv, set_128, tmp_path):
         "Lightning did not report NCCL: " + proc.stderr[-2000:]
     )
     summary = json.loads((run / "summary.json").read_text())
-    assert summary["provenance"]["devices"] == 1 and summary["all_clean_baseline_val/mIoU"] is not None
+    assert summary["provenance"]["devices"] == 1 and summary["baseline_val/mIoU"] is not None
 
 
 def _syncs(records: list[warnings.WarningMessage]) -> list[str]:

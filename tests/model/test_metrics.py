@@ -11,7 +11,7 @@ import torch
 
 from poc59.model.metrics import (
     SegmentationIoU,
-    all_clean_baseline,
+    first_class_baseline,
     iou_by_name,
     iou_from_confmat,
     mean_iou,
@@ -144,7 +144,7 @@ def test_iou_from_confmat_and_mean_iou_edge_cases():
         iou_by_name(iou, ["a", "b"])
 
 
-def test_all_clean_baseline_hand_computed():
+def test_first_class_baseline_hand_computed():
     # valid labels: image 1: 0 0 1 2 0 ; image 2: 0 0 0 1  -> 9 valid, 6 of class 0
     targets = torch.tensor(
         [
@@ -154,11 +154,11 @@ def test_all_clean_baseline_hand_computed():
         dtype=torch.uint8,
     )
     # predict 0 everywhere: IoU0 = 6 / 9, IoU1 = IoU2 = 0, class 3 absent -> mIoU = (2/3) / 3
-    assert all_clean_baseline(targets, 4) == pytest.approx(2 / 9)
-    assert all_clean_baseline(targets, 4, chunk=1) == pytest.approx(2 / 9)
-    assert all_clean_baseline(targets.numpy(), 4) == pytest.approx(2 / 9)
+    assert first_class_baseline(targets, 4) == pytest.approx(2 / 9)
+    assert first_class_baseline(targets, 4, chunk=1) == pytest.approx(2 / 9)
+    assert first_class_baseline(targets.numpy(), 4) == pytest.approx(2 / 9)
     # all pixels clean -> perfect 1.0
-    assert all_clean_baseline(torch.zeros(1, 2, 2, dtype=torch.uint8), 16) == pytest.approx(1.0)
+    assert first_class_baseline(torch.zeros(1, 2, 2, dtype=torch.uint8), 16) == pytest.approx(1.0)
 
 
 def test_metric_convention_is_one_line():

@@ -61,7 +61,7 @@ def test_short_run_writes_a_complete_run_folder(tmp_path):
     assert set(on_disk["val/IoU"]) == set(ARTEFACT.names)  # every class by name from the one table
     present = [v for v in on_disk["val/IoU"].values() if v is not None]
     assert on_disk["val/mIoU"] == pytest.approx(sum(present) / len(present))
-    assert 0 <= on_disk["all_clean_baseline_val/mIoU"] <= 1
+    assert 0 <= on_disk["baseline_val/mIoU"] <= 1
     assert on_disk["train_images_per_s"] > 0 and on_disk["peak_memory"]["bytes"] > 0
     prov = on_disk["provenance"]
     assert prov["loss"]["name"] == "dice_focal" and prov["loss"]["components"] == {"dice": 0.5, "focal": 0.5}
@@ -243,3 +243,30 @@ def test_model_flags_are_checked(tmp_path):
 
     with pytest.raises(SettingError, match="model.compile=auto: choose true or false"):
         train(make_cfg(tmp_path, *SMALL, "model.compile=auto"))
+
+
+def test_a_few_class_run_names_its_background_and_prints_every_other_class(tmp_path, caplog):
+    """CrackForest (background, crack): the baseline line names class 0 as the class table does, and the
+    crack IoU is printed, so a model that learned only the background shows it at a glance."""
+    from helpers import CRACKFOREST
+
+    caplog.set_level("INFO", logger="poc59.train")
+    cfg = make_cfg(
+        tmp_path,
+        "encoder=tiny",
+        "data=artefact",
+        f"data.root={CRACKFOREST}",
+        "data.image_size=64",
+        "data.batch_size=8",
+        "trainer.max_epochs=1",
+        "trainer.limit_train_batches=2",
+        "trainer.enable_progress_bar=false",
+        "callbacks.val_overlays=null",
+    )
+    summary = train(cfg)
+    crack = summary["val/IoU"]["crack"]
+    assert "Predicting background everywhere on the same validation set scores val/mIoU" in caplog.text
+    shown = "absent" if crack is None else f"{100 * crack:.2f} %"
+    assert f"Best val IoU of every class but background: crack {shown}" in caplog.text
+    assert "baseline_val/mIoU" in summary and "(background)" in summary["baseline"]
+    assert "all_clean_baseline_val/mIoU" not in summary

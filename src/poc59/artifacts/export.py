@@ -148,7 +148,8 @@ def run_metrics(model: TrainedModel, run: Path | None) -> dict[str, Any]:
             keys = (
                 "val/mIoU",
                 "val/IoU",
-                "all_clean_baseline_val/mIoU",
+                "baseline_val/mIoU",
+                "all_clean_baseline_val/mIoU",  # its name in summaries written before 2026-12-03
                 "metric_convention",
                 "best_epoch",
                 "epochs_run",

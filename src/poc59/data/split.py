@@ -97,7 +97,8 @@ def _group_keys(
     """Stratum key per group: (material of its original, rarest rare class it contains), then coarsened.
 
     Rare classes are those present in at least one but fewer than `rare_fraction` of the
-    groups. A (material, class) stratum smaller than MIN_STRATUM first drops the material
+    groups; when no class is that rare (a set of a few classes), every class missing from some
+    group is a candidate, so each group is keyed by the rarest class it holds. A (material, class) stratum smaller than MIN_STRATUM first drops the material
     (keeping rare classes on both sides matters most for per-class IoU), then the class,
     then joins one catch-all stratum.
     """
@@ -110,6 +111,8 @@ def _group_keys(
         in_group = np.stack([presence[members[g]].any(axis=0) for g in groups])  # [G, C]
         counts = in_group.sum(axis=0)
         is_rare = (counts >= 1) & (counts < rare_fraction * len(groups))
+        if not is_rare.any():  # no class under the threshold (a few-class set): the rarest one each group holds
+            is_rare = (counts >= 1) & (counts < len(groups))
         for k, g in enumerate(groups):
             candidates = np.flatnonzero(in_group[k] & is_rare)
             if candidates.size:  # the rarest by group count; ties go to the lower class id

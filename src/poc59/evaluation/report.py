@@ -33,7 +33,8 @@ def print_report(metrics: dict, console: Console | None = None) -> None:
         title_justify="left",
     )
     table.add_column("id", justify="right")
-    table.add_column("class")
+    names = list(metrics["classes"]["names"])
+    table.add_column("class", no_wrap=True, min_width=max(map(len, names)))  # names whole, even when narrow
     columns = class_metrics()
     rows = metrics["per_class"].values()
     for m in columns:

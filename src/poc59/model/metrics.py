@@ -29,7 +29,7 @@ from poc59.core.classes import IGNORE_INDEX
 
 __all__ = [
     "SegmentationIoU",
-    "all_clean_baseline",
+    "first_class_baseline",
     "confusion_matrix",
     "histogram",
     "iou_by_name",
@@ -197,13 +197,13 @@ class SegmentationIoU(Metric):
         }
 
 
-def all_clean_baseline(
+def first_class_baseline(
     targets: Tensor | np.ndarray,
     num_classes: int,
     ignore_index: int = IGNORE_INDEX,
     chunk: int = 16,
 ) -> float:
-    """mIoU of predicting class 0 ("Clean") everywhere on ``targets`` [N, H, W].
+    """mIoU of predicting class 0 (ARTeFACT's Clean, a set's background) everywhere on ``targets`` [N, H, W].
 
     Under the same convention as every reported mIoU (``confusion_matrix``, ``iou_from_confmat``,
     ``mean_iou``), counted in this process only: no collective, so it is safe after `fit` under DDP.
