@@ -23,6 +23,7 @@ from poc59.data.class_weights import load_or_compute
 from poc59.data.feed import BatchFeed
 from poc59.data.folds import make_folds
 from poc59.data.preload import Preloaded, canvas_side, mapped, preload
+from poc59.data.sampling import ClassSites
 from poc59.data.sources import DEFAULT_GROUP_PATTERN, DataError, Sample, discover_pairs
 from poc59.data.split import Split, grouped_split, load_split
 from poc59.data.synthetic import ensure_synthetic
@@ -74,6 +75,7 @@ class SegmentationDataModule(L.LightningDataModule):
         on_device: bool = False,
         allow_large_images: bool = False,
         cv: dict[str, Any] | None = None,
+        crop_sampling: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.root = Path(root).expanduser().resolve()
@@ -98,6 +100,10 @@ class SegmentationDataModule(L.LightningDataModule):
         cv = {k: v for k, v in dict(cv or {}).items() if v is not None}
         self.cv = cv if cv.get("folds") is not None or cv.get("by") is not None else None
         self.cv_record: dict | None = None  # the fold this run validates on (see poc59.data.folds)
+        self.rare_fraction = float((crop_sampling or {}).get("rare_fraction") or 0.0)
+        if not 0.0 <= self.rare_fraction <= 1.0:
+            raise ValueError(f"data.crop_sampling.rare_fraction={self.rare_fraction}: a share of windows, 0 to 1")
+        self._sites: ClassSites | None = None
         self.samples: list[Sample] = []
         self.unpaired: list[dict] = []  # files without their partner, left out under on_bad_file=skip
         self.data: Preloaded | None = None
@@ -218,12 +224,18 @@ class SegmentationDataModule(L.LightningDataModule):
         in NumPy, only for a cache written before those were kept.
         """
         assert self.data is not None, "call setup() first"
-        c = self.classes.num_classes
-        counts = self.data.label_counts
-        if counts is None:
+        return self.label_counts()[:, : self.classes.num_classes] > 0
+
+    def label_counts(self) -> torch.Tensor:
+        """[N, 256] int64 pixels of each label value per preloaded sample (the preload's; counted here only
+        for a cache written before those were kept)."""
+        assert self.data is not None, "call setup() first"
+        if self.data.label_counts is None:
             masks = self.data.masks.numpy()
-            counts = torch.from_numpy(np.stack([np.bincount(m.reshape(-1), minlength=256) for m in masks]))
-        return counts[:, :c] > 0
+            self.data.label_counts = torch.from_numpy(
+                np.stack([np.bincount(m.reshape(-1), minlength=256) for m in masks])
+            )
+        return self.data.label_counts
 
     # -- what the model side reads -----------------------------------------------------------
     @property
@@ -299,6 +311,13 @@ class SegmentationDataModule(L.LightningDataModule):
             )
             batch_size = per_rank
         crop = self.policy == "crop"
+        sites = None
+        if crop and train and self.rare_fraction > 0:
+            if self._sites is None:
+                self._sites = ClassSites(
+                    self.data.masks, self.label_counts(), indices, self.classes.num_classes, self.seed
+                )
+            sites = self._sites
         return BatchFeed(
             images,
             masks,
@@ -315,6 +334,8 @@ class SegmentationDataModule(L.LightningDataModule):
             sizes=self.data.sizes if crop else None,
             tiles=crop and not train,
             ignore_index=self.classes.ignore_index,
+            sites=sites,
+            rare_fraction=self.rare_fraction,
         )
 
     def train_dataloader(self) -> BatchFeed:

@@ -17,8 +17,10 @@ epoch-end sum of the confusion matrix.
 
 With `window=S` (the `crop` geometry) each item is an S x S window of a larger
 canvas instead of the whole sample: a random window inside the sample's real
-content for training, or, with `tiles=True`, every non-overlapping tile that
-touches real content, so validation scores each pixel exactly once.
+content for training (a share of them placed over rare classes with `sites` and
+`rare_fraction`, see poc59.data.sampling), or, with `tiles=True`, every
+non-overlapping tile that touches real content, so validation scores each pixel
+exactly once.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import numpy as np
 import torch
 
 from poc59.core.classes import IGNORE_INDEX
+from poc59.data.sampling import ClassSites
 
 _RING = 3
 PADDING = -1  # the sample index of a padding item (see the module docstring)
@@ -61,6 +64,8 @@ class BatchFeed:
         sizes: torch.Tensor | None = None,
         tiles: bool = False,
         ignore_index: int = IGNORE_INDEX,
+        sites: ClassSites | None = None,
+        rare_fraction: float = 0.0,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -72,6 +77,7 @@ class BatchFeed:
         if window is not None and tiles:
             self.units = tile_grid(self.units, sizes, window)
         self.random_windows = window is not None and not tiles
+        self.sites, self.rare_fraction = sites, float(rare_fraction)  # class-aware windows (poc59.data.sampling)
         self.batch_size, self.shuffle, self.drop_last = batch_size, shuffle, drop_last
         self.seed, self.epoch_fn = seed, epoch_fn
         self.rank, self.world_size = rank, world_size
@@ -127,7 +133,11 @@ class BatchFeed:
         g = torch.Generator().manual_seed((self.seed * 1_000_003 + epoch) * 65_537 + batch * 7 + self.rank)
         room = (self.sizes[units] - self.window).clamp_min(0) + 1  # valid top-left positions per axis
         yx = (torch.rand((len(units), 2), generator=g) * room).long()
-        return torch.cat([units.view(-1, 1), yx], dim=1)
+        windows = torch.cat([units.view(-1, 1), yx], dim=1)
+        n = round(self.rare_fraction * len(units)) if self.sites is not None else 0
+        if n:  # drawn after the uniform ones: the other items are those of rare_fraction=0
+            windows[:n] = self.sites.draw(n, g, self.window, self.sizes)
+        return windows
 
     def _gather(self, units: torch.Tensor, img_buf: torch.Tensor, mask_buf: torch.Tensor, epoch: int, batch: int):
         padding = bool((units.view(len(units), -1)[:, 0] == PADDING).all())

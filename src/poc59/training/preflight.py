@@ -45,6 +45,11 @@ def check_settings(cfg: DictConfig) -> None:
     if data.policy == "crop" and not data.get("max_side"):
         raise SettingError("data.policy=crop needs data.max_side (the long side sources are stored at, e.g. 1024)")
     check_cross_validation(data)
+    rare = (data.get("crop_sampling") or {}).get("rare_fraction") or 0
+    if isinstance(rare, bool) or not isinstance(rare, int | float) or not 0 <= rare <= 1:
+        raise SettingError(
+            f"data.crop_sampling.rare_fraction={rare}: the share of windows placed over rare classes, 0 to 1"
+        )
     if data.get("on_bad_file", "error") not in ("error", "skip"):
         raise SettingError(f"data.on_bad_file={data.on_bad_file}: choose error or skip")
     lr = float(cfg.optimizer.lr)

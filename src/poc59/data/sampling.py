@@ -1,0 +1,93 @@
+"""Class-aware training windows (policy=crop): a share of each batch placed over a pixel of a rare class.
+
+Uniform windows almost never hold a class that covers 0.01 % of the pixels, so a model can learn the
+background alone and still lower its loss. With `rare_fraction` r, the first round(r x B) windows of
+every training batch are class-aware, the rest stay uniform:
+
+1. a class c is drawn with probability p_c proportional to f_c ** -0.5 over the classes present in
+   training, f_c being its share of the training pixels (the inverse-square-root rule of the class
+   weights: rarer classes more often, without letting a 1-pixel class take every window);
+2. a training image holding c, uniformly, and one of the pixels of c kept for it (`SITES` of them,
+   picked once at setup with a seeded generator; the preload's label counts say which images hold
+   which class, so only those masks are searched, once, never per epoch);
+3. the window's top-left corner so that the pixel lies at a uniform position inside the window,
+   clamped into the image (a clamped window still holds the pixel).
+
+The draws come from the feed's generator of the batch (seeded by seed, epoch, batch and rank), after
+the uniform windows' own draws: a resumed run draws the same windows with no state to restore, and the
+uniform items of a batch are those a run with r = 0 would draw.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+log = logging.getLogger(__name__)
+
+SITES = 16  # pixels kept per (image, class): where its windows may be centred
+
+
+class ClassSites:
+    """Where each class lies in the training images, and how often a class-aware window goes to it."""
+
+    def __init__(
+        self,
+        masks: torch.Tensor,
+        label_counts: torch.Tensor,
+        indices: Sequence[int],
+        num_classes: int,
+        seed: int = 0,
+    ) -> None:
+        start = time.perf_counter()
+        rng = np.random.default_rng([seed, 16])
+        counts = label_counts[list(indices), :num_classes].to(torch.float64)  # [N_train, C]
+        total = counts.sum(0)
+        present = total > 0
+        weight = torch.zeros(num_classes, dtype=torch.float64)
+        weight[present] = (total[present] / total.sum()).pow(-0.5)
+        self.probabilities = weight / weight.sum()  # p_c, see the module docstring
+        self.width = masks.shape[-1]
+        self.images: list[torch.Tensor] = []  # per class: the sample indices holding it
+        self.sites: list[list[torch.Tensor]] = []  # per class, per such image: flat pixel positions
+        by_class: list[list[tuple[int, np.ndarray]]] = [[] for _ in range(num_classes)]
+        for row, i in enumerate(indices):
+            held = torch.nonzero(counts[row] > 0).flatten().tolist()
+            if not held:
+                continue
+            flat = masks[i].numpy().reshape(-1)
+            for c in held:
+                where = np.flatnonzero(flat == c)
+                if where.size > SITES:
+                    where = rng.choice(where, SITES, replace=False)
+                by_class[c].append((i, where.astype(np.int64)))
+        for c in range(num_classes):
+            self.images.append(torch.tensor([i for i, _ in by_class[c]], dtype=torch.int64))
+            self.sites.append([torch.from_numpy(w) for _, w in by_class[c]])
+        log.info(
+            "Class-aware windows: %d training images searched once in %.2f s; class draw probabilities %s",
+            len(indices),
+            time.perf_counter() - start,
+            ", ".join(f"{c}: {p:.3f}" for c, p in enumerate(self.probabilities.tolist()) if p > 0),
+        )
+
+    def draw(self, n: int, generator: torch.Generator, window: int, sizes: torch.Tensor) -> torch.Tensor:
+        """n (sample, y, x) windows of side `window`, each holding a pixel of its drawn class."""
+        classes = torch.multinomial(self.probabilities, n, replacement=True, generator=generator)
+        u = torch.rand((n, 4), generator=generator, dtype=torch.float64)
+        out = torch.empty((n, 3), dtype=torch.int64)
+        for k, c in enumerate(classes.tolist()):
+            j = min(int(u[k, 0] * len(self.images[c])), len(self.images[c]) - 1)
+            i = int(self.images[c][j])
+            here = self.sites[c][j]
+            pos = int(here[min(int(u[k, 1] * len(here)), len(here) - 1)])
+            py, px = divmod(pos, self.width)
+            h, w = sizes[i].tolist()
+            y = min(max(py - int(u[k, 2] * window), 0), max(h - window, 0))
+            x = min(max(px - int(u[k, 3] * window), 0), max(w - window, 0))
+            out[k] = torch.tensor((i, y, x))
+        return out
