@@ -10,6 +10,7 @@ from PIL import Image
 from poc59.analysis.pictures import (
     ERROR_COLOURS,
     confusion_matrix_figure,
+    covering_sample,
     grouped_iou_bars_figure,
     iou_bars_figure,
     row_normalised,
@@ -87,6 +88,35 @@ def test_sample_grid_shows_the_classes_present_and_the_error_map(tmp_path):
         assert _rgb(ARTEFACT.palette[ARTEFACT.names.index(name)]) not in colours, name
     with pytest.raises(ValueError, match="titles"):
         sample_grid_figure(images, targets, preds, ARTEFACT, tmp_path / "x.png", ["one"])
+
+
+def test_each_row_keeps_its_own_size_and_predictions_on_ignore_are_not_drawn(tmp_path):
+    """Ragged rows (no canvas to pad them onto), and a prediction where the target is ignore shown as ignore."""
+    rng = np.random.default_rng(1)
+    shapes = [(32, 48), (20, 60)]
+    images = [rng.integers(0, 256, (*hw, 3), dtype=np.uint8) for hw in shapes]
+    targets = [np.zeros(hw, dtype=np.int64) for hw in shapes]
+    targets[1][:, 30:] = 255  # ignore
+    preds = [t.copy() for t in targets]
+    preds[1][:, 30:] = 10  # Staining, but only where nothing is scored
+    colours = _colours(sample_grid_figure(images, targets, preds, ARTEFACT, tmp_path / "g.png", ["a", "b"]))
+    assert _rgb(ARTEFACT.palette[ARTEFACT.names.index("Staining")]) not in colours
+    assert ERROR_COLOURS["ignored"] in colours  # (the legend always shows the error colours)
+    with pytest.raises(ValueError, match=r"must be \[H, W\] = \(20, 60\)"):
+        sample_grid_figure(images, [targets[0], targets[0]], preds, ARTEFACT, tmp_path / "x.png", ["a", "b"])
+
+
+def test_the_sample_covers_as_many_classes_as_it_can_then_goes_by_id():
+    presence = np.zeros((5, 5), bool)
+    presence[:, 0] = True
+    presence[1, 1] = True
+    presence[2, [2, 3]] = True
+    presence[3, [1, 2, 3]] = True
+    presence[4, 4] = True
+    ids = ["e", "d", "c", "b", "a"]
+    assert covering_sample(presence, ids, 2) == [3, 4]  # b (3 new classes), then a (class 4)
+    assert covering_sample(presence, ids, 4) == [3, 4, 2, 1]  # every class shown: then by id (c, d)
+    assert covering_sample(presence, ids, 9) == [3, 4, 2, 1, 0]
 
 
 def test_grouped_iou_bars_one_colour_per_run(tmp_path):

@@ -223,7 +223,7 @@ def test_bad_input_names_the_fix(run, tmp_path, caplog):
     assert "not a run folder" in caplog.text
 
 
-def test_crop_geometry_scores_every_tile_once(run, tmp_path):
+def test_crop_geometry_scores_every_tile_once(run, tmp_path, monkeypatch):
     """policy=crop: validation-style tiles; per-image matrices, the split's matrix and the pasted label maps agree."""
     ckpt = torch.load(run / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=False)
     ckpt["hyper_parameters"]["card"]["geometry"] = {
@@ -248,6 +248,22 @@ def test_crop_geometry_scores_every_tile_once(run, tmp_path):
     assert confmat.tolist() == m["confusion_matrix"]
     masks = dm.data.masks[indices]
     assert confmat.sum(1).tolist() == _label_counts(masks, 16)  # every content pixel once
+    # its pictures: every panel cropped to its image's content, no canvas padding drawn
+    import poc59.evaluation.pictures as pictures
+
+    drawn = []
+    real = pictures.sample_grid_figure
+    monkeypatch.setattr(
+        pictures, "sample_grid_figure", lambda im, t, p, *a: drawn.append((im, t, p)) or real(im, t, p, *a)
+    )
+    evaluate_run(ckpt=tmp_path / "crop.ckpt", data_root=cfg.root, pictures=True, out=tmp_path / "pics", **FAST)
+    assert drawn and (tmp_path / "pics" / "sample.png").exists()
+    sizes = {tuple(dm.data.sizes[i].tolist()) for i in indices}
+    shown = [image.shape[:2] for images, _, _ in drawn for image in images]
+    assert set(shown) <= sizes and any(hw != (64, 64) for hw in shown)  # content, not the 64 x 64 canvas
+    for images, targets, preds in drawn:
+        for image, target, pred in zip(images, targets, preds):
+            assert target.shape == pred.shape == image.shape[:2] and (target != 255).any()
     canvases = torch.from_numpy(predicted_canvases(model, dm, indices, 3, torch.device("cpu"), nullcontext()))
     for k in range(len(indices)):
         keep = masks[k] != 255

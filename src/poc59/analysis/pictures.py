@@ -28,6 +28,7 @@ __all__ = [
     "error_map",
     "grouped_iou_bars_figure",
     "iou_bars_figure",
+    "covering_sample",
     "row_normalised",
     "sample_grid_figure",
 ]
@@ -269,36 +270,54 @@ def error_map(target: np.ndarray, pred: np.ndarray, classes: ClassTable) -> np.n
     return out
 
 
+def covering_sample(presence: np.ndarray, ids: Sequence[str], k: int) -> list[int]:
+    """k positions whose images together hold as many classes as possible: greedily the image adding the
+    most classes not yet shown (ties: the lower id), then, once every class is shown, by id."""
+    presence = np.asarray(presence, dtype=bool)
+    order = sorted(range(len(ids)), key=lambda p: ids[p])
+    chosen: list[int] = []
+    shown = np.zeros(presence.shape[1], dtype=bool)
+    while len(chosen) < min(k, len(ids)):
+        left = [p for p in order if p not in chosen]
+        gain = [int((presence[p] & ~shown).sum()) for p in left]
+        best = left[int(np.argmax(gain))] if max(gain) > 0 else left[0]
+        chosen.append(best)
+        shown |= presence[best]
+    return chosen
+
+
 def sample_grid_figure(
-    images: np.ndarray,
-    targets: np.ndarray,
-    preds: np.ndarray,
+    images: Sequence[np.ndarray],
+    targets: Sequence[np.ndarray],
+    preds: Sequence[np.ndarray],
     classes: ClassTable,
     path: str | Path,
     titles: Sequence[str],
 ) -> Path:
-    """One row per image: image / ground truth / prediction / error map, with a legend of the classes shown."""
-    images, targets, preds = np.asarray(images), np.asarray(targets), np.asarray(preds)
-    if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
-        raise ValueError(f"images must be uint8 [N, H, W, 3], got {images.dtype} {images.shape}")
-    if targets.shape != images.shape[:3] or preds.shape != images.shape[:3]:
+    """One row per image: image / ground truth / prediction / error map, each row at the image's own size
+    (pass each image cropped to its content: no canvas padding is drawn), with a legend of the classes in
+    that row. The prediction is shown as ignore wherever the target is ignore (nothing is scored there)."""
+    if not (len(images) == len(targets) == len(preds) == len(titles)):
         raise ValueError(
-            f"targets {targets.shape} and predictions {preds.shape} must be [N, H, W] = {images.shape[:3]}"
+            f"{len(images)} images, {len(targets)} targets, {len(preds)} predictions, {len(titles)} titles"
         )
-    if len(titles) != len(images):
-        raise ValueError(f"{len(images)} images but {len(titles)} titles")
-    n, h, w = targets.shape
+    rows = []
+    for image, target, pred in zip(images, targets, preds):
+        image, target, pred = np.asarray(image), np.asarray(target), np.asarray(pred)
+        if image.ndim != 3 or image.shape[-1] != 3 or image.dtype != np.uint8:
+            raise ValueError(f"images must be uint8 [H, W, 3], got {image.dtype} {image.shape}")
+        if target.shape != image.shape[:2] or pred.shape != image.shape[:2]:
+            raise ValueError(f"target {target.shape} and prediction {pred.shape} must be [H, W] = {image.shape[:2]}")
+        pred = np.where(target == classes.ignore_index, classes.ignore_index, pred)
+        rows.append((image, target, pred))
+    n = len(rows)
+    aspect = max(w / h for image, _, _ in rows for h, w in [image.shape[:2]])
     cell = 2.4
-    fig = Figure(figsize=(4 * cell * max(1.0, w / h) ** 0.5, n * cell + 1.4), dpi=100, layout="constrained")
+    fig = Figure(figsize=(4 * cell * max(1.0, aspect) ** 0.5 + 2.2, n * cell + 1.0), dpi=100, layout="constrained")
     axes = fig.subplots(n, 4, squeeze=False)
     headers = ("image", "ground truth", "prediction", "errors")
-    for i in range(n):
-        panels = (
-            images[i],
-            colorize(targets[i], classes),
-            colorize(preds[i], classes),
-            error_map(targets[i], preds[i], classes),
-        )
+    for i, (image, target, pred) in enumerate(rows):
+        panels = (image, colorize(target, classes), colorize(pred, classes), error_map(target, pred, classes))
         for j, panel in enumerate(panels):
             ax = axes[i, j]
             ax.imshow(panel, interpolation="nearest")
@@ -307,11 +326,12 @@ def sample_grid_figure(
             if i == 0:
                 ax.set_title(headers[j], fontsize=9)
         axes[i, 0].set_ylabel(titles[i], fontsize=8)
-    shown = {int(v) for v in np.unique(np.concatenate([targets.ravel(), preds.ravel()]))}
-    handles = [Patch(facecolor=_rgb01(rgb), edgecolor="0.3", label=name) for name, rgb in legend(classes, shown)]
-    handles += [
+        here = {int(v) for v in np.unique(np.concatenate([target.ravel(), pred.ravel()]))}
+        handles = [Patch(facecolor=_rgb01(rgb), edgecolor="0.3", label=name) for name, rgb in legend(classes, here)]
+        axes[i, 3].legend(handles=handles, loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize=7, frameon=False)
+    handles = [
         Patch(facecolor=_rgb01(ERROR_COLOURS[k]), edgecolor="0.3", label=f"error map: {k}")
-        for k in ("correct", "wrong")
+        for k in ("correct", "wrong", "ignored")
     ]
-    fig.legend(handles=handles, loc="outside lower center", ncols=min(4, len(handles)), fontsize=8, frameon=False)
+    fig.legend(handles=handles, loc="outside lower center", ncols=3, fontsize=8, frameon=False)
     return _save(fig, path)

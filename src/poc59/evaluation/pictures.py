@@ -26,11 +26,12 @@ def draw(
     folder: Path,
     predict: Callable[[list[int]], np.ndarray],
 ) -> dict[str, str]:
-    """Confusion matrix, IoU bars with intervals, and image grids of the first and the worst images.
+    """Confusion matrix, IoU bars with intervals, and image grids (a class-covering sample, the worst).
 
     `image_miou` is each image's own mIoU (NaN: nothing scored); `grids` names each grid's images
-    (positions in `indices`), e.g. {"sample": first k, "worst": worst k}; `predict(sample indices)`
-    gives label maps [n, H, W] on the stored canvas. Returns {picture: path relative to `folder`}.
+    (positions in `indices`), e.g. {"sample": ..., "worst": worst k}; `predict(sample indices)` gives
+    label maps [n, H, W] on the stored canvas. Each panel is cropped to its image's content (no canvas
+    padding). Returns {picture: path relative to `folder`}.
     """
     classes, where = model.classes, f"{metrics['split']} split, {metrics['num_images']} images"
     out = {
@@ -57,10 +58,12 @@ def draw(
             + ("n/a" if np.isnan(image_miou[p]) else f"{100 * image_miou[p]:.1f} %")
             for p in positions
         ]
+        content = [tuple(dm.data.sizes[i].tolist()) for i in chosen]  # (h, w) of each image on its canvas
+        preds = predict(chosen)
         out[name] = sample_grid_figure(
-            dm.data.images[chosen].permute(0, 2, 3, 1).numpy(),
-            dm.data.masks[chosen].numpy(),
-            predict(chosen),
+            [dm.data.images[i, :, :h, :w].permute(1, 2, 0).numpy() for i, (h, w) in zip(chosen, content)],
+            [dm.data.masks[i, :h, :w].numpy() for i, (h, w) in zip(chosen, content)],
+            [p[:h, :w] for p, (h, w) in zip(preds, content)],
             classes,
             folder / f"{name}.png",
             titles,

@@ -23,6 +23,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from poc59.analysis.bootstrap import bootstrap_iou
+from poc59.analysis.pictures import covering_sample
 from poc59.analysis.scores import LEGACY_CONVENTION, batched_miou, scores, split_metrics
 from poc59.artifacts.ensemble import load_ensemble, members_of
 from poc59.artifacts.load import load_model, locate_checkpoint
@@ -220,12 +221,11 @@ def evaluate_run(
     )
     folder = Path(out).expanduser().resolve() if out else _default_out(t, mode)
     if pictures:
-        # the grids show the stored canvases; full-resolution maps of mode=native come from predict
-        grids = (
-            {"sample": list(range(min(worst_k, len(t.indices)))), "worst": [p for _, p in ranked]}
-            if mode != "native"
-            else {}
-        )
+        # the grids show the stored images (cropped to their content); full-resolution maps of mode=native
+        # come from predict. The sample covers as many classes as it can; the worst are the worst.
+        present = t.dm.presence()[t.indices].numpy()
+        sample = covering_sample(present, [t.dm.samples[i].id for i in t.indices], worst_k)
+        grids = {"sample": sample, "worst": [p for _, p in ranked]} if mode != "native" else {}
         metrics["pictures"] = draw(
             metrics,
             t.model,
