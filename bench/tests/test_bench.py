@@ -86,6 +86,11 @@ def test_quick_run_writes_all_rows_and_the_table(tmp_path):
     assert score["value"] == pytest.approx(100 * sum(present) / len(present))  # the run's own mIoU, in %
     assert score["ratio"] == pytest.approx(score["value"] / score["baseline"])
     assert (tmp_path / "cache" / "bench").is_dir()  # generated data went to the private cache
+    # issue 16: class-aware windows against uniform ones, same seed and steps (bars judged in full mode)
+    for name in ("sampling_synthetic", "sampling_rare_half", "sampling_crackforest"):
+        r = rows[name]
+        assert "error" not in r, (name, r.get("error"), r.get("traceback"))
+        assert r["passed"] is None and len(r["details"]) == 4 and f"**{name}**" in proc.stdout
     # issue 15: the fold ensemble against its best fold, on the same test images (reported, no bar)
     ens = rows["fold_ensemble"]
     assert "error" not in ens, (ens.get("error"), ens.get("traceback"))
