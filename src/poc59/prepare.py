@@ -19,7 +19,6 @@ from rich.table import Table
 from poc59.core.cli import configure_logging
 from poc59.core.config import SettingError
 from poc59.core.overrides import HELP, check_overrides, compose_train, help_text, split_argv
-from poc59.data.class_weights import pixel_counts
 from poc59.data.datamodule import SegmentationDataModule
 from poc59.data.sources import DataError
 
@@ -29,12 +28,12 @@ log = logging.getLogger("poc59.prepare")
 def report(dm: SegmentationDataModule, console: Console) -> dict:
     """Print the data report and return it as a plain dict."""
     split = dm.split
-    masks = dm.data.masks
     names = dm.classes.names
     sides = {"train": split["train"], "val": split["val"], "test": split["test"]}
     index = {s.id: i for i, s in enumerate(dm.samples)}
+    labels = dm.label_counts()[:, : len(names)]  # the preload's: no pass over the masks
     counts = {
-        side: pixel_counts(masks[[index[i] for i in ids]], len(names)) if ids else [0] * len(names)
+        side: labels[[index[i] for i in ids]].sum(0).tolist() if ids else [0] * len(names)
         for side, ids in sides.items()
     }
     weights = dm.class_weights_record["weights"]
@@ -67,9 +66,10 @@ def report(dm: SegmentationDataModule, console: Console) -> dict:
         f"(seed {dm.seed}): {len(split['train'])} train / {len(split['val'])} validation / {len(split['test'])} test, "
         f"fingerprint {split['fingerprint']}"
     )
+    layout = "ragged, each image at its own size" if dm.data.ragged else f"canvas {dm.data.images.shape[-1]} px"
     console.print(
-        f"Preload: {d['preload_bytes'] / 2**20:.1f} MiB of uint8 in RAM ({d['policy']}, canvas "
-        f"{dm.data.images.shape[-1]} px), {d['preload_seconds']:.2f} s ({d['preload_source']})"
+        f"Preload: {d['preload_bytes'] / 2**20:.1f} MiB of uint8 in RAM ({d['policy']}, {layout}), "
+        f"{d['preload_seconds']:.2f} s ({d['preload_source']})"
     )
     for skipped in d["skipped_files"]:
         console.print(f"Skipped {skipped['id']}: {skipped['reason']}")

@@ -62,7 +62,8 @@ def test_crop_policy_trains_on_windows_and_validates_on_tiles(tmp_path):
         img = rng.integers(0, 256, (40, 44, 3), dtype=np.uint8)  # under max_side: native pixels
         write_pair(root, f"im{i}", img, (img[:, :, 0] // 64).astype(np.uint8))
     dm = _dm(root, tmp_path, policy="crop", max_side=48, batch_size=3, val_fraction=0.34)
-    assert dm.data.images.shape[-1] == 48 and dm.data.sizes.tolist()[0] == [40, 44]
+    assert dm.data.ragged and dm.data.sizes.tolist()[0] == [40, 44]  # native pixels, no canvas
+    assert dm.data.images.numel() == 6 * 3 * 40 * 44 and dm.data.masks.numel() == 6 * 40 * 44
     for images, masks in dm.train_dataloader():
         assert images.shape[-2:] == (16, 16)
         valid = masks != 255

@@ -108,3 +108,51 @@ def test_copies_to_a_second_gpu_are_awaited_on_that_gpu():
         out = [(i.device, i[:, 0, 0, 0].tolist()) for i, _ in feed]
     assert out == [(torch.device("cuda:1"), [2 * b, 2 * b + 1]) for b in range(6)]
     assert cuda.devices_called("event.record") == {torch.device("cuda:1")}
+
+
+def test_ragged_storage_feeds_the_same_windows_and_tiles_as_the_canvas():
+    """The same samples stored on canvases and ragged (each block after the other): identical training
+    windows and validation tiles, windows past a sample's content padded with ignore in the batch."""
+    from poc59.data.feed import BatchFeed
+
+    g = torch.Generator().manual_seed(0)
+    n, side, window = 6, 48, 16
+    sizes = torch.tensor([[48, 48], [30, 41], [12, 9], [48, 20], [17, 48], [33, 33]])
+    images = torch.zeros((n, 3, side, side), dtype=torch.uint8)
+    masks = torch.full((n, side, side), 255, dtype=torch.uint8)
+    blocks_i, blocks_m = [], []
+    for i, (h, w) in enumerate(sizes.tolist()):
+        im = torch.randint(0, 256, (3, h, w), dtype=torch.uint8, generator=g)
+        mk = torch.randint(0, 4, (h, w), dtype=torch.uint8, generator=g)
+        images[i, :, :h, :w], masks[i, :h, :w] = im, mk
+        blocks_i.append(im.reshape(-1))
+        blocks_m.append(mk.reshape(-1))
+    pixels = sizes.prod(1)
+    offsets = torch.cumsum(pixels, 0) - pixels
+    flat_i, flat_m = torch.cat(blocks_i), torch.cat(blocks_m)
+    for train in (True, False):
+        kw = dict(shuffle=train, drop_last=train, window=window, sizes=sizes, tiles=not train, seed=3)
+        dense = BatchFeed(images, masks, list(range(n)), 4, **kw)
+        ragged = BatchFeed(flat_i, flat_m, list(range(n)), 4, offsets=offsets, **kw)
+        a = [(i.clone(), m.clone()) for i, m in dense]
+        b = [(i.clone(), m.clone()) for i, m in ragged]
+        assert len(a) == len(b) > 0
+        for (ia, ma), (ib, mb) in zip(a, b):
+            assert torch.equal(ia, ib) and torch.equal(ma, mb)
+    tiles = [
+        m
+        for _, ms in BatchFeed(
+            flat_i,
+            flat_m,
+            list(range(n)),
+            4,
+            offsets=offsets,
+            window=window,
+            sizes=sizes,
+            tiles=True,
+            shuffle=False,
+            drop_last=False,
+        )
+        for m in ms.clone()
+    ]
+    assert sum(int((t != 255).sum()) for t in tiles) == int(pixels.sum())  # every content pixel once

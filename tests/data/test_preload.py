@@ -113,9 +113,9 @@ def test_crop_keeps_native_scale_capped_at_max_side(tmp_path):
     write_pair(tmp_path, "big", np.full((30, 50, 3), 9, np.uint8), np.ones((30, 50)))
     write_pair(tmp_path, "small", np.full((10, 12, 3), 9, np.uint8), np.ones((10, 12)))
     data = preload(discover(tmp_path), 16, num_classes=2, policy="crop", max_side=40)
-    assert data.images.shape[-1] == 48  # canvas: max_side rounded up to a multiple of image_size
-    assert data.sizes.tolist() == [[24, 40], [10, 12]]  # capped, never enlarged
-    assert (data.masks[1, :10, :12] == 1).all() and (data.masks[1, 10:] == 255).all()
+    assert data.ragged and data.sizes.tolist() == [[24, 40], [10, 12]]  # capped, never enlarged
+    assert data.nbytes == 4 * (24 * 40 + 10 * 12)  # the content's bytes: no canvas
+    assert data.mask(1).shape == (10, 12) and (data.mask(1) == 1).all()
     with pytest.raises(ValueError, match="max_side"):
         preload(discover(tmp_path), 16, num_classes=2, policy="crop")
 
@@ -275,3 +275,30 @@ def test_the_ram_estimate_counts_one_full_size_decode_per_thread(tmp_path, monke
     assert "4 threads decoding sources of up to 4 MP" in said and "0.1 GiB of RAM" in said
     data = preload(samples, 16, num_classes=4, workers=2)
     assert data.images.shape == (4, 3, 16, 16)
+
+
+def test_ragged_storage_round_trips_every_image_cold_and_warm(tmp_path):
+    """policy=crop on a mixed-size set: every image, mask and size exactly as decoded one by one, from the
+    decode and from the mapped cache, and windows past the content padded with ignore in the batch only."""
+    rng = np.random.default_rng(3)
+    shapes = [(17, 90), (64, 23), (40, 40), (5, 7), (81, 55), (33, 120)]
+    for k, (h, w) in enumerate(shapes):
+        write_pair(tmp_path / "d", f"p{k}", rng.integers(0, 256, (h, w, 3), dtype=np.uint8), rng.integers(0, 3, (h, w)))
+    samples = discover(tmp_path / "d")
+    cold = preload(samples, 32, num_classes=3, policy="crop", max_side=100, cache_dir=tmp_path / "c")
+    warm = preload(samples, 32, num_classes=3, policy="crop", max_side=100, cache_dir=tmp_path / "c")
+    assert cold.source == "decoded" and warm.source == "cache" and warm.ragged
+    for data in (cold, warm):
+        assert data.nbytes == 4 * int(data.sizes.prod(1).sum())
+        for i, s in enumerate(data.samples):
+            image, mask, hw = load_pair(s, 32, 3, 255, "crop", 100)
+            h, w = hw
+            assert tuple(data.sizes[i].tolist()) == hw and data.mask(i).shape == (h, w)
+            assert np.array_equal(data.image(i).permute(1, 2, 0).numpy(), image[:h, :w])
+            assert np.array_equal(data.mask(i).numpy(), mask[:h, :w])
+            assert data.label_counts[i].tolist() == np.bincount(mask[:h, :w].reshape(-1), minlength=256).tolist()
+    img, msk = torch.full((3, 32, 32), 7, dtype=torch.uint8), torch.zeros((32, 32), dtype=torch.uint8)
+    small = next(i for i, s in enumerate(warm.samples) if s.id == "p3")  # 5 x 7
+    warm.window_into(small, 0, 0, img, msk)
+    assert torch.equal(msk[:5, :7], warm.mask(small)) and (msk[5:] == 255).all() and (msk[:, 7:] == 255).all()
+    assert (img[:, 5:] == 0).all() and torch.equal(img[:, :5, :7], warm.image(small))

@@ -79,3 +79,17 @@ def test_a_set_on_the_device_is_gathered_on_the_device(source, window):
             assert torch.equal(im, images[idx]) and torch.equal(mk, masks[idx])
     else:
         assert batches[0][0].shape == (16, 3, window, window) and batches[0][1].shape == (16, window, window)
+
+
+def test_a_ragged_set_on_the_device_gives_the_canvas_windows(source):
+    """policy=crop's ragged storage (poc59.data.storage) moved to the GPU: the same windows as the canvases."""
+    images, masks = (t[:8] for t in source)
+    sizes = torch.full((8, 2), S)
+    offsets = torch.arange(8) * S * S
+    kw = dict(shuffle=True, drop_last=True, device="cuda", window=256, sizes=sizes, seed=1)
+    dense = BatchFeed(images.cuda(), masks.cuda(), list(range(8)), 4, **kw)
+    ragged = BatchFeed(images.reshape(-1).cuda(), masks.reshape(-1).cuda(), list(range(8)), 4, offsets=offsets, **kw)
+    for (ia, ma), (ib, mb) in zip(
+        [(i.clone(), m.clone()) for i, m in dense], [(i.clone(), m.clone()) for i, m in ragged]
+    ):
+        assert ib.device.type == "cuda" and torch.equal(ia, ib) and torch.equal(ma, mb)

@@ -53,12 +53,20 @@ def class_weights(
 
 
 def load_or_compute(
-    cache_file: Path | None, masks: torch.Tensor, names: Sequence[str], method: str, cap: float | None, fingerprint: str
+    cache_file: Path | None,
+    masks: torch.Tensor | None,
+    names: Sequence[str],
+    method: str,
+    cap: float | None,
+    fingerprint: str,
+    *,
+    counts: Sequence[int] | None = None,
 ) -> dict:
     """The weights record for this split: read from `cache_file` if its fingerprint matches, else computed and cached.
 
     With `cache_file=None` nothing is cached. The record holds counts, frequencies, method, cap, weights and the split fingerprint,
-    so a run's summary can say exactly which weights the loss used.
+    so a run's summary can say exactly which weights the loss used. `counts` (pixels per class, e.g. from
+    the preload's label counts) stands in for counting `masks`.
     """
     if cache_file is not None and cache_file.exists():
         try:
@@ -68,7 +76,7 @@ def load_or_compute(
                 return record
         except (json.JSONDecodeError, OSError):
             log.warning("Class-weight cache %s is unreadable; recomputing", cache_file)
-    counts = pixel_counts(masks, len(names))
+    counts = list(counts) if counts is not None else pixel_counts(masks, len(names))
     total = sum(counts)
     record = {
         "method": method,

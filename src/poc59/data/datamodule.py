@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-import numpy as np
 import torch
 
 from poc59.core.classes import load_class_table
@@ -29,24 +28,6 @@ from poc59.data.split import Split, grouped_split, load_split
 from poc59.data.synthetic import ensure_synthetic
 
 log = logging.getLogger(__name__)
-
-
-class _Rows:
-    """`masks[rows]` for `class_weights.pixel_counts`, gathered a slice at a time when (and only if) it is read.
-
-    On a warm start the class weights come from their cache and the training masks are never touched;
-    gathering them eagerly would copy most of the set for nothing.
-    """
-
-    def __init__(self, masks: torch.Tensor, rows: tuple[int, ...]) -> None:
-        self.masks, self.rows = masks, torch.as_tensor(rows, dtype=torch.int64)
-        self.shape = torch.Size((len(self.rows), *masks.shape[1:]))
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def __getitem__(self, index: Any) -> torch.Tensor:
-        return self.masks[self.rows[index]]
 
 
 class SegmentationDataModule(L.LightningDataModule):
@@ -186,9 +167,11 @@ class SegmentationDataModule(L.LightningDataModule):
             self.cache_dir / f"class_weights-{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
             if self.cache_dir and self.cache
             else None,
-            _Rows(self.data.masks, self._split.train),  # gathered only if the weights are not cached
+            None,
             self.classes.names,
             fingerprint=key,
+            # from the preload's label counts: no pass over the training masks, in either storage layout
+            counts=self.label_counts()[list(self._split.train), : self.classes.num_classes].sum(0).tolist(),
             **self.class_weights_cfg,
         )
         log.info(
@@ -231,9 +214,8 @@ class SegmentationDataModule(L.LightningDataModule):
         for a cache written before those were kept)."""
         assert self.data is not None, "call setup() first"
         if self.data.label_counts is None:
-            masks = self.data.masks.numpy()
-            self.data.label_counts = torch.from_numpy(
-                np.stack([np.bincount(m.reshape(-1), minlength=256) for m in masks])
+            self.data.label_counts = torch.stack(
+                [torch.bincount(self.data.mask(i).reshape(-1), minlength=256) for i in range(len(self.data.samples))]
             )
         return self.data.label_counts
 
@@ -251,9 +233,10 @@ class SegmentationDataModule(L.LightningDataModule):
         return torch.tensor(self.class_weights_record["weights"], dtype=torch.float32)
 
     @property
-    def val_masks(self) -> torch.Tensor:
+    def val_masks(self) -> list[torch.Tensor]:
+        """The validation masks' content, [h, w] each (views)."""
         assert self.data is not None and self._split is not None, "call setup() first"
-        return self.data.masks[list(self._split.val)]
+        return [self.data.mask(i) for i in self._split.val]
 
     def describe(self) -> dict:
         """Data provenance for summary.json."""
@@ -315,7 +298,7 @@ class SegmentationDataModule(L.LightningDataModule):
         if crop and train and self.rare_fraction > 0:
             if self._sites is None:
                 self._sites = ClassSites(
-                    self.data.masks, self.label_counts(), indices, self.classes.num_classes, self.seed
+                    self.data.mask, self.label_counts(), indices, self.classes.num_classes, self.seed
                 )
             sites = self._sites
         return BatchFeed(
@@ -332,6 +315,7 @@ class SegmentationDataModule(L.LightningDataModule):
             device=device,
             window=self.image_size if crop else None,
             sizes=self.data.sizes if crop else None,
+            offsets=self.data.offsets,
             tiles=crop and not train,
             ignore_index=self.classes.ignore_index,
             sites=sites,

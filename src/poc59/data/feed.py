@@ -32,6 +32,7 @@ import torch
 
 from poc59.core.classes import IGNORE_INDEX
 from poc59.data.sampling import ClassSites
+from poc59.data.storage import copy_window, image_view, mask_view
 
 _RING = 3
 PADDING = -1  # the sample index of a padding item (see the module docstring)
@@ -66,11 +67,15 @@ class BatchFeed:
         ignore_index: int = IGNORE_INDEX,
         sites: ClassSites | None = None,
         rare_fraction: float = 0.0,
+        offsets: torch.Tensor | None = None,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.images, self.masks = images, masks
         self.window, self.sizes = window, sizes
+        self.offsets = offsets  # ragged storage (poc59.data.storage): windows only
+        if offsets is not None and window is None:
+            raise ValueError("ragged storage is read in windows: give window=")
         if window is not None and sizes is None:
             raise ValueError("window needs the samples' content sizes")
         self.units = torch.as_tensor(list(indices), dtype=torch.int64)  # samples, or (sample, y, x) tiles
@@ -113,7 +118,7 @@ class BatchFeed:
         if not self._buffers:
             pin = self.device.type == "cuda" and self.images.device.type == "cpu"
             side = self.images.shape[-2:] if self.window is None else (self.window, self.window)
-            shape = (self.batch_size, self.images.shape[1], *side)
+            shape = (self.batch_size, 3, *side)
             mshape = (self.batch_size, *side)
             self._buffers = [
                 (
@@ -164,14 +169,10 @@ class BatchFeed:
                 np.copyto(dst_i[k], src_i[i])
                 np.copyto(dst_m[k], src_m[i])
             return img_buf[:n], mask_buf[:n]
-        s = self.window
         for k, (i, y, x) in enumerate(self._windows(units, epoch, batch).tolist()):
-            if on_cpu:
-                np.copyto(img_buf[k].numpy(), self.images[i, :, y : y + s, x : x + s].numpy())
-                np.copyto(mask_buf[k].numpy(), self.masks[i, y : y + s, x : x + s].numpy())
-            else:
-                img_buf[k].copy_(self.images[i, :, y : y + s, x : x + s])
-                mask_buf[k].copy_(self.masks[i, y : y + s, x : x + s])
+            image = image_view(self.images, self.sizes, self.offsets, i)
+            mask = mask_view(self.masks, self.sizes, self.offsets, i)
+            copy_window(image, mask, y, x, img_buf[k], mask_buf[k], self.ignore_index)
         return img_buf[:n], mask_buf[:n]
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

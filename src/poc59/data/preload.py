@@ -1,7 +1,8 @@
 """Decode every pair once into two contiguous uint8 tensors, and cache them on disk.
 
-Images become [N, 3, S, S] uint8 and masks [N, S, S] uint8: 4 bytes per pixel,
-never float copies of full-resolution images. Decoding runs in threads (Pillow
+Images become [N, 3, S, S] uint8 and masks [N, S, S] uint8 (`crop`: each image at
+its own size, one after another, see below): 4 bytes per pixel, never float
+copies of full-resolution images. Decoding runs in threads (Pillow
 releases the GIL while decoding and resizing) writing straight into the
 preallocated tensors, so peak memory is the result plus one image per thread.
 
@@ -21,9 +22,14 @@ Geometry (`policy`):
 - `resize`: the whole image to S x S (aspect not kept).
 - `pad`:    scaled so the long side is S, aspect kept, placed top-left on an
             S x S canvas; the rest is image 0 / mask 255 (ignored).
-- `crop`:   native scale, capped so the long side is at most `max_side`, placed
-            top-left on a canvas of side `max_side` rounded up to a multiple of
-            S; training takes random S x S windows, validation tiles it.
+- `crop`:   native scale, capped so the long side is at most `max_side`, stored
+            ragged: no canvas, each image's [3, h, w] block (and its [h, w] mask)
+            one after another in one flat buffer, sample i at pixel offset
+            `offsets[i]` (the running sum of h x w), so a set of mixed sizes costs
+            its content's bytes, not N canvases of the largest. Training takes
+            random S x S windows, validation tiles it; a window past an image's
+            content is padded with image 0 / mask 255 in the batch only
+            (`Preloaded.window_into`).
 """
 
 from __future__ import annotations
@@ -50,11 +56,12 @@ from PIL import Image
 from poc59.core.atomic import write_json
 from poc59.core.pixels import over_limit
 from poc59.data.sources import DataError, Sample
+from poc59.data.storage import copy_window, image_view, mask_view
 
 log = logging.getLogger(__name__)
 
 POLICIES = ("resize", "pad", "crop")
-CACHE_VERSION = 2  # 2: every byte of the cache is hashed (xxh3-128) when written and checked when mapped
+CACHE_VERSION = 3  # 2: every byte is hashed (xxh3-128) when written, checked when mapped; 3: crop stored ragged
 _HASH_CHUNK = 1 << 24  # bytes read at a time while hashing a cache file
 _STALE_SECONDS = 3600  # another machine's temporary cache folder untouched this long belongs to a dead writer
 _READ_AHEAD = 32  # pairs whose files the kernel is asked to read ahead of the decoding threads
@@ -63,13 +70,15 @@ _FLUSH_SECONDS = 0.5  # while decoding into the cache files, hand what is writte
 
 @dataclass
 class Preloaded:
-    """The decoded set: images [N,3,H,W] uint8, masks [N,H,W] uint8 (255 = ignore).
+    """The decoded set: images [N,3,H,W] uint8, masks [N,H,W] uint8 (255 = ignore), or, ragged
+    (`offsets` set, policy=crop), flat images [3 x P] and masks [P] holding each sample's content only.
 
-    `sizes` [N,2] holds each sample's (height, width) of real content on the
-    canvas (the rest is padding, label 255); `samples` are the pairs kept, in
-    tensor order; `skipped` lists files left out under `on_bad_file=skip`;
-    `label_counts` [N,256] int64 holds each stored mask's pixels per label value
-    (None for a cache written before it was kept).
+    `sizes` [N,2] holds each sample's (height, width) of real content (on a canvas the rest is padding,
+    label 255); `offsets` [N] each ragged sample's first pixel (its image block starts at 3 x that);
+    `samples` are the pairs kept, in tensor order; `skipped` lists files left out under
+    `on_bad_file=skip`; `label_counts` [N,256] int64 holds each stored mask's pixels per label value
+    (None for a cache written before it was kept). Read samples with `image(i)`, `mask(i)` and
+    `window_into`, which work in both layouts.
     """
 
     images: torch.Tensor
@@ -81,10 +90,29 @@ class Preloaded:
     source: str = "decoded"  # or "cache"
     key: str = ""
     label_counts: torch.Tensor | None = None
+    offsets: torch.Tensor | None = None
 
     @property
     def nbytes(self) -> int:
         return self.images.nbytes + self.masks.nbytes
+
+    @property
+    def ragged(self) -> bool:
+        return self.offsets is not None
+
+    def image(self, i: int) -> torch.Tensor:
+        """Sample i's image content [3, h, w] (a view; no canvas padding)."""
+        return image_view(self.images, self.sizes, self.offsets, i)
+
+    def mask(self, i: int) -> torch.Tensor:
+        """Sample i's mask content [h, w] (a view)."""
+        return mask_view(self.masks, self.sizes, self.offsets, i)
+
+    def window_into(
+        self, i: int, y: int, x: int, image_out: torch.Tensor, mask_out: torch.Tensor, ignore_index: int = 255
+    ) -> None:
+        """Copy the window of sample i at (y, x), of `mask_out`'s size, into the buffers (see copy_window)."""
+        copy_window(self.image(i), self.mask(i), y, x, image_out, mask_out, ignore_index)
 
 
 # -- reading one pair --------------------------------------------------------------------------
@@ -221,9 +249,16 @@ def load_native(sample: Sample, num_classes: int, ignore_index: int) -> tuple[np
 
 
 def _load_pair(
-    sample: Sample, size: int, num_classes: int, ignore_index: int, policy: str, max_side: int | None
+    sample: Sample,
+    size: int,
+    num_classes: int,
+    ignore_index: int,
+    policy: str,
+    max_side: int | None,
+    canvas: bool = True,
 ) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
-    """`load_pair` without its copies: the arrays may be read-only views of Pillow's pixels."""
+    """`load_pair` without its copies: the arrays may be read-only views of Pillow's pixels
+    (`canvas=False`: the content alone, as the ragged layout stores it)."""
     rgb, labels = _read_pair(sample, num_classes, ignore_index)
     lab = Image.fromarray(labels, "L")
     target = content_size(*rgb.size, size, policy, max_side)
@@ -232,7 +267,7 @@ def _load_pair(
         lab = lab.resize(target, Image.NEAREST)
     side = canvas_side(policy, size, max_side)
     w, h = target
-    if (w, h) == (side, side):  # the content fills the canvas (always with `resize`): no padding to write
+    if (w, h) == (side, side) or not canvas:  # the content fills the canvas (always with `resize`)
         return np.asarray(rgb), np.asarray(lab), (h, w)
     img_out = np.zeros((side, side, 3), np.uint8)
     mask_out = np.full((side, side), ignore_index, np.uint8)
@@ -260,13 +295,16 @@ def _size(path: Path) -> tuple[int, int]:
         return img.size
 
 
-def scan(samples: list[Sample], on_bad_file: str = "error") -> tuple[list[Sample], list[dict], int]:
+def scan(
+    samples: list[Sample], on_bad_file: str = "error"
+) -> tuple[list[Sample], list[dict], int, list[tuple[int, int]]]:
     """Read every header (not the pixels): unreadable files, size mismatches and images over Pillow's
     decompression-bomb limit (`poc59.core.pixels`), before anything is allocated. Returns the good pairs,
-    the skipped ones, and the pixels of the largest image (what one decoding thread holds at once)."""
+    the skipped ones, the pixels of the largest image (what one decoding thread holds at once), and each
+    good pair's (width, height)."""
     if on_bad_file not in ("error", "skip"):
         raise ValueError(f"data.on_bad_file={on_bad_file!r} must be 'error' or 'skip'")
-    good, skipped, largest = [], [], 0
+    good, skipped, largest, dims = [], [], 0, []
     for s in samples:
         try:
             (iw, ih), (mw, mh) = _size(s.image), _size(s.mask)
@@ -287,8 +325,9 @@ def scan(samples: list[Sample], on_bad_file: str = "error") -> tuple[list[Sample
             log.warning("Skipping %s: %s", s.id, err)
             continue
         good.append(s)
+        dims.append((iw, ih))
         largest = max(largest, iw * ih)
-    return good, skipped, largest
+    return good, skipped, largest, dims
 
 
 def check_memory(nbytes: int, what: str) -> None:
@@ -358,6 +397,7 @@ def _meta(data: Preloaded, folder: Path) -> dict:
         "images_shape": list(data.images.shape),
         "masks_shape": list(data.masks.shape),
         "sizes": data.sizes.tolist(),
+        "ragged": data.ragged,  # offsets: the running sum of the sizes' h x w
         "ids": [s.id for s in data.samples],
         "skipped": data.skipped,
         "check": {name: content_hash(folder / name) for name in names},
@@ -391,9 +431,9 @@ class _CacheWriter:
         self._stop = threading.Event()
         self._flusher: threading.Thread | None = None
 
-    def open(self, n: int, side: int) -> None:
+    def open(self, image_bytes: int, mask_bytes: int) -> None:
         try:
-            for path, size in zip(self.paths, (n * 3 * side * side, n * side * side)):
+            for path, size in zip(self.paths, (image_bytes, mask_bytes)):
                 self.fds.append(os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644))
                 os.ftruncate(self.fds[-1], size)  # a full disk shows as a failed write, which turns caching off
         except OSError as err:
@@ -402,12 +442,13 @@ class _CacheWriter:
         self._flusher = threading.Thread(target=self._flush_loop, name="preload-cache-flush", daemon=True)
         self._flusher.start()
 
-    def write(self, i: int, image: np.ndarray, mask: np.ndarray) -> None:
+    def write(self, at: tuple[int, int], image: np.ndarray, mask: np.ndarray) -> None:
+        """One sample's image and mask bytes at their byte offsets `at` in the two files."""
         if self.error is not None or not self.fds:
             return
         try:
-            _pwrite(self.fds[0], image, i * image.nbytes)
-            _pwrite(self.fds[1], mask, i * mask.nbytes)
+            _pwrite(self.fds[0], image, at[0])
+            _pwrite(self.fds[1], mask, at[1])
         except OSError as err:
             self.error = err
 
@@ -536,16 +577,19 @@ def load_cache(folder: Path, samples: list[Sample], key: str, verify: bool = Tru
     kept = [by_id[i] for i in meta["ids"] if i in by_id]
     if len(kept) != len(meta["ids"]):
         return None
+    sizes = torch.tensor(meta["sizes"], dtype=torch.int64).view(-1, 2)
+    pixels = sizes.prod(1)
     return Preloaded(
         tensors[0],
         tensors[1],
-        torch.tensor(meta["sizes"], dtype=torch.int64).view(-1, 2),
+        sizes,
         kept,
         meta["skipped"],
         time.perf_counter() - start,
         "cache",
         key,
         tensors[2] if len(tensors) > 2 else None,
+        offsets=torch.cumsum(pixels, 0) - pixels if meta.get("ragged") else None,
     )
 
 
@@ -569,24 +613,32 @@ def decode(
     `writer` (internal) receives each sample as soon as it is decoded, to write it to the cache.
     """
     start = time.perf_counter()
-    samples, skipped, largest = scan(samples, on_bad_file)
+    samples, skipped, largest, dims = scan(samples, on_bad_file)
     if not samples:
         raise DataError("no readable image/mask pairs are left" + (f" ({len(skipped)} skipped)" if skipped else ""))
     side = canvas_side(policy, size, max_side)
     n = len(samples)
     threads = min(workers or os.cpu_count() or 1, n)
+    ragged = policy == "crop"  # each image at its own size, no canvas (see the module docstring)
+    if ragged:
+        content = [content_size(w, h, size, policy, max_side) for w, h in dims]
+        sizes = torch.tensor([(h, w) for w, h in content], dtype=torch.int64).view(-1, 2)
+        pixels = sizes.prod(1)
+        offsets = torch.cumsum(pixels, 0) - pixels
+        total, layout = int(pixels.sum()), f"{n} pairs at native scale (long side up to {max_side} px)"
+    else:
+        sizes, offsets = torch.empty((n, 2), dtype=torch.int64), None
+        total, layout = n * side * side, f"{n} pairs at {side}x{side} px"
     # the tensors, plus what each decoding thread holds of its largest image: RGB and mask (4 bytes a
     # pixel), twice while Pillow converts and resamples
     check_memory(
-        n * 4 * side * side + threads * 8 * largest,
-        f"Preloading {n} pairs at {side}x{side} px ({threads} threads decoding sources of up to "
-        f"{largest / 1e6:.0f} MP)",
+        4 * total + threads * 8 * largest,
+        f"Preloading {layout} ({threads} threads decoding sources of up to {largest / 1e6:.0f} MP)",
     )
-    images = torch.empty((n, 3, side, side), dtype=torch.uint8)
-    masks = torch.empty((n, side, side), dtype=torch.uint8)
+    images = torch.empty((3 * total,) if ragged else (n, 3, side, side), dtype=torch.uint8)
+    masks = torch.empty((total,) if ragged else (n, side, side), dtype=torch.uint8)
     if writer is not None:
-        writer.open(n, side)
-    sizes = torch.empty((n, 2), dtype=torch.int64)
+        writer.open(images.nbytes, masks.nbytes)
     counts = torch.zeros((n, 256), dtype=torch.int64)
     img_np, mask_np, counts_np = images.numpy(), masks.numpy(), counts.numpy()
     bad: dict[int, str] = {}
@@ -595,18 +647,25 @@ def decode(
         if i + _READ_AHEAD < n:
             _read_ahead(samples[i + _READ_AHEAD])
         try:
-            rgb, lab, hw = _load_pair(samples[i], size, num_classes, ignore_index, policy, max_side)
+            rgb, lab, hw = _load_pair(samples[i], size, num_classes, ignore_index, policy, max_side, not ragged)
         except DataError as err:
             if on_bad_file == "error":
                 raise
             bad[i] = str(err)
             return
-        img_np[i] = rgb.transpose(2, 0, 1)  # straight into the shared tensor
-        mask_np[i] = lab
+        if ragged:
+            h, w = hw
+            o = int(offsets[i])
+            image, mask = img_np[3 * o : 3 * (o + h * w)].reshape(3, h, w), mask_np[o : o + h * w].reshape(h, w)
+            at = (3 * o, o)
+        else:
+            sizes[i, 0], sizes[i, 1] = hw
+            image, mask, at = img_np[i], mask_np[i], (i * img_np[i].nbytes, i * mask_np[i].nbytes)
+        image[...] = rgb.transpose(2, 0, 1)  # straight into the shared tensor
+        mask[...] = lab
         counts_np[i] = Image.fromarray(lab).histogram()  # pixels per label value, for the split's stratification
-        sizes[i, 0], sizes[i, 1] = hw
         if writer is not None:
-            writer.write(i, img_np[i], mask_np[i])
+            writer.write(at, image, mask)
 
     for s in samples[:_READ_AHEAD]:
         _read_ahead(s)
@@ -618,16 +677,36 @@ def decode(
             s = samples[i]
             log.warning("Skipping %s: %s", s.id, reason)
             skipped.append({"id": s.id, "image": str(s.image), "mask": str(s.mask), "reason": reason})
-        for dst, src in enumerate(keep):  # compact in place: no second copy of the set
-            if dst != src:
-                images[dst], masks[dst], sizes[dst], counts[dst] = images[src], masks[src], sizes[src], counts[src]
-        k = len(keep)
-        images, masks, sizes, counts = images[:k], masks[:k], sizes[:k], counts[:k]
-        samples = [samples[i] for i in keep]
-        if not samples:
+        if not keep:
             raise DataError(f"no readable image/mask pairs are left ({len(skipped)} skipped)")
+        if ragged:  # the kept blocks, moved down in order over the gaps: no second copy of the set
+            at = 0
+            for src in keep:
+                o, hw = int(offsets[src]), int(pixels[src])
+                if at != o:  # a block may overlap its new place: copied out first
+                    images[3 * at : 3 * (at + hw)] = images[3 * o : 3 * (o + hw)].clone()
+                    masks[at : at + hw] = masks[o : o + hw].clone()
+                at += hw
+            images, masks = images[: 3 * at], masks[:at]
+            pixels = pixels[keep]
+            offsets = torch.cumsum(pixels, 0) - pixels
+        else:
+            for dst, src in enumerate(keep):  # compact in place: no second copy of the set
+                if dst != src:
+                    images[dst], masks[dst] = images[src], masks[src]
+            images, masks = images[: len(keep)], masks[: len(keep)]
+        sizes, counts = sizes[keep], counts[keep]
+        samples = [samples[i] for i in keep]
     return Preloaded(
-        images, masks, sizes, samples, skipped, time.perf_counter() - start, "decoded", label_counts=counts
+        images,
+        masks,
+        sizes,
+        samples,
+        skipped,
+        time.perf_counter() - start,
+        "decoded",
+        label_counts=counts,
+        offsets=offsets,
     )
 
 
@@ -731,9 +810,9 @@ def preload(
         )
     data.seconds = time.perf_counter() - start
     log.info(
-        "Preload: %d pairs decoded at %d px (%s) in %.1f s (%.1f MB uint8)%s",
+        "Preload: %d pairs decoded %s (%s) in %.1f s (%.1f MB uint8)%s",
         len(data.samples),
-        data.images.shape[-1],
+        "at native scale, stored ragged" if data.ragged else f"at {data.images.shape[-1]} px",
         policy,
         data.seconds,
         data.nbytes / 1e6,

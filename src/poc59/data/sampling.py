@@ -8,8 +8,9 @@ every training batch are class-aware, the rest stay uniform:
    training, f_c being its share of the training pixels (the inverse-square-root rule of the class
    weights: rarer classes more often, without letting a 1-pixel class take every window);
 2. a training image holding c, uniformly, and one of the pixels of c kept for it (`SITES` of them,
-   picked once at setup with a seeded generator; the preload's label counts say which images hold
-   which class, so only those masks are searched, once, never per epoch);
+   picked once at setup with a seeded generator from the image's mask content, `mask(i)`; the
+   preload's label counts say which images hold which class, so only those masks are searched, once,
+   never per epoch);
 3. the window's top-left corner so that the pixel lies at a uniform position inside the window,
    clamped into the image (a clamped window still holds the pixel).
 
@@ -22,7 +23,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -37,7 +38,7 @@ class ClassSites:
 
     def __init__(
         self,
-        masks: torch.Tensor,
+        mask: Callable[[int], torch.Tensor],
         label_counts: torch.Tensor,
         indices: Sequence[int],
         num_classes: int,
@@ -51,15 +52,17 @@ class ClassSites:
         weight = torch.zeros(num_classes, dtype=torch.float64)
         weight[present] = (total[present] / total.sum()).pow(-0.5)
         self.probabilities = weight / weight.sum()  # p_c, see the module docstring
-        self.width = masks.shape[-1]
         self.images: list[torch.Tensor] = []  # per class: the sample indices holding it
-        self.sites: list[list[torch.Tensor]] = []  # per class, per such image: flat pixel positions
+        self.sites: list[list[torch.Tensor]] = []  # per class, per such image: flat pixel positions in it
+        self.width: dict[int, int] = {}  # each searched image's content width (flat position -> y, x)
         by_class: list[list[tuple[int, np.ndarray]]] = [[] for _ in range(num_classes)]
         for row, i in enumerate(indices):
             held = torch.nonzero(counts[row] > 0).flatten().tolist()
             if not held:
                 continue
-            flat = masks[i].numpy().reshape(-1)
+            content = mask(i)
+            self.width[i] = int(content.shape[-1])
+            flat = content.numpy().reshape(-1)
             for c in held:
                 where = np.flatnonzero(flat == c)
                 if where.size > SITES:
@@ -85,7 +88,7 @@ class ClassSites:
             i = int(self.images[c][j])
             here = self.sites[c][j]
             pos = int(here[min(int(u[k, 1] * len(here)), len(here) - 1)])
-            py, px = divmod(pos, self.width)
+            py, px = divmod(pos, self.width[i])
             h, w = sizes[i].tolist()
             y = min(max(py - int(u[k, 2] * window), 0), max(h - window, 0))
             x = min(max(px - int(u[k, 3] * window), 0), max(w - window, 0))

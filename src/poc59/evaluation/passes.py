@@ -24,7 +24,7 @@ from poc59.artifacts.trained import TrainedModel
 from poc59.core.device import autocast, autocast_dtype, lightning_precision, synchronize
 from poc59.data.datamodule import SegmentationDataModule
 from poc59.data.feed import BatchFeed
-from poc59.data.preload import load_native
+from poc59.data.preload import canvas_side, load_native
 from poc59.inference import image as inference
 from poc59.model.metrics import confusion_matrix
 
@@ -109,7 +109,8 @@ def predicted_canvases(
     autocast: Any,
 ) -> np.ndarray:
     """uint8 [n, H, W] label maps on the stored canvas (tiles pasted back under policy=crop; 255 where nothing was predicted)."""
-    canvas = torch.full((len(indices), *dm.data.masks.shape[1:]), 255, dtype=torch.uint8)
+    side = canvas_side(dm.policy, dm.image_size, dm.max_side)  # each image's content at its top left
+    canvas = torch.full((len(indices), side, side), 255, dtype=torch.uint8)
     row = {sample: k for k, sample in enumerate(indices)}
     s = dm.image_size
 

@@ -58,12 +58,12 @@ def draw(
             + ("n/a" if np.isnan(image_miou[p]) else f"{100 * image_miou[p]:.1f} %")
             for p in positions
         ]
-        content = [tuple(dm.data.sizes[i].tolist()) for i in chosen]  # (h, w) of each image on its canvas
+        masks = [dm.data.mask(i).numpy() for i in chosen]  # each image's content, no canvas padding
         preds = predict(chosen)
         out[name] = sample_grid_figure(
-            [dm.data.images[i, :, :h, :w].permute(1, 2, 0).numpy() for i, (h, w) in zip(chosen, content)],
-            [dm.data.masks[i, :h, :w].numpy() for i, (h, w) in zip(chosen, content)],
-            [p[:h, :w] for p, (h, w) in zip(preds, content)],
+            [dm.data.image(i).permute(1, 2, 0).numpy() for i in chosen],
+            masks,
+            [p[: m.shape[0], : m.shape[1]] for p, m in zip(preds, masks)],
             classes,
             folder / f"{name}.png",
             titles,

@@ -198,23 +198,29 @@ class SegmentationIoU(Metric):
 
 
 def first_class_baseline(
-    targets: Tensor | np.ndarray,
+    targets: Tensor | np.ndarray | Sequence[Tensor],
     num_classes: int,
     ignore_index: int = IGNORE_INDEX,
     chunk: int = 16,
 ) -> float:
-    """mIoU of predicting class 0 (ARTeFACT's Clean, a set's background) everywhere on ``targets`` [N, H, W].
+    """mIoU of predicting class 0 (ARTeFACT's Clean, a set's background) everywhere on ``targets`` [N, H, W]
+    (or a list of [H, W] label maps of their own sizes).
 
     Under the same convention as every reported mIoU (``confusion_matrix``, ``iou_from_confmat``,
     ``mean_iou``), counted in this process only: no collective, so it is safe after `fit` under DDP.
     A model must beat this to have learned anything.
     """
+    confmat = torch.zeros(num_classes, num_classes, dtype=torch.int64)
+    if isinstance(targets, list | tuple):  # label maps of their own sizes (ragged storage)
+        for m in targets:
+            tb = torch.as_tensor(m).long()
+            confmat += confusion_matrix(torch.zeros_like(tb), tb, num_classes, ignore_index)
+        return mean_iou(iou_from_confmat(confmat))
     t = torch.as_tensor(targets)
     if t.ndim < 2:
         raise ValueError(f"targets must be label maps [N, H, W], got shape {tuple(t.shape)}")
     if t.ndim == 2:
         t = t.unsqueeze(0)
-    confmat = torch.zeros(num_classes, num_classes, dtype=torch.int64)
     for start in range(0, t.shape[0], chunk):
         tb = t[start : start + chunk].long()
         confmat += confusion_matrix(torch.zeros_like(tb), tb, num_classes, ignore_index)

@@ -1,0 +1,58 @@
+"""Where a sample's pixels are in the preloaded tensors: the dense canvas layout or the ragged one.
+
+Dense (policy resize, pad): images [N, 3, S, S] and masks [N, S, S], sample i's content the top-left
+(h, w) of its canvas. Ragged (policy crop): flat images [3 x P] and masks [P], sample i's [3, h, w]
+image block at 3 x offsets[i] and its [h, w] mask at offsets[i], nothing stored past its content.
+Windows are cut the same way from both: what lies past the content is image 0 and mask ignore, in
+the output buffers only.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+
+def image_view(images: torch.Tensor, sizes: torch.Tensor, offsets: torch.Tensor | None, i: int) -> torch.Tensor:
+    """Sample i's image content [3, h, w], a view."""
+    h, w = (int(v) for v in sizes[i])
+    if offsets is None:
+        return images[i, :, :h, :w]
+    o = 3 * int(offsets[i])
+    return images[o : o + 3 * h * w].view(3, h, w)
+
+
+def mask_view(masks: torch.Tensor, sizes: torch.Tensor, offsets: torch.Tensor | None, i: int) -> torch.Tensor:
+    """Sample i's mask content [h, w], a view."""
+    h, w = (int(v) for v in sizes[i])
+    if offsets is None:
+        return masks[i, :h, :w]
+    o = int(offsets[i])
+    return masks[o : o + h * w].view(h, w)
+
+
+def copy_window(
+    image: torch.Tensor,
+    mask: torch.Tensor,
+    y: int,
+    x: int,
+    image_out: torch.Tensor,
+    mask_out: torch.Tensor,
+    ignore: int,
+) -> None:
+    """The window of one sample's content (`image` [3, h, w], `mask` [h, w]) at (y, x), of `mask_out`'s
+    size, into the buffers; past the content: image 0, mask `ignore`."""
+    s_h, s_w = mask_out.shape
+    h, w = mask.shape
+    hh, ww = max(0, min(s_h, h - y)), max(0, min(s_w, w - x))
+    if hh < s_h or ww < s_w:
+        image_out.zero_()
+        mask_out.fill_(ignore)
+    if not (hh and ww):
+        return
+    if image_out.device.type == "cpu" and image.device.type == "cpu":
+        np.copyto(image_out[:, :hh, :ww].numpy(), image[:, y : y + hh, x : x + ww].numpy())
+        np.copyto(mask_out[:hh, :ww].numpy(), mask[y : y + hh, x : x + ww].numpy())
+    else:
+        image_out[:, :hh, :ww].copy_(image[:, y : y + hh, x : x + ww])
+        mask_out[:hh, :ww].copy_(mask[y : y + hh, x : x + ww])
