@@ -1,5 +1,13 @@
 """Peak resident memory the data layer adds: preload + one training pass, in a fresh process.
 
+Two rows: `preload_memory`, the synthetic set at 384 px (resize: a dense [N, 3, S, S] tensor), and
+`ragged_memory` (issue 16), a generated set of mixed sizes (sides 100 to 1,200 px drawn independently,
+so random aspect ratios) under policy=crop, stored ragged at native scale: the peak RSS the preload adds
+(setup, decoding threads included; the feed's fixed ring of batch buffers is the other row's business),
+against the content's bytes (4 a content pixel). A canvas layout would hold N x 1,536^2 x 4 (canvas
+side: 1,200 rounded up to the 384 px window), about 5x the content here.
+
+
 In a subprocess (imports done, DataModule built): RSS is read, then `setup("fit")` and one full pass
 over the training feed with its augmentation (`on_after_batch_transfer`, as training runs it); the peak
 RSS (VmHWM, reset after the imports where the kernel allows) minus the RSS before setup is the figure.
@@ -19,9 +27,12 @@ import sys
 from pathlib import Path
 
 from bench import common
+from poc59.data.preload import canvas_side
 
 NAME = "preload_memory"
 BAR = 1.15  # x the raw uint8 bytes
+MIXED = {False: 600, True: 12}  # pairs of the mixed-size set (full: about 1 GB of content; quick)
+MAX_SIDE = 1200
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -42,18 +53,38 @@ def _reset_peak() -> bool:
         return False
 
 
-def child(root: str, cache_dir: str, quick: bool) -> dict:
+def mixed_set(n: int) -> Path:
+    """n pairs of sides 100-1,200 px (height and width drawn independently), smooth images, blocky masks."""
+    import numpy as np
+    from PIL import Image
+
+    def fill(tmp: Path) -> None:
+        rng = np.random.default_rng(16)
+        for k in range(n):
+            h, w = (int(v) for v in rng.integers(100, MAX_SIDE + 1, 2))
+            yy, xx = np.mgrid[0:h, 0:w]
+            image = np.stack([xx * 255 // w, yy * 255 // h, (xx + yy) % 256], -1).astype(np.uint8)
+            mask = ((yy // 37 + xx // 53) % 4).astype(np.uint8)
+            Image.fromarray(image).save(tmp / "images" / f"m{k:04d}.png", compress_level=1)
+            Image.fromarray(mask).save(tmp / "annotations" / f"m{k:04d}.png", compress_level=1)
+
+    return common.build_folder_once(common.bench_dir() / f"mixed-{n}", fill, f"{n} mixed-size pairs")
+
+
+def child(root: str, cache_dir: str, quick: bool, ragged: bool = False) -> dict:
     import gc
 
     import torch  # noqa: F401  (imports before the baseline reading)
 
     s = common.sizes(quick)
-    dm = common.datamodule(Path(root), s, Path(cache_dir))
+    geometry = {"policy": "crop", "max_side": MAX_SIDE} if ragged else {}
+    dm = common.datamodule(Path(root), s, Path(cache_dir), **geometry)
     gc.collect()
     reset = _reset_peak()
     rss0 = _status("VmRSS")
     dm.setup("fit")
     after_setup = _status("VmRSS")
+    setup_peak = _status("VmHWM")
     for batch in dm.train_dataloader():
         dm.on_after_batch_transfer(batch, 0)
     train_peak = _status("VmHWM")
@@ -64,7 +95,9 @@ def child(root: str, cache_dir: str, quick: bool) -> dict:
         "source": dm.data.source,
         "pairs": len(dm.samples),
         "raw_bytes": dm.data.nbytes,
+        "content_bytes": 4 * int(dm.data.sizes.prod(1).sum()),
         "added_setup": after_setup - rss0,
+        "added_setup_peak": setup_peak - rss0,
         "added_train_pass": train_peak - rss0,
         "added_train_and_val_pass": _status("VmHWM") - rss0,
         "peak_reset": reset,
@@ -72,13 +105,57 @@ def child(root: str, cache_dir: str, quick: bool) -> dict:
     }
 
 
-def _measure(root: Path, cache_dir: Path, quick: bool) -> dict:
+def _measure(root: Path, cache_dir: Path, quick: bool, ragged: bool = False) -> dict:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-    cmd = [sys.executable, "-m", "bench.preload_memory", str(root), str(cache_dir), "quick" if quick else "full"]
+    mode = "quick" if quick else "full"
+    cmd = [
+        sys.executable,
+        "-m",
+        "bench.preload_memory",
+        str(root),
+        str(cache_dir),
+        mode,
+        "ragged" if ragged else "dense",
+    ]
     out = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env, timeout=1200)
     if out.returncode != 0:
         raise RuntimeError(f"memory child failed ({out.returncode}): {out.stderr.strip()[-2000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _cold_and_warm(root: Path, quick: bool, ragged: bool) -> tuple[dict, dict]:
+    cache = common.scratch_dir("mem-")
+    try:
+        cold = _measure(root, cache, quick, ragged)  # decodes, and writes the cache the warm start maps
+        warm = _measure(root, cache, quick, ragged)
+    finally:
+        shutil.rmtree(cache, ignore_errors=True)
+    if cold["source"] != "decoded" or warm["source"] != "cache":
+        raise RuntimeError(f"expected a cold and a warm start, got {cold['source']} and {warm['source']}")
+    return cold, warm
+
+
+def _ragged_row(quick: bool) -> dict:
+    s = common.sizes(quick)
+    cold, warm = _cold_and_warm(mixed_set(MIXED[quick]), quick, ragged=True)
+    content = cold["content_bytes"]
+    worst = max(cold["added_setup_peak"], warm["added_setup_peak"])  # the preload; the feed's ring is apart
+    canvas = cold["pairs"] * 4 * canvas_side("crop", s.image_size, MAX_SIDE) ** 2  # what a canvas layout holds
+    return common.row(
+        "ragged_memory",
+        f"policy=crop on {cold['pairs']} mixed-size pairs (sides 100-{MAX_SIDE:,} px), stored ragged: peak RSS "
+        "added by the preload (setup), worse of cold/warm",
+        worst / 1e6,
+        "MB",
+        content / 1e6,
+        "the content's uint8 bytes (4 a content pixel)",
+        worst / content,
+        "x content",
+        f"<= {BAR}x",
+        worst / content <= BAR,
+        quick,
+        {"cold": cold, "warm": warm, "canvas_layout_bytes": canvas, "load": common.load()},
+    )
 
 
 def run(quick: bool) -> list[dict]:
@@ -118,10 +195,11 @@ def run(quick: bool) -> list[dict]:
                 "feed_ring_note": "each feed (train, val) keeps 3 reused batch buffers: 3 x B x S x S x 4 bytes",
                 "load": common.load(),
             },
-        )
+        ),
+        _ragged_row(quick),
     ]
 
 
 if __name__ == "__main__":
-    root_arg, cache_arg, mode = sys.argv[1:4]
-    print(json.dumps(child(root_arg, cache_arg, mode == "quick")))
+    root_arg, cache_arg, mode, layout = sys.argv[1:5]
+    print(json.dumps(child(root_arg, cache_arg, mode == "quick", layout == "ragged")))
