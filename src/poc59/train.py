@@ -83,7 +83,8 @@ def main() -> None:
         if any(a in HELP for a in argv):
             print(help_text(argv, "python -m poc59.train", SUMMARY))
             sys.exit(0)
-        first = check_overrides(argv, check=_check_settings)  # with -m: every swept value, before any job starts
+        shown = get_args_parser().parse_known_args(argv)[0].cfg  # --cfg prints a config: nothing is run
+        first = check_overrides(argv, check=None if shown else _check_settings)  # -m: every swept value
         sys.argv[1:] = with_every_fold(argv, first)
     except SettingError as err:
         print(f"error: {err}", file=sys.stderr)

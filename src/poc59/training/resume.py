@@ -54,6 +54,7 @@ ADDED_KEYS = {
     "data.cv.fold": 0,
     "data.cv.by": None,
     "data.cv.min_images": None,
+    "data.crop_sampling.rare_fraction": 0.0,  # class-aware windows came later: uniform windows before them
 }
 
 
