@@ -302,3 +302,19 @@ def test_ragged_storage_round_trips_every_image_cold_and_warm(tmp_path):
     warm.window_into(small, 0, 0, img, msk)
     assert torch.equal(msk[:5, :7], warm.mask(small)) and (msk[5:] == 255).all() and (msk[:, 7:] == 255).all()
     assert (img[:, 5:] == 0).all() and torch.equal(img[:, :5, :7], warm.image(small))
+
+
+def test_ragged_storage_compacts_over_a_pair_skipped_while_decoding(tmp_path):
+    rng = np.random.default_rng(5)
+    shapes = [(20, 30), (44, 12), (9, 60), (31, 31)]
+    for k, (h, w) in enumerate(shapes):
+        write_pair(tmp_path, f"p{k}", rng.integers(0, 256, (h, w, 3), dtype=np.uint8), rng.integers(0, 2, (h, w)))
+    bad = tmp_path / "images" / "p1.png"
+    bad.write_bytes(bad.read_bytes()[:200])  # a valid header, the pixels cut short: found only while decoding
+    data = preload(discover(tmp_path), 16, num_classes=2, policy="crop", max_side=64, on_bad_file="skip")
+    assert [s.id for s in data.samples] == ["p0", "p2", "p3"] and [s["id"] for s in data.skipped] == ["p1"]
+    assert data.nbytes == 4 * (20 * 30 + 9 * 60 + 31 * 31)
+    for i, s in enumerate(data.samples):
+        image, mask, (h, w) = load_pair(s, 16, 2, 255, "crop", 64)
+        assert np.array_equal(data.image(i).permute(1, 2, 0).numpy(), image[:h, :w])
+        assert np.array_equal(data.mask(i).numpy(), mask[:h, :w])
