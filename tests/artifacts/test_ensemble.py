@@ -118,7 +118,7 @@ def test_predict_with_three_fold_checkpoints_writes_the_ensembles_label_maps(fol
 def test_evaluate_scores_the_fold_ensemble_on_the_test_split_only(folds, tmp_path, caplog):
     metrics = evaluate_run(run_dirs=[str(f) for f in folds], resamples=20, pictures=False)
     assert metrics["split"] == "test" and len(metrics["ensemble"]["members"]) == FOLDS
-    assert Path(metrics["folder"]) == folds[0].parent / "ensemble-evaluation" / "test"
+    assert Path(metrics["folder"]) == folds[0].parent / "ensemble-0-1-2-evaluation" / "test"  # by its members
     test_ids = json.loads((folds[0] / "split.json").read_text())["test"]
     assert metrics["num_images"] == len(test_ids)
     with pytest.raises(EvaluateError, match="validated on different images"):

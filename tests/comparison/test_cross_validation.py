@@ -111,6 +111,14 @@ def test_compare_pools_the_folds_out_of_fold(cv_sweep):
     assert "Pooled out-of-fold mIoU by material" in md
 
 
+def test_a_sweep_of_several_configurations_is_not_one_fold_ensemble(cv_sweep):
+    from poc59.artifacts.ensemble import members_of
+    from poc59.artifacts.trained import ModelLoadError
+
+    with pytest.raises(ModelLoadError, match="each fold once, one partition"):
+        members_of(sweep=cv_sweep)  # two encoders' folds: name one's runs with run_dirs=
+
+
 def test_a_missing_fold_is_not_pooled_and_says_so(cv_sweep, tmp_path):
     part = tmp_path / "part"
     keep = shutil.ignore_patterns("tensorboard", "csv")

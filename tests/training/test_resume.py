@@ -243,3 +243,26 @@ def test_raising_max_epochs_on_resume_stretches_the_schedule_to_the_new_end(tmp_
     after_peak = resumed[resumed.index(max(resumed)) :]
     assert all(b <= a * (1 + 1e-9) for a, b in zip(after_peak, after_peak[1:])), after_peak  # never climbs again
     assert lrs[-1] < 0.05 * peak  # ends near the floor of the stretched schedule
+
+
+def test_a_resumed_run_keeps_the_split_it_was_trained_on(tmp_path):
+    """The split is read back from the run's split.json on resume, never made again: whatever changed in
+    between (here the file itself, edited on purpose; in life a newer poc59's stratification) the images
+    of each side stay those the run began with."""
+    run_dir = tmp_path / "run"
+    two_val = "data.val_fraction=0.34"  # 2 of the 6 source images
+    first = subprocess.run(_cmd(run_dir, "trainer.max_epochs=1", two_val), capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stderr[-3000:]
+    split = json.loads((run_dir / "split.json").read_text())
+    assert len(split["val"]) == 2
+    moved = split["val"].pop()
+    split["train"].append(moved)
+    del split["fingerprint"]  # a deliberate edit (see poc59.data.split.from_dict)
+    (run_dir / "split.json").write_text(json.dumps(split))
+    longer = subprocess.run(_cmd(run_dir, "trainer.max_epochs=2", two_val), capture_output=True, text=True, timeout=300)
+    assert longer.returncode == 0, longer.stderr[-3000:]
+    assert "Split read from" in longer.stderr and str(run_dir / "split.json") in longer.stderr
+    kept = json.loads((run_dir / "split.json").read_text())
+    assert moved in kept["train"] and moved not in kept["val"]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["provenance"]["data"]["val_images"] == len(split["val"])

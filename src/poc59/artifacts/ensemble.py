@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -71,9 +72,10 @@ def load_ensemble(paths: Sequence[str | Path], device: str | torch.device = "cpu
                     f"{m.source}: its {what} differ from {members[0].source}'s ({here[what]} vs {first[what]}); "
                     "an ensemble's members must predict the same classes at the same geometry"
                 )
-    card: ModelCard = members[0].card.with_provenance(
-        ensemble={"combination": COMBINATION, "members": [member_record(m) for m in members]}
-    )
+    card: ModelCard = replace(
+        members[0].card,  # classes, geometry, normalisation of every member; the scores are each member's own
+        metrics={"ensemble": "each member's own val mIoU is in provenance.ensemble.members"},
+    ).with_provenance(ensemble={"combination": COMBINATION, "members": [member_record(m) for m in members]})
     return TrainedModel(
         segmenter=EnsembleSegmenter([m.segmenter for m in members]).to(device).eval(),
         card=card,
@@ -125,6 +127,8 @@ def members_of(
 
 
 def _finished_runs(sweep: Path) -> list[Path]:
+    """The finished runs of a sweep that is one cross-validation of one configuration: every fold once, one
+    partition (a sweep of several encoders or seeds holds each fold several times: name one's runs)."""
     sweep = sweep.expanduser().resolve()
     if not sweep.is_dir():
         raise ModelLoadError(f"sweep folder {sweep} not found: sweep= names a folder of runs (outputs/sweeps/<time>)")
@@ -134,4 +138,19 @@ def _finished_runs(sweep: Path) -> list[Path]:
     )
     if not runs:
         raise ModelLoadError(f"{sweep}: no finished run (no <run>/summary.json) to build an ensemble from")
+    folds = [
+        (json.loads((d / "summary.json").read_text()).get("provenance", {}).get("data") or {}).get("cv") for d in runs
+    ]
+    keys = [(f["partition_fingerprint"], f["fold"]) if f else None for f in folds]
+    if None in keys or len(set(keys)) != len(keys) or len({k[0] for k in keys}) != 1:
+        raise ModelLoadError(
+            f"{sweep}: sweep= builds the fold ensemble of one cross-validation (each fold once, one partition), "
+            f"and this sweep's {len(runs)} finished runs are not that (several configurations, seeds or no folds): "
+            "name the members with run_dirs=[...] or ckpt=[...]"
+        )
     return runs
+
+
+def ensemble_name(members: Sequence[Path]) -> str:
+    """A folder name for an ensemble's outputs, from its members' run folders (`ensemble-0-1-2`)."""
+    return "ensemble-" + "-".join(Path(m).parent.parent.name for m in members)

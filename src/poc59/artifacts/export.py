@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from poc59.analysis.scores import split_metrics
-from poc59.artifacts.ensemble import load_ensemble, members_of
+from poc59.artifacts.ensemble import ensemble_name, load_ensemble, members_of
 from poc59.artifacts.exported import INSTALL_HINT, OnnxSegmenter, card_path, jit_load
 from poc59.artifacts.load import locate_checkpoint
 from poc59.artifacts.trained import TrainedModel, load_checkpoint
@@ -282,7 +282,7 @@ def export_model(
         default = run / "export" if run else ckpt_path.parent / f"{ckpt_path.stem}-export"
     else:
         model, ckpt_path, run = load_ensemble(members, "cpu"), members[0], None
-        default = Path(os.path.commonpath([m.parent for m in members])) / "ensemble-export"
+        default = Path(os.path.commonpath([m.parent for m in members])) / f"{ensemble_name(members)}-export"
     folder = Path(out).expanduser().resolve() if out else default
     segmenter = model.segmenter.eval()
     inputs = parity_inputs(model.image_size, model.card.input_multiple)

@@ -91,15 +91,17 @@ def check_overrides(
     for i, o in enumerate(listed):
         if o.is_sweep_override() and (check is not None or o.key_or_group in known_groups):
             variants += [[*first[:i], _with_value(o.input_line, o, v), *first[i + 1 :]] for v in _values(o)[1:]]
+    composed = []
     for variant in variants:
         cfg = compose_train(variant, hydra=True)
+        composed.append(cfg)
         if check is not None:
             try:
                 check(cfg)
             except SettingError as err:
                 swept = [line for line, o in zip(variant, listed) if o.is_sweep_override()]
                 raise SettingError(f"the sweep's job with {' '.join(swept)}: {err}" if swept else str(err)) from None
-    return compose_train(first, hydra=True)
+    return composed[0]
 
 
 def help_text(argv: Sequence[str], prog: str, summary: str) -> str:

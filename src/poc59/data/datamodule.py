@@ -8,6 +8,7 @@ Knows nothing of models. After `setup()` it offers what the model side needs:
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -128,6 +129,7 @@ class SegmentationDataModule(L.LightningDataModule):
             self._split = load_split(
                 self.split_file, self.samples, use_aug_copies=self.use_aug_copies, group_pattern=self.group_pattern
             )
+            self.cv_record = json.loads(self.split_file.read_text()).get("cv")  # a fold's split keeps its record
             log.info("Split read from %s", self.split_file)
         elif self.cv is not None:
             folds = make_folds(

@@ -61,7 +61,15 @@ from poc59.data.storage import copy_window, image_view, mask_view
 log = logging.getLogger(__name__)
 
 POLICIES = ("resize", "pad", "crop")
-CACHE_VERSION = 3  # 2: every byte is hashed (xxh3-128) when written, checked when mapped; 3: crop stored ragged
+# Cache format per layout: 2, every byte hashed (xxh3-128) when written and checked when mapped; 3, crop
+# stored ragged. Only crop's caches changed: a resize/pad cache of version 2 is still used as it is.
+CACHE_VERSIONS = {"dense": 2, "ragged": 3}
+
+
+def cache_version(policy: str) -> int:
+    return CACHE_VERSIONS["ragged" if policy == "crop" else "dense"]
+
+
 _HASH_CHUNK = 1 << 24  # bytes read at a time while hashing a cache file
 _STALE_SECONDS = 3600  # another machine's temporary cache folder untouched this long belongs to a dead writer
 _READ_AHEAD = 32  # pairs whose files the kernel is asked to read ahead of the decoding threads
@@ -349,7 +357,8 @@ def cache_key(
 ) -> str:
     """Changes whenever any file's name, size or modification time, or the geometry, changes."""
     limit = Image.MAX_IMAGE_PIXELS  # lifted by data.allow_large_images: which pairs are kept may differ
-    h = hashlib.sha256(f"v{CACHE_VERSION}|{size}|{policy}|{max_side}|{num_classes}|{on_bad_file}|{limit}\n".encode())
+    version = cache_version(policy)
+    h = hashlib.sha256(f"v{version}|{size}|{policy}|{max_side}|{num_classes}|{on_bad_file}|{limit}\n".encode())
     for s in samples:
         for p in (s.image, s.mask):
             st = p.stat()
@@ -392,7 +401,7 @@ def _write_tensor(path: Path, t: torch.Tensor) -> None:
 def _meta(data: Preloaded, folder: Path) -> dict:
     names = ("images.u8", "masks.u8") + (("labels.i64",) if data.label_counts is not None else ())
     meta = {
-        "version": CACHE_VERSION,
+        "version": CACHE_VERSIONS["ragged" if data.ragged else "dense"],
         "key": data.key,
         "images_shape": list(data.images.shape),
         "masks_shape": list(data.masks.shape),
@@ -552,7 +561,7 @@ def load_cache(folder: Path, samples: list[Sample], key: str, verify: bool = Tru
     start = time.perf_counter()
     try:
         meta = json.loads(meta_path.read_text())
-        if meta.get("version") != CACHE_VERSION or meta.get("key") != key:
+        if meta.get("version") != CACHE_VERSIONS["ragged" if meta.get("ragged") else "dense"] or meta.get("key") != key:
             return None
         tensors = []
         files = [("images.u8", meta["images_shape"], torch.uint8), ("masks.u8", meta["masks_shape"], torch.uint8)]

@@ -25,7 +25,7 @@ from omegaconf import OmegaConf
 from poc59.analysis.bootstrap import bootstrap_iou
 from poc59.analysis.pictures import covering_sample
 from poc59.analysis.scores import LEGACY_CONVENTION, batched_miou, scores, split_metrics
-from poc59.artifacts.ensemble import load_ensemble, members_of
+from poc59.artifacts.ensemble import ensemble_name, load_ensemble, members_of
 from poc59.artifacts.load import load_model, locate_checkpoint
 from poc59.artifacts.trained import TrainedModel
 from poc59.core.atomic import write_bytes, write_json
@@ -203,7 +203,7 @@ def evaluate_run(
     An ensemble (`ckpt=[...]` or `run_dirs=[...]`, poc59.artifacts.ensemble) is scored on the first member's
     run data; members validated on different images (the folds of a cross-validation) each trained on the
     others' validation images, so they are scored on the test split (the default then) or another folder,
-    into <the members' common folder>/ensemble-evaluation/<split>.
+    into <the members' common folder>/ensemble-<their run folders>-evaluation/<split>.
     """
     check_options(split, mode, resamples, level)
     torch.set_flush_denormal(True)  # as training did: the same arithmetic, and 3-10x faster on CPU
@@ -427,7 +427,7 @@ def record(
 
 def _default_out(t: Target, mode: str) -> Path:
     if t.members:
-        base = Path(os.path.commonpath([m.parent for m in t.members])) / "ensemble-evaluation"
+        base = Path(os.path.commonpath([m.parent for m in t.members])) / f"{ensemble_name(t.members)}-evaluation"
     else:
         base = t.run / "evaluation" if t.run else t.ckpt.parent / f"{t.ckpt.stem}-evaluation"
     split, root = t.split, t.dm.root

@@ -130,6 +130,8 @@ def train(cfg: DictConfig) -> dict:
     compile_net = _auto_flag(cfg.model.compile, "model.compile", auto=False)
 
     datamodule: SegmentationDataModule = instantiate(cfg.data)
+    if ckpt_path is not None and (run_dir / "split.json").is_file() and datamodule.split_file is None:
+        datamodule.split_file = run_dir / "split.json"  # a resumed run keeps its images, whatever made them
     datamodule.prepare_data()
     datamodule.setup("fit")
     classes = datamodule.classes
