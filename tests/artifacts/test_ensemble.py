@@ -3,6 +3,7 @@ predict, evaluate and export alike."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -133,6 +134,7 @@ def test_the_exported_ensemble_is_one_graph_that_passes_parity(folds, tmp_path):
     card = json.loads((out / "model.card.json").read_text())
     assert card["parity"]["onnx"]["passed"] and card["parity"]["torchscript"]["passed"]
     assert card["source"]["ensemble"] == [str(p.resolve()) for p in _best(folds)]
+    assert card["source"]["sha256"] == [hashlib.sha256(p.read_bytes()).hexdigest() for p in _best(folds)]
     assert len(card["provenance"]["ensemble"]["members"]) == FOLDS
     ensemble = load_ensemble(_best(folds))
     images = torch.randint(0, 256, (2, 3, 64, 96), dtype=torch.uint8, generator=torch.Generator().manual_seed(2))

@@ -12,7 +12,6 @@ geometry (policy, image size, max side). Each keeps its own normalisation (insid
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import replace
@@ -86,14 +85,13 @@ def load_ensemble(paths: Sequence[str | Path], device: str | torch.device = "cpu
 
 
 def member_record(model: TrainedModel) -> dict[str, Any]:
-    """What the model card says of one member: its file (and hash), run, epoch, network, and its run's best
-    val mIoU and fold (from summary.json, when the file is the run's best.ckpt)."""
+    """What the model card says of one member: its file, run, epoch, network, and its run's best val mIoU
+    and fold (from summary.json, when the file is the run's best.ckpt). Export adds each file's hash."""
     summary_file = model.run_dir / "summary.json" if model.run_dir else None
     summary = json.loads(summary_file.read_text()) if summary_file and summary_file.is_file() else {}
     best = model.source.name == "best.ckpt" and summary.get("best_epoch") == model.extra.get("epoch")
     return {
         "checkpoint": str(model.source),
-        "sha256": hashlib.sha256(model.source.read_bytes()).hexdigest(),
         "run_dir": str(model.run_dir) if model.run_dir else None,
         "epoch": model.extra.get("epoch"),
         "network": dict(model.network),

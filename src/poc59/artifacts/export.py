@@ -222,7 +222,8 @@ def model_card(
 def _source(model: TrainedModel, run: Path | None) -> dict[str, Any]:
     """The checkpoint exported (its hash, epoch, run), or an ensemble's members (provenance.ensemble)."""
     if "ensemble" in model.card.provenance:
-        return {"ensemble": [m["checkpoint"] for m in model.card.provenance["ensemble"]["members"]]}
+        files = [m["checkpoint"] for m in model.card.provenance["ensemble"]["members"]]
+        return {"ensemble": files, "sha256": [hashlib.sha256(Path(f).read_bytes()).hexdigest() for f in files]}
     return {
         "checkpoint": str(model.source),
         "sha256": hashlib.sha256(model.source.read_bytes()).hexdigest(),
