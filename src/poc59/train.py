@@ -41,14 +41,18 @@ def _hydra_main(cfg: DictConfig) -> float | None:
     return summary["val/mIoU"]  # the value a Hydra sweeper optimises
 
 
+def asks_every_fold(cfg: DictConfig | None) -> bool:
+    """Whether the config sweeps every fold itself (experiment=cv: `data.cv.fold: ${cv_folds:}`)."""
+    params = cfg.hydra.sweeper.get("params") if cfg is not None and "hydra" in cfg else None
+    return bool(params) and "${cv_folds:" in str(OmegaConf.to_container(params).get("data.cv.fold"))
+
+
 def with_every_fold(argv: list[str], first: DictConfig | None) -> list[str]:
     """experiment=cv and experiment=leave_one_material_out sweep every fold (`data.cv.fold: ${cv_folds:}`):
     the folds are written out as a command-line sweep, so the sweep's multirun.yaml lists each job's fold
     (what sweep_status and compare read) and the fold list is the one checked here."""
-    params = first.hydra.sweeper.get("params") if first is not None else None
-    asked = params and "${cv_folds:" in str(OmegaConf.to_container(params).get("data.cv.fold"))
     given = any(a.lstrip("+~").split("=", 1)[0] == "data.cv.fold" for a in argv)
-    if not asked or given or get_args_parser().parse_known_args(argv)[0].cfg:  # --cfg shows one job's config
+    if not asks_every_fold(first) or given:
         return argv
     at = max(i for i, a in enumerate(argv) if a in split_argv(argv)[0]) + 1  # with the others: Hydra's flags after
     return [*argv[:at], f"data.cv.fold={sweep_values(first.data)}", *argv[at:]]
@@ -59,8 +63,7 @@ def _check_settings(cfg: DictConfig) -> None:
     error (a missing weights file, a metadata column that is not there) as the SettingError main reports."""
     try:
         check_settings(cfg)
-        params = cfg.hydra.sweeper.get("params") if "hydra" in cfg else None
-        if params and any("${cv_folds:" in str(v) for v in OmegaConf.to_container(params).values()):
+        if asks_every_fold(cfg):
             sweep_values(cfg.data)  # the folds exist (metadata column, counts) before any job is submitted
     except USER_ERRORS as err:
         raise SettingError(str(err)) from None
@@ -85,7 +88,8 @@ def main() -> None:
             sys.exit(0)
         shown = get_args_parser().parse_known_args(argv)[0].cfg  # --cfg prints a config: nothing is run
         first = check_overrides(argv, check=None if shown else _check_settings)  # -m: every swept value
-        sys.argv[1:] = with_every_fold(argv, first)
+        if not shown:
+            sys.argv[1:] = with_every_fold(argv, first)
     except SettingError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)

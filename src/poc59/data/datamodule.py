@@ -203,11 +203,8 @@ class SegmentationDataModule(L.LightningDataModule):
                 )
 
     def presence(self) -> torch.Tensor:
-        """[N, C] bool: which classes each preloaded sample contains (for stratifying the split).
-
-        From the label counts the preload keeps with its cache (no pass over the masks); counted here,
-        in NumPy, only for a cache written before those were kept.
-        """
+        """[N, C] bool: which classes each preloaded sample contains (for stratifying the split), from
+        `label_counts`."""
         assert self.data is not None, "call setup() first"
         return self.label_counts()[:, : self.classes.num_classes] > 0
 
