@@ -297,7 +297,7 @@ class SegmentationDataModule(L.LightningDataModule):
         if crop and train and self.rare_fraction > 0:
             if self._sites is None:
                 self._sites = ClassSites(
-                    self.data.mask, self.label_counts(), indices, self.classes.num_classes, self.seed
+                    self.data.mask, self.label_counts(), indices, self.classes.num_classes, self.image_size, self.seed
                 )
             sites = self._sites
         return BatchFeed(

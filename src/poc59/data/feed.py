@@ -139,7 +139,7 @@ class BatchFeed:
         room = (self.sizes[units] - self.window).clamp_min(0) + 1  # valid top-left positions per axis
         yx = (torch.rand((len(units), 2), generator=g) * room).long()
         windows = torch.cat([units.view(-1, 1), yx], dim=1)
-        n = round(self.rare_fraction * len(units)) if self.sites is not None else 0
+        n = round(self.rare_fraction * len(units)) if self.sites is not None and self.sites.needed else 0
         if n:  # drawn after the uniform ones: the other items are those of rare_fraction=0
             windows[:n] = self.sites.draw(n, g, self.window, self.sizes)
         return windows
