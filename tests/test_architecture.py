@@ -18,12 +18,13 @@ ALLOWED = {
     "model": {"core"},
     "analysis": {"core", "model"},
     "artifacts": {"core", "model", "analysis"},
-    "training": {"core", "data", "model", "analysis", "artifacts"},
     "inference": {"core", "data", "analysis", "artifacts"},
-    "evaluation": {"core", "data", "model", "analysis", "artifacts", "inference"},
-    "comparison": {"core", "data", "analysis", "evaluation", "training"},
+    "evaluation": {"core", "data", "model", "analysis", "artifacts", "inference", "tracking"},
+    "tracking": {"core", "analysis"},
+    "training": {"core", "data", "model", "analysis", "artifacts", "tracking"},
+    "comparison": {"core", "data", "analysis", "evaluation", "training", "tracking"},
 }
-OPTIONAL = {"onnxruntime", "fcntl", "matplotlib", "mlflow"}  # may be imported inside a function
+OPTIONAL = {"onnxruntime", "fcntl", "matplotlib", "mlflow", "wandb", "optuna"}  # may be imported inside a function
 
 
 def _modules() -> dict[str, ast.Module]:

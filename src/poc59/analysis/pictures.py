@@ -43,7 +43,8 @@ ERROR_COLOURS: dict[str, tuple[int, int, int]] = {
 """Error-map colours: correct and wrong pixels, and pixels whose target is the ignore label."""
 
 
-def _save(fig: Figure, path: str | Path) -> Path:
+def save_figure(fig: Figure, path: str | Path) -> Path:
+    """`fig` as a PNG at `path`, written atomically."""
     FigureCanvasAgg(fig)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=fig.dpi)
@@ -126,7 +127,7 @@ def confusion_matrix_figure(
     ax.set_xlabel("predicted class")
     ax.set_ylabel("ground-truth class (pixels; ignore label excluded)")
     ax.set_title(title or "Confusion matrix, row-normalised (each row sums to 100 %)", fontsize=10)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 # ---------------------------------------------------------------- IoU bars
@@ -189,7 +190,7 @@ def iou_bars_figure(
     ax.set_xlabel(label)
     ax.set_title(title, fontsize=10)
     ax.grid(axis="x", alpha=0.3)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _finite(v: float | None) -> float | None:
@@ -252,7 +253,7 @@ def grouped_iou_bars_figure(
     fig.legend(
         loc="outside lower center", fontsize=8, title=legend_title, title_fontsize=8, frameon=False
     )  # never over bars
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 # ---------------------------------------------------------------- sample grid
@@ -334,4 +335,4 @@ def sample_grid_figure(
         for k in ("correct", "wrong", "ignored")
     ]
     fig.legend(handles=handles, loc="outside lower center", ncols=3, fontsize=8, frameon=False)
-    return _save(fig, path)
+    return save_figure(fig, path)

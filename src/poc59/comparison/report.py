@@ -109,6 +109,8 @@ def markdown(result: dict) -> str:
         parts += [f"Sweep: `{result['sweep']}`", ""]
     if result["best"]:
         parts += [f"Best: **{result['best']}**. {result['lead']['verdict']}.", ""]
+    if result.get("search"):
+        parts += [search_line(result["search"]), ""]
     parts += [_md_table(list(COLUMNS), rows), ""]
     repeats = [c for c in configs if c["n"] >= 2 and not c.get("cv")]
     if repeats:
@@ -336,6 +338,19 @@ def print_table(result: dict, console: Any) -> None:
             )
     if result["best"]:
         console.print(Text(f"Best: {result['best']}. {result['lead']['verdict']}", style="bold"))
+    if result.get("search"):
+        console.print(Text(search_line(result["search"]), style="bold"), soft_wrap=True)
     for k, v in result["conventions"].items():
         console.print(Text(f"  {k}: {v}", style="dim"), soft_wrap=True)
     console.print(f"Written: {Path(result['chart']).parent}/comparison.{{md,csv,json}}, {Path(result['chart']).name}")
+
+
+def search_line(search: dict) -> str:
+    """An Optuna search's outcome in one line (optimization_results.yaml of hydra/sweeper=optuna)."""
+    if search.get("best_trial") is None:
+        return f"Optuna study {search['name']}: no complete trial of {search['n_trials']}"
+    params = ", ".join(f"{k}={v}" for k, v in search["best_params"].items())
+    return (
+        f"Optuna study {search['name']}: best trial {search['best_trial']} of {search['n_trials']} "
+        f"({search['n_complete']} complete), {_pct(search['best_value'])} % ({search['objective']}), with {params}"
+    )

@@ -31,8 +31,10 @@ from poc59.comparison.cross_validation import (
 from poc59.comparison.report import write_reports
 from poc59.core.classes import ClassTable
 from poc59.evaluation.run import PER_IMAGE_FILE, evaluate_run
+from poc59.tracking.search import SEARCH_RESULTS
+from poc59.tracking.tracked import add_to_tracked
 from poc59.training.resume import flatten
-from poc59.training.sweeps import Job, inspect_job, sweep_status
+from poc59.training.sweeps import Job, find_sweep, inspect_job, sweep_status
 
 log = logging.getLogger("poc59.compare")
 
@@ -495,5 +497,18 @@ def compare(
         "runs": [{k: v for k, v in asdict(r).items() if k not in ("summary", "metrics", "config")} for r in all_runs],
         "chart": str(chart),
     }
-    write_reports(result, out)
+    search = search_results(Path(sweep)) if sweep is not None else None
+    if search is not None:
+        result["search"] = search
+    paths = write_reports(result, out)
+    for c in configs:  # every tracked run compared gets the comparison, and its configuration's score
+        figures = {f"compare/{out.name}/score": c.get("score"), f"compare/{out.name}/best": float(bool(c["best"]))}
+        for run in c["runs"]:
+            add_to_tracked(run, figures, [*paths.values(), Path(chart)], f"comparison/{out.name}")
     return result
+
+
+def search_results(sweep: Path) -> dict | None:
+    """An Optuna search's outcome (hydra/sweeper=optuna writes search_results.yaml in its sweep folder)."""
+    found = find_sweep(sweep) / SEARCH_RESULTS
+    return yaml.safe_load(found.read_text()) if found.is_file() else None

@@ -45,6 +45,7 @@ from poc59.evaluation.pictures import (
     draw,  # matplotlib only when pictures are asked for
 )
 from poc59.model.metrics import metric_convention
+from poc59.tracking.tracked import add_to_tracked
 
 log = logging.getLogger("poc59.evaluate")
 
@@ -240,7 +241,25 @@ def evaluate_run(
     metrics["per_image_confusion"] = write_per_image(folder, [t.dm.samples[i].id for i in t.indices], per_image).name
     write_json(folder / "metrics.json", metrics)
     log.info("Metrics: %s", folder / "metrics.json")
+    if not t.members:  # a tracked run (<run>/tracking.json) gets these figures and pictures too
+        pictures = [folder / rel for rel in metrics["pictures"].values()]
+        add_to_tracked(
+            t.run,
+            tracked_figures(metrics, folder.name),
+            [folder / "metrics.json", *pictures],
+            f"evaluation/{folder.name}",
+        )
     return metrics
+
+
+def tracked_figures(metrics: dict, name: str) -> dict[str, float]:
+    """An evaluation's figures for a tracker, under eval/<name>/: the split's metrics, mIoU's bootstrap
+    interval, and the IoU of each class by name (classes absent from target and prediction left out)."""
+    figures = {m.key: metrics[m.key] for m in split_metrics() if isinstance(metrics.get(m.key), int | float)}
+    if metrics.get("miou_ci"):
+        figures["miou_ci_low"], figures["miou_ci_high"] = metrics["miou_ci"]
+    figures.update({f"IoU/{n}": row["iou"] for n, row in metrics["per_class"].items() if row["iou"] is not None})
+    return {f"eval/{name}/{k}": float(v) for k, v in figures.items() if not math.isnan(float(v))}
 
 
 PER_IMAGE_FILE = "per_image_confusion.npz"

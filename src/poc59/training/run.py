@@ -41,6 +41,8 @@ from poc59.model.factory import (
 )
 from poc59.model.metrics import first_class_baseline, metric_convention
 from poc59.model.module import SegmentationModule
+from poc59.tracking import record as tracking
+from poc59.tracking.tracked import trackers
 from poc59.training import resume
 from poc59.training.checkpointing import AtomicCheckpointIO
 from poc59.training.preflight import check_settings
@@ -166,6 +168,9 @@ def train(cfg: DictConfig) -> dict:
         write_json(run_dir / "split.json", datamodule.split)
         write_json(run_dir / "class_weights.json", datamodule.class_weights_record)
         log.info("Run folder: %s", run_dir)
+        resolved = OmegaConf.to_container(cfg, resolve=True)
+        for tracker in trackers(trainer.loggers):  # after the run may start: a refused start opens no tracked run
+            tracker.begin(tracking.params(resolved), tracking.tags(resolved, run_dir, datamodule.split, git_commit()))
 
     throughput = next((c for c in callbacks if isinstance(c, TrainThroughput)), None)
     if throughput is not None:
@@ -225,8 +230,24 @@ def train(cfg: DictConfig) -> dict:
     }
     if trainer.is_global_zero:
         write_json(run_dir / "summary.json", summary)
+        write_json(run_dir / "model_card.json", card.to_dict())  # the card every checkpoint of the run carries
+        for tracker in trackers(trainer.loggers):
+            tracker.complete(final_figures(summary), tracking.files_of(run_dir))
         _report(summary, run_dir)
     return summary
+
+
+def final_figures(summary: dict) -> dict[str, float]:
+    """What a tracker gets at the end of a run: the best epoch's figures and the baseline (None left out)."""
+    figures = {
+        "best/val/mIoU": summary["val/mIoU"],
+        "best/epoch": summary["best_epoch"],
+        "baseline_val/mIoU": summary["baseline_val/mIoU"],
+        "train_images_per_s": summary["train_images_per_s"],
+        "wall_time_s": summary["wall_time_s"],
+        **{f"best/val/IoU/{n}": v for n, v in (summary["val/IoU"] or {}).items()},
+    }
+    return {k: float(v) for k, v in figures.items() if v is not None}
 
 
 def _finished_already(run_dir: Path, ckpt_path: str | None, throughput: TrainThroughput | None) -> dict | None:
