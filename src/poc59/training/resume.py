@@ -30,6 +30,7 @@ SAFE_TO_CHANGE = (
     "callbacks.progress_bar.",
     "callbacks.val_overlays.",  # pictures only; runs started before it existed resume with it
     "model.",  # how the network runs (channels_last, compile), not what it computes; older runs resume with it
+    "logger.",  # where the metrics go, not what is trained: a resumed run may start (or stop) being tracked
     "paths.",
     "hydra.",
     "ckpt_path",

@@ -1,0 +1,216 @@
+"""logger=mlflow against a real MLflow: a server on 127.0.0.1 with a SQLite backend (read back through its
+REST API and MLflow's client), and the default SQLite store without a server. One poc59 run is one MLflow
+run, however often it is started: a resume, a rerun and a DDP run each leave exactly one."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from helpers import SMALL, TINY_RUN, make_cfg, make_folder
+from poc59.core.config import SettingError
+from poc59.training.run import train
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """`mlflow server` with a SQLite backend and a local artifact store, as a team would run it on a login node."""
+    root = tmp_path_factory.mktemp("mlflow-server")
+    port = _free_port()
+    log = (root / "server.log").open("w")
+    proc = subprocess.Popen(
+        [
+            sys.executable, "-m", "mlflow", "server",
+            "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
+            "--artifacts-destination", str(root / "artifacts"),
+            "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            if urllib.request.urlopen(f"{url}/health", timeout=2).status == 200:
+                break
+        except OSError:
+            time.sleep(0.5)
+    else:
+        proc.kill()
+        raise AssertionError("mlflow server did not start:\n" + (root / "server.log").read_text()[-3000:])
+    yield url
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+def _rest(url: str, path: str, body: dict | None = None) -> dict:
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(
+        f"{url}/api/2.0/mlflow/{path}", data=data, headers={"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(req, timeout=30) as r:
+        return json.loads(r.read())
+
+
+def _runs(url: str, experiment: str = "poc59") -> list[dict]:
+    eid = _rest(url, f"experiments/get-by-name?experiment_name={experiment}")["experiment"]["experiment_id"]
+    return _rest(url, "runs/search", {"experiment_ids": [eid], "max_results": 100}).get("runs", [])
+
+
+def _train(run_dir: Path, *extra: str) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "poc59.train", *TINY_RUN, f"run_dir={run_dir}", *extra]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=run_dir.parent)
+
+
+def test_a_tracked_run_on_a_server_has_its_config_per_class_metrics_and_records(server, tmp_path):
+    run_dir = tmp_path / "run"
+    tracked = ("logger=mlflow", f"logger.mlflow.tracking_uri={server}")
+    first = _train(run_dir, "trainer.max_epochs=2", *tracked)
+    assert first.returncode == 0, first.stderr[-3000:]
+    (run,) = _runs(server)
+    record = json.loads((run_dir / "tracking.json").read_text())["mlflow"]
+    assert record == {
+        "tracking_uri": server,
+        "experiment_id": run["info"]["experiment_id"],
+        "run_id": run["info"]["run_id"],
+    }
+    rid = record["run_id"]
+    params = {p["key"]: p["value"] for p in run["data"]["params"]}
+    config = json.loads(json.dumps(__import__("yaml").safe_load((run_dir / "config.yaml").read_text())))
+    assert params["data.image_size"] == "64" == str(config["data"]["image_size"])
+    assert params["encoder.name"] == config["encoder"]["name"] and params["trainer.max_epochs"] == "2"
+    tags = {t["key"]: t["value"] for t in run["data"]["tags"]}
+    split = json.loads((run_dir / "split.json").read_text())
+    assert tags["poc59.split_fingerprint"] == split["fingerprint"] and tags["poc59.run_dir"] == str(run_dir)
+    assert tags["poc59.encoder"] == config["encoder"]["name"] and tags["mlflow.runName"] == "run"
+
+    summary = json.loads((run_dir / "summary.json").read_text())
+    history = _rest(server, f"metrics/get-history?run_id={rid}&metric_key=val/mIoU")["metrics"]
+    assert [m["value"] for m in history] == pytest.approx([h["mIoU"] for h in summary["history"]])
+    metrics = {m["key"]: m["value"] for m in run["data"]["metrics"]}
+    best = summary["history"][summary["best_epoch"]]
+    for name, iou in best["IoU"].items():  # every class by name, as the CSV has them
+        assert metrics[f"best/val/IoU/{name}"] == pytest.approx(iou) if iou is not None else True
+    assert metrics["best/val/mIoU"] == pytest.approx(summary["val/mIoU"])
+    assert "val/IoU/Burn marks" in metrics  # a class name with a space, as MLflow accepts it
+    client = MlflowClient(server)
+    kept = {a.path for a in client.list_artifacts(rid, "run")}
+    assert kept >= {"run/summary.json", "run/class_weights.json", "run/split.json", "run/model_card.json"}
+    back = Path(client.download_artifacts(rid, "run/model_card.json", str(tmp_path / "back")))
+    assert json.loads(back.read_text()) == json.loads((run_dir / "model_card.json").read_text())
+
+    again = _train(run_dir, "trainer.max_epochs=3", *tracked)  # resumes from last.ckpt: the same MLflow run
+    assert again.returncode == 0, again.stderr[-3000:]
+    (run,) = _runs(server)
+    assert run["info"]["run_id"] == rid and run["info"]["status"] == "FINISHED"
+    history = _rest(server, f"metrics/get-history?run_id={rid}&metric_key=val/mIoU")["metrics"]
+    assert len(history) == 3 and sorted(m["step"] for m in history) == sorted(set(m["step"] for m in history))
+    tags = {t["key"]: t["value"] for t in run["data"]["tags"]}
+    assert tags["poc59.changed_on_resume"] == "trainer.max_epochs"  # MLflow keeps a param's first value
+
+    evaluated = subprocess.run(
+        [sys.executable, "-m", "poc59.evaluate", f"run_dir={run_dir}", "bootstrap.resamples=50"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    metrics_json = json.loads((run_dir / "evaluation" / "val" / "metrics.json").read_text())
+    (run,) = _runs(server)
+    metrics = {m["key"]: m["value"] for m in run["data"]["metrics"]}
+    assert metrics["eval/val/miou"] == pytest.approx(metrics_json["miou"])
+    assert metrics["eval/val/miou_ci_low"] == pytest.approx(metrics_json["miou_ci"][0])
+    added = {a.path for a in client.list_artifacts(rid, "evaluation/val")}
+    assert "evaluation/val/metrics.json" in added and any(p.endswith(".png") for p in added)
+
+
+def test_the_mlflow_ui_shows_the_run(server, tmp_path):
+    """The README's screenshot, taken with headless Chromium (Debian's package; .ci/run installs it)."""
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None and not os.environ.get("CI"):
+        pytest.skip("no chromium here (apt-get install chromium); CI installs it and runs this test")
+    assert chromium, "CI needs chromium for the MLflow UI screenshot (.ci/run installs it)"
+    run_dir = tmp_path / "run"
+    done = _train(run_dir, "trainer.max_epochs=1", "logger=mlflow", f"logger.mlflow.tracking_uri={server}")
+    assert done.returncode == 0, done.stderr[-3000:]
+    record = json.loads((run_dir / "tracking.json").read_text())["mlflow"]
+    shot = tmp_path / "mlflow-run.png"
+    page = f"{server}/#/experiments/{record['experiment_id']}/runs/{record['run_id']}"
+    subprocess.run(
+        [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--window-size=1400,1100",
+         "--virtual-time-budget=30000", f"--screenshot={shot}", page],
+        capture_output=True, timeout=120,
+    )  # fmt: skip
+    from PIL import Image
+
+    with Image.open(shot) as img:
+        assert img.size == (1400, 1100)
+        colours = img.convert("L").resize((140, 110)).getcolors(maxcolors=140 * 110)
+    assert colours is not None and len(colours) > 20  # a rendered page, not a blank one
+
+
+def _client(outputs: Path) -> MlflowClient:
+    return MlflowClient(f"sqlite:///{outputs / 'mlflow.db'}")
+
+
+def test_the_default_store_is_sqlite_in_the_outputs_folder_and_a_refused_start_opens_no_run(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    outputs = tmp_path / "outputs"
+    tracked = (*SMALL, "logger=mlflow", "trainer.max_epochs=1", f"paths.output_dir={outputs}")
+    with pytest.raises(SettingError, match="optimizer.lr"):
+        train(make_cfg(tmp_path, *tracked, "optimizer.lr=0"))
+    assert not (tmp_path / "run" / "tracking.json").exists() and not (outputs / "mlflow.db").exists()
+
+    relative = make_cfg(tmp_path, *tracked[:-1], "paths.output_dir=outputs")  # as the default config writes it
+    train(relative)
+    record = json.loads((tmp_path / "run" / "tracking.json").read_text())["mlflow"]
+    assert record["tracking_uri"] == f"sqlite:///{outputs / 'mlflow.db'}"  # absolute: evaluate finds it from anywhere
+    train(make_cfg(tmp_path, *tracked))  # a rerun of the finished run: nothing trained, no second MLflow run
+    (run,) = _client(outputs).search_runs([record["experiment_id"]])
+    assert run.info.run_id == record["run_id"] and run.info.status == "FINISHED"
+    assert run.data.params["data.image_size"] == "64" and "best/val/mIoU" in run.data.metrics
+    assert (outputs / "mlartifacts").is_dir()  # artifacts beside the store, not in the current folder's mlruns
+    assert not (tmp_path / "mlruns").exists()
+
+
+def test_a_ddp_run_is_one_mlflow_run_with_every_epoch(tmp_path):
+    """Two gloo processes: only rank 0 opens and logs the run."""
+    data = make_folder(tmp_path / "data", n=8, copies=1, size=(32, 32))
+    out = tmp_path / "out"
+    out.mkdir()
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    script = REPO / "tests" / "training" / "ddp_train_check.py"
+    ddp = [
+        "encoder=tiny", "data=artefact", f"data.root={data}", "data.val_fraction=0.25", "data.image_size=32",
+        "data.batch_size=2", "trainer.max_epochs=2", "trainer.accelerator=cpu", "trainer.devices=2",
+        "+trainer.strategy=ddp", "trainer.enable_progress_bar=false", "logger=mlflow",
+        f"logger.mlflow.tracking_uri={store}",
+    ]  # fmt: skip
+    run = subprocess.run([sys.executable, str(script), str(out), *ddp], capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-4000:]
+    record = json.loads((out / "run" / "tracking.json").read_text())["mlflow"]
+    client = MlflowClient(store)
+    (found,) = client.search_runs([record["experiment_id"]])
+    assert found.info.run_id == record["run_id"]
+    summary = json.loads((out / "run" / "summary.json").read_text())
+    history = client.get_metric_history(record["run_id"], "val/mIoU")
+    assert [m.value for m in history] == pytest.approx([h["mIoU"] for h in summary["history"]])
+    assert found.data.params["trainer.devices"] == "2"
