@@ -86,6 +86,18 @@ def search_space(lines: Sequence[str]) -> tuple[dict[str, Any], list[str], list[
     return space, fixed, folds
 
 
+def dotted(params: dict, prefix: str = "") -> dict[str, str]:
+    """The search space as {"optimizer.lr": "interval(...)"}: a key given on the command line
+    (`hydra.sweeper.params.optimizer.lr=...`) arrives nested, one written in YAML as "optimizer.lr" flat."""
+    out: dict[str, str] = {}
+    for k, v in params.items():
+        if isinstance(v, dict):
+            out.update(dotted(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = str(v)
+    return out
+
+
 def trial_overrides(fixed: list[str], params: dict[str, Any]) -> list[str]:
     """The overrides of one trial: the fixed ones, then its params as Hydra reads them back."""
     return [*fixed, *(f"{k}={override_text(v)}" for k, v in params.items())]
@@ -98,6 +110,10 @@ def override_text(value: Any) -> str:
     if isinstance(value, bool):
         return str(value).lower()
     return repr(value) if isinstance(value, float) else str(value)
+
+
+class SearchFailed(RuntimeError):
+    """No trial of this invocation completed (each trial's error is in optimization_results.yaml)."""
 
 
 class Search:
@@ -125,7 +141,7 @@ class Search:
         self.study_name, self.direction, self.seed = study_name, direction, seed
         self.storage = storage or f"sqlite:///{self.sweep_dir / 'optuna.db'}"
         self.n_trials, self.n_jobs = int(n_trials), int(n_jobs)
-        self.params = {str(k): str(v) for k, v in (params or {}).items()}
+        self.params = dotted(OmegaConf.to_container(params) if isinstance(params, DictConfig) else params or {})
 
     def study(self) -> Any:
         import optuna
@@ -168,7 +184,7 @@ class Search:
             f"; each trial runs folds {','.join(folds)}" if folds else "",
         )
         k = len(folds) if folds else 1
-        left = self.n_trials
+        left, told = self.n_trials, []
         while left > 0:
             trials = [study.ask(space) for _ in range(min(self.n_jobs, left))]
             left -= len(trials)
@@ -180,10 +196,14 @@ class Search:
                 ]
                 returns = self.launch(jobs, group[0].number * k)
                 for i, t in enumerate(group):
-                    self.tell(study, t, returns[i * k : (i + 1) * k])
-        return self.report(study, space)
+                    told.append(self.tell(study, t, returns[i * k : (i + 1) * k]))
+        results = self.report(study, space)
+        if all(error is not None for error in told):
+            raise SearchFailed(f"every trial of this search failed; the first: {told[0]}")
+        return results
 
-    def tell(self, study: Any, trial: Any, returns: Sequence[Any]) -> None:
+    def tell(self, study: Any, trial: Any, returns: Sequence[Any]) -> str | None:
+        """Tell Optuna the trial's value (the mean over its jobs), or that it failed; returns the error."""
         import optuna
 
         values, errors = [], []
@@ -201,9 +221,10 @@ class Search:
             trial.set_user_attr("error", errors[0])
             study.tell(trial, state=optuna.trial.TrialState.FAIL)
             log.warning("Trial %d failed: %s", trial.number, errors[0])
-            return
+            return errors[0]
         study.tell(trial, statistics.fmean(values))
         log.info("Trial %d: %.4f with %s", trial.number, statistics.fmean(values), trial.params)
+        return None
 
     def report(self, study: Any, space: dict[str, Any]) -> dict:
         """optimization_results.yaml and the two pictures; the results as a dict."""

@@ -100,6 +100,7 @@ class WandbTracker(WandbLogger):
         run = self.experiment
         run.summary.update({metric_name(k): v for k, v in metrics.items() if v is not None})
         keep(run, files, "run")
+        run.finish()  # the run file complete now, not at the process's exit (train called as a library)
 
 
 def add(entry: dict, metrics: dict[str, float], files: list[Path], under: str) -> None:
