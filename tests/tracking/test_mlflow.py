@@ -18,6 +18,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from helpers import SMALL, TINY_RUN, make_cfg, make_folder
+from poc59.comparison.run import compare
 from poc59.core.config import SettingError
 from poc59.training.run import train
 
@@ -188,6 +189,12 @@ def test_the_default_store_is_sqlite_in_the_outputs_folder_and_a_refused_start_o
     assert run.info.run_id == record["run_id"] and run.info.status == "FINISHED"
     assert run.data.params["data.image_size"] == "64" and "best/val/mIoU" in run.data.metrics
     assert (outputs / "mlartifacts").is_dir()  # artifacts beside the store, not in the current folder's mlruns
+
+    compare(runs=[tmp_path / "run"], out=tmp_path / "cmp", evaluate=False)  # compare adds its report to the run
+    client = _client(outputs)
+    added = {a.path for a in client.list_artifacts(record["run_id"], "comparison/cmp")}
+    assert {"comparison/cmp/comparison.md", "comparison/cmp/per_class_iou.png"} <= added
+    assert client.get_run(record["run_id"]).data.metrics["compare/cmp/best"] == 1.0
     assert not (tmp_path / "mlruns").exists()
 
 
