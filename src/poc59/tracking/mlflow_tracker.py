@@ -17,14 +17,12 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 from lightning.pytorch.loggers import MLFlowLogger
 from lightning.pytorch.utilities import rank_zero_only
 
-from poc59.tracking.record import metric_name, read, remember
+from poc59.tracking.record import RunTracker, metric_name, read, remember
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +45,7 @@ def default_artifacts(uri: str) -> str | None:
     return str(Path(uri[len(prefix) :]).parent / "mlartifacts") if uri.startswith(prefix) else None
 
 
-class MLflowTracker(MLFlowLogger):
+class MLflowTracker(RunTracker, MLFlowLogger):
     """One poc59 run as one MLflow run (see the module docstring)."""
 
     def __init__(
@@ -79,15 +77,6 @@ class MLflowTracker(MLFlowLogger):
             artifact_location=artifact_location or default_artifacts(uri),
             run_id=run_id,
         )
-
-    @rank_zero_only
-    def log_hyperparams(self, params: Any) -> None:
-        """Lightning's call with the module's hyperparameters (the model card) is not logged: the config
-        goes in as params at `begin`, the card as an artifact at `complete`."""
-
-    @rank_zero_only
-    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
-        super().log_metrics({metric_name(k): v for k, v in metrics.items()}, step)
 
     @rank_zero_only
     def begin(self, params: dict[str, str], tags: dict[str, str]) -> None:

@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+from lightning.pytorch.utilities import rank_zero_only
 
 from poc59.core.atomic import write_json
 
@@ -72,3 +75,17 @@ def files_of(run_dir: Path) -> list[Path]:
     """The run's records a tracker keeps at the end: summary, class weights, split, and the model card."""
     names = ("summary.json", "class_weights.json", "split.json", "model_card.json", "training_curves.png")
     return [run_dir / n for n in names if (run_dir / n).is_file()]
+
+
+class RunTracker:
+    """What the poc59 trackers share, before their Lightning logger in the class order: the module's
+    hyperparameters (the model card) are not logged (the config goes in as params at `begin`, the card
+    as a file at `complete`), and metric names are made acceptable (`metric_name`)."""
+
+    @rank_zero_only
+    def log_hyperparams(self, params: Any) -> None:
+        pass
+
+    @rank_zero_only
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        super().log_metrics({metric_name(k): v for k, v in metrics.items()}, step)  # type: ignore[misc]

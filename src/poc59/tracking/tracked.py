@@ -1,4 +1,5 @@
-"""What evaluate and compare add to the tracked runs they read (poc59.tracking.record: <run>/tracking.json).
+"""Which of a trainer's loggers are poc59 trackers, and what evaluate and compare add to the tracked runs
+they read (poc59.tracking.record: <run>/tracking.json).
 
 A run folder that was never tracked is left alone; a tracker that cannot be reached is named in the log
 and the command goes on (its own outputs are written either way)."""
@@ -10,14 +11,14 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from poc59.tracking import mlflow_tracker, wandb_tracker
-from poc59.tracking.record import read
+from poc59.tracking.record import RunTracker, read
 
 log = logging.getLogger(__name__)
 
 
 def trackers(loggers: Iterable[object]) -> list:
     """The poc59 trackers among a trainer's loggers (they are told when a run begins and completes)."""
-    return [lg for lg in loggers if isinstance(lg, mlflow_tracker.MLflowTracker | wandb_tracker.WandbTracker)]
+    return [lg for lg in loggers if isinstance(lg, RunTracker)]
 
 
 ADDERS = {mlflow_tracker.NAME: mlflow_tracker.add, wandb_tracker.NAME: wandb_tracker.add}

@@ -14,14 +14,13 @@ import logging
 import secrets
 import shutil
 import string
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 
-from poc59.tracking.record import metric_name, read, remember
+from poc59.tracking.record import RunTracker, metric_name, read, remember
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +33,7 @@ def new_id() -> str:
     return "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(8))
 
 
-class WandbTracker(WandbLogger):
+class WandbTracker(RunTracker, WandbLogger):
     """One poc59 run as one W&B run (see the module docstring)."""
 
     def __init__(
@@ -65,14 +64,6 @@ class WandbTracker(WandbLogger):
             settings={"silent": True},
         )
         self._wandb_init.pop("anonymous", None)  # Lightning passes it; wandb >= 0.19 warns that it does nothing
-
-    @rank_zero_only
-    def log_hyperparams(self, params: Any) -> None:
-        """Not the module's hyperparameters (the model card): the config goes in at `begin`."""
-
-    @rank_zero_only
-    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
-        super().log_metrics({metric_name(k): v for k, v in metrics.items()}, step)
 
     @rank_zero_only
     def begin(self, params: dict[str, str], tags: dict[str, str]) -> None:
