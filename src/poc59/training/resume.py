@@ -28,6 +28,7 @@ SAFE_TO_CHANGE = (
     "trainer.log_every_n_steps",
     "trainer.num_sanity_val_steps",
     "callbacks.progress_bar.",
+    "callbacks.epoch_log.",  # a log line; runs started before it existed resume with it
     "callbacks.val_overlays.",  # pictures only; runs started before it existed resume with it
     "model.",  # how the network runs (channels_last, compile), not what it computes; older runs resume with it
     "logger.",  # where the metrics go, not what is trained: a resumed run may start (or stop) being tracked

@@ -11,6 +11,7 @@ import json
 import logging
 import math
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -157,10 +158,18 @@ def train(cfg: DictConfig) -> dict:
         compile_options=plain(cfg.model.get("compile_options")),
     )
     callbacks = instantiate_all(cfg.get("callbacks"))
-    if not cfg.trainer.get("enable_progress_bar", True):  # Lightning refuses a progress bar callback then
+    bar = bool(cfg.trainer.get("enable_progress_bar", True))
+    if bar and not sys.stdout.isatty():  # a SLURM log, a pipe: the epoch lines instead of wrapped bar fragments
+        log.info("stdout is not a terminal: no progress bar; one line per epoch in the log")
+        bar = False
+    if not bar:  # Lightning refuses a progress bar callback then
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
     trainer: L.Trainer = instantiate(
-        cfg.trainer, callbacks=callbacks, logger=instantiate_all(cfg.get("logger")), plugins=_plugins()
+        cfg.trainer,
+        callbacks=callbacks,
+        logger=instantiate_all(cfg.get("logger")),
+        plugins=_plugins(),
+        enable_progress_bar=bar,
     )
 
     if trainer.is_global_zero:

@@ -1,0 +1,75 @@
+"""One plain log line per epoch, whatever the terminal: what a SLURM job's log shows while it trains.
+
+    Epoch 3 (4 of 20): train loss 0.512, val loss 0.498, val mIoU 8.04 % (best 8.04 % at epoch 3),
+    10.6 images/s, elapsed 0:01:02, about 0:04:08 left
+
+Epochs are numbered from 0, as summary.json and the end-of-run lines number them. images/s is this
+epoch's training throughput (TrainThroughput's convention: after its first step, validation excluded);
+the time left is this attempt's mean time per epoch times the epochs still to run. Rank 0 only.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from datetime import timedelta
+from typing import Any
+
+import lightning as L
+
+from poc59.training.throughput import TrainThroughput
+
+log = logging.getLogger("poc59.train")
+
+
+def _pct(v: Any) -> str:
+    return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * float(v):.2f} %"
+
+
+def _num(v: Any) -> str:
+    return "n/a" if v is None else f"{float(v):.4g}"
+
+
+def _clock(seconds: float) -> str:
+    return str(timedelta(seconds=round(seconds)))
+
+
+class EpochLog(L.Callback):
+    """Logs the epoch line of the module docstring at the end of every training epoch."""
+
+    def __init__(self) -> None:
+        self._start = time.perf_counter()
+        self._first = 0
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._start, self._first = time.perf_counter(), trainer.current_epoch
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking or not trainer.is_global_zero:
+            return
+        epoch, total = trainer.current_epoch, trainer.max_epochs
+        metrics = trainer.callback_metrics
+        history = [h for h in getattr(pl_module, "history", []) if h.get("mIoU") is not None]
+        now = next((h for h in history if h["epoch"] == epoch), None)
+        best = max(history, key=lambda h: h["mIoU"], default=None)
+        throughput = next((c for c in trainer.callbacks if isinstance(c, TrainThroughput)), None)
+        last = throughput.epochs[-1] if throughput and throughput.epochs else None
+        ips = last["images"] / last["seconds"] if last and last["images"] and last["seconds"] > 0 else None
+        elapsed = time.perf_counter() - self._start
+        done = epoch - self._first + 1
+        left = elapsed / done * (total - epoch - 1) if total and total > 0 and done > 0 else None
+        log.info(
+            "Epoch %d (%d of %s): train loss %s, val loss %s, val mIoU %s (best %s%s), %s images/s, elapsed %s%s",
+            epoch,
+            epoch + 1,
+            total if total and total > 0 else "?",
+            _num(metrics.get("train/loss_epoch")),
+            _num(metrics.get("val/loss")) if now else "n/a",
+            _pct(now["mIoU"]) if now else "n/a (no validation this epoch)",
+            _pct(best["mIoU"]) if best else "n/a",
+            f" at epoch {best['epoch']}" if best else "",
+            f"{ips:.1f}" if ips else "n/a",
+            _clock(elapsed),
+            f", about {_clock(left)} left" if left is not None else "",
+        )

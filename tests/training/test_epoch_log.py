@@ -1,0 +1,38 @@
+"""A training run whose stdout is a file (a SLURM log) logs one plain line per epoch and no progress bar."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+
+from helpers import TINY_RUN
+
+LINE = re.compile(
+    r"Epoch (\d+) \((\d+) of 3\): train loss ([\d.]+), val loss ([\d.]+), val mIoU ([\d.]+) % "
+    r"\(best ([\d.]+) % at epoch (\d+)\), ([\d.]+) images/s, elapsed \d+:\d\d:\d\d, about \d+:\d\d:\d\d left"
+)
+
+
+def test_stdout_to_a_file_gives_one_epoch_line_per_epoch_and_no_bar(tmp_path):
+    run_dir = tmp_path / "run"
+    base = [o for o in TINY_RUN if not o.startswith(("trainer.enable_progress_bar", "callbacks.progress_bar"))]
+    out, err = tmp_path / "job.out", tmp_path / "job.err"
+    with out.open("w") as stdout, err.open("w") as stderr:  # files, as sbatch gives a job: not a terminal
+        done = subprocess.run(
+            [sys.executable, "-m", "poc59.train", *base, "trainer.max_epochs=3", f"run_dir={run_dir}"],
+            stdout=stdout, stderr=stderr, timeout=300,
+        )  # fmt: skip
+    log = err.read_text()
+    assert done.returncode == 0, log[-3000:]
+    lines = [LINE.search(line) for line in log.splitlines() if "Epoch " in line and " of 3)" in line]
+    assert all(lines) and [int(m.group(1)) for m in lines] == [0, 1, 2]
+    history = json.loads((run_dir / "summary.json").read_text())["history"]
+    best = 0.0
+    for m, h in zip(lines, history):
+        assert float(m.group(5)) == round(100 * h["mIoU"], 2)
+        best = max(best, h["mIoU"])
+        assert float(m.group(6)) == round(100 * best, 2) and float(m.group(8)) > 0
+    assert "stdout is not a terminal" in log
+    assert "it/s" not in out.read_text() + log  # no progress bar fragments in the files
