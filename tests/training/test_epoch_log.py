@@ -36,3 +36,29 @@ def test_stdout_to_a_file_gives_one_epoch_line_per_epoch_and_no_bar(tmp_path):
         assert float(m.group(6)) == round(100 * best, 2) and float(m.group(8)) > 0
     assert "stdout is not a terminal" in log
     assert "it/s" not in out.read_text() + log  # no progress bar fragments in the files
+
+
+def test_the_end_of_a_run_names_its_folder_and_the_commands_that_work_on_it(tmp_path):
+    base = [*TINY_RUN, "trainer.max_epochs=2", "run_name=first"]
+    done = subprocess.run(
+        [sys.executable, "-m", "poc59.train", *base], capture_output=True, text=True, timeout=300, cwd=tmp_path
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    run_dir = tmp_path / "outputs" / "runs" / "first"
+    log = done.stderr
+    assert f"Run folder: {run_dir} (training curves: training_curves.png)" in log
+    assert f"python -m poc59.evaluate run_dir={run_dir}" in log and f"python -m poc59.export run_dir={run_dir}" in log
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert f"python -m poc59.predict ckpt={summary['checkpoint']['best']} input=" in log
+    ratio = summary["val/mIoU"] / summary["baseline_val/mIoU"]
+    assert f"scores {ratio:.2f}x that" in log and "Missed (IoU 0): " in log
+    assert (run_dir / "training_curves.png").stat().st_size > 0
+    assert (tmp_path / "outputs" / "runs" / "latest").resolve() == run_dir.resolve()
+    resume = next(line for line in log.splitlines() if "# resumes it" in line).split("#")[0].split()
+    assert resume[:3] == ["python", "-m", "poc59.train"]
+    again = subprocess.run(
+        [sys.executable, *resume[1:], "trainer.max_epochs=3"], capture_output=True, text=True, timeout=300, cwd=tmp_path
+    )  # the printed command, with one more epoch, continues the same run
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "Resuming from" in again.stderr and "Epoch 2 (3 of 3)" in again.stderr
+    assert [h["epoch"] for h in json.loads((run_dir / "summary.json").read_text())["history"]] == [0, 1, 2]

@@ -1,4 +1,5 @@
-"""Pictures of numbers over trials: a search's history and its parameters' importances."""
+"""Pictures of numbers over epochs and trials: a run's training curves, a search's history and its
+parameters' importances."""
 
 from __future__ import annotations
 
@@ -36,5 +37,33 @@ def importance_figure(importance: Mapping[str, float], path: str | Path, title: 
     ax.barh(names, [importance[n] for n in names])
     ax.set_xlabel(xlabel)
     ax.set_title(title, fontsize=8)
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def training_curves_figure(rows: Sequence[Mapping[str, float | None]], path: str | Path, title: str) -> Path:
+    """Three panels by epoch: train and val loss, val mIoU (%), learning rate (log scale, at each epoch's end)."""
+    fig = Figure(figsize=(11, 3.6), dpi=110)
+    axes = fig.subplots(1, 3)
+    epochs = [r["epoch"] for r in rows]
+
+    def line(ax, key: str, label: str, scale: float = 1.0) -> None:
+        pts = [(e, scale * r[key]) for e, r in zip(epochs, rows) if r.get(key) is not None]
+        if pts:
+            ax.plot(*zip(*pts), "o-", markersize=3, label=label)
+
+    line(axes[0], "train_loss", "train loss (epoch mean)")
+    line(axes[0], "val_loss", "val loss")
+    axes[0].set_ylabel("loss")
+    axes[0].legend(fontsize=8)
+    line(axes[1], "val_miou", "val mIoU", 100.0)
+    axes[1].set_ylabel("val mIoU (%)")
+    line(axes[2], "lr", "learning rate")
+    axes[2].set_ylabel("learning rate")
+    if any(r.get("lr") for r in rows):
+        axes[2].set_yscale("log")
+    for ax in axes:
+        ax.set_xlabel("epoch")
+    fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     return save_figure(fig, path)

@@ -41,6 +41,13 @@ class EpochLog(L.Callback):
     def __init__(self) -> None:
         self._start = time.perf_counter()
         self._first = 0
+        self.rows: list[dict] = []  # per epoch: losses, val mIoU, learning rate (training_curves.png); resumed
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"rows": list(self.rows)}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.rows = list(state_dict.get("rows", []))
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._start, self._first = time.perf_counter(), trainer.current_epoch
@@ -59,13 +66,24 @@ class EpochLog(L.Callback):
         elapsed = time.perf_counter() - self._start
         done = epoch - self._first + 1
         left = elapsed / done * (total - epoch - 1) if total and total > 0 and done > 0 else None
+        train_loss, val_loss = metrics.get("train/loss_epoch"), metrics.get("val/loss") if now else None
+        lrs = [g["lr"] for opt in trainer.optimizers for g in opt.param_groups]
+        self.rows = [r for r in self.rows if r["epoch"] < epoch] + [
+            {
+                "epoch": epoch,
+                "train_loss": None if train_loss is None else float(train_loss),
+                "val_loss": None if val_loss is None else float(val_loss),
+                "val_miou": now["mIoU"] if now else None,
+                "lr": float(lrs[0]) if lrs else None,
+            }
+        ]
         log.info(
             "Epoch %d (%d of %s): train loss %s, val loss %s, val mIoU %s (best %s%s), %s images/s, elapsed %s%s",
             epoch,
             epoch + 1,
             total if total and total > 0 else "?",
-            _num(metrics.get("train/loss_epoch")),
-            _num(metrics.get("val/loss")) if now else "n/a",
+            _num(train_loss),
+            _num(val_loss),
             _pct(now["mIoU"]) if now else "n/a (no validation this epoch)",
             _pct(best["mIoU"]) if best else "n/a",
             f" at epoch {best['epoch']}" if best else "",

@@ -24,6 +24,7 @@ from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.plugins.environments import SLURMEnvironment
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from poc59.analysis.curves import training_curves_figure
 from poc59.artifacts.card import ModelCard
 from poc59.core.atomic import write_bytes, write_json
 from poc59.core.classes import ClassTable
@@ -46,6 +47,7 @@ from poc59.tracking import record as tracking
 from poc59.tracking.tracked import trackers
 from poc59.training import resume
 from poc59.training.checkpointing import AtomicCheckpointIO
+from poc59.training.epoch_log import EpochLog
 from poc59.training.preflight import check_settings
 from poc59.training.throughput import CONVENTION as THROUGHPUT_CONVENTION
 from poc59.training.throughput import TrainThroughput
@@ -240,6 +242,12 @@ def train(cfg: DictConfig) -> dict:
     if trainer.is_global_zero:
         write_json(run_dir / "summary.json", summary)
         write_json(run_dir / "model_card.json", card.to_dict())  # the card every checkpoint of the run carries
+        epochs = next((c for c in callbacks if isinstance(c, EpochLog)), None)
+        if epochs is not None and epochs.rows:
+            training_curves_figure(
+                epochs.rows, run_dir / "training_curves.png", f"{run_dir.name}: {enc.name} + {enc.decoder}"
+            )
+        point_latest(run_dir)
         for tracker in trackers(trainer.loggers):
             tracker.complete(final_figures(summary), tracking.files_of(run_dir))
         _report(summary, run_dir)
@@ -269,16 +277,36 @@ def _finished_already(run_dir: Path, ckpt_path: str | None, throughput: TrainThr
     return json.loads(summary.read_text())
 
 
+def point_latest(run_dir: Path) -> None:
+    """<runs folder>/latest, a link to the newest finished run (replaced atomically), for runs under a
+    `runs/` folder (outputs/runs/<name>); sweeps and explicit run_dir= elsewhere are left alone."""
+    if run_dir.parent.name != "runs":
+        return
+    link, tmp = run_dir.parent / "latest", run_dir.parent / f".latest-{os.getpid()}"
+    try:
+        tmp.unlink(missing_ok=True)
+        tmp.symlink_to(run_dir.name, target_is_directory=True)
+        os.replace(tmp, link)
+    except OSError as err:  # a file system without links: the log still names the folder
+        log.warning("Could not point %s at %s: %s", link, run_dir, err)
+
+
 def _report(summary: dict, run_dir: Path) -> None:
-    """A few plain lines at the end of a run; the full record is in summary.json."""
+    """A few plain lines at the end of a run: what it scored, against what, and what to run next."""
     miou, base = summary["val/mIoU"], summary["baseline_val/mIoU"]
     fmt = lambda v: "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:.2f} %"
     names = summary["classes"]["names"]
     log.info("Best val/mIoU %s at epoch %s (%s)", fmt(miou), summary["best_epoch"], summary["metric_convention"])
-    log.info("Predicting %s everywhere on the same validation set scores val/mIoU %s", names[0], fmt(base))
+    ratio = f"; the model scores {miou / base:.2f}x that" if miou is not None and base else ""
+    log.info("Predicting %s everywhere on the same validation set scores val/mIoU %s%s", names[0], fmt(base), ratio)
     iou = summary["val/IoU"] or {}
     others = [f"{n} {'absent' if iou.get(n) is None else fmt(iou[n])}" for n in names[1:]]
     log.info("Best val IoU of every class but %s: %s", names[0], ", ".join(others) or "none")
+    scored = sorted(((v, n) for n, v in iou.items() if v is not None and n != names[0]), reverse=True)
+    if scored:
+        log.info("Best classes: %s", ", ".join(f"{n} {fmt(v)}" for v, n in scored[:3] if v > 0) or "none above 0")
+        missed = [n for v, n in scored if v == 0]
+        log.info("Missed (IoU 0): %s", ", ".join(missed) or "none")
     ips = summary["train_images_per_s"]
     log.info(
         "Training throughput: %s images/s (%s)",
@@ -286,3 +314,15 @@ def _report(summary: dict, run_dir: Path) -> None:
         summary["train_images_per_s_convention"],
     )
     log.info("Summary: %s", run_dir / "summary.json")
+    log.info("Run folder: %s (training curves: training_curves.png)", run_dir)
+    best = summary["checkpoint"]["best"] or str(run_dir / "checkpoints" / "best.ckpt")
+    given = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+    again = " ".join([*(o for o in given if o.split("=", 1)[0] not in ("run_dir", "run_name")), f"run_dir={run_dir}"])
+    log.info(
+        "Next:\n  python -m poc59.evaluate run_dir=%s\n  python -m poc59.predict ckpt=%s input=<images> output=<folder>"
+        "\n  python -m poc59.export run_dir=%s\n  python -m poc59.train %s   # resumes it; add trainer.max_epochs=N for more",
+        run_dir,
+        best,
+        run_dir,
+        again,
+    )
