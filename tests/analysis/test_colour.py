@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from poc59.analysis.colour import colorize, ignore_rgb, legend, overlay
+from poc59.analysis.colour import colorize, ignore_rgb, labelled_panels, legend, overlay
 from poc59.core.classes import ARTEFACT, IGNORE_COLOUR, ClassTable
 
 
@@ -60,3 +60,23 @@ def test_legend_lists_names_and_colours_of_the_classes_shown():
         ("Dust", _rgb(ARTEFACT.palette[3])),
         ("ignored", _rgb(IGNORE_COLOUR)),
     ]
+
+
+def test_labelled_panels_name_each_panel_and_list_only_the_classes_shown():
+    image = np.full((48, 64, 3), 128, np.uint8)
+    truth = np.zeros((48, 64), np.uint8)
+    truth[5:20, 5:20], truth[30:40, 30:60], truth[0, :] = 1, 3, 255
+    pred = np.zeros((48, 64), np.uint8)
+    pred[10:30, 10:30] = 5
+    out = labelled_panels(image, truth, pred, ARTEFACT)
+    assert out.shape[1:] == (3 * 64, 3) and out.dtype == np.uint8
+    header, body, footer = out[:16], out[16 : 16 + 48], out[16 + 48 :]
+    for k in range(3):  # each panel's name: dark text on the white strip above it
+        assert (header[:, k * 64 : (k + 1) * 64].min(axis=-1) < 100).any()
+    assert np.array_equal(body[:, :64], image)
+    colours = ARTEFACT.rgb()
+    swatches = {
+        c for c in range(1, ARTEFACT.num_classes) if np.all(footer == np.array(colours[c], np.uint8), axis=-1).any()
+    }
+    assert colours[0] == (0, 0, 0)  # Clean's colour is the text's: its absence is shown by the damage classes alone
+    assert swatches == {1, 3, 5}  # the classes in the truth or the prediction; not the others, not ignored

@@ -50,9 +50,10 @@ def test_overlays_show_image_truth_and_prediction_in_palette_colours(events):
         first, second = (
             np.asarray(Image.open(io.BytesIO(e.encoded_image_string)).convert("RGB")) for e in events.Images(tag)
         )
-        assert first.shape == (64, 3 * 64, 3)
-        left, truth, pred = first[:, :64], first[:, 64:128], first[:, 128:]
-        assert np.array_equal(second[:, :64], left)  # the same fixed validation image every epoch
+        assert first.shape[1:] == (3 * 64, 3) and first.shape[0] > 16 + 64  # names above, the legend below
+        body = first[16 : 16 + 64]
+        left, truth, pred = body[:, :64], body[:, 64:128], body[:, 128:]
+        assert np.array_equal(second[16 : 16 + 64, :64], left)  # the same fixed validation image every epoch
         assert _is_blend(left, truth).all() and _is_blend(left, pred).all()
         assert not np.array_equal(truth, left)  # the synthetic images carry damage: the truth overlay shows it
 

@@ -8,6 +8,7 @@ the ignore label 255 is never mistaken for a class.
 from __future__ import annotations
 
 import numpy as np
+from PIL import Image, ImageDraw, ImageFont
 
 from poc59.core.classes import IGNORE_COLOUR, ClassTable, hex_to_rgb
 
@@ -76,3 +77,36 @@ def legend(classes: ClassTable, present: set[int] | None = None) -> list[tuple[s
     if present is not None and classes.ignore_index in present:
         entries.append(("ignored", ignore_rgb()))
     return entries
+
+
+PANELS = ("image", "ground truth", "prediction")
+
+
+def labelled_panels(
+    image: np.ndarray, truth: np.ndarray, pred: np.ndarray, classes: ClassTable, alpha: float = 0.5
+) -> np.ndarray:
+    """image | ground truth | prediction side by side [H, W, 3] uint8, each panel named above it, and below
+    a legend of the classes the truth or the prediction holds (class 0 and ignored pixels drawn as the
+    image, so not listed)."""
+    panels = np.concatenate(
+        [image, overlay(image, truth, classes, alpha), overlay(image, pred, classes, alpha)], axis=1
+    )
+    h, w = image.shape[:2]
+    font = ImageFont.load_default()
+    present = (set(np.unique(truth).tolist()) | set(np.unique(pred).tolist())) - {0, classes.ignore_index}
+    entries = legend(classes, present)
+    line, top = 14, 16
+    per_row = max(1, (3 * w) // 130)
+    rows = (len(entries) + per_row - 1) // per_row or 1
+    canvas = Image.new("RGB", (3 * w, top + h + rows * line + 4), (255, 255, 255))
+    canvas.paste(Image.fromarray(panels), (0, top))
+    draw = ImageDraw.Draw(canvas)
+    for k, name in enumerate(PANELS):
+        draw.text((k * w + 3, 2), name, fill=(0, 0, 0), font=font)
+    if not entries:
+        draw.text((3, top + h + 2), f"only {classes.names[0]}", fill=(0, 0, 0), font=font)
+    for j, (name, rgb) in enumerate(entries):
+        x, y = (j % per_row) * 130 + 3, top + h + 2 + (j // per_row) * line
+        draw.rectangle((x, y + 2, x + 9, y + 11), fill=tuple(rgb), outline=(0, 0, 0))
+        draw.text((x + 13, y), name, fill=(0, 0, 0), font=font)
+    return np.asarray(canvas)

@@ -4,7 +4,7 @@ Each validation epoch (not the sanity check), the first `k` images of the first
 validation batch are predicted once more and logged, one picture per image:
 image | ground-truth overlay | predicted overlay (damage blended in its class
 colour from the checkpoint's class table; Clean and ignored pixels left as the
-image). The validation order is fixed, so the same images show every epoch.
+image), each panel named above it and the classes it shows listed below it. The validation order is fixed, so the same images show every epoch.
 Rank 0 only, one extra forward on k images: no measurable cost. No TensorBoard
 logger, or `k` null/0: nothing happens.
 """
@@ -14,11 +14,10 @@ from __future__ import annotations
 from typing import Any
 
 import lightning as L
-import numpy as np
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from poc59.analysis.colour import legend, overlay
+from poc59.analysis.colour import labelled_panels, legend
 from poc59.core.classes import ClassTable
 
 __all__ = ["ValidationOverlays"]
@@ -64,9 +63,7 @@ class ValidationOverlays(L.Callback):
         images_np = images.permute(0, 2, 3, 1).to("cpu", torch.uint8).numpy()
         masks_np, preds_np = masks.to("cpu").numpy(), preds.to("cpu").numpy()
         for i, (image, mask, pred) in enumerate(zip(images_np, masks_np, preds_np)):
-            picture = np.concatenate(
-                [image, overlay(image, mask, classes, self.alpha), overlay(image, pred, classes, self.alpha)], axis=1
-            )
+            picture = labelled_panels(image, mask, pred, classes, self.alpha)
             writer.add_image(f"{TAG}/{i}", picture, global_step=trainer.global_step, dataformats="HWC")
         if not self._legend_logged:
             rows = "\n".join(f"| {name} | #{r:02X}{g:02X}{b:02X} |" for name, (r, g, b) in legend(classes))
