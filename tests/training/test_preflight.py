@@ -24,6 +24,8 @@ CASES = [
     (["+loss.gama=2"], "did you mean loss.gamma?"),
     (["data.policy=crop"], "data.policy=crop needs data.max_side"),
     (["data.on_bad_file=ignore"], "data.on_bad_file=ignore: choose error or skip"),
+    (["threads=0"], "threads=0: choose auto or a whole number of CPU threads"),
+    (["threads=many"], "threads=many: choose auto or a whole number"),
     (["encoder=custom", "encoder.name=tu-no_such_net"], "'no_such_net' is not a timm model"),
     (["encoder.weights=imagenet"], "python -m poc59.weights fetch"),
     (["encoder.weights=/no/such/file.safetensors"], "is not an existing file"),

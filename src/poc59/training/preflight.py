@@ -50,6 +50,9 @@ def check_settings(cfg: DictConfig) -> None:
         raise SettingError(
             f"data.crop_sampling.rare_fraction={rare}: the share of windows placed over rare classes, 0 to 1"
         )
+    threads = cfg.get("threads", "auto")
+    if str(threads).lower() != "auto" and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise SettingError(f"threads={threads}: choose auto or a whole number of CPU threads, at least 1")
     if data.get("on_bad_file", "error") not in ("error", "skip"):
         raise SettingError(f"data.on_bad_file={data.on_bad_file}: choose error or skip")
     lr = float(cfg.optimizer.lr)

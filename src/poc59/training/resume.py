@@ -35,6 +35,7 @@ SAFE_TO_CHANGE = (
     "paths.",
     "hydra.",
     "ckpt_path",
+    "threads",  # how fast, not what: floating-point order may differ in the last digits
     "resume",
     "run_name",
     "run_dir",

@@ -31,6 +31,7 @@ from poc59.core.classes import ClassTable
 from poc59.core.config import SettingError, plain
 from poc59.core.device import peak_memory
 from poc59.core.provenance import git_commit, package_versions
+from poc59.core.threads import set_threads
 from poc59.data.datamodule import SegmentationDataModule
 from poc59.data.sources import DataError
 from poc59.model.factory import (
@@ -124,6 +125,9 @@ def train(cfg: DictConfig) -> dict:
     # zero changes no result that matters and does nothing on GPUs.
     torch.set_flush_denormal(True)
     check_settings(cfg)  # everything that can be checked without the data, before any of it is touched
+    devices = cfg.trainer.get("devices")
+    on_cpu = str(cfg.trainer.get("accelerator")) == "cpu" and isinstance(devices, int)
+    set_threads(cfg.get("threads", "auto"), processes=devices if on_cpu else 1)  # CPU DDP: the node's CPUs shared
     given = OmegaConf.to_yaml(cfg)  # the composed config, as Hydra records it
     L.seed_everything(cfg.seed, workers=True)
     run_dir, ckpt_path = resume.plan(cfg, Path(cfg.paths.run_dir))
