@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from helpers import TINY_RUN
+from poc59.tracking.search import search_space
 
 TINY = [*TINY_RUN, "trainer.max_epochs=1"]
 
@@ -123,3 +124,28 @@ def test_a_two_trial_search_on_slurm_runs_its_trials_as_parallel_jobs(slurm, tmp
     assert state["counts"]["finished"] == 2
     (script,) = (sweep / ".submitit").glob("*/*_submission.sh")  # one SLURM array: the two trials at once
     assert "#SBATCH --array=0-1%2" in script.read_text()  # both tasks may run at once (n_jobs=2)
+
+
+def test_the_search_space_reads_the_plugin_syntax_and_the_folds():
+    space, fixed, folds = search_space(
+        [
+            "optimizer.lr=tag(log, interval(1e-4, 1e-2))",
+            "loss.dice_weight=interval(0.2, 0.8)",
+            "trainer.max_epochs=range(2, 8, 2)",
+            "encoder=choice(tiny, cpu_small)",
+            "data.cv.fold=${cv_folds:}",  # experiment=cv's params, before they resolve
+            "data.cv.fold=0,1,2",  # the folds train.py writes out
+            "seed=3",
+        ]
+    )
+    assert space["optimizer.lr"].log and (space["optimizer.lr"].low, space["optimizer.lr"].high) == (1e-4, 1e-2)
+    assert not space["loss.dice_weight"].log
+    assert (space["trainer.max_epochs"].low, space["trainer.max_epochs"].high, space["trainer.max_epochs"].step) == (
+        2,
+        6,
+        2,
+    )
+    assert space["encoder"].choices == ("tiny", "cpu_small")
+    assert folds == ["0", "1", "2"] and fixed == ["seed=3"]  # no stale fold override rides along
+    _, fixed, folds = search_space(["data.cv.fold=0,1,2", "data.cv.fold=1", "optimizer.lr=interval(0.1, 0.2)"])
+    assert folds is None and fixed == ["data.cv.fold=1"]  # one fold named: that fold only

@@ -76,9 +76,11 @@ def search_space(lines: Sequence[str]) -> tuple[dict[str, Any], list[str], list[
         key = o.get_key_element()
         if key == FOLD_KEY and o.is_sweep_override():
             folds = [str(v) for v in o.sweep_iterator(transformer=Transformer.encode)]
+            fixed = [f for f in fixed if f.split("=", 1)[0] != FOLD_KEY]
             continue
         found = distribution(o)
         if found is None:
+            folds = None if key == FOLD_KEY else folds  # one fold named after the sweep of them: that fold only
             fixed.append(f"{key}={o.get_value_element_as_str()}")
             space.pop(key, None)
         else:
@@ -141,7 +143,9 @@ class Search:
         self.study_name, self.direction, self.seed = study_name, direction, seed
         self.storage = storage or f"sqlite:///{self.sweep_dir / 'optuna.db'}"
         self.n_trials, self.n_jobs = int(n_trials), int(n_jobs)
-        self.params = dotted(OmegaConf.to_container(params) if isinstance(params, DictConfig) else params or {})
+        self.params = dotted(
+            OmegaConf.to_container(params, resolve=True) if isinstance(params, DictConfig) else params or {}
+        )
 
     def study(self) -> Any:
         import optuna
