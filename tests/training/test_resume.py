@@ -147,6 +147,25 @@ def test_changed_keys_ignores_only_safe_keys():
     assert changed_keys(old, {**old, "data": {"allow_large_images": True}}) == {"data.allow_large_images": (None, True)}
 
 
+def test_window_sampling_matters_to_resume_only_under_crop():
+    """rare_fraction's default became 0.25: a resize run from before resumes (it has no windows); a crop
+    run does not, since its windows would change."""
+    before = {"data": {"policy": "resize"}}
+    now = {"data": {"policy": "resize", "crop_sampling": {"rare_fraction": 0.25}}}
+    assert changed_keys(before, now) == {}
+    crop = {"data": {"policy": "crop", "crop_sampling": {"rare_fraction": 0.0}}}
+    assert changed_keys(crop, {"data": {"policy": "crop", "crop_sampling": {"rare_fraction": 0.25}}}) == {
+        "data.crop_sampling.rare_fraction": (0.0, 0.25)
+    }
+    assert (
+        changed_keys(
+            {"data": {"policy": "crop"}}, {"data": {"policy": "crop", "crop_sampling": {"rare_fraction": 0.0}}}
+        )
+        == {}
+    )
+    assert "data.policy" in changed_keys(before, {"data": {"policy": "crop", "crop_sampling": {"rare_fraction": 0.25}}})
+
+
 def test_checkpoint_writes_leave_the_old_file_when_interrupted(tmp_path, monkeypatch):
     path = tmp_path / "last.ckpt"
     AtomicCheckpointIO().save_checkpoint({"epoch": 1}, path)

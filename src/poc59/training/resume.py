@@ -61,6 +61,12 @@ ADDED_KEYS = {
 }
 
 
+# Keys that change nothing unless another key has a value: ignored while it has not, before and now.
+ONLY_WHEN = {
+    "data.crop_sampling.": ("data.policy", "crop"),  # where windows fall: resize and pad runs have no windows
+}
+
+
 class ResumeConfigError(ValueError):
     """The run folder was started with a different configuration."""
 
@@ -87,6 +93,8 @@ def changed_keys(old: dict, new: dict) -> dict[str, tuple[Any, Any]]:
     for key in sorted(set(a) | set(b)):
         if any(key == s.rstrip(".") or key.startswith(s.rstrip(".") + ".") for s in SAFE_TO_CHANGE):
             continue
+        if any(key.startswith(p) and a.get(k) != v and b.get(k) != v for p, (k, v) in ONLY_WHEN.items()):
+            continue  # inert in this run, before and now
         if key not in a and key in ADDED_KEYS and b.get(key) == ADDED_KEYS[key]:
             continue  # the run began before the key existed, and it keeps the behaviour of then
         if a.get(key) != b.get(key):
