@@ -30,10 +30,10 @@ from poc59.comparison.cross_validation import (
 )
 from poc59.comparison.report import write_reports
 from poc59.core.classes import ClassTable
+from poc59.core.config import flatten
 from poc59.evaluation.run import PER_IMAGE_FILE, evaluate_run
 from poc59.tracking.search import SEARCH_RESULTS
 from poc59.tracking.tracked import add_to_tracked
-from poc59.training.resume import flatten
 from poc59.training.sweeps import Job, find_sweep, inspect_job, sweep_status
 
 log = logging.getLogger("poc59.compare")

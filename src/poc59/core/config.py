@@ -30,6 +30,16 @@ def plain(node: Any) -> dict:
     return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node or {})
 
 
+def flatten(node: Any, prefix: str = "") -> dict[str, Any]:
+    """A nested mapping as {"a.b.c": leaf} (an empty mapping is kept as a leaf {})."""
+    if isinstance(node, dict):
+        out: dict[str, Any] = {}
+        for k, v in node.items():
+            out.update(flatten(v, f"{prefix}{k}."))
+        return out or {prefix[:-1]: {}}
+    return {prefix[:-1]: node}
+
+
 def config_dir(needs: str = "train.yaml") -> Path:
     """The `conf/` folder: inside the package (wheel) or at the checkout's top; the first that holds `needs`."""
     for candidate in (_PACKAGE_DIR / "conf", _PACKAGE_DIR.parents[1] / "conf"):

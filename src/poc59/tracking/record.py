@@ -16,6 +16,7 @@ from typing import Any
 from lightning.pytorch.utilities import rank_zero_only
 
 from poc59.core.atomic import write_json
+from poc59.core.config import flatten
 
 RECORD = "tracking.json"
 _UNSAFE = re.compile(r"[^A-Za-z0-9_\-. /]")  # what MLflow accepts in a metric or parameter name
@@ -43,17 +44,10 @@ def metric_name(name: str) -> str:
 def params(config: dict, limit: int = 6000) -> dict[str, str]:
     """The composed config flattened to {"data.image_size": "384", ...}, each value as text, cut at `limit`
     characters (MLflow's longest parameter value)."""
-    out: dict[str, str] = {}
-
-    def walk(node: Any, prefix: str) -> None:
-        if isinstance(node, dict) and node:
-            for k, v in node.items():
-                walk(v, f"{prefix}{k}.")
-        else:
-            out[metric_name(prefix[:-1])] = (json.dumps(node) if isinstance(node, list | dict) else str(node))[:limit]
-
-    walk(config, "")
-    return out
+    return {
+        metric_name(k): (json.dumps(v) if isinstance(v, list | dict) else str(v))[:limit]
+        for k, v in flatten(config).items()
+    }
 
 
 def tags(config: dict, run_dir: Path, split: dict | None, commit: str | None) -> dict[str, str]:

@@ -37,6 +37,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from poc59.analysis.curves import importance_figure, search_history_figure
 from poc59.core.atomic import write_bytes
+from poc59.core.config import flatten, plain
 
 log = logging.getLogger("poc59.search")
 
@@ -88,18 +89,6 @@ def search_space(lines: Sequence[str]) -> tuple[dict[str, Any], list[str], list[
     return space, fixed, folds
 
 
-def dotted(params: dict, prefix: str = "") -> dict[str, str]:
-    """The search space as {"optimizer.lr": "interval(...)"}: a key given on the command line
-    (`hydra.sweeper.params.optimizer.lr=...`) arrives nested, one written in YAML as "optimizer.lr" flat."""
-    out: dict[str, str] = {}
-    for k, v in params.items():
-        if isinstance(v, dict):
-            out.update(dotted(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = str(v)
-    return out
-
-
 def trial_overrides(fixed: list[str], params: dict[str, Any]) -> list[str]:
     """The overrides of one trial: the fixed ones, then its params as Hydra reads them back."""
     return [*fixed, *(f"{k}={override_text(v)}" for k, v in params.items())]
@@ -143,9 +132,10 @@ class Search:
         self.study_name, self.direction, self.seed = study_name, direction, seed
         self.storage = storage or f"sqlite:///{self.sweep_dir / 'optuna.db'}"
         self.n_trials, self.n_jobs = int(n_trials), int(n_jobs)
-        self.params = dotted(
-            OmegaConf.to_container(params, resolve=True) if isinstance(params, DictConfig) else params or {}
-        )
+        # a key given on the command line (hydra.sweeper.params.optimizer.lr=...) arrives nested, one written
+        # in YAML as "optimizer.lr" flat: flattened, both read the same
+        given = plain(params)
+        self.params = {k: str(v) for k, v in flatten(given).items()} if given else {}
 
     def study(self) -> Any:
         import optuna

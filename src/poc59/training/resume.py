@@ -16,6 +16,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from poc59.core.config import flatten
+
 log = logging.getLogger(__name__)
 
 RESUME_MODES = ("auto", "never")
@@ -73,16 +75,6 @@ class ResumeConfigError(ValueError):
 
 def last_checkpoint(run_dir: Path) -> Path:
     return run_dir / "checkpoints" / "last.ckpt"
-
-
-def flatten(node: Any, prefix: str = "") -> dict[str, Any]:
-    """A nested mapping as {"a.b.c": leaf} (an empty mapping is kept as a leaf {})."""
-    if isinstance(node, dict):
-        out: dict[str, Any] = {}
-        for k, v in node.items():
-            out.update(flatten(v, f"{prefix}{k}."))
-        return out or {prefix[:-1]: {}}
-    return {prefix[:-1]: node}
 
 
 def changed_keys(old: dict, new: dict) -> dict[str, tuple[Any, Any]]:

@@ -148,8 +148,9 @@ def train(cfg: DictConfig) -> dict:
     enc = cfg.encoder
     check_image_size(datamodule.image_size, enc.input_multiple, enc.name)
     geometry = {"policy": datamodule.policy, "image_size": datamodule.image_size, "max_side": datamodule.max_side}
+    commit = git_commit()
     card = model_card(cfg, classes, geometry).with_provenance(
-        run_dir=str(run_dir), seed=cfg.seed, git_commit=git_commit(), packages=package_versions()
+        run_dir=str(run_dir), seed=cfg.seed, git_commit=commit, packages=package_versions()
     )
     net = build_network(**card.network, weights=enc.weights, weights_dir=cfg.paths.weights_dir)
     loss = instantiate(cfg.loss, class_weights=datamodule.class_weights)
@@ -185,7 +186,7 @@ def train(cfg: DictConfig) -> dict:
         log.info("Run folder: %s", run_dir)
         resolved = OmegaConf.to_container(cfg, resolve=True)
         for tracker in trackers(trainer.loggers):  # after the run may start: a refused start opens no tracked run
-            tracker.begin(tracking.params(resolved), tracking.tags(resolved, run_dir, datamodule.split, git_commit()))
+            tracker.begin(tracking.params(resolved), tracking.tags(resolved, run_dir, datamodule.split, commit))
 
     throughput = next((c for c in callbacks if isinstance(c, TrainThroughput)), None)
     if throughput is not None:
@@ -239,7 +240,7 @@ def train(cfg: DictConfig) -> dict:
             "seed": cfg.seed,
             "encoder_weights": enc.weights,
             "data": datamodule.describe(),
-            "git_commit": git_commit(),
+            "git_commit": commit,
             "packages": package_versions(),
         },
     }
