@@ -25,11 +25,10 @@ import logging
 import sys
 from typing import Any
 
-from rich.console import Console
-
 from poc59.comparison.report import print_table
 from poc59.comparison.run import CompareError, compare
 from poc59.core.cli import Command, Key, run_command
+from poc59.core.logs import results_console
 
 log = logging.getLogger("poc59.compare")
 
@@ -62,7 +61,7 @@ def parse_args(argv: list[str]) -> dict[str, Any]:
 
 
 def _compare(options: dict[str, Any]) -> int:
-    print_table(compare(**options), Console())
+    print_table(compare(**options), results_console())
     return 0
 
 

@@ -6,11 +6,12 @@ import logging
 import sys
 from typing import Any
 
-from rich.console import Console
-
 from poc59.artifacts.trained import ModelLoadError
 from poc59.core.cli import Command, Key, Paths, run_command
+from poc59.core.config import SettingError
 from poc59.core.device import DeviceError
+from poc59.core.logs import results_console
+from poc59.core.threads import set_threads
 from poc59.data.sources import DataError
 from poc59.evaluation.report import print_report
 from poc59.evaluation.run import EvaluateError, evaluate_run
@@ -50,6 +51,12 @@ CLI = Command(
         Key("mode", str, "training_resolution (as validation saw them) | native (full resolution, predict's path)"),
         Key("overlap", float, "mode=native: sliding-window overlap between tiles"),
         Key("tta", bool, "mode=native: average with the flipped image's prediction"),
+        Key(
+            "threads",
+            Any,
+            "CPU threads: auto (the CPUs this job may use, less those busy with other work) | N",
+            default="auto",
+        ),
     ),
     notes="The images, split and geometry are the run's own (config.yaml, split.json), fed as training validation "
     "fed them, so the run's best val/mIoU is reproduced. Exit 0 done, 1 a run of a sweep failed, 2 a bad setting.",
@@ -64,15 +71,16 @@ def parse_args(argv: list[str]) -> dict[str, Any]:
 
 
 def _evaluate(options: dict[str, Any]) -> int:
+    set_threads(options.pop("threads", "auto"))
     sweep = options.pop("sweep", None)
     if sweep is not None:
         return 0 if evaluate_all(sweep, **options)["counts"]["failed"] == 0 else 1
-    print_report(evaluate_run(**options), Console())
+    print_report(evaluate_run(**options), results_console())
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_command(CLI, argv, _evaluate, (DataError, ModelLoadError, DeviceError), log)
+    return run_command(CLI, argv, _evaluate, (DataError, ModelLoadError, DeviceError, SettingError), log)
 
 
 if __name__ == "__main__":

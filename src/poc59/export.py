@@ -29,6 +29,7 @@ from rich.table import Table
 from poc59.artifacts.export import SUFFIXES, ExportError, export_model
 from poc59.artifacts.trained import ModelLoadError
 from poc59.core.cli import Command, Key, Paths, run_command
+from poc59.core.logs import results_console
 
 log = logging.getLogger("poc59.export")
 
@@ -84,7 +85,7 @@ CLI = Command(
 
 def _export(options: dict[str, Any]) -> int:
     card = export_model(**options)
-    print_parity(card, Console())
+    print_parity(card, results_console())
     failed = [fmt for fmt, entry in (card["parity"] or {}).items() if isinstance(entry, dict) and not entry["passed"]]
     if failed:
         log.error(

@@ -13,14 +13,16 @@ from rich.table import Table
 from poc59.artifacts.trained import ModelLoadError
 from poc59.core.classes import ClassTable
 from poc59.core.cli import Command, Key, Paths, run_command
+from poc59.core.config import SettingError
 from poc59.core.device import DeviceError
+from poc59.core.logs import results_console
+from poc59.core.threads import set_threads
 from poc59.inference.run import Settings, UsageError, run
 
 log = logging.getLogger("poc59.predict")
 
 
 CLI = Command(
-    rich_log=True,
     prog="python -m poc59.predict",
     summary="Damage maps for full-resolution scans: per image a label map (palette PNG), an overlay with its "
     "legend, and damage statistics per class by name (statistics.csv / .json for the batch).",
@@ -51,6 +53,7 @@ CLI = Command(
         Key("overlay", bool, "write the colour overlay with its legend"),
         Key("allow_large_images", bool, "lift Pillow's decompression-bomb limit (~89 MP) for these inputs"),
         Key("overwrite", bool, "replace outputs already in output="),
+        Key("threads", Any, "CPU threads: auto (the CPUs this job may use, less those busy with other work) | N"),
     ),
     notes="An unreadable image, or one that runs out of memory, is reported (file and reason) and the others go "
     "on; the exit status is then 2. Usage, model and class-table errors exit with 2 before any image is read.",
@@ -98,24 +101,24 @@ def _print_summary(console: Console, rows: list[dict], classes: ClassTable) -> N
 
 def _predict(options: dict[str, Any]) -> int:
     settings = settings_from(options)
-    console = Console(stderr=True)
-    done = run(settings, console)
+    set_threads(settings.threads)
+    done = run(settings)
     rows, failed = done["rows"], done["failed"]
+    console = results_console()  # stdout: the results; the log (stderr) has the progress and the errors
     _print_summary(console, rows, done["classes"])
     console.print(
         f"{len(rows)} of {len(done['images'])} image(s) predicted into {done['out']} "
-        f"(statistics: {done['statistics'].name}, statistics.json)"
+        f"(statistics: {done['statistics'].name}, statistics.json)",
+        soft_wrap=True,
     )
     if failed:
-        console.print(
-            f"[red]{len(failed)} image(s) could not be predicted:[/red] " + "; ".join(f["image"] for f in failed)
-        )
+        log.error("%d image(s) could not be predicted: %s", len(failed), "; ".join(f["image"] for f in failed))
         return 2  # the input: each unreadable image is named (here and in statistics.json), the rest predicted
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_command(CLI, argv, _predict, (ModelLoadError, DeviceError), log)
+    return run_command(CLI, argv, _predict, (ModelLoadError, DeviceError, SettingError), log)
 
 
 if __name__ == "__main__":

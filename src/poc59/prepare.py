@@ -16,8 +16,8 @@ from hydra.utils import instantiate
 from rich.console import Console
 from rich.table import Table
 
-from poc59.core.cli import configure_logging
 from poc59.core.config import SettingError
+from poc59.core.logs import results_console, setup_logging, take_verbose
 from poc59.core.overrides import HELP, check_overrides, compose_train, help_text, split_argv
 from poc59.data.datamodule import SegmentationDataModule
 from poc59.data.sources import DataError
@@ -84,8 +84,8 @@ SUMMARY = (
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    configure_logging(rich=True)
+    argv, verbose = take_verbose(sys.argv[1:] if argv is None else argv)
+    setup_logging(verbose)
     try:
         if any(a in HELP for a in argv):
             print(help_text(argv, "python -m poc59.prepare", SUMMARY))
@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     except (DataError, SettingError, ValueError) as err:
         log.error("%s", err)
         return 2
-    report(dm, Console())
+    report(dm, results_console())
     return 0
 
 

@@ -26,16 +26,16 @@ import json
 import sys
 from typing import Any
 
-from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
 from poc59.core.cli import Command, Key, run_command
+from poc59.core.logs import results_console
 from poc59.training.sweeps import STATES, sweep_status
 
 
 def _print_table(report: dict) -> None:
-    console = Console()
+    console = results_console()
     counts = report["counts"]
     title = f"Sweep {report['sweep_dir']}: " + ", ".join(f"{counts[s]} {s}" for s in STATES)
     table = Table(title=title, title_justify="left")
@@ -66,7 +66,8 @@ def _print_table(report: dict) -> None:
     console.print(table)
     for j in report["jobs"]:  # errors below the table, where their lines keep their width
         if j["status"] == "failed":
-            console.print(Text(f"#{j['num']} failed" + (f" ({j['log']})" if j["log"] else "") + ":", style="bold red"))
+            where = f" ({j['log']})" if j["log"] else ""
+            console.print(Text(f"#{j['num']} failed: {j['cause']}{where}", style="bold red"), soft_wrap=True)
             for line in j["error"]:
                 console.print(Text("    " + line), soft_wrap=True)
     running = [j for j in report["jobs"] if j["status"] == "running" and j["log"]]

@@ -16,6 +16,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from poc59.core.config import SettingError, config_dir, register_resolvers
+from poc59.core.logs import setup_logging, take_verbose
 from poc59.core.overrides import HELP, check_overrides, help_text, split_argv
 from poc59.data.folds import register_cv_folds, sweep_values
 from poc59.training.distributed import adopt_submitit_local_ranks
@@ -27,6 +28,8 @@ log = logging.getLogger("poc59.train")
 
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="train")
 def _hydra_main(cfg: DictConfig) -> float | None:
+    verbose = take_verbose([])[1] or bool(HydraConfig.get().verbose)
+    setup_logging(verbose, handlers=logging.getLogger().handlers)  # Hydra's console and train.log, one format
     try:
         adopt_submitit_local_ranks(cfg.trainer.devices, cfg.trainer.num_nodes)
         summary = train(cfg)
@@ -81,7 +84,9 @@ def main() -> None:
     """Check the overrides (exit 2 with the fix, before anything is read), answer --help, then run Hydra."""
     register_resolvers()
     register_cv_folds()
-    argv = sys.argv[1:]
+    argv, verbose = take_verbose(sys.argv[1:])  # -v: every log line (poc59.core.logs); Hydra never sees it
+    sys.argv[1:] = argv
+    setup_logging(verbose)  # until Hydra sets up the run's own handlers
     try:
         if any(a in HELP for a in argv):
             print(help_text(argv, "python -m poc59.train", SUMMARY))
@@ -91,7 +96,7 @@ def main() -> None:
         if not shown:
             sys.argv[1:] = with_every_fold(argv, first)
     except SettingError as err:
-        print(f"error: {err}", file=sys.stderr)
+        logging.getLogger("poc59.train").error("%s", err)
         sys.exit(2)
     _hydra_main()
 

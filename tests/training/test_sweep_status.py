@@ -151,7 +151,14 @@ def test_launcher_error_shows_the_traceback_tail(tmp_path):
     assert jobs[1]["status"] == "pending"
 
 
-def test_a_sweep_without_submitit(tmp_path):
+@pytest.mark.parametrize(
+    "error_line",
+    [
+        "2026-01-01 10:00:02 ERROR poc59.train: Run failed",  # poc59.core.logs's format
+        "[2026-01-01 10:00:02,000][poc59.train][ERROR] - Run failed",  # Hydra's default, in runs from before
+    ],
+)
+def test_a_sweep_without_submitit(tmp_path, error_line):
     """Hydra's own launcher: runs one after another; an ERROR in train.log marks a failed run."""
     s = tmp_path / "sweep"
     _multirun(s, ["data.image_size=64,63,96"])
@@ -160,7 +167,7 @@ def test_a_sweep_without_submitit(tmp_path):
     d1 = _run_dir(s, 1, ["data.image_size=63"])
     with (d1 / "train.log").open("a") as f:
         f.write(
-            "[2026-01-01 10:00:02,000][poc59.train][ERROR] - Run failed\nTraceback (most recent call last):\n"
+            f"{error_line}\nTraceback (most recent call last):\n"
             "ValueError: data.image_size=63 does not fit encoder tu-mobilenetv3_small_050\n"
         )
     report = sweep_status(s, use_squeue=False)

@@ -12,14 +12,18 @@ are one [R, N] x [N, C*C] matrix product.
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import torch
 from torch import Tensor
 
 from poc59.analysis.scores import batched_iou, batched_miou
+from poc59.core.progress import Steps
 
 __all__ = ["bootstrap_iou"]
 
+log = logging.getLogger(__name__)
 _CHUNK = 256  # resamples per matrix product (bounds memory for large N)
 
 
@@ -67,11 +71,13 @@ def bootstrap_iou(
     rng = np.random.default_rng(seed)
     flat = cms.reshape(n, c * c)
     iou, miou = [], []
-    for start in range(0, int(resamples), _CHUNK):
-        counts = _counts(rng, min(_CHUNK, int(resamples) - start), n)
-        resampled = torch.from_numpy(counts @ flat).view(-1, c, c)
-        iou.append(batched_iou(resampled).numpy())  # [r, C], NaN = absent from that resample
-        miou.append(batched_miou(resampled).numpy())
+    with Steps(log, "bootstrap", int(resamples), "resamples") as steps:
+        for start in range(0, int(resamples), _CHUNK):
+            counts = _counts(rng, min(_CHUNK, int(resamples) - start), n)
+            resampled = torch.from_numpy(counts @ flat).view(-1, c, c)
+            iou.append(batched_iou(resampled).numpy())  # [r, C], NaN = absent from that resample
+            miou.append(batched_miou(resampled).numpy())
+            steps.advance(n=len(counts))
     iou, miou = np.concatenate(iou), np.concatenate(miou)
     return {
         "miou": _interval(miou, level),

@@ -31,6 +31,7 @@ from poc59.comparison.cross_validation import (
 from poc59.comparison.report import write_reports
 from poc59.core.classes import ClassTable
 from poc59.core.config import flatten
+from poc59.core.progress import Steps
 from poc59.evaluation.run import PER_IMAGE_FILE, evaluate_run
 from poc59.tracking.search import SEARCH_RESULTS
 from poc59.tracking.tracked import add_to_tracked
@@ -55,7 +56,10 @@ IDENTITY_KEYS = (
     "ckpt_path",
     "paths.",
     "hydra.",
+    "logger.",  # where the numbers were recorded, not how they were made
 )
+PATH_START = ("/", "~", "./", "../")  # a value that is a path counts by its last part: the same data or weights
+# in another place (another clone, cluster or cache) make the same configuration
 
 
 STD_CONVENTION = "sample standard deviation over seeds (n - 1)"
@@ -73,7 +77,7 @@ class Run:
     dir: str
     status: str  # finished | failed | unfinished
     name: str = ""  # as tables show it: the job number in a sweep, else the folder
-    detail: str = ""  # sweep_status's state and the error's last line, for runs that did not finish
+    detail: str = ""  # sweep_status's state and the failure's cause (sweeps.cause), for runs that did not finish
     seed: int | None = None
     encoder: str | None = None
     family: str | None = None
@@ -92,10 +96,11 @@ class Run:
 
 
 def config_key(config: dict, run_dir: Path) -> str:
-    """The run's resolved config without identity/seed keys and values naming its own folder (canonical JSON)."""
+    """The run's resolved config without identity/seed keys and values naming its own folder, paths by their
+    last part (PATH_START), as canonical JSON: runs with one key are repeats of one configuration."""
     homes = {str(run_dir), str((config.get("paths") or {}).get("run_dir") or run_dir)}  # now, and when it ran
     kept = {
-        k: v
+        k: Path(v).name if isinstance(v, str) and v.startswith(PATH_START) else v
         for k, v in flatten(config).items()
         if not any(k == s or (s.endswith(".") and k.startswith(s)) for s in IDENTITY_KEYS)
         and not (isinstance(v, str) and any(h in v for h in homes))
@@ -180,9 +185,8 @@ def _state(job: dict) -> tuple[str, str]:
     """compare's status (finished | failed | unfinished) and a one-line detail from a sweep_status job."""
     if job["status"] == "finished":
         return "finished", ""
-    error = job.get("error") or []
     detail = "pending: not started" if job["status"] == "pending" else f"{job['status']}: no summary.json"
-    detail += f"; {error[-1]}" if error else ""
+    detail += f"; {job['cause']}" if job.get("cause") else ""
     return ("failed" if job["status"] == "failed" else "unfinished"), detail
 
 
@@ -190,33 +194,36 @@ def collect(sweep: str | Path | None = None, runs: list[str | Path] | None = Non
     """Every run of the sweep (or the given folders), finished or not, in job order."""
     if (sweep is None) == (not runs):
         raise CompareError("give either sweep=DIR or runs=[DIR,...] (python -m poc59.compare --help)")
-    out = []
     if sweep is not None:
         report = sweep_status(sweep)
-        for job in report["jobs"]:
-            status, detail = _state(job)
-            name = str(job["num"])
-            if job["dir"] is None:
-                overrides = " ".join(job["overrides"])
-                out.append(
-                    Run(
-                        dir=str(Path(report["sweep_dir"]) / name),
-                        name=name,
-                        status=status,
-                        detail=f"{detail} ({overrides})",
-                    )
-                )
-            else:
-                out.append(read_run(Path(job["dir"]), name, status, detail, evaluate))
-        return out
-    for num, d in enumerate(runs or []):
-        d = Path(d).expanduser().resolve()
+        with Steps(log, "compare: reading runs", len(report["jobs"]), "runs") as steps:
+            return [_sweep_run(job, Path(report["sweep_dir"]), evaluate, steps) for job in report["jobs"]]
+    folders = [Path(d).expanduser().resolve() for d in runs or []]
+    for d in folders:
         if not d.is_dir():
             raise CompareError(f"{d}: no such run folder")
-        job = inspect_job(Job(num=num), d, None, None, lines=5).as_dict()
-        status, detail = _state(job)
-        out.append(read_run(d, str(d), status, detail, evaluate))
+    out = []
+    with Steps(log, "compare: reading runs", len(folders), "runs") as steps:
+        for num, d in enumerate(folders):
+            job = inspect_job(Job(num=num), d, None, None, lines=5).as_dict()
+            status, detail = _state(job)
+            out.append(read_run(d, str(d), status, detail, evaluate))
+            steps.advance(str(d))
     return out
+
+
+def _sweep_run(job: dict, sweep_dir: Path, evaluate: bool, steps: Steps) -> Run:
+    """One job of a sweep as a Run (read, and evaluated if asked, when it has a folder)."""
+    status, detail = _state(job)
+    name = str(job["num"])
+    if job["dir"] is None:
+        run = Run(
+            dir=str(sweep_dir / name), name=name, status=status, detail=f"{detail} ({' '.join(job['overrides'])})"
+        )
+    else:
+        run = read_run(Path(job["dir"]), name, status, detail, evaluate)
+    steps.advance(f"#{name} {status}")
+    return run
 
 
 def _fix_hint(reference: Run) -> str:

@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import yaml
-from rich.console import Console
-from rich.logging import RichHandler
+
+from poc59.core.logs import VERBOSE_FLAGS, setup_logging, take_verbose
 
 TRUE_FALSE = {"true": True, "false": False, "1": True, "0": False, "yes": True, "no": False}
 HELP = ("-h", "--help", "help")
@@ -105,7 +105,6 @@ class Command:
     error: type[Exception] = ValueError
     fills: Callable[..., Any] | None = None  # the function the keys are keywords of (for defaults)
     verbs: Sequence[str] = ()  # a first bare word, e.g. `fetch` / `path`
-    rich_log: bool = False  # log through Rich (for commands that also draw Rich progress bars)
     _defaults: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
@@ -141,6 +140,7 @@ class Command:
         lines += key_table(shown, widest=34)
         if self.notes:
             lines += ["", self.notes.strip()]
+        lines += ["", f"{' / '.join(VERBOSE_FLAGS)}: every log line (Lightning's notices, dependencies' warnings)"]
         return "\n".join(lines)
 
     def parse(self, argv: Sequence[str]) -> dict[str, Any]:
@@ -196,10 +196,11 @@ def run_command(
     """A command's whole life: parse `argv` (sys.argv[1:] if None), `act` on the options, and return the exit
     status: `act`'s, 0 after --help (printed on stdout), 2 with one logged line for a user error (the
     command's own error or one of `user_errors`); anything else is a bug and propagates (traceback, 1)."""
-    configure_logging(rich=command.rich_log)
+    argv, verbose = take_verbose(sys.argv[1:] if argv is None else argv)
+    setup_logging(verbose)
     log = log or logging.getLogger(command.prog.rsplit(" ", 1)[-1])
     try:
-        return act(command.parse(list(sys.argv[1:] if argv is None else argv)))
+        return act(command.parse(argv))
     except HelpRequested as asked:
         print(asked.text)
         return 0
@@ -216,18 +217,6 @@ def key_table(rows: Sequence[tuple[str, str]], widest: int) -> list[str]:
         f"  {left:<{width}} {meaning}" if len(left) < width else f"  {left}\n  {'':<{width}} {meaning}"
         for left, meaning in rows
     ]
-
-
-def configure_logging(rich: bool = False) -> None:
-    """Every command logs INFO and up on stderr (stdout is for what it reports: tables, JSON, --help); with
-    `rich`, through Rich so that log lines and progress bars share the terminal."""
-    if rich:
-        handler: logging.Handler = RichHandler(console=Console(stderr=True), show_path=False)
-        handler.setFormatter(logging.Formatter("%(message)s"))
-    else:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
-    logging.basicConfig(level=logging.INFO, handlers=[handler])
 
 
 def _show(value: Any) -> str:

@@ -55,6 +55,7 @@ from PIL import Image
 
 from poc59.core.atomic import write_json
 from poc59.core.pixels import over_limit
+from poc59.core.progress import Steps
 from poc59.data.sources import DataError, Sample
 from poc59.data.storage import copy_window, image_view, mask_view
 
@@ -678,8 +679,12 @@ def decode(
 
     for s in samples[:_READ_AHEAD]:
         _read_ahead(s)
-    with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
-        list(pool.map(fill, range(n)))
+    with (
+        ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool,
+        Steps(log, "preload: decoding", n, "pairs") as steps,
+    ):
+        for _ in pool.map(fill, range(n)):
+            steps.advance()
     if bad:
         keep = [i for i in range(n) if i not in bad]
         for i, reason in sorted(bad.items()):

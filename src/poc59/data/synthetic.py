@@ -58,6 +58,7 @@ from PIL import Image, ImageDraw, ImageFilter
 
 from poc59.core.classes import ARTEFACT, IGNORE_INDEX
 from poc59.core.cli import Command, Key, run_command
+from poc59.core.progress import Steps
 
 log = logging.getLogger(__name__)
 
@@ -1035,11 +1036,14 @@ def generate(out: str | Path, n: int, seed: int = 0, aug_copies: int = 3, *, wor
         (tmp / "images").mkdir()
         (tmp / "annotations").mkdir()
         workers = _default_workers() if workers is None else max(1, int(workers))
-        if workers == 1:
-            groups = [_write_group(tmp, i, seed, aug_copies) for i in range(n)]
-        else:
-            with ThreadPoolExecutor(workers) as pool:
-                groups = list(pool.map(lambda i: _write_group(tmp, i, seed, aug_copies), range(n)))
+        groups = []
+        with (
+            ThreadPoolExecutor(workers) as pool,
+            Steps(log, "synthetic set", n, "originals") as steps,
+        ):
+            for group in pool.map(lambda i: _write_group(tmp, i, seed, aug_copies), range(n)):
+                groups.append(group)
+                steps.advance()
         with (tmp / "metadata.csv").open("w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=METADATA_COLUMNS, lineterminator="\n")
             writer.writeheader()

@@ -13,6 +13,7 @@ mask; what a conservator gets from `python -m poc59.predict`, not what training 
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from typing import Any
@@ -22,6 +23,7 @@ import torch
 
 from poc59.artifacts.trained import TrainedModel
 from poc59.core.device import autocast, autocast_dtype, lightning_precision, synchronize
+from poc59.core.progress import Steps
 from poc59.data.datamodule import SegmentationDataModule
 from poc59.data.feed import BatchFeed
 from poc59.data.preload import canvas_side, load_native
@@ -36,6 +38,9 @@ SPEED_CONVENTION = (
     "model forward + argmax only (data feed and metric updates excluded), first batch excluded as warm-up "
     "unless it is the only one; per source image (all its tiles under policy=crop)"
 )
+
+
+log = logging.getLogger("poc59.evaluate")
 
 
 def precision_for(device: torch.device, trained: str | None = None) -> tuple[str, Any]:
@@ -63,7 +68,7 @@ def run_feed(
     """
     units = batches.shard(0)
     device, timed, timed_units, n = batches.device, 0.0, 0, len(batches)
-    with torch.inference_mode():
+    with torch.inference_mode(), Steps(log, "evaluate", n, "batches") as steps:
         for b, (images, masks) in enumerate(batches):
             synchronize(device)
             t0 = time.perf_counter()
@@ -74,6 +79,7 @@ def run_feed(
                 timed += time.perf_counter() - t0
                 timed_units += len(images)
             on_batch(preds, masks, units[b * batches.batch_size : b * batches.batch_size + len(images)])
+            steps.advance()
     return timed / max(timed_units, 1) * len(units)
 
 
@@ -142,10 +148,12 @@ def score_native(
     c, ignore = model.classes.num_classes, model.classes.ignore_index
     per_image = torch.zeros(len(indices), c, c, dtype=torch.int64)
     seconds = 0.0
-    for k, i in enumerate(indices):
-        image, mask = load_native(dm.samples[i], c, ignore)
-        t0 = time.perf_counter()
-        labels = inference.predict_label_map(model, image, overlap, batch_size, tta, device, precision)
-        seconds += time.perf_counter() - t0
-        per_image[k] = batch_confmats(torch.as_tensor(labels)[None], torch.tensor(mask)[None], c, ignore)[0]
+    with Steps(log, "evaluate (native)", len(indices), "images") as steps:
+        for k, i in enumerate(indices):
+            image, mask = load_native(dm.samples[i], c, ignore)
+            t0 = time.perf_counter()
+            labels = inference.predict_label_map(model, image, overlap, batch_size, tta, device, precision)
+            seconds += time.perf_counter() - t0
+            per_image[k] = batch_confmats(torch.as_tensor(labels)[None], torch.tensor(mask)[None], c, ignore)[0]
+            steps.advance(f"{dm.samples[i].id}, {image.shape[1]} x {image.shape[0]} px")
     return per_image.sum(0), per_image, seconds

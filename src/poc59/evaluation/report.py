@@ -7,6 +7,7 @@ from rich.table import Table
 from rich.text import Text
 
 from poc59.analysis.scores import class_metrics, split_metrics
+from poc59.core.logs import results_console
 
 
 def pct(value: float | None) -> str:
@@ -20,7 +21,7 @@ def with_interval(value: float | None, interval: list[float] | None) -> str:
 
 def print_report(metrics: dict, console: Console | None = None) -> None:
     """Print one evaluation (a metrics.json dict)."""
-    console = console or Console()
+    console = console or results_console()
     level = f"{100 * metrics['bootstrap']['level']:g} %"
     table = Table(
         title=f"{metrics['checkpoint']}\n{metrics['split']} split of {metrics['data_root']}: {metrics['num_images']} images "

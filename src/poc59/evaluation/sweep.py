@@ -20,6 +20,7 @@ from rich.table import Table
 from rich.text import Text
 
 from poc59.core.atomic import write_json
+from poc59.core.logs import results_console
 from poc59.evaluation.run import EvaluateError, evaluate_run
 
 log = logging.getLogger("poc59.evaluate")
@@ -83,7 +84,7 @@ def evaluate_all(sweep: str | Path, split: str | None = "val", out: Any = None, 
     }
     native = "-native" if options.get("mode") == "native" else ""
     write_json(folder / f"evaluation-{split}{native}.json", report)
-    print_summary(report, Console())
+    print_summary(report, results_console())
     return report
 
 

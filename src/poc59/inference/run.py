@@ -17,13 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-)
+from rich.progress import Progress
 
 from poc59.analysis.colour import overlay as colour_overlay
 from poc59.artifacts.load import load_models
@@ -31,6 +25,7 @@ from poc59.artifacts.trained import TrainedModel
 from poc59.core.atomic import write_bytes
 from poc59.core.classes import ClassTable
 from poc59.core.device import autocast_dtype, resolve_device
+from poc59.core.progress import Steps
 from poc59.inference.image import band_labels, logit_bands, streaming_bytes
 from poc59.inference.outputs import (
     OverlayPicture,
@@ -71,6 +66,7 @@ class Settings:
     overlay: bool = True
     allow_large_images: bool = False
     overwrite: bool = False
+    threads: int | str = "auto"  # PyTorch's CPU threads (poc59.core.threads), set by the command
 
 
 def find_inputs(spec: str) -> list[Path]:
@@ -197,8 +193,8 @@ def _existing_outputs(out: Path, images: list[Path]) -> list[Path]:
 
 
 def run(s: Settings, console: Console | None = None) -> dict:
-    """Predict every input; 0 if all were predicted, 1 if some could not be read, 2 for usage/model errors."""
-    console = console or Console(stderr=True)
+    """Predict every input (progress on `console`, default the log's; see poc59.core.progress); returns the
+    rows, the failed images and where the statistics went. UsageError before any image is read."""
     images = find_inputs(s.input)
     if not images:
         raise UsageError(f"input={s.input}: no image files ({', '.join(IMAGE_SUFFIXES)})")
@@ -238,21 +234,15 @@ def run(s: Settings, console: Console | None = None) -> dict:
     )
     out.mkdir(parents=True, exist_ok=True)
     rows, failed = [], []
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console,
-        transient=True,
-    ) as progress:
-        overall = progress.add_task("images", total=len(images))
+    with Steps(log, "predict", len(images), "images", every_s=0, console=console) as steps:
         for path in images:
             out_of_memory = False
             try:
                 if s.object_mask and masks[path] is None:
                     raise ScanError(f"{path}: no object mask named {path.stem}.<ext> in {s.object_mask}")
-                rows.append(predict_image(model, path, masks[path], out, s, device, autocast, progress))
+                row = predict_image(model, path, masks[path], out, s, device, autocast, steps.bar)
+                rows.append(row)
+                done = f"{path.name}, {row['width']} x {row['height']} px, {row['seconds']:.1f} s"
             except (ScanError, OSError, ValueError, MemoryError, torch.OutOfMemoryError) as err:
                 reason = str(err)
                 out_of_memory = isinstance(err, torch.OutOfMemoryError)  # this scan did not fit; the next may
@@ -260,9 +250,10 @@ def run(s: Settings, console: Console | None = None) -> dict:
                     reason = f"out of GPU memory ({reason.splitlines()[0]}); lower max_memory_mb= or batch_size=, or use device=cpu"
                 log.error("%s: not predicted: %s", path, reason)
                 failed.append({"image": str(path), "reason": reason})
+                done = f"{path.name}: not predicted"
             if out_of_memory and device.type == "cuda":
                 torch.cuda.empty_cache()  # out of the except block: the failed scan's tensors are released now
-            progress.advance(overall)
+            steps.advance(done)
     meta = {
         "model": str(model.source),
         "ensemble": model.card.provenance.get("ensemble"),  # None for one model

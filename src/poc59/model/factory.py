@@ -148,7 +148,7 @@ def build_network(
     if path is not None:
         load_encoder_weights(net.encoder, path, name, kwargs)
     else:
-        log.info("encoder %s: random initialisation (encoder.weights=null)", name)
+        log.debug("encoder %s: random initialisation", name)  # training says so (a loaded checkpoint need not)
     return net
 
 

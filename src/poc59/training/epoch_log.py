@@ -13,11 +13,11 @@ from __future__ import annotations
 import logging
 import math
 import time
-from datetime import timedelta
 from typing import Any
 
 import lightning as L
 
+from poc59.core.progress import clock
 from poc59.training.throughput import TrainThroughput
 
 log = logging.getLogger("poc59.train")
@@ -29,10 +29,6 @@ def _pct(v: Any) -> str:
 
 def _num(v: Any) -> str:
     return "n/a" if v is None else f"{float(v):.4g}"
-
-
-def _clock(seconds: float) -> str:
-    return str(timedelta(seconds=round(seconds)))
 
 
 class EpochLog(L.Callback):
@@ -88,6 +84,6 @@ class EpochLog(L.Callback):
             _pct(best["mIoU"]) if best else "n/a",
             f" at epoch {best['epoch']}" if best else "",
             f"{ips:.1f}" if ips else "n/a",
-            _clock(elapsed),
-            f", about {_clock(left)} left" if left is not None else "",
+            clock(elapsed),
+            f", about {clock(left)} left" if left is not None else "",
         )

@@ -127,7 +127,7 @@ def train(cfg: DictConfig) -> dict:
     check_settings(cfg)  # everything that can be checked without the data, before any of it is touched
     devices = cfg.trainer.get("devices")
     on_cpu = str(cfg.trainer.get("accelerator")) == "cpu" and isinstance(devices, int)
-    set_threads(cfg.get("threads", "auto"), processes=devices if on_cpu else 1)  # CPU DDP: the node's CPUs shared
+    threads = set_threads(cfg.get("threads", "auto"), processes=devices if on_cpu else 1)  # CPU DDP: shared
     given = OmegaConf.to_yaml(cfg)  # the composed config, as Hydra records it
     L.seed_everything(cfg.seed, workers=True)
     run_dir, ckpt_path = resume.plan(cfg, Path(cfg.paths.run_dir))
@@ -184,6 +184,7 @@ def train(cfg: DictConfig) -> dict:
         write_json(run_dir / "split.json", datamodule.split)
         write_json(run_dir / "class_weights.json", datamodule.class_weights_record)
         log.info("Run folder: %s", run_dir)
+        log.info("%s", network_line(enc, net, trainer))
         resolved = OmegaConf.to_container(cfg, resolve=True)
         for tracker in trackers(trainer.loggers):  # after the run may start: a refused start opens no tracked run
             tracker.begin(tracking.params(resolved), tracking.tags(resolved, run_dir, datamodule.split, commit))
@@ -238,6 +239,7 @@ def train(cfg: DictConfig) -> dict:
                 "compile_options": plain(cfg.model.get("compile_options")),
             },
             "seed": cfg.seed,
+            "threads": threads,  # PyTorch's CPU threads: results are reproducible at one count
             "encoder_weights": enc.weights,
             "data": datamodule.describe(),
             "git_commit": commit,
@@ -256,7 +258,19 @@ def train(cfg: DictConfig) -> dict:
         for tracker in trackers(trainer.loggers):
             tracker.complete(final_figures(summary), tracking.files_of(run_dir))
         _report(summary, run_dir)
+        print(run_dir, flush=True)  # stdout holds the one result a script reads: the run folder
     return summary
+
+
+def network_line(enc: DictConfig, net: torch.nn.Module, trainer: L.Trainer) -> str:
+    """What trains, on what: the encoder and decoder, the parameters, the weights, the devices, the precision."""
+    device = trainer.strategy.root_device
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
+    weights = enc.weights if enc.weights not in (None, "null") else "random initialisation (encoder.weights=null)"
+    return (
+        f"Network: {enc.name} + {enc.decoder}, {count_parameters(net) / 1e6:.2f} M parameters, encoder weights "
+        f"{weights}; {trainer.world_size} x {name}, precision {trainer.precision}"
+    )
 
 
 def final_figures(summary: dict) -> dict[str, float]:

@@ -21,10 +21,9 @@ import yaml
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
+from poc59.core.logs import ERROR_LINE
+
 STATES = ("finished", "failed", "running", "pending")
-
-
-_ERROR_LINE = re.compile(r"\]\[(ERROR|CRITICAL)\] - ")
 
 
 _SLURM_END = re.compile(
@@ -55,6 +54,7 @@ class Job:
     def as_dict(self) -> dict:
         out = asdict(self)
         out["val/mIoU"] = out.pop("val_miou")
+        out["cause"] = cause(self.error) if self.error else None
         return out
 
 
@@ -127,6 +127,25 @@ class _SafeUnpickler(pickle.Unpickler):
 def _load_result(path: Path) -> tuple[str, Any]:
     with path.open("rb") as f:
         return _SafeUnpickler(f).load()
+
+
+_EXCEPTION_LINE = re.compile(r"^(\w+\.)*\w*(Error|Exception|Exit|Interrupt|Failed)\b(:|$)")
+_LOG_PREFIX = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d \w+ [\w.]+: |^\[[^]]*\]\[[^]]*\]\[\w+\] - ")
+
+
+def cause(error: list[str]) -> str:
+    """Why a job failed, in one line of its error lines: the first line of the exception raised last
+    (`ValueError: data.image_size=63 ...`; a chained traceback's last), else SLURM's end line, else the
+    first logged ERROR's message, else the last line."""
+    lines = [line.strip() for line in error if line.strip()]
+    raised = [line for line in lines if _EXCEPTION_LINE.match(line)]
+    if raised:
+        return raised[-1]
+    ended = [line for line in lines if _SLURM_END.search(line)]
+    if ended:
+        return ended[0]
+    logged = [line for line in lines if ERROR_LINE.search(line)]
+    return _LOG_PREFIX.sub("", logged[0] if logged else lines[-1]) if lines else ""
 
 
 def _exception_lines(exc: Any, lines: int) -> list[str]:
@@ -368,7 +387,7 @@ def _error_lines(train_log: Path | None, lines: int) -> tuple[list[str], bool]:
     if train_log is None or not train_log.exists():
         return [], False
     tail = _tail(train_log, 400)
-    errors = [i for i, line in enumerate(tail) if _ERROR_LINE.search(line)]
+    errors = [i for i, line in enumerate(tail) if ERROR_LINE.search(line)]
     return (tail[errors[0] :][-lines:], True) if errors else ([], False)
 
 
