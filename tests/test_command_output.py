@@ -8,6 +8,7 @@ what a user cannot act on: Lightning's tips and banners, poc59's own limit_* def
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import subprocess
@@ -124,3 +125,26 @@ def test_predict_logs_each_image_and_prints_the_summary(trained, tmp_path):
     )
     assert "predict: 2 of 2 images (scan1.png, 70 x 64 px" in progress[1] and "about 0:00:00 left" in progress[1]
     assert not [line for line in lines if NOT_WHEN_LOADED in line]
+
+
+def test_long_steps_report_progress_in_files(trained, tmp_path, monkeypatch, caplog):
+    """evaluate (passes, bootstrap), compare (runs read), prepare (the generator, the decode): their progress
+    lines, here for every step (a real run logs at most every 10 s, and only for steps that take longer)."""
+    from poc59 import compare, evaluate, prepare
+    from poc59.core import progress
+
+    run, _, _ = trained
+    monkeypatch.setattr(progress, "EVERY_S", 0.0)
+    caplog.set_level(logging.INFO)
+    assert evaluate.main([f"run_dir={run}", "pictures=false", f"out={tmp_path / 'ev'}"]) == 0
+    assert compare.main([f"runs=[{run}]", f"out={tmp_path / 'cmp'}", "evaluate=false"]) == 0
+    assert prepare.main([*TINY_RUN, "data.synthetic.n=5"]) == 0  # a set not generated yet: made, then decoded
+    said = caplog.messages
+    for line in (
+        r"evaluate: 1 of 1 batches; elapsed \d:\d\d:\d\d, about 0:00:00 left",
+        r"bootstrap: 1000 of 1000 resamples; elapsed",
+        rf"compare: reading runs: 1 of 1 runs \({re.escape(str(run))}\); elapsed",
+        r"synthetic set: 5 of 5 originals; elapsed",
+        r"preload: decoding: 20 of 20 pairs; elapsed",
+    ):
+        assert any(re.match(line, m) for m in said), (line, said)

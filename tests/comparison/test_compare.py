@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import shutil
 import statistics
 from pathlib import Path
@@ -17,6 +18,7 @@ from PIL import Image
 from helpers import SMALL, make_cfg, write_multirun
 from poc59.compare import main
 from poc59.comparison.run import CompareError, lead
+from poc59.core.logs import LineFormatter
 from poc59.training.run import train
 from poc59.training.sweeps import expected_jobs
 
@@ -219,3 +221,45 @@ def test_missing_intervals_are_computed_by_evaluate(sweep, tmp_path):
     assert result["lead"]["larger_than_intervals"] == (best["interval"][0] > runner["interval"][1])
     if not result["lead"]["larger_than_intervals"]:
         assert "lead within uncertainty" in (tmp_path / "cmp" / "comparison.md").read_text().lower()
+
+
+def _moved(run: Path, to: Path) -> Path:
+    """`run` as trained from another clone with another cache: every path in its config.yaml elsewhere."""
+    shutil.copytree(run, to)
+    config = (to / "config.yaml").read_text()
+    cache = str(Path(yaml.safe_load(config)["paths"]["cache_dir"]))
+    (to / "config.yaml").write_text(config.replace(str(run), str(to)).replace(cache, "/elsewhere/cache"))
+    return to
+
+
+def test_runs_that_differ_only_by_paths_are_repeats(sweep, tmp_path):
+    moved = _moved(sweep / "0", tmp_path / "clone2" / "run")
+    out = tmp_path / "cmp"
+    assert main([f"runs=[{sweep / '0'},{moved}]", f"out={out}", "evaluate=false"]) == 0
+    result = json.loads((out / "comparison.json").read_text())
+    assert [c["n"] for c in result["configurations"]] == [2]  # one configuration, run twice; not ranked apart
+
+
+def test_a_failed_job_is_named_with_its_cause(sweep, tmp_path):
+    s = tmp_path / "sweeps" / "failing"
+    write_multirun(s, ["seed=0,1"])
+    shutil.copytree(sweep / "0", s / "0")
+    (s / "1" / ".hydra").mkdir(parents=True)
+    (s / "1" / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(["seed=1"]))
+    handler = logging.FileHandler(s / "1" / "train.log")  # the run's log, in the format every run writes
+    handler.setFormatter(LineFormatter())
+    log = logging.getLogger("poc59.train")
+    log.addHandler(handler)
+    try:
+        try:
+            raise ValueError("data.root=/nope: no images\nput them in /nope/images, masks in /nope/annotations")
+        except ValueError:
+            log.exception("Run failed")
+    finally:
+        log.removeHandler(handler)
+        handler.close()
+    assert main([f"sweep={s}", "evaluate=false"]) == 0
+    runs = {r["name"]: r for r in json.loads((s / "comparison" / "comparison.json").read_text())["runs"]}
+    assert runs["1"]["status"] == "failed"
+    assert runs["1"]["detail"].endswith("; ValueError: data.root=/nope: no images"), runs["1"]["detail"]
+    assert "ValueError: data.root=/nope: no images" in (s / "comparison" / "comparison.md").read_text()

@@ -118,6 +118,9 @@ def test_each_state_is_told_apart(sweep):
     assert failed["error"][0].startswith("DataError: data.root=/nope")
     assert failed["error"][-1] == "run python -m poc59.train experiment=quickstart first"
     assert "TIME LIMIT" in jobs[3]["error"][-1] and jobs[3]["log"].endswith("42_3_0_log.err")
+    # the cause in one line: the exception's first line, SLURM's end line (what compare shows)
+    assert failed["cause"] == "DataError: data.root=/nope: no images/ folder"
+    assert jobs[3]["cause"].startswith("slurmstepd: error: *** JOB 45") and jobs[0]["cause"] is None
 
     assert jobs[2]["job_id"] == "42_2" and jobs[2]["dir"].endswith("/2")
     assert jobs[4]["job_id"] == "42_4" and jobs[4]["dir"] is None
@@ -203,6 +206,7 @@ def test_cli_json_and_table(sweep, capsys):
         "43.21 %",
         "DataError: data.root=/nope",
         "TIME LIMIT",
+        "#1 failed: DataError: data.root=/nope: no images/ folder",  # the cause heads the error's lines
     ):
         assert word in out, word
 

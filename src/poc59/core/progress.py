@@ -40,10 +40,11 @@ class Steps:
         what: str,
         total: int,
         unit: str,
-        every_s: float = EVERY_S,
+        every_s: float | None = None,
         console: Console | None = None,
     ) -> None:
-        self.log, self.what, self.total, self.unit, self.every_s = log, what, int(total), unit, every_s
+        self.log, self.what, self.total, self.unit = log, what, int(total), unit
+        self.every_s = EVERY_S if every_s is None else every_s
         self.console = console or log_console()
         self.done = 0
         self.bar: Progress | None = None
