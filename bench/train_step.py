@@ -94,7 +94,7 @@ def config(root: Path, s: Sizes, run_dir: Path, *extra: str) -> DictConfig:
         "+trainer.enable_checkpointing=false",
         # the bar renders as in a terminal wherever this runs (into a null sink: see quiet_fit)
         "+callbacks.progress_bar.console_kwargs={force_terminal: true, width: 120}",
-        "+trainer.enable_model_summary=false",  # a table printed once at fit start, outside the timed steps
+        "trainer.enable_model_summary=false",  # a table printed once at fit start, outside the timed steps
         *extra,
         run_dir=run_dir,
     )

@@ -91,6 +91,13 @@ def test_quick_run_writes_all_rows_and_the_table(tmp_path):
         r = rows[name]
         assert "error" not in r, (name, r.get("error"), r.get("traceback"))
         assert r["passed"] is None and len(r["details"]) == 4 and f"**{name}**" in proc.stdout
+    # issue 18: threads=2 against threads=1, on a quiet machine and beside a busy core (reported, no bar)
+    for name in ("threads_quiet", "threads_loaded"):
+        r = rows[name]
+        assert "error" not in r, (name, r.get("error"), r.get("traceback"))
+        got = r["details"]["images_per_s"]
+        assert r["value"] == got["2"][0] > 0 and r["baseline"] == got["1"][0] > 0
+        assert r["ratio"] == pytest.approx(r["value"] / r["baseline"]) and r["passed"] is None
     # issue 15: the fold ensemble against its best fold, on the same test images (reported, no bar)
     ens = rows["fold_ensemble"]
     assert "error" not in ens, (ens.get("error"), ens.get("traceback"))

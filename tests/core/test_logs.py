@@ -59,7 +59,7 @@ def test_dependency_deprecations_are_quiet_poc59s_are_not():
 
 
 def test_take_verbose(monkeypatch):
-    monkeypatch.delenv(logs.VERBOSE_ENV, raising=False)
+    monkeypatch.setenv(logs.VERBOSE_ENV, "")  # restored (unset) afterwards: -v must not leak into other tests
     assert logs.take_verbose(["a=1"]) == (["a=1"], False)
     assert logs.take_verbose(["-v", "a=1"]) == (["a=1"], True)
     assert logs.take_verbose(["a=1"]) == (["a=1"], True)  # inherited, as a sweep's jobs inherit it

@@ -15,7 +15,7 @@ LINE = re.compile(
 )
 
 
-def test_stdout_to_a_file_gives_one_epoch_line_per_epoch_and_no_bar(tmp_path):
+def test_a_log_file_gives_one_epoch_line_per_epoch_and_no_bar(tmp_path):
     run_dir = tmp_path / "run"
     base = [o for o in TINY_RUN if not o.startswith(("trainer.enable_progress_bar", "callbacks.progress_bar"))]
     out, err = tmp_path / "job.out", tmp_path / "job.err"
@@ -34,7 +34,7 @@ def test_stdout_to_a_file_gives_one_epoch_line_per_epoch_and_no_bar(tmp_path):
         assert float(m.group(5)) == round(100 * h["mIoU"], 2)
         best = max(best, h["mIoU"])
         assert float(m.group(6)) == round(100 * best, 2) and float(m.group(8)) > 0
-    assert "stdout is not a terminal" in log
+    assert "stderr is not a terminal" in log
     assert "it/s" not in out.read_text() + log  # no progress bar fragments in the files
 
 

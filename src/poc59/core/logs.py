@@ -20,8 +20,8 @@ import sys
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import cache
 
+import rich
 from rich.console import Console
 from rich.text import Text
 
@@ -92,10 +92,12 @@ class ConsoleHandler(logging.Handler):
             self.handleError(record)
 
 
-@cache
 def log_console() -> Console:
-    """The stderr console that log lines and progress bars share."""
-    return Console(stderr=True)
+    """The stderr console that log lines and progress bars share: Rich's global console, put on stderr
+    (Lightning's training bar draws on that one too, poc59's ProgressBar asking for stderr)."""
+    if not rich.get_console().stderr:
+        rich.reconfigure(stderr=True)
+    return rich.get_console()
 
 
 def results_console() -> Console:
@@ -124,11 +126,12 @@ def setup_logging(verbose: bool = False, handlers: Sequence[logging.Handler] | N
     for old in [h for h in root.handlers if getattr(h, _OURS, False)]:
         root.removeHandler(old)
     if handlers is None:
-        stderr = sys.stderr
-        handler = ConsoleHandler(log_console()) if log_console().is_terminal else logging.StreamHandler(stderr)
+        handler = ConsoleHandler(log_console()) if log_console().is_terminal else logging.StreamHandler(sys.stderr)
         setattr(handler, _OURS, True)
         root.addHandler(handler)
         handlers = [handler]
+    else:  # Hydra's: its console handler, on a terminal, goes through the console the bars are drawn on
+        handlers = [_through_console(root, h) for h in handlers]
     for handler in handlers:
         handler.setFormatter(LineFormatter())
         for f in [f for f in handler.filters if isinstance(f, QuietFilter)]:
@@ -146,6 +149,18 @@ def setup_logging(verbose: bool = False, handlers: Sequence[logging.Handler] | N
     logging.captureWarnings(True)
     if not verbose:
         quiet_dependency_warnings()
+
+
+def _through_console(root: logging.Logger, handler: logging.Handler) -> logging.Handler:
+    """`handler`, or a ConsoleHandler in its place when it writes to a terminal's stderr."""
+    stream = getattr(handler, "stream", None)
+    if type(handler) is not logging.StreamHandler or stream is not sys.__stderr__ or not log_console().is_terminal:
+        return handler
+    console = ConsoleHandler(log_console())
+    console.setLevel(handler.level)
+    root.removeHandler(handler)
+    root.addHandler(console)
+    return console
 
 
 def quiet_dependency_warnings() -> None:

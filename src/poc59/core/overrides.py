@@ -128,6 +128,7 @@ def help_text(argv: Sequence[str], prog: str, summary: str) -> str:
         "",
         "+key=value adds a key the config does not have; hydra.* keys and Hydra's flags "
         f"(-m, --cfg job, --info): {prog} --hydra-help.",
+        "-v / --verbose: every log line (Lightning's notices, dependencies' warnings).",
         "Exit 0 done, 2 a setting or the data is wrong (one message naming the key and the fix), 1 a bug.",
     ]
     return "\n".join(lines)

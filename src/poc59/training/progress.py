@@ -18,6 +18,7 @@ class ProgressBar(RichProgressBar):
     """RichProgressBar whose training metrics are read every `refresh_rate` batches (see the module doc)."""
 
     def __init__(self, refresh_rate: int = 1, **kwargs: Any) -> None:
+        kwargs.setdefault("console_kwargs", {"stderr": True})  # beside the log lines; stdout is for results
         super().__init__(refresh_rate=refresh_rate, **kwargs)
         self._shown: dict | None = None
         self._reads = 0

@@ -28,6 +28,7 @@ SAFE_TO_CHANGE = (
     "trainer.max_steps",
     "trainer.enable_progress_bar",
     "trainer.log_every_n_steps",
+    "trainer.enable_model_summary",  # a table at fit start (off since poc59 logs one Network line)
     "trainer.num_sanity_val_steps",
     "callbacks.progress_bar.",
     "callbacks.epoch_log.",  # a log line; runs started before it existed resume with it

@@ -11,7 +11,6 @@ import json
 import logging
 import math
 import os
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -30,6 +29,7 @@ from poc59.core.atomic import write_bytes, write_json
 from poc59.core.classes import ClassTable
 from poc59.core.config import SettingError, plain
 from poc59.core.device import peak_memory
+from poc59.core.logs import log_console
 from poc59.core.provenance import git_commit, package_versions
 from poc59.core.threads import set_threads
 from poc59.data.datamodule import SegmentationDataModule
@@ -166,8 +166,8 @@ def train(cfg: DictConfig) -> dict:
     )
     callbacks = instantiate_all(cfg.get("callbacks"))
     bar = bool(cfg.trainer.get("enable_progress_bar", True))
-    if bar and not sys.stdout.isatty():  # a SLURM log, a pipe: the epoch lines instead of wrapped bar fragments
-        log.info("stdout is not a terminal: no progress bar; one line per epoch in the log")
+    if bar and not log_console().is_terminal:  # a SLURM log, a pipe: the epoch lines, not wrapped bar fragments
+        log.info("stderr is not a terminal: no progress bar; one line per epoch in the log")
         bar = False
     if not bar:  # Lightning refuses a progress bar callback then
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
