@@ -138,7 +138,7 @@ def setup_logging(verbose: bool = False, handlers: Sequence[logging.Handler] | N
             handler.removeFilter(f)
         if not verbose:
             handler.addFilter(QuietFilter())
-    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+    root.setLevel(min(root.level or logging.INFO, logging.INFO))  # INFO; DEBUG only if asked (hydra.verbose)
     for name in ("lightning", "lightning.pytorch", "lightning.fabric", "pytorch_lightning", "lightning_fabric"):
         lib = logging.getLogger(name)
         for h in [h for h in lib.handlers if type(h) is logging.StreamHandler]:
