@@ -141,7 +141,9 @@ def _check_each_epoch_once(run: Requeued, second_attempt: str) -> None:
     last = run.run_dir / "checkpoints" / "last.ckpt"
     assert re.search(r"Resuming from \S*/checkpoints/last\.ckpt", second_attempt), second_attempt[-3000:]
     assert f"Restored all states from the checkpoint at {last}" in second_attempt, second_attempt[-3000:]
-    assert f"max_epochs={EPOCHS}` reached" in second_attempt, second_attempt[-3000:]
+    # the second attempt trained to the end: its epoch line of the last epoch, then the end-of-run lines
+    assert f"Epoch {EPOCHS - 1} ({EPOCHS} of {EPOCHS}): " in second_attempt, second_attempt[-3000:]
+    assert "poc59.train: Best val/mIoU" in second_attempt, second_attempt[-3000:]
     # summary.json's history travels in the checkpoint, so it cannot show an epoch run twice. TensorBoard
     # can: each attempt writes its own event file. Each epoch is validated once, by one attempt; the second
     # attempt validates exactly the epochs after last.ckpt's. (The first attempt's file may lack its last

@@ -7,8 +7,8 @@ never tears a line. Results (tables, the paths a script reads) go to stdout thro
 which is wide when stdout is a file: a table is never wrapped into `par / ame / ter / s`.
 
 Quiet by default about what the user cannot act on (`QUIET`, each entry with its reason, and the
-deprecation warnings of dependencies); `-v` on any command (or `hydra.verbose=true` for train and
-prepare) keeps everything. `-v` also sets POC59_VERBOSE=1, so a sweep's jobs are verbose too.
+deprecation warnings of dependencies); `-v` on any command (or `hydra.verbose=true` for train, which
+also turns on DEBUG) keeps everything. `-v` also sets POC59_VERBOSE=1, so a sweep's jobs are verbose too.
 """
 
 from __future__ import annotations
