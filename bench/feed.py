@@ -8,10 +8,15 @@ Baseline: the earlier system's way: a torch DataLoader (2 workers, batch B, shuf
 images stored as pre-decoded, full-size numpy arrays, augmented sample by sample with albumentations
 (Resize to S, HorizontalFlip 0.5, VerticalFlip 0.3, RandomRotate90 0.3, Normalize, ToTensorV2). Whole
 epochs with persistent workers, after one warm-up epoch.
+
+A second row (issue 16) prices class-aware windows: the same set under policy=crop (native scale, ragged
+storage, windows of S), its training feed with `rare_fraction` 0.25 (the default) against 0 (uniform
+windows), whole epochs interleaved; bar: equal within noise.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -24,6 +29,9 @@ from bench import common
 NAME = "feed"
 BAR_RATIO = 5.0  # x the baseline's images/s
 BAR_RATE = 2000.0  # images/s on this machine's 2 cores
+RARE_FRACTION = 0.25  # the class-aware share priced against uniform windows: conf/data/artefact.yaml's default
+MAX_SIDE = 800  # policy=crop: the generated sources' native scale (300-800 px), stored uncapped
+BAR_AWARE = 0.95  # class-aware windows' images/s over uniform windows': equal within this machine's noise
 
 
 class EarlierDataset(Dataset):
@@ -73,29 +81,14 @@ def run(quick: bool) -> list[dict]:
     root = common.data_set(s.pairs)
     epochs = 2 if quick else 3  # poc59 epochs per measurement (an epoch takes well under a second)
 
+    aware = _class_aware_row(root, s, epochs, quick)  # first: after the baseline's workers it ran 10x slower
     dm = common.datamodule(root, s, common.warm_cache_dir())
     dm.setup("fit")
     feed = dm.train_dataloader()
     split = {"gather_s": 0.0, "augment_s": 0.0, "batches": 0}
 
     def one_epoch() -> int:
-        n, it = 0, iter(feed)
-        while True:
-            t0 = common.clock()
-            try:
-                batch = next(it)
-            except StopIteration:
-                break
-            t1 = common.clock()
-            images, masks = dm.on_after_batch_transfer(batch, 0)
-            split["gather_s"] += t1 - t0
-            split["augment_s"] += common.clock() - t1
-            split["batches"] += 1
-            if images.dtype != torch.uint8 or images.shape[1:] != (3, s.image_size, s.image_size):
-                raise RuntimeError(f"unexpected batch {images.dtype} {tuple(images.shape)}")
-            n += len(images)
-        dm.trainer.current_epoch += 1
-        return n
+        return _epoch(dm, feed, s.image_size, split)
 
     one_epoch()  # warm-up: ring buffers allocated, cache pages mapped
     split.update(gather_s=0.0, augment_s=0.0, batches=0)
@@ -170,5 +163,81 @@ def run(quick: bool) -> list[dict]:
                 "load_before": before,
                 "load_after": common.load(),
             },
-        )
+        ),
+        aware,
     ]
+
+
+def _epoch(dm, feed, side: int, split: dict | None = None) -> int:
+    """One epoch of `dm`'s training `feed`, each batch augmented as training does it: the images it gave.
+    `split` adds up the time spent gathering and augmenting."""
+    split = split if split is not None else {"gather_s": 0.0, "augment_s": 0.0, "batches": 0}
+    n, it = 0, iter(feed)
+    while True:
+        t0 = common.clock()
+        try:
+            batch = next(it)
+        except StopIteration:
+            break
+        t1 = common.clock()
+        images, masks = dm.on_after_batch_transfer(batch, 0)
+        split["gather_s"] += t1 - t0
+        split["augment_s"] += common.clock() - t1
+        split["batches"] += 1
+        if images.dtype != torch.uint8 or images.shape[1:] != (3, side, side):
+            raise RuntimeError(f"unexpected batch {images.dtype} {tuple(images.shape)}")
+        n += len(images)
+    dm.trainer.current_epoch += 1
+    return n
+
+
+def _class_aware_row(root, s: common.Sizes, epochs: int, quick: bool) -> dict:
+    """Class-aware windows (rare_fraction=RARE_FRACTION) against uniform ones: the crop feed's images/s."""
+    feeds = {}
+    for rare in (0.0, RARE_FRACTION):  # one preload cache (the geometry), read by both
+        dm = common.datamodule(
+            root,
+            s,
+            common.warm_cache_dir(),
+            policy="crop",
+            max_side=MAX_SIDE,
+            crop_sampling={"rare_fraction": rare},
+        )
+        dm.setup("fit")
+        feeds[rare] = dm, dm.train_dataloader()
+        _epoch(*feeds[rare], s.image_size)  # warm-up: ring buffers allocated, cache pages mapped
+    sites = feeds[RARE_FRACTION][1].sites
+    if sites is None or not sites.needed:
+        raise RuntimeError("no class needs class-aware windows on this set: nothing to price")
+
+    def rate(rare: float) -> Callable[[], float]:
+        def measure() -> float:
+            start = common.clock()
+            n = sum(_epoch(*feeds[rare], s.image_size) for _ in range(epochs))
+            return n / (common.clock() - start)
+
+        return measure
+
+    runs = common.interleaved({"uniform": rate(0.0), "aware": rate(RARE_FRACTION)}, s.repeats)
+    aware, uniform = common.median(runs["aware"]), common.median(runs["uniform"])
+    ratio = aware / uniform
+    return common.row(
+        "feed_class_aware",
+        f"class-aware windows: the crop feed (native scale, windows of {s.image_size} px, batches of "
+        f"{s.batch_size}, augmented) with rare_fraction={RARE_FRACTION}",
+        aware,
+        "img/s",
+        uniform,
+        "the same feed with uniform windows (rare_fraction=0)",
+        ratio,
+        "x",
+        f">= {BAR_AWARE:g}x (equal within noise)",
+        ratio >= BAR_AWARE,
+        quick,
+        {
+            "runs_img_per_s": runs,
+            "class_aware_windows_per_batch": round(RARE_FRACTION * s.batch_size),
+            "classes_drawn": [c for c, p in enumerate(sites.probabilities.tolist()) if p > 0],
+            "load": common.load(),
+        },
+    )

@@ -87,10 +87,17 @@ def test_quick_run_writes_all_rows_and_the_table(tmp_path):
     assert score["ratio"] == pytest.approx(score["value"] / score["baseline"])
     assert (tmp_path / "cache" / "bench").is_dir()  # generated data went to the private cache
     # issue 16: class-aware windows against uniform ones, same seed and steps (bars judged in full mode)
-    for name in ("sampling_synthetic", "sampling_rare_half", "sampling_crackforest"):
+    for name in ("sampling_synthetic", "sampling_rare_half", "sampling_crackforest", "sampling_tiny_defects"):
         r = rows[name]
         assert "error" not in r, (name, r.get("error"), r.get("traceback"))
-        assert r["passed"] is None and len(r["details"]) == 4 and f"**{name}**" in proc.stdout
+        assert r["passed"] is None and len(r["details"]) == 6 and f"**{name}**" in proc.stdout
+    tiny = rows["sampling_tiny_defects"]["details"]["tiny-defects rare_fraction=0.25"]
+    assert set(tiny["val_iou"]) == {"background", "spot"}  # the two-label set, scored by its own class names
+    # issue 16: class-aware windows cost what uniform ones cost in the crop feed (bar judged in full mode)
+    if "feed" not in expected_errors:  # one module with the feed row: without albumentations neither runs
+        aware = rows["feed_class_aware"]
+        assert "error" not in aware, (aware.get("error"), aware.get("traceback"))
+        assert aware["passed"] is None and aware["details"]["class_aware_windows_per_batch"] > 0
     # issue 18: threads=2 against threads=1, on a quiet machine and beside a busy core (reported, no bar)
     for name in ("threads_quiet", "threads_loaded"):
         r = rows[name]

@@ -45,12 +45,17 @@ def copy_window(
     s_h, s_w = mask_out.shape
     h, w = mask.shape
     hh, ww = max(0, min(s_h, h - y)), max(0, min(s_w, w - x))
+    on_cpu = image_out.device.type == "cpu" and image.device.type == "cpu"
     if hh < s_h or ww < s_w:
-        image_out.zero_()
-        mask_out.fill_(ignore)
+        if on_cpu:  # NumPy, as the copies below: torch's intra-op pool waits on cores other work holds
+            image_out.numpy().fill(0)
+            mask_out.numpy().fill(ignore)
+        else:
+            image_out.zero_()
+            mask_out.fill_(ignore)
     if not (hh and ww):
         return
-    if image_out.device.type == "cpu" and image.device.type == "cpu":
+    if on_cpu:
         np.copyto(image_out[:, :hh, :ww].numpy(), image[:, y : y + hh, x : x + ww].numpy())
         np.copyto(mask_out[:hh, :ww].numpy(), mask[y : y + hh, x : x + ww].numpy())
     else:
