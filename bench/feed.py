@@ -81,7 +81,7 @@ def run(quick: bool) -> list[dict]:
     root = common.data_set(s.pairs)
     epochs = 2 if quick else 3  # poc59 epochs per measurement (an epoch takes well under a second)
 
-    aware = _class_aware_row(root, s, epochs, quick)  # first: after the baseline's workers it ran 10x slower
+    aware = _class_aware_row(root, s, epochs, quick)  # before the baseline's workers start
     dm = common.datamodule(root, s, common.warm_cache_dir())
     dm.setup("fit")
     feed = dm.train_dataloader()
