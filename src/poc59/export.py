@@ -29,7 +29,7 @@ from rich.table import Table
 from poc59.artifacts.export import SUFFIXES, ExportError, export_model
 from poc59.artifacts.trained import ModelLoadError
 from poc59.core.cli import Command, Key, Paths, run_command
-from poc59.core.logs import results_console
+from poc59.core.logs import print_titled, results_console
 
 log = logging.getLogger("poc59.export")
 
@@ -52,7 +52,7 @@ def print_parity(card: dict[str, Any], console: Console) -> None:
                 f"{100 * row['label_agreement']:.3f} %",
                 "yes" if row["max_abs_diff"] <= tolerance else "NO",
             )
-    console.print(table)
+    print_titled(console, table)
     console.print(f"({parity_record['convention']})")
 
 

@@ -15,7 +15,7 @@ from poc59.core.classes import ClassTable
 from poc59.core.cli import Command, Key, Paths, run_command
 from poc59.core.config import SettingError
 from poc59.core.device import DeviceError
-from poc59.core.logs import results_console
+from poc59.core.logs import print_titled, results_console
 from poc59.core.threads import set_threads
 from poc59.inference.run import Settings, UsageError, run
 
@@ -96,7 +96,7 @@ def _print_summary(console: Console, rows: list[dict], classes: ClassTable) -> N
         )
         shown = ", ".join(f"{n} {p:.2f}" for p, n in damage[:4] if p > 0) or "none"
         table.add_row(Path(r["image"]).name, r["reference"], f"{r['classes'][classes.names[0]]['percent']:.2f}", shown)
-    console.print(table)
+    print_titled(console, table)
 
 
 def _predict(options: dict[str, Any]) -> int:

@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from poc59.core.config import SettingError
-from poc59.core.logs import results_console, setup_logging, take_verbose
+from poc59.core.logs import print_titled, results_console, setup_logging, take_verbose
 from poc59.core.overrides import HELP, check_overrides, compose_train, help_text, split_argv
 from poc59.data.datamodule import SegmentationDataModule
 from poc59.data.sources import DataError
@@ -59,7 +59,7 @@ def report(dm: SegmentationDataModule, console: Console) -> dict:
             f"{100 * counts['train'][c] / total_train:.3f}",
             f"{weights[c]:.3f}",
         )
-    console.print(table)
+    print_titled(console, table)
     d = dm.describe()
     console.print(
         f"Images: {d['images']} pairs ({len(d['skipped_files'])} skipped); split by source image "

@@ -30,7 +30,7 @@ from rich.table import Table
 from rich.text import Text
 
 from poc59.core.cli import Command, Key, run_command
-from poc59.core.logs import results_console
+from poc59.core.logs import print_titled, results_console
 from poc59.training.sweeps import STATES, sweep_status
 
 
@@ -63,7 +63,7 @@ def _print_table(report: dict) -> None:
             epochs,
             where,
         )
-    console.print(table)
+    print_titled(console, table)
     for j in report["jobs"]:  # errors below the table, where their lines keep their width
         if j["status"] == "failed":
             where = f" ({j['log']})" if j["log"] else ""

@@ -79,3 +79,18 @@ def test_results_console_does_not_wrap_tables_when_piped(monkeypatch):
     narrow = io.StringIO()
     Console(file=narrow, width=80).print(table)  # what Rich does by default in a file: the header wraps
     assert "loss weight" not in [line for line in narrow.getvalue().splitlines() if "parameters" in line][0]
+
+
+def test_a_long_title_stays_on_one_line_above_a_narrow_table(monkeypatch):
+    out = io.StringIO()
+    monkeypatch.setattr("sys.stdout", out)
+    title = "Sweep /tmp/a/very/long/path/outputs/sweeps/2026-01-01_10-00-00: 1 finished, 2 failed, 1 running"
+    table = Table(title=title)
+    table.add_column("#")
+    table.add_row("1")
+    logs.print_titled(logs.results_console(), table)
+    assert out.getvalue().splitlines()[0] == title
+    assert "#" in out.getvalue() and table.title is None
+    wrapped = io.StringIO()
+    Console(file=wrapped, width=logs.WIDE).print(Table("#", title=title))  # Rich alone: cut to the table's width
+    assert title not in wrapped.getvalue()

@@ -11,6 +11,7 @@ from rich.table import Table
 from rich.text import Text
 
 from poc59.core.atomic import write_bytes, write_json
+from poc59.core.logs import print_titled
 
 __all__ = ["print_table", "table_rows", "write_reports"]
 
@@ -330,7 +331,7 @@ def print_table(result: dict, console: Any) -> None:
     for row in table_rows(result):
         style = "bold green" if row[0].endswith("best") else ("red" if not row[11].startswith("finished") else None)
         table.add_row(*row, style=style)
-    console.print(table)
+    print_titled(console, table)
     for r in result["runs"]:
         if r["status"] != "finished":
             console.print(

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import rich
 from rich.console import Console
+from rich.table import Table
 from rich.text import Text
 
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -103,6 +104,15 @@ def log_console() -> Console:
 def results_console() -> Console:
     """The stdout console for results: a terminal's width on a terminal, else WIDE columns (no wrapped tables)."""
     return Console() if sys.stdout.isatty() else Console(width=WIDE)
+
+
+def print_titled(console: Console, table: Table) -> None:
+    """`table` under its title printed as its own line: Rich wraps a title to the table's width, so a long
+    one (a sweep's path) breaks mid-phrase in a file however wide the console is."""
+    title, table.title = table.title, None
+    if title:
+        console.print(Text(str(title), style="italic"), soft_wrap=True, highlight=False)
+    console.print(table)
 
 
 def take_verbose(argv: Sequence[str]) -> tuple[list[str], bool]:

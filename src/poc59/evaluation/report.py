@@ -7,7 +7,7 @@ from rich.table import Table
 from rich.text import Text
 
 from poc59.analysis.scores import class_metrics, split_metrics
-from poc59.core.logs import results_console
+from poc59.core.logs import print_titled, results_console
 
 
 def pct(value: float | None) -> str:
@@ -49,7 +49,7 @@ def print_report(metrics: dict, console: Console | None = None) -> None:
         else:
             values = [with_interval(row.get(m.key), row.get(f"{m.key}_ci")) for m in columns]
         table.add_row(str(c), name, *values, f"{row['support']:,}", str(row["images"]))
-    console.print(table)
+    print_titled(console, table)
     console.print(
         Text(
             "absent: neither in the target nor predicted anywhere in the split; "

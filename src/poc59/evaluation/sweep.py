@@ -20,7 +20,7 @@ from rich.table import Table
 from rich.text import Text
 
 from poc59.core.atomic import write_json
-from poc59.core.logs import results_console
+from poc59.core.logs import print_titled, results_console
 from poc59.evaluation.run import EvaluateError, evaluate_run
 
 log = logging.getLogger("poc59.evaluate")
@@ -108,7 +108,7 @@ def print_summary(report: dict, console: Console) -> None:
             miou if r["status"] == "evaluated" else "",
             r["metrics"] or r["reason"] or "",
         )
-    console.print(table)
+    print_titled(console, table)
     console.print(
         Text(
             "mIoU: poc59's convention (mean over classes present in target or prediction); "
