@@ -8,6 +8,7 @@ what a user cannot act on: Lightning's tips and banners, poc59's own limit_* def
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -96,12 +97,19 @@ def test_evaluate_predict_export_compare_status_weights(trained, tmp_path):
         "weights": (["poc59.weights", "path", "encoder=tiny"], os.environ["POC59_CACHE"]),
         "export": (["poc59.export", f"run_dir={run}", "format=torchscript", f"out={tmp_path / 'exp'}"], "parity"),
     }
+    printed = {}
     for name, (args, expected) in commands.items():
         stdout, stderr = _run(args, tmp_path)
         _no_log_lines(stdout)
         assert expected in stdout, (name, stdout)
         lines = _log_lines_only(stderr) if stderr.strip() else []
         assert not [line for line in lines if NOT_WHEN_LOADED in line], (name, lines)
+        printed[name] = stdout.splitlines()
+    # the paths a script reads end the output, whole and one a line: evaluate's metrics.json, export's files
+    assert printed["evaluate"][-1] == str(run / "evaluation" / "val" / "metrics.json")
+    assert json.loads(Path(printed["evaluate"][-1]).read_text())["split"] == "val"
+    assert printed["export"][-2:] == [str(tmp_path / "exp" / "model.pt"), str(tmp_path / "exp" / "model.card.json")]
+    assert json.loads(Path(printed["export"][-1]).read_text())["files"] == {"torchscript": "model.pt"}
 
 
 def test_predict_logs_each_image_and_prints_the_summary(trained, tmp_path):

@@ -84,8 +84,11 @@ CLI = Command(
 
 
 def _export(options: dict[str, Any]) -> int:
-    card = export_model(**options)
-    print_parity(card, results_console())
+    exported = export_model(**options)
+    card, console = exported.card, results_console()
+    print_parity(card, console)
+    for path in exported.paths():  # the paths a script reads, one a line
+        console.print(str(path), soft_wrap=True, highlight=False)
     failed = [fmt for fmt, entry in (card["parity"] or {}).items() if isinstance(entry, dict) and not entry["passed"]]
     if failed:
         log.error(

@@ -87,7 +87,7 @@ def test_an_old_checkpoint_evaluates_predicts_and_exports(old_run, tmp_path):
     )
     assert (tmp_path / "pred" / "001_labels.png").exists()
 
-    card = export_model(ckpt=old_run / "checkpoints" / "best.ckpt", out=tmp_path / "export", format="torchscript")
+    card = export_model(ckpt=old_run / "checkpoints" / "best.ckpt", out=tmp_path / "export", format="torchscript").card
     assert card["parity"]["torchscript"]["passed"] and card["input"]["multiple_of"] == 32
 
 

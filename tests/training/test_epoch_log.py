@@ -51,7 +51,10 @@ def test_the_end_of_a_run_names_its_folder_and_the_commands_that_work_on_it(tmp_
     summary = json.loads((run_dir / "summary.json").read_text())
     assert f"python -m poc59.predict ckpt={summary['checkpoint']['best']} input=" in log
     ratio = summary["val/mIoU"] / summary["baseline_val/mIoU"]
-    assert f"scores {ratio:.2f}x that" in log and "Missed (IoU 0): " in log
+    assert f"scores {ratio:.2f}x that" in log
+    names, iou = summary["classes"]["names"], summary["val/IoU"]
+    missed = next(line for line in log.splitlines() if "Missed (IoU 0): " in line).split("Missed (IoU 0): ")[1]
+    assert missed == (", ".join(n for n in names[1:] if iou[n] == 0) or "none")  # in the class table's order
     assert (run_dir / "training_curves.png").stat().st_size > 0
     assert (tmp_path / "outputs" / "runs" / "latest").resolve() == run_dir.resolve()
     resume = next(line for line in log.splitlines() if "# resumes it" in line).split("#")[0].split()

@@ -118,7 +118,9 @@ def test_real_crackforest_trains_as_it_is(tmp_path, caplog):
     crack = summary["val/IoU"]["crack"]
     assert "Predicting background everywhere on the same validation set scores val/mIoU" in caplog.text
     shown = "absent" if crack is None else f"{100 * crack:.2f} %"
-    assert f"Best val IoU of every class but background: crack {shown}" in caplog.text
+    assert f"Val IoU of every class but background, at the best epoch ({summary['best_epoch']}): crack {shown}" in (
+        caplog.text
+    )
     assert "(background)" in summary["baseline"] and "all_clean_baseline_val/mIoU" not in summary
 
 

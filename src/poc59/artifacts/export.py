@@ -15,7 +15,7 @@ import warnings
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -50,6 +50,17 @@ PARITY_CONVENTION = (
     "max |exported - PyTorch| over all float32 logits, and label agreement = share of pixels whose argmax "
     "class is the same; seeded uniform-noise uint8 images, CPU"
 )
+
+
+class Exported(NamedTuple):
+    """What an export wrote: the folder, and the model card (whose `files` name the model files in it)."""
+
+    folder: Path
+    card: dict[str, Any]
+
+    def paths(self) -> list[Path]:
+        """Every file written: the model files, then the card."""
+        return [self.folder / name for name in self.card["files"].values()] + [card_path(self.folder / "model")]
 
 
 class ExportError(ValueError):
@@ -263,9 +274,9 @@ def export_model(
     check: bool = True,
     tolerance: float = 1e-4,
     exporter: str = "trace",
-) -> dict[str, Any]:
+) -> Exported:
     """Export one checkpoint, or an ensemble (ckpt=[...], run_dirs=[...], sweep=: poc59.artifacts.ensemble) as
-    one graph; writes model.onnx / model.pt and model.card.json into `out`; returns the card."""
+    one graph; writes model.onnx / model.pt and model.card.json into `out`."""
     if format not in FORMATS:
         raise ExportError(f"format={format}: choose one of {', '.join(FORMATS)}")
     if exporter not in EXPORTERS:
@@ -305,5 +316,4 @@ def export_model(
     parity_record = {**checks, "convention": PARITY_CONVENTION} if check else None
     card = model_card(model, run, files, opset if "onnx" in formats else None, exporter, parity_record)
     write_json(card_path(folder / "model"), card)
-    log.info("Model card: %s", card_path(folder / "model"))
-    return card
+    return Exported(folder, card)

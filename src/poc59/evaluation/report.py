@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
@@ -90,3 +92,5 @@ def print_report(metrics: dict, console: Console | None = None) -> None:
                 "; ".join(f"{value} {pct(g['miou'])} % ({g['num_images']} images)" for value, g in groups.items()),
             )
         )
+    if metrics.get("folder"):  # the last line, a path a script reads (absent from a metrics.json written before)
+        console.print(str(Path(metrics["folder"]) / "metrics.json"), soft_wrap=True, highlight=False)

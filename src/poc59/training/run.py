@@ -320,12 +320,17 @@ def _report(summary: dict, run_dir: Path) -> None:
     log.info("Predicting %s everywhere on the same validation set scores val/mIoU %s%s", names[0], fmt(base), ratio)
     iou = summary["val/IoU"] or {}
     others = [f"{n} {'absent' if iou.get(n) is None else fmt(iou[n])}" for n in names[1:]]
-    log.info("Best val IoU of every class but %s: %s", names[0], ", ".join(others) or "none")
-    scored = sorted(((v, n) for n, v in iou.items() if v is not None and n != names[0]), reverse=True)
+    log.info(
+        "Val IoU of every class but %s, at the best epoch (%s): %s",
+        names[0],
+        summary["best_epoch"],
+        ", ".join(others) or "none",
+    )
+    scored = [(iou[n], n) for n in names[1:] if iou.get(n) is not None]  # the class table's order
     if scored:
-        log.info("Best classes: %s", ", ".join(f"{n} {fmt(v)}" for v, n in scored[:3] if v > 0) or "none above 0")
-        missed = [n for v, n in scored if v == 0]
-        log.info("Missed (IoU 0): %s", ", ".join(missed) or "none")
+        best = sorted(scored, key=lambda vn: -vn[0])  # stable: ties stay in the table's order
+        log.info("Best classes: %s", ", ".join(f"{n} {fmt(v)}" for v, n in best[:3] if v > 0) or "none above 0")
+        log.info("Missed (IoU 0): %s", ", ".join(n for v, n in scored if v == 0) or "none")
     ips = summary["train_images_per_s"]
     log.info(
         "Training throughput: %s images/s (%s)",
