@@ -88,6 +88,7 @@ def test_prepare_prints_its_report_on_stdout(tmp_path):
     assert table and "train pixels" in table[0] and "val pixels" in table[0]  # the header on one line, not wrapped
 
 
+@pytest.mark.slow
 def test_evaluate_predict_export_compare_status_weights(trained, tmp_path):
     run, _, _ = trained
     commands = {

@@ -30,6 +30,7 @@ ISSUE_3 = {"cold_preload", "warm_start", "preload_memory", "feed"}
 # -- the harness -----------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_quick_run_writes_all_rows_and_the_table(tmp_path):
     try:
         import albumentations  # noqa: F401  (the feed baseline; in the dev extra)

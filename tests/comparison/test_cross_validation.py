@@ -19,6 +19,8 @@ from poc59.comparison.cross_validation import POOLED_CONVENTION
 from poc59.evaluation.run import read_per_image
 from poc59.training.sweeps import expected_jobs, sweep_status
 
+pytestmark = pytest.mark.slow  # end to end: whole training runs, seconds to a minute each (pyproject.toml)
+
 TINY = (
     "encoder=tiny",
     "data.synthetic.n=12",

@@ -23,6 +23,8 @@ from safetensors.torch import load_file, save_file
 
 from helpers import SMALL
 
+pytestmark = pytest.mark.slow  # end to end: whole training runs, seconds to a minute each (pyproject.toml)
+
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 TIMM = "tu-resnet18"  # timm's hub repo timm/resnet18.a1_in1k, model.safetensors
 SMP = "mit_b0"  # smp's hub repo smp-hub/mit_b0.imagenet, config.json + model.safetensors

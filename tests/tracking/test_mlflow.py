@@ -22,6 +22,8 @@ from poc59.comparison.run import compare
 from poc59.core.config import SettingError
 from poc59.training.run import train
 
+pytestmark = pytest.mark.slow  # end to end: whole training runs, seconds to a minute each (pyproject.toml)
+
 REPO = Path(__file__).resolve().parents[2]
 
 

@@ -17,6 +17,8 @@ import yaml
 from helpers import TINY_RUN
 from poc59.tracking.search import search_space
 
+pytestmark = pytest.mark.slow  # end to end: whole training runs, seconds to a minute each (pyproject.toml)
+
 TINY = [*TINY_RUN, "trainer.max_epochs=1"]
 
 

@@ -11,6 +11,8 @@ from PIL import Image
 
 from helpers import make_folder
 
+pytestmark = pytest.mark.slow  # end to end: whole training runs, seconds to a minute each (pyproject.toml)
+
 SCRIPT = Path(__file__).with_name("ddp_check.py")
 
 

@@ -7,6 +7,8 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 from helpers import TINY_RUN
 
 LINE = re.compile(
@@ -38,6 +40,7 @@ def test_a_log_file_gives_one_epoch_line_per_epoch_and_no_bar(tmp_path):
     assert "it/s" not in out.read_text() + log  # no progress bar fragments in the files
 
 
+@pytest.mark.slow
 def test_the_end_of_a_run_names_its_folder_and_the_commands_that_work_on_it(tmp_path):
     base = [*TINY_RUN, "trainer.max_epochs=2", "run_name=first"]
     done = subprocess.run(

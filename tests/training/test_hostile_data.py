@@ -94,6 +94,7 @@ def test_a_bug_exits_1_with_its_traceback_in_the_run_log(tmp_path):
     assert "Traceback" in log and "PlantedBug: a planted bug" in log
 
 
+@pytest.mark.slow
 def test_skipped_files_are_named_in_the_log_and_summary_on_a_cold_and_a_warm_start(tmp_path):
     """data.on_bad_file=skip through real runs sharing one cache: a pair whose image is cut short and an
     image without its mask are left out, and each run (the second from the warm cache) names both in its

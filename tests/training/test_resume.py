@@ -10,11 +10,14 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 
 from helpers import TINY_RUN
 from poc59.training.checkpointing import AtomicCheckpointIO
 from poc59.training.resume import changed_keys
+
+pytestmark = pytest.mark.slow  # end to end: whole training runs, seconds to a minute each (pyproject.toml)
 
 TINY = TINY_RUN
 

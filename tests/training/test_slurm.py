@@ -24,6 +24,8 @@ from helpers import pooled_miou_by_hand
 from poc59.core.config import config_dir, gpus_per_node, register_resolvers
 from slurm_cluster import UP, Cluster
 
+pytestmark = pytest.mark.slow  # end to end: whole training runs, seconds to a minute each (pyproject.toml)
+
 
 def _launcher(*overrides: str) -> dict:
     """conf/hydra/launcher/* resolved as the launcher receives it."""

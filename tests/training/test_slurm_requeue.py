@@ -36,6 +36,8 @@ import torch
 from helpers import TINY_RUN
 from slurm_cluster import REPO, Cluster
 
+pytestmark = pytest.mark.slow  # end to end: whole training runs, seconds to a minute each (pyproject.toml)
+
 TINY = TINY_RUN
 EPOCHS = 4
 

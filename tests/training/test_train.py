@@ -216,6 +216,7 @@ def test_compare_encoders_sweeps_the_three_on_one_split():
     assert [r.data.batch_size for r in runs] == [96, 32, 48]  # each keeps its recommended batch
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("compile_net", [False, True])
 def test_channels_last_and_compile_train_as_the_benchmark_measures(tmp_path, compile_net):
     """model.channels_last (auto: on CUDA only) and model.compile change how the network runs; the checkpoint's
