@@ -11,7 +11,7 @@ _taken: dict[str, float] = {}  # node id -> seconds (set-up, call and tear-down)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
-    parser.addini(SLOW_SECONDS, "a test taking longer than this (seconds) should be marked slow", default="15")
+    parser.addini(SLOW_SECONDS, "a test taking longer than this (seconds) should be marked slow", default="20")
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
