@@ -3,7 +3,7 @@
 The same model, steps and seed trained with uniform windows (rare_fraction=0) and with class-aware ones,
 interleaved (uniform, aware, uniform, aware over the two sets), each a `python -m poc59.train` run as a
 user starts it, on (a) the built-in synthetic set at native scale under policy=crop and (b) CrackForest
-(`../shared/data/crackforest`, background and thin cracks) under policy=crop. Reported from each run's
+(`tests/fixtures/crackforest`, background and thin cracks) under policy=crop. Reported from each run's
 summary.json (best val/mIoU, validation tiles, never sampled): val mIoU, the mean IoU of the rarer half
 of the classes present in training (by the run's class_weights.json pixel counts), and crack IoU.
 Bars: synthetic val mIoU >= 1.1x uniform; CrackForest crack IoU >= 0.97x uniform.
@@ -33,7 +33,7 @@ from poc59.core.classes import ARTEFACT, IGNORE_INDEX
 from poc59.data.synthetic import render
 
 RARE_FRACTION = 0.25  # the class-aware share measured against uniform: conf/data/artefact.yaml's default
-CRACKFOREST = Path(__file__).resolve().parents[2] / "shared" / "data" / "crackforest"
+CRACKFOREST = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "crackforest"  # shipped with the tests
 COMMON = (
     "encoder=cpu_small",
     "data.policy=crop",

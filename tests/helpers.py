@@ -12,8 +12,9 @@ from PIL import Image
 
 from poc59.core.config import config_dir, register_resolvers
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
-CRACKFOREST = SHARED / "data" / "crackforest"
+# A small real set shipped inside the repository (tests/fixtures/crackforest/README.md: source, licence), so the
+# suite needs nothing outside the checkout.
+CRACKFOREST = Path(__file__).resolve().parent / "fixtures" / "crackforest"
 
 
 def write_pair(root: Path, stem: str, image: np.ndarray, mask: np.ndarray, image_ext: str = ".png") -> None:
