@@ -243,15 +243,21 @@ def test_duplicate_id_is_refused(tmp_path):
         import_parquet(one_shard(tmp_path, [make_row("x y", 4, 4, rng), make_row("x_y", 4, 4, rng)]), tmp_path / "out2")
 
 
-def test_non_empty_out_needs_overwrite(shards, tmp_path):
+def test_non_empty_out_needs_overwrite_and_the_advice_works_when_pasted(shards, tmp_path):
+    """The refusal advises the command's own key (overwrite=true); following it replaces what the import owns."""
     src, rows = shards
     out = tmp_path / "out"
     (out / "images").mkdir(parents=True)
     (out / "images" / "stale.png").write_bytes(png(np.zeros((4, 4, 3), np.uint8)))
     (out / "notes.txt").write_text("mine")
-    with pytest.raises(DataError, match="not empty.*--overwrite"):
-        import_parquet(src, out)
-    assert import_parquet(src, out, overwrite=True) == 5
+    cmd = [sys.executable, "-m", "poc59.import_parquet", f"src={src}", f"out={out}"]
+    refused = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr, refused.stderr
+    assert "is not empty" in refused.stderr and (out / "images" / "stale.png").exists()
+    advice = [word for word in refused.stderr.split() if word.startswith("overwrite=")]
+    assert advice == ["overwrite=true"], refused.stderr  # the key the command takes, as it would be typed
+    followed = subprocess.run([*cmd, *advice], capture_output=True, text=True, timeout=60)
+    assert followed.returncode == 0, followed.stderr
     assert not (out / "images" / "stale.png").exists() and (out / "notes.txt").read_text() == "mine"
     assert len(discover(out)) == 5
 

@@ -15,15 +15,15 @@ This module makes that folder from the shards, checking on the way what the
 training code relies on: label maps are single-channel class ids (a palette
 image is read as its indices; an RGB "annotation" is the colour rendering and
 is refused), every value is a class id or the ignore id, image and label map
-have the same size, and ids are unique file names. `--max-side` caps the long
+have the same size, and ids are unique file names. `max_side=N` caps the long
 side (image: Lanczos; masks: nearest, so class ids and 255 survive).
 
 Shards are read a few rows at a time (images run to >12,000 px wide), each PNG
 is written atomically, and **metadata.csv is written last: it is the marker of
 a complete import**. A run that fails midway leaves files but no metadata.csv;
-rerun with `--overwrite`.
+rerun with `overwrite=true`.
 
-`python -m poc59.import_parquet SRC OUT [--max-side N] [--overwrite]` is its command.
+`python -m poc59.import_parquet src=SRC out=OUT [max_side=N] [overwrite=true]` is its command.
 """
 
 from __future__ import annotations
@@ -70,7 +70,7 @@ REQUIRED_COLUMNS = ("id", "image", "annotation")
 OPTIONAL_COLUMNS = ("annotation_rgb", "material", "content")
 
 
-OWNED = ("images", "annotations", "annotations_rgb")  # what --overwrite replaces (plus metadata.csv)
+OWNED = ("images", "annotations", "annotations_rgb")  # what overwrite=true replaces (plus metadata.csv)
 
 
 BATCH_SIZE = 4  # rows decoded at a time: a few full-size ARTeFACT images
@@ -272,7 +272,10 @@ def _prepare_out(out: Path, overwrite: bool) -> None:
         raise DataError(f"output {out} exists and is not a folder")
     if out.is_dir() and any(out.iterdir()):
         if not overwrite:
-            raise DataError(f"output folder {out.resolve()} is not empty; choose another or pass --overwrite")
+            raise DataError(
+                f"output folder {out.resolve()} is not empty; choose another out=, or add overwrite=true to replace "
+                "its images/, annotations/, annotations_rgb/ and metadata.csv (other files are kept)"
+            )
         # The completeness marker goes first, so an interrupted replacement never looks complete.
         (out / "metadata.csv").unlink(missing_ok=True)
         for name in OWNED:
@@ -350,7 +353,9 @@ def import_parquet(
             writer.writerows(rows)
             write_bytes(out / "metadata.csv", buf.getvalue().encode("utf-8"))
     except BaseException:
-        log.error("import stopped: %s is incomplete (no metadata.csv); fix the input and rerun with --overwrite", out)
+        log.error(
+            "import stopped: %s is incomplete (no metadata.csv); fix the input and rerun with overwrite=true", out
+        )
         raise
     log.info("imported %d rows into %s in %.1f s", len(rows), out, time.monotonic() - start)
     return len(rows)
