@@ -33,3 +33,23 @@ def test_cached_record_is_reused_only_for_the_same_fingerprint(tmp_path):
     assert load_or_compute(path, masks, ["a", "b"], "inverse_sqrt", None, fingerprint="f1") == rec
     new = load_or_compute(path, masks, ["a", "b"], "inverse_sqrt", None, fingerprint="f2")
     assert new["counts"] == [15, 17]
+
+
+def test_a_cached_record_edited_on_disk_is_recomputed_and_the_file_named(tmp_path, caplog):
+    """A weight changed by hand (1.77 -> 17.7 in the issue) is never trained on: the record no longer
+    matches the hash written with it, so the weights are computed again from the split and the cache rewritten."""
+    masks = torch.zeros((2, 4, 4), dtype=torch.uint8)
+    masks[0, 0, :3] = 1
+    path = tmp_path / "w.json"
+    rec = load_or_compute(path, masks, ["a", "b"], "inverse_sqrt", None, fingerprint="f1")
+    edited = json.loads(path.read_text())
+    edited["weights"][1] *= 10
+    path.write_text(json.dumps(edited, indent=2))
+    caplog.clear()
+    again = load_or_compute(path, masks, ["a", "b"], "inverse_sqrt", None, fingerprint="f1")
+    assert again["weights"] == rec["weights"] and again["weights"] != edited["weights"]
+    assert f"Class-weight cache {path} differs from the hash written with it" in caplog.text
+    assert json.loads(path.read_text())["weights"] == rec["weights"]  # the cache holds the true weights again
+    caplog.clear()
+    assert load_or_compute(path, masks, ["a", "b"], "inverse_sqrt", None, fingerprint="f1") == rec
+    assert "differs" not in caplog.text  # an untouched record is used as it is

@@ -8,6 +8,7 @@ clipped to 3.0, which flattened a >100x spread into 1.3x.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from collections.abc import Sequence
@@ -20,6 +21,13 @@ from poc59.core.atomic import write_json
 log = logging.getLogger(__name__)
 
 METHODS = ("inverse_sqrt", "none")
+
+
+def record_hash(record: dict) -> str:
+    """sha256 of a weights record's content (every entry but its "check"), as canonical JSON: written with
+    the record, so that a cached record edited on disk is told from one poc59 wrote."""
+    content = {k: v for k, v in record.items() if k != "check"}
+    return hashlib.sha256(json.dumps(content, sort_keys=True, allow_nan=False).encode()).hexdigest()
 
 
 def pixel_counts(masks: torch.Tensor, num_classes: int, chunk: int = 64) -> list[int]:
@@ -64,17 +72,25 @@ def load_or_compute(
 ) -> dict:
     """The weights record for this split: read from `cache_file` if its fingerprint matches, else computed and cached.
 
-    With `cache_file=None` nothing is cached. The record holds counts, frequencies, method, cap, weights and the split fingerprint,
-    so a run's summary can say exactly which weights the loss used. `counts` (pixels per class, e.g. from
+    With `cache_file=None` nothing is cached. The record holds counts, frequencies, method, cap, weights, the split
+    fingerprint and `check`, the hash of all that (`record_hash`): a cached record whose content no longer matches
+    it (edited on disk) is recomputed, with a warning naming the file. So a run's summary can say exactly which
+    weights the loss used. `counts` (pixels per class, e.g. from
     the preload's label counts) stands in for counting `masks`.
     """
     if cache_file is not None and cache_file.exists():
         try:
             record = json.loads(cache_file.read_text())
             if record.get("fingerprint") == fingerprint and record.get("names") == list(names):
-                log.info("Class weights loaded from %s", cache_file)
-                return record
-        except (json.JSONDecodeError, OSError):
+                if record.get("check") == record_hash(record):
+                    log.info("Class weights loaded from %s", cache_file)
+                    return record
+                log.warning(
+                    "Class-weight cache %s differs from the hash written with it (edited, or written before "
+                    "weights were hashed); recomputing the weights from the training split",
+                    cache_file,
+                )
+        except (json.JSONDecodeError, OSError, AttributeError, TypeError, ValueError):
             log.warning("Class-weight cache %s is unreadable; recomputing", cache_file)
     counts = list(counts) if counts is not None else pixel_counts(masks, len(names))
     total = sum(counts)
@@ -88,6 +104,7 @@ def load_or_compute(
         "weights": class_weights(counts, names, method, cap),
         "fingerprint": fingerprint,
     }
+    record["check"] = record_hash(record)
     if cache_file is not None:
         write_json(cache_file, record)
     return record
