@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from poc59.analysis.colour import colorize, ignore_rgb, labelled_panels, legend, overlay
-from poc59.core.classes import ARTEFACT, IGNORE_COLOUR, ClassTable
+from poc59.analysis.colour import colorize, delta_e2000, ignore_rgb, labelled_panels, legend, overlay, srgb_to_lab
+from poc59.analysis.pictures import ERROR_COLOURS
+from poc59.core.classes import ARTEFACT, IGNORE_COLOUR, ClassTable, generated_palette, hex_to_rgb
 
 
 def _rgb(hex_colour: str) -> tuple[int, int, int]:
@@ -80,3 +81,36 @@ def test_labelled_panels_name_each_panel_and_list_only_the_classes_shown():
     }
     assert colours[0] == (0, 0, 0)  # Clean's colour is the text's: its absence is shown by the damage classes alone
     assert swatches == {1, 3, 5}  # the classes in the truth or the prediction; not the others, not ignored
+
+
+@pytest.mark.parametrize(
+    ("lab1", "lab2", "expected"),
+    [  # pairs 1, 7, 17, 20 and 25 of Sharma, Wu and Dalal's CIEDE2000 test data (2005)
+        ((50.0, 2.6772, -79.7751), (50.0, 0.0, -82.7485), 2.0425),
+        ((50.0, 0.0, 0.0), (50.0, -1.0, 2.0), 2.3669),
+        ((50.0, 2.5, 0.0), (73.0, 25.0, -18.0), 27.1492),
+        ((50.0, 2.5, 0.0), (50.0, 3.1736, 0.5854), 1.0000),
+        ((60.2574, -34.0099, 36.2677), (60.4626, -34.1751, 39.4387), 1.2644),
+    ],
+)
+def test_ciede2000_matches_the_published_test_data(lab1, lab2, expected):
+    assert delta_e2000(np.array(lab1), np.array(lab2)) == pytest.approx(expected, abs=1e-4)
+
+
+def test_srgb_to_lab_of_white_and_red():
+    assert srgb_to_lab((255, 255, 255)) == pytest.approx([100.0, 0.0, 0.0], abs=1e-3)
+    assert srgb_to_lab((255, 0, 0)) == pytest.approx([53.2408, 80.0925, 67.2032], abs=1e-3)
+
+
+def test_the_ignore_colour_is_clearly_distinct_from_every_class_colour():
+    """CIEDE2000 above 25 from every ARTeFACT class and every generated palette (2 to 16 classes), above 20
+    from the error map's own colours (ignored pixels are one of its three keys)."""
+    ignore = srgb_to_lab(ignore_rgb())
+
+    def nearest(colours: list[tuple[int, int, int]]) -> float:
+        return float(delta_e2000(srgb_to_lab(np.array(colours)), ignore).min())
+
+    assert nearest(ARTEFACT.rgb()) > 25
+    generated = {hex_to_rgb(c) for n in range(2, 17) for c in generated_palette(n)}
+    assert nearest(sorted(generated)) > 25
+    assert nearest([ERROR_COLOURS["correct"], ERROR_COLOURS["wrong"]]) > 20

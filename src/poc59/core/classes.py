@@ -54,7 +54,11 @@ ARTEFACT_PALETTE: tuple[str, ...] = (
     "#F6FF1B",
 )
 
-IGNORE_COLOUR = "#5A0007"
+IGNORE_COLOUR = "#FFCDF5"
+"""Colour of the ignore label 255 (outside the object) in label maps and pictures: a pale pink chosen as the
+colour farthest (CIEDE2000) from every ARTeFACT class colour and every generated palette colour (minimum
+distance 26 and 29 up to 16 classes), while staying clear of the error map's grey and red
+(`poc59.analysis.pictures.ERROR_COLOURS`). `tests/analysis/test_colour.py` holds these distances."""
 
 
 def hex_to_rgb(colour: str) -> tuple[int, int, int]:
