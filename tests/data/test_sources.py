@@ -5,7 +5,7 @@ import pytest
 
 from helpers import CRACKFOREST, make_folder, write_pair
 from poc59.core.classes import ARTEFACT, load_class_table
-from poc59.data.sources import DataError, discover
+from poc59.data.sources import DataError, discover, discover_pairs, metadata_rows
 
 
 def test_discovers_real_crackforest_with_its_classes():
@@ -75,3 +75,71 @@ def test_a_metadata_file_that_cannot_serve_the_split_is_said_so(tmp_path, caplog
     (root / "metadata.csv").write_text("id,material\n" + "".join(f"img{i:03d},film\n" for i in range(6)))
     discover(root)
     assert not caplog.text
+
+
+@pytest.mark.parametrize("encoding", ["utf-8", "utf-8-sig", "utf-16"])  # "utf-16" writes its byte-order mark
+def test_metadata_is_read_in_utf8_with_or_without_bom_and_utf16_with_bom(tmp_path, encoding):
+    root = make_folder(tmp_path / "d", n=2, copies=0, size=(16, 16))
+    (root / "metadata.csv").write_bytes("id,material\nimg000,Pergament\nimg001,Glas é\n".encode(encoding))
+    assert metadata_rows(root)[0] == ["id", "material"]
+    assert {s.id: s.material for s in discover(root)} == {"img000": "Pergament", "img001": "Glas é"}
+
+
+@pytest.mark.parametrize(
+    ("content", "says"),
+    [
+        (
+            "id,material\nimg000,Pergament\nimg001,Glasmalerei ä\n".encode("latin-1"),
+            "is not UTF-8 text (line 3 holds byte 0xe4)",
+        ),
+        ("id,material\nimg000,film\n".encode("utf-16-le"), "is not a CSV text file (it holds NUL bytes)"),  # no BOM
+        ("id,material\n".encode("utf-32"), "is UTF-32 text"),
+        (bytes(range(256)) * 4, "is not UTF-8 text"),  # binary
+    ],
+    ids=["latin-1", "utf-16 without BOM", "utf-32", "binary"],
+)
+def test_metadata_in_another_encoding_is_refused_naming_the_file_and_the_fix(tmp_path, content, says):
+    root = make_folder(tmp_path / "d", n=2, copies=0, size=(16, 16))
+    (root / "metadata.csv").write_bytes(content)
+    for read in (discover, metadata_rows):
+        with pytest.raises(DataError) as err:
+            read(root)
+        assert str(root / "metadata.csv") in str(err.value) and says in str(err.value)
+        assert "CSV UTF-8" in str(err.value)
+
+
+def test_a_data_root_that_is_a_file_is_said_to_be_a_file_with_the_folder_to_use(tmp_path):
+    root = make_folder(tmp_path / "d", n=2, copies=0, size=(16, 16))
+    (root / "metadata.csv").write_text("id,material\n")
+    with pytest.raises(DataError) as err:
+        discover(root / "metadata.csv")
+    said = str(err.value)
+    assert f"data.root is a file, not a folder: {root / 'metadata.csv'}" in said and "not found" not in said
+    advice = said.split("data.root=")[-1].strip()
+    assert len(discover(advice)) == 2  # the advice, followed, is a dataset
+    (tmp_path / "notes.txt").write_text("x")
+    with pytest.raises(DataError, match="is a file, not a folder.*\n.*holds images/ and annotations/"):
+        discover(tmp_path / "notes.txt")
+
+
+def test_a_broken_link_is_named_as_one_not_as_a_mask_without_image(tmp_path, caplog):
+    root = make_folder(tmp_path / "d", n=3, copies=0, size=(16, 16))
+    gone = tmp_path / "elsewhere" / "img001.png"
+    (root / "images" / "img001.png").unlink()
+    (root / "images" / "img001.png").symlink_to(gone)
+    with pytest.raises(DataError) as err:
+        discover(root)
+    said = str(err.value)
+    assert f"{root / 'images' / 'img001.png'} -> {gone}" in said and "broken link" in said
+    assert "without" not in said
+    samples, skipped = discover_pairs(root, on_bad_file="skip")
+    assert [s.id for s in samples] == ["img000", "img002"]
+    assert skipped == [
+        {
+            "id": "img001",
+            "image": str(root / "images" / "img001.png"),
+            "mask": str(root / "annotations" / "img001.png"),
+            "reason": f"{root / 'images' / 'img001.png'} is a broken link (its target {gone} is gone)",
+        }
+    ]
+    assert "Skipping img001: " in caplog.text and "broken link" in caplog.text
