@@ -5,10 +5,20 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
+import timm
+import torch
+from safetensors.torch import save, save_file
 
+from fake_cuda import FakeCuda
 from helpers import SMALL, make_cfg
+from poc59.core.config import SettingError
+from poc59.core.overrides import compose_train
+from poc59.model.factory import build_network
+from poc59.model.pretrained import read_state_dict
+from poc59.training.preflight import check_settings
 from poc59.training.run import USER_ERRORS, train
 
 CASES = [
@@ -23,6 +33,12 @@ CASES = [
     (["++data.imgae_size=128"], "did you mean data.image_size?"),
     (["+loss.gama=2"], "did you mean loss.gamma?"),
     (["data.policy=crop"], "data.policy=crop needs data.max_side"),
+    (["data.policy=crop", "data.max_side=32"], "data.max_side=32 is below data.image_size=64"),
+    (["data.policy=crop", "data.max_side=big"], "data.max_side=big: must be a whole number >= 1"),
+    (["seed=-1"], "seed=-1: choose a whole number from 0 to 4294967295"),
+    (["seed=4294967296"], "seed=4294967296: choose a whole number from 0 to 4294967295"),
+    (["seed=1.5"], "seed=1.5: choose a whole number"),
+    (["trainer.accelerator=mps"], "trainer.accelerator=mps: no Apple GPU (MPS) here"),
     (["data.on_bad_file=ignore"], "data.on_bad_file=ignore: choose error or skip"),
     (["threads=0"], "threads=0: choose auto or a whole number of CPU threads"),
     (["threads=many"], "threads=many: choose auto or a whole number"),
@@ -69,3 +85,94 @@ def test_missing_imagenet_weights_exit_2_before_generating_the_data(tmp_path):
     assert "python -m poc59.weights fetch" in out.stderr and "encoder.weights=null" in out.stderr
     assert "Traceback" not in out.stderr
     assert not (cache / "synthetic").exists() and not (cache / "data").exists()
+
+
+NO_GPU = pytest.mark.skipif(
+    torch.cuda.is_available(), reason="asks for a GPU where there is none: this machine has one"
+)
+
+
+@NO_GPU
+@pytest.mark.parametrize("accelerator", ["gpu", "cuda"])
+def test_a_gpu_asked_for_where_there_is_none_stops_the_run_before_the_data(tmp_path, accelerator):
+    cache = tmp_path / "cache"
+    cfg = make_cfg(tmp_path, *SMALL, f"paths.cache_dir={cache}", f"trainer.accelerator={accelerator}")
+    with pytest.raises(SettingError, match=f"trainer.accelerator={accelerator}: this machine has no GPU"):
+        train(cfg)
+    assert not cache.exists() and not (tmp_path / "run").exists()
+
+
+def test_gpu_settings_are_checked_against_the_gpus_there_are(tmp_path):
+    """With two (stand-in) CUDA devices: accelerator=gpu passes, three devices are one too many."""
+    with FakeCuda(devices=2):
+        check_settings(make_cfg(tmp_path, *SMALL, "trainer.accelerator=gpu", "trainer.devices=2"))
+        check_settings(make_cfg(tmp_path, *SMALL, "trainer.accelerator=cuda", "trainer.devices=-1"))
+        with pytest.raises(
+            SettingError, match="trainer.devices=3: this machine has 2 CUDA GPUs: set trainer.devices=2"
+        ):
+            check_settings(make_cfg(tmp_path, *SMALL, "trainer.accelerator=gpu", "trainer.devices=3"))
+
+
+@NO_GPU
+def test_a_sweep_for_a_cluster_leaves_the_gpu_check_to_the_job():
+    """A sweep submitted from a login node without a GPU: the job checks its GPU where it runs, not here."""
+    check_settings(compose_train([*SMALL, "trainer.accelerator=gpu", "hydra/launcher=slurm"], hydra=True))
+    with pytest.raises(SettingError, match="this machine has no GPU"):  # a local sweep runs here
+        check_settings(compose_train([*SMALL, "trainer.accelerator=gpu"], hydra=True))
+
+
+def _tiny_encoder_state() -> dict[str, torch.Tensor]:
+    return {k: v.contiguous() for k, v in build_network("tu-mobilenetv3_small_050").encoder.state_dict().items()}
+
+
+def _weights_files(folder: Path) -> dict[str, tuple[Path, str]]:
+    """Files a user may pass as encoder.weights that are not the tiny encoder's weights -> what the refusal says."""
+    folder.mkdir()
+    text = folder / "notes.pth"
+    text.write_text("not weights\n")
+    listed = folder / "list.pth"
+    torch.save([1, 2, 3], listed)
+    empty = folder / "no_tensors.pth"
+    torch.save({"epoch": 3}, empty)
+    other = folder / "mobilenet_075.pth"  # a real timm checkpoint, of another width
+    torch.save(timm.create_model("mobilenetv3_small_075").state_dict(), other)
+    good = _tiny_encoder_state()
+    truncated = folder / "truncated.safetensors"
+    truncated.write_bytes(save(good)[:5000])
+    partial = folder / "partial.safetensors"
+    save_file({k: v for k, v in good.items() if k != "model.conv_stem.weight"}, str(partial))
+    return {
+        "text": (text, "is not a weights file: neither safetensors nor a torch checkpoint"),
+        "a list": (listed, "holds a list, not a state dict"),
+        "no tensors": (empty, "holds no tensors"),
+        "another width": (other, "does not fit encoder tu-mobilenetv3_small_050"),
+        "truncated": (truncated, "cannot read weights file"),
+        "a tensor missing": (partial, "tensors are not in the file (e.g. model.conv_stem.weight)"),
+    }
+
+
+def test_a_weights_file_that_does_not_fit_stops_the_run_before_the_data(tmp_path):
+    """Each file is named with encoder.weights= and the way out, before the set is generated and decoded."""
+    cache = tmp_path / "cache"
+    for case, (path, says) in _weights_files(tmp_path / "files").items():
+        cfg = make_cfg(tmp_path, *SMALL, f"paths.cache_dir={cache}", f"encoder.weights={path}")
+        with pytest.raises(USER_ERRORS) as refused:
+            train(cfg)
+        message = str(refused.value)
+        assert message.startswith(f"encoder.weights={path}: ") and says in message, (case, message)
+        assert "encoder.weights=null" in message, case
+        assert not cache.exists() and not (tmp_path / "run").exists(), case
+
+
+def test_a_weights_file_is_checked_without_reading_its_tensors(tmp_path):
+    """The check before the data reads a safetensors header and maps a torch zip: the tensors are not read."""
+    state = _tiny_encoder_state()
+    flat = tmp_path / "tiny.safetensors"
+    save_file(state, str(flat))
+    shapes = read_state_dict(flat, lazy=True)
+    assert {k: tuple(v.shape) for k, v in shapes.items()} == {k: tuple(v.shape) for k, v in state.items()}
+    assert {v.device.type for v in shapes.values()} == {"meta"}
+    zipped = tmp_path / "tiny.pth"
+    torch.save({"state_dict": {f"net.encoder.{k}": v for k, v in state.items()}}, zipped)
+    for path in (flat, zipped):  # both fit: the settings check passes
+        check_settings(make_cfg(tmp_path, *SMALL, f"encoder.weights={path}"))

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import segmentation_models_pytorch as smp
+import torch
 from timm.models import get_pretrained_cfg
 from torch import nn
 
@@ -26,6 +27,7 @@ from poc59.model.pretrained import (
     MissingWeightsError,
     WeightsMismatchError,
     cached_weights_path,
+    check_weights_file,
     load_encoder_weights,
     missing_weights_message,
 )
@@ -161,9 +163,10 @@ def check_network(
     decoder_kwargs: dict | None = None,
 ) -> Path | None:
     """What `build_network` checks before it builds anything: the encoder name, the decoder, the keyword
-    arguments, and that the weights file exists. Returns the weights file (None: from scratch).
+    arguments, and that the weights file exists and fits the encoder as far as its keys and shapes tell
+    (`pretrained.check_weights_file`: the tensors are not read). Returns the weights file (None: from scratch).
 
-    UnknownEncoderError, ValueError or MissingWeightsError name the setting and the fix.
+    UnknownEncoderError, ValueError, MissingWeightsError or WeightsMismatchError name the setting and the fix.
     """
     kwargs, decoder_kwargs = _plain(dict(kwargs or {})), _plain(dict(decoder_kwargs or {}))
     check_encoder_name(name)
@@ -174,17 +177,34 @@ def check_network(
         path = cached_weights_path(name, weights_dir)
         if not path.is_file():
             raise MissingWeightsError(missing_weights_message(name, path, kwargs, weights_dir))
-        return path
-    if weights is None or weights is False:
+    elif weights is None or weights is False:
         return None
-    path = Path(str(weights)).expanduser()
-    if not path.is_file():
-        raise MissingWeightsError(
-            f"encoder.weights={weights!r} is not an existing file (nor null or imagenet).\n"
-            "  Use encoder.weights=imagenet (poc59's weight cache), encoder.weights=/path/to/file, "
-            "or encoder.weights=null to train from scratch."
-        )
+    else:
+        path = Path(str(weights)).expanduser()
+        if not path.is_file():
+            raise MissingWeightsError(
+                f"encoder.weights={weights!r} is not an existing file (nor null or imagenet).\n"
+                "  Use encoder.weights=imagenet (poc59's weight cache), encoder.weights=/path/to/file, "
+                "or encoder.weights=null to train from scratch."
+            )
+    try:
+        check_weights_file(path, _encoder_shapes(name, decoder, kwargs, decoder_kwargs), name, kwargs)
+    except WeightsMismatchError as err:
+        raise WeightsMismatchError(f"encoder.weights={weights}: {err}") from None
     return path
+
+
+def _encoder_shapes(name: str, decoder: str, kwargs: dict, decoder_kwargs: dict) -> nn.Module:
+    """The encoder `build_network` builds (decoder_kwargs such as encoder_depth shape it too), on the meta
+    device where it builds there (no memory, a fraction of a second), else on the CPU (encoders that read
+    tensor values while they are made, e.g. smp's MiT)."""
+    arch = _architecture(decoder)
+    try:
+        with torch.device("meta"):
+            return arch(encoder_name=name, encoder_weights=None, classes=1, **decoder_kwargs, **kwargs).encoder
+    except Exception as err:  # any library's refusal of meta tensors
+        log.debug("encoder %s does not build on the meta device (%s): building it on the CPU", name, err)
+        return arch(encoder_name=name, encoder_weights=None, classes=1, **decoder_kwargs, **kwargs).encoder
 
 
 def check_image_size(image_size: int, input_multiple: int, name: str) -> None:

@@ -35,6 +35,7 @@ import timm
 import torch
 from huggingface_hub import constants
 from huggingface_hub.utils import get_session
+from safetensors import safe_open
 from safetensors.torch import load_file, save
 from torch import nn
 
@@ -111,34 +112,73 @@ def missing_weights_message(
 # --------------------------------------------------------------------------- reading and loading
 
 
-def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """The tensors of a .safetensors or torch (.pth/.pt/.ckpt) file, unwrapped from {"state_dict": ...}/{"model": ...}."""
+def read_state_dict(path: str | Path, lazy: bool = False) -> dict[str, torch.Tensor]:
+    """The tensors of a weights file, unwrapped from {"state_dict": ...}/{"model": ...}/{"module": ...}.
 
+    The format is read from the file's first bytes, not its name: a safetensors file (an 8-byte header
+    length, then the JSON header) or a torch checkpoint (a zip archive since torch 1.6, a pickle before),
+    read with weights_only=True. `lazy`: keys and shapes only, as cheaply as the format allows (a
+    safetensors header gives meta tensors; a torch zip checkpoint is memory-mapped, its tensors not read
+    until used; an old pickle checkpoint can only be read whole). WeightsMismatchError names a file that
+    is not weights.
+    """
     path = Path(path).expanduser()
     if not path.is_file():
         raise MissingWeightsError(f"weights file {path} does not exist")
+    kind = _weights_format(path)
     try:
-        if path.suffix == ".safetensors":
-            obj: Any = load_file(str(path), device="cpu")
+        if kind == "safetensors":
+            obj: Any = _safetensors_shapes(path) if lazy else load_file(str(path), device="cpu")
         else:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
+            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=lazy and kind == "torch zip")
     except Exception as e:  # corrupt, truncated, or not a weights file
-        hint = (
-            ""
-            if path.suffix == ".safetensors"
-            else (" (torch files are read with weights_only=True: save a plain state dict, or use .safetensors)")
-        )
-        raise WeightsMismatchError(f"cannot read weights file {path}: {type(e).__name__}: {e}{hint}") from e
+        if kind == "other":
+            raise WeightsMismatchError(
+                f"{path} is not a weights file: neither safetensors nor a torch checkpoint "
+                f"(torch.load: {type(e).__name__}). {_EXPECTED_FILE}"
+            ) from e
+        hint = " (torch files are read with weights_only=True: save a plain state dict, or use .safetensors)"
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise WeightsMismatchError(
+            f"cannot read weights file {path} ({kind}): {type(e).__name__}: {reason}"
+            f"{hint if kind != 'safetensors' else ''}. {_EXPECTED_FILE}"
+        ) from e
     for wrapper in ("state_dict", "model", "module"):
         if isinstance(obj, Mapping) and isinstance(obj.get(wrapper), Mapping):
             obj = obj[wrapper]
             break
     if not isinstance(obj, Mapping):
-        raise WeightsMismatchError(f"weights file {path} holds a {type(obj).__name__}, not a state dict")
+        raise WeightsMismatchError(
+            f"weights file {path} holds a {type(obj).__name__}, not a state dict. {_EXPECTED_FILE}"
+        )
     tensors = {str(k): v for k, v in obj.items() if isinstance(v, torch.Tensor)}
     if not tensors:
-        raise WeightsMismatchError(f"weights file {path} holds no tensors")
+        raise WeightsMismatchError(f"weights file {path} holds no tensors. {_EXPECTED_FILE}")
     return tensors
+
+
+_EXPECTED_FILE = (
+    "Expected a .safetensors or .pth file holding a state dict (an smp encoder's model.encoder.state_dict(), "
+    "a whole smp model or Lightning checkpoint, or for tu- encoders a timm model's), or encoder.weights=null "
+    "to train from scratch"
+)
+
+
+def _weights_format(path: Path) -> str:
+    """ "safetensors", "torch zip" or "other" (an old pickle checkpoint, or not weights), from the first bytes."""
+    with open(path, "rb") as f:
+        head = f.read(9)
+    if head[:4] == b"PK\x03\x04":
+        return "torch zip"
+    if head[8:9] == b"{":  # a header's length, then its JSON (also when the file was cut short)
+        return "safetensors"
+    return "other"
+
+
+def _safetensors_shapes(path: Path) -> dict[str, torch.Tensor]:
+    """A safetensors file's tensors as meta tensors of their shapes: its header only is read."""
+    with safe_open(str(path), framework="pt") as f:
+        return {key: torch.empty(f.get_slice(key).get_shape(), device="meta") for key in f.keys()}
 
 
 def _norm_key(key: str, timm_universal: bool) -> str:
@@ -227,24 +267,24 @@ def _match(
     return dict(mapped=mapped, missing=missing, shapes=shapes, ambiguous=ambiguous, unexpected=unexpected)
 
 
-def load_encoder_weights(
-    encoder: nn.Module, path: str | Path, name: str, kwargs: Mapping[str, Any] | None = None
-) -> int:
-    """Load weights file `path` into smp encoder `encoder` (of encoder `name`), verify, return the tensor count.
+def fit_encoder_weights(
+    tensors: Mapping[str, torch.Tensor],
+    target: Mapping[str, torch.Tensor],
+    name: str,
+    path: Path,
+    kwargs: Mapping[str, Any] | None = None,
+) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Which of a file's `tensors` fill which tensors of encoder `name`'s state dict `target`, by key and shape.
 
-    Raises MissingWeightsError (no file), WeightsMismatchError (file does not fit: names the file and
-    what did not match).
+    Returns (the file's view whose keys were matched, {encoder key: file key}); WeightsMismatchError names
+    the file and what does not fit. Only keys and shapes are read, so meta tensors do (see `check_weights_file`).
     """
-
-    path = Path(path).expanduser().resolve()
-    tensors = read_state_dict(path)
     timm_universal = name.startswith("tu-")
-    target = encoder.state_dict()
     droppable = _droppable_keys(name, kwargs, timm_universal)
-
+    views = dict(_views(dict(tensors)))
     best: tuple[str, dict[str, Any]] | None = None
-    for prefix, view in _views(tensors):
-        result = _match(view, target, timm_universal, droppable)
+    for prefix, view in views.items():
+        result = _match(view, dict(target), timm_universal, droppable)
         if not (result["missing"] or result["shapes"] or result["ambiguous"] or result["unexpected"]):
             best = (prefix, result)
             break
@@ -280,9 +320,29 @@ def load_encoder_weights(
             f"The file's first keys: {_short(list(tensors), 4)}. Expected {expected}; "
             "or train from scratch with encoder.weights=null."
         )
+    return views[prefix], result["mapped"]
 
-    mapped = result["mapped"]
-    view = dict(_views(tensors))[prefix]
+
+def check_weights_file(path: str | Path, encoder: nn.Module, name: str, kwargs: Mapping[str, Any] | None = None) -> int:
+    """Whether weights file `path` fits `encoder` (of encoder `name`), as far as keys and shapes tell,
+    without reading its tensors (see `read_state_dict(lazy=True)`): `encoder` may live on the meta device.
+    Returns the number of tensors it would load; WeightsMismatchError names the file and what does not fit."""
+    path = Path(path).expanduser().resolve()
+    return len(fit_encoder_weights(read_state_dict(path, lazy=True), encoder.state_dict(), name, path, kwargs)[1])
+
+
+def load_encoder_weights(
+    encoder: nn.Module, path: str | Path, name: str, kwargs: Mapping[str, Any] | None = None
+) -> int:
+    """Load weights file `path` into smp encoder `encoder` (of encoder `name`), verify, return the tensor count.
+
+    Raises MissingWeightsError (no file), WeightsMismatchError (file does not fit: names the file and
+    what did not match).
+    """
+
+    path = Path(path).expanduser().resolve()
+    target = encoder.state_dict()
+    view, mapped = fit_encoder_weights(read_state_dict(path), target, name, path, kwargs)
     state = {key: (view[mapped[key]] if key in mapped else value) for key, value in target.items()}
     # nn.Module's own loader: smp's encoder subclasses rename or drop keys in their load_state_dict overrides.
     nn.Module.load_state_dict(encoder, state, strict=True)

@@ -13,20 +13,23 @@ import math
 from pathlib import Path
 from typing import Any
 
+import torch
 from hydra.utils import get_class, get_method
-from lightning.pytorch.accelerators import AcceleratorRegistry
+from lightning.pytorch.accelerators import AcceleratorRegistry, MPSAccelerator
 from lightning.pytorch.strategies import StrategyRegistry
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from poc59.core.config import SettingError, plain
 from poc59.data.preload import POLICIES
 from poc59.data.sources import check_root
 from poc59.data.split import check_fractions
-from poc59.model.factory import check_image_size, check_network
+from poc59.model.factory import WeightsMismatchError, check_image_size, check_network
 
 GROUPS = ("data", "loss", "optimizer", "scheduler", "trainer")  # one object each
 FAMILIES = ("callbacks", "logger")  # a mapping of objects each
 BACKENDS = ("nccl", "gloo", "mpi", "ucc")  # torch.distributed process group backends
+LOCAL_LAUNCHERS = ("BasicLauncher", "LocalLauncher", "JoblibLauncher")  # Hydra launchers that run jobs here
+SEED_MAX = 2**32 - 1  # numpy's seeds, which Lightning's seed_everything passes on
 STRATEGIES = {"auto", "ddp", "ddp_spawn", "ddp_notebook", "fsdp", "deepspeed", "single_device", "dp"}
 
 
@@ -42,14 +45,15 @@ def check_settings(cfg: DictConfig) -> None:
     _user_value(check_fractions, float(data.val_fraction), float(data.get("test_fraction", 0.0)))
     if data.policy not in POLICIES:
         raise SettingError(f"data.policy={data.policy}: choose one of {', '.join(POLICIES)}")
-    if data.policy == "crop" and not data.get("max_side"):
-        raise SettingError("data.policy=crop needs data.max_side (the long side sources are stored at, e.g. 1024)")
+    if data.policy == "crop":
+        check_crop(data.get("max_side"), image_size, int(enc.input_multiple))
     check_cross_validation(data)
     rare = (data.get("crop_sampling") or {}).get("rare_fraction") or 0
     if isinstance(rare, bool) or not isinstance(rare, int | float) or not 0 <= rare <= 1:
         raise SettingError(
             f"data.crop_sampling.rare_fraction={rare}: the share of windows placed over rare classes, 0 to 1"
         )
+    check_seed(cfg.get("seed"))
     threads = cfg.get("threads", "auto")
     if str(threads).lower() != "auto" and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
         raise SettingError(f"threads={threads}: choose auto or a whole number of CPU threads, at least 1")
@@ -65,6 +69,8 @@ def check_settings(cfg: DictConfig) -> None:
     if max_epochs is not None and int(max_epochs) == 0:
         raise SettingError("trainer.max_epochs=0 trains nothing: set 1 or more (or -1 with trainer.max_steps)")
     _check_trainer_names(cfg.trainer)
+    if _runs_here(cfg):
+        check_accelerator(cfg.trainer)
     _user_value(
         check_network,
         enc.name,
@@ -130,6 +136,60 @@ def check_cross_validation(data: DictConfig) -> None:
         _integer(floor, "data.cv.min_images", minimum=1)
 
 
+def check_crop(max_side: Any, image_size: int, input_multiple: int) -> None:
+    """data.policy=crop cuts data.image_size windows from sources stored at a long side of data.max_side:
+    that side is a whole number, at least one window."""
+    if max_side is None or max_side == "":
+        raise SettingError("data.policy=crop needs data.max_side (the long side sources are stored at, e.g. 1024)")
+    side = _integer(max_side, "data.max_side", minimum=1)
+    if side >= image_size:
+        return
+    fits = side // input_multiple * input_multiple
+    smaller = f", or data.image_size={fits} (windows that fit)" if fits >= input_multiple else ""
+    raise SettingError(
+        f"data.max_side={side} is below data.image_size={image_size}: data.policy=crop cuts {image_size} px "
+        f"windows from sources stored at a long side of data.max_side. Set data.max_side={image_size} or more "
+        f"(e.g. data.max_side={max(1024, image_size)}){smaller}"
+    )
+
+
+def check_seed(seed: Any) -> None:
+    """seed: null (Lightning picks one and logs it) or a whole number numpy takes, 0 to 2**32 - 1."""
+    if seed is None:
+        return
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= SEED_MAX:
+        raise SettingError(f"seed={seed}: choose a whole number from 0 to {SEED_MAX} (numpy's range), e.g. seed=0")
+
+
+def check_accelerator(trainer: DictConfig) -> None:
+    """trainer.accelerator=gpu|cuda|mps on a machine that has that device, and no more CUDA devices asked
+    for than it has (Lightning would stop with a traceback, after the data was read)."""
+    accelerator = str(trainer.get("accelerator", "auto")).lower()
+    cuda = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    mps = MPSAccelerator.is_available()
+    if (accelerator == "cuda" and not cuda) or (accelerator == "gpu" and not (cuda or mps)):
+        raise SettingError(
+            f"trainer.accelerator={trainer.accelerator}: this machine has no GPU that PyTorch can use "
+            f"(torch.cuda.is_available() is False): use trainer.accelerator=cpu (or auto), or run where a GPU is"
+        )
+    if accelerator == "mps" and not mps:
+        raise SettingError(f"trainer.accelerator={trainer.accelerator}: no Apple GPU (MPS) here: use cpu or auto")
+    devices = trainer.get("devices", "auto")
+    if accelerator in ("gpu", "cuda") and cuda and isinstance(devices, int) and not isinstance(devices, bool):
+        if devices > cuda:
+            raise SettingError(
+                f"trainer.devices={devices}: this machine has {cuda} CUDA GPU{'s' if cuda > 1 else ''}: "
+                f"set trainer.devices={cuda} or fewer (or -1 for all)"
+            )
+
+
+def _runs_here(cfg: DictConfig) -> bool:
+    """Whether the job of `cfg` runs on this machine: a sweep checked before Hydra's launcher submits it to
+    a cluster (the config of the command line, with its hydra node) runs elsewhere, and is checked there."""
+    launcher = OmegaConf.select(cfg, "hydra.launcher._target_", default=None, throw_on_missing=False)
+    return launcher is None or str(launcher).rsplit(".", 1)[-1] in LOCAL_LAUNCHERS
+
+
 def _check_trainer_names(trainer: DictConfig) -> None:
     accelerator = trainer.get("accelerator", "auto")
     known = {"auto", "gpu", *AcceleratorRegistry.available_accelerators()}
@@ -161,6 +221,8 @@ def _user_value(check: Any, *args: Any) -> None:
         check(*args)
     except SettingError:
         raise
+    except WeightsMismatchError as err:  # a file the user gave (encoder.weights) that is not its encoder's
+        raise SettingError(str(err)) from None
     except ValueError as err:
         if type(err) is not ValueError and not isinstance(err, SettingError):
             raise  # UnknownEncoderError & co: user errors of their own kind (the command exits 2)
