@@ -52,11 +52,18 @@ CLI = Command(
         Key("classes", str, "a classes.json that must match the model's class table"),
         Key("overlay", bool, "write the colour overlay with its legend"),
         Key("allow_large_images", bool, "lift Pillow's decompression-bomb limit (~89 MP) for these inputs"),
-        Key("overwrite", bool, "replace outputs already in output="),
+        Key(
+            "overwrite",
+            bool,
+            "replace the earlier batch in output= (the files its statistics.json lists; a file no batch "
+            "recorded is never replaced)",
+        ),
         Key("threads", Any, "CPU threads: auto (the CPUs this job may use, less those busy with other work) | N"),
     ),
     notes="An unreadable image, or one that runs out of memory, is reported (file and reason) and the others go "
-    "on; the exit status is then 2. Usage, model and class-table errors exit with 2 before any image is read.",
+    "on; the exit status is then 2. Usage, model and class-table errors exit with 2 before any image is read; "
+    "an output folder that cannot be written (read-only, full) stops the batch with exit 2. statistics.json "
+    "lists every file the batch wrote; files it lists are never read as scans.",
     error=UsageError,
     fills=Settings,
 )
@@ -85,7 +92,9 @@ def settings_from(given: dict[str, Any]) -> Settings:
 def _print_summary(console: Console, rows: list[dict], classes: ClassTable) -> None:
     if not rows:
         return
-    table = Table(title="Damage per image: % of the image (or of the object mask), largest damage classes first")
+    table = Table(
+        title="Damage per image: % of the image (or of the object mask), every damage class present, largest first"
+    )
     table.add_column("image")
     table.add_column("reference")
     table.add_column(f"{classes.names[0]} %", justify="right")
@@ -94,7 +103,7 @@ def _print_summary(console: Console, rows: list[dict], classes: ClassTable) -> N
         damage = sorted(
             ((v["percent"] or 0.0, n) for n, v in r["classes"].items() if n != classes.names[0]), reverse=True
         )
-        shown = ", ".join(f"{n} {p:.2f}" for p, n in damage[:4] if p > 0) or "none"
+        shown = ", ".join(f"{n} {p:.2f}" for p, n in damage if p > 0) or "none"
         table.add_row(Path(r["image"]).name, r["reference"], f"{r['classes'][classes.names[0]]['percent']:.2f}", shown)
     print_titled(console, table)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -204,3 +205,133 @@ def test_a_small_budget_reads_png_in_strips_says_what_is_decoded_whole_and_names
     assert not list(out.glob("cut_*")) and not list(out.glob(".*"))  # nothing half-written
     labels = np.asarray(Image.open(out / "strips_labels.png"))
     assert np.array_equal(labels, predict_label_map(load_model(ckpt), pixels, batch_size=4))
+
+
+def _outputs(folder):
+    return sorted(p.name for p in folder.iterdir())
+
+
+def test_overwrite_replaces_the_earlier_batch_and_nothing_else(ckpt, scans, tmp_path):
+    """The folder says what this batch produced: the earlier batch's maps go (a scan that fails now keeps no
+    old map), files no batch recorded stay."""
+    shutil.copy(CRACKFOREST / "images" / "003.jpg", scans)
+    out = tmp_path / "out"
+    assert main([f"ckpt={ckpt}", f"input={scans}", f"output={out}"]) == 0
+    assert len(json.loads((out / "statistics.json").read_text())["outputs"]) == 2 + 3 * 2
+    (out / "notes.txt").write_text("mine")
+    (out / "my_map.png").write_bytes((out / "003_labels.png").read_bytes())
+    second = tmp_path / "second"
+    second.mkdir()
+    shutil.copy(scans / "001.jpg", second)
+    (second / "002.jpg").write_bytes(b"no longer a JPEG")  # fails now: its earlier map must not stay
+    assert main([f"ckpt={ckpt}", f"input={second}", f"output={out}", "overwrite=true"]) == 2
+    mine = ["my_map.png", "notes.txt"]
+    produced = ["001_labels.png", "001_overlay.png", "statistics.csv", "statistics.json"]
+    assert _outputs(out) == sorted(produced + mine)
+    stats = json.loads((out / "statistics.json").read_text())
+    assert stats["finished"] is True and sorted(stats["outputs"]) == produced
+    assert [r["image"] for r in stats["images"]] == [str(second / "001.jpg")]
+    assert [f["image"] for f in stats["failed"]] == [str(second / "002.jpg")]
+    assert [r["image"] for r in csv.DictReader((out / "statistics.csv").open())] == [str(second / "001.jpg")]
+
+
+def test_overwrite_never_replaces_a_file_no_batch_recorded(ckpt, scans, tmp_path, caplog):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "001_labels.png").write_bytes(b"the user's own map")
+    assert main([f"ckpt={ckpt}", f"input={scans}", f"output={out}", "overwrite=true"]) == 2
+    assert f"{out / '001_labels.png'} exists and no earlier predict batch recorded it" in caplog.text
+    assert "pass another output=" in caplog.text
+    assert _outputs(out) == ["001_labels.png"] and (out / "001_labels.png").read_bytes() == b"the user's own map"
+
+
+def test_an_output_folder_inside_the_input_never_reads_its_maps_as_scans(ckpt, scans, tmp_path, caplog):
+    assert main([f"ckpt={ckpt}", f"input={scans}", f"output={scans}"]) == 0
+    caplog.set_level("WARNING")
+    assert main([f"ckpt={ckpt}", f"input={scans}", f"output={scans}", "overwrite=true"]) == 0
+    stats = json.loads((scans / "statistics.json").read_text())
+    assert [r["image"] for r in stats["images"]] == [str(scans / f"{s}.jpg") for s in IMAGES]
+    assert "4 input file(s) skipped: outputs of a predict batch" in caplog.text
+    maps = tmp_path / "scans" / "maps"  # a subfolder, found by a recursive pattern
+    assert main([f"ckpt={ckpt}", f"input={scans}/**/0*.*", f"output={maps}", "overwrite=true"]) == 0
+    assert main([f"ckpt={ckpt}", f"input={scans}/**/0*.*", f"output={maps}", "overwrite=true"]) == 0
+    stats = json.loads((maps / "statistics.json").read_text())
+    assert [r["image"] for r in stats["images"]] == [str(scans / f"{s}.jpg") for s in IMAGES]
+
+
+def test_output_that_is_a_file_is_refused_and_the_advice_works(ckpt, scans, tmp_path, caplog):
+    taken = tmp_path / "result.txt"
+    taken.write_text("a user's file")
+    assert main([f"ckpt={ckpt}", f"input={scans / '001.jpg'}", f"output={taken}"]) == 2
+    said = caplog.messages[-1]
+    assert said.startswith(f"output={taken} is a file, not a folder") and "Traceback" not in caplog.text
+    assert taken.read_text() == "a user's file"
+    advised = said.rsplit("e.g. ", 1)[1]
+    assert main([f"ckpt={ckpt}", f"input={scans / '001.jpg'}", advised]) == 0
+    assert (tmp_path / "result_maps" / "001_labels.png").exists()
+
+
+def test_a_read_only_output_folder_is_named_and_nothing_is_written(ckpt, scans, tmp_path, monkeypatch, caplog):
+    import errno
+    import tempfile
+
+    import poc59.core.atomic as atomic
+
+    out = tmp_path / "out"
+    out.mkdir()
+    real = tempfile.mkstemp
+
+    def read_only(*args, dir=None, **kwargs):  # what a read-only file system answers (root ignores chmod)
+        if dir is not None and Path(dir) == out:
+            raise OSError(errno.EROFS, "Read-only file system", str(dir))
+        return real(*args, dir=dir, **kwargs)
+
+    monkeypatch.setattr(atomic.tempfile, "mkstemp", read_only)
+    assert main([f"ckpt={ckpt}", f"input={scans}", f"output={out}"]) == 2
+    assert caplog.messages[-1] == (
+        f"cannot write into the output folder {out}: Read-only file system. Free space there or make it writable, "
+        "or pass output=<a writable folder>"
+    )
+    assert _outputs(out) == []
+
+
+def test_a_full_disk_mid_batch_stops_it_naming_the_folder_and_leaves_no_half_outputs(
+    ckpt, scans, tmp_path, monkeypatch, caplog
+):
+    import errno
+
+    import poc59.inference.run as predict
+
+    real = predict.write_bytes
+
+    def full(path, data):
+        if Path(path).name == f"{IMAGES[1]}_overlay.png":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(path, data)
+
+    monkeypatch.setattr(predict, "write_bytes", full)
+    out = tmp_path / "out"
+    assert main([f"ckpt={ckpt}", f"input={scans}", f"output={out}"]) == 2
+    assert caplog.messages[-1].startswith(f"cannot write into the output folder {out}: No space left on device.")
+    assert "Traceback" not in caplog.text
+    names = _outputs(out)
+    assert f"{IMAGES[1]}_labels.png" not in names and not [n for n in names if n.startswith(".")]
+    assert f"{IMAGES[0]}_labels.png" in names
+    stats = json.loads((out / "statistics.json").read_text())
+    assert stats["finished"] is False and set(names) <= set(stats["outputs"])  # what it wrote is recorded
+
+
+def test_the_summary_table_shows_every_damage_class_present(scans, tmp_path, monkeypatch, capsys):
+    import poc59.inference.run as predict
+    from inference.standins import LocalConv, model
+
+    sixteen = model(LocalConv(classes=16, seed=3), policy="resize", image_size=64)
+    monkeypatch.setattr(predict, "load_models", lambda *args: sixteen)
+    out = tmp_path / "out"
+    assert main([f"ckpt={tmp_path / 'unused.ckpt'}", f"input={scans / '001.jpg'}", f"output={out}"]) == 0
+    row = json.loads((out / "statistics.json").read_text())["images"][0]
+    present = [n for n, v in row["classes"].items() if n != "c0" and v["pixels"] > 0]
+    assert len(present) > 4  # more than the table used to show
+    printed = " ".join(capsys.readouterr().out.split())
+    for name in present:
+        assert f"{name} {row['classes'][name]['percent']:.2f}" in printed

@@ -4,7 +4,8 @@ Files people open without poc59: the label map is a palette PNG (mode "P": the
 pixel values are the class ids, the palette the model's colours, 255 = outside
 the object in the ignore colour), the overlay a PNG of the scan with damage in
 its class colour and a legend of the classes present, and the statistics one
-CSV and one JSON for the whole batch. Colours and names come from the model's
+CSV and one JSON for the whole batch (which also records every file the batch wrote, so a later
+`overwrite=true` replaces exactly that batch). Colours and names come from the model's
 class table (`poc59.analysis.colour`). Every file is written atomically.
 """
 
@@ -13,6 +14,9 @@ from __future__ import annotations
 import csv
 import io
 import math
+import struct
+import zlib
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +27,14 @@ from poc59.analysis.colour import legend, lookup_table
 from poc59.core.atomic import write_bytes, write_json
 from poc59.core.classes import ClassTable
 
-__all__ = ["STATISTICS_CONVENTION", "OverlayPicture", "damage_statistics", "label_map_png", "write_statistics"]
+__all__ = [
+    "STATISTICS_CONVENTION",
+    "OverlayPicture",
+    "damage_statistics",
+    "label_map_png",
+    "stacked_png",
+    "write_statistics",
+]
 
 STATISTICS_CONVENTION = (
     "pixels: predicted pixels per class at the scan's own resolution; percent: 100 x pixels / reference pixels, "
@@ -52,37 +63,76 @@ def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
         return ImageFont.load_default()
 
 
+def _chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def stacked_png(parts: Sequence[Image.Image], band_rows: int = 256) -> bytes:
+    """One RGB PNG of `parts` (RGB images of one width) stacked top to bottom, encoded a band of rows at a time:
+    no stacked copy of the pixels is ever made (a scan's overlay and its legend panel are encoded as they are).
+    Rows use PNG's Sub filter and zlib level 1 (scans are large: fast, still lossless)."""
+    width = parts[0].width
+    if any(p.width != width or p.mode != "RGB" for p in parts):
+        raise ValueError(f"stacked parts must be RGB images {width} px wide, got {[(p.mode, p.width) for p in parts]}")
+    deflate = zlib.compressobj(1)
+    compressed = []
+    for part in parts:
+        for y0 in range(0, part.height, band_rows):
+            rows = np.asarray(part.crop((0, y0, width, min(part.height, y0 + band_rows)))).reshape(-1, 3 * width)
+            filtered = np.empty((rows.shape[0], rows.shape[1] + 1), np.uint8)
+            filtered[:, 0] = 1  # filter type Sub: each byte minus the same channel of the pixel to its left
+            filtered[:, 1:4] = rows[:, :3]
+            np.subtract(rows[:, 3:], rows[:, :-3], out=filtered[:, 4:])  # uint8 wraps modulo 256, as PNG defines
+            compressed.append(deflate.compress(filtered.tobytes()))
+    compressed.append(deflate.flush())
+    data = b"".join(compressed)
+    height = sum(p.height for p in parts)
+    idat = [_chunk(b"IDAT", data[i : i + 2**24]) for i in range(0, len(data), 2**24)]
+    header = _chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))  # 8-bit RGB, not interlaced
+    return b"\x89PNG\r\n\x1a\n" + header + b"".join(idat) + _chunk(b"IEND", b"")
+
+
 class OverlayPicture:
     """The scan with damage in its class colour, filled band by band, and a legend panel below it.
 
-    Held as one Pillow RGB image (4 bytes a pixel) that bands are pasted into, so no second full-size copy
-    exists while the PNG is encoded. The legend lists every class of the table (the same legend on every
-    scan of a batch), plus "ignored" when the scan has pixels outside the object.
+    Held as one Pillow RGB image of the scan's size (4 bytes a pixel) that bands are pasted into; the legend
+    panel is drawn once the classes present are known and encoded after the scan's rows (`stacked_png`), so
+    no second full-size copy exists. The legend lists the damage classes the scan holds: Clean (id 0) and
+    pixels outside the object are drawn as the scan itself, so they get no swatch.
     """
 
-    def __init__(self, width: int, height: int, classes: ClassTable, outside: bool = False) -> None:
-        self.height, self.classes = height, classes
-        self.entries = legend(classes, set(range(classes.num_classes)) | ({classes.ignore_index} if outside else set()))
+    def __init__(self, width: int, height: int, classes: ClassTable) -> None:
+        self.width, self.height, self.classes = width, height, classes
         self.font_size = max(12, min(64, width // 60))  # legible on a phone photo and on a 10,000 px scan
         self.font = _font(self.font_size)
-        pad = self.font_size // 2
-        self.cell = self.font_size + 3 * pad + max(int(self.font.getlength(name)) for name, _ in self.entries)
-        self.cols = max(1, (width - pad) // self.cell)
-        panel = math.ceil(len(self.entries) / self.cols) * (self.font_size + pad) + pad
-        self.image = Image.new("RGB", (width, height + panel), (255, 255, 255))
+        self.image = Image.new("RGB", (width, height), (255, 255, 255))
 
     def paste(self, y0: int, rows: np.ndarray) -> None:
         """Rows y0.. of the overlay (uint8 [h, W, 3], e.g. `poc59.analysis.colour.overlay` of a band)."""
         self.image.paste(Image.fromarray(rows), (0, y0))
 
-    def png(self) -> bytes:
-        box, pad = self.font_size, self.font_size // 2
-        draw = ImageDraw.Draw(self.image)
-        for k, (name, rgb) in enumerate(self.entries):
-            x, y = pad + (k % self.cols) * self.cell, self.height + pad + (k // self.cols) * (box + pad)
+    def legend_panel(self, present: set[int]) -> Image.Image:
+        """The legend below the scan: a swatch and name per damage class in `present` (label values), in id
+        order, or "only <class 0>" when there is none."""
+        entries = legend(self.classes, set(present) - {0, self.classes.ignore_index})
+        box = self.font_size
+        pad = box // 2
+        texts = [name for name, _ in entries] or [f"only {self.classes.names[0]}"]
+        cell = box + 3 * pad + max(int(self.font.getlength(t)) for t in texts)
+        cols = max(1, (self.width - pad) // cell)
+        panel = Image.new("RGB", (self.width, math.ceil(len(texts) / cols) * (box + pad) + pad), (255, 255, 255))
+        draw = ImageDraw.Draw(panel)
+        if not entries:
+            draw.text((pad, pad), texts[0], fill=(0, 0, 0), font=self.font)
+        for k, (name, rgb) in enumerate(entries):
+            x, y = pad + (k % cols) * cell, pad + (k // cols) * (box + pad)
             draw.rectangle([x, y, x + box - 1, y + box - 1], fill=tuple(rgb), outline=(0, 0, 0))
             draw.text((x + box + pad, y), name, fill=(0, 0, 0), font=self.font)
-        return _png(self.image)
+        return panel
+
+    def png(self, present: set[int]) -> bytes:
+        """The overlay PNG: the scan, then the legend of the classes in `present` (the label values it holds)."""
+        return stacked_png([self.image, self.legend_panel(present)])
 
 
 def damage_statistics(

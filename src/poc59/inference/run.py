@@ -3,13 +3,22 @@ image (streamed in bands of rows, so a scan never sits in memory as float logits
 
 An unreadable image, or one that runs out of memory, is reported and the rest go on. `python -m
 poc59.predict` is its command (its docstring lists every setting).
+
+The output folder says exactly what one batch produced: statistics.json records every file the batch
+writes ("outputs"; written first with "finished": false, so an interrupted batch is recorded too), and
+`overwrite=true` removes the files the earlier batch recorded before this one writes any, so a scan that
+fails now keeps no earlier map. A file no record lists is never replaced or removed, and a file the
+record beside it lists is never read as a scan (an output folder inside the input folder, or the same). A folder that cannot be
+written (read-only, full, not permitted) stops the batch with the folder named.
 """
 
 from __future__ import annotations
 
+import errno
 import glob
 import json
 import logging
+import shlex
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +37,7 @@ from poc59.core.device import autocast_dtype, resolve_device
 from poc59.core.progress import Steps
 from poc59.inference.image import band_labels, logit_bands, streaming_bytes
 from poc59.inference.outputs import (
+    STATISTICS_CONVENTION,
     OverlayPicture,
     damage_statistics,
     label_map_png,
@@ -45,7 +55,55 @@ log = logging.getLogger("poc59.predict")
 
 
 class UsageError(ValueError):
-    pass
+    """The user's input or setting (exit 2): the message names it and the fix."""
+
+
+class OutputFolderError(UsageError):
+    """The output folder cannot be written (read-only, full, not permitted)."""
+
+
+STATISTICS = ("statistics.csv", "statistics.json")
+_UNWRITABLE = (errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM)
+
+
+def _write(out: Path, name: str, data: bytes) -> Path:
+    """`write_bytes` into the output folder; a folder that cannot be written is an OutputFolderError."""
+    try:
+        return write_bytes(out / name, data)
+    except OSError as err:
+        raise _unwritable(out, err) from None
+
+
+def _unwritable(out: Path, err: OSError) -> Exception:
+    if err.errno not in _UNWRITABLE:
+        return err
+    return OutputFolderError(
+        f"cannot write into the output folder {out}: {err.strerror or err}. Free space there or make it "
+        "writable, or pass output=<a writable folder>"
+    )
+
+
+def _outputs_of(image: Path, overlay: bool) -> list[str]:
+    """The files predict writes for one scan."""
+    return [f"{image.stem}_labels.png"] + ([f"{image.stem}_overlay.png"] if overlay else [])
+
+
+def recorded_outputs(out: Path) -> set[str] | None:
+    """The file names the batch recorded in `out/statistics.json` wrote there (its maps, overlays and
+    statistics), or None when there is no poc59 predict record. A record from before "outputs" existed
+    names its maps in its rows. Names that are not plain file names of `out` are not trusted."""
+    path = out / "statistics.json"
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(record, dict) or record.get("convention") != STATISTICS_CONVENTION:
+        return None
+    names = record.get("outputs")
+    if not isinstance(names, list):
+        rows = record.get("images") if isinstance(record.get("images"), list) else []
+        names = [*STATISTICS, *(r.get(k) for r in rows if isinstance(r, dict) for k in ("labels", "overlay"))]
+    return {n for n in names if isinstance(n, str) and n and Path(n).name == n and not n.startswith(".")}
 
 
 @dataclass
@@ -157,7 +215,7 @@ def predict_image(
     try:
         inside = read_object_mask(mask_path, (scan.width, scan.height), s.allow_large_images) if mask_path else None
         labels = np.empty((scan.height, scan.width), np.uint8)
-        picture = OverlayPicture(scan.width, scan.height, model.classes, inside is not None) if s.overlay else None
+        picture = OverlayPicture(scan.width, scan.height, model.classes) if s.overlay else None
         counts = np.zeros(256, np.int64)
         task = progress.add_task(f"{path.name}", total=scan.height) if progress else None
         for y0, band in logit_bands(model, scan, s.overlap, s.batch_size, s.tta, device, autocast):
@@ -175,9 +233,13 @@ def predict_image(
         scan.close()
         if task is not None:
             progress.remove_task(task)
-    write_bytes(out / f"{path.stem}_labels.png", label_map_png(labels, model.classes))
+    written = [_write(out, f"{path.stem}_labels.png", label_map_png(labels, model.classes))]
     if picture is not None:
-        write_bytes(out / f"{path.stem}_overlay.png", picture.png())
+        try:
+            written.append(_write(out, f"{path.stem}_overlay.png", picture.png(set(np.flatnonzero(counts).tolist()))))
+        except OutputFolderError:
+            written[0].unlink(missing_ok=True)  # no scan keeps half of its outputs
+            raise
     row = damage_statistics(
         str(path), counts, model.classes, (scan.width, scan.height), int(inside.sum()) if inside is not None else None
     )
@@ -187,15 +249,64 @@ def predict_image(
     return row
 
 
-def _existing_outputs(out: Path, images: list[Path]) -> list[Path]:
-    names = ["statistics.csv", "statistics.json"] + [f"{p.stem}_{k}.png" for p in images for k in ("labels", "overlay")]
-    return [out / n for n in names if (out / n).exists()]
+def _check_output_folder(out: Path, planned: list[str], earlier: set[str] | None, overwrite: bool) -> list[Path]:
+    """The earlier batch's files to remove before this one writes; UsageError when the folder cannot take
+    this batch: `output=` is a file, outputs exist without overwrite=true, or a file this batch would write
+    is not one an earlier batch recorded (a user's file is never replaced)."""
+    if out.exists() and not out.is_dir():
+        folder = shlex.quote(f"output={out.parent / (out.stem + '_maps')}")
+        raise UsageError(
+            f"output={out} is a file, not a folder: predict writes a folder of maps and statistics. "
+            f"Pass a folder (created if missing), e.g. {folder}"
+        )
+    ours = earlier or set()
+    existing = [out / n for n in [*STATISTICS, *planned] if (out / n).exists()]
+    existing += sorted(out / n for n in ours - {*STATISTICS, *planned} if (out / n).exists())
+    if existing and not overwrite:
+        raise UsageError(
+            f"{existing[0]} exists ({len(existing)} outputs in {out}); pass overwrite=true or another output="
+        )
+    foreign = [p for p in existing if p.name not in ours]
+    if foreign:
+        raise UsageError(
+            f"{foreign[0]} exists and no earlier predict batch recorded it in {out / 'statistics.json'} "
+            f"({len(foreign)} such file(s)): overwrite=true replaces only files poc59 wrote. Move them away "
+            "or pass another output="
+        )
+    return existing
+
+
+def _start_record(out: Path, outputs: set[str], classes: ClassTable, meta: dict) -> None:
+    """statistics.json (and .csv) naming every file this batch may write, before it writes any: written
+    first so that an interrupted batch is recorded too, and the proof that the folder takes files."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        write_statistics(out, [], classes, _record(meta, [], sorted(outputs), finished=False))
+    except OSError as err:
+        raise _unwritable(out, err) from None
+
+
+def _record(meta: dict, failed: list[dict], outputs: list[str], finished: bool) -> dict:
+    """statistics.json's fields besides the rows: `meta`, the failed scans, whether the batch finished, and
+    the files it wrote (or, unfinished, may have written)."""
+    return meta | {"failed": failed, "finished": finished, "outputs": outputs}
 
 
 def run(s: Settings, console: Console | None = None) -> dict:
     """Predict every input (progress on `console`, default the log's; see poc59.core.progress); returns the
     rows, the failed images and where the statistics went. UsageError before any image is read."""
+    out = Path(s.output).expanduser()
+    earlier = recorded_outputs(out) if out.is_dir() else None
     images = find_inputs(s.input)
+    records = {folder: recorded_outputs(folder) or set() for folder in {p.parent for p in images}}
+    skipped = [p for p in images if p.name in records[p.parent]]
+    if skipped:
+        images = [p for p in images if p.name not in records[p.parent]]
+        log.warning(
+            "%d input file(s) skipped: outputs of a predict batch (listed in the statistics.json beside them): %s",
+            len(skipped),
+            ", ".join(map(str, skipped)),
+        )
     if not images:
         raise UsageError(f"input={s.input}: no image files ({', '.join(IMAGE_SUFFIXES)})")
     stems: dict[str, Path] = {}
@@ -203,12 +314,8 @@ def run(s: Settings, console: Console | None = None) -> dict:
         if p.stem in stems:
             raise UsageError(f"{stems[p.stem]} and {p} would write the same outputs ({p.stem}_labels.png); rename one")
         stems[p.stem] = p
-    out = Path(s.output).expanduser()
-    existing = _existing_outputs(out, images)
-    if existing and not s.overwrite:
-        raise UsageError(
-            f"{existing[0]} exists ({len(existing)} outputs in {out}); pass overwrite=true or another output="
-        )
+    planned = [n for p in images for n in _outputs_of(p, s.overlay)]
+    earlier_files = _check_output_folder(out, planned, earlier, s.overwrite)
     masks = _object_masks(s.object_mask, images)
     device = resolve_device(s.device)
     autocast = autocast_dtype(s.precision, device)
@@ -232,8 +339,21 @@ def run(s: Settings, console: Console | None = None) -> dict:
         ", flip TTA" if s.tta else "",
         device,
     )
-    out.mkdir(parents=True, exist_ok=True)
-    rows, failed = [], []
+    meta = {
+        "model": str(model.source),
+        "ensemble": model.card.provenance.get("ensemble"),  # None for one model
+        "classes": model.classes.to_dict(),
+        "geometry": geometry,
+        "settings": {k: v for k, v in vars(s).items() if k not in ("input", "output")} | {"input": s.input},
+        "predicted": 0,
+    }
+    _start_record(out, {*STATISTICS, *planned, *(p.name for p in earlier_files)}, model.classes, meta)
+    for old in earlier_files:
+        if old.name not in STATISTICS:  # the record itself was just replaced
+            old.unlink(missing_ok=True)
+    if earlier_files:
+        log.info("overwrite=true: the %d file(s) of the earlier batch in %s removed", len(earlier_files), out)
+    rows, failed, written = [], [], list(STATISTICS)
     with Steps(log, "predict", len(images), "images", every_s=0, console=console) as steps:
         for path in images:
             out_of_memory = False
@@ -242,7 +362,10 @@ def run(s: Settings, console: Console | None = None) -> dict:
                     raise ScanError(f"{path}: no object mask named {path.stem}.<ext> in {s.object_mask}")
                 row = predict_image(model, path, masks[path], out, s, device, autocast, steps.bar)
                 rows.append(row)
+                written += [n for n in (row["labels"], row["overlay"]) if n]
                 done = f"{path.name}, {row['width']} x {row['height']} px, {row['seconds']:.1f} s"
+            except OutputFolderError:
+                raise  # the folder, not this scan: nothing more can be written
             except (ScanError, OSError, ValueError, MemoryError, torch.OutOfMemoryError) as err:
                 reason = str(err)
                 out_of_memory = isinstance(err, torch.OutOfMemoryError)  # this scan did not fit; the next may
@@ -254,16 +377,12 @@ def run(s: Settings, console: Console | None = None) -> dict:
             if out_of_memory and device.type == "cuda":
                 torch.cuda.empty_cache()  # out of the except block: the failed scan's tensors are released now
             steps.advance(done)
-    meta = {
-        "model": str(model.source),
-        "ensemble": model.card.provenance.get("ensemble"),  # None for one model
-        "classes": model.classes.to_dict(),
-        "geometry": geometry,
-        "settings": {k: v for k, v in vars(s).items() if k not in ("input", "output")} | {"input": s.input},
-        "predicted": len(rows),
-        "failed": failed,
-    }
-    csv_path, _ = write_statistics(out, rows, model.classes, meta)
+    try:
+        csv_path, _ = write_statistics(
+            out, rows, model.classes, _record(meta | {"predicted": len(rows)}, failed, written, finished=True)
+        )
+    except OSError as err:
+        raise _unwritable(out, err) from None
     return {
         "rows": rows,
         "failed": failed,
