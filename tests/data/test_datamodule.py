@@ -6,6 +6,7 @@ import torch
 
 from helpers import CRACKFOREST, make_folder, write_pair
 from poc59.data.datamodule import SegmentationDataModule
+from poc59.data.sources import DataError
 from poc59.prepare import main as prepare_main
 
 
@@ -124,3 +125,50 @@ def test_files_without_their_partner_are_left_out_under_skip_and_named(tmp_path,
     skipped = {s["id"]: s["reason"] for s in dm.describe()["skipped_files"]}  # what summary.json records
     assert skipped == {"img004": "an image without its mask", "lonely": "a mask without its image"}
     assert "Skipping img004: an image without its mask" in caplog.text
+
+
+def test_prepare_names_a_metadata_file_it_cannot_read_and_a_split_from_other_data_keeps_that_file(
+    tmp_path, caplog, monkeypatch
+):
+    """prepare exits 2 naming metadata.csv (a UTF-16 file without its BOM); a split.json of another data set is
+    refused with advice that leaves that file alone, and following the advice works."""
+    monkeypatch.setenv("POC59_CACHE", str(tmp_path / "cache"))
+    root = make_folder(tmp_path / "d", n=6, copies=0, size=(16, 16))
+    (root / "metadata.csv").write_bytes("id,material\nimg000,film\n".encode("utf-16-le"))
+    args = ["data=artefact", f"data.root={root}", "data.image_size=16", "encoder=tiny"]
+    assert prepare_main(args) == 2
+    assert f"{root / 'metadata.csv'} is not a CSV text file" in caplog.text
+    (root / "metadata.csv").write_text("id,material\nimg000,film\n", encoding="utf-16")  # with its BOM: read
+    assert prepare_main(args) == 0
+    other = make_folder(tmp_path / "other", n=6, copies=0, size=(16, 16), seed=1)
+    (other / "images" / "img005.png").rename(other / "images" / "elsewhere.png")
+    (other / "annotations" / "img005.png").rename(other / "annotations" / "elsewhere.png")
+    split = tmp_path / "run" / "split.json"
+    split.parent.mkdir()
+    split.write_text(json.dumps(_dm(other, tmp_path).split))
+    before = split.read_bytes()
+    caplog.clear()
+    assert prepare_main([*args, f"data.split_file={split}"]) == 2
+    said = " ".join(caplog.text.split())
+    assert "not in the data: elsewhere" in said and "delete" not in said
+    assert "or set data.split_file=null for a new split (the file is left as it is" in said
+    assert prepare_main([*args, "data.split_file=null"]) == 0  # the advice, followed
+    assert split.read_bytes() == before
+
+
+def test_a_resumed_runs_own_split_that_no_longer_fits_the_data_advises_no_split_file_key(tmp_path):
+    """training.run gives a resumed run its own split.json (data.split_file unset): when the images changed,
+    the advice is the data or a new run, never a key the resume would override or deleting the run's record."""
+    root = make_folder(tmp_path / "d", n=6, copies=0, size=(16, 16))
+    split = tmp_path / "run" / "split.json"
+    split.parent.mkdir()
+    split.write_text(json.dumps(_dm(root, tmp_path).split))
+    (root / "images" / "img005.png").rename(root / "images" / "new.png")
+    (root / "annotations" / "img005.png").rename(root / "annotations" / "new.png")
+    dm = SegmentationDataModule(root, image_size=16, batch_size=4, cache_dir=tmp_path / "cache")
+    dm.split_file = split  # as training.run does on resume
+    with pytest.raises(DataError) as err:
+        dm.setup("fit")
+    said = str(err.value)
+    assert f"the run was trained on other images than {root} holds now" in said and "resume=never" in said
+    assert "data.split_file" not in said and "delete" not in said

@@ -34,7 +34,25 @@ def _bad_classes_json(root: Path) -> Path:
     return root
 
 
+def _binary_metadata(root: Path) -> Path:
+    make_folder(root, n=4, copies=0, size=(32, 32))
+    (root / "metadata.csv").write_bytes(bytes(range(256)) * 8)  # e.g. a spreadsheet saved as .xls, renamed
+    return root
+
+
+def _binary_0_255(root: Path) -> Path:
+    """A binary segmentation tool's export: background 0, the object (a crack) saved as 255."""
+    for i in range(6):
+        mask = np.zeros((32, 32), np.uint8)
+        mask[4 * i : 4 * i + 3] = 255
+        write_pair(root, f"crack{i}", np.full((32, 32, 3), 30 * i, np.uint8), mask)
+    (root / "classes.json").write_text(json.dumps(["background", "crack"]))
+    return root
+
+
 CASES = {
+    "binary masks stored as 0/255": (_binary_0_255, "looks like (the object saved as 255). If 255 marks the object"),
+    "metadata.csv binary": (_binary_metadata, "metadata.csv is not UTF-8 text (line 2 holds byte 0x80)"),
     "masks with no labelled pixel": (_all_ignore, "has no labelled pixel: every pixel of its masks is 255"),
     "one source image": (_one_source_image, "needs at least 2 source images, found 1 (only;"),
     "classes.json not JSON": (_bad_classes_json, "classes.json: not valid JSON"),
@@ -118,3 +136,20 @@ def test_skipped_files_are_named_in_the_log_and_summary_on_a_cold_and_a_warm_sta
         log = " ".join((run / "train.log").read_text().split())
         assert str(image) in log and "lone.png" in log
         assert summary["provenance"]["data"]["train_images"] + summary["provenance"]["data"]["val_images"] == 5
+
+
+@pytest.mark.slow
+def test_the_advice_for_masks_stored_as_0_255_trains_on_the_object_when_pasted(tmp_path):
+    """The refusal's fix, copied from its message onto the same command line, trains on the crack class."""
+    root = _binary_0_255(tmp_path / "data")
+    args = [*TINY, f"data.root={root}", f"paths.cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={tmp_path / 'run'}"]
+    refused = subprocess.run([sys.executable, "-m", "poc59.train", *args], capture_output=True, text=True, timeout=300)
+    assert refused.returncode == 2, refused.stderr[-3000:]
+    advice = [w.rstrip(",;") for w in refused.stderr.split() if w.startswith("data.mask_remap=")]
+    assert advice == ["data.mask_remap={255:1}"], refused.stderr[-3000:]
+    done = subprocess.run(
+        [sys.executable, "-m", "poc59.train", *args, *advice], capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    weights = json.loads((tmp_path / "run" / "class_weights.json").read_text())
+    assert weights["counts"][1] > 0 and weights["weights"][1] > weights["weights"][0]  # the crack is a class now

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 
 from poc59.core.classes import load_class_table
@@ -22,7 +23,14 @@ from poc59.data.augment import BatchAugment
 from poc59.data.class_weights import load_or_compute
 from poc59.data.feed import BatchFeed
 from poc59.data.folds import make_folds
-from poc59.data.preload import Preloaded, canvas_side, mapped, preload
+from poc59.data.masks import (
+    check_mask_remap,
+    describe_remap,
+    refuse_lossy_masks,
+    remap_lut,
+    single_class_problem,
+)
+from poc59.data.preload import Preloaded, canvas_side, mapped, mask_label_totals, preload
 from poc59.data.sampling import ClassSites
 from poc59.data.sources import DEFAULT_GROUP_PATTERN, DataError, Sample, discover_pairs
 from poc59.data.split import Split, grouped_split, load_split
@@ -58,6 +66,7 @@ class SegmentationDataModule(L.LightningDataModule):
         allow_large_images: bool = False,
         cv: dict[str, Any] | None = None,
         crop_sampling: dict[str, Any] | None = None,
+        mask_remap: dict[int, int] | None = None,
     ) -> None:
         super().__init__()
         self.root = Path(root).expanduser().resolve()
@@ -77,6 +86,7 @@ class SegmentationDataModule(L.LightningDataModule):
         self.use_aug_copies = bool(use_aug_copies)
         self.test_fraction = float(test_fraction)
         self.split_file = Path(split_file).expanduser().resolve() if split_file else None
+        self._given_split_file = self.split_file  # a split_file set after this is the caller's (a resumed run's)
         self.on_device = bool(on_device)
         self.allow_large_images = bool(allow_large_images)
         cv = {k: v for k, v in dict(cv or {}).items() if v is not None}
@@ -86,6 +96,7 @@ class SegmentationDataModule(L.LightningDataModule):
         if not 0.0 <= self.rare_fraction <= 1.0:
             raise ValueError(f"data.crop_sampling.rare_fraction={self.rare_fraction}: a share of windows, 0 to 1")
         self._sites: ClassSites | None = None
+        self.mask_remap = check_mask_remap(mask_remap)  # {stored mask value: label}; see poc59.data.masks
         self.samples: list[Sample] = []
         self.unpaired: list[dict] = []  # files without their partner, left out under on_bad_file=skip
         self.data: Preloaded | None = None
@@ -111,23 +122,49 @@ class SegmentationDataModule(L.LightningDataModule):
         self.samples, self.unpaired = discover_pairs(self.root, self.group_pattern, self.on_bad_file)
         if not self.use_aug_copies:
             self.samples = [s for s in self.samples if not s.is_copy]
+        self.samples, lossy = refuse_lossy_masks(self.samples, self.on_bad_file)
+        self.unpaired += lossy
+        names, ignore = self.classes.names, self.classes.ignore_index
+        lut = remap_lut(self.mask_remap, self.classes.num_classes, ignore)  # a label outside the table: refused now
+        if self.mask_remap:
+            log.info(
+                "Mask values mapped as masks are read (data.mask_remap): %s",
+                describe_remap(self.mask_remap, names, ignore),
+            )
+        training = stage in ("fit", None)
+
+        def refuse_single_class_early(samples: list[Sample]) -> None:
+            """Before a cold decode: a few masks, and all of them only when those few look like a 0/255 export."""
+            few = samples[:: max(1, len(samples) // 16)][:16]
+            if single_class_problem(mask_label_totals(few, lut), names, ignore, self.root) is not None:
+                problem = single_class_problem(mask_label_totals(samples, lut), names, ignore, self.root)
+                if problem is not None:
+                    raise DataError(problem)
+
         cache_dir = self.cache_dir if self.cache else None
         with pixel_limit(self.allow_large_images):  # lifted for the preload only
             self.data = preload(
                 self.samples,
                 self.image_size,
                 self.classes.num_classes,
-                self.classes.ignore_index,
+                ignore,
                 policy=self.policy,
                 max_side=self.max_side,
                 on_bad_file=self.on_bad_file,
                 cache_dir=cache_dir,
+                mask_remap=self.mask_remap,
+                before_decode=refuse_single_class_early if training else None,
             )
         self.data = mapped(self.data, cache_dir)  # after a cold decode: one copy in RAM, not two
         self.samples = self.data.samples  # without any skipped pair
+        self._check_classes(training)
         if self.split_file is not None:
             self._split = load_split(
-                self.split_file, self.samples, use_aug_copies=self.use_aug_copies, group_pattern=self.group_pattern
+                self.split_file,
+                self.samples,
+                use_aug_copies=self.use_aug_copies,
+                group_pattern=self.group_pattern,
+                **({} if self.split_file == self._given_split_file else {"fix": self._run_split_fix()}),
             )
             self.cv_record = json.loads(self.split_file.read_text()).get("cv")  # a fold's split keeps its record
             log.info("Split read from %s", self.split_file)
@@ -186,6 +223,30 @@ class SegmentationDataModule(L.LightningDataModule):
             len(self._split.test),
             self.seed,
         )
+
+    def _run_split_fix(self) -> str:
+        """The advice when a split.json set by the caller (a resumed run's own) does not fit the data."""
+        return (
+            f"the run was trained on other images than {self.root} holds now: point data.root at the data it was "
+            "trained on, or train on these images as a new run (resume=never starts one in a new folder; the "
+            "run's split.json is left as it is)"
+        )
+
+    def _check_classes(self, training: bool) -> None:
+        """A set whose labelled pixels are all one class while the ignore label covers a share of them (a binary
+        export stored as 0/255, see poc59.data.masks): a DataError when training, a warning otherwise
+        (scoring a model on such images may be meant)."""
+        assert self.data is not None
+        totals = self.label_counts().sum(0).numpy().astype(np.int64)
+        if not self.data.ragged:  # the canvas padding of policy=pad is stored as ignore: not the masks' own
+            side = self.data.masks.shape[-1]
+            totals[self.classes.ignore_index] -= int(len(self.samples) * side * side - self.data.sizes.prod(1).sum())
+        problem = single_class_problem(totals, self.classes.names, self.classes.ignore_index, self.root)
+        if problem is None:
+            return
+        if training:
+            raise DataError(problem)
+        log.warning("%s", problem)
 
     def _check_labelled(self) -> None:
         """DataError when the training or validation side holds no labelled pixel (every mask all ignore):

@@ -43,6 +43,7 @@ import shutil
 import socket
 import threading
 import time
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,6 +57,7 @@ from PIL import Image
 from poc59.core.atomic import write_json
 from poc59.core.pixels import over_limit
 from poc59.core.progress import Steps
+from poc59.data.masks import remap_lut
 from poc59.data.sources import DataError, Sample
 from poc59.data.storage import copy_window, image_view, mask_view
 
@@ -226,19 +228,34 @@ def canvas_side(policy: str, size: int, max_side: int | None) -> int:
 
 
 def load_pair(
-    sample: Sample, size: int, num_classes: int, ignore_index: int, policy: str = "resize", max_side: int | None = None
+    sample: Sample,
+    size: int,
+    num_classes: int,
+    ignore_index: int,
+    policy: str = "resize",
+    max_side: int | None = None,
+    mask_remap: Mapping[int, int] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
     """One pair on its canvas: (image HxWx3, mask HxW, (content height, content width)).
 
     Images are resampled with antialiasing (bilinear over the whole footprint),
-    masks with nearest neighbour, so labels and 255 survive unchanged.
+    masks with nearest neighbour, so labels and 255 survive unchanged. `mask_remap`: see `poc59.data.masks`.
     """
-    image, mask, hw = _load_pair(sample, size, num_classes, ignore_index, policy, max_side)
+    lut = remap_lut(mask_remap, num_classes, ignore_index)
+    image, mask, hw = _load_pair(sample, size, num_classes, ignore_index, policy, max_side, lut=lut)
     return np.require(image, requirements="CW"), np.require(mask, requirements="CW"), hw
 
 
-def _read_pair(sample: Sample, num_classes: int, ignore_index: int) -> tuple[Image.Image, np.ndarray]:
-    """The checked pair as stored: (RGB image, labels [H, W] uint8)."""
+def _read_mask(path: Path, lut: np.ndarray | None) -> np.ndarray:
+    """A mask's labels [H, W] uint8 as stored, mapped through `lut` (data.mask_remap) when given."""
+    labels = _mask_array(_open(path), path)
+    return labels if lut is None else lut[labels]
+
+
+def _read_pair(
+    sample: Sample, num_classes: int, ignore_index: int, lut: np.ndarray | None = None
+) -> tuple[Image.Image, np.ndarray]:
+    """The checked pair as stored: (RGB image, labels [H, W] uint8, mapped through `lut` when given)."""
     image = _open(sample.image)
     mask = _open(sample.mask)
     if image.size != mask.size:
@@ -247,13 +264,18 @@ def _read_pair(sample: Sample, num_classes: int, ignore_index: int) -> tuple[Ima
             f"{sample.mask} is {mask.size[0]}x{mask.size[1]}; an image and its mask must match"
         )
     labels = _mask_array(mask, sample.mask)
+    if lut is not None:
+        labels = lut[labels]
     check_labels(labels, num_classes, ignore_index, sample.mask)
     return _to_rgb(image), labels
 
 
-def load_native(sample: Sample, num_classes: int, ignore_index: int) -> tuple[np.ndarray, np.ndarray]:
-    """One pair at its stored resolution: (image [H, W, 3] uint8, mask [H, W] uint8), read and checked as training reads it."""
-    rgb, labels = _read_pair(sample, num_classes, ignore_index)
+def load_native(
+    sample: Sample, num_classes: int, ignore_index: int, mask_remap: Mapping[int, int] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """One pair at its stored resolution: (image [H, W, 3] uint8, mask [H, W] uint8), read and checked as
+    training reads it (with the run's `mask_remap`, see `poc59.data.masks`)."""
+    rgb, labels = _read_pair(sample, num_classes, ignore_index, remap_lut(mask_remap, num_classes, ignore_index))
     return np.asarray(rgb), labels
 
 
@@ -265,10 +287,11 @@ def _load_pair(
     policy: str,
     max_side: int | None,
     canvas: bool = True,
+    lut: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
     """`load_pair` without its copies: the arrays may be read-only views of Pillow's pixels
     (`canvas=False`: the content alone, as the ragged layout stores it)."""
-    rgb, labels = _read_pair(sample, num_classes, ignore_index)
+    rgb, labels = _read_pair(sample, num_classes, ignore_index, lut)
     lab = Image.fromarray(labels, "L")
     target = content_size(*rgb.size, size, policy, max_side)
     if target != rgb.size:
@@ -283,6 +306,23 @@ def _load_pair(
     img_out[:h, :w] = np.asarray(rgb)
     mask_out[:h, :w] = np.asarray(lab)
     return img_out, mask_out, (h, w)
+
+
+def mask_label_totals(samples: list[Sample], lut: np.ndarray | None = None, workers: int | None = None) -> np.ndarray:
+    """Pixels per label value (256) over the masks of `samples` as stored (mapped through `lut`), reading the
+    masks only; a mask that cannot be read is passed over (the preload names it)."""
+
+    def count(sample: Sample) -> np.ndarray:
+        try:
+            return np.bincount(_read_mask(sample.mask, lut).reshape(-1), minlength=256)
+        except DataError:
+            return np.zeros(256, np.int64)
+
+    totals = np.zeros(256, np.int64)
+    with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
+        for counts in pool.map(count, samples):
+            totals += counts
+    return totals
 
 
 # -- validation before any work ----------------------------------------------------------------
@@ -354,12 +394,20 @@ def check_memory(nbytes: int, what: str) -> None:
 
 
 def cache_key(
-    samples: list[Sample], size: int, policy: str, max_side: int | None, num_classes: int, on_bad_file: str
+    samples: list[Sample],
+    size: int,
+    policy: str,
+    max_side: int | None,
+    num_classes: int,
+    on_bad_file: str,
+    mask_remap: Mapping[int, int] | None = None,
 ) -> str:
-    """Changes whenever any file's name, size or modification time, or the geometry, changes."""
+    """Changes whenever any file's name, size or modification time, the geometry, or the mask remap changes."""
     limit = Image.MAX_IMAGE_PIXELS  # lifted by data.allow_large_images: which pairs are kept may differ
     version = cache_version(policy)
-    h = hashlib.sha256(f"v{version}|{size}|{policy}|{max_side}|{num_classes}|{on_bad_file}|{limit}\n".encode())
+    # the remap only when there is one: the keys of caches written without it stay valid
+    remap = f"|remap={sorted(mask_remap.items())}" if mask_remap else ""
+    h = hashlib.sha256(f"v{version}|{size}|{policy}|{max_side}|{num_classes}|{on_bad_file}|{limit}{remap}\n".encode())
     for s in samples:
         for p in (s.image, s.mask):
             st = p.stat()
@@ -617,10 +665,12 @@ def decode(
     workers: int | None = None,
     *,
     writer: _CacheWriter | None = None,
+    lut: np.ndarray | None = None,
 ) -> Preloaded:
     """Decode all pairs into uint8 tensors, in parallel threads; bad pairs raise, or are skipped and listed.
 
-    `writer` (internal) receives each sample as soon as it is decoded, to write it to the cache.
+    `writer` (internal) receives each sample as soon as it is decoded, to write it to the cache; `lut`
+    maps stored mask values to labels (`poc59.data.masks.remap_lut`).
     """
     start = time.perf_counter()
     samples, skipped, largest, dims = scan(samples, on_bad_file)
@@ -657,7 +707,7 @@ def decode(
         if i + _READ_AHEAD < n:
             _read_ahead(samples[i + _READ_AHEAD])
         try:
-            rgb, lab, hw = _load_pair(samples[i], size, num_classes, ignore_index, policy, max_side, not ragged)
+            rgb, lab, hw = _load_pair(samples[i], size, num_classes, ignore_index, policy, max_side, not ragged, lut)
         except DataError as err:
             if on_bad_file == "error":
                 raise
@@ -735,6 +785,7 @@ def _decode_into_cache(
     on_bad_file: str,
     workers: int | None,
     key: str,
+    lut: np.ndarray | None = None,
 ) -> Preloaded:
     """Decode, writing each sample to a temporary cache folder as it comes; then publish the cache.
 
@@ -747,7 +798,9 @@ def _decode_into_cache(
     tmp.mkdir()
     writer = _CacheWriter(tmp)
     try:
-        data = decode(samples, size, num_classes, ignore_index, policy, max_side, on_bad_file, workers, writer=writer)
+        data = decode(
+            samples, size, num_classes, ignore_index, policy, max_side, on_bad_file, workers, writer=writer, lut=lut
+        )
         writer.close(sync=not writer.error)
         data.key = key
         if writer.error is not None or data.skipped:
@@ -794,11 +847,19 @@ def preload(
     on_bad_file: str = "error",
     cache_dir: str | Path | None = None,
     workers: int | None = None,
+    mask_remap: Mapping[int, int] | None = None,
+    before_decode: Callable[[list[Sample]], None] | None = None,
 ) -> Preloaded:
-    """The decoded set, from the on-disk cache when it is current, else decoded (and cached)."""
+    """The decoded set, from the on-disk cache when it is current, else decoded (and cached).
+
+    `mask_remap` maps stored mask values to labels as masks are read (`poc59.data.masks`; part of the
+    cache key). `before_decode(samples)` runs only when the set is about to be decoded (no current cache):
+    checks that would otherwise wait for the whole decode.
+    """
     start = time.perf_counter()
     folder = None
-    key = cache_key(samples, size, policy, max_side, num_classes, on_bad_file)
+    lut = remap_lut(mask_remap, num_classes, ignore_index)
+    key = cache_key(samples, size, policy, max_side, num_classes, on_bad_file, mask_remap)
     if cache_dir is not None:
         remove_dead_writers(Path(cache_dir))  # what killed preloads left, at every start
         folder = Path(cache_dir) / f"preload-{key}"
@@ -815,12 +876,14 @@ def preload(
             for skipped in cached.skipped:  # named on every start, not only on the one that decoded
                 log.warning("Skipped %s (when the cache was built): %s", skipped["id"], skipped["reason"])
             return cached
+    if before_decode is not None:
+        before_decode(samples)
     if folder is None:
-        data = decode(samples, size, num_classes, ignore_index, policy, max_side, on_bad_file, workers)
+        data = decode(samples, size, num_classes, ignore_index, policy, max_side, on_bad_file, workers, lut=lut)
         data.key = key
     else:
         data = _decode_into_cache(
-            folder, samples, size, num_classes, ignore_index, policy, max_side, on_bad_file, workers, key
+            folder, samples, size, num_classes, ignore_index, policy, max_side, on_bad_file, workers, key, lut
         )
     data.seconds = time.perf_counter() - start
     log.info(

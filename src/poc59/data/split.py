@@ -283,6 +283,12 @@ def grouped_split(
 # -- reading a split back -----------------------------------------------------------------------
 
 
+SPLIT_FIX = (
+    "point data.split_file at a split.json written for these images, or set data.split_file=null for a new split "
+    "(the file is left as it is: it may be another run's record)"
+)
+
+
 def _few(ids: Sequence[str], k: int = 5) -> str:
     shown = ", ".join(list(ids)[:k])
     return shown + (f", ... ({len(ids) - k} more)" if len(ids) > k else "")
@@ -295,6 +301,7 @@ def from_dict(
     use_aug_copies: bool = True,
     group_pattern: str = DEFAULT_GROUP_PATTERN,
     source: str = "split file",
+    fix: str = SPLIT_FIX,
 ) -> Split:
     """Map the ids of a split.json back to indices into `samples`; refuse anything that isn't the same data.
 
@@ -307,46 +314,48 @@ def from_dict(
       the ids (the file was edited by hand): DataError. A file without a fingerprint
       is taken as written on purpose and not checked.
     """
-    ids = _listed_ids(d, source)
+    ids = _listed_ids(d, source, fix)
     index = {s.id: i for i, s in enumerate(samples)}
-    _check_listed_in_data(ids, index, re.compile(group_pattern), use_aug_copies, source)
+    _check_listed_in_data(ids, index, re.compile(group_pattern), use_aug_copies, source, fix)
     out = {
         side: [index[x] for x in ids[side] if x in index and (use_aug_copies or not samples[index[x]].is_copy)]
         for side in SIDES
     }
-    sides = _sides_of_groups(out, samples, source)
-    _place_unlisted(out, samples, {x for side in SIDES for x in ids[side]}, sides, use_aug_copies, source)
+    sides = _sides_of_groups(out, samples, source, fix)
+    _place_unlisted(out, samples, {x for side in SIDES for x in ids[side]}, sides, use_aug_copies, source, fix)
     return Split(*(tuple(sorted(out[side])) for side in SIDES))
 
 
-_FIX = "regenerate it (delete the file or point data.split_file elsewhere, and a new split is made)"
-
-
-def _listed_ids(d: Any, source: str) -> dict[str, list[str]]:
+def _listed_ids(d: Any, source: str, fix: str) -> dict[str, list[str]]:
     """{side: ids} of a split file, once its shape, its fingerprint and its ids (none twice) are checked."""
     if not isinstance(d, dict) or not all(isinstance(d.get(side), list) for side in ("train", "val")):
-        raise DataError(f'{source}: not a split file (expected lists "train" and "val" of image ids); {_FIX}')
+        raise DataError(f'{source}: not a split file (expected lists "train" and "val" of image ids); {fix}')
     if "test" in d and not isinstance(d["test"], list):
-        raise DataError(f'{source}: "test" must be a list of image ids; {_FIX}')
+        raise DataError(f'{source}: "test" must be a list of image ids; {fix}')
     ids = {side: [str(x) for x in d.get(side) or []] for side in SIDES}
     if "fingerprint" in d:
         expected = _fingerprint(ids) if "test" in d else _fingerprint({"train": ids["train"], "val": ids["val"]})
         if d["fingerprint"] != expected:
             raise DataError(
                 f"{source}: fingerprint {d['fingerprint']} does not match its ids ({expected}): the file was edited "
-                f'after it was written; {_FIX}, or remove the "fingerprint" entry if the edit is deliberate'
+                f'after it was written; {fix}, or remove the "fingerprint" entry if the edit is deliberate'
             )
     if not ids["train"] or not ids["val"]:
-        raise DataError(f"{source}: no {'training' if not ids['train'] else 'validation'} images listed; {_FIX}")
+        raise DataError(f"{source}: no {'training' if not ids['train'] else 'validation'} images listed; {fix}")
     listed = Counter(x for side in SIDES for x in ids[side])
     twice = sorted(x for x, n in listed.items() if n > 1)
     if twice:
-        raise DataError(f"{source}: {len(twice)} id(s) listed more than once: {_few(twice)}; {_FIX}")
+        raise DataError(f"{source}: {len(twice)} id(s) listed more than once: {_few(twice)}; {fix}")
     return ids
 
 
 def _check_listed_in_data(
-    ids: dict[str, list[str]], index: dict[str, int], copy_re: re.Pattern, use_aug_copies: bool, source: str
+    ids: dict[str, list[str]],
+    index: dict[str, int],
+    copy_re: re.Pattern,
+    use_aug_copies: bool,
+    source: str,
+    fix: str,
 ) -> None:
     """Every listed id is in the data (without copies in use, a listed copy may be gone)."""
     missing = list(dict.fromkeys(x for side in SIDES for x in ids[side] if x not in index))
@@ -355,11 +364,13 @@ def _check_listed_in_data(
     if missing:
         raise DataError(
             f"{source}: {len(missing)} image id(s) in the split are not in the data: {_few(sorted(missing))}. "
-            f"A split file must describe the same images; {_FIX}"
+            f"A split file must describe the same images; {fix}"
         )
 
 
-def _sides_of_groups(out: dict[str, list[int]], samples: Sequence[Sample], source: str) -> dict[str, set[str]]:
+def _sides_of_groups(
+    out: dict[str, list[int]], samples: Sequence[Sample], source: str, fix: str
+) -> dict[str, set[str]]:
     """{group: the sides its listed images are on}; a group on two sides is a DataError."""
     sides: dict[str, set[str]] = defaultdict(set)
     for side in SIDES:
@@ -369,7 +380,7 @@ def _sides_of_groups(out: dict[str, list[int]], samples: Sequence[Sample], sourc
     if crossing:
         raise DataError(
             f"{source}: {len(crossing)} source image(s) have copies on more than one side: {_few(crossing)} "
-            f"(an original and its copies must stay on one side); {_FIX}"
+            f"(an original and its copies must stay on one side); {fix}"
         )
     return sides
 
@@ -381,6 +392,7 @@ def _place_unlisted(
     sides: dict[str, set[str]],
     use_aug_copies: bool,
     source: str,
+    fix: str,
 ) -> None:
     """A copy the file does not list joins training if its group trains, else stays out (validation and test
     stay as the file lists them); any other image the file does not list is a DataError."""
@@ -396,7 +408,7 @@ def _place_unlisted(
     if unknown:
         raise DataError(
             f"{source}: {len(unknown)} image(s) in the data are not in the split: {_few(unknown)}. "
-            f"A split file must describe the same images; {_FIX}"
+            f"A split file must describe the same images; {fix}"
         )
 
 
@@ -406,8 +418,10 @@ def load_split(
     *,
     use_aug_copies: bool = True,
     group_pattern: str = DEFAULT_GROUP_PATTERN,
+    fix: str = SPLIT_FIX,
 ) -> Split:
-    """Read a split.json (see `from_dict`); DataError naming the file when it is missing or not JSON."""
+    """Read a split.json (see `from_dict`); DataError naming the file when it is missing or not JSON. `fix` is
+    the advice a refusal ends with (the default's keys are those of a split the user gave)."""
     path = Path(path)
     try:
         d = json.loads(path.read_text())
@@ -416,10 +430,8 @@ def load_split(
             f"data.split_file not found: {path}; point it at an existing split.json or set it to null"
         ) from None
     except (OSError, json.JSONDecodeError) as err:
-        raise DataError(
-            f"data.split_file {path} is not readable JSON ({err}); regenerate it or point data.split_file elsewhere"
-        ) from None
-    return from_dict(d, samples, use_aug_copies=use_aug_copies, group_pattern=group_pattern, source=str(path))
+        raise DataError(f"data.split_file {path} is not readable JSON ({err}); {fix}") from None
+    return from_dict(d, samples, use_aug_copies=use_aug_copies, group_pattern=group_pattern, source=str(path), fix=fix)
 
 
 def save_split(split: Split, samples: Sequence[Sample], path: str | Path) -> dict[str, Any]:
