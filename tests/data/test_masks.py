@@ -15,7 +15,7 @@ import poc59.data.preload as preload_module
 from helpers import make_folder, write_pair
 from poc59.core.config import SettingError
 from poc59.data.datamodule import SegmentationDataModule
-from poc59.data.masks import check_mask_remap, lossy_format
+from poc59.data.masks import IGNORE_SHARE, check_mask_remap, lossy_format, single_class_problem
 from poc59.data.preload import cache_key
 from poc59.data.sources import DataError, discover
 
@@ -145,3 +145,14 @@ def test_the_remap_is_part_of_the_cache_key_and_is_checked(tmp_path, caplog):
         with pytest.raises(SettingError, match="data.mask_remap="):
             check_mask_remap(bad)
     assert check_mask_remap({"255": "1"}) == {255: 1} and check_mask_remap(None) == {}
+
+
+def test_the_threshold_catches_sparse_defects_and_names_only_sets_of_one_class():
+    names = ["background", "crack"]
+    totals = np.zeros(256, np.int64)
+    totals[0], totals[255] = 1_000_000 - 300, 300  # defects on 0.03 % of the pixels, saved as 255
+    assert IGNORE_SHARE <= 0.0003 and single_class_problem(totals, names, 255, "ROOT") is not None
+    totals[255] = 50  # 0.005 %: nothing hints at a 0/255 export
+    assert single_class_problem(totals, names, 255, "ROOT") is None
+    totals[255], totals[1] = 300, 10  # a second class: a set to learn from, whatever 255 covers
+    assert single_class_problem(totals, names, 255, "ROOT") is None
