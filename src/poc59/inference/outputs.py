@@ -67,23 +67,32 @@ def _chunk(kind: bytes, data: bytes) -> bytes:
     return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
 
+def _up_filtered(rows: np.ndarray, above: np.ndarray) -> np.ndarray:
+    """PNG scanlines [h, 1 + 3W] of RGB rows [h, 3W] uint8 under the Up filter (each byte minus the byte above
+    it, modulo 256); `above` is the row before the first (zeros at the top of the image). On photographs and
+    overlays Up compresses as well as Pillow's adaptive choice (within 1 %), in less than half its time."""
+    out = np.empty((rows.shape[0], rows.shape[1] + 1), np.uint8)
+    out[:, 0] = 2  # filter type Up
+    np.subtract(rows[0], above, out=out[0, 1:])  # uint8 arithmetic wraps modulo 256, as PNG defines
+    np.subtract(rows[1:], rows[:-1], out=out[1:, 1:])
+    return out
+
+
 def stacked_png(parts: Sequence[Image.Image], band_rows: int = 256) -> bytes:
     """One RGB PNG of `parts` (RGB images of one width) stacked top to bottom, encoded a band of rows at a time:
     no stacked copy of the pixels is ever made (a scan's overlay and its legend panel are encoded as they are).
-    Rows use PNG's Sub filter and zlib level 1 (scans are large: fast, still lossless)."""
+    The Up row filter and zlib level 1 (scans are large: fast, still lossless)."""
     width = parts[0].width
     if any(p.width != width or p.mode != "RGB" for p in parts):
         raise ValueError(f"stacked parts must be RGB images {width} px wide, got {[(p.mode, p.width) for p in parts]}")
     deflate = zlib.compressobj(1)
     compressed = []
+    above = np.zeros(3 * width, np.uint8)
     for part in parts:
         for y0 in range(0, part.height, band_rows):
             rows = np.asarray(part.crop((0, y0, width, min(part.height, y0 + band_rows)))).reshape(-1, 3 * width)
-            filtered = np.empty((rows.shape[0], rows.shape[1] + 1), np.uint8)
-            filtered[:, 0] = 1  # filter type Sub: each byte minus the same channel of the pixel to its left
-            filtered[:, 1:4] = rows[:, :3]
-            np.subtract(rows[:, 3:], rows[:, :-3], out=filtered[:, 4:])  # uint8 wraps modulo 256, as PNG defines
-            compressed.append(deflate.compress(filtered.tobytes()))
+            compressed.append(deflate.compress(_up_filtered(rows, above).tobytes()))
+            above = rows[-1]
     compressed.append(deflate.flush())
     data = b"".join(compressed)
     height = sum(p.height for p in parts)
