@@ -11,7 +11,7 @@ import torch
 
 from poc59.artifacts.ensemble import load_ensemble, members_of
 from poc59.artifacts.exported import load_onnx, load_torchscript
-from poc59.artifacts.trained import ModelLoadError, TrainedModel, load_checkpoint
+from poc59.artifacts.trained import ModelLoadError, TrainedModel, best_checkpoint, load_checkpoint
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> TrainedModel:
@@ -42,7 +42,7 @@ def load_models(
 def locate_checkpoint(
     run_dir: str | Path | None, ckpt: str | Path | None, error: type[Exception] = ModelLoadError
 ) -> tuple[Path, Path | None]:
-    """(checkpoint, run folder or None): `ckpt`, else the run folder's checkpoints/best.ckpt; `error` names the fix."""
+    """(checkpoint, run folder or None): `ckpt`, else the run folder's best (`best_checkpoint`); `error` names the fix."""
     run = Path(run_dir).expanduser().resolve() if run_dir is not None else None
     if run is not None and not (run / "config.yaml").is_file():
         raise error(
@@ -50,7 +50,7 @@ def locate_checkpoint(
             "e.g. outputs/runs/<name>; or pass ckpt=<file> data.root=<dataset>"
         )
     if ckpt is None:
-        ckpt = run / "checkpoints" / "best.ckpt"
+        ckpt = best_checkpoint(run)
         if not ckpt.is_file():
             raise error(
                 f"{ckpt} not found: the run has not finished a validation epoch. "

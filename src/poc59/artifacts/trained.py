@@ -9,6 +9,7 @@ from the run is needed.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -26,7 +27,7 @@ from poc59.model.segmenter import Segmenter
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ModelLoadError", "TrainedModel", "load_checkpoint"]
+__all__ = ["ModelLoadError", "TrainedModel", "best_checkpoint", "checkpoint_identity", "load_checkpoint", "scored_this"]
 
 
 class ModelLoadError(ValueError):
@@ -68,6 +69,41 @@ class TrainedModel:
     @property
     def image_size(self) -> int:
         return self.card.image_size
+
+
+def best_checkpoint(run_dir: str | Path) -> Path:
+    """The run's best checkpoint, the one file every command (evaluate, export, predict, compare) uses for
+    `run_dir=`: the file its summary.json records (by name, in this run's own checkpoints/ folder: a moved or
+    copied run names its own), else checkpoints/best.ckpt.
+
+    Training keeps one best.ckpt per run (poc59.training.checkpointing.RunCheckpoint); runs trained before it
+    may have recorded a best-v1.ckpt written beside an older best.ckpt by a resume, and that is their best.
+    """
+    folder = Path(run_dir) / "checkpoints"
+    try:
+        recorded = (json.loads((Path(run_dir) / "summary.json").read_text()).get("checkpoint") or {}).get("best")
+    except (OSError, ValueError, AttributeError):  # no summary yet (a run still training), or not readable
+        recorded = None
+    if recorded and (folder / Path(recorded).name).is_file():
+        return folder / Path(recorded).name
+    return folder / "best.ckpt"
+
+
+def checkpoint_identity(path: str | Path) -> dict[str, Any]:
+    """What tells one checkpoint file from another written later in its place: its name, size and modification
+    time (ns). Training replaces a checkpoint whole (a new file each time: poc59.training.checkpointing), and
+    `cp -a` of a run keeps all three, so a copied run's evaluations stay its own."""
+    stat = Path(path).stat()
+    return {"name": Path(path).name, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+
+
+def scored_this(record: dict[str, Any], path: str | Path, epoch: int | None) -> bool:
+    """Whether an evaluation (its metrics.json `record`) scored the checkpoint now at `path`: by the identity it
+    recorded, or, for evaluations written before identities were recorded, by file name and `epoch`."""
+    recorded = record.get("checkpoint_identity")
+    if recorded is not None:
+        return Path(path).is_file() and recorded == checkpoint_identity(path)
+    return Path(record.get("checkpoint") or "").name == Path(path).name and record.get("checkpoint_epoch") == epoch
 
 
 def _run_dir_of(ckpt: Path) -> Path | None:

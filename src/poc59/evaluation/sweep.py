@@ -2,7 +2,7 @@
 
     python -m poc59.evaluate sweep=outputs/sweeps/<date_time> [split=val] [the options of evaluate]
 
-A run is finished when it has summary.json and checkpoints/best.ckpt; the others are listed as
+A run is finished when it has summary.json and its best checkpoint (best.ckpt); the others are listed as
 skipped (python -m poc59.sweep_status tells why). A run whose evaluation fails is listed with its
 error and the others go on. Each run's metrics.json lands in <run>/evaluation/<split>/; the list
 of runs and their status in <sweep>/evaluation-<split>.json.
@@ -19,6 +19,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from poc59.artifacts.trained import best_checkpoint
 from poc59.core.atomic import write_json
 from poc59.core.logs import print_titled, results_console
 from poc59.evaluation.run import EvaluateError, evaluate_run
@@ -59,7 +60,8 @@ def evaluate_all(sweep: str | Path, split: str | None = "val", out: Any = None, 
     rows = []
     for run in runs:
         row: dict[str, Any] = {"run_dir": str(run), "status": "skipped", "miou": None, "metrics": None, "reason": None}
-        missing = [m for m in ("summary.json", "checkpoints/best.ckpt") if not (run / m).is_file()]
+        best = best_checkpoint(run).relative_to(run)
+        missing = [str(m) for m in (Path("summary.json"), best) if not (run / m).is_file()]
         if missing:
             row["reason"] = (
                 f"unfinished or failed: no {' and no '.join(missing)} (python -m poc59.sweep_status sweep={folder})"
