@@ -9,9 +9,11 @@ are dynamic (H and W multiples of the encoder's input multiple). Beside the mode
 `model.card.json` holds what the graph cannot: classes, palette, normalisation,
 geometry, network, the run's metrics, provenance and the parity check.
 
-Options: opset=18, check=true (parity against the PyTorch model at the training
-size and a non-square size), tolerance=1e-4 (max absolute logits difference),
-exporter=trace|dynamo. `trace` is torch.onnx's TorchScript-based exporter
+Options: opset=18 (9 to 20 with exporter=trace, 18 to 23 with dynamo), check=true
+(parity against the PyTorch model at the training size and a non-square size: it
+passes when at least min_agreement=0.999 of the pixels get the same label and the
+largest logits difference is at most tolerance=1e-3 times the largest logit's
+magnitude), exporter=trace|dynamo. `trace` is torch.onnx's TorchScript-based exporter
 (dynamo=False): seconds for every preset. `dynamo` is torch.export's (needs
 onnxscript): measured on 2 CPU cores it takes about 1 CPU minute for MiT-B3
 and did not finish in 6 for MaxViT, so it is opt-in.
@@ -26,7 +28,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from poc59.artifacts.export import SUFFIXES, ExportError, export_model
+from poc59.artifacts.export import SUFFIXES, ExportError, export_model, passes
 from poc59.artifacts.trained import ModelLoadError
 from poc59.core.cli import Command, Key, Paths, run_command
 from poc59.core.logs import print_titled, results_console
@@ -39,9 +41,13 @@ def print_parity(card: dict[str, Any], console: Console) -> None:
     if not parity_record:
         console.print("Parity check skipped (check=false).")
         return
-    tolerance = next(e["tolerance"] for e in parity_record.values() if isinstance(e, dict))
-    table = Table(title=f"Export parity against the PyTorch model (CPU, float32; tolerance {tolerance:g})")
-    for column in ("format", "input BxCxHxW", "max |logits diff|", "labels agreeing", "ok"):
+    entry = next(e for e in parity_record.values() if isinstance(e, dict))
+    tolerance, agreement = entry["tolerance"], entry["min_agreement"]
+    table = Table(
+        title=f"Export parity against the PyTorch model (CPU, float32; labels agreeing >= {100 * agreement:g} %, "
+        f"logits difference <= {tolerance:g} x the largest logit)"
+    )
+    for column in ("format", "input BxCxHxW", "max |logits diff|", "relative", "labels agreeing", "ok"):
         table.add_column(column)
     for fmt in SUFFIXES:
         for row in parity_record.get(fmt, {}).get("sizes", []):
@@ -49,8 +55,9 @@ def print_parity(card: dict[str, Any], console: Console) -> None:
                 fmt,
                 "x".join(map(str, row["input_shape"])),
                 f"{row['max_abs_diff']:.2e}",
+                f"{row['max_rel_diff']:.2e}",
                 f"{100 * row['label_agreement']:.3f} %",
-                "yes" if row["max_abs_diff"] <= tolerance else "NO",
+                "yes" if passes(row, tolerance, agreement) else "NO",
             )
     print_titled(console, table)
     console.print(f"({parity_record['convention']})")
@@ -72,9 +79,14 @@ CLI = Command(
         Key("sweep", str, "or an ensemble of the best.ckpt of every finished run of this sweep"),
         Key("out", str, "output folder (default: <run>/export, or <checkpoint name>-export beside it)"),
         Key("format", str, "onnx | torchscript | both"),
-        Key("opset", int, "ONNX opset"),
+        Key("opset", int, "ONNX opset: 9 to 20 with exporter=trace, 18 to 23 with exporter=dynamo"),
         Key("check", bool, "parity against the PyTorch model at the training size and a non-square size"),
-        Key("tolerance", float, "largest absolute logits difference the parity check accepts"),
+        Key(
+            "tolerance",
+            float,
+            "largest logits difference the parity check accepts, relative to the largest logit's magnitude",
+        ),
+        Key("min_agreement", float, "share of pixels whose exported label must equal PyTorch's (0 to 1)"),
         Key("exporter", str, "trace (torch.onnx, seconds) | dynamo (torch.export: minutes, needs onnxscript)"),
     ),
     notes="Exit 0 done, 1 the parity check failed (the files are written), 2 a bad setting or model.",

@@ -124,25 +124,52 @@ def test_quickstart_export_card_and_parity(quickstart):
         sizes = [r["input_shape"] for r in card["parity"][fmt]["sizes"]]
         assert sizes == [[2, 3, SIDE, SIDE], [1, 3, SIDE, SIDE + 32]]  # the training size and a non-square one
         assert card["parity"][fmt]["passed"] and card["parity"][fmt]["max_abs_diff"] <= TOLERANCE
+        assert card["parity"][fmt]["label_agreement"] >= card["parity"][fmt]["min_agreement"]
 
 
 def test_parity_beyond_tolerance_exits_1_with_the_files_written(quickstart, tmp_path, caplog):
-    """Half the difference the quickstart export really showed: the same export now misses its tolerance.
-    The files and the card are written (and say it failed); the command exits 1 (poc59's side, not the input)."""
+    """Half the (relative) difference the quickstart export really showed: the same export now misses its
+    tolerance. The files and the card are written (and say it failed); the command exits 1 (poc59's side)."""
     run, out = quickstart
-    seen = json.loads((out / "model.card.json").read_text())["parity"]["onnx"]["max_abs_diff"]
+    seen = json.loads((out / "model.card.json").read_text())["parity"]["onnx"]["max_rel_diff"]
     assert seen > 0  # ONNX Runtime's kernels are not PyTorch's: a real, small difference
     again = tmp_path / "again"
     assert main([f"run_dir={run}", f"out={again}", "format=onnx", f"tolerance={seen / 2}"]) == 1
     assert "Parity beyond tolerance for onnx" in caplog.text
     card = json.loads((again / "model.card.json").read_text())
-    assert card["parity"]["onnx"]["passed"] is False and card["parity"]["onnx"]["max_abs_diff"] == pytest.approx(
+    assert card["parity"]["onnx"]["passed"] is False and card["parity"]["onnx"]["max_rel_diff"] == pytest.approx(
         seen, rel=0.01
     )
     assert (again / "model.onnx").stat().st_size > 0
     assert main([f"run_dir={run}", f"out={tmp_path / 'no'}", "tolerance=-1"]) == 2
-    assert "tolerance=-1.0: the largest absolute logits difference accepted" in caplog.text
+    assert "tolerance=-1.0: the largest logits difference accepted, relative to" in caplog.text
     assert not (tmp_path / "no").exists()
+
+
+def test_parity_is_judged_on_labels_and_relative_logits(quickstart, tmp_path):
+    """The quickstart checkpoint with its last layer scaled x1000: the same labels (argmax is unchanged by a
+    positive scale), logits 1000 times larger, and float32 rounding with them: the absolute difference is far
+    beyond 1e-4 (the old default failed such a model), the relative one is what it was. It passes."""
+    run, _ = quickstart
+    ckpt = torch.load(run / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=False)
+    for key in ("segmenter.net.segmentation_head.0.weight", "segmenter.net.segmentation_head.0.bias"):
+        ckpt["state_dict"][key] = ckpt["state_dict"][key] * 1000
+    scaled = tmp_path / "scaled.ckpt"
+    torch.save(ckpt, scaled)
+    assert main([f"ckpt={scaled}", f"out={tmp_path / 'x'}", "format=onnx"]) == 0
+    parity_record = json.loads((tmp_path / "x" / "model.card.json").read_text())["parity"]
+    onnx = parity_record["onnx"]
+    assert onnx["max_abs_diff"] > 1e-4 and onnx["max_rel_diff"] <= onnx["tolerance"] == 1e-3
+    assert onnx["label_agreement"] >= onnx["min_agreement"] == 0.999 and onnx["passed"]
+    assert "label agreement" in parity_record["convention"] and "relative" in parity_record["convention"]
+
+
+def test_opset_outside_the_exporters_range_is_refused(quickstart, tmp_path, caplog):
+    run, _ = quickstart
+    assert main([f"run_dir={run}", f"out={tmp_path / 'x'}", "opset=5"]) == 2
+    assert "opset=5: exporter=trace writes ONNX opsets 9 to 20; pass opset= in that range" in caplog.text
+    assert main([f"run_dir={run}", f"out={tmp_path / 'x'}", "opset=5", "format=torchscript"]) == 0  # no ONNX
+    assert not (tmp_path / "x" / "model.onnx").exists()
 
 
 def test_exported_models_load_and_predict_like_the_checkpoint(quickstart):
