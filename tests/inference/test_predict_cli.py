@@ -257,6 +257,8 @@ def test_an_output_folder_inside_the_input_never_reads_its_maps_as_scans(ckpt, s
     assert main([f"ckpt={ckpt}", f"input={scans}/**/0*.*", f"output={maps}", "overwrite=true"]) == 0
     stats = json.loads((maps / "statistics.json").read_text())
     assert [r["image"] for r in stats["images"]] == [str(scans / f"{s}.jpg") for s in IMAGES]
+    assert main([f"ckpt={ckpt}", f"input={maps}", f"output={tmp_path / 'again'}"]) == 2
+    assert caplog.messages[-1].startswith(f"input={maps}: its only images are outputs of a predict batch")
 
 
 def test_output_that_is_a_file_is_refused_and_the_advice_works(ckpt, scans, tmp_path, caplog):

@@ -7,9 +7,9 @@ poc59.predict` is its command (its docstring lists every setting).
 The output folder says exactly what one batch produced: statistics.json records every file the batch
 writes ("outputs"; written first with "finished": false, so an interrupted batch is recorded too), and
 `overwrite=true` removes the files the earlier batch recorded before this one writes any, so a scan that
-fails now keeps no earlier map. A file no record lists is never replaced or removed, and a file the
-record beside it lists is never read as a scan (an output folder inside the input folder, or the same). A folder that cannot be
-written (read-only, full, not permitted) stops the batch with the folder named.
+fails now keeps no earlier map. A file no record lists is never replaced or removed, and a file that the
+statistics.json beside it lists is never read as a scan (an output folder inside the input folder, or the
+same folder). A folder that cannot be written (read-only, full, not permitted) stops the batch, named.
 """
 
 from __future__ import annotations
@@ -89,9 +89,9 @@ def _outputs_of(image: Path, overlay: bool) -> list[str]:
 
 
 def recorded_outputs(out: Path) -> set[str] | None:
-    """The file names the batch recorded in `out/statistics.json` wrote there (its maps, overlays and
-    statistics), or None when there is no poc59 predict record. A record from before "outputs" existed
-    names its maps in its rows. Names that are not plain file names of `out` are not trusted."""
+    """The names of the files that the predict batch recorded in `out/statistics.json` wrote into `out` (its
+    maps, overlays and statistics), or None when there is no predict record there. A record older than its
+    "outputs" field names its maps in its rows. A name that is not a plain file name is not trusted."""
     path = out / "statistics.json"
     try:
         record = json.loads(path.read_text(encoding="utf-8"))
@@ -306,6 +306,11 @@ def run(s: Settings, console: Console | None = None) -> dict:
             "%d input file(s) skipped: outputs of a predict batch (listed in the statistics.json beside them): %s",
             len(skipped),
             ", ".join(map(str, skipped)),
+        )
+    if not images and skipped:
+        raise UsageError(
+            f"input={s.input}: its only images are outputs of a predict batch (listed in the statistics.json "
+            "beside them), never read as scans; pass the scans' folder as input="
         )
     if not images:
         raise UsageError(f"input={s.input}: no image files ({', '.join(IMAGE_SUFFIXES)})")
