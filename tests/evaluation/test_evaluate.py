@@ -223,6 +223,52 @@ def test_bad_input_names_the_fix(run, tmp_path, caplog):
     assert "not a run folder" in caplog.text
 
 
+def test_a_negative_batch_size_is_a_setting(run, caplog):
+    with caplog.at_level(logging.ERROR):
+        assert main([f"run_dir={run}", "batch_size=-5"]) == 2
+    assert "batch_size=-5: images per forward pass, a whole number >= 1 (e.g. batch_size=8)" in caplog.text
+    assert "Traceback" not in caplog.text
+
+
+@pytest.fixture
+def disk(tmp_path):
+    """mount(size, read_only) -> a private tmpfs folder: a full or read-only disk for real (root in a container
+    that may mount, as on this project's machines and CI), unmounted after the test."""
+    mounted = []
+
+    def mount(size: str, read_only: bool = False) -> Path:
+        where = tmp_path / f"disk{len(mounted)}"
+        where.mkdir()
+        options = f"size={size}" + (",ro" if read_only else "")
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)], capture_output=True)
+        if done.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here to make a full or read-only disk: {done.stderr.decode().strip()}")
+        mounted.append(where)
+        return where
+
+    yield mount
+    for where in mounted:
+        subprocess.run(["umount", str(where)], check=True)
+
+
+def test_a_read_only_out_folder_is_named_before_any_scoring(run, disk, caplog):
+    read_only = disk("1m", read_only=True)
+    with caplog.at_level(logging.INFO):
+        assert main([f"run_dir={run}", f"out={read_only / 'eval'}", "bootstrap.resamples=20"]) == 2
+    assert f"out={read_only / 'eval'}: cannot write there (a read-only file system" in caplog.text
+    assert "Pass out=<a folder on a writable disk with free space>" in caplog.text
+    assert "Evaluating " not in caplog.text and "Traceback" not in caplog.text  # refused before the model or data
+
+
+def test_a_full_out_folder_is_named_and_leaves_no_partial_results(run, disk, caplog):
+    full = disk("48k")  # room for a picture or two, not for all of them and metrics.json
+    with caplog.at_level(logging.ERROR):
+        assert main([f"run_dir={run}", f"out={full}", "bootstrap.resamples=20"]) == 2
+    assert f"out={full}: cannot write there (no space left on its disk" in caplog.text
+    assert "Traceback" not in caplog.text
+    assert [p.name for p in full.rglob("*")] == []  # neither metrics.json nor the pictures written before
+
+
 def test_crop_geometry_scores_every_tile_once(run, tmp_path, monkeypatch):
     """policy=crop: validation-style tiles; per-image matrices, the split's matrix and the pasted label maps agree."""
     ckpt = torch.load(run / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=False)

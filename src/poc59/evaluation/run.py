@@ -27,10 +27,11 @@ from poc59.analysis.pictures import covering_sample
 from poc59.analysis.scores import LEGACY_CONVENTION, batched_miou, scores, split_metrics
 from poc59.artifacts.ensemble import ensemble_name, load_ensemble, members_of
 from poc59.artifacts.load import load_model, locate_checkpoint
-from poc59.artifacts.trained import TrainedModel
+from poc59.artifacts.trained import TrainedModel, best_checkpoint, checkpoint_identity, scored_this
 from poc59.core.atomic import write_bytes, write_json
 from poc59.core.config import cache_root
 from poc59.core.device import resolve_device
+from poc59.core.outputs import check_writable, writing
 from poc59.data.datamodule import SegmentationDataModule
 from poc59.data.sources import metadata_rows
 from poc59.evaluation.passes import (
@@ -206,9 +207,14 @@ def evaluate_run(
     others' validation images, so they are scored on the test split (the default then) or another folder,
     into <the members' common folder>/ensemble-<their run folders>-evaluation/<split>.
     """
-    check_options(split, mode, resamples, level)
+    check_options(split, mode, resamples, level, batch_size)
+    if out:
+        check_writable(Path(out).expanduser().resolve(), "out", EvaluateError)
     torch.set_flush_denormal(True)  # as training did: the same arithmetic, and 3-10x faster on CPU
     t = open_target(run_dir, ckpt, split, data_root, batch_size, device, run_dirs)
+    folder = Path(out).expanduser().resolve() if out else _default_out(t, mode)
+    if not out:
+        check_writable(folder, "out", EvaluateError)  # the run's own folder, before the scoring (it may take long)
     if mode == "native":
         confmat, per_image, seconds = score_native(
             t.model, t.dm, t.indices, t.dm.batch_size, t.device, overlap, tta, t.trained_precision
@@ -220,7 +226,31 @@ def evaluate_run(
     metrics, image_miou, ranked = record(
         t, confmat, per_image, seconds, (resamples, seed, level), max(0, int(worst_k)), mode, convention
     )
-    folder = Path(out).expanduser().resolve() if out else _default_out(t, mode)
+    with writing(folder, "out", EvaluateError):
+        write_results(t, metrics, per_image, folder, pictures, image_miou, ranked, worst_k, mode)
+    if not t.members:  # a tracked run (<run>/tracking.json) gets these figures and pictures too
+        add_to_tracked(
+            t.run,
+            tracked_figures(metrics, folder.name),
+            [folder / "metrics.json", *(folder / rel for rel in metrics["pictures"].values())],
+            f"evaluation/{folder.name}",
+        )
+    return metrics
+
+
+def write_results(
+    t: Target,
+    metrics: dict,
+    per_image: torch.Tensor,
+    folder: Path,
+    pictures: bool,
+    image_miou: list[float],
+    ranked: list[tuple[float, int]],
+    worst_k: int,
+    mode: str,
+) -> None:
+    """The pictures, the per-image matrices and metrics.json into `folder` (metrics.json last: it exists only
+    when everything before it was written)."""
     if pictures:
         # the grids show the stored images (cropped to their content); full-resolution maps of mode=native
         # come from predict. The sample covers as many classes as it can; the worst are the worst.
@@ -241,15 +271,14 @@ def evaluate_run(
     metrics["per_image_confusion"] = write_per_image(folder, [t.dm.samples[i].id for i in t.indices], per_image).name
     write_json(folder / "metrics.json", metrics)
     log.info("Metrics: %s", folder / "metrics.json")
-    if not t.members:  # a tracked run (<run>/tracking.json) gets these figures and pictures too
-        pictures = [folder / rel for rel in metrics["pictures"].values()]
-        add_to_tracked(
-            t.run,
-            tracked_figures(metrics, folder.name),
-            [folder / "metrics.json", *pictures],
-            f"evaluation/{folder.name}",
-        )
-    return metrics
+
+
+def scored_the_best(record: dict, run: Path, best_epoch: int | None) -> tuple[bool, Path]:
+    """(whether an evaluation `record` (a metrics.json) scored the run's best checkpoint as it is now, that
+    checkpoint): a resume that wrote a new best.ckpt makes the evaluations of the old one another file's.
+    `best_epoch` (the summary's) identifies the file for records written before checkpoint identities were."""
+    best = best_checkpoint(run)
+    return scored_this(record, best, best_epoch), best
 
 
 def tracked_figures(metrics: dict, name: str) -> dict[str, float]:
@@ -279,9 +308,14 @@ def read_per_image(path: Path) -> tuple[list[str], np.ndarray]:
         return [str(i) for i in f["ids"]], f["confusion"]
 
 
-def check_options(split: str | None, mode: str, resamples: int, level: float) -> None:
+def check_options(split: str | None, mode: str, resamples: int, level: float, batch_size: int | None = None) -> None:
     """Refuse settings that cannot work before any model or image is read."""
     check_split(split)
+    if batch_size is not None and int(batch_size) < 1:
+        raise EvaluateError(
+            f"batch_size={batch_size}: images per forward pass, a whole number >= 1 (e.g. batch_size=8); "
+            "leave it out to use the run's"
+        )
     if mode not in MODES:
         raise EvaluateError(f"mode={mode}: choose {' or '.join(MODES)} (native: full resolution, as predict runs)")
     if int(resamples) < 1 or not 0.0 < float(level) < 1.0:
@@ -409,6 +443,7 @@ def record(
     ms = 1000 * seconds / len(t.indices)
     metrics = {
         "checkpoint": str(t.ckpt),
+        "checkpoint_identity": None if t.members else checkpoint_identity(t.ckpt),  # which file was scored
         "ensemble": t.model.card.provenance.get("ensemble") if t.members else None,
         "checkpoint_epoch": t.model.extra.get("epoch"),
         "run_dir": str(t.run) if t.run else None,
