@@ -6,7 +6,7 @@
 
 Reads each run's summary.json and config.yaml. The interval of a run's best val mIoU comes from
 <run>/evaluation/val/metrics.json (python -m poc59.evaluate); with evaluate=true (the default) a
-missing one is computed first (numbers only; `python -m poc59.evaluate sweep=...` also draws the
+missing one, or one that scored another checkpoint than the run's best now, is computed first (numbers only; `python -m poc59.evaluate sweep=...` also draws the
 pictures). Runs whose configurations differ only by the seed are one configuration: mean, std,
 min..max over seeds. Configurations are ranked by (mean) best val mIoU, and the best's lead over
 the runner-up is checked against their intervals.
@@ -16,7 +16,9 @@ class tables are never ranked: compare stops, names them and says how to fix it.
 
 Writes comparison.md, comparison.csv, comparison.json and per_class_iou.png (atomically) into
 out= (default <sweep>/comparison, or outputs/comparisons/<date_time> for runs=), and prints the
-table. Exit status 0, 2 on bad arguments or runs that cannot be ranked together.
+table. A folder that already holds a comparison is replaced only with overwrite=true (as predict's
+output=); an evaluation is used only for the checkpoint it scored (a resumed run's new best.ckpt is
+evaluated again). Exit status 0, 2 on bad arguments or runs that cannot be ranked together.
 """
 
 from __future__ import annotations
@@ -41,12 +43,18 @@ CLI = Command(
         "python -m poc59.compare sweep=outputs/sweeps/<date_time>            # writes <sweep>/comparison/",
         "python -m poc59.compare runs=[outputs/runs/a,outputs/runs/b] out=cmp  # any finished runs",
         "python -m poc59.compare sweep=... evaluate=false                     # no evaluation for missing intervals",
+        "python -m poc59.compare sweep=... overwrite=true                     # replace <sweep>/comparison/",
     ),
     keys=(
         Key("sweep", str, "a sweep folder (python -m poc59.train -m ... writes it)"),
         Key("runs", list, "run folders instead of a sweep: [a,b] or a,b"),
         Key("out", str, "output folder (default: <sweep>/comparison, or outputs/comparisons/<date_time>)"),
-        Key("evaluate", bool, "evaluate runs that have no evaluation/val/metrics.json yet (for their intervals)"),
+        Key(
+            "evaluate",
+            bool,
+            "evaluate runs whose evaluation/val/metrics.json is missing or scored another checkpoint (for intervals)",
+        ),
+        Key("overwrite", bool, "replace a comparison already in out= (without it, compare stops and says so)"),
     ),
     notes="Writes comparison.md, .csv, .json and per_class_iou.png. Exit 0 done, 2 bad arguments or runs that "
     "cannot be ranked together (another split or class table: named, with the fix).",

@@ -15,10 +15,11 @@ import yaml
 from omegaconf import open_dict
 from PIL import Image
 
-from helpers import SMALL, make_cfg, write_multirun
+from helpers import SMALL, TINY_RUN, make_cfg, write_multirun
 from poc59.compare import main
 from poc59.comparison.run import CompareError, lead
 from poc59.core.logs import LineFormatter
+from poc59.evaluation.run import evaluate_run
 from poc59.training.run import train
 from poc59.training.sweeps import expected_jobs
 
@@ -56,12 +57,13 @@ def sweep(tmp_path_factory) -> Path:
     assert len(jobs) == 6 and "encoder.name=tu-lcnet_050" in jobs[STARTED] and "seed=1" in jobs[STARTED]
     for num in sorted(TRAINED | {STARTED}):
         d = s / str(num)
-        (d / ".hydra").mkdir(parents=True)
-        (d / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(jobs[num]))
         if num in TRAINED:
             _train(tmp, d, jobs[num])
         else:
+            d.mkdir()
             (d / "train.log").write_text("[2026-01-01 10:00:01,000][poc59.train][INFO] - epoch 0 ...\n")
+        (d / ".hydra").mkdir()  # what train records of its start (in-process, without Hydra, it records none)
+        (d / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(jobs[num]))
     # the same encoder with seed=1 outside the sweep, data.seed following it: another split
     _train(tmp, tmp / "other", ["encoder.name=tu-mobilenetv3_small_050", "seed=1"])
     return s
@@ -147,6 +149,19 @@ def test_table_chart_and_labels(compared):
     assert "training images per second" in conv["train_images_per_s"] and "resident set size" in conv["peak_memory"]
     for text in (conv["val_mIoU"], conv["interval"], conv["std"]):
         assert text in md
+
+
+def test_an_earlier_comparison_is_replaced_only_with_overwrite(sweep, compared, caplog):
+    """compare follows the rule of every command that writes results (poc59.core.outputs): stop before any
+    run is read, name the file, and the advice works when followed."""
+    _, out = compared
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    with caplog.at_level(logging.INFO):
+        assert main([f"sweep={sweep}", "evaluate=false"]) == 2
+    assert f"{out / 'comparison.md'} exists (4 earlier result(s) in {out}): pass overwrite=true" in caplog.text
+    assert "or out=<another folder>" in caplog.text and "reading runs" not in caplog.text
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert main([f"sweep={sweep}", "evaluate=false", "overwrite=true"]) == 0  # the advice, followed
 
 
 def test_runs_on_different_splits_are_refused(sweep, caplog):
@@ -263,3 +278,28 @@ def test_a_failed_job_is_named_with_its_cause(sweep, tmp_path):
     assert runs["1"]["status"] == "failed"
     assert runs["1"]["detail"].endswith("; ValueError: data.root=/nope: no images"), runs["1"]["detail"]
     assert "ValueError: data.root=/nope: no images" in (s / "comparison" / "comparison.md").read_text()
+
+
+@pytest.mark.slow
+def test_an_evaluation_of_an_earlier_best_checkpoint_is_redone_after_a_resume(tmp_path, caplog):
+    """Evaluated at epoch 0, resumed to a later best epoch: the old metrics.json scored another file. compare
+    neither pairs the new score with the old interval nor calls them the same checkpoint; it evaluates again."""
+    train(make_cfg(tmp_path, *TINY_RUN, "trainer.max_epochs=1"))
+    run = tmp_path / "run"
+    old = evaluate_run(run_dir=run, pictures=False, resamples=50, device="cpu")
+    assert old["checkpoint_identity"]["name"] == "best.ckpt" and old["checkpoint_epoch"] == 0
+    summary = train(make_cfg(tmp_path, *TINY_RUN, "trainer.max_epochs=3"))  # resumes the run (resume=auto)
+    assert summary["best_epoch"] > 0, "this test needs a later best epoch than the one evaluated"
+    caplog.set_level(logging.INFO)
+
+    assert main([f"runs=[{run}]", f"out={tmp_path / 'kept'}", "evaluate=false"]) == 0
+    (row,) = json.loads((tmp_path / "kept" / "comparison.json").read_text())["runs"]
+    assert row["val_miou"] == summary["val/mIoU"] and row["interval"] is None  # the old interval is not used
+    assert "not the run's best checkpoint now" in caplog.text and "for the same checkpoint" not in caplog.text
+
+    assert main([f"runs=[{run}]", f"out={tmp_path / 'redone'}"]) == 0
+    metrics = json.loads((run / "evaluation" / "val" / "metrics.json").read_text())
+    assert metrics["checkpoint_epoch"] == summary["best_epoch"]
+    assert metrics["miou"] == pytest.approx(summary["val/mIoU"], abs=1e-4)
+    (row,) = json.loads((tmp_path / "redone" / "comparison.json").read_text())["runs"]
+    assert row["interval"] == metrics["miou_ci"] and "for the same checkpoint" not in caplog.text

@@ -31,8 +31,9 @@ from poc59.comparison.cross_validation import (
 from poc59.comparison.report import write_reports
 from poc59.core.classes import ClassTable
 from poc59.core.config import flatten
+from poc59.core.outputs import check_writable, refuse_existing
 from poc59.core.progress import Steps
-from poc59.evaluation.run import PER_IMAGE_FILE, evaluate_run
+from poc59.evaluation.run import PER_IMAGE_FILE, evaluate_run, scored_the_best
 from poc59.tracking.search import SEARCH_RESULTS
 from poc59.tracking.tracked import add_to_tracked
 from poc59.training.sweeps import Job, find_sweep, inspect_job, sweep_status
@@ -41,6 +42,7 @@ log = logging.getLogger("poc59.compare")
 
 
 METRICS = Path("evaluation") / "val" / "metrics.json"
+OUTPUTS = ("comparison.md", "comparison.csv", "comparison.json", "per_class_iou.png")  # what compare writes in out
 
 
 # Config keys that name or seed a run without changing what is trained (key or key prefix ending in ".").
@@ -120,15 +122,34 @@ def _finite(v: Any) -> float | None:
 
 
 def _load_metrics(run: Run, evaluate: bool) -> None:
-    """The run's val metrics.json (evaluating it first if asked); the intervals if it matches the run."""
+    """The run's val metrics.json (evaluating it first if asked, when there is none, when a fold lacks its
+    per-image matrices, or when it scored another checkpoint than the run's best now: a resumed run's new
+    best.ckpt); the intervals if it matches the run."""
     path = Path(run.dir) / METRICS
+    epoch = run.summary.get("best_epoch")
+    current, best = scored_the_best(_read_json(path), Path(run.dir), epoch) if path.exists() else (False, None)
     pooled = fold_record(run.summary) is not None and not (path.parent / PER_IMAGE_FILE).exists()
-    if (not path.exists() or pooled) and evaluate:  # a fold needs its per-image matrices to be pooled
-        log.info("Evaluating %s (best.ckpt on its validation split) for the interval of its val mIoU", run.dir)
+    stale = path.exists() and not current
+    if (not path.exists() or pooled or stale) and evaluate:  # a fold needs its per-image matrices to be pooled
+        why = f"its evaluation scored another checkpoint than {best} now" if stale else "for the interval"
+        log.info("Evaluating %s (its best checkpoint on its validation split): %s", run.dir, why)
         evaluate_run(run_dir=Path(run.dir), pictures=False)  # the numbers; `python -m poc59.evaluate` draws
     if not path.exists():
         return
     m = _read_json(path)
+    current, best = scored_the_best(m, Path(run.dir), epoch)
+    if not current:
+        log.warning(
+            "%s scored %s (epoch %s), not the run's best checkpoint now (%s, epoch %s): its interval is not used; "
+            "python -m poc59.evaluate run_dir=%s (or compare with evaluate=true) scores the new one",
+            path,
+            m.get("checkpoint"),
+            m.get("checkpoint_epoch"),
+            best,
+            epoch,
+            run.dir,
+        )
+        return
     fingerprint = run.summary.get("provenance", {}).get("data", {}).get("split_fingerprint")
     if m.get("split") != "val" or m.get("split_fingerprint") != fingerprint:
         log.warning(
@@ -467,12 +488,12 @@ def compare(
     runs: list[str | Path] | None = None,
     out: str | Path | None = None,
     evaluate: bool = True,
+    overwrite: bool = False,
 ) -> dict:
-    """Compare the runs, write comparison.{md,csv,json} and per_class_iou.png into `out`; return the result."""
+    """Compare the runs, write comparison.{md,csv,json} and per_class_iou.png into `out`; return the result.
 
-    all_runs = collect(sweep, runs, evaluate)
-    classes = check_comparable(all_runs)
-    configs = configurations(all_runs)
+    An `out` that already holds a comparison is refused before any run is read unless `overwrite` (the rule
+    of every command that writes results: poc59.core.outputs), as is a folder that cannot be written."""
     if out is None:
         out = (
             (Path(sweep) / "comparison")
@@ -480,6 +501,11 @@ def compare(
             else Path("outputs") / "comparisons" / time.strftime("%Y-%m-%d_%H-%M-%S")
         )
     out = Path(out)
+    refuse_existing(out, OUTPUTS, overwrite, "out", CompareError)
+    check_writable(out, "out", CompareError)
+    all_runs = collect(sweep, runs, evaluate)
+    classes = check_comparable(all_runs)
+    configs = configurations(all_runs)
     chart = grouped_iou_bars_figure(
         {c["label"]: c["per_class_iou"] for c in configs},
         classes,
