@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import sys
 
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from rich.console import Console
 from rich.table import Table
@@ -97,6 +98,11 @@ def main(argv: list[str] | None = None) -> int:
         dm.setup("fit")
     except (DataError, SettingError, ValueError) as err:
         log.error("%s", err)
+        return 2
+    except InstantiationException as err:
+        if not isinstance(err.__cause__, ValueError):  # the data module's own checks of its settings raise these
+            raise
+        log.error("%s", err.__cause__)
         return 2
     report(dm, results_console())
     return 0

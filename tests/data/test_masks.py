@@ -18,6 +18,7 @@ from poc59.data.datamodule import SegmentationDataModule
 from poc59.data.masks import IGNORE_SHARE, check_mask_remap, lossy_format, single_class_problem
 from poc59.data.preload import cache_key
 from poc59.data.sources import DataError, discover
+from poc59.prepare import main as prepare_main
 
 
 def _dm(root: Path, tmp_path: Path, stage: str = "fit", **kw) -> SegmentationDataModule:
@@ -156,3 +157,14 @@ def test_the_threshold_catches_sparse_defects_and_names_only_sets_of_one_class()
     assert single_class_problem(totals, names, 255, "ROOT") is None
     totals[255], totals[1] = 300, 10  # a second class: a set to learn from, whatever 255 covers
     assert single_class_problem(totals, names, 255, "ROOT") is None
+
+
+def test_prepare_refuses_a_remap_that_is_no_mapping_naming_the_key(tmp_path, monkeypatch, caplog):
+    monkeypatch.setenv("POC59_CACHE", str(tmp_path / "cache"))
+    root = _binary_0_255(tmp_path / "d")
+    args = ["data=artefact", f"data.root={root}", "data.image_size=16", "encoder=tiny"]
+    assert prepare_main([*args, "data.mask_remap=5"]) == 2
+    assert "data.mask_remap=5: a mapping of stored mask values to labels" in caplog.text
+    assert "Traceback" not in caplog.text
+    assert prepare_main(args) == 2 and "data.mask_remap={255:1}" in caplog.text
+    assert prepare_main([*args, "data.mask_remap={255:1}"]) == 0
