@@ -14,6 +14,8 @@ import sys
 from pathlib import Path
 
 import pytest
+import timm
+import torch
 
 from helpers import CRACKFOREST
 
@@ -46,6 +48,17 @@ TRAIN = {  # overrides -> what the message must say
     "leave one material out without metadata.csv": (
         ["experiment=leave_one_material_out", "data.synthetic=null", f"data.root={CRACKFOREST}"],
         "data.cv.by=material: " + str(CRACKFOREST / "metadata.csv") + " has no 'material' column",
+    ),
+    "crop windows bigger than the stored sources": (
+        ["data.policy=crop", "data.max_side=32"],
+        "data.max_side=32 is below data.image_size=64: data.policy=crop cuts 64 px windows",
+    ),
+    "seed -1": (["seed=-1"], "seed=-1: choose a whole number from 0 to 4294967295"),
+    "seed 2**32": (["seed=4294967296"], "seed=4294967296: choose a whole number from 0 to 4294967295"),
+    "a sweep with one bad seed": (["-m", "seed=0,-1"], "the sweep's job with seed=-1: seed=-1: choose a whole number"),
+    "weights: a text file": (
+        [f"encoder.weights={Path(__file__).resolve()}"],
+        f"encoder.weights={Path(__file__).resolve()}: {Path(__file__).resolve()} is not a weights file",
     ),
     "launcher setting": (
         ["-m", "hydra/launcher=slurm", "hydra.launcher.timeout_min=soon"],
@@ -81,7 +94,10 @@ def _refused(out: subprocess.CompletedProcess, says: str) -> None:
 
 @pytest.mark.parametrize("case", sorted(TRAIN))
 def test_train_refuses_a_hostile_setting_before_anything_is_written(tmp_path, case):
-    overrides, says = TRAIN[case]
+    _train_refused(tmp_path, *TRAIN[case])
+
+
+def _train_refused(tmp_path: Path, overrides: list[str], says: str) -> None:
     cache, run = tmp_path / "cache", tmp_path / "run"
     work = tmp_path / "work"
     work.mkdir()
@@ -92,6 +108,19 @@ def test_train_refuses_a_hostile_setting_before_anything_is_written(tmp_path, ca
     assert not cache.exists()  # no synthetic set generated, nothing decoded or cached
     assert not list(work.iterdir())  # no outputs/ (a sweep folder, a run folder) where the command ran
     assert not (run / ".hydra").exists() and not (run / "checkpoints").exists() and not (run / "summary.json").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="asks for a GPU where there is none: this machine has one")
+def test_train_refuses_a_gpu_where_there_is_none_before_anything_is_written(tmp_path):
+    _train_refused(tmp_path, ["trainer.accelerator=gpu"], "trainer.accelerator=gpu: this machine has no GPU")
+
+
+def test_train_refuses_weights_of_another_model_before_anything_is_written(tmp_path):
+    """A real timm checkpoint of another width (mobilenetv3_small_075) given for encoder=tiny (its 0.5x)."""
+    other = tmp_path / "mobilenet_075.pth"
+    torch.save(timm.create_model("mobilenetv3_small_075").state_dict(), other)
+    says = f"encoder.weights={other}: weights file {other} does not fit encoder tu-mobilenetv3_small_050"
+    _train_refused(tmp_path, [f"encoder.weights={other}"], says)
 
 
 @pytest.mark.parametrize("case", sorted(OTHERS))
