@@ -52,6 +52,11 @@ CLI = Command(
         Key("overlap", float, "mode=native: sliding-window overlap between tiles"),
         Key("tta", bool, "mode=native: average with the flipped image's prediction"),
         Key(
+            "allow_changed_data",
+            bool,
+            "score the run's data even where its files changed since training (named; recorded in metrics.json)",
+        ),
+        Key(
             "threads",
             Any,
             "CPU threads: auto (the CPUs this job may use, less those busy with other work) | N",
@@ -59,7 +64,8 @@ CLI = Command(
         ),
     ),
     notes="The images, split and geometry are the run's own (config.yaml, split.json), fed as training validation "
-    "fed them, so the run's best val/mIoU is reproduced. Exit 0 done, 1 a run of a sweep failed, 2 a bad setting.",
+    "fed them, so the run's best val/mIoU is reproduced; files changed since training are named and refused "
+    "unless allow_changed_data=true. Exit 0 done, 1 a run of a sweep failed, 2 a bad setting.",
     error=EvaluateError,
     fills=evaluate_run,
 )

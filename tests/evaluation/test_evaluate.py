@@ -269,6 +269,43 @@ def test_a_full_out_folder_is_named_and_leaves_no_partial_results(run, disk, cap
     assert [p.name for p in full.rglob("*")] == []  # neither metrics.json nor the pictures written before
 
 
+@pytest.mark.slow
+def test_data_changed_since_training_is_named_and_scored_only_when_asked(tmp_path, caplog):
+    data = make_folder(tmp_path / "data", n=6, copies=1, size=(32, 32))
+    train(
+        make_cfg(
+            tmp_path,
+            "data=artefact",
+            f"data.root={data}",
+            *SMALL[:1],
+            "data.image_size=32",
+            "data.batch_size=4",
+            "trainer.max_epochs=1",
+            "trainer.enable_progress_bar=false",
+            "trainer.num_sanity_val_steps=0",
+            "callbacks.val_overlays=null",
+        )
+    )
+    run = tmp_path / "run"
+    val = json.loads((run / "split.json").read_text())["val"][0]
+    image = data / "images" / f"{val}.png"
+    Image.fromarray(255 - np.asarray(Image.open(image))).save(image)  # a validation image edited since
+    mask = data / "annotations" / "img000_aug1.png"  # a training mask relabelled since
+    Image.fromarray(np.zeros_like(np.asarray(Image.open(mask)))).save(mask)
+
+    with caplog.at_level(logging.ERROR):
+        assert main([f"run_dir={run}", "bootstrap.resamples=20", "pictures=false"]) == 2
+    message = caplog.records[-1].getMessage()
+    assert f"{data} differs from the files {run} was trained and validated on" in message
+    assert "modified after " in message and str(image) in message and str(mask) in message
+    assert "restore those files, or pass allow_changed_data=true" in message
+    assert not (run / "evaluation").exists()
+
+    assert main([f"run_dir={run}", "bootstrap.resamples=20", "pictures=false", "allow_changed_data=true"]) == 0
+    changed = json.loads((run / "evaluation" / "val" / "metrics.json").read_text())["data_changed"]
+    assert sorted(changed["modified"]) == sorted([str(image), str(mask)])
+
+
 def test_crop_geometry_scores_every_tile_once(run, tmp_path, monkeypatch):
     """policy=crop: validation-style tiles; per-image matrices, the split's matrix and the pasted label maps agree."""
     ckpt = torch.load(run / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=False)

@@ -14,6 +14,7 @@ import math
 import os
 from collections import defaultdict
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -194,8 +195,13 @@ def evaluate_run(
     mode: str = "training_resolution",
     overlap: float = 0.25,
     tta: bool = False,
+    allow_changed_data: bool = False,
 ) -> dict:
     """Evaluate one checkpoint; writes <out>/metrics.json (and pictures) and returns the metrics dict.
+
+    On the run's own data, files that differ from those the run was trained and validated on (its recorded
+    files fingerprint: `data_changes`) are named and refused (EvaluateError) unless `allow_changed_data`,
+    which scores them as they are now and records the differences in metrics.json (`data_changed`).
 
     `split=None` (the default) means val for the run's own data, all for another data.root. `out` defaults to
     <run>/evaluation/<split> (<run>/evaluation/<data folder>-<split> for another data.root; "-native" added
@@ -211,7 +217,7 @@ def evaluate_run(
     if out:
         check_writable(Path(out).expanduser().resolve(), "out", EvaluateError)
     torch.set_flush_denormal(True)  # as training did: the same arithmetic, and 3-10x faster on CPU
-    t = open_target(run_dir, ckpt, split, data_root, batch_size, device, run_dirs)
+    t = open_target(run_dir, ckpt, split, data_root, batch_size, device, run_dirs, allow_changed_data)
     folder = Path(out).expanduser().resolve() if out else _default_out(t, mode)
     if not out:
         check_writable(folder, "out", EvaluateError)  # the run's own folder, before the scoring (it may take long)
@@ -341,6 +347,7 @@ class Target:
     precision: str
     autocast: Any
     members: list[Path] | None = None  # an ensemble's checkpoints (`ckpt` is the first)
+    data_changed: dict | None = None  # the run's data files changed since training, scored as asked (data_changes)
 
 
 def open_target(
@@ -351,9 +358,11 @@ def open_target(
     batch_size: int | None,
     device: str,
     run_dirs: list | None = None,
+    allow_changed_data: bool = False,
 ) -> Target:
     """Load the checkpoint (or ensemble) and the data it is scored on; refuse data with other classes than
-    the model's, and an ensemble of folds on the images its members validated on."""
+    the model's, an ensemble of folds on the images its members validated on, and the run's own data changed
+    since training (unless `allow_changed_data`)."""
     dev = resolve_device(device)
     members = members_of(ckpt, run_dirs)
     if members is None:
@@ -370,6 +379,9 @@ def open_target(
     dm: SegmentationDataModule = instantiate(cfg)
     dm.prepare_data()
     dm.setup("validate")
+    changed = data_changes(dm, run) if own and run is not None else None
+    if changed is not None:
+        check_changes(changed, dm, run, allow_changed_data)
     classes, names = model.classes, list(model.classes.names)
     if dm.classes.num_classes != classes.num_classes:
         raise EvaluateError(
@@ -393,7 +405,63 @@ def open_target(
         dev,
         precision,
     )
-    return Target(ckpt_path, run, dev, model, dm, own, split, indices, trained, precision, autocast, members)
+    return Target(ckpt_path, run, dev, model, dm, own, split, indices, trained, precision, autocast, members, changed)
+
+
+SHOWN = 5  # files a message names of each kind (all of them in metrics.json)
+
+
+def data_changes(dm: SegmentationDataModule, run: Path) -> dict | None:
+    """How the run's data files now differ from those it was trained and validated on, or None when they do not
+    (or the run recorded no fingerprint: still training, or from before fingerprints).
+
+    The run recorded its files' fingerprint (summary.json provenance.data.files_fingerprint: every file's name,
+    size and modification time, and the geometry) and its images (split.json, written when training started).
+    A different fingerprint now names the files modified after split.json was written (a file copied in with
+    its old time is not named, only counted in the fingerprint). Images added to the folder or gone from it
+    stop the data layer before this (its split check names them)."""
+    try:
+        recorded = json.loads((run / "summary.json").read_text())["provenance"]["data"]["files_fingerprint"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    now = dm.describe()["files_fingerprint"]
+    if recorded is None or now == recorded:
+        return None
+    since = (run / "split.json").stat().st_mtime_ns
+    modified = sorted(
+        str(path) for s in dm.samples for path in (s.image, s.mask) if path.exists() and path.stat().st_mtime_ns > since
+    )
+    return {
+        "files_fingerprint_then": recorded,
+        "files_fingerprint_now": now,
+        "modified_after": datetime.fromtimestamp(since / 1e9, timezone.utc).isoformat(timespec="seconds"),
+        "modified": modified,
+    }
+
+
+def check_changes(changed: dict, dm: SegmentationDataModule, run: Path, allow: bool) -> None:
+    """EvaluateError naming what changed in the run's data since training, unless `allow` (then a warning)."""
+
+    def some(items: list[str]) -> str:
+        return ", ".join(items[:SHOWN]) + (f" (+{len(items) - SHOWN} more)" if len(items) > SHOWN else "")
+
+    modified = changed["modified"]
+    which = (
+        f"modified after {changed['modified_after']}: {some(modified)}"
+        if modified
+        else "no file is newer than the run's split.json: one was replaced by a file with an older time"
+    )
+    found = (
+        f"{dm.root} differs from the files {run} was trained and validated on (files fingerprint "
+        f"{changed['files_fingerprint_then']} then, {changed['files_fingerprint_now']} now): " + which
+    )
+    if allow:
+        log.warning("%s. Scoring the files as they are now (allow_changed_data=true; recorded in metrics.json)", found)
+        return
+    raise EvaluateError(
+        f"{found}. Its scores would not be the run's: restore those files, or pass allow_changed_data=true to "
+        "score them as they are now (metrics.json records the differences)"
+    )
 
 
 def _ensemble_split(members: list[Path], split: str | None) -> str | None:
@@ -454,6 +522,8 @@ def record(
         "image_size": t.dm.image_size,
         "geometry": dict(t.model.geometry),
         "split_fingerprint": t.dm.split["fingerprint"],
+        "files_fingerprint": t.dm.describe()["files_fingerprint"],
+        "data_changed": t.data_changed,
         "num_images": len(t.indices),
         "classes": t.model.classes.to_dict(),
         "metric_convention": metric_convention(),
