@@ -89,6 +89,11 @@ def settings_from(given: dict[str, Any]) -> Settings:
     return settings
 
 
+def _percent(p: float) -> str:
+    """A share in %, two decimals; a class present below 0.005 % reads <0.01, not 0.00."""
+    return f"{p:.2f}" if p >= 0.005 else "<0.01"
+
+
 def _print_summary(console: Console, rows: list[dict], classes: ClassTable) -> None:
     if not rows:
         return
@@ -103,7 +108,7 @@ def _print_summary(console: Console, rows: list[dict], classes: ClassTable) -> N
         damage = sorted(
             ((v["percent"] or 0.0, n) for n, v in r["classes"].items() if n != classes.names[0]), reverse=True
         )
-        shown = ", ".join(f"{n} {p:.2f}" for p, n in damage if p > 0) or "none"
+        shown = ", ".join(f"{n} {_percent(p)}" for p, n in damage if p > 0) or "none"
         table.add_row(Path(r["image"]).name, r["reference"], f"{r['classes'][classes.names[0]]['percent']:.2f}", shown)
     print_titled(console, table)
 
