@@ -98,7 +98,7 @@ class SegmentationDataModule(L.LightningDataModule):
         self._sites: ClassSites | None = None
         self.mask_remap = check_mask_remap(mask_remap)  # {stored mask value: label}; see poc59.data.masks
         self.samples: list[Sample] = []
-        self.unpaired: list[dict] = []  # files without their partner, left out under on_bad_file=skip
+        self.unpaired: list[dict] = []  # left out before the preload under on_bad_file=skip (unpaired, lossy mask)
         self.data: Preloaded | None = None
         self._split: Split | None = None
         self.class_weights_record: dict | None = None

@@ -176,7 +176,7 @@ def single_class_problem(
     share = ignored / (int(labelled.sum()) + ignored)
     table = "" if len(names) == 2 else ', with ROOT/classes.json listing two classes, e.g. ["background", "crack"]'
     return (
-        f"{root}: every labelled pixel of the masks is class {c} ({names[c]}) and {share:.1%} of their pixels are "
+        f"{root}: every labelled pixel of the masks is class {c} ({names[c]}) and {100 * share:.3g} % of their pixels are "
         f"{ignore_index}, the ignore label: a model would learn nothing from them (predicting {names[c]} everywhere "
         f"scores 100 %). This is what a binary mask stored as 0/{ignore_index} looks like (the object saved as "
         f"{ignore_index}). If {ignore_index} marks the object, map it to a class: data.mask_remap={{{ignore_index}:"
