@@ -1,5 +1,6 @@
 """python -m poc59.evaluate on a real (tiny) trained run: the run's own numbers back, the test split,
-another folder, metadata groups, bad input, and evaluate-all over a sweep (through slurm/evaluate.sbatch)."""
+another folder, metadata groups, bad input, and evaluate-all over a sweep (slurm/evaluate.sbatch: its body, and
+submitted to a real cluster)."""
 
 from __future__ import annotations
 
@@ -359,64 +360,37 @@ def test_crop_geometry_scores_every_tile_once(run, tmp_path, monkeypatch):
 # ---------------------------------------------------------------- evaluate-all, through slurm/evaluate.sbatch
 
 
-def _cluster_env() -> dict | None:
-    """The environment of a running SLURM cluster ($SLURM_CONF answered by `scontrol ping`), else None."""
-    env = dict(os.environ)
-    if not env.get("SLURM_CONF") or not shutil.which("sbatch"):
-        return None
-    ping = subprocess.run(["scontrol", "ping"], capture_output=True, text=True, env=env, timeout=30)
-    return env if "is UP" in ping.stdout else None
-
-
 def test_evaluate_sbatch_is_valid_bash():
     check = subprocess.run(["bash", "-n", str(REPO / "slurm" / "evaluate.sbatch")], capture_output=True, text=True)
     assert check.returncode == 0, check.stderr
 
 
-def test_evaluate_all_over_a_sweep(run, tmp_path, private_cache):
+def _sweep_to_evaluate(run: Path, tmp_path: Path) -> Path:
+    """Four jobs: 0 finished with a broken checkpoint (it fails), 1 and 2 finished, 3 started, never finished."""
     sweep = tmp_path / "sweep"
     keep = shutil.ignore_patterns("evaluation", "tensorboard", "csv")
-    shutil.copytree(run, sweep / "0", ignore=keep)  # finished, but its checkpoint is broken: the first one fails
+    shutil.copytree(run, sweep / "0", ignore=keep)
     (sweep / "0" / "checkpoints" / "best.ckpt").write_bytes(b"truncated")
     for n in ("1", "2"):
         shutil.copytree(run, sweep / n, ignore=keep)
-    (sweep / "3").mkdir()  # started, never finished
+    (sweep / "3").mkdir()
     shutil.copy(run / "config.yaml", sweep / "3")
+    return sweep
 
-    env = {
+
+def _job_env(private_cache: Path) -> dict:
+    """What a job needs to run this checkout's poc59 with the test cache."""
+    return {
         **os.environ,
         "POC59_CACHE": str(private_cache),
         "HF_HUB_OFFLINE": "1",
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
         "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO / "src"), os.environ.get("PYTHONPATH")])),
     }
-    args = [str(REPO / "slurm" / "evaluate.sbatch"), f"sweep={sweep}", "bootstrap.resamples=50", "pictures=false"]
-    cluster = _cluster_env()
-    if cluster is not None:  # as a user submits it (CI starts a cluster); command-line options override #SBATCH
-        env = {**cluster, **env}
-        done = subprocess.run(
-            [
-                "sbatch",
-                "--wait",
-                "--gpus-per-node=0",
-                "--cpus-per-task=1",
-                "--mem=2G",
-                "--time=10",
-                f"--output={tmp_path / 'job.out'}",
-                *args,
-            ],
-            capture_output=True,
-            text=True,
-            env=env,
-            cwd=tmp_path,
-            timeout=600,
-        )
-        log = (tmp_path / "job.out").read_text() if (tmp_path / "job.out").exists() else done.stderr
-    else:  # no cluster here: the script body, as a job would run it
-        done = subprocess.run(["bash", *args], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600)
-        log = done.stdout + done.stderr
-    assert done.returncode == 1, log[-4000:]  # one run failed: the job says so, the others were evaluated
 
+
+def _check_evaluate_all(run: Path, sweep: Path, returncode: int, log: str) -> None:
+    assert returncode == 1, log[-4000:]  # one run failed: the job says so, the others were evaluated
     report = json.loads((sweep / "evaluation-val.json").read_text())
     assert report["counts"] == {"evaluated": 2, "skipped": 1, "failed": 1}
     status = {Path(r["run_dir"]).name: r for r in report["runs"]}
@@ -428,6 +402,49 @@ def test_evaluate_all_over_a_sweep(run, tmp_path, private_cache):
         assert Path(status[n]["metrics"]) == sweep / n / "evaluation" / "val" / "metrics.json"  # where it really is
         assert metrics["miou"] == pytest.approx(summary["val/mIoU"], abs=1e-4) == status[n]["miou"]
     assert "evaluated" in log and "failed" in log
+
+
+SBATCH_ARGS = ("bootstrap.resamples=50", "pictures=false")
+
+
+def test_evaluate_all_over_a_sweep_in_the_job_script(run, tmp_path, private_cache):
+    """slurm/evaluate.sbatch's body as a job runs it (bash, no scheduler): every finished run evaluated."""
+    sweep = _sweep_to_evaluate(run, tmp_path)
+    script = [str(REPO / "slurm" / "evaluate.sbatch"), f"sweep={sweep}", *SBATCH_ARGS]
+    done = subprocess.run(
+        ["bash", *script], capture_output=True, text=True, env=_job_env(private_cache), cwd=tmp_path, timeout=600
+    )
+    _check_evaluate_all(run, sweep, done.returncode, done.stdout + done.stderr)
+
+
+@pytest.mark.slow
+def test_evaluate_all_over_a_sweep_submitted_to_slurm(run, tmp_path, private_cache, slurm):
+    """The same job submitted as a user does, to a real cluster (the `slurm` fixture: CI's, or one started
+    here; it skips with its reason where none can run, and fails under CI); command-line options override
+    the script's #SBATCH lines."""
+    sweep = _sweep_to_evaluate(run, tmp_path)
+    job_out = tmp_path / "job.out"
+    done = subprocess.run(
+        [
+            "sbatch",
+            "--wait",
+            f"--partition={slurm.partition}",
+            "--gpus-per-node=0",
+            "--cpus-per-task=1",
+            "--mem=2G",
+            "--time=10",
+            f"--output={job_out}",
+            str(REPO / "slurm" / "evaluate.sbatch"),
+            f"sweep={sweep}",
+            *SBATCH_ARGS,
+        ],
+        capture_output=True,
+        text=True,
+        env={**slurm.env, **_job_env(private_cache)},
+        cwd=tmp_path,
+        timeout=600,
+    )
+    _check_evaluate_all(run, sweep, done.returncode, job_out.read_text() if job_out.exists() else done.stderr)
 
 
 def test_native_mode_scores_full_resolution_predictions(run, val_metrics):
