@@ -40,6 +40,7 @@ CASES = [
     (["seed=1.5"], "seed=1.5: choose a whole number"),
     (["trainer.accelerator=mps"], "trainer.accelerator=mps: no Apple GPU (MPS) here"),
     (["data.on_bad_file=ignore"], "data.on_bad_file=ignore: choose error or skip"),
+    (["data.mask_remap=5"], "data.mask_remap=5: a mapping of stored mask values to labels"),
     (["threads=0"], "threads=0: choose auto or a whole number of CPU threads"),
     (["threads=many"], "threads=many: choose auto or a whole number"),
     (["encoder=custom", "encoder.name=tu-no_such_net"], "'no_such_net' is not a timm model"),

@@ -150,7 +150,7 @@ def score_native(
     seconds = 0.0
     with Steps(log, "evaluate (native)", len(indices), "images") as steps:
         for k, i in enumerate(indices):
-            image, mask = load_native(dm.samples[i], c, ignore)
+            image, mask = load_native(dm.samples[i], c, ignore, dm.mask_remap)
             t0 = time.perf_counter()
             labels = inference.predict_label_map(model, image, overlap, batch_size, tta, device, precision)
             seconds += time.perf_counter() - t0

@@ -20,6 +20,7 @@ from lightning.pytorch.strategies import StrategyRegistry
 from omegaconf import DictConfig, OmegaConf
 
 from poc59.core.config import SettingError, plain
+from poc59.data.masks import check_mask_remap
 from poc59.data.preload import POLICIES
 from poc59.data.sources import check_root
 from poc59.data.split import check_fractions
@@ -59,6 +60,7 @@ def check_settings(cfg: DictConfig) -> None:
         raise SettingError(f"threads={threads}: choose auto or a whole number of CPU threads, at least 1")
     if data.get("on_bad_file", "error") not in ("error", "skip"):
         raise SettingError(f"data.on_bad_file={data.on_bad_file}: choose error or skip")
+    check_mask_remap(data.get("mask_remap"))
     lr = float(cfg.optimizer.lr)
     if not math.isfinite(lr) or lr <= 0:
         raise SettingError(
