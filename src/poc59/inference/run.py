@@ -9,12 +9,12 @@ writes ("outputs"; written first with "finished": false, so an interrupted batch
 `overwrite=true` removes the files the earlier batch recorded before this one writes any, so a scan that
 fails now keeps no earlier map. A file no record lists is never replaced or removed, and a file that the
 statistics.json beside it lists is never read as a scan (an output folder inside the input folder, or the
-same folder). A folder that cannot be written (read-only, full, not permitted) stops the batch, named.
+same folder). A folder that cannot be written (read-only, full, not permitted) is refused before the model
+loads, or stops the batch with none of its files left (`poc59.core.outputs`, every command's rule).
 """
 
 from __future__ import annotations
 
-import errno
 import glob
 import json
 import logging
@@ -34,6 +34,7 @@ from poc59.artifacts.trained import TrainedModel
 from poc59.core.atomic import write_bytes
 from poc59.core.classes import ClassTable
 from poc59.core.device import autocast_dtype, resolve_device
+from poc59.core.outputs import UNWRITABLE, check_writable, refuse_existing, writing
 from poc59.core.progress import Steps
 from poc59.inference.image import band_labels, logit_bands, streaming_bytes
 from poc59.inference.outputs import (
@@ -58,29 +59,22 @@ class UsageError(ValueError):
     """The user's input or setting (exit 2): the message names it and the fix."""
 
 
-class OutputFolderError(UsageError):
-    """The output folder cannot be written (read-only, full, not permitted)."""
+class _OutputNotWritten(Exception):
+    """A write into the output folder that the folder refused (`poc59.core.outputs.UNWRITABLE`): the batch
+    stops, where an unreadable scan would only be skipped. `args[0]` is the OSError."""
 
 
 STATISTICS = ("statistics.csv", "statistics.json")
-_UNWRITABLE = (errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM)
 
 
 def _write(out: Path, name: str, data: bytes) -> Path:
-    """`write_bytes` into the output folder; a folder that cannot be written is an OutputFolderError."""
+    """`write_bytes` into the output folder; a refusal of the folder's is raised as _OutputNotWritten."""
     try:
         return write_bytes(out / name, data)
     except OSError as err:
-        raise _unwritable(out, err) from None
-
-
-def _unwritable(out: Path, err: OSError) -> Exception:
-    if err.errno not in _UNWRITABLE:
-        return err
-    return OutputFolderError(
-        f"cannot write into the output folder {out}: {err.strerror or err}. Free space there or make it "
-        "writable, or pass output=<a writable folder>"
-    )
+        if err.errno in UNWRITABLE:
+            raise _OutputNotWritten(err) from err
+        raise
 
 
 def _outputs_of(image: Path, overlay: bool) -> list[str]:
@@ -233,13 +227,9 @@ def predict_image(
         scan.close()
         if task is not None:
             progress.remove_task(task)
-    written = [_write(out, f"{path.stem}_labels.png", label_map_png(labels, model.classes))]
+    _write(out, f"{path.stem}_labels.png", label_map_png(labels, model.classes))
     if picture is not None:
-        try:
-            written.append(_write(out, f"{path.stem}_overlay.png", picture.png(set(np.flatnonzero(counts).tolist()))))
-        except OutputFolderError:
-            written[0].unlink(missing_ok=True)  # no scan keeps half of its outputs
-            raise
+        _write(out, f"{path.stem}_overlay.png", picture.png(set(np.flatnonzero(counts).tolist())))
     row = damage_statistics(
         str(path), counts, model.classes, (scan.width, scan.height), int(inside.sum()) if inside is not None else None
     )
@@ -260,12 +250,9 @@ def _check_output_folder(out: Path, planned: list[str], earlier: set[str] | None
             f"Pass a folder (created if missing), e.g. {folder}"
         )
     ours = earlier or set()
-    existing = [out / n for n in [*STATISTICS, *planned] if (out / n).exists()]
-    existing += sorted(out / n for n in ours - {*STATISTICS, *planned} if (out / n).exists())
-    if existing and not overwrite:
-        raise UsageError(
-            f"{existing[0]} exists ({len(existing)} outputs in {out}); pass overwrite=true or another output="
-        )
+    existing = refuse_existing(
+        out, [*STATISTICS, *planned, *sorted(ours - {*STATISTICS, *planned})], overwrite, "output", UsageError
+    )
     foreign = [p for p in existing if p.name not in ours]
     if foreign:
         raise UsageError(
@@ -277,19 +264,54 @@ def _check_output_folder(out: Path, planned: list[str], earlier: set[str] | None
 
 
 def _start_record(out: Path, outputs: set[str], classes: ClassTable, meta: dict) -> None:
-    """statistics.json (and .csv) naming every file this batch may write, before it writes any: written
-    first so that an interrupted batch is recorded too, and the proof that the folder takes files."""
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        write_statistics(out, [], classes, _record(meta, [], sorted(outputs), finished=False))
-    except OSError as err:
-        raise _unwritable(out, err) from None
+    """statistics.json (and .csv) naming every file this batch may write, before it writes any, so that an
+    interrupted batch is recorded too."""
+    out.mkdir(parents=True, exist_ok=True)
+    write_statistics(out, [], classes, _record(meta, [], sorted(outputs), finished=False))
 
 
 def _record(meta: dict, failed: list[dict], outputs: list[str], finished: bool) -> dict:
     """statistics.json's fields besides the rows: `meta`, the failed scans, whether the batch finished, and
     the files it wrote (or, unfinished, may have written)."""
     return meta | {"failed": failed, "finished": finished, "outputs": outputs}
+
+
+def _predict_batch(
+    model: TrainedModel,
+    images: list[Path],
+    masks: dict[Path, Path | None],
+    out: Path,
+    s: Settings,
+    device: torch.device,
+    autocast: torch.dtype | None,
+    console: Console | None,
+) -> tuple[list[dict], list[dict]]:
+    """Predict each scan into `out`: (statistics rows, failed scans with their reasons). A scan that cannot be
+    read or runs out of memory is named and skipped; a write the folder refuses stops the batch (OSError)."""
+    rows, failed = [], []
+    with Steps(log, "predict", len(images), "images", every_s=0, console=console) as steps:
+        for path in images:
+            out_of_memory = False
+            try:
+                if s.object_mask and masks[path] is None:
+                    raise ScanError(f"{path}: no object mask named {path.stem}.<ext> in {s.object_mask}")
+                row = predict_image(model, path, masks[path], out, s, device, autocast, steps.bar)
+                rows.append(row)
+                done = f"{path.name}, {row['width']} x {row['height']} px, {row['seconds']:.1f} s"
+            except _OutputNotWritten as refused:
+                raise refused.args[0] from None  # the folder, not this scan
+            except (ScanError, OSError, ValueError, MemoryError, torch.OutOfMemoryError) as err:
+                reason = str(err)
+                out_of_memory = isinstance(err, torch.OutOfMemoryError)  # this scan did not fit; the next may
+                if out_of_memory:
+                    reason = f"out of GPU memory ({reason.splitlines()[0]}); lower max_memory_mb= or batch_size=, or use device=cpu"
+                log.error("%s: not predicted: %s", path, reason)
+                failed.append({"image": str(path), "reason": reason})
+                done = f"{path.name}: not predicted"
+            if out_of_memory and device.type == "cuda":
+                torch.cuda.empty_cache()  # out of the except block: the failed scan's tensors are released now
+            steps.advance(done)
+    return rows, failed
 
 
 def run(s: Settings, console: Console | None = None) -> dict:
@@ -321,6 +343,7 @@ def run(s: Settings, console: Console | None = None) -> dict:
         stems[p.stem] = p
     planned = [n for p in images for n in _outputs_of(p, s.overlay)]
     earlier_files = _check_output_folder(out, planned, earlier, s.overwrite)
+    check_writable(out, "output", UsageError)
     masks = _object_masks(s.object_mask, images)
     device = resolve_device(s.device)
     autocast = autocast_dtype(s.precision, device)
@@ -352,42 +375,18 @@ def run(s: Settings, console: Console | None = None) -> dict:
         "settings": {k: v for k, v in vars(s).items() if k not in ("input", "output")} | {"input": s.input},
         "predicted": 0,
     }
-    _start_record(out, {*STATISTICS, *planned, *(p.name for p in earlier_files)}, model.classes, meta)
-    for old in earlier_files:
-        if old.name not in STATISTICS:  # the record itself was just replaced
-            old.unlink(missing_ok=True)
-    if earlier_files:
-        log.info("overwrite=true: the %d file(s) of the earlier batch in %s removed", len(earlier_files), out)
-    rows, failed, written = [], [], list(STATISTICS)
-    with Steps(log, "predict", len(images), "images", every_s=0, console=console) as steps:
-        for path in images:
-            out_of_memory = False
-            try:
-                if s.object_mask and masks[path] is None:
-                    raise ScanError(f"{path}: no object mask named {path.stem}.<ext> in {s.object_mask}")
-                row = predict_image(model, path, masks[path], out, s, device, autocast, steps.bar)
-                rows.append(row)
-                written += [n for n in (row["labels"], row["overlay"]) if n]
-                done = f"{path.name}, {row['width']} x {row['height']} px, {row['seconds']:.1f} s"
-            except OutputFolderError:
-                raise  # the folder, not this scan: nothing more can be written
-            except (ScanError, OSError, ValueError, MemoryError, torch.OutOfMemoryError) as err:
-                reason = str(err)
-                out_of_memory = isinstance(err, torch.OutOfMemoryError)  # this scan did not fit; the next may
-                if out_of_memory:
-                    reason = f"out of GPU memory ({reason.splitlines()[0]}); lower max_memory_mb= or batch_size=, or use device=cpu"
-                log.error("%s: not predicted: %s", path, reason)
-                failed.append({"image": str(path), "reason": reason})
-                done = f"{path.name}: not predicted"
-            if out_of_memory and device.type == "cuda":
-                torch.cuda.empty_cache()  # out of the except block: the failed scan's tensors are released now
-            steps.advance(done)
-    try:
+    with writing(out, "output", UsageError):  # a folder refusing a write: exit 2, none of this batch's files left
+        _start_record(out, {*STATISTICS, *planned, *(p.name for p in earlier_files)}, model.classes, meta)
+        for old in earlier_files:
+            if old.name not in STATISTICS:  # the record itself was just replaced
+                old.unlink(missing_ok=True)
+        if earlier_files:
+            log.info("overwrite=true: the %d file(s) of the earlier batch in %s removed", len(earlier_files), out)
+        rows, failed = _predict_batch(model, images, masks, out, s, device, autocast, console)
+        written = [*STATISTICS, *(n for r in rows for n in (r["labels"], r["overlay"]) if n)]
         csv_path, _ = write_statistics(
             out, rows, model.classes, _record(meta | {"predicted": len(rows)}, failed, written, finished=True)
         )
-    except OSError as err:
-        raise _unwritable(out, err) from None
     return {
         "rows": rows,
         "failed": failed,
