@@ -55,6 +55,7 @@ import xxhash
 from PIL import Image
 
 from poc59.core.atomic import write_json
+from poc59.core.locks import alive
 from poc59.core.pixels import over_limit
 from poc59.core.progress import Steps
 from poc59.data.masks import remap_lut
@@ -568,16 +569,6 @@ def _tmp_folder(folder: Path) -> Path:
     return folder.with_name(f".{folder.name}.tmp-{socket.gethostname()}-{os.getpid()}")
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process
-        return True
-    return True
-
-
 def remove_dead_writers(cache_dir: Path) -> list[Path]:
     """Remove temporary cache folders whose writer is gone (killed mid-write): on this machine, those of a
     process that no longer runs; of another machine (a shared filesystem), those untouched for an hour.
@@ -588,7 +579,7 @@ def remove_dead_writers(cache_dir: Path) -> list[Path]:
         owner, _, pid = tmp.name.rpartition(".tmp-")[2].rpartition("-")
         try:
             if owner == host:
-                dead = not _alive(int(pid))
+                dead = not alive(int(pid))
             else:  # another machine's writer (or an older poc59's `.tmp-<pid>`): judged by its last write
                 newest = max([tmp.stat().st_mtime] + [f.stat().st_mtime for f in tmp.iterdir()])
                 dead = time.time() - newest > _STALE_SECONDS

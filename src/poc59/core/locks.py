@@ -1,0 +1,175 @@
+"""Who holds a folder: a lock file naming its holder (host, pid, SLURM job), taken over when the holder is dead.
+
+A process is judged as the preload cache judges its writers: on this machine, by whether its pid still runs
+(`alive`); on another machine (a shared filesystem) by its lock's heartbeat, which the holder refreshes every
+`BEAT_S` seconds, so a lock untouched for `STALE_S` belongs to a dead holder. An earlier attempt of this same
+SLURM job (a requeue: SLURM runs one attempt at a time) is dead whatever its host.
+
+`FolderLock(folder).acquire()` creates `<folder>/.poc59.lock` atomically (O_EXCL), or raises `LockHeld`
+naming the live holder; `release()` removes it (only if it is still this process's).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from poc59.core.config import SettingError
+
+log = logging.getLogger(__name__)
+
+LOCK_NAME = ".poc59.lock"
+BEAT_S = 60.0  # the holder touches its lock this often
+STALE_S = 600.0  # another machine's lock untouched this long belongs to a dead holder
+
+
+def alive(pid: int) -> bool:
+    """Whether process `pid` runs on this machine (someone else's process counts as running)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+@dataclass(frozen=True)
+class Holder:
+    """The process a lock names: where it runs, since when, and under which SLURM job attempt."""
+
+    host: str
+    pid: int
+    started: str
+    slurm_job: str | None = None
+    slurm_restart: int = 0
+
+    @classmethod
+    def this_process(cls) -> Holder:
+        job = os.environ.get("SLURM_ARRAY_JOB_ID") and (
+            f"{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ.get('SLURM_ARRAY_TASK_ID', '')}"
+        )
+        return cls(
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            started=time.strftime("%Y-%m-%d %H:%M:%S"),
+            slurm_job=job or os.environ.get("SLURM_JOB_ID"),
+            slurm_restart=int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0),
+        )
+
+    def describe(self) -> str:
+        job = f", SLURM job {self.slurm_job}" if self.slurm_job else ""
+        return f"host {self.host}, pid {self.pid}{job}, since {self.started}"
+
+
+class LockHeld(SettingError):
+    """The folder is held by another live process (the command exits 2)."""
+
+
+def _read(path: Path) -> tuple[Holder | None, float]:
+    """(the holder a lock file names, its last heartbeat), (None, 0) when it is gone or unreadable."""
+    try:
+        data: dict[str, Any] = json.loads(path.read_text())
+        return Holder(**data), path.stat().st_mtime
+    except (OSError, ValueError, TypeError):
+        return None, 0.0
+
+
+def holder_is_dead(holder: Holder, heartbeat: float, me: Holder) -> bool:
+    """Whether a lock's holder no longer runs (see the module's docstring for how each case is judged)."""
+    if holder.slurm_job and holder.slurm_job == me.slurm_job and holder.slurm_restart < me.slurm_restart:
+        return True  # an earlier attempt of this requeued job
+    if holder.host == me.host:
+        return holder.pid == me.pid or not alive(holder.pid)  # my own pid: a container's restart reuses it
+    return time.time() - heartbeat > STALE_S
+
+
+class FolderLock:
+    """One process at a time in `folder`; `what` names the work in the refusal ("training")."""
+
+    def __init__(self, folder: Path, what: str = "training") -> None:
+        self.path = Path(folder) / LOCK_NAME
+        self.what = what
+        self.me = Holder.this_process()
+        self._stop = threading.Event()
+        self._beat: threading.Thread | None = None
+
+    def acquire(self) -> FolderLock:
+        """Take the lock (a dead holder's is taken over, with a log line), or raise `LockHeld`."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        for _ in range(3):  # a dead holder's lock moved aside, then created again: at most a race or two
+            if self._create():
+                self._start_heartbeat()
+                return self
+            holder, heartbeat = _read(self.path)
+            if holder is None:
+                if self.path.exists():  # being written by its holder this instant, or not poc59's
+                    time.sleep(0.2)
+                continue
+            if not holder_is_dead(holder, heartbeat, self.me):
+                raise LockHeld(
+                    f"{self.path.parent} is in use by another {self.what} ({holder.describe()}): two at once would "
+                    f"mix their logs and checkpoints. Wait for it to end, or stop it "
+                    f"({'scancel ' + holder.slurm_job if holder.slurm_job else f'kill {holder.pid}'} on {holder.host}) "
+                    "and start again; its lock is taken over once it no longer runs"
+                )
+            self._take_over(holder)
+        raise LockHeld(f"could not take {self.path}: other processes keep replacing it; start again")
+
+    def _create(self) -> bool:
+        try:
+            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            return False
+        with os.fdopen(fd, "w") as f:
+            json.dump(asdict(self.me), f)
+        return True
+
+    def _take_over(self, dead: Holder) -> None:
+        """Move a dead holder's lock aside (atomic: one of two racing starts gets it) and drop it; a lock that
+        turns out to be another's fresh one (it replaced the dead one meanwhile) is put back."""
+        aside = self.path.with_name(f"{LOCK_NAME}.dead-{self.me.host}-{self.me.pid}")
+        try:
+            os.rename(self.path, aside)
+        except FileNotFoundError:
+            return
+        moved, _ = _read(aside)
+        if moved != dead:
+            try:
+                os.link(aside, self.path)  # back in place unless a third start took the name meanwhile
+            except FileExistsError:
+                pass
+        else:
+            log.info("Took over %s from a %s that no longer runs (%s)", self.path, self.what, dead.describe())
+        aside.unlink(missing_ok=True)
+
+    def _start_heartbeat(self) -> None:
+        def beat() -> None:
+            while not self._stop.wait(BEAT_S):
+                try:
+                    os.utime(self.path)
+                except OSError:
+                    pass  # gone or unwritable: its holder still runs; on this machine its pid says so
+
+        self._beat = threading.Thread(target=beat, name="poc59-lock-heartbeat", daemon=True)
+        self._beat.start()
+
+    def release(self) -> None:
+        """Remove the lock if it is still this process's."""
+        self._stop.set()
+        holder, _ = _read(self.path)
+        if holder == self.me:
+            self.path.unlink(missing_ok=True)
+
+    def __enter__(self) -> FolderLock:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
