@@ -4,8 +4,10 @@ run, however often it is started: a resume, a rerun and a DDP run each leave exa
 
 from __future__ import annotations
 
+import html
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -156,17 +158,40 @@ def test_the_mlflow_ui_shows_the_run(server, tmp_path):
     record = json.loads((run_dir / "tracking.json").read_text())["mlflow"]
     shot = tmp_path / "mlflow-run.png"
     page = f"{server}/#/experiments/{record['experiment_id']}/runs/{record['run_id']}"
-    subprocess.run(
-        [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--window-size=1400,1100",
-         "--virtual-time-budget=30000", f"--screenshot={shot}", page],
-        capture_output=True, timeout=120,
-    )  # fmt: skip
+    subprocess.run([*_headless(chromium), f"--screenshot={shot}", page], capture_output=True, timeout=120)
     from PIL import Image
 
     with Image.open(shot) as img:
         assert img.size == (1400, 1100)
         colours = img.convert("L").resize((140, 110)).getcolors(maxcolors=140 * 110)
     assert colours is not None and len(colours) > 20  # a rendered page, not a blank one
+    shown = _page_text(chromium, page)
+    assert _shows_run(shown, record["run_id"]), shown[:3000]
+    # MLflow answers a run it does not have with a page of its own ("Page Not Found Run ID <id> does not
+    # exist"), which names the id too: the check above must tell that page from the run's
+    missing = "0" * 32
+    not_found = _page_text(chromium, page.replace(record["run_id"], missing))
+    assert missing in not_found and not _shows_run(not_found, missing), not_found[:3000]
+
+
+def _headless(chromium: str) -> list[str]:
+    return [
+        chromium, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--window-size=1400,1100",
+        "--virtual-time-budget=30000",
+    ]  # fmt: skip
+
+
+def _page_text(chromium: str, page: str) -> str:
+    """The words MLflow's UI shows at `page` once its scripts ran (the DOM headless Chromium renders)."""
+    dom = subprocess.run([*_headless(chromium), "--dump-dom", page], capture_output=True, text=True, timeout=120)
+    text = re.sub(r"<(script|style)\b.*?</\1>", " ", dom.stdout, flags=re.S | re.I)
+    return " ".join(html.unescape(re.sub(r"<[^>]+>", " ", text)).split())
+
+
+def _shows_run(text: str, run_id: str) -> bool:
+    """The run's own page: its id and a metric poc59 logged (val/mIoU), no "not found" page."""
+    lowered = text.lower()
+    return run_id in text and "val/mIoU" in text and "not found" not in lowered and "does not exist" not in lowered
 
 
 def _client(outputs: Path) -> MlflowClient:
