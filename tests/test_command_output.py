@@ -157,3 +157,24 @@ def test_long_steps_report_progress_in_files(trained, tmp_path, monkeypatch, cap
         r"preload: decoding: 20 of 20 pairs; elapsed",
     ):
         assert any(re.match(line, m) for m in said), (line, said)
+
+
+@pytest.mark.slow
+def test_a_sweep_ends_with_its_folder_on_stdout_and_the_commands_that_read_it(tmp_path):
+    """Each job prints its run folder, the sweep its own folder last; the log names what to run next, and
+    the command it names works pasted into a shell."""
+    out = tmp_path / "out"
+    stdout, stderr = _run(
+        ["poc59.train", "-m", *TINY_RUN, "trainer.max_epochs=1", "seed=0,1", f"paths.output_dir={out}"], tmp_path
+    )
+    _no_log_lines(stdout)
+    *runs, last = stdout.splitlines()
+    sweep = Path(last)
+    assert sweep.parent == out / "sweeps" and (sweep / "multirun.yaml").is_file()
+    assert runs == [str(sweep / "0"), str(sweep / "1")]
+    block = stderr.split(f"Sweep finished: {sweep}\nNext:\n", 1)[1].splitlines()
+    status, compare = block[0].strip(), block[1].strip()
+    assert compare == f"python -m poc59.compare sweep={sweep}"
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    shown = subprocess.run(["bash", "-c", status], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    assert shown.returncode == 0, shown.stderr[-3000:]

@@ -7,7 +7,9 @@ Composes conf/train.yaml with the overrides (Hydra; `-m` sweeps go to the config
 from __future__ import annotations
 
 import logging
+import shlex
 import sys
+from pathlib import Path
 
 import hydra
 from hydra._internal.utils import get_args_parser
@@ -21,7 +23,7 @@ from poc59.core.overrides import HELP, check_overrides, help_text, split_argv
 from poc59.data.folds import register_cv_folds, sweep_values
 from poc59.training.distributed import adopt_submitit_local_ranks
 from poc59.training.preflight import check_settings
-from poc59.training.run import USER_ERRORS, train
+from poc59.training.run import USER_ERRORS, check_run_folder, hydra_quoted, train
 
 log = logging.getLogger("poc59.train")
 
@@ -80,6 +82,32 @@ SUMMARY = (
 )
 
 
+def is_sweep(argv: list[str], first: DictConfig) -> bool:
+    """Whether the command runs a sweep: -m, or a config that asks for one (experiment=cv: hydra.mode)."""
+    return bool(get_args_parser().parse_known_args(argv)[0].multirun) or str(first.hydra.get("mode")).endswith(
+        "MULTIRUN"
+    )
+
+
+def pin_sweep_folder(argv: list[str], first: DictConfig) -> tuple[list[str], Path]:
+    """(argv with hydra.sweep.dir= the folder the sweep will write, that folder): resolved once, here, so
+    its end can name it (the default holds the time, which Hydra would resolve again later)."""
+    given = [a for a in argv if a.split("=", 1)[0] == "hydra.sweep.dir"]
+    folder = Path(first.hydra.sweep.dir)
+    return (argv if given else [*argv, f"hydra.sweep.dir={hydra_quoted(str(folder))}"]), folder
+
+
+def report_sweep(folder: Path) -> None:
+    """The end of a sweep: its folder on stdout (the result a script reads), what to run next in the log."""
+    log.info(
+        "Sweep finished: %s\nNext:\n  python -m poc59.sweep_status %s\n  python -m poc59.compare %s",
+        folder,
+        shlex.quote(f"sweep={folder}"),
+        shlex.quote(f"sweep={folder}"),
+    )
+    print(folder, flush=True)
+
+
 def main() -> None:
     """Check the overrides (exit 2 with the fix, before anything is read), answer --help, then run Hydra."""
     register_resolvers()
@@ -93,12 +121,18 @@ def main() -> None:
             sys.exit(0)
         shown = get_args_parser().parse_known_args(argv)[0].cfg  # --cfg prints a config: nothing is run
         first = check_overrides(argv, check=None if shown else _check_settings)  # -m: every swept value
-        if not shown:
-            sys.argv[1:] = with_every_fold(argv, first)
+        sweep = None
+        if not shown and is_sweep(argv, first):
+            argv, sweep = pin_sweep_folder(with_every_fold(argv, first), first)
+            sys.argv[1:] = argv
+        elif not shown:
+            check_run_folder(Path(first.hydra.run.dir))  # before Hydra creates it and its train.log
     except SettingError as err:
         logging.getLogger("poc59.train").error("%s", err)
         sys.exit(2)
     _hydra_main()
+    if sweep is not None:
+        report_sweep(sweep)
 
 
 if __name__ == "__main__":

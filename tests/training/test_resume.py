@@ -71,27 +71,60 @@ def _tensors(tree, prefix=""):
     return {}
 
 
-def test_a_killed_and_resumed_run_ends_exactly_as_an_unbroken_one(tmp_path):
+def term_callback():
+    """A Lightning callback that sends its own process SIGTERM (what SLURM sends at preemption, a time limit or
+    scancel) as epoch `$POC59_TEST_TERM_AT` starts, and does nothing without that variable
+    (`+callbacks.term._target_=test_resume.term_callback`)."""
+    import lightning as L
+
+    class Term(L.Callback):
+        def on_train_epoch_start(self, trainer, pl_module):
+            if str(trainer.current_epoch) == os.environ.get("POC59_TEST_TERM_AT"):
+                os.kill(os.getpid(), signal.SIGTERM)
+
+    return Term()
+
+
+STOPS = {  # how a run is stopped as epoch 2 starts: (callback, its variable, the exit status it ends with)
+    "SIGKILL": ("helpers.kill_callback", "POC59_TEST_KILL_AT", -signal.SIGKILL),
+    "SIGTERM": ("test_resume.term_callback", "POC59_TEST_TERM_AT", 128 + signal.SIGTERM),
+}
+
+
+@pytest.mark.parametrize("stop", sorted(STOPS))
+def test_a_stopped_and_resumed_run_ends_exactly_as_an_unbroken_one(tmp_path, stop):
     """Weights, optimizer moments, scheduler, augmentation generator and every epoch's figures: a run killed
-    at an epoch start and resumed is bit-identical to one that was never stopped (augmentation and OneCycle on)."""
-    tests = str(Path(__file__).resolve().parents[1])
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (tests, os.environ.get("PYTHONPATH")) if p)}
-    extra = ("trainer.max_epochs=3", "+callbacks.kill._target_=helpers.kill_callback")
+    (SIGKILL) or terminated (SIGTERM: exit 143, where it stopped and the resume command logged) at an epoch
+    start and resumed is bit-identical to one that was never stopped (augmentation and OneCycle on)."""
+    target, variable, status = STOPS[stop]
+    here = Path(__file__).resolve().parent
+    path = [str(here.parent), str(here), os.environ.get("PYTHONPATH")]
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(p for p in path if p),
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",  # `python` is this one
+    }
+    extra = ("trainer.max_epochs=3", f"+callbacks.stop._target_={target}")
     unbroken, broken = tmp_path / "unbroken", tmp_path / "broken"
     done = subprocess.run(_cmd(unbroken, *extra), capture_output=True, text=True, timeout=300, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
-    killed = subprocess.run(
-        _cmd(broken, *extra), capture_output=True, text=True, timeout=300, env={**env, "POC59_TEST_KILL_AT": "2"}
+    stopped = subprocess.run(
+        _cmd(broken, *extra), capture_output=True, text=True, timeout=300, env={**env, variable: "2"}
     )
-    assert (
-        killed.returncode == -signal.SIGKILL and _epoch_of(broken / "checkpoints" / "last.ckpt") == 1
-    )  # epochs 0 and 1 done
+    assert stopped.returncode == status, stopped.stderr[-3000:]
+    assert _epoch_of(broken / "checkpoints" / "last.ckpt") == 1  # epochs 0 and 1 done
     at_kill = next(
         v
         for k, v in _tensors(torch.load(broken / "checkpoints" / "last.ckpt", weights_only=False)).items()
         if "aug_generator" in k
     )
-    resumed = subprocess.run(_cmd(broken, *extra), capture_output=True, text=True, timeout=300, env=env)
+    again = _cmd(broken, *extra)
+    if stop == "SIGTERM":  # it says where it stopped, and the command it prints continues the run, pasted as it is
+        assert stopped.stdout == "" and not (broken / "summary.json").exists()
+        said = stopped.stderr.split("Stopped by SIGTERM", 1)[1]
+        assert said.startswith(" (preemption, a time limit or scancel) in epoch 2 at step ")
+        again = ["bash", "-c", said.split("Continue with:\n", 1)[1].splitlines()[0].strip()]
+    resumed = subprocess.run(again, capture_output=True, text=True, timeout=300, env=env)
     assert resumed.returncode == 0 and "Resuming from" in resumed.stderr, resumed.stderr[-3000:]
 
     a = torch.load(unbroken / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
@@ -180,10 +213,9 @@ def test_checkpoint_writes_leave_the_old_file_when_interrupted(tmp_path, monkeyp
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(os, "fsync", full_disk)
-    try:
+    with pytest.raises(OSError, match="No space left on device") as failed:
         AtomicCheckpointIO().save_checkpoint({"epoch": 2}, path)
-    except OSError:
-        pass
+    assert failed.value.filename == str(path)  # the error names the checkpoint it could not write
     assert torch.load(path, weights_only=False)["epoch"] == 1  # the previous checkpoint survives
     assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]  # no temporary left behind
 

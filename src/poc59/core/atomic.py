@@ -37,8 +37,10 @@ def write_bytes(path: str | Path, data: bytes) -> Path:
             os.fchmod(f.fileno(), 0o666 & ~_UMASK)
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(err, OSError) and err.filename is None:
+            err.filename = str(path)  # a failed write or fsync names no file: the message names the target
         raise
     return path
 

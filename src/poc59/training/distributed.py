@@ -49,3 +49,14 @@ def adopt_submitit_local_ranks(devices: object, num_nodes: object = 1, environ: 
     env.update(LOCAL_RANK=rank, NODE_RANK="0", WORLD_SIZE=str(tasks), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     log.info("Local launcher: process %s of %d (rendezvous 127.0.0.1:%d)", rank, tasks, port)
     return True
+
+
+RANK_VARIABLES = ("RANK", "SLURM_PROCID", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK")
+
+
+def first_process(environ: dict[str, str] | None = None) -> bool:
+    """Whether this is the first process of its run (global rank 0), from the variables the launchers set
+    before Lightning starts: torchrun (RANK, GROUP_RANK), SLURM (SLURM_PROCID), Lightning's own launcher and
+    `adopt_submitit_local_ranks` (LOCAL_RANK, NODE_RANK). A process none of them names is the only one."""
+    env = os.environ if environ is None else environ
+    return all(env.get(k, "0").strip() in ("", "0") for k in RANK_VARIABLES)

@@ -5,18 +5,26 @@ exists, after checking that the configuration is the same one the run started
 with (keys that are safe to change, such as `trainer.max_epochs` or paths, are
 allowed to differ). `resume=never` starts over in a new sibling folder.
 `ckpt_path=...` resumes from any checkpoint, unchecked.
+
+A run folder is where it is now: a copied or moved run (`cp -a runs/r1 runs/r2`) resumes in place, its
+paths derived from the folder (checkpoint folders, the trainer's root, the loggers') compared as the new
+folder's (`relocated`); the checkpoint callbacks re-root their saved state the same way
+(`poc59.training.checkpointing.RunCheckpoint`), so it never writes into the folder it was copied from.
+A non-empty folder that is not a poc59 run is refused (`foreign_entries`).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import zipfile
 from pathlib import Path
 from typing import Any
 
+import torch
 from omegaconf import DictConfig, OmegaConf
 
-from poc59.core.config import flatten
+from poc59.core.config import SettingError, flatten
 
 log = logging.getLogger(__name__)
 
@@ -70,8 +78,9 @@ ONLY_WHEN = {
 }
 
 
-class ResumeConfigError(ValueError):
-    """The run folder was started with a different configuration."""
+class ResumeConfigError(SettingError):
+    """The run folder cannot be started or continued as asked (a different configuration, a damaged
+    checkpoint, fewer epochs than it has run, a folder that is not a run): the command exits 2."""
 
 
 def last_checkpoint(run_dir: Path) -> Path:
@@ -118,6 +127,87 @@ def check_intact(last: Path) -> None:
     )
 
 
+# What poc59 itself may leave in a folder before a run's records exist: Hydra's log of a start, the log
+# slurm/train.sbatch tees into the run folder, a run-folder lock.
+OWN_LOGS = ("train.log", "slurm-*.log", ".poc59.lock")
+
+
+def is_run(folder: Path) -> bool:
+    """Whether `folder` holds a poc59 run: its .hydra/ record, or a config.yaml composed from conf/train.yaml."""
+    if (folder / ".hydra" / "config.yaml").is_file() or last_checkpoint(folder).is_file():
+        return True
+    try:
+        saved = OmegaConf.load(folder / "config.yaml")
+        return "run_dir" in saved.get("paths", {}) and "trainer" in saved and "callbacks" in saved
+    except Exception:  # absent, unreadable, not YAML, not a mapping: not a run's config
+        return False
+
+
+def foreign_entries(folder: Path) -> list[str]:
+    """The entries of a folder that is not a poc59 run and holds more than poc59's own logs ([] otherwise):
+    a run there would replace its files (config.yaml, split.json...) and mix its outputs with them."""
+    if not folder.is_dir() or is_run(folder):
+        return []
+    return sorted(p.name + ("/" if p.is_dir() else "") for p in folder.iterdir() if not _own_log(p))
+
+
+def _own_log(path: Path) -> bool:
+    return path.is_file() and any(path.match(pattern) for pattern in OWN_LOGS)
+
+
+def check_not_foreign(folder: Path) -> None:
+    """SettingError (via ResumeConfigError) naming what is in a folder that is not a poc59 run."""
+    found = foreign_entries(folder)
+    if found:
+        shown = ", ".join(found[:8]) + (f" and {len(found) - 8} more" if len(found) > 8 else "")
+        raise ResumeConfigError(
+            f"run_dir={folder} is not a poc59 run folder and is not empty ({shown}): a run there would replace "
+            f"or mix with those files. Pass a new or empty folder, e.g. run_dir={_free_sibling(folder)}"
+        )
+
+
+def recorded_run_dir(run_dir: Path) -> Path | None:
+    """The folder the run's config.yaml says it was in (elsewhere when it was copied or moved), or None."""
+    try:
+        return Path(OmegaConf.load(run_dir / "config.yaml").paths.run_dir)
+    except Exception:  # no config.yaml, or not one with paths.run_dir: nothing to relocate from
+        return None
+
+
+def relocated(tree: Any, old: Path, new: Path) -> Any:
+    """A config tree (mappings, lists, strings) with every path at or under `old` moved under `new`."""
+    if isinstance(tree, dict):
+        return {k: relocated(v, old, new) for k, v in tree.items()}
+    if isinstance(tree, list | tuple):
+        return type(tree)(relocated(v, old, new) for v in tree)
+    if isinstance(tree, str) and (tree == str(old) or tree.startswith(str(old) + os.sep)):
+        return str(new) + tree[len(str(old)) :]
+    return tree
+
+
+def epochs_done(ckpt: Path) -> int | None:
+    """Epochs a checkpoint has completed (None if it does not say); its tensors are mapped, not read."""
+    try:
+        state = torch.load(ckpt, map_location="cpu", mmap=True, weights_only=False)
+        return int(state["loops"]["fit_loop"]["epoch_progress"]["total"]["processed"])
+    except Exception:  # not a Lightning training checkpoint: Lightning names what is wrong when it loads it
+        return None
+
+
+def check_max_epochs(cfg: DictConfig, ckpt: Path, run_dir: Path) -> None:
+    """ResumeConfigError, before anything is written, when trainer.max_epochs is below the epochs the
+    checkpoint has already completed (Lightning would stop with a traceback, or keep nothing of the run)."""
+    wanted = cfg.trainer.get("max_epochs")
+    if not isinstance(wanted, int) or wanted < 0:
+        return  # -1 / None: no epoch limit
+    done = epochs_done(ckpt)
+    if done is not None and wanted < done:
+        raise ResumeConfigError(
+            f"trainer.max_epochs={wanted} is below the {done} epochs {run_dir} has completed ({ckpt}): a run "
+            f"cannot train backwards. Pass trainer.max_epochs={done} (nothing more to train) or more to continue it"
+        )
+
+
 def _free_sibling(run_dir: Path) -> Path:
     n = 2
     while (run_dir.parent / f"{run_dir.name}-{n}").exists():
@@ -130,9 +220,12 @@ def plan(cfg: DictConfig, run_dir: Path) -> tuple[Path, str | None]:
     mode = cfg.get("resume", "auto")
     if mode not in RESUME_MODES:
         raise ValueError(f"resume={mode!r} must be one of {RESUME_MODES}")
+    check_not_foreign(run_dir)
     if cfg.get("ckpt_path"):
+        given = Path(cfg.ckpt_path).expanduser().resolve()
+        check_max_epochs(cfg, given, run_dir)
         log.info("Resuming from %s (ckpt_path)", cfg.ckpt_path)
-        return run_dir, str(Path(cfg.ckpt_path).expanduser().resolve())
+        return run_dir, str(given)
     last = last_checkpoint(run_dir)
     if not last.exists():
         return run_dir, None
@@ -144,6 +237,9 @@ def plan(cfg: DictConfig, run_dir: Path) -> tuple[Path, str | None]:
     saved = run_dir / "config.yaml"
     if saved.exists():
         old = OmegaConf.to_container(OmegaConf.load(saved), resolve=False)
+        was = recorded_run_dir(run_dir)
+        if was is not None and was != run_dir:
+            old = relocated(old, was, run_dir)  # a copied or moved run: its own paths are this folder's
         new = OmegaConf.to_container(cfg, resolve=True)
         diff = changed_keys(old, new)
         if diff:
@@ -152,5 +248,6 @@ def plan(cfg: DictConfig, run_dir: Path) -> tuple[Path, str | None]:
                 f"{run_dir} holds a run started with a different configuration; refusing to resume it with:\n{lines}\n"
                 "Restore those settings to continue it, or pass resume=never to start over in a new folder."
             )
+    check_max_epochs(cfg, last, run_dir)
     log.info("Resuming from %s", last)
     return run_dir, str(last)

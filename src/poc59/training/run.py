@@ -7,11 +7,16 @@ trainer, fits, and writes the run's summary.json. The only place where
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import math
 import os
+import re
+import shlex
+import tempfile
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +26,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.plugins.environments import SLURMEnvironment
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from poc59.analysis.curves import training_curves_figure
@@ -29,6 +35,7 @@ from poc59.core.atomic import write_bytes, write_json
 from poc59.core.classes import ClassTable
 from poc59.core.config import SettingError, plain
 from poc59.core.device import peak_memory
+from poc59.core.locks import FolderLock
 from poc59.core.logs import log_console
 from poc59.core.provenance import git_commit, package_versions
 from poc59.core.threads import set_threads
@@ -48,6 +55,7 @@ from poc59.tracking import record as tracking
 from poc59.tracking.tracked import trackers
 from poc59.training import resume
 from poc59.training.checkpointing import AtomicCheckpointIO
+from poc59.training.distributed import first_process
 from poc59.training.epoch_log import EpochLog
 from poc59.training.preflight import check_settings
 from poc59.training.throughput import CONVENTION as THROUGHPUT_CONVENTION
@@ -117,8 +125,52 @@ def _best(history: list[dict]) -> dict | None:
     return max(scored, key=lambda h: h["mIoU"]) if scored else None
 
 
+SIGTERM_EXIT = 128 + 15  # a job ended by SIGTERM (SLURM's preemption, time limit, scancel), as a shell reports it
+FULL_OR_READ_ONLY = (errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM)
+
+
+def check_run_folder(folder: Path) -> None:
+    """SettingError, before anything is written, when `folder` is a non-empty folder that is not a poc59 run
+    or cannot be written (read-only, full, not permitted): checked on the folder or its nearest existing parent."""
+    resume.check_not_foreign(folder)
+    existing = next(p for p in (folder, *folder.parents) if p.exists())
+    try:
+        with tempfile.TemporaryFile(dir=existing) as probe:  # removed when closed: nothing is left
+            probe.write(b"\0" * 4096)
+            probe.flush()
+            os.fsync(probe.fileno())
+    except OSError as err:
+        raise SettingError(_cannot_write(folder, err)) from None
+
+
+def _cannot_write(folder: Path, err: OSError) -> str:
+    return (
+        f"cannot write the run folder {folder}: {err.strerror or err}. Free space there or make it writable, "
+        "or pass run_dir=<a writable folder>"
+    )
+
+
+def _run_folder_error(err: OSError, run_dir: Path) -> SettingError | None:
+    """The SettingError for a write into the run folder that its file system refused (read-only, full, no
+    permission); None for any other OSError (a bug, or another file's: it keeps its traceback)."""
+    if err.errno not in FULL_OR_READ_ONLY:
+        return None
+    if err.filename is not None:
+        inside = Path(os.path.abspath(err.filename)).is_relative_to(os.path.abspath(run_dir))
+    else:  # a write that names no file (fsync): the run folder's, if its file system is full or read-only
+        try:
+            fs = os.statvfs(run_dir)
+            inside = bool(fs.f_flag & os.ST_RDONLY) or fs.f_bavail * fs.f_frsize < 1 << 20
+        except OSError:
+            inside = False
+    return SettingError(_cannot_write(run_dir, err)) if inside else None
+
+
 def train(cfg: DictConfig) -> dict:
-    """Fit one model as configured; returns (and on rank 0 writes) the run summary."""
+    """Fit one model as configured; returns (and on rank 0 writes) the run summary.
+
+    The first process of the run holds the run folder's lock (`poc59.core.locks`) from before the first
+    write to the end: a second training started in the same folder is refused, naming the first."""
     started = time.perf_counter()
     # Denormal floats appear as small models train from scratch and make CPU arithmetic
     # 3-10x slower (measured: 9.8 -> 34.8 images/s on the quickstart); flushing them to
@@ -131,6 +183,23 @@ def train(cfg: DictConfig) -> dict:
     given = OmegaConf.to_yaml(cfg)  # the composed config, as Hydra records it
     L.seed_everything(cfg.seed, workers=True)
     run_dir, ckpt_path = resume.plan(cfg, Path(cfg.paths.run_dir))
+    lock = FolderLock(run_dir, "training") if first_process() else None  # the other ranks are the same run
+    try:
+        if lock is not None:
+            lock.acquire()
+        return _train(cfg, run_dir, ckpt_path, started, threads, given)
+    except OSError as err:
+        refused = _run_folder_error(err, run_dir)
+        if refused is None:
+            raise
+        raise refused from None
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _train(cfg: DictConfig, run_dir: Path, ckpt_path: str | None, started: float, threads: Any, given: str) -> dict:
+    """`train` once the run folder is planned and held."""
     record_hydra(run_dir, given)  # only now: a refused start leaves the run folder as it was
     with open_dict(cfg):
         cfg.paths.run_dir = str(run_dir)  # loggers and checkpoints follow a resume=never move
@@ -171,6 +240,7 @@ def train(cfg: DictConfig) -> dict:
         bar = False
     if not bar:  # Lightning refuses a progress bar callback then
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
+    own = ckpt_path is not None and Path(ckpt_path).is_relative_to(run_dir)  # this run's own checkpoint
     trainer: L.Trainer = instantiate(
         cfg.trainer,
         callbacks=callbacks,
@@ -192,10 +262,28 @@ def train(cfg: DictConfig) -> dict:
     throughput = next((c for c in callbacks if isinstance(c, TrainThroughput)), None)
     if throughput is not None:
         throughput.attempt_start = started
-    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    with warnings.catch_warnings():
+        if own:  # resuming in place: the checkpoint folder holds this run's checkpoints, as it should
+            warnings.filterwarnings(
+                "ignore", message=rf"Checkpoint directory {re.escape(str(run_dir))}\S* exists and is not empty"
+            )
+        try:
+            trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+        except SIGTERMException:
+            log.warning(
+                "Stopped by SIGTERM (preemption, a time limit or scancel) in epoch %d at step %d; %s holds the last "
+                "completed epoch. Continue with:\n  %s",
+                trainer.current_epoch,
+                trainer.global_step,
+                resume.last_checkpoint(run_dir),
+                resume_command(run_dir),
+            )
+            raise SystemExit(SIGTERM_EXIT) from None
 
     kept = _finished_already(run_dir, ckpt_path, throughput)
     if kept is not None:
+        if trainer.is_global_zero:
+            print(run_dir, flush=True)  # the run folder, as every finished run prints it (`run=$(...)`)
         return kept
     best = _best(module.history)
     baseline = first_class_baseline(datamodule.val_masks, classes.num_classes, classes.ignore_index)
@@ -345,13 +433,33 @@ def _report(summary: dict, run_dir: Path) -> None:
     log.info("Summary: %s", run_dir / "summary.json")
     log.info("Run folder: %s (training curves: training_curves.png)", run_dir)
     best = summary["checkpoint"]["best"] or str(run_dir / "checkpoints" / "best.ckpt")
-    given = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
-    again = " ".join([*(o for o in given if o.split("=", 1)[0] not in ("run_dir", "run_name")), f"run_dir={run_dir}"])
+    q = shlex.quote
     log.info(
-        "Next:\n  python -m poc59.evaluate run_dir=%s\n  python -m poc59.predict ckpt=%s input=<images> output=<folder>"
-        "\n  python -m poc59.export run_dir=%s\n  python -m poc59.train %s   # resumes it; add trainer.max_epochs=N for more",
-        run_dir,
-        best,
-        run_dir,
-        again,
+        "Next:\n  python -m poc59.evaluate %s\n  python -m poc59.predict %s input=<images> output=<folder>"
+        "\n  python -m poc59.export %s\n  %s   # resumes it; add trainer.max_epochs=N for more",
+        q(f"run_dir={run_dir}"),  # these commands read a value as it is (poc59.core.cli): no Hydra quoting
+        q(f"ckpt={best}"),
+        q(f"run_dir={run_dir}"),
+        resume_command(run_dir),
     )
+
+
+def hydra_quoted(value: str) -> str:
+    """`value` as a Hydra override value: as it is when Hydra reads it so (letters, digits, / . _ + -),
+    else double-quoted (spaces, non-ASCII, commas, colons...)."""
+    if re.fullmatch(r"[A-Za-z0-9_/.+-]+", value):
+        return value
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def resume_command(run_dir: Path) -> str:
+    """The command that continues this run, ready to paste in a shell: this start's overrides, each key once
+    with its last value (Hydra's rule), and run_dir= this folder, each argument shell-quoted."""
+    given = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+    last: dict[str, str] = {}
+    for override in given:
+        key = override.split("=", 1)[0].lstrip("+~")
+        if key not in ("run_dir", "run_name"):
+            last.pop(key, None)  # each key once, where it was last given
+            last[key] = override
+    return shlex.join(["python", "-m", "poc59.train", *last.values(), f"run_dir={hydra_quoted(str(run_dir))}"])
