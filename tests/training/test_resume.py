@@ -185,6 +185,18 @@ def test_changed_keys_ignores_only_safe_keys():
     assert changed_keys(old, {**old, "data": {"allow_large_images": True}}) == {"data.allow_large_images": (None, True)}
 
 
+def test_a_run_started_with_lightnings_checkpoint_callbacks_resumes_with_poc59s():
+    lightning, poc59 = "lightning.pytorch.callbacks.ModelCheckpoint", "poc59.training.checkpointing.RunCheckpoint"
+    callbacks = lambda own, extra: {  # noqa: E731
+        "callbacks": {n: {"_target_": own} for n in ("model_checkpoint", "last_checkpoint")}
+        | {"mine": {"_target_": extra}}
+    }
+    assert changed_keys(callbacks(lightning, lightning), callbacks(poc59, lightning)) == {}
+    assert changed_keys(callbacks(lightning, lightning), callbacks(poc59, poc59)) == {
+        "callbacks.mine._target_": (lightning, poc59)  # a checkpoint callback of the user's own is compared
+    }
+
+
 def test_window_sampling_matters_to_resume_only_under_crop():
     """rare_fraction's default became 0.25: a resize run from before resumes (it has no windows); a crop
     run does not, since its windows would change."""

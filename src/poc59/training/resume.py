@@ -59,6 +59,16 @@ RENAMED_TARGETS = {
     "poc59.val_overlays.ValidationOverlays": "poc59.training.overlays.ValidationOverlays",
 }
 
+# poc59's own checkpoint callbacks that became a poc59 class (one best.ckpt per run): a run started with
+# Lightning's resumes with it. By key: a ModelCheckpoint the user added keeps its class.
+REPLACED_AT = {
+    f"callbacks.{name}._target_": (
+        "lightning.pytorch.callbacks.ModelCheckpoint",
+        "poc59.training.checkpointing.RunCheckpoint",
+    )
+    for name in ("model_checkpoint", "last_checkpoint")
+}
+
 
 # Keys added after runs were started, with the value that means "as before": a run started without the key
 # resumes when the key has that value.
@@ -91,6 +101,7 @@ def changed_keys(old: dict, new: dict) -> dict[str, tuple[Any, Any]]:
     """Keys whose values differ (missing counts as None), except those safe to change."""
     a, b = flatten(old), flatten(new)
     a = {k: RENAMED_TARGETS.get(v, v) if k.endswith("_target_") else v for k, v in a.items()}
+    a = {k: REPLACED_AT[k][1] if k in REPLACED_AT and v == REPLACED_AT[k][0] else v for k, v in a.items()}
     diff = {}
     for key in sorted(set(a) | set(b)):
         if any(key == s.rstrip(".") or key.startswith(s.rstrip(".") + ".") for s in SAFE_TO_CHANGE):
