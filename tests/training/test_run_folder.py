@@ -20,6 +20,7 @@ import torch
 
 from helpers import TINY_RUN
 from poc59.core.locks import LOCK_NAME
+from poc59.training.distributed import first_process
 
 NOT_EMPTY = "exists and is not empty"  # Lightning's warning on a resume, poc59's own (issue 35 item 4)
 
@@ -210,3 +211,10 @@ def test_the_next_commands_work_pasted_into_a_shell_with_spaces_and_accents_in_t
     )
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
     assert str(run_dir) in evaluated.stdout
+
+
+def test_only_the_first_process_of_a_run_holds_its_lock():
+    """Every rank of one run starts train(); the launchers' rank variables say which one is the first."""
+    assert first_process({}) and first_process({"SLURM_PROCID": "0", "LOCAL_RANK": "0", "NODE_RANK": "0"})
+    for other in ({"LOCAL_RANK": "1"}, {"SLURM_PROCID": "3"}, {"RANK": "2"}, {"LOCAL_RANK": "0", "NODE_RANK": "1"}):
+        assert not first_process(other), other
