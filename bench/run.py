@@ -40,7 +40,7 @@ BENCHMARKS = [
     "feed",  # issue 3: augmented batches/s vs the earlier per-sample DataLoader
     "train_step",  # issue 7: Lightning Trainer.fit images/s vs a plain PyTorch loop
     "predict",  # issue 6: predict MP/s vs a naive one-tile loop; peak memory of a 6,000 x 4,000 scan
-    "quickstart",  # issue 2: the quickstart command from an empty cache, within 5 minutes and >= 2x all-Clean
+    "quickstart",  # issue 29: the quickstart from empty caches, seeds 0-2 x threads 1, 2: each < 4 min, >= 2.2x all-Clean
     "ensemble",  # issue 15: a 3-fold ensemble's test mIoU against its best fold's (reported, no bar)
     "threads",  # issue 18: training images/s at threads=1 and 2, quiet and with another job running
     "sampling",  # issue 16: class-aware crop windows against uniform ones: val mIoU, rare classes, cracks
