@@ -11,13 +11,12 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, open_dict
-from PIL import Image
 
+from parity import write_folder
 from poc59.core.config import config_dir, register_resolvers
 
 NO_CUDA = "needs a CUDA device (torch.cuda.is_available() is False): run `bash bench/gpu_check.sh` on a GPU machine"
@@ -40,22 +39,6 @@ ONE_GPU = (
     "callbacks.val_overlays.k=1",
 )
 """The overrides every GPU run shares: one GPU, no progress bar; the precision stays the config's auto one."""
-
-
-def write_folder(root: Path, n: int, size: int, seed: int = 0) -> Path:
-    """`n` random image/mask pairs of `size` px in the ARTeFACT layout (16 classes in 32 px blocks, a 255 mount)."""
-    rng = np.random.default_rng(seed)
-    for sub in ("images", "annotations"):
-        (root / sub).mkdir(parents=True, exist_ok=True)
-    for i in range(n):
-        coarse = rng.integers(0, 256, (size // 16, size // 16, 3), dtype=np.uint8)
-        Image.fromarray(coarse).resize((size, size), Image.BILINEAR).save(root / "images" / f"g{i:03d}.png")
-        mask = np.kron(rng.integers(0, 16, (size // 32, size // 32)), np.ones((32, 32), dtype=np.int64)).astype(
-            np.uint8
-        )
-        mask[:4] = 255
-        Image.fromarray(mask, "L").save(root / "annotations" / f"g{i:03d}.png")
-    return root
 
 
 @pytest.fixture(scope="session")
