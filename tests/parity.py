@@ -18,8 +18,8 @@ what bf16 (the coarsest: 8 significant bits) changes, measured by emulating it o
   the set is learnable and the run trains to a decisive model. A wrong path disagrees on most pixels (8 px
   of misplaced tiles: see test_parity).
 - MIOU_TOLERANCE = 0.01: the absolute difference of the two mIoU (0-1 scale); measured bf16 moved it by
-  0.0003 (evaluate's confusion matrices agreed on 99.93 %). The flipped labels are edge pixels split between classes: they move mIoU by a fraction
-  of their share.
+  0.0003 (evaluate's confusion matrices agreed on 99.93 %). The flipped labels are edge pixels split
+  between classes: they move mIoU by a fraction of their share.
 - evaluate's per-image confusion matrices must agree as LABEL_AGREEMENT asks too (`confusion_agreement`).
 
 The helpers are checked on two CPU runs, on emulated bf16 and on results that are not the same in
