@@ -5,6 +5,7 @@ from __future__ import annotations
 import builtins
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -29,7 +30,7 @@ from poc59.training.run import train
 
 TOLERANCE = 1e-4  # issue 6: max absolute logits difference on CPU
 
-SIDE = 160  # data.image_size in conf/experiment/quickstart.yaml
+SIDE = make_cfg(Path("unused"), "experiment=quickstart").data.image_size  # the quickstart's own size
 QUICKSTART = (
     "experiment=quickstart",  # encoder=cpu_small at SIDE px, as `python -m poc59.train experiment=quickstart`
     "data.synthetic.n=10",

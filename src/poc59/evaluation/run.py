@@ -418,7 +418,7 @@ def data_changes(dm: SegmentationDataModule, run: Path) -> dict | None:
     The run recorded its files' fingerprint (summary.json provenance.data.files_fingerprint: every file's name,
     size and modification time, and the geometry) and its images (split.json, written when training started).
     A different fingerprint now names the files modified after split.json was written (a file copied in with
-    its old time is not named, only counted in the fingerprint). Images added to the folder or gone from it
+    its old time is not named: `check_changes` then only warns). Images added to the folder or gone from it
     stop the data layer before this (its split check names them)."""
     try:
         recorded = json.loads((run / "summary.json").read_text())["provenance"]["data"]["files_fingerprint"]
@@ -440,20 +440,29 @@ def data_changes(dm: SegmentationDataModule, run: Path) -> dict | None:
 
 
 def check_changes(changed: dict, dm: SegmentationDataModule, run: Path, allow: bool) -> None:
-    """EvaluateError naming what changed in the run's data since training, unless `allow` (then a warning)."""
+    """EvaluateError naming the run's data files modified since training, unless `allow` (then a warning).
+
+    A different fingerprint with no file modified since is only a warning: the fingerprint also changes with
+    poc59's preload cache format (a run trained by another version), and a file replaced by one with an older
+    modification time cannot be told from that."""
 
     def some(items: list[str]) -> str:
         return ", ".join(items[:SHOWN]) + (f" (+{len(items) - SHOWN} more)" if len(items) > SHOWN else "")
 
     modified = changed["modified"]
-    which = (
-        f"modified after {changed['modified_after']}: {some(modified)}"
-        if modified
-        else "no file is newer than the run's split.json: one was replaced by a file with an older time"
-    )
+    fingerprints = f"files fingerprint {changed['files_fingerprint_then']} then, {changed['files_fingerprint_now']} now"
+    if not modified:
+        log.warning(
+            "%s: %s, but no file was modified after %s (a run of another poc59 version, whose cache format "
+            "differs, or a file replaced by an older one): scoring; metrics.json records it",
+            dm.root,
+            fingerprints,
+            changed["modified_after"],
+        )
+        return
     found = (
-        f"{dm.root} differs from the files {run} was trained and validated on (files fingerprint "
-        f"{changed['files_fingerprint_then']} then, {changed['files_fingerprint_now']} now): " + which
+        f"{dm.root} differs from the files {run} was trained and validated on ({fingerprints}): "
+        f"modified after {changed['modified_after']}: {some(modified)}"
     )
     if allow:
         log.warning("%s. Scoring the files as they are now (allow_changed_data=true; recorded in metrics.json)", found)
