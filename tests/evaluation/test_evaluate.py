@@ -306,6 +306,15 @@ def test_data_changed_since_training_is_named_and_scored_only_when_asked(tmp_pat
     changed = json.loads((run / "evaluation" / "val" / "metrics.json").read_text())["data_changed"]
     assert sorted(changed["modified"]) == sorted([str(image), str(mask)])
 
+    for gone in (data / "images" / f"{val}.png", data / "annotations" / f"{val}.png"):  # a validation pair removed
+        gone.unlink()
+    caplog.clear()
+    with caplog.at_level(logging.ERROR):
+        assert main([f"run_dir={run}", "bootstrap.resamples=20", "pictures=false", "allow_changed_data=true"]) == 2
+    message = caplog.records[-1].getMessage()
+    assert "point data.root at the data it was trained on" in message
+    assert "data.split_file" not in message  # a key train takes, not evaluate: that advice would fail when pasted
+
 
 def test_crop_geometry_scores_every_tile_once(run, tmp_path, monkeypatch):
     """policy=crop: validation-style tiles; per-image matrices, the split's matrix and the pasted label maps agree."""

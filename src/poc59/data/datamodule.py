@@ -228,8 +228,8 @@ class SegmentationDataModule(L.LightningDataModule):
         """The advice when a split.json set by the caller (a resumed run's own) does not fit the data."""
         return (
             f"the run was trained on other images than {self.root} holds now: point data.root at the data it was "
-            "trained on, or train on these images as a new run (resume=never starts one in a new folder; the "
-            "run's split.json is left as it is)"
+            "trained on (the run's split.json is left as it is); to train on these images, start a new run "
+            "(resume=never starts one in a new folder)"
         )
 
     def _check_classes(self, training: bool) -> None:

@@ -376,7 +376,11 @@ def open_target(
     if members is not None and own:
         split = _ensemble_split(members, split)
     split = split or ("val" if own else "all")
-    dm: SegmentationDataModule = instantiate(cfg)
+    # The run's own split.json is set after the data module is built, as training sets a resumed run's: a split
+    # that no longer fits the folder is then told as the run's (point data.root at its data), not as a
+    # data.split_file setting, which evaluate has no key for.
+    dm: SegmentationDataModule = instantiate(OmegaConf.merge(cfg, {"split_file": None}))
+    dm.split_file = Path(cfg.split_file).resolve() if cfg.get("split_file") else None
     dm.prepare_data()
     dm.setup("validate")
     changed = data_changes(dm, run) if own and run is not None else None
