@@ -70,7 +70,7 @@ def run(quick: bool) -> list[dict]:
             rows.append(
                 common.row(
                     f"{NAME}_{'loaded' if loaded else 'quiet'}",
-                    f"quickstart-sized training (80 images, 160 px, 4 epochs), {where}: images/s at threads=2 "
+                    f"quickstart-sized training (80 images at the quickstart's size, 4 epochs), {where}: images/s at threads=2 "
                     "(summary.json's train_images_per_s)",
                     two,
                     "img/s",
