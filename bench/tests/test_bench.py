@@ -28,6 +28,21 @@ from bench import run as bench_run
 ISSUE_3 = {"cold_preload", "warm_start", "preload_memory", "feed"}
 
 
+def run_quick(tmp_path: Path, *only: str) -> subprocess.CompletedProcess:
+    """`bench/run.py --quick` as CI runs it, in `tmp_path` with a private cache; the report in results.json."""
+    env = {**os.environ, "POC59_CACHE": str(tmp_path / "cache"), "HF_HUB_OFFLINE": "1"}
+    picked = [a for name in only for a in ("--only", name)]
+    cmd = [sys.executable, str(REPO / "bench" / "run.py"), "--quick", "--no-drop-caches", *picked]
+    return subprocess.run(
+        [*cmd, "--output", str(tmp_path / "results.json")],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+        timeout=600,
+    )
+
+
 # -- the harness -----------------------------------------------------------------------------------
 
 
@@ -40,15 +55,7 @@ def test_quick_run_writes_all_rows_and_the_table(tmp_path):
     except ImportError:
         expected_errors = {"feed"}  # reported as an error row naming the missing extra; the rest still run
     out = tmp_path / "results.json"
-    env = {**os.environ, "POC59_CACHE": str(tmp_path / "cache"), "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.run(
-        [sys.executable, str(REPO / "bench" / "run.py"), "--quick", "--no-drop-caches", "--output", str(out)],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        env=env,
-        timeout=600,
-    )
+    proc = run_quick(tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(out.read_text())
     assert report["mode"] == "quick"
@@ -171,15 +178,7 @@ def test_quickstart_row_runs_the_command_per_seed_and_thread_count_from_empty_ca
     """--quick runs the real command (tiny sizes) at threads=1 and 2, each from its own empty cache, and the
     rows quote the worst run of those the details list."""
     out = tmp_path / "results.json"
-    env = {**os.environ, "POC59_CACHE": str(tmp_path / "cache"), "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.run(
-        [sys.executable, str(REPO / "bench" / "run.py"), "--quick", "--only", "quickstart", "--output", str(out)],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        env=env,
-        timeout=600,
-    )
+    proc = run_quick(tmp_path, "quickstart")
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = {r["name"]: r for r in json.loads(out.read_text())["rows"]}
     took, score = rows["quickstart_time"], rows["quickstart_score"]
