@@ -92,3 +92,62 @@ def test_the_heartbeat_keeps_a_held_lock_fresh(tmp_path, monkeypatch):
         time.sleep(0.02)
     assert path.stat().st_mtime > 0
     lock.release()
+
+
+@pytest.mark.parametrize("content", ["", '{"host": "x'], ids=["empty", "corrupt"])
+def test_an_unreadable_lock_older_than_the_grace_is_taken_over(tmp_path, content):
+    """A holder killed (or out of disk) while writing its lock leaves it empty or cut: not a holder for ever."""
+    path = tmp_path / LOCK_NAME
+    path.write_text(content)
+    then = time.time() - locks.GRACE_S - 1
+    os.utime(path, (then, then))
+    lock = FolderLock(tmp_path).acquire()
+    assert json.loads(path.read_text())["pid"] == os.getpid()
+    lock.release()
+    assert list(tmp_path.iterdir()) == []  # no temporary or moved-aside file left
+
+
+def test_a_lock_is_never_seen_half_written(tmp_path, monkeypatch):
+    """The lock's name appears only once its content is whole: a write that fails leaves no lock at all."""
+
+    def full_disk(*_a, **_k):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(locks.json, "dump", full_disk)
+    with pytest.raises(OSError):
+        FolderLock(tmp_path).acquire()
+    assert list(tmp_path.iterdir()) == []
+
+
+def _mine(folder: Path, pid: int, **fields) -> None:
+    """A lock naming process `pid` on this machine, as written by hand."""
+    folder.mkdir(parents=True, exist_ok=True)
+    holder = {"host": socket.gethostname(), "pid": pid, "started": "2026-01-01 00:00:00", **fields}
+    (folder / LOCK_NAME).write_text(json.dumps(holder))
+
+
+@pytest.fixture
+def unrelated():
+    """A live process on this machine that never took any lock (the pid a dead holder's lock may name)."""
+    proc = subprocess.Popen(["sleep", "60"])
+    yield proc
+    proc.kill()
+    proc.wait()
+
+
+def test_a_lock_from_another_boot_is_dead_though_its_pid_runs(tmp_path, unrelated):
+    if locks.boot_id() is None:
+        pytest.skip("this kernel does not give a boot id")
+    _mine(tmp_path, unrelated.pid, boot="another-boot", pid_started=locks.start_time(unrelated.pid))
+    FolderLock(tmp_path).acquire().release()
+    _mine(tmp_path, unrelated.pid, boot=locks.boot_id(), pid_started=locks.start_time(unrelated.pid))
+    with pytest.raises(LockHeld, match=f"kill {unrelated.pid}"):  # the same process, this boot: held
+        FolderLock(tmp_path).acquire()
+
+
+def test_a_lock_whose_pid_now_runs_another_process_is_dead(tmp_path, unrelated):
+    started = locks.start_time(unrelated.pid)
+    _mine(tmp_path, unrelated.pid, boot=locks.boot_id(), pid_started=started - 3600)
+    lock = FolderLock(tmp_path).acquire()
+    assert json.loads((tmp_path / LOCK_NAME).read_text())["pid"] == os.getpid()
+    lock.release()
