@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import os
 import shutil
 import statistics
 from pathlib import Path
@@ -19,6 +20,7 @@ from helpers import SMALL, TINY_RUN, make_cfg, write_multirun
 from poc59.compare import main
 from poc59.comparison.run import CompareError, lead
 from poc59.core.logs import LineFormatter
+from poc59.evaluate import main as evaluate_main
 from poc59.evaluation.run import evaluate_run
 from poc59.training.run import train
 from poc59.training.sweeps import expected_jobs
@@ -303,3 +305,22 @@ def test_an_evaluation_of_an_earlier_best_checkpoint_is_redone_after_a_resume(tm
     assert metrics["miou"] == pytest.approx(summary["val/mIoU"], abs=1e-4)
     (row,) = json.loads((tmp_path / "redone" / "comparison.json").read_text())["runs"]
     assert row["interval"] == metrics["miou_ci"] and "for the same checkpoint" not in caplog.text
+
+
+def test_a_run_whose_data_changed_is_refused_with_advice_that_works_from_compare(sweep, tmp_path, caplog):
+    """evaluate refuses a run whose files changed since training; compare names the run and the evaluate command
+    whose allow_changed_data=true scores it (exit 2, no traceback), and compares it once that has run."""
+    run = shutil.copytree(sweep / "2", tmp_path / "changed")
+    summary = json.loads((run / "summary.json").read_text())
+    summary["provenance"]["data"]["files_fingerprint"] = "0" * 16  # recorded before the files changed
+    (run / "summary.json").write_text(json.dumps(summary))
+    os.utime(run / "split.json", (0, 0))  # every data file is newer than the split: modified since training
+    out = tmp_path / "cmp"
+    with caplog.at_level(logging.ERROR):
+        assert main([f"runs=[{run}]", f"out={out}"]) == 2
+    message = caplog.records[-1].getMessage()
+    assert f"{run}: cannot be evaluated" in message and "Traceback" not in caplog.text
+    assert f"python -m poc59.evaluate run_dir={run}" in message and "evaluate=false" in message
+    assert evaluate_main([f"run_dir={run}", "pictures=false", "bootstrap.resamples=20", "allow_changed_data=true"]) == 0
+    assert main([f"runs=[{run}]", f"out={out}"]) == 0
+    assert main([f"runs=[{run}]", f"out={tmp_path / 'plain'}", "evaluate=false"]) == 0

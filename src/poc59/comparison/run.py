@@ -33,7 +33,7 @@ from poc59.core.classes import ClassTable
 from poc59.core.config import flatten
 from poc59.core.outputs import check_writable, refuse_existing
 from poc59.core.progress import Steps
-from poc59.evaluation.run import PER_IMAGE_FILE, evaluate_run, scored_the_best
+from poc59.evaluation.run import PER_IMAGE_FILE, EvaluateError, evaluate_run, scored_the_best
 from poc59.tracking.search import SEARCH_RESULTS
 from poc59.tracking.tracked import add_to_tracked
 from poc59.training.sweeps import Job, find_sweep, inspect_job, sweep_status
@@ -133,7 +133,14 @@ def _load_metrics(run: Run, evaluate: bool) -> None:
     if (not path.exists() or pooled or stale) and evaluate:  # a fold needs its per-image matrices to be pooled
         why = f"its evaluation scored another checkpoint than {best} now" if stale else "for the interval"
         log.info("Evaluating %s (its best checkpoint on its validation split): %s", run.dir, why)
-        evaluate_run(run_dir=Path(run.dir), pictures=False)  # the numbers; `python -m poc59.evaluate` draws
+        try:
+            evaluate_run(run_dir=Path(run.dir), pictures=False)  # the numbers; `python -m poc59.evaluate` draws
+        except EvaluateError as err:  # its advice names evaluate's keys, which compare does not take
+            raise CompareError(
+                f"{run.dir}: cannot be evaluated for its interval: {err}\nThat advice is for "
+                f"`python -m poc59.evaluate run_dir={run.dir}` (its keys, e.g. allow_changed_data=true): run it "
+                "there, then compare again; or compare with evaluate=false (val mIoU without intervals)"
+            ) from None
     if not path.exists():
         return
     m = _read_json(path)
