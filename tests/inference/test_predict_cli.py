@@ -239,9 +239,12 @@ def test_overwrite_never_replaces_a_file_no_batch_recorded(ckpt, scans, tmp_path
     out = tmp_path / "out"
     out.mkdir()
     (out / "001_labels.png").write_bytes(b"the user's own map")
-    assert main([f"ckpt={ckpt}", f"input={scans}", f"output={out}", "overwrite=true"]) == 2
-    assert f"{out / '001_labels.png'} exists and no earlier predict batch recorded it" in caplog.text
-    assert "pass another output=" in caplog.text
+    for overwrite in ([], ["overwrite=true"]):  # the first message's advice never leads to a second refusal
+        caplog.clear()
+        assert main([f"ckpt={ckpt}", f"input={scans}", f"output={out}", *overwrite]) == 2
+        said = caplog.messages[-1]
+        assert said.startswith(f"{out / '001_labels.png'} exists and no earlier predict batch recorded it")
+        assert "pass another output=" in said and "pass overwrite=true" not in said
     assert _outputs(out) == ["001_labels.png"] and (out / "001_labels.png").read_bytes() == b"the user's own map"
 
 

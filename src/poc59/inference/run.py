@@ -250,17 +250,16 @@ def _check_output_folder(out: Path, planned: list[str], earlier: set[str] | None
             f"Pass a folder (created if missing), e.g. {folder}"
         )
     ours = earlier or set()
-    existing = refuse_existing(
-        out, [*STATISTICS, *planned, *sorted(ours - {*STATISTICS, *planned})], overwrite, "output", UsageError
-    )
-    foreign = [p for p in existing if p.name not in ours]
+    names = [*STATISTICS, *planned, *sorted(ours - {*STATISTICS, *planned})]
+    # files no batch recorded first: overwrite=true would not let this batch replace them, so never advise it
+    foreign = [out / n for n in names if n not in ours and (out / n).exists()]
     if foreign:
         raise UsageError(
             f"{foreign[0]} exists and no earlier predict batch recorded it in {out / 'statistics.json'} "
             f"({len(foreign)} such file(s)): overwrite=true replaces only files poc59 wrote. Move them away "
             "or pass another output="
         )
-    return existing
+    return refuse_existing(out, names, overwrite, "output", UsageError)
 
 
 def _start_record(out: Path, outputs: set[str], classes: ClassTable, meta: dict) -> None:
