@@ -5,6 +5,7 @@ submitted to a real cluster)."""
 from __future__ import annotations
 
 import csv
+import errno
 import json
 import logging
 import os
@@ -27,6 +28,7 @@ from poc59.artifacts.export import run_metrics
 from poc59.artifacts.load import load_model
 from poc59.data.datamodule import SegmentationDataModule
 from poc59.evaluate import main, parse_args
+from poc59.evaluation import pictures as pictures_module
 from poc59.evaluation.passes import predicted_canvases, score
 from poc59.evaluation.report import print_report
 from poc59.evaluation.run import EvaluateError, evaluate_run
@@ -560,3 +562,18 @@ def test_a_metric_is_added_by_one_function_and_one_registration(run, monkeypatch
         assert entry["balanced_accuracy"] == m["balanced_accuracy"]
     finally:
         shutil.rmtree(out, ignore_errors=True)
+
+
+def test_a_failed_re_evaluation_leaves_no_earlier_metrics_pointing_at_removed_pictures(run, tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    evaluate_run(run_dir=run, out=out, worst_k=2, **FAST)
+    assert (out / "metrics.json").exists() and (out / "confusion_matrix.png").exists()
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(pictures_module, "iou_bars_figure", full)  # the disk fills after the first picture
+    with pytest.raises(EvaluateError, match="no space left"):
+        evaluate_run(run_dir=run, out=out, worst_k=2, **FAST)
+    assert not (out / "metrics.json").exists()  # the old record named confusion_matrix.png, now removed
+    assert not (out / "confusion_matrix.png").exists()

@@ -257,6 +257,9 @@ def write_results(
 ) -> None:
     """The pictures, the per-image matrices and metrics.json into `folder` (metrics.json last: it exists only
     when everything before it was written)."""
+    # an earlier evaluation's metrics.json goes first: a write failing midway leaves no record pointing at
+    # pictures it no longer has (`writing` removes this attempt's files), and a complete folder has a new one
+    (folder / "metrics.json").unlink(missing_ok=True)
     if pictures:
         # the grids show the stored images (cropped to their content); full-resolution maps of mode=native
         # come from predict. The sample covers as many classes as it can; the worst are the worst.
