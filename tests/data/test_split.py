@@ -279,6 +279,9 @@ def test_split_file_missing_or_not_json(tmp_path):
     samples = synth(4)
     with pytest.raises(DataError, match="not found"):
         load_split(tmp_path / "nope.json", samples)
+    with pytest.raises(DataError, match=r"nope.json not found; restore the run's") as err:  # the caller's advice
+        load_split(tmp_path / "nope.json", samples, fix="restore the run's split.json")
+    assert "data.split_file" not in str(err.value)
     (tmp_path / "bad.json").write_text("{not json")
     with pytest.raises(DataError, match="bad.json"):
         load_split(tmp_path / "bad.json", samples)

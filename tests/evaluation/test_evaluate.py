@@ -577,3 +577,16 @@ def test_a_failed_re_evaluation_leaves_no_earlier_metrics_pointing_at_removed_pi
         evaluate_run(run_dir=run, out=out, worst_k=2, **FAST)
     assert not (out / "metrics.json").exists()  # the old record named confusion_matrix.png, now removed
     assert not (out / "confusion_matrix.png").exists()
+
+
+def test_a_run_without_its_split_json_is_named_with_advice_evaluate_takes(run, tmp_path, caplog):
+    copy = shutil.copytree(run, tmp_path / "run")
+    (copy / "split.json").unlink()
+    with caplog.at_level(logging.ERROR):
+        assert main([f"run_dir={copy}", "bootstrap.resamples=20", "pictures=false"]) == 2
+    said = caplog.messages[-1]
+    assert said.startswith(f"{copy / 'split.json'} not found") and "Traceback" not in caplog.text
+    assert "data.split_file" not in said  # a key train takes, not evaluate
+    other = make_folder(tmp_path / "other", n=4, copies=1, size=(48, 40), classes=5)
+    advised = said.rsplit("python -m poc59.evaluate ", 1)[1].replace("<another folder>", str(other)).split()
+    assert main([*advised, "bootstrap.resamples=20", "pictures=false", f"out={tmp_path / 'out'}"]) == 0

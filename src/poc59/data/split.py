@@ -426,6 +426,8 @@ def load_split(
     try:
         d = json.loads(path.read_text())
     except FileNotFoundError:
+        if fix != SPLIT_FIX:  # a split the caller set (a run's own): data.split_file is not the user's key there
+            raise DataError(f"{path} not found; {fix}") from None
         raise DataError(
             f"data.split_file not found: {path}; point it at an existing split.json or set it to null"
         ) from None

@@ -98,6 +98,12 @@ def data_config(
         )
     own = run is not None and (data_root is None or Path(data_root).expanduser().resolve() == Path(cfg.root).resolve())
     if own:
+        if not (run / "split.json").is_file():  # the run's record of its validation images: nothing replaces it
+            raise EvaluateError(
+                f"{run / 'split.json'} not found: the run's record of the images it trained and validated on. "
+                "Restore it from a copy of the run, or score all the images of a folder as new ones: "
+                f"python -m poc59.evaluate ckpt={run / 'checkpoints' / 'best.ckpt'} data.root=<another folder>"
+            )
         cfg.split_file = str(run / "split.json")
     else:  # another folder: split afresh with the run's settings; _augK copies would only ever be training images
         cfg.root, cfg.split_file, cfg.synthetic = str(Path(data_root).expanduser().resolve()), None, None
