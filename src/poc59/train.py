@@ -18,10 +18,11 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from poc59.core.config import SettingError, config_dir, register_resolvers
+from poc59.core.locks import FolderLock
 from poc59.core.logs import setup_logging, take_verbose
 from poc59.core.overrides import HELP, check_overrides, help_text, split_argv
 from poc59.data.folds import register_cv_folds, sweep_values
-from poc59.training.distributed import adopt_submitit_local_ranks
+from poc59.training.distributed import adopt_submitit_local_ranks, first_process
 from poc59.training.preflight import check_settings
 from poc59.training.run import USER_ERRORS, check_run_folder, hydra_quoted, train
 
@@ -43,6 +44,8 @@ def _hydra_main(cfg: DictConfig) -> float | None:
     except Exception:
         log.exception("Run failed")  # in a sweep Hydra keeps only the message; the log keeps the traceback
         raise
+    if first_process():
+        print(cfg.paths.run_dir, flush=True)  # stdout holds the one result a script reads: the run folder
     return summary["val/mIoU"]  # the value a Hydra sweeper optimises
 
 
@@ -126,7 +129,10 @@ def main() -> None:
             argv, sweep = pin_sweep_folder(with_every_fold(argv, first), first)
             sys.argv[1:] = argv
         elif not shown:
-            check_run_folder(Path(first.hydra.run.dir))  # before Hydra creates it and its train.log
+            run_dir = Path(first.hydra.run.dir)
+            check_run_folder(run_dir)  # before Hydra creates it and its train.log
+            if first_process() and first.get("resume") != "never":  # resume=never starts in another folder
+                FolderLock(run_dir, "training").check()  # held: refused before Hydra opens its train.log there
     except SettingError as err:
         logging.getLogger("poc59.train").error("%s", err)
         sys.exit(2)

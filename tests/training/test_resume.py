@@ -334,3 +334,21 @@ def test_a_resumed_run_keeps_the_split_it_was_trained_on(tmp_path):
     assert moved in kept["train"] and moved not in kept["val"]
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["provenance"]["data"]["val_images"] == len(split["val"])
+
+
+def test_a_damaged_last_checkpoint_advises_the_best_checkpoint_the_run_records(tmp_path):
+    """A run whose summary.json records best-v1.ckpt (trained before one best.ckpt per run): that is its best."""
+    import zipfile
+
+    from poc59.training.resume import ResumeConfigError, check_intact
+
+    folder = tmp_path / "run" / "checkpoints"
+    folder.mkdir(parents=True)
+    (folder / "last.ckpt").write_bytes(b"PK\x03\x04 cut short")
+    for name in ("best.ckpt", "best-v1.ckpt"):  # the older best beside the recorded one
+        with zipfile.ZipFile(folder / name, "w") as z:
+            z.writestr("archive/data.pkl", b"x")
+    (tmp_path / "run" / "summary.json").write_text(json.dumps({"checkpoint": {"best": "/elsewhere/best-v1.ckpt"}}))
+    with pytest.raises(ResumeConfigError) as refused:
+        check_intact(folder / "last.ckpt")
+    assert f"ckpt_path={folder / 'best-v1.ckpt'} to continue" in str(refused.value)

@@ -19,6 +19,7 @@ import pytest
 import torch
 
 from helpers import TINY_RUN
+from poc59.core import locks
 from poc59.core.locks import LOCK_NAME
 from poc59.training.distributed import first_process
 
@@ -133,6 +134,7 @@ def test_a_second_training_in_a_held_folder_is_refused_naming_the_first_and_a_de
         said = _said(second)
         assert f"pid {first.pid}" in said and held["host"] in said and "Traceback" not in said
         assert _files(run_dir / ".hydra") == records
+        assert "is in use by another training" not in (run_dir / "train.log").read_text()  # the first's log alone
         assert first.poll() is None  # the first trains on
     finally:
         first.send_signal(signal.SIGKILL)  # dies holding the lock, as a node failure leaves it
@@ -143,6 +145,62 @@ def test_a_second_training_in_a_held_folder_is_refused_naming_the_first_and_a_de
     assert again.returncode == 0, again.stderr[-3000:]
     assert "Took over" in again.stderr and "Resuming from" in again.stderr
     assert not (run_dir / LOCK_NAME).exists()
+
+
+@pytest.fixture
+def live_pid():
+    """A process of this machine that runs for the whole test (the holder a lock written by hand names)."""
+    proc = subprocess.Popen(["sleep", "60"])
+    yield proc.pid
+    proc.kill()
+    proc.wait()
+
+
+def test_a_start_refused_by_a_held_lock_writes_nothing_not_even_the_holders_log(tmp_path, live_pid):
+    """Refused before Hydra opens <run>/train.log: the running training's log keeps only its own lines."""
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "train.log").write_text("[2026-01-01 00:00:00][poc59.train][INFO] - Epoch 3 of the first training\n")
+    holder = {"host": locks.socket.gethostname(), "pid": live_pid, "started": "2026-01-01 00:00:00"}
+    holder |= {"boot": locks.boot_id(), "pid_started": locks.start_time(live_pid)}
+    (run_dir / LOCK_NAME).write_text(json.dumps(holder))
+    before = _files(run_dir)
+
+    second = _train(run_dir, "trainer.max_epochs=1")
+    assert second.returncode == 2, second.stderr[-3000:]
+    said = _said(second)
+    assert f"pid {live_pid}" in said and f"kill {live_pid}" in said and "Traceback" not in said
+    assert _files(run_dir) == before  # train.log included
+
+
+@pytest.mark.slow
+def test_a_resume_its_data_refuses_leaves_the_runs_hydra_records_as_they_were(tmp_path):
+    """The data is checked (here: the run's split names an image the data no longer has) before any record of
+    the start is written."""
+    run_dir = tmp_path / "run"
+    first = _train(run_dir, "trainer.max_epochs=1")
+    assert first.returncode == 0, first.stderr[-3000:]
+    split = json.loads((run_dir / "split.json").read_text())
+    split["val"].append("no_such_image")
+    del split["fingerprint"]  # a deliberate edit (poc59.data.split.from_dict), as a split of other data reads
+    (run_dir / "split.json").write_text(json.dumps(split))
+    before = _files(run_dir, skip=("train.log",))
+
+    refused = _train(run_dir, "trainer.max_epochs=2")
+    assert refused.returncode == 2, refused.stderr[-3000:]
+    assert "no_such_image" in _said(refused) and "Traceback" not in refused.stderr
+    assert _files(run_dir, skip=("train.log",)) == before  # .hydra/config.yaml and overrides.yaml included
+
+
+@pytest.mark.slow
+def test_a_run_resumed_through_a_symlinked_folder_gives_no_checkpoint_folder_warning(tmp_path):
+    real, link = tmp_path / "real" / "run", tmp_path / "link"
+    first = _train(real, "trainer.max_epochs=1")
+    assert first.returncode == 0, first.stderr[-3000:]
+    link.symlink_to(real, target_is_directory=True)
+    resumed = _train(link, "trainer.max_epochs=2")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "Resuming from" in resumed.stderr and NOT_EMPTY not in resumed.stderr
 
 
 def _in_own_mount(options: str, fill: bool, *train: str, mount: Path) -> subprocess.CompletedProcess:
@@ -172,7 +230,7 @@ def test_a_read_only_or_full_run_folder_is_refused_naming_it(tmp_path, options, 
     out = _in_own_mount(options, fill, f"run_dir={run_dir}", "trainer.max_epochs=1", mount=mount)
     assert out.returncode == 2, out.stderr[-3000:]
     said = _said(out)
-    assert f"cannot write the run folder {run_dir}" in said and "Traceback" not in said
+    assert f"run_dir={run_dir}: cannot write there" in said and "Traceback" not in said
     assert out.stdout.split("--- left:\n", 1)[1].split() == (["./fill"] if fill else [])  # nothing written
 
 
@@ -184,7 +242,7 @@ def test_a_run_folder_that_fills_up_while_training_stops_with_exit_2_and_no_part
     out = _in_own_mount("size=2m", False, f"run_dir={run_dir}", "trainer.max_epochs=1", mount=mount)
     assert out.returncode == 2, out.stderr[-3000:]
     said = _said(out)
-    assert f"cannot write the run folder {run_dir}" in said and "No space left" in said and "Traceback" not in said
+    assert f"run_dir={run_dir}: cannot write there" in said and "No space left" in said and "Traceback" not in said
     left = out.stdout.split("--- left:\n", 1)[1].split()
     assert "./run/config.yaml" in left and not [f for f in left if f.endswith(".tmp") or f.endswith(".ckpt")], left
     assert "./run/.poc59.lock" not in left  # released on the way out

@@ -150,14 +150,24 @@ class FolderLock:
                 self._take_over_unreadable()
                 continue
             if not holder_is_dead(holder, heartbeat, self.me):
-                raise LockHeld(
-                    f"{self.path.parent} is in use by another {self.what} ({holder.describe()}): two at once would "
-                    f"mix their logs and checkpoints. Wait for it to end, or stop it "
-                    f"({'scancel ' + holder.slurm_job if holder.slurm_job else f'kill {holder.pid}'} on {holder.host}) "
-                    "and start again; its lock is taken over once it no longer runs"
-                )
+                raise self._held(holder)
             self._take_over(holder)
         raise LockHeld(f"could not take {self.path}: other processes keep replacing it; start again")
+
+    def check(self) -> None:
+        """`LockHeld` when a live process holds the folder; takes nothing and writes nothing (a command's check
+        before it opens any file there)."""
+        holder, heartbeat = _read(self.path)
+        if holder is not None and not holder_is_dead(holder, heartbeat, self.me):
+            raise self._held(holder)
+
+    def _held(self, holder: Holder) -> LockHeld:
+        stop = f"scancel {holder.slurm_job}" if holder.slurm_job else f"kill {holder.pid}"
+        return LockHeld(
+            f"{self.path.parent} is in use by another {self.what} ({holder.describe()}): two at once would "
+            f"mix their logs and checkpoints. Wait for it to end, or stop it ({stop} on {holder.host}) "
+            "and start again; its lock is taken over once it no longer runs"
+        )
 
     def _create(self) -> bool:
         """Write this process's details to a temporary file and link it to the lock's name: the lock is whole

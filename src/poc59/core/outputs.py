@@ -3,7 +3,7 @@
 - Results a command finds already in its output folder are replaced only when the user says `overwrite=true`
   (`refuse_existing`); without it the command stops before any work, naming the first file and both ways on.
 - A folder that cannot be written (read-only file system, no permission, a full disk or quota) is the user's
-  setting, not a bug: `check_writable` finds the first two before any work, and `writing` turns any of them met
+  setting, not a bug: `check_writable` finds each before any work (its probe writes and syncs a few KiB), and `writing` turns any of them met
   while writing into one message naming the folder and the key that sets it.
 
 Each caller passes its own error type (the one its command turns into exit 2), so the messages read alike.
@@ -27,8 +27,12 @@ UNWRITABLE = {
     errno.EDQUOT: "the disk quota is used up",
 }
 
+PROBE = b"\0" * 16384  # what check_writable writes and syncs: a disk without room for it holds no result
 
-def _refusal(folder: Path, key: str, err: OSError) -> str:
+
+def refusal(folder: str | Path, key: str, err: OSError) -> str:
+    """The message for a write into `folder` (set by `key`) that its file system refused (`err.errno` in
+    UNWRITABLE): what happened, and the key to set."""
     return (
         f"{key}={folder}: cannot write there ({UNWRITABLE[err.errno]}: {err.strerror}). "
         f"Pass {key}=<a folder on a writable disk with free space>"
@@ -37,18 +41,23 @@ def _refusal(folder: Path, key: str, err: OSError) -> str:
 
 def check_writable(folder: str | Path, key: str, error: Callable[[str], Exception]) -> None:
     """`error` naming `folder` and `key` when nothing can be created in it (or, for a folder still to be made,
-    in its nearest existing parent). Creates nothing that stays: a probe file is made and removed."""
+    in its nearest existing parent), or when the disk is full: a probe file is written, synced (a full disk or
+    quota shows at the sync, not when an empty file is made) and removed, so nothing stays."""
     folder = Path(folder)
     existing = next((p for p in (folder, *folder.parents) if p.exists()), None)
     if existing is None or not existing.is_dir():
         raise error(f"{key}={folder}: {existing} is not a folder. Pass {key}=<a folder>")
     try:
         fd, probe = tempfile.mkstemp(prefix=".poc59-write-check-", dir=existing)
-        os.close(fd)
-        os.unlink(probe)
+        try:
+            os.write(fd, PROBE)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+            os.unlink(probe)
     except OSError as err:
         if err.errno in UNWRITABLE:
-            raise error(_refusal(folder, key, err)) from None
+            raise error(refusal(folder, key, err)) from None
         raise
 
 
@@ -71,7 +80,7 @@ def writing(folder: str | Path, key: str, error: Callable[[str], Exception]) -> 
         for path, mtime in _files(folder).items():
             if before.get(path) != mtime:
                 path.unlink(missing_ok=True)
-        raise error(_refusal(folder, key, err)) from None
+        raise error(refusal(folder, key, err)) from None
 
 
 def refuse_existing(

@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from poc59.artifacts.trained import best_checkpoint
 from poc59.core.config import SettingError, flatten
 
 log = logging.getLogger(__name__)
@@ -130,7 +131,7 @@ def check_intact(last: Path) -> None:
     otherwise stop in torch.load with "file is corrupted"."""
     if intact(last):
         return
-    best = last.with_name("best.ckpt")
+    best = best_checkpoint(last.parent.parent)  # <run>/checkpoints/last.ckpt: the run's own best
     other = f"ckpt_path={best} to continue from the best epoch's checkpoint, or " if intact(best) else ""
     raise ResumeConfigError(
         f"{last} is damaged (cut short: it is no complete checkpoint), so this run cannot continue from it. "

@@ -7,14 +7,12 @@ trainer, fits, and writes the run's summary.json. The only place where
 
 from __future__ import annotations
 
-import errno
 import json
 import logging
 import math
 import os
 import re
 import shlex
-import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -31,12 +29,14 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from poc59.analysis.curves import training_curves_figure
 from poc59.artifacts.card import ModelCard
+from poc59.artifacts.trained import best_checkpoint
 from poc59.core.atomic import write_bytes, write_json
 from poc59.core.classes import ClassTable
 from poc59.core.config import SettingError, plain
 from poc59.core.device import peak_memory
 from poc59.core.locks import FolderLock
 from poc59.core.logs import log_console
+from poc59.core.outputs import UNWRITABLE, check_writable, refusal
 from poc59.core.provenance import git_commit, package_versions
 from poc59.core.threads import set_threads
 from poc59.data.datamodule import SegmentationDataModule
@@ -126,34 +126,19 @@ def _best(history: list[dict]) -> dict | None:
 
 
 SIGTERM_EXIT = 128 + 15  # a job ended by SIGTERM (SLURM's preemption, time limit, scancel), as a shell reports it
-FULL_OR_READ_ONLY = (errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM)
 
 
 def check_run_folder(folder: Path) -> None:
     """SettingError, before anything is written, when `folder` is a non-empty folder that is not a poc59 run
-    or cannot be written (read-only, full, not permitted): checked on the folder or its nearest existing parent."""
+    or cannot be written (read-only, full, not permitted: `poc59.core.outputs.check_writable`)."""
     resume.check_not_foreign(folder)
-    existing = next(p for p in (folder, *folder.parents) if p.exists())
-    try:
-        with tempfile.TemporaryFile(dir=existing) as probe:  # removed when closed: nothing is left
-            probe.write(b"\0" * 4096)
-            probe.flush()
-            os.fsync(probe.fileno())
-    except OSError as err:
-        raise SettingError(_cannot_write(folder, err)) from None
-
-
-def _cannot_write(folder: Path, err: OSError) -> str:
-    return (
-        f"cannot write the run folder {folder}: {err.strerror or err}. Free space there or make it writable, "
-        "or pass run_dir=<a writable folder>"
-    )
+    check_writable(folder, "run_dir", SettingError)
 
 
 def _run_folder_error(err: OSError, run_dir: Path) -> SettingError | None:
     """The SettingError for a write into the run folder that its file system refused (read-only, full, no
     permission); None for any other OSError (a bug, or another file's: it keeps its traceback)."""
-    if err.errno not in FULL_OR_READ_ONLY:
+    if err.errno not in UNWRITABLE:
         return None
     if err.filename is not None:
         inside = Path(os.path.abspath(err.filename)).is_relative_to(os.path.abspath(run_dir))
@@ -163,11 +148,12 @@ def _run_folder_error(err: OSError, run_dir: Path) -> SettingError | None:
             inside = bool(fs.f_flag & os.ST_RDONLY) or fs.f_bavail * fs.f_frsize < 1 << 20
         except OSError:
             inside = False
-    return SettingError(_cannot_write(run_dir, err)) if inside else None
+    return SettingError(refusal(run_dir, "run_dir", err)) if inside else None
 
 
 def train(cfg: DictConfig) -> dict:
-    """Fit one model as configured; returns (and on rank 0 writes) the run summary.
+    """Fit one model as configured; returns (and on rank 0 writes) the run summary, and sets cfg.paths.run_dir
+    to the folder it used (another than the one asked for under resume=never).
 
     The first process of the run holds the run folder's lock (`poc59.core.locks`) from before the first
     write to the end: a second training started in the same folder is refused, naming the first."""
@@ -200,7 +186,6 @@ def train(cfg: DictConfig) -> dict:
 
 def _train(cfg: DictConfig, run_dir: Path, ckpt_path: str | None, started: float, threads: Any, given: str) -> dict:
     """`train` once the run folder is planned and held."""
-    record_hydra(run_dir, given)  # only now: a refused start leaves the run folder as it was
     with open_dict(cfg):
         cfg.paths.run_dir = str(run_dir)  # loggers and checkpoints follow a resume=never move
 
@@ -240,7 +225,8 @@ def _train(cfg: DictConfig, run_dir: Path, ckpt_path: str | None, started: float
         bar = False
     if not bar:  # Lightning refuses a progress bar callback then
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
-    own = ckpt_path is not None and Path(ckpt_path).is_relative_to(run_dir)  # this run's own checkpoint
+    # this run's own checkpoint (real paths: ckpt_path= is resolved, the run folder may be a link)
+    own = ckpt_path is not None and Path(os.path.realpath(ckpt_path)).is_relative_to(os.path.realpath(run_dir))
     trainer: L.Trainer = instantiate(
         cfg.trainer,
         callbacks=callbacks,
@@ -249,7 +235,8 @@ def _train(cfg: DictConfig, run_dir: Path, ckpt_path: str | None, started: float
         enable_progress_bar=bar,
     )
 
-    if trainer.is_global_zero:
+    if trainer.is_global_zero:  # only now, after every check that can refuse: a refused start changes no record
+        record_hydra(run_dir, given)
         write_bytes(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True).encode())
         write_json(run_dir / "split.json", datamodule.split)
         write_json(run_dir / "class_weights.json", datamodule.class_weights_record)
@@ -265,7 +252,8 @@ def _train(cfg: DictConfig, run_dir: Path, ckpt_path: str | None, started: float
     with warnings.catch_warnings():
         if own:  # resuming in place: the checkpoint folder holds this run's checkpoints, as it should
             warnings.filterwarnings(
-                "ignore", message=rf"Checkpoint directory {re.escape(str(run_dir))}\S* exists and is not empty"
+                "ignore",  # Lightning names the folder by its real path (a symlinked run folder)
+                message=rf"Checkpoint directory {re.escape(os.path.realpath(run_dir))}\S* exists and is not empty",
             )
         try:
             trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
@@ -282,8 +270,6 @@ def _train(cfg: DictConfig, run_dir: Path, ckpt_path: str | None, started: float
 
     kept = _finished_already(run_dir, ckpt_path, throughput)
     if kept is not None:
-        if trainer.is_global_zero:
-            print(run_dir, flush=True)  # the run folder, as every finished run prints it (`run=$(...)`)
         return kept
     best = _best(module.history)
     baseline = first_class_baseline(datamodule.val_masks, classes.num_classes, classes.ignore_index)
@@ -351,7 +337,6 @@ def _train(cfg: DictConfig, run_dir: Path, ckpt_path: str | None, started: float
         for tracker in trackers(trainer.loggers):
             tracker.complete(final_figures(summary), tracking.files_of(run_dir))
         _report(summary, run_dir)
-        print(run_dir, flush=True)  # stdout holds the one result a script reads: the run folder
     return summary
 
 
@@ -432,7 +417,7 @@ def _report(summary: dict, run_dir: Path) -> None:
     )
     log.info("Summary: %s", run_dir / "summary.json")
     log.info("Run folder: %s (training curves: training_curves.png)", run_dir)
-    best = summary["checkpoint"]["best"] or str(run_dir / "checkpoints" / "best.ckpt")
+    best = best_checkpoint(run_dir)
     q = shlex.quote
     log.info(
         "Next:\n  python -m poc59.evaluate %s\n  python -m poc59.predict %s input=<images> output=<folder>"
