@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import errno
 import json
 import logging
 import os
@@ -18,6 +19,7 @@ from PIL import Image
 
 from helpers import SMALL, TINY_RUN, make_cfg, write_multirun
 from poc59.compare import main
+from poc59.comparison import report as report_module
 from poc59.comparison.run import CompareError, lead
 from poc59.core.logs import LineFormatter
 from poc59.evaluate import main as evaluate_main
@@ -324,3 +326,18 @@ def test_a_run_whose_data_changed_is_refused_with_advice_that_works_from_compare
     assert evaluate_main([f"run_dir={run}", "pictures=false", "bootstrap.resamples=20", "allow_changed_data=true"]) == 0
     assert main([f"runs=[{run}]", f"out={out}"]) == 0
     assert main([f"runs=[{run}]", f"out={tmp_path / 'plain'}", "evaluate=false"]) == 0
+
+
+def test_a_failed_write_leaves_neither_this_comparison_nor_a_mix_with_the_earlier(sweep, tmp_path, monkeypatch, caplog):
+    out = tmp_path / "cmp"
+    assert main([f"runs=[{sweep / '0'}]", f"out={out}", "evaluate=false"]) == 0
+    assert (out / "comparison.json").exists() and (out / "per_class_iou.png").exists()
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(report_module, "write_json", full)  # the disk fills after the chart, .md and .csv
+    with caplog.at_level(logging.ERROR):
+        assert main([f"runs=[{sweep / '0'},{sweep / '2'}]", f"out={out}", "evaluate=false", "overwrite=true"]) == 2
+    assert f"out={out}: cannot write there (no space left" in caplog.text and "Traceback" not in caplog.text
+    assert sorted(p.name for p in out.iterdir()) == []

@@ -31,7 +31,7 @@ from poc59.comparison.cross_validation import (
 from poc59.comparison.report import write_reports
 from poc59.core.classes import ClassTable
 from poc59.core.config import flatten
-from poc59.core.outputs import check_writable, refuse_existing
+from poc59.core.outputs import check_writable, refuse_existing, writing
 from poc59.core.progress import Steps
 from poc59.evaluation.run import PER_IMAGE_FILE, EvaluateError, evaluate_run, scored_the_best
 from poc59.tracking.search import SEARCH_RESULTS
@@ -508,39 +508,45 @@ def compare(
             else Path("outputs") / "comparisons" / time.strftime("%Y-%m-%d_%H-%M-%S")
         )
     out = Path(out)
-    refuse_existing(out, OUTPUTS, overwrite, "out", CompareError)
+    earlier = refuse_existing(out, OUTPUTS, overwrite, "out", CompareError)
     check_writable(out, "out", CompareError)
     all_runs = collect(sweep, runs, evaluate)
     classes = check_comparable(all_runs)
     configs = configurations(all_runs)
-    chart = grouped_iou_bars_figure(
-        {c["label"]: c["per_class_iou"] for c in configs},
-        classes,
-        out / "per_class_iou.png",
-        "Best val IoU per class, by configuration (mean over seeds)",
-        intervals={c["label"]: c["per_class_interval"] for c in configs},
-        interval_label="bootstrap interval of one run, or range over seeds",
-        legend_title="configuration",
-    )
-    conv = conventions(all_runs)
-    kinds = list(dict.fromkeys(c["interval_kind"] for c in configs if c["interval_kind"]))
-    conv["interval"] = (
-        "; ".join(kinds) or "none: no evaluation/val/metrics.json (python -m poc59.evaluate, or evaluate=true)"
-    )
-    result = {
-        "sweep": str(sweep) if sweep is not None else None,
-        "classes": classes.to_dict(),
-        "conventions": conv,
-        "best": next((c["label"] for c in configs if c["best"]), None),
-        "lead": lead(configs),
-        "configurations": configs,
-        "runs": [{k: v for k, v in asdict(r).items() if k not in ("summary", "metrics", "config")} for r in all_runs],
-        "chart": str(chart),
-    }
-    search = search_results(Path(sweep)) if sweep is not None else None
-    if search is not None:
-        result["search"] = search
-    paths = write_reports(result, out)
+    # a failed write leaves none of this attempt's files, nor an earlier comparison's beside them: exit 2
+    with writing(out, "out", CompareError):
+        for path in earlier:  # overwrite=true: replaced as a whole, never mixed with this comparison's files
+            path.unlink(missing_ok=True)
+        chart = grouped_iou_bars_figure(
+            {c["label"]: c["per_class_iou"] for c in configs},
+            classes,
+            out / "per_class_iou.png",
+            "Best val IoU per class, by configuration (mean over seeds)",
+            intervals={c["label"]: c["per_class_interval"] for c in configs},
+            interval_label="bootstrap interval of one run, or range over seeds",
+            legend_title="configuration",
+        )
+        conv = conventions(all_runs)
+        kinds = list(dict.fromkeys(c["interval_kind"] for c in configs if c["interval_kind"]))
+        conv["interval"] = (
+            "; ".join(kinds) or "none: no evaluation/val/metrics.json (python -m poc59.evaluate, or evaluate=true)"
+        )
+        result = {
+            "sweep": str(sweep) if sweep is not None else None,
+            "classes": classes.to_dict(),
+            "conventions": conv,
+            "best": next((c["label"] for c in configs if c["best"]), None),
+            "lead": lead(configs),
+            "configurations": configs,
+            "runs": [
+                {k: v for k, v in asdict(r).items() if k not in ("summary", "metrics", "config")} for r in all_runs
+            ],
+            "chart": str(chart),
+        }
+        search = search_results(Path(sweep)) if sweep is not None else None
+        if search is not None:
+            result["search"] = search
+        paths = write_reports(result, out)
     for c in configs:  # every tracked run compared gets the comparison, and its configuration's score
         figures = {f"compare/{out.name}/score": c.get("score"), f"compare/{out.name}/best": float(bool(c["best"]))}
         for run in c["runs"]:
