@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from helpers import make_cfg
+from poc59.artifacts import export as export_module
 from poc59.artifacts.export import (
     ExportError,
     export_model,
@@ -249,3 +250,35 @@ def test_bad_input_is_named(quickstart, tmp_path, monkeypatch, caplog):
     assert not (tmp_path / "never").exists()
     with pytest.raises(ModelLoadError, match=r'onnxruntime.*pip install -e "\.\[export\]"'):
         load_onnx(out / "model.onnx")
+
+
+def test_an_unsupported_operator_gets_an_opset_the_exporter_writes_and_other_errors_are_bugs(
+    quickstart, tmp_path, monkeypatch, caplog
+):
+    run, _ = quickstart
+    real = export_module.to_onnx
+
+    def unsupported(segmenter, example, opset, exporter="trace"):
+        if opset < 11:  # torch's own refusal of an operator it writes from opset 11
+            raise torch.onnx.errors.UnsupportedOperatorError("aten::grid_sampler", opset, 11)
+        return real(segmenter, example, opset, exporter)
+
+    monkeypatch.setattr(export_module, "to_onnx", unsupported)
+    assert main([f"run_dir={run}", f"out={tmp_path / 'x'}", "opset=9", "format=onnx"]) == 2
+    said = caplog.messages[-1]
+    assert "pass opset=11 (exporter=trace writes up to 20)" in said and "Traceback" not in caplog.text
+    assert main([f"run_dir={run}", f"out={tmp_path / 'x'}", "format=onnx", "opset=11"]) == 0  # the advice, pasted
+
+    def never(segmenter, example, opset, exporter="trace"):
+        raise torch.onnx.errors.UnsupportedOperatorError("aten::foo", opset, None)
+
+    monkeypatch.setattr(export_module, "to_onnx", never)
+    assert main([f"run_dir={run}", f"out={tmp_path / 'y'}", "opset=20", "format=onnx"]) == 2
+    assert caplog.messages[-1].endswith("pass exporter=dynamo opset=20 (it writes opsets 18 to 23)")
+
+    def broken(segmenter, example, opset, exporter="trace"):
+        raise torch.onnx.OnnxExporterError("a symbolic function failed")  # the exporter's own bug, not an opset's
+
+    monkeypatch.setattr(export_module, "to_onnx", broken)
+    with pytest.raises(torch.onnx.OnnxExporterError, match="a symbolic function failed"):  # a bug: exit 1
+        main([f"run_dir={run}", f"out={tmp_path / 'z'}", "opset=20", "format=onnx"])

@@ -11,6 +11,7 @@ import io
 import json
 import logging
 import os
+import re
 import warnings
 from datetime import datetime, timezone
 from importlib import metadata
@@ -77,6 +78,22 @@ class Exported(NamedTuple):
 
 class ExportError(ValueError):
     """Bad arguments or a missing dependency (the message names the fix)."""
+
+
+def unsupported_advice(err: Exception, network: str, opset: int, exporter: str) -> str:
+    """The refusal of an operator `exporter` cannot write at `opset`: the opset that has it when the exporter
+    writes that one (torch names it: "added in version N"), else the other exporter."""
+    found = re.search(r"added in version (\d+)", str(err))
+    high = OPSETS[exporter][1]
+    if found and opset < int(found.group(1)) <= high:
+        fix = f"pass opset={found.group(1)} (exporter={exporter} writes up to {high})"
+    else:
+        low, top = OPSETS["dynamo"]
+        fix = f"pass exporter=dynamo opset={max(low, min(opset, top))} (it writes opsets {low} to {top})"
+    return (
+        f"opset={opset}: {network} uses an operator exporter={exporter} cannot write at ONNX opset {opset} "
+        f"({str(err).splitlines()[0][:200]}); {fix}"
+    )
 
 
 def to_onnx(segmenter: torch.nn.Module, example: torch.Tensor, opset: int, exporter: str = "trace") -> bytes:
@@ -347,11 +364,8 @@ def export_model(
         log.info("Exporting %s to %s", ckpt_path, path)
         try:
             data = to_onnx(segmenter, example, opset, exporter) if fmt == "onnx" else to_torchscript(segmenter, example)
-        except torch.onnx.OnnxExporterError as err:
-            raise ExportError(
-                f"opset={opset}: {model.network['name']} uses an operator ONNX opset {opset} cannot express "
-                f"({str(err).splitlines()[0][:200]}); pass a later opset= (default 18)"
-            ) from None
+        except torch.onnx.errors.UnsupportedOperatorError as err:  # other exporter errors are bugs (exit 1)
+            raise ExportError(unsupported_advice(err, model.network["name"], opset, exporter)) from None
         write_bytes(path, data)
         files[fmt] = path.name
         if check:
