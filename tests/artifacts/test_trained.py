@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import pytest
@@ -9,7 +10,7 @@ import torch
 
 from helpers import SMALL, make_cfg
 from poc59.artifacts.load import load_model
-from poc59.artifacts.trained import ModelLoadError, load_checkpoint
+from poc59.artifacts.trained import ModelLoadError, is_runs_best, load_checkpoint
 from poc59.core.classes import ARTEFACT
 from poc59.model.module import SegmentationModule
 from poc59.training.run import train
@@ -52,3 +53,14 @@ def test_bad_files_are_named(tmp_path):
     torch.save({"state_dict": {}}, tmp_path / "other.ckpt")
     with pytest.raises(ModelLoadError, match="not a poc59 training checkpoint"):
         load_checkpoint(tmp_path / "other.ckpt")
+
+
+def test_the_runs_best_checkpoint_is_its_recorded_file_at_its_best_epoch(run, tmp_path):
+    """The one test export's card and an ensemble's member record both use (is_runs_best)."""
+    summary = json.loads((run / "summary.json").read_text())
+    best = load_checkpoint(run / "checkpoints" / "best.ckpt")
+    assert is_runs_best(best, run, summary)
+    assert not is_runs_best(best, run, {**summary, "best_epoch": summary["best_epoch"] + 1})  # another epoch's file
+    assert not is_runs_best(best, None, summary)
+    last = load_checkpoint(run / "checkpoints" / "last.ckpt")
+    assert not is_runs_best(last, run, summary)  # the same epoch, not the file the run records as its best

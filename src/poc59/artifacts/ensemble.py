@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from poc59.artifacts.card import ModelCard
-from poc59.artifacts.trained import ModelLoadError, TrainedModel, best_checkpoint, load_checkpoint
+from poc59.artifacts.trained import ModelLoadError, TrainedModel, best_checkpoint, is_runs_best, load_checkpoint
 
 COMBINATION = "mean of the members' softmax probabilities; output log of that mean (its argmax is the label)"
 
@@ -89,11 +89,7 @@ def member_record(model: TrainedModel) -> dict[str, Any]:
     and fold (from summary.json, when the file is the run's best.ckpt). Export adds each file's hash."""
     summary_file = model.run_dir / "summary.json" if model.run_dir else None
     summary = json.loads(summary_file.read_text()) if summary_file and summary_file.is_file() else {}
-    best = (
-        model.run_dir is not None
-        and model.source.name == best_checkpoint(model.run_dir).name
-        and summary.get("best_epoch") == model.extra.get("epoch")
-    )
+    best = is_runs_best(model, model.run_dir, summary)
     return {
         "checkpoint": str(model.source),
         "run_dir": str(model.run_dir) if model.run_dir else None,

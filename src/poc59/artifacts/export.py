@@ -24,7 +24,7 @@ from poc59.analysis.scores import split_metrics
 from poc59.artifacts.ensemble import ensemble_name, load_ensemble, members_of
 from poc59.artifacts.exported import INSTALL_HINT, OnnxSegmenter, card_path, jit_load
 from poc59.artifacts.load import locate_checkpoint
-from poc59.artifacts.trained import TrainedModel, best_checkpoint, load_checkpoint, scored_this
+from poc59.artifacts.trained import TrainedModel, is_runs_best, load_checkpoint, scored_this
 from poc59.core.atomic import write_bytes, write_json
 from poc59.core.provenance import git_commit
 from poc59.model.factory import count_parameters
@@ -194,7 +194,7 @@ def run_metrics(model: TrainedModel, run: Path | None) -> dict[str, Any]:
     summary_file = run / "summary.json"
     if summary_file.is_file():
         s = json.loads(summary_file.read_text())
-        if model.source.name == best_checkpoint(run).name and s.get("best_epoch") == model.extra.get("epoch"):
+        if is_runs_best(model, run, s):
             keys = (
                 "val/mIoU",
                 "val/IoU",

@@ -97,6 +97,16 @@ def checkpoint_identity(path: str | Path) -> dict[str, Any]:
     return {"name": Path(path).name, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
 
 
+def is_runs_best(model: TrainedModel, run: Path | None, summary: dict[str, Any]) -> bool:
+    """Whether `model` is `run`'s best checkpoint, whose scores its `summary` (summary.json) records: the file
+    `best_checkpoint` names, at the run's best epoch (a file of that name from another epoch is not)."""
+    return (
+        run is not None
+        and model.source.name == best_checkpoint(run).name
+        and summary.get("best_epoch") == model.extra.get("epoch")
+    )
+
+
 def scored_this(record: dict[str, Any], path: str | Path, epoch: int | None) -> bool:
     """Whether an evaluation (its metrics.json `record`) scored the checkpoint now at `path`: by the identity it
     recorded, or, for evaluations written before identities were recorded, by file name and `epoch`."""
