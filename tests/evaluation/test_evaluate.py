@@ -233,6 +233,37 @@ def test_a_negative_batch_size_is_a_setting(run, caplog):
     assert "Traceback" not in caplog.text
 
 
+def _tmpfs(where: Path, size: str, read_only: bool) -> Path:
+    """A tmpfs mounted at `where`; where mounting is not allowed the test skips with the reason, and fails
+    under CI (CI set), whose machines must run it (as the slurm fixture does)."""
+    where.mkdir()
+    options = f"size={size}" + (",ro" if read_only else "")
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)], capture_output=True)
+    if done.returncode != 0:
+        reason = f"cannot mount a tmpfs here to make a full or read-only disk: {done.stderr.decode().strip()}"
+        if os.environ.get("CI"):
+            pytest.fail(reason)
+        pytest.skip(reason)
+    return where
+
+
+def test_a_disk_that_cannot_be_mounted_fails_under_ci_and_skips_elsewhere(tmp_path, monkeypatch):
+    bin_ = tmp_path / "bin"
+    bin_.mkdir()
+    (bin_ / "mount").write_text("#!/bin/sh\necho 'mount: permission denied' >&2\nexit 32\n")
+    (bin_ / "mount").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_}:{os.environ['PATH']}")
+    monkeypatch.setenv("CI", "1")
+    stops = (pytest.fail.Exception, pytest.skip.Exception)  # caught both ways: a skip must not skip this test
+    with pytest.raises(stops, match="cannot mount a tmpfs here.*permission denied") as ci:
+        _tmpfs(tmp_path / "ci", "1m", False)
+    assert ci.type is pytest.fail.Exception
+    monkeypatch.delenv("CI")
+    with pytest.raises(stops, match="cannot mount a tmpfs here.*permission denied") as here:
+        _tmpfs(tmp_path / "here", "1m", False)
+    assert here.type is pytest.skip.Exception
+
+
 @pytest.fixture
 def disk(tmp_path):
     """mount(size, read_only) -> a private tmpfs folder: a full or read-only disk for real (root in a container
@@ -240,12 +271,7 @@ def disk(tmp_path):
     mounted = []
 
     def mount(size: str, read_only: bool = False) -> Path:
-        where = tmp_path / f"disk{len(mounted)}"
-        where.mkdir()
-        options = f"size={size}" + (",ro" if read_only else "")
-        done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)], capture_output=True)
-        if done.returncode != 0:
-            pytest.skip(f"cannot mount a tmpfs here to make a full or read-only disk: {done.stderr.decode().strip()}")
+        where = _tmpfs(tmp_path / f"disk{len(mounted)}", size, read_only)
         mounted.append(where)
         return where
 
