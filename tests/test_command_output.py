@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from helpers import TINY_RUN, write_multirun
+from helpers import TINY_RUN, make_cfg, write_multirun
 from poc59.core.logs import LINE
 
 NOISE = ("💡", "GPU available", "TPU available", "limit_train_batches=1.0", "limit_val_batches=1.0", "Total FLOPs")
@@ -72,6 +72,19 @@ def test_train_prints_the_run_folder_and_logs_plain_lines(trained):
     assert len(epochs) == 2 and all("val mIoU" in e and "images/s" in e and "left" in e for e in epochs)
     assert any("Network: " in line and "random initialisation (encoder.weights=null)" in line for line in lines)
     assert (run / "train.log").read_text().splitlines()[0].split(" ")[2] in ("INFO", "WARNING")  # one format there too
+
+
+@pytest.mark.slow
+def test_training_as_a_library_prints_nothing_the_command_prints_the_folder(tmp_path, capsys):
+    """stdout is the command's: train() returns its summary and leaves the printing to `python -m poc59.train`."""
+    from poc59.training.run import train
+
+    cfg = make_cfg(tmp_path, *TINY_RUN, "trainer.max_epochs=1", "threads=1")
+    summary = train(cfg)
+    assert capsys.readouterr().out == "" and summary["epochs_run"] == 1
+    assert cfg.paths.run_dir == str(tmp_path / "run")  # the folder the command prints
+    train(cfg)  # a rerun of the finished run: its summary as it was, and still nothing printed
+    assert capsys.readouterr().out == ""
 
 
 def test_verbose_brings_lightnings_notices_back(tmp_path):
