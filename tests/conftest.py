@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -20,3 +21,63 @@ def private_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     cache = Path(os.environ.get("POC59_TEST_CACHE") or tmp_path_factory.mktemp("poc59-cache"))
     os.environ["POC59_CACHE"] = str(cache)
     return cache
+
+
+# The shared trained run: its path once built, and what its files were then (see `trained_run`).
+_trained: dict[str, object] = {}
+
+
+def _files(run: Path) -> dict[str, tuple[int, int]]:
+    """Every file under `run`: relative path -> (size, modification time in ns)."""
+    return {str(p.relative_to(run)): (p.stat().st_size, p.stat().st_mtime_ns) for p in run.rglob("*") if p.is_file()}
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One tiny real run folder, trained once per pytest session, for every test that needs a trained run
+    (evaluate, predict, export, compare, ensembles, loading checkpoints).
+
+    What it holds: the run `python -m poc59.train <helpers.TRAINED_RUN>` trains (encoder=tiny, 10 synthetic images at
+    64 px in the ARTeFACT class table, 20% held out as a test split, 2 epochs of 3 steps, so best.ckpt is one
+    of two epochs), trained in-process by `poc59.training.run.train`: checkpoints/best.ckpt and last.ckpt,
+    summary.json, split.json, config.yaml, model_card.json, class_weights.json, the loggers' folders. Its data
+    lies in the session's private cache (`private_cache`). It has no .hydra/ (train records that only when
+    started through Hydra) and no evaluation/.
+
+    It is shared, so it must stay as built: a test that writes into a run (evaluate writes evaluation/ into
+    the run it scores, a resume adds epochs, a test that damages a file) copies it first,
+    `run = Path(shutil.copytree(trained_run, tmp_path / "run"))` (or the `trained_run_copy` fixture), and a
+    module-scoped fixture copies it under `tmp_path_factory.mktemp(...)`. Every test is checked after it
+    runs: one that changed, added or removed a file of the shared run fails, naming the files.
+    """
+    from helpers import TRAINED_RUN, make_cfg
+    from poc59.training.run import train
+
+    tmp = tmp_path_factory.mktemp("trained_run")
+    train(make_cfg(tmp, *TRAINED_RUN))
+    run = tmp / "run"
+    _trained.update(run=run, files=_files(run))
+    return run
+
+
+@pytest.fixture
+def trained_run_copy(trained_run: Path, tmp_path: Path) -> Path:
+    """A private copy of `trained_run` under this test's tmp_path, free to modify."""
+    return Path(shutil.copytree(trained_run, tmp_path / "run"))
+
+
+@pytest.fixture(autouse=True)
+def _trained_run_unchanged(request: pytest.FixtureRequest):
+    """Fails the test after which the shared `trained_run` differs from what was built (see its docstring)."""
+    yield
+    if "run" not in _trained:
+        return
+    before, after = _trained["files"], _files(_trained["run"])
+    changed = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
+    if changed:
+        _trained["files"] = after  # name the culprit once, not every test after it
+        pytest.fail(
+            f"{request.node.nodeid} changed the shared trained_run ({', '.join(changed)}): copy it first, "
+            "shutil.copytree(trained_run, tmp_path / 'run') or the trained_run_copy fixture",
+            pytrace=False,
+        )

@@ -65,6 +65,14 @@ SMALL = (
 )
 
 
+TRAINED_RUN = (  # the session's shared `trained_run` (tests/conftest.py): best.ckpt one of two epochs, a test split
+    *SMALL,
+    "data.test_fraction=0.2",
+    "trainer.max_epochs=2",
+    "trainer.limit_train_batches=3",
+)
+
+
 TINY_RUN = [  # a tiny run from the command line: seconds an epoch on one CPU (resume, requeue)
     "encoder=tiny",
     "data.synthetic.n=6",
