@@ -23,8 +23,6 @@ from safetensors.torch import load_file, save_file
 
 from helpers import SMALL
 
-pytestmark = pytest.mark.slow  # end to end: whole training runs, seconds to a minute each (pyproject.toml)
-
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 TIMM = "tu-resnet18"  # timm's hub repo timm/resnet18.a1_in1k, model.safetensors
 SMP = "mit_b0"  # smp's hub repo smp-hub/mit_b0.imagenet, config.json + model.safetensors
@@ -156,6 +154,7 @@ def _fetch(tmp: Path, hub: Hub, name: str, **extra: str) -> subprocess.Completed
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name, served, prefix", [(TIMM, "resnet", "model."), (SMP, "mit", "")])
 def test_fetch_then_train_offline_with_the_served_weights(tmp_path, hub, name, served, prefix):
     server, weights = hub
@@ -211,6 +210,7 @@ def test_fetch_then_train_offline_with_the_served_weights(tmp_path, hub, name, s
     assert (tmp_path / "run" / "summary.json").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["404", "500", "truncate", "hang"])
 def test_a_failing_hub_leaves_no_file_and_says_what_to_do(tmp_path, hub, mode):
     server, _ = hub

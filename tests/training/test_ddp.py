@@ -11,11 +11,10 @@ from PIL import Image
 
 from helpers import make_folder
 
-pytestmark = pytest.mark.slow  # end to end: whole training runs, seconds to a minute each (pyproject.toml)
-
 SCRIPT = Path(__file__).with_name("ddp_check.py")
 
 
+@pytest.mark.slow
 def test_two_process_ddp_shards_and_validates_like_one(tmp_path):
     data = make_folder(tmp_path / "data", n=9, copies=1, size=(32, 32))
     out = tmp_path / "out"
@@ -67,6 +66,7 @@ def _train_ddp(out: Path, *overrides: str) -> tuple[dict, list[dict]]:
     return json.loads((out / "run" / "summary.json").read_text()), ranks
 
 
+@pytest.mark.slow
 def test_two_process_training_writes_its_summary_with_no_collective_after_fit(tmp_path):
     """NCCL refuses CPU tensors: the summary's all-Clean baseline must not sync (the guard fails it as NCCL would)."""
     data = make_folder(tmp_path / "data", n=8, copies=1, size=(32, 32))
@@ -76,6 +76,7 @@ def test_two_process_training_writes_its_summary_with_no_collective_after_fit(tm
     assert [h["epoch"] for h in summary["history"]] == [0, 1]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("originals, val_fraction", [(6, 0.5), (4, 0.25)])  # 3 and 1 validation images
 def test_fewer_validation_images_than_ranks_do_not_hang(tmp_path, originals, val_fraction):
     """2 ranks, 3 (or 1) validation images: one rank's shard is short (or empty) and must still reach the

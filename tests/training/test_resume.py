@@ -17,8 +17,6 @@ from helpers import TINY_RUN
 from poc59.training.checkpointing import AtomicCheckpointIO
 from poc59.training.resume import changed_keys
 
-pytestmark = pytest.mark.slow  # end to end: whole training runs, seconds to a minute each (pyproject.toml)
-
 TINY = TINY_RUN
 
 
@@ -35,6 +33,7 @@ def _epoch_of(ckpt: Path) -> int:
         return -1
 
 
+@pytest.mark.slow
 def test_sigkill_then_same_command_resumes_and_runs_each_epoch_once(tmp_path):
     run_dir = tmp_path / "run"
     last = run_dir / "checkpoints" / "last.ckpt"
@@ -91,6 +90,7 @@ STOPS = {  # how a run is stopped as epoch 2 starts: (callback, its variable, th
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stop", sorted(STOPS))
 def test_a_stopped_and_resumed_run_ends_exactly_as_an_unbroken_one(tmp_path, stop):
     """Weights, optimizer moments, scheduler, augmentation generator and every epoch's figures: a run killed
@@ -143,6 +143,7 @@ def test_a_stopped_and_resumed_run_ends_exactly_as_an_unbroken_one(tmp_path, sto
     assert history[0] == history[1] and len(history[0]) == 3
 
 
+@pytest.mark.slow
 def test_resume_with_a_changed_learning_rate_is_refused_and_never_starts_over(tmp_path):
     run_dir = tmp_path / "run"
     first = subprocess.run(_cmd(run_dir, "trainer.max_epochs=1"), capture_output=True, text=True, timeout=300)
@@ -241,6 +242,7 @@ def _records(run_dir: Path) -> dict[str, bytes]:
     }
 
 
+@pytest.mark.slow
 def test_a_refused_start_changes_nothing_and_a_rerun_of_a_finished_run_keeps_its_figures(tmp_path):
     run_dir = tmp_path / "run"
     first = subprocess.run(_cmd(run_dir, "trainer.max_epochs=2"), capture_output=True, text=True, timeout=300)
@@ -270,6 +272,7 @@ def test_a_refused_start_changes_nothing_and_a_rerun_of_a_finished_run_keeps_its
     assert grown["train_images_per_s"] is not None
 
 
+@pytest.mark.slow
 def test_a_truncated_last_checkpoint_stops_with_the_file_and_the_ways_on(tmp_path):
     run_dir = tmp_path / "run"
     first = subprocess.run(_cmd(run_dir, "trainer.max_epochs=1"), capture_output=True, text=True, timeout=300)
@@ -290,6 +293,7 @@ def test_a_truncated_last_checkpoint_stops_with_the_file_and_the_ways_on(tmp_pat
     assert continued.returncode == 0, continued.stderr[-3000:]
 
 
+@pytest.mark.slow
 def test_raising_max_epochs_on_resume_stretches_the_schedule_to_the_new_end(tmp_path):
     """OneCycle over the new length: after the peak the lr only falls, and it ends near its floor (it used to
     climb back up past the old end, the phases keeping the old total)."""
@@ -313,6 +317,7 @@ def test_raising_max_epochs_on_resume_stretches_the_schedule_to_the_new_end(tmp_
     assert lrs[-1] < 0.05 * peak  # ends near the floor of the stretched schedule
 
 
+@pytest.mark.slow
 def test_a_resumed_run_keeps_the_split_it_was_trained_on(tmp_path):
     """The split is read back from the run's split.json on resume, never made again: whatever changed in
     between (here the file itself, edited on purpose; in life a newer poc59's stratification) the images
@@ -336,6 +341,7 @@ def test_a_resumed_run_keeps_the_split_it_was_trained_on(tmp_path):
     assert summary["provenance"]["data"]["val_images"] == len(split["val"])
 
 
+@pytest.mark.slow
 def test_a_damaged_last_checkpoint_advises_the_best_checkpoint_the_run_records(tmp_path):
     """A run whose summary.json records best-v1.ckpt (trained before one best.ckpt per run): that is its best."""
     import zipfile

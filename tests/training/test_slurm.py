@@ -24,8 +24,6 @@ from helpers import pooled_miou_by_hand
 from poc59.core.config import config_dir, gpus_per_node, register_resolvers
 from slurm_cluster import UP, Cluster
 
-pytestmark = pytest.mark.slow  # end to end: whole training runs, seconds to a minute each (pyproject.toml)
-
 
 def _launcher(*overrides: str) -> dict:
     """conf/hydra/launcher/* resolved as the launcher receives it."""
@@ -77,6 +75,7 @@ def test_local_launcher_gives_each_run_its_gpus():
     assert auto["gpus_per_node"] == (2 if torch.cuda.is_available() else 0)
 
 
+@pytest.mark.slow
 def test_local_launcher_runs_a_two_process_ddp_run(tmp_path):
     """Lightning would re-execute `python -m submitit.core._submit ...` for its second rank (submitit refuses
     the extra arguments); the local launcher starts one process per device instead, as SLURM does."""
@@ -137,6 +136,7 @@ def test_local_launcher_tasks_follow_the_devices():
 # ---------------------------------------------------------------- the real cluster
 
 
+@pytest.mark.slow
 def test_sbatch_runs_a_job(slurm, tmp_path):
     out_file = tmp_path / "out.txt"
     sub = subprocess.run(
@@ -164,6 +164,7 @@ def test_sbatch_runs_a_job(slurm, tmp_path):
     assert out_file.read_text().strip() == f"hello from job {job_id}"
 
 
+@pytest.mark.slow
 def test_up_again_is_a_no_op(slurm):
     state = Path(slurm.env["SLURM_CONF"]).parent
     if not (state / "slurmctld.pid").exists():
@@ -175,6 +176,7 @@ def test_up_again_is_a_no_op(slurm):
     assert {p.name: p.read_text() for p in state.glob("*.pid")} == pids  # the same daemons
 
 
+@pytest.mark.slow
 def test_accelerator_auto_asks_the_partition(slurm, monkeypatch):
     monkeypatch.setenv("SLURM_CONF", slurm.env["SLURM_CONF"])
     assert gpus_per_node("auto", 2, slurm.partition) == 0  # this test cluster has no GPUs
@@ -232,6 +234,7 @@ ENCODERS = [
 ]  # three small timm CNNs standing in for three encoders
 
 
+@pytest.mark.slow
 def test_three_encoder_sweep_on_slurm(slurm, tmp_path, private_cache):
     sweep_dir = tmp_path / "sweep"
     t0 = time.perf_counter()
@@ -273,6 +276,7 @@ def test_three_encoder_sweep_on_slurm(slurm, tmp_path, private_cache):
     assert [j["overrides"] for j in report["jobs"]] == [[f"encoder.name={e}"] for e in ENCODERS]
 
 
+@pytest.mark.slow
 def test_sweep_with_a_failing_job(slurm, tmp_path, private_cache):
     sweep_dir = tmp_path / "sweep"
     # one source image: a data error only the job finds (a bad setting is refused before submitting)
@@ -290,6 +294,7 @@ def test_sweep_with_a_failing_job(slurm, tmp_path, private_cache):
     assert "needs at least 2 source images, found 1" in error
 
 
+@pytest.mark.slow
 def test_cross_validation_sweep_on_slurm_is_pooled_by_compare(slurm, tmp_path, private_cache):
     """experiment=cv through the SLURM launcher: one job per fold, then compare's pooled out-of-fold score."""
     sweep_dir = tmp_path / "sweep"

@@ -36,8 +36,6 @@ import torch
 from helpers import TINY_RUN
 from slurm_cluster import REPO, Cluster
 
-pytestmark = pytest.mark.slow  # end to end: whole training runs, seconds to a minute each (pyproject.toml)
-
 TINY = TINY_RUN
 EPOCHS = 4
 
@@ -225,6 +223,7 @@ def sbatch_requeued(slurm, tmp_path_factory, private_cache) -> Requeued:
     return Requeued(job_id, run_dir, log, epoch, step, seconds)
 
 
+@pytest.mark.slow
 def test_requeued_sbatch_job_resumes_from_last_ckpt_and_runs_each_epoch_once(sbatch_requeued: Requeued):
     run = sbatch_requeued
     attempts = re.split(r"(?m)^(?=poc59 job \d+ \(restart \d+\))", run.log.read_text(errors="replace"))[1:]
@@ -236,6 +235,7 @@ def test_requeued_sbatch_job_resumes_from_last_ckpt_and_runs_each_epoch_once(sba
     _check_each_epoch_once(run, second)
 
 
+@pytest.mark.slow
 def test_requeued_sbatch_job_ends_with_last_ckpt_at_the_final_epoch(sbatch_requeued: Requeued):
     # Lightning 2.6's save_last writes only when best.ckpt does; poc59's last_checkpoint callback writes every epoch.
     assert _epoch_of(sbatch_requeued.run_dir / "checkpoints" / "last.ckpt") == EPOCHS - 1
@@ -244,6 +244,7 @@ def test_requeued_sbatch_job_ends_with_last_ckpt_at_the_final_epoch(sbatch_reque
 # ---------------------------------------------------------------- Hydra sweep on SLURM + submitit preemption
 
 
+@pytest.mark.slow
 def test_preempted_submitit_job_requeues_itself_and_resumes_from_last_ckpt(slurm, tmp_path, private_cache):
     t0 = time.perf_counter()
     sweep = tmp_path / "sweep"
