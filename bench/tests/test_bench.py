@@ -16,8 +16,9 @@ import torch
 
 from helpers import make_folder, write_pair
 from poc59.data.augment import BatchAugment
+from poc59.data.cache import load_cache
 from poc59.data.datamodule import SegmentationDataModule
-from poc59.data.preload import decode, load_cache, preload
+from poc59.data.preload import decode, preload
 from poc59.data.sources import discover
 
 REPO = Path(__file__).resolve().parents[2]

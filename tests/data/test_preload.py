@@ -224,7 +224,7 @@ def test_a_preload_killed_while_writing_leaves_nothing_for_long(tmp_path, caplog
     abandoned = cache / ".preload-old.tmp-another-node-456"  # another machine's, untouched for two hours
     abandoned.mkdir()
     os.utime(abandoned, (time.time() - 7200, time.time() - 7200))
-    caplog.set_level(logging.INFO, logger="poc59.data.preload")
+    caplog.set_level(logging.INFO, logger="poc59.data.cache")
     data = preload(discover(root), 256, num_classes=4, cache_dir=cache)
     assert data.source == "decoded"
     assert not leftover.exists() and not abandoned.exists() and live.exists() and elsewhere.exists()
@@ -261,14 +261,14 @@ def test_the_ram_estimate_counts_one_full_size_decode_per_thread(tmp_path, monke
     Pillow converts and resamples) does not with four, and the message says why, before anything is allocated."""
     from types import SimpleNamespace
 
-    import poc59.data.preload as preload_module
+    import psutil
 
     make_folder(tmp_path, n=3, copies=0)
     write_pair(tmp_path, "scan", np.full((2000, 2000, 3), 90, np.uint8), np.zeros((2000, 2000), np.uint8))
     samples = discover(tmp_path)
     per_thread = 8 * 2000 * 2000  # 32 MB
     room = SimpleNamespace(available=int((2.5 * per_thread) / 0.9))  # two decodes fit, four do not
-    monkeypatch.setattr(preload_module.psutil, "virtual_memory", lambda: room)
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: room)
     with pytest.raises(DataError) as err:
         preload(samples, 16, num_classes=4, workers=4)
     said = str(err.value)

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from poc59.core import publish
 from poc59.core.classes import ARTEFACT, IGNORE_INDEX
 from poc59.data import synthetic
 from poc59.data.sources import discover
@@ -23,9 +24,10 @@ from poc59.data.synthetic import (
     ensure_synthetic,
     generate,
     render,
+    writer,
 )
 
-SRC = Path(synthetic.__file__).resolve().parents[2]
+SRC = Path(synthetic.__file__).resolve().parents[3]  # src/, holding poc59/data/synthetic/
 DAMAGE = ARTEFACT.names[1:]
 CLEAN = ARTEFACT.names.index("Clean")
 
@@ -170,7 +172,7 @@ def test_ensure_reuses_a_complete_set(tmp_path, monkeypatch):
     marker = (out / MARKER).read_text()
     assert f'"version": {GENERATOR_VERSION}' in marker and '"n": 1' in marker and '"seed": 3' in marker
     before = {p: p.stat().st_mtime_ns for p in out.rglob("*")}
-    monkeypatch.setattr(synthetic, "generate", lambda *a, **k: pytest.fail("regenerated a complete set"))
+    monkeypatch.setattr(writer, "generate", lambda *a, **k: pytest.fail("regenerated a complete set"))
     assert ensure_synthetic(out, n=1, seed=3, aug_copies=1) == out
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == before
 
@@ -199,7 +201,7 @@ def test_ensure_refuses_a_foreign_folder_and_generate_refuses_non_empty(tmp_path
 @pytest.mark.parametrize("locking", [True, False], ids=["lock", "rename-race"])
 def test_concurrent_ensure_calls_agree(tmp_path, monkeypatch, locking):
     if not locking:  # e.g. a filesystem without locks: the loser of the rename uses the winner's set
-        monkeypatch.setattr(synthetic, "_lock", lambda out: nullcontext())
+        monkeypatch.setattr(publish, "lock", lambda target: nullcontext())
     out, results, errors = tmp_path / "set", [], []
 
     def call() -> None:
@@ -248,3 +250,20 @@ def test_cli_bad_arguments_are_named(tmp_path):
     assert synthetic.main(["n=2"]) != 0  # missing out=
     assert synthetic.main([f"out={tmp_path / 'y'}", "n=two"]) != 0
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+
+
+def test_a_generator_killed_while_writing_leaves_nothing_for_the_next_start(tmp_path):
+    """A kill -9 mid-write leaves its temporary folder; the next generation of that set removes it (its pid
+    no longer runs) and leaves a live writer's alone."""
+    import socket
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    out = tmp_path / "set"
+    leftover = tmp_path / f".set.tmp-{socket.gethostname()}-{gone.pid}.1"
+    (leftover / "images").mkdir(parents=True)
+    (leftover / "images" / "syn00000.png").write_bytes(b"half a png")
+    live = tmp_path / f".set.tmp-{socket.gethostname()}-{os.getpid()}.1"
+    live.mkdir()
+    ensure_synthetic(out, n=1, seed=0, aug_copies=0)
+    assert (out / MARKER).exists() and not leftover.exists() and live.exists()

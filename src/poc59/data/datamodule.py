@@ -21,6 +21,7 @@ from poc59.core.classes import load_class_table
 from poc59.core.pixels import pixel_limit
 from poc59.data.augment import BatchAugment
 from poc59.data.class_weights import load_or_compute
+from poc59.data.decoding import canvas_side, mask_label_totals
 from poc59.data.feed import BatchFeed
 from poc59.data.folds import make_folds
 from poc59.data.masks import (
@@ -30,10 +31,11 @@ from poc59.data.masks import (
     remap_lut,
     single_class_problem,
 )
-from poc59.data.preload import Preloaded, canvas_side, mapped, mask_label_totals, preload
+from poc59.data.preload import mapped, preload
 from poc59.data.sampling import ClassSites
 from poc59.data.sources import DEFAULT_GROUP_PATTERN, DataError, Sample, discover_pairs
 from poc59.data.split import Split, grouped_split, load_split
+from poc59.data.storage import Preloaded
 from poc59.data.synthetic import ensure_synthetic
 
 log = logging.getLogger(__name__)
