@@ -8,7 +8,6 @@ how to rebuild the network, geometry, ...), saved in its hyperparameters.
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Callable
 from typing import Any
 
@@ -17,20 +16,18 @@ import torch
 from torch import nn
 from torchmetrics import MeanMetric
 
-from poc59.model.metrics import (
-    SegmentationIoU,
-    iou_by_name,
-    iou_from_confmat,
-    mean_iou,
-    metric_convention,
-)
+from poc59.metrics import registry
+from poc59.metrics.confusion import metric_convention
+from poc59.model.metrics import SegmentationStatistics
 from poc59.model.segmenter import Segmenter
 
 log = logging.getLogger(__name__)
 
 
 class SegmentationModule(L.LightningModule):
-    """Semantic segmentation with one network, one loss and the one mIoU convention."""
+    """Semantic segmentation with one network, one loss, and every registered metric (`poc59.metrics`) of
+    each training and validation epoch: logged as ``<stage>/<name>`` (per class ``<stage>/<name>/<class>``;
+    absent classes and undefined values are not logged) and kept per validation epoch in `history`."""
 
     def __init__(
         self,
@@ -60,8 +57,8 @@ class SegmentationModule(L.LightningModule):
         self.scheduler_factory = scheduler
         self.names = list(classes["names"])
         self.ignore_index = int(classes.get("ignore_index", 255))
-        self.train_iou = SegmentationIoU(len(self.names), ignore_index=self.ignore_index)
-        self.val_iou = SegmentationIoU(len(self.names), ignore_index=self.ignore_index)
+        self.train_iou = SegmentationStatistics(len(self.names), ignore_index=self.ignore_index)
+        self.val_iou = SegmentationStatistics(len(self.names), ignore_index=self.ignore_index)
         # val/loss as a mean over images with a labelled pixel, summed over ranks: a rank whose shard holds
         # only the feed's all-ignore padding counts nothing (Lightning's sync_dist mean would count it).
         self.val_loss = MeanMetric(nan_strategy="disable")
@@ -70,7 +67,8 @@ class SegmentationModule(L.LightningModule):
             bool(compile),
             dict(compile_options or {}),
         )
-        self.history: list[dict] = []  # one entry per completed validation epoch; survives resume
+        # one entry per completed validation epoch, {"epoch", metric name: value or {class: value}}; survives resume
+        self.history: list[dict] = []
         self._resumed_scheduler_states: list[dict] = []
         self.val_confmat: torch.Tensor | None = None  # of the last validation epoch
 
@@ -96,7 +94,7 @@ class SegmentationModule(L.LightningModule):
         return self.segmenter(images)
 
     def _step(
-        self, batch: tuple[torch.Tensor, torch.Tensor], metric: SegmentationIoU
+        self, batch: tuple[torch.Tensor, torch.Tensor], metric: SegmentationStatistics
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(loss, masks as int64): no host sync here, this runs on every training step."""
         images, masks = batch
@@ -117,20 +115,23 @@ class SegmentationModule(L.LightningModule):
         self.val_loss.update(torch.where(labelled > 0, loss.detach(), torch.zeros_like(loss)), labelled)
         self.log("val/loss", self.val_loss, on_step=False, on_epoch=True, prog_bar=True)
 
-    def _epoch_end(self, stage: str, metric: SegmentationIoU) -> dict:
-        confmat = metric.confusion_matrix()  # one collective: summed over ranks; rows target, columns prediction
-        iou = iou_from_confmat(confmat)
+    def _epoch_end(self, stage: str, metric: SegmentationStatistics) -> dict:
+        """Every registered metric of the epoch's statistics (one collective per statistic: summed over ranks),
+        logged; returns {metric name: value, or {class name: value}} (None = undefined)."""
+        stats = metric.statistics()
         if stage == "val":
-            self.val_confmat = confmat
+            self.val_confmat = stats["confusion"]
         metric.reset()
-        miou = mean_iou(iou)
-        per_class = iou_by_name(iou, self.names)
-        if not math.isnan(miou):
-            self.log(f"{stage}/mIoU", miou, prog_bar=True, sync_dist=False)
-        for name, value in per_class.items():
-            if value is not None:  # absent classes are not logged
-                self.log(f"{stage}/IoU/{name}", value, sync_dist=False)
-        return {"mIoU": None if math.isnan(miou) else miou, "IoU": per_class}
+        figures = registry.by_name(stats, self.names)
+        shown = registry.headline().name
+        for name, value in figures.items():
+            if isinstance(value, dict):
+                for cls, v in value.items():
+                    if v is not None:  # absent classes are not logged
+                        self.log(f"{stage}/{name}/{cls}", v, sync_dist=False)
+            elif value is not None:
+                self.log(f"{stage}/{name}", value, prog_bar=name == shown, sync_dist=False)
+        return figures
 
     def on_train_epoch_end(self) -> None:
         self._epoch_end("train", self.train_iou)
@@ -168,8 +169,7 @@ class SegmentationModule(L.LightningModule):
                 **card.get("metrics", {}),
                 "validation": {
                     "epoch": last["epoch"],
-                    "val/mIoU": last["mIoU"],
-                    "val/IoU": last["IoU"],
+                    **{f"val/{name}": value for name, value in last.items() if name != "epoch"},
                     "convention": metric_convention(),
                 },
             }

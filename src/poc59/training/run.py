@@ -41,6 +41,8 @@ from poc59.core.provenance import git_commit, package_versions
 from poc59.core.threads import set_threads
 from poc59.data.datamodule import SegmentationDataModule
 from poc59.data.sources import DataError
+from poc59.metrics import registry
+from poc59.metrics.confusion import metric_convention
 from poc59.model.factory import (
     MissingWeightsError,
     UnknownEncoderError,
@@ -49,7 +51,7 @@ from poc59.model.factory import (
     count_parameters,
     normalization,
 )
-from poc59.model.metrics import first_class_baseline, metric_convention
+from poc59.model.metrics import first_class_baseline
 from poc59.model.module import SegmentationModule
 from poc59.tracking import record as tracking
 from poc59.tracking.tracked import trackers
@@ -120,9 +122,18 @@ def record_hydra(run_dir: Path, config_yaml: str) -> None:
     write_bytes(folder / "overrides.yaml", OmegaConf.to_yaml(hydra.overrides.task).encode())
 
 
-def _best(history: list[dict]) -> dict | None:
-    scored = [h for h in history if h["mIoU"] is not None]
-    return max(scored, key=lambda h: h["mIoU"]) if scored else None
+def check_monitor(cfg: DictConfig) -> str:
+    """The setting `monitor` (the validation metric that picks the best epoch), checked: a registered split
+    metric, and the one the best checkpoint is kept by (a checkpoint callback told another would keep a
+    best.ckpt that summary.json and compare do not call best)."""
+    monitor = registry.check_monitor(cfg.get("monitor"))
+    kept = OmegaConf.select(cfg, "callbacks.model_checkpoint.monitor", default=monitor)
+    if kept != monitor:
+        raise SettingError(
+            f"callbacks.model_checkpoint.monitor={kept} but monitor={monitor}: the best epoch is chosen by one "
+            f"setting; pass monitor={kept} instead (and leave callbacks.model_checkpoint.monitor to follow it)"
+        )
+    return monitor
 
 
 SIGTERM_EXIT = 128 + 15  # a job ended by SIGTERM (SLURM's preemption, time limit, scancel), as a shell reports it
@@ -163,6 +174,7 @@ def train(cfg: DictConfig) -> dict:
     # zero changes no result that matters and does nothing on GPUs.
     torch.set_flush_denormal(True)
     check_settings(cfg)  # everything that can be checked without the data, before any of it is touched
+    check_monitor(cfg)
     devices = cfg.trainer.get("devices")
     on_cpu = str(cfg.trainer.get("accelerator")) == "cpu" and isinstance(devices, int)
     threads = set_threads(cfg.get("threads", "auto"), processes=devices if on_cpu else 1)  # CPU DDP: shared
@@ -271,7 +283,8 @@ def _train(cfg: DictConfig, run_dir: Path, ckpt_path: str | None, started: float
     kept = _finished_already(run_dir, ckpt_path, throughput)
     if kept is not None:
         return kept
-    best = _best(module.history)
+    monitor = registry.check_monitor(cfg.get("monitor"))
+    best = registry.best_entry(module.history, monitor)
     baseline = first_class_baseline(datamodule.val_masks, classes.num_classes, classes.ignore_index)
     ckpt = trainer.checkpoint_callback
     summary = {
@@ -282,10 +295,11 @@ def _train(cfg: DictConfig, run_dir: Path, ckpt_path: str | None, started: float
         "image_size": datamodule.image_size,
         "classes": classes.to_dict(),
         "epochs_run": trainer.current_epoch,
+        "monitor": monitor,  # the metric that picked best_epoch (and best.ckpt)
         "best_epoch": best["epoch"] if best else None,
-        "val/mIoU": best["mIoU"] if best else None,
-        "val/IoU": best["IoU"] if best else None,
-        "baseline_val/mIoU": baseline,
+        # every registered metric at the best epoch: val/mIoU, val/IoU (per class), ...
+        **{f"val/{m.name}": best.get(m.name) if best else None for m in registry.METRICS.values()},
+        f"baseline_val/{registry.headline().name}": baseline,
         "baseline": f"predicting class 0 ({classes.names[0]}) everywhere on the same validation images, same "
         "convention: a model must beat it to have learned anything",
         "metric_convention": metric_convention(),
@@ -329,7 +343,7 @@ def _train(cfg: DictConfig, run_dir: Path, ckpt_path: str | None, started: float
                 epochs.rows,
                 run_dir / "training_curves.png",
                 f"{run_dir.name}: {enc.name} + {enc.decoder}",
-                baseline=summary["baseline_val/mIoU"],
+                baseline=summary[f"baseline_val/{registry.headline().name}"],
                 best_epoch=summary["best_epoch"],
                 first_class=classes.names[0],
             )
@@ -352,15 +366,23 @@ def network_line(enc: DictConfig, net: torch.nn.Module, trainer: L.Trainer) -> s
 
 
 def final_figures(summary: dict) -> dict[str, float]:
-    """What a tracker gets at the end of a run: the best epoch's figures and the baseline (None left out)."""
-    figures = {
-        "best/val/mIoU": summary["val/mIoU"],
-        "best/epoch": summary["best_epoch"],
-        "baseline_val/mIoU": summary["baseline_val/mIoU"],
-        "train_images_per_s": summary["train_images_per_s"],
-        "wall_time_s": summary["wall_time_s"],
-        **{f"best/val/IoU/{n}": v for n, v in (summary["val/IoU"] or {}).items()},
-    }
+    """What a tracker gets at the end of a run: every registered metric at the best epoch (`best/val/<name>`,
+    per class `best/val/<name>/<class>`), the best epoch and the baseline (None left out)."""
+    head = registry.headline().name
+    figures: dict[str, Any] = {"best/epoch": summary["best_epoch"]}
+    for m in registry.METRICS.values():
+        value = summary.get(f"val/{m.name}")
+        if m.per_class:
+            figures.update({f"best/val/{m.name}/{n}": v for n, v in (value or {}).items()})
+        else:
+            figures[f"best/val/{m.name}"] = value
+    figures.update(
+        {
+            f"baseline_val/{head}": summary.get(f"baseline_val/{head}"),
+            "train_images_per_s": summary["train_images_per_s"],
+            "wall_time_s": summary["wall_time_s"],
+        }
+    )
     return {k: float(v) for k, v in figures.items() if v is not None}
 
 
@@ -389,21 +411,30 @@ def point_latest(run_dir: Path) -> None:
 
 
 def _report(summary: dict, run_dir: Path) -> None:
-    """A few plain lines at the end of a run: what it scored, against what, and what to run next."""
-    miou, base = summary["val/mIoU"], summary["baseline_val/mIoU"]
+    """A few plain lines at the end of a run: what it scored (every registered metric at the best epoch),
+    against what, and what to run next."""
     fmt = lambda v: "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:.2f} %"
-    names = summary["classes"]["names"]
-    log.info("Best val/mIoU %s at epoch %s (%s)", fmt(miou), summary["best_epoch"], summary["metric_convention"])
-    ratio = f"; the model scores {miou / base:.2f}x that" if miou is not None and base else ""
-    log.info("Predicting %s everywhere on the same validation set scores val/mIoU %s%s", names[0], fmt(base), ratio)
-    iou = summary["val/IoU"] or {}
-    others = [f"{n} {'absent' if iou.get(n) is None else fmt(iou[n])}" for n in names[1:]]
-    log.info(
-        "Val IoU of every class but %s, at the best epoch (%s): %s",
-        names[0],
-        summary["best_epoch"],
-        ", ".join(others) or "none",
-    )
+    names, epoch = summary["classes"]["names"], summary["best_epoch"]
+    monitor = summary.get("monitor") or f"val/{registry.headline().name}"
+    head = f"val/{registry.headline().name}"
+    log.info("Best %s %s at epoch %s (%s)", monitor, fmt(summary.get(monitor)), epoch, summary["metric_convention"])
+    others = [m for m in registry.split_metrics() if f"val/{m.name}" != monitor and f"val/{m.name}" in summary]
+    if others:
+        log.info("At that epoch: %s", ", ".join(f"{m.label} {fmt(summary[f'val/{m.name}'])}" for m in others))
+    score, base = summary.get(head), summary.get(f"baseline_{head}")
+    ratio = f"; the model scores {score / base:.2f}x that" if score is not None and base else ""
+    log.info("Predicting %s everywhere on the same validation set scores %s %s%s", names[0], head, fmt(base), ratio)
+    for m in registry.class_metrics():
+        values = summary.get(f"val/{m.name}") or {}
+        shown = [f"{n} {'absent' if values.get(n) is None else fmt(values[n])}" for n in names[1:]]
+        log.info(
+            "Val %s of every class but %s, at the best epoch (%s): %s",
+            m.label,
+            names[0],
+            epoch,
+            ", ".join(shown) or "none",
+        )
+    iou = summary.get(f"val/{registry.class_metrics()[0].name}") or {}
     scored = [(iou[n], n) for n in names[1:] if iou.get(n) is not None]  # the class table's order
     if scored:
         best = sorted(scored, key=lambda vn: -vn[0])  # stable: ties stay in the table's order
