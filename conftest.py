@@ -1,22 +1,50 @@
 """Keeps the `slow` marker honest for every test folder: a test that took over `slow_seconds` (pyproject.toml)
 and is not marked slow is named at the end of the run, so `pytest -m "not slow"` stays the quick loop the
-README promises. A list, never a failure: the time depends on the machine and its load."""
+README promises. A list, never a failure: the time depends on the machine and its load.
+
+A session-scoped fixture (tests/conftest.py's `trained_run`) is built once for every test that uses it: its
+build time is not counted against the test that happened to need it first, and is listed on its own."""
 
 from __future__ import annotations
+
+import time
 
 import pytest
 
 SLOW_SECONDS = "slow_seconds"
 _taken: dict[str, float] = {}  # node id -> seconds (set-up, call and tear-down) of tests not marked slow
+_shared: dict[str, float] = {}  # session fixture -> seconds its build took
+_building: list[str] = []  # the session fixtures being built now, outermost first
+_shared_pending = [0.0]  # seconds of session fixtures built during the set-up being timed
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addini(SLOW_SECONDS, "a test taking longer than this (seconds) should be marked slow", default="20")
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_fixture_setup(fixturedef: pytest.FixtureDef, request: pytest.FixtureRequest):
+    if fixturedef.scope != "session" or _building:  # a session fixture another one builds counts in that one
+        yield
+        return
+    _building.append(fixturedef.argname)
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        seconds = time.perf_counter() - start
+        _building.pop()
+        _shared[fixturedef.argname] = _shared.get(fixturedef.argname, 0.0) + seconds
+        _shared_pending[0] += seconds
+
+
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    duration = report.duration
+    if report.when == "setup":
+        duration = max(0.0, duration - _shared_pending[0])
+        _shared_pending[0] = 0.0
     if "slow" not in report.keywords:
-        _taken[report.nodeid] = _taken.get(report.nodeid, 0.0) + report.duration
+        _taken[report.nodeid] = _taken.get(report.nodeid, 0.0) + duration
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:
@@ -26,3 +54,8 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: p
         terminalreporter.section(f"not marked slow, over {limit:g} s (add @pytest.mark.slow)")
         for seconds, node in over:
             terminalreporter.write_line(f"{seconds:7.1f} s  {node}")
+    built = sorted(((s, name) for name, s in _shared.items() if s > 1.0), reverse=True)
+    if built:
+        terminalreporter.section("session fixtures, built once for the tests that share them")
+        for seconds, name in built:
+            terminalreporter.write_line(f"{seconds:7.1f} s  {name}")
