@@ -44,6 +44,7 @@ BENCHMARKS = [
     "ensemble",  # issue 15: a 3-fold ensemble's test mIoU against its best fold's (reported, no bar)
     "threads",  # issue 18: training images/s at threads=1 and 2, quiet and with another job running
     "sampling",  # issue 16: class-aware crop windows against uniform ones: val mIoU, rare classes, cracks
+    "cli_start",  # issue 30: every command's --help, misspelt key and bad value vs python -c pass: < 1 s each
 ]
 
 

@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -124,6 +125,29 @@ def test_evaluate_predict_export_compare_status_weights(trained, tmp_path):
     assert json.loads(Path(printed["evaluate"][-1]).read_text())["split"] == "val"
     assert printed["export"][-2:] == [str(tmp_path / "exp" / "model.pt"), str(tmp_path / "exp" / "model.card.json")]
     assert json.loads(Path(printed["export"][-1]).read_text())["files"] == {"torchscript": "model.pt"}
+
+
+@pytest.mark.slow
+def test_a_part_that_failed_is_exit_3_named_with_the_rest_done(trained, tmp_path):
+    """Exit 3, neither a bug (1) nor the user's input (2): `evaluate sweep=` with one run whose checkpoint is
+    damaged evaluates the other and names the failed one; `export` beyond its parity tolerance writes the
+    files and names the format."""
+    run, _, _ = trained
+    sweep = tmp_path / "sweep"
+    write_multirun(sweep, ["seed=0,1"])
+    for n in ("0", "1"):
+        shutil.copytree(run, sweep / n, ignore=shutil.ignore_patterns("evaluation", "export", "tensorboard", "csv"))
+    (sweep / "1" / "checkpoints" / "best.ckpt").write_bytes(b"truncated")
+    evaluate = ["poc59.evaluate", f"sweep={sweep}", "pictures=false", "bootstrap.resamples=20"]
+    _, stderr = _run(evaluate, tmp_path, ok=3)
+    counts = json.loads((sweep / "evaluation-val.json").read_text())["counts"]
+    assert counts["evaluated"] == 1 and counts["failed"] == 1, counts
+    assert str(sweep / "1") in " ".join(stderr.split())
+    assert (sweep / "0" / "evaluation" / "val" / "metrics.json").is_file()
+    out = tmp_path / "exported"
+    _, stderr = _run(["poc59.export", f"run_dir={run}", "format=onnx", "tolerance=0", f"out={out}"], tmp_path, ok=3)
+    assert "Parity beyond tolerance for onnx" in stderr and (out / "model.onnx").is_file()
+    assert json.loads((out / "model.card.json").read_text())["parity"]["onnx"]["passed"] is False
 
 
 def test_predict_logs_each_image_and_prints_the_summary(trained, tmp_path):

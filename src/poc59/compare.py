@@ -27,10 +27,7 @@ import logging
 import sys
 from typing import Any
 
-from poc59.comparison.report import print_table
-from poc59.comparison.run import CompareError, compare
 from poc59.core.cli import Command, Key, run_command
-from poc59.core.logs import results_console
 
 log = logging.getLogger("poc59.compare")
 
@@ -58,23 +55,29 @@ CLI = Command(
     ),
     notes="Writes comparison.md, .csv, .json and per_class_iou.png. Exit 0 done, 2 bad arguments or runs that "
     "cannot be ranked together (another split or class table: named, with the fix).",
-    error=CompareError,
-    fills=compare,
+    fills="poc59.comparison.run:compare",
 )
+USER_ERRORS = ("poc59.comparison.run:CompareError", FileNotFoundError)
 
 
 def parse_args(argv: list[str]) -> dict[str, Any]:
-    """compare() keywords from key=value arguments (runs= is a list: [a,b] or a,b)."""
-    return CLI.parse(argv)
+    """compare() keywords from key=value arguments (runs= is a list: [a,b] or a,b); a bad one is a CompareError."""
+    from poc59.comparison.run import CompareError
+
+    return CLI.parse(argv, error=CompareError)
 
 
 def _compare(options: dict[str, Any]) -> int:
+    from poc59.comparison.report import print_table
+    from poc59.comparison.run import compare
+    from poc59.core.logs import results_console
+
     print_table(compare(**options), results_console())
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_command(CLI, argv, _compare, (FileNotFoundError,), log)
+    return run_command(CLI, argv, _compare, USER_ERRORS, log)
 
 
 if __name__ == "__main__":

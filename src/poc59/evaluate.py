@@ -6,16 +6,8 @@ import logging
 import sys
 from typing import Any
 
-from poc59.artifacts.trained import ModelLoadError
-from poc59.core.cli import Command, Key, Paths, run_command
+from poc59.core.cli import DONE, PARTIAL, PARTIAL_NOTE, Command, Key, Paths, run_command
 from poc59.core.config import SettingError
-from poc59.core.device import DeviceError
-from poc59.core.logs import results_console
-from poc59.core.threads import set_threads
-from poc59.data.sources import DataError
-from poc59.evaluation.report import print_report
-from poc59.evaluation.run import EvaluateError, evaluate_run
-from poc59.evaluation.sweep import evaluate_all
 
 log = logging.getLogger("poc59.evaluate")
 
@@ -65,28 +57,43 @@ CLI = Command(
     ),
     notes="The images, split and geometry are the run's own (config.yaml, split.json), fed as training validation "
     "fed them, so the run's best val/mIoU is reproduced; files changed since training are named and refused "
-    "unless allow_changed_data=true. Exit 0 done, 1 a run of a sweep failed, 2 a bad setting.",
-    error=EvaluateError,
-    fills=evaluate_run,
+    "unless allow_changed_data=true. Exit 0 done, 2 a bad setting, 1 a bug; with sweep=, "
+    f"{PARTIAL_NOTE}: a run that could not be evaluated.",
+    fills="poc59.evaluation.run:evaluate_run",
+)
+USER_ERRORS = (
+    "poc59.evaluation.run:EvaluateError",
+    "poc59.data.sources:DataError",
+    "poc59.artifacts.trained:ModelLoadError",
+    "poc59.core.device:DeviceError",
+    SettingError,
 )
 
 
 def parse_args(argv: list[str]) -> dict[str, Any]:
-    """evaluate_run keywords (plus `sweep`) from key=value arguments."""
-    return CLI.parse(argv)
+    """evaluate_run keywords (plus `sweep`) from key=value arguments; a bad one is an EvaluateError."""
+    from poc59.evaluation.run import EvaluateError
+
+    return CLI.parse(argv, error=EvaluateError)
 
 
 def _evaluate(options: dict[str, Any]) -> int:
+    from poc59.core.logs import results_console
+    from poc59.core.threads import set_threads
+    from poc59.evaluation.report import print_report
+    from poc59.evaluation.run import evaluate_run
+    from poc59.evaluation.sweep import evaluate_all
+
     set_threads(options.pop("threads", "auto"))
     sweep = options.pop("sweep", None)
     if sweep is not None:
-        return 0 if evaluate_all(sweep, **options)["counts"]["failed"] == 0 else 1
+        return DONE if evaluate_all(sweep, **options)["counts"]["failed"] == 0 else PARTIAL
     print_report(evaluate_run(**options), results_console())
-    return 0
+    return DONE
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_command(CLI, argv, _evaluate, (DataError, ModelLoadError, DeviceError, SettingError), log)
+    return run_command(CLI, argv, _evaluate, USER_ERRORS, log)
 
 
 if __name__ == "__main__":

@@ -28,15 +28,15 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from poc59.artifacts.export import SUFFIXES, ExportError, export_model, passes
-from poc59.artifacts.trained import ModelLoadError
-from poc59.core.cli import Command, Key, Paths, run_command
+from poc59.core.cli import DONE, PARTIAL, PARTIAL_NOTE, Command, Key, Paths, run_command
 from poc59.core.logs import print_titled, results_console
 
 log = logging.getLogger("poc59.export")
 
 
 def print_parity(card: dict[str, Any], console: Console) -> None:
+    from poc59.artifacts.export import SUFFIXES, passes
+
     parity_record = card.get("parity")
     if not parity_record:
         console.print("Parity check skipped (check=false).")
@@ -89,13 +89,16 @@ CLI = Command(
         Key("min_agreement", float, "share of pixels whose exported label must equal PyTorch's (0 to 1)"),
         Key("exporter", str, "trace (torch.onnx, seconds) | dynamo (torch.export: minutes, needs onnxscript)"),
     ),
-    notes="Exit 0 done, 1 the parity check failed (the files are written), 2 a bad setting or model.",
-    error=ExportError,
-    fills=export_model,
+    notes=f"Exit 0 done, 2 a bad setting or model, 1 a bug; {PARTIAL_NOTE}: the parity check failed (the files "
+    "are written, the failing format named).",
+    fills="poc59.artifacts.export:export_model",
 )
+USER_ERRORS = ("poc59.artifacts.export:ExportError", "poc59.artifacts.trained:ModelLoadError")
 
 
 def _export(options: dict[str, Any]) -> int:
+    from poc59.artifacts.export import export_model
+
     exported = export_model(**options)
     card, console = exported.card, results_console()
     print_parity(card, console)
@@ -107,12 +110,12 @@ def _export(options: dict[str, Any]) -> int:
             "Parity beyond tolerance for %s: the exported files are written but differ from the checkpoint",
             ", ".join(failed),
         )
-        return 1
-    return 0
+        return PARTIAL
+    return DONE
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_command(CLI, argv, _export, (ModelLoadError,), log)
+    return run_command(CLI, argv, _export, USER_ERRORS, log)
 
 
 if __name__ == "__main__":

@@ -14,8 +14,6 @@ from pathlib import Path
 from typing import Any
 
 from poc59.core.cli import Command, Key, run_command
-from poc59.data.import_parquet import import_parquet
-from poc59.data.sources import DataError
 
 log = logging.getLogger("poc59.import_parquet")
 
@@ -32,18 +30,20 @@ CLI = Command(
         Key("overwrite", bool, "replace images/, annotations/, annotations_rgb/ and metadata.csv in out"),
     ),
     notes="Exit 0 done, 2 a bad input or setting (named, with the fix).",
-    fills=import_parquet,
+    fills="poc59.data.import_parquet:import_parquet",
 )
 
 
 def _import(options: dict[str, Any]) -> int:
+    from poc59.data.import_parquet import import_parquet
+
     n = import_parquet(Path(options.pop("src")), Path(options.pop("out")), **options)
     log.info("done: %d rows", n)
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_command(CLI, argv, _import, (DataError, OSError), log)
+    return run_command(CLI, argv, _import, ("poc59.data.sources:DataError", OSError), log)
 
 
 if __name__ == "__main__":

@@ -5,19 +5,18 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.table import Table
 
-from poc59.artifacts.trained import ModelLoadError
 from poc59.core.classes import ClassTable
 from poc59.core.cli import Command, Key, Paths, run_command
 from poc59.core.config import SettingError
-from poc59.core.device import DeviceError
 from poc59.core.logs import print_titled, results_console
-from poc59.core.threads import set_threads
-from poc59.inference.run import Settings, UsageError, run
+
+if TYPE_CHECKING:
+    from poc59.inference.run import Settings
 
 log = logging.getLogger("poc59.predict")
 
@@ -64,8 +63,13 @@ CLI = Command(
     "on; the exit status is then 2. Usage, model and class-table errors exit with 2 before any image is read; "
     "an output folder that cannot be written (read-only, full) stops the batch with exit 2. statistics.json "
     "lists every file the batch wrote; files it lists are never read as scans.",
-    error=UsageError,
-    fills=Settings,
+    fills="poc59.inference.run:Settings",
+)
+USER_ERRORS = (
+    "poc59.inference.run:UsageError",
+    "poc59.artifacts.trained:ModelLoadError",
+    "poc59.core.device:DeviceError",
+    SettingError,
 )
 
 
@@ -73,12 +77,16 @@ _OPTIONAL = ("object_mask", "classes")  # empty = none
 
 
 def parse_args(argv: list[str]) -> Settings:
-    """Settings from key=value arguments (unknown keys and missing ckpt/input/output are errors)."""
-    return settings_from(CLI.parse(argv))
+    """Settings from key=value arguments (unknown keys and missing ckpt/input/output are UsageErrors)."""
+    from poc59.inference.run import UsageError
+
+    return settings_from(CLI.parse(argv, error=UsageError))
 
 
 def settings_from(given: dict[str, Any]) -> Settings:
     """Settings from the parsed keys, checked."""
+    from poc59.inference.run import Settings, UsageError
+
     settings = Settings(**{k: (v or None) if k in _OPTIONAL else v for k, v in given.items()})
     if not (settings.ckpt or settings.run_dirs or settings.sweep):
         raise UsageError("missing ckpt=: name the model (or an ensemble: ckpt=[a,b], run_dirs=[...], sweep=)")
@@ -114,6 +122,9 @@ def _print_summary(console: Console, rows: list[dict], classes: ClassTable) -> N
 
 
 def _predict(options: dict[str, Any]) -> int:
+    from poc59.core.threads import set_threads
+    from poc59.inference.run import run
+
     settings = settings_from(options)
     set_threads(settings.threads)
     done = run(settings)
@@ -132,7 +143,7 @@ def _predict(options: dict[str, Any]) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_command(CLI, argv, _predict, (ModelLoadError, DeviceError, SettingError), log)
+    return run_command(CLI, argv, _predict, USER_ERRORS, log)
 
 
 if __name__ == "__main__":

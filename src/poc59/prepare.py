@@ -11,17 +11,18 @@ from __future__ import annotations
 
 import logging
 import sys
+from typing import TYPE_CHECKING, Any
 
-from hydra.errors import InstantiationException
-from hydra.utils import instantiate
 from rich.console import Console
 from rich.table import Table
 
+from poc59.core.cli import DONE, run_command
 from poc59.core.config import SettingError
-from poc59.core.logs import print_titled, results_console, setup_logging, take_verbose
-from poc59.core.overrides import HELP, check_overrides, compose_train, help_text, split_argv
-from poc59.data.datamodule import SegmentationDataModule
-from poc59.data.sources import DataError
+from poc59.core.logs import print_titled, results_console
+from poc59.core.overrides import ConfigCommand
+
+if TYPE_CHECKING:
+    from poc59.data.datamodule import SegmentationDataModule
 
 log = logging.getLogger("poc59.prepare")
 
@@ -84,28 +85,32 @@ SUMMARY = (
 )
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv, verbose = take_verbose(sys.argv[1:] if argv is None else argv)
-    setup_logging(verbose)
+CLI = ConfigCommand("python -m poc59.prepare", SUMMARY)
+
+
+def _prepare(options: dict[str, Any]) -> int:
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+
+    from poc59.core.overrides import compose_train, split_argv
+
+    cfg = compose_train(split_argv(options["argv"])[0])
     try:
-        if any(a in HELP for a in argv):
-            print(help_text(argv, "python -m poc59.prepare", SUMMARY))
-            return 0
-        check_overrides(argv, "python -m poc59.prepare")
-        cfg = compose_train(split_argv(argv)[0])
         dm: SegmentationDataModule = instantiate(cfg.data)
-        dm.prepare_data()
-        dm.setup("fit")
-    except (DataError, SettingError, ValueError) as err:
-        log.error("%s", err)
-        return 2
     except InstantiationException as err:
         if not isinstance(err.__cause__, ValueError):  # the data module's own checks of its settings raise these
             raise
-        log.error("%s", err.__cause__)
-        return 2
+        raise err.__cause__ from None
+    dm.prepare_data()
+    dm.setup("fit")
     report(dm, results_console())
-    return 0
+    return DONE
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Check the overrides (exit 2 with the fix, before anything is read or imported), answer --help, then
+    prepare the data (`argv`: sys.argv[1:] if None)."""
+    return run_command(CLI, argv, _prepare, ("poc59.data.sources:DataError", SettingError, ValueError), log)
 
 
 if __name__ == "__main__":

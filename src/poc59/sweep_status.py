@@ -31,10 +31,11 @@ from rich.text import Text
 
 from poc59.core.cli import Command, Key, run_command
 from poc59.core.logs import print_titled, results_console
-from poc59.training.sweeps import STATES, sweep_status
 
 
 def _print_table(report: dict) -> None:
+    from poc59.training.sweeps import STATES
+
     console = results_console()
     counts = report["counts"]
     title = f"Sweep {report['sweep_dir']}: " + ", ".join(f"{counts[s]} {s}" for s in STATES)
@@ -94,11 +95,13 @@ CLI = Command(
         Key("squeue", bool, "ask squeue (when there is one) to tell pending from running SLURM jobs", default=True),
     ),
     notes="Exit 0 (also with failed runs: read json=true), 2 if the folder holds no sweep.",
-    fills=sweep_status,
+    fills="poc59.training.sweeps:sweep_status",
 )
 
 
 def _status(options: dict[str, Any]) -> int:
+    from poc59.training.sweeps import sweep_status
+
     report = sweep_status(options["sweep"], lines=options.get("lines", 5), use_squeue=options.get("squeue", True))
     if options.get("json"):
         json.dump(report, sys.stdout, indent=2)

@@ -10,6 +10,7 @@ import logging
 import shlex
 import sys
 from pathlib import Path
+from typing import Any
 
 import hydra
 from hydra._internal.utils import get_args_parser
@@ -17,20 +18,20 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+from poc59.core.cli import DONE, run_command
 from poc59.core.config import SettingError, config_dir, register_resolvers
 from poc59.core.locks import FolderLock
 from poc59.core.logs import setup_logging, take_verbose
-from poc59.core.overrides import HELP, check_overrides, help_text, split_argv
-from poc59.data.folds import register_cv_folds, sweep_values
+from poc59.core.overrides import ConfigCommand, split_argv
 from poc59.training.distributed import adopt_submitit_local_ranks, first_process
-from poc59.training.preflight import check_settings
-from poc59.training.run import USER_ERRORS, check_run_folder, hydra_quoted, train
 
 log = logging.getLogger("poc59.train")
 
 
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="train")
 def _hydra_main(cfg: DictConfig) -> float | None:
+    from poc59.training.run import USER_ERRORS, train
+
     verbose = take_verbose([])[1] or bool(HydraConfig.get().verbose)
     setup_logging(verbose, handlers=logging.getLogger().handlers)  # Hydra's console and train.log, one format
     try:
@@ -59,6 +60,8 @@ def with_every_fold(argv: list[str], first: DictConfig | None) -> list[str]:
     """experiment=cv and experiment=leave_one_material_out sweep every fold (`data.cv.fold: ${cv_folds:}`):
     the folds are written out as a command-line sweep, so the sweep's multirun.yaml lists each job's fold
     (what sweep_status and compare read) and the fold list is the one checked here."""
+    from poc59.data.folds import sweep_values
+
     given = any(a.lstrip("+~").split("=", 1)[0] == "data.cv.fold" for a in argv)
     if not asks_every_fold(first) or given:
         return argv
@@ -68,7 +71,13 @@ def with_every_fold(argv: list[str], first: DictConfig | None) -> list[str]:
 
 def _check_settings(cfg: DictConfig) -> None:
     """`check_settings`, then the sweep the config itself asks for (experiment=cv: every fold); every user
-    error (a missing weights file, a metadata column that is not there) as the SettingError main reports."""
+    error (a missing weights file, a metadata column that is not there) as the SettingError main reports.
+    Imports the training library: it runs once the overrides have composed."""
+    from poc59.data.folds import register_cv_folds, sweep_values
+    from poc59.training.preflight import check_settings
+    from poc59.training.run import USER_ERRORS
+
+    register_cv_folds()  # the resolver of experiment=cv's sweep, before anything resolves the config
     try:
         check_settings(cfg)
         if asks_every_fold(cfg):
@@ -95,6 +104,8 @@ def is_sweep(argv: list[str], first: DictConfig) -> bool:
 def pin_sweep_folder(argv: list[str], first: DictConfig) -> tuple[list[str], Path]:
     """(argv with hydra.sweep.dir= the folder the sweep will write, that folder): resolved once, here, so
     its end can name it (the default holds the time, which Hydra would resolve again later)."""
+    from poc59.training.run import hydra_quoted
+
     given = [a for a in argv if a.split("=", 1)[0] == "hydra.sweep.dir"]
     folder = Path(first.hydra.sweep.dir)
     return (argv if given else [*argv, f"hydra.sweep.dir={hydra_quoted(str(folder))}"]), folder
@@ -111,34 +122,39 @@ def report_sweep(folder: Path) -> None:
     print(folder, flush=True)
 
 
-def main() -> None:
-    """Check the overrides (exit 2 with the fix, before anything is read), answer --help, then run Hydra."""
+CLI = ConfigCommand("python -m poc59.train", SUMMARY, check=_check_settings)  # -m: every swept value checked
+
+
+def _train(options: dict[str, Any]) -> int:
+    """The run (or sweep) the checked overrides ask for: the run folder checked and its lock tested before
+    Hydra creates it and opens its train.log there, then Hydra's main."""
+    from poc59.data.folds import register_cv_folds
+    from poc59.training.run import check_run_folder
+
     register_resolvers()
     register_cv_folds()
-    argv, verbose = take_verbose(sys.argv[1:])  # -v: every log line (poc59.core.logs); Hydra never sees it
-    sys.argv[1:] = argv
-    setup_logging(verbose)  # until Hydra sets up the run's own handlers
-    try:
-        if any(a in HELP for a in argv):
-            print(help_text(argv, "python -m poc59.train", SUMMARY))
-            sys.exit(0)
-        shown = get_args_parser().parse_known_args(argv)[0].cfg  # --cfg prints a config: nothing is run
-        first = check_overrides(argv, check=None if shown else _check_settings)  # -m: every swept value
-        sweep = None
-        if not shown and is_sweep(argv, first):
-            argv, sweep = pin_sweep_folder(with_every_fold(argv, first), first)
-            sys.argv[1:] = argv
-        elif not shown:
-            run_dir = Path(first.hydra.run.dir)
-            check_run_folder(run_dir)  # before Hydra creates it and its train.log
-            if first_process() and first.get("resume") != "never":  # resume=never starts in another folder
-                FolderLock(run_dir, "training").check()  # held: refused before Hydra opens its train.log there
-    except SettingError as err:
-        logging.getLogger("poc59.train").error("%s", err)
-        sys.exit(2)
+    argv, first = options["argv"], options["cfg"]
+    sys.argv[1:] = argv  # Hydra reads sys.argv; -v is taken out (every log line: poc59.core.logs)
+    shown = first is None or get_args_parser().parse_known_args(argv)[0].cfg  # Hydra's flags: nothing is run
+    sweep = None
+    if not shown and is_sweep(argv, first):
+        argv, sweep = pin_sweep_folder(with_every_fold(argv, first), first)
+        sys.argv[1:] = argv
+    elif not shown:
+        run_dir = Path(first.hydra.run.dir)
+        check_run_folder(run_dir)  # before Hydra creates it and its train.log
+        if first_process() and first.get("resume") != "never":  # resume=never starts in another folder
+            FolderLock(run_dir, "training").check()  # held: refused before Hydra opens its train.log there
     _hydra_main()
     if sweep is not None:
         report_sweep(sweep)
+    return DONE
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Check the overrides (exit 2 with the fix, before anything is read or imported), answer --help, then
+    run Hydra (`argv`: sys.argv[1:] if None)."""
+    return run_command(CLI, argv, _train, (SettingError,), log)
 
 
 if __name__ == "__main__":
@@ -146,4 +162,4 @@ if __name__ == "__main__":
     # function by reference, which only works for a function of an importable module.
     from poc59.train import main as _main
 
-    _main()
+    sys.exit(_main())

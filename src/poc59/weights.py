@@ -7,8 +7,7 @@ import sys
 from typing import Any
 
 from poc59.core.cli import Command, Key, run_command, to_value
-from poc59.model import pretrained
-from poc59.model.encoders import UnknownEncoderError, check_encoder_name, encoder_presets
+from poc59.core.overrides import groups
 
 log = logging.getLogger("poc59.weights")
 
@@ -56,13 +55,19 @@ def _resolve(given: dict[str, Any]) -> dict[str, Any]:
     if mapping is not None and not isinstance(mapping, dict):
         raise UsageError(f"encoder.kwargs must be a mapping, e.g. encoder.kwargs={{img_size:256}}; got {mapping!r}")
     kwargs = {**(mapping or {}), **given.get("kwargs", {})}
+    try:
+        known = groups().get("encoder", [])  # conf/encoder/*.yaml, without importing the model library
+    except FileNotFoundError:
+        known = []
+    if preset is not None and preset not in known:
+        raise UsageError(
+            f"unknown encoder preset {preset!r}: choose one of {', '.join(known) or '(none found)'}, "
+            "or encoder=custom encoder.name=<smp encoder or tu-<timm model>>"
+        )
+    from poc59.model.encoders import encoder_presets
+
     presets = encoder_presets()
     if preset is not None:
-        if preset not in presets:
-            raise UsageError(
-                f"unknown encoder preset {preset!r}: choose one of {', '.join(presets) or '(none found)'}, "
-                "or encoder=custom encoder.name=<smp encoder or tu-<timm model>>"
-            )
         cfg = presets[preset]
         name = name if name is not None else cfg.get("name")
         kwargs = {**dict(cfg.get("kwargs") or {}), **kwargs}
@@ -82,6 +87,9 @@ def _resolve(given: dict[str, Any]) -> dict[str, Any]:
 
 
 def _weights(given: dict[str, Any]) -> int:
+    from poc59.model import pretrained
+    from poc59.model.encoders import check_encoder_name
+
     args = _resolve(given)
     name = args["name"]
     if args["raw_name"]:  # presets' names are known; a raw name is checked before anything else
@@ -107,7 +115,7 @@ def _weights(given: dict[str, Any]) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_command(CLI, argv, _weights, (UnknownEncoderError,), log)
+    return run_command(CLI, argv, _weights, ("poc59.model.encoders:UnknownEncoderError",), log)
 
 
 if __name__ == "__main__":

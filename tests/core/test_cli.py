@@ -2,12 +2,24 @@
 
 from __future__ import annotations
 
+import inspect
 import subprocess
 import sys
 
 import pytest
 
-from poc59.core.cli import Command, HelpRequested, Key
+from poc59.core.cli import (
+    BUG,
+    DONE,
+    PARTIAL,
+    PARTIAL_NOTE,
+    USER,
+    Command,
+    HelpRequested,
+    Key,
+    resolve,
+    source_defaults,
+)
 
 
 class DemoError(Exception):
@@ -69,19 +81,84 @@ def test_help_lists_every_key_with_its_default_and_meaning():
         assert line in text, line
 
 
-@pytest.mark.parametrize(
-    "command", ["evaluate", "predict", "compare", "export", "weights", "sweep_status", "import_parquet"]
-)
-def test_every_command_answers_help_with_its_keys_and_refuses_an_unknown_key(command):
-    """One convention: --help exits 0 listing every key; an unknown key exits 2 naming the closest one."""
-    helped = subprocess.run(
-        [sys.executable, "-m", f"poc59.{command}", "--help"], capture_output=True, text=True, timeout=120
-    )
-    assert helped.returncode == 0 and f"usage: python -m poc59.{command}" in helped.stdout, helped.stderr
-    assert "Keys (key=default: meaning):" in helped.stdout
-    verb = ["fetch"] if command == "weights" else []
-    refused = subprocess.run(
-        [sys.executable, "-m", f"poc59.{command}", *verb, "no_such_key=1"], capture_output=True, text=True, timeout=120
-    )
-    assert refused.returncode == 2 and "unknown argument 'no_such_key=1'" in refused.stderr
-    assert "Traceback" not in refused.stderr
+HEAVY = ("torch", "lightning", "timm", "segmentation_models_pytorch")
+# Per command: (a misspelt key, a value of the wrong type for a typed key), with the keys it requires.
+CALLS: dict[str, tuple[list[str], list[str]]] = {
+    "train": (["trainer.max_epoch=3"], ["data.batch_size=large"]),
+    "prepare": (["data.rot=/data"], ["data.image_size=64px"]),
+    "evaluate": (["split=val", "worstk=3"], ["bootstrap.level=high"]),
+    "predict": (["ckpt=a.ckpt", "input=scans", "output=maps", "overlp=0.5"], ["batch_size=8.5"]),
+    "compare": (["runs=[a,b]", "overwite=true"], ["overwrite=sure"]),
+    "export": (["ckpt=a.ckpt", "fromat=onnx"], ["tolerance=small"]),
+    "weights": (["path", "encoder=tiny", "weights_dri=/tmp"], ["path", "encoder=tiny", "timeout=long"]),
+    "sweep_status": (["sweep=s", "line=3"], ["sweep=s", "lines=few"]),
+    "import_parquet": (["src=a", "out=b", "overwrit=true"], ["src=a", "out=b", "overwrite=perhaps"]),
+}
+
+
+def calls(command: str) -> dict[str, tuple[list[str], int]]:
+    """{kind: (the arguments, the exit status they must give)} of one command."""
+    misspelt, bad = CALLS[command]
+    return {"help": (["--help"], 0), "misspelt_key": (misspelt, 2), "bad_value": (bad, 2)}
+
+
+def _imported(stderr: str) -> set[str]:
+    """The top-level packages `python -X importtime` says were imported."""
+    lines = (line.rpartition("|")[2].strip() for line in stderr.splitlines() if line.startswith("import time:"))
+    return {name.split(".")[0] for name in lines}
+
+
+@pytest.mark.parametrize("command", sorted(CALLS))
+def test_every_command_answers_help_a_misspelt_key_and_a_bad_value_before_any_heavy_import(command):
+    """One convention: --help exits 0 listing every key; a misspelt key exits 2 naming the closest one; a
+    value of the wrong type exits 2 naming it; none of them waits for torch, Lightning, timm or smp (what
+    keeps each under a second: bench/cli_start.py times them)."""
+    said = {}
+    for kind, (args, expected) in calls(command).items():
+        done = subprocess.run(
+            [sys.executable, "-X", "importtime", "-m", f"poc59.{command}", *args],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert done.returncode == expected, (kind, done.stderr[-3000:])
+        assert not _imported(done.stderr) & set(HEAVY), (kind, _imported(done.stderr) & set(HEAVY))
+        assert "Traceback" not in done.stderr
+        said[kind] = " ".join(line for line in done.stderr.splitlines() if not line.startswith("import time:"))
+        if kind == "help":
+            assert f"usage: python -m poc59.{command}" in done.stdout and "Keys (key=default: meaning):" in done.stdout
+    assert "did you mean" in said["misspelt_key"], said["misspelt_key"]
+    bad = calls(command)["bad_value"][0][-1]
+    assert bad in " ".join(said["bad_value"].split()), said["bad_value"]  # the message names the value given
+
+
+def test_a_partial_failure_has_its_own_exit_code():
+    """3 (done, but a part failed) is neither a bug (1) nor the user's input (2), and the commands that can
+    end that way say so in their --help."""
+    assert (DONE, BUG, USER, PARTIAL) == (0, 1, 2, 3)
+    for command in ("evaluate", "export"):
+        helped = subprocess.run(
+            [sys.executable, "-m", f"poc59.{command}", "--help"], capture_output=True, text=True, timeout=120
+        )
+        assert PARTIAL_NOTE in " ".join(helped.stdout.split()), command
+
+
+@pytest.mark.slow  # imports every command's library
+def test_defaults_read_from_source_are_the_functions_own():
+    """--help shows the defaults of the function a command fills without importing it: read from its source,
+    they are what the imported function really has."""
+    import importlib
+
+    for command in sorted(CALLS):
+        cli = importlib.import_module(f"poc59.{command}").CLI
+        if not isinstance(getattr(cli, "fills", None), str):
+            continue
+        real = {
+            name: p.default
+            for name, p in inspect.signature(resolve(cli.fills)).parameters.items()
+            if p.default is not p.empty
+        }
+        read = source_defaults(cli.fills)
+        assert read == {k: v for k, v in real.items() if k in read}, command
+        shown = {k.keyword for k in cli.keys} & set(real)
+        assert shown <= set(read), (command, shown - set(read))  # every default --help would show was read

@@ -31,6 +31,15 @@ from poc59.core.overrides import check_overrides, compose_train, config_keys, he
         (["-m", "hydra/launcher=slurm", "hydra.launcher.partitoin=gpu"], "did you mean hydra.launcher.partition?"),
         # one launcher request per sweep: the device layout is not swept (it could not match the jobs)
         (["-m", "hydra/launcher=slurm", "trainer.devices=1,2"], "trainer.devices cannot be swept"),
+        # a value of another type than the key's default, refused before any check imports the library
+        (
+            ["trainer.max_epochs=abc"],
+            "trainer.max_epochs takes an integer, not 'abc' (its default: trainer.max_epochs=",
+        ),
+        (["data.batch_size=large"], "data.batch_size takes an integer"),  # its default: ${encoder.batch_size}
+        (["trainer.benchmark=maybe"], "trainer.benchmark takes true or false"),
+        (["-m", "trainer.max_epochs=1,x"], "takes an integer, not 'x'"),  # every value of a sweep
+        (["optimizer.lr=fast"], "optimizer.lr takes a number"),
     ],
 )
 def test_a_bad_override_is_one_message_with_the_fix(argv, says):
@@ -47,6 +56,7 @@ def test_a_bad_override_is_one_message_with_the_fix(argv, says):
         ["-m", "hydra/launcher=slurm", "hydra.launcher.partition=gpu", "encoder=convnext_tiny,segformer_b3"],
         ["data=artefact", "data.root=/somewhere", "+data.extra_key=1"],
         ["-m", "optimizer.lr=range(1,3)", "seed=0,1"],
+        ["optimizer.lr=1", "trainer.max_epochs=null", "data.cv.fold=Glass", "trainer.max_epochs=${seed}"],
     ],
 )
 def test_good_overrides_pass(argv):

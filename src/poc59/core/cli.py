@@ -1,26 +1,42 @@
 """One way to call every poc59 command: `python -m poc59.<command> key=value ...`.
 
 `train` and `prepare` compose the Hydra config (their keys are its keys, see `python -m poc59.train
---help`); every other command declares its keys here as a `Command`: each `Key` has a type, a default
-and a meaning, `--help` lists them all, and an unknown key is refused with the closest known one. A
-leading `+` (a Hydra habit) is accepted. Values: true/false (yes/no, 1/0) for switches, `[a,b]` or `a,b`
-for lists.
+--help`; `poc59.core.overrides`); every other command declares its keys here as a `Command`: each `Key`
+has a type, a default and a meaning, `--help` lists them all, and an unknown key is refused with the
+closest known one. A leading `+` (a Hydra habit) is accepted. Values: true/false (yes/no, 1/0) for
+switches, `[a,b]` or `a,b` for lists.
+
+Every command answers `--help`, an unknown key and a bad value before it imports torch, Lightning, timm
+or smp: this module imports none of them, a Command names the function whose defaults it shows and the
+errors that are the user's as "module:name" (read without importing the module, or imported only once
+the command runs), and each command imports its library inside the function that runs it.
+
+Exit codes, the same for every command: 0 done (`DONE`), 1 a bug (`BUG`, traceback in the log), 2 the
+user's input or setting (`USER`, one message naming it and the fix), 3 done, but a part failed
+(`PARTIAL`: the part is named in the log and in the command's summary; e.g. a run of `evaluate sweep=`,
+or export's parity check).
 """
 
 from __future__ import annotations
 
+import ast
 import difflib
+import importlib
+import importlib.util
 import inspect
 import logging
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import Any, Protocol
 
 import yaml
 
 from poc59.core.logs import VERBOSE_FLAGS, setup_logging, take_verbose
 
+DONE, BUG, USER, PARTIAL = 0, 1, 2, 3  # the exit codes (module docstring)
+PARTIAL_NOTE = "exit 3: done, but a part failed (named in the log and in the summary)"
 TRUE_FALSE = {"true": True, "false": False, "1": True, "0": False, "yes": True, "no": False}
 HELP = ("-h", "--help", "help")
 
@@ -60,6 +76,79 @@ def to_value(text: str) -> Any:
 
 _CONVERT: dict[Any, Callable[[str], Any]] = {bool: to_bool, list: to_list, Paths: to_paths, Any: to_value}
 _DESCRIBE = {bool: "true or false", int: "an integer", float: "a number", list: "a list", Paths: "a path or [a,b]"}
+
+
+def resolve(ref: str | Any) -> Any:
+    """The object a "module:name" reference names (imported now); anything else as it is."""
+    if not isinstance(ref, str):
+        return ref
+    module, _, name = ref.partition(":")
+    found: Any = importlib.import_module(module)
+    for part in name.split("."):
+        found = getattr(found, part)
+    return found
+
+
+def source_defaults(ref: str) -> dict[str, Any]:
+    """{parameter: default} of the function or dataclass a "module:name" reference names, read from the
+    module's source without importing it (the module may import torch; `--help` must not wait for it).
+    A default that is no literal is looked up among the module's constants and the names it imports from
+    poc59; one that is neither (a call, an expression) is left out."""
+    module, _, name = ref.partition(":")
+    tree = _module_tree(module)
+    node = next(
+        (n for n in tree.body if isinstance(n, ast.FunctionDef | ast.ClassDef) and n.name == name),
+        None,
+    )
+    if node is None:
+        raise LookupError(f"{ref}: no function or class {name!r} in {module}")
+    pairs: list[tuple[str, ast.expr | None]] = []
+    if isinstance(node, ast.FunctionDef):
+        positional = node.args.posonlyargs + node.args.args
+        defaults = [None] * (len(positional) - len(node.args.defaults)) + list(node.args.defaults)
+        pairs += [(a.arg, d) for a, d in zip(positional, defaults)]
+        pairs += [(a.arg, d) for a, d in zip(node.args.kwonlyargs, node.args.kw_defaults)]
+    else:
+        pairs += [
+            (n.target.id, n.value)
+            for n in node.body
+            if isinstance(n, ast.AnnAssign) and isinstance(n.target, ast.Name) and n.value is not None
+        ]
+    found: dict[str, Any] = {}
+    for param, expr in pairs:
+        if expr is None:
+            continue
+        try:
+            found[param] = _source_value(module, tree, expr)
+        except (ValueError, LookupError):
+            continue
+    return found
+
+
+def _module_tree(module: str) -> ast.Module:
+    spec = importlib.util.find_spec(module)  # imports the parent packages only (poc59's hold no imports)
+    if spec is None or spec.origin is None:
+        raise LookupError(f"no module {module}")
+    return ast.parse(Path(spec.origin).read_text(), spec.origin)
+
+
+def _source_value(module: str, tree: ast.Module, expr: ast.expr, depth: int = 0) -> Any:
+    if not isinstance(expr, ast.Name):
+        return ast.literal_eval(expr)
+    if depth > 3:
+        raise LookupError(expr.id)
+    for node in tree.body:
+        targets = (
+            node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(node, ast.AnnAssign) else []
+        )
+        if targets and node.value is not None and any(isinstance(t, ast.Name) and t.id == expr.id for t in targets):
+            return _source_value(module, tree, node.value, depth + 1)
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("poc59"):
+            for alias in node.names:
+                if (alias.asname or alias.name) == expr.id:
+                    other = _module_tree(node.module)
+                    return _source_value(node.module, other, ast.Name(alias.name), depth + 1)
+    raise LookupError(f"{expr.id} in {module}")
 
 
 class HelpRequested(Exception):
@@ -103,23 +192,27 @@ class Command:
     examples: Sequence[str] = ()
     notes: str = ""
     error: type[Exception] = ValueError
-    fills: Callable[..., Any] | None = None  # the function the keys are keywords of (for defaults)
+    # the function (or dataclass) the keys are keywords of, whose defaults --help shows: the object, or
+    # "module:name" to read them from its source without importing the module
+    fills: Callable[..., Any] | str | None = None
     verbs: Sequence[str] = ()  # a first bare word, e.g. `fetch` / `path`
     _defaults: dict[str, Any] = field(default_factory=dict, compare=False)
 
-    def __post_init__(self) -> None:
-        if self.fills is not None:
-            params = inspect.signature(self.fills).parameters
-            for key in self.keys:
-                p = params.get(key.keyword)
-                if p is not None and p.default is not inspect.Parameter.empty:
-                    self._defaults[key.name] = p.default
+    def defaults(self) -> dict[str, Any]:
+        """{keyword: default} of `fills` (read once, when --help first asks)."""
+        if self.fills is not None and not self._defaults:
+            if isinstance(self.fills, str):
+                self._defaults.update(source_defaults(self.fills))
+            else:
+                params = inspect.signature(self.fills).parameters
+                self._defaults.update({n: p.default for n, p in params.items() if p.default is not p.empty})
+        return self._defaults
 
     def default(self, key: Key) -> Any:
         return (
             key.default
             if key.default is not inspect.Parameter.empty
-            else self._defaults.get(key.name, inspect.Parameter.empty)
+            else self.defaults().get(key.keyword, inspect.Parameter.empty)
         )
 
     def usage(self) -> str:
@@ -143,36 +236,37 @@ class Command:
         lines += ["", f"{' / '.join(VERBOSE_FLAGS)}: every log line (Lightning's notices, dependencies' warnings)"]
         return "\n".join(lines)
 
-    def parse(self, argv: Sequence[str]) -> dict[str, Any]:
-        """{keyword: value} of the keys given (`verb` too, with verbs); HelpRequested for --help."""
+    def parse(self, argv: Sequence[str], error: type[Exception] | None = None) -> dict[str, Any]:
+        """{keyword: value} of the keys given (`verb` too, with verbs); HelpRequested for --help. A bad
+        argument raises `error` (default: the command's `error`), e.g. the library's own error class for a
+        caller that has imported it already."""
         argv = list(argv)
+        error = error or self.error
         if any(a in HELP for a in argv):
             raise HelpRequested(self.help())
         out: dict[str, Any] = {}
         if self.verbs:
             if not argv or argv[0] not in self.verbs:
                 got = f"{argv[0]!r}" if argv else "nothing"
-                raise self.error(f"expected one of {', '.join(self.verbs)} first, got {got}\n{self.usage()}")
+                raise error(f"expected one of {', '.join(self.verbs)} first, got {got}\n{self.usage()}")
             out["verb"] = argv.pop(0)
         for arg in argv:
             name, sep, value = arg.partition("=")
             name = name.lstrip("+")
             key = next((k for k in self.keys if k.matches(name)), None)
             if not sep or key is None:
-                raise self.error(self._unknown(arg, name, sep))
+                raise error(self._unknown(arg, name, sep))
             try:
                 converted = _CONVERT.get(key.kind, key.kind)(value)
             except (TypeError, ValueError, yaml.YAMLError):
-                raise self.error(
-                    f"{name}={value}: expected {_DESCRIBE.get(key.kind, 'a value')}\n{self.usage()}"
-                ) from None
+                raise error(f"{name}={value}: expected {_DESCRIBE.get(key.kind, 'a value')}\n{self.usage()}") from None
             if key.name.endswith(".*"):
                 out.setdefault(key.keyword, {})[name[len(key.name) - 1 :]] = converted
             else:
                 out[key.keyword] = converted
         missing = [k.name for k in self.keys if k.required and k.keyword not in out]
         if missing:
-            raise self.error(f"missing {', '.join(f'{m}=' for m in missing)}\n{self.usage()}")
+            raise error(f"missing {', '.join(f'{m}=' for m in missing)}\n{self.usage()}")
         return out
 
     def _unknown(self, arg: str, name: str, sep: str) -> str:
@@ -186,27 +280,47 @@ class Command:
         )
 
 
+class CommandLine(Protocol):
+    """What `run_command` needs of a command's parser: a `Command` here, or `poc59.core.overrides.
+    ConfigCommand` (train, prepare: the training config's keys). `parse` raises HelpRequested for --help
+    and `error` for a bad argument."""
+
+    prog: str
+    error: type[Exception]
+
+    def parse(self, argv: Sequence[str]) -> dict[str, Any]: ...
+
+
 def run_command(
-    command: Command,
+    command: CommandLine,
     argv: Sequence[str] | None,
     act: Callable[[dict[str, Any]], int],
-    user_errors: tuple[type[Exception], ...] = (),
+    user_errors: Sequence[type[Exception] | str] = (),
     log: logging.Logger | None = None,
 ) -> int:
     """A command's whole life: parse `argv` (sys.argv[1:] if None), `act` on the options, and return the exit
     status: `act`'s, 0 after --help (printed on stdout), 2 with one logged line for a user error (the
-    command's own error or one of `user_errors`); anything else is a bug and propagates (traceback, 1)."""
+    command's own error or one of `user_errors`: classes, or "module:name" imported only when `act` raised,
+    so that parsing waits for no library); anything else is a bug and propagates (traceback, 1). `act`
+    imports the command's library itself, after the arguments are parsed."""
     argv, verbose = take_verbose(sys.argv[1:] if argv is None else argv)
     setup_logging(verbose)
     log = log or logging.getLogger(command.prog.rsplit(" ", 1)[-1])
     try:
-        return act(command.parse(argv))
+        options = command.parse(argv)
     except HelpRequested as asked:
         print(asked.text)
-        return 0
-    except (command.error, *user_errors) as err:
+        return DONE
+    except command.error as err:
         log.error("%s", err)
-        return 2
+        return USER
+    try:
+        return act(options)
+    except Exception as err:
+        if not isinstance(err, (command.error, *(resolve(e) for e in user_errors))):
+            raise
+        log.error("%s", err)
+        return USER
 
 
 def key_table(rows: Sequence[tuple[str, str]], widest: int) -> list[str]:

@@ -13,10 +13,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-import torch
 from omegaconf import DictConfig, OmegaConf
-
-from poc59.core.device import auto_precision
 
 _PACKAGE_DIR = Path(__file__).resolve().parents[1]  # the poc59 package (this file is poc59/core/config.py)
 
@@ -113,8 +110,18 @@ def local_gpus_per_node(accelerator: Any, devices: Any) -> int:
     """GPUs one run of conf/hydra/launcher/local.yaml claims: as `gpus_per_node`, where `auto` means this
     machine's CUDA GPUs (there is no SLURM partition to ask)."""
     if str(accelerator).lower() == "auto":
+        import torch  # here, not at the top: commands import this module before parsing their arguments
+
         accelerator = "gpu" if torch.cuda.is_available() else "cpu"
     return gpus_per_node(accelerator, devices)
+
+
+def _auto_precision() -> str:
+    """`poc59.core.device.auto_precision`, imported when a config resolves it: that module imports torch,
+    which a command's `--help` must not wait for."""
+    from poc59.core.device import auto_precision
+
+    return auto_precision()
 
 
 def register_resolvers() -> None:
@@ -124,7 +131,7 @@ def register_resolvers() -> None:
     if not OmegaConf.has_resolver("poc59.cache"):
         OmegaConf.register_new_resolver("poc59.cache", lambda: str(cache_root()))
     if not OmegaConf.has_resolver("poc59.precision"):
-        OmegaConf.register_new_resolver("poc59.precision", auto_precision)
+        OmegaConf.register_new_resolver("poc59.precision", _auto_precision)
     if not OmegaConf.has_resolver("poc59.gpus_per_node"):
         OmegaConf.register_new_resolver("poc59.gpus_per_node", gpus_per_node)
     if not OmegaConf.has_resolver("poc59.local_gpus_per_node"):

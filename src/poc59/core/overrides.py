@@ -5,7 +5,9 @@
 the config with them (each option of a swept group too) and turns Hydra's errors into one `SettingError`
 naming the override and the fix (exit 2): an unknown key gets the closest known one. `help_text` is
 `--help`: every group with its options and every key with its default and meaning, the meanings read from
-the comments beside the keys in conf/.
+the comments beside the keys in conf/. A value of another type than its key's default (`trainer.max_epochs=
+abc`) is refused the same way. `ConfigCommand` is these commands' side of `poc59.core.cli.run_command`, the
+one front door of every command: nothing here imports torch, so `--help` and a bad override answer at once.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import difflib
 import re
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,11 +26,15 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from poc59.core.cli import key_table
+from poc59.core.cli import HELP as _HELP_WORDS
+from poc59.core.cli import HelpRequested, key_table
 from poc59.core.config import SettingError, config_dir, register_resolvers
 
 HELP = ("-h", "--help")
 UNSWEPT = ("trainer.devices", "trainer.num_nodes", "trainer.accelerator")  # the launcher's one request per sweep
+# Keys that take more than their default's type (the typed check leaves them to the command's settings check)
+LOOSE = {"data.cv.fold": "an index, or with data.cv.by= a value of that column"}
+_KINDS = {bool: "true or false", int: "an integer", float: "a number"}
 
 
 def groups() -> dict[str, list[str]]:
@@ -87,15 +94,17 @@ def check_overrides(
     known_groups = groups()
     listed = [o for o in parsed if not o.is_sweep_override() or o.is_discrete_sweep()]  # not a sweeper's ranges
     first = [_with_value(o.input_line, o, _values(o)[0]) for o in listed]
+    chosen = [line for line, o in zip(first, listed) if o.key_or_group in known_groups]
+    base = compose_train(chosen, hydra=True)  # the groups chosen: every key's default, once
+    check_keys([o for o in listed if o.key_or_group not in known_groups], base)
     variants = [first]
     for i, o in enumerate(listed):
         if o.is_sweep_override() and (check is not None or o.key_or_group in known_groups):
             variants += [[*first[:i], _with_value(o.input_line, o, v), *first[i + 1 :]] for v in _values(o)[1:]]
-    composed = []
-    for variant in variants:
-        cfg = compose_train(variant, hydra=True)
-        composed.append(cfg)
-        if check is not None:
+    # every override composes before any check runs (a check may import the training library)
+    composed = [base if variant == chosen else compose_train(variant, hydra=True) for variant in variants]
+    if check is not None:
+        for variant, cfg in zip(variants, composed):
             try:
                 check(cfg)
             except SettingError as err:
@@ -104,10 +113,68 @@ def check_overrides(
     return composed[0]
 
 
+def check_keys(parsed: Sequence[Any], base: DictConfig) -> None:
+    """Of the overrides of keys (not groups), refuse (SettingError) a key `base` (the config of the chosen groups) does not have, with the closest
+    one, and a value of another type than its key's default: a switch takes true or false, an integer key
+    an integer, a number key a number (an integer too); a default that is another key (`${encoder.batch_size}`)
+    has that key's type. Keys the override adds (`+`) or deletes (`~`), hydra.* keys (Hydra checks and types its own when the overrides compose), null, interpolations
+    (`${...}`) and the `LOOSE` keys are left to Hydra and the command's own checks."""
+    keys = [o for o in parsed if not o.is_add() and not o.is_delete() and not o.key_or_group.startswith("hydra")]
+    if not keys:
+        return
+    defaults = dict(_flat(OmegaConf.to_container(base, resolve=False)))
+    parser = OverridesParser.create()
+    for o in keys:
+        key = o.key_or_group
+        if key not in defaults and not any(k.startswith(key + ".") for k in defaults):
+            raise SettingError(_unknown_key(key, list(defaults)))
+        default = _followed(defaults, key)
+        kind = type(default)
+        if key in LOOSE or kind not in _KINDS:
+            continue
+        for text in _values(o):
+            value = parser.parse_override(f"{key}={text}").value()
+            if value is None or (isinstance(value, str) and "${" in value):
+                continue
+            fits = (
+                isinstance(value, bool)
+                if kind is bool
+                else not isinstance(value, bool) and isinstance(value, int if kind is int else int | float)
+            )
+            if not fits:
+                raise SettingError(
+                    f"{o.input_line}: {key} takes {_KINDS[kind]}, not {text!r} (its default: {key}={_show(default)})"
+                )
+
+
+@dataclass(frozen=True)
+class ConfigCommand:
+    """A command whose keys are the training config's (`train`, `prepare`), for `run_command`: `parse`
+    answers --help with `help_text`, checks the overrides (`check_overrides`, then `check`: the command's
+    settings check, which may import the library; not for `--cfg`, which only prints the config) and
+    returns {"argv": the arguments, "cfg": the first job's config (None when Hydra's own flags ask for
+    something else than a run)}."""
+
+    prog: str
+    summary: str
+    check: Callable[[DictConfig], None] | None = None
+    error: type[Exception] = SettingError
+
+    def help(self, argv: Sequence[str] = ()) -> str:
+        return help_text(argv, self.prog, self.summary)
+
+    def parse(self, argv: Sequence[str]) -> dict[str, Any]:
+        argv = list(argv)
+        if any(a in _HELP_WORDS for a in argv):
+            raise HelpRequested(self.help(argv))
+        shown = get_args_parser().parse_known_args(argv)[0].cfg  # --cfg prints a config: nothing is run
+        return {"argv": argv, "cfg": check_overrides(argv, self.prog, None if shown else self.check)}
+
+
 def help_text(argv: Sequence[str], prog: str, summary: str) -> str:
     """`--help`: the groups and their options, then every key of the config the other arguments compose
     (so `encoder=custom --help` shows custom's keys), with default and meaning."""
-    overrides = [a for a in split_argv([a for a in argv if a not in HELP])[0]]
+    overrides = [a for a in split_argv([a for a in argv if a not in _HELP_WORDS])[0]]
     parsed = OverridesParser.create().parse_overrides(overrides)
     cfg = compose_train([_with_value(o.input_line, o, _values(o)[0]) for o in parsed], hydra=True)
     choices = OmegaConf.to_container(cfg.hydra.runtime.choices)
@@ -197,13 +264,7 @@ def _explain(err: Exception, overrides: Sequence[str]) -> str:
         key = missing.group(1)
         full = re.search(r"full_key: (\S+)", text)
         key = full.group(1) if full and "." in full.group(1) else key
-        base = compose_keys_without(overrides, key)
-        close = (
-            difflib.get_close_matches(key, base, n=1, cutoff=0.6)
-            or [k for k in base if k.endswith("." + key.rsplit(".", 1)[-1])][:1]
-        )
-        hint = f"; did you mean {close[0]}?" if close else ""
-        return f"unknown key {key!r}{hint} (python -m poc59.train --help lists every key; +{key}=... adds a new one)"
+        return _unknown_key(key, compose_keys_without(overrides, key))
     cause = err.__cause__ or err.__context__
     why = str(cause).strip().splitlines()[0] if cause is not None and str(cause).strip() else ""
     return (
@@ -211,6 +272,26 @@ def _explain(err: Exception, overrides: Sequence[str]) -> str:
         + (f" ({why})" if why and why not in text else "")
         + "\n(python -m poc59.train --help lists every group and key)"
     )
+
+
+def _followed(defaults: dict[str, Any], key: str) -> Any:
+    """`key`'s default, following interpolations of another key (`${encoder.batch_size}`; not resolvers,
+    whose value may need the library, e.g. `${poc59.precision:}`)."""
+    value, seen = defaults.get(key), {key}
+    while isinstance(value, str) and (ref := re.fullmatch(r"\$\{([\w.]+)\}", value)) and ref.group(1) not in seen:
+        seen.add(ref.group(1))
+        value = defaults.get(ref.group(1))
+    return value
+
+
+def _unknown_key(key: str, known: Sequence[str]) -> str:
+    """The message for a key the config does not have, with the closest of `known` (or one named alike)."""
+    close = (
+        difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+        or [k for k in known if k.endswith("." + key.rsplit(".", 1)[-1])][:1]
+    )
+    hint = f"; did you mean {close[0]}?" if close else ""
+    return f"unknown key {key!r}{hint} (python -m poc59.train --help lists every key; +{key}=... adds a new one)"
 
 
 def compose_keys_without(overrides: Sequence[str], key: str) -> list[str]:
