@@ -2,6 +2,11 @@
 message naming the setting or file and the fix, no traceback, and nothing written outside the run folder
 (no cache filled, no synthetic set generated, no outputs/ in the working folder).
 
+Each case is answered by the command's own `main` in this process (tests/in_process.py: the argument list
+of `python -m poc59.<command>`, its exit code and stderr, in about a second instead of a new process's
+imports); one case goes through a real `python -m poc59.train` process, so the exit status and stderr a
+user sees stay tested end to end. (Every command's process refusing an unknown key: tests/core/test_cli.py.)
+
 Data that is wrong in itself (masks, splits, classes.json) is in tests/training/test_hostile_data.py;
 faults of a run (kill, damaged checkpoint or cache) in tests/training/test_resume.py and
 tests/data/test_preload.py; a failing model hub in tests/model/test_weights_hub.py.
@@ -11,6 +16,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -18,6 +24,7 @@ import timm
 import torch
 
 from helpers import CRACKFOREST
+from in_process import Answer, command
 
 TINY = ["encoder=tiny", "data.synthetic.n=6", "data.image_size=64", "data.batch_size=4", "trainer.max_epochs=1"]
 
@@ -81,50 +88,71 @@ OTHERS = {  # command and arguments -> what the message must say
 }
 
 
-def _run(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, timeout=300, cwd=cwd)
-
-
-def _refused(out: subprocess.CompletedProcess, says: str) -> None:
+def _refused(out: Answer | subprocess.CompletedProcess, says: str) -> None:
     said = " ".join(out.stderr.split())  # Rich wraps log lines
     assert out.returncode == 2, out.stderr[-3000:]
     assert says in said, said[-3000:]
     assert "Traceback" not in said
 
 
-@pytest.mark.parametrize("case", sorted(TRAIN))
-def test_train_refuses_a_hostile_setting_before_anything_is_written(tmp_path, case):
-    _train_refused(tmp_path, *TRAIN[case])
+Answering = Callable[[list[str], Path], "Answer | subprocess.CompletedProcess"]  # (argv, working folder)
 
 
-def _train_refused(tmp_path: Path, overrides: list[str], says: str) -> None:
+@pytest.fixture
+def train_answers(capsys, monkeypatch) -> Answering:
+    """`python -m poc59.train <argv>` answered by its main in this process, in the working folder given."""
+
+    def answer(argv: list[str], work: Path) -> Answer:
+        monkeypatch.chdir(work)
+        return command("train", argv, capsys, monkeypatch)
+
+    return answer
+
+
+def _train_refused(tmp_path: Path, overrides: list[str], says: str, answer: Answering) -> None:
     cache, run = tmp_path / "cache", tmp_path / "run"
     work = tmp_path / "work"
     work.mkdir()
     flags = [o for o in overrides if o.startswith("-")]  # Hydra's flags come first, as a user types them
     given = [o for o in overrides if not o.startswith("-")]
-    args = ["poc59.train", *flags, *TINY, f"paths.cache_dir={cache}", f"hydra.run.dir={run}", *given]
-    _refused(_run(args, work), says)
+    _refused(answer([*flags, *TINY, f"paths.cache_dir={cache}", f"hydra.run.dir={run}", *given], work), says)
     assert not cache.exists()  # no synthetic set generated, nothing decoded or cached
     assert not list(work.iterdir())  # no outputs/ (a sweep folder, a run folder) where the command ran
     assert not (run / ".hydra").exists() and not (run / "checkpoints").exists() and not (run / "summary.json").exists()
 
 
+@pytest.mark.parametrize("case", sorted(TRAIN))
+def test_train_refuses_a_hostile_setting_before_anything_is_written(tmp_path, case, train_answers):
+    _train_refused(tmp_path, *TRAIN[case], answer=train_answers)
+
+
+def test_train_refuses_a_hostile_setting_through_a_real_process(tmp_path):
+    """What main answers in-process (the test above) is what the command's process exits with and prints."""
+
+    def process(argv: list[str], work: Path) -> subprocess.CompletedProcess:
+        cmd = [sys.executable, "-m", "poc59.train", *argv]
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=work)
+
+    _train_refused(tmp_path, *TRAIN["batch size 0"], answer=process)
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="asks for a GPU where there is none: this machine has one")
-def test_train_refuses_a_gpu_where_there_is_none_before_anything_is_written(tmp_path):
-    _train_refused(tmp_path, ["trainer.accelerator=gpu"], "trainer.accelerator=gpu: this machine has no GPU")
+def test_train_refuses_a_gpu_where_there_is_none_before_anything_is_written(tmp_path, train_answers):
+    says = "trainer.accelerator=gpu: this machine has no GPU"
+    _train_refused(tmp_path, ["trainer.accelerator=gpu"], says, answer=train_answers)
 
 
-def test_train_refuses_weights_of_another_model_before_anything_is_written(tmp_path):
+def test_train_refuses_weights_of_another_model_before_anything_is_written(tmp_path, train_answers):
     """A real timm checkpoint of another width (mobilenetv3_small_075) given for encoder=tiny (its 0.5x)."""
     other = tmp_path / "mobilenet_075.pth"
     torch.save(timm.create_model("mobilenetv3_small_075").state_dict(), other)
     says = f"encoder.weights={other}: weights file {other} does not fit encoder tu-mobilenetv3_small_050"
-    _train_refused(tmp_path, [f"encoder.weights={other}"], says)
+    _train_refused(tmp_path, [f"encoder.weights={other}"], says, answer=train_answers)
 
 
 @pytest.mark.parametrize("case", sorted(OTHERS))
-def test_every_other_command_refuses_hostile_input_with_one_message(tmp_path, case):
+def test_every_other_command_refuses_hostile_input_with_one_message(tmp_path, case, capsys, monkeypatch):
     args, says = OTHERS[case]
-    _refused(_run(args, tmp_path), says)
+    monkeypatch.chdir(tmp_path)
+    _refused(command(args[0].removeprefix("poc59."), args[1:], capsys, monkeypatch), says)
     assert not list(tmp_path.iterdir())  # nothing written where it ran
