@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from helpers import make_folder, write_pair
+from helpers import make_cfg, make_folder, write_pair
+from poc59.training.run import USER_ERRORS, train
 
 TINY = ["encoder=tiny", "data=artefact", "data.image_size=32", "data.batch_size=2", "trainer.max_epochs=1"]
 
@@ -59,11 +60,30 @@ CASES = {
 }
 
 
+def _contents(root: Path) -> dict[Path, tuple[int, bytes]]:
+    return {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in sorted(root.rglob("*")) if p.is_file()}
+
+
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_bad_data_is_one_plain_message_with_exit_2(tmp_path, case):
+    """Each refusal is one of the errors the command turns into exit 2 and its one message (train's library
+    call here; the command's process in the test below), and leaves nothing of a run."""
     make, says = CASES[case]
     root = make(tmp_path / "data")
-    before = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in sorted(root.rglob("*")) if p.is_file()}
+    before = _contents(root)
+    with pytest.raises(USER_ERRORS) as refused:
+        train(make_cfg(tmp_path, *TINY, f"data.root={root}", f"paths.cache_dir={tmp_path / 'cache'}"))
+    said = " ".join(str(refused.value).split())  # what the command logs: `log.error("%s", err)`, then exit 2
+    assert says in said and "Traceback" not in said
+    run = tmp_path / "run"
+    assert not (run / "summary.json").exists() and not (run / "checkpoints").exists()
+    assert _contents(root) == before  # the user's data is read, never written
+
+
+def test_bad_data_through_the_command_is_exit_2_and_one_message_on_stderr(tmp_path):
+    make, says = CASES["classes.json not JSON"]
+    root = make(tmp_path / "data")
+    before = _contents(root)
     run = tmp_path / "run"
     out = subprocess.run(
         [
@@ -83,8 +103,7 @@ def test_bad_data_is_one_plain_message_with_exit_2(tmp_path, case):
     said = " ".join(out.stderr.split())
     assert says in said and "Traceback" not in said
     assert not (run / "summary.json").exists() and not (run / "checkpoints").exists()
-    after = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in sorted(root.rglob("*")) if p.is_file()}
-    assert after == before  # the user's data is read, never written
+    assert _contents(root) == before
 
 
 def test_a_bug_exits_1_with_its_traceback_in_the_run_log(tmp_path):

@@ -18,6 +18,7 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import RichProgressBar
 
 from helpers import CRACKFOREST, SMALL, make_cfg
+from in_process import command
 from poc59.core.classes import ARTEFACT
 from poc59.core.config import config_dir, register_resolvers
 from poc59.training.run import train
@@ -86,10 +87,8 @@ def test_short_run_writes_a_complete_run_folder(tmp_path):
     assert card["metrics"]["validation"]["val/mIoU"] == best["mIoU"] == on_disk["val/mIoU"]  # what these weights scored
 
 
-def test_split_keeps_copies_with_their_original(tmp_path):
-    cfg = make_cfg(tmp_path, *SMALL, "trainer.fast_dev_run=true")
-    train(cfg)
-    split = json.loads((tmp_path / "run" / "split.json").read_text())
+def test_split_keeps_copies_with_their_original(trained_run):
+    split = json.loads((trained_run / "split.json").read_text())  # SMALL's synthetic set: originals and copies
     group = lambda i: i.split("_aug")[0]
     assert not {group(i) for i in split["train"]} & {group(i) for i in split["val"]}
     assert all("_aug" not in i for i in split["val"])
@@ -151,15 +150,16 @@ def _run(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, timeout=300, env=env)
 
 
-def test_unknown_encoder_lists_presets_and_raw_names():
-    out = _run("poc59.train", "encoder=resnet50")
+def test_unknown_encoder_lists_presets_and_raw_names(capsys, monkeypatch):
+    out = command("train", ["encoder=resnet50"], capsys, monkeypatch)  # the command's answer (tests/in_process.py)
     assert out.returncode == 2
     assert "convnext_tiny" in out.stderr and "segformer_b3" in out.stderr and "maxvit_tiny" in out.stderr
     assert "encoder=custom encoder.name=tu-resnet50" in out.stderr
 
 
-def test_missing_data_folder_says_where_it_looked(tmp_path):
-    out = _run("poc59.train", "data=artefact", f"data.root={tmp_path / 'nope'}", f"hydra.run.dir={tmp_path / 'run'}")
+def test_missing_data_folder_says_where_it_looked(tmp_path, capsys, monkeypatch):
+    argv = ["data=artefact", f"data.root={tmp_path / 'nope'}", f"hydra.run.dir={tmp_path / 'run'}"]
+    out = command("train", argv, capsys, monkeypatch)
     assert out.returncode == 2
     assert str(tmp_path / "nope") in out.stderr and "experiment=quickstart" in out.stderr
     assert "Traceback" not in out.stderr
