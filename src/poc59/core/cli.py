@@ -36,6 +36,7 @@ import yaml
 from poc59.core.logs import VERBOSE_FLAGS, setup_logging, take_verbose
 
 DONE, BUG, USER, PARTIAL = 0, 1, 2, 3  # the exit codes (module docstring)
+VERBOSE_HELP = f"{' / '.join(VERBOSE_FLAGS)}: every log line (Lightning's notices, dependencies' warnings)"
 PARTIAL_NOTE = "exit 3: done, but a part failed (named in the log and in the summary)"
 TRUE_FALSE = {"true": True, "false": False, "1": True, "0": False, "yes": True, "no": False}
 HELP = ("-h", "--help", "help")
@@ -233,7 +234,7 @@ class Command:
         lines += key_table(shown, widest=34)
         if self.notes:
             lines += ["", self.notes.strip()]
-        lines += ["", f"{' / '.join(VERBOSE_FLAGS)}: every log line (Lightning's notices, dependencies' warnings)"]
+        lines += ["", VERBOSE_HELP]
         return "\n".join(lines)
 
     def parse(self, argv: Sequence[str], error: type[Exception] | None = None) -> dict[str, Any]:

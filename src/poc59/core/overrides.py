@@ -27,7 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from poc59.core.cli import HELP as _HELP_WORDS
-from poc59.core.cli import HelpRequested, key_table
+from poc59.core.cli import VERBOSE_HELP, HelpRequested, key_table
 from poc59.core.config import SettingError, config_dir, register_resolvers
 
 HELP = ("-h", "--help")
@@ -195,7 +195,7 @@ def help_text(argv: Sequence[str], prog: str, summary: str) -> str:
         "",
         "+key=value adds a key the config does not have; hydra.* keys and Hydra's flags "
         f"(-m, --cfg job, --info): {prog} --hydra-help.",
-        "-v / --verbose: every log line (Lightning's notices, dependencies' warnings).",
+        VERBOSE_HELP,
         "Exit 0 done, 2 a setting or the data is wrong (one message naming the key and the fix), 1 a bug.",
     ]
     return "\n".join(lines)
