@@ -3,8 +3,6 @@ fix (the command exits 2), and the cache (where the synthetic set would be gener
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,6 +12,7 @@ from safetensors.torch import save, save_file
 
 from fake_cuda import FakeCuda
 from helpers import SMALL, make_cfg
+from in_process import command
 from poc59.core.config import SettingError
 from poc59.core.overrides import compose_train
 from poc59.model.factory import build_network
@@ -73,15 +72,11 @@ def test_a_setting_that_cannot_work_stops_the_run_before_the_data(tmp_path, over
     assert not (tmp_path / "run").exists()  # and no run folder started
 
 
-def test_missing_imagenet_weights_exit_2_before_generating_the_data(tmp_path):
-    """`python -m poc59.train` with no weights cached: the message, not 95 s of data generation first."""
+def test_missing_imagenet_weights_exit_2_before_generating_the_data(tmp_path, capsys, monkeypatch):
+    """`python -m poc59.train` with no weights cached: the message, not 95 s of data generation first (the
+    command's main answering in this process: tests/in_process.py)."""
     cache = tmp_path / "cache"
-    out = subprocess.run(
-        [sys.executable, "-m", "poc59.train", f"paths.cache_dir={cache}", f"hydra.run.dir={tmp_path / 'run'}"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    out = command("train", [f"paths.cache_dir={cache}", f"hydra.run.dir={tmp_path / 'run'}"], capsys, monkeypatch)
     assert out.returncode == 2, out.stderr[-2000:]
     assert "python -m poc59.weights fetch" in out.stderr and "encoder.weights=null" in out.stderr
     assert "Traceback" not in out.stderr
