@@ -152,6 +152,7 @@ def test_too_little_ram_stops_before_allocating(tmp_path, monkeypatch):
         preload(discover(tmp_path), 16, num_classes=4)
 
 
+@pytest.mark.slow
 def test_two_runs_building_the_same_cache_at_once_both_succeed(tmp_path):
     import subprocess
     import sys

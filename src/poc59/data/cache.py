@@ -35,8 +35,8 @@ from poc59.data.storage import Preloaded
 
 log = logging.getLogger(__name__)
 
-# Cache format per layout: 2, every byte hashed (xxh3-128) when written and checked when mapped; 3, crop
-# stored ragged. Only crop's caches changed: a resize/pad cache of version 2 is still used as it is.
+# The cache format of each layout; a cache of another version is not used. Dense (resize, pad): every byte
+# hashed (xxh3-128) when written and checked when mapped. Ragged (crop): the same, each image at its own size.
 CACHE_VERSIONS = {"dense": 2, "ragged": 3}
 
 

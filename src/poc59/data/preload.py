@@ -64,8 +64,9 @@ from poc59.data.masks import remap_lut
 from poc59.data.sources import DataError, Sample
 from poc59.data.storage import Preloaded
 
-# The names modules read one pair through were defined here before `poc59.data.decoding` held them:
-# evaluation.passes, training.preflight, inference.image, inference.scans and tests still import them here.
+# POLICIES, WIDE_MODES, load_native, load_pair, resample_image and wide_to_8bit belong to poc59.data.decoding;
+# they are named here too because evaluation.passes, training.preflight, inference.image, inference.scans and
+# tests/inference import them from this module.
 __all__ = [
     "POLICIES",
     "WIDE_MODES",

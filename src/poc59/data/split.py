@@ -436,13 +436,6 @@ def load_split(
     return from_dict(d, samples, use_aug_copies=use_aug_copies, group_pattern=group_pattern, source=str(path), fix=fix)
 
 
-def save_split(split: Split, samples: Sequence[Sample], path: str | Path) -> dict[str, Any]:
-    """Write split.json (the form `load_split` reads) and return what was written."""
-    d = split.to_dict(samples)
-    Path(path).write_text(json.dumps(d, indent=1) + "\n")
-    return d
-
-
 # -- reporting -----------------------------------------------------------------------------------
 
 
