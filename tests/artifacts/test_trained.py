@@ -8,19 +8,16 @@ import shutil
 import pytest
 import torch
 
-from helpers import SMALL, make_cfg
 from poc59.artifacts.load import load_model
 from poc59.artifacts.trained import ModelLoadError, is_runs_best, load_checkpoint
 from poc59.core.classes import ARTEFACT
 from poc59.model.module import SegmentationModule
-from poc59.training.run import train
 
 
-@pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("trained")
-    train(make_cfg(tmp, *SMALL, "trainer.max_epochs=1", "trainer.limit_train_batches=2"))
-    return tmp / "run"
+@pytest.fixture
+def run(trained_run):
+    """The session's shared run, only read here."""
+    return trained_run
 
 
 def test_checkpoint_rebuilds_the_trained_network(run, tmp_path):
