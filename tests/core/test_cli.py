@@ -18,8 +18,10 @@ from poc59.core.cli import (
     HelpRequested,
     Key,
     resolve,
+    run_command,
     source_defaults,
 )
+from poc59.core.config import SettingError
 
 
 class DemoError(Exception):
@@ -162,3 +164,19 @@ def test_defaults_read_from_source_are_the_functions_own():
         assert read == {k: v for k, v in real.items() if k in read}, command
         shown = {k.keyword for k in cli.keys} & set(real)
         assert shown <= set(read), (command, shown - set(read))  # every default --help would show was read
+
+
+def test_a_library_value_error_is_a_bug_and_a_named_user_error_is_exit_2():
+    """A Command's own error is raised by its parser only: a ValueError from the library it runs is a bug
+    (it propagates: traceback, exit 1), while the errors named as the user's, as classes or as "module:name"
+    imported only once the command ran, are exit 2."""
+    command = Command(prog="python -m demo", summary="A demonstration.", keys=(Key("n", int, "how many"),))
+
+    def act(options: dict) -> int:
+        raise {1: ValueError("a bug"), 2: SettingError("n=2: too many")}[options["n"]]
+
+    with pytest.raises(ValueError, match="a bug"):
+        run_command(command, ["n=1"], act)
+    assert run_command(command, ["n=two"], act) == USER
+    assert run_command(command, ["n=2"], act, ("poc59.core.config:SettingError",)) == USER
+    assert run_command(command, ["--help"], act) == DONE

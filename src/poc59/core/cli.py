@@ -152,6 +152,11 @@ def _source_value(module: str, tree: ast.Module, expr: ast.expr, depth: int = 0)
     raise LookupError(f"{expr.id} in {module}")
 
 
+class ArgumentError(ValueError):
+    """A command-line argument the command does not take, or of the wrong type (exit 2); the default `error`
+    of a Command, which no library function raises, so a library's ValueError stays a bug (exit 1)."""
+
+
 class HelpRequested(Exception):
     """`--help` was asked for; `text` is the help (printed on stdout, exit 0)."""
 
@@ -192,7 +197,7 @@ class Command:
     keys: Sequence[Key]
     examples: Sequence[str] = ()
     notes: str = ""
-    error: type[Exception] = ValueError
+    error: type[Exception] = ArgumentError
     # the function (or dataclass) the keys are keywords of, whose defaults --help shows: the object, or
     # "module:name" to read them from its source without importing the module
     fills: Callable[..., Any] | str | None = None
