@@ -319,3 +319,14 @@ def test_ragged_storage_compacts_over_a_pair_skipped_while_decoding(tmp_path):
         image, mask, (h, w) = load_pair(s, 16, 2, 255, "crop", 64)
         assert np.array_equal(data.image(i).permute(1, 2, 0).numpy(), image[:h, :w])
         assert np.array_equal(data.mask(i).numpy(), mask[:h, :w])
+
+
+def test_the_names_other_modules_import_from_preload_are_decodings_own():
+    """evaluation.passes, training.preflight, inference.image, inference.scans and tests/inference import these
+    from poc59.data.preload: the same objects as poc59.data.decoding's, so either path reads a pair alike."""
+    import poc59.data.decoding as decoding
+    import poc59.data.preload as preload_module
+
+    names = ("POLICIES", "WIDE_MODES", "canvas_side", "content_size", "load_native", "load_pair", "resample_image")
+    for name in (*names, "wide_to_8bit"):
+        assert getattr(preload_module, name) is getattr(decoding, name), name
