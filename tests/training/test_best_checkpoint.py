@@ -10,7 +10,7 @@ import pytest
 import torch
 from omegaconf import open_dict
 
-from helpers import TINY_RUN, make_cfg
+from helpers import TRAINED_RUN, make_cfg
 from poc59.artifacts.ensemble import members_of
 from poc59.artifacts.export import run_metrics
 from poc59.artifacts.load import load_model, locate_checkpoint
@@ -24,16 +24,16 @@ def _epoch(ckpt: Path) -> int:
 
 
 @pytest.mark.slow
-def test_a_copied_run_recovered_from_best_keeps_one_best_checkpoint_that_every_command_loads(tmp_path):
+def test_a_copied_run_recovered_from_best_keeps_one_best_checkpoint_that_every_command_loads(trained_run, tmp_path):
     """The README's recovery from a damaged last.ckpt (ckpt_path=<run>/checkpoints/best.ckpt) in a copy of a run:
     the copy's checkpoints recorded the original's folder. Lightning then wrote best-v1.ckpt at the first epoch
-    (better or not) beside best.ckpt; summary.json named one, evaluate and export loaded the other."""
-    train(make_cfg(tmp_path / "a", *TINY_RUN, "trainer.max_epochs=2"))
-    original, copy = tmp_path / "a" / "run", tmp_path / "copy"
+    (better or not) beside best.ckpt; summary.json named one, evaluate and export loaded the other. The
+    original: the session's 2-epoch trained_run."""
+    original, copy = trained_run, tmp_path / "copy"
     shutil.copytree(original, copy)
     before = {p.name: p.read_bytes() for p in (original / "checkpoints").iterdir()}
     (copy / "checkpoints" / "last.ckpt").write_bytes(b"cut short")
-    cfg = make_cfg(tmp_path, *TINY_RUN, "trainer.max_epochs=4", f"ckpt_path={copy / 'checkpoints' / 'best.ckpt'}")
+    cfg = make_cfg(tmp_path, *TRAINED_RUN, "trainer.max_epochs=4", f"ckpt_path={copy / 'checkpoints' / 'best.ckpt'}")
     with open_dict(cfg):
         cfg.paths.run_dir = str(copy)
     summary = train(cfg)
