@@ -34,7 +34,7 @@ from PIL import Image
 
 from poc59.artifacts.trained import TrainedModel
 from poc59.core.device import autocast_dtype
-from poc59.data.preload import content_size, resample_image
+from poc59.data.decoding import content_size, resample_image
 from poc59.inference.tiling import TileGrid, predict_logits, run_batches, stream_logits
 
 log = logging.getLogger(__name__)

@@ -35,7 +35,7 @@ import numpy as np
 from PIL import Image, ImageCms, ImageOps
 
 from poc59.core.pixels import pixel_limit
-from poc59.data.preload import WIDE_MODES, wide_to_8bit
+from poc59.data.decoding import WIDE_MODES, wide_to_8bit
 
 log = logging.getLogger(__name__)
 

@@ -20,8 +20,8 @@ from lightning.pytorch.strategies import StrategyRegistry
 from omegaconf import DictConfig, OmegaConf
 
 from poc59.core.config import SettingError, plain
+from poc59.data.decoding import POLICIES
 from poc59.data.masks import check_mask_remap
-from poc59.data.preload import POLICIES
 from poc59.data.sources import check_root
 from poc59.data.split import check_fractions
 from poc59.model.factory import WeightsMismatchError, check_image_size, check_network

@@ -54,7 +54,7 @@ SAFE_TO_CHANGE = (
 )
 
 
-# poc59 classes that moved (one house, after 26ca46b): a run folder that names the old path continues with the new.
+# poc59 classes that moved between packages: a run folder whose saved config names the old path continues with the new.
 RENAMED_TARGETS = {
     "poc59.throughput.TrainThroughput": "poc59.training.throughput.TrainThroughput",
     "poc59.val_overlays.ValidationOverlays": "poc59.training.overlays.ValidationOverlays",
