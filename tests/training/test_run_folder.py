@@ -19,6 +19,7 @@ import pytest
 import torch
 
 from helpers import TINY_RUN
+from in_process import command
 from poc59.core import locks
 from poc59.core.locks import LOCK_NAME
 from poc59.training.distributed import first_process
@@ -156,8 +157,11 @@ def live_pid():
     proc.wait()
 
 
-def test_a_start_refused_by_a_held_lock_writes_nothing_not_even_the_holders_log(tmp_path, live_pid):
-    """Refused before Hydra opens <run>/train.log: the running training's log keeps only its own lines."""
+def test_a_start_refused_by_a_held_lock_writes_nothing_not_even_the_holders_log(
+    tmp_path, live_pid, capsys, monkeypatch
+):
+    """Refused before Hydra opens <run>/train.log: the running training's log keeps only its own lines. (The
+    command's main answering in this process, which must refuse before Hydra: tests/in_process.py.)"""
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     (run_dir / "train.log").write_text("[2026-01-01 00:00:00][poc59.train][INFO] - Epoch 3 of the first training\n")
@@ -166,7 +170,9 @@ def test_a_start_refused_by_a_held_lock_writes_nothing_not_even_the_holders_log(
     (run_dir / LOCK_NAME).write_text(json.dumps(holder))
     before = _files(run_dir)
 
-    second = _train(run_dir, "trainer.max_epochs=1")
+    second = command(
+        "train", [*TINY_RUN, f"run_dir={run_dir}", "threads=1", "trainer.max_epochs=1"], capsys, monkeypatch
+    )
     assert second.returncode == 2, second.stderr[-3000:]
     said = _said(second)
     assert f"pid {live_pid}" in said and f"kill {live_pid}" in said and "Traceback" not in said
