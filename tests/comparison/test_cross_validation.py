@@ -19,8 +19,6 @@ from poc59.comparison.cross_validation import POOLED_CONVENTION
 from poc59.evaluation.run import read_per_image
 from poc59.training.sweeps import expected_jobs, sweep_status
 
-pytestmark = pytest.mark.slow  # end to end: whole training runs, seconds to a minute each (pyproject.toml)
-
 TINY = (
     "encoder=tiny",
     "data.synthetic.n=12",
@@ -64,6 +62,7 @@ def cv_sweep(tmp_path_factory):
     return sweep
 
 
+@pytest.mark.slow  # whole training runs, seconds to a minute each
 def test_one_command_runs_every_fold_of_every_encoder(cv_sweep):
     jobs = expected_jobs(cv_sweep)
     assert len(jobs) == 6 and sweep_status(cv_sweep)["counts"]["finished"] == 6
@@ -76,6 +75,7 @@ def test_one_command_runs_every_fold_of_every_encoder(cv_sweep):
         assert vals.setdefault(r["fold"], val) == val  # the same fold holds the same images for each encoder
 
 
+@pytest.mark.slow  # whole training runs, seconds to a minute each
 def test_compare_pools_the_folds_out_of_fold(cv_sweep):
     assert main([f"sweep={cv_sweep}"]) == 0  # evaluate=true: each fold's per-image matrices first
     result = json.loads((cv_sweep / "comparison" / "comparison.json").read_text())
@@ -113,6 +113,7 @@ def test_compare_pools_the_folds_out_of_fold(cv_sweep):
     assert "Pooled out-of-fold mIoU by material" in md
 
 
+@pytest.mark.slow  # whole training runs, seconds to a minute each
 def test_a_sweep_of_several_configurations_is_not_one_fold_ensemble(cv_sweep):
     from poc59.artifacts.ensemble import members_of
     from poc59.artifacts.trained import ModelLoadError
@@ -121,6 +122,7 @@ def test_a_sweep_of_several_configurations_is_not_one_fold_ensemble(cv_sweep):
         members_of(sweep=cv_sweep)  # two encoders' folds: name one's runs with run_dirs=
 
 
+@pytest.mark.slow  # whole training runs, seconds to a minute each
 def test_a_missing_fold_is_not_pooled_and_says_so(cv_sweep, tmp_path):
     part = tmp_path / "part"
     keep = shutil.ignore_patterns("tensorboard", "csv")
@@ -135,6 +137,7 @@ def test_a_missing_fold_is_not_pooled_and_says_so(cv_sweep, tmp_path):
     assert c["cv"]["pooled_note"] == f"not pooled: fold(s) {missing.pop()} did not finish"
 
 
+@pytest.mark.slow  # whole training runs, seconds to a minute each
 def test_a_plain_split_run_is_not_ranked_with_folds(cv_sweep, tmp_path, caplog):
     plain = tmp_path / "plain"
     _train(tmp_path / "plain-sweep", tmp_path, "-m", "encoder.name=tu-lcnet_050")
@@ -143,6 +146,7 @@ def test_a_plain_split_run_is_not_ranked_with_folds(cv_sweep, tmp_path, caplog):
     assert "refusing to rank" in caplog.text and "cv:" in caplog.text
 
 
+@pytest.mark.slow  # whole training runs, seconds to a minute each
 def test_leave_one_material_out_reports_each_held_out_material(tmp_path):
     sweep = tmp_path / "lomo"
     _train(sweep, tmp_path, "experiment=leave_one_material_out", "data.cv.min_images=3")

@@ -24,8 +24,6 @@ from poc59.comparison.run import compare
 from poc59.core.config import SettingError
 from poc59.training.run import train
 
-pytestmark = pytest.mark.slow  # end to end: whole training runs, seconds to a minute each (pyproject.toml)
-
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -86,6 +84,7 @@ def _train(run_dir: Path, *extra: str) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=run_dir.parent)
 
 
+@pytest.mark.slow  # whole training runs, seconds to a minute each
 def test_a_tracked_run_on_a_server_has_its_config_per_class_metrics_and_records(server, tmp_path):
     run_dir = tmp_path / "run"
     tracked = ("logger=mlflow", f"logger.mlflow.tracking_uri={server}")
@@ -146,6 +145,7 @@ def test_a_tracked_run_on_a_server_has_its_config_per_class_metrics_and_records(
     assert "evaluation/val/metrics.json" in added and any(p.endswith(".png") for p in added)
 
 
+@pytest.mark.slow  # whole training runs, seconds to a minute each
 def test_the_mlflow_ui_shows_the_run(server, tmp_path):
     """The README's screenshot, taken with headless Chromium (Debian's package; .ci/run installs it)."""
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -198,6 +198,7 @@ def _client(outputs: Path) -> MlflowClient:
     return MlflowClient(f"sqlite:///{outputs / 'mlflow.db'}")
 
 
+@pytest.mark.slow  # whole training runs, seconds to a minute each
 def test_the_default_store_is_sqlite_in_the_outputs_folder_and_a_refused_start_opens_no_run(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
@@ -225,6 +226,7 @@ def test_the_default_store_is_sqlite_in_the_outputs_folder_and_a_refused_start_o
     assert not (tmp_path / "mlruns").exists()
 
 
+@pytest.mark.slow  # whole training runs, seconds to a minute each
 def test_a_ddp_run_is_one_mlflow_run_with_every_epoch(tmp_path):
     """Two gloo processes: only rank 0 opens and logs the run."""
     data = make_folder(tmp_path / "data", n=8, copies=1, size=(32, 32))

@@ -17,8 +17,6 @@ import yaml
 from helpers import TINY_RUN
 from poc59.tracking.search import search_space
 
-pytestmark = pytest.mark.slow  # end to end: whole training runs, seconds to a minute each (pyproject.toml)
-
 TINY = [*TINY_RUN, "trainer.max_epochs=1"]
 
 
@@ -35,6 +33,7 @@ def _value(run: Path) -> float:
     return json.loads((run / "summary.json").read_text())["val/mIoU"]
 
 
+@pytest.mark.slow  # whole training runs, seconds to a minute each
 def test_a_search_tells_each_trial_its_val_miou_and_a_rerun_adds_trials(tmp_path):
     first = _search(tmp_path, "hydra.sweeper.n_trials=3")
     assert first.returncode == 0, first.stderr[-3000:]
@@ -72,6 +71,7 @@ def test_a_search_tells_each_trial_its_val_miou_and_a_rerun_adds_trials(tmp_path
     assert json.loads((sweep / "comparison" / "comparison.json").read_text())["search"]["best_trial"] == best.number
 
 
+@pytest.mark.slow  # whole training runs, seconds to a minute each
 def test_a_cross_validated_trial_runs_every_fold_and_scores_their_mean(tmp_path):
     run = _search(tmp_path, "experiment=[cv,search]", "data.cv.folds=2", "hydra.sweeper.n_trials=1")
     assert run.returncode == 0, run.stderr[-3000:]
@@ -82,6 +82,7 @@ def test_a_cross_validated_trial_runs_every_fold_and_scores_their_mean(tmp_path)
     assert trial.value == pytest.approx(statistics.fmean([_value(sweep / "0"), _value(sweep / "1")]))
 
 
+@pytest.mark.slow  # whole training runs, seconds to a minute each
 def test_failed_trials_are_kept_with_their_error_and_a_search_of_only_failures_fails(tmp_path):
     empty = tmp_path / "nowhere"  # a folder with no image: every job fails as it reads it (not at submit time)
     (empty / "images").mkdir(parents=True)
@@ -98,6 +99,7 @@ def test_failed_trials_are_kept_with_their_error_and_a_search_of_only_failures_f
     assert results["n_complete"] == 0 and "nowhere" in results["trials"][0]["error"]
 
 
+@pytest.mark.slow  # whole training runs, seconds to a minute each
 def test_a_two_trial_search_on_slurm_runs_its_trials_as_parallel_jobs(slurm, tmp_path):
     run = _search(
         tmp_path,
