@@ -13,13 +13,15 @@ import logging
 import sys
 from typing import TYPE_CHECKING, Any
 
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
 from rich.console import Console
 from rich.table import Table
 
 from poc59.core.cli import DONE, run_command
 from poc59.core.config import SettingError
 from poc59.core.logs import print_titled, results_console
-from poc59.core.overrides import ConfigCommand
+from poc59.core.overrides import ConfigCommand, compose_train, split_argv
 
 if TYPE_CHECKING:
     from poc59.data.datamodule import SegmentationDataModule
@@ -89,11 +91,6 @@ CLI = ConfigCommand("python -m poc59.prepare", SUMMARY)
 
 
 def _prepare(options: dict[str, Any]) -> int:
-    from hydra.errors import InstantiationException
-    from hydra.utils import instantiate
-
-    from poc59.core.overrides import compose_train, split_argv
-
     cfg = compose_train(split_argv(options["argv"])[0])
     try:
         dm: SegmentationDataModule = instantiate(cfg.data)

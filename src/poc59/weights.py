@@ -7,7 +7,7 @@ import sys
 from typing import Any
 
 from poc59.core.cli import Command, Key, run_command, to_value
-from poc59.core.overrides import groups
+from poc59.core.config import config_groups
 
 log = logging.getLogger("poc59.weights")
 
@@ -56,7 +56,7 @@ def _resolve(given: dict[str, Any]) -> dict[str, Any]:
         raise UsageError(f"encoder.kwargs must be a mapping, e.g. encoder.kwargs={{img_size:256}}; got {mapping!r}")
     kwargs = {**(mapping or {}), **given.get("kwargs", {})}
     try:
-        known = groups().get("encoder", [])  # conf/encoder/*.yaml, without importing the model library
+        known = config_groups().get("encoder", [])  # conf/encoder/*.yaml, without importing the model library
     except FileNotFoundError:
         known = []
     if preset is not None and preset not in known:

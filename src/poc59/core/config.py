@@ -48,6 +48,17 @@ def config_dir(needs: str = "train.yaml") -> Path:
     )
 
 
+def config_groups() -> dict[str, list[str]]:
+    """{group: its options} of conf/ (`hydra/launcher` included), read from the folder alone (no Hydra)."""
+    root = config_dir()
+    found = {}
+    for folder in sorted(p for p in root.rglob("*") if p.is_dir()):
+        options = sorted(f.stem for f in folder.glob("*.yaml"))
+        if options:
+            found[folder.relative_to(root).as_posix()] = options
+    return found
+
+
 def cache_root() -> Path:
     """poc59's cache folder: $POC59_CACHE, else $XDG_CACHE_HOME/poc59, else ~/.cache/poc59."""
     if os.environ.get("POC59_CACHE"):

@@ -28,24 +28,13 @@ from omegaconf.errors import OmegaConfBaseException
 
 from poc59.core.cli import HELP as _HELP_WORDS
 from poc59.core.cli import VERBOSE_HELP, HelpRequested, key_table
-from poc59.core.config import SettingError, config_dir, register_resolvers
+from poc59.core.config import SettingError, config_dir, config_groups, register_resolvers
 
 HELP = ("-h", "--help")
 UNSWEPT = ("trainer.devices", "trainer.num_nodes", "trainer.accelerator")  # the launcher's one request per sweep
 # Keys that take more than their default's type (the typed check leaves them to the command's settings check)
 LOOSE = {"data.cv.fold": "an index, or with data.cv.by= a value of that column"}
 _KINDS = {bool: "true or false", int: "an integer", float: "a number"}
-
-
-def groups() -> dict[str, list[str]]:
-    """{group: its options} of conf/ (`hydra/launcher` included)."""
-    root = config_dir()
-    found = {}
-    for folder in sorted(p for p in root.rglob("*") if p.is_dir()):
-        options = sorted(f.stem for f in folder.glob("*.yaml"))
-        if options:
-            found[folder.relative_to(root).as_posix()] = options
-    return found
 
 
 def split_argv(argv: Sequence[str]) -> tuple[list[str], bool]:
@@ -91,7 +80,7 @@ def check_overrides(
                 "(processes, nodes and GPUs per job follow trainer.devices and trainer.num_nodes), so start one "
                 "sweep per value"
             )
-    known_groups = groups()
+    known_groups = config_groups()
     listed = [o for o in parsed if not o.is_sweep_override() or o.is_discrete_sweep()]  # not a sweeper's ranges
     first = [_with_value(o.input_line, o, _values(o)[0]) for o in listed]
     chosen = [line for line, o in zip(first, listed) if o.key_or_group in known_groups]
@@ -114,11 +103,12 @@ def check_overrides(
 
 
 def check_keys(parsed: Sequence[Any], base: DictConfig) -> None:
-    """Of the overrides of keys (not groups), refuse (SettingError) a key `base` (the config of the chosen groups) does not have, with the closest
-    one, and a value of another type than its key's default: a switch takes true or false, an integer key
-    an integer, a number key a number (an integer too); a default that is another key (`${encoder.batch_size}`)
-    has that key's type. Keys the override adds (`+`) or deletes (`~`), hydra.* keys (Hydra checks and types its own when the overrides compose), null, interpolations
-    (`${...}`) and the `LOOSE` keys are left to Hydra and the command's own checks."""
+    """Of the overrides of keys (not groups), refuse (SettingError) a key `base` (the config of the chosen
+    groups) does not have, with the closest one, and a value of another type than its key's default: a
+    switch takes true or false, an integer key an integer, a number key a number (an integer too); a default
+    that is another key (`${encoder.batch_size}`) has that key's type. Keys the override adds (`+`) or
+    deletes (`~`), hydra.* keys (Hydra checks and types its own when the overrides compose), null,
+    interpolations (`${...}`) and the `LOOSE` keys are left to Hydra and the command's own checks."""
     keys = [o for o in parsed if not o.is_add() and not o.is_delete() and not o.key_or_group.startswith("hydra")]
     if not keys:
         return
@@ -185,7 +175,7 @@ def help_text(argv: Sequence[str], prog: str, summary: str) -> str:
         "",
         "Config groups (group=option; the chosen one in [brackets]):",
     ]
-    for group, options in groups().items():
+    for group, options in config_groups().items():
         chosen = choices.get(group)
         lines.append(f"  {group:<16} " + " ".join(f"[{o}]" if o == chosen else o for o in options))
     lines += ["", "Keys (key=default: meaning):"]
@@ -206,7 +196,7 @@ def config_keys(cfg: DictConfig, choices: dict[str, Any] | None = None) -> list[
     comment beside the key in train.yaml or in its group's files (the chosen one first)."""
     root = config_dir()
     meanings = _yaml_comments(root / "train.yaml", "")
-    for group, options in groups().items():
+    for group, options in config_groups().items():
         chosen = (choices or {}).get(group)
         for option in sorted(options, key=lambda o: o != chosen):  # the chosen file's comments first
             file = root / group / f"{option}.yaml"
@@ -250,7 +240,7 @@ def _explain(err: Exception, overrides: Sequence[str]) -> str:
     option = re.search(r"Could not find '([^']+)/([^']+)'", text)
     if option:
         group, value = option.groups()
-        known = groups().get(group, [])
+        known = config_groups().get(group, [])
         close = difflib.get_close_matches(value, known, n=1, cutoff=0.5)
         hint = f"; did you mean {group}={close[0]}?" if close else ""
         message = f"no option {value!r} in the config group {group!r} (options: {', '.join(known)}){hint}"
