@@ -53,6 +53,15 @@ def quickstart(tmp_path_factory):
     return run, out
 
 
+@pytest.fixture(scope="module")
+def exported(trained_run, tmp_path_factory):
+    """The session's shared tiny run (`trained_run`, 64 px), exported once in both formats through the command
+    line: seconds, where the quickstart's run takes a minute to train."""
+    out = tmp_path_factory.mktemp("export-trained") / "exported"
+    assert main([f"run_dir={trained_run}", f"out={out}"]) == 0
+    return trained_run, out
+
+
 @pytest.fixture(autouse=True)
 def _flush_denormals():
     """As training and export do (from-scratch networks produce denormals; they make CPU kernels crawl)."""
@@ -83,7 +92,12 @@ PRESETS = {"convnext_tiny": ({}, 32), "segformer_b3": ({}, 32), "maxvit_tiny": (
 SIZE = 64
 
 
-@pytest.mark.parametrize("preset", list(PRESETS))
+SLOW_PRESETS = {"segformer_b3", "maxvit_tiny"}  # a minute and more each to export on 2 cores; convnext_tiny seconds
+
+
+@pytest.mark.parametrize(
+    "preset", [pytest.param(p, marks=[pytest.mark.slow] if p in SLOW_PRESETS else []) for p in PRESETS]
+)
 def test_three_encoders_export_with_parity(preset, tmp_path):
     cfg = encoder_presets()[preset]
     kwargs, multiple = PRESETS[preset]
@@ -107,6 +121,7 @@ def test_three_encoders_export_with_parity(preset, tmp_path):
             assert r["label_agreement"] >= 0.999, (fmt, r)
 
 
+@pytest.mark.slow  # trains the quickstart preset: a minute on 2 cores
 def test_quickstart_export_card_and_parity(quickstart):
     run, out = quickstart
     assert sorted(p.name for p in out.iterdir()) == ["model.card.json", "model.onnx", "model.pt"]
@@ -129,10 +144,10 @@ def test_quickstart_export_card_and_parity(quickstart):
         assert card["parity"][fmt]["label_agreement"] >= card["parity"][fmt]["min_agreement"]
 
 
-def test_parity_beyond_tolerance_exits_1_with_the_files_written(quickstart, tmp_path, caplog):
-    """Half the (relative) difference the quickstart export really showed: the same export now misses its
+def test_parity_beyond_tolerance_exits_1_with_the_files_written(exported, tmp_path, caplog):
+    """Half the (relative) difference the export really showed: the same export now misses its
     tolerance. The files and the card are written (and say it failed); the command exits 1 (poc59's side)."""
-    run, out = quickstart
+    run, out = exported
     seen = json.loads((out / "model.card.json").read_text())["parity"]["onnx"]["max_rel_diff"]
     assert seen > 0  # ONNX Runtime's kernels are not PyTorch's: a real, small difference
     again = tmp_path / "again"
@@ -148,11 +163,11 @@ def test_parity_beyond_tolerance_exits_1_with_the_files_written(quickstart, tmp_
     assert not (tmp_path / "no").exists()
 
 
-def test_parity_is_judged_on_labels_and_relative_logits(quickstart, tmp_path):
-    """The quickstart checkpoint with its last layer scaled x1000: the same labels (argmax is unchanged by a
+def test_parity_is_judged_on_labels_and_relative_logits(exported, tmp_path):
+    """The trained checkpoint with its last layer scaled x1000: the same labels (argmax is unchanged by a
     positive scale), logits 1000 times larger, and float32 rounding with them: the absolute difference is far
     beyond 1e-4 (the old default failed such a model), the relative one is what it was. It passes."""
-    run, _ = quickstart
+    run, _ = exported
     ckpt = torch.load(run / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=False)
     for key in ("segmenter.net.segmentation_head.0.weight", "segmenter.net.segmentation_head.0.bias"):
         ckpt["state_dict"][key] = ckpt["state_dict"][key] * 1000
@@ -166,16 +181,16 @@ def test_parity_is_judged_on_labels_and_relative_logits(quickstart, tmp_path):
     assert "label agreement" in parity_record["convention"] and "relative" in parity_record["convention"]
 
 
-def test_opset_outside_the_exporters_range_is_refused(quickstart, tmp_path, caplog):
-    run, _ = quickstart
+def test_opset_outside_the_exporters_range_is_refused(exported, tmp_path, caplog):
+    run, _ = exported
     assert main([f"run_dir={run}", f"out={tmp_path / 'x'}", "opset=5"]) == 2
     assert "opset=5: exporter=trace writes ONNX opsets 9 to 20; pass opset= in that range" in caplog.text
     assert main([f"run_dir={run}", f"out={tmp_path / 'x'}", "opset=5", "format=torchscript"]) == 0  # no ONNX
     assert not (tmp_path / "x" / "model.onnx").exists()
 
 
-def test_exported_models_load_and_predict_like_the_checkpoint(quickstart):
-    run, out = quickstart
+def test_exported_models_load_and_predict_like_the_checkpoint(exported):
+    run, out = exported
     ckpt = load_model(run / "checkpoints" / "best.ckpt")
     gen = torch.Generator().manual_seed(3)
     images = torch.randint(0, 256, (3, 3, 96, 224), dtype=torch.uint8, generator=gen)  # not the export or training size
@@ -184,7 +199,7 @@ def test_exported_models_load_and_predict_like_the_checkpoint(quickstart):
     for name in ("model.onnx", "model.pt"):
         model = load_model(out / name)
         assert (model.classes, model.geometry, model.network) == (ckpt.classes, ckpt.geometry, ckpt.network)
-        assert model.normalization == ckpt.normalization and model.image_size == SIDE
+        assert model.normalization == ckpt.normalization and model.image_size == ckpt.image_size == 64
         with torch.no_grad():
             got = model.segmenter(images)
         assert got.dtype == torch.float32 and got.shape == want.shape == (3, 16, 96, 224)
@@ -192,6 +207,7 @@ def test_exported_models_load_and_predict_like_the_checkpoint(quickstart):
         assert (got.argmax(1) == want.argmax(1)).float().mean() >= 0.999, name
 
 
+@pytest.mark.slow  # torch.export and its ONNX translation: about 25 s on 2 cores
 def test_dynamo_exporter(tmp_path):
     """The opt-in torch.export-based exporter: dynamic batch and size too (a small conv net: it takes minutes on MaxViT)."""
     torch.manual_seed(0)
@@ -213,8 +229,8 @@ def test_dynamo_exporter(tmp_path):
         assert r["max_abs_diff"] <= TOLERANCE and r["label_agreement"] == 1.0, r
 
 
-def test_bad_input_is_named(quickstart, tmp_path, monkeypatch, caplog):
-    run, out = quickstart
+def test_bad_input_is_named(exported, tmp_path, monkeypatch, caplog):
+    run, out = exported
     with pytest.raises(ModelLoadError, match="missing.ckpt: no such checkpoint"):
         export_model(ckpt=tmp_path / "missing.ckpt", out=tmp_path)
     assert main([f"ckpt={tmp_path / 'missing.ckpt'}"]) == 2 and "no such checkpoint" in caplog.text
@@ -253,9 +269,9 @@ def test_bad_input_is_named(quickstart, tmp_path, monkeypatch, caplog):
 
 
 def test_an_unsupported_operator_gets_an_opset_the_exporter_writes_and_other_errors_are_bugs(
-    quickstart, tmp_path, monkeypatch, caplog
+    exported, tmp_path, monkeypatch, caplog
 ):
-    run, _ = quickstart
+    run, _ = exported
     real = export_module.to_onnx
 
     def unsupported(segmenter, example, opset, exporter="trace"):
