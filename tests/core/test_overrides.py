@@ -56,7 +56,13 @@ def test_a_bad_override_is_one_message_with_the_fix(argv, says):
         ["-m", "hydra/launcher=slurm", "hydra.launcher.partition=gpu", "encoder=convnext_tiny,segformer_b3"],
         ["data=artefact", "data.root=/somewhere", "+data.extra_key=1"],
         ["-m", "optimizer.lr=range(1,3)", "seed=0,1"],
-        ["optimizer.lr=1", "trainer.max_epochs=null", "data.cv.fold=Glass", "trainer.max_epochs=${seed}"],
+        [
+            "optimizer.lr=1",
+            "trainer.max_epochs=null",
+            "data.cv.fold=Glass",
+            "trainer.max_epochs=${seed}",
+            "trainer.fast_dev_run=2",
+        ],
     ],
 )
 def test_good_overrides_pass(argv):

@@ -33,7 +33,10 @@ from poc59.core.config import SettingError, config_dir, config_groups, register_
 HELP = ("-h", "--help")
 UNSWEPT = ("trainer.devices", "trainer.num_nodes", "trainer.accelerator")  # the launcher's one request per sweep
 # Keys that take more than their default's type (the typed check leaves them to the command's settings check)
-LOOSE = {"data.cv.fold": "an index, or with data.cv.by= a value of that column"}
+LOOSE = {
+    "data.cv.fold": "an index, or with data.cv.by= a value of that column",
+    "trainer.fast_dev_run": "true, false, or a number of batches (Lightning's Trainer)",
+}
 _KINDS = {bool: "true or false", int: "an integer", float: "a number"}
 
 
