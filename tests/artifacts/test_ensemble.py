@@ -128,6 +128,7 @@ def test_evaluate_scores_the_fold_ensemble_on_the_test_split_only(folds, tmp_pat
     assert "split=test" in caplog.text
 
 
+@pytest.mark.slow  # exports three members as one graph and checks parity: about 70 s on 2 cores
 def test_the_exported_ensemble_is_one_graph_that_passes_parity(folds, tmp_path):
     out = tmp_path / "export"
     assert export_main([f"sweep={folds[0].parent}", f"out={out}"]) == 0

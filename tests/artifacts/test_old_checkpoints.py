@@ -62,6 +62,7 @@ def old_run(tmp_path_factory) -> Path:
     return run
 
 
+@pytest.mark.slow  # old_run: the old code trains in a fresh process, about 100 s on 2 cores
 def test_an_old_checkpoint_loads_with_its_card_rebuilt(old_run):
     model = load_model(old_run / "checkpoints" / "best.ckpt")
     assert model.classes.names == ARTEFACT.names and model.geometry == {
@@ -73,6 +74,7 @@ def test_an_old_checkpoint_loads_with_its_card_rebuilt(old_run):
     assert model.run_dir == old_run
 
 
+@pytest.mark.slow  # old_run: the old code trains in a fresh process, about 100 s on 2 cores
 def test_an_old_checkpoint_evaluates_predicts_and_exports(old_run, tmp_path):
     metrics = evaluate_run(run_dir=old_run, pictures=False, resamples=50, out=tmp_path / "eval")
     summary = json.loads((old_run / "summary.json").read_text())
@@ -91,6 +93,7 @@ def test_an_old_checkpoint_evaluates_predicts_and_exports(old_run, tmp_path):
     assert card["parity"]["torchscript"]["passed"] and card["input"]["multiple_of"] == 32
 
 
+@pytest.mark.slow  # old_run: the old code trains in a fresh process, about 100 s on 2 cores
 def test_an_old_run_resumes(old_run):
     """Last: it continues the old run in its folder (the runs of the tests above used the old checkpoints)."""
     run = old_run
