@@ -299,7 +299,6 @@ def test_a_full_out_folder_is_named_and_leaves_no_partial_results(run, disk, cap
     assert [p.name for p in full.rglob("*")] == []  # neither metrics.json nor the pictures written before
 
 
-@pytest.mark.slow
 def test_data_changed_since_training_is_named_and_scored_only_when_asked(tmp_path, caplog):
     data = make_folder(tmp_path / "data", n=6, copies=1, size=(32, 32))
     train(
