@@ -10,15 +10,15 @@ import sys
 
 import host_syncs
 from helpers import make_cfg
-from poc59.model import metrics
+from poc59.metrics import confusion
 from poc59.training.run import train
 
 
 def test_training_steps_read_nothing_from_the_device_but_the_bar_at_its_refresh(tmp_path, monkeypatch):
     monkeypatch.setattr(sys.stderr, "isatty", lambda: True)  # a terminal: the bar is shown (not in a file)
     # count the confusion matrix as a GPU does (a CPU's bincount reads the max; a GPU's scatter does not)
-    real = metrics.histogram
-    monkeypatch.setattr(metrics, "histogram", lambda v, bins: real(v, bins, scatter=True))
+    real = confusion.histogram  # where the registry's confusion matrix looks it up
+    monkeypatch.setattr(confusion, "histogram", lambda v, bins: real(v, bins, scatter=True))
     host_syncs.WATCHES.clear()
     cfg = make_cfg(
         tmp_path,
