@@ -6,12 +6,15 @@ others), so a call answered by a traceback is an error row, not a fast figure. T
 interpreter's own start, `python -c pass`, timed in the same run and interleaved with the calls (pass,
 then every command's call, pass, ...), so a change in the machine's load falls on both. One row per kind of
 call: the median over all commands of each command's median time, against the median `python -c pass`;
-the bar is under 1 s. Every command's median is in the row's details, and the slowest is named in it.
+the bar is under 1 s. Every command's median is in the row's details, and the slowest is named in it,
+with each command's median CPU time (user + system, its process's own): on this shared machine the wall
+time moves with the other work, the CPU time much less.
 """
 
 from __future__ import annotations
 
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -44,22 +47,28 @@ def calls(command: str) -> dict[str, tuple[list[str], int]]:
     return {"help": (["--help"], 0), "misspelt_key": (misspelt, 2), "bad_value": (bad, 2)}
 
 
-def _timed(args: list[str], expected: int, cwd: str) -> float:
+def _cpu_of_children() -> float:
+    used = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return used.ru_utime + used.ru_stime
+
+
+def _timed(args: list[str], expected: int, cwd: str) -> tuple[float, float]:
+    """(wall seconds, CPU seconds) of `python <args>`, which must exit with `expected`."""
     env = {**os.environ, "POC59_VERBOSE": ""}
-    start = time.perf_counter()
+    cpu, start = _cpu_of_children(), time.perf_counter()
     proc = subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True)
-    took = time.perf_counter() - start
+    took, cpu = time.perf_counter() - start, _cpu_of_children() - cpu
     if proc.returncode != expected:
         raise RuntimeError(f"python {' '.join(args)} exited {proc.returncode}, not {expected}:\n{proc.stderr[-2000:]}")
-    return took
+    return took, cpu
 
 
 def run(quick: bool) -> list[dict]:
     repeats = 1 if quick else 3
     commands = list(QUICK_COMMANDS if quick else CALLS)
     scratch = common.scratch_dir("cli-start-")
-    times: dict[str, dict[str, list[float]]] = {kind: {c: [] for c in commands} for kind in KINDS}
-    baseline: list[float] = []
+    times: dict[str, dict[str, list[tuple[float, float]]]] = {kind: {c: [] for c in commands} for kind in KINDS}
+    baseline: list[tuple[float, float]] = []
     before = common.load()
     try:
         for _ in range(repeats):
@@ -69,10 +78,11 @@ def run(quick: bool) -> list[dict]:
                     times[kind][command].append(_timed(["-m", f"poc59.{command}", *args], expected, str(scratch)))
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    python = statistics.median(baseline)
+    python = statistics.median(wall for wall, _ in baseline)
     rows = []
     for kind, what in KINDS.items():
-        per_command = {c: statistics.median(t) for c, t in times[kind].items()}
+        per_command = {c: statistics.median(wall for wall, _ in t) for c, t in times[kind].items()}
+        cpu_per_command = {c: statistics.median(cpu for _, cpu in t) for c, t in times[kind].items()}
         value = statistics.median(per_command.values())
         slowest = max(per_command, key=per_command.get)
         rows.append(
@@ -91,8 +101,10 @@ def run(quick: bool) -> list[dict]:
                 quick,
                 {
                     "seconds_per_command": per_command,
+                    "cpu_seconds_per_command": cpu_per_command,
                     "slowest": slowest,
-                    "python_c_pass_s": baseline,
+                    "python_c_pass_s": [wall for wall, _ in baseline],
+                    "python_c_pass_cpu_s": [cpu for _, cpu in baseline],
                     "calls": {c: calls(c)[kind][0] for c in commands},
                     "load_before": before,
                     "load_after": common.load(),

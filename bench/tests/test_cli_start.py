@@ -19,6 +19,8 @@ def test_quick_mode_times_help_a_misspelt_key_and_a_bad_value_of_each_command(tm
         assert row["value"] > 0 and row["baseline"] > 0 and row["ratio"] == row["value"] / row["baseline"]
         assert row["bar"] == "< 1 s" and row["passed"] is None  # quick mode: bars are judged in full mode only
         assert set(row["details"]["seconds_per_command"]) == set(cli_start.QUICK_COMMANDS)
+        assert set(row["details"]["cpu_seconds_per_command"]) == set(cli_start.QUICK_COMMANDS)
+        assert all(cpu > 0 for cpu in row["details"]["cpu_seconds_per_command"].values())
         assert row["details"]["slowest"] in cli_start.QUICK_COMMANDS
     assert "**cli_start_help**" in capsys.readouterr().out
 
