@@ -68,6 +68,7 @@ def test_presets_follow_the_schema(presets):
     assert presets["tiny"]["weights"] is None
 
 
+@pytest.mark.slow
 def test_earlier_presets_build_small(presets):
     """ConvNeXt-Tiny and MiT-B3 U-Nets (weights None) give full-resolution logits at 64 px."""
     for preset in ("convnext_tiny", "segformer_b3"):

@@ -17,6 +17,7 @@ LINE = re.compile(
 )
 
 
+@pytest.mark.slow
 def test_a_log_file_gives_one_epoch_line_per_epoch_and_no_bar(tmp_path):
     run_dir = tmp_path / "run"
     base = [o for o in TINY_RUN if not o.startswith(("trainer.enable_progress_bar", "callbacks.progress_bar"))]

@@ -106,6 +106,7 @@ def test_bad_data_through_the_command_is_exit_2_and_one_message_on_stderr(tmp_pa
     assert _contents(root) == before
 
 
+@pytest.mark.slow
 def test_a_bug_exits_1_with_its_traceback_in_the_run_log(tmp_path):
     """The other side of exit 2: what is not the user's input is a bug, with its traceback kept."""
     import os
