@@ -121,7 +121,6 @@ def test_three_encoders_export_with_parity(preset, tmp_path):
             assert r["label_agreement"] >= 0.999, (fmt, r)
 
 
-@pytest.mark.slow  # trains the quickstart preset: a minute on 2 cores
 def test_quickstart_export_card_and_parity(quickstart):
     run, out = quickstart
     assert sorted(p.name for p in out.iterdir()) == ["model.card.json", "model.onnx", "model.pt"]
@@ -207,7 +206,6 @@ def test_exported_models_load_and_predict_like_the_checkpoint(exported):
         assert (got.argmax(1) == want.argmax(1)).float().mean() >= 0.999, name
 
 
-@pytest.mark.slow  # torch.export and its ONNX translation: about 25 s on 2 cores
 def test_dynamo_exporter(tmp_path):
     """The opt-in torch.export-based exporter: dynamic batch and size too (a small conv net: it takes minutes on MaxViT)."""
     torch.manual_seed(0)
