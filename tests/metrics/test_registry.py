@@ -49,6 +49,7 @@ def test_a_function_of_one_matrix_is_applied_to_each_of_a_stack(scratch):
 
     cms = torch.tensor([[[1, 2], [3, 4]], [[5, 0], [0, 1]]])
     assert registry.METRICS["trace"].of({"confusion": cms}).tolist() == [5.0, 6.0]
+    assert registry.METRICS["trace"].of({"confusion": cms[0]}).item() == 5.0  # one split: a number
 
 
 def test_bootstrap_of_the_confusion_matrix_is_bootstrap_iou():

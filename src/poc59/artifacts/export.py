@@ -20,13 +20,13 @@ from typing import Any, NamedTuple
 
 import torch
 
-from poc59.analysis.scores import split_metrics
 from poc59.artifacts.ensemble import ensemble_name, load_ensemble, members_of
 from poc59.artifacts.exported import INSTALL_HINT, OnnxSegmenter, card_path, jit_load
 from poc59.artifacts.load import locate_checkpoint
 from poc59.artifacts.trained import TrainedModel, is_runs_best, load_checkpoint, scored_this
 from poc59.core.atomic import write_bytes, write_json
 from poc59.core.provenance import git_commit
+from poc59.metrics import registry
 from poc59.model.factory import count_parameters
 
 log = logging.getLogger("poc59.export")
@@ -186,8 +186,9 @@ def _load_exported(fmt: str, path: Path) -> Any:
 
 
 def run_metrics(model: TrainedModel, run: Path | None) -> dict[str, Any]:
-    """The run's scores of this very checkpoint: summary.json's best val/mIoU (when this is the run's best,
-    `best_checkpoint`) and the evaluations that scored this file (their recorded checkpoint identity)."""
+    """The run's scores of this very checkpoint: summary.json's registered metrics at the best epoch (when
+    this is the run's best, `best_checkpoint`) and the evaluations that scored this file (their recorded
+    checkpoint identity), each with every registered split metric and its interval."""
     out: dict[str, Any] = {}
     if run is None:
         return out
@@ -196,9 +197,9 @@ def run_metrics(model: TrainedModel, run: Path | None) -> dict[str, Any]:
         s = json.loads(summary_file.read_text())
         if is_runs_best(model, run, s):
             keys = (
-                "val/mIoU",
-                "val/IoU",
-                "baseline_val/mIoU",
+                "monitor",
+                *(f"val/{m.name}" for m in registry.METRICS.values()),  # the registered metrics (poc59.metrics)
+                f"baseline_val/{registry.headline().name}",
                 "all_clean_baseline_val/mIoU",  # its name in summaries written before 2026-12-03
                 "metric_convention",
                 "best_epoch",
@@ -209,8 +210,8 @@ def run_metrics(model: TrainedModel, run: Path | None) -> dict[str, Any]:
     for file in sorted((run / "evaluation").glob("*/metrics.json")):
         m = json.loads(file.read_text())
         if scored_this(m, model.source, model.extra.get("epoch")):
-            keys = ("split", "mode", "num_images", "metric_convention", "miou_ci", "miou_legacy_convention")
-            keys += tuple(m.key for m in split_metrics())  # the registered metrics (poc59.analysis.scores)
+            keys = ("split", "mode", "num_images", "metric_convention", "miou_legacy_convention")
+            keys += tuple(k for m in registry.split_metrics() for k in (m.key, f"{m.key}_ci"))  # poc59.metrics
             evaluations.append({"file": str(file), **{k: m[k] for k in keys if k in m}})
     if evaluations:
         out["evaluation"] = evaluations

@@ -7,7 +7,9 @@
   every fold's validation images (evaluate writes them, `per_image_confusion.npz`) concatenated, so each
   image outside the test split is scored once, by the fold model that did not train on it; mIoU and IoU
   per class of their sum, under the metric convention; a percentile bootstrap interval over those images;
-  the same per metadata group (material, content). It needs every fold, one run each.
+  the same per metadata group (material, content). Every registered metric (`poc59.metrics`) is pooled
+  so, from every per-image statistic the folds' evaluations wrote (`pooled`, `pooled_intervals`; mIoU and
+  IoU also under their earlier keys). It needs every fold, one run each.
 """
 
 from __future__ import annotations
@@ -18,10 +20,11 @@ from typing import Any
 
 import numpy as np
 
-from poc59.analysis.bootstrap import bootstrap_iou
+from poc59.analysis.bootstrap import bootstrap
 from poc59.analysis.scores import scores
 from poc59.data.sources import metadata_rows
-from poc59.evaluation.run import GROUP_COLUMNS, read_per_image
+from poc59.evaluation.run import GROUP_COLUMNS, group_report, read_per_image_statistics
+from poc59.metrics import registry
 
 POOLED_CONVENTION = (
     "pooled out-of-fold mIoU: every fold's validation images scored by the fold model that did not train on "
@@ -43,7 +46,7 @@ def partition_key(summary: dict) -> str:
     return str(summary.get("provenance", {}).get("data", {}).get("split_fingerprint"))
 
 
-def cross_validate(members: list[Any], names: list[str], bootstrap: dict[str, Any]) -> dict:
+def cross_validate(members: list[Any], names: list[str], bootstrap_options: dict[str, Any]) -> dict:
     """The cross-validation record of a configuration's runs (compare's `Run`s, one per fold)."""
     records = [fold_record(r.summary) for r in members]
     first = records[0]
@@ -100,18 +103,29 @@ def cross_validate(members: list[Any], names: list[str], bootstrap: dict[str, An
         )
     if out["pooled_note"]:
         return out
-    ids, matrices = [], []
+    ids, parts = [], []
     for r in members:
-        i, m = read_per_image(_per_image_path(r))
+        i, stats = read_per_image_statistics(_per_image_path(r))
         ids += i
-        matrices.append(m)
-    per_image = np.concatenate(matrices)
-    pooled = scores(per_image.sum(0), names)
-    boot = bootstrap_iou(per_image, **bootstrap)
+        parts.append(stats)
+    keys = [k for k in parts[0] if all(k in p for p in parts)]  # a fold evaluated before a statistic existed lacks it
+    per_image = {k: np.concatenate([p[k] for p in parts]) for k in keys}
+    pooled = scores({k: v.sum(0) for k, v in per_image.items()}, names)
+    boot = bootstrap(per_image, **bootstrap_options)
+    intervals = boot["intervals"]
     out["pooled_miou"] = pooled["miou"]
-    out["pooled_interval"] = _interval(boot["miou"])
+    out["pooled_interval"] = _interval(intervals["miou"])
     out["pooled_per_class_iou"] = {n: pooled["per_class"][n]["iou"] for n in names}
-    out["pooled_per_class_interval"] = {n: _interval(iv) for n, iv in zip(names, boot["per_class_iou"])}
+    out["pooled_per_class_interval"] = {n: _interval(iv) for n, iv in zip(names, intervals["iou"])}
+    out["pooled"], out["pooled_intervals"] = {}, {}
+    for m in registry.METRICS.values():
+        if m.key not in intervals:
+            continue
+        if m.per_class:
+            out["pooled"][m.key] = {n: pooled["per_class"][n][m.key] for n in names}
+            out["pooled_intervals"][m.key] = {n: _interval(iv) for n, iv in zip(names, intervals[m.key])}
+        else:
+            out["pooled"][m.key], out["pooled_intervals"][m.key] = pooled[m.key], _interval(intervals[m.key])
     out["pooled_images"] = len(ids)
     out["pooled_groups"] = _groups(members[0], ids, per_image, names)
     out["pooled_interval_kind"] = (
@@ -133,19 +147,16 @@ def _interval(iv: np.ndarray) -> list[float] | None:
     return None if np.isnan(iv).any() else [float(iv[0]), float(iv[1])]
 
 
-def _groups(run: Any, ids: list[str], per_image: np.ndarray, names: list[str]) -> dict:
-    """Pooled mIoU per metadata.csv material / content of the run's data folder."""
+def _groups(run: Any, ids: list[str], per_image: dict[str, np.ndarray], names: list[str]) -> dict:
+    """Pooled metrics (`evaluation.run.group_report`) per metadata.csv material / content of the run's data folder."""
     root = run.summary.get("provenance", {}).get("data", {}).get("root")
     columns, rows = metadata_rows(root) if root else ([], {})
-    out: dict[str, dict] = {}
+    groups: dict[str, dict[str, list[int]]] = {}
     for column in (c for c in GROUP_COLUMNS if c in columns):
         by: dict[str, list[int]] = defaultdict(list)
         for k, i in enumerate(ids):
             value = (rows.get(i) or {}).get(column)
             if value:
                 by[value].append(k)
-        out[column] = {
-            v: {"num_images": len(ks), "miou": scores(per_image[ks].sum(0), names)["miou"]}
-            for v, ks in sorted(by.items())
-        }
-    return out
+        groups[column] = dict(sorted(by.items()))
+    return group_report(per_image, groups, names)

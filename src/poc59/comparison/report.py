@@ -12,6 +12,7 @@ from rich.text import Text
 
 from poc59.core.atomic import write_bytes, write_json
 from poc59.core.logs import print_titled
+from poc59.metrics.registry import Metric, class_metrics, split_metrics
 
 __all__ = ["print_table", "table_rows", "write_reports"]
 
@@ -146,7 +147,9 @@ def markdown(result: dict) -> str:
             ],
         )
     )
-    parts += ["", f"![Per-class IoU by configuration]({Path(result['chart']).name})", "", "## Runs", ""]
+    parts += ["", f"![Per-class IoU by configuration]({Path(result['chart']).name})", ""]
+    parts += _registered_md(configs, names)
+    parts += ["## Runs", ""]
     parts.append(
         _md_table(
             ["run", "configuration", "seed", "status", "best val mIoU, %", "interval, %", "detail"],
@@ -168,6 +171,35 @@ def markdown(result: dict) -> str:
         parts += ["", f"Runs are the sweep's job folders, `{result['sweep']}/<run>`."]
     parts += ["", "## What the numbers mean", ""] + [f"- **{k}**: {v}" for k, v in conv.items()]
     return "\n".join(parts) + "\n"
+
+
+def _registered_md(configs: list[dict], names: list[str]) -> list[str]:
+    """Every registered metric (`poc59.metrics`) by configuration: the split metrics in one table, each
+    per-class metric but IoU (above) in its own; best epoch's values, mean over seeds, or pooled over folds."""
+    split = [m for m in split_metrics() if any(m.key in c.get("metrics", {}) for c in configs)]
+    parts = []
+    if split:
+        parts += ["## Every metric", "", "%, at each run's best epoch (mean over seeds; pooled over folds).", ""]
+        parts.append(
+            _md_table(
+                ["configuration"] + [m.label for m in split],
+                [[c["label"]] + [_pct(c.get("metrics", {}).get(m.key)) for m in split] for c in configs],
+            )
+        )
+        parts += [""] + [f"- **{m.label}**: {m.meaning}" for m in split] + [""]
+    for m in class_metrics():
+        if m.key == "iou" or not any(m.key in c.get("per_class_metrics", {}) for c in configs):
+            continue  # IoU has its own section above
+        values = [c.get("per_class_metrics", {}).get(m.key) or {} for c in configs]
+        parts += [f"## Per-class {m.label}", "", f"{m.label} per class, % ({m.meaning}).", ""]
+        parts.append(
+            _md_table(
+                ["class"] + [c["label"] for c in configs],
+                [[n] + [("n/a" if v.get(n) is None else _pct(v[n], 1)) for v in values] for n in names],
+            )
+        )
+        parts.append("")
+    return parts
 
 
 def _cross_validation_md(configs: list[dict], conv: dict) -> list[str]:
@@ -238,6 +270,8 @@ def csv_text(result: dict) -> str:
         "detail",
         "runs",
     ] + [f"IoU/{n}" for n in names]
+    per_class, split = _registered_columns(result)
+    header += [f"{m.name}/{n}" for m in per_class for n in names] + [f"val_{m.name}" for m in split]
     buf = io.StringIO()
     w = csv.writer(buf)
     w.writerow(header)
@@ -272,6 +306,8 @@ def csv_text(result: dict) -> str:
                 " ".join(c["runs"]),
             ]
             + [blank(c["per_class_iou"].get(n)) for n in names]
+            + [blank((c.get("per_class_metrics", {}).get(m.key) or {}).get(n)) for m in per_class for n in names]
+            + [blank(c.get("metrics", {}).get(m.key)) for m in split]
         )
     for r in result["runs"]:
         if r["status"] != "finished":
@@ -302,9 +338,18 @@ def csv_text(result: dict) -> str:
                     r["detail"],
                     r["dir"],
                 ]
-                + [""] * len(names)
+                + [""] * (len(names) * (1 + len(per_class)) + len(split))
             )
     return buf.getvalue()
+
+
+def _registered_columns(result: dict) -> tuple[list[Metric], list[Metric]]:
+    """(per-class metrics but IoU, split metrics) that some configuration holds: the CSV's added columns."""
+    configs = result["configurations"]
+    per_class = [
+        m for m in class_metrics() if m.key != "iou" and any(m.key in c.get("per_class_metrics", {}) for c in configs)
+    ]
+    return per_class, [m for m in split_metrics() if any(m.key in c.get("metrics", {}) for c in configs)]
 
 
 def write_reports(result: dict, out: Path) -> dict[str, Path]:

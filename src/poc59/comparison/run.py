@@ -34,6 +34,7 @@ from poc59.core.config import flatten
 from poc59.core.outputs import check_writable, refuse_existing, writing
 from poc59.core.progress import Steps
 from poc59.evaluation.run import PER_IMAGE_FILE, EvaluateError, evaluate_run, scored_the_best
+from poc59.metrics import registry
 from poc59.tracking.search import SEARCH_RESULTS
 from poc59.tracking.tracked import add_to_tracked
 from poc59.training.sweeps import Job, find_sweep, inspect_job, sweep_status
@@ -89,6 +90,7 @@ class Run:
     interval: list[float] | None = None  # bootstrap CI of val mIoU from metrics.json
     per_class: dict[str, float | None] = field(default_factory=dict)
     per_class_interval: dict[str, list[float] | None] = field(default_factory=dict)
+    scores: dict[str, Any] = field(default_factory=dict)  # every registered metric at the best epoch, by key
     train_images_per_s: float | None = None
     peak_memory_bytes: int | None = None
     wall_time_s: float | None = None
@@ -202,6 +204,7 @@ def read_run(run_dir: Path, name: str, status: str, detail: str, evaluate: bool)
     )
     run.val_miou = _finite(s.get("val/mIoU"))
     run.per_class = {n: _finite(v) for n, v in (s.get("val/IoU") or {}).items()}
+    run.scores = {m.key: s[f"val/{m.name}"] for m in registry.METRICS.values() if f"val/{m.name}" in s}
     run.train_images_per_s = _finite(s.get("train_images_per_s"))
     run.peak_memory_bytes = (s.get("peak_memory") or {}).get("bytes")
     run.wall_time_s = _finite(s.get("wall_time_s"))
@@ -364,6 +367,7 @@ def configurations(runs: list[Run]) -> list[dict]:
                 "interval_kind": kind,
                 "per_class_iou": {name: _mean([r.per_class.get(name) for r in members]) for name in names},
                 "per_class_interval": per_class_iv,
+                **_registered(members, names),
                 "train_images_per_s": _mean([r.train_images_per_s for r in members]),
                 "peak_memory_bytes": max(
                     (r.peak_memory_bytes for r in members if r.peak_memory_bytes is not None), default=None
@@ -404,6 +408,23 @@ def _as_cross_validation(c: dict, members: list[Run], names: list[str]) -> None:
     if cv["pooled_miou"] is not None:
         c["per_class_iou"] = cv["pooled_per_class_iou"]
         c["per_class_interval"] = cv["pooled_per_class_interval"]
+        for m in registry.METRICS.values():
+            if m.key in cv.get("pooled", {}):
+                (c["per_class_metrics"] if m.per_class else c["metrics"])[m.key] = cv["pooled"][m.key]
+
+
+def _registered(members: list[Run], names: list[str]) -> dict:
+    """{"metrics": {split metric key: mean over the runs}, "per_class_metrics": {per-class metric key: {class:
+    mean}}} of every registered metric the runs' summaries hold (at each run's best epoch)."""
+    split, per_class = {}, {}
+    for m in registry.METRICS.values():
+        if not any(m.key in r.scores for r in members):
+            continue
+        if m.per_class:
+            per_class[m.key] = {n: _mean([_finite((r.scores.get(m.key) or {}).get(n)) for r in members]) for n in names}
+        else:
+            split[m.key] = _mean([_finite(r.scores.get(m.key)) for r in members])
+    return {"metrics": split, "per_class_metrics": per_class}
 
 
 def _interval_kind(run: Run) -> str:

@@ -2,9 +2,10 @@
 
 Same preloaded uint8 tensors, same BatchFeed (whole images, or non-overlapping tiles under
 policy=crop), same arithmetic (the Segmenter is SegmentationModule.forward), 32-bit on CPU and
-the run's mixed precision on CUDA, as training: so a run's best val/mIoU is reproduced. Gives the
-split-wide confusion matrix (the sum of the per-image ones, counted in this process), one matrix per image (for the
-bootstrap and the worst images), the inference time, and predicted label maps for pictures.
+the run's mixed precision on CUDA, as training: so a run's best val/mIoU is reproduced. Gives every
+registered statistic (`poc59.metrics`: the confusion matrix, ...) of each image, counted on the device in
+this process (their sums are the split's; the per-image ones feed the bootstrap and the worst images),
+the inference time, and predicted label maps for pictures.
 
 `score_native` is the other mode: each image at its stored resolution through predict's own
 path (sliding window or resize-and-back, as the model's geometry says) against its full-resolution
@@ -28,7 +29,8 @@ from poc59.data.datamodule import SegmentationDataModule
 from poc59.data.feed import BatchFeed
 from poc59.data.preload import canvas_side, load_native
 from poc59.inference import image as inference
-from poc59.model.metrics import confusion_matrix
+from poc59.metrics import registry
+from poc59.metrics.confusion import confusion_matrix
 
 NATIVE_SPEED_CONVENTION = (
     "predict's whole path per image at its stored resolution (tiling or resizing, forward, blending, argmax; "
@@ -53,6 +55,15 @@ def precision_for(device: torch.device, trained: str | None = None) -> tuple[str
 def batch_confmats(preds: torch.Tensor, target: torch.Tensor, num_classes: int, ignore_index: int) -> torch.Tensor:
     """[B, C, C] int64 confusion matrix of each image (rows target, cols prediction; ignored pixels left out)."""
     return confusion_matrix(preds, target, num_classes, ignore_index, per_image=True)
+
+
+def batch_statistics(preds: torch.Tensor, target: torch.Tensor, num_classes: int, ignore_index: int) -> dict:
+    """Every registered statistic of each image of a batch: {key: int64 [B, *shape]}, on the batch's device."""
+    return registry.count(preds, target, num_classes, ignore_index, per_image=True)
+
+
+def _empty(n: int, num_classes: int) -> dict[str, torch.Tensor]:
+    return {k: torch.zeros(n, *s.shape(num_classes), dtype=torch.int64) for k, s in registry.STATISTICS.items()}
 
 
 def run_feed(
@@ -83,6 +94,31 @@ def run_feed(
     return timed / max(timed_units, 1) * len(units)
 
 
+def score_statistics(
+    model: TrainedModel,
+    dm: SegmentationDataModule,
+    indices: list[int],
+    batch_size: int,
+    device: torch.device,
+    autocast: Any,
+) -> tuple[dict[str, torch.Tensor], float]:
+    """({statistic key: per-image counts [N, *shape]} in the order of `indices`, seconds for the whole split);
+    under policy=crop an image's counts are the sums of its tiles'."""
+    classes = model.classes
+    per_image = _empty(len(indices), classes.num_classes)
+    row = {sample: k for k, sample in enumerate(indices)}
+
+    def on_batch(preds: torch.Tensor, masks: torch.Tensor, units: torch.Tensor) -> None:
+        owners = units[:, 0] if units.ndim == 2 else units  # crop tiles are (sample, y, x)
+        rows = torch.tensor([row[int(s)] for s in owners])
+        counts = batch_statistics(preds, masks.long(), classes.num_classes, classes.ignore_index)
+        for key, value in counts.items():
+            per_image[key].index_add_(0, rows, value.cpu())
+
+    seconds = run_feed(model, dm.feed(indices, train=False, batch_size=batch_size, device=device), autocast, on_batch)
+    return per_image, seconds
+
+
 def score(
     model: TrainedModel,
     dm: SegmentationDataModule,
@@ -91,19 +127,10 @@ def score(
     device: torch.device,
     autocast: Any,
 ) -> tuple[torch.Tensor, torch.Tensor, float]:
-    """(split-wide confusion matrix [C, C], per-image matrices [N, C, C], seconds for the whole split)."""
-    classes = model.classes
-    per_image = torch.zeros(len(indices), classes.num_classes, classes.num_classes, dtype=torch.int64)
-    row = {sample: k for k, sample in enumerate(indices)}
-
-    def on_batch(preds: torch.Tensor, masks: torch.Tensor, units: torch.Tensor) -> None:
-        target = masks.long()
-        owners = units[:, 0] if units.ndim == 2 else units  # crop tiles are (sample, y, x)
-        rows = torch.tensor([row[int(s)] for s in owners])
-        per_image.index_add_(0, rows, batch_confmats(preds, target, classes.num_classes, classes.ignore_index).cpu())
-
-    seconds = run_feed(model, dm.feed(indices, train=False, batch_size=batch_size, device=device), autocast, on_batch)
-    return per_image.sum(0), per_image, seconds  # every pixel belongs to one image: their sum is the split's
+    """(split-wide confusion matrix [C, C], per-image matrices [N, C, C], seconds): `score_statistics`'
+    confusion matrices."""
+    per_image, seconds = score_statistics(model, dm, indices, batch_size, device, autocast)
+    return per_image["confusion"].sum(0), per_image["confusion"], seconds  # every pixel belongs to one image
 
 
 def predicted_canvases(
@@ -141,12 +168,12 @@ def score_native(
     overlap: float = 0.25,
     tta: bool = False,
     trained: str | None = None,
-) -> tuple[torch.Tensor, torch.Tensor, float]:
-    """Like `score`, at each image's stored resolution via `inference.predict_label_map` (one image at a time),
-    in the run's training precision (`trained`) as `precision_for` reports it."""
+) -> tuple[dict[str, torch.Tensor], float]:
+    """Like `score_statistics`, at each image's stored resolution via `inference.predict_label_map` (one image
+    at a time), in the run's training precision (`trained`) as `precision_for` reports it."""
     precision = trained or "auto"
     c, ignore = model.classes.num_classes, model.classes.ignore_index
-    per_image = torch.zeros(len(indices), c, c, dtype=torch.int64)
+    per_image = _empty(len(indices), c)
     seconds = 0.0
     with Steps(log, "evaluate (native)", len(indices), "images") as steps:
         for k, i in enumerate(indices):
@@ -154,6 +181,8 @@ def score_native(
             t0 = time.perf_counter()
             labels = inference.predict_label_map(model, image, overlap, batch_size, tta, device, precision)
             seconds += time.perf_counter() - t0
-            per_image[k] = batch_confmats(torch.as_tensor(labels)[None], torch.tensor(mask)[None], c, ignore)[0]
+            counts = batch_statistics(torch.as_tensor(labels)[None], torch.tensor(mask)[None].long(), c, ignore)
+            for key, value in counts.items():
+                per_image[key][k] = value[0].cpu()
             steps.advance(f"{dm.samples[i].id}, {image.shape[1]} x {image.shape[0]} px")
-    return per_image.sum(0), per_image, seconds
+    return per_image, seconds

@@ -8,8 +8,8 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from poc59.analysis.scores import class_metrics, split_metrics
 from poc59.core.logs import print_titled, results_console
+from poc59.metrics.registry import class_metrics, split_metrics
 
 
 def pct(value: float | None) -> str:

@@ -13,6 +13,7 @@ import logging
 import math
 import os
 from collections import defaultdict
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -23,9 +24,9 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from poc59.analysis.bootstrap import bootstrap_iou
+from poc59.analysis.bootstrap import bootstrap
 from poc59.analysis.pictures import covering_sample
-from poc59.analysis.scores import LEGACY_CONVENTION, batched_miou, scores, split_metrics
+from poc59.analysis.scores import scores
 from poc59.artifacts.ensemble import ensemble_name, load_ensemble, members_of
 from poc59.artifacts.load import load_model, locate_checkpoint
 from poc59.artifacts.trained import TrainedModel, best_checkpoint, checkpoint_identity, scored_this
@@ -40,13 +41,14 @@ from poc59.evaluation.passes import (
     SPEED_CONVENTION,
     precision_for,
     predicted_canvases,
-    score,
     score_native,
+    score_statistics,
 )
 from poc59.evaluation.pictures import (
     draw,  # matplotlib only when pictures are asked for
 )
-from poc59.model.metrics import metric_convention
+from poc59.metrics import registry
+from poc59.metrics.confusion import LEGACY_CONVENTION, metric_convention
 from poc59.tracking.tracked import add_to_tracked
 
 log = logging.getLogger("poc59.evaluate")
@@ -168,17 +170,24 @@ def _interval(iv: np.ndarray) -> list[float] | None:
     return None if np.isnan(iv).any() else [float(iv[0]), float(iv[1])]
 
 
-def group_report(per_image: torch.Tensor, groups: dict[str, dict[str, list[int]]], names: list[str]) -> dict:
-    """Per metadata group: images, mIoU and per-class IoU from the sum of its images' matrices."""
+def group_report(
+    per_image: Mapping[str, torch.Tensor | np.ndarray], groups: dict[str, dict[str, list[int]]], names: list[str]
+) -> dict:
+    """Per metadata group: images, every registered metric of the sum of its images' statistics (`per_image`:
+    {key: [N, *shape]}), the split metrics by key and each per-class one as ``per_class_<key>`` by class."""
     out: dict[str, dict] = {}
     for column, values in groups.items():
         out[column] = {}
         for value, rows in values.items():
-            s = scores(per_image[rows].sum(0), names)
+            s = scores({k: v[rows].sum(0) for k, v in per_image.items()}, names)
             out[column][value] = {
                 "num_images": len(rows),
-                "miou": s["miou"],
-                "per_class_iou": {n: s["per_class"][n]["iou"] for n in names},
+                **{k: v for k, v in s.items() if k != "per_class"},
+                **{
+                    f"per_class_{m.key}": {n: s["per_class"][n][m.key] for n in names}
+                    for m in registry.class_metrics()
+                    if m.key in s["per_class"][names[0]]
+                },
             }
     return out
 
@@ -228,15 +237,14 @@ def evaluate_run(
     if not out:
         check_writable(folder, "out", EvaluateError)  # the run's own folder, before the scoring (it may take long)
     if mode == "native":
-        confmat, per_image, seconds = score_native(
+        per_image, seconds = score_native(
             t.model, t.dm, t.indices, t.dm.batch_size, t.device, overlap, tta, t.trained_precision
         )
     else:
-        confmat, per_image, seconds = score(t.model, t.dm, t.indices, t.dm.batch_size, t.device, t.autocast)
-    assert torch.equal(per_image.sum(0), confmat), "per-image matrices do not add up to the split's matrix"
+        per_image, seconds = score_statistics(t.model, t.dm, t.indices, t.dm.batch_size, t.device, t.autocast)
     convention = MODE_CONVENTIONS[mode].format(overlap=overlap, tta=tta)
     metrics, image_miou, ranked = record(
-        t, confmat, per_image, seconds, (resamples, seed, level), max(0, int(worst_k)), mode, convention
+        t, per_image, seconds, (resamples, seed, level), max(0, int(worst_k)), mode, convention
     )
     with writing(folder, "out", EvaluateError):
         write_results(t, metrics, per_image, folder, pictures, image_miou, ranked, worst_k, mode)
@@ -253,7 +261,7 @@ def evaluate_run(
 def write_results(
     t: Target,
     metrics: dict,
-    per_image: torch.Tensor,
+    per_image: Mapping[str, torch.Tensor],
     folder: Path,
     pictures: bool,
     image_miou: list[float],
@@ -261,7 +269,7 @@ def write_results(
     worst_k: int,
     mode: str,
 ) -> None:
-    """The pictures, the per-image matrices and metrics.json into `folder` (metrics.json last: it exists only
+    """The pictures, the per-image statistics and metrics.json into `folder` (metrics.json last: it exists only
     when everything before it was written)."""
     # an earlier evaluation's metrics.json goes first: a write failing midway leaves no record pointing at
     # pictures it no longer has (`writing` removes this attempt's files), and a complete folder has a new one
@@ -297,30 +305,46 @@ def scored_the_best(record: dict, run: Path, best_epoch: int | None) -> tuple[bo
 
 
 def tracked_figures(metrics: dict, name: str) -> dict[str, float]:
-    """An evaluation's figures for a tracker, under eval/<name>/: the split's metrics, mIoU's bootstrap
-    interval, and the IoU of each class by name (classes absent from target and prediction left out)."""
-    figures = {m.key: metrics[m.key] for m in split_metrics() if isinstance(metrics.get(m.key), int | float)}
-    if metrics.get("miou_ci"):
-        figures["miou_ci_low"], figures["miou_ci_high"] = metrics["miou_ci"]
-    figures.update({f"IoU/{n}": row["iou"] for n, row in metrics["per_class"].items() if row["iou"] is not None})
-    return {f"eval/{name}/{k}": float(v) for k, v in figures.items() if not math.isnan(float(v))}
+    """An evaluation's figures for a tracker, under eval/<name>/: every registered metric of the split and
+    its bootstrap interval (`<key>_ci_low`, `<key>_ci_high`), and each per-class metric by class name
+    (`<metric name>/<class>`; classes where it is undefined left out)."""
+    figures: dict[str, Any] = {}
+    for m in registry.split_metrics():
+        if isinstance(metrics.get(m.key), int | float):
+            figures[m.key] = metrics[m.key]
+        if metrics.get(f"{m.key}_ci"):
+            figures[f"{m.key}_ci_low"], figures[f"{m.key}_ci_high"] = metrics[f"{m.key}_ci"]
+    for m in registry.class_metrics():
+        figures.update({f"{m.name}/{n}": row.get(m.key) for n, row in metrics["per_class"].items()})
+    return {f"eval/{name}/{k}": float(v) for k, v in figures.items() if v is not None and not math.isnan(float(v))}
 
 
 PER_IMAGE_FILE = "per_image_confusion.npz"
 
 
-def write_per_image(folder: Path, ids: list[str], per_image: torch.Tensor) -> Path:
-    """Each image's confusion matrix ([N, C, C] int64, rows target; `ids` in the same order) beside
-    metrics.json: what compare pools the folds of a cross-validation from, and bootstraps over."""
+def write_per_image(folder: Path, ids: list[str], per_image: Mapping[str, torch.Tensor] | torch.Tensor) -> Path:
+    """Each image's statistics ({key: [N, *shape]} int64, `ids` in the same order; a bare tensor is the
+    confusion matrices [N, C, C], rows target) beside metrics.json, under their registry keys (`confusion`,
+    ...): what compare pools the folds of a cross-validation from, and bootstraps over."""
+    if not isinstance(per_image, Mapping):
+        per_image = {"confusion": per_image}
+    arrays = {k: torch.as_tensor(v).to(torch.int64).cpu().numpy() for k, v in per_image.items()}
     buf = io.BytesIO()
-    np.savez_compressed(buf, ids=np.array(ids), confusion=per_image.to(torch.int64).cpu().numpy())
+    np.savez_compressed(buf, ids=np.array(ids), **arrays)
     return write_bytes(folder / PER_IMAGE_FILE, buf.getvalue())
 
 
-def read_per_image(path: Path) -> tuple[list[str], np.ndarray]:
-    """(ids, [N, C, C] int64) as `write_per_image` wrote them."""
+def read_per_image_statistics(path: Path) -> tuple[list[str], dict[str, np.ndarray]]:
+    """(ids, {statistic key: [N, *shape] int64}) as `write_per_image` wrote them: the registered statistics
+    the file holds (a file written before a statistic was registered lacks it)."""
     with np.load(path, allow_pickle=False) as f:
-        return [str(i) for i in f["ids"]], f["confusion"]
+        return [str(i) for i in f["ids"]], {k: f[k] for k in registry.STATISTICS if k in f.files}
+
+
+def read_per_image(path: Path) -> tuple[list[str], np.ndarray]:
+    """(ids, [N, C, C] int64 confusion matrices) as `write_per_image` wrote them."""
+    ids, stats = read_per_image_statistics(path)
+    return ids, stats["confusion"]
 
 
 def check_options(split: str | None, mode: str, resamples: int, level: float, batch_size: int | None = None) -> None:
@@ -505,32 +529,40 @@ def _ensemble_split(members: list[Path], split: str | None) -> str | None:
 
 def record(
     t: Target,
-    confmat: torch.Tensor,
-    per_image: torch.Tensor,
+    per_image: Mapping[str, torch.Tensor],
     seconds: float,
-    bootstrap: tuple[int, int, float],
+    bootstrap_options: tuple[int, int, float],
     worst_k: int,
     mode: str,
     mode_convention: str,
 ) -> tuple[dict, list[float], list[tuple[float, int]]]:
-    """(the metrics.json record, each image's mIoU, the `worst_k` worst (mIoU, position)) of one scoring;
-    `bootstrap` is (resamples, seed, level) of the intervals."""
+    """(the metrics.json record, each image's headline metric (mIoU), the `worst_k` worst (value, position))
+    of one scoring from its per-image statistics ({key: [N, *shape]}); `bootstrap_options` is (resamples,
+    seed, level) of the intervals, given to every registered metric as ``<key>_ci``."""
     names = list(t.model.classes.names)
-    s = scores(confmat, names)
-    boot = bootstrap_iou(per_image, *bootstrap)
-    images = (per_image.sum(2) > 0).sum(0).tolist()  # images whose target holds the class: 1 or 2 = a fragile IoU
-    per_class = {
-        n: {
-            "iou": s["per_class"][n]["iou"],
-            "iou_ci": _interval(boot["per_class_iou"][c]),
-            **{key: v for key, v in s["per_class"][n].items() if key != "iou"},
-            "images": images[c],
-        }
-        for c, n in enumerate(names)
-    }
-    image_miou = batched_miou(per_image).tolist()
+    s = scores({k: v.sum(0) for k, v in per_image.items()}, names)
+    boot = bootstrap(per_image, *bootstrap_options)
+    intervals = boot.pop("intervals")
+    images = (
+        (per_image["confusion"].sum(2) > 0).sum(0).tolist()
+    )  # images whose target holds the class: 1 or 2 = fragile
+    per_class = {}
+    for c, n in enumerate(names):
+        row: dict[str, Any] = {}
+        for key, value in s["per_class"][n].items():
+            row[key] = value
+            if key in intervals:  # a per-class metric: its interval beside it
+                row[f"{key}_ci"] = _interval(intervals[key][c])
+        per_class[n] = {**row, "images": images[c]}
+    head = registry.headline()
+    image_miou = head.of(per_image).tolist()
     ranked = sorted((m, p) for p, m in enumerate(image_miou) if not math.isnan(m))[:worst_k]  # worst first
     ms = 1000 * seconds / len(t.indices)
+    split = {}
+    for m in registry.split_metrics():  # the registered metrics (poc59.metrics), each with its interval
+        if m.key in s:
+            split[m.key] = s[m.key]
+            split[f"{m.key}_ci"] = _interval(intervals[m.key])
     metrics = {
         "checkpoint": str(t.ckpt),
         "checkpoint_identity": None if t.members else checkpoint_identity(t.ckpt),  # which file was scored
@@ -549,11 +581,15 @@ def record(
         "num_images": len(t.indices),
         "classes": t.model.classes.to_dict(),
         "metric_convention": metric_convention(),
-        **{m.key: s[m.key] for m in split_metrics()},  # the registered metrics (poc59.analysis.scores.METRICS)
-        "miou_ci": _interval(boot["miou"]),
+        **split,
         "miou_legacy_convention": LEGACY_CONVENTION,
+        "metrics": {
+            m.key: {"name": m.name, "label": m.label, "meaning": m.meaning, "per_class": m.per_class}
+            for m in registry.METRICS.values()
+            if m.available(per_image)
+        },
         "per_class": per_class,
-        "bootstrap": {key: boot[key] for key in ("resamples", "seed", "level", "unit")},
+        "bootstrap": boot,
         "groups": group_report(per_image, metadata_groups(t.dm, t.indices), names),
         "speed": {
             "ms_per_image": ms,
@@ -564,8 +600,8 @@ def record(
             "precision": t.precision,
             "convention": NATIVE_SPEED_CONVENTION if mode == "native" else SPEED_CONVENTION,
         },
-        "worst_images": [{"id": t.dm.samples[t.indices[p]].id, "miou": float(m)} for m, p in ranked],
-        "confusion_matrix": confmat.tolist(),
+        "worst_images": [{"id": t.dm.samples[t.indices[p]].id, head.key: float(m)} for m, p in ranked],
+        "confusion_matrix": per_image["confusion"].sum(0).tolist(),
         "pictures": {},
     }
     return metrics, image_miou, ranked

@@ -85,7 +85,7 @@ class Metric:
         lead = args[0].shape[: args[0].ndim - len(shape(int(args[0].shape[-1])))]
         flat = [a.reshape(-1, *a.shape[len(lead) :]) for a in args]
         one = [torch.as_tensor(self.compute(*parts), dtype=torch.float64) for parts in zip(*flat)]
-        return torch.stack(one).reshape(*lead, *one[0].shape)
+        return torch.stack(one).reshape(tuple(lead) + tuple(one[0].shape))
 
     def available(self, stats: Mapping[str, object]) -> bool:
         """Whether `stats` holds every statistic this metric needs (records written before it was registered may not)."""
