@@ -6,5 +6,6 @@ Importing this package registers them all, in this order (the order of every tab
 """
 
 from poc59.metrics import (
+    boundary,  # noqa: F401  (registers Boundary IoU)
     confusion,  # noqa: F401  (registers the confusion matrix and its metrics)
 )

@@ -1,0 +1,133 @@
+"""The metrics spine: what the registry holds reaches every command, and one setting picks the best epoch.
+
+Boundary IoU is registered in poc59.metrics only (src/poc59/metrics/boundary.py); these tests show it in
+training's history, summary.json, the checkpoint's card and the CSV log, in evaluate's metrics.json (with
+bootstrap intervals, recomputable from the per-image statistics beside it) and in compare's Markdown, CSV
+and JSON tables.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from helpers import SMALL
+from poc59.comparison.run import compare
+from poc59.evaluation.run import evaluate_run, read_per_image_statistics
+from poc59.metrics import registry
+
+
+@pytest.fixture(scope="module")
+def spine(trained_run: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """The shared run copied, evaluated and compared once."""
+    run = Path(shutil.copytree(trained_run, tmp_path_factory.mktemp("spine") / "run"))
+    metrics = evaluate_run(run_dir=run, pictures=False, resamples=100, device="cpu")
+    out = run.parent / "comparison"
+    result = compare(runs=[run], out=out, evaluate=False)
+    return {"run": run, "metrics": metrics, "out": out, "result": result}
+
+
+def test_boundary_iou_is_in_training_records(spine):
+    run = spine["run"]
+    summary = json.loads((run / "summary.json").read_text())
+    names = summary["classes"]["names"]
+    assert set(summary["val/BoundaryIoU"]) == set(names) and "val/mBoundaryIoU" in summary
+    best = next(h for h in summary["history"] if h["epoch"] == summary["best_epoch"])
+    assert summary["val/BoundaryIoU"] == best["BoundaryIoU"] and summary["val/mBoundaryIoU"] == best["mBoundaryIoU"]
+    defined = [v for v in best["BoundaryIoU"].values() if v is not None]
+    assert defined and all(0.0 <= v <= 1.0 for v in defined)
+    # the card of the best checkpoint says what these weights scored, Boundary IoU included
+    card = torch.load(run / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=False)["hyper_parameters"][
+        "card"
+    ]
+    assert card["metrics"]["validation"]["val/mBoundaryIoU"] == summary["val/mBoundaryIoU"]
+    # logged every epoch, per class by name (the CSV logger's columns)
+    (log,) = (run / "csv").glob("version_*/metrics.csv")
+    header = next(csv.reader(log.open()))
+    assert "val/mBoundaryIoU" in header and "train/mBoundaryIoU" in header
+    assert any(h.startswith("val/BoundaryIoU/") for h in header)
+
+
+def test_boundary_iou_is_in_metrics_json_with_intervals_from_the_per_image_statistics(spine):
+    m, names = spine["metrics"], spine["metrics"]["classes"]["names"]
+    on_disk = json.loads((Path(m["folder"]) / "metrics.json").read_text())
+    assert on_disk["mboundary_iou"] == m["mboundary_iou"] and on_disk["mboundary_iou_ci"] is not None
+    ids, stats = read_per_image_statistics(Path(m["folder"]) / m["per_image_confusion"])
+    assert len(ids) == m["num_images"] and set(stats) == set(registry.STATISTICS)
+    inter, union = stats["boundary"].sum(0)
+    for c, n in enumerate(names):
+        row = m["per_class"][n]
+        if union[c] == 0:
+            assert row["boundary_iou"] is None
+            continue
+        assert row["boundary_iou"] == pytest.approx(inter[c] / union[c])
+        lo, hi = row["boundary_iou_ci"]
+        assert lo <= hi
+    defined = [inter[c] / union[c] for c in range(len(names)) if union[c] > 0]
+    assert m["mboundary_iou"] == pytest.approx(float(np.mean(defined)))
+    # the record says what each key is, from the registry
+    assert m["metrics"]["boundary_iou"]["per_class"] and "contour" in m["metrics"]["boundary_iou"]["meaning"]
+
+
+def test_boundary_iou_is_in_compares_tables(spine):
+    out, result = spine["out"], spine["result"]
+    summary = json.loads((spine["run"] / "summary.json").read_text())
+    (config,) = result["configurations"]
+    assert config["per_class_metrics"]["boundary_iou"] == pytest.approx(summary["val/BoundaryIoU"])
+    assert config["metrics"]["mboundary_iou"] == pytest.approx(summary["val/mBoundaryIoU"])
+    saved = json.loads((out / "comparison.json").read_text())
+    assert saved["configurations"][0]["metrics"]["mboundary_iou"] == config["metrics"]["mboundary_iou"]
+    rows = list(csv.DictReader((out / "comparison.csv").open()))
+    assert float(rows[0]["val_mBoundaryIoU"]) == pytest.approx(summary["val/mBoundaryIoU"])
+    for name, value in summary["val/BoundaryIoU"].items():
+        cell = rows[0][f"BoundaryIoU/{name}"]
+        assert cell == "" if value is None else float(cell) == pytest.approx(value)
+    md = (out / "comparison.md").read_text()
+    assert "## Per-class boundary IoU" in md and "## Every metric" in md and "mean boundary IoU" in md
+
+
+def _train(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    return subprocess.run(
+        [sys.executable, "-m", "poc59.train", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
+    )
+
+
+@pytest.mark.slow
+def test_one_monitor_setting_picks_the_best_epoch_for_checkpoint_summary_and_log(tmp_path):
+    """An unknown monitor is refused (exit 2, nothing written) with advice that, pasted, trains; the run's
+    best.ckpt, summary.json and epoch lines then all follow that metric."""
+    common = [*SMALL, "data.synthetic.n=6", "trainer.max_epochs=3", "trainer.limit_train_batches=2", "threads=1"]
+    refused = _train(*common, "monitor=val/nope", f"run_dir={tmp_path / 'refused'}", cwd=tmp_path)
+    assert refused.returncode == 2, refused.stderr[-3000:]
+    assert "Traceback" not in refused.stderr and not (tmp_path / "refused" / "summary.json").exists()
+    advice = re.findall(r"monitor=val/\S+?(?=[,\s]|$)", refused.stderr.split("monitor=val/nope", 1)[1])
+    assert "monitor=val/fwIoU" in advice, refused.stderr[-2000:]
+    mismatch = _train(
+        *common, "callbacks.model_checkpoint.monitor=val/fwIoU", f"run_dir={tmp_path / 'x'}", cwd=tmp_path
+    )
+    assert mismatch.returncode == 2 and "pass monitor=val/fwIoU" in mismatch.stderr, mismatch.stderr[-2000:]
+
+    run = tmp_path / "run"
+    done = _train(*common, "monitor=val/fwIoU", f"run_dir={run}", cwd=tmp_path)  # the advice, pasted
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["monitor"] == "val/fwIoU"
+    history = summary["history"]
+    best = max(history, key=lambda h: h["fwIoU"])  # max keeps the earliest of equal values, as the checkpoint does
+    assert summary["best_epoch"] == best["epoch"] and summary["val/fwIoU"] == best["fwIoU"]
+    assert summary["val/mIoU"] == best["mIoU"]  # every metric of that epoch, not the best of each
+    ckpt = torch.load(run / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=False)
+    assert ckpt["hyper_parameters"]["card"]["metrics"]["validation"]["epoch"] == best["epoch"]  # best.ckpt: that epoch
+    assert f"Best val/fwIoU {100 * best['fwIoU']:.2f} % at epoch {best['epoch']}" in done.stderr
+    assert re.search(r"Epoch 2 \(3 of 3\): .* val fwIoU [\d.]+ % \(best ", done.stderr), done.stderr[-3000:]
