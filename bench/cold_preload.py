@@ -35,11 +35,11 @@ def pil_one_by_one(samples, size: int) -> tuple[list[np.ndarray], list[np.ndarra
 def run(quick: bool) -> list[dict]:
     from poc59.core.classes import load_class_table
     from poc59.data.preload import preload
-    from poc59.data.sources import discover
+    from poc59.data.sources import discover_pairs
 
     s = common.sizes(quick)
     root = common.data_set(s.pairs)
-    samples = discover(root)
+    samples = discover_pairs(root)[0]
     classes = load_class_table(root)
     dropped = common.can_drop_page_cache()
 

@@ -19,7 +19,7 @@ from types import SimpleNamespace
 import torch
 
 from poc59.core.config import cache_root
-from poc59.data.sources import discover
+from poc59.data.sources import discover_pairs
 from poc59.data.synthetic import ensure_synthetic
 
 SEED = 0
@@ -67,7 +67,7 @@ def data_set(pairs: int) -> Path:
     out = bench_dir() / f"set-{pairs}"
 
     def fill(tmp: Path) -> None:
-        for sample in discover(source)[:pairs]:
+        for sample in discover_pairs(source)[0][:pairs]:
             for path, sub in ((sample.image, "images"), (sample.mask, "annotations")):
                 try:
                     os.link(path, tmp / sub / path.name)

@@ -19,7 +19,7 @@ from poc59.data.augment import BatchAugment
 from poc59.data.cache import load_cache
 from poc59.data.datamodule import SegmentationDataModule
 from poc59.data.preload import decode, preload
-from poc59.data.sources import discover
+from poc59.data.sources import discover_pairs
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -302,7 +302,7 @@ def test_training_batches_are_the_reference_gather_and_augmentation(tmp_path):
 
 def test_cold_and_warm_starts_serve_the_same_bytes_and_label_counts(tmp_path):
     root = make_folder(tmp_path / "d", n=8, copies=1, size=(40, 32))
-    samples = discover(root)
+    samples = discover_pairs(root)[0]
     plain = decode(samples, 16, num_classes=4)  # no cache involved
     cache = tmp_path / "cache"
     cold = _dm(root, cache)
@@ -333,7 +333,7 @@ def test_cache_written_while_decoding_matches_and_skips_are_rewritten(tmp_path):
     bad = np.zeros((24, 24), np.uint8)
     bad[0, 0] = 99  # label out of range: skipped under on_bad_file=skip, after some rows were written
     write_pair(root, "img003", np.full((24, 24, 3), 5, np.uint8), bad)
-    samples = discover(root)
+    samples = discover_pairs(root)[0]
     data = preload(samples, 16, num_classes=4, on_bad_file="skip", cache_dir=tmp_path / "c")
     assert [s["id"] for s in data.skipped] == ["img003"]
     cached = load_cache(tmp_path / "c" / f"preload-{data.key}", samples, data.key)

@@ -377,12 +377,12 @@ def test_fit_config_is_the_composed_training_config_with_the_settings_model_bloc
 
 
 def test_fit_data_is_an_artefact_folder_written_once(tmp_path):
-    from poc59.data.sources import discover
+    from poc59.data.sources import discover_pairs
 
     first = gpu.fit_data(tmp_path, 5, 64)
     stamp = (first / "images" / "p00000.png").stat().st_mtime_ns
     assert gpu.fit_data(tmp_path, 5, 64) == first and (first / "images" / "p00000.png").stat().st_mtime_ns == stamp
-    assert len(discover(first)) == 5 and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+    assert len(discover_pairs(first)[0]) == 5 and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
     assert gpu.fit_images(96, 12) * (1 - gpu.FIT_VAL_FRACTION) >= 96 * 12
 
 

@@ -3,7 +3,7 @@ import json
 import pytest
 import torch
 
-from poc59.data.augment import BatchAugment, FlipRotate
+from poc59.data.augment import BatchAugment
 
 NO_FLIPS = dict(hflip=0.0, vflip=0.0, rot90=0.0)
 
@@ -77,7 +77,7 @@ def test_flips_match_a_per_sample_reference_with_the_seed_draws():
     images = torch.randint(0, 256, (48, 3, 6, 6), dtype=torch.uint8, generator=gen(2))
     masks = torch.randint(0, 256, (48, 6, 6), dtype=torch.uint8, generator=gen(3))
     before = images.clone(), masks.clone()
-    out_i, out_m = FlipRotate(hflip=0.5, vflip=0.5, rot90=0.5)(images, masks, gen(4))  # the earlier name still works
+    out_i, out_m = BatchAugment(hflip=0.5, vflip=0.5, rot90=0.5)(images, masks, gen(4))
     u = torch.rand((3, 48), generator=gen(4))
     for b in range(48):
         x, m = images[b], masks[b]

@@ -12,7 +12,7 @@ import pytest
 from helpers import make_folder
 from poc59.data.datamodule import SegmentationDataModule
 from poc59.data.folds import MIN_FOLD_IMAGES, OTHER, make_folds, sweep_values
-from poc59.data.sources import DataError, discover
+from poc59.data.sources import DataError, discover_pairs
 from poc59.data.split import grouped_split
 
 MATERIALS = ["Canvas"] * 9 + ["Paper"] * 7 + ["Glass"] * 5 + ["Wood"] * 2 + ["Film"] * 1  # 24 originals
@@ -35,7 +35,7 @@ def _groups(samples, indices) -> set[str]:
 @pytest.mark.parametrize("k", [2, 3, 5])
 @pytest.mark.parametrize("test_fraction", [0.0, 0.15])
 def test_k_folds_partition_the_groups_stratified_and_seeded(tmp_path, k, test_fraction):
-    samples = discover(_folder(tmp_path))
+    samples = discover_pairs(_folder(tmp_path))[0]
     folds = make_folds(samples, folds=k, seed=3, test_fraction=test_fraction)
     groups = {s.group for s in samples}
     # disjoint, complete over the groups outside test, and the test is a plain split's test (same seed)
@@ -68,7 +68,7 @@ def test_k_folds_partition_the_groups_stratified_and_seeded(tmp_path, k, test_fr
 
 
 def test_rare_classes_are_spread_over_the_folds(tmp_path):
-    samples = discover(_folder(tmp_path, ["Canvas"] * 100, copies=0))
+    samples = discover_pairs(_folder(tmp_path, ["Canvas"] * 100, copies=0))[0]
     presence = np.zeros((len(samples), 4), bool)
     presence[:, 0] = True
     presence[[3, 40, 41, 97], 3] = True  # a rare class (in under 5 % of the images, as the split counts rare)
@@ -81,7 +81,7 @@ def test_rare_classes_are_spread_over_the_folds(tmp_path):
 
 
 def test_leave_one_material_out_makes_one_fold_per_material(tmp_path):
-    samples = discover(_folder(tmp_path))
+    samples = discover_pairs(_folder(tmp_path))[0]
     root = tmp_path
     with pytest.raises(DataError) as refused:
         make_folds(samples, by="material", root=root)
@@ -110,7 +110,7 @@ def test_leave_one_material_out_makes_one_fold_per_material(tmp_path):
 
 def test_images_without_a_value_always_train(tmp_path, caplog):
     root = _folder(tmp_path, ["Canvas"] * 4 + ["Paper"] * 4 + [""] * 2)
-    samples = discover(root)
+    samples = discover_pairs(root)[0]
     folds = make_folds(samples, by="material", root=root)
     assert folds.always_train == ("img008", "img009") and "never held out" in caplog.text
     for i in range(2):
@@ -118,7 +118,7 @@ def test_images_without_a_value_always_train(tmp_path, caplog):
 
 
 def test_too_many_folds_and_bad_choices_are_named(tmp_path):
-    samples = discover(_folder(tmp_path, ["Canvas"] * 4, copies=0))
+    samples = discover_pairs(_folder(tmp_path, ["Canvas"] * 4, copies=0))[0]
     with pytest.raises(DataError, match="data.cv.folds=5 needs at least 5 source images outside the test split"):
         make_folds(samples, folds=5)
     with pytest.raises(DataError, match="one of them"):
@@ -155,5 +155,5 @@ def test_sweep_values_list_every_fold(tmp_path):
     assert sweep_values(data) == "'Canvas','Glass','Paper','other'"
     data.cv.folds, data.cv.by = 4, None
     assert sweep_values(data) == "range(0,4)"
-    counts = Counter(s.material for s in discover(root) if not s.is_copy)
+    counts = Counter(s.material for s in discover_pairs(root)[0] if not s.is_copy)
     assert counts["Canvas"] == 9

@@ -21,7 +21,7 @@ from PIL import Image
 
 from poc59.core.classes import ARTEFACT
 from poc59.data.import_parquet import METADATA_COLUMNS, import_parquet, safe_id
-from poc59.data.sources import DataError, discover
+from poc59.data.sources import DataError, discover_pairs
 from poc59.import_parquet import main
 
 IMAGE_TYPE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
@@ -130,7 +130,7 @@ def test_imported_folder_is_discovered(shards, tmp_path):
     src, rows = shards
     out = tmp_path / "out"
     import_parquet(src, out)
-    samples = discover(out)
+    samples = discover_pairs(out)[0]
     assert [s.id for s in samples] == sorted(r["id"] for r in rows)
     for s in samples:
         assert s.image == out / "images" / f"{s.id}.png" and s.mask == out / "annotations" / f"{s.id}.png"
@@ -259,7 +259,7 @@ def test_non_empty_out_needs_overwrite_and_the_advice_works_when_pasted(shards, 
     followed = subprocess.run([*cmd, *advice], capture_output=True, text=True, timeout=60)
     assert followed.returncode == 0, followed.stderr
     assert not (out / "images" / "stale.png").exists() and (out / "notes.txt").read_text() == "mine"
-    assert len(discover(out)) == 5
+    assert len(discover_pairs(out)[0]) == 5
 
 
 def test_missing_column_and_missing_source(tmp_path):

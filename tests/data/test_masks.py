@@ -17,7 +17,7 @@ from poc59.core.config import SettingError
 from poc59.data.datamodule import SegmentationDataModule
 from poc59.data.masks import IGNORE_SHARE, check_mask_remap, lossy_format, single_class_problem
 from poc59.data.preload import cache_key
-from poc59.data.sources import DataError, discover
+from poc59.data.sources import DataError, discover_pairs
 from poc59.prepare import main as prepare_main
 
 
@@ -133,7 +133,7 @@ def test_the_padding_of_policy_pad_is_not_taken_for_a_0_255_export(tmp_path):
 
 def test_the_remap_is_part_of_the_cache_key_and_is_checked(tmp_path, caplog):
     root = _binary_0_255(tmp_path / "d")
-    samples = discover(root)
+    samples = discover_pairs(root)[0]
     plain = cache_key(samples, 16, "resize", None, 2, "error")
     assert plain == cache_key(samples, 16, "resize", None, 2, "error", {})  # caches without a remap keep their key
     assert cache_key(samples, 16, "resize", None, 2, "error", {255: 1}) != plain

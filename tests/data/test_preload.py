@@ -5,11 +5,11 @@ from PIL import Image
 
 from helpers import CRACKFOREST, make_folder, write_pair
 from poc59.data.preload import load_pair, preload
-from poc59.data.sources import DataError, discover
+from poc59.data.sources import DataError, discover_pairs
 
 
 def test_preload_real_jpegs_into_uint8_tensors():
-    samples = discover(CRACKFOREST)[:6]
+    samples = discover_pairs(CRACKFOREST)[0][:6]
     data = preload(samples, 64, num_classes=2)
     assert data.images.dtype == torch.uint8 and data.images.shape == (6, 3, 64, 64)
     assert data.masks.dtype == torch.uint8 and data.masks.shape == (6, 64, 64)
@@ -25,7 +25,7 @@ def test_ignore_label_survives_resizing_and_is_never_remapped(tmp_path):
     mask[:, :16] = 255
     mask[10:20, 20:30] = 15
     write_pair(tmp_path, "a", np.full((32, 32, 3), 100, np.uint8), mask)
-    _, lab, hw = load_pair(discover(tmp_path)[0], 16, num_classes=16, ignore_index=255)
+    _, lab, hw = load_pair(discover_pairs(tmp_path)[0][0], 16, num_classes=16, ignore_index=255)
     assert hw == (16, 16)
     assert set(np.unique(lab).tolist()) == {0, 15, 255}
     assert (lab[:, :8] == 255).all()
@@ -36,14 +36,14 @@ def test_label_out_of_range_names_file_and_values(tmp_path):
     mask[0, 0], mask[1, 1] = 16, 200
     write_pair(tmp_path, "bad", np.zeros((16, 16, 3), np.uint8), mask)
     with pytest.raises(DataError) as err:
-        preload(discover(tmp_path), 8, num_classes=16)
+        preload(discover_pairs(tmp_path)[0], 8, num_classes=16)
     assert "bad.png" in str(err.value) and "[16, 200]" in str(err.value)
 
 
 def test_size_mismatch_names_both_files(tmp_path):
     write_pair(tmp_path, "m", np.zeros((16, 20, 3), np.uint8), np.zeros((16, 16)))
     with pytest.raises(DataError, match="size mismatch") as err:
-        preload(discover(tmp_path), 8, num_classes=2)
+        preload(discover_pairs(tmp_path)[0], 8, num_classes=2)
     assert "images/m.png" in str(err.value) and "annotations/m.png" in str(err.value)
 
 
@@ -52,9 +52,9 @@ def test_truncated_file_is_an_error_naming_it(tmp_path):
     path = tmp_path / "images" / "img001.png"
     path.write_bytes(path.read_bytes()[:60])
     with pytest.raises(DataError, match="cannot read .*img001.png"):
-        preload(discover(tmp_path), 8, num_classes=4)
+        preload(discover_pairs(tmp_path)[0], 8, num_classes=4)
     # on_bad_file=skip: the pair is left out and listed, never silently
-    data = preload(discover(tmp_path), 8, num_classes=4, on_bad_file="skip")
+    data = preload(discover_pairs(tmp_path)[0], 8, num_classes=4, on_bad_file="skip")
     assert [s.id for s in data.samples] == ["img000"] and data.images.shape[0] == 1
     assert data.skipped[0]["id"] == "img001" and "img001.png" in data.skipped[0]["reason"]
 
@@ -63,11 +63,11 @@ def test_colour_mask_is_refused_and_palette_mask_read_as_indices(tmp_path):
     write_pair(tmp_path, "c", np.zeros((8, 8, 3), np.uint8), np.zeros((8, 8)))
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "annotations" / "c.png")
     with pytest.raises(DataError, match="not a single-channel label map"):
-        preload(discover(tmp_path), 8, num_classes=2)
+        preload(discover_pairs(tmp_path)[0], 8, num_classes=2)
     pal = Image.fromarray(np.array([[0, 1], [1, 0]], np.uint8).repeat(4, 0).repeat(4, 1), "P")
     pal.putpalette([0, 0, 0, 250, 10, 10] + [0] * 762)
     pal.save(tmp_path / "annotations" / "c.png")
-    data = preload(discover(tmp_path), 8, num_classes=2)
+    data = preload(discover_pairs(tmp_path)[0], 8, num_classes=2)
     assert set(data.masks.unique().tolist()) == {0, 1}
 
 
@@ -82,7 +82,7 @@ def test_image_modes_become_rgb(tmp_path, mode):
     Image.fromarray(arr).save(tmp_path / "images" / "x.png")  # uint16 is written as a 16-bit PNG
     (tmp_path / "annotations").mkdir()
     Image.fromarray(np.zeros((8, 8), np.uint8), "L").save(tmp_path / "annotations" / "x.png")
-    data = preload(discover(tmp_path), 8, num_classes=2)
+    data = preload(discover_pairs(tmp_path)[0], 8, num_classes=2)
     assert data.images.shape == (1, 3, 8, 8)
     assert data.images.float().std() == 0 and data.images.max() > 0
 
@@ -92,7 +92,7 @@ def test_skip_keeps_tensors_aligned_with_samples(tmp_path):
     bad = np.zeros((16, 16), np.uint8)
     bad[0, 0] = 99
     write_pair(tmp_path, "img002", np.full((16, 16, 3), 5, np.uint8), bad)  # label out of range
-    samples = discover(tmp_path)
+    samples = discover_pairs(tmp_path)[0]
     full = {s.id: preload([s], 16, num_classes=4).images[0] for s in samples if s.id != "img002"}
     data = preload(samples, 16, num_classes=4, on_bad_file="skip")
     assert [s.id for s in data.samples] == ["img000", "img001", "img003", "img004"]
@@ -103,7 +103,7 @@ def test_skip_keeps_tensors_aligned_with_samples(tmp_path):
 
 def test_pad_keeps_aspect_and_pads_with_ignore(tmp_path):
     write_pair(tmp_path, "wide", np.full((20, 40, 3), 200, np.uint8), np.ones((20, 40)))
-    data = preload(discover(tmp_path), 16, num_classes=2, policy="pad")
+    data = preload(discover_pairs(tmp_path)[0], 16, num_classes=2, policy="pad")
     assert data.sizes[0].tolist() == [8, 16]
     assert (data.masks[0, :8] == 1).all() and (data.masks[0, 8:] == 255).all()
     assert (data.images[0, :, :8] == 200).all() and (data.images[0, :, 8:] == 0).all()
@@ -112,34 +112,34 @@ def test_pad_keeps_aspect_and_pads_with_ignore(tmp_path):
 def test_crop_keeps_native_scale_capped_at_max_side(tmp_path):
     write_pair(tmp_path, "big", np.full((30, 50, 3), 9, np.uint8), np.ones((30, 50)))
     write_pair(tmp_path, "small", np.full((10, 12, 3), 9, np.uint8), np.ones((10, 12)))
-    data = preload(discover(tmp_path), 16, num_classes=2, policy="crop", max_side=40)
+    data = preload(discover_pairs(tmp_path)[0], 16, num_classes=2, policy="crop", max_side=40)
     assert data.ragged and data.sizes.tolist() == [[24, 40], [10, 12]]  # capped, never enlarged
     assert data.nbytes == 4 * (24 * 40 + 10 * 12)  # the content's bytes: no canvas
     assert data.mask(1).shape == (10, 12) and (data.mask(1) == 1).all()
     with pytest.raises(ValueError, match="max_side"):
-        preload(discover(tmp_path), 16, num_classes=2, policy="crop")
+        preload(discover_pairs(tmp_path)[0], 16, num_classes=2, policy="crop")
 
 
 def test_cache_is_reused_invalidated_by_a_changed_file_and_rebuilt_when_damaged(tmp_path, caplog):
     root = make_folder(tmp_path / "d", n=4, copies=1, size=(24, 24))
     cache = tmp_path / "cache"
-    cold = preload(discover(root), 16, num_classes=4, cache_dir=cache)
+    cold = preload(discover_pairs(root)[0], 16, num_classes=4, cache_dir=cache)
     assert cold.source == "decoded" and len(list(cache.glob("preload-*"))) == 1
-    warm = preload(discover(root), 16, num_classes=4, cache_dir=cache)
+    warm = preload(discover_pairs(root)[0], 16, num_classes=4, cache_dir=cache)
     assert warm.source == "cache"
     assert torch.equal(warm.images, cold.images) and torch.equal(warm.masks, cold.masks)
     assert [s.id for s in warm.samples] == [s.id for s in cold.samples]
     # a changed file: new key, decoded again, and the new pixels are used
     write_pair(root, "img001", np.full((24, 24, 3), 77, np.uint8), np.zeros((24, 24)))
-    changed = preload(discover(root), 16, num_classes=4, cache_dir=cache)
+    changed = preload(discover_pairs(root)[0], 16, num_classes=4, cache_dir=cache)
     assert changed.source == "decoded" and (changed.images[2] == 77).all()
     # a damaged cache (truncated tensor file) is detected and rebuilt
     folder = next(p for p in cache.glob("preload-*") if p.name.endswith(changed.key))
     (folder / "images.u8").write_bytes((folder / "images.u8").read_bytes()[:100])
-    rebuilt = preload(discover(root), 16, num_classes=4, cache_dir=cache)
+    rebuilt = preload(discover_pairs(root)[0], 16, num_classes=4, cache_dir=cache)
     assert rebuilt.source == "decoded" and torch.equal(rebuilt.images, changed.images)
     assert "damaged" in caplog.text
-    assert preload(discover(root), 16, num_classes=4, cache_dir=cache).source == "cache"
+    assert preload(discover_pairs(root)[0], 16, num_classes=4, cache_dir=cache).source == "cache"
     assert not list(cache.glob(".*tmp*"))  # no temporary folders left behind
 
 
@@ -149,7 +149,7 @@ def test_too_little_ram_stops_before_allocating(tmp_path, monkeypatch):
     make_folder(tmp_path, n=2, copies=0, size=(16, 16))
     monkeypatch.setattr(psutil, "virtual_memory", lambda: type("vm", (), {"available": 1000})())
     with pytest.raises(DataError, match="data.image_size"):
-        preload(discover(tmp_path), 16, num_classes=4)
+        preload(discover_pairs(tmp_path)[0], 16, num_classes=4)
 
 
 @pytest.mark.slow
@@ -161,9 +161,9 @@ def test_two_runs_building_the_same_cache_at_once_both_succeed(tmp_path):
     cache = tmp_path / "cache"
     code = (
         "import sys, torch\n"
-        "from poc59.data.sources import discover\n"
+        "from poc59.data.sources import discover_pairs\n"
         "from poc59.data.preload import preload\n"
-        f"d = preload(discover({str(root)!r}), 32, num_classes=4, cache_dir={str(cache)!r})\n"
+        f"d = preload(discover_pairs({str(root)!r})[0], 32, num_classes=4, cache_dir={str(cache)!r})\n"
         "torch.save((d.images, d.masks), sys.argv[1])\n"
     )
     procs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path / f"out{i}.pt")]) for i in range(2)]
@@ -171,7 +171,7 @@ def test_two_runs_building_the_same_cache_at_once_both_succeed(tmp_path):
     (a_img, a_mask), (b_img, b_mask) = (torch.load(tmp_path / f"out{i}.pt") for i in range(2))
     assert torch.equal(a_img, b_img) and torch.equal(a_mask, b_mask)
     assert len(list(cache.glob("preload-*"))) == 1 and not list(cache.glob(".*tmp*"))
-    warm = preload(discover(root), 32, num_classes=4, cache_dir=cache)
+    warm = preload(discover_pairs(root)[0], 32, num_classes=4, cache_dir=cache)
     assert warm.source == "cache" and torch.equal(warm.images, a_img)
 
 
@@ -180,17 +180,17 @@ def test_a_few_overwritten_bytes_anywhere_in_the_cache_are_noticed_and_the_cache
     byte is now checked against the hash written with the cache."""
     root = make_folder(tmp_path / "d", n=40, copies=1, size=(256, 256))
     cache = tmp_path / "cache"
-    cold = preload(discover(root), 256, num_classes=4, cache_dir=cache)
+    cold = preload(discover_pairs(root)[0], 256, num_classes=4, cache_dir=cache)
     masks = next(cache.glob("preload-*")) / "masks.u8"
     size = masks.stat().st_size
     assert size > 32 * 65536  # larger than the 32 sampled 64 KiB blocks of the earlier check
     with masks.open("r+b") as f:  # just past the 5th sampled block: a spot the earlier check never read
         f.seek(size * 5 // 32 + 65536 + 4096)
         f.write(bytes([3]) * 4096)
-    rebuilt = preload(discover(root), 256, num_classes=4, cache_dir=cache)
+    rebuilt = preload(discover_pairs(root)[0], 256, num_classes=4, cache_dir=cache)
     assert rebuilt.source == "decoded" and torch.equal(rebuilt.masks, cold.masks)
     assert "damaged (masks.u8 differs from its hash); rebuilding it" in caplog.text
-    warm = preload(discover(root), 256, num_classes=4, cache_dir=cache)
+    warm = preload(discover_pairs(root)[0], 256, num_classes=4, cache_dir=cache)
     assert warm.source == "cache" and torch.equal(warm.masks, cold.masks)
 
 
@@ -207,9 +207,9 @@ def test_a_preload_killed_while_writing_leaves_nothing_for_long(tmp_path, caplog
     root = make_folder(tmp_path / "d", n=60, copies=1, size=(256, 256))
     cache = tmp_path / "cache"
     code = (
-        "from poc59.data.sources import discover\n"
+        "from poc59.data.sources import discover_pairs\n"
         "from poc59.data.preload import preload\n"
-        f"preload(discover({str(root)!r}), 256, num_classes=4, cache_dir={str(cache)!r}, workers=1)\n"
+        f"preload(discover_pairs({str(root)!r})[0], 256, num_classes=4, cache_dir={str(cache)!r}, workers=1)\n"
     )
     writer = subprocess.Popen([sys.executable, "-c", code])
     deadline = time.monotonic() + 120
@@ -226,7 +226,7 @@ def test_a_preload_killed_while_writing_leaves_nothing_for_long(tmp_path, caplog
     abandoned.mkdir()
     os.utime(abandoned, (time.time() - 7200, time.time() - 7200))
     caplog.set_level(logging.INFO, logger="poc59.data.cache")
-    data = preload(discover(root), 256, num_classes=4, cache_dir=cache)
+    data = preload(discover_pairs(root)[0], 256, num_classes=4, cache_dir=cache)
     assert data.source == "decoded"
     assert not leftover.exists() and not abandoned.exists() and live.exists() and elsewhere.exists()
     assert f"Removed {leftover}" in caplog.text and "killed while writing" in caplog.text
@@ -236,10 +236,10 @@ def test_skipped_pairs_are_named_on_every_start_not_only_the_one_that_decoded(tm
     root = make_folder(tmp_path / "d", n=4, copies=0, size=(16, 16))
     (root / "images" / "img002.png").write_bytes(b"not a png")
     cache = tmp_path / "cache"
-    cold = preload(discover(root), 16, num_classes=4, on_bad_file="skip", cache_dir=cache)
+    cold = preload(discover_pairs(root)[0], 16, num_classes=4, on_bad_file="skip", cache_dir=cache)
     assert [s["id"] for s in cold.skipped] == ["img002"]
     caplog.clear()
-    warm = preload(discover(root), 16, num_classes=4, on_bad_file="skip", cache_dir=cache)
+    warm = preload(discover_pairs(root)[0], 16, num_classes=4, on_bad_file="skip", cache_dir=cache)
     assert warm.source == "cache" and [s["id"] for s in warm.skipped] == ["img002"]
     assert "Skipped img002 (when the cache was built)" in caplog.text
 
@@ -251,9 +251,9 @@ def test_the_cache_is_not_reused_for_another_geometry_or_class_count(tmp_path, c
     root = make_folder(tmp_path / "d", n=3, copies=0, size=(32, 32))
     cache = tmp_path / "cache"
     base = {"size": 16, "policy": "resize", "num_classes": 4, "on_bad_file": "error"}
-    assert preload(discover(root), cache_dir=cache, **base).source == "decoded"
-    assert preload(discover(root), cache_dir=cache, **base).source == "cache"
-    other = preload(discover(root), cache_dir=cache, **{**base, **change})
+    assert preload(discover_pairs(root)[0], cache_dir=cache, **base).source == "decoded"
+    assert preload(discover_pairs(root)[0], cache_dir=cache, **base).source == "cache"
+    other = preload(discover_pairs(root)[0], cache_dir=cache, **{**base, **change})
     assert other.source == "decoded" and len(list(cache.glob("preload-*"))) == 2
 
 
@@ -266,7 +266,7 @@ def test_the_ram_estimate_counts_one_full_size_decode_per_thread(tmp_path, monke
 
     make_folder(tmp_path, n=3, copies=0)
     write_pair(tmp_path, "scan", np.full((2000, 2000, 3), 90, np.uint8), np.zeros((2000, 2000), np.uint8))
-    samples = discover(tmp_path)
+    samples = discover_pairs(tmp_path)[0]
     per_thread = 8 * 2000 * 2000  # 32 MB
     room = SimpleNamespace(available=int((2.5 * per_thread) / 0.9))  # two decodes fit, four do not
     monkeypatch.setattr(psutil, "virtual_memory", lambda: room)
@@ -285,7 +285,7 @@ def test_ragged_storage_round_trips_every_image_cold_and_warm(tmp_path):
     shapes = [(17, 90), (64, 23), (40, 40), (5, 7), (81, 55), (33, 120)]
     for k, (h, w) in enumerate(shapes):
         write_pair(tmp_path / "d", f"p{k}", rng.integers(0, 256, (h, w, 3), dtype=np.uint8), rng.integers(0, 3, (h, w)))
-    samples = discover(tmp_path / "d")
+    samples = discover_pairs(tmp_path / "d")[0]
     cold = preload(samples, 32, num_classes=3, policy="crop", max_side=100, cache_dir=tmp_path / "c")
     warm = preload(samples, 32, num_classes=3, policy="crop", max_side=100, cache_dir=tmp_path / "c")
     assert cold.source == "decoded" and warm.source == "cache" and warm.ragged
@@ -312,7 +312,7 @@ def test_ragged_storage_compacts_over_a_pair_skipped_while_decoding(tmp_path):
         write_pair(tmp_path, f"p{k}", rng.integers(0, 256, (h, w, 3), dtype=np.uint8), rng.integers(0, 2, (h, w)))
     bad = tmp_path / "images" / "p1.png"
     bad.write_bytes(bad.read_bytes()[:200])  # a valid header, the pixels cut short: found only while decoding
-    data = preload(discover(tmp_path), 16, num_classes=2, policy="crop", max_side=64, on_bad_file="skip")
+    data = preload(discover_pairs(tmp_path)[0], 16, num_classes=2, policy="crop", max_side=64, on_bad_file="skip")
     assert [s.id for s in data.samples] == ["p0", "p2", "p3"] and [s["id"] for s in data.skipped] == ["p1"]
     assert data.nbytes == 4 * (20 * 30 + 9 * 60 + 31 * 31)
     for i, s in enumerate(data.samples):

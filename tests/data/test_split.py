@@ -6,17 +6,17 @@ import numpy as np
 import pytest
 
 from helpers import make_folder
-from poc59.data.sources import DataError, Sample, discover
-from poc59.data.split import Split, describe_split, from_dict, grouped_split, load_split
+from poc59.data.sources import DataError, Sample, discover_pairs
+from poc59.data.split import Split, from_dict, grouped_split, load_split
 
 
 @pytest.fixture(scope="module")
 def samples(tmp_path_factory):
-    return discover(make_folder(tmp_path_factory.mktemp("split"), n=20, copies=3, size=(16, 16)))
+    return discover_pairs(make_folder(tmp_path_factory.mktemp("split"), n=20, copies=3, size=(16, 16)))[0]
 
 
 def synth(n_groups: int, copies: int = 2, materials: list[str] | None = None) -> list[Sample]:
-    """Samples as discover() would list them (sorted by id); the split never opens the files."""
+    """Samples as discover_pairs()[0] would list them (sorted by id); the split never opens the files."""
     out = []
     for g in range(n_groups):
         gid = f"g{g:03d}"
@@ -287,40 +287,11 @@ def test_split_file_missing_or_not_json(tmp_path):
         load_split(tmp_path / "bad.json", samples)
 
 
-# -- describe_split ------------------------------------------------------------------------------
-
-
-def test_describe_split_matches_a_hand_count():
-    samples = synth(4, copies=1, materials=["paper", "paper", "film", None])
-    # ids: g000 g000_aug1 g001 g001_aug1 g002 g002_aug1 g003 g003_aug1  (indices 0..7)
-    split = Split(train=(0, 1, 2, 3), val=(4,), test=(6,))
-    presence = np.zeros((8, 3), bool)
-    presence[:, 0] = True
-    presence[[0, 1, 4], 1] = True
-    presence[[3, 6], 2] = True
-    d = describe_split(split, samples, presence, names=["clean", "peel", "dust"])
-    assert d["images"] == {"train": 4, "val": 1, "test": 1}
-    assert d["groups"] == {"train": 2, "val": 1, "test": 1}
-    assert d["materials"] == {
-        "(none)": {"train": 0, "val": 0, "test": 1},
-        "film": {"train": 0, "val": 1, "test": 0},
-        "paper": {"train": 4, "val": 0, "test": 0},
-    }
-    assert d["classes"] == {
-        "clean": {"train": 4, "val": 1, "test": 1},
-        "peel": {"train": 2, "val": 1, "test": 0},
-        "dust": {"train": 1, "val": 0, "test": 1},
-    }
-    plain = describe_split(Split((0, 2), (4,)), synth(4, copies=1), presence)
-    assert plain["materials"] == {} and plain["classes"]["1"] == {"train": 1, "val": 1, "test": 0}
-    json.dumps(d)  # goes into the prepare report as is
-
-
 def test_a_few_class_set_is_stratified_by_the_rarest_class_each_image_holds(tmp_path):
     """No class under the 5 % rarity threshold (a defect set: background everywhere, a defect in 6 of 20
     images): the split still keys each image by the rarest class it holds, so validation gets the
     defect's share (0.2 x 6 ~ 1) whatever the seed; a plain permutation does not."""
-    samples = discover(make_folder(tmp_path, n=20, copies=0, size=(16, 16)))
+    samples = discover_pairs(make_folder(tmp_path, n=20, copies=0, size=(16, 16)))[0]
     presence = np.zeros((20, 2), bool)
     presence[:, 0] = True
     defect = [2, 5, 7, 11, 13, 17]

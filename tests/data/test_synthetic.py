@@ -17,7 +17,7 @@ from PIL import Image
 from poc59.core import publish
 from poc59.core.classes import ARTEFACT, IGNORE_INDEX
 from poc59.data import synthetic
-from poc59.data.sources import discover
+from poc59.data.sources import discover_pairs
 from poc59.data.synthetic import (
     GENERATOR_VERSION,
     MARKER,
@@ -98,7 +98,7 @@ def test_layout_metadata_and_masks(small_set):
         saw_ignore |= bool((lab == IGNORE_INDEX).any())
     assert saw_ignore
     # the data layer reads it as 4 groups of 4, with materials from metadata.csv
-    samples = discover(small_set)
+    samples = discover_pairs(small_set)[0]
     assert len(samples) == 16 and len({s.group for s in samples}) == 4
     assert all(s.material in synthetic.MATERIALS for s in samples)
 

@@ -239,9 +239,6 @@ class BatchAugment:
         return plan
 
 
-FlipRotate = BatchAugment  # the earlier name; same defaults, and the same draws while scale and colour are off
-
-
 class _Plan:
     """One batch's decisions, drawn on the CPU; `to(device)` moves what the device needs in one copy."""
 

@@ -88,7 +88,7 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 def safe_id(raw: Any) -> str:
     """`raw` as a file stem: ASCII letters, digits, '-', '_', '.' kept, others -> '_'.
 
-    A leading '.' becomes '_' (hidden files are skipped by `discover`).
+    A leading '.' becomes '_' (hidden files are skipped by `discover_pairs`).
     """
     text = "" if raw is None else str(raw).strip()
     safe = _UNSAFE.sub("_", text)
