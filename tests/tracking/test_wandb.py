@@ -13,7 +13,6 @@ from poc59.training.run import train
 from wandb_offline import offline_runs, read_run
 
 
-@pytest.mark.slow  # three trainings (one a resume) and an evaluation through wandb: about 60 s on 2 cores
 def test_an_offline_run_holds_what_mlflow_gets_and_a_resume_keeps_its_id(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("WANDB_MODE", raising=False)
