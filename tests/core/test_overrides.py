@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from poc59.core.config import SettingError
-from poc59.core.overrides import check_overrides, compose_train, config_keys, help_text
+from poc59.core.overrides import check_overrides, compose_keys_without, compose_train, config_keys, help_text
 
 
 @pytest.mark.parametrize(
@@ -94,3 +94,14 @@ def test_train_and_prepare_answer_help_and_refuse_an_unknown_key_with_exit_2(com
     assert refused.returncode == 2
     said = " ".join(refused.stderr.split())  # Rich wraps log lines at the terminal's width
     assert "did you mean data.image_size?" in said and "Traceback" not in said
+
+
+def test_an_empty_mapping_is_one_key_with_an_empty_default():
+    """`encoder.kwargs: {}` is a key of its own for --help, for the typed check and for the closest-key advice
+    (a flattening that dropped empty mappings would call `encoder.kwargs=...` unknown)."""
+    cfg = compose_train([], hydra=True)
+    defaults = {key: default for key, default, _meaning in config_keys(cfg)}
+    assert defaults["encoder.kwargs"] == {} and defaults["model.compile_options"] == {}
+    assert "encoder.kwargs" in compose_keys_without(["data.root=x"], "data.root")
+    check_overrides(["encoder.kwargs={}", "model.compile_options={}"])
+    assert "  encoder.kwargs={}" in help_text([], "python -m poc59.train", "Train one model.")

@@ -28,7 +28,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from poc59.core.cli import HELP as _HELP_WORDS
 from poc59.core.cli import VERBOSE_HELP, HelpRequested, key_table
-from poc59.core.config import SettingError, config_dir, config_groups, register_resolvers
+from poc59.core.config import SettingError, config_dir, config_groups, flatten, register_resolvers
 
 HELP = ("-h", "--help")
 UNSWEPT = ("trainer.devices", "trainer.num_nodes", "trainer.accelerator")  # the launcher's one request per sweep
@@ -115,7 +115,7 @@ def check_keys(parsed: Sequence[Any], base: DictConfig) -> None:
     keys = [o for o in parsed if not o.is_add() and not o.is_delete() and not o.key_or_group.startswith("hydra")]
     if not keys:
         return
-    defaults = dict(_flat(OmegaConf.to_container(base, resolve=False)))
+    defaults = flatten(OmegaConf.to_container(base, resolve=False))
     parser = OverridesParser.create()
     for o in keys:
         key = o.key_or_group
@@ -208,7 +208,9 @@ def config_keys(cfg: DictConfig, choices: dict[str, Any] | None = None) -> list[
                 meanings.setdefault(key, text)
     container = OmegaConf.to_container(cfg, resolve=False)
     container.pop("hydra", None)
-    return [(key, value, meanings.get(key) or _argument_of(container, key)) for key, value in _flat(container)]
+    return [
+        (key, value, meanings.get(key) or _argument_of(container, key)) for key, value in flatten(container).items()
+    ]
 
 
 def _argument_of(container: dict, key: str) -> str:
@@ -294,7 +296,7 @@ def compose_keys_without(overrides: Sequence[str], key: str) -> list[str]:
         cfg = _compose(rest, hydra=True)
     except (HydraException, OmegaConfBaseException):
         cfg = _compose([], hydra=True)
-    return [k for k, _ in _flat(OmegaConf.to_container(cfg, resolve=False))]
+    return list(flatten(OmegaConf.to_container(cfg, resolve=False)))
 
 
 def _yaml_comments(path: Path, prefix: str) -> dict[str, str]:
@@ -315,15 +317,6 @@ def _yaml_comments(path: Path, prefix: str) -> dict[str, str]:
             comments[dotted] = comment.group(1).strip()
         stack.append((indent, key))
     return comments
-
-
-def _flat(node: Any, prefix: str = "") -> list[tuple[str, Any]]:
-    if isinstance(node, dict) and node:
-        out: list[tuple[str, Any]] = []
-        for k, v in node.items():
-            out += _flat(v, f"{prefix}{k}.")
-        return out
-    return [(prefix[:-1], node)]
 
 
 def _show(value: Any) -> str:
