@@ -47,7 +47,7 @@ def _hydra_main(cfg: DictConfig) -> float | None:
         raise
     if first_process():
         print(cfg.paths.run_dir, flush=True)  # stdout holds the one result a script reads: the run folder
-    return summary["val/mIoU"]  # the value a Hydra sweeper optimises
+    return summary[summary["monitor"]]  # the value a Hydra sweeper optimises: the metric that picks the best epoch
 
 
 def asks_every_fold(cfg: DictConfig | None) -> bool:
