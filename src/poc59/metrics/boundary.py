@@ -15,6 +15,7 @@ and the mean over the non-absent classes is mBoundaryIoU, as mIoU is of IoU.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -24,7 +25,7 @@ from poc59.core.classes import IGNORE_INDEX
 from poc59.metrics.confusion import mean_over_present, ratio
 from poc59.metrics.registry import metric, statistic
 
-__all__ = ["DILATION_RATIO", "band", "boundary_counts", "boundary_iou", "dilation", "mean_boundary_iou"]
+__all__ = ["DILATION_RATIO", "boundary_counts", "boundary_iou", "dilation", "edges", "mean_boundary_iou"]
 
 DILATION_RATIO = 0.02  # d as a fraction of the image diagonal (the paper's default)
 
@@ -34,14 +35,27 @@ def dilation(height: int, width: int, ratio_of_diagonal: float = DILATION_RATIO)
     return max(1, int(round(ratio_of_diagonal * math.hypot(height, width))))
 
 
-def band(masks: Tensor, d: int) -> Tensor:
-    """bool [N, H, W]: the pixels of `masks` (bool [N, H, W]) within chessboard distance `d` of a pixel
-    outside them (the image's outside included): the mask minus its erosion by a (2d + 1)-square, as two
-    1-D max-pools of the complement padded with "outside"."""
-    outside = (~masks).to(torch.float32).unsqueeze(1)
-    outside = F.pad(outside, (d, d, d, d), value=1.0)
-    near = F.max_pool2d(F.max_pool2d(outside, (2 * d + 1, 1), stride=1), (1, 2 * d + 1), stride=1)
-    return masks & (near.squeeze(1) > 0)
+def _window(x: Tensor, k: int, dim: int, op: Callable[[Tensor, Tensor], Tensor]) -> Tensor:
+    """`op` (torch.maximum or torch.minimum) over every run of `k` consecutive entries along `dim` (length
+    L - k + 1), by doubling: after i steps each entry covers 2^i entries, one more step with an offset covers
+    k. log2(k) element-wise operations, whatever d, on any integer dtype and device."""
+    n, span = x.shape[dim], 1
+    while 2 * span <= k:
+        m = x.shape[dim] - span
+        x = op(x.narrow(dim, 0, m), x.narrow(dim, span, m))
+        span *= 2
+    return x if span == k else op(x.narrow(dim, 0, n - k + 1), x.narrow(dim, k - span, n - k + 1))
+
+
+def edges(labels: Tensor, d: int) -> Tensor:
+    """bool [N, H, W]: the pixels of the label maps `labels` ([N, H, W]) whose (2d + 1)-square holds another
+    label or the image's outside. For class c these are exactly the pixels of c within chessboard distance d
+    of a pixel outside c: the band of every class at once, from one window maximum and one minimum."""
+    x = F.pad(labels.to(torch.int16), (d, d, d, d), value=-1)  # -1: the outside, no label
+    k = 2 * d + 1
+    high = _window(_window(x, k, -2, torch.maximum), k, -1, torch.maximum)
+    low = _window(_window(x, k, -2, torch.minimum), k, -1, torch.minimum)
+    return high != low
 
 
 @statistic("boundary", lambda c: (2, c), "per class: boundary-band intersection and union pixels (Boundary IoU)")
@@ -49,16 +63,24 @@ def boundary_counts(
     preds: Tensor, target: Tensor, num_classes: int, ignore_index: int = IGNORE_INDEX, *, per_image: bool = False
 ) -> Tensor:
     """int64 ``[B, 2, C]`` (``[2, C]`` summed without `per_image`): per image and class, the boundary bands'
-    intersection and union pixels (see the module doc), on the inputs' device, no host sync."""
+    intersection and union pixels (see the module doc), on the inputs' device, no host sync. A pixel is in
+    both bands of class c when target and prediction are c there and each is in its map's band."""
     if target.ndim == 2:  # a batch of rows: one-pixel-high images
         preds, target = preds.unsqueeze(1), target.unsqueeze(1)
     d = dilation(target.shape[-2], target.shape[-1])
     valid = target != ignore_index
-    counts = []
-    for c in range(num_classes):  # one class at a time: memory of two masks, whatever the number of classes
-        g, p = band(target == c, d), band(preds == c, d)
-        counts.append(torch.stack([(g & p & valid).sum((-2, -1)), ((g | p) & valid).sum((-2, -1))], dim=-1))  # [B, 2]
-    out = torch.stack(counts, dim=-1).to(torch.int64)  # [B, 2, C]
+    g = edges(target, d) & valid & (target < num_classes)
+    p = edges(preds, d) & valid & (preds < num_classes)
+    b = target.shape[0]
+    first = torch.arange(b, device=target.device).view(b, 1, 1) * num_classes  # image i's counts at i * C + c
+
+    def per_class(where: Tensor, labels: Tensor) -> Tensor:
+        index = (first + labels.long().clamp(0, num_classes - 1))[where]
+        return torch.bincount(index, minlength=b * num_classes).view(b, num_classes)
+
+    inter = per_class(g & p & (preds == target), target)
+    union = per_class(g, target) + per_class(p, preds) - inter
+    out = torch.stack([inter, union], dim=1).to(torch.int64)  # [B, 2, C]
     return out if per_image else out.sum(0)
 
 
