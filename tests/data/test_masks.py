@@ -14,9 +14,9 @@ from PIL import Image
 import poc59.data.preload as preload_module
 from helpers import make_folder, write_pair
 from poc59.core.config import SettingError
+from poc59.data.cache import cache_key
 from poc59.data.datamodule import SegmentationDataModule
 from poc59.data.masks import IGNORE_SHARE, check_mask_remap, lossy_format, single_class_problem
-from poc59.data.preload import cache_key
 from poc59.data.sources import DataError, discover_pairs
 from poc59.prepare import main as prepare_main
 

@@ -1,10 +1,14 @@
+import ast
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
 from helpers import CRACKFOREST, make_folder, write_pair
-from poc59.data.preload import load_pair, preload
+from poc59.data.decoding import load_pair
+from poc59.data.preload import preload
 from poc59.data.sources import DataError, discover_pairs
 
 
@@ -322,11 +326,48 @@ def test_ragged_storage_compacts_over_a_pair_skipped_while_decoding(tmp_path):
 
 
 def test_the_names_other_modules_import_from_preload_are_decodings_own():
-    """evaluation.passes, training.preflight, inference.image, inference.scans and tests/inference import these
-    from poc59.data.preload: the same objects as poc59.data.decoding's, so either path reads a pair alike."""
+    """The decoding names poc59.data.preload re-exports are poc59.data.decoding's own objects, so either path
+    reads a pair alike."""
     import poc59.data.decoding as decoding
     import poc59.data.preload as preload_module
 
-    names = ("POLICIES", "WIDE_MODES", "canvas_side", "content_size", "load_native", "load_pair", "resample_image")
-    for name in (*names, "wide_to_8bit"):
+    reexported = [name for name in preload_module.__all__ if hasattr(decoding, name)]
+    assert reexported
+    for name in reexported:
         assert getattr(preload_module, name) is getattr(decoding, name), name
+
+
+def _decoding_names_imported_from_preload() -> dict[str, list[str]]:
+    """{decoding name: the files under src/, tests/ and bench/ that import it from poc59.data.preload}."""
+    import poc59.data.decoding as decoding
+
+    repo = Path(__file__).resolve().parents[2]
+    found: dict[str, list[str]] = {}
+    for top in ("src", "tests", "bench"):
+        for path in sorted((repo / top).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text(), str(path))):
+                if isinstance(node, ast.ImportFrom) and node.module == "poc59.data.preload":
+                    for alias in node.names:
+                        if hasattr(decoding, alias.name):
+                            found.setdefault(alias.name, []).append(str(path.relative_to(repo)))
+    return found
+
+
+def test_preload_re_exports_exactly_the_decoding_names_still_imported_from_it():
+    """The re-export list is a record of who still imports a decoding name from preload: a name nobody imports
+    from it any more leaves the list (and preload's import of it), and a name imported from it is listed."""
+    import poc59.data.decoding as decoding
+    import poc59.data.preload as preload_module
+
+    imported = _decoding_names_imported_from_preload()
+    reexported = {name for name in preload_module.__all__ if hasattr(decoding, name)}
+    unused = sorted(reexported - set(imported))
+    assert not unused, (
+        f"poc59.data.preload re-exports {unused}, which no module imports from it any more: drop them from its "
+        "__all__ and from its import of poc59.data.decoding"
+    )
+    unlisted = {name: files for name, files in imported.items() if name not in reexported}
+    assert not unlisted, (
+        f"imported from poc59.data.preload but not in its __all__: {unlisted}; import them from "
+        "poc59.data.decoding instead"
+    )

@@ -47,8 +47,6 @@ from PIL import Image
 from poc59.core.progress import Steps
 from poc59.data.cache import CacheWriter, build, cache_key, load_cache, remove_dead_writers
 from poc59.data.decoding import (
-    POLICIES,
-    WIDE_MODES,
     canvas_side,
     check_memory,
     content_size,
@@ -56,31 +54,16 @@ from poc59.data.decoding import (
     load_native,
     load_pair,
     read_ahead,
-    resample_image,
     scan,
-    wide_to_8bit,
 )
 from poc59.data.masks import remap_lut
 from poc59.data.sources import DataError, Sample
 from poc59.data.storage import Preloaded
 
-# POLICIES, WIDE_MODES, load_native, load_pair, resample_image and wide_to_8bit belong to poc59.data.decoding;
-# they are named here too because evaluation.passes, training.preflight, inference.image, inference.scans and
-# tests/inference import them from this module.
-__all__ = [
-    "POLICIES",
-    "WIDE_MODES",
-    "Preloaded",
-    "canvas_side",
-    "content_size",
-    "decode",
-    "load_native",
-    "load_pair",
-    "mapped",
-    "preload",
-    "resample_image",
-    "wide_to_8bit",
-]
+# canvas_side, load_native and load_pair belong to poc59.data.decoding; they are named here too because
+# evaluation.passes, bench/preload_memory.py and tests/inference import them from this module (the names
+# still imported from here: tests/data/test_preload.py checks this list against them).
+__all__ = ["canvas_side", "decode", "load_native", "load_pair", "mapped", "preload"]
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 The scale follows the checkpoint (`TrainedModel.geometry`):
 - `resize` / `pad`: the image is brought to the training geometry exactly as the
-  data layer does (`poc59.data.preload.content_size` / `resample_image`, padded
+  data layer does (`poc59.data.decoding.content_size` / `resample_image`, padded
   top-left with 0 for `pad`), one forward pass, and the logits are upsampled
   bilinearly to the original size (then argmax; never nearest on labels).
 - `crop` (native scale): sliding-window inference over the full image with the

@@ -2,7 +2,7 @@
 
 Every file is brought to what the model was trained on: EXIF orientation
 applied, 16-bit grayscale scaled by its peak exactly as training does
-(`poc59.data.preload.wide_to_8bit`), alpha dropped, palette / grayscale / CMYK
+(`poc59.data.decoding.wide_to_8bit`), alpha dropped, palette / grayscale / CMYK
 expanded to RGB, and an embedded ICC profile converted to sRGB.
 
 Pillow's decompression-bomb limit (`PIL.Image.MAX_IMAGE_PIXELS`, about 89 MP)
