@@ -105,3 +105,16 @@ def test_an_empty_mapping_is_one_key_with_an_empty_default():
     assert "encoder.kwargs" in compose_keys_without(["data.root=x"], "data.root")
     check_overrides(["encoder.kwargs={}", "model.compile_options={}"])
     assert "  encoder.kwargs={}" in help_text([], "python -m poc59.train", "Train one model.")
+
+
+def test_a_new_key_in_an_existing_mapping_is_refused_with_the_plus_that_adds_it():
+    """`encoder.kwargs={img_size:256}`: the key exists, the value brings a key it lacks; the message is not
+    "unknown key 'encoder.kwargs'; did you mean encoder.kwargs?", and its advice, pasted, composes."""
+    with pytest.raises(SettingError) as err:
+        check_overrides(["encoder.kwargs={img_size:256}"])
+    said = str(err.value)
+    assert "did you mean encoder.kwargs?" not in said and "unknown key 'encoder.kwargs'" not in said
+    assert "encoder.kwargs.img_size" in said
+    advice = said.rsplit("add it with a leading +: ", 1)[1]
+    assert advice == "+encoder.kwargs={img_size:256}"
+    assert compose_train([advice]).encoder.kwargs.img_size == 256

@@ -259,7 +259,16 @@ def _explain(err: Exception, overrides: Sequence[str]) -> str:
         key = missing.group(1)
         full = re.search(r"full_key: (\S+)", text)
         key = full.group(1) if full and "." in full.group(1) else key
-        return _unknown_key(key, compose_keys_without(overrides, key))
+        known = compose_keys_without(overrides, key)
+        given = [o for o in overrides if o.partition("=")[0] == key]
+        if key in known and given:  # the key exists: the value brings keys a mapping does not have
+            cause = re.search(r"full_key: (\S+)", str(err.__cause__ or err.__context__ or ""))
+            new = f"key {cause.group(1)}" if cause else f"new keys under {key}"
+            return (
+                f"{given[0]}: the config has no {new} (an override sets only the keys a mapping has); "
+                f"add it with a leading +: +{given[0]}"
+            )
+        return _unknown_key(key, known)
     cause = err.__cause__ or err.__context__
     why = str(cause).strip().splitlines()[0] if cause is not None and str(cause).strip() else ""
     return (
