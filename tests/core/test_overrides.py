@@ -118,3 +118,13 @@ def test_a_new_key_in_an_existing_mapping_is_refused_with_the_plus_that_adds_it(
     advice = said.rsplit("add it with a leading +: ", 1)[1]
     assert advice == "+encoder.kwargs={img_size:256}"
     assert compose_train([advice]).encoder.kwargs.img_size == 256
+
+
+def test_a_forced_add_adds_a_missing_key_and_is_typed_where_the_key_exists():
+    """`++key=value` sets the key whether or not the config has it (Hydra's force-add): it is not refused as an
+    unknown key, and where the key exists its value still has the default's type."""
+    check_overrides(["++encoder.kwargs.img_size=256"])
+    assert compose_train(["++encoder.kwargs.img_size=256"]).encoder.kwargs.img_size == 256
+    check_overrides(["++trainer.max_epochs=3"])
+    with pytest.raises(SettingError, match="trainer.max_epochs takes an integer, not 'abc'"):
+        check_overrides(["++trainer.max_epochs=abc"])

@@ -109,8 +109,8 @@ def check_keys(parsed: Sequence[Any], base: DictConfig) -> None:
     """Of the overrides of keys (not groups), refuse (SettingError) a key `base` (the config of the chosen
     groups) does not have, with the closest one, and a value of another type than its key's default: a
     switch takes true or false, an integer key an integer, a number key a number (an integer too); a default
-    that is another key (`${encoder.batch_size}`) has that key's type. Keys the override adds (`+`) or
-    deletes (`~`), hydra.* keys (Hydra checks and types its own when the overrides compose), null,
+    that is another key (`${encoder.batch_size}`) has that key's type (`++` too, where the key exists). Keys
+    the override adds (`+`, or `++` where the config lacks the key) or deletes (`~`), hydra.* keys (Hydra checks and types its own when the overrides compose), null,
     interpolations (`${...}`) and the `LOOSE` keys are left to Hydra and the command's own checks."""
     keys = [o for o in parsed if not o.is_add() and not o.is_delete() and not o.key_or_group.startswith("hydra")]
     if not keys:
@@ -120,6 +120,8 @@ def check_keys(parsed: Sequence[Any], base: DictConfig) -> None:
     for o in keys:
         key = o.key_or_group
         if key not in defaults and not any(k.startswith(key + ".") for k in defaults):
+            if o.is_force_add():  # `++` adds the key the config lacks
+                continue
             raise SettingError(_unknown_key(key, list(defaults)))
         default = _followed(defaults, key)
         kind = type(default)
