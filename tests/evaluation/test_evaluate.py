@@ -486,7 +486,7 @@ def test_evaluate_all_over_a_sweep_submitted_to_slurm(run, tmp_path, private_cac
 
 def test_native_mode_scores_full_resolution_predictions(run, val_metrics):
     """mode=native: predict's own output at each image's stored size, against the full-resolution mask."""
-    from poc59.data.sources import discover
+    from poc59.data.sources import discover_pairs
     from poc59.inference.image import predict_label_map
 
     metrics = evaluate_run(run_dir=run, mode="native", pictures=False, **FAST)
@@ -496,7 +496,7 @@ def test_native_mode_scores_full_resolution_predictions(run, val_metrics):
     assert (run / "evaluation" / "val" / "metrics.json").exists()  # the training-resolution result is kept apart
 
     split = json.loads((run / "split.json").read_text())
-    samples = {s.id: s for s in discover(OmegaConf.load(run / "config.yaml").data.root)}
+    samples = {s.id: s for s in discover_pairs(OmegaConf.load(run / "config.yaml").data.root)[0]}
     masks = [np.asarray(Image.open(samples[i].mask)) for i in split["val"]]
     assert (masks[0].shape[0], masks[0].shape[1]) != (64, 64)  # really full resolution, not the 64 px canvas
     cm = np.asarray(metrics["confusion_matrix"])

@@ -10,8 +10,8 @@ from PIL import Image
 
 from helpers import write_pair
 from inference.standins import Constant, LocalConv, model
-from poc59.data.preload import load_pair
-from poc59.data.sources import discover
+from poc59.data.decoding import load_pair
+from poc59.data.sources import discover_pairs
 from poc59.inference.image import (
     ArrayImage,
     logit_bands,
@@ -45,7 +45,7 @@ class Recorder(LocalConv):
 def test_resize_and_pad_see_the_training_canvas_and_return_the_original_size(tmp_path, policy, shape):
     image = _rgb(*shape)
     write_pair(tmp_path, "a", image, np.zeros(shape, np.uint8))
-    canvas, _, (ch, cw) = load_pair(discover(tmp_path)[0], 32, 2, 255, policy)  # what training fed the model
+    canvas, _, (ch, cw) = load_pair(discover_pairs(tmp_path)[0][0], 32, 2, 255, policy)  # what training fed the model
     net = Recorder()
     m = model(net, policy, 32, classes=3)
     bands = list(logit_bands(m, ArrayImage(image), band_rows=16))

@@ -52,7 +52,6 @@ from poc59.data.decoding import (
     content_size,
     decode_pair,
     load_native,
-    load_pair,
     read_ahead,
     scan,
 )
@@ -60,10 +59,10 @@ from poc59.data.masks import remap_lut
 from poc59.data.sources import DataError, Sample
 from poc59.data.storage import Preloaded
 
-# canvas_side, load_native and load_pair belong to poc59.data.decoding; they are named here too because
-# evaluation.passes, bench/preload_memory.py and tests/inference import them from this module (the names
-# still imported from here: tests/data/test_preload.py checks this list against them).
-__all__ = ["canvas_side", "decode", "load_native", "load_pair", "mapped", "preload"]
+# canvas_side and load_native belong to poc59.data.decoding; they are named here too because
+# evaluation.passes and bench/preload_memory.py import them from this module (tests/data/test_preload.py
+# keeps this list equal to the decoding names still imported from here).
+__all__ = ["canvas_side", "decode", "load_native", "mapped", "preload"]
 
 log = logging.getLogger(__name__)
 

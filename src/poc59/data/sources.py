@@ -160,12 +160,6 @@ def check_root(root: str | Path) -> None:
             raise DataError(f"{root.resolve()} has no {sub.name}/ folder; expected ROOT/images and ROOT/annotations")
 
 
-def discover(root: str | Path, group_pattern: str = DEFAULT_GROUP_PATTERN) -> list[Sample]:
-    """All pairs under `root`, sorted by id. Raises DataError for a missing folder or an unpaired file."""
-    samples, _ = discover_pairs(root, group_pattern)
-    return samples
-
-
 def discover_pairs(
     root: str | Path, group_pattern: str = DEFAULT_GROUP_PATTERN, on_bad_file: str = "error"
 ) -> tuple[list[Sample], list[dict]]:
