@@ -27,7 +27,7 @@ import sys
 from pathlib import Path
 
 from bench import common
-from poc59.data.preload import canvas_side
+from poc59.data.decoding import canvas_side
 
 NAME = "preload_memory"
 BAR = 1.15  # x the raw uint8 bytes

@@ -51,7 +51,6 @@ from poc59.data.decoding import (
     check_memory,
     content_size,
     decode_pair,
-    load_native,
     read_ahead,
     scan,
 )
@@ -59,10 +58,7 @@ from poc59.data.masks import remap_lut
 from poc59.data.sources import DataError, Sample
 from poc59.data.storage import Preloaded
 
-# canvas_side and load_native belong to poc59.data.decoding; they are named here too because
-# evaluation.passes and bench/preload_memory.py import them from this module (tests/data/test_preload.py
-# keeps this list equal to the decoding names still imported from here).
-__all__ = ["canvas_side", "decode", "load_native", "mapped", "preload"]
+__all__ = ["decode", "mapped", "preload"]
 
 log = logging.getLogger(__name__)
 

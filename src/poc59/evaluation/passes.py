@@ -26,8 +26,8 @@ from poc59.artifacts.trained import TrainedModel
 from poc59.core.device import autocast, autocast_dtype, lightning_precision, synchronize
 from poc59.core.progress import Steps
 from poc59.data.datamodule import SegmentationDataModule
+from poc59.data.decoding import canvas_side, load_native
 from poc59.data.feed import BatchFeed
-from poc59.data.preload import canvas_side, load_native
 from poc59.inference import image as inference
 from poc59.metrics import registry
 from poc59.metrics.confusion import confusion_matrix
