@@ -325,18 +325,6 @@ def test_ragged_storage_compacts_over_a_pair_skipped_while_decoding(tmp_path):
         assert np.array_equal(data.mask(i).numpy(), mask[:h, :w])
 
 
-def test_the_names_other_modules_import_from_preload_are_decodings_own():
-    """The decoding names poc59.data.preload re-exports are poc59.data.decoding's own objects, so either path
-    reads a pair alike."""
-    import poc59.data.decoding as decoding
-    import poc59.data.preload as preload_module
-
-    reexported = [name for name in preload_module.__all__ if hasattr(decoding, name)]
-    assert reexported
-    for name in reexported:
-        assert getattr(preload_module, name) is getattr(decoding, name), name
-
-
 def _decoding_names_imported_from_preload() -> dict[str, list[str]]:
     """{decoding name: the files under src/, tests/ and bench/ that import it from poc59.data.preload}."""
     import poc59.data.decoding as decoding
