@@ -340,3 +340,33 @@ def test_a_failed_write_leaves_neither_this_comparison_nor_a_mix_with_the_earlie
         assert main([f"runs=[{sweep / '0'},{sweep / '2'}]", f"out={out}", "evaluate=false", "overwrite=true"]) == 2
     assert f"out={out}: cannot write there (no space left" in caplog.text and "Traceback" not in caplog.text
     assert sorted(p.name for p in out.iterdir()) == []
+
+
+def test_repeats_differ_only_in_seed_location_or_speed_and_length_counts():
+    """One table (poc59.training.keys) for compare and resume: threads, how the network runs, the progress bar
+    and where the cache or checkpoints are make no other configuration; the epochs and the loss do."""
+    from poc59.comparison.run import config_key
+
+    def config(**changes):
+        tree = {
+            "seed": 0,
+            "threads": "auto",
+            "model": {"compile": False},
+            "trainer": {"max_epochs": 5, "enable_progress_bar": True, "default_root_dir": "/runs/a"},
+            "data": {"cache_dir": "/cache/a/data", "image_size": 64},
+            "callbacks": {"last_checkpoint": {"dirpath": "/runs/a/checkpoints"}},
+            "loss": {"_target_": "poc59.model.losses.DiceFocalLoss"},
+        }
+        for key, value in changes.items():
+            node = tree
+            *parents, leaf = key.split("__")
+            for part in parents:
+                node = node[part]
+            node[leaf] = value
+        return config_key(tree, Path("/runs/a"))
+
+    same = config()
+    assert config(seed=1, threads=2, model__compile=True, trainer__enable_progress_bar=False) == same
+    assert config(data__cache_dir="/cache/b/data", callbacks__last_checkpoint__dirpath="/elsewhere/ckpt") == same
+    assert config(trainer__max_epochs=9) != same
+    assert config(loss___target_="torch.nn.CrossEntropyLoss") != same

@@ -358,3 +358,71 @@ def test_a_damaged_last_checkpoint_advises_the_best_checkpoint_the_run_records(t
     with pytest.raises(ResumeConfigError) as refused:
         check_intact(folder / "last.ckpt")
     assert f"ckpt_path={folder / 'best-v1.ckpt'} to continue" in str(refused.value)
+
+
+def _synthetic_config(cache: str, **data) -> dict:
+    """The resolved config keys that follow $POC59_CACHE, as a run's config.yaml holds them."""
+    return {
+        "paths": {"cache_dir": cache, "weights_dir": f"{cache}/weights"},
+        "data": {
+            "root": f"{cache}/synthetic/n6-aug3-seed0",
+            "cache_dir": f"{cache}/data",
+            "synthetic": {"n": 6, "aug_copies": 3, "seed": 0},
+            **data,
+        },
+        "trainer": {"default_root_dir": "/runs/r1"},
+        "callbacks": {"last_checkpoint": {"dirpath": "/runs/r1/checkpoints"}},
+    }
+
+
+def test_a_moved_cache_is_a_location_and_the_data_settings_still_count():
+    """The synthetic set and the preload cache follow $POC59_CACHE: another cache is the same data (split.json's
+    fingerprint guards them), and the keys that say which data are still compared."""
+    assert changed_keys(_synthetic_config("/cache/a"), _synthetic_config("/cache/b")) == {}
+    more = _synthetic_config("/cache/b")
+    more["data"]["synthetic"]["n"] = 7
+    assert changed_keys(_synthetic_config("/cache/a"), more) == {"data.synthetic.n": (6, 7)}
+    # a folder of the user's own is what is trained on: another one is another run
+    real = {"data": {"root": "/data/set-a", "synthetic": None}}
+    assert changed_keys(real, {"data": {"root": "/data/set-b", "synthetic": None}}) == {
+        "data.root": ("/data/set-a", "/data/set-b")
+    }
+
+
+def test_the_keys_resume_ignores_are_the_table_s_locations_lengths_and_speeds():
+    from poc59.training import keys
+
+    base = {"encoder": {"name": "tu-lcnet_050"}}
+    for key in ("data.cache_dir", "trainer.default_root_dir", "callbacks.mine.dirpath", "threads", "model.compile"):
+        assert keys.kind(key, {}) in (keys.LOCATION, keys.SPEED), key
+        assert changed_keys(base, {**base, **_nested(key, "x")}) == {}, key
+    for key in ("seed", "data.cv.fold", "optimizer.lr", "loss._target_", "data.image_size"):
+        assert keys.kind(key, {}) in (keys.IDENTITY, keys.REPEAT), key
+        assert key in changed_keys(base, {**base, **_nested(key, "x")}), key
+
+
+def _nested(key: str, value):
+    """{"a": {"b": {"c": value}}} for "a.b.c"."""
+    tree = value
+    for part in reversed(key.split(".")):
+        tree = {part: tree}
+    return tree
+
+
+@pytest.mark.slow
+def test_a_run_resumes_after_poc59_cache_moved(tmp_path, monkeypatch):
+    """POC59_CACHE changed between a run's start and its resume: the synthetic set is generated into the new
+    cache, it is the same data (split.json's fingerprint), and the run continues instead of being refused on
+    data.root and data.cache_dir."""
+    from helpers import make_cfg
+    from poc59.training.run import train
+
+    overrides = (*TINY_RUN, "trainer.limit_train_batches=1", "callbacks.val_overlays=null", "threads=1")
+    monkeypatch.setenv("POC59_CACHE", str(tmp_path / "cache-a"))
+    first = train(make_cfg(tmp_path, *overrides, "trainer.max_epochs=1"))
+    monkeypatch.setenv("POC59_CACHE", str(tmp_path / "cache-b"))
+    again = train(make_cfg(tmp_path, *overrides, "trainer.max_epochs=2"))
+    assert [h["epoch"] for h in again["history"]] == [0, 1]  # epoch 0 from the first attempt
+    assert (tmp_path / "cache-b" / "synthetic").is_dir()
+    data = first["provenance"]["data"]
+    assert again["provenance"]["data"]["split_fingerprint"] == data["split_fingerprint"]

@@ -1,9 +1,9 @@
 """Runs of a sweep (or a list of run folders) grouped into configurations and ranked: `compare(...)`.
 
-Runs that differ only in their seed are one configuration (n, mean, std, range); so are the folds of one
-cross-validation, ranked by their pooled out-of-fold score (poc59.comparison.cross_validation). Runs of
-different splits (or fold partitions) or class tables are never ranked together. `python -m poc59.compare`
-is its command.
+Runs that differ only in their seed, where they ran or how fast (`poc59.training.keys`) are one configuration
+(n, mean, std, range); so are the folds of one cross-validation, ranked by their pooled out-of-fold score
+(poc59.comparison.cross_validation). Runs of different splits (or fold partitions) or class tables are never
+ranked together. `python -m poc59.compare` is its command.
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ from poc59.evaluation.run import PER_IMAGE_FILE, EvaluateError, evaluate_run, sc
 from poc59.metrics import registry
 from poc59.tracking.search import SEARCH_RESULTS
 from poc59.tracking.tracked import add_to_tracked
+from poc59.training import keys
 from poc59.training.sweeps import Job, find_sweep, inspect_job, sweep_status
 
 log = logging.getLogger("poc59.compare")
@@ -46,21 +47,9 @@ METRICS = Path("evaluation") / "val" / "metrics.json"
 OUTPUTS = ("comparison.md", "comparison.csv", "comparison.json", "per_class_iou.png")  # what compare writes in out
 
 
-# Config keys that name or seed a run without changing what is trained (key or key prefix ending in ".").
-IDENTITY_KEYS = (
-    "seed",
-    "data.seed",
-    "data.split_file",
-    "data.cv.fold",  # the folds of one cross-validation are one configuration
-    "data.cache_dir",
-    "run_name",
-    "run_dir",
-    "resume",
-    "ckpt_path",
-    "paths.",
-    "hydra.",
-    "logger.",  # where the numbers were recorded, not how they were made
-)
+# What differs between runs of one configuration: the seed (and the split or fold), where it ran, how fast
+# (the one table of `poc59.training.keys`; resume reads the same).
+REPEATS_MAY_DIFFER = (keys.REPEAT, keys.LOCATION, keys.SPEED)
 PATH_START = ("/", "~", "./", "../")  # a value that is a path counts by its last part: the same data or weights
 # in another place (another clone, cluster or cache) make the same configuration
 
@@ -94,20 +83,21 @@ class Run:
     train_images_per_s: float | None = None
     peak_memory_bytes: int | None = None
     wall_time_s: float | None = None
-    config: str = ""  # this run's configuration without its identity and seed (groups seed repeats)
+    config: str = ""  # this run's configuration without seed, locations and speed (`config_key`)
     summary: dict = field(default_factory=dict, repr=False)
     metrics: dict | None = field(default=None, repr=False)
 
 
 def config_key(config: dict, run_dir: Path) -> str:
-    """The run's resolved config without identity/seed keys and values naming its own folder, paths by their
-    last part (PATH_START), as canonical JSON: runs with one key are repeats of one configuration."""
+    """The run's resolved config without the keys repeats may differ in (`REPEATS_MAY_DIFFER`) and values naming
+    its own folder, paths by their last part (PATH_START), as canonical JSON: runs with one key are repeats of
+    one configuration."""
     homes = {str(run_dir), str((config.get("paths") or {}).get("run_dir") or run_dir)}  # now, and when it ran
+    flat = flatten(config)
     kept = {
         k: Path(v).name if isinstance(v, str) and v.startswith(PATH_START) else v
-        for k, v in flatten(config).items()
-        if not any(k == s or (s.endswith(".") and k.startswith(s)) for s in IDENTITY_KEYS)
-        and not (isinstance(v, str) and any(h in v for h in homes))
+        for k, v in flat.items()
+        if keys.kind(k, flat) not in REPEATS_MAY_DIFFER and not (isinstance(v, str) and any(h in v for h in homes))
     }
     return json.dumps(kept, sort_keys=True, default=str)
 

@@ -3,7 +3,7 @@
 `resume=auto` (default) continues from `<run folder>/checkpoints/last.ckpt` when it
 exists, after checking that the configuration is the same one the run started
 with (keys that are safe to change, such as `trainer.max_epochs` or paths, are
-allowed to differ). `resume=never` starts over in a new sibling folder.
+allowed to differ: `poc59.training.keys`). `resume=never` starts over in a new sibling folder.
 `ckpt_path=...` resumes from any checkpoint, unchecked.
 
 A run folder is where it is now: a copied or moved run (`cp -a runs/r1 runs/r2`) resumes in place, its
@@ -26,32 +26,15 @@ from omegaconf import DictConfig, OmegaConf
 
 from poc59.artifacts.trained import best_checkpoint
 from poc59.core.config import SettingError, flatten
+from poc59.training import keys
 
 log = logging.getLogger(__name__)
 
 RESUME_MODES = ("auto", "never")
 
-# Keys that may change between attempts of one run, with everything under them (a trailing "." is only a reminder).
-SAFE_TO_CHANGE = (
-    "trainer.max_epochs",
-    "trainer.max_steps",
-    "trainer.enable_progress_bar",
-    "trainer.log_every_n_steps",
-    "trainer.enable_model_summary",  # a table at fit start (off since poc59 logs one Network line)
-    "trainer.num_sanity_val_steps",
-    "callbacks.progress_bar.",
-    "callbacks.epoch_log.",  # a log line; runs started before it existed resume with it
-    "callbacks.val_overlays.",  # pictures only; runs started before it existed resume with it
-    "model.",  # how the network runs (channels_last, compile), not what it computes; older runs resume with it
-    "logger.",  # where the metrics go, not what is trained: a resumed run may start (or stop) being tracked
-    "paths.",
-    "hydra.",
-    "ckpt_path",
-    "threads",  # how fast, not what: floating-point order may differ in the last digits
-    "resume",
-    "run_name",
-    "run_dir",
-)
+# What may change between attempts of one run: how long it trains, where it is, how fast it goes (the one
+# table of `poc59.training.keys`; compare reads the same).
+MAY_CHANGE = (keys.LENGTH, keys.LOCATION, keys.SPEED)
 
 
 # poc59 classes that moved between packages: a run folder whose saved config names the old path continues with the new.
@@ -99,13 +82,13 @@ def last_checkpoint(run_dir: Path) -> Path:
 
 
 def changed_keys(old: dict, new: dict) -> dict[str, tuple[Any, Any]]:
-    """Keys whose values differ (missing counts as None), except those safe to change."""
+    """Keys whose values differ (missing counts as None), except those that may change (`MAY_CHANGE`)."""
     a, b = flatten(old), flatten(new)
     a = {k: RENAMED_TARGETS.get(v, v) if k.endswith("_target_") else v for k, v in a.items()}
     a = {k: REPLACED_AT[k][1] if k in REPLACED_AT and v == REPLACED_AT[k][0] else v for k, v in a.items()}
     diff = {}
     for key in sorted(set(a) | set(b)):
-        if any(key == s.rstrip(".") or key.startswith(s.rstrip(".") + ".") for s in SAFE_TO_CHANGE):
+        if keys.kind(key, a, b) in MAY_CHANGE:
             continue
         if any(key.startswith(p) and a.get(k) != v and b.get(k) != v for p, (k, v) in ONLY_WHEN.items()):
             continue  # inert in this run, before and now
