@@ -333,3 +333,51 @@ def test_dice_focal_config_values():
     d = loss.describe()
     assert d["components"] == {"dice": 0.5, "focal": 0.5}
     assert (d["alpha"], d["gamma"]) == (0.25, 2.0)
+
+
+# ---- the contract every loss meets: poc59.model.losses.probe ------------------
+
+
+@pytest.mark.parametrize("make_loss", ALL_LOSSES)
+def test_poc59s_losses_pass_the_probe(make_loss):
+    from poc59.model.losses import probe
+
+    probe(make_loss(), num_classes=3)
+
+
+def test_third_party_losses_pass_the_probe_with_ignore_index_255():
+    import segmentation_models_pytorch.losses as smp_losses
+
+    from poc59.model.losses import probe
+
+    probe(smp_losses.LovaszLoss(mode="multiclass", ignore_index=IGN), num_classes=16)
+    probe(smp_losses.DiceLoss(mode="multiclass", ignore_index=IGN, class_weights=torch.ones(16)), num_classes=16)
+    probe(torch.nn.CrossEntropyLoss(ignore_index=IGN), num_classes=16)
+
+
+@pytest.mark.parametrize(
+    "make_loss, says",
+    [
+        (lambda: torch.nn.CrossEntropyLoss(), "fails: IndexError"),  # 255 is no class
+        (lambda: __import__("segmentation_models_pytorch").losses.LovaszLoss(mode="multiclass"), "counts pixels"),
+        (lambda: torch.nn.CrossEntropyLoss(ignore_index=IGN, reduction="none"), "not one number"),
+        (lambda: torch.nn.L1Loss(), "fails"),  # logits and labels of other shapes
+    ],
+    ids=["ce-without-ignore", "lovasz-without-ignore", "per-pixel", "not-a-segmentation-loss"],
+)
+def test_a_loss_that_cannot_be_called_as_the_module_does_is_named(make_loss, says):
+    from poc59.model.losses import LossContractError, probe
+
+    with pytest.raises(LossContractError, match=says):
+        probe(make_loss(), num_classes=16)
+
+
+def test_a_loss_without_gradient_is_refused():
+    from poc59.model.losses import LossContractError, probe
+
+    class Constant(torch.nn.Module):
+        def forward(self, logits, target):
+            return torch.tensor(1.0)
+
+    with pytest.raises(LossContractError, match="no gradient"):
+        probe(Constant(), num_classes=4)

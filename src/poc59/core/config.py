@@ -152,3 +152,11 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver(
             "poc59.first", lambda *values: next((v for v in values if v not in (None, "")), None)
         )
+
+
+def error_text(err: BaseException) -> str:
+    """An exception for a one-line message: its type and first line without a closing full stop, or its type
+    alone when it says nothing (a bare assert)."""
+    lines = str(err).strip().splitlines()
+    text = lines[0].rstrip(".") if lines else ""
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__

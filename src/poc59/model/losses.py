@@ -24,6 +24,12 @@ logits, never NaN. No loss synchronises with the host.
 
 ``describe()`` returns a plain dict recording the loss that ran; it is stored
 in run summaries next to the results.
+
+Any other ``torch.nn.Module`` can be the loss (smp's, torch's): the module calls it
+as ``loss(logits, target)`` with the shapes above and ``ignore_index`` in the
+target's unlabelled pixels. ``probe`` makes that call on a small batch and says
+how a loss fails it (an error, no single finite number, no gradient, or the
+unlabelled pixels counted: most third-party losses need ``ignore_index=255``).
 """
 
 from __future__ import annotations
@@ -36,8 +42,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from poc59.core.classes import IGNORE_INDEX
+from poc59.core.config import error_text
 
-__all__ = ["CrossEntropyLoss", "DiceFocalLoss", "DiceLoss", "FocalLoss"]
+__all__ = ["CrossEntropyLoss", "DiceFocalLoss", "DiceLoss", "FocalLoss", "LossContractError", "probe"]
 
 
 def _as_weight_tensor(class_weights: Sequence[float] | Tensor | None) -> Tensor | None:
@@ -292,3 +299,43 @@ class CrossEntropyLoss(_SegLoss):
             "ignore_index": self.ignore_index,
             "class_weights": self._weights_list(),
         }
+
+
+class LossContractError(ValueError):
+    """A loss that cannot be called as the module calls it (see `probe`); the message says how it fails."""
+
+
+PROBE_SHAPE = (2, 8, 8)  # batch, height, width of the probe: small, and room for labelled and unlabelled rows
+
+
+def probe(loss: nn.Module, num_classes: int, ignore_index: int = IGNORE_INDEX) -> None:
+    """Call `loss` as `SegmentationModule` does, on float32 logits [2, C, 8, 8] and an int64 target [2, 8, 8]
+    whose first two rows are `ignore_index`; raise LossContractError when it raises, returns anything but
+    one finite number with a gradient to the logits, or changes when only the unlabelled pixels' logits
+    change (it counts them: a third-party loss usually needs its `ignore_index` set to `ignore_index`)."""
+    b, h, w = PROBE_SHAPE
+    rng = torch.Generator().manual_seed(0)
+    logits = torch.randn(b, num_classes, h, w, generator=rng)
+    target = torch.randint(0, num_classes, (b, h, w), generator=rng)
+    target[:, :2] = ignore_index
+    called = f"loss(logits {[b, num_classes, h, w]} float32, target {[b, h, w]} int64 with {ignore_index} unlabelled)"
+    try:
+        first = loss(logits.requires_grad_(), target)
+        elsewhere = logits.detach().clone()
+        elsewhere[:, :, :2] = 5 * torch.randn(b, num_classes, 2, w, generator=rng)
+        with torch.no_grad():
+            second = loss(elsewhere, target)
+    except Exception as err:  # any error of the user's loss is its answer to the call
+        raise LossContractError(f"{called} fails: {error_text(err)}") from err
+    if not isinstance(first, Tensor) or first.numel() != 1 or not first.is_floating_point():
+        got = f"a tensor of shape {list(first.shape)}" if isinstance(first, Tensor) else type(first).__name__
+        raise LossContractError(f"{called} returns {got}, not one number to minimise (reduction='none'?)")
+    if not torch.isfinite(first).all():
+        raise LossContractError(f"{called} returns {first.item()}")
+    if first.grad_fn is None:
+        raise LossContractError(f"{called} returns a number with no gradient to the logits: nothing would train")
+    if not torch.allclose(first.detach().float(), second.float(), rtol=1e-5, atol=1e-6):
+        raise LossContractError(
+            f"{called} changes when only the unlabelled pixels' logits change ({first.item():.6g} -> "
+            f"{second.item():.6g}): it counts pixels labelled {ignore_index}, which mark what is not annotated"
+        )

@@ -14,17 +14,19 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from hydra.utils import get_class, get_method
+from hydra.utils import get_object
 from lightning.pytorch.accelerators import AcceleratorRegistry, MPSAccelerator
 from lightning.pytorch.strategies import StrategyRegistry
 from omegaconf import DictConfig, OmegaConf
 
-from poc59.core.config import SettingError, plain
+from poc59.core.classes import load_class_table
+from poc59.core.config import SettingError, error_text, plain
 from poc59.data.decoding import POLICIES
 from poc59.data.masks import check_mask_remap
 from poc59.data.sources import check_root
 from poc59.data.split import check_fractions
 from poc59.model.factory import WeightsMismatchError, check_image_size, check_network
+from poc59.training.loss import check_loss
 
 GROUPS = ("data", "loss", "optimizer", "scheduler", "trainer")  # one object each
 FAMILIES = ("callbacks", "logger")  # a mapping of objects each
@@ -38,8 +40,11 @@ def check_settings(cfg: DictConfig) -> None:
     """Raise SettingError for the first setting of `cfg` that cannot work (see the module docstring)."""
     check_arguments(cfg)
     data, enc = cfg.data, cfg.encoder
+    root = Path(str(data.root)).expanduser()
     if not data.get("synthetic"):  # the built-in set is generated into its root on first use
-        check_root(Path(str(data.root)).expanduser())
+        check_root(root)
+    # the class table (classes.json, ARTeFACT's without one): what the loss is called with, nothing else read
+    check_loss(cfg.loss, _user_value(load_class_table, root))
     image_size = _integer(data.image_size, "data.image_size", minimum=1)
     _integer(data.batch_size, "data.batch_size", minimum=1)
     _user_value(check_image_size, image_size, int(enc.input_multiple), enc.name)
@@ -93,12 +98,11 @@ def check_arguments(cfg: DictConfig) -> None:
         if not isinstance(node, DictConfig) or "_target_" not in node:
             continue
         try:
-            target = get_class(node._target_) if "." in node._target_ else None
-        except Exception:  # a function target, or one that does not import
-            try:
-                target = get_method(node._target_)
-            except Exception as err:
-                raise SettingError(f"{key}._target_={node._target_}: cannot be imported ({err})") from None
+            target = get_object(node._target_) if "." in node._target_ else None  # a class or a function
+        except Exception as err:
+            raise SettingError(f"{key}._target_={node._target_}: cannot be imported ({error_text(err)})") from None
+        if target is not None and not callable(target):
+            raise SettingError(f"{key}._target_={node._target_}: names no class or function to build it with")
         params = inspect.signature(target).parameters if target is not None else {}
         if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
             continue
@@ -107,7 +111,12 @@ def check_arguments(cfg: DictConfig) -> None:
                 continue
             close = difflib.get_close_matches(name, list(params), n=1, cutoff=0.6)
             hint = f"; did you mean {key}.{close[0]}?" if close else ""
-            raise SettingError(f"{key}.{name}: {node._target_} takes no argument {name!r}{hint}")
+            if not close and key == "loss":  # a key of the preset whose class was replaced
+                hint = "; another loss class starts from loss=custom, which holds no preset's keys: add loss=custom"
+            takes = [p for p, v in params.items() if v.kind is not inspect.Parameter.VAR_POSITIONAL]
+            raise SettingError(
+                f"{key}.{name}: {node._target_} takes no argument {name!r} (it takes: {', '.join(takes)}){hint}"
+            )
 
 
 def check_cross_validation(data: DictConfig) -> None:
@@ -217,10 +226,11 @@ def _integer(value: Any, key: str, minimum: int) -> int:
     return int(value)
 
 
-def _user_value(check: Any, *args: Any) -> None:
-    """Run a library check whose ValueError is the user's setting (its message names the key and fix)."""
+def _user_value(check: Any, *args: Any) -> Any:
+    """Run a library check whose ValueError is the user's setting (its message names the key and fix); its
+    answer."""
     try:
-        check(*args)
+        return check(*args)
     except SettingError:
         raise
     except WeightsMismatchError as err:  # a file the user gave (encoder.weights) that is not its encoder's

@@ -59,6 +59,7 @@ from poc59.training import resume
 from poc59.training.checkpointing import AtomicCheckpointIO
 from poc59.training.distributed import first_process
 from poc59.training.epoch_log import EpochLog
+from poc59.training.loss import build_loss, describe_loss
 from poc59.training.preflight import check_settings
 from poc59.training.throughput import CONVENTION as THROUGHPUT_CONVENTION
 from poc59.training.throughput import TrainThroughput
@@ -219,7 +220,7 @@ def _train(cfg: DictConfig, run_dir: Path, ckpt_path: str | None, started: float
         run_dir=str(run_dir), seed=cfg.seed, git_commit=commit, packages=package_versions()
     )
     net = build_network(**card.network, weights=enc.weights, weights_dir=cfg.paths.weights_dir)
-    loss = instantiate(cfg.loss, class_weights=datamodule.class_weights)
+    loss = build_loss(cfg.loss, datamodule.class_weights)  # the class weights if it takes them
     module = SegmentationModule(
         net,
         loss,
@@ -314,7 +315,7 @@ def _train(cfg: DictConfig, run_dir: Path, ckpt_path: str | None, started: float
         },
         "history": module.history,
         "provenance": {
-            "loss": loss.describe(),
+            "loss": describe_loss(loss, cfg.loss),  # class_weights_applied: whether it took them
             "class_weights": datamodule.class_weights_record,
             "optimizer": OmegaConf.to_container(cfg.optimizer, resolve=True),
             "scheduler": OmegaConf.to_container(cfg.scheduler, resolve=True) if cfg.get("scheduler") else None,
