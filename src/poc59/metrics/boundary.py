@@ -75,8 +75,10 @@ def boundary_counts(
     first = torch.arange(b, device=target.device).view(b, 1, 1) * num_classes  # image i's counts at i * C + c
 
     def per_class(where: Tensor, labels: Tensor) -> Tensor:
-        index = (first + labels.long().clamp(0, num_classes - 1))[where]
-        return torch.bincount(index, minlength=b * num_classes).view(b, num_classes)
+        # scatter_add, not bincount over a boolean selection: both of those ask the device for a size (a sync)
+        index = (first + labels.long().clamp(0, num_classes - 1)).flatten()
+        counts = torch.zeros(b * num_classes, dtype=torch.int64, device=labels.device)
+        return counts.scatter_add_(0, index, where.flatten().to(torch.int64)).view(b, num_classes)
 
     inter = per_class(g & p & (preds == target), target)
     union = per_class(g, target) + per_class(p, preds) - inter
