@@ -29,7 +29,7 @@ from poc59.artifacts.load import load_model
 from poc59.data.datamodule import SegmentationDataModule
 from poc59.evaluate import main, parse_args
 from poc59.evaluation import pictures as pictures_module
-from poc59.evaluation.passes import predicted_canvases, score
+from poc59.evaluation.passes import predicted_canvases, score_statistics
 from poc59.evaluation.report import print_report
 from poc59.evaluation.run import EvaluateError, evaluate_run
 from poc59.training.run import train
@@ -365,7 +365,8 @@ def test_crop_geometry_scores_every_tile_once(run, tmp_path, monkeypatch):
     )
     dm.setup()
     indices = [i for i, s in enumerate(dm.samples) if not s.is_copy]
-    confmat, per_image, _ = score(model, dm, indices, 5, torch.device("cpu"), nullcontext())
+    per_image = score_statistics(model, dm, indices, 5, torch.device("cpu"), nullcontext())[0]["confusion"]
+    confmat = per_image.sum(0)  # every pixel belongs to one image
     assert confmat.tolist() == m["confusion_matrix"]
     masks = [dm.data.mask(i) for i in indices]  # each image's content (ragged under crop)
     assert confmat.sum(1).tolist() == _label_counts(torch.cat([m.flatten() for m in masks]), 16)  # each pixel once

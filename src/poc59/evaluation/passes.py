@@ -119,20 +119,6 @@ def score_statistics(
     return per_image, seconds
 
 
-def score(
-    model: TrainedModel,
-    dm: SegmentationDataModule,
-    indices: list[int],
-    batch_size: int,
-    device: torch.device,
-    autocast: Any,
-) -> tuple[torch.Tensor, torch.Tensor, float]:
-    """(split-wide confusion matrix [C, C], per-image matrices [N, C, C], seconds): `score_statistics`'
-    confusion matrices."""
-    per_image, seconds = score_statistics(model, dm, indices, batch_size, device, autocast)
-    return per_image["confusion"].sum(0), per_image["confusion"], seconds  # every pixel belongs to one image
-
-
 def predicted_canvases(
     model: TrainedModel,
     dm: SegmentationDataModule,
