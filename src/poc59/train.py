@@ -23,7 +23,7 @@ from poc59.core.config import SettingError, config_dir, register_resolvers
 from poc59.core.locks import FolderLock
 from poc59.core.logs import setup_logging, take_verbose
 from poc59.core.overrides import ConfigCommand, split_argv
-from poc59.training.distributed import adopt_submitit_local_ranks, first_process
+from poc59.training.distributed import adopt_submitit_local_ranks, first_process, stop_local_siblings
 
 log = logging.getLogger("poc59.train")
 
@@ -39,11 +39,13 @@ def _hydra_main(cfg: DictConfig) -> float | None:
         summary = train(cfg)
     except USER_ERRORS as err:
         log.error("%s", err)
+        stop_local_siblings()
         if HydraConfig.get().mode == RunMode.MULTIRUN:
             raise  # a sweep's job: the launcher records the error and reports it when the sweep ends
         raise SystemExit(2) from None
     except Exception:
         log.exception("Run failed")  # in a sweep Hydra keeps only the message; the log keeps the traceback
+        stop_local_siblings()
         raise
     if first_process():
         print(cfg.paths.run_dir, flush=True)  # stdout holds the one result a script reads: the run folder

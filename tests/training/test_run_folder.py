@@ -282,3 +282,25 @@ def test_only_the_first_process_of_a_run_holds_its_lock():
     assert first_process({}) and first_process({"SLURM_PROCID": "0", "LOCAL_RANK": "0", "NODE_RANK": "0"})
     for other in ({"LOCAL_RANK": "1"}, {"SLURM_PROCID": "3"}, {"RANK": "2"}, {"LOCAL_RANK": "0", "NODE_RANK": "1"}):
         assert not first_process(other), other
+
+
+def test_only_the_first_process_checks_the_folder_the_others_start_while_it_writes(tmp_path, monkeypatch):
+    """Rank 1 plans its run folder while rank 0 writes the run's records into it: caught between the first entry
+    (`.hydra/`) and the file that makes it a run (`.hydra/config.yaml`), it took the folder for the user's own
+    and exited 2, leaving rank 0 waiting for it in DDP's start for 30 minutes. The first process checks it."""
+    from hydra import compose, initialize_config_dir
+
+    from poc59.core.config import config_dir, register_resolvers
+    from poc59.training import resume
+
+    run_dir = tmp_path / "run"
+    (run_dir / ".hydra").mkdir(parents=True)
+    (run_dir / ".hydra" / ".config.yaml.tmp").write_text("seed: 0\n")  # rank 0's atomic write, not yet renamed
+    register_resolvers()
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        cfg = compose("train", overrides=[f"run_dir={run_dir}"])
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert resume.plan(cfg, run_dir) == (run_dir, None)
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    with pytest.raises(resume.ResumeConfigError, match=r"not a poc59 run folder and is not empty \(\.hydra/\)"):
+        resume.plan(cfg, run_dir)

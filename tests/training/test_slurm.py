@@ -9,6 +9,8 @@ where no cluster can run (not root, none given); under CI (CI=1) it fails instea
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -80,35 +82,65 @@ def test_local_launcher_runs_a_two_process_ddp_run(tmp_path):
     """Lightning would re-execute `python -m submitit.core._submit ...` for its second rank (submitit refuses
     the extra arguments); the local launcher starts one process per device instead, as SLURM does."""
     sweep = tmp_path / "sweep"
-    run = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "poc59.train",
-            "-m",
-            "hydra/launcher=local",
-            "trainer.accelerator=cpu",
-            "trainer.devices=2",
-            "encoder=tiny",
-            "data.synthetic.n=8",
-            "data.image_size=32",
-            "data.batch_size=2",
-            "trainer.max_epochs=1",
-            "trainer.enable_progress_bar=false",
-            f"hydra.sweep.dir={sweep}",
-            "seed=0,1",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        cwd=tmp_path,
+    cmd = [
+        sys.executable,
+        "-m",
+        "poc59.train",
+        "-m",
+        "hydra/launcher=local",
+        "trainer.accelerator=cpu",
+        "trainer.devices=2",
+        "encoder=tiny",
+        "data.synthetic.n=8",
+        "data.image_size=32",
+        "data.batch_size=2",
+        "trainer.max_epochs=1",
+        "trainer.enable_progress_bar=false",
+        f"hydra.sweep.dir={sweep}",
+        "seed=0,1",
+    ]
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path, start_new_session=True
     )
-    assert run.returncode == 0, run.stderr[-3000:] + "".join(
-        p.read_text()[-2000:] for p in sweep.glob(".submitit/*/*_log.err")
-    )
+    try:
+        out, err = proc.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)  # the sweep, its controllers and their tasks: nothing left running
+        out, err = proc.communicate()
+    tasks = "".join(f"\n--- {p.name}:\n{p.read_text()[-2000:]}" for p in sorted(sweep.glob(".submitit/*/*_log.err")))
+    assert proc.returncode == 0, err[-3000:] + tasks
     for job in ("0", "1"):
         summary = json.loads((sweep / job / "summary.json").read_text())
         assert summary["provenance"]["devices"] == 2 and summary["val/mIoU"] is not None
+
+
+def test_a_failed_local_task_ends_its_siblings_instead_of_leaving_them_waiting(tmp_path):
+    """submitit's local controller waits for every task, and submitit's tasks ignore SIGTERM: a rank that fails
+    while the other waits for it (in DDP's start, a collective) left the job hanging for the DDP timeout."""
+    import submitit
+
+    def task() -> None:
+        import os
+        import time
+
+        from poc59.training.distributed import stop_local_siblings
+
+        if os.environ["SUBMITIT_LOCAL_LOCALID"] == "1":
+            time.sleep(2)  # the sibling is waiting by now
+            stop_local_siblings(grace_s=1.0)
+            raise RuntimeError("rank 1 failed")
+        time.sleep(300)  # rank 0, waiting for rank 1
+
+    executor = submitit.LocalExecutor(folder=tmp_path / "%j")
+    executor.update_parameters(tasks_per_node=2, timeout_min=10)
+    started = time.monotonic()
+    job = executor.submit(task)
+    while not job.done() and time.monotonic() - started < 120:
+        time.sleep(0.5)
+    assert job.done(), "rank 0 still runs: the failed rank left it waiting"
+    assert time.monotonic() - started < 60
+    log = (tmp_path / job.job_id / f"{job.job_id}_1_log.err").read_text()
+    assert "rank 1 failed" in log and "Stopped the other processes of this run" in log
 
 
 def test_local_launcher_tasks_follow_the_devices():

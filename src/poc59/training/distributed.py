@@ -15,11 +15,14 @@ import logging
 import os
 import zlib
 
+import psutil
+
 from poc59.core.config import SettingError
 
 log = logging.getLogger(__name__)
 
-PORT_BASE, PORT_SPAN = 20000, 20000  # the rendezvous port of a local job: from its id, the same in all its tasks
+PORT_BASE, PORT_SPAN = 20000, 12768  # the rendezvous port of a local job: from its id, the same in all its tasks,
+# below Linux's ephemeral ports (32768-60999), which the gloo connections of other runs take
 
 
 def adopt_submitit_local_ranks(devices: object, num_nodes: object = 1, environ: dict[str, str] | None = None) -> bool:
@@ -49,6 +52,39 @@ def adopt_submitit_local_ranks(devices: object, num_nodes: object = 1, environ: 
     env.update(LOCAL_RANK=rank, NODE_RANK="0", WORLD_SIZE=str(tasks), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     log.info("Local launcher: process %s of %d (rendezvous 127.0.0.1:%d)", rank, tasks, port)
     return True
+
+
+SIBLING_GRACE_S = 10.0  # how long a failed task lets its siblings end on their own (and record their error)
+
+
+def stop_local_siblings(environ: dict[str, str] | None = None, grace_s: float = SIBLING_GRACE_S) -> list[int]:
+    """Under submitit's local executor with several tasks, end the other tasks of this job when this one fails;
+    returns the pids it had to kill.
+
+    The executor's controller waits for every task, and a rank waiting for a failed one in a collective (or
+    in the process group's start) waits out the DDP timeout, 30 minutes, deaf to SIGTERM (submitit's tasks
+    ignore it; a blocked collective would not see it). So a failed task gives its siblings `grace_s` to end on
+    their own, which keeps their own error message when they fail for the same cause, then kills the rest, as
+    `srun --kill-on-bad-exit` does on SLURM.
+    """
+    env = os.environ if environ is None else environ
+    if env.get("SUBMITIT_EXECUTOR") != "local" or int(env.get("SUBMITIT_LOCAL_NTASKS", "1")) < 2:
+        return []
+    try:
+        siblings = [p for p in psutil.Process(os.getppid()).children() if p.pid != os.getpid()]
+    except psutil.Error:  # the controller is gone: nothing waits for this job
+        return []
+    _, alive = psutil.wait_procs(siblings, timeout=grace_s)
+    for proc in alive:
+        try:
+            proc.kill()
+        except psutil.NoSuchProcess:
+            continue
+    if alive:
+        log.error(
+            "Stopped the other processes of this run (pids %s): they would wait for this one", [p.pid for p in alive]
+        )
+    return [p.pid for p in alive]
 
 
 RANK_VARIABLES = ("RANK", "SLURM_PROCID", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK")

@@ -27,6 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 from poc59.artifacts.trained import best_checkpoint
 from poc59.core.config import SettingError, flatten
 from poc59.training import keys
+from poc59.training.distributed import first_process
 
 log = logging.getLogger(__name__)
 
@@ -215,7 +216,8 @@ def plan(cfg: DictConfig, run_dir: Path) -> tuple[Path, str | None]:
     mode = cfg.get("resume", "auto")
     if mode not in RESUME_MODES:
         raise ValueError(f"resume={mode!r} must be one of {RESUME_MODES}")
-    check_not_foreign(run_dir)
+    if first_process():  # the others start while the first writes the run's records into the folder
+        check_not_foreign(run_dir)
     if cfg.get("ckpt_path"):
         given = Path(cfg.ckpt_path).expanduser().resolve()
         check_max_epochs(cfg, given, run_dir)
