@@ -3,10 +3,14 @@ and is not marked slow is named at the end of the run, so `pytest -m "not slow"`
 README promises. A list, never a failure: the time depends on the machine and its load.
 
 A session-scoped fixture (tests/conftest.py's `trained_run`) is built once for every test that uses it: its
-build time is not counted against the test that happened to need it first, and is listed on its own."""
+build time is not counted against the test that happened to need it first, and is listed on its own.
+
+Under pytest-xdist (`pytest -n auto --dist loadgroup`, the README's test command) each worker runs on its own
+share of the CPUs, and the tests that submit to the one SLURM cluster run one after another on one worker."""
 
 from __future__ import annotations
 
+import os
 import time
 
 import pytest
@@ -20,6 +24,31 @@ _shared_pending = [0.0]  # seconds of session fixtures built during the set-up b
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addini(SLOW_SECONDS, "a test taking longer than this (seconds) should be marked slow", default="20")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """An xdist worker (gw<k> of N, N no more than the CPUs) keeps CPUs k, k+N, ... for itself and the commands
+    it starts, whose threads=auto then counts those: without it every worker's processes would each claim
+    every core (oversubscribed, several times slower), and a command's thread count would follow the moment's
+    load, which changes the float sums of runs a test compares bit for bit."""
+    worker, count = os.environ.get("PYTEST_XDIST_WORKER"), int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if worker is None or count < 2 or not hasattr(os, "sched_setaffinity"):
+        return
+    cpus = sorted(os.sched_getaffinity(0))
+    if count <= len(cpus):
+        share = set(cpus[int(worker.removeprefix("gw")) :: count])
+        os.sched_setaffinity(0, share)
+        import torch
+
+        torch.set_num_threads(len(share))
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The tests of the SLURM cluster (the `slurm` fixture) share one xdist worker (`--dist loadgroup`): its
+    single node runs one test's jobs at a time, as the tests' timeouts assume."""
+    for item in items:
+        if "slurm" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.xdist_group("slurm"))
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -12,7 +12,7 @@ import torch
 from slurm_cluster import slurm  # noqa: F401  (the session fixture of the SLURM tests)
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never wait on a model hub
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+torch.set_num_threads(min(2, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
 
 
 @pytest.fixture(scope="session", autouse=True)
