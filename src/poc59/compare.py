@@ -52,6 +52,12 @@ CLI = Command(
             "evaluate runs whose evaluation/val/metrics.json is missing or scored another checkpoint (for intervals)",
         ),
         Key("overwrite", bool, "replace a comparison already in out= (without it, compare stops and says so)"),
+        Key(
+            "monitor",
+            str,
+            "the validation metric that ranks the configurations, e.g. val/fwIoU (default: the one the runs picked "
+            "their best epoch by, their own monitor setting)",
+        ),
     ),
     notes="Writes comparison.md, .csv, .json and per_class_iou.png. Exit 0 done, 2 bad arguments or runs that "
     "cannot be ranked together (another split or class table: named, with the fix).",

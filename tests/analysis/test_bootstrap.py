@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from poc59.analysis.bootstrap import bootstrap_iou
-from poc59.analysis.scores import batched_iou, batched_miou
+from poc59.metrics.confusion import batched_iou, batched_miou
 
 
 def per_image(seed: int, n: int = 40, c: int = 6) -> np.ndarray:

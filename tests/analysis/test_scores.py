@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from poc59.analysis.scores import (
+from poc59.analysis.scores import scores
+from poc59.metrics.confusion import (
     LEGACY_CONVENTION,
     batched_iou,
     batched_miou,
@@ -19,7 +20,6 @@ from poc59.analysis.scores import (
     precision,
     present,
     recall,
-    scores,
     support,
 )
 from poc59.model.metrics import iou_from_confmat

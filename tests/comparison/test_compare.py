@@ -202,7 +202,7 @@ def test_runs_with_different_class_tables_are_refused(sweep, caplog):
 
 def test_lead_is_judged_against_the_intervals():
     def cfg(label, mean, iv, rank):
-        return {"label": label, "val_mIoU": {"mean": mean}, "score": mean, "interval": iv, "rank": rank}
+        return {"label": label, "val_mIoU": {"mean": mean}, "score": mean, "score_interval": iv, "rank": rank}
 
     clear = lead([cfg("a", 0.50, [0.46, 0.54], 1), cfg("b", 0.40, [0.37, 0.45], 2)])
     assert clear["larger_than_intervals"] is True and clear["difference"] == pytest.approx(0.10)

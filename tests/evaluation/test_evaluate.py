@@ -23,7 +23,6 @@ from PIL import Image
 from rich.console import Console
 
 from helpers import CRACKFOREST, SMALL, make_cfg, make_folder
-from poc59.analysis import scores as registry
 from poc59.artifacts.export import run_metrics
 from poc59.artifacts.load import load_model
 from poc59.data.datamodule import SegmentationDataModule
@@ -32,6 +31,8 @@ from poc59.evaluation import pictures as pictures_module
 from poc59.evaluation.passes import predicted_canvases, score_statistics
 from poc59.evaluation.report import print_report
 from poc59.evaluation.run import EvaluateError, evaluate_run
+from poc59.metrics import registry
+from poc59.metrics.confusion import recall
 from poc59.training.run import train
 
 REPO = Path(__file__).resolve().parents[2]
@@ -554,15 +555,21 @@ def test_evaluate_on_a_second_gpu_times_and_waits_on_that_gpu():
 
 
 def test_a_metric_is_added_by_one_function_and_one_registration(run, monkeypatch):
-    """Registered in poc59.analysis.scores, a metric reaches metrics.json, the printed report (with its
+    """Registered in poc59.metrics.registry, a metric reaches metrics.json, the printed report (with its
     meaning) and an exported model's card, with values checked against numpy."""
     monkeypatch.setattr(registry, "METRICS", dict(registry.METRICS))  # the registration ends with the test
 
-    @registry.register("balanced_accuracy", "balanced accuracy", "mean recall over the classes in the target")
+    @registry.metric(
+        "balanced_accuracy",
+        "balanced_accuracy",
+        "balanced accuracy",
+        "mean recall over the classes in the target",
+        stacked=False,
+    )
     def balanced_accuracy(cm):
-        return float(registry.recall(cm).nanmean())
+        return recall(cm).nanmean()
 
-    @registry.register("specificity", "specificity", "TN / (TN + FP)", per_class=True)
+    @registry.metric("specificity", "specificity", "specificity", "TN / (TN + FP)", per_class=True, stacked=False)
     def specificity(cm):
         cm = torch.as_tensor(cm, dtype=torch.float64)
         fp = cm.sum(0) - cm.diagonal()

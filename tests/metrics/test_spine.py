@@ -131,3 +131,55 @@ def test_one_monitor_setting_picks_the_best_epoch_for_checkpoint_summary_and_log
     assert ckpt["hyper_parameters"]["card"]["metrics"]["validation"]["epoch"] == best["epoch"]  # best.ckpt: that epoch
     assert f"Best val/fwIoU {100 * best['fwIoU']:.2f} % at epoch {best['epoch']}" in done.stderr
     assert re.search(r"Epoch 2 \(3 of 3\): .* val fwIoU [\d.]+ % \(best ", done.stderr), done.stderr[-3000:]
+
+
+def _variant(trained_run: Path, folder: Path, lr: float, figures: dict) -> Path:
+    """A copy of the shared run as another configuration (its optimizer.lr) whose summary.json holds `figures`."""
+    run = Path(shutil.copytree(trained_run, folder))
+    config = (run / "config.yaml").read_text()
+    assert "lr: " in config
+    (run / "config.yaml").write_text(re.sub(r"(?m)^(\s+lr:) .*$", rf"\1 {lr}", config, count=1))
+    summary = json.loads((run / "summary.json").read_text())
+    (run / "summary.json").write_text(json.dumps({**summary, **figures}))
+    return run
+
+
+def test_compare_ranks_by_the_runs_monitor_or_its_own_and_refuses_a_mixture(trained_run, tmp_path, capsys, monkeypatch):
+    """compare ranks configurations by the metric their runs picked their best epoch by (`monitor`), or by its
+    own monitor=; runs that picked theirs by different metrics are refused, and the advice, pasted, compares."""
+    from in_process import command
+
+    # a leads in mIoU, b in fwIoU: the ranking says which one ranked
+    a = _variant(trained_run, tmp_path / "a", 0.01, {"val/mIoU": 0.6, "val/fwIoU": 0.7})
+    b = _variant(trained_run, tmp_path / "b", 0.02, {"val/mIoU": 0.5, "val/fwIoU": 0.8})
+    by_miou = compare(runs=[a, b], out=tmp_path / "c1", evaluate=False)
+    assert by_miou["monitor"] == "val/mIoU" and [c["runs"] for c in by_miou["configurations"]] == [[str(a)], [str(b)]]
+    assert (
+        by_miou["configurations"][0]["score"] == 0.6
+        and "ranked by val/fwIoU" not in (tmp_path / "c1" / "comparison.md").read_text()
+    )
+
+    by_fw = compare(runs=[a, b], out=tmp_path / "c2", evaluate=False, monitor="val/fwIoU")
+    assert [c["runs"] for c in by_fw["configurations"]] == [[str(b)], [str(a)]]
+    assert by_fw["conventions"]["score"].startswith("val/fwIoU, the metric the configurations are ranked by (compare's")
+    md = (tmp_path / "c2" / "comparison.md").read_text()
+    assert "| ranked by val/fwIoU, % | val/fwIoU interval, % |" in md and "| 80.00 |" in md
+    rows = list(csv.DictReader((tmp_path / "c2" / "comparison.csv").open()))
+    assert [(r["ranked_by"], float(r["score"]), r["rank"]) for r in rows] == [
+        ("val/fwIoU", 0.8, "1"),
+        ("val/fwIoU", 0.7, "2"),
+    ]
+    assert float(rows[0]["val_mIoU_mean"]) == 0.5  # the mIoU columns stay what they say
+
+    summary = json.loads((b / "summary.json").read_text())
+    (b / "summary.json").write_text(json.dumps({**summary, "monitor": "val/fwIoU"}))
+    refused = command("compare", [f"runs=[{a},{b}]", f"out={tmp_path / 'c3'}", "evaluate=false"], capsys, monkeypatch)
+    assert refused.returncode == 2 and "val/mIoU: " in refused.stderr and "val/fwIoU: " in refused.stderr, refused.stderr
+    assert not (tmp_path / "c3").exists()
+    advice = re.search(r"monitor=\S+(?= \()", refused.stderr).group()
+    pasted = command(
+        "compare", [f"runs=[{a},{b}]", f"out={tmp_path / 'c3'}", "evaluate=false", advice], capsys, monkeypatch
+    )
+    assert pasted.returncode == 0, pasted.stderr
+    bad = command("compare", [f"runs=[{a}]", "monitor=val/nope", f"out={tmp_path / 'c4'}"], capsys, monkeypatch)
+    assert bad.returncode == 2 and "monitor=val/fwIoU" in bad.stderr and not (tmp_path / "c4").exists()

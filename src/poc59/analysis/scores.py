@@ -1,63 +1,20 @@
 """Everything reported about a segmentation, as a JSON-ready record: the registry's metrics
 (`poc59.metrics.registry`) of one split's statistics, plus each class's support and presence.
 
-The metrics themselves live in `poc59.metrics` (the confusion-matrix ones in `poc59.metrics.confusion`);
-this module is their user for evaluate, compare and cross-validation pooling, and keeps the names earlier
-callers import (`register` registers a function of one confusion matrix).
+The metrics themselves live in `poc59.metrics` (the confusion-matrix ones in `poc59.metrics.confusion`, a new
+one is added there with `poc59.metrics.registry.metric`); evaluate, compare and cross-validation pooling report
+them through `scores`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 from torch import Tensor
 
 from poc59.metrics import registry
-from poc59.metrics.confusion import (
-    LEGACY_CONVENTION,
-    batched_iou,
-    batched_miou,
-    f1,
-    fw_iou,
-    iou,
-    miou,
-    miou_legacy,
-    pixel_accuracy,
-    precision,
-    present,
-    recall,
-    support,
-)
-from poc59.metrics.registry import METRICS, Metric, class_metrics, split_metrics
-
-__all__ = [
-    "LEGACY_CONVENTION",
-    "METRICS",
-    "Metric",
-    "batched_iou",
-    "batched_miou",
-    "class_metrics",
-    "f1",
-    "fw_iou",
-    "iou",
-    "miou",
-    "miou_legacy",
-    "pixel_accuracy",
-    "precision",
-    "present",
-    "recall",
-    "register",
-    "scores",
-    "split_metrics",
-    "support",
-]
-
-
-def register(key: str, label: str, meaning: str, per_class: bool = False) -> Callable:
-    """Decorator: report `fn(confmat)` (of one [C, C] matrix) as `key`, logged under the same name
-    (`poc59.metrics.registry.metric` registers a metric of any statistics)."""
-    return registry.metric(key, key, label, meaning, per_class=per_class, stacked=False)
+from poc59.metrics.confusion import present, support
 
 
 def scores(stats: Mapping[str, Tensor | np.ndarray] | Tensor | np.ndarray, names: Sequence[str]) -> dict:

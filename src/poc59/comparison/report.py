@@ -32,6 +32,34 @@ COLUMNS = (
 )
 
 
+CSV_COLUMNS = (  # comparison.csv's first columns; the per-class and registered metrics' columns follow
+    "rank",
+    "best",
+    "configuration",
+    "encoder",
+    "family",
+    "decoder",
+    "parameters",
+    "n_seeds",
+    "seeds",
+    "val_mIoU_mean",
+    "val_mIoU_std",
+    "val_mIoU_min",
+    "val_mIoU_max",
+    "interval_lo",
+    "interval_hi",
+    "interval_kind",
+    "folds",
+    "pooled_mIoU",
+    "train_images_per_s",
+    "peak_memory_bytes",
+    "wall_time_s",
+    "status",
+    "detail",
+    "runs",
+)
+
+
 def _pct(v: float | None, digits: int = 2) -> str:
     return "" if v is None else f"{100 * v:.{digits}f}"
 
@@ -64,9 +92,26 @@ def _params(p: int | None) -> str:
     return "" if p is None else f"{p / 1e6:.2f} M"
 
 
+def _ranked_by_other(result: dict) -> str | None:
+    """The ranking metric when it is not val/mIoU (which the table shows anyway), else None."""
+    monitor = result.get("monitor") or "val/mIoU"
+    return None if monitor == "val/mIoU" else monitor
+
+
+def columns(result: dict) -> list[str]:
+    """The table's columns: COLUMNS, and the ranking metric with its interval after the mIoU when it is another."""
+    other = _ranked_by_other(result)
+    cols = list(COLUMNS)
+    if other:
+        at = cols.index("interval, %") + 1
+        cols[at:at] = [f"ranked by {other}, %", f"{other} interval, %"]
+    return cols
+
+
 def table_rows(result: dict) -> list[list[str]]:
-    """The comparison table as text cells (COLUMNS): configurations by rank, then runs that did not finish."""
+    """The comparison table as text cells (`columns`): configurations by rank, then runs that did not finish."""
     rows = []
+    other = _ranked_by_other(result)
     for c in result["configurations"]:
         rank = "" if c["rank"] is None else str(c["rank"]) + (" best" if c["best"] else "")
         rows.append(
@@ -78,6 +123,7 @@ def table_rows(result: dict) -> list[list[str]]:
                 _params(c["parameters"]),
                 _miou(c),
                 _interval(c["interval"]),
+                *([_pct(c["score"]), _interval(c["score_interval"])] if other else []),
                 str(c["n"]),
                 _num(c["train_images_per_s"], ".1f"),
                 _memory(c["peak_memory_bytes"]),
@@ -85,11 +131,10 @@ def table_rows(result: dict) -> list[list[str]]:
                 "finished",
             ]
         )
+    width = len(columns(result))
     for r in result["runs"]:
         if r["status"] != "finished":
-            rows.append(
-                ["", f"run {r['name']}", "", "", "", "", "", "", "", "", "", r["status"]]
-            )  # why: in the runs list
+            rows.append(["", f"run {r['name']}", *[""] * (width - 3), r["status"]])  # why: in the runs list
     return rows
 
 
@@ -113,7 +158,7 @@ def markdown(result: dict) -> str:
         parts += [f"Best: **{result['best']}**. {result['lead']['verdict']}.", ""]
     if result.get("search"):
         parts += [search_line(result["search"]), ""]
-    parts += [_md_table(list(COLUMNS), rows), ""]
+    parts += [_md_table(columns(result), rows), ""]
     repeats = [c for c in configs if c["n"] >= 2 and not c.get("cv")]
     if repeats:
         parts += ["## Seed repeats", "", f"Runs that differ only by the seed; std: {conv['std']}.", ""]
@@ -242,104 +287,60 @@ def _cross_validation_md(configs: list[dict], conv: dict) -> list[str]:
 
 
 def csv_text(result: dict) -> str:
-    """One row per configuration (fractions, not %), then one per run that did not finish."""
+    """One row per configuration (fractions, not %), then one per run that did not finish; a blank cell is a
+    value that does not exist (no interval, not pooled, not finished)."""
     names = result["classes"]["names"]
-    header = [
-        "rank",
-        "best",
-        "configuration",
-        "encoder",
-        "family",
-        "decoder",
-        "parameters",
-        "n_seeds",
-        "seeds",
-        "val_mIoU_mean",
-        "val_mIoU_std",
-        "val_mIoU_min",
-        "val_mIoU_max",
-        "interval_lo",
-        "interval_hi",
-        "interval_kind",
-        "folds",
-        "pooled_mIoU",
-        "train_images_per_s",
-        "peak_memory_bytes",
-        "wall_time_s",
-        "status",
-        "detail",
-        "runs",
-    ] + [f"IoU/{n}" for n in names]
     per_class, split = _registered_columns(result)
-    header += [f"{m.name}/{n}" for m in per_class for n in names] + [f"val_{m.name}" for m in split]
-    buf = io.StringIO()
-    w = csv.writer(buf)
-    w.writerow(header)
-    blank = lambda v: "" if v is None else v
+    rows = []
     for c in result["configurations"]:
-        m, iv = c["val_mIoU"], c["interval"] or [None, None]
-        w.writerow(
-            [
-                blank(c["rank"]),
-                c["best"],
-                c["label"],
-                c["encoder"],
-                c["family"],
-                c["decoder"],
-                c["parameters"],
-                c["n"],
-                " ".join(map(str, c["seeds"])),
-                blank(m["mean"]),
-                blank(m["std"]),
-                blank(m["min"]),
-                blank(m["max"]),
-                blank(iv[0]),
-                blank(iv[1]),
-                blank(c["interval_kind"]),
-                blank(c.get("folds")),
-                blank(c.get("pooled_miou")),
-                blank(c["train_images_per_s"]),
-                blank(c["peak_memory_bytes"]),
-                blank(c["wall_time_s"]),
-                "finished",
-                "",
-                " ".join(c["runs"]),
-            ]
-            + [blank(c["per_class_iou"].get(n)) for n in names]
-            + [blank((c.get("per_class_metrics", {}).get(m.key) or {}).get(n)) for m in per_class for n in names]
-            + [blank(c.get("metrics", {}).get(m.key)) for m in split]
-        )
+        m, iv, sv = c["val_mIoU"], c["interval"] or [None, None], c.get("score_interval") or [None, None]
+        row = {
+            "rank": c["rank"],
+            "best": c["best"],
+            "configuration": c["label"],
+            "encoder": c["encoder"],
+            "family": c["family"],
+            "decoder": c["decoder"],
+            "parameters": c["parameters"],
+            "n_seeds": c["n"],
+            "seeds": " ".join(map(str, c["seeds"])),
+            "val_mIoU_mean": m["mean"],
+            "val_mIoU_std": m["std"],
+            "val_mIoU_min": m["min"],
+            "val_mIoU_max": m["max"],
+            "interval_lo": iv[0],
+            "interval_hi": iv[1],
+            "interval_kind": c["interval_kind"],
+            "folds": c.get("folds"),
+            "pooled_mIoU": c.get("pooled_miou"),
+            "train_images_per_s": c["train_images_per_s"],
+            "peak_memory_bytes": c["peak_memory_bytes"],
+            "wall_time_s": c["wall_time_s"],
+            "status": "finished",
+            "runs": " ".join(c["runs"]),
+            **{f"IoU/{n}": c["per_class_iou"].get(n) for n in names},
+            **{
+                f"{k.name}/{n}": (c.get("per_class_metrics", {}).get(k.key) or {}).get(n)
+                for k in per_class
+                for n in names
+            },
+            **{f"val_{k.name}": c.get("metrics", {}).get(k.key) for k in split},
+            "ranked_by": c.get("ranked_by"),
+            "score": c.get("score"),
+            "score_lo": sv[0],
+            "score_hi": sv[1],
+        }
+        rows.append(row)
     for r in result["runs"]:
         if r["status"] != "finished":
-            w.writerow(
-                [
-                    "",
-                    False,
-                    "",
-                    "",
-                    "",
-                    "",
-                    "",
-                    "",
-                    "",
-                    "",
-                    "",
-                    "",
-                    "",
-                    "",
-                    "",
-                    "",
-                    "",
-                    "",
-                    "",
-                    "",
-                    "",
-                    r["status"],
-                    r["detail"],
-                    r["dir"],
-                ]
-                + [""] * (len(names) * (1 + len(per_class)) + len(split))
-            )
+            rows.append({"best": False, "status": r["status"], "detail": r["detail"], "runs": r["dir"]})
+    header = [*CSV_COLUMNS, *(f"IoU/{n}" for n in names)]
+    header += [f"{k.name}/{n}" for k in per_class for n in names] + [f"val_{k.name}" for k in split]
+    header += ["ranked_by", "score", "score_lo", "score_hi"]
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=header, restval="", lineterminator="\r\n")
+    w.writeheader()
+    w.writerows({k: "" if v is None else v for k, v in row.items()} for row in rows)
     return buf.getvalue()
 
 
@@ -366,7 +367,7 @@ def print_table(result: dict, console: Any) -> None:
 
     title = "Encoder comparison" + (f": {result['sweep']}" if result["sweep"] else "")
     table = Table(title=title, title_justify="left")
-    for col in COLUMNS:
+    for col in columns(result):
         table.add_column(
             col,
             overflow="fold",
@@ -374,7 +375,7 @@ def print_table(result: dict, console: Any) -> None:
             justify="right" if col in ("parameters", "train images/s", "wall time") else "left",
         )
     for row in table_rows(result):
-        style = "bold green" if row[0].endswith("best") else ("red" if not row[11].startswith("finished") else None)
+        style = "bold green" if row[0].endswith("best") else ("red" if not row[-1].startswith("finished") else None)
         table.add_row(*row, style=style)
     print_titled(console, table)
     for r in result["runs"]:

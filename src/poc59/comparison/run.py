@@ -30,7 +30,7 @@ from poc59.comparison.cross_validation import (
 )
 from poc59.comparison.report import write_reports
 from poc59.core.classes import ClassTable
-from poc59.core.config import flatten
+from poc59.core.config import SettingError, flatten
 from poc59.core.outputs import check_writable, refuse_existing, writing
 from poc59.core.progress import Steps
 from poc59.evaluation.run import PER_IMAGE_FILE, EvaluateError, evaluate_run, scored_the_best
@@ -80,6 +80,9 @@ class Run:
     per_class: dict[str, float | None] = field(default_factory=dict)
     per_class_interval: dict[str, list[float] | None] = field(default_factory=dict)
     scores: dict[str, Any] = field(default_factory=dict)  # every registered metric at the best epoch, by key
+    monitor: str | None = None  # the metric that picked its best epoch (its `monitor` setting; older runs: val/mIoU)
+    score: float | None = None  # the ranking metric (compare's monitor) at its best epoch
+    score_interval: list[float] | None = None  # its bootstrap interval, from metrics.json
     train_images_per_s: float | None = None
     peak_memory_bytes: int | None = None
     wall_time_s: float | None = None
@@ -195,6 +198,7 @@ def read_run(run_dir: Path, name: str, status: str, detail: str, evaluate: bool)
     run.val_miou = _finite(s.get("val/mIoU"))
     run.per_class = {n: _finite(v) for n, v in (s.get("val/IoU") or {}).items()}
     run.scores = {m.key: s[f"val/{m.name}"] for m in registry.METRICS.values() if f"val/{m.name}" in s}
+    run.monitor = s.get("monitor") or f"val/{registry.headline().name}"
     run.train_images_per_s = _finite(s.get("train_images_per_s"))
     run.peak_memory_bytes = (s.get("peak_memory") or {}).get("bytes")
     run.wall_time_s = _finite(s.get("wall_time_s"))
@@ -307,12 +311,49 @@ def _span(points: list[tuple[float, list[float] | None]]) -> list[float] | None:
     return [min(iv[0] if iv else v for v, iv in points), max(iv[1] if iv else v for v, iv in points)]
 
 
-def configurations(runs: list[Run]) -> list[dict]:
-    """Finished runs grouped by configuration (seed repeats, folds together), ranked by their score: the
-    mean best val mIoU, or for a cross-validation its pooled out-of-fold mIoU."""
+def ranking_monitor(runs: list[Run], monitor: str | None = None) -> str:
+    """The validation metric compare ranks by: `monitor` if given, else the one every finished run picked its
+    best epoch by (their `monitor` setting); runs that picked theirs by different metrics need `monitor=`."""
+    if monitor is not None:
+        try:
+            return registry.check_monitor(monitor)
+        except SettingError as err:
+            raise CompareError(str(err)) from None
+    used = defaultdict(list)
+    for r in runs:
+        if r.status == "finished":
+            used[r.monitor].append(r.name or r.dir)
+    if len(used) > 1:
+        which = "; ".join(f"{m}: {', '.join(names)}" for m, names in used.items())
+        raise CompareError(
+            f"the runs picked their best epochs by different metrics ({which}): rank them all by one, e.g. "
+            f"monitor={next(iter(used))} (each run's value at its own best epoch)"
+        )
+    return next(iter(used), f"val/{registry.headline().name}")
+
+
+def all_runs_monitor(runs: list[Run]) -> str | None:
+    """The `monitor` the finished runs share (None when they differ or none finished)."""
+    used = {r.monitor for r in runs if r.status == "finished"}
+    return used.pop() if len(used) == 1 else None
+
+
+def _score(run: Run, monitor: str) -> None:
+    """run.score and run.score_interval: `monitor` at the run's best epoch, and its interval from metrics.json."""
+    run.score = _finite(run.summary.get(monitor))
+    key = registry.monitored(monitor).key
+    run.score_interval = (run.metrics or {}).get(f"{key}_ci") if run.score is not None else None
+
+
+def configurations(runs: list[Run], monitor: str | None = None) -> list[dict]:
+    """Finished runs grouped by configuration (seed repeats, folds together), ranked by their score: the mean
+    over seeds of `monitor` (default val/mIoU) at each run's best epoch, or for a cross-validation its pooled
+    out-of-fold value."""
+    monitor = registry.check_monitor(monitor)
     groups: dict[str, list[Run]] = defaultdict(list)
     for r in runs:
         if r.status == "finished":
+            _score(r, monitor)
             groups[r.config].append(r)
     out = []
     for members in groups.values():
@@ -365,12 +406,20 @@ def configurations(runs: list[Run]) -> list[dict]:
                 "wall_time_s": _mean([r.wall_time_s for r in members]),
                 "status": "finished",
                 "config": first.config,
-                "score": statistics.fmean(values) if values else None,
+                "ranked_by": monitor,
+                "score": statistics.fmean(scores)
+                if (scores := [r.score for r in members if r.score is not None])
+                else None,
+                "score_interval": (
+                    first.score_interval
+                    if len(members) == 1
+                    else _span([(r.score, r.score_interval) for r in members if r.score is not None])
+                ),
                 "cv": None,
             }
         )
         if fold_record(first.summary) is not None:
-            _as_cross_validation(out[-1], members, names)
+            _as_cross_validation(out[-1], members, names, registry.monitored(monitor).key)
     _disambiguate(out)
     out.sort(key=lambda c: -1.0 if c["score"] is None else c["score"], reverse=True)
     for rank, c in enumerate(out, 1):
@@ -379,8 +428,9 @@ def configurations(runs: list[Run]) -> list[dict]:
     return out
 
 
-def _as_cross_validation(c: dict, members: list[Run], names: list[str]) -> None:
-    """A configuration of folds: over-fold statistics, and the pooled score (its rank, interval, per class)."""
+def _as_cross_validation(c: dict, members: list[Run], names: list[str], key: str) -> None:
+    """A configuration of folds: over-fold statistics, and the pooled score of metric `key` (its rank and
+    interval), the pooled IoU per class."""
     cv = c["cv"] = cross_validate(members, names, BOOTSTRAP)
     c["folds"], c["pooled_miou"], c["pooled_interval"] = cv["folds"], cv["pooled_miou"], cv["pooled_interval"]
     folds = [f["val_mIoU"] for f in cv["per_fold"] if f["val_mIoU"] is not None]
@@ -392,7 +442,8 @@ def _as_cross_validation(c: dict, members: list[Run], names: list[str]) -> None:
         "values": folds,
         "over": "folds",
     }
-    c["score"] = cv["pooled_miou"]
+    c["score"] = (cv.get("pooled") or {}).get(key)
+    c["score_interval"] = (cv.get("pooled_intervals") or {}).get(key)
     c["interval"] = cv["pooled_interval"]
     c["interval_kind"] = cv.get("pooled_interval_kind")
     if cv["pooled_miou"] is not None:
@@ -446,21 +497,21 @@ def _disambiguate(configs: list[dict]) -> None:
 
 
 def lead(configs: list[dict]) -> dict:
-    """Is the best's lead over the runner-up larger than their intervals?"""
+    """Is the best's lead over the runner-up (in the score they are ranked by) larger than their intervals?"""
     ranked = [c for c in configs if c["rank"] is not None]
     if len(ranked) < 2:
         return {"verdict": "Only one configuration finished: nothing to rank it against", "larger_than_intervals": None}
     best, runner = ranked[0], ranked[1]
     diff = best["score"] - runner["score"]
     out = {"best": best["label"], "runner_up": runner["label"], "difference": diff}
-    missing = [c["label"] for c in (best, runner) if not c["interval"]]
+    missing = [c["label"] for c in (best, runner) if not c["score_interval"]]
     if missing:
         out["larger_than_intervals"] = None
         out["verdict"] = (
             f"Lead of {100 * diff:.2f} points not assessed: no interval for {', '.join(missing)} "
             "(python -m poc59.evaluate run_dir=..., or compare with evaluate=true)"
         )
-    elif best["interval"][0] > runner["interval"][1]:
+    elif best["score_interval"][0] > runner["score_interval"][1]:
         out["larger_than_intervals"] = True
         out["verdict"] = f"Lead of {100 * diff:.2f} points is larger than the intervals (they do not overlap)"
     else:
@@ -507,8 +558,11 @@ def compare(
     out: str | Path | None = None,
     evaluate: bool = True,
     overwrite: bool = False,
+    monitor: str | None = None,
 ) -> dict:
     """Compare the runs, write comparison.{md,csv,json} and per_class_iou.png into `out`; return the result.
+    Configurations are ranked by `monitor` (``val/<metric>``; default: the metric the runs picked their best
+    epochs by, their own `monitor` setting).
 
     An `out` that already holds a comparison is refused before any run is read unless `overwrite` (the rule
     of every command that writes results: poc59.core.outputs), as is a folder that cannot be written."""
@@ -521,9 +575,12 @@ def compare(
     out = Path(out)
     earlier = refuse_existing(out, OUTPUTS, overwrite, "out", CompareError)
     check_writable(out, "out", CompareError)
+    if monitor is not None:
+        ranking_monitor([], monitor)  # a misspelt metric is refused before any run is read
     all_runs = collect(sweep, runs, evaluate)
     classes = check_comparable(all_runs)
-    configs = configurations(all_runs)
+    monitor = ranking_monitor(all_runs, monitor)
+    configs = configurations(all_runs, monitor)
     # a failed write leaves none of this attempt's files, nor an earlier comparison's beside them: exit 2
     with writing(out, "out", CompareError):
         for path in earlier:  # overwrite=true: replaced as a whole, never mixed with this comparison's files
@@ -538,12 +595,19 @@ def compare(
             legend_title="configuration",
         )
         conv = conventions(all_runs)
+        conv["score"] = (
+            f"{monitor}, the metric the configurations are ranked by ("
+            + ("compare's monitor=" if monitor != all_runs_monitor(all_runs) else "the runs' `monitor` setting")
+            + "): the mean over seeds of each run's value at its best epoch; for a cross-validation, pooled over "
+            "the out-of-fold images"
+        )
         kinds = list(dict.fromkeys(c["interval_kind"] for c in configs if c["interval_kind"]))
         conv["interval"] = (
             "; ".join(kinds) or "none: no evaluation/val/metrics.json (python -m poc59.evaluate, or evaluate=true)"
         )
         result = {
             "sweep": str(sweep) if sweep is not None else None,
+            "monitor": monitor,
             "classes": classes.to_dict(),
             "conventions": conv,
             "best": next((c["label"] for c in configs if c["best"]), None),

@@ -10,10 +10,11 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 _PACKAGE_DIR = Path(__file__).resolve().parents[1]  # the poc59 package (this file is poc59/core/config.py)
 
@@ -23,8 +24,19 @@ class SettingError(ValueError):
 
 
 def plain(node: Any) -> dict:
-    """A config mapping (DictConfig, or a dict already) as a plain, resolved dict ({} for null)."""
-    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node or {})
+    """A config mapping (a DictConfig, or a mapping that may hold OmegaConf nodes and tuples) as plain, resolved
+    dicts and lists all the way down ({} for null): what JSON, YAML and keyword arguments take."""
+    return _containers(node) if node is not None else {}
+
+
+def _containers(value: Any) -> Any:
+    if isinstance(value, DictConfig | ListConfig):
+        value = OmegaConf.to_container(value, resolve=True)
+    if isinstance(value, Mapping):
+        return {k: _containers(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_containers(v) for v in value]
+    return value
 
 
 def flatten(node: Any, prefix: str = "") -> dict[str, Any]:

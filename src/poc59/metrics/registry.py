@@ -213,6 +213,12 @@ def check_monitor(monitor: object) -> str:
     return str(monitor)
 
 
+def monitored(monitor: str | None) -> Metric:
+    """The split metric a `monitor` setting (``val/<name>``, None = the headline) names; SettingError if none."""
+    name = check_monitor(monitor).removeprefix("val/")
+    return next(m for m in split_metrics() if m.name == name)
+
+
 def best_entry(history: Sequence[Mapping], monitor: str | None = None) -> Mapping | None:
     """The history entry ({"epoch", metric name: value, ...}) with the highest `monitor` (``val/<name>``;
     default the headline); entries without a value for it (absent, or written before it was registered) are

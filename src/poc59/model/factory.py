@@ -12,15 +12,14 @@ import inspect
 import logging
 import os
 import sys
-from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
 
 import segmentation_models_pytorch as smp
 import torch
 from timm.models import get_pretrained_cfg
 from torch import nn
 
+from poc59.core.config import plain
 from poc59.model.encoders import UnknownEncoderError, check_encoder_name
 from poc59.model.pretrained import (
     IMAGENET,
@@ -70,15 +69,6 @@ def _no_hub() -> None:
     constants = sys.modules.get("huggingface_hub.constants")  # read at import: update it if already imported
     if constants is not None and os.environ["HF_HUB_OFFLINE"].strip().lower() in ("1", "true", "yes", "on"):
         constants.HF_HUB_OFFLINE = True
-
-
-def _plain(value: Any) -> Any:
-    """OmegaConf containers (and tuples) to plain dicts and lists."""
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, Sequence) and not isinstance(value, (str, bytes)):
-        return [_plain(v) for v in value]
-    return value
 
 
 def _architectures() -> dict[str, type[nn.Module]]:
@@ -134,8 +124,8 @@ def build_network(
     kwargs go to the encoder (timm.create_model for tu- encoders), decoder_kwargs to the smp architecture.
     """
     _no_hub()
-    kwargs = _plain(dict(kwargs or {}))
-    decoder_kwargs = _plain(dict(decoder_kwargs or {}))
+    kwargs = plain(kwargs)
+    decoder_kwargs = plain(decoder_kwargs)
     path = check_network(name, decoder, weights, weights_dir, kwargs, decoder_kwargs)
     arch = _architecture(decoder)
     try:
@@ -168,7 +158,7 @@ def check_network(
 
     UnknownEncoderError, ValueError, MissingWeightsError or WeightsMismatchError name the setting and the fix.
     """
-    kwargs, decoder_kwargs = _plain(dict(kwargs or {})), _plain(dict(decoder_kwargs or {}))
+    kwargs, decoder_kwargs = plain(kwargs), plain(decoder_kwargs)
     check_encoder_name(name)
     _check_kwargs(_architecture(decoder), name, kwargs, decoder_kwargs)
     if isinstance(weights, str) and weights.strip().lower() in ("", "null", "none", "scratch"):
