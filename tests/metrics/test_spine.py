@@ -174,7 +174,9 @@ def test_compare_ranks_by_the_runs_monitor_or_its_own_and_refuses_a_mixture(trai
     summary = json.loads((b / "summary.json").read_text())
     (b / "summary.json").write_text(json.dumps({**summary, "monitor": "val/fwIoU"}))
     refused = command("compare", [f"runs=[{a},{b}]", f"out={tmp_path / 'c3'}", "evaluate=false"], capsys, monkeypatch)
-    assert refused.returncode == 2 and "val/mIoU: " in refused.stderr and "val/fwIoU: " in refused.stderr, refused.stderr
+    assert refused.returncode == 2 and "val/mIoU: " in refused.stderr and "val/fwIoU: " in refused.stderr, (
+        refused.stderr
+    )
     assert not (tmp_path / "c3").exists()
     advice = re.search(r"monitor=\S+(?= \()", refused.stderr).group()
     pasted = command(
