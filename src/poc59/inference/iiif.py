@@ -1,0 +1,441 @@
+"""A scan's damage as IIIF: a Presentation 3 manifest and one W3C Web Annotation per damage region.
+
+For one predicted scan, `write_iiif` writes beside predict's maps:
+
+- `<stem>_damage.png`: the damage layer, a palette PNG of the label map (values = class ids, palette = the
+  class table's colours) in which Clean (id 0) and pixels outside the object (255) are transparent, so a
+  viewer can lay it over the scan;
+- `<stem>.annotations.json`: an AnnotationPage with one Annotation per connected damage region
+  (8-connected pixels of one damage class, Clean excluded): motivation "commenting", a first TextualBody
+  naming the class (purpose "classifying"), a second one giving its area in pixels, its share of the object
+  and its mean confidence (purpose "describing"), and a target on the canvas with an SvgSelector whose path
+  outlines the region, holes kept (fill-rule evenodd; the outline and its holes also wind in opposite
+  directions, so a viewer filling by the default nonzero rule shows the holes too). The same figures,
+  unrounded, are in the annotation's `damage` property (a poc59 extension that IIIF viewers ignore);
+- `<stem>.manifest.json`: a manifest with one canvas of the scan's size, painted with the scan (its IIIF
+  Image API service, or the image file) and, as a second painting annotation, the damage layer; the
+  AnnotationPage is referenced from the canvas's `annotations` by its id, which is the URI of the file.
+
+Why a second painting annotation: Mirador (3 and 4) draws every Image painted on a canvas as a layer that
+its "Layers" panel shows, hides and fades; it draws no supplementing Image. Mirador fetches an
+AnnotationPage that is referenced without items from its id, lists each annotation's textual bodies in its
+annotation panel and draws its SvgSelector.
+
+Outlines. Each region is traced on its pixels' edges (not through their centres), so a 1 px wide crack keeps
+its width and the unsimplified outline encloses exactly the region's pixels. It is then simplified by
+Douglas-Peucker (`cv2.approxPolyDP`) with a tolerance of `TOLERANCE_PX` pixels: every dropped vertex lies
+within that distance of the simplified outline, so the outline's area differs from the pixel count by at
+most about the perimeter times the tolerance. An outline or hole that would simplify below 3 vertices is
+kept unsimplified. Coordinates are canvas pixels (the scan's own).
+
+Specks. A region of fewer than `MIN_AREA` pixels gets no annotation (it stays in the damage map and in
+predict's statistics); such specks are counted per class in the returned summary.
+
+IDs are URIs under a base: `base_url` (e.g. where the folder will be served, `https://example.org/maps/`)
+or, without it, the output folder's own `file:` URI. The same labels give the same IDs.
+
+Memory: besides the inputs, one class at a time needs its mask (1 byte a pixel) and OpenCV's component
+labels (4 bytes a pixel); tracing one region needs 4 bytes a pixel of its bounding box.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import mimetypes
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+import cv2
+import numpy as np
+from PIL import Image
+
+from poc59.analysis.colour import lookup_table
+from poc59.core.atomic import write_bytes
+from poc59.core.classes import ClassTable
+
+__all__ = [
+    "MIN_AREA",
+    "TOLERANCE_PX",
+    "IiifDocuments",
+    "ScanRef",
+    "check_base_url",
+    "damage_layer_png",
+    "iiif_documents",
+    "output_names",
+    "write_iiif",
+]
+
+MIN_AREA = 16
+"""Regions of fewer pixels than this (a 4 x 4 px speck) get no annotation; they are counted instead."""
+
+TOLERANCE_PX = 1.0
+"""Douglas-Peucker tolerance of the outlines, in pixels of the scan."""
+
+LAYOUT = {"layer": "_damage.png", "annotations": ".annotations.json", "manifest": ".manifest.json"}
+"""The files of one scan: `<stem><suffix>`."""
+
+
+def output_names(stem: str) -> list[str]:
+    """The names of the files `write_iiif` writes for the scan `stem`, in the order it writes them."""
+    return [f"{stem}{suffix}" for suffix in LAYOUT.values()]
+
+
+PRESENTATION_CONTEXT = "http://iiif.io/api/presentation/3/context.json"
+_IMAGE_API = {
+    2: ("ImageService2", "http://iiif.io/api/image/2/level1.json", "full/full/0/default.jpg"),
+    3: ("ImageService3", "level1", "full/max/0/default.jpg"),
+}
+
+
+@dataclass(frozen=True)
+class ScanRef:
+    """What the canvas shows: the scan's image URI and size, and its IIIF Image API service if it came from one.
+
+    `ScanRef.local(path, w, h)` for a file (its `file:` URI, or `url=` where a copy of it is served: browsers
+    show PNG, JPEG and WebP, not TIFF), `ScanRef.iiif(service, w, h)` for an Image API service (the base URI,
+    without /info.json)."""
+
+    image: str
+    width: int
+    height: int
+    format: str | None = None
+    service: dict[str, str] | None = field(default=None)
+
+    @classmethod
+    def local(cls, path: str | Path, width: int, height: int, url: str | None = None) -> ScanRef:
+        path = Path(path)
+        return cls(url or path.resolve().as_uri(), width, height, mimetypes.guess_type(path.name)[0])
+
+    @classmethod
+    def iiif(cls, service: str, width: int, height: int, version: int = 3) -> ScanRef:
+        if version not in _IMAGE_API:
+            raise ValueError(f"IIIF Image API version {version}: only 2 and 3 exist")
+        kind, profile, full = _IMAGE_API[version]
+        base = service.removesuffix("/info.json").rstrip("/")
+        return cls(f"{base}/{full}", width, height, "image/jpeg", {"id": base, "type": kind, "profile": profile})
+
+
+@dataclass
+class IiifDocuments:
+    """One scan's IIIF files (name in the output folder -> bytes) and what they hold (`summary`)."""
+
+    files: dict[str, bytes]
+    summary: dict[str, Any]
+
+
+def check_base_url(url: str) -> str:
+    """`url` as the base of the IDs (ending in "/"); ValueError unless it is an absolute http(s) or file URI."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https", "file") or (parts.scheme != "file" and not parts.netloc):
+        raise ValueError(
+            f"{url!r} is not an absolute http(s):// or file:// URI; give the address the output folder is "
+            "served at, e.g. https://example.org/maps/"
+        )
+    return url if url.endswith("/") else url + "/"
+
+
+def damage_layer_png(labels: np.ndarray, classes: ClassTable) -> bytes:
+    """Palette PNG of a label map uint8 [H, W] with the class table's colours, Clean (0) and the ignore id
+    transparent: the layer a viewer lays over the scan."""
+    img = Image.fromarray(np.ascontiguousarray(labels, dtype=np.uint8), "L")
+    img.putpalette(lookup_table(classes).reshape(-1).tolist())
+    alpha = bytearray([255] * 256)
+    alpha[0] = alpha[classes.ignore_index] = 0
+    buf = io.BytesIO()
+    img.save(buf, format="PNG", compress_level=1, transparency=bytes(alpha))  # large scans: fast, lossless
+    return buf.getvalue()
+
+
+def _signed_area(ring: np.ndarray) -> float:
+    """Shoelace area of a closed ring [n, 2] (x, y); positive when clockwise on screen (y down)."""
+    x, y = ring[:, 0], ring[:, 1]
+    return 0.5 * float(x[:-1] @ y[1:] - x[1:] @ y[:-1] + x[-1] * y[0] - x[0] * y[-1])
+
+
+def _corners_restored(points: np.ndarray) -> np.ndarray:
+    """A traced contour [n, 2] (fine cells, see `_edge_rings`) with the corners it cut put back.
+
+    OpenCV follows boundaries 8-connected, so at a corner it steps diagonally from a cell on one pixel edge
+    (one odd coordinate) to a cell on the other (the other odd coordinate), cutting the corner cell, whose
+    coordinates are both odd. Pixel edges have no diagonal steps: every diagonal step gets its corner back.
+    """
+    following = np.concatenate([points[1:], points[:1]])
+    step = following - points
+    diagonal = (step[:, 0] != 0) & (step[:, 1] != 0)
+    if not diagonal.any():
+        return points.reshape(-1, 1, 2)
+    corner = np.where(
+        (points[:, 0] % 2 == 1)[:, None],
+        np.stack([points[:, 0], following[:, 1]], 1),
+        np.stack([following[:, 0], points[:, 1]], 1),
+    )
+    out = np.empty((len(points) + int(diagonal.sum()), 2), points.dtype)
+    at = np.arange(len(points)) + np.concatenate([[0], np.cumsum(diagonal)[:-1]])
+    out[at] = points
+    out[at[diagonal] + 1] = corner[diagonal]
+    return out.reshape(-1, 1, 2)
+
+
+def _edge_rings(region: np.ndarray, tolerance: float) -> list[tuple[np.ndarray, bool]]:
+    """Outlines of a region (bool [h, w], one 8-connected component) along its pixels' edges, simplified:
+    [(ring [n, 2] float in the region's pixel coordinates, is a hole)].
+
+    The region is drawn on a grid twice as fine plus one line: pixel (y, x) covers the fine cells
+    2y+1..2y+3 x 2x+1..2x+3 (one cell of border), so neighbouring pixels share cells and a one-pixel hole
+    leaves its centre cell empty. Contours through the centres of the fine cells then run along the pixel
+    edges: fine coordinate f is pixel coordinate (f - 1) / 2.
+    """
+    h, w = region.shape
+    fine = np.zeros((2 * h + 3, 2 * w + 3), np.uint8)
+    for dy in range(3):
+        for dx in range(3):
+            fine[1 + dy : 1 + dy + 2 * h : 2, 1 + dx : 1 + dx + 2 * w : 2] |= region
+    contours, hierarchy = cv2.findContours(fine, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_NONE)
+    rings = []
+    for traced, (_, _, _, parent) in zip(contours, hierarchy[0]):
+        contour = _corners_restored(traced.reshape(-1, 2))
+        simple = cv2.approxPolyDP(contour, 2.0 * tolerance, True)  # fine cells are half a pixel
+        if len(simple) < 3:
+            simple = contour
+        ring = (simple.reshape(-1, 2).astype(np.float64) - 1.0) / 2.0
+        hole = bool(parent >= 0)
+        if (_signed_area(ring) < 0) != hole:  # outlines clockwise, holes counter-clockwise
+            ring = ring[::-1]
+        rings.append((ring, hole))
+    return rings
+
+
+def _number(v: float) -> str:
+    return f"{v:.1f}".removesuffix(".0")
+
+
+def _svg(rings: list[tuple[np.ndarray, bool]], colour: str) -> str:
+    """An SVG document of one path: a subpath per ring, even-odd filled in the class colour."""
+    d = " ".join("M" + " L".join(f"{_number(x)} {_number(y)}" for x, y in ring) + " Z" for ring, _ in rings)
+    return (
+        '<svg xmlns="http://www.w3.org/2000/svg"><path fill-rule="evenodd" '
+        f'fill="{colour}" fill-opacity="0.3" stroke="{colour}" stroke-width="2" d="{d}"/></svg>'
+    )
+
+
+def _checked(
+    labels: np.ndarray, confidence: np.ndarray, classes: ClassTable, object_mask: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Pixels per label value; the object mask as bool. ValueError for shapes or labels that do not fit."""
+    if labels.ndim != 2 or labels.dtype != np.uint8:
+        raise ValueError(f"labels must be a uint8 label map [H, W], got {labels.dtype} {labels.shape}")
+    if confidence.shape != labels.shape:
+        raise ValueError(f"confidence {confidence.shape} and labels {labels.shape} differ in size")
+    if object_mask is not None and object_mask.shape != labels.shape:
+        raise ValueError(f"object_mask {object_mask.shape} and labels {labels.shape} differ in size")
+    counts = np.bincount(labels.reshape(-1), minlength=256)
+    stray = [int(v) for v in np.flatnonzero(counts) if v >= classes.num_classes and v != classes.ignore_index]
+    if stray:
+        raise ValueError(f"labels {stray[:10]} are neither a class id nor the ignore id {classes.ignore_index}")
+    return counts, None if object_mask is None else object_mask.astype(bool, copy=False)
+
+
+def iiif_documents(
+    stem: str,
+    labels: np.ndarray,
+    confidence: np.ndarray,
+    classes: ClassTable,
+    scan: ScanRef,
+    base: str,
+    object_mask: np.ndarray | None = None,
+    min_area: int = MIN_AREA,
+    tolerance: float = TOLERANCE_PX,
+) -> IiifDocuments:
+    """The damage layer, the AnnotationPage and the manifest of one scan (see the module docstring).
+
+    `labels` uint8 [H, W] (class ids, 255 outside the object); `confidence` [H, W], the winning class's
+    probability: floats in [0, 1], or uint8 where 0..255 means 0..1; `object_mask` [H, W], non-zero = object
+    (the share of each region is of the object, else of the whole image; pixels outside it are in no region);
+    `base` the IDs' base URI ending in "/" (`check_base_url`).
+    """
+    if min_area < 1 or tolerance < 0:
+        raise ValueError(f"min_area must be at least 1 and tolerance at least 0, got {min_area} and {tolerance}")
+    counts, inside = _checked(labels, confidence, classes, object_mask)
+    if (scan.height, scan.width) != labels.shape:
+        raise ValueError(
+            f"the scan is {scan.width} x {scan.height} px but the labels {labels.shape[1]} x {labels.shape[0]} px"
+        )
+    scale = 1 / 255 if confidence.dtype == np.uint8 else 1.0
+    reference = int(np.count_nonzero(inside)) if inside is not None else labels.size
+    names = dict(zip(LAYOUT, output_names(stem)))
+    manifest_id, page_id, layer_id = (base + quote(names[k]) for k in ("manifest", "annotations", "layer"))
+    canvas_id = f"{base}{quote(stem)}/canvas/1"
+
+    where = "object mask" if inside is not None else "image"
+    items: list[dict[str, Any]] = []
+    per_class: dict[str, dict[str, int]] = {}
+    for c in range(1, classes.num_classes):  # Clean (0) is no damage
+        if not counts[c]:
+            continue
+        mask = labels == c
+        if inside is not None:
+            mask &= inside
+        _, components, stats, _ = cv2.connectedComponentsWithStats(mask.view(np.uint8), connectivity=8)
+        areas = stats[1:, cv2.CC_STAT_AREA]
+        specks = areas < min_area
+        per_class[classes.names[c]] = {
+            "regions": int(np.count_nonzero(~specks)),
+            "specks": int(np.count_nonzero(specks)),
+            "speck_pixels": int(areas[specks].sum()),
+        }
+        for k in np.flatnonzero(~specks) + 1:
+            x, y, w, h, area = (int(v) for v in stats[k])
+            window = (slice(y, y + h), slice(x, x + w))
+            region = components[window] == k
+            rings = [(ring + (x, y), hole) for ring, hole in _edge_rings(region, tolerance)]
+            damage = {
+                "class_id": c,
+                "class": classes.names[c],
+                "pixels": area,
+                "percent": 100 * area / reference,
+                "reference": where,
+                "mean_confidence": float(confidence[window][region].mean(dtype=np.float64)) * scale,
+                "bbox": [x, y, w, h],
+                "holes": sum(hole for _, hole in rings),
+            }
+            items.append(_region_annotation(f"{page_id}#region-{len(items) + 1}", canvas_id, damage, rings, classes))
+    specks = sum(v["specks"] for v in per_class.values())
+    page = {
+        "@context": PRESENTATION_CONTEXT,
+        "id": page_id,
+        "type": "AnnotationPage",
+        "label": {"en": [f"{stem}: {len(items)} damage regions"]},
+        "items": items,
+    }
+    manifest = _manifest(stem, scan, manifest_id, canvas_id, page_id, layer_id, len(items), specks, min_area)
+    summary = {
+        **{k: names[k] for k in LAYOUT},
+        "regions": len(items),
+        "specks": specks,
+        "min_area": min_area,
+        "tolerance_px": tolerance,
+        "classes": per_class,
+    }
+    files = {
+        names["layer"]: damage_layer_png(labels, classes),
+        names["annotations"]: _json(page),  # compact: thousands of regions
+        names["manifest"]: _json(manifest, indent=1),  # last: a manifest on disk means its page and layer are there
+    }
+    return IiifDocuments(files, summary)
+
+
+def _region_annotation(
+    annotation_id: str,
+    canvas_id: str,
+    damage: dict[str, Any],
+    rings: list[tuple[np.ndarray, bool]],
+    classes: ClassTable,
+) -> dict[str, Any]:
+    """One region's Annotation: the class name and its figures as text, its outline as an SvgSelector."""
+    of = "the object" if damage["reference"] == "object mask" else "the image"
+    figures = (
+        f"{damage['pixels']} px, {damage['percent']:.2f} % of {of}, mean confidence {damage['mean_confidence']:.2f}"
+    )
+    return {
+        "id": annotation_id,
+        "type": "Annotation",
+        "motivation": "commenting",
+        "body": [_text(damage["class"], "classifying"), _text(figures, "describing")],
+        "target": {
+            "type": "SpecificResource",
+            "source": canvas_id,
+            "selector": {"type": "SvgSelector", "value": _svg(rings, classes.palette[damage["class_id"]])},
+        },
+        "damage": damage,
+    }
+
+
+def _text(value: str, purpose: str) -> dict[str, str]:
+    return {"type": "TextualBody", "value": value, "format": "text/plain", "language": "en", "purpose": purpose}
+
+
+def _json(obj: Any, indent: int | None = None) -> bytes:
+    return (json.dumps(obj, indent=indent, allow_nan=False) + "\n").encode()
+
+
+def _manifest(
+    stem: str,
+    scan: ScanRef,
+    manifest_id: str,
+    canvas_id: str,
+    page_id: str,
+    layer_id: str,
+    regions: int,
+    specks: int,
+    min_area: int,
+) -> dict[str, Any]:
+    size = {"width": scan.width, "height": scan.height}
+    image = {"id": scan.image, "type": "Image", **({"format": scan.format} if scan.format else {}), **size}
+    if scan.service:
+        image["service"] = [scan.service]
+    layer = {"id": layer_id, "type": "Image", "format": "image/png", **size, "label": {"en": ["Damage map"]}}
+    painting = [("scan", image, "Scan"), ("damage", layer, "Damage map")]
+    return {
+        "@context": PRESENTATION_CONTEXT,
+        "id": manifest_id,
+        "type": "Manifest",
+        "label": {"none": [stem]},
+        "summary": {
+            "en": [
+                f"Damage predicted by poc59: {regions} regions annotated; {specks} specks under {min_area} px "
+                "left out of the annotations (they are in the damage map)."
+            ]
+        },
+        "items": [
+            {
+                "id": canvas_id,
+                "type": "Canvas",
+                "label": {"none": [stem]},
+                **size,
+                "items": [
+                    {
+                        "id": f"{canvas_id}/painting",
+                        "type": "AnnotationPage",
+                        "items": [
+                            {
+                                "id": f"{canvas_id}/painting/{key}",
+                                "type": "Annotation",
+                                "motivation": "painting",
+                                "label": {"en": [label]},
+                                "body": body,
+                                "target": canvas_id,  # a plain id: Mirador reads painting targets as strings
+                            }
+                            for key, body, label in painting
+                        ],
+                    }
+                ],
+                "annotations": [{"id": page_id, "type": "AnnotationPage"}],
+            }
+        ],
+    }
+
+
+def write_iiif(
+    out_dir: str | Path,
+    stem: str,
+    labels: np.ndarray,
+    confidence: np.ndarray,
+    classes: ClassTable,
+    scan: ScanRef,
+    object_mask: np.ndarray | None = None,
+    min_area: int = MIN_AREA,
+    tolerance: float = TOLERANCE_PX,
+    base_url: str | None = None,
+) -> dict[str, Any]:
+    """Write `<stem>_damage.png`, `<stem>.annotations.json` and `<stem>.manifest.json` into `out_dir`
+    (each atomically, the manifest last) and return the summary: the three file names, the regions
+    annotated, the specks left out, per class. IDs under `base_url`, or the folder's file: URI without it."""
+    out_dir = Path(out_dir)
+    base = check_base_url(base_url) if base_url else out_dir.resolve().as_uri() + "/"
+    docs = iiif_documents(stem, labels, confidence, classes, scan, base, object_mask, min_area, tolerance)
+    for name, data in docs.files.items():
+        write_bytes(out_dir / name, data)
+    return docs.summary

@@ -1,0 +1,249 @@
+"""A scan's damage as IIIF (poc59.inference.iiif): hand-built label maps -> the manifest, the AnnotationPage and
+the damage layer, checked against NumPy and validated with iiif_prezi3's models."""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from iiif_prezi3 import AnnotationPage, Manifest
+from PIL import Image
+
+from poc59.core.classes import ARTEFACT
+from poc59.inference.iiif import (
+    MIN_AREA,
+    TOLERANCE_PX,
+    ScanRef,
+    check_base_url,
+    iiif_documents,
+    output_names,
+    write_iiif,
+)
+
+CRACKS, DUST, SCRATCH, PEEL = (ARTEFACT.names.index(n) for n in ("Cracks", "Dust", "Scratch", "Peel"))
+H, W = 60, 80
+
+
+def _scene() -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+    """labels, confidence, object mask and each region's pixels: a Cracks ring with a hole, two separate Dust
+    blobs (one of them a diagonal staircase), a 3-pixel Scratch speck, no Peel at all; the last rows lie
+    outside the object (255)."""
+    labels = np.zeros((H, W), np.uint8)
+    labels[4:24, 4:28] = CRACKS
+    labels[10:16, 12:20] = 0  # the hole: 48 px
+    labels[30:38, 40:52] = DUST
+    for i in range(12):  # a staircase, 8-connected only through its corners' neighbours
+        labels[40 + i, 10 + i : 13 + i] = DUST
+    labels[2, 60:63] = SCRATCH  # 3 px < MIN_AREA
+    inside = np.ones((H, W), bool)
+    inside[56:] = False
+    labels[~inside] = ARTEFACT.ignore_index
+    confidence = np.random.default_rng(0).random((H, W)).astype(np.float32)
+    regions = {"ring": labels == CRACKS, "block": np.zeros((H, W), bool), "stairs": np.zeros((H, W), bool)}
+    regions["block"][30:38, 40:52] = True
+    regions["stairs"] = (labels == DUST) & ~regions["block"]
+    return labels, confidence, inside, regions
+
+
+def _subpaths(svg: str) -> list[np.ndarray]:
+    d = re.search(r' d="([^"]*)"', svg).group(1)
+    return [np.array([[float(v) for v in p.split()] for p in sub.split("L")]) for sub in re.findall(r"M([^Z]*)Z", d)]
+
+
+def _shoelace(ring: np.ndarray) -> float:
+    x, y = ring[:, 0], ring[:, 1]
+    return 0.5 * float(np.dot(x, np.roll(y, -1)) - np.dot(np.roll(x, -1), y))
+
+
+def _perimeter(region: np.ndarray) -> int:
+    """Pixel edges between the region and the rest."""
+    padded = np.pad(region, 1).astype(np.int8)
+    return int(np.abs(np.diff(padded, axis=0)).sum() + np.abs(np.diff(padded, axis=1)).sum())
+
+
+def _annotation_of(page: dict, region: np.ndarray) -> dict:
+    ys, xs = np.nonzero(region)
+    bbox = [int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1), int(ys.max() - ys.min() + 1)]
+    (found,) = [a for a in page["items"] if a["damage"]["bbox"] == bbox]
+    return found
+
+
+@pytest.fixture
+def written(tmp_path: Path) -> tuple[Path, dict, dict, dict]:
+    labels, confidence, inside, _ = _scene()
+    scan = ScanRef.local(tmp_path / "scan.png", W, H)
+    summary = write_iiif(tmp_path / "maps", "scan", labels, confidence, ARTEFACT, scan, object_mask=inside)
+    out = tmp_path / "maps"
+    return (
+        out,
+        summary,
+        json.loads((out / "scan.annotations.json").read_text()),
+        json.loads((out / "scan.manifest.json").read_text()),
+    )
+
+
+def test_one_annotation_per_region_naming_its_class_with_exact_figures(written):
+    _, summary, page, _ = written
+    labels, confidence, inside, regions = _scene()
+    assert len(page["items"]) == 3 == summary["regions"]
+    assert len({a["id"] for a in page["items"]}) == 3
+    for key, name in (("ring", "Cracks"), ("block", "Dust"), ("stairs", "Dust")):
+        region = regions[key]
+        annotation = _annotation_of(page, region)
+        assert annotation["motivation"] == "commenting"
+        assert annotation["body"][0] == {
+            "type": "TextualBody",
+            "value": name,
+            "format": "text/plain",
+            "language": "en",
+            "purpose": "classifying",
+        }
+        damage = annotation["damage"]
+        assert damage["class"] == name and damage["class_id"] == ARTEFACT.names.index(name)
+        assert damage["pixels"] == int(region.sum())
+        assert damage["percent"] == 100 * int(region.sum()) / int(inside.sum())  # of the object, not the image
+        assert damage["reference"] == "object mask"
+        assert damage["mean_confidence"] == float(confidence[region].mean(dtype=np.float64))
+        figures = annotation["body"][1]["value"]
+        assert figures == (
+            f"{region.sum()} px, {damage['percent']:.2f} % of the object, "
+            f"mean confidence {damage['mean_confidence']:.2f}"
+        )
+        # the outline: within the simplification tolerance of the pixels it outlines
+        subpaths = _subpaths(annotation["target"]["selector"]["value"])
+        area = sum(_shoelace(s) for s in subpaths)
+        assert abs(area - region.sum()) <= TOLERANCE_PX * _perimeter(region), (key, area, region.sum())
+        assert annotation["target"]["source"] == page["items"][0]["target"]["source"]
+    assert {a["body"][0]["value"] for a in page["items"]} == {"Cracks", "Dust"}  # no Clean, Peel, Scratch
+
+
+def test_the_ring_keeps_its_hole_as_a_second_subpath_wound_the_other_way(written):
+    _, _, page, _ = written
+    _, _, _, regions = _scene()
+    ring = _annotation_of(page, regions["ring"])
+    svg = ring["target"]["selector"]["value"]
+    assert ring["target"]["selector"]["type"] == "SvgSelector" and 'fill-rule="evenodd"' in svg
+    outline, hole = _subpaths(svg)
+    assert _shoelace(outline) == pytest.approx(20 * 24, abs=TOLERANCE_PX * 88)
+    assert _shoelace(hole) == pytest.approx(-6 * 8, abs=TOLERANCE_PX * 28)  # opposite winding: nonzero fills agree
+    assert ring["damage"]["holes"] == 1
+    xs, ys = hole[:, 0], hole[:, 1]
+    assert (xs.min(), xs.max(), ys.min(), ys.max()) == (12, 20, 10, 16)  # on the hole's pixel edges
+
+
+def test_specks_are_counted_not_annotated_and_absent_classes_not_listed(written):
+    _, summary, page, _ = written
+    assert MIN_AREA > 3
+    assert summary["classes"]["Scratch"] == {"regions": 0, "specks": 1, "speck_pixels": 3}
+    assert summary["classes"]["Dust"] == {"regions": 2, "specks": 0, "speck_pixels": 0}
+    assert summary["specks"] == 1 and summary["min_area"] == MIN_AREA
+    assert "Peel" not in summary["classes"] and "Clean" not in summary["classes"]
+    assert all(a["damage"]["class"] != "Scratch" for a in page["items"])
+
+
+def test_the_manifest_validates_paints_scan_and_layer_and_references_the_page_file(written, tmp_path):
+    out, summary, page, manifest = written
+    Manifest.model_validate_json((out / "scan.manifest.json").read_text())
+    AnnotationPage.model_validate_json((out / "scan.annotations.json").read_text())
+    assert sorted(p.name for p in out.iterdir()) == sorted(output_names("scan"))  # no temporary file left
+    assert [summary[k] for k in ("layer", "annotations", "manifest")] == output_names("scan")
+
+    (canvas,) = manifest["items"]
+    assert (canvas["width"], canvas["height"]) == (W, H)
+    assert canvas["annotations"] == [{"id": page["id"], "type": "AnnotationPage"}]  # no items: viewers fetch it
+    assert page["id"] == (out / "scan.annotations.json").resolve().as_uri()
+    assert manifest["id"] == (out / "scan.manifest.json").resolve().as_uri()
+    scan, layer = (a["body"] for a in canvas["items"][0]["items"])
+    assert all(a["motivation"] == "painting" and a["target"] == canvas["id"] for a in canvas["items"][0]["items"])
+    assert scan["id"] == (tmp_path / "scan.png").resolve().as_uri() and scan["format"] == "image/png"
+    assert layer["id"] == (out / "scan_damage.png").resolve().as_uri()
+    assert all(a["target"]["source"] == canvas["id"] for a in page["items"])
+
+
+def test_the_damage_layer_is_the_label_map_with_clean_and_outside_transparent(written):
+    out, *_ = written
+    labels, *_ = _scene()
+    img = Image.open(io.BytesIO((out / "scan_damage.png").read_bytes()))
+    assert img.mode == "P" and np.array_equal(np.asarray(img), labels)
+    palette = np.asarray(img.getpalette()[: 3 * ARTEFACT.num_classes]).reshape(-1, 3)
+    assert [tuple(p) for p in palette] == ARTEFACT.rgb()
+    rgba = np.asarray(img.convert("RGBA"))
+    assert (rgba[labels == 0, 3] == 0).all() and (rgba[labels == 255, 3] == 0).all()
+    assert (rgba[(labels != 0) & (labels != 255), 3] == 255).all()
+
+
+def test_a_iiif_service_scan_and_a_base_url_give_service_body_and_http_ids():
+    labels, confidence, _, _ = _scene()
+    scan = ScanRef.iiif("https://images.example.org/iiif/3/ms12-f3r/info.json", W, H)
+    docs = iiif_documents("f3r", labels, confidence, ARTEFACT, scan, check_base_url("https://maps.example.org/run7"))
+    manifest = json.loads(docs.files["f3r.manifest.json"])
+    Manifest.model_validate(manifest)
+    body = manifest["items"][0]["items"][0]["items"][0]["body"]
+    assert body["id"] == "https://images.example.org/iiif/3/ms12-f3r/full/max/0/default.jpg"
+    assert body["service"] == [
+        {"id": "https://images.example.org/iiif/3/ms12-f3r", "type": "ImageService3", "profile": "level1"}
+    ]
+    assert manifest["id"] == "https://maps.example.org/run7/f3r.manifest.json"
+    page = json.loads(docs.files["f3r.annotations.json"])
+    assert page["id"] == "https://maps.example.org/run7/f3r.annotations.json"
+    assert all(a["damage"]["reference"] == "image" for a in page["items"])  # no object mask: of the image
+    assert all(a["damage"]["percent"] == 100 * a["damage"]["pixels"] / (H * W) for a in page["items"])
+
+
+def test_uint8_confidence_reads_as_0_to_1():
+    labels, confidence, _, regions = _scene()
+    as_bytes = np.rint(confidence * 255).astype(np.uint8)
+    docs = iiif_documents("s", labels, as_bytes, ARTEFACT, ScanRef.local("s.png", W, H), "file:///m/")
+    ring = _annotation_of(json.loads(docs.files["s.annotations.json"]), regions["ring"])
+    assert ring["damage"]["mean_confidence"] == pytest.approx(as_bytes[regions["ring"]].mean() / 255, rel=1e-12)
+
+
+def test_unsimplified_outlines_enclose_exactly_the_pixels_of_any_region():
+    """Random masks (holes, diagonal pinches, one-pixel necks and holes): tolerance 0 gives the pixel edges."""
+    rng = np.random.default_rng(1)
+    for _ in range(100):
+        labels = np.where(rng.random((14, 14)) < 0.6, CRACKS, 0).astype(np.uint8)
+        docs = iiif_documents(
+            "s", labels, np.ones(labels.shape), ARTEFACT, ScanRef.local("s.png", 14, 14), "file:///m/", None, 1, 0.0
+        )
+        items = json.loads(docs.files["s.annotations.json"])["items"]
+        for a in items:
+            assert sum(_shoelace(s) for s in _subpaths(a["target"]["selector"]["value"])) == a["damage"]["pixels"]
+        assert sum(a["damage"]["pixels"] for a in items) == int((labels == CRACKS).sum())
+
+
+def test_inputs_that_do_not_fit_are_refused():
+    labels, confidence, _, _ = _scene()
+    scan = ScanRef.local("s.png", W, H)
+    with pytest.raises(ValueError, match="differ in size"):
+        iiif_documents("s", labels, confidence[:-1], ARTEFACT, scan, "file:///m/")
+    stray = labels.copy()
+    stray[0, 0] = 40
+    with pytest.raises(ValueError, match=r"labels \[40\]"):
+        iiif_documents("s", stray, confidence, ARTEFACT, scan, "file:///m/")
+    with pytest.raises(ValueError, match="80 x 61 px but the labels 80 x 60 px"):
+        iiif_documents("s", labels, confidence, ARTEFACT, ScanRef.local("s.png", W, H + 1), "file:///m/")
+    with pytest.raises(ValueError, match="e.g. https://example.org/maps/"):
+        check_base_url("example.org/maps")
+
+
+def test_a_large_map_with_thousands_of_regions_takes_seconds(tmp_path):
+    """6000 x 4000 px, five damage classes, ~5000 regions: no per-pixel Python loop (that would take minutes)."""
+    rng = np.random.default_rng(2)
+    labels = np.zeros((4000, 6000), np.uint8)
+    for y, x, h, w, c in zip(*(rng.integers(0, n, 6000) for n in (3980, 5980, 20, 20)), rng.integers(1, 6, 6000)):
+        labels[y : y + h + 1, x : x + w + 1] = c
+    confidence = rng.random(labels.shape, dtype=np.float32)
+    start = time.perf_counter()
+    summary = write_iiif(tmp_path, "big", labels, confidence, ARTEFACT, ScanRef.local("big.png", 6000, 4000))
+    seconds = time.perf_counter() - start
+    assert summary["regions"] > 3000
+    assert seconds < 30, f"{seconds:.1f} s"
+    page = json.loads((tmp_path / "big.annotations.json").read_text())
+    assert len(page["items"]) == summary["regions"]
+    AnnotationPage.model_validate(page | {"items": page["items"][:50]})  # all 5000: pydantic alone takes 5 s
