@@ -23,6 +23,7 @@ from PIL import Image
 
 from poc59.core.pixels import over_limit
 from poc59.data.masks import remap_lut
+from poc59.data.regions import NotInRegions, RegionError, handles, open_raster, scale_to_8bit
 from poc59.data.sources import DataError, Sample
 
 log = logging.getLogger(__name__)
@@ -65,11 +66,23 @@ def wide_to_8bit(img: Image.Image, peak: float | None = None) -> Image.Image:
     """A 16/32-bit grayscale image as 8-bit "L", scaled by `peak` (default: its own maximum); others unchanged."""
     if img.mode not in WIDE_MODES:
         return img
-    arr = np.asarray(img, dtype=np.float64)
-    if peak is None:
-        peak = arr.max()
-    peak = peak if peak > 0 else 1.0
-    return Image.fromarray((arr * (255.0 / peak)).round().astype(np.uint8), "L")
+    arr = np.asarray(img)
+    return Image.fromarray(scale_to_8bit(arr, float(arr.max()) if peak is None else peak), "L")
+
+
+def _read_image(path: Path) -> Image.Image:
+    """An image's pixels as stored, 8 bits a sample: TIFF and JPEG 2000 through `poc59.data.regions` (the
+    reader predict streams them with), any other file, or a TIFF layout that reader leaves to Pillow,
+    through Pillow (16/32-bit grayscale then scaled by `_to_rgb`)."""
+    if handles(path):
+        try:
+            with open_raster(path) as raster:
+                return raster.whole()
+        except NotInRegions:
+            pass  # Pillow reads this layout, as it always has
+        except RegionError as err:
+            raise DataError(f"{err} (and its partner)") from None
+    return _open(path)
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
@@ -160,7 +173,7 @@ def _read_pair(
     sample: Sample, num_classes: int, ignore_index: int, lut: np.ndarray | None = None
 ) -> tuple[Image.Image, np.ndarray]:
     """The checked pair as stored: (RGB image, labels [H, W] uint8, mapped through `lut` when given)."""
-    image = _open(sample.image)
+    image = _read_image(sample.image)
     mask = _open(sample.mask)
     if image.size != mask.size:
         raise DataError(
@@ -236,7 +249,16 @@ _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 def _size(path: Path) -> tuple[int, int]:
-    """(width, height) from the header: PNGs read directly (24 bytes), anything else through Pillow."""
+    """(width, height) from the header: PNGs read directly (24 bytes), TIFF and JPEG 2000 through the reader
+    that decodes them (`_read_image`), anything else through Pillow."""
+    if handles(path):
+        try:
+            with open_raster(path) as raster:
+                return raster.width, raster.height
+        except NotInRegions:
+            pass
+        except RegionError as err:
+            raise DataError(f"{err} (and its partner)") from None
     try:
         with path.open("rb") as f:
             head = f.read(24)

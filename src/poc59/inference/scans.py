@@ -1,7 +1,8 @@
-"""Reading scans for prediction: any image Pillow opens, as sRGB uint8 RGB rows, whole or in strips.
+"""Reading scans for prediction: any image Pillow opens, TIFF masters and JPEG 2000, as sRGB uint8 RGB rows,
+whole or in strips.
 
 Every file is brought to what the model was trained on: EXIF orientation
-applied, 16-bit grayscale scaled by its peak exactly as training does
+applied, 16-bit samples scaled by the image's peak exactly as training does
 (`poc59.data.decoding.wide_to_8bit`), alpha dropped, palette / grayscale / CMYK
 expanded to RGB, and an embedded ICC profile converted to sRGB.
 
@@ -9,17 +10,25 @@ Pillow's decompression-bomb limit (`PIL.Image.MAX_IMAGE_PIXELS`, about 89 MP)
 is enforced for every file; only `allow_large_images=True` lifts it, for that
 file only.
 
+TIFF and JPEG 2000 go through `poc59.data.regions`, the reader training and
+evaluate use for them too: a TIFF (striped or tiled, any compression imagecodecs
+decodes, 8 or 16 bits, BigTIFF) decodes only the strips or tiles that cover the
+rows asked for, and a pyramidal TIFF's reduced levels open with `level=`
+(`scan_levels`, `level_at_least`). A layout that reader does not handle goes to
+Pillow, as every other format does.
+
 Strips. A scan whose decoded pixels would exceed the memory budget is read in
 bands of rows, top to bottom, without decoding the whole image first:
+- TIFF: bands of whole strip / tile rows, each segment decoded once;
 - non-interlaced PNG: the IDAT stream is inflated incrementally; each band's
   filtered rows (with the previous row, unfiltered, as context) are handed to
   Pillow's own PNG row decoder;
-- uncompressed single-strip images (TIFF "raw", PPM/PGM): each band's bytes are
-  read at their file offset.
-Other files (JPEG, compressed TIFF, interlaced PNG, EXIF-rotated files, ...)
-cannot be read partially through Pillow and are decoded whole (uint8, 3 bytes
-a pixel after conversion), with a log line saying so. 16-bit strips take two
-passes (the first finds the peak that training's scaling uses).
+- uncompressed single-strip images (PPM/PGM): each band's bytes are read at
+  their file offset.
+Other files (JPEG, JPEG 2000, interlaced PNG, EXIF-rotated files, ...) cannot
+be read partially and are decoded whole (uint8, 3 bytes a pixel after
+conversion), with a log line saying so. 16-bit strips take two passes (the
+first finds the peak that training's scaling uses).
 """
 
 from __future__ import annotations
@@ -36,12 +45,36 @@ from PIL import Image, ImageCms, ImageOps
 
 from poc59.core.pixels import pixel_limit
 from poc59.data.decoding import WIDE_MODES, wide_to_8bit
+from poc59.data.regions import NotInRegions, Raster, RegionError, handles, open_raster
 
 log = logging.getLogger(__name__)
 
-__all__ = ["IMAGE_SUFFIXES", "Scan", "ScanError", "open_scan", "read_object_mask", "scan_size"]
+__all__ = [
+    "IMAGE_SUFFIXES",
+    "Scan",
+    "ScanError",
+    "level_at_least",
+    "open_scan",
+    "read_object_mask",
+    "scan_levels",
+    "scan_size",
+]
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp", ".ppm", ".pgm", ".pnm", ".jp2", ".gif")
+IMAGE_SUFFIXES = (
+    ".png",
+    ".jpg",
+    ".jpeg",
+    ".tif",
+    ".tiff",
+    ".bmp",
+    ".webp",
+    ".ppm",
+    ".pgm",
+    ".pnm",
+    ".jp2",
+    ".j2k",
+    ".gif",
+)
 _ORIENTATION = 0x0112  # EXIF tag
 _PNG_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}  # PNG colour type -> samples per pixel
 _MIN_STRIP_ROWS = 16
@@ -62,16 +95,16 @@ def _base_mode(mode: str) -> str:
     return "CMYK" if mode == "CMYK" else "RGB"
 
 
-def _icc_transform(img: Image.Image, path: Path) -> ImageCms.ImageCmsTransform | None:
-    """A transform from the embedded ICC profile to sRGB, or None (no profile, already sRGB, or unusable)."""
-    icc = img.info.get("icc_profile")
+def _icc_transform(icc: bytes | None, mode: str, path: Path) -> ImageCms.ImageCmsTransform | None:
+    """A transform from the embedded ICC profile `icc` to sRGB for images of `mode`, or None (no profile,
+    already sRGB, or unusable)."""
     if not icc:
         return None
     try:
         source = ImageCms.ImageCmsProfile(io.BytesIO(icc))
         if "srgb" in ImageCms.getProfileDescription(source).lower().replace(" ", ""):
             return None
-        return ImageCms.buildTransform(source, ImageCms.createProfile("sRGB"), _base_mode(img.mode), "RGB")
+        return ImageCms.buildTransform(source, ImageCms.createProfile("sRGB"), _base_mode(mode), "RGB")
     except (ImageCms.PyCMSError, OSError, ValueError) as err:
         log.warning("%s: its ICC profile cannot be applied (%s); colours are used as stored", path, err)
         return None
@@ -188,6 +221,21 @@ class _RawBands:
         self.f.close()
 
 
+class _RegionBands:
+    """Rows of a TIFF (or JPEG 2000) through `poc59.data.regions`, a band at a time, 16 bits scaled by `peak`."""
+
+    def __init__(self, raster: Raster, peak: float | None) -> None:
+        self.raster, self.peak, self.y = raster, peak, 0
+
+    def read(self, n: int) -> Image.Image:
+        band = self.raster.band(self.y, self.y + n, self.peak)
+        self.y += n
+        return band
+
+    def close(self) -> None:
+        self.raster.close()
+
+
 def _bands(path: Path, img: Image.Image) -> _PngBands | _RawBands | None:
     """A band reader for this file, or None when its format cannot be read partially."""
     try:
@@ -231,7 +279,7 @@ class Scan:
         width: int,
         height: int,
         whole: np.ndarray | None = None,
-        bands: _PngBands | _RawBands | None = None,
+        bands: _PngBands | _RawBands | _RegionBands | None = None,
         convert: _Converter | None = None,
         strip_rows: int = 256,
     ) -> None:
@@ -271,6 +319,8 @@ class Scan:
     def _decode(self, n: int) -> np.ndarray:
         try:
             return self._convert(self._bands.read(n))
+        except RegionError as err:
+            raise ScanError(str(err)) from err
         except (OSError, ValueError, zlib.error) as err:
             raise ScanError(f"cannot read {self.path}: {err}. Replace or remove the file.") from err
 
@@ -310,16 +360,113 @@ def _peak(path: Path, img: Image.Image, strip_rows: int) -> float:
     return peak
 
 
+def _raster(path: Path, allow_large: bool, level: int = 0) -> Raster | None:
+    """The TIFF / JPEG 2000 reader's view of `path` (level `level`), or None when another decoder reads it."""
+    if not handles(path):
+        return None
+    try:
+        raster = open_raster(path, level)
+    except NotInRegions as why:
+        log.debug("%s: read through Pillow (%s)", path, why)
+        return None
+    except RegionError as err:
+        raise ScanError(str(err)) from None
+    w, h = raster.levels[0]
+    limit = Image.MAX_IMAGE_PIXELS
+    if not allow_large and limit and w * h > limit:
+        raster.close()
+        raise ScanError(
+            f"{path}: {w} x {h} = {w * h:,} pixels exceeds Pillow's decompression-bomb limit of {limit:,} pixels. "
+            "If you trust the file, pass allow_large_images=true"
+        )
+    return raster
+
+
 def scan_size(path: str | Path, allow_large_images: bool = False) -> tuple[int, int]:
     """(width, height) as predicted (EXIF orientation applied), from the header only."""
+    raster = _raster(Path(path), allow_large_images)
+    if raster is not None:
+        with raster:
+            return raster.width, raster.height
     with _open(Path(path), allow_large_images) as img:
         w, h = img.size
         return (h, w) if _orientation(img) in (5, 6, 7, 8) else (w, h)
 
 
-def open_scan(path: str | Path, allow_large_images: bool = False, max_bytes: int | None = None) -> Scan:
-    """Open one image for prediction; decoded whole if that fits in `max_bytes` (None: always), else in strips."""
+def scan_levels(path: str | Path, allow_large_images: bool = False) -> list[tuple[int, int]]:
+    """(width, height) of every resolution stored in the file, the full one first: a pyramidal TIFF's levels,
+    else the one size. `open_scan(path, level=i)` reads level i."""
+    raster = _raster(Path(path), allow_large_images)
+    if raster is None:
+        return [scan_size(path, allow_large_images)]
+    with raster:
+        return list(raster.levels)
+
+
+def level_at_least(levels: list[tuple[int, int]], width: int, height: int) -> int:
+    """The index of the smallest level in `levels` (largest first) at least `width` x `height`; 0 if none is."""
+    fits = [i for i, (w, h) in enumerate(levels) if w >= width and h >= height]
+    return fits[-1] if fits else 0
+
+
+def _region_pixel_bytes(raster: Raster) -> int:
+    """Bytes a pixel takes while a band is converted: stored samples, their uint8 scaling when 16-bit (float64
+    in slices of bounded size), Pillow's pixels (4) and the RGB array (3)."""
+    colours = raster.sample_bytes // (2 if raster.wide else 1)
+    return raster.sample_bytes + (colours if raster.wide else 0) + 4 + 3
+
+
+def _region_scan(path: Path, raster: Raster, max_bytes: int | None) -> Scan:
+    """A Scan over a TIFF / JPEG 2000 raster: whole when that fits `max_bytes`, else a band at a time."""
+    w, h = raster.width, raster.height
+    pixel = _region_pixel_bytes(raster)
+    transform = _icc_transform(raster.icc, raster.mode, path)
+    try:
+        if max_bytes is None or w * h * pixel <= max_bytes or raster.whole_only:
+            if max_bytes is not None and w * h * pixel > max_bytes:
+                log.warning(
+                    "%s: decoding it whole (~%.0f MB, above the %.0f MB budget) because JPEG 2000 cannot be read "
+                    "in parts (imagecodecs decodes a codestream whole)",
+                    path,
+                    w * h * pixel / 2**20,
+                    max_bytes / 2**20,
+                )
+            try:
+                pixels = _Converter(transform)(raster.whole())
+            finally:
+                raster.close()
+            return Scan(path, w, h, whole=pixels)
+        segment = raster.rows_per_segment
+        strip_rows = max(_MIN_STRIP_ROWS, max_bytes // (4 * w * pixel))
+        strip_rows = max(segment, strip_rows // segment * segment)
+        if 4 * w * pixel * segment > max_bytes:
+            log.warning(
+                "%s: its strips or tiles hold %d rows each (~%.0f MB converted), above the %.0f MB budget; "
+                "read one segment row at a time",
+                path,
+                segment,
+                4 * w * pixel * segment / 2**20,
+                max_bytes / 2**20,
+            )
+        peak = raster.peak() if raster.wide else None
+    except RegionError as err:
+        raster.close()
+        raise ScanError(str(err)) from None
+    log.info("%s: %d x %d read in strips of %d rows (TIFF strips/tiles; never decoded whole)", path, w, h, strip_rows)
+    return Scan(path, w, h, bands=_RegionBands(raster, peak), convert=_Converter(transform), strip_rows=strip_rows)
+
+
+def open_scan(path: str | Path, allow_large_images: bool = False, max_bytes: int | None = None, level: int = 0) -> Scan:
+    """Open one image for prediction; decoded whole if that fits in `max_bytes` (None: always), else in strips.
+
+    `level`: a reduced resolution of a pyramidal TIFF (`scan_levels`; 0, the full one, for any other file).
+    """
     path = Path(path)
+    raster = _raster(path, allow_large_images, level)
+    if raster is not None:
+        return _region_scan(path, raster, max_bytes)
+    if level:
+        raise ValueError(f"{path}: level {level} asked for, but the file stores one resolution (see scan_levels)")
     img = _open(path, allow_large_images)
     w, h = img.size
     orientation = _orientation(img)
@@ -344,11 +491,18 @@ def open_scan(path: str | Path, allow_large_images: bool = False, max_bytes: int
             bands.close()
             raise ScanError(f"cannot read {path}: {err}. Replace or remove the file.") from err
         log.info("%s: %d x %d read in strips of %d rows (PNG/raw rows; never decoded whole)", path, w, h, strip_rows)
-        return Scan(path, w, h, bands=bands, convert=_Converter(_icc_transform(img, path), peak), strip_rows=strip_rows)
+        return Scan(
+            path,
+            w,
+            h,
+            bands=bands,
+            convert=_Converter(_icc_transform(img.info.get("icc_profile"), img.mode, path), peak),
+            strip_rows=strip_rows,
+        )
     try:
         with pixel_limit(allow_large_images):
             img.load()
-        transform = _icc_transform(img, path)
+        transform = _icc_transform(img.info.get("icc_profile"), img.mode, path)
         img = ImageOps.exif_transpose(img)
         pixels = _Converter(transform)(img)
     except Exception as err:  # truncated or corrupt data surfaces only when decoding

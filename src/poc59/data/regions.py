@@ -1,0 +1,411 @@
+"""TIFF masters and JPEG 2000 read a region of rows at a time: the one reader of those formats for training,
+evaluate, prepare and predict.
+
+`open_raster(path, level)` gives a `Raster`: the stored image (or one level of a pyramid) whose rows
+`band(y0, y1)` returns as a Pillow image of 8-bit pixels in mode L, RGB, CMYK or P, ready for the colour
+conversion each caller applies (training's `convert("RGB")`, predict's ICC transform to sRGB).
+
+TIFF (through tifffile and imagecodecs): striped or tiled, BigTIFF or classic; no compression, LZW,
+Deflate, JPEG, ZSTD, PackBits and the rest imagecodecs decodes; contiguous or separate planes; 8 or 16 bits
+a sample; gray (min-is-black or min-is-white), RGB, YCbCr in JPEG, CMYK and palette; alpha and other extra
+samples dropped. A band decodes only the strips or tiles that cover its rows; an uncompressed strip is read
+a row at a time, so even a single-strip file streams. A pyramid (SubIFDs, or the reduced pages tifffile
+groups into a series' levels) lists its levels in `Raster.levels`, largest first.
+
+JPEG 2000 (imagecodecs): imagecodecs decodes a codestream only whole, so the raster holds the whole image
+once its first band is asked for (`Raster.whole_only`).
+
+16 bits (or any sample wider than 8 bits) are scaled as training has always scaled them: by the image's
+peak (`scale_to_8bit`, the arithmetic of `poc59.data.decoding.wide_to_8bit`), the peak taken over the
+colour samples of the whole image (`Raster.peak()`, a pass over every segment that keeps one at a time).
+
+What this reader does not handle (bilevel, 32-bit or floating-point samples, YCbCr outside JPEG, CIELab,
+volumes, an EXIF/TIFF orientation other than top-left) raises `NotInRegions`, and the caller decodes the
+file whole through Pillow as before. A file it handles but cannot read (truncated, a segment that does
+not decode, a compression no codec decodes) raises `RegionError`, naming the file, the part and the fix.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import imagecodecs
+import numpy as np
+import tifffile
+from PIL import Image
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "JP2_SUFFIXES",
+    "TIFF_SUFFIXES",
+    "NotInRegions",
+    "Raster",
+    "RegionError",
+    "handles",
+    "open_raster",
+    "scale_to_8bit",
+]
+
+TIFF_SUFFIXES = (".tif", ".tiff")
+JP2_SUFFIXES = (".jp2", ".j2k", ".jpf", ".jpx", ".j2c")
+_FIX = "Replace the file, or re-save it (e.g. as an uncompressed, LZW or Deflate TIFF)"
+_COLOUR_SAMPLES = {0: 1, 1: 1, 2: 3, 3: 1, 5: 4, 6: 3}  # TIFF photometric -> colour samples (the rest: extras)
+_MODES = {0: "L", 1: "L", 2: "RGB", 3: "P", 5: "CMYK", 6: "RGB"}
+_JPEG = 7
+_ORIENTATION_TAG = 274
+_INKSET_TAG = 332
+_SCALE_CHUNK = 1 << 20  # samples scaled at once: 8 MB of float64
+
+
+class NotInRegions(Exception):
+    """A layout this reader does not handle: the file is decoded whole through Pillow instead."""
+
+
+class RegionError(ValueError):
+    """A TIFF or JPEG 2000 file that cannot be read: the message names the file, the part and the fix."""
+
+
+def handles(path: str | Path) -> bool:
+    """Whether `path` is a file this reader is meant for (by suffix): TIFF or JPEG 2000."""
+    return Path(path).suffix.lower() in TIFF_SUFFIXES + JP2_SUFFIXES
+
+
+def scale_to_8bit(samples: np.ndarray, peak: float) -> np.ndarray:
+    """Samples wider than 8 bits as uint8, scaled so that `peak` becomes 255 (a peak of 0 counts as 1).
+
+    Computed in float64, rounded half to even, a slice of rows at a time (the float64 copy of a whole band
+    would take 4 times the 16-bit band): the same arithmetic element by element whatever the slicing.
+    """
+    peak = peak if peak > 0 else 1.0
+    samples = np.asarray(samples)
+    out = np.empty(samples.shape, np.uint8)
+    step = max(1, _SCALE_CHUNK // max(1, samples[:1].size))
+    for y in range(0, len(samples), step):
+        out[y : y + step] = (samples[y : y + step].astype(np.float64) * (255.0 / peak)).round()
+    return out
+
+
+class Raster:
+    """One stored image (or one level of a pyramid) read a band of rows at a time.
+
+    `width`, `height`: the level's size; `levels`: every level's (width, height), largest first; `mode`: the
+    8-bit Pillow mode of `band`'s images; `wide`: samples wider than 8 bits (scaled by the peak); `icc`: the
+    embedded ICC profile or None; `rows_per_segment`: the rows one strip or tile row holds (bands aligned to
+    it decode each segment once); `sample_bytes`: bytes one pixel's stored colour samples take.
+    """
+
+    width: int
+    height: int
+    levels: list[tuple[int, int]]
+    mode: str
+    wide: bool
+    icc: bytes | None
+    rows_per_segment: int
+    sample_bytes: int
+    whole_only: bool = False
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.palette: list[int] | None = None
+        self._peak: float | None = None
+
+    def samples(self, y0: int, y1: int) -> np.ndarray:
+        """Rows y0..y1-1 as stored, colour samples only: [h, W, S] uint8 or uint16 (palette: indices)."""
+        raise NotImplementedError
+
+    def peak_rows(self, y0: int, y1: int) -> float:
+        """The largest colour sample in rows y0..y1-1 (what `peak` takes the maximum of)."""
+        return float(self.samples(y0, y1).max(initial=0))
+
+    def peak(self) -> float:
+        """The largest colour sample of the whole level, read a segment row at a time (16-bit scaling uses it)."""
+        if self._peak is None:
+            step = max(self.rows_per_segment, 1)
+            self._peak = max(
+                (self.peak_rows(y, min(y + step, self.height)) for y in range(0, self.height, step)), default=0.0
+            )
+        return self._peak
+
+    def band(self, y0: int, y1: int, peak: float | None = None) -> Image.Image:
+        """Rows y0..y1-1 as an 8-bit Pillow image in `mode` (16 bits scaled by `peak`, default the image's)."""
+        data = self.samples(y0, y1)
+        return self._image(data, (self.peak() if peak is None else peak) if self.wide else None)
+
+    def _image(self, data: np.ndarray, peak: float | None) -> Image.Image:
+        if self.wide:
+            data = scale_to_8bit(data, peak)
+        data = data[..., 0] if data.shape[2] == 1 else data
+        img = Image.frombuffer(
+            self.mode, (data.shape[1], data.shape[0]), np.ascontiguousarray(data), "raw", self.mode, 0, 1
+        )
+        if self.palette is not None:
+            img.putpalette(self.palette)
+        return img
+
+    def whole(self) -> Image.Image:
+        """Every row, as `band` gives them (what training and evaluate decode), each segment decoded once."""
+        data = self.samples(0, self.height)
+        if self.wide and self._peak is None:
+            self._peak = float(data.max(initial=0))
+        return self._image(data, self._peak)
+
+    def close(self) -> None:
+        """Release the file."""
+
+    def __enter__(self) -> Raster:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class _TiffRaster(Raster):
+    """A TIFF page (a pyramid level) whose strips or tiles are decoded only where a band needs them."""
+
+    def __init__(self, path: Path, level: int, workers: int | None) -> None:
+        super().__init__(path)
+        try:
+            self._tif = tifffile.TiffFile(path)
+        except Exception as err:  # tifffile raises TiffFileError, ValueError, struct.error... for a damaged header
+            raise RegionError(f"cannot read {path}: not a readable TIFF ({err}). {_FIX}.") from None
+        try:
+            self._open_level(level)
+        except BaseException:
+            self._tif.close()
+            raise
+        self._pool = ThreadPoolExecutor(max_workers=workers or min(4, os.cpu_count() or 1))
+
+    def _open_level(self, level: int) -> None:
+        path, tif = self.path, self._tif
+        if not tif.series:
+            raise RegionError(f"cannot read {path}: the TIFF holds no image. {_FIX}.")
+        series = tif.series[0]
+        levels = series.levels or [series]
+        page = levels[level].keyframe
+        self.levels = [(int(lv.keyframe.imagewidth), int(lv.keyframe.imagelength)) for lv in levels]
+        photometric, compression = int(page.photometric), int(page.compression)
+        if page.imagedepth > 1 or page.tiledepth > 1:
+            raise NotInRegions("a volume (image depth > 1)")
+        if photometric not in _MODES or (photometric == 6 and compression != _JPEG):
+            raise NotInRegions(f"photometric interpretation {page.photometric.name}")
+        inkset = page.tags.get(_INKSET_TAG)
+        if photometric == 5 and ((inkset is not None and inkset.value != 1) or page.samplesperpixel < 4):
+            raise NotInRegions("separated colours other than CMYK")
+        if page.dtype not in (np.uint8, np.uint16) or page.bitspersample not in (8, 16):
+            raise NotInRegions(f"{page.bitspersample}-bit {page.dtype} samples")
+        orientation = page.tags.get(_ORIENTATION_TAG)
+        if orientation is not None and orientation.value != 1:
+            raise NotInRegions(f"TIFF orientation {orientation.value}")
+        self._page = page
+        self._last: tuple[int, list] | None = None
+        self.width, self.height = int(page.imagewidth), int(page.imagelength)
+        self.mode, self.wide = _MODES[photometric], page.dtype != np.uint8
+        self._colours = _COLOUR_SAMPLES[photometric]
+        self._invert = photometric == 0
+        self._separate = page.planarconfig == 2
+        self._planes = page.samplesperpixel if self._separate else 1
+        self._samples = page.samplesperpixel
+        self.sample_bytes = self._colours * page.dtype.itemsize
+        self.icc = page.iccprofile
+        if photometric == 3:
+            self.palette = (np.asarray(page.colormap)[:, :256] // 256).astype(np.uint8).T.reshape(-1).tolist()
+            if page.dtype != np.uint8:
+                raise NotInRegions("a 16-bit palette")
+        if page.is_tiled:
+            self._seg_rows, self._seg_cols = int(page.tilelength), int(page.tilewidth)
+        else:
+            self._seg_rows, self._seg_cols = int(page.rowsperstrip or self.height), self.width
+        self._across = -(-self.width // self._seg_cols)  # segments in one segment row
+        self._down = -(-self.height // self._seg_rows)
+        self._direct = compression == 1 and not page.is_tiled and not self._separate and page.fillorder == 1
+        self.rows_per_segment = 1 if self._direct else min(self._seg_rows, self.height)
+        try:
+            self._compression = tifffile.COMPRESSION(compression).name
+        except ValueError:
+            self._compression = f"code {compression}"
+        try:
+            tifffile.TIFF.DECOMPRESSORS[compression]
+        except (KeyError, NotImplementedError) as err:
+            raise RegionError(
+                f"cannot read {path}: its compression {self._compression} is not supported ({err}). {_FIX}."
+            ) from None
+        self._file_size = self._tif.filehandle.size
+        if not self._direct:  # decode the first segment now: an unsupported compression is named at open
+            self._decode(0, self._read_segment(0))
+
+    # -- segments -------------------------------------------------------------------------
+
+    def _read_segment(self, index: int) -> bytes | None:
+        offset, count = int(self._page.dataoffsets[index]), int(self._page.databytecounts[index])
+        if count == 0 or offset == 0:
+            return None  # an empty segment: tifffile fills it with 0, as other readers do
+        fh = self._tif.filehandle
+        fh.seek(offset)
+        data = fh.read(count)
+        if len(data) < count:
+            raise RegionError(
+                f"cannot read {self.path}: the file is truncated ({self._segment_name(index)} needs bytes "
+                f"{offset:,}..{offset + count:,}, the file ends at {self._file_size:,}). {_FIX}."
+            )
+        return data
+
+    def _segment_name(self, index: int) -> str:
+        plane, rest = divmod(index, self._across * self._down)
+        row, col = divmod(rest, self._across)
+        y0, x0 = row * self._seg_rows, col * self._seg_cols
+        y1, x1 = min(y0 + self._seg_rows, self.height), min(x0 + self._seg_cols, self.width)
+        what = "tile" if self._page.is_tiled else "strip"
+        where = f"rows {y0}..{y1 - 1}" + (f", columns {x0}..{x1 - 1}" if self._page.is_tiled else "")
+        return f"{what} {index} ({where}{f', sample {plane}' if self._separate else ''})"
+
+    def _decode(self, index: int, data: bytes | None) -> tuple[np.ndarray | None, tuple[int, ...]]:
+        try:
+            segment, position, _ = self._page.decode(data, index, jpegtables=self._page.jpegtables)
+        except Exception as err:  # imagecodecs' ImcdError subclasses, ValueError, NotImplementedError...
+            reason = str(err) or type(err).__name__
+            if (
+                isinstance(err, (NotImplementedError, KeyError))
+                or "not supported" in reason
+                or "not available" in reason
+            ):
+                raise RegionError(
+                    f"cannot read {self.path}: its compression {self._compression} cannot be decoded ({reason}). "
+                    f"{_FIX}."
+                ) from None
+            raise RegionError(
+                f"cannot read {self.path}: {self._segment_name(index)} does not decode ({self._compression}: "
+                f"{reason}). {_FIX}."
+            ) from None
+        return segment, position
+
+    def _decode_row(self, row: int) -> list[tuple[np.ndarray | None, tuple[int, ...]]]:
+        """Every segment of segment row `row` (all planes), decoded on the pool's threads; the last row decoded
+        is kept, so a band that ends inside a segment row and the band after it decode that row once."""
+        if self._last is not None and self._last[0] == row:
+            return self._last[1]
+        decoded = self._decode_segments(row)
+        self._last = (row, decoded)
+        return decoded
+
+    def _decode_segments(self, row: int) -> list[tuple[np.ndarray | None, tuple[int, ...]]]:
+        per_plane = self._across * self._down
+        indices = [p * per_plane + row * self._across + c for p in range(self._planes) for c in range(self._across)]
+        raw = [self._read_segment(i) for i in indices]  # one file handle: read in order, decode in parallel
+        if len(indices) == 1:
+            return [self._decode(indices[0], raw[0])]
+        return list(self._pool.map(self._decode, indices, raw))
+
+    def samples(self, y0: int, y1: int) -> np.ndarray:
+        y1 = min(y1, self.height)
+        if self._direct:
+            return self._direct_rows(y0, y1)
+        out = np.zeros((y1 - y0, self.width, self._colours), self._page.dtype)
+        for row in range(y0 // self._seg_rows, (y1 - 1) // self._seg_rows + 1):
+            for segment, (plane, _, sy, sx, _) in self._decode_row(row):
+                if segment is None:
+                    continue
+                seg = segment[0]  # [length, width, contig samples]
+                top, bottom = max(sy, y0), min(sy + seg.shape[0], y1, self.height)
+                right = min(sx + seg.shape[1], self.width)
+                if bottom <= top or (self._separate and plane >= self._colours):
+                    continue
+                part = seg[top - sy : bottom - sy, : right - sx]
+                if self._separate:
+                    out[top - y0 : bottom - y0, sx:right, plane] = part[..., 0]
+                else:
+                    out[top - y0 : bottom - y0, sx:right] = part[..., : self._colours]
+        if self._invert:
+            np.subtract(np.iinfo(out.dtype).max, out, out=out)
+        return out
+
+    def _direct_rows(self, y0: int, y1: int) -> np.ndarray:
+        """Rows of uncompressed strips read at their file offsets (no segment is decoded whole)."""
+        dtype = self._page.dtype.newbyteorder(self._tif.byteorder)
+        stride = self.width * self._samples * dtype.itemsize
+        parts = []
+        y = y0
+        while y < y1:
+            strip, within = divmod(y, self._seg_rows)
+            n = min(y1 - y, self._seg_rows - within)
+            offset = int(self._page.dataoffsets[strip]) + within * stride
+            fh = self._tif.filehandle
+            fh.seek(offset)
+            data = fh.read(n * stride)
+            if len(data) < n * stride:
+                raise RegionError(
+                    f"cannot read {self.path}: the file is truncated (rows {y}..{y + n - 1} need bytes "
+                    f"{offset:,}..{offset + n * stride:,}, the file ends at {self._file_size:,}). {_FIX}."
+                )
+            parts.append(np.frombuffer(data, dtype).reshape(n, self.width, self._samples)[..., : self._colours])
+            y += n
+        out = np.concatenate(parts) if len(parts) > 1 else parts[0]
+        out = out.astype(self._page.dtype, copy=True)  # native byte order, writable
+        if self._invert:
+            np.subtract(np.iinfo(out.dtype).max, out, out=out)
+        return out
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+        self._tif.close()
+
+
+class _Jpeg2000Raster(Raster):
+    """A JPEG 2000 image: imagecodecs decodes the codestream whole, on the first band asked for."""
+
+    whole_only = True
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        try:
+            with Image.open(path) as img:  # the header alone: size, bands and ICC profile, nothing decoded
+                self.width, self.height = img.size
+                self.icc = img.info.get("icc_profile")
+                bands = len(img.getbands())
+                self.wide = img.mode in ("I;16", "I;16B", "I;16L", "I")
+        except Exception as err:  # Pillow raises many types for bad files
+            raise RegionError(f"cannot read {path}: not a readable JPEG 2000 file ({err}). {_FIX}.") from None
+        self.levels = [(self.width, self.height)]
+        self._colours = 1 if bands <= 2 else 3
+        self.mode = "L" if self._colours == 1 else "RGB"
+        self.rows_per_segment = self.height
+        self.sample_bytes = self._colours * (2 if self.wide else 1)
+        self._pixels: np.ndarray | None = None
+
+    def samples(self, y0: int, y1: int) -> np.ndarray:
+        if self._pixels is None:
+            try:
+                pixels = imagecodecs.jpeg2k_decode(self.path.read_bytes())
+            except Exception as err:  # imagecodecs.Jpeg2kError, OSError
+                raise RegionError(
+                    f"cannot read {self.path}: the JPEG 2000 data does not decode ({err}). {_FIX}."
+                ) from None
+            pixels = pixels[..., None] if pixels.ndim == 2 else pixels
+            if pixels.shape[:2] != (self.height, self.width):
+                raise RegionError(
+                    f"cannot read {self.path}: its codestream is {pixels.shape[1]} x {pixels.shape[0]} but its "
+                    f"header says {self.width} x {self.height}. {_FIX}."
+                )
+            self.wide = pixels.dtype != np.uint8
+            self._pixels = pixels[..., : self._colours]
+        return self._pixels[y0:y1]
+
+
+def open_raster(path: str | Path, level: int = 0, workers: int | None = None) -> Raster:
+    """The TIFF or JPEG 2000 file at `path` (level `level` of a pyramid, 0 the full resolution) as a `Raster`.
+
+    `workers`: threads decoding a segment row's tiles (default: up to 4). NotInRegions for a layout this
+    reader does not handle (decode it whole through Pillow); RegionError for a file it cannot read.
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix in TIFF_SUFFIXES:
+        return _TiffRaster(path, level, workers)
+    if suffix in JP2_SUFFIXES:
+        if level:
+            raise NotInRegions("JPEG 2000 levels (imagecodecs decodes the full resolution only)")
+        return _Jpeg2000Raster(path)
+    raise NotInRegions(f"{suffix or 'no suffix'} is neither TIFF nor JPEG 2000")
