@@ -24,11 +24,13 @@ log = logging.getLogger("poc59.predict")
 CLI = Command(
     prog="python -m poc59.predict",
     summary="Damage maps for full-resolution scans: per image a label map (palette PNG), an overlay with its "
-    "legend, and damage statistics per class by name (statistics.csv / .json for the batch).",
+    "legend, and damage statistics per class by name (statistics.csv / .json for the batch); with pyramid=true "
+    "also the class and confidence maps as tiled, pyramidal TIFFs for viewers that stream large images.",
     examples=(
         "python -m poc59.predict ckpt=outputs/runs/x/checkpoints/best.ckpt input=scans/ output=maps/",
         "python -m poc59.predict ckpt=model.onnx input='scans/*.tif' output=maps/ tta=true max_memory_mb=512",
         "python -m poc59.predict sweep=outputs/sweeps/<cv> input=scans/ output=maps/   # the fold ensemble",
+        "python -m poc59.predict ckpt=best.ckpt input=scans/ output=maps/ pyramid=true   # + <stem>_classes.tif ...",
     ),
     keys=(
         Key("ckpt", Paths, "a checkpoint (.ckpt) or an exported model (.onnx, .pt); [a.ckpt,b.ckpt]: an ensemble"),
@@ -50,6 +52,13 @@ CLI = Command(
         ),
         Key("classes", str, "a classes.json that must match the model's class table"),
         Key("overlay", bool, "write the colour overlay with its legend"),
+        Key(
+            "pyramid",
+            bool,
+            "also write <stem>_classes.tif (class ids, the class colours as palette) and <stem>_confidence.tif "
+            "(the predicted class's probability x 255): tiled, Deflate-compressed, pyramidal TIFFs that QGIS, "
+            "vips, IIPImage and other viewers streaming pyramids open at any size",
+        ),
         Key("allow_large_images", bool, "lift Pillow's decompression-bomb limit (~89 MP) for these inputs"),
         Key(
             "overwrite",

@@ -7,6 +7,13 @@ its class colour and a legend of the classes present, and the statistics one
 CSV and one JSON for the whole batch (which also records every file the batch wrote, so a later
 `overwrite=true` replaces exactly that batch). Colours and names come from the model's
 class table (`poc59.analysis.colour`). Every file is written atomically.
+
+With `pyramid=true`, also the class map and the confidence map as tiled, pyramidal TIFFs that viewers
+streaming pyramids open a region and a scale at a time (`MapPyramids`, written band by band through
+`poc59.inference.pyramid`): <stem>_classes.tif holds the class ids with the class table's colours as its
+palette (reduced by nearest neighbour), <stem>_confidence.tif the predicted class's softmax probability as
+uint8, round(255 p) (reduced by the mean; 0 outside the object). uint8, not float16: every viewer displays
+8-bit gray, few a float16 TIFF, and 1/255 is finer than any threshold one reads off a map.
 """
 
 from __future__ import annotations
@@ -21,15 +28,19 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from poc59.analysis.colour import legend, lookup_table
 from poc59.core.atomic import write_bytes, write_json
 from poc59.core.classes import ClassTable
+from poc59.inference.pyramid import PyramidWriter
 
 __all__ = [
     "STATISTICS_CONVENTION",
+    "MapPyramids",
     "OverlayPicture",
+    "band_confidence",
     "damage_statistics",
     "label_map_png",
     "stacked_png",
@@ -142,6 +153,62 @@ class OverlayPicture:
     def png(self, present: set[int]) -> bytes:
         """The overlay PNG: the scan, then the legend of the classes in `present` (the label values it holds)."""
         return stacked_png([self.image, self.legend_panel(present)])
+
+
+def band_confidence(logits: torch.Tensor) -> np.ndarray:
+    """The softmax probability of the predicted (argmax) class of logits [C, h, W], as uint8 [h, W]:
+    round(255 p). One class at a time (as `poc59.inference.image.band_labels`), so no second [C, h, W] tensor."""
+    logits = logits.float()
+    top = logits.max(dim=0).values
+    total = torch.zeros_like(top)
+    for c in range(logits.shape[0]):
+        total += torch.exp(logits[c] - top)  # >= 1: the top class contributes exp(0)
+    return torch.round(255.0 / total).to(torch.uint8).cpu().numpy()
+
+
+class MapPyramids:
+    """One scan's <stem>_classes.tif and <stem>_confidence.tif in `folder` (see the module docstring), written
+    from bands of rows top to bottom (`add`), then `close`. Until `close` returns, neither file exists under
+    its name; `abort` (or leaving a `with` block with an error) gives both up."""
+
+    SUFFIXES = ("_classes.tif", "_confidence.tif")
+
+    def __init__(self, folder: Path, stem: str, width: int, height: int, classes: ClassTable) -> None:
+        self.names = [f"{stem}{suffix}" for suffix in self.SUFFIXES]
+        self.classes = PyramidWriter(folder / self.names[0], width, height, "nearest", lookup_table(classes))
+        try:
+            self.confidence = PyramidWriter(folder / self.names[1], width, height, "mean")
+        except BaseException:
+            self.classes.abort()
+            raise
+
+    def __enter__(self) -> MapPyramids:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, *_: object) -> None:
+        if kind is None:
+            self.close()
+        else:
+            self.abort()
+
+    def add(self, labels: np.ndarray, confidence: np.ndarray) -> None:
+        """The next rows: class ids and confidence, both uint8 [h, W]."""
+        self.classes.add(labels)
+        self.confidence.add(confidence)
+
+    def close(self) -> list[str]:
+        """Write both files; returns their names."""
+        try:
+            self.classes.close()
+            self.confidence.close()
+        finally:
+            self.abort()
+        return self.names
+
+    def abort(self) -> None:
+        """Give up what is not yet written (a closed map: no effect)."""
+        self.classes.abort()
+        self.confidence.abort()
 
 
 def damage_statistics(

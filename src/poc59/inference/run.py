@@ -20,6 +20,8 @@ import json
 import logging
 import shlex
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,7 +41,9 @@ from poc59.core.progress import Steps
 from poc59.inference.image import band_labels, logit_bands, streaming_bytes
 from poc59.inference.outputs import (
     STATISTICS_CONVENTION,
+    MapPyramids,
     OverlayPicture,
+    band_confidence,
     damage_statistics,
     label_map_png,
     write_statistics,
@@ -67,19 +71,30 @@ class _OutputNotWritten(Exception):
 STATISTICS = ("statistics.csv", "statistics.json")
 
 
-def _write(out: Path, name: str, data: bytes) -> Path:
-    """`write_bytes` into the output folder; a refusal of the folder's is raised as _OutputNotWritten."""
+@contextmanager
+def _into_output() -> Iterator[None]:
+    """Writes into the output folder: a refusal of the folder's is raised as _OutputNotWritten."""
     try:
-        return write_bytes(out / name, data)
+        yield
     except OSError as err:
         if err.errno in UNWRITABLE:
             raise _OutputNotWritten(err) from err
         raise
 
 
-def _outputs_of(image: Path, overlay: bool) -> list[str]:
+def _write(out: Path, name: str, data: bytes) -> Path:
+    """`write_bytes` into the output folder; a refusal of the folder's is raised as _OutputNotWritten."""
+    with _into_output():
+        return write_bytes(out / name, data)
+
+
+def _outputs_of(image: Path, overlay: bool, pyramid: bool) -> list[str]:
     """The files predict writes for one scan."""
-    return [f"{image.stem}_labels.png"] + ([f"{image.stem}_overlay.png"] if overlay else [])
+    return (
+        [f"{image.stem}_labels.png"]
+        + ([f"{image.stem}_overlay.png"] if overlay else [])
+        + ([f"{image.stem}{suffix}" for suffix in MapPyramids.SUFFIXES] if pyramid else [])
+    )
 
 
 def recorded_outputs(out: Path) -> set[str] | None:
@@ -118,6 +133,7 @@ class Settings:
     overlay: bool = True
     allow_large_images: bool = False
     overwrite: bool = False
+    pyramid: bool = False
     threads: int | str = "auto"  # PyTorch's CPU threads (poc59.core.threads), set by the command
 
 
@@ -190,7 +206,7 @@ def predict_image(
     autocast: torch.dtype | None,
     progress: Progress | None = None,
 ) -> dict:
-    """Predict one scan, write its label map (and overlay); return its statistics row."""
+    """Predict one scan, write its label map (and overlay, and pyramids); return its statistics row."""
     start = time.perf_counter()
     decode_budget = None  # resize/pad: the model sees the whole image, so it is decoded whole
     if model.geometry["policy"] == "crop":
@@ -206,8 +222,12 @@ def predict_image(
             decode_budget = 1
     scan = open_scan(path, s.allow_large_images, max_bytes=decode_budget)
     task = None
+    pyramids = None
     try:
         inside = read_object_mask(mask_path, (scan.width, scan.height), s.allow_large_images) if mask_path else None
+        if s.pyramid:
+            with _into_output():
+                pyramids = MapPyramids(out, path.stem, scan.width, scan.height, model.classes)
         labels = np.empty((scan.height, scan.width), np.uint8)
         picture = OverlayPicture(scan.width, scan.height, model.classes) if s.overlay else None
         counts = np.zeros(256, np.int64)
@@ -221,9 +241,20 @@ def predict_image(
             counts += np.bincount(lab.reshape(-1), minlength=256)
             if picture is not None:
                 picture.paste(y0, colour_overlay(scan.rows(y0, y1), lab, model.classes))
+            if pyramids is not None:
+                confidence = band_confidence(band)
+                if inside is not None:
+                    confidence[~inside[y0:y1]] = 0
+                with _into_output():
+                    pyramids.add(lab, confidence)
             if task is not None:
                 progress.update(task, completed=y1)
+        if pyramids is not None:
+            with _into_output():
+                pyramids.close()
     finally:
+        if pyramids is not None:
+            pyramids.abort()  # a scan that failed part-way: neither TIFF appears under its name
         scan.close()
         if task is not None:
             progress.remove_task(task)
@@ -235,6 +266,7 @@ def predict_image(
     )
     row["labels"] = f"{path.stem}_labels.png"
     row["overlay"] = f"{path.stem}_overlay.png" if picture is not None else None
+    row["classes_tif"], row["confidence_tif"] = pyramids.names if pyramids is not None else (None, None)
     row["seconds"] = round(time.perf_counter() - start, 3)
     return row
 
@@ -260,6 +292,11 @@ def _check_output_folder(out: Path, planned: list[str], earlier: set[str] | None
             "or pass another output="
         )
     return refuse_existing(out, names, overwrite, "output", UsageError)
+
+
+def _written(row: dict) -> list[str | None]:
+    """The files a statistics row names (None: not written)."""
+    return [row["labels"], row["overlay"], row["classes_tif"], row["confidence_tif"]]
 
 
 def _start_record(out: Path, outputs: set[str], classes: ClassTable, meta: dict) -> None:
@@ -340,7 +377,7 @@ def run(s: Settings, console: Console | None = None) -> dict:
         if p.stem in stems:
             raise UsageError(f"{stems[p.stem]} and {p} would write the same outputs ({p.stem}_labels.png); rename one")
         stems[p.stem] = p
-    planned = [n for p in images for n in _outputs_of(p, s.overlay)]
+    planned = [n for p in images for n in _outputs_of(p, s.overlay, s.pyramid)]
     earlier_files = _check_output_folder(out, planned, earlier, s.overwrite)
     check_writable(out, "output", UsageError)
     masks = _object_masks(s.object_mask, images)
@@ -382,7 +419,7 @@ def run(s: Settings, console: Console | None = None) -> dict:
         if earlier_files:
             log.info("overwrite=true: the %d file(s) of the earlier batch in %s removed", len(earlier_files), out)
         rows, failed = _predict_batch(model, images, masks, out, s, device, autocast, console)
-        written = [*STATISTICS, *(n for r in rows for n in (r["labels"], r["overlay"]) if n)]
+        written = [*STATISTICS, *(n for r in rows for n in _written(r) if n)]
         csv_path, _ = write_statistics(
             out, rows, model.classes, _record(meta | {"predicted": len(rows)}, failed, written, finished=True)
         )
