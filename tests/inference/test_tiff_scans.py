@@ -171,6 +171,16 @@ def test_pyramid_levels_in_subifds_open_at_a_reduced_resolution(tmp_path):
         assert (scan.width, scan.height) == expect.shape[1::-1]
         assert np.array_equal(scan.rows(0, scan.height), expect)
         scan.close()
+    scan = open_scan(path, max_bytes=1)  # the model's view: a level, scaled by the full resolution's peak
+    with tifffile.TiffFile(path) as tif:
+        level = tif.series[0].levels[1].asarray()
+    by_full_peak = np.rint(level.astype(np.float64) * (255.0 / float(full.max()))).astype(np.uint8)
+    assert np.array_equal(scan.at_least(100, 30), by_full_peak)
+    assert scan.at_least(300, 10).shape == (70, 212, 3)  # no level that large: the full resolution
+    scan.close()
+    plain = tmp_path / "plain.tif"
+    tifffile.imwrite(plain, full, photometric="rgb", tile=(32, 32))
+    assert np.array_equal(open_scan(plain, max_bytes=1).at_least(10, 10), _reference(plain, "rgb"))
 
 
 def test_jpeg2000_is_decoded_whole_through_imagecodecs_with_one_log_line(tmp_path, caplog):

@@ -294,6 +294,24 @@ class Scan:
         """True when the file is decoded in strips (never whole)."""
         return self._bands is not None
 
+    def at_least(self, width: int, height: int) -> np.ndarray:
+        """RGB pixels [h, w, 3] of the smallest resolution the file stores that is at least `width` x `height`:
+        a streamed pyramidal TIFF's reduced level (read whole: it is small), scaled by the full resolution's
+        16-bit peak and colour-converted as every band is; otherwise `whole()`. For a model that needs the
+        scan only at that size (resize / pad, or a crop model's `max_side`): the full resolution is never
+        decoded whole for it."""
+        levels = self._bands.raster.levels if isinstance(self._bands, _RegionBands) else []
+        level = level_at_least(levels, width, height) if len(levels) > 1 else 0
+        if level == 0:
+            return self.whole()
+        try:
+            with open_raster(self.path, level) as raster:
+                log.info("%s: level %d (%d x %d) read for the model", self.path, level, raster.width, raster.height)
+                peak = max(self._bands.peak, raster.peak()) if raster.wide else None  # a level never overflows
+                return self._convert(raster.band(0, raster.height, peak))
+        except (RegionError, NotInRegions) as err:
+            raise ScanError(f"cannot read level {level} of {self.path}: {err}") from None
+
     def whole(self) -> np.ndarray:
         """All pixels [H, W, 3]; for a streamed scan this decodes them all (only for small images)."""
         return self._whole if self._whole is not None else self.rows(0, self.height)
