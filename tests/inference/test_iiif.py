@@ -20,6 +20,7 @@ from poc59.inference.iiif import (
     TOLERANCE_PX,
     ScanRef,
     check_base_url,
+    ids_base,
     iiif_documents,
     output_names,
     write_iiif,
@@ -230,6 +231,17 @@ def test_inputs_that_do_not_fit_are_refused():
         iiif_documents("s", labels, confidence, ARTEFACT, ScanRef.local("s.png", W, H + 1), "file:///m/")
     with pytest.raises(ValueError, match="e.g. https://example.org/maps/"):
         check_base_url("example.org/maps")
+
+
+def test_ids_lie_under_the_base_url_or_the_output_folder(tmp_path):
+    assert ids_base(tmp_path / "maps") == (tmp_path / "maps").resolve().as_uri() + "/"
+    assert ids_base(tmp_path, "https://maps.example.org/run7") == "https://maps.example.org/run7/"
+    labels, confidence, _, _ = _scene()
+    scan = ScanRef.local("s.png", W, H)
+    summary = write_iiif(tmp_path, "s", labels, confidence, ARTEFACT, scan, base_url="http://localhost:8000/")
+    manifest = json.loads((tmp_path / summary["manifest"]).read_text())
+    assert manifest["id"] == "http://localhost:8000/s.manifest.json"
+    assert manifest["items"][0]["annotations"][0]["id"] == "http://localhost:8000/s.annotations.json"
 
 
 def test_a_large_map_with_thousands_of_regions_takes_seconds(tmp_path):

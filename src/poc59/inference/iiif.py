@@ -63,6 +63,7 @@ __all__ = [
     "ScanRef",
     "check_base_url",
     "damage_layer_png",
+    "ids_base",
     "iiif_documents",
     "output_names",
     "write_iiif",
@@ -135,6 +136,11 @@ def check_base_url(url: str) -> str:
             "served at, e.g. https://example.org/maps/"
         )
     return url if url.endswith("/") else url + "/"
+
+
+def ids_base(out_dir: str | Path, base_url: str | None = None) -> str:
+    """The base of a scan's IDs: `base_url` checked (`check_base_url`), or the `file:` URI of `out_dir`."""
+    return check_base_url(base_url) if base_url else Path(out_dir).resolve().as_uri() + "/"
 
 
 def damage_layer_png(labels: np.ndarray, classes: ClassTable) -> bytes:
@@ -254,7 +260,7 @@ def iiif_documents(
     `labels` uint8 [H, W] (class ids, 255 outside the object); `confidence` [H, W], the winning class's
     probability: floats in [0, 1], or uint8 where 0..255 means 0..1; `object_mask` [H, W], non-zero = object
     (the share of each region is of the object, else of the whole image; pixels outside it are in no region);
-    `base` the IDs' base URI ending in "/" (`check_base_url`).
+    `base` the IDs' base URI ending in "/" (`ids_base`).
     """
     if min_area < 1 or tolerance < 0:
         raise ValueError(f"min_area must be at least 1 and tolerance at least 0, got {min_area} and {tolerance}")
@@ -433,9 +439,8 @@ def write_iiif(
     """Write `<stem>_damage.png`, `<stem>.annotations.json` and `<stem>.manifest.json` into `out_dir`
     (each atomically, the manifest last) and return the summary: the three file names, the regions
     annotated, the specks left out, per class. IDs under `base_url`, or the folder's file: URI without it."""
-    out_dir = Path(out_dir)
-    base = check_base_url(base_url) if base_url else out_dir.resolve().as_uri() + "/"
+    base = ids_base(out_dir, base_url)
     docs = iiif_documents(stem, labels, confidence, classes, scan, base, object_mask, min_area, tolerance)
     for name, data in docs.files.items():
-        write_bytes(out_dir / name, data)
+        write_bytes(Path(out_dir) / name, data)
     return docs.summary
