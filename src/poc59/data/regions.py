@@ -77,11 +77,16 @@ def handles(path: str | Path) -> bool:
 def scale_to_8bit(samples: np.ndarray, peak: float) -> np.ndarray:
     """Samples wider than 8 bits as uint8, scaled so that `peak` becomes 255 (a peak of 0 counts as 1).
 
-    Computed in float64, rounded half to even, a slice of rows at a time (the float64 copy of a whole band
-    would take 4 times the 16-bit band): the same arithmetic element by element whatever the slicing.
+    Each value v becomes round(float64(v) * (255 / peak)), rounded half to even. 16-bit samples go through
+    a table of that arithmetic for each of the 65,536 values (the same numbers, twice as fast, no float
+    copy); wider ones are computed in float64 a slice of rows at a time (the float copy of a whole band
+    would take 4 times a 16-bit band).
     """
     peak = peak if peak > 0 else 1.0
     samples = np.asarray(samples)
+    if samples.dtype.kind == "u" and samples.dtype.itemsize <= 2:
+        table = (np.arange(1 << (8 * samples.dtype.itemsize), dtype=np.float64) * (255.0 / peak)).round()
+        return table.astype(np.uint8)[samples]
     out = np.empty(samples.shape, np.uint8)
     step = max(1, _SCALE_CHUNK // max(1, samples[:1].size))
     for y in range(0, len(samples), step):
@@ -130,14 +135,16 @@ class Raster:
             )
         return self._peak
 
+    def pixels(self, y0: int, y1: int, peak: float | None = None) -> np.ndarray:
+        """Rows y0..y1-1 as 8-bit samples [h, W, S] of `mode` (16 bits scaled by `peak`, default the image's)."""
+        data = self.samples(y0, y1)
+        return scale_to_8bit(data, self.peak() if peak is None else peak) if self.wide else data
+
     def band(self, y0: int, y1: int, peak: float | None = None) -> Image.Image:
         """Rows y0..y1-1 as an 8-bit Pillow image in `mode` (16 bits scaled by `peak`, default the image's)."""
-        data = self.samples(y0, y1)
-        return self._image(data, (self.peak() if peak is None else peak) if self.wide else None)
+        return self._image(self.pixels(y0, y1, peak))
 
-    def _image(self, data: np.ndarray, peak: float | None) -> Image.Image:
-        if self.wide:
-            data = scale_to_8bit(data, peak)
+    def _image(self, data: np.ndarray) -> Image.Image:
         data = data[..., 0] if data.shape[2] == 1 else data
         img = Image.frombuffer(
             self.mode, (data.shape[1], data.shape[0]), np.ascontiguousarray(data), "raw", self.mode, 0, 1
@@ -146,12 +153,18 @@ class Raster:
             img.putpalette(self.palette)
         return img
 
+    def whole_pixels(self) -> np.ndarray:
+        """Every row, as `pixels` gives them, each segment decoded once (the peak taken on the way)."""
+        data = self.samples(0, self.height)
+        if self.wide:
+            if self._peak is None:
+                self._peak = float(data.max(initial=0))
+            data = scale_to_8bit(data, self._peak)
+        return data
+
     def whole(self) -> Image.Image:
         """Every row, as `band` gives them (what training and evaluate decode), each segment decoded once."""
-        data = self.samples(0, self.height)
-        if self.wide and self._peak is None:
-            self._peak = float(data.max(initial=0))
-        return self._image(data, self._peak)
+        return self._image(self.whole_pixels())
 
     def close(self) -> None:
         """Release the file."""
@@ -177,7 +190,7 @@ class _TiffRaster(Raster):
         except BaseException:
             self._tif.close()
             raise
-        self._pool = ThreadPoolExecutor(max_workers=workers or min(4, os.cpu_count() or 1))
+        self._pool = ThreadPoolExecutor(max_workers=workers or min(8, os.cpu_count() or 1))
 
     def _open_level(self, level: int) -> None:
         path, tif = self.path, self._tif
@@ -397,7 +410,7 @@ class _Jpeg2000Raster(Raster):
 def open_raster(path: str | Path, level: int = 0, workers: int | None = None) -> Raster:
     """The TIFF or JPEG 2000 file at `path` (level `level` of a pyramid, 0 the full resolution) as a `Raster`.
 
-    `workers`: threads decoding a segment row's tiles (default: up to 4). NotInRegions for a layout this
+    `workers`: threads decoding a segment row's tiles (default: one a CPU, up to 8). NotInRegions for a layout this
     reader does not handle (decode it whole through Pillow); RegionError for a file it cannot read.
     """
     path = Path(path)

@@ -116,7 +116,11 @@ class _Converter:
     def __init__(self, transform: ImageCms.ImageCmsTransform | None, peak: float | None = None) -> None:
         self.transform, self.peak = transform, peak
 
-    def __call__(self, img: Image.Image) -> np.ndarray:
+    def __call__(self, img: Image.Image | np.ndarray) -> np.ndarray:
+        if isinstance(img, np.ndarray):  # RGB uint8 rows already: only a profile has anything left to do
+            if self.transform is None:
+                return img
+            img = Image.fromarray(img, "RGB")
         img = wide_to_8bit(img, self.peak)
         base = _base_mode(img.mode)
         if img.mode != base:
@@ -227,10 +231,12 @@ class _RegionBands:
     def __init__(self, raster: Raster, peak: float | None) -> None:
         self.raster, self.peak, self.y = raster, peak, 0
 
-    def read(self, n: int) -> Image.Image:
-        band = self.raster.band(self.y, self.y + n, self.peak)
-        self.y += n
-        return band
+    def read(self, n: int) -> Image.Image | np.ndarray:
+        """The next `n` rows: RGB uint8 [n, W, 3] as they are when the raster is RGB, else a Pillow image."""
+        y, self.y = self.y, self.y + n
+        if self.raster.mode == "RGB":
+            return self.raster.pixels(y, y + n, self.peak)
+        return self.raster.band(y, y + n, self.peak)
 
     def close(self) -> None:
         self.raster.close()
@@ -450,7 +456,7 @@ def _region_scan(path: Path, raster: Raster, max_bytes: int | None) -> Scan:
                     max_bytes / 2**20,
                 )
             try:
-                pixels = _Converter(transform)(raster.whole())
+                pixels = _Converter(transform)(raster.whole_pixels() if raster.mode == "RGB" else raster.whole())
             finally:
                 raster.close()
             return Scan(path, w, h, whole=pixels)
