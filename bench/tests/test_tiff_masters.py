@@ -1,0 +1,38 @@
+"""The TIFF-master benchmark measures what it says: its TIFF is a tiled 16-bit LZW master, its PNG twin holds
+the pixels that TIFF reads to, and predict's memory child streams the TIFF (no timed assertion)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tifffile
+from PIL import Image
+
+from bench import tiff_masters
+from poc59.data.regions import scale_to_8bit
+
+
+def test_the_master_and_its_png_twin_hold_the_same_pixels(tmp_path, monkeypatch):
+    monkeypatch.setenv("POC59_CACHE", str(tmp_path))
+    s = tiff_masters.Sizes(height=300, width=530, model_tile=128, repeats=1)
+    tiff, png = tiff_masters.files(s)
+    stored = tiff_masters.master_rows(0, s.height, s.width, s.height)
+    with tifffile.TiffFile(tiff) as tif:
+        page = tif.pages[0]
+        assert page.is_tiled and page.compression == 5 and page.dtype == np.uint16  # LZW, 16-bit
+        assert np.array_equal(page.asarray(), stored)
+    assert 60_000 < stored.max() < 65_535  # the scaling by the peak does something
+    with Image.open(png) as img:
+        assert np.array_equal(np.asarray(img), scale_to_8bit(stored, float(stored.max())))
+    seconds, crc_tiff, _ = tiff_masters.read_through(tiff, check=True)
+    assert seconds > 0 and crc_tiff == tiff_masters.read_through(png, check=True)[1]
+
+
+@pytest.mark.slow
+def test_predict_memory_child_streams_a_tiff_master_within_its_setting(tmp_path, monkeypatch):
+    monkeypatch.setenv("POC59_CACHE", str(tmp_path))
+    s = tiff_masters.Sizes(height=1500, width=2000, model_tile=128, repeats=1)
+    tiff, _ = tiff_masters.files(s)
+    got = tiff_masters.measure_memory(tiff, "pointwise", s.model_tile, overlay=False, max_memory_mb=8)
+    assert got["streamed"] and (got["width"], got["height"]) == (s.width, s.height)
+    assert got["added_bytes"] < 8 * 2**20 + 2 * s.width * s.height + 100 * 2**20  # budget + label map + slack
