@@ -16,10 +16,13 @@ For one predicted scan, `write_iiif` writes beside predict's maps:
   Image API service, or the image file) and, as a second painting annotation, the damage layer; the
   AnnotationPage is referenced from the canvas's `annotations` by its id, which is the URI of the file.
 
-Why a second painting annotation: Mirador (3 and 4) draws every Image painted on a canvas as a layer that
-its "Layers" panel shows, hides and fades; it draws no supplementing Image. Mirador fetches an
-AnnotationPage that is referenced without items from its id, lists each annotation's textual bodies in its
-annotation panel and draws its SvgSelector.
+Why a second painting annotation (read in Mirador 4.2's source): Mirador draws every Image painted on the
+canvas (the canvas's `items`) as a layer that its "Layers" panel shows, hides and fades, a plain PNG as
+well as an Image API service; an Image in the canvas's `annotations` (a supplementing layer) is not drawn.
+It reads a painting annotation's target as a string. It fetches an AnnotationPage referenced without items
+from its id, lists each annotation's textual bodies in its annotation panel (with the default settings,
+whatever the motivation; Mirador 3's defaults kept only commenting and tagging) and draws its SvgSelector,
+filling by the nonzero rule.
 
 Outlines. Each region is traced on its pixels' edges (not through their centres), so a 1 px wide crack keeps
 its width and the unsimplified outline encloses exactly the region's pixels. It is then simplified by
