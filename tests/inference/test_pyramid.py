@@ -66,6 +66,7 @@ class _Page:
     def __init__(self, page: tifffile.TiffPage) -> None:
         self.is_tiled, self.tilelength, self.tilewidth = page.is_tiled, page.tilelength, page.tilewidth
         self.compression, self.photometric, self.subfiletype = page.compression, page.photometric, page.subfiletype
+        self.predictor = page.predictor
         self.colormap = None if page.colormap is None else np.array(page.colormap)
 
 
@@ -102,10 +103,11 @@ def test_a_label_map_streamed_in_bands_is_a_tiled_deflate_palette_pyramid_of_nea
     assert os.listdir(tmp_path) == ["classes.tif"]  # no temporary file left beside it
 
 
-def test_a_confidence_map_is_reduced_by_the_mean_level_by_level(tmp_path):
+@pytest.mark.parametrize("predictor", [False, True])
+def test_a_confidence_map_is_reduced_by_the_mean_level_by_level(tmp_path, predictor):
     rng = np.random.default_rng(1)
     confidence = rng.integers(0, 256, (517, 613), np.uint8)
-    path = _write(tmp_path / "confidence.tif", confidence, "mean", [64, 7, 130], tile=64)
+    path = _write(tmp_path / "confidence.tif", confidence, "mean", [64, 7, 130], tile=64, level=1, predictor=predictor)
     levels, pages, _ = _levels(path)
     expected = [confidence]
     while max(expected[-1].shape) > 64:
@@ -116,6 +118,9 @@ def test_a_confidence_map_is_reduced_by_the_mean_level_by_level(tmp_path):
         assert np.array_equal(level, want), f"level {k}"
         assert page.photometric == tifffile.PHOTOMETRIC.MINISBLACK and page.colormap is None
         assert page.compression == tifffile.COMPRESSION.ADOBE_DEFLATE and (page.tilelength, page.tilewidth) == (64, 64)
+        assert page.predictor == (tifffile.PREDICTOR.HORIZONTAL if predictor else tifffile.PREDICTOR.NONE)
+    with Image.open(path) as img:  # another reader decodes level 0 (and the predictor) alike
+        assert img.mode == "L" and np.array_equal(np.asarray(img), confidence)
 
 
 def test_bigtiff_past_two_gib_of_pixels_and_readable_when_asked(tmp_path):
@@ -141,6 +146,25 @@ def test_an_error_mid_write_or_missing_rows_leave_no_file(tmp_path):
         with PyramidWriter(tmp_path / "m.tif", 500, 600, "nearest") as writer:
             writer.add(labels)
             writer.add(labels[:1])
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_disk_full_while_the_tiff_is_written_leaves_no_file(tmp_path, monkeypatch):
+    import errno
+
+    real = tifffile.TiffWriter.write
+    calls = []
+
+    def full_after_level_0(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:  # level 0 is written: its bytes are in the file, the SubIFDs not yet
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(tifffile.TiffWriter, "write", full_after_level_0)
+    with pytest.raises(OSError, match="No space left") as raised:
+        _write(tmp_path / "m.tif", np.zeros((600, 500), np.uint8), "nearest", [100])
+    assert raised.value.filename == str(tmp_path / "m.tif")  # the message names the map
     assert os.listdir(tmp_path) == []
 
 
@@ -249,7 +273,8 @@ def test_predict_pyramid_true_writes_both_maps_that_match_its_png_map(trained_ru
         assert np.array_equal(classes[0], png)
         assert all(np.array_equal(lv, png[:: 2**k, :: 2**k]) for k, lv in enumerate(classes))
         assert np.array_equal(pages[0].colormap, _palette(trained.classes))
-        confidence, _, _ = _levels(out / f"{stem}_confidence.tif")
+        confidence, pages, _ = _levels(out / f"{stem}_confidence.tif")
+        assert pages[0].predictor == tifffile.PREDICTOR.HORIZONTAL and pages[0].colormap is None
         pixels = np.asarray(Image.open(scans / f"{stem}.png"))
         logits = torch.cat([band for _, band in logit_bands(trained, ArrayImage(pixels))], dim=1)
         p = torch.softmax(logits.double(), dim=0).max(dim=0).values.numpy() * 255

@@ -5,7 +5,9 @@ a confidence map: 0-255). The file is what QGIS/GDAL, libvips, IIPImage, OpenSea
 OpenSlide-style readers and tifffile open a region and a scale at a time:
 
 - tiled, `TILE` x `TILE` pixels (edge tiles zero-padded, as TIFF stores them), Deflate-compressed (TIFF
-  compression 8 "Adobe Deflate", which every TIFF reader decodes; ZSTD is read by far fewer viewers);
+  compression 8 "Adobe Deflate", which every TIFF reader decodes; ZSTD is read by far fewer viewers), at a
+  chosen level and optionally with the horizontal differencing predictor (TIFF predictor 2, read by every
+  reader that reads Deflate);
 - level 0 at the scan's own size, then SubIFDs, each level half the one before (rounded up), until a level
   fits in one tile. A label map is reduced by nearest neighbour (the top-left pixel of each 2 x 2 block, so
   level k is level 0 sampled every 2^k pixels: a class index is never averaged into another class). A
@@ -38,10 +40,9 @@ import imagecodecs
 import numpy as np
 import tifffile
 
-__all__ = ["BIGTIFF_ABOVE", "DEFLATE_LEVEL", "TILE", "PyramidWriter", "level_sizes", "needs_bigtiff"]
+__all__ = ["BIGTIFF_ABOVE", "TILE", "PyramidWriter", "level_sizes", "needs_bigtiff"]
 
 TILE = 256  # pixels: the tile size OpenSeadragon, IIPImage and libvips's pyramids use by default
-DEFLATE_LEVEL = 6  # zlib's default: label maps shrink ~50-100x at any level; higher levels cost time for ~1 %
 BIGTIFF_ABOVE = 2**31  # uncompressed bytes of all levels: past this the map is written as BigTIFF
 
 Reduction = Literal["nearest", "mean"]
@@ -102,8 +103,11 @@ class _Level:
 @contextmanager
 def _replacing(path: Path) -> Iterator[BinaryIO]:
     """A new file beside `path` that becomes `path` (rename, after its bytes are on disk) when the block ends
-    without an error; on any error, or if the process dies, nothing is left under `path`'s name. The file gets
-    the permissions a plain `open(path, "wb")` would (0666 minus the umask), as poc59.core.atomic's files do."""
+    without an error; on any error, or if the process dies, nothing is left under `path`'s name (an error
+    removes the temporary file; a killed process leaves it hidden, `.<name>.<random>.tmp`, as
+    poc59.core.atomic's writes do). The file gets the permissions a plain `open(path, "wb")` would (0666 minus
+    the umask), as poc59.core.atomic's files do; `poc59.core.atomic.write_bytes` takes the bytes whole, and a
+    map is written as it streams."""
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     fh = open(tmp, "xb")  # noqa: SIM115 (closed below) a new file, 0666 less the umask
     try:
@@ -125,7 +129,8 @@ class PyramidWriter:
 
     `reduction`: "nearest" for class indices, "mean" for continuous values. `colormap`: uint8 [256, 3], the
     colour of each value, written as the TIFF palette (photometric palette); without it the map is grayscale
-    (0 black). Use as a context manager: leaving the block normally closes the writer (the file appears under
+    (0 black). `level`: Deflate's, 1 (fastest) to 12 (smallest; libdeflate's levels). `predictor`: store each
+    row's differences from left to right (TIFF predictor 2), smaller for smooth values, not for class ids. Use as a context manager: leaving the block normally closes the writer (the file appears under
     `path`); leaving it with an error aborts it (nothing is written under `path`, the spill file is freed).
     """
 
@@ -138,6 +143,8 @@ class PyramidWriter:
         colormap: np.ndarray | None = None,
         tile: int = TILE,
         bigtiff: bool | None = None,
+        level: int = 6,
+        predictor: bool = False,
     ) -> None:
         if width < 1 or height < 1:
             raise ValueError(f"a map needs at least one pixel, got {width} x {height}")
@@ -149,6 +156,7 @@ class PyramidWriter:
             raise ValueError(f"colormap must be uint8 [256, 3], got shape {np.shape(colormap)}")
         self.path = Path(path)
         self.width, self.height, self.reduction, self.tile = width, height, reduction, tile
+        self.level, self.predictor = level, predictor
         self.colormap = None if colormap is None else np.asarray(colormap, np.uint16).T * 257  # TIFF: 16 bit
         self.bigtiff = needs_bigtiff(width, height, tile) if bigtiff is None else bigtiff
         self.levels = [_Level(w, h, tile) for w, h in level_sizes(width, height, tile)]
@@ -202,7 +210,10 @@ class PyramidWriter:
         assert self._spill is not None
         level.filling[level.filled :] = 0  # the last row of tiles: padding below the map
         for x in range(0, level.filling.shape[1], self.tile):
-            data = imagecodecs.deflate_encode(np.ascontiguousarray(level.filling[:, x : x + self.tile]), DEFLATE_LEVEL)
+            tile = np.ascontiguousarray(level.filling[:, x : x + self.tile])
+            if self.predictor:
+                tile = imagecodecs.delta_encode(tile, axis=-1)  # uint8 differences modulo 256, as TIFF's predictor 2
+            data = imagecodecs.deflate_encode(tile, self.level)
             self._spill.write(data)
             level.tiles.append((self._spilled, len(data)))
             self._spilled += len(data)
@@ -230,6 +241,7 @@ class PyramidWriter:
                         dtype=np.uint8,
                         tile=(self.tile, self.tile),
                         compression="zlib",  # TIFF compression 8, Adobe Deflate
+                        predictor=2 if self.predictor else 1,
                         photometric="minisblack" if self.colormap is None else "palette",
                         colormap=self.colormap,
                         subifds=len(self.levels) - 1 if k == 0 else None,
