@@ -16,13 +16,13 @@ import tifffile
 import torch
 from PIL import Image
 
-from inference.standins import LocalConv
+from inference.standins import LocalConv, model
 from poc59.analysis.colour import ignore_rgb
 from poc59.artifacts.load import load_model
 from poc59.core.classes import ARTEFACT
 from poc59.inference.image import ArrayImage, logit_bands, predict_label_map
-from poc59.inference.outputs import band_confidence
-from poc59.inference.pyramid import PyramidWriter, level_sizes, needs_bigtiff
+from poc59.inference.outputs import MapPyramids, band_confidence
+from poc59.inference.pyramid import PyramidWriter, level_sizes, needs_bigtiff, working_bytes
 from poc59.predict import main
 
 
@@ -225,6 +225,7 @@ def test_a_large_map_is_written_within_a_few_bands_of_memory(tmp_path, reduction
     # the reduction's sums; measured 7.2 MB (nearest) and 10.0 MB (mean) for a band of 2 MB and a map of 48 MB
     whole = 8000 * 6000
     assert measured["peak"] < 6 * measured["band"] < whole / 3.5, measured
+    assert measured["peak"] - measured["band"] < working_bytes(8000), measured  # what predict's budget counts
     with tifffile.TiffFile(tmp_path / "big.tif") as tif:
         levels = tif.series[0].levels
         assert [lv.shape for lv in levels] == [(h, w) for w, h in level_sizes(8000, 6000)] and len(levels) == 6
@@ -346,3 +347,23 @@ def test_a_user_file_named_like_a_pyramid_is_never_replaced(trained_run, tmp_pat
     assert main([f"ckpt={ckpt}", f"input={scans}", f"output={out}", "pyramid=true"]) == 2
     assert caplog.messages[-1].startswith(f"{out / 'a_confidence.tif'} exists and no earlier predict batch recorded it")
     assert os.listdir(out) == ["a_confidence.tif"] and (out / "a_confidence.tif").read_bytes() == b"the user's own map"
+
+
+def test_pyramid_true_takes_its_writers_memory_out_of_the_scan_decoding_budget(tmp_path, monkeypatch):
+    import poc59.inference.run as predict
+
+    crop = model(LocalConv(classes=3, seed=0), policy="crop", image_size=32)
+    monkeypatch.setattr(predict, "load_models", lambda *args: crop)
+    budgets = []
+    real = predict.open_scan
+
+    def spy(*args, **kwargs):
+        budgets.append(kwargs["max_bytes"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(predict, "open_scan", spy)
+    scan = _scans(tmp_path / "scans") / "a.png"
+    for pyramid in ("false", "true"):
+        out = tmp_path / pyramid
+        assert main([f"ckpt={tmp_path / 'unused.ckpt'}", f"input={scan}", f"output={out}", f"pyramid={pyramid}"]) == 0
+    assert budgets[0] - budgets[1] == MapPyramids.working_bytes(410) == 2 * 5 * 256 * 512

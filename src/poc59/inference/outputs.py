@@ -34,7 +34,7 @@ from PIL import Image, ImageDraw, ImageFont
 from poc59.analysis.colour import legend, lookup_table
 from poc59.core.atomic import write_bytes, write_json
 from poc59.core.classes import ClassTable
-from poc59.inference.pyramid import PyramidWriter
+from poc59.inference.pyramid import PyramidWriter, working_bytes
 
 __all__ = [
     "STATISTICS_CONVENTION",
@@ -183,6 +183,11 @@ class MapPyramids:
         except BaseException:
             self.classes.abort()
             raise
+
+    @staticmethod
+    def working_bytes(width: int) -> int:
+        """The memory both maps' writers hold while a scan `width` px wide streams through them."""
+        return 2 * working_bytes(width)
 
     def __enter__(self) -> MapPyramids:
         return self

@@ -213,6 +213,8 @@ def predict_image(
         width, height = scan_size(path, s.allow_large_images)
         logits = streaming_bytes(model, width, height, s.overlap, s.batch_size, s.tta)
         decode_budget = int(s.max_memory_mb * 2**20) - logits
+        if s.pyramid:  # the same budget holds the pyramids' writers
+            decode_budget -= MapPyramids.working_bytes(width)
         if decode_budget <= 0:
             log.warning(
                 "%s: max_memory_mb=%g is below one tile row of logits; reading the smallest strips",
