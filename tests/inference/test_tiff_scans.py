@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 import struct
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from types import SimpleNamespace
 
 import imagecodecs
 import numpy as np
@@ -309,3 +311,29 @@ def test_a_6000_by_4000_16_bit_lzw_tiff_streams_within_the_budget(tmp_path):
     assert got["streamed"]
     whole = height * width * (3 * 2 + 3)  # decoding it whole: the 16-bit samples and the RGB result, 216 MB
     assert got["added"] < budget < whole, got  # the budget holds the strips, the codecs and the allocator's slack
+
+
+def test_a_streamed_16_bit_tiff_is_decoded_once_and_twice_when_the_disk_has_no_room(tmp_path, monkeypatch):
+    """The peak pass keeps what it decoded in an unlinked temporary file: the rows after it come from there
+    (the file's tiles, spoilt after the scan was opened, are never decoded again); with no room on the disk,
+    they are decoded a second time (and the spoilt tile is then named)."""
+    path, (offsets, counts, _) = _tiff(tmp_path, "master.tif", "deflate")
+    expect = _reference(path, "rgb")
+    spoilt = bytearray(path.read_bytes())
+    for o, c in zip(offsets, counts):
+        spoilt[o : o + c] = b"\xff" * c
+
+    scan = open_scan(path, max_bytes=1)  # the peak pass runs here
+    path.write_bytes(bytes(spoilt))
+    assert np.array_equal(scan.rows(0, H), expect)
+    scan.close()
+
+    path.unlink()
+    _tiff(tmp_path, "master.tif", "deflate")
+    monkeypatch.setattr(shutil, "disk_usage", lambda folder: SimpleNamespace(free=0))
+    scan = open_scan(path, max_bytes=1)
+    assert np.array_equal(scan.rows(0, 40), expect[:40])  # decoded again, the same pixels
+    path.write_bytes(bytes(spoilt))
+    with pytest.raises(ScanError, match=r"master.tif: tile \d+ \(rows 64..69"):
+        scan.rows(40, H)
+    scan.close()

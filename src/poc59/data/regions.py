@@ -17,7 +17,9 @@ once its first band is asked for (`Raster.whole_only`).
 
 16 bits (or any sample wider than 8 bits) are scaled as training has always scaled them: by the image's
 peak (`scale_to_8bit`, the arithmetic of `poc59.data.decoding.wide_to_8bit`), the peak taken over the
-colour samples of the whole image (`Raster.peak()`, a pass over every segment that keeps one at a time).
+colour samples of the whole image (`Raster.peak()`, a pass over every segment holding one segment row at a
+time). A compressed TIFF keeps what that pass decoded in an unlinked temporary file, where the disk has room,
+so the bands after it are read back rather than decoded twice.
 
 What this reader does not handle (bilevel, 32-bit or floating-point samples, YCbCr outside JPEG, CIELab,
 volumes, an EXIF/TIFF orientation other than top-left) raises `NotInRegions`, and the caller decodes the
@@ -29,8 +31,11 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
+import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import IO
 
 import imagecodecs
 import numpy as np
@@ -59,6 +64,7 @@ _JPEG = 7
 _ORIENTATION_TAG = 274
 _INKSET_TAG = 332
 _SCALE_CHUNK = 1 << 20  # samples scaled at once: 8 MB of float64
+_SPILL_SPARE = 1 << 30  # free disk space a spill file leaves untouched
 
 
 class NotInRegions(Exception):
@@ -215,6 +221,7 @@ class _TiffRaster(Raster):
             raise NotInRegions(f"TIFF orientation {orientation.value}")
         self._page = page
         self._last: tuple[int, list] | None = None
+        self._spill = None
         self.width, self.height = int(page.imagewidth), int(page.imagelength)
         self.mode, self.wide = _MODES[photometric], page.dtype != np.uint8
         self._colours = _COLOUR_SAMPLES[photometric]
@@ -312,8 +319,48 @@ class _TiffRaster(Raster):
             return [self._decode(indices[0], raw[0])]
         return list(self._pool.map(self._decode, indices, raw))
 
+    def peak(self) -> float:
+        """The largest colour sample, every segment decoded once: while it is found, a compressed TIFF's colour
+        samples are kept in an unlinked temporary file (where the disk has room for them), and the bands read
+        after it come from there instead of being decoded a second time. Memory: one segment row."""
+        if self._peak is not None:
+            return self._peak
+        spill = None if self._direct else _spill_file(self.width * self.height * self.sample_bytes)
+        peak = 0.0
+        try:
+            for y in range(0, self.height, self.rows_per_segment):
+                data = self.samples(y, min(y + self.rows_per_segment, self.height))
+                peak = max(peak, float(data.max(initial=0)))
+                if spill is not None:
+                    try:
+                        spill.write(memoryview(np.ascontiguousarray(data)).cast("B"))
+                    except OSError as err:  # the disk filled meanwhile: decode again instead
+                        log.info("%s: decoded samples not kept on disk (%s); bands are decoded again", self.path, err)
+                        spill.close()
+                        spill = None
+            if spill is not None:
+                spill.flush()
+        except BaseException:
+            if spill is not None:
+                spill.close()
+            raise
+        self._spill, self._peak = spill, peak
+        return peak
+
+    def _spilled(self, y0: int, y1: int) -> np.ndarray:
+        """Rows y0..y1-1 read back from the spill file `peak` wrote."""
+        out = np.empty((y1 - y0, self.width, self._colours), self._page.dtype)
+        offset = y0 * self.width * self.sample_bytes
+        if os.preadv(self._spill.fileno(), [memoryview(out).cast("B")], offset) != out.nbytes:
+            raise RegionError(
+                f"cannot read {self.path}: its decoded samples, kept in a temporary file, came back short"
+            )
+        return out
+
     def samples(self, y0: int, y1: int) -> np.ndarray:
         y1 = min(y1, self.height)
+        if self._spill is not None:
+            return self._spilled(y0, y1)
         if self._direct:
             return self._direct_rows(y0, y1)
         out = np.zeros((y1 - y0, self.width, self._colours), self._page.dtype)
@@ -364,6 +411,8 @@ class _TiffRaster(Raster):
     def close(self) -> None:
         self._pool.shutdown(wait=True)
         self._tif.close()
+        if self._spill is not None:
+            self._spill.close()
 
 
 class _Jpeg2000Raster(Raster):
@@ -405,6 +454,18 @@ class _Jpeg2000Raster(Raster):
             self.wide = pixels.dtype != np.uint8
             self._pixels = pixels[..., : self._colours]
         return self._pixels[y0:y1]
+
+
+def _spill_file(nbytes: int) -> IO[bytes] | None:
+    """An unlinked temporary file for `nbytes` of decoded samples, or None when the disk has not that much room
+    (and a spare gigabyte) to give."""
+    folder = tempfile.gettempdir()
+    try:
+        if shutil.disk_usage(folder).free < nbytes + _SPILL_SPARE:
+            return None
+        return tempfile.TemporaryFile(prefix="poc59-tiff-", dir=folder)
+    except OSError:
+        return None
 
 
 def open_raster(path: str | Path, level: int = 0, workers: int | None = None) -> Raster:
