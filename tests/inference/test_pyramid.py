@@ -71,9 +71,13 @@ class _Page:
 
 
 def _levels(path: Path) -> tuple[list[np.ndarray], list[_Page], bool]:
-    """Every level of a pyramidal TIFF (level 0 first, then its SubIFDs), their pages, whether it is BigTIFF."""
+    """Every level of a pyramidal TIFF, their pages, whether it is BigTIFF. The levels must be the file's pages in
+    its main IFD chain, level 0 first (the layout GDAL's overviews and libvips' pyramids use), not SubIFDs."""
     with tifffile.TiffFile(path) as tif:
         series = tif.series[0]
+        assert len(tif.series) == 1 and len(tif.pages) == len(series.levels)
+        assert [level.keyframe.index for level in series.levels] == list(range(len(tif.pages)))
+        assert all("SubIFDs" not in page.tags for page in tif.pages)
         pages = [_Page(level.keyframe) for level in series.levels]
         return [level.asarray() for level in series.levels], pages, tif.is_bigtiff
 
@@ -157,7 +161,7 @@ def test_a_disk_full_while_the_tiff_is_written_leaves_no_file(tmp_path, monkeypa
 
     def full_after_level_0(self, *args, **kwargs):
         calls.append(1)
-        if len(calls) == 2:  # level 0 is written: its bytes are in the file, the SubIFDs not yet
+        if len(calls) == 2:  # level 0 is written: its bytes are in the file, the reduced levels not yet
             raise OSError(errno.ENOSPC, "No space left on device")
         return real(self, *args, **kwargs)
 

@@ -8,8 +8,12 @@ OpenSlide-style readers and tifffile open a region and a scale at a time:
   compression 8 "Adobe Deflate", which every TIFF reader decodes; ZSTD is read by far fewer viewers), at a
   chosen level and optionally with the horizontal differencing predictor (TIFF predictor 2, read by every
   reader that reads Deflate);
-- level 0 at the scan's own size, then SubIFDs, each level half the one before (rounded up), until a level
-  fits in one tile. A label map is reduced by nearest neighbour (the top-left pixel of each 2 x 2 block, so
+- level 0 at the scan's own size, then each level half the one before (rounded up) until a level fits in one
+  tile, each the next IFD of the file's main chain marked reduced-resolution (NewSubfileType 1): the layout of
+  GDAL's internal overviews (and of a COG) and of libvips' `--pyramid`, which GDAL/QGIS, libvips, IIPImage,
+  OpenSlide and tifffile read as one pyramid. Not SubIFDs (OME-TIFF's layout): far fewer readers follow those
+  (OME's design note OME005 rates their reading portability low), and a reader that ignores them sees only
+  level 0, the slow path a pyramid is meant to avoid. A label map is reduced by nearest neighbour (the top-left pixel of each 2 x 2 block, so
   level k is level 0 sampled every 2^k pixels: a class index is never averaged into another class). A
   confidence map is reduced by the mean of each 2 x 2 block of the level above (edge blocks: of the pixels
   they hold), rounded half up;
@@ -252,7 +256,6 @@ class PyramidWriter:
                         predictor=2 if self.predictor else 1,
                         photometric="minisblack" if self.colormap is None else "palette",
                         colormap=self.colormap,
-                        subifds=len(self.levels) - 1 if k == 0 else None,
                         subfiletype=1 if k else 0,  # a reduced-resolution version of level 0
                         metadata=None,
                         software="poc59",
