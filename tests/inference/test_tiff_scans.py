@@ -197,6 +197,25 @@ def test_jpeg2000_is_decoded_whole_through_imagecodecs_with_one_log_line(tmp_pat
         assert [r.getMessage() for r in caplog.records if "JPEG 2000 cannot be read in parts" in r.getMessage()]
 
 
+def test_jpeg2000_reduced_levels_decode_only_the_resolutions_they_keep(tmp_path):
+    yy, xx = np.mgrid[0:128, 0:96]
+    full = np.stack([xx * 2, yy * 2, xx + yy], -1).astype(np.uint8)
+    path = tmp_path / "levels.jp2"
+    path.write_bytes(imagecodecs.jpeg2k_encode(full, level=0, codecformat="jp2", resolutions=4))  # 3 wavelet levels
+    assert scan_levels(path) == [(96, 128), (48, 64), (24, 32), (12, 16)]
+    with Image.open(path) as img:  # OpenJPEG's own reduced decode, as Pillow asks for it
+        img.reduce = 2
+        img.load()
+        expect = np.asarray(img.convert("RGB"))
+    got = open_scan(path, level=2).whole()
+    assert np.array_equal(got, expect)
+    box = full.reshape(32, 4, 24, 4, 3).mean(axis=(1, 3))  # the wavelet's low band is about a 4 x 4 mean
+    assert np.abs(got - box).mean() < 3
+    odd = tmp_path / "odd.jp2"  # 53 px: a level Pillow would size differently from OpenJPEG is not offered
+    odd.write_bytes(imagecodecs.jpeg2k_encode(_pixels(3, np.uint8), level=0, codecformat="jp2", resolutions=3))
+    assert scan_levels(odd) == [(53, 70), (27, 35)]
+
+
 def test_training_reads_a_tiff_master_with_the_same_reader_as_predict(tmp_path):
     image = tmp_path / "master.tif"
     tifffile.imwrite(image, _pixels(3, np.uint16), photometric="rgb", compression="lzw", tile=(32, 32))

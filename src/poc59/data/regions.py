@@ -12,8 +12,9 @@ samples dropped. A band decodes only the strips or tiles that cover its rows; an
 a row at a time, so even a single-strip file streams. A pyramid (SubIFDs, or the reduced pages tifffile
 groups into a series' levels) lists its levels in `Raster.levels`, largest first.
 
-JPEG 2000 (imagecodecs): imagecodecs decodes a codestream only whole, so the raster holds the whole image
-once its first band is asked for (`Raster.whole_only`).
+JPEG 2000: imagecodecs decodes a codestream only whole, so the raster holds the whole image once its first
+band is asked for (`Raster.whole_only`); its reduced resolutions are levels too, decoded by OpenJPEG
+through Pillow (which decodes only the resolutions a level keeps).
 
 16 bits (or any sample wider than 8 bits) are scaled as training has always scaled them: by the image's
 peak (`scale_to_8bit`, the arithmetic of `poc59.data.decoding.wide_to_8bit`), the peak taken over the
@@ -415,45 +416,90 @@ class _TiffRaster(Raster):
             self._spill.close()
 
 
+def _codestream_header(path: Path) -> tuple[int, int]:
+    """(largest bits per component, wavelet decomposition levels) from a JPEG 2000 file's SIZ and COD markers;
+    (0, 0) when they are not found in its first megabyte."""
+    with path.open("rb") as f:
+        head = f.read(1 << 20)
+    siz = head.find(b"\xff\x4f\xff\x51") + 2  # SOC, then SIZ
+    if siz < 2 or len(head) < siz + 40:
+        return 0, 0
+    components = int.from_bytes(head[siz + 38 : siz + 40], "big")
+    bits = max(((b & 0x7F) + 1 for b in head[siz + 40 : siz + 40 + 3 * components : 3]), default=0)
+    at = siz
+    while at + 10 <= len(head) and head[at] == 0xFF:
+        if head[at + 1] == 0x52:  # COD: Lcod, Scod, SGcod (4 bytes), then the decomposition levels
+            return bits, head[at + 9]
+        at += 2 + int.from_bytes(head[at + 2 : at + 4], "big")
+    return bits, 0
+
+
 class _Jpeg2000Raster(Raster):
-    """A JPEG 2000 image: imagecodecs decodes the codestream whole, on the first band asked for."""
+    """A JPEG 2000 image: the full resolution decoded whole by imagecodecs on the first band asked for; a
+    reduced level (a wavelet resolution dropped per level, halving each side) decoded by OpenJPEG through
+    Pillow's `reduce`, which decodes only the resolutions it keeps. Levels of 8-bit images and of 16-bit
+    grayscale (Pillow brings 16-bit colour to 8 bits its own way, not by the peak)."""
 
     whole_only = True
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, level: int) -> None:
         super().__init__(path)
         try:
-            with Image.open(path) as img:  # the header alone: size, bands and ICC profile, nothing decoded
-                self.width, self.height = img.size
-                self.icc = img.info.get("icc_profile")
-                bands = len(img.getbands())
-                self.wide = img.mode in ("I;16", "I;16B", "I;16L", "I")
+            bits, decompositions = _codestream_header(path)
+            img = Image.open(path)  # the header alone: size, bands and ICC profile, nothing decoded
         except Exception as err:  # Pillow raises many types for bad files
             raise RegionError(f"cannot read {path}: not a readable JPEG 2000 file ({err}). {_FIX}.") from None
-        self.levels = [(self.width, self.height)]
-        self._colours = 1 if bands <= 2 else 3
+        self._img = img
+        width, height = img.size
+        self.icc = img.info.get("icc_profile")
+        self._colours = 1 if len(img.getbands()) <= 2 else 3
+        self.wide = bits > 8 or img.mode in ("I;16", "I;16B", "I;16L", "I")
+        reducible = not self.wide or self._colours == 1
+        self.levels = [(width, height)]
+        for k in range(1, decompositions + 1 if reducible else 1):
+            size = (-(-width // 2**k), -(-height // 2**k))  # what OpenJPEG decodes
+            if size != ((width + 2 ** (k - 1)) // 2**k, (height + 2 ** (k - 1)) // 2**k):  # what Pillow expects
+                break  # Pillow would refuse the level's data (it rounds the size half up, OpenJPEG rounds up)
+            self.levels.append(size)
+        if level >= len(self.levels):
+            img.close()
+            raise NotInRegions(f"level {level} of a JPEG 2000 file with {len(self.levels)} usable level(s)")
+        self._level = level
+        self.width, self.height = self.levels[level]
         self.mode = "L" if self._colours == 1 else "RGB"
         self.rows_per_segment = self.height
         self.sample_bytes = self._colours * (2 if self.wide else 1)
         self._pixels: np.ndarray | None = None
 
+    def _decode(self) -> np.ndarray:
+        if self._level == 0:
+            return imagecodecs.jpeg2k_decode(self.path.read_bytes())
+        self._img.reduce = self._level
+        self._img.load()
+        return np.asarray(self._img)
+
     def samples(self, y0: int, y1: int) -> np.ndarray:
         if self._pixels is None:
             try:
-                pixels = imagecodecs.jpeg2k_decode(self.path.read_bytes())
-            except Exception as err:  # imagecodecs.Jpeg2kError, OSError
+                pixels = self._decode()
+            except Exception as err:  # imagecodecs.Jpeg2kError, OSError from OpenJPEG
                 raise RegionError(
                     f"cannot read {self.path}: the JPEG 2000 data does not decode ({err}). {_FIX}."
                 ) from None
+            finally:
+                self._img.close()
             pixels = pixels[..., None] if pixels.ndim == 2 else pixels
             if pixels.shape[:2] != (self.height, self.width):
                 raise RegionError(
-                    f"cannot read {self.path}: its codestream is {pixels.shape[1]} x {pixels.shape[0]} but its "
-                    f"header says {self.width} x {self.height}. {_FIX}."
+                    f"cannot read {self.path}: its level {self._level} decodes to {pixels.shape[1]} x "
+                    f"{pixels.shape[0]}, not the {self.width} x {self.height} its header gives. {_FIX}."
                 )
             self.wide = pixels.dtype != np.uint8
             self._pixels = pixels[..., : self._colours]
         return self._pixels[y0:y1]
+
+    def close(self) -> None:
+        self._img.close()
 
 
 def _spill_file(nbytes: int) -> IO[bytes] | None:
@@ -479,7 +525,5 @@ def open_raster(path: str | Path, level: int = 0, workers: int | None = None) ->
     if suffix in TIFF_SUFFIXES:
         return _TiffRaster(path, level, workers)
     if suffix in JP2_SUFFIXES:
-        if level:
-            raise NotInRegions("JPEG 2000 levels (imagecodecs decodes the full resolution only)")
-        return _Jpeg2000Raster(path)
+        return _Jpeg2000Raster(path, level)
     raise NotInRegions(f"{suffix or 'no suffix'} is neither TIFF nor JPEG 2000")

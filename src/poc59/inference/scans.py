@@ -389,7 +389,9 @@ def _raster(path: Path, allow_large: bool, level: int = 0) -> Raster | None:
     if not handles(path):
         return None
     try:
-        raster = open_raster(path, level)
+        with pixel_limit(allow_large), warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # refused below, with the way out
+            raster = open_raster(path, level)
     except NotInRegions as why:
         log.debug("%s: read through Pillow (%s)", path, why)
         return None
@@ -483,7 +485,8 @@ def _region_scan(path: Path, raster: Raster, max_bytes: int | None) -> Scan:
 def open_scan(path: str | Path, allow_large_images: bool = False, max_bytes: int | None = None, level: int = 0) -> Scan:
     """Open one image for prediction; decoded whole if that fits in `max_bytes` (None: always), else in strips.
 
-    `level`: a reduced resolution of a pyramidal TIFF (`scan_levels`; 0, the full one, for any other file).
+    `level`: a reduced resolution of a pyramidal TIFF or a JPEG 2000 file (`scan_levels`; 0, the full one, for
+    any other file), its 16-bit samples scaled by that level's own peak.
     """
     path = Path(path)
     raster = _raster(path, allow_large_images, level)
