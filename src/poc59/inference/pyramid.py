@@ -10,10 +10,11 @@ OpenSlide-style readers and tifffile open a region and a scale at a time:
   reader that reads Deflate);
 - level 0 at the scan's own size, then each level half the one before (rounded up) until a level fits in one
   tile, each the next IFD of the file's main chain marked reduced-resolution (NewSubfileType 1): the layout of
-  GDAL's internal overviews (and of a COG) and of libvips' `--pyramid`, which GDAL/QGIS, libvips, IIPImage,
-  OpenSlide and tifffile read as one pyramid. Not SubIFDs (OME-TIFF's layout): far fewer readers follow those
-  (OME's design note OME005 rates their reading portability low), and a reader that ignores them sees only
-  level 0, the slow path a pyramid is meant to avoid. A label map is reduced by nearest neighbour (the top-left pixel of each 2 x 2 block, so
+  GDAL's internal overviews (and of a COG) and of libvips' `tiffsave --pyramid`, the pyramid TIFF IIPImage
+  serves. Checked: GDAL 3.10 (QGIS's reader) finds every level as an overview, libvips 8.18 every level as a
+  page, tifffile every level of its first series. Not SubIFDs (OME-TIFF's layout): libvips takes a file's
+  pyramid from its pages and opens a SubIFD only when asked for it by number, and a reader that follows only
+  the main chain sees level 0 alone, the slow path a pyramid is meant to avoid. A label map is reduced by nearest neighbour (the top-left pixel of each 2 x 2 block, so
   level k is level 0 sampled every 2^k pixels: a class index is never averaged into another class). A
   confidence map is reduced by the mean of each 2 x 2 block of the level above (edge blocks: of the pixels
   they hold), rounded half up;
