@@ -371,3 +371,19 @@ def test_pyramid_true_takes_its_writers_memory_out_of_the_scan_decoding_budget(t
         out = tmp_path / pyramid
         assert main([f"ckpt={tmp_path / 'unused.ckpt'}", f"input={scan}", f"output={out}", f"pyramid={pyramid}"]) == 0
     assert budgets[0] - budgets[1] == MapPyramids.working_bytes(410) == 2 * 5 * 256 * 512
+
+
+def test_help_lists_the_pyramid_key_and_a_bad_value_is_named():
+    shown = subprocess.run(
+        [sys.executable, "-m", "poc59.predict", "--help"], capture_output=True, text=True, timeout=60, check=True
+    )
+    line = next(line for line in shown.stdout.splitlines() if line.strip().startswith("pyramid="))
+    assert line.split()[0] == "pyramid=false" and "<stem>_classes.tif" in line and "<stem>_confidence.tif" in line
+    bad = subprocess.run(
+        [sys.executable, "-m", "poc59.predict", "ckpt=a.ckpt", "input=s", "output=o", "pyramid=maybe"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert bad.returncode == 2 and "pyramid=maybe: expected true or false" in bad.stderr
+    assert "Traceback" not in bad.stderr
