@@ -105,6 +105,9 @@ def test_a_label_map_streamed_in_bands_is_a_tiled_deflate_palette_pyramid_of_nea
         assert img.mode == "P" and img.size == (999, 700)
         assert img.getpalette()[: 3 * 16] == [v for rgb in ARTEFACT.rgb() for v in rgb]
     assert os.listdir(tmp_path) == ["classes.tif"]  # no temporary file left beside it
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask  # a plain open()'s permissions: folders are shared
 
 
 @pytest.mark.parametrize("predictor", [False, True])
