@@ -20,7 +20,7 @@ import pytest
 import tifffile
 from PIL import Image, ImageCms
 
-from poc59.data.decoding import load_native
+from poc59.data.decoding import decode_pair, load_native
 from poc59.data.regions import NotInRegions, RegionError, open_raster
 from poc59.data.sources import DataError, Sample
 from poc59.inference.scans import ScanError, level_at_least, open_scan, scan_levels, scan_size
@@ -220,9 +220,12 @@ def test_training_reads_a_tiff_master_with_the_same_reader_as_predict(tmp_path):
     image = tmp_path / "master.tif"
     tifffile.imwrite(image, _pixels(3, np.uint16), photometric="rgb", compression="lzw", tile=(32, 32))
     Image.fromarray(np.zeros((H, W), np.uint8)).save(tmp_path / "mask.png")
-    rgb, labels = load_native(Sample("m", image, tmp_path / "mask.png", "m", False), 4, 255)
+    sample = Sample("m", image, tmp_path / "mask.png", "m", False)
+    rgb, labels = load_native(sample, 4, 255)  # evaluate's native-resolution read
     assert np.array_equal(rgb, _reference(image, "rgb")) and labels.shape == (H, W)
     assert np.array_equal(rgb, open_scan(image, max_bytes=1).rows(0, H))
+    cached, _, hw = decode_pair(sample, 64, 4, 255, "crop", 128, canvas=False)  # what preload / prepare cache
+    assert hw == (H, W) and np.array_equal(cached, rgb)
 
 
 def _tiff(tmp_path: Path, name: str, compression: str = "lzw") -> tuple[Path, tifffile.TiffPage]:
