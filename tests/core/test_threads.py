@@ -34,12 +34,12 @@ def test_the_smallest_bound_wins(tmp_path, monkeypatch):
 
 
 def test_set_threads_sets_and_logs_the_choice(monkeypatch, caplog, restore_threads):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)))  # not the test worker's own CPUs
     monkeypatch.setenv("SLURM_CPUS_PER_TASK", "1")
     caplog.set_level("INFO")
     assert set_threads("auto") == 1 == torch.get_num_threads()
     assert "CPU threads: 1 (1 CPUs available (SLURM_CPUS_PER_TASK)" in caplog.text
     monkeypatch.setenv("SLURM_CPUS_PER_TASK", "4")
-    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)))
     assert set_threads("auto", processes=2) == 2  # two CPU DDP processes share the job's four CPUs
     assert set_threads(3) == 3 == torch.get_num_threads()
     for bad in (0, "many", True):
