@@ -45,6 +45,7 @@ BENCHMARKS = [
     "threads",  # issue 18: training images/s at threads=1 and 2, quiet and with another job running
     "sampling",  # issue 16: class-aware crop windows against uniform ones: val mIoU, rare classes, cracks
     "cli_start",  # issue 30: every command's --help, misspelt key and bad value vs python -c pass: < 1 s each
+    "pyramid",  # issue 31 item 4: both pyramid TIFFs of a 300 MP scan vs the label PNG; their traced peak memory
 ]
 
 

@@ -59,6 +59,20 @@ CLI = Command(
             "(the predicted class's probability x 255): tiled, Deflate-compressed, pyramidal TIFFs that QGIS, "
             "vips, IIPImage and other viewers streaming pyramids open at any size",
         ),
+        Key(
+            "iiif",
+            bool,
+            "also write <stem>.manifest.json (IIIF Presentation 3: the scan with the damage map as a layer), "
+            "<stem>.annotations.json (a W3C annotation per damage region: class, area, mean confidence, outline) "
+            "and <stem>_damage.png (the damage map, Clean transparent)",
+        ),
+        Key(
+            "iiif_base_url",
+            str,
+            "the http(s) address output= will be served at: the IIIF ids and links start with it "
+            "(default: the folder's file: URI, for viewers on this machine)",
+        ),
+        Key("iiif_min_area", int, "damage regions of fewer pixels get no annotation (counted in statistics.json)"),
         Key("allow_large_images", bool, "lift Pillow's decompression-bomb limit (~89 MP) for these inputs"),
         Key(
             "overwrite",
@@ -82,7 +96,7 @@ USER_ERRORS = (
 )
 
 
-_OPTIONAL = ("object_mask", "classes")  # empty = none
+_OPTIONAL = ("object_mask", "classes", "iiif_base_url")  # empty = none
 
 
 def parse_args(argv: list[str]) -> Settings:
@@ -103,6 +117,15 @@ def settings_from(given: dict[str, Any]) -> Settings:
         raise UsageError(f"overlap={settings.overlap}: must be in [0, 1) (0.25 = a quarter of a tile)")
     if settings.batch_size < 1 or settings.max_memory_mb <= 0:
         raise UsageError("batch_size and max_memory_mb must be positive")
+    if settings.iiif_min_area < 1:
+        raise UsageError(f"iiif_min_area={settings.iiif_min_area}: must be at least 1 (pixels)")
+    if settings.iiif_base_url:
+        from poc59.inference.iiif import check_base_url
+
+        try:
+            settings.iiif_base_url = check_base_url(settings.iiif_base_url)
+        except ValueError as err:
+            raise UsageError(f"iiif_base_url={settings.iiif_base_url}: {err}") from None
     return settings
 
 

@@ -217,7 +217,8 @@ def test_overwrite_replaces_the_earlier_batch_and_nothing_else(ckpt, scans, tmp_
     shutil.copy(CRACKFOREST / "images" / "003.jpg", scans)
     out = tmp_path / "out"
     assert main([f"ckpt={ckpt}", f"input={scans}", f"output={out}"]) == 0
-    assert len(json.loads((out / "statistics.json").read_text())["outputs"]) == 2 + 3 * 2
+    # per scan: labels, overlay, and the IIIF damage layer, annotations and manifest
+    assert len(json.loads((out / "statistics.json").read_text())["outputs"]) == 2 + 3 * 5
     (out / "notes.txt").write_text("mine")
     (out / "my_map.png").write_bytes((out / "003_labels.png").read_bytes())
     second = tmp_path / "second"
@@ -226,7 +227,8 @@ def test_overwrite_replaces_the_earlier_batch_and_nothing_else(ckpt, scans, tmp_
     (second / "002.jpg").write_bytes(b"no longer a JPEG")  # fails now: its earlier map must not stay
     assert main([f"ckpt={ckpt}", f"input={second}", f"output={out}", "overwrite=true"]) == 2
     mine = ["my_map.png", "notes.txt"]
-    produced = ["001_labels.png", "001_overlay.png", "statistics.csv", "statistics.json"]
+    produced = ["001.annotations.json", "001.manifest.json", "001_damage.png", "001_labels.png", "001_overlay.png"]
+    produced += ["statistics.csv", "statistics.json"]
     assert _outputs(out) == sorted(produced + mine)
     stats = json.loads((out / "statistics.json").read_text())
     assert stats["finished"] is True and sorted(stats["outputs"]) == produced
@@ -254,7 +256,7 @@ def test_an_output_folder_inside_the_input_never_reads_its_maps_as_scans(ckpt, s
     assert main([f"ckpt={ckpt}", f"input={scans}", f"output={scans}", "overwrite=true"]) == 0
     stats = json.loads((scans / "statistics.json").read_text())
     assert [r["image"] for r in stats["images"]] == [str(scans / f"{s}.jpg") for s in IMAGES]
-    assert "4 input file(s) skipped: outputs of a predict batch" in caplog.text
+    assert "6 input file(s) skipped: outputs of a predict batch" in caplog.text
     maps = tmp_path / "scans" / "maps"  # a subfolder, found by a recursive pattern
     assert main([f"ckpt={ckpt}", f"input={scans}/**/0*.*", f"output={maps}", "overwrite=true"]) == 0
     assert main([f"ckpt={ckpt}", f"input={scans}/**/0*.*", f"output={maps}", "overwrite=true"]) == 0

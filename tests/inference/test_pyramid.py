@@ -266,7 +266,7 @@ def test_predict_pyramid_true_writes_both_maps_that_match_its_png_map(trained_ru
     scans = _scans(tmp_path / "scans")
     ckpt = trained_run / "checkpoints" / "best.ckpt"
     out = tmp_path / "out"
-    assert main([f"ckpt={ckpt}", f"input={scans}", f"output={out}", "pyramid=true", "overlay=false"]) == 0
+    assert main([f"ckpt={ckpt}", f"input={scans}", f"output={out}", "pyramid=true", "overlay=false", "iiif=false"]) == 0
     trained = load_model(ckpt)
     stats = json.loads((out / "statistics.json").read_text())
     tifs = ["a_classes.tif", "a_confidence.tif", "b_classes.tif", "b_confidence.tif"]
@@ -311,7 +311,7 @@ def test_a_scan_failing_mid_stream_leaves_no_pyramid_and_the_others_are_written(
     monkeypatch.setattr(predict, "logit_bands", fails_after_a_band)
     out = tmp_path / "out"
     ckpt = trained_run / "checkpoints" / "best.ckpt"
-    assert main([f"ckpt={ckpt}", f"input={scans}", f"output={out}", "pyramid=true", "overlay=false"]) == 2
+    assert main([f"ckpt={ckpt}", f"input={scans}", f"output={out}", "pyramid=true", "overlay=false", "iiif=false"]) == 2
     stats = json.loads((out / "statistics.json").read_text())
     assert [f["image"] for f in stats["failed"]] == [str(scans / "a.png")]
     left = sorted(os.listdir(out))

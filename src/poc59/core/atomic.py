@@ -12,8 +12,10 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 
 def _read_umask() -> int:
@@ -25,14 +27,18 @@ def _read_umask() -> int:
 _UMASK = _read_umask()
 
 
-def write_bytes(path: str | Path, data: bytes) -> Path:
-    """Write `data` to `path` atomically."""
+@contextmanager
+def replacing(path: str | Path) -> Iterator[BinaryIO]:
+    """A new file beside `path`, open for writing, that replaces `path` atomically when the block ends without
+    an error (flushed, synced); on an error it is removed and `path` is untouched. For files written as they
+    stream (opened by name: writers such as tifffile need `f.name` to be a path)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
+        with open(tmp, "wb") as f:
+            yield f
             f.flush()
             os.fchmod(f.fileno(), 0o666 & ~_UMASK)
             os.fsync(f.fileno())
@@ -42,7 +48,13 @@ def write_bytes(path: str | Path, data: bytes) -> Path:
         if isinstance(err, OSError) and err.filename is None:
             err.filename = str(path)  # a failed write or fsync names no file: the message names the target
         raise
-    return path
+
+
+def write_bytes(path: str | Path, data: bytes) -> Path:
+    """Write `data` to `path` atomically."""
+    with replacing(path) as f:
+        f.write(data)
+    return Path(path)
 
 
 def write_json(path: str | Path, obj: Any) -> Path:

@@ -33,17 +33,16 @@ interrupted write (an error, a kill, a full disk) leaves no file under the map's
 from __future__ import annotations
 
 import math
-import os
-import secrets
 import tempfile
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO, Literal
 
 import imagecodecs
 import numpy as np
 import tifffile
+
+from poc59.core.atomic import replacing
 
 __all__ = ["BIGTIFF_ABOVE", "TILE", "PyramidWriter", "level_sizes", "needs_bigtiff", "working_bytes"]
 
@@ -111,29 +110,6 @@ class _Level:
         self.received = 0  # rows of the level received so far
         self.unpaired: np.ndarray | None = None  # a row waiting for its partner before reduction
         self.tiles: list[tuple[int, int]] = []  # (offset, length) of each compressed tile in the spill file
-
-
-@contextmanager
-def _replacing(path: Path) -> Iterator[BinaryIO]:
-    """A new file beside `path` that becomes `path` (rename, after its bytes are on disk) when the block ends
-    without an error; on any error, or if the process dies, nothing is left under `path`'s name (an error
-    removes the temporary file; a killed process leaves it hidden, `.<name>.<random>.tmp`, as
-    poc59.core.atomic's writes do). The file gets the permissions a plain `open(path, "wb")` would (0666 minus
-    the umask), as poc59.core.atomic's files do; `poc59.core.atomic.write_bytes` takes the bytes whole, and a
-    map is written as it streams."""
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    fh = open(tmp, "xb")  # noqa: SIM115 (closed below) a new file, 0666 less the umask
-    try:
-        with fh:
-            yield fh
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException as err:
-        tmp.unlink(missing_ok=True)
-        if isinstance(err, OSError) and err.filename is None:
-            err.filename = str(path)
-        raise
 
 
 class PyramidWriter:
@@ -246,7 +222,7 @@ class PyramidWriter:
         try:
             if self.levels[0].received != self.height:
                 raise ValueError(f"{self.path}: {self.levels[0].received} of the map's {self.height} rows given")
-            with _replacing(self.path) as fh, tifffile.TiffWriter(fh, bigtiff=self.bigtiff) as tif:
+            with replacing(self.path) as fh, tifffile.TiffWriter(fh, bigtiff=self.bigtiff) as tif:
                 for k, level in enumerate(self.levels):
                     tif.write(
                         self._tiles(level),

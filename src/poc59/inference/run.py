@@ -38,6 +38,8 @@ from poc59.core.classes import ClassTable
 from poc59.core.device import autocast_dtype, resolve_device
 from poc59.core.outputs import UNWRITABLE, check_writable, refuse_existing, writing
 from poc59.core.progress import Steps
+from poc59.inference.iiif import MIN_AREA, ScanRef, ids_base, iiif_documents
+from poc59.inference.iiif import output_names as iiif_outputs
 from poc59.inference.image import band_labels, logit_bands, streaming_bytes
 from poc59.inference.outputs import (
     STATISTICS_CONVENTION,
@@ -88,12 +90,13 @@ def _write(out: Path, name: str, data: bytes) -> Path:
         return write_bytes(out / name, data)
 
 
-def _outputs_of(image: Path, overlay: bool, pyramid: bool) -> list[str]:
+def _outputs_of(image: Path, overlay: bool, pyramid: bool, iiif: bool) -> list[str]:
     """The files predict writes for one scan."""
     return (
         [f"{image.stem}_labels.png"]
         + ([f"{image.stem}_overlay.png"] if overlay else [])
         + ([f"{image.stem}{suffix}" for suffix in MapPyramids.SUFFIXES] if pyramid else [])
+        + (iiif_outputs(image.stem) if iiif else [])
     )
 
 
@@ -134,6 +137,9 @@ class Settings:
     allow_large_images: bool = False
     overwrite: bool = False
     pyramid: bool = False
+    iiif: bool = True
+    iiif_base_url: str | None = None
+    iiif_min_area: int = MIN_AREA
     threads: int | str = "auto"  # PyTorch's CPU threads (poc59.core.threads), set by the command
 
 
@@ -231,6 +237,7 @@ def predict_image(
             with _into_output():
                 pyramids = MapPyramids(out, path.stem, scan.width, scan.height, model.classes)
         labels = np.empty((scan.height, scan.width), np.uint8)
+        confidences = np.empty((scan.height, scan.width), np.uint8) if s.iiif else None
         picture = OverlayPicture(scan.width, scan.height, model.classes) if s.overlay else None
         counts = np.zeros(256, np.int64)
         task = progress.add_task(f"{path.name}", total=scan.height) if progress else None
@@ -243,12 +250,15 @@ def predict_image(
             counts += np.bincount(lab.reshape(-1), minlength=256)
             if picture is not None:
                 picture.paste(y0, colour_overlay(scan.rows(y0, y1), lab, model.classes))
-            if pyramids is not None:
+            if pyramids is not None or confidences is not None:
                 confidence = band_confidence(band)
                 if inside is not None:
                     confidence[~inside[y0:y1]] = 0
-                with _into_output():
-                    pyramids.add(lab, confidence)
+                if confidences is not None:
+                    confidences[y0:y1] = confidence
+                if pyramids is not None:
+                    with _into_output():
+                        pyramids.add(lab, confidence)
             if task is not None:
                 progress.update(task, completed=y1)
         if pyramids is not None:
@@ -269,6 +279,22 @@ def predict_image(
     row["labels"] = f"{path.stem}_labels.png"
     row["overlay"] = f"{path.stem}_overlay.png" if picture is not None else None
     row["classes_tif"], row["confidence_tif"] = pyramids.names if pyramids is not None else (None, None)
+    row["iiif"] = None
+    if confidences is not None:
+        scan_ref = ScanRef.local(path, scan.width, scan.height)
+        docs = iiif_documents(
+            path.stem,
+            labels,
+            confidences,
+            model.classes,
+            scan_ref,
+            ids_base(out, s.iiif_base_url),
+            inside,
+            s.iiif_min_area,
+        )
+        for name, data in docs.files.items():  # the manifest last: a manifest on disk has its page and layer
+            _write(out, name, data)
+        row["iiif"] = docs.summary
     row["seconds"] = round(time.perf_counter() - start, 3)
     return row
 
@@ -298,7 +324,8 @@ def _check_output_folder(out: Path, planned: list[str], earlier: set[str] | None
 
 def _written(row: dict) -> list[str | None]:
     """The files a statistics row names (None: not written)."""
-    return [row["labels"], row["overlay"], row["classes_tif"], row["confidence_tif"]]
+    iiif = [row["iiif"][k] for k in ("layer", "annotations", "manifest")] if row["iiif"] else []
+    return [row["labels"], row["overlay"], row["classes_tif"], row["confidence_tif"], *iiif]
 
 
 def _start_record(out: Path, outputs: set[str], classes: ClassTable, meta: dict) -> None:
@@ -379,7 +406,7 @@ def run(s: Settings, console: Console | None = None) -> dict:
         if p.stem in stems:
             raise UsageError(f"{stems[p.stem]} and {p} would write the same outputs ({p.stem}_labels.png); rename one")
         stems[p.stem] = p
-    planned = [n for p in images for n in _outputs_of(p, s.overlay, s.pyramid)]
+    planned = [n for p in images for n in _outputs_of(p, s.overlay, s.pyramid, s.iiif)]
     earlier_files = _check_output_folder(out, planned, earlier, s.overwrite)
     check_writable(out, "output", UsageError)
     masks = _object_masks(s.object_mask, images)
