@@ -6,6 +6,9 @@ LZW-compressed, tiled (256 px) TIFF generated here, a tile row at a time.
   against the same 8-bit pixels stored as an uncompressed PNG (compress_level 0) read in strips the same
   way. Interleaved A B A B after one untimed round that checks both give the same pixels; medians.
   Bar: >= 0.8x.
+- `tiff_reader_memory`: the reader's share: in a fresh process, the peak RSS while open_scan streams the TIFF
+  with what max_memory_mb=1024 leaves the decoded rows beside the logits of a 16-class, 384 px tile row (about
+  41 MB). Reported.
 - `tiff_predict_memory`: in a fresh process, the model is built and its RSS read; then
   `poc59.inference.run.predict_image` (the command's per-scan path, its defaults, the decompression-bomb limit
   lifted as allow_large_images=true does) handles the TIFF; the peak RSS above the model's own is the figure
@@ -35,8 +38,9 @@ import tifffile
 
 from bench import common
 from bench.predict import CLASSES, REPO
+from bench.preload_memory import _reset_peak, _status
 
-NAME_SPEED, NAME_MEMORY = "tiff_read_speed", "tiff_predict_memory"
+NAME_SPEED, NAME_MEMORY, NAME_READER = "tiff_read_speed", "tiff_predict_memory", "tiff_reader_memory"
 BAR_SPEED = 0.8
 BAR_MEMORY = 1.5e9  # bytes above the model's own
 TILE = 256  # the TIFF's tiles
@@ -128,8 +132,9 @@ def files(s: Sizes) -> tuple[Path, Path]:
     return tiff, png
 
 
-def read_through(path: Path, check: bool = False) -> tuple[float, int | None, bool]:
-    """(seconds, CRC-32 of every row when `check`, streamed): the file through open_scan, top to bottom."""
+def read_through(path: Path, check: bool = False, budget: int = READ_BUDGET) -> tuple[float, int | None, bool]:
+    """(seconds, CRC-32 of every row when `check`, streamed): the file through open_scan within `budget`
+    bytes, top to bottom."""
     from PIL import Image
 
     from poc59.inference.scans import open_scan
@@ -138,7 +143,7 @@ def read_through(path: Path, check: bool = False) -> tuple[float, int | None, bo
     crc = 0
     try:
         with common.Stopwatch() as sw:
-            scan = open_scan(path, max_bytes=READ_BUDGET)
+            scan = open_scan(path, max_bytes=budget)
             try:
                 for y in range(0, scan.height, BAND):
                     rows = scan.rows(y, y + BAND)
@@ -149,6 +154,25 @@ def read_through(path: Path, check: bool = False) -> tuple[float, int | None, bo
     finally:
         Image.MAX_IMAGE_PIXELS = saved
     return sw.wall, crc if check else None, scan.streamed
+
+
+def reader_child(path: str, budget: int) -> dict:
+    """Peak RSS while open_scan streams `path` within `budget` bytes, top to bottom (run in a fresh process)."""
+    read_through(Path(path), budget=budget)  # the codecs and imports loaded, the file cached, before the baseline
+    reset = _reset_peak()
+    own = _status("VmRSS")
+    seconds, _, streamed = read_through(Path(path), budget=budget)
+    return {"added_bytes": _status("VmHWM") - own, "peak_reset": reset, "streamed": streamed, "seconds": seconds}
+
+
+def measure_reader(image: Path, budget: int) -> dict:
+    """`reader_child` in a subprocess."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    code = f"import json; from bench.tiff_masters import reader_child; print(json.dumps(reader_child({str(image)!r}, {budget})))"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, env=env, timeout=3600)
+    if proc.returncode != 0:
+        raise RuntimeError(f"reader child failed ({proc.returncode}): {proc.stderr.strip()[-2000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 MEMORY_CHILD = (
@@ -223,7 +247,7 @@ def memory_row(s: Sizes, quick: bool, kind: str = "tiny") -> dict:
     return common.row(
         NAME_MEMORY,
         f"peak RSS above the model's own, {s.width:,} x {s.height:,} 16-bit LZW TIFF through predict_image "
-        f"({kind} U-Net, crop geometry, tile {s.model_tile}, defaults)",
+        f"({kind} network, crop geometry, tile {s.model_tile}, defaults)",
         mem["added_bytes"] / 1e6,
         "MB",
         whole / 1e6,
@@ -237,14 +261,36 @@ def memory_row(s: Sizes, quick: bool, kind: str = "tiny") -> dict:
     )
 
 
+def reader_row(s: Sizes, quick: bool, budget: int = 41 * 2**20) -> dict:
+    """The reader's share of predict's memory: open_scan alone, with what max_memory_mb=1024 leaves the decoded
+    rows of this scan beside a 16-class, 384 px tile row of logits (about 41 MB)."""
+    tiff, _ = files(s)
+    got = measure_reader(tiff, budget)
+    whole = s.width * s.height * 3 * 2
+    return common.row(
+        NAME_READER,
+        f"peak RSS of open_scan streaming the {s.width:,} x {s.height:,} 16-bit LZW TIFF ({budget / 2**20:.0f} MB budget)",
+        got["added_bytes"] / 1e6,
+        "MB",
+        whole / 1e6,
+        "the whole 16-bit decode alone (W x H x 3 x 2)",
+        got["added_bytes"] / whole,
+        "x",
+        common.REPORTED,
+        None,
+        quick,
+        {**got, "budget_bytes": budget, "load": common.load()},
+    )
+
+
 def run(quick: bool) -> list[dict]:
     s = QUICK if quick else FULL
-    return [speed_row(s, quick), memory_row(s, quick)]
+    return [speed_row(s, quick), reader_row(s, quick), memory_row(s, quick)]
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--only", choices=("read", "memory"))
+    parser.add_argument("--only", choices=("read", "reader", "memory"))
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--model", default="tiny", choices=("tiny", "pointwise"))
     a = parser.parse_args()
@@ -252,6 +298,8 @@ if __name__ == "__main__":
     rows = []
     if a.only in (None, "read"):
         rows.append(speed_row(s, a.quick))
+    if a.only in (None, "reader"):
+        rows.append(reader_row(s, a.quick))
     if a.only in (None, "memory"):
         rows.append(memory_row(s, a.quick, a.model))
     print(json.dumps(rows, indent=1))

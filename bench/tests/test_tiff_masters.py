@@ -26,6 +26,8 @@ def test_the_master_and_its_png_twin_hold_the_same_pixels(tmp_path, monkeypatch)
         assert np.array_equal(np.asarray(img), scale_to_8bit(stored, float(stored.max())))
     seconds, crc_tiff, _ = tiff_masters.read_through(tiff, check=True)
     assert seconds > 0 and crc_tiff == tiff_masters.read_through(png, check=True)[1]
+    reader = tiff_masters.measure_reader(tiff, 2**20)  # the reader's own peak, in a fresh process
+    assert reader["streamed"] and 0 < reader["added_bytes"] < 64 * 2**20
 
 
 @pytest.mark.slow
