@@ -34,7 +34,7 @@ from PIL import Image, ImageDraw, ImageFont
 from poc59.analysis.colour import legend, lookup_table
 from poc59.core.atomic import write_bytes, write_json
 from poc59.core.classes import ClassTable
-from poc59.inference.pyramid import PyramidWriter, working_bytes
+from poc59.inference.pyramid import PyramidWriter, StreamedFile, working_bytes
 
 __all__ = [
     "STATISTICS_CONVENTION",
@@ -166,7 +166,7 @@ def band_confidence(logits: torch.Tensor) -> np.ndarray:
     return torch.round(255.0 / total).to(torch.uint8).cpu().numpy()
 
 
-class MapPyramids:
+class MapPyramids(StreamedFile):
     """One scan's <stem>_classes.tif and <stem>_confidence.tif in `folder` (see the module docstring), written
     from bands of rows top to bottom (`add`), then `close`. Until `close` returns, neither file exists under
     its name; `abort` (or leaving a `with` block with an error) gives both up."""
@@ -188,15 +188,6 @@ class MapPyramids:
     def working_bytes(width: int) -> int:
         """The memory both maps' writers hold while a scan `width` px wide streams through them."""
         return 2 * working_bytes(width)
-
-    def __enter__(self) -> MapPyramids:
-        return self
-
-    def __exit__(self, kind: type[BaseException] | None, *_: object) -> None:
-        if kind is None:
-            self.close()
-        else:
-            self.abort()
 
     def add(self, labels: np.ndarray, confidence: np.ndarray) -> None:
         """The next rows: class ids and confidence, both uint8 [h, W]."""

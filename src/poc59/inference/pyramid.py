@@ -112,7 +112,27 @@ class _Level:
         self.tiles: list[tuple[int, int]] = []  # (offset, length) of each compressed tile in the spill file
 
 
-class PyramidWriter:
+class StreamedFile:
+    """A file written as it streams, as a context manager: leaving the block normally completes it (`close`),
+    leaving it with an error gives it up (`abort`: nothing under its name)."""
+
+    def close(self) -> object:
+        raise NotImplementedError
+
+    def abort(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> StreamedFile:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, *_: object) -> None:
+        if kind is None:
+            self.close()
+        else:
+            self.abort()
+
+
+class PyramidWriter(StreamedFile):
     """Writes one uint8 map of `width` x `height` as a tiled, pyramidal, Deflate-compressed TIFF at `path`
     from bands of rows given top to bottom (`add`), then `close` (see the module docstring).
 
@@ -151,15 +171,6 @@ class PyramidWriter:
         self.levels = [_Level(w, h, tile) for w, h in level_sizes(width, height, tile)]
         self._spill: BinaryIO | None = tempfile.TemporaryFile(dir=self.path.parent)
         self._spilled = 0
-
-    def __enter__(self) -> PyramidWriter:
-        return self
-
-    def __exit__(self, kind: type[BaseException] | None, *_: object) -> None:
-        if kind is None:
-            self.close()
-        else:
-            self.abort()
 
     def add(self, rows: np.ndarray) -> None:
         """The next rows of the map, uint8 [h, width], below those given before."""
