@@ -36,7 +36,13 @@ CLI = Command(
         Key("ckpt", Paths, "a checkpoint (.ckpt) or an exported model (.onnx, .pt); [a.ckpt,b.ckpt]: an ensemble"),
         Key("run_dirs", list, "an ensemble of these runs' best.ckpt (the folds of a cross-validation)"),
         Key("sweep", str, "an ensemble of the best.ckpt of every finished run of this sweep"),
-        Key("input", str, "an image, a folder (its image files, not recursive) or a glob", required=True),
+        Key(
+            "input",
+            str,
+            "an image, a folder (its image files, not recursive) or a glob; or IIIF: an Image API 2/3 info.json URL, "
+            "a text file of such URLs (one a line, # comments), or a Presentation 2/3 manifest (URL or .json file)",
+            required=True,
+        ),
         Key("output", str, "the folder for <stem>_labels.png, <stem>_overlay.png and statistics", required=True),
         Key("overlap", float, "sliding-window overlap between tiles, in [0, 1) (crop models)"),
         Key("batch_size", int, "tiles per forward pass"),
@@ -149,7 +155,12 @@ def _print_summary(console: Console, rows: list[dict], classes: ClassTable) -> N
             ((v["percent"] or 0.0, n) for n, v in r["classes"].items() if n != classes.names[0]), reverse=True
         )
         shown = ", ".join(f"{n} {_percent(p)}" for p, n in damage if p > 0) or "none"
-        table.add_row(Path(r["image"]).name, r["reference"], f"{r['classes'][classes.names[0]]['percent']:.2f}", shown)
+        table.add_row(
+            r["image"] if r.get("source") else Path(r["image"]).name,
+            r["reference"],
+            f"{r['classes'][classes.names[0]]['percent']:.2f}",
+            shown,
+        )
     print_titled(console, table)
 
 

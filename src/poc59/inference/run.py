@@ -40,6 +40,7 @@ from poc59.core.outputs import UNWRITABLE, check_writable, refuse_existing, writ
 from poc59.core.progress import Steps
 from poc59.inference.iiif import MIN_AREA, ScanRef, ids_base, iiif_documents
 from poc59.inference.iiif import output_names as iiif_outputs
+from poc59.inference.iiif_source import IiifClient, IiifError, IiifImage, iiif_inputs, is_iiif_input
 from poc59.inference.image import band_labels, logit_bands, streaming_bytes
 from poc59.inference.outputs import (
     STATISTICS_CONVENTION,
@@ -90,7 +91,7 @@ def _write(out: Path, name: str, data: bytes) -> Path:
         return write_bytes(out / name, data)
 
 
-def _outputs_of(image: Path, overlay: bool, pyramid: bool, iiif: bool) -> list[str]:
+def _outputs_of(image: Path | IiifImage, overlay: bool, pyramid: bool, iiif: bool) -> list[str]:
     """The files predict writes for one scan."""
     return (
         [f"{image.stem}_labels.png"]
@@ -143,8 +144,14 @@ class Settings:
     threads: int | str = "auto"  # PyTorch's CPU threads (poc59.core.threads), set by the command
 
 
-def find_inputs(spec: str) -> list[Path]:
-    """A file, the image files of a folder (sorted), or the files matching a glob (sorted)."""
+def find_inputs(spec: str, client: IiifClient | None = None) -> list[Path] | list[IiifImage]:
+    """A file, the image files of a folder (sorted), or the files matching a glob (sorted); or IIIF images
+    (`poc59.inference.iiif_source`: an info.json URL, a file of them, a manifest), fetched through `client`."""
+    if is_iiif_input(spec):
+        try:
+            return iiif_inputs(spec, client or IiifClient())
+        except IiifError as err:
+            raise UsageError(str(err)) from None
     path = Path(spec).expanduser()
     if path.is_file():
         return [path]
@@ -190,7 +197,7 @@ def check_classes(model: TrainedModel, wanted: ClassTable) -> None:
         raise UsageError(f"the model's palette differs from classes=: {'; '.join(diff)}")
 
 
-def _object_masks(spec: str | None, images: list[Path]) -> dict[Path, Path | None]:
+def _object_masks(spec: str | None, images: list[Path] | list[IiifImage]) -> dict[Path | IiifImage, Path | None]:
     if spec is None:
         return {p: None for p in images}
     path = Path(spec).expanduser()
@@ -204,7 +211,7 @@ def _object_masks(spec: str | None, images: list[Path]) -> dict[Path, Path | Non
 
 def predict_image(
     model: TrainedModel,
-    path: Path,
+    path: Path | IiifImage,
     mask_path: Path | None,
     out: Path,
     s: Settings,
@@ -212,11 +219,13 @@ def predict_image(
     autocast: torch.dtype | None,
     progress: Progress | None = None,
 ) -> dict:
-    """Predict one scan, write its label map (and overlay, and pyramids); return its statistics row."""
+    """Predict one scan (a file, or a IIIF image: fetched at its native size, whole), write its label map
+    (and overlay, and pyramids); return its statistics row."""
     start = time.perf_counter()
+    remote = isinstance(path, IiifImage)
     decode_budget = None  # resize/pad: the model sees the whole image, so it is decoded whole
     if model.geometry["policy"] == "crop":
-        width, height = scan_size(path, s.allow_large_images)
+        width, height = path.size() if remote else scan_size(path, s.allow_large_images)
         logits = streaming_bytes(model, width, height, s.overlap, s.batch_size, s.tta)
         decode_budget = int(s.max_memory_mb * 2**20) - logits
         if s.pyramid:  # the same budget holds the pyramids' writers
@@ -228,7 +237,10 @@ def predict_image(
                 s.max_memory_mb,
             )
             decode_budget = 1
-    scan = open_scan(path, s.allow_large_images, max_bytes=decode_budget)
+    if remote:
+        scan = path.open(s.allow_large_images)
+    else:
+        scan = open_scan(path, s.allow_large_images, max_bytes=decode_budget)
     task = None
     pyramids = None
     try:
@@ -276,12 +288,14 @@ def predict_image(
     row = damage_statistics(
         str(path), counts, model.classes, (scan.width, scan.height), int(inside.sum()) if inside is not None else None
     )
+    if remote:
+        row["source"] = path.url  # the info.json the pixels came from
     row["labels"] = f"{path.stem}_labels.png"
     row["overlay"] = f"{path.stem}_overlay.png" if picture is not None else None
     row["classes_tif"], row["confidence_tif"] = pyramids.names if pyramids is not None else (None, None)
     row["iiif"] = None
     if confidences is not None:
-        scan_ref = ScanRef.local(path, scan.width, scan.height)
+        scan_ref = path.scan_ref() if remote else ScanRef.local(path, scan.width, scan.height)
         docs = iiif_documents(
             path.stem,
             labels,
@@ -343,8 +357,8 @@ def _record(meta: dict, failed: list[dict], outputs: list[str], finished: bool) 
 
 def _predict_batch(
     model: TrainedModel,
-    images: list[Path],
-    masks: dict[Path, Path | None],
+    images: list[Path] | list[IiifImage],
+    masks: dict[Path | IiifImage, Path | None],
     out: Path,
     s: Settings,
     device: torch.device,
@@ -384,11 +398,13 @@ def run(s: Settings, console: Console | None = None) -> dict:
     rows, the failed images and where the statistics went. UsageError before any image is read."""
     out = Path(s.output).expanduser()
     earlier = recorded_outputs(out) if out.is_dir() else None
-    images = find_inputs(s.input)
-    records = {folder: recorded_outputs(folder) or set() for folder in {p.parent for p in images}}
-    skipped = [p for p in images if p.name in records[p.parent]]
+    client = IiifClient()  # this batch's: nothing fetched twice
+    images = find_inputs(s.input, client)
+    local = [p for p in images if isinstance(p, Path)]
+    records = {folder: recorded_outputs(folder) or set() for folder in {p.parent for p in local}}
+    skipped = [p for p in local if p.name in records[p.parent]]
     if skipped:
-        images = [p for p in images if p.name not in records[p.parent]]
+        images = [p for p in local if p.name not in records[p.parent]]
         log.warning(
             "%d input file(s) skipped: outputs of a predict batch (listed in the statistics.json beside them): %s",
             len(skipped),
@@ -401,7 +417,7 @@ def run(s: Settings, console: Console | None = None) -> dict:
         )
     if not images:
         raise UsageError(f"input={s.input}: no image files ({', '.join(IMAGE_SUFFIXES)})")
-    stems: dict[str, Path] = {}
+    stems: dict[str, Path | IiifImage] = {}
     for p in images:
         if p.stem in stems:
             raise UsageError(f"{stems[p.stem]} and {p} would write the same outputs ({p.stem}_labels.png); rename one")
