@@ -10,11 +10,14 @@ import threading
 import time
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import numpy as np
 import pytest
+import tifffile
 from PIL import Image
 
+from iipsrv_server import iipsrv, iipsrv_at, require  # noqa: F401  (iipsrv: the fixture)
 from poc59.inference.iiif_source import IiifClient, IiifError, IiifImage, iiif_inputs
 from poc59.inference.run import UsageError, find_inputs
 from poc59.predict import main
@@ -344,3 +347,50 @@ def test_an_unreachable_manifest_alone_is_exit_2_naming_it_before_anything_is_wr
     assert main([f"ckpt={ckpt}", f"input={server.url}/docs/gone.json", f"output={out}", "threads=1"]) == 2
     assert f"{server.url}/docs/gone.json: HTTP 500" in caplog.text and "Traceback" not in caplog.text
     assert not out.exists()
+
+
+def write_pyramid(path: Path, pixels: np.ndarray) -> None:
+    """A tiled pyramidal TIFF (levels 1, 1/2, 1/4 as successive pages), the layout iipsrv serves."""
+    img = Image.fromarray(pixels)
+    with tifffile.TiffWriter(path) as tif:
+        for factor in (1, 2, 4):
+            level = img.resize((img.width // factor, img.height // factor), Image.Resampling.LANCZOS)
+            tif.write(np.asarray(level), tile=(16, 16), photometric="rgb")
+
+
+def test_predict_from_a_real_iipsrv_equals_predict_from_the_file_it_serves(iipsrv, trained_run, tmp_path):  # noqa: F811
+    """iipsrv (Image API 2, JPEG only) serves a pyramidal TIFF of the scan: the pixels fetched are that scan at
+    its size (JPEG-close), and predict from its info.json labels exactly as predict from the JPEG it serves."""
+    write_pyramid(iipsrv.root / "scan.tif", scan_pixels(0))
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    served = IiifClient().get(f"{iipsrv.url}?IIIF=scan.tif/full/{W},/0/default.jpg")
+    (scans / "scan.jpg").write_bytes(served)
+    pixels = np.asarray(Image.open(scans / "scan.jpg").convert("RGB"))
+    assert pixels.shape == (H, W, 3) and np.abs(pixels.astype(int) - scan_pixels(0)).mean() < 4
+    ckpt = trained_run / "checkpoints" / "best.ckpt"
+    assert main([f"ckpt={ckpt}", f"input={scans}", f"output={tmp_path / 'disk'}", "threads=1"]) == 0
+    out = tmp_path / "iiif"
+    assert main([f"ckpt={ckpt}", f"input={iipsrv.info('scan.tif')}", f"output={out}", "threads=1"]) == 0
+    disk = np.asarray(Image.open(tmp_path / "disk" / "scan_labels.png"))
+    assert np.array_equal(np.asarray(Image.open(out / "scan_labels.png")), disk)
+    (row,) = json.loads((out / "statistics.json").read_text())["images"]
+    assert row["source"] == iipsrv.info("scan.tif") and (row["width"], row["height"]) == (W, H)
+    service = json.loads((out / "scan.manifest.json").read_text())["items"][0]["items"][0]["items"][0]["body"]
+    assert service["service"][0]["id"] == f"{iipsrv.url}?IIIF=scan.tif"
+
+
+def test_tiles_from_a_real_iipsrv_that_caps_its_answers(tmp_path):
+    """iipsrv with MAX_CVT=64 (its info.json says maxWidth 64) is asked for its 16 px tiles at native scale."""
+    require()
+    root, state = tmp_path / "root", tmp_path / "state"
+    root.mkdir()
+    state.mkdir()
+    write_pyramid(root / "scan.tif", scan_pixels(0))
+    with iipsrv_at(root, state, MAX_CVT="64", JPEG_QUALITY="100") as server:
+        client = IiifClient()
+        (image,) = iiif_inputs(server.info("scan.tif"), client)
+        pixels = image.open().whole()
+    assert pixels.shape == (H, W, 3) and np.abs(pixels.astype(int) - scan_pixels(0)).mean() < 4
+    asked = [u for u in client.requests if "/default." in u]
+    assert len(asked) == (W // 16) * (H // 16) and f"{server.url}?IIIF=scan.tif/80,64,16,16/16,/0/default.jpg" in asked
