@@ -17,10 +17,12 @@ import pytest
 import tifffile
 from PIL import Image
 
+from helpers import CRACKFOREST
 from iipsrv_server import iipsrv, iipsrv_at, require  # noqa: F401  (iipsrv: the fixture)
 from poc59.inference.iiif_source import IiifClient, IiifError, IiifImage, iiif_inputs
 from poc59.inference.run import UsageError, find_inputs
 from poc59.predict import main
+from tests.inference.test_predict_cli import ckpt  # noqa: F401  (the module's trained tiny crop model)
 
 W, H = 96, 80
 
@@ -310,12 +312,12 @@ def test_predict_from_info_json_equals_predict_from_the_file(server, trained_run
     scans = tmp_path / "scans"
     scans.mkdir()
     Image.fromarray(scan_pixels(0)).save(scans / "scan.png")
-    ckpt = trained_run / "checkpoints" / "best.ckpt"
-    assert main([f"ckpt={ckpt}", f"input={scans}", f"output={tmp_path / 'disk'}", "threads=1"]) == 0
+    best = trained_run / "checkpoints" / "best.ckpt"
+    assert main([f"ckpt={best}", f"input={scans}", f"output={tmp_path / 'disk'}", "threads=1"]) == 0
     listing = tmp_path / "scans.txt"
     listing.write_text(f"{server.info(3, 'scan')}\n{server.info(3, 'scan')}\n")  # twice: predicted once
     out = tmp_path / "iiif"
-    assert main([f"ckpt={ckpt}", f"input={listing}", f"output={out}", "threads=1"]) == 0
+    assert main([f"ckpt={best}", f"input={listing}", f"output={out}", "threads=1"]) == 0
     disk = np.asarray(Image.open(tmp_path / "disk" / "scan_labels.png"))
     assert np.array_equal(np.asarray(Image.open(out / "scan_labels.png")), disk)
     assert all(n == 1 for n in server.requests.values()) and len(server.requests) == 2
@@ -329,8 +331,8 @@ def test_predict_goes_on_past_a_failing_url_and_lists_it(server, trained_run, tm
     listing = tmp_path / "scans.txt"
     listing.write_text(f"{server.info(3, 'missing')}\n{server.info(2, 'other')}\n")
     out = tmp_path / "out"
-    ckpt = trained_run / "checkpoints" / "best.ckpt"
-    assert main([f"ckpt={ckpt}", f"input={listing}", f"output={out}", "threads=1"]) == 2
+    best = trained_run / "checkpoints" / "best.ckpt"
+    assert main([f"ckpt={best}", f"input={listing}", f"output={out}", "threads=1"]) == 2
     stats = json.loads((out / "statistics.json").read_text())
     assert [r["image"] for r in stats["images"]] == [server.info(2, "other")]
     (failed,) = stats["failed"]
@@ -343,8 +345,8 @@ def test_an_unreachable_manifest_alone_is_exit_2_naming_it_before_anything_is_wr
 ):
     server.faults["/docs/gone.json"] = ["500"]
     out = tmp_path / "out"
-    ckpt = trained_run / "checkpoints" / "best.ckpt"
-    assert main([f"ckpt={ckpt}", f"input={server.url}/docs/gone.json", f"output={out}", "threads=1"]) == 2
+    best = trained_run / "checkpoints" / "best.ckpt"
+    assert main([f"ckpt={best}", f"input={server.url}/docs/gone.json", f"output={out}", "threads=1"]) == 2
     assert f"{server.url}/docs/gone.json: HTTP 500" in caplog.text and "Traceback" not in caplog.text
     assert not out.exists()
 
@@ -368,10 +370,10 @@ def test_predict_from_a_real_iipsrv_equals_predict_from_the_file_it_serves(iipsr
     (scans / "scan.jpg").write_bytes(served)
     pixels = np.asarray(Image.open(scans / "scan.jpg").convert("RGB"))
     assert pixels.shape == (H, W, 3) and np.abs(pixels.astype(int) - scan_pixels(0)).mean() < 4
-    ckpt = trained_run / "checkpoints" / "best.ckpt"
-    assert main([f"ckpt={ckpt}", f"input={scans}", f"output={tmp_path / 'disk'}", "threads=1"]) == 0
+    best = trained_run / "checkpoints" / "best.ckpt"
+    assert main([f"ckpt={best}", f"input={scans}", f"output={tmp_path / 'disk'}", "threads=1"]) == 0
     out = tmp_path / "iiif"
-    assert main([f"ckpt={ckpt}", f"input={iipsrv.info('scan.tif')}", f"output={out}", "threads=1"]) == 0
+    assert main([f"ckpt={best}", f"input={iipsrv.info('scan.tif')}", f"output={out}", "threads=1"]) == 0
     disk = np.asarray(Image.open(tmp_path / "disk" / "scan_labels.png"))
     assert np.array_equal(np.asarray(Image.open(out / "scan_labels.png")), disk)
     (row,) = json.loads((out / "statistics.json").read_text())["images"]
@@ -394,3 +396,21 @@ def test_tiles_from_a_real_iipsrv_that_caps_its_answers(tmp_path):
     assert pixels.shape == (H, W, 3) and np.abs(pixels.astype(int) - scan_pixels(0)).mean() < 4
     asked = [u for u in client.requests if "/default." in u]
     assert len(asked) == (W // 16) * (H // 16) and f"{server.url}?IIIF=scan.tif/80,64,16,16/16,/0/default.jpg" in asked
+
+
+def test_a_native_scale_model_predicts_a_tiled_service_as_the_file(ckpt, server, tmp_path):  # noqa: F811
+    """A crop (sliding-window) model reads the size from info.json and the pixels from 256 px tiles: the
+    labels equal predict's from the same pixels on disk."""
+    photo = np.asarray(Image.open(CRACKFOREST / "images" / "001.jpg").convert("RGB"))
+    server.images["photo"] = photo
+    server.profile["photo"] = {"maxWidth": 256, "tiles": [{"width": 256, "scaleFactors": [1]}]}
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    Image.fromarray(photo).save(scans / "photo.png")
+    assert main([f"ckpt={ckpt}", f"input={scans}", f"output={tmp_path / 'disk'}", "threads=1"]) == 0
+    out = tmp_path / "iiif"
+    assert main([f"ckpt={ckpt}", f"input={server.info(3, 'photo')}", f"output={out}", "threads=1"]) == 0
+    disk = np.asarray(Image.open(tmp_path / "disk" / "photo_labels.png"))
+    assert np.array_equal(np.asarray(Image.open(out / "photo_labels.png")), disk)
+    tiles = [p for p in server.requests if p.startswith("/iiif3/photo/") and "/default." in p]
+    assert tiles and not any("/full/" in p for p in tiles) and all(n == 1 for n in server.requests.values())
