@@ -294,7 +294,7 @@ def test_a_manifest_lists_every_canvas_image(server, make, tmp_path):
 
 def test_a_manifest_with_no_images_is_named(server):
     server.docs["empty.json"] = manifest3(server, [])
-    with pytest.raises(UsageError, match=r"input=.*/docs/empty.json: no IIIF image in it"):
+    with pytest.raises(UsageError, match=r"/docs/empty.json: a manifest with no images"):
         find_inputs(f"{server.url}/docs/empty.json")
 
 
@@ -338,6 +338,35 @@ def test_predict_goes_on_past_a_failing_url_and_lists_it(server, trained_run, tm
     (failed,) = stats["failed"]
     assert failed["image"] == server.info(3, "missing") and "HTTP 404" in failed["reason"]
     assert (out / "other_labels.png").exists() and not (out / "missing_labels.png").exists()
+
+
+def test_a_file_of_urls_goes_on_past_manifests_it_cannot_read_and_lists_them(server, trained_run, tmp_path):
+    server.docs["empty.json"] = manifest3(server, [])
+    server.docs["m.json"] = manifest3(server, ["other"])
+    server.faults["/docs/gone.json"] = ["500"]
+    listing = tmp_path / "scans.txt"
+    listing.write_text("\n".join(f"{server.url}/docs/{n}" for n in ("empty.json", "gone.json", "m.json")))
+    out = tmp_path / "out"
+    best = trained_run / "checkpoints" / "best.ckpt"
+    assert main([f"ckpt={best}", f"input={listing}", f"output={out}", "threads=1"]) == 2
+    stats = json.loads((out / "statistics.json").read_text())
+    assert [r["image"] for r in stats["images"]] == [server.info(3, "other")]
+    reasons = {f["image"]: f["reason"] for f in stats["failed"]}
+    assert "a manifest with no images" in reasons[f"{server.url}/docs/empty.json"]
+    assert "HTTP 500" in reasons[f"{server.url}/docs/gone.json"]
+
+
+def test_a_file_of_urls_none_readable_is_exit_2_naming_each_before_anything_is_written(
+    server, trained_run, tmp_path, caplog
+):
+    server.docs["empty.json"] = manifest2(server, [])
+    listing = tmp_path / "scans.txt"
+    listing.write_text(f"{server.url}/docs/empty.json\n{server.url}/docs/nothing.json\n")
+    out = tmp_path / "out"
+    best = trained_run / "checkpoints" / "best.ckpt"
+    assert main([f"ckpt={best}", f"input={listing}", f"output={out}", "threads=1"]) == 2
+    assert "none of its entries can be read" in caplog.text and "empty.json: a manifest with no images" in caplog.text
+    assert "nothing.json: HTTP 404" in caplog.text and not out.exists()
 
 
 def test_an_unreachable_manifest_alone_is_exit_2_naming_it_before_anything_is_written(

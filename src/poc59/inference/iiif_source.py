@@ -187,8 +187,11 @@ def _iipsrv_ident(url: str) -> str:
 
 def iiif_inputs(spec: str, client: IiifClient) -> list[IiifImage]:
     """The images `input=` names (see the module's docstring); IiifError when the input itself cannot be
-    read or holds no image. Duplicated URLs are predicted once; stems are made unique (_2, _3, ...)."""
+    read or holds no image. In a file of URLs, an entry that cannot be read (a manifest that fails or has no
+    images) becomes an image that fails when predicted, named with its reason, unless every entry fails
+    (then IiifError names them all). Duplicated URLs are predicted once; stems are made unique (_2, _3, ...)."""
     urls: list[str] = []
+    unreadable: dict[str, str] = {}  # entry of a file of URLs -> why it cannot be read
     if urlsplit(spec).scheme in ("http", "https"):
         urls += _expand(spec, client, None)
     else:
@@ -203,7 +206,13 @@ def iiif_inputs(spec: str, client: IiifClient) -> list[IiifImage]:
             for line in text.splitlines():
                 line = line.strip()
                 if line and not line.startswith("#"):
-                    urls += _expand(line, client, None)
+                    try:
+                        urls += _expand(line, client, None)
+                    except IiifError as err:
+                        urls.append(line)
+                        unreadable[line] = str(err)
+            if urls and len(unreadable) == len(set(urls)):
+                raise IiifError(f"input={spec}: none of its entries can be read: {'; '.join(unreadable.values())}")
     images, stems = [], set()
     for url in dict.fromkeys(urls):
         stem = base = _safe_stem(_iipsrv_ident(url))
@@ -212,7 +221,7 @@ def iiif_inputs(spec: str, client: IiifClient) -> list[IiifImage]:
             n += 1
             stem = f"{base}_{n}"
         stems.add(stem)
-        images.append(IiifImage(url, stem, client))
+        images.append(IiifImage(url, stem, client, unreadable.get(url)))
     if len(images) < len(urls):
         log.warning("input=%s: %d URL(s) named more than once, predicted once", spec, len(urls) - len(images))
     if not images:
@@ -221,8 +230,8 @@ def iiif_inputs(spec: str, client: IiifClient) -> list[IiifImage]:
 
 
 def _expand(url: str, client: IiifClient, doc: dict[str, Any] | None) -> list[str]:
-    """info.json URLs behind `url`: itself when it is one (fetched later, when predicted), a manifest's
-    images (a manifest without any is named and skipped)."""
+    """info.json URLs behind `url`: itself when it is one (fetched later, when predicted), or a manifest's
+    images (IiifError for a manifest without any)."""
     if doc is None and (url.split("?")[0].endswith("/info.json") or url.endswith("/info.json")):
         return [url]
     if doc is None:
@@ -233,7 +242,10 @@ def _expand(url: str, client: IiifClient, doc: dict[str, Any] | None) -> list[st
         raise IiifError(f"{url}: neither a IIIF manifest nor an Image API info.json (no type Manifest, no width)")
     services = _services(doc)
     if not services:
-        log.warning("%s: a manifest with no images (no canvas paints an image with an Image API service)", url)
+        raise IiifError(
+            f"{url}: a manifest with no images (no canvas paints an image with an Image API service); "
+            "give a manifest whose canvases have images, or their info.json URLs"
+        )
     return [urljoin(url, _info_url(s)) for s in services]
 
 
@@ -318,6 +330,7 @@ class IiifImage:
     url: str
     stem: str
     client: IiifClient = field(repr=False, compare=False)
+    unreadable: str | None = None  # why this entry of the input could not be listed (it fails when predicted)
 
     @property
     def name(self) -> str:
@@ -328,6 +341,8 @@ class IiifImage:
 
     def service(self) -> _Service:
         """The image's info.json, parsed (fetched once)."""
+        if self.unreadable:
+            raise IiifError(self.unreadable)
         return _Service.parse(self.client.json(self.url), self.url)
 
     def size(self) -> tuple[int, int]:
