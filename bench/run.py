@@ -46,6 +46,7 @@ BENCHMARKS = [
     "sampling",  # issue 16: class-aware crop windows against uniform ones: val mIoU, rare classes, cracks
     "cli_start",  # issue 30: every command's --help, misspelt key and bad value vs python -c pass: < 1 s each
     "pyramid",  # issue 31 item 4: both pyramid TIFFs of a 300 MP scan vs the label PNG; their traced peak memory
+    "tiff_masters",  # issue 31: 20,000 x 15,000 16-bit LZW TIFF: read speed vs the same pixels as an uncompressed PNG (>= 0.8x), the reader's peak, predict's peak (<= 1.5 GB)
 ]
 
 
