@@ -255,6 +255,15 @@ def test_an_info_json_that_lies_about_the_size_is_named(server):
         image.open()
 
 
+def test_an_image_over_the_pixel_limit_is_refused_before_its_pixels_are_fetched(server, monkeypatch):
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", W * H - 1)
+    (image,) = iiif_inputs(server.info(3, "scan"), fast_client())
+    with pytest.raises(IiifError, match="decompression-bomb limit .* pass allow_large_images=true"):
+        image.open()
+    assert not [p for p in server.requests if "/default." in p]
+    assert np.array_equal(image.open(allow_large_images=True).whole(), scan_pixels(0))  # the advice works
+
+
 def manifest3(server: ImageServer, names: list[str]) -> dict:
     canvases = []
     for i, name in enumerate(names):
