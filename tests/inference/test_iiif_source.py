@@ -436,9 +436,9 @@ def test_tiles_from_a_real_iipsrv_that_caps_its_answers(tmp_path):
     assert len(asked) == (W // 16) * (H // 16) and f"{server.url}?IIIF=scan.tif/80,64,16,16/16,/0/default.jpg" in asked
 
 
-def test_a_native_scale_model_predicts_a_tiled_service_as_the_file(ckpt, server, tmp_path):  # noqa: F811
+def test_a_native_scale_model_predicts_a_tiled_service_as_the_file(ckpt, server, tmp_path, caplog):  # noqa: F811
     """A crop (sliding-window) model reads the size from info.json and the pixels from 256 px tiles: the
-    labels equal predict's from the same pixels on disk."""
+    labels equal predict's from the same pixels on disk; a memory budget the whole image exceeds is named."""
     photo = np.asarray(Image.open(CRACKFOREST / "images" / "001.jpg").convert("RGB"))
     server.images["photo"] = photo
     server.profile["photo"] = {"maxWidth": 256, "tiles": [{"width": 256, "scaleFactors": [1]}]}
@@ -447,7 +447,10 @@ def test_a_native_scale_model_predicts_a_tiled_service_as_the_file(ckpt, server,
     Image.fromarray(photo).save(scans / "photo.png")
     assert main([f"ckpt={ckpt}", f"input={scans}", f"output={tmp_path / 'disk'}", "threads=1"]) == 0
     out = tmp_path / "iiif"
-    assert main([f"ckpt={ckpt}", f"input={server.info(3, 'photo')}", f"output={out}", "threads=1"]) == 0
+    assert (
+        main([f"ckpt={ckpt}", f"input={server.info(3, 'photo')}", f"output={out}", "threads=1", "max_memory_mb=1"]) == 0
+    )
+    assert f"{server.info(3, 'photo')}: held whole" in caplog.text
     disk = np.asarray(Image.open(tmp_path / "disk" / "photo_labels.png"))
     assert np.array_equal(np.asarray(Image.open(out / "photo_labels.png")), disk)
     tiles = [p for p in server.requests if p.startswith("/iiif3/photo/") and "/default." in p]

@@ -238,6 +238,14 @@ def predict_image(
             )
             decode_budget = 1
     if remote:
+        if decode_budget is not None and width * height * 3 > decode_budget:
+            log.warning(
+                "%s: held whole (~%.0f MB, above max_memory_mb's %.0f MB for the pixels): a IIIF image is not read "
+                "in strips",
+                path,
+                width * height * 3 / 2**20,
+                decode_budget / 2**20,
+            )
         scan = path.open(s.allow_large_images)
     else:
         scan = open_scan(path, s.allow_large_images, max_bytes=decode_budget)
