@@ -47,6 +47,7 @@ BENCHMARKS = [
     "cli_start",  # issue 30: every command's --help, misspelt key and bad value vs python -c pass: < 1 s each
     "pyramid",  # issue 31 item 4: both pyramid TIFFs of a 300 MP scan vs the label PNG; their traced peak memory
     "tiff_masters",  # issue 31: 20,000 x 15,000 16-bit LZW TIFF: read speed vs the same pixels as an uncompressed PNG (>= 0.8x), the reader's peak, predict's peak (<= 1.5 GB)
+    "iiif_source",  # issue 31 item 2: a 24 MP scan's pixels from an Image API 3 service on 127.0.0.1 vs the same PNG on disk
 ]
 
 
