@@ -35,6 +35,15 @@ class Sizes:
     repeats: int  # interleaved (poc59, baseline) rounds of each timed comparison
 
 
+@dataclass(frozen=True)
+class ScanSizes:
+    """One generated scan's size and how many interleaved rounds time it (the scan benchmarks)."""
+
+    height: int
+    width: int
+    repeats: int
+
+
 FULL = Sizes(pairs=1458, image_size=384, batch_size=96, repeats=3)  # the earlier system's 1,458 images
 QUICK = Sizes(pairs=96, image_size=384, batch_size=16, repeats=1)  # proves the harness runs; no bars
 

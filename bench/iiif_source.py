@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import tempfile
 import threading
-from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -27,15 +26,8 @@ from bench import common
 NAME = "iiif_source"
 
 
-@dataclass(frozen=True)
-class Sizes:
-    height: int
-    width: int
-    repeats: int
-
-
-FULL = Sizes(height=4_000, width=6_000, repeats=3)
-QUICK = Sizes(height=900, width=1_200, repeats=1)
+FULL = common.ScanSizes(height=4_000, width=6_000, repeats=3)
+QUICK = common.ScanSizes(height=900, width=1_200, repeats=1)
 
 
 def write_scan(path: Path, height: int, width: int) -> None:

@@ -22,7 +22,6 @@ import os
 import subprocess
 import sys
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -34,15 +33,8 @@ ROWS = 256  # predict's band height for whole-image models, and the tile height
 REPO = Path(__file__).resolve().parents[1]
 
 
-@dataclass(frozen=True)
-class Sizes:
-    height: int
-    width: int
-    repeats: int
-
-
-FULL = Sizes(height=15_000, width=20_000, repeats=2)
-QUICK = Sizes(height=900, width=1_200, repeats=1)
+FULL = common.ScanSizes(height=15_000, width=20_000, repeats=2)
+QUICK = common.ScanSizes(height=900, width=1_200, repeats=1)
 
 
 def bands(height: int, width: int):
