@@ -16,8 +16,9 @@ def test_a_6000_by_4000_scan_stays_within_the_memory_setting(tmp_path):
     pixels = width * height
     # what the strips guarantee: the max_memory_mb working set (decoded strip + one tile row of logits + a batch),
     # plus the outputs held while they are written (label map 1 byte/pixel, overlay picture 4 bytes/pixel, and
-    # their PNG encodings, at most about as large again), plus allocator and encoder slack
-    bound = budget_mb * MB + 2 * 5 * pixels + 160 * MB
+    # their PNG encodings, at most about as large again), plus the IIIF annotations' working set (the confidence map,
+    # 1 byte/pixel, and one class's connected-component map, 4 bytes/pixel), plus allocator and encoder slack
+    bound = budget_mb * MB + 2 * 5 * pixels + 5 * pixels + 160 * MB
     whole_logits = classes * pixels * 4  # what holding the full image's logits alone would take: 768 MB
     assert got["added_bytes"] < bound, got
     assert bound < whole_logits + 5 * pixels  # holding the full image's logits next to the outputs would not fit
