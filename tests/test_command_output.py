@@ -150,6 +150,7 @@ def test_a_part_that_failed_is_exit_3_named_with_the_rest_done(trained, tmp_path
     assert json.loads((out / "model.card.json").read_text())["parity"]["onnx"]["passed"] is False
 
 
+@pytest.mark.slow
 def test_predict_logs_each_image_and_prints_the_summary(trained, tmp_path):
     run, _, _ = trained
     scans = tmp_path / "scans"
