@@ -34,6 +34,7 @@ import logging
 import os
 import shutil
 import tempfile
+from abc import ABC, abstractmethod
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import IO
@@ -101,7 +102,7 @@ def scale_to_8bit(samples: np.ndarray, peak: float) -> np.ndarray:
     return out
 
 
-class Raster:
+class Raster(ABC):
     """One stored image (or one level of a pyramid) read a band of rows at a time.
 
     `width`, `height`: the level's size; `levels`: every level's (width, height), largest first; `mode`: the
@@ -125,9 +126,9 @@ class Raster:
         self.palette: list[int] | None = None
         self._peak: float | None = None
 
+    @abstractmethod
     def samples(self, y0: int, y1: int) -> np.ndarray:
         """Rows y0..y1-1 as stored, colour samples only: [h, W, S] uint8 or uint16 (palette: indices)."""
-        raise NotImplementedError
 
     def peak_rows(self, y0: int, y1: int) -> float:
         """The largest colour sample in rows y0..y1-1 (what `peak` takes the maximum of)."""
@@ -173,6 +174,7 @@ class Raster:
         """Every row, as `band` gives them (what training and evaluate decode), each segment decoded once."""
         return self._image(self.whole_pixels())
 
+    @abstractmethod
     def close(self) -> None:
         """Release the file."""
 

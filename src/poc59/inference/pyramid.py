@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import math
 import tempfile
+from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO, Literal
@@ -112,15 +113,17 @@ class _Level:
         self.tiles: list[tuple[int, int]] = []  # (offset, length) of each compressed tile in the spill file
 
 
-class StreamedFile:
+class StreamedFile(ABC):
     """A file written as it streams, as a context manager: leaving the block normally completes it (`close`),
     leaving it with an error gives it up (`abort`: nothing under its name)."""
 
+    @abstractmethod
     def close(self) -> object:
-        raise NotImplementedError
+        """Complete the file (it appears under its name)."""
 
+    @abstractmethod
     def abort(self) -> None:
-        raise NotImplementedError
+        """Give up: nothing is left under the file's name."""
 
     def __enter__(self) -> StreamedFile:
         return self
