@@ -311,18 +311,28 @@ def _span(points: list[tuple[float, list[float] | None]]) -> list[float] | None:
     return [min(iv[0] if iv else v for v, iv in points), max(iv[1] if iv else v for v, iv in points)]
 
 
+def _monitors(runs: list[Run]) -> dict[str, list[str]]:
+    """{monitor: the finished runs that picked their best epoch by it}, in run order."""
+    used: dict[str, list[str]] = defaultdict(list)
+    for r in runs:
+        if r.status == "finished":
+            used[r.monitor].append(r.name or r.dir)
+    return used
+
+
+def _checked_monitor(monitor: str) -> str:
+    try:
+        return registry.check_monitor(monitor)
+    except SettingError as err:
+        raise CompareError(str(err)) from None
+
+
 def ranking_monitor(runs: list[Run], monitor: str | None = None) -> str:
     """The validation metric compare ranks by: `monitor` if given, else the one every finished run picked its
     best epoch by (their `monitor` setting); runs that picked theirs by different metrics need `monitor=`."""
     if monitor is not None:
-        try:
-            return registry.check_monitor(monitor)
-        except SettingError as err:
-            raise CompareError(str(err)) from None
-    used = defaultdict(list)
-    for r in runs:
-        if r.status == "finished":
-            used[r.monitor].append(r.name or r.dir)
+        return _checked_monitor(monitor)
+    used = _monitors(runs)
     if len(used) > 1:
         which = "; ".join(f"{m}: {', '.join(names)}" for m, names in used.items())
         raise CompareError(
@@ -330,12 +340,6 @@ def ranking_monitor(runs: list[Run], monitor: str | None = None) -> str:
             f"monitor={next(iter(used))} (each run's value at its own best epoch)"
         )
     return next(iter(used), f"val/{registry.headline().name}")
-
-
-def all_runs_monitor(runs: list[Run]) -> str | None:
-    """The `monitor` the finished runs share (None when they differ or none finished)."""
-    used = {r.monitor for r in runs if r.status == "finished"}
-    return used.pop() if len(used) == 1 else None
 
 
 def _score(run: Run, monitor: str) -> None:
@@ -576,7 +580,7 @@ def compare(
     earlier = refuse_existing(out, OUTPUTS, overwrite, "out", CompareError)
     check_writable(out, "out", CompareError)
     if monitor is not None:
-        ranking_monitor([], monitor)  # a misspelt metric is refused before any run is read
+        monitor = _checked_monitor(monitor)  # a misspelt metric is refused before any run is read
     all_runs = collect(sweep, runs, evaluate)
     classes = check_comparable(all_runs)
     monitor = ranking_monitor(all_runs, monitor)
@@ -597,7 +601,7 @@ def compare(
         conv = conventions(all_runs)
         conv["score"] = (
             f"{monitor}, the metric the configurations are ranked by ("
-            + ("compare's monitor=" if monitor != all_runs_monitor(all_runs) else "the runs' `monitor` setting")
+            + ("the runs' `monitor` setting" if list(_monitors(all_runs)) == [monitor] else "compare's monitor=")
             + "): the mean over seeds of each run's value at its best epoch; for a cross-validation, pooled over "
             "the out-of-fold images"
         )
