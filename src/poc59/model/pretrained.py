@@ -483,3 +483,51 @@ def fetch(
     load_encoder_weights(fresh, dest, name, kwargs)
     log.info("saved %d tensors to %s (from %s)", len(tensors), dest, source or "the hub")
     return dest
+
+
+def init_from_checkpoint(
+    net: nn.Module, path: str | Path, network: Mapping[str, Any], classes: Mapping[str, Any]
+) -> Path:
+    """Start `net` from the network weights of a poc59 training checkpoint (`init_from=<ckpt>`: fine-tuning,
+    e.g. a correction round from the previous round's best.ckpt). Only the weights are taken: epochs,
+    optimizer, scheduler and the run folder start fresh, unlike a resume (`ckpt_path=`, `resume=`), which
+    continues the checkpoint's own run. Refused with a SettingError naming init_from= when the file is not a
+    poc59 training checkpoint, or when its network (`network`: the new run's model card's) or class table
+    (`classes`: names and ignore id) differ from this run's, since the weights would not mean the same."""
+    from poc59.core.config import SettingError
+    from poc59.model.module import migrate_state_dict
+
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise SettingError(
+            f"init_from={path}: no such file; give a checkpoint, e.g. init_from=outputs/runs/<run>/checkpoints/best.ckpt"
+        )
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # truncated, or not a torch file
+        raise SettingError(f"init_from={path}: cannot be read as a checkpoint ({type(e).__name__}: {e})") from None
+    card = ((ckpt.get("hyper_parameters") or {}).get("card") or {}) if isinstance(ckpt, dict) else {}
+    if "state_dict" not in (ckpt if isinstance(ckpt, dict) else {}) or not card:
+        raise SettingError(
+            f"init_from={path}: not a poc59 training checkpoint (no model card); give a best.ckpt or last.ckpt of python -m poc59.train"
+        )
+    theirs = card.get("classes") or {}
+    if list(theirs.get("names") or []) != list(classes.get("names") or []) or theirs.get("ignore_index") != classes.get(
+        "ignore_index"
+    ):
+        raise SettingError(
+            f"init_from={path}: its classes {theirs.get('names')} are not this run's {list(classes.get('names') or [])}; "
+            "fine-tune on data with the same class table, or train without init_from"
+        )
+    if dict(card.get("network") or {}) != dict(network):
+        raise SettingError(
+            f"init_from={path}: its network {card.get('network')} is not this run's {dict(network)}; "
+            "train with the same encoder and decoder settings as that run, or without init_from"
+        )
+    prefix = "segmenter.net."
+    state = {
+        k[len(prefix) :]: v for k, v in migrate_state_dict(dict(ckpt["state_dict"])).items() if k.startswith(prefix)
+    }
+    net.load_state_dict(state, strict=True)
+    log.info("network weights from %s (init_from: a fresh run, not a resume)", path)
+    return path
