@@ -64,26 +64,33 @@ USER_ERRORS = ("poc59.artifacts.trained:ModelLoadError", "poc59.core.device:Devi
 _LIMITS = ("max_upload_mb", "max_pixels", "max_memory_mb", "timeout_s", "concurrency", "queue_size")
 
 
-def check_port(host: str, port: int) -> None:
-    """SettingError unless `port` can be listened on at `host` now (the page would fail to open)."""
-    if not 0 < port < 65536:
-        raise SettingError(f"port={port}: a TCP port is 1 to 65535, e.g. port=7860")
-    try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except socket.gaierror as err:
-        raise SettingError(f"host={host}: not an address of this machine ({err}); e.g. host=127.0.0.1") from None
-    family, kind, proto, _, address = infos[0]
+def _bind_error(host: str, port: int) -> OSError | None:
+    """Why `port` cannot be listened on at `host` now, or None when it can."""
+    family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
     with socket.socket(family, kind, proto) as probe:
         try:
             probe.bind(address)
         except OSError as err:
-            if err.errno == errno.EADDRINUSE:
-                raise SettingError(
-                    f"port={port}: another program listens on {host}:{port}; pass another port, e.g. port={port + 1}"
-                ) from None
-            raise SettingError(
-                f"host={host} port={port}: cannot listen there ({err.strerror}); e.g. port=7860"
-            ) from None
+            return err
+    return None
+
+
+def check_port(host: str, port: int) -> None:
+    """SettingError unless `port` can be listened on at `host` now (the page would fail to open); for a port in
+    use, the message names a free one."""
+    if not 0 < port < 65536:
+        raise SettingError(f"port={port}: a TCP port is 1 to 65535, e.g. port=7860")
+    try:
+        err = _bind_error(host, port)
+    except socket.gaierror as why:
+        raise SettingError(f"host={host}: not an address of this machine ({why}); e.g. host=127.0.0.1") from None
+    if err is None:
+        return
+    if err.errno == errno.EADDRINUSE:
+        free = next((p for p in range(port + 1, min(port + 100, 65536)) if _bind_error(host, p) is None), None)
+        advice = f"pass another port, e.g. port={free} (free now)" if free else "pass another port="
+        raise SettingError(f"port={port}: another program listens on {host}:{port}; {advice}")
+    raise SettingError(f"host={host} port={port}: cannot listen there ({err.strerror}); e.g. port=7860")
 
 
 def _serve(options: dict[str, Any]) -> int:
@@ -121,7 +128,7 @@ def _serve(options: dict[str, Any]) -> int:
             limits.queue_size,
         )
         try:
-            launch(app, host, port, limits)
+            launch(app, engine, host, port, limits)
         except KeyboardInterrupt:
             log.info("stopped")
         except OSError as err:  # the port taken between the check and the launch

@@ -153,7 +153,16 @@ def _refused(message: str) -> tuple:
     return (message, None, None, "", gr.update(choices=[], value=[], visible=False), *hidden, None)
 
 
-def launch(app: gr.Blocks, host: str, port: int, limits: Limits) -> None:
+def toggle_css(engine: Engine) -> str:
+    """Each class's toggle in the class's colour (its check box and a bar beside its name)."""
+    rules = []
+    for name, colour in zip(engine.classes.names, engine.classes.palette):
+        selector = f'#toggles input[name="{name.replace(chr(34), "")}"]'
+        rules.append(f"{selector} {{ accent-color: {colour}; outline: 3px solid {colour}; }}")
+    return "\n".join(rules)
+
+
+def launch(app: gr.Blocks, engine: Engine, host: str, port: int, limits: Limits) -> None:
     """Serve the page on host:port until interrupted (blocks)."""
     theme = gr.themes.Default(font=["system-ui", "sans-serif"], font_mono=["monospace"])  # no web fonts fetched
     app.launch(
@@ -165,4 +174,5 @@ def launch(app: gr.Blocks, host: str, port: int, limits: Limits) -> None:
         show_error=False,
         theme=theme,
         footer_links=["api"],
+        css=toggle_css(engine),
     )
