@@ -11,6 +11,10 @@ The scale follows the checkpoint (`TrainedModel.geometry`):
   `max_side`: a larger scan is shrunk the same way first (the damage then has the
   size the model learnt), and the blended logits are upsampled back bilinearly.
 
+Where the model needs the scan smaller than it is (resize, pad, a crop model's `max_side`), its pixels come
+from `image.at_least(*target)`: a pyramidal TIFF's or a JPEG 2000 file's smallest stored resolution that
+still holds the target, so the full resolution is never decoded whole for it.
+
 Both yield logits as bands of rows, top to bottom, so the caller never holds a
 full-resolution [C, H, W] float tensor. Flip test-time augmentation averages
 the prediction with the mirrored prediction of the mirrored image (exactly
@@ -54,6 +58,8 @@ class ImageRows(Protocol):
 
     def whole(self) -> np.ndarray: ...
 
+    def at_least(self, width: int, height: int) -> np.ndarray: ...
+
 
 class ArrayImage:
     """An in-memory uint8 [H, W, 3] image as `ImageRows`."""
@@ -70,6 +76,10 @@ class ArrayImage:
     def whole(self) -> np.ndarray:
         return self.image
 
+    def at_least(self, width: int, height: int) -> np.ndarray:
+        """The image itself: it holds one resolution."""
+        return self.image
+
 
 def _hwc_to_chw(rows: np.ndarray) -> torch.Tensor:
     """uint8 [h, W, 3] -> [3, h, W] (a view; Pillow's read-only pixels are copied first, torch needs writable)."""
@@ -77,11 +87,15 @@ def _hwc_to_chw(rows: np.ndarray) -> torch.Tensor:
 
 
 def _geometry_logits(
-    model: TrainedModel, image: Image.Image, device: torch.device, autocast: torch.dtype | None
+    model: TrainedModel,
+    image: Image.Image,
+    target: tuple[int, int],
+    device: torch.device,
+    autocast: torch.dtype | None,
 ) -> torch.Tensor:
-    """Logits [C, h, w] of the image's content at the training geometry (resize or pad), one forward pass."""
-    size, policy = model.image_size, model.geometry["policy"]
-    target = content_size(*image.size, size, policy, model.geometry.get("max_side"))
+    """Logits [C, h, w] of the image's content resampled to `target` (its content size at the training
+    geometry, resize or pad, computed from the full resolution), one forward pass."""
+    size = model.image_size
     content = _hwc_to_chw(np.asarray(resample_image(image, target)))
     canvas = torch.zeros((1, 3, size, size), dtype=torch.uint8)  # pad: top-left, the rest image 0, as in training
     canvas[0, :, : target[1], : target[0]] = content
@@ -143,14 +157,8 @@ def logit_bands(
     device = torch.device(device)
     policy = model.geometry["policy"]
     target = _shrunk(model, image.width, image.height) if policy == "crop" else None
-    if target is not None:
-        if getattr(image, "streamed", False):
-            log.warning(
-                "%s: decoded whole to be shrunk to the model's max_side (%s px): max_memory_mb does not bound it",
-                getattr(image, "path", "image"),
-                model.geometry.get("max_side"),
-            )
-        small = _hwc_to_chw(np.asarray(resample_image(Image.fromarray(image.whole()), target)))
+    if target is not None:  # the smallest stored resolution that still holds the shrunk size
+        small = _hwc_to_chw(np.asarray(resample_image(Image.fromarray(image.at_least(*target)), target)))
         logits = predict_logits(model.segmenter, small, model.image_size, overlap, batch_size, tta, device, autocast)
         upsample = row_upsampler(logits, image.height, image.width)
         for y0 in range(0, image.height, band_rows):
@@ -172,11 +180,13 @@ def logit_bands(
         return
     if policy not in ("resize", "pad"):
         raise ValueError(f"{model.source}: unknown geometry policy {policy!r} (resize, pad or crop)")
-    pil = Image.fromarray(image.whole())
-    upsample = [row_upsampler(_geometry_logits(model, pil, device, autocast), image.height, image.width)]
+    target = content_size(image.width, image.height, model.image_size, policy, model.geometry.get("max_side"))
+    pil = Image.fromarray(image.at_least(*target))  # a pyramid's reduced level when one holds the target
+    upsample = [row_upsampler(_geometry_logits(model, pil, target, device, autocast), image.height, image.width)]
     if tta:  # the same computation on the mirrored image, mirrored back: exactly symmetric
         flipped = pil.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-        upsample.append(row_upsampler(_geometry_logits(model, flipped, device, autocast), image.height, image.width))
+        logits = _geometry_logits(model, flipped, target, device, autocast)
+        upsample.append(row_upsampler(logits, image.height, image.width))
     for y0 in range(0, image.height, band_rows):
         y1 = min(y0 + band_rows, image.height)
         band = upsample[0](y0, y1)

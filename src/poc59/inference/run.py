@@ -141,6 +141,8 @@ class Settings:
     iiif: bool = True
     iiif_base_url: str | None = None
     iiif_min_area: int = MIN_AREA
+    report: bool = False  # condition reports, written by the predict command after `run` (poc59.inference.report)
+    report_pdf: bool = False
     threads: int | str = "auto"  # PyTorch's CPU threads (poc59.core.threads), set by the command
 
 
@@ -223,22 +225,23 @@ def predict_image(
     (and overlay, and pyramids); return its statistics row."""
     start = time.perf_counter()
     remote = isinstance(path, IiifImage)
-    decode_budget = None  # resize/pad: the model sees the whole image, so it is decoded whole
-    if model.geometry["policy"] == "crop":
-        width, height = path.size() if remote else scan_size(path, s.allow_large_images)
-        logits = streaming_bytes(model, width, height, s.overlap, s.batch_size, s.tta)
-        decode_budget = int(s.max_memory_mb * 2**20) - logits
-        if s.pyramid:  # the same budget holds the pyramids' writers
-            decode_budget -= MapPyramids.working_bytes(width)
-        if decode_budget <= 0:
-            log.warning(
-                "%s: max_memory_mb=%g is below one tile row of logits; reading the smallest strips",
-                path,
-                s.max_memory_mb,
-            )
-            decode_budget = 1
+    width, height = path.size() if remote else scan_size(path, s.allow_large_images)
+    # what the decoded pixels may take: the budget less the model's streamed logits (a crop model's tile rows)
+    # and the pyramids' writers. A resize/pad model decodes only its target's pixels for itself (a reduced
+    # level where the file stores one, `Scan.at_least`); the full resolution streams for the overlay and maps.
+    decode_budget = int(s.max_memory_mb * 2**20)
+    decode_budget -= streaming_bytes(model, width, height, s.overlap, s.batch_size, s.tta) or 0
+    if s.pyramid:
+        decode_budget -= MapPyramids.working_bytes(width)
+    if decode_budget <= 0:
+        log.warning(
+            "%s: max_memory_mb=%g leaves no room for pixels beside the logits and the maps' writers; reading the smallest strips",
+            path,
+            s.max_memory_mb,
+        )
+        decode_budget = 1
     if remote:
-        if decode_budget is not None and width * height * 3 > decode_budget:
+        if width * height * 3 > decode_budget:
             log.warning(
                 "%s: held whole (~%.0f MB, above max_memory_mb's %.0f MB for the pixels): a IIIF image is not read "
                 "in strips",

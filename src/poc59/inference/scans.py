@@ -27,8 +27,10 @@ bands of rows, top to bottom, without decoding the whole image first:
   their file offset.
 Other files (JPEG, JPEG 2000, interlaced PNG, EXIF-rotated files, ...) cannot
 be read partially and are decoded whole (uint8, 3 bytes a pixel after
-conversion), with a log line saying so. 16-bit strips take two passes (the
-first finds the peak that training's scaling uses).
+conversion), with a log line saying so; a JPEG 2000 file over the budget only
+when its full resolution is asked for (`Scan.at_least` may read a reduced one
+instead). 16-bit strips take two passes (the first finds the peak that
+training's scaling uses).
 """
 
 from __future__ import annotations
@@ -228,11 +230,15 @@ class _RawBands:
 class _RegionBands:
     """Rows of a TIFF (or JPEG 2000) through `poc59.data.regions`, a band at a time, 16 bits scaled by `peak`."""
 
-    def __init__(self, raster: Raster, peak: float | None) -> None:
+    def __init__(self, raster: Raster, peak: float | None, first_read: str | None = None) -> None:
         self.raster, self.peak, self.y = raster, peak, 0
+        self.first_read = first_read  # logged (a warning) when the first rows are read
 
     def read(self, n: int) -> Image.Image | np.ndarray:
         """The next `n` rows: RGB uint8 [n, W, 3] as they are when the raster is RGB, else a Pillow image."""
+        if self.first_read is not None:
+            log.warning("%s", self.first_read)
+            self.first_read = None
         y, self.y = self.y, self.y + n
         if self.raster.mode == "RGB":
             return self.raster.pixels(y, y + n, self.peak)
@@ -301,26 +307,64 @@ class Scan:
         return self._bands is not None
 
     def at_least(self, width: int, height: int) -> np.ndarray:
-        """RGB pixels [h, w, 3] of the smallest resolution the file stores that is at least `width` x `height`:
-        a streamed pyramidal TIFF's reduced level (read whole: it is small), scaled by the full resolution's
-        16-bit peak and colour-converted as every band is; otherwise `whole()`. For a model that needs the
-        scan only at that size (resize / pad, or a crop model's `max_side`): the full resolution is never
-        decoded whole for it."""
+        """RGB pixels [h, w, 3] of the smallest resolution the file stores that is at least `width` x `height`,
+        for a model that needs the scan only at that size (resize / pad, or a crop model's `max_side`).
+
+        A streamed TIFF pyramid's reduced level, or a JPEG 2000 file's reduced resolution (read whole: it is
+        small), scaled by the full resolution's 16-bit peak where one is known (else the level's own) and
+        colour-converted as every band is; the log names the level. Otherwise `whole()`: a streamed scan with
+        no such level is then decoded whole, with a log line saying so (max_memory_mb does not bound it).
+        """
         levels = self._bands.raster.levels if isinstance(self._bands, _RegionBands) else []
         level = level_at_least(levels, width, height) if len(levels) > 1 else 0
         if level == 0:
+            if self.streamed:
+                log.warning(
+                    "%s: decoded whole (%d x %d) to be brought to the model's %d x %d: the file stores no smaller "
+                    "level, so max_memory_mb does not bound it",
+                    self.path,
+                    self.width,
+                    self.height,
+                    width,
+                    height,
+                )
             return self.whole()
         try:
             with open_raster(self.path, level) as raster:
-                log.info("%s: level %d (%d x %d) read for the model", self.path, level, raster.width, raster.height)
-                peak = max(self._bands.peak, raster.peak()) if raster.wide else None  # a level never overflows
+                log.info(
+                    "%s: level %d (%d x %d) read for the model's %d x %d, not the full %d x %d",
+                    self.path,
+                    level,
+                    raster.width,
+                    raster.height,
+                    width,
+                    height,
+                    self.width,
+                    self.height,
+                )
+                peak = None
+                if raster.wide:  # a level resampled past the full resolution's peak must not overflow
+                    peak = max(p for p in (self._bands.peak, raster.peak()) if p is not None)
                 return self._convert(raster.band(0, raster.height, peak))
         except (RegionError, NotInRegions) as err:
             raise ScanError(f"cannot read level {level} of {self.path}: {err}") from None
 
     def whole(self) -> np.ndarray:
-        """All pixels [H, W, 3]; for a streamed scan this decodes them all (only for small images)."""
-        return self._whole if self._whole is not None else self.rows(0, self.height)
+        """All pixels [H, W, 3]; for a streamed scan this decodes them all, strip by strip into one array."""
+        if self._whole is not None:
+            return self._whole
+        if self._start > 0:
+            return self.rows(0, self.height)  # names the rows already passed
+        out = np.empty((self.height, self.width, 3), np.uint8)
+        y = len(self._buffer)
+        out[:y] = self._buffer
+        self._buffer = np.zeros((0, self.width, 3), np.uint8)
+        while y < self.height:
+            rows = self._decode(min(self.strip_rows, self.height - y))
+            out[y : y + len(rows)] = rows
+            y += len(rows)
+        self._buffer = out
+        return out
 
     def rows(self, y0: int, y1: int) -> np.ndarray:
         """Pixels of rows y0..y1-1 [y1 - y0, W, 3]."""
@@ -448,20 +492,21 @@ def _region_scan(path: Path, raster: Raster, max_bytes: int | None) -> Scan:
     pixel = _region_pixel_bytes(raster)
     transform = _icc_transform(raster.icc, raster.mode, path)
     try:
-        if max_bytes is None or w * h * pixel <= max_bytes or raster.whole_only:
-            if max_bytes is not None and w * h * pixel > max_bytes:
-                log.warning(
-                    "%s: decoding it whole (~%.0f MB, above the %.0f MB budget) because JPEG 2000 cannot be read "
-                    "in parts (imagecodecs decodes a codestream whole)",
-                    path,
-                    w * h * pixel / 2**20,
-                    max_bytes / 2**20,
-                )
+        if max_bytes is None or w * h * pixel <= max_bytes:
             try:
                 pixels = _Converter(transform)(raster.whole_pixels() if raster.mode == "RGB" else raster.whole())
             finally:
                 raster.close()
             return Scan(path, w, h, whole=pixels)
+        if raster.whole_only:  # nothing decoded yet: a model that needs less reads a reduced level (at_least)
+            why = (
+                f"{path}: decoding it whole (~{w * h * pixel / 2**20:.0f} MB, above the {max_bytes / 2**20:.0f} MB "
+                "budget) because JPEG 2000 cannot be read in parts (imagecodecs decodes a codestream whole)"
+            )
+            strip_rows = max(_MIN_STRIP_ROWS, max_bytes // (4 * w * pixel))
+            return Scan(
+                path, w, h, bands=_RegionBands(raster, None, why), convert=_Converter(transform), strip_rows=strip_rows
+            )
         segment = raster.rows_per_segment
         strip_rows = max(_MIN_STRIP_ROWS, max_bytes // (4 * w * pixel))
         strip_rows = max(segment, strip_rows // segment * segment)
