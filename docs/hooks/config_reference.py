@@ -40,6 +40,17 @@ def _key_table(rows: list[tuple[str, Any, str]]) -> list[str]:
     return lines
 
 
+def _about(text: str) -> str:
+    """The comment lines a config file starts with (what the option is), as one paragraph."""
+    lines = []
+    for line in text.splitlines():
+        if not line.startswith("#"):
+            break
+        if not line.startswith("# @package"):
+            lines.append(line.lstrip("#").strip())
+    return _cell(" ".join(lines))
+
+
 def render() -> str:
     """The reference page's Markdown, from the config files in `poc59.core.config.config_dir()`."""
     root = config_dir()
@@ -74,6 +85,8 @@ def render() -> str:
         for option in options:
             lines += [f"### `{group}={option}`", ""]
             file = root / group / f"{option}.yaml"
+            about = _about(file.read_text())
+            lines += [about, ""] if about else []
             if group.startswith(VERBATIM):
                 lines += [f"`conf/{group}/{option}.yaml`:", "", "```yaml", file.read_text().rstrip(), "```", ""]
                 continue
