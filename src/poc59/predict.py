@@ -31,6 +31,7 @@ CLI = Command(
         "python -m poc59.predict ckpt=model.onnx input='scans/*.tif' output=maps/ tta=true max_memory_mb=512",
         "python -m poc59.predict sweep=outputs/sweeps/<cv> input=scans/ output=maps/   # the fold ensemble",
         "python -m poc59.predict ckpt=best.ckpt input=scans/ output=maps/ pyramid=true   # + <stem>_classes.tif ...",
+        "python -m poc59.predict ckpt=model.onnx input=scans/ output=maps/ report=true   # + condition reports",
     ),
     keys=(
         Key("ckpt", Paths, "a checkpoint (.ckpt) or an exported model (.onnx, .pt); [a.ckpt,b.ckpt]: an ensemble"),
@@ -79,6 +80,14 @@ CLI = Command(
             "(default: the folder's file: URI, for viewers on this machine)",
         ),
         Key("iiif_min_area", int, "damage regions of fewer pixels get no annotation (counted in statistics.json)"),
+        Key(
+            "report",
+            bool,
+            "also write <stem>.report.html per scan, a condition report for the object's conservator (the scan, "
+            "the damage, each class's area and how far the model can be trusted on it, the confidence map, the "
+            "model card in plain words; self-contained, prints to 1-2 A4 pages) and index.html for the batch",
+        ),
+        Key("report_pdf", bool, "with report=true, also print each report to <stem>.report.pdf (headless chromium)"),
         Key("allow_large_images", bool, "lift Pillow's decompression-bomb limit (~89 MP) for these inputs"),
         Key(
             "overwrite",
@@ -125,6 +134,17 @@ def settings_from(given: dict[str, Any]) -> Settings:
         raise UsageError("batch_size and max_memory_mb must be positive")
     if settings.iiif_min_area < 1:
         raise UsageError(f"iiif_min_area={settings.iiif_min_area}: must be at least 1 (pixels)")
+    if settings.report_pdf:
+        from poc59.inference.report import chromium_path
+
+        if not settings.report:
+            raise UsageError("report_pdf=true prints the condition reports that report=true writes: add report=true")
+        if chromium_path() is None:
+            raise UsageError(
+                "report_pdf=true prints with headless Chromium, which is not installed (no chromium on PATH): "
+                "install it (Debian/Ubuntu: apt-get install chromium), or drop report_pdf=true and print "
+                "<stem>.report.html from a browser"
+            )
     if settings.iiif_base_url:
         from poc59.inference.iiif import check_base_url
 
@@ -179,10 +199,20 @@ def _predict(options: dict[str, Any]) -> int:
         f"(statistics: {done['statistics'].name}, statistics.json)",
         soft_wrap=True,
     )
+    unprinted = [r["report"] for r in rows if settings.report_pdf and not r.get("report_pdf")]
+    if unprinted:
+        log.error(
+            "%d report(s) not printed to PDF (the reason is logged above): %s; open each in a browser and print "
+            "it to PDF there",
+            len(unprinted),
+            ", ".join(unprinted),
+        )
+    if settings.report and rows:
+        console.print(f"condition reports: {done['out'] / 'index.html'}", soft_wrap=True)
     if failed:
         log.error("%d image(s) could not be predicted: %s", len(failed), "; ".join(f["image"] for f in failed))
         return 2  # the input: each unreadable image is named (here and in statistics.json), the rest predicted
-    return 0
+    return 2 if unprinted else 0
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,16 +14,24 @@ streaming pyramids open a region and a scale at a time (`MapPyramids`, written b
 palette (reduced by nearest neighbour), <stem>_confidence.tif the predicted class's softmax probability as
 uint8, round(255 p) (reduced by the mean; 0 outside the object). uint8, not float16: every viewer displays
 8-bit gray, few a float16 TIFF, and 1/255 is finer than any threshold one reads off a map.
+
+With `report=true`, also a condition report per scan, <stem>.report.html (`poc59.inference.report`; with
+`report_pdf=true` its PDF, <stem>.report.pdf, printed by headless Chromium), and index.html for the batch:
+`write_scan_report` reads the scan again into a preview (reduced band by band, so the scan is never held
+whole for it) and reduces the label and confidence maps to the same size; the report's table holds the
+statistics counted at full resolution.
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import logging
 import math
 import struct
 import zlib
 from collections.abc import Sequence
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -35,17 +43,38 @@ from poc59.analysis.colour import legend, lookup_table
 from poc59.core.atomic import write_bytes, write_json
 from poc59.core.classes import ClassTable
 from poc59.inference.pyramid import PyramidWriter, StreamedFile, working_bytes
+from poc59.inference.report import (
+    PdfError,
+    card_facts,
+    preview_factor,
+    print_pdf,
+    reduce_confidence,
+    reduce_labels,
+    reduce_rgb,
+    write_condition_report,
+    write_report_index,
+)
+from poc59.inference.scans import Scan, open_scan
 
 __all__ = [
     "STATISTICS_CONVENTION",
     "MapPyramids",
     "OverlayPicture",
+    "REPORT_INDEX",
     "band_confidence",
     "damage_statistics",
     "label_map_png",
+    "report_outputs",
+    "scan_preview",
     "stacked_png",
+    "write_batch_index",
+    "write_scan_report",
     "write_statistics",
 ]
+
+log = logging.getLogger("poc59.predict")
+
+REPORT_SUFFIX, REPORT_PDF_SUFFIX, REPORT_INDEX = ".report.html", ".report.pdf", "index.html"
 
 STATISTICS_CONVENTION = (
     "pixels: predicted pixels per class at the scan's own resolution; percent: 100 x pixels / reference pixels, "
@@ -248,3 +277,78 @@ def write_statistics(
     csv_path = write_bytes(folder / "statistics.csv", buf.getvalue().encode())
     json_path = write_json(folder / "statistics.json", {**meta, "convention": STATISTICS_CONVENTION, "images": rows})
     return csv_path, json_path
+
+
+def report_outputs(stems: list[str], pdf: bool) -> list[str]:
+    """The files `report=true` writes for a batch of scans named `stems`: each one's report (and PDF), the index."""
+    suffixes = (REPORT_SUFFIX, REPORT_PDF_SUFFIX) if pdf else (REPORT_SUFFIX,)
+    return [f"{stem}{suffix}" for stem in stems for suffix in suffixes] + [REPORT_INDEX]
+
+
+def scan_preview(scan: Scan, k: int) -> np.ndarray:
+    """The scan reduced k times (`poc59.inference.report.reduce_rgb`), read top to bottom in bands of whole
+    blocks: a streamed scan is never held whole for it."""
+    band = k * max(1, 256 // k)
+    return np.concatenate([reduce_rgb(scan.rows(y0, y0 + band), k) for y0 in range(0, scan.height, band)])
+
+
+def _shown_settings(model: Any, s: Any) -> dict[str, str]:
+    """The prediction's settings as a report shows them ({label: value})."""
+    members = (model.card.provenance.get("ensemble") or {}).get("members")
+    shown = {"model file": str(model.source) + (f" and {len(members) - 1} more (an ensemble)" if members else "")}
+    if model.geometry["policy"] == "crop":
+        shown["tile overlap"] = f"{s.overlap:g} (share of a tile shared with its neighbour)"
+    shown["flip averaging (tta)"] = "yes: averaged with the mirrored scan's prediction" if s.tta else "no"
+    shown["object mask"] = s.object_mask or "none: the whole image is the object"
+    shown["device"] = f"{s.device}, precision {s.precision}"
+    return shown
+
+
+def write_scan_report(
+    out: Path,
+    image: Any,
+    labels: np.ndarray,
+    confidence: np.ndarray,
+    row: dict[str, Any],
+    model: Any,
+    s: Any,
+) -> dict[str, str | None]:
+    """One scan's condition report in `out` (and its PDF with `s.report_pdf`): `image` the scan (a Path or a
+    IIIF image, read again into a preview), `labels` and `confidence` its full-size maps (uint8), `row` its
+    statistics, `model` the TrainedModel, `s` predict's Settings. Returns {"report", "report_pdf"}: the files
+    written (report_pdf None when not asked, or when Chromium failed: logged as an error naming it)."""
+    remote = not isinstance(image, Path)
+    scan = image.open(s.allow_large_images) if remote else open_scan(image, s.allow_large_images, 64 * 2**20)
+    try:
+        k = preview_factor(scan.width, scan.height)
+        picture = scan_preview(scan, k)
+    finally:
+        scan.close()
+    card = card_facts(model.extra.get("card") or model.card.to_dict(), model.source, model.run_dir)
+    names = report_outputs([image.stem], s.report_pdf)[:-1]
+    html_path = write_condition_report(
+        out / names[0],
+        stem=image.stem,
+        scan_rgb=picture,
+        labels=reduce_labels(labels, k, model.classes),
+        confidence=reduce_confidence(confidence, k),
+        stats=row,
+        card=card,
+        settings=_shown_settings(model, s),
+        classes=model.classes,
+        predicted_at=datetime.now(timezone.utc),
+        pdf_name=names[1] if s.report_pdf else None,
+    )
+    pdf = None
+    if s.report_pdf:
+        try:
+            pdf = print_pdf(html_path, out / names[1]).name
+        except PdfError as err:
+            log.error("%s: the report's PDF was not printed: %s", image, err)
+    return {"report": names[0], "report_pdf": pdf}
+
+
+def write_batch_index(out: Path, rows: list[dict[str, Any]], failed: list[dict[str, Any]]) -> str:
+    """index.html in `out`: each predicted scan's report (and PDF), and the scans not predicted. Its name."""
+    entries = [{"report": r["report"], "pdf": r.get("report_pdf"), "stats": r} for r in rows if r.get("report")]
+    return write_report_index(out, entries, failed).name
