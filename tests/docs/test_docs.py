@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from omegaconf import OmegaConf
 
 from in_process import command
 from poc59.core.cli import HelpRequested
@@ -342,3 +343,55 @@ def test_the_manual_builds_strict_with_every_config_key(tmp_path):
     assert not missing, f"the configuration reference lacks {missing}"
     options = [f"<code>{g}={o}</code>" for g, opts in config_groups().items() for o in opts]
     assert [o for o in options if o not in reference] == []
+
+
+_SPAN = re.compile(r"`([^`\s]+)`")
+_KEY = re.compile(r"[a-z_][a-z0-9_]*(?:\.[a-z0-9_]+)*|[a-z_]+/[a-z_]+")
+SYNTAX = {"key", "group"}  # `key=value`, `group=option`: the form, not a key
+
+
+def _named_keys() -> list[tuple[str, str]]:
+    """(page:line, key) of every `key=value` an inline code span of the pages names (no spaces in the span;
+    added keys `+key=`, Hydra's own `hydra.*`, environment variables and the form `key=value` left out)."""
+    found = []
+    for path in pages():
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            for span in _SPAN.findall(line):
+                key, sep, _ = span.partition("=")
+                if sep and _KEY.fullmatch(key) and key not in SYNTAX and not key.startswith("hydra."):
+                    found.append((f"{_page_name(path)}:{number}", key))
+    return found
+
+
+def _known_keys() -> set[str]:
+    """Every key a poc59 command takes: each command's own table, and the training config's keys under
+    every option of every group (a key of `logger=wandb` exists once that option is chosen), and the groups."""
+    from poc59.core.config import config_groups, flatten
+    from poc59.core.overrides import compose_train
+
+    known = set(config_groups())
+    for group, options in config_groups().items():
+        for option in options:
+            known |= set(flatten(OmegaConf.to_container(compose_train([f"{group}={option}"]), resolve=False)))
+    for path in sorted((ROOT / "src" / "poc59").glob("*.py")):
+        cli = getattr(importlib.import_module(f"poc59.{path.stem}"), "CLI", None)
+        known |= {key.name for key in getattr(cli, "keys", ())}
+    return known
+
+
+@pytest.mark.slow  # composes every option of every config group: about 20 s on a busy 2-core CPU
+def test_every_key_the_text_names_exists():
+    """A `key=value` in the text (`data.on_bad_file=skip`, `overwrite=true`) is a key some command takes, so a
+    renamed or removed key cannot stay in the manual."""
+    known = _known_keys()
+    families = [k[:-1] for k in known if k.endswith(".*")]
+    named = _named_keys()
+    assert len(named) > 100
+    unknown = [
+        f"{where}: {key}"
+        for where, key in named
+        if key not in known
+        and not any(k.startswith(key + ".") for k in known)  # a mapping's key set whole: data.mask_remap={255:1}
+        and not any(key.startswith(f) for f in families)
+    ]
+    assert not unknown, "keys the manual names that no command takes:\n" + "\n".join(unknown)
