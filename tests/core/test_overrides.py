@@ -17,7 +17,7 @@ from poc59.core.overrides import check_overrides, compose_keys_without, compose_
     [
         (["trainer.max_epoch=3"], "unknown key 'trainer.max_epoch'; did you mean trainer.max_epochs?"),
         (["data.rot=/x"], "did you mean data.root?"),
-        (["lr=0.1"], "did you mean encoder.lr?"),  # a key named like the last part of one
+        (["lr=0.1"], "did you mean optimizer.lr?"),  # a key named like the last part of one
         (["encoder=segformr_b3"], "did you mean encoder=segformer_b3?"),
         (["encoder=resnet50"], "encoder=custom encoder.name=tu-resnet50"),
         # a sweep: every option of a swept group is checked, not only the first
@@ -36,7 +36,7 @@ from poc59.core.overrides import check_overrides, compose_keys_without, compose_
             ["trainer.max_epochs=abc"],
             "trainer.max_epochs takes an integer, not 'abc' (its default: trainer.max_epochs=",
         ),
-        (["data.batch_size=large"], "data.batch_size takes an integer"),  # its default: ${encoder.batch_size}
+        (["data.batch_size=large"], "data.batch_size takes an integer"),  # its default: the encoder preset's
         (["trainer.benchmark=maybe"], "trainer.benchmark takes true or false"),
         (["-m", "trainer.max_epochs=1,x"], "takes an integer, not 'x'"),  # every value of a sweep
         (["optimizer.lr=fast"], "optimizer.lr takes a number"),
@@ -101,9 +101,9 @@ def test_an_empty_mapping_is_one_key_with_an_empty_default():
     (a flattening that dropped empty mappings would call `encoder.kwargs=...` unknown)."""
     cfg = compose_train([], hydra=True)
     defaults = {key: default for key, default, _meaning in config_keys(cfg)}
-    assert defaults["encoder.kwargs"] == {} and defaults["model.compile_options"] == {}
+    assert defaults["encoder.kwargs"] == {} and defaults["module.compile_options"] == {}
     assert "encoder.kwargs" in compose_keys_without(["data.root=x"], "data.root")
-    check_overrides(["encoder.kwargs={}", "model.compile_options={}"])
+    check_overrides(["encoder.kwargs={}", "module.compile_options={}"])
     assert "  encoder.kwargs={}" in help_text([], "python -m poc59.train", "Train one model.")
 
 

@@ -43,7 +43,7 @@ def test_a_log_file_gives_one_epoch_line_per_epoch_and_no_bar(tmp_path):
 
 @pytest.mark.slow
 def test_the_end_of_a_run_names_its_folder_and_the_commands_that_work_on_it(tmp_path):
-    base = [*TINY_RUN, "trainer.max_epochs=2", "run_name=first"]
+    base = [*TINY_RUN, "trainer.max_epochs=2", "run_dir=outputs/runs/first"]
     done = subprocess.run(
         [sys.executable, "-m", "poc59.train", *base], capture_output=True, text=True, timeout=300, cwd=tmp_path
     )

@@ -45,7 +45,7 @@ CASES = [
     (["encoder=custom", "encoder.name=tu-no_such_net"], "'no_such_net' is not a timm model"),
     (["encoder.weights=imagenet"], "python -m poc59.weights fetch"),
     (["encoder.weights=/no/such/file.safetensors"], "is not an existing file"),
-    (["encoder.decoder=Unett"], "Unknown decoder 'Unett'"),
+    (["decoder.name=Unett"], "Unknown decoder 'Unett'"),
     (["trainer.accelerator=gpux"], "trainer.accelerator=gpux: choose one of"),
     (["+trainer.strategy=ddp_spwan"], "trainer.strategy=ddp_spwan: Lightning knows no such strategy; did you mean"),
     (

@@ -393,7 +393,7 @@ def test_the_keys_resume_ignores_are_the_table_s_locations_lengths_and_speeds():
     from poc59.training import keys
 
     base = {"encoder": {"name": "tu-lcnet_050"}}
-    for key in ("data.cache_dir", "trainer.default_root_dir", "callbacks.mine.dirpath", "threads", "model.compile"):
+    for key in ("data.cache_dir", "trainer.default_root_dir", "callbacks.mine.dirpath", "threads", "module.compile"):
         assert keys.kind(key, {}) in (keys.LOCATION, keys.SPEED), key
         assert changed_keys(base, {**base, **_nested(key, "x")}) == {}, key
     for key in ("seed", "data.cv.fold", "optimizer.lr", "loss._target_", "data.image_size"):

@@ -275,8 +275,8 @@ def test_three_encoder_sweep_on_slurm(slurm, tmp_path, private_cache):
         sweep_dir,
         "encoder=custom",
         "encoder.weights=null",
-        "encoder.batch_size=4",
-        "encoder.lr=1e-3",
+        "data.batch_size=4",
+        "optimizer.lr=1e-3",
         "encoder.name=" + ",".join(ENCODERS),
     )
     print(f"\n3-job SLURM sweep: {time.perf_counter() - t0:.1f} s")

@@ -219,7 +219,7 @@ def test_compare_encoders_sweeps_the_three_on_one_split():
 @pytest.mark.slow
 @pytest.mark.parametrize("compile_net", [False, True])
 def test_channels_last_and_compile_train_as_the_benchmark_measures(tmp_path, compile_net):
-    """model.channels_last (auto: on CUDA only) and model.compile change how the network runs; the checkpoint's
+    """module.channels_last (auto: on CUDA only) and module.compile change how the network runs; the checkpoint's
     keys and the network rebuilt from it stay the same."""
     from poc59.artifacts.load import load_model
 
@@ -229,9 +229,9 @@ def test_channels_last_and_compile_train_as_the_benchmark_measures(tmp_path, com
         "trainer.max_epochs=1",
         "trainer.limit_train_batches=2",
         "trainer.limit_val_batches=1",
-        "model.channels_last=true",
-        f"model.compile={str(compile_net).lower()}",
-        "+model.compile_options.backend=aot_eager",
+        "module.channels_last=true",
+        f"module.compile={str(compile_net).lower()}",
+        "+module.compile_options.backend=aot_eager",
     )  # dynamo and AOT autograd without inductor's minutes of codegen
     summary = train(cfg)
     assert summary["val/mIoU"] is not None
@@ -252,5 +252,5 @@ def test_channels_last_and_compile_train_as_the_benchmark_measures(tmp_path, com
 def test_model_flags_are_checked(tmp_path):
     from poc59.core.config import SettingError
 
-    with pytest.raises(SettingError, match="model.compile=auto: choose true or false"):
-        train(make_cfg(tmp_path, *SMALL, "model.compile=auto"))
+    with pytest.raises(SettingError, match="module.compile=auto: choose true or false"):
+        train(make_cfg(tmp_path, *SMALL, "module.compile=auto"))

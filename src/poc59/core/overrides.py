@@ -38,6 +38,20 @@ LOOSE = {
     "trainer.fast_dev_run": "true, false, or a number of batches (Lightning's Trainer)",
 }
 _KINDS = {bool: "true or false", int: "an integer", float: "a number"}
+# Keys that moved when the config became one object tree (the network in `model`, its parts in the `encoder` and
+# `decoder` groups, the LightningModule in `module`, one key for the run folder): {old key: the key now}. A
+# command line that still sets one is refused with the override that replaces it (`moved_key`).
+MOVED = {
+    "encoder.lr": "optimizer.lr",  # the encoder preset sets its recommended one there
+    "encoder.batch_size": "data.batch_size",
+    "encoder.decoder": "decoder",  # a group: decoder=<option>
+    "encoder.decoder_kwargs": "decoder.kwargs",
+    "model.channels_last": "module.channels_last",
+    "model.compile": "module.compile",
+    "model.compile_options": "module.compile_options",
+    "run_name": "run_dir",  # run_dir=<paths.output_dir>/runs/<name>
+    "paths.run_dir": "run_dir",
+}
 
 
 def split_argv(argv: Sequence[str]) -> tuple[list[str], bool]:
@@ -88,6 +102,10 @@ def check_overrides(
     first = [_with_value(o.input_line, o, _values(o)[0]) for o in listed]
     chosen = [line for line, o in zip(first, listed) if o.key_or_group in known_groups]
     base = compose_train(chosen, hydra=True)  # the groups chosen: every key's default, once
+    for o in parsed:
+        moved = moved_key(o, base, parsed)
+        if moved:
+            raise SettingError(moved)
     check_keys([o for o in listed if o.key_or_group not in known_groups], base)
     variants = [first]
     for i, o in enumerate(listed):
@@ -105,11 +123,37 @@ def check_overrides(
     return composed[0]
 
 
+def moved_key(o: Any, base: DictConfig, parsed: Sequence[Any] = ()) -> str | None:
+    """The message for an override of a key that moved (`MOVED`): the override that replaces it, ready to paste
+    (with a leading + where `base`, the config of the chosen groups, lacks the new key); None for any other."""
+    key = o.key_or_group
+    old = next((m for m in MOVED if key == m or key.startswith(m + ".")), None)
+    if old is None:
+        return None
+    line = o.input_line
+    value = line.split("=", 1)[1] if "=" in line else ""  # as typed (1e-3 stays 1e-3, a sweep's list stays one)
+    if old == "encoder.decoder":
+        options = config_groups().get("decoder", [])
+        pick = next((d for d in options if d == str(value).lower()), None)
+        use = f"decoder={pick}" if pick else f"decoder=<one of {', '.join(options)}>"
+        return f"{line}: the decoder is a config group of its own now: use {use} (conf/decoder/)"
+    if old == "run_name":
+        given = [p.input_line.split("=", 1)[1] for p in parsed if p.key_or_group == "paths.output_dir"]
+        outputs = given[-1] if given else OmegaConf.select(base, "paths.output_dir", default="outputs")
+        return f"{line}: the run folder has one key now, run_dir: use run_dir={outputs}/runs/{value}"
+    new = MOVED[old] + key[len(old) :]
+    exists = OmegaConf.select(base, new, default=None, throw_on_missing=False) is not None or new in flatten(
+        OmegaConf.to_container(base, resolve=False)
+    )
+    plus = "~" if o.is_delete() else "++" if o.is_force_add() else "" if exists else "+"  # what Hydra takes there
+    return f"{line}: {old} is {MOVED[old]} now: use {plus}{new}" + (f"={value}" if not o.is_delete() else "")
+
+
 def check_keys(parsed: Sequence[Any], base: DictConfig) -> None:
     """Of the overrides of keys (not groups), refuse (SettingError) a key `base` (the config of the chosen
     groups) does not have, with the closest one, and a value of another type than its key's default: a
     switch takes true or false, an integer key an integer, a number key a number (an integer too); a default
-    that is another key (`${encoder.batch_size}`) has that key's type (`++` too, where the key exists). Keys
+    that is another key (`${optimizer.lr}`) has that key's type (`++` too, where the key exists). Keys
     the override adds (`+`, or `++` where the config lacks the key) or deletes (`~`), hydra.* keys (Hydra checks and types its own when the overrides compose), null,
     interpolations (`${...}`) and the `LOOSE` keys are left to Hydra and the command's own checks."""
     keys = [o for o in parsed if not o.is_add() and not o.is_delete() and not o.key_or_group.startswith("hydra")]
@@ -281,7 +325,7 @@ def _explain(err: Exception, overrides: Sequence[str]) -> str:
 
 
 def _followed(defaults: dict[str, Any], key: str) -> Any:
-    """`key`'s default, following interpolations of another key (`${encoder.batch_size}`; not resolvers,
+    """`key`'s default, following interpolations of another key (`${optimizer.lr}`; not resolvers,
     whose value may need the library, e.g. `${poc59.precision:}`)."""
     value, seen = defaults.get(key), {key}
     while isinstance(value, str) and (ref := re.fullmatch(r"\$\{([\w.]+)\}", value)) and ref.group(1) not in seen:

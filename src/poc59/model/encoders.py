@@ -29,14 +29,28 @@ def encoder_presets_dir() -> Path:
 
 
 def encoder_presets() -> dict[str, dict[str, Any]]:
-    """poc59's encoder presets (`conf/encoder/*.yaml`) by preset name; {} when the configs cannot be found."""
+    """poc59's encoder presets (`conf/encoder/*.yaml`) by preset name, each what it sets: its `encoder` node
+    (name, weights, family, input_multiple, kwargs), the decoder it picks (`decoder`: the smp architecture,
+    `decoder_kwargs`: conf/decoder/<its option>.yaml's kwargs) and its recommended `batch_size` (data.batch_size)
+    and `lr` (optimizer.lr); {} when the configs cannot be found."""
     try:
         folder = encoder_presets_dir()
     except FileNotFoundError:
         return {}
     presets = {}
     for path in sorted(folder.glob("*.yaml")):
-        presets[path.stem] = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+        preset = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+        picked = [d["/decoder"] for d in preset.get("defaults", []) if isinstance(d, dict) and "/decoder" in d]
+        decoder = (
+            OmegaConf.to_container(OmegaConf.load(folder.parent / "decoder" / f"{picked[0]}.yaml")) if picked else {}
+        )
+        presets[path.stem] = {
+            **{k: v for k, v in (preset.get("encoder") or {}).items() if not k.startswith("_")},
+            "decoder": decoder.get("name"),
+            "decoder_kwargs": decoder.get("kwargs") or {},
+            "batch_size": (preset.get("data") or {}).get("batch_size"),
+            "lr": (preset.get("optimizer") or {}).get("lr"),
+        }
     return presets
 
 

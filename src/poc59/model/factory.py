@@ -1,6 +1,8 @@
 """Segmentation networks: an smp architecture (decoder) on any smp or timm encoder, weights from files only.
 
-`build_network("tu-convnext_tiny", "Unet", weights="imagenet")` builds `smp.Unet` with
+The config's `model` group builds one with `build_model(encoder=Encoder(...), decoder=Decoder(...))`, the
+`encoder` and `decoder` groups giving the two parts (conf/encoder/<preset>.yaml, conf/decoder/<name>.yaml).
+`build_network("tu-convnext_tiny", "Unet", weights="imagenet")`, what a checkpoint's model card rebuilds, builds `smp.Unet` with
 `encoder_weights=None` (never downloads), then loads the encoder from poc59's weight
 cache (see `pretrained.py`; fill it with `python -m poc59.weights fetch encoder=<preset>`),
 from a file path, or leaves it randomly initialised (`weights=None`).
@@ -12,7 +14,9 @@ import inspect
 import logging
 import os
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import segmentation_models_pytorch as smp
 import torch
@@ -33,11 +37,14 @@ from poc59.model.pretrained import (
 
 __all__ = [
     "DECODERS",
+    "Decoder",
+    "Encoder",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "MissingWeightsError",
     "UnknownEncoderError",
     "WeightsMismatchError",
+    "build_model",
     "build_network",
     "check_encoder_name",
     "check_image_size",
@@ -48,7 +55,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 DECODERS = ("Unet", "FPN", "UPerNet", "Segformer")
-"""smp architectures poc59 builds (encoder.decoder), matched case-insensitively."""
+"""smp architectures poc59 builds (decoder.name), matched case-insensitively."""
 
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
@@ -80,7 +87,9 @@ def _architecture(decoder: str) -> type[nn.Module]:
     architectures = _architectures()
     key = str(decoder).lower()
     if key not in architectures:
-        raise ValueError(f"Unknown decoder {decoder!r}: choose one of {', '.join(DECODERS)} (encoder.decoder=...)")
+        raise ValueError(
+            f"Unknown decoder {decoder!r}: choose one of {', '.join(DECODERS)} (decoder=<name> picks one: conf/decoder/)"
+        )
     return architectures[key]
 
 
@@ -91,8 +100,8 @@ def _check_kwargs(arch: type[nn.Module], name: str, kwargs: dict, decoder_kwargs
     wrong = sorted(set(decoder_kwargs) - set(accepted))
     if wrong:
         raise ValueError(
-            f"encoder.decoder_kwargs {wrong} are not arguments of smp.{arch.__name__}; it takes {accepted} "
-            "(presets' decoder_kwargs are for their own decoder: with another decoder set encoder.decoder_kwargs=null)"
+            f"decoder.kwargs {wrong} are not arguments of smp.{arch.__name__}; it takes {accepted} "
+            "(pick the decoder with its own keyword arguments by decoder=<name>, e.g. decoder=unet)"
         )
     if kwargs and not name.startswith("tu-"):
         raise ValueError(
@@ -101,9 +110,46 @@ def _check_kwargs(arch: type[nn.Module], name: str, kwargs: dict, decoder_kwargs
         )
     clash = sorted(set(kwargs) & params)
     if clash:
-        raise ValueError(
-            f"encoder.kwargs {clash} are smp.{arch.__name__} arguments: put them in encoder.decoder_kwargs"
-        )
+        raise ValueError(f"encoder.kwargs {clash} are smp.{arch.__name__} arguments: put them in decoder.kwargs")
+
+
+@dataclass(frozen=True)
+class Encoder:
+    """The encoder part of a network (the `encoder` config node): an smp encoder or `tu-<timm model>` by
+    `name`; `weights` null (from scratch), imagenet (poc59's weight cache) or a file; `kwargs` for the encoder's
+    constructor (timm.create_model); `family` (CNN | ViT | hybrid) as reported in summaries; and the side
+    `input_multiple` every input must be a multiple of."""
+
+    name: str
+    weights: str | None = None
+    family: str | None = None
+    input_multiple: int = 32
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Decoder:
+    """The decoder part of a network (the `decoder` config node): an smp architecture by `name` (`DECODERS`),
+    `kwargs` for its constructor (e.g. decoder_channels)."""
+
+    name: str = "Unet"
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+def build_model(
+    encoder: Encoder, decoder: Decoder, num_classes: int, weights_dir: str | Path | None = None
+) -> nn.Module:
+    """The network of the config's `model` node: `decoder` on `encoder` with `num_classes` outputs (the data's
+    class table); `build_network` with the two parts' settings."""
+    return build_network(
+        encoder.name,
+        decoder.name,
+        weights=encoder.weights,
+        num_classes=num_classes,
+        weights_dir=weights_dir,
+        kwargs=plain(encoder.kwargs),
+        decoder_kwargs=plain(decoder.kwargs),
+    )
 
 
 def build_network(

@@ -12,12 +12,17 @@ Every key is one of these kinds (`KINDS`); a key the table does not name is IDEN
 - LOCATION: where the run, its inputs and its records are (paths.*, the run folder, the cache, the
   checkpoint folders, the loggers, Hydra's launcher): resume and compare ignore it. The data themselves are
   guarded by the data fingerprint in split.json and summary.json, not by the folder they were found in.
-- SPEED: how fast or how visibly the run goes, not what it computes (threads, model.channels_last and
+- SPEED: how fast or how visibly the run goes, not what it computes (threads, module.channels_last and
   compile, the progress bar, log lines and pictures): resume and compare ignore it.
+
+A run recorded before the config was one object tree (its network's settings all in `encoder`, the decoder,
+learning rate and batch size included; `model` holding how the network ran) is read in today's layout by
+`current`, so that resume and compare see the same keys for the same run.
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -51,8 +56,15 @@ TABLE: tuple[tuple[str, str, Callable[[Mapping[str, Any]], bool] | None], ...] =
     ("trainer.default_root_dir", LOCATION, None),
     ("callbacks.*.dirpath", LOCATION, None),
     ("logger", LOCATION, None),  # where the numbers are recorded, not how they are made
+    ("model.weights_dir", LOCATION, None),  # where encoder.weights=imagenet is read from
     ("threads", SPEED, None),  # floating-point order may differ in the last digits, nothing more
-    ("model", SPEED, None),  # channels_last, compile: how the network runs, not what it computes
+    ("module.channels_last", SPEED, None),  # how the network runs, not what it computes
+    ("module.compile", SPEED, None),
+    ("module.compile_options", SPEED, None),
+    ("module._target_", SPEED, None),  # the LightningModule class: the network, loss and optimiser are apart
+    ("model.channels_last", SPEED, None),  # the same keys in a run recorded before `current`'s layout
+    ("model.compile", SPEED, None),
+    ("model.compile_options", SPEED, None),
     ("trainer.enable_progress_bar", SPEED, None),
     ("trainer.log_every_n_steps", SPEED, None),
     ("trainer.enable_model_summary", SPEED, None),  # a table at fit start
@@ -61,6 +73,44 @@ TABLE: tuple[tuple[str, str, Callable[[Mapping[str, Any]], bool] | None], ...] =
     ("callbacks.epoch_log", SPEED, None),  # a log line per epoch
     ("callbacks.val_overlays", SPEED, None),  # pictures in TensorBoard
 )
+
+
+ENCODER = "poc59.model.factory.Encoder"
+DECODER = "poc59.model.factory.Decoder"
+MODEL = "poc59.model.factory.build_model"
+MODULE = "poc59.model.module.SegmentationModule"
+
+
+def current(config: Mapping[str, Any]) -> dict[str, Any]:
+    """A run's resolved config (its config.yaml) in today's layout; a config in it already is returned as it
+    is (a copy). A run recorded before the `model`, `decoder` and `module` nodes had `encoder.decoder` and
+    `encoder.decoder_kwargs` (now the `decoder` node), `encoder.lr` and `encoder.batch_size` (recommendations
+    whose values the run took in optimizer.lr and data.batch_size, which it records), `model.channels_last`,
+    `model.compile` and `model.compile_options` (now `module`'s) and `run_name` (now part of run_dir)."""
+    new = copy.deepcopy(dict(config))
+    enc = new.get("encoder")
+    if "decoder" in new or not isinstance(enc, Mapping) or "decoder" not in enc:
+        return new
+    enc = dict(enc)
+    dec = {"_target_": DECODER, "name": enc.pop("decoder"), "kwargs": enc.pop("decoder_kwargs", None) or {}}
+    enc.pop("lr", None)
+    enc.pop("batch_size", None)
+    enc = {"_target_": ENCODER, **enc}
+    ran = new.pop("model", None) or {}
+    new.pop("run_name", None)
+    weights_dir = (new.get("paths") or {}).get("weights_dir")
+    new.update(
+        encoder=enc,
+        decoder=dec,
+        model={
+            "_target_": MODEL,
+            "encoder": copy.deepcopy(enc),
+            "decoder": copy.deepcopy(dec),
+            "weights_dir": weights_dir,
+        },
+        module={"_target_": MODULE, **ran},
+    )
+    return new
 
 
 def _matches(pattern: str, key: str) -> bool:

@@ -28,7 +28,17 @@ from poc59.data.split import check_fractions
 from poc59.model.factory import WeightsMismatchError, check_image_size, check_network
 from poc59.training.loss import check_loss
 
-GROUPS = ("data", "loss", "optimizer", "scheduler", "trainer")  # one object each
+GROUPS = (
+    "data",
+    "encoder",
+    "decoder",
+    "model",
+    "module",
+    "loss",
+    "optimizer",
+    "scheduler",
+    "trainer",
+)  # one object each
 FAMILIES = ("callbacks", "logger")  # a mapping of objects each
 BACKENDS = ("nccl", "gloo", "mpi", "ucc")  # torch.distributed process group backends
 LOCAL_LAUNCHERS = ("BasicLauncher", "LocalLauncher", "JoblibLauncher")  # Hydra launchers that run jobs here
@@ -39,7 +49,7 @@ STRATEGIES = {"auto", "ddp", "ddp_spawn", "ddp_notebook", "fsdp", "deepspeed", "
 def check_settings(cfg: DictConfig) -> None:
     """Raise SettingError for the first setting of `cfg` that cannot work (see the module docstring)."""
     check_arguments(cfg)
-    data, enc = cfg.data, cfg.encoder
+    data, enc, dec = cfg.data, cfg.model.encoder, cfg.model.decoder
     root = Path(str(data.root)).expanduser()
     if not data.get("synthetic"):  # the built-in set is generated into its root on first use
         check_root(root)
@@ -70,7 +80,8 @@ def check_settings(cfg: DictConfig) -> None:
     if not math.isfinite(lr) or lr <= 0:
         raise SettingError(
             f"optimizer.lr={cfg.optimizer.lr}: the learning rate must be a positive number "
-            f"(at {lr} the weights {'never change' if lr == 0 else 'do not learn'}); the preset's is encoder.lr"
+            f"(at {lr} the weights {'never change' if lr == 0 else 'do not learn'}); each encoder preset sets its "
+            "recommended one (conf/encoder/<preset>.yaml)"
         )
     max_epochs = cfg.trainer.get("max_epochs")
     if max_epochs is not None and int(max_epochs) == 0:
@@ -81,11 +92,11 @@ def check_settings(cfg: DictConfig) -> None:
     _user_value(
         check_network,
         enc.name,
-        enc.decoder,
+        dec.name,
         enc.weights,
-        cfg.paths.weights_dir,
+        cfg.model.get("weights_dir"),
         plain(enc.get("kwargs")),
-        plain(enc.get("decoder_kwargs")),
+        plain(dec.get("kwargs")),
     )
 
 

@@ -233,7 +233,7 @@ def plan(cfg: DictConfig, run_dir: Path) -> tuple[Path, str | None]:
     check_intact(last)
     saved = run_dir / "config.yaml"
     if saved.exists():
-        old = OmegaConf.to_container(OmegaConf.load(saved), resolve=False)
+        old = keys.current(OmegaConf.to_container(OmegaConf.load(saved), resolve=False))  # a run of any version
         was = recorded_run_dir(run_dir)
         if was is not None and was != run_dir:
             old = relocated(old, was, run_dir)  # a copied or moved run: its own paths are this folder's

@@ -46,7 +46,6 @@ from poc59.metrics.confusion import metric_convention
 from poc59.model.factory import (
     MissingWeightsError,
     UnknownEncoderError,
-    build_network,
     check_image_size,
     count_parameters,
     normalization,
@@ -92,14 +91,15 @@ def _auto_flag(value: Any, key: str, auto: bool = True) -> bool | None:
 
 
 def model_card(cfg: DictConfig, classes: ClassTable, geometry: dict) -> ModelCard:
-    """The model card of the network `cfg.encoder` builds for `classes` at `geometry` (no scores yet)."""
-    enc = cfg.encoder
+    """The model card of the network `cfg.model` builds (its `encoder` and `decoder`) for `classes` at `geometry`
+    (no scores yet). Its `network` is what `poc59.model.factory.build_network` rebuilds it from."""
+    enc, dec = cfg.model.encoder, cfg.model.decoder
     network = {
         "name": enc.name,
-        "decoder": enc.decoder,
+        "decoder": dec.name,
         "num_classes": classes.num_classes,
         "kwargs": plain(enc.get("kwargs")),
-        "decoder_kwargs": plain(enc.get("decoder_kwargs")),
+        "decoder_kwargs": plain(dec.get("kwargs")),
     }
     return ModelCard(
         classes=classes,
@@ -202,8 +202,8 @@ def _train(cfg: DictConfig, run_dir: Path, ckpt_path: str | None, started: float
     with open_dict(cfg):
         cfg.paths.run_dir = str(run_dir)  # loggers and checkpoints follow a resume=never move
 
-    channels_last = _auto_flag(cfg.model.channels_last, "model.channels_last")  # checked before any data is touched
-    compile_net = _auto_flag(cfg.model.compile, "model.compile", auto=False)
+    channels_last = _auto_flag(cfg.module.channels_last, "module.channels_last")  # checked before any data is touched
+    compile_net = _auto_flag(cfg.module.compile, "module.compile", auto=False)
 
     datamodule: SegmentationDataModule = instantiate(cfg.data)
     if ckpt_path is not None and (run_dir / "split.json").is_file() and datamodule.split_file is None:
@@ -212,24 +212,28 @@ def _train(cfg: DictConfig, run_dir: Path, ckpt_path: str | None, started: float
     datamodule.setup("fit")
     classes = datamodule.classes
 
-    enc = cfg.encoder
+    enc = cfg.model.encoder
     check_image_size(datamodule.image_size, enc.input_multiple, enc.name)
     geometry = {"policy": datamodule.policy, "image_size": datamodule.image_size, "max_side": datamodule.max_side}
     commit = git_commit()
     card = model_card(cfg, classes, geometry).with_provenance(
         run_dir=str(run_dir), seed=cfg.seed, git_commit=commit, packages=package_versions()
     )
-    net = build_network(**card.network, weights=enc.weights, weights_dir=cfg.paths.weights_dir)
+    net = instantiate(cfg.model, num_classes=classes.num_classes)
     loss = build_loss(cfg.loss, datamodule.class_weights)  # the class weights if it takes them
-    module = SegmentationModule(
+    module_of = instantiate(  # the LightningModule; its objects are built here, not from config values
+        cfg.module,
+        _partial_=True,
+        channels_last=channels_last,
+        compile=compile_net,
+        compile_options=plain(cfg.module.get("compile_options")),
+    )
+    module: SegmentationModule = module_of(
         net,
         loss,
         instantiate(cfg.optimizer),
         instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
         card=card.to_dict(),
-        channels_last=channels_last,
-        compile=compile_net,
-        compile_options=plain(cfg.model.get("compile_options")),
     )
     callbacks = instantiate_all(cfg.get("callbacks"))
     bar = bool(cfg.trainer.get("enable_progress_bar", True))
@@ -254,7 +258,7 @@ def _train(cfg: DictConfig, run_dir: Path, ckpt_path: str | None, started: float
         write_json(run_dir / "split.json", datamodule.split)
         write_json(run_dir / "class_weights.json", datamodule.class_weights_record)
         log.info("Run folder: %s", run_dir)
-        log.info("%s", network_line(enc, net, trainer))
+        log.info("%s", network_line(cfg.model, net, trainer))
         resolved = OmegaConf.to_container(cfg, resolve=True)
         for tracker in trackers(trainer.loggers):  # after the run may start: a refused start opens no tracked run
             tracker.begin(tracking.params(resolved), tracking.tags(resolved, run_dir, datamodule.split, commit))
@@ -290,7 +294,7 @@ def _train(cfg: DictConfig, run_dir: Path, ckpt_path: str | None, started: float
     ckpt = trainer.checkpoint_callback
     summary = {
         "encoder": enc.name,
-        "decoder": enc.decoder,
+        "decoder": cfg.model.decoder.name,
         "family": enc.get("family"),
         "parameters": count_parameters(net),
         "image_size": datamodule.image_size,
@@ -325,7 +329,7 @@ def _train(cfg: DictConfig, run_dir: Path, ckpt_path: str | None, started: float
             "model": {  # how the network ran, as resolved on this device
                 "channels_last": module.runs_channels_last,
                 "compile": compile_net,
-                "compile_options": plain(cfg.model.get("compile_options")),
+                "compile_options": plain(cfg.module.get("compile_options")),
             },
             "seed": cfg.seed,
             "threads": threads,  # PyTorch's CPU threads: results are reproducible at one count
@@ -343,7 +347,7 @@ def _train(cfg: DictConfig, run_dir: Path, ckpt_path: str | None, started: float
             training_curves_figure(
                 epochs.rows,
                 run_dir / "training_curves.png",
-                f"{run_dir.name}: {enc.name} + {enc.decoder}",
+                f"{run_dir.name}: {enc.name} + {cfg.model.decoder.name}",
                 baseline=summary[f"baseline_val/{registry.headline().name}"],
                 best_epoch=summary["best_epoch"],
                 first_class=classes.names[0],
@@ -355,13 +359,15 @@ def _train(cfg: DictConfig, run_dir: Path, ckpt_path: str | None, started: float
     return summary
 
 
-def network_line(enc: DictConfig, net: torch.nn.Module, trainer: L.Trainer) -> str:
-    """What trains, on what: the encoder and decoder, the parameters, the weights, the devices, the precision."""
+def network_line(model: DictConfig, net: torch.nn.Module, trainer: L.Trainer) -> str:
+    """What trains, on what: the encoder and decoder (the `model` node), the parameters, the weights, the
+    devices, the precision."""
+    enc = model.encoder
     device = trainer.strategy.root_device
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
     weights = enc.weights if enc.weights not in (None, "null") else "random initialisation (encoder.weights=null)"
     return (
-        f"Network: {enc.name} + {enc.decoder}, {count_parameters(net) / 1e6:.2f} M parameters, encoder weights "
+        f"Network: {enc.name} + {model.decoder.name}, {count_parameters(net) / 1e6:.2f} M parameters, encoder weights "
         f"{weights}; {trainer.world_size} x {name}, precision {trainer.precision}"
     )
 
@@ -476,7 +482,7 @@ def resume_command(run_dir: Path) -> str:
     last: dict[str, str] = {}
     for override in given:
         key = override.split("=", 1)[0].lstrip("+~")
-        if key not in ("run_dir", "run_name"):
+        if key != "run_dir":
             last.pop(key, None)  # each key once, where it was last given
             last[key] = override
     return shlex.join(["python", "-m", "poc59.train", *last.values(), f"run_dir={hydra_quoted(str(run_dir))}"])
