@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import struct
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +15,7 @@ from poc59.inference.report import trust_word
 from poc59.predict import main as predict
 from poc59.serving.engine import Engine
 from poc59.serving.limits import Limits, RequestRefused
-from serving.server import make_scan
+from serving.server import make_scan, png_header_only
 
 
 @pytest.fixture(scope="module")
@@ -71,26 +69,15 @@ def test_a_minimum_region_size_turns_smaller_damage_regions_clean(engine, tmp_pa
     )
 
 
-def _png_header_only(path: Path, width: int, height: int) -> Path:
-    """A PNG whose header claims width x height and whose data is a few bytes: a decompression bomb's shape."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    head = chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + head + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b""))
-    return path
-
-
 def test_hostile_uploads_are_refused_with_a_message_naming_the_file(engine, tmp_path):
     text = tmp_path / "notes.png"
     text.write_text("not an image at all\n" * 10)
-    bomb = _png_header_only(tmp_path / "bomb.png", 100_000, 100_000)
+    bomb = png_header_only(tmp_path / "bomb.png", 100_000, 100_000)
     corrupt = tmp_path / "cut.png"
     corrupt.write_bytes(make_scan(tmp_path / "whole.png").read_bytes()[:3000])
     large = tmp_path / "large.png"
     large.write_bytes(np.random.default_rng(0).bytes(2 * 2**20))
-    too_many = _png_header_only(tmp_path / "wide.png", 2000, 1001)
+    too_many = png_header_only(tmp_path / "wide.png", 2000, 1001)
     expected = {
         text: "notes.png: cannot be predicted",
         bomb: "more than this server takes (2,000,000, its max_pixels)",
