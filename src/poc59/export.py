@@ -17,6 +17,12 @@ magnitude), exporter=trace|dynamo. `trace` is torch.onnx's TorchScript-based exp
 (dynamo=False): seconds for every preset. `dynamo` is torch.export's (needs
 onnxscript): measured on 2 CPU cores it takes about 1 CPU minute for MiT-B3
 and did not finish in 6 for MaxViT, so it is opt-in.
+
+quantize=int8 adds model.int8.onnx (needs run_dir= or a checkpoint in its run folder): ONNX
+Runtime's static quantization (QDQ, per-channel int8 weights) calibrated on calibration_images=64
+of the run's training images (split.json), scored against the fp32 ONNX model on the run's
+validation images; it is refused (exit 2, nothing written) when it loses more than
+int8_tolerance=1 mIoU point, unless allow_int8_loss=true.
 """
 
 from __future__ import annotations
@@ -63,6 +69,20 @@ def print_parity(card: dict[str, Any], console: Console) -> None:
     console.print(f"({parity_record['convention']})")
 
 
+def print_int8(card: dict[str, Any], console: Console) -> None:
+    """The int8 model's validation cost against the fp32 model, when the export made one."""
+    int8 = (card.get("quantization") or {}).get("int8")
+    if not int8:
+        return
+    v = int8["validation"]
+    console.print(
+        f"int8 ({int8['format']}, per-channel, {int8['data']['calibrated_on']} calibration images): validation "
+        f"mIoU {100 * v['int8_miou']:.2f} % against fp32 {100 * v['fp32_miou']:.2f} % on {v['num_images']} images "
+        f"({v['loss_points']:+.2f} points lost; tolerance {int8['tolerance_points']:g})",
+        highlight=False,
+    )
+
+
 CLI = Command(
     prog="python -m poc59.export",
     summary="A checkpoint to ONNX and TorchScript (uint8 images in, logits out, normalisation inside), checked "
@@ -88,20 +108,30 @@ CLI = Command(
         ),
         Key("min_agreement", float, "share of pixels whose exported label must equal PyTorch's (0 to 1)"),
         Key("exporter", str, "trace (torch.onnx, seconds) | dynamo (torch.export: minutes, needs onnxscript)"),
+        Key("quantize", str, "none | int8: also model.int8.onnx, calibrated on the run's training images"),
+        Key("calibration_images", int, "training images int8 calibration sees (a seeded sample of split.json's)"),
+        Key("int8_tolerance", float, "validation mIoU points the int8 model may lose against the fp32 model"),
+        Key("allow_int8_loss", bool, "write the int8 model even when it loses more than int8_tolerance"),
     ),
     notes=f"Exit 0 done, 2 a bad setting or model, 1 a bug; {PARTIAL_NOTE}: the parity check failed (the files "
     "are written, the failing format named).",
     fills="poc59.artifacts.export:export_model",
 )
-USER_ERRORS = ("poc59.artifacts.export:ExportError", "poc59.artifacts.trained:ModelLoadError")
+USER_ERRORS = (
+    "poc59.artifacts.export:ExportError",
+    "poc59.artifacts.trained:ModelLoadError",
+    "poc59.evaluation.run:EvaluateError",  # the run's data, read for quantize=int8
+)
 
 
 def _export(options: dict[str, Any]) -> int:
     from poc59.artifacts.export import export_model
+    from poc59.evaluation.calibration import open_run_images
 
-    exported = export_model(**options)
+    exported = export_model(**options, run_images=open_run_images)
     card, console = exported.card, results_console()
     print_parity(card, console)
+    print_int8(card, console)
     for path in exported.paths():  # the paths a script reads, one a line
         console.print(str(path), soft_wrap=True, highlight=False)
     failed = [fmt for fmt, entry in (card["parity"] or {}).items() if isinstance(entry, dict) and not entry["passed"]]

@@ -2,6 +2,11 @@
 
 uint8 images in, float32 logits out, normalisation inside the graph; the card beside the file carries what
 predict and evaluate need. `python -m poc59.export` is its command.
+
+`quantize=int8` adds `model.int8.onnx`: ONNX Runtime's static quantization (QDQ, per-channel weights),
+calibrated on the run's training images, with its validation mIoU against the fp32 model's recorded in the
+card; an int8 model that loses more than `int8_tolerance` mIoU points is refused (nothing written) unless
+`allow_int8_loss`. The run's images come from the caller (`RunImages`): this package knows no data.
 """
 
 from __future__ import annotations
@@ -12,27 +17,32 @@ import json
 import logging
 import os
 import re
+import shutil
 import warnings
+from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
+import numpy as np
 import torch
 
+from poc59.analysis.scores import scores
 from poc59.artifacts.ensemble import ensemble_name, load_ensemble, members_of
-from poc59.artifacts.exported import INSTALL_HINT, OnnxSegmenter, card_path, jit_load
+from poc59.artifacts.exported import INSTALL_HINT, INT8_SUFFIX, OnnxSegmenter, card_path, jit_load
 from poc59.artifacts.load import locate_checkpoint
 from poc59.artifacts.trained import TrainedModel, is_runs_best, load_checkpoint, scored_this
 from poc59.core.atomic import write_bytes, write_json
 from poc59.core.provenance import git_commit
+from poc59.core.publish import temporary
 from poc59.metrics import registry
 from poc59.model.factory import count_parameters
 
 log = logging.getLogger("poc59.export")
 
 
-__all__ = ["ExportError", "export_model"]
+__all__ = ["ExportError", "RunImages", "export_model", "quantize_int8"]
 
 
 SUFFIXES = {"onnx": ".onnx", "torchscript": ".pt"}
@@ -63,6 +73,51 @@ DEFAULT_MIN_AGREEMENT = 0.999
 # ONNX opsets each exporter writes (torch.onnx's own range for it: the TorchScript-based exporter up to 20,
 # torch.export's from 18).
 OPSETS = {"trace": (9, 20), "dynamo": (18, 23)}
+
+
+QUANTIZE = ("none", "int8")
+
+# Calibration sets each activation's int8 range from its min and max over these images (ONNX Runtime's MinMax):
+# 64 training images at the training size cover a run's classes and colours; more seldom moves the ranges.
+DEFAULT_CALIBRATION_IMAGES = 64
+
+# The int8 model's validation mIoU may be this many points (of 100) below the fp32 model's. Measured on the
+# quickstart run: README "Exporting a model", int8 row.
+DEFAULT_INT8_TOLERANCE = 1.0
+
+# QDQ: the format ONNX Runtime recommends; its CPU provider fuses each QuantizeLinear/DequantizeLinear pair
+# around a Conv into one integer kernel at load, and the same file runs on the other providers. Per-channel
+# weight scales: one scale per output channel keeps convolutions whose channels differ in range (depthwise,
+# grouped) accurate. Reduced range (7-bit weights): without AVX-512 VNNI (laptops, this project's AMD EPYC
+# with AVX2 only) ONNX Runtime multiplies u8 x s8 with VPMADDUBSW, whose 16-bit sums saturate on 8-bit
+# weights; on random weights the labels agreed with fp32 on 95 % of pixels with it, 86 % without.
+INT8_SETTINGS = {
+    "method": "onnxruntime.quantization.quantize_static",
+    "format": "QDQ",
+    "per_channel": True,
+    "reduce_range": True,
+    "activations": "uint8 (asymmetric)",
+    "weights": "int8 (symmetric)",
+    "calibration_method": "MinMax",
+}
+
+INT8_CONVENTION = (
+    "mIoU of the fp32 and the int8 ONNX models on the run's validation images (split.json), fed as training "
+    "validation feeds them, same convention as val/mIoU (poc59.metrics); loss_points = 100 x (fp32 - int8)"
+)
+
+
+class RunImages(Protocol):
+    """A run's images for an int8 export (the caller's: poc59.evaluation.calibration opens them)."""
+
+    def calibration(self, n: int) -> Iterator[np.ndarray]:
+        """uint8 [B, 3, H, W] batches of `n` of the run's training images, as training validation feeds them."""
+
+    def statistics(self, segmenter: Callable[[torch.Tensor], torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Every registered statistic of each validation image ({key: [N, *shape]}) as `segmenter` labels it."""
+
+    def describe(self) -> dict[str, Any]:
+        """What the calibration and scoring used (split file, image counts), for the card."""
 
 
 class Exported(NamedTuple):
@@ -183,6 +238,101 @@ def _load_exported(fmt: str, path: Path) -> Any:
 
         return OnnxSegmenter(onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"]))
     return jit_load(path, "cpu")
+
+
+class _Calibration:
+    """ONNX Runtime's CalibrationDataReader over uint8 batches (its base class is imported with onnxruntime)."""
+
+    def __init__(self, batches: Iterable[np.ndarray]) -> None:
+        self.batches = iter(batches)
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        batch = next(self.batches, None)
+        return None if batch is None else {INPUT: np.ascontiguousarray(batch)}
+
+
+def quantize_int8(fp32: Path, out: Path, batches: Iterable[np.ndarray]) -> None:
+    """Write `out`, the int8 model of the fp32 ONNX model `fp32`, calibrated on `batches` (INT8_SETTINGS)."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    reader = type("Reader", (_Calibration, CalibrationDataReader), {})(batches)
+    prepared = out.with_name(f"{out.stem}.prepared.onnx")
+    # ONNX Runtime's own pre-processing (constant folding, shapes) before quantizing, as its guide advises;
+    # symbolic shape inference is skipped: height and width are dynamic and it gains nothing for convolutions
+    quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
+    logging.getLogger().disabled, was = True, logging.getLogger().disabled  # per-tensor notices on the root logger
+    try:
+        quantize_static(
+            str(prepared),
+            str(out),
+            reader,
+            quant_format=QuantFormat.QDQ,
+            per_channel=INT8_SETTINGS["per_channel"],
+            reduce_range=INT8_SETTINGS["reduce_range"],
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+        )
+    finally:
+        logging.getLogger().disabled = was
+        prepared.unlink(missing_ok=True)
+
+
+def int8_cost(fp32: dict[str, torch.Tensor], int8: dict[str, torch.Tensor], names: list[str]) -> dict[str, Any]:
+    """The validation scores of both models from their per-image statistics (`RunImages.statistics`): the
+    headline metric (mIoU) of each, the points the int8 model loses, and each class's IoU for both."""
+    head = registry.headline().key
+    got = {
+        name: scores({k: v.sum(0) for k, v in stats.items()}, names) for name, stats in (("fp32", fp32), ("int8", int8))
+    }
+    return {
+        f"fp32_{head}": got["fp32"][head],
+        f"int8_{head}": got["int8"][head],
+        "loss_points": 100 * (got["fp32"][head] - got["int8"][head]),
+        "per_class_iou": {n: {p: got[p]["per_class"][n].get("iou") for p in got} for n in names},
+        "num_images": int(next(iter(fp32.values())).shape[0]),
+        "convention": INT8_CONVENTION,
+    }
+
+
+def _quantized(
+    model: TrainedModel,
+    fp32: Path,
+    images: RunImages,
+    calibration_images: int,
+    tolerance: float,
+    allow_loss: bool,
+) -> dict[str, Any]:
+    """Quantize `fp32` beside itself (model.int8.onnx), score both, and refuse a loss beyond `tolerance`."""
+    int8 = fp32.with_name(fp32.stem + INT8_SUFFIX)
+    log.info("Quantizing %s to int8, calibrated on %d training images", fp32.name, calibration_images)
+    quantize_int8(fp32, int8, images.calibration(calibration_images))
+    log.info("Scoring the fp32 and the int8 model on the validation images")
+    stats = [images.statistics(_load_exported("onnx", path)) for path in (fp32, int8)]
+    cost = int8_cost(*stats, list(model.classes.names))
+    head = registry.headline()
+    record = {
+        "file": int8.name,
+        **INT8_SETTINGS,
+        "calibration_images": calibration_images,
+        "data": images.describe(),
+        "validation": cost,
+        "tolerance_points": tolerance,
+        "allow_int8_loss": allow_loss,
+    }
+    if cost["loss_points"] > tolerance:
+        found = (
+            f"quantize=int8: the int8 model's validation {head.name} is {100 * cost[f'int8_{head.key}']:.2f} % "
+            f"against the fp32 model's {100 * cost[f'fp32_{head.key}']:.2f} % ({cost['loss_points']:.2f} points "
+            f"lost, more than int8_tolerance={tolerance:g})"
+        )
+        if not allow_loss:
+            raise ExportError(
+                f"{found}; nothing was written. Export without it (quantize=none), or keep it with its loss: "
+                "add allow_int8_loss=true (or a larger int8_tolerance=)"
+            )
+        log.warning("%s: written as asked (allow_int8_loss=true; the card records it)", found)
+    return record
 
 
 def run_metrics(model: TrainedModel, run: Path | None) -> dict[str, Any]:
@@ -313,13 +463,24 @@ def export_model(
     tolerance: float = DEFAULT_TOLERANCE,
     min_agreement: float = DEFAULT_MIN_AGREEMENT,
     exporter: str = "trace",
+    quantize: str = "none",
+    calibration_images: int = DEFAULT_CALIBRATION_IMAGES,
+    int8_tolerance: float = DEFAULT_INT8_TOLERANCE,
+    allow_int8_loss: bool = False,
+    run_images: Callable[[TrainedModel, Path], RunImages] | None = None,
 ) -> Exported:
     """Export one checkpoint, or an ensemble (ckpt=[...], run_dirs=[...], sweep=: poc59.artifacts.ensemble) as
     one graph; writes model.onnx / model.pt and model.card.json into `out`.
 
     Parity (`check`) passes when, at the training size and a non-square size, the exported labels agree with
     PyTorch's on at least `min_agreement` of the pixels and the largest logits difference is at most
-    `tolerance` times the largest logit magnitude (PARITY_CONVENTION)."""
+    `tolerance` times the largest logit magnitude (PARITY_CONVENTION).
+
+    `quantize="int8"` also writes model.int8.onnx (`quantize_int8`), calibrated on `calibration_images` of the
+    run's training images and scored against the fp32 model on its validation images, both given by
+    `run_images(model, run folder)`; a loss beyond `int8_tolerance` mIoU points raises ExportError unless
+    `allow_int8_loss`. Every file is built in a temporary folder beside `out` and moved in when all are
+    written (the card last): a refused or failed export leaves `out` as it was."""
     if format not in FORMATS:
         raise ExportError(f"format={format}: choose one of {', '.join(FORMATS)}")
     if exporter not in EXPORTERS:
@@ -341,6 +502,7 @@ def export_model(
             "(default 18)"
         )
     formats = FORMATS[format]
+    _check_quantize(quantize, formats, calibration_images, int8_tolerance, ckpt, run_dirs, sweep)
     _require(formats, exporter)
     torch.set_flush_denormal(True)  # as training did: the same arithmetic, and 3-10x faster on CPU
     members = members_of(ckpt, run_dirs, sweep)
@@ -352,6 +514,10 @@ def export_model(
     else:
         model, ckpt_path, run = load_ensemble(members, "cpu"), members[0], None
         default = Path(os.path.commonpath([m.parent for m in members])) / f"{ensemble_name(members)}-export"
+    if quantize == "int8":
+        _check_run(run, ckpt_path)
+        if run_images is None:
+            raise TypeError("quantize=int8 needs run_images: the caller opens the run's images")
     folder = Path(out).expanduser().resolve() if out else default
     segmenter = model.segmenter.eval()
     inputs = parity_inputs(model.image_size, model.card.input_multiple)
@@ -360,27 +526,103 @@ def export_model(
         expected = [segmenter(images) for images in inputs] if check else []
 
     files, checks = {}, {}
-    for fmt in formats:
-        path = folder / f"model{SUFFIXES[fmt]}"
-        log.info("Exporting %s to %s", ckpt_path, path)
-        try:
-            data = to_onnx(segmenter, example, opset, exporter) if fmt == "onnx" else to_torchscript(segmenter, example)
-        except torch.onnx.errors.UnsupportedOperatorError as err:  # other exporter errors are bugs (exit 1)
-            raise ExportError(unsupported_advice(err, model.network["name"], opset, exporter)) from None
-        write_bytes(path, data)
-        files[fmt] = path.name
-        if check:
-            rows = parity(expected, _load_exported(fmt, path), inputs)
-            checks[fmt] = {
-                "sizes": rows,
-                "max_abs_diff": max(r["max_abs_diff"] for r in rows),
-                "max_rel_diff": max(r["max_rel_diff"] for r in rows),
-                "label_agreement": min(r["label_agreement"] for r in rows),
-                "tolerance": tolerance,
-                "min_agreement": min_agreement,
-                "passed": all(passes(r, tolerance, min_agreement) for r in rows),
-            }
-    parity_record = {**checks, "convention": PARITY_CONVENTION} if check else None
-    card = model_card(model, run, files, opset if "onnx" in formats else None, exporter, parity_record)
-    write_json(card_path(folder / "model"), card)
+    stage = temporary(folder)
+    try:
+        for fmt in formats:
+            path = stage / f"model{SUFFIXES[fmt]}"
+            log.info("Exporting %s to %s", ckpt_path, folder / path.name)
+            try:
+                data = (
+                    to_onnx(segmenter, example, opset, exporter)
+                    if fmt == "onnx"
+                    else to_torchscript(segmenter, example)
+                )
+            except torch.onnx.errors.UnsupportedOperatorError as err:  # other exporter errors are bugs (exit 1)
+                raise ExportError(unsupported_advice(err, model.network["name"], opset, exporter)) from None
+            write_bytes(path, data)
+            files[fmt] = path.name
+            if check:
+                rows = parity(expected, _load_exported(fmt, path), inputs)
+                checks[fmt] = {
+                    "sizes": rows,
+                    "max_abs_diff": max(r["max_abs_diff"] for r in rows),
+                    "max_rel_diff": max(r["max_rel_diff"] for r in rows),
+                    "label_agreement": min(r["label_agreement"] for r in rows),
+                    "tolerance": tolerance,
+                    "min_agreement": min_agreement,
+                    "passed": all(passes(r, tolerance, min_agreement) for r in rows),
+                }
+        quantization = None
+        if quantize == "int8":
+            images = run_images(model, run)
+            quantization = _quantized(
+                model, stage / files["onnx"], images, calibration_images, int8_tolerance, allow_int8_loss
+            )
+            files["onnx_int8"] = quantization["file"]
+        parity_record = {**checks, "convention": PARITY_CONVENTION} if check else None
+        card = model_card(model, run, files, opset if "onnx" in formats else None, exporter, parity_record)
+        card["quantization"] = {"int8": quantization} if quantization else None
+        write_json(card_path(stage / "model"), card)
+        _move_in(stage, folder, [*files.values(), card_path(stage / "model").name])
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
     return Exported(folder, card)
+
+
+def _move_in(stage: Path, folder: Path, names: list[str]) -> None:
+    """Move the files `names` (the card last) from `stage` into `folder`, each replacing its namesake at
+    once; an int8 model of an earlier export goes too when this one has none (its card would not be this one)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    stale = folder / f"model{INT8_SUFFIX}"
+    if f"model{INT8_SUFFIX}" not in names and stale.is_file():
+        stale.unlink()
+    for name in names:
+        os.replace(stage / name, folder / name)
+
+
+def _check_quantize(
+    quantize: str,
+    formats: tuple[str, ...],
+    calibration_images: int,
+    tolerance: float,
+    ckpt: Any,
+    run_dirs: list | None,
+    sweep: Any,
+) -> None:
+    """Refuse int8 settings that cannot work, before any model or image is read."""
+    if quantize not in QUANTIZE:
+        raise ExportError(f"quantize={quantize}: choose one of {', '.join(QUANTIZE)} (default none)")
+    if quantize == "none":
+        return
+    if "onnx" not in formats:
+        raise ExportError("quantize=int8 quantizes the ONNX model: add format=onnx (or format=both)")
+    if isinstance(ckpt, list) or run_dirs is not None or sweep is not None:
+        raise ExportError(
+            "quantize=int8 is calibrated on one run's training images: export an ensemble without it "
+            "(quantize=none), or quantize one run (run_dir=<run folder>)"
+        )
+    if isinstance(calibration_images, bool) or not isinstance(calibration_images, int) or calibration_images < 1:
+        raise ExportError(
+            f"calibration_images={calibration_images}: the number of training images int8 calibration sees, "
+            f"a whole number >= 1 (default {DEFAULT_CALIBRATION_IMAGES})"
+        )
+    if not tolerance >= 0:  # NaN too
+        raise ExportError(
+            f"int8_tolerance={tolerance}: the validation mIoU points the int8 model may lose against the fp32 "
+            f"model, a number >= 0 (default {DEFAULT_INT8_TOLERANCE:g})"
+        )
+
+
+def _check_run(run: Path | None, ckpt: Path) -> None:
+    """int8 calibration and scoring read the run's images: the checkpoint must sit in its run folder with its split.json."""
+    if run is None:
+        raise ExportError(
+            f"quantize=int8: {ckpt} is not inside a run folder, so its training and validation images are "
+            "unknown: pass run_dir=<the run folder that trained it>, or export without quantize=int8"
+        )
+    if not (run / "split.json").is_file():
+        raise ExportError(
+            f"quantize=int8: {run / 'split.json'} not found: the run's record of its training and validation "
+            "images, which int8 calibration and scoring read. Restore it from a copy of the run, or export "
+            "without quantize=int8"
+        )

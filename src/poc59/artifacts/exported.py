@@ -2,7 +2,8 @@
 
 An exported file carries only the network; what training recorded (classes,
 normalisation, geometry, network) comes from the model card beside it
-(`model.onnx` / `model.pt` -> `model.card.json`, written by `python -m poc59.export`).
+(`model.onnx`, its int8 `model.int8.onnx` and `model.pt` -> `model.card.json`, written by
+`python -m poc59.export`).
 The returned `segmenter` keeps the checkpoint's contract: uint8 RGB [B, 3, H, W]
 in, float32 logits [B, C, H, W] out (on the input's device), normalisation inside.
 """
@@ -21,15 +22,28 @@ import torch
 from poc59.artifacts.card import ModelCard
 from poc59.artifacts.trained import ModelLoadError, TrainedModel
 
-__all__ = ["INSTALL_HINT", "OnnxSegmenter", "card_path", "jit_load", "load_onnx", "load_torchscript", "read_card"]
+__all__ = [
+    "INSTALL_HINT",
+    "INT8_SUFFIX",
+    "OnnxSegmenter",
+    "card_path",
+    "jit_load",
+    "load_onnx",
+    "load_torchscript",
+    "read_card",
+]
 
 INSTALL_HINT = 'pip install -e ".[export]"'
 CARD_SUFFIX = ".card.json"
+INT8_SUFFIX = ".int8.onnx"  # the int8 model beside its fp32 one: model.onnx -> model.int8.onnx
 
 
 def card_path(model_path: str | Path) -> Path:
-    """`model.onnx` and `model.pt` share `model.card.json`."""
-    return Path(model_path).with_suffix(CARD_SUFFIX)
+    """`model.onnx`, `model.int8.onnx` and `model.pt` share `model.card.json`."""
+    path = Path(model_path)
+    if path.name.endswith(INT8_SUFFIX):
+        path = path.with_name(path.name[: -len(INT8_SUFFIX)])
+    return path.with_suffix(CARD_SUFFIX)
 
 
 def read_card(model_path: str | Path) -> tuple[ModelCard, dict[str, Any]]:
@@ -123,7 +137,7 @@ def load_onnx(path: str | Path) -> TrainedModel:
         session = ort.InferenceSession(str(path), providers=providers)
     except Exception as e:  # truncated or not ONNX
         raise ModelLoadError(f"{path}: cannot be read as an ONNX model ({type(e).__name__}: {e})") from None
-    return _trained(OnnxSegmenter(session), card, path, "onnx")
+    return _trained(OnnxSegmenter(session), card, path, "onnx_int8" if path.name.endswith(INT8_SUFFIX) else "onnx")
 
 
 def load_torchscript(path: str | Path, device: str | torch.device = "cpu") -> TrainedModel:
