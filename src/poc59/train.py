@@ -92,7 +92,8 @@ SUMMARY = (
     "Train one model (or, with -m, a sweep of them): compose conf/train.yaml with the overrides, then fit,\n"
     "checkpoint, and write the run's summary.json. Examples:\n"
     "  python -m poc59.train experiment=quickstart\n"
-    "  python -m poc59.train encoder=segformer_b3 data=artefact data.root=/data/artefact trainer.accelerator=gpu"
+    "  python -m poc59.train encoder=segformer_b3 data=artefact data.root=/data/artefact trainer.accelerator=gpu\n"
+    "  python -m poc59.train encoder=convnext_tiny decoder=fpn run_dir=outputs/runs/convnext-fpn"
 )
 
 
