@@ -48,6 +48,7 @@ BENCHMARKS = [
     "pyramid",  # issue 31 item 4: both pyramid TIFFs of a 300 MP scan vs the label PNG; their traced peak memory
     "tiff_masters",  # issue 31: 20,000 x 15,000 16-bit LZW TIFF: read speed vs the same pixels as an uncompressed PNG (>= 0.8x), the reader's peak, predict's peak (<= 1.5 GB)
     "iiif_source",  # issue 31 item 2: a 24 MP scan's pixels from an Image API 3 service on 127.0.0.1 vs the same PNG on disk
+    "serve_latency",  # issue 32 item 2: one 2,048 x 1,536 scan: ONNX Runtime fp32 vs eager (>= 1.3x), int8 vs fp32 (>= 1.8x), FLOPs / peak
 ]
 
 

@@ -1,0 +1,248 @@
+"""Serve latency for one 2,048 x 1,536 scan on this CPU: ONNX Runtime fp32 against PyTorch eager on the same
+model, the int8 model against fp32 with its validation mIoU cost, and the physical limit of the scan.
+
+Model: the quickstart's network (cpu_small: RegNetX-400MF under the quickstart's slim FPN) trained as a
+native-scale model (`data.policy=crop`, 128 px tiles, `max_side=384`, 4 epochs: `python -m poc59.train`), then
+`python -m poc59.export run_dir=... format=onnx quantize=int8 allow_int8_loss=true` (the int8 model's
+validation mIoU against the fp32 model's is the card's, measured by the export itself). A scan is what
+`serve` and `predict` run on it: `poc59.inference.image.predict_label_map` (128 px tiles, overlap 0.25,
+8 tiles a batch, blended, argmax), one model loaded once per side (`poc59.artifacts.load.load_model`: the
+checkpoint in PyTorch eager, `model.onnx` and `model.int8.onnx` through ONNX Runtime's CPU provider).
+Interleaved eager, fp32, int8, eager, ... after one untimed round; medians.
+
+- `serve_onnx_fp32`: ONNX Runtime fp32 against PyTorch eager, seconds per scan (ratio = eager / ONNX).
+- `serve_onnx_int8`: the int8 model against ONNX Runtime fp32 (ratio = fp32 / int8); the mIoU cost in the details.
+- `serve_limit`: ONNX Runtime fp32 against the scan's physical limit: the network's FLOPs for the scan
+  (torch.utils.flop_counter.FlopCounterMode over predict's path in eager: every tile's convolutions and
+  matrix products, 2 FLOPs a multiply-add) over the CPU's measured peak (the best of 5 float32 2,048 x
+  2,048 matrix products, torch at the same thread count: 2 n^3 / seconds).
+
+--quick: the tiny preset's seeded network with 64 px tiles (no training, no validation cost), a 96 x 128
+scan, one round (about 15 s of CPU time, most of it ONNX Runtime's quantization and imports); the int8 model calibrated on 8 random images through the same `quantize_int8`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from bench import common
+from bench.predict import model as seeded_model
+from bench.predict import scan_pixels
+
+NAME_FP32, NAME_INT8, NAME_LIMIT = "serve_onnx_fp32", "serve_onnx_int8", "serve_limit"
+BAR_FP32, BAR_INT8 = 1.3, 1.8
+OVERLAP, BATCH = 0.25, 8
+
+
+@dataclass(frozen=True)
+class Sizes:
+    scan: tuple[int, int]  # (height, width)
+    repeats: int
+
+
+FULL = Sizes(scan=(1536, 2048), repeats=3)
+QUICK = Sizes(scan=(96, 128), repeats=1)
+
+TRAIN = (
+    "experiment=quickstart",
+    "data.policy=crop",
+    "data.max_side=384",
+    "trainer.max_epochs=4",
+    "trainer.enable_progress_bar=false",
+)
+
+
+def _python(args: list[str], cwd: Path, env: dict) -> None:
+    proc = subprocess.run([sys.executable, "-m", *args], cwd=cwd, env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"python -m {' '.join(args)} exited {proc.returncode}:\n{proc.stderr[-2000:]}")
+
+
+def trained_models(scratch: Path) -> tuple[dict, dict]:
+    """({side: TrainedModel} for eager, fp32 and int8 of a run trained and exported here, the int8 record)."""
+    from poc59.artifacts.load import load_model
+
+    env = {**os.environ, "POC59_CACHE": str(scratch / "cache")}
+    run, out = scratch / "run", scratch / "export"
+    _python(["poc59.train", *TRAIN, f"run_dir={run}", "threads=2"], scratch, env)
+    _python(
+        ["poc59.export", f"run_dir={run}", f"out={out}", "format=onnx", "quantize=int8", "allow_int8_loss=true"],
+        scratch,
+        env,
+    )
+    card = json.loads((out / "model.card.json").read_text())
+    models = {
+        "eager": load_model(run / "checkpoints" / "best.ckpt"),
+        "fp32": load_model(out / "model.onnx"),
+        "int8": load_model(out / "model.int8.onnx"),
+    }
+    return models, card["quantization"]["int8"]
+
+
+def seeded_models(scratch: Path, tile: int) -> tuple[dict, dict]:
+    """The same three sides for the tiny preset's seeded network, exported and quantized in process."""
+    import onnxruntime
+
+    from poc59.artifacts.export import quantize_int8, to_onnx
+    from poc59.artifacts.exported import OnnxSegmenter
+    from poc59.artifacts.trained import TrainedModel
+
+    eager = seeded_model("tiny", 16, tile)
+    example = torch.randint(0, 256, (2, 3, tile, tile), dtype=torch.uint8)
+    fp32, int8 = scratch / "model.onnx", scratch / "model.int8.onnx"
+    fp32.write_bytes(to_onnx(eager.segmenter, example, 18))
+    rng = np.random.default_rng(0)
+    quantize_int8(fp32, int8, (rng.integers(0, 256, (4, 3, tile, tile), dtype=np.uint8) for _ in range(2)))
+
+    def onnx_side(path: Path) -> TrainedModel:
+        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        return TrainedModel(OnnxSegmenter(session), eager.card, path)
+
+    return {"eager": eager, "fp32": onnx_side(fp32), "int8": onnx_side(int8)}, {"validation": None}
+
+
+def scan_flops(model, image: np.ndarray) -> tuple[int, np.ndarray]:
+    """(FLOPs of predict's path for one scan in eager (FlopCounterMode: convolutions and matrix products),
+    the labels it gave)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from poc59.inference.image import predict_label_map
+
+    counter = FlopCounterMode(display=False)
+    with counter:
+        labels = predict_label_map(model, image, OVERLAP, BATCH, False, "cpu")
+    return int(counter.get_total_flops()), labels
+
+
+def peak_flops(n: int = 2048, rounds: int = 5) -> float:
+    """The CPU's measured float32 peak, FLOP/s: the best of `rounds` n x n matrix products (torch, its threads)."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    torch.mm(a, b)  # warm-up: thread pool, caches
+    best = float("inf")
+    for _ in range(rounds):
+        start = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - start)
+    return 2 * n**3 / best
+
+
+def run(quick: bool) -> list[dict]:
+    from poc59.inference.image import predict_label_map
+
+    s = QUICK if quick else FULL
+    h, w = s.scan
+    torch.set_flush_denormal(True)  # as every command does
+    scratch = common.scratch_dir("serve-latency-")
+    try:
+        models, int8 = seeded_models(scratch, 64) if quick else trained_models(scratch)
+        image = scan_pixels(h, w)
+        flops, eager = scan_flops(models["eager"], image)  # eager's untimed round
+        labels = {
+            "eager": eager,
+            **{side: predict_label_map(models[side], image, OVERLAP, BATCH, False, "cpu") for side in ("fp32", "int8")},
+        }
+        cores: dict[str, list[float]] = {side: [] for side in models}
+
+        def timed(side: str):
+            def once() -> float:
+                with common.Stopwatch() as watch:
+                    predict_label_map(models[side], image, OVERLAP, BATCH, False, "cpu")
+                cores[side].append(round(watch.cores, 2))
+                return watch.wall
+
+            return once
+
+        before = common.load()
+        runs = common.interleaved({side: timed(side) for side in models}, s.repeats)
+        med = {side: common.median(v) for side, v in runs.items()}
+        peak = peak_flops(1024 if quick else 2048)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    limit = flops / peak
+    agree = {side: float((labels[side] == labels["eager"]).mean()) for side in ("fp32", "int8")}
+    validation = int8.get("validation")
+    cost = (
+        {k: validation[k] for k in ("fp32_miou", "int8_miou", "loss_points", "num_images")}
+        if validation
+        else "not measured (quick: untrained network)"
+    )
+    shared = {
+        "runs_s": runs,
+        "cores_used": cores,
+        "torch_threads": torch.get_num_threads(),
+        "scan": [w, h],
+        "load_before": before,
+        "load_after": common.load(),
+    }
+    title = f"serve one {w:,} x {h:,} scan on CPU"
+    return [
+        common.row(
+            NAME_FP32,
+            f"{title}: ONNX Runtime fp32",
+            med["fp32"],
+            "s",
+            med["eager"],
+            "PyTorch eager, same model and path",
+            med["eager"] / med["fp32"],
+            "x",
+            f">= {BAR_FP32}x",
+            med["eager"] / med["fp32"] >= BAR_FP32,
+            quick,
+            {**shared, "labels_agree_with_eager": agree["fp32"]},
+        ),
+        common.row(
+            NAME_INT8,
+            f"{title}: ONNX Runtime int8 (QDQ, per-channel)",
+            med["int8"],
+            "s",
+            med["fp32"],
+            "ONNX Runtime fp32",
+            med["fp32"] / med["int8"],
+            "x",
+            f">= {BAR_INT8}x",
+            med["fp32"] / med["int8"] >= BAR_INT8,
+            quick,
+            {**shared, "validation_miou_cost": cost, "labels_agree_with_eager": agree["int8"]},
+        ),
+        common.row(
+            NAME_LIMIT,
+            f"{title}: ONNX Runtime fp32 against the physical limit",
+            med["fp32"],
+            "s",
+            limit,
+            f"{flops / 1e9:,.1f} GFLOP per scan / measured peak {peak / 1e9:,.1f} GFLOP/s",
+            med["fp32"] / limit,
+            "x",
+            common.REPORTED,
+            None,
+            quick,
+            {
+                **shared,
+                "scan_gflop": flops / 1e9,
+                "peak_gflop_per_s": peak / 1e9,
+                "peak_convention": "best of 5 float32 n x n torch.mm, 2 n^3 FLOPs, torch's thread count",
+                "limit_s": limit,
+                "fp32_share_of_peak": limit / med["fp32"],
+                "int8_s": med["int8"],
+            },
+        ),
+    ]
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true")
+    for r in run(parser.parse_args().quick):
+        print(json.dumps(r, indent=1, default=str))
