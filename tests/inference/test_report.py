@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -250,3 +251,26 @@ def test_print_pdf_without_chromium_says_how_to_get_it(tmp_path, monkeypatch):
     with pytest.raises(PdfError, match="apt-get install chromium"):
         print_pdf(page, tmp_path / "r.pdf")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r.html"]  # no half-written PDF
+
+
+def test_a_print_that_hangs_is_stopped_with_its_children_and_leaves_no_pdf(tmp_path, monkeypatch):
+    """A Chromium that never finishes (a stand-in on PATH whose helper process hangs too, as a renderer would)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    helper = tmp_path / "helper.pid"
+    fake = bin_dir / "chromium"
+    fake.write_text(f"#!/bin/sh\nsleep 300 &\necho $! > {helper}\nsleep 300\n")
+    fake.chmod(0o755)
+    page = tmp_path / "r.html"
+    page.write_text("<p>x</p>")
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    with pytest.raises(PdfError, match="did not print"):
+        print_pdf(page, tmp_path / "r.pdf", timeout_s=2)
+    pid = int(helper.read_text())
+    for _ in range(50):  # the killed helper is reaped by init
+        if not Path(f"/proc/{pid}").exists() or "State:\tZ" in Path(f"/proc/{pid}/status").read_text():
+            break
+        time.sleep(0.1)
+    else:
+        pytest.fail(f"the stand-in's helper {pid} still runs")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bin", "helper.pid", "r.html"]
