@@ -199,6 +199,9 @@ def _predict(options: dict[str, Any]) -> int:
         f"(statistics: {done['statistics'].name}, statistics.json)",
         soft_wrap=True,
     )
+    unreported = [r["image"] for r in rows if settings.report and not r.get("report")]
+    if unreported:  # report=true must never end in silence: a predicted scan without its report is a bug
+        raise RuntimeError(f"report=true, but no condition report was written for {', '.join(unreported)}")
     unprinted = [r["report"] for r in rows if settings.report_pdf and not r.get("report_pdf")]
     if unprinted:
         log.error(
