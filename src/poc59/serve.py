@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
-import socket
 import sys
 import tempfile
 from typing import Any
 
-from poc59.core.cli import Command, Key, run_command
+from poc59.core.cli import USER, Command, Key, run_command
 from poc59.core.config import SettingError
 
 log = logging.getLogger("poc59.serve")
@@ -64,41 +62,18 @@ USER_ERRORS = ("poc59.artifacts.trained:ModelLoadError", "poc59.core.device:Devi
 _LIMITS = ("max_upload_mb", "max_pixels", "max_memory_mb", "timeout_s", "concurrency", "queue_size")
 
 
-def _bind_error(host: str, port: int) -> OSError | None:
-    """Why `port` cannot be listened on at `host` now, or None when it can."""
-    family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
-    with socket.socket(family, kind, proto) as probe:
-        try:
-            probe.bind(address)
-        except OSError as err:
-            return err
-    return None
-
-
-def check_port(host: str, port: int) -> None:
-    """SettingError unless `port` can be listened on at `host` now (the page would fail to open); for a port in
-    use, the message names a free one."""
-    if not 0 < port < 65536:
-        raise SettingError(f"port={port}: a TCP port is 1 to 65535, e.g. port=7860")
-    try:
-        err = _bind_error(host, port)
-    except socket.gaierror as why:
-        raise SettingError(f"host={host}: not an address of this machine ({why}); e.g. host=127.0.0.1") from None
-    if err is None:
-        return
-    if err.errno == errno.EADDRINUSE:
-        free = next((p for p in range(port + 1, min(port + 100, 65536)) if _bind_error(host, p) is None), None)
-        advice = f"pass another port, e.g. port={free} (free now)" if free else "pass another port="
-        raise SettingError(f"port={port}: another program listens on {host}:{port}; {advice}")
-    raise SettingError(f"host={host} port={port}: cannot listen there ({err.strerror}); e.g. port=7860")
-
-
 def _serve(options: dict[str, Any]) -> int:
     from poc59.serving.limits import Limits
+    from poc59.serving.startup import check_port, model_path
 
-    limits = Limits(**{k: options[k] for k in _LIMITS if k in options}).check()
     host, port = options.get("host", "127.0.0.1"), options.get("port", 7860)
-    check_port(host, port)
+    try:  # answered here, in seconds: run_command's check of the user's errors would import torch first
+        limits = Limits(**{k: options[k] for k in _LIMITS if k in options}).check()
+        check_port(host, port)
+        model = model_path(options["model"])
+    except SettingError as err:
+        log.error("%s", err)
+        return USER
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # nothing sent anywhere
     try:
         import gradio  # noqa: F401
@@ -110,7 +85,7 @@ def _serve(options: dict[str, Any]) -> int:
 
     set_threads(options.get("threads", "auto"))
     with tempfile.TemporaryDirectory(prefix="poc59-serve-") as work:
-        engine = Engine.load(options["model"], limits, work, options.get("device", "auto"))
+        engine = Engine.load(model, limits, work, options.get("device", "auto"))
         app = build_app(engine, limits)
         if host not in LOOPBACK:
             log.warning(

@@ -26,8 +26,8 @@ def server_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callabl
     started: list[Server] = []
     folder = tmp_path_factory.mktemp("serve")
 
-    def factory(model: Path, *args: str, host: str = "127.0.0.1") -> Server:
-        started.append(start(model, folder, *args, host=host))
+    def factory(model: Path, *args: str, host: str = "127.0.0.1", port: int | None = None) -> Server:
+        started.append(start(model, folder, *args, host=host, port=port))
         return started[-1]
 
     yield factory

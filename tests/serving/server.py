@@ -63,9 +63,9 @@ class Server:
                 self.process.wait(30)
 
 
-def start(model: Path, folder: Path, *args: str, host: str = "127.0.0.1") -> Server:
+def start(model: Path, folder: Path, *args: str, host: str = "127.0.0.1", port: int | None = None) -> Server:
     """`python -m poc59.serve model=<model> port=<free> threads=1 <args>`, returned once the page answers."""
-    port = free_port()
+    port = port or free_port()
     log = folder / f"serve-{port}.log"
     cmd = [sys.executable, "-m", "poc59.serve", f"model={model}", f"port={port}", f"host={host}", "threads=1", *args]
     with log.open("w") as out:

@@ -11,6 +11,7 @@ import tifffile
 from PIL import Image
 
 from poc59.artifacts.trained import ModelLoadError
+from poc59.core.config import SettingError
 from poc59.inference.report import trust_word
 from poc59.predict import main as predict
 from poc59.serving.engine import Engine
@@ -108,9 +109,9 @@ def test_a_scan_over_the_time_budget_is_stopped_and_answered(onnx_model, tmp_pat
 
 def test_a_run_folder_and_a_checkpoint_load_and_a_foreign_file_is_refused(trained_run, tmp_path):
     assert Engine.load(trained_run, Limits(), tmp_path).model.source.name == "best.ckpt"
-    with pytest.raises(ModelLoadError, match="no such file or folder"):
+    with pytest.raises(SettingError, match="no such file or folder"):
         Engine.load(tmp_path / "missing.onnx", Limits(), tmp_path)
-    with pytest.raises(ModelLoadError, match="not a poc59 model file"):
+    with pytest.raises(SettingError, match="not a poc59 model file"):
         Engine.load(Path(__file__), Limits(), tmp_path)
     (tmp_path / "model.card.json").write_text("{}")
     (tmp_path / "model.onnx").write_bytes(b"not onnx")

@@ -41,7 +41,7 @@ from PIL import Image
 
 from poc59.analysis.colour import overlay as colour_overlay
 from poc59.artifacts.load import load_model, locate_checkpoint
-from poc59.artifacts.trained import ModelLoadError, TrainedModel
+from poc59.artifacts.trained import TrainedModel
 from poc59.core.atomic import write_bytes, write_json
 from poc59.core.classes import ClassTable
 from poc59.core.device import autocast_dtype, resolve_device
@@ -52,6 +52,7 @@ from poc59.inference.report import class_ious, trust_word, write_condition_repor
 from poc59.inference.run import Settings as PredictSettings
 from poc59.inference.scans import ScanError, open_scan, scan_size
 from poc59.serving.limits import Limits, RequestRefused, check_scan_size, working_bytes
+from poc59.serving.startup import model_path
 
 log = logging.getLogger(__name__)
 
@@ -107,20 +108,11 @@ class Engine:
 
     @classmethod
     def load(cls, path: str | Path, limits: Limits, work_dir: Path, device: str = "auto") -> Engine:
-        """The model `path` names (module docstring); ModelLoadError when it is none of poc59's."""
-        path = Path(path).expanduser()
-        if not path.exists():
-            raise ModelLoadError(
-                f"model={path}: no such file or folder. Name an exported model (model.onnx, from python -m "
-                "poc59.export), a checkpoint (best.ckpt) or a run folder (outputs/runs/<name>)"
-            )
+        """The model `path` names (module docstring); SettingError for a path that names none, ModelLoadError
+        for a file that is not a poc59 model."""
+        path = model_path(path)
         if path.is_dir():
             path, _ = locate_checkpoint(path, None)
-        elif path.suffix not in (".onnx", ".pt", ".ckpt"):
-            raise ModelLoadError(
-                f"model={path}: not a poc59 model file (.onnx, .pt or .ckpt). Name an exported model (model.onnx), "
-                "a checkpoint (best.ckpt) or a run folder"
-            )
         torch_device = resolve_device(device) if path.suffix != ".onnx" else torch.device("cpu")
         torch.set_flush_denormal(True)  # as predict: the same arithmetic, several times faster on CPU
         model = load_model(path, torch_device)
