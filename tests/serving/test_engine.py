@@ -117,3 +117,19 @@ def test_a_run_folder_and_a_checkpoint_load_and_a_foreign_file_is_refused(traine
     (tmp_path / "model.onnx").write_bytes(b"not onnx")
     with pytest.raises(ModelLoadError, match="not a poc59 model card"):
         Engine.load(tmp_path / "model.onnx", Limits(), tmp_path)
+
+
+def test_a_iiif_info_json_url_is_predicted_as_the_same_pixels_in_a_file(engine, tmp_path):
+    from inference.test_iiif_source import ImageServer
+
+    scan = make_scan(tmp_path / "folio.png")
+    service = ImageServer({"folio": np.asarray(Image.open(scan))})
+    try:
+        remote = engine.predict(engine.source_of(None, service.info(3, "folio")))
+        with pytest.raises(RequestRefused, match="either a file or a IIIF address"):
+            engine.source_of(str(scan), service.info(3, "folio"))
+    finally:
+        service.close()
+    local = engine.predict(engine.source_of(str(scan), None))
+    assert np.array_equal(remote.labels, local.labels) and np.array_equal(remote.confidence, local.confidence)
+    assert remote.statistics["classes"] == local.statistics["classes"]
