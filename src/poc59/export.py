@@ -78,7 +78,8 @@ def print_int8(card: dict[str, Any], console: Console) -> None:
     console.print(
         f"int8 ({int8['format']}, per-channel, {int8['data']['calibrated_on']} calibration images): validation "
         f"mIoU {100 * v['int8_miou']:.2f} % against fp32 {100 * v['fp32_miou']:.2f} % on {v['num_images']} images "
-        f"({v['loss_points']:+.2f} points lost; tolerance {int8['tolerance_points']:g})",
+        f"({'loses' if v['loss_points'] > 0 else 'gains'} {abs(v['loss_points']):.2f} points; it may lose "
+        f"{int8['tolerance_points']:g}: int8_tolerance)",
         highlight=False,
     )
 
