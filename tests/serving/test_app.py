@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import statistics
 import threading
 import time
@@ -104,7 +105,11 @@ def test_the_page_in_chromium_predicts_toggles_a_class_and_downloads_predicts_ma
     )
     assert json.loads(files["statistics"].read_text())["image"]["classes"] == row["classes"]
     report = files["report"].read_text()
-    assert "folio" in report and hidden in report and "http://" not in report and "file:" not in report
+    assert "http://" not in report and "file:" not in report  # self-contained
+    areas = re.findall(r'<tr data-class="([^"]+)">.*?<td class="num">([\d,]+)</td>', report)
+    assert {name: int(pixels.replace(",", "")) for name, pixels in areas} == {
+        name: v["pixels"] for name, v in row["classes"].items() if v["pixels"] > 0
+    }
 
 
 def _request(client: Client, path: Path) -> tuple[str, float]:
