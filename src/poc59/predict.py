@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from poc59.core.classes import ClassTable
-from poc59.core.cli import Command, Key, Paths, run_command
+from poc59.core.cli import DONE, PARTIAL, PARTIAL_NOTE, Command, Key, Paths, run_command
 from poc59.core.config import SettingError
 from poc59.core.logs import print_titled, results_console
 
@@ -100,7 +100,8 @@ CLI = Command(
     notes="An unreadable image, or one that runs out of memory, is reported (file and reason) and the others go "
     "on; the exit status is then 2. Usage, model and class-table errors exit with 2 before any image is read; "
     "an output folder that cannot be written (read-only, full) stops the batch with exit 2. statistics.json "
-    "lists every file the batch wrote; files it lists are never read as scans.",
+    "lists every file the batch wrote; files it lists are never read as scans. With report_pdf=true, "
+    f"{PARTIAL_NOTE}: a report Chromium could not print (its HTML is written).",
     fills="poc59.inference.run:Settings",
 )
 USER_ERRORS = (
@@ -212,10 +213,12 @@ def _predict(options: dict[str, Any]) -> int:
         )
     if settings.report and rows:
         console.print(f"condition reports: {done['out'] / 'index.html'}", soft_wrap=True)
+    if unprinted:
+        console.print(f"not printed to PDF: {', '.join(unprinted)}", soft_wrap=True)
     if failed:
         log.error("%d image(s) could not be predicted: %s", len(failed), "; ".join(f["image"] for f in failed))
         return 2  # the input: each unreadable image is named (here and in statistics.json), the rest predicted
-    return 2 if unprinted else 0
+    return PARTIAL if unprinted else DONE  # the HTML reports are there; Chromium failed on some PDFs
 
 
 def main(argv: list[str] | None = None) -> int:

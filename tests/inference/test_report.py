@@ -242,6 +242,21 @@ def test_report_pdf_needs_report_and_chromium_and_a_report_name_no_batch_recorde
     assert mine.returncode == 2 and "vase.report.html exists" in mine.stderr, mine.stderr
     assert (out / "vase.report.html").read_text() == "the conservator's own notes"
     assert sorted(p.name for p in out.iterdir()) == ["vase.report.html"]
+    # a Chromium that fails: the batch is done, the HTML report written, the PDF named as not printed (exit 3)
+    (out / "vase.report.html").unlink()
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "chromium").write_text("#!/bin/sh\necho 'a crash of the stand-in' >&2\nexit 1\n")
+    (bin_dir / "chromium").chmod(0o755)
+    failing = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    partial = subprocess.run(
+        [*command, "report=true", "report_pdf=true"], capture_output=True, text=True, timeout=300, env=failing
+    )
+    assert partial.returncode == 3, partial.stderr
+    assert "a crash of the stand-in" in partial.stderr and "not printed to PDF: vase.report.html" in partial.stdout
+    stats = json.loads((out / "statistics.json").read_text())
+    assert stats["images"][0]["report_pdf"] is None and "vase.report.pdf" not in stats["outputs"]
+    assert (out / "vase.report.html").is_file() and not (out / "vase.report.pdf").exists()
 
 
 def test_print_pdf_without_chromium_says_how_to_get_it(tmp_path, monkeypatch):
