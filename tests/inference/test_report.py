@@ -79,6 +79,7 @@ class _Page(HTMLParser):
         self._section: list[str] = []
         self._cell: list[str] | None = None
         self._dt = ""
+        self.rawdata_header = text.split("<tbody>")[0]  # the page up to the class table's rows
         self.feed(text)
 
     def handle_starttag(self, tag, attrs):
@@ -289,3 +290,56 @@ def test_a_print_that_hangs_is_stopped_with_its_children_and_leaves_no_pdf(tmp_p
     else:
         pytest.fail(f"the stand-in's helper {pid} still runs")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bin", "helper.pid", "r.html"]
+
+
+def test_a_report_against_an_object_mask_and_a_card_without_per_class_figures():
+    """The share is of the object when predict had an object mask; a card with no per-class validation IoU
+    (an ensemble's) reads "not measured" for every class, and what the card lacks reads "not recorded"."""
+    from poc59.core.classes import ClassTable
+    from poc59.inference.report import condition_report
+
+    classes = ClassTable.from_names(["background", "crack", "stain"])
+    labels = np.full((40, 60), classes.ignore_index, np.uint8)
+    labels[10:30, 10:50] = 0
+    labels[20, 10:50] = 1
+    counts = np.bincount(labels.reshape(-1), minlength=256)
+    inside = int((labels != classes.ignore_index).sum())
+    stats = {
+        "image": "/scans/bowl.tif",
+        "width": 60,
+        "height": 40,
+        "reference": "object mask",
+        "reference_pixels": inside,
+        "classes": {
+            n: {"pixels": int(counts[c]), "percent": 100 * counts[c] / inside} for c, n in enumerate(classes.names)
+        },
+    }
+    card = {
+        "classes": classes.to_dict(),
+        "network": {"name": "tu-x", "decoder": "Unet"},
+        "geometry": {"policy": "crop", "image_size": 256, "max_side": None},
+        "metrics": {"ensemble": "each member's own val mIoU is in provenance.ensemble.members"},
+        "provenance": {"ensemble": {"combination": "mean of softmax", "members": [{}, {}, {}]}},
+    }
+    page = _Page(
+        condition_report(
+            stem="bowl",
+            scan_rgb=np.full((40, 60, 3), 200, np.uint8),
+            labels=labels,
+            confidence=np.ones((40, 60), np.float32),
+            stats=stats,
+            card=card,
+            settings={"tile overlap": "0.25"},
+            classes=classes,
+        )
+    )
+    assert "share of the object (%)" in page.rawdata_header
+    assert [(r[0], r[1], r[4]) for r in page.rows] == [
+        ("background", "760", NOT_MEASURED),
+        ("crack", "40", NOT_MEASURED),
+    ]
+    assert page.card["Model"].startswith("an ensemble of 3 models (mean of softmax): Unet on the encoder tu-x")
+    assert page.card["Training data"] == page.card["Date"] == "not recorded in the model card"
+    assert page.card["Validation mIoU"] == "not recorded in the model card"
+    assert page.card["Not measured"] == "background, crack, stain"
+    assert page.card["Never learnt"] == "not known: the model card carries no per-class validation IoU"

@@ -322,7 +322,10 @@ def _facts(card: Mapping[str, Any], ious: Mapping[str, float | None]) -> list[tu
         lines.append(("Validation mIoU", "not recorded in the model card"))
     never = [n for n in classes if trust_word(ious.get(n)) == NEVER_LEARNT]
     unmeasured = [n for n in classes if trust_word(ious.get(n)) == NOT_MEASURED]
-    lines.append(("Never learnt", ", ".join(never) if never else "none: every measured class was found"))
+    if len(unmeasured) == len(classes):
+        lines.append(("Never learnt", "not known: the model card carries no per-class validation IoU"))
+    else:
+        lines.append(("Never learnt", ", ".join(never) if never else "none: every measured class was found"))
     if unmeasured:
         lines.append(("Not measured", ", ".join(unmeasured)))
     return lines
