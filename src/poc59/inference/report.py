@@ -171,14 +171,19 @@ def reduce_labels(labels: np.ndarray, k: int, classes: ClassTable) -> np.ndarray
     the ignore label). A thin crack a few pixels wide still shows on a 10,000 px scan's preview."""
     if k == 1:
         return np.ascontiguousarray(labels, dtype=np.uint8)
-    blocks = _blocks(np.asarray(labels, dtype=np.uint8), k)
-    values = [*range(classes.num_classes), classes.ignore_index]
-    counts = np.stack([(blocks == v).sum(axis=(1, 3), dtype=np.int32) for v in values], axis=-1)
-    damage = counts[..., 1 : classes.num_classes]
-    out = np.asarray(values, np.uint8)[np.argmax(counts, axis=-1)]
-    has_damage = damage.max(axis=-1) > 0
-    out[has_damage] = (1 + np.argmax(damage, axis=-1))[has_damage].astype(np.uint8)
-    return out
+    labels = np.asarray(labels, dtype=np.uint8)
+    values = np.asarray([*range(classes.num_classes), classes.ignore_index], np.uint8)
+    band = k * max(1, 2**22 // (k * k * max(1, labels.shape[1] // k)))  # ~4 M pixels a band: bounded working memory
+    out = []
+    for y0 in range(0, labels.shape[0], band):
+        blocks = _blocks(labels[y0 : y0 + band], k)
+        counts = np.stack([(blocks == v).sum(axis=(1, 3), dtype=np.int32) for v in values], axis=-1)
+        damage = counts[..., 1 : classes.num_classes]
+        reduced = values[np.argmax(counts, axis=-1)]
+        has_damage = damage.max(axis=-1) > 0
+        reduced[has_damage] = (1 + np.argmax(damage, axis=-1))[has_damage].astype(np.uint8)
+        out.append(reduced)
+    return np.concatenate(out)
 
 
 def _data_uri(picture: np.ndarray) -> str:
