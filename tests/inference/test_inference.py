@@ -48,7 +48,7 @@ def test_resize_and_pad_see_the_training_canvas_and_return_the_original_size(tmp
     canvas, _, (ch, cw) = load_pair(discover_pairs(tmp_path)[0][0], 32, 2, 255, policy)  # what training fed the model
     net = Recorder()
     m = model(net, policy, 32, classes=3)
-    bands = list(logit_bands(m, ArrayImage(image), band_rows=16))
+    bands = [(y, b.clone()) for y, b in logit_bands(m, ArrayImage(image), band_rows=16)]  # kept: copies
     (seen,) = net.seen
     assert torch.equal(seen[0], torch.from_numpy(canvas).permute(2, 0, 1))
     logits = torch.cat([b for _, b in bands], dim=1)
@@ -74,8 +74,10 @@ def test_row_upsampler_is_bilinear_interpolation_band_by_band():
 def test_flip_tta_is_exactly_symmetric_for_every_geometry(policy):
     m = model(LocalConv(seed=5), policy, 32)
     image = _rgb(45, 77, seed=2)
-    a = torch.cat([b for _, b in logit_bands(m, ArrayImage(image), tta=True)], dim=1)
-    b = torch.cat([b for _, b in logit_bands(m, ArrayImage(np.ascontiguousarray(image[:, ::-1])), tta=True)], dim=1)
+    a = torch.cat([b.clone() for _, b in logit_bands(m, ArrayImage(image), tta=True)], dim=1)
+    b = torch.cat(
+        [b.clone() for _, b in logit_bands(m, ArrayImage(np.ascontiguousarray(image[:, ::-1])), tta=True)], dim=1
+    )
     assert torch.equal(b, a.flip(-1))
     assert np.array_equal(
         predict_label_map(m, image[:, ::-1].copy(), tta=True), predict_label_map(m, image, tta=True)[:, ::-1]

@@ -284,7 +284,7 @@ def test_predict_pyramid_true_writes_both_maps_that_match_its_png_map(trained_ru
         confidence, pages, _ = _levels(out / f"{stem}_confidence.tif")
         assert pages[0].predictor == tifffile.PREDICTOR.HORIZONTAL and pages[0].colormap is None
         pixels = np.asarray(Image.open(scans / f"{stem}.png"))
-        logits = torch.cat([band for _, band in logit_bands(trained, ArrayImage(pixels))], dim=1)
+        logits = torch.cat([band.clone() for _, band in logit_bands(trained, ArrayImage(pixels))], dim=1)
         p = torch.softmax(logits.double(), dim=0).max(dim=0).values.numpy() * 255
         assert np.abs(confidence[0].astype(int) - np.floor(p + 0.5)).max() <= 1  # float32 vs float64 rounding
         assert np.array_equal(png, predict_label_map(trained, pixels))

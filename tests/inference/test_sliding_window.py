@@ -82,7 +82,8 @@ def test_streamed_bands_equal_the_whole_image_and_read_rows_in_order():
         reads.append((y0, y1))
         return image[:, y0:y1]
 
-    bands = list(stream_logits(net, read, 300, 90, tile=64, overlap=0.25, batch_size=2))
+    # a band holds its values until the next is asked for (one accumulator): kept here as copies
+    bands = [(y, b.clone()) for y, b in stream_logits(net, read, 300, 90, tile=64, overlap=0.25, batch_size=2)]
     assert [y for y, _ in bands] == sorted(y for y, _ in bands) and bands[0][0] == 0
     assert sum(b.shape[1] for _, b in bands) == 300
     assert [r[0] for r in reads] == sorted(r[0] for r in reads) and all(y1 - y0 <= 64 for y0, y1 in reads)
@@ -107,11 +108,15 @@ def test_the_memory_estimate_is_the_memory_streaming_allocates(shape, tta):
 
     grid = TileGrid(height, width, tile, 0.25)
     row_bytes = 4 * classes * tile * max(width, tile)
+    storages = set()
     for _, band in stream_logits(net, lambda y0, y1: image[:, y0:y1], height, width, tile, 0.25, batch_size, tta):
         assert band.untyped_storage().nbytes() <= row_bytes  # a band is a view into one tile row, never more
+        storages.add(band.untyped_storage().data_ptr())
+    # one tile row accumulates every band (shifted up in place): never a second row beside it
+    assert len(storages) == 1
     batch = max(t.untyped_storage().nbytes() for t in seen)
     assert batch <= 4 * classes * batch_size * tile * tile
-    assert grid.working_bytes(classes, batch_size, tta) == row_bytes * (2 + 2 * tta) + 2 * batch
+    assert grid.working_bytes(classes, batch_size, tta) == row_bytes * (1 + 3 * tta) + 2 * batch
 
 
 def test_tile_grid_and_window():

@@ -38,7 +38,8 @@ IDs are URIs under a base: `base_url` (e.g. where the folder will be served, `ht
 or, without it, the output folder's own `file:` URI. The same labels give the same IDs.
 
 Memory: besides the inputs, one class at a time needs its mask (1 byte a pixel) and OpenCV's component
-labels (4 bytes a pixel); tracing one region needs 4 bytes a pixel of its bounding box.
+labels (2 bytes a pixel, 4 for a class that may hold 65,535 regions or more; the mask is released once they
+are found); tracing one region needs 4 bytes a pixel of its bounding box.
 """
 
 from __future__ import annotations
@@ -240,7 +241,10 @@ def _checked(
         raise ValueError(f"confidence {confidence.shape} and labels {labels.shape} differ in size")
     if object_mask is not None and object_mask.shape != labels.shape:
         raise ValueError(f"object_mask {object_mask.shape} and labels {labels.shape} differ in size")
-    counts = np.bincount(labels.reshape(-1), minlength=256)
+    counts = np.zeros(256, np.int64)
+    step = max(1, _COUNT_PIXELS // max(1, labels.shape[1]))
+    for y in range(0, labels.shape[0], step):  # bincount casts to int64: 8 bytes a pixel of what it is given
+        counts += np.bincount(labels[y : y + step].reshape(-1), minlength=256)
     stray = [int(v) for v in np.flatnonzero(counts) if v >= classes.num_classes and v != classes.ignore_index]
     if stray:
         raise ValueError(f"labels {stray[:10]} are neither a class id nor the ignore id {classes.ignore_index}")
@@ -287,7 +291,8 @@ def iiif_documents(
         mask = labels == c
         if inside is not None:
             mask &= inside
-        _, components, stats, _ = cv2.connectedComponentsWithStats(mask.view(np.uint8), connectivity=8)
+        _, components, stats, _ = _components(mask)
+        del mask  # tracing needs only the component map
         areas = stats[1:, cv2.CC_STAT_AREA]
         specks = areas < min_area
         per_class[classes.names[c]] = {
@@ -311,6 +316,7 @@ def iiif_documents(
                 "holes": sum(hole for _, hole in rings),
             }
             items.append(_region_annotation(f"{page_id}#region-{len(items) + 1}", canvas_id, damage, rings, classes))
+        del components  # released before the next class's mask and map are made
     specks = sum(v["specks"] for v in per_class.values())
     page = {
         "@context": PRESENTATION_CONTEXT,
@@ -334,6 +340,35 @@ def iiif_documents(
         names["manifest"]: _json(manifest, indent=1),  # last: a manifest on disk means its page and layer are there
     }
     return IiifDocuments(files, summary)
+
+
+_COUNT_PIXELS = 1 << 18  # pixels counted at once (bincount's int64 copy of them: 2 MB)
+_BOUND_ROWS = 256  # rows `_component_bound` looks at at once: its temporaries stay a few bytes x 256 x W
+
+
+def _component_bound(mask: np.ndarray) -> int:
+    """An upper bound on the 8-connected components of `mask` (bool [H, W]): the pixels none of whose four
+    neighbours read before them (left, and the three above) is set. A component's first pixel in reading
+    order is one of them. Counted a band of rows at a time."""
+    height, width = mask.shape
+    starts = 0
+    above = np.zeros(width + 2, bool)
+    padded = np.zeros((_BOUND_ROWS + 1, width + 2), bool)
+    for y0 in range(0, height, _BOUND_ROWS):
+        rows = mask[y0 : y0 + _BOUND_ROWS]
+        n = len(rows)
+        padded[0], padded[1 : n + 1, 1:-1] = above, rows
+        seen = padded[1 : n + 1, :-2] | padded[:n, :-2] | padded[:n, 1:-1] | padded[:n, 2:]
+        starts += int(np.count_nonzero(rows & ~seen))
+        above = padded[n].copy()
+    return starts
+
+
+def _components(mask: np.ndarray) -> tuple[int, np.ndarray, np.ndarray, np.ndarray]:
+    """OpenCV's 8-connected components of `mask` (bool [H, W]) with their stats; the component map is uint16
+    (2 bytes a pixel) when the mask cannot hold 65,535 components, else int32 (4 bytes a pixel)."""
+    ltype = cv2.CV_16U if _component_bound(mask) < 65_535 else cv2.CV_32S
+    return cv2.connectedComponentsWithStats(mask.view(np.uint8), connectivity=8, ltype=ltype)
 
 
 def _region_annotation(

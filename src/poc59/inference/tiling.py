@@ -94,12 +94,12 @@ class TileGrid:
         return classes, self.tile, self.padded[1]
 
     def working_bytes(self, classes: int, batch_size: int, tta: bool = False) -> int:
-        """Float32 bytes `stream_logits` holds at its peak: the tile row being blended and the next one it moves
-        on to (two rows; four with TTA, the mirrored row beside each), and one batch of tile logits twice (the
-        network's output and the float32 batch it is gathered into)."""
+        """Float32 bytes `stream_logits` holds at its peak: the tile row it accumulates into (one row, shifted
+        up in place; with TTA also the row, its mirrored twin and the twin flipped back, being blended), and one batch of tile logits
+        twice (the network's output and the float32 batch it is gathered into)."""
         row = 4 * math.prod(self.row_shape(classes))
         batch = 4 * classes * min(batch_size, len(self.starts[1])) * self.tile * self.tile
-        return row * (2 + 2 * tta) + 2 * batch
+        return row * (1 + 3 * tta) + 2 * batch
 
 
 def run_batches(
@@ -124,6 +124,17 @@ def run_batches(
     return torch.cat(out)
 
 
+def _shift_up(acc: torch.Tensor, step: int) -> None:
+    """Move the rows of `acc` [C, rows, W] up by `step` in place (rows step.. to 0..) and zero the rows freed at
+    the bottom: the next tile row accumulates into the same tensor, so no second row is ever allocated. Copied
+    in chunks of at most `step` rows, so that no chunk reads a row that this move has already overwritten."""
+    keep = max(0, acc.shape[1] - step)
+    for k in range(0, keep, step):
+        n = min(step, keep - k)
+        acc[:, k : k + n].copy_(acc[:, step + k : step + k + n])
+    acc[:, keep:].zero_()
+
+
 def stream_logits(
     segmenter: Segmenter,
     read_rows: RowReader,
@@ -140,8 +151,9 @@ def stream_logits(
 
     `read_rows(y0, y1)` returns image rows uint8 [3, y1 - y0, width]; it is called once per tile row with
     non-decreasing y0, so a reader may stream the image. Images smaller than a tile are zero-padded.
-    Memory: `TileGrid.working_bytes` (about (2 + 2 * tta) tile rows of logits and one batch of tiles),
-    never the whole image's logits.
+    Memory: `TileGrid.working_bytes` (about (1 + 3 * tta) tile rows of logits and one batch of tiles),
+    never the whole image's logits. A band is a view into the one tile row accumulated: it holds its values
+    until the next band is asked for (copy it to keep it longer).
     """
     device = torch.device(device)
     grid = TileGrid(height, width, tile, overlap)
@@ -175,15 +187,16 @@ def stream_logits(
         if tta:  # the same computation on the mirrored rows, mirrored back: exactly symmetric by construction
             row = blend(rows, torch.empty(0, device=device), ones)[..., :width]
             mirrored = blend(rows.flip(-1), torch.empty(0, device=device), ones)[..., :width].flip(-1)
-            row = (row + mirrored) / 2
-            acc = row * wy[r][None, :, None] if acc.numel() == 0 else acc.add_(row * wy[r][None, :, None])
+            row = row.add_(mirrored).div_(2).mul_(wy[r][None, :, None])  # in place: the same values as out of place
+            del mirrored
+            acc = row if acc.numel() == 0 else acc.add_(row)
         else:
             acc = blend(rows, acc, wy[r])
         nxt = ys[r + 1] if r + 1 < len(ys) else ph
         done = min(nxt, height) - y
         if done > 0:
             yield y, acc[:, :done, :width]
-        acc = torch.cat([acc[:, nxt - y :], acc.new_zeros((acc.shape[0], nxt - y, acc.shape[2]))], dim=1)
+        _shift_up(acc, nxt - y)
 
 
 def predict_logits(
@@ -203,4 +216,9 @@ def predict_logits(
     bands = stream_logits(
         segmenter, lambda y0, y1: image[:, y0:y1], height, width, tile, overlap, batch_size, tta, device, autocast
     )
-    return torch.cat([b for _, b in bands], dim=1)
+    out = None
+    for y0, band in bands:  # each band holds its values only until the next is asked for: copied out at once
+        if out is None:
+            out = band.new_empty((band.shape[0], height, width))
+        out[:, y0 : y0 + band.shape[1]] = band
+    return out
