@@ -37,7 +37,7 @@ DEFAULT = ROOT / ".venv-label-studio" / "bin" / "label-studio"
 INSTALL = "python3 -m venv .venv-label-studio && .venv-label-studio/bin/pip install label-studio==1.23.2"
 EMAIL = "conservator@example.org"
 PASSWORD = "poc59-correct-horse"
-START_S = 240.0  # the first start migrates a new SQLite database: about a minute on a loaded 2-core CPU
+START_S = 600.0  # the first start migrates a new SQLite database: about 4 minutes on a loaded 2-core CPU
 
 
 @dataclass

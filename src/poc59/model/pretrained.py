@@ -40,8 +40,9 @@ from safetensors.torch import load_file, save
 from torch import nn
 
 from poc59.core.atomic import write_bytes
-from poc59.core.config import cache_root
+from poc59.core.config import SettingError, cache_root
 from poc59.model.encoders import check_encoder_name, encoder_overrides
+from poc59.model.module import migrate_state_dict
 
 log = logging.getLogger(__name__)
 
@@ -494,8 +495,6 @@ def init_from_checkpoint(
     continues the checkpoint's own run. Refused with a SettingError naming init_from= when the file is not a
     poc59 training checkpoint, or when its network (`network`: the new run's model card's) or class table
     (`classes`: names and ignore id) differ from this run's, since the weights would not mean the same."""
-    from poc59.core.config import SettingError
-    from poc59.model.module import migrate_state_dict
 
     path = Path(path).expanduser()
     if not path.is_file():
