@@ -409,8 +409,8 @@ def fit_config(
         run_dir=run_dir,
     )
     with open_dict(cfg):
-        cfg.model.channels_last = setting.channels_last  # how the network runs, as the bare row ran it
-        cfg.model.compile = setting.compile
+        cfg.module.channels_last = setting.channels_last  # how the network runs, as the bare row ran it
+        cfg.module.compile = setting.compile
         if deadline is not None:
             cfg.callbacks.bench_deadline = {
                 "_target_": f"{__name__}.fit_deadline",

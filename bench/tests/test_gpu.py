@@ -370,9 +370,9 @@ def test_fit_config_is_the_composed_training_config_with_the_settings_model_bloc
     )
     assert cfg.trainer.enable_progress_bar is False and cfg.callbacks.progress_bar is None
     assert cfg.callbacks.bench_deadline.at == 123.0 and cfg.paths.run_dir == str(tmp_path / "run")
-    assert cfg.model.channels_last is False and cfg.model.compile is False
+    assert cfg.module.channels_last is False and cfg.module.compile is False
     cfg = gpu.fit_config("tiny", gpu.Setting("bf16-mixed", True, True), 8, 64, 3, tmp_path, tmp_path, tmp_path, CPU)
-    assert cfg.model.channels_last is True and cfg.model.compile is True and cfg.trainer.precision == "bf16-mixed"
+    assert cfg.module.channels_last is True and cfg.module.compile is True and cfg.trainer.precision == "bf16-mixed"
     assert "bench_deadline" not in cfg.callbacks  # no budget, no deadline callback
 
 

@@ -96,7 +96,7 @@ def config_key(config: dict, run_dir: Path) -> str:
     its own folder, paths by their last part (PATH_START), as canonical JSON: runs with one key are repeats of
     one configuration."""
     homes = {str(run_dir), str((config.get("paths") or {}).get("run_dir") or run_dir)}  # now, and when it ran
-    flat = flatten(config)
+    flat = flatten(keys.current(config))  # a run recorded before the model group, in today's layout
     kept = {
         k: Path(v).name if isinstance(v, str) and v.startswith(PATH_START) else v
         for k, v in flat.items()

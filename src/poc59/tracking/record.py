@@ -57,7 +57,7 @@ def tags(config: dict, run_dir: Path, split: dict | None, commit: str | None) ->
     found = {
         "poc59.encoder": enc.get("name"),
         "poc59.family": enc.get("family"),
-        "poc59.decoder": enc.get("decoder"),
+        "poc59.decoder": (config.get("decoder") or {}).get("name") or enc.get("decoder"),
         "poc59.run_dir": str(run_dir),
         "poc59.git_commit": commit,
         "poc59.split_fingerprint": (split or {}).get("fingerprint"),
