@@ -180,3 +180,18 @@ def test_a_library_value_error_is_a_bug_and_a_named_user_error_is_exit_2():
     assert run_command(command, ["n=two"], act) == USER
     assert run_command(command, ["n=2"], act, ("poc59.core.config:SettingError",)) == USER
     assert run_command(command, ["--help"], act) == DONE
+
+
+def test_a_user_error_is_answered_without_importing_the_modules_of_the_other_errors_named(tmp_path, monkeypatch):
+    """An error class whose module was never imported cannot have been raised: run_command does not import it
+    to check (commands name errors of modules that import torch; a user's mistake must not wait for those)."""
+    (tmp_path / "poc59_heavy_demo.py").write_text("raise RuntimeError('imported: a heavy module')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    command = Command(prog="python -m demo", summary="A demonstration.", keys=(Key("n", int, "how many"),))
+
+    def act(options: dict) -> int:
+        raise SettingError("n=2: too many")
+
+    errors = ("poc59_heavy_demo:DemoError", "poc59.core.config:SettingError")
+    assert run_command(command, ["n=2"], act, errors) == USER
+    assert "poc59_heavy_demo" not in sys.modules

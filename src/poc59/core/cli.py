@@ -90,6 +90,14 @@ def resolve(ref: str | Any) -> Any:
     return found
 
 
+def _raised_as(err: Exception, kind: type[Exception] | str) -> bool:
+    """Whether `err` is a `kind`; a "module:name" kind whose module was never imported cannot have raised it,
+    so it is not imported now (a user's error is answered without waiting for torch)."""
+    if isinstance(kind, str) and kind.partition(":")[0] not in sys.modules:
+        return False
+    return isinstance(err, resolve(kind))
+
+
 def source_defaults(ref: str) -> dict[str, Any]:
     """{parameter: default} of the function or dataclass a "module:name" reference names, read from the
     module's source without importing it (the module may import torch; `--help` must not wait for it).
@@ -323,7 +331,7 @@ def run_command(
     try:
         return act(options)
     except Exception as err:
-        if not isinstance(err, (command.error, *(resolve(e) for e in user_errors))):
+        if not isinstance(err, command.error) and not any(_raised_as(err, e) for e in user_errors):
             raise
         log.error("%s", err)
         return USER
