@@ -1,6 +1,6 @@
 """Every picture of the manual (docs/images/), made again from a real run, so they follow the outputs:
 
-    python scripts/screenshots/all.py [run_dir=<a quickstart run>] [only=name,name] [out=docs/images] [threads=1]
+    python scripts/screenshots/all.py [run_dir=<a quickstart run>] [only=name,name] [out=docs/images] [scan=<image>]
 
 Without `run_dir=` it first trains the model the captions name, `python -m poc59.train experiment=quickstart
 threads=1 seed=1` (a few CPU minutes; its run folder goes under a temporary folder). The run is copied before
@@ -12,9 +12,10 @@ The pictures (`PICTURES`), each named after its file in `out=`:
 - `evaluate_iou_bars`: `python -m poc59.evaluate run_dir=<run>`'s evaluation/val/iou_bars.png.
 - `predict_overlay`: `python -m poc59.predict` on the synthetic image `scan=` (default syn00013 of the run's
   data): its <stem>_overlay.png.
-- `report`, `serve`, `mirador`, `label_studio`: the screenshot scripts beside this one, each called as
-  `python scripts/screenshots/<name>.py ckpt=<run>/checkpoints/best.ckpt scan=<image> out=<png>` (exit 0 and
-  the picture written; exit 2 when something it needs, a browser or a server, is missing, which it names).
+- `report`, `serve`, `mirador`, `label_studio`: the screenshot scripts beside this one (or in `scripts=`), each
+  called as `python scripts/screenshots/<name>.py ckpt=<run>/checkpoints/best.ckpt scan=<image> out=<png>`
+  (`serve.py` takes the same three as positional arguments): exit 0 and the picture written; exit 2 when
+  something it needs, a browser or a server, is missing, which it names.
 
 Not made here: `compare_per_class_iou` (two quickstart configurations, 128 and 160 px, compared) and
 `mlflow-run` (tests/tracking/test_mlflow.py takes it from a real MLflow server).
@@ -38,6 +39,12 @@ CHECKOUT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
 QUICKSTART = ["experiment=quickstart", "threads=1", "seed=1"]  # the captions' model
 SCRIPTS = ("report", "serve", "mirador", "label_studio")  # scripts/screenshots/<name>.py, written with those features
+POSITIONAL = {"serve"}  # scripts that take <model> <scan> <out> rather than ckpt= scan= out=
+KEYS = {"run_dir", "only", "out", "scan", "scripts"}
+
+
+# a picture's maker: (the run, the scan, a work folder, the screenshot scripts' folder) -> the PNG's bytes
+Picture = Callable[[Path, Path, Path, Path], bytes]
 
 
 class NotMade(Exception):
@@ -65,33 +72,32 @@ def _scan(run: Path, scan: str) -> Path:
     return found[0]
 
 
-def training_curves(run: Path, scan: Path, work: Path) -> bytes:
+def training_curves(run: Path, scan: Path, work: Path, scripts: Path) -> bytes:
     return (run / "training_curves.png").read_bytes()
 
 
-def evaluate_iou_bars(run: Path, scan: Path, work: Path) -> bytes:
+def evaluate_iou_bars(run: Path, scan: Path, work: Path, scripts: Path) -> bytes:
     _poc59("evaluate", f"run_dir={run}", "threads=1")
     return (run / "evaluation" / "val" / "iou_bars.png").read_bytes()
 
 
-def predict_overlay(run: Path, scan: Path, work: Path) -> bytes:
+def predict_overlay(run: Path, scan: Path, work: Path, scripts: Path) -> bytes:
     maps = work / "maps"
     _poc59("predict", f"ckpt={run / 'checkpoints' / 'best.ckpt'}", f"input={scan}", f"output={maps}", "iiif=false")
     return (maps / f"{scan.stem}_overlay.png").read_bytes()
 
 
-def _script(name: str) -> Callable[[Path, Path, Path], bytes]:
-    def make(run: Path, scan: Path, work: Path) -> bytes:
-        script = HERE / f"{name}.py"
+def _script(name: str) -> Picture:
+    def make(run: Path, scan: Path, work: Path, scripts: Path) -> bytes:
+        script = scripts / f"{name}.py"
         if not script.is_file():
-            raise NotMade(f"{name}: {script.relative_to(CHECKOUT)} is not written yet")
+            raise NotMade(f"{name}: {script} is not written yet")
         shot = work / f"{name}.png"
         ckpt = run / "checkpoints" / "best.ckpt"
-        done = subprocess.run(
-            [sys.executable, str(script), f"ckpt={ckpt}", f"scan={scan}", f"out={shot}"], capture_output=True, text=True
-        )
+        given = [ckpt, scan, shot] if name in POSITIONAL else [f"ckpt={ckpt}", f"scan={scan}", f"out={shot}"]
+        done = subprocess.run([sys.executable, str(script), *map(str, given)], capture_output=True, text=True)
         if done.returncode == 2:
-            raise NotMade(f"{name}: {script.relative_to(CHECKOUT)} could not run here: {done.stderr.strip()[-500:]}")
+            raise NotMade(f"{name}: {script} could not run here: {done.stderr.strip()[-500:]}")
         if done.returncode != 0 or not shot.is_file():
             raise RuntimeError(f"{script} exited {done.returncode} without {shot}:\n{done.stderr[-3000:]}")
         return shot.read_bytes()
@@ -99,7 +105,7 @@ def _script(name: str) -> Callable[[Path, Path, Path], bytes]:
     return make
 
 
-PICTURES: dict[str, Callable[[Path, Path, Path], bytes]] = {
+PICTURES: dict[str, Picture] = {
     "training_curves": training_curves,
     "evaluate_iou_bars": evaluate_iou_bars,
     "predict_overlay": predict_overlay,
@@ -111,17 +117,18 @@ def main(argv: list[str]) -> int:
     from poc59.core.atomic import write_bytes
 
     args = dict(a.split("=", 1) for a in argv if "=" in a)
-    unknown = [a for a in argv if "=" not in a or a.split("=", 1)[0] not in {"run_dir", "only", "out", "scan"}]
+    unknown = [a for a in argv if "=" not in a or a.split("=", 1)[0] not in KEYS]
     only = [n for n in args.get("only", "").split(",") if n] or list(PICTURES)
     wrong = [n for n in only if n not in PICTURES]
     if unknown or wrong:
         print(
             f"{' '.join(unknown + [f'only={n}' for n in wrong])}: not understood; "
-            f"keys run_dir=, only= (of {', '.join(PICTURES)}), out=, scan=",
+            f"keys run_dir=, only= (of {', '.join(PICTURES)}), out=, scan=, scripts=",
             file=sys.stderr,
         )
         return 2
     out = Path(args.get("out", CHECKOUT / "docs" / "images"))
+    scripts = Path(args.get("scripts", HERE)).resolve()
     failed = []
     with tempfile.TemporaryDirectory(prefix="poc59-pictures-") as tmp:
         work = Path(tmp)
@@ -132,7 +139,7 @@ def main(argv: list[str]) -> int:
         scan = _scan(run, args.get("scan", "syn00013"))
         for name in only:
             try:
-                picture = PICTURES[name](run, scan, work)
+                picture = PICTURES[name](run, scan, work, scripts)
             except NotMade as why:
                 failed.append(str(why))
                 continue
