@@ -6,6 +6,8 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import re
+import shlex
 import shutil
 import socket
 from pathlib import Path
@@ -220,6 +222,19 @@ def test_refusals_exit_2_and_write_nothing(server, trained_run, tmp_path, caplog
     closed.close()
     assert not dataset.exists() and not ranking.exists()
     assert len(client.projects()) == projects
+
+    # the labels' advice, pasted: push to the project title it names
+    caplog.clear()
+    assert main(["push", f"run_dir={trained_run}", f"input={scans}", f"ranking={ranking}", *cases["labels"][0]]) == 2
+    (advice,) = re.findall(r"e\.g\. ('project=[^']+'|project=\S+)\)", caplog.records[-1].getMessage())
+    (pasted,) = shlex.split(advice)
+    assert (
+        main(
+            ["push", f"run_dir={trained_run}", f"input={scans}", f"ranking={ranking}", *cases["labels"][0][:2], pasted]
+        )
+        == 0
+    )
+    assert len(client.projects()) == projects + 1
 
 
 def test_missing_server_skips_or_fails_under_ci(tmp_path, monkeypatch):
