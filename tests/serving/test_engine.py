@@ -108,7 +108,10 @@ def test_a_scan_over_the_time_budget_is_stopped_and_answered(onnx_model, tmp_pat
 
 
 def test_a_run_folder_and_a_checkpoint_load_and_a_foreign_file_is_refused(trained_run, tmp_path):
-    assert Engine.load(trained_run, Limits(), tmp_path).model.source.name == "best.ckpt"
+    engine = Engine.load(trained_run, Limits(), tmp_path)
+    assert engine.model.source.name == "best.ckpt"
+    # the report's card has what predict's reports have: the training data and date, found beside the card
+    assert engine.card["provenance"]["data"] and engine.card["provenance"]["date"]
     with pytest.raises(SettingError, match="no such file or folder"):
         Engine.load(tmp_path / "missing.onnx", Limits(), tmp_path)
     with pytest.raises(SettingError, match="not a poc59 model file"):

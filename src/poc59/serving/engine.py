@@ -48,7 +48,7 @@ from poc59.core.device import autocast_dtype, resolve_device
 from poc59.inference.iiif_source import IiifClient, IiifError, IiifImage, iiif_inputs, is_iiif_input
 from poc59.inference.image import band_labels, logit_bands, streaming_bytes
 from poc59.inference.outputs import STATISTICS_CONVENTION, band_confidence, damage_statistics, label_map_png
-from poc59.inference.report import class_ious, trust_word, write_condition_report
+from poc59.inference.report import card_facts, class_ious, trust_word, write_condition_report
 from poc59.inference.run import Settings as PredictSettings
 from poc59.inference.scans import ScanError, open_scan, scan_size
 from poc59.serving.limits import Limits, RequestRefused, check_scan_size, working_bytes
@@ -101,7 +101,10 @@ class Engine:
         self.model, self.device, self.limits = model, device, limits
         self.work_dir = Path(work_dir)
         self.autocast = autocast_dtype(PREDICT.precision, device)  # as predict's precision=auto
-        self.card: dict[str, Any] = model.extra.get("card") or model.card.to_dict()
+        # with the training data and date the card itself lacks, as predict's reports have them
+        self.card: dict[str, Any] = card_facts(
+            model.extra.get("card") or model.card.to_dict(), model.source, model.run_dir
+        )
         self.ious = class_ious(self.card)
         self._results: OrderedDict[str, Served] = OrderedDict()
         self._lock = threading.Lock()
