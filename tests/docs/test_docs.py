@@ -274,11 +274,13 @@ def test_a_command_named_in_the_text_exists(shown: Shown):
 
 
 def _shown_output(page: Path, after: int) -> list[str]:
-    """The lines of the first untagged fenced block after line `after` of `page` (a command's output)."""
-    lines = page.read_text(encoding="utf-8").splitlines()[after:]
-    start = next(i for i, line in enumerate(lines) if line.strip() == "```")
-    end = next(i for i in range(start + 1, len(lines)) if lines[i].strip() == "```")
-    return lines[start + 1 : end]
+    """The lines of the output block a command's block is followed by: on `page`, the command on line `after`
+    closes its block at the next fence; the next block must be untagged (output, not commands)."""
+    lines = page.read_text(encoding="utf-8").splitlines()
+    fences = [i for i in range(after, len(lines)) if lines[i].strip().startswith("```")]
+    opened, closed = fences[1], fences[2]  # fences[0] closes the command's own block
+    assert lines[opened].strip() == "```", f"{page}:{opened + 1}: the command's output block should be untagged"
+    return lines[opened + 1 : closed]
 
 
 def _as_pattern(shown_line: str) -> re.Pattern[str]:
