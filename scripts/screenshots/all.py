@@ -7,7 +7,7 @@ threads=1 seed=1` (a few CPU minutes; its run folder goes under a temporary fold
 anything writes into it, so a run of yours is left as it is. Each picture is written to `out=` whole or not at
 all (poc59.core.atomic); the paths written are printed on stdout, one a line.
 
-The pictures (`PICTURES`), each named after its file in `out=`:
+The pictures (`PICTURES`), each written to `out=` as <name>.png (`label_studio` as label_studio_task.png):
 - `training_curves`: the run's own training_curves.png.
 - `evaluate_iou_bars`: `python -m poc59.evaluate run_dir=<run>`'s evaluation/val/iou_bars.png.
 - `predict_overlay`: `python -m poc59.predict` on the synthetic image `scan=` (default syn00013 of the run's
@@ -40,6 +40,7 @@ HERE = Path(__file__).resolve().parent
 QUICKSTART = ["experiment=quickstart", "threads=1", "seed=1"]  # the captions' model
 SCRIPTS = ("report", "serve", "mirador", "label_studio")  # scripts/screenshots/<name>.py, written with those features
 POSITIONAL = {"serve"}  # scripts that take <model> <scan> <out> rather than ckpt= scan= out=
+FILES = {"label_studio": "label_studio_task"}  # a picture whose file is not named after it (docs/images/<file>.png)
 KEYS = {"run_dir", "only", "out", "scan", "scripts"}
 
 
@@ -143,7 +144,7 @@ def main(argv: list[str]) -> int:
             except NotMade as why:
                 failed.append(str(why))
                 continue
-            print(write_bytes(out / f"{name}.png", picture), flush=True)
+            print(write_bytes(out / f"{FILES.get(name, name)}.png", picture), flush=True)
     for why in failed:
         print(f"not made: {why}", file=sys.stderr)
     return 2 if failed else 0
