@@ -70,6 +70,12 @@ def check_settings(cfg: DictConfig) -> None:
             f"data.crop_sampling.rare_fraction={rare}: the share of windows placed over rare classes, 0 to 1"
         )
     check_seed(cfg.get("seed"))
+    init_from = cfg.get("init_from")
+    if init_from and not Path(str(init_from)).expanduser().is_file():
+        raise SettingError(
+            f"init_from={init_from}: no such file; give a checkpoint, e.g. "
+            "init_from=outputs/runs/<run>/checkpoints/best.ckpt, or drop init_from"
+        )
     threads = cfg.get("threads", "auto")
     if str(threads).lower() != "auto" and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
         raise SettingError(f"threads={threads}: choose auto or a whole number of CPU threads, at least 1")

@@ -52,6 +52,7 @@ from poc59.model.factory import (
 )
 from poc59.model.metrics import first_class_baseline
 from poc59.model.module import SegmentationModule
+from poc59.model.pretrained import init_from_checkpoint
 from poc59.tracking import record as tracking
 from poc59.tracking.tracked import trackers
 from poc59.training import resume
@@ -220,6 +221,9 @@ def _train(cfg: DictConfig, run_dir: Path, ckpt_path: str | None, started: float
         run_dir=str(run_dir), seed=cfg.seed, git_commit=commit, packages=package_versions()
     )
     net = instantiate(cfg.model, num_classes=classes.num_classes)
+    if cfg.get("init_from") and ckpt_path is None:  # a resume restores the run's own weights instead
+        source = init_from_checkpoint(net, cfg.init_from, card.network, card.classes.to_dict())
+        card = card.with_provenance(init_from=str(source.resolve()))
     loss = build_loss(cfg.loss, datamodule.class_weights)  # the class weights if it takes them
     module_of = instantiate(  # the LightningModule; its objects are built here, not from config values
         cfg.module,
