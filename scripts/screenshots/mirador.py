@@ -4,7 +4,8 @@
 
 predicts the scan (served by Debian's iipsrv on 127.0.0.1, as an institution's IIIF server would serve it:
 `apt-get install iipimage-server lighttpd`), opens the manifest predict wrote in Mirador with the annotation
-panel open and every region outlined, and saves the screenshot. The test
+panel open and every region outlined, and saves the screenshot (whole or not at all). Exit 2, naming it, when
+iipsrv, chromium or npm is missing; scripts/screenshots/all.py calls it for docs/images/mirador.png. The test
 tests/inference/test_mirador.py drives the same pieces and checks what Mirador shows.
 
 The pieces:
@@ -305,12 +306,19 @@ def main(argv: list[str]) -> int:
     from PIL import Image
 
     from iipsrv_server import iipsrv_at, missing
+    from poc59.core.atomic import write_bytes
     from poc59.predict import main as predict
 
     if missing():
         print(missing(), file=sys.stderr)
         return 2
-    with tempfile.TemporaryDirectory(prefix="poc59-mirador-") as tmp, Chromium() as chromium:
+    try:  # what the screenshot needs and this machine may lack: exit 2, naming it
+        mirador_bundle()
+        chromium = Chromium()
+    except ViewerError as err:
+        print(err, file=sys.stderr)
+        return 2
+    with tempfile.TemporaryDirectory(prefix="poc59-mirador-") as tmp, chromium:
         tmp = Path(tmp)
         root, state, site = tmp / "iipsrv", tmp / "state", tmp / "site"
         for folder in (root, state, site):
@@ -333,7 +341,7 @@ def main(argv: list[str]) -> int:
             names = sorted(row["iiif"]["classes"])
             page = viewer_page(site, f"{url}maps/{row['iiif']['manifest']}")
             shot, _ = show(chromium, url + page, names)
-        Path(args["out"]).write_bytes(shot)
+        write_bytes(args["out"], shot)
     print(args["out"])
     return 0
 
