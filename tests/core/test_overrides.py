@@ -128,3 +128,13 @@ def test_a_forced_add_adds_a_missing_key_and_is_typed_where_the_key_exists():
     check_overrides(["++trainer.max_epochs=3"])
     with pytest.raises(SettingError, match="trainer.max_epochs takes an integer, not 'abc'"):
         check_overrides(["++trainer.max_epochs=abc"])
+
+
+def test_a_keys_meaning_keeps_the_comment_lines_that_run_on_under_it():
+    """--help and the manual's configuration reference read a key's meaning from its comment in conf/; a
+    comment continued on the next lines (its `#` in the same column) is part of it (train.yaml's monitor and
+    run_dir run on), a comment line of its own (the file's notes) is no key's."""
+    meanings = {key: meaning for key, _, meaning in config_keys(compose_train([]))}
+    assert meanings["monitor"].endswith("or val/<name> of a split metric registered in poc59.metrics, e.g. val/fwIoU")
+    assert meanings["run_dir"].endswith("null = ${paths.output_dir}/runs/<date>_<time>")
+    assert meanings["seed"].count("#") == 0 and "@package" not in " ".join(meanings.values())

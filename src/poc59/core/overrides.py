@@ -356,10 +356,17 @@ def compose_keys_without(overrides: Sequence[str], key: str) -> list[str]:
 
 def _yaml_comments(path: Path, prefix: str) -> dict[str, str]:
     """{dotted key: its trailing comment} of one config file (the comment on the key's own line, or on the
-    block's first line for a mapping); keys under `prefix` (a group's package, e.g. `data.`)."""
+    block's first line for a mapping, with the comment-only lines under it whose `#` stands in the same
+    column: a comment that runs on); keys under `prefix` (a group's package, e.g. `data.`)."""
     comments: dict[str, str] = {}
     stack: list[tuple[int, str]] = []
+    last: tuple[str, int] | None = None  # the key whose comment may run on, and its `#` column
     for line in path.read_text().splitlines():
+        more = re.match(r"^(\s+)#\s*(.*)$", line)
+        if more and last is not None and len(more.group(1)) == last[1]:
+            comments[last[0]] += " " + more.group(2).strip()
+            continue
+        last = None
         m = re.match(r"^(\s*)([A-Za-z_]\w*):(.*)$", line)
         if not m:
             continue
@@ -370,6 +377,7 @@ def _yaml_comments(path: Path, prefix: str) -> dict[str, str]:
         comment = re.search(r"(?:^|\s)#\s*(.*)$", rest)
         if comment and key != "defaults":
             comments[dotted] = comment.group(1).strip()
+            last = (dotted, m.start(3) + rest.index("#", comment.start()))
         stack.append((indent, key))
     return comments
 
