@@ -49,6 +49,9 @@ from poc59.inference.outputs import (
     band_confidence,
     damage_statistics,
     label_map_png,
+    report_outputs,
+    write_batch_index,
+    write_scan_report,
     write_statistics,
 )
 from poc59.inference.scans import (
@@ -141,7 +144,7 @@ class Settings:
     iiif: bool = True
     iiif_base_url: str | None = None
     iiif_min_area: int = MIN_AREA
-    report: bool = False  # condition reports, written by the predict command after `run` (poc59.inference.report)
+    report: bool = False  # a condition report per scan and index.html (poc59.inference.outputs.write_scan_report)
     report_pdf: bool = False
     threads: int | str = "auto"  # PyTorch's CPU threads (poc59.core.threads), set by the command
 
@@ -260,7 +263,7 @@ def predict_image(
             with _into_output():
                 pyramids = MapPyramids(out, path.stem, scan.width, scan.height, model.classes)
         labels = np.empty((scan.height, scan.width), np.uint8)
-        confidences = np.empty((scan.height, scan.width), np.uint8) if s.iiif else None
+        confidences = np.empty((scan.height, scan.width), np.uint8) if s.iiif or s.report else None
         picture = OverlayPicture(scan.width, scan.height, model.classes) if s.overlay else None
         counts = np.zeros(256, np.int64)
         task = progress.add_task(f"{path.name}", total=scan.height) if progress else None
@@ -305,7 +308,7 @@ def predict_image(
     row["overlay"] = f"{path.stem}_overlay.png" if picture is not None else None
     row["classes_tif"], row["confidence_tif"] = pyramids.names if pyramids is not None else (None, None)
     row["iiif"] = None
-    if confidences is not None:
+    if s.iiif:
         scan_ref = path.scan_ref() if remote else ScanRef.local(path, scan.width, scan.height)
         docs = iiif_documents(
             path.stem,
@@ -320,6 +323,9 @@ def predict_image(
         for name, data in docs.files.items():  # the manifest last: a manifest on disk has its page and layer
             _write(out, name, data)
         row["iiif"] = docs.summary
+    if s.report:
+        with _into_output():
+            row.update(write_scan_report(out, path, labels, confidences, row, model, s))
     row["seconds"] = round(time.perf_counter() - start, 3)
     return row
 
@@ -350,7 +356,8 @@ def _check_output_folder(out: Path, planned: list[str], earlier: set[str] | None
 def _written(row: dict) -> list[str | None]:
     """The files a statistics row names (None: not written)."""
     iiif = [row["iiif"][k] for k in ("layer", "annotations", "manifest")] if row["iiif"] else []
-    return [row["labels"], row["overlay"], row["classes_tif"], row["confidence_tif"], *iiif]
+    reports = [row.get("report"), row.get("report_pdf")]  # absent: report=false
+    return [row["labels"], row["overlay"], row["classes_tif"], row["confidence_tif"], *iiif, *reports]
 
 
 def _start_record(out: Path, outputs: set[str], classes: ClassTable, meta: dict) -> None:
@@ -434,6 +441,7 @@ def run(s: Settings, console: Console | None = None) -> dict:
             raise UsageError(f"{stems[p.stem]} and {p} would write the same outputs ({p.stem}_labels.png); rename one")
         stems[p.stem] = p
     planned = [n for p in images for n in _outputs_of(p, s.overlay, s.pyramid, s.iiif)]
+    planned += report_outputs([p.stem for p in images], s.report_pdf) if s.report else []
     earlier_files = _check_output_folder(out, planned, earlier, s.overwrite)
     check_writable(out, "output", UsageError)
     masks = _object_masks(s.object_mask, images)
@@ -476,6 +484,7 @@ def run(s: Settings, console: Console | None = None) -> dict:
             log.info("overwrite=true: the %d file(s) of the earlier batch in %s removed", len(earlier_files), out)
         rows, failed = _predict_batch(model, images, masks, out, s, device, autocast, console)
         written = [*STATISTICS, *(n for r in rows for n in _written(r) if n)]
+        written += [write_batch_index(out, rows, failed)] if s.report else []
         csv_path, _ = write_statistics(
             out, rows, model.classes, _record(meta | {"predicted": len(rows)}, failed, written, finished=True)
         )
