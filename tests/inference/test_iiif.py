@@ -283,14 +283,14 @@ def test_tracing_a_class_holds_at_most_three_bytes_a_pixel_beside_the_inputs():
     assert peak < 3.5 * height * width, f"{peak / (height * width):.2f} bytes a pixel"
 
 
-def test_the_component_bound_is_never_below_the_components():
+def test_thecomponent_bound_is_never_below_the_components():
     import cv2
 
-    from poc59.inference.iiif import _component_bound
+    from poc59.inference.iiif import component_bound
 
     rng = np.random.default_rng(5)
     for density in (0.05, 0.3, 0.6, 0.9):
         mask = rng.random((700, 37)) < density  # taller than the bound's band of rows: bands meet
         count = cv2.connectedComponents(mask.view(np.uint8), connectivity=8)[0] - 1
-        assert count <= _component_bound(mask) <= int(mask.sum())
-    assert _component_bound(np.ones((3000, 5), bool)) == 1  # one region across the bands
+        assert count <= component_bound(mask) <= int(mask.sum())
+    assert component_bound(np.ones((3000, 5), bool)) == 1  # one region across the bands

@@ -343,10 +343,10 @@ def iiif_documents(
 
 
 _COUNT_PIXELS = 1 << 18  # pixels counted at once (bincount's int64 copy of them: 2 MB)
-_BOUND_ROWS = 256  # rows `_component_bound` looks at at once: its temporaries stay a few bytes x 256 x W
+_BOUND_ROWS = 256  # rows `component_bound` looks at at once: its temporaries stay a few bytes x 256 x W
 
 
-def _component_bound(mask: np.ndarray) -> int:
+def component_bound(mask: np.ndarray) -> int:
     """An upper bound on the 8-connected components of `mask` (bool [H, W]): the pixels none of whose four
     neighbours read before them (left, and the three above) is set. A component's first pixel in reading
     order is one of them. Counted a band of rows at a time."""
@@ -367,7 +367,7 @@ def _component_bound(mask: np.ndarray) -> int:
 def _components(mask: np.ndarray) -> tuple[int, np.ndarray, np.ndarray, np.ndarray]:
     """OpenCV's 8-connected components of `mask` (bool [H, W]) with their stats; the component map is uint16
     (2 bytes a pixel) when the mask cannot hold 65,535 components, else int32 (4 bytes a pixel)."""
-    ltype = cv2.CV_16U if _component_bound(mask) < 65_535 else cv2.CV_32S
+    ltype = cv2.CV_16U if component_bound(mask) < 65_535 else cv2.CV_32S
     return cv2.connectedComponentsWithStats(mask.view(np.uint8), connectivity=8, ltype=ltype)
 
 
