@@ -2,7 +2,7 @@
 model, the int8 model against fp32 with its validation mIoU cost, and the physical limit of the scan.
 
 Model: the quickstart's network (cpu_small: RegNetX-400MF under the quickstart's slim FPN) trained as a
-native-scale model (`data.policy=crop`, 128 px tiles, no `max_side`, 60 synthetic images, 2 epochs: TRAIN), then
+native-scale model (`data.policy=crop`, 128 px tiles, `max_side=2048`: sources and the scan at their own scale, 60 synthetic images, 2 epochs: TRAIN), then
 `python -m poc59.export run_dir=... format=onnx quantize=int8 allow_int8_loss=true` (the int8 model's
 validation mIoU against the fp32 model's is the card's, measured by the export itself). A scan is what
 `serve` and `predict` run on it: `poc59.inference.image.predict_label_map` (128 px tiles, overlap 0.25,
@@ -58,7 +58,7 @@ QUICK = Sizes(scan=(96, 128), repeats=1)
 TRAIN = (
     "experiment=quickstart",
     "data.policy=crop",
-    "data.max_side=null",  # native scale: predict tiles the whole scan (with max_side=384 it predicts 384 x 288)
+    "data.max_side=2048",  # every source at its own scale, and predict tiles the whole scan (384 shrinks it to 384 x 288)
     "data.synthetic.n=60",
     "trainer.max_epochs=2",
     "trainer.enable_progress_bar=false",
