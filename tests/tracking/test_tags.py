@@ -4,9 +4,9 @@ layout of runs recorded before the `decoder` group (the fixture run trained by t
 from pathlib import Path
 
 import yaml
-from helpers import make_cfg
 from omegaconf import OmegaConf
 
+from helpers import make_cfg
 from poc59.tracking.record import tags
 
 OLD_RUN = Path(__file__).parents[1] / "training" / "fixtures" / "run_before_model_group"
