@@ -1,6 +1,6 @@
 """Predict's IIIF manifest as a conservator sees it: Mirador 4 in headless Chromium, and a screenshot for the docs.
 
-    python scripts/screenshots/mirador.py ckpt=<model> scan=<image> out=docs/img/mirador.png
+    python scripts/screenshots/mirador.py ckpt=<model> scan=<image> out=docs/images/mirador.png
 
 predicts the scan (served by Debian's iipsrv on 127.0.0.1, as an institution's IIIF server would serve it:
 `apt-get install iipimage-server lighttpd`), opens the manifest predict wrote in Mirador with the annotation

@@ -2,7 +2,7 @@
 
 Starts `python -m poc59.serve model=<model>` on a free port of 127.0.0.1, opens the page in headless
 Chromium (the Debian `chromium`, through Playwright), uploads the scan, waits for the damage, and saves the
-whole page as a PNG (default docs/img/serve.png); the server is stopped by its pid afterwards.
+whole page as a PNG (default docs/images/serve.png); the server is stopped by its pid afterwards.
 """
 
 from __future__ import annotations
@@ -59,7 +59,11 @@ def screenshot(model: Path, scan: Path, out: Path) -> Path:
                 browser.close()
         finally:
             os.kill(server.pid, signal.SIGINT)
-            server.wait(60)
+            try:
+                server.wait(60)
+            except subprocess.TimeoutExpired:  # never leave a server behind
+                server.kill()
+                server.wait()
     return out
 
 
@@ -67,7 +71,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("model", type=Path, help="model.onnx, best.ckpt or a run folder")
     parser.add_argument("scan", type=Path, help="the scan to show")
-    parser.add_argument("out", type=Path, nargs="?", default=Path("docs/img/serve.png"))
+    parser.add_argument("out", type=Path, nargs="?", default=Path("docs/images/serve.png"))
     args = parser.parse_args()
     print(screenshot(args.model, args.scan.resolve(), args.out))
 
