@@ -58,7 +58,7 @@ def screenshot(model: Path, scan: Path, out: Path) -> Path:
                 page.screenshot(path=str(out), full_page=True)
                 browser.close()
         finally:
-            os.kill(server.pid, signal.SIGINT)
+            os.kill(server.pid, signal.SIGTERM)  # SIGINT is ignored in a process started in the background
             try:
                 server.wait(60)
             except subprocess.TimeoutExpired:  # never leave a server behind

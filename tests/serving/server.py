@@ -55,7 +55,7 @@ class Server:
 
     def stop(self) -> None:
         if self.alive():
-            os.kill(self.process.pid, signal.SIGINT)
+            os.kill(self.process.pid, signal.SIGTERM)  # SIGINT is ignored by a process started in the background
             try:
                 self.process.wait(30)
             except subprocess.TimeoutExpired:
