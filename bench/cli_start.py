@@ -36,6 +36,8 @@ CALLS: dict[str, tuple[list[str], list[str]]] = {
     "weights": (["fetch", "encodr=tiny"], ["fetch", "encoder=tiny", "force=maybe"]),
     "sweep_status": (["swep=outputs/sweeps"], ["sweep=outputs/sweeps", "json=maybe"]),
     "import_parquet": (["src=shards", "out=data", "max_sid=512"], ["src=shards", "out=data", "max_side=big"]),
+    "serve": (["modle=model.onnx"], ["model=model.onnx", "port=abc"]),
+    "annotate": (["push", "urll=http://localhost:8080"], ["pull", "overwrite=maybe"]),
 }
 QUICK_COMMANDS = ("train", "evaluate", "weights")  # --quick: one of each kind of parser (config, keys, verbs)
 KINDS = {"help": "--help", "misspelt_key": "a misspelt key", "bad_value": "a bad value"}
