@@ -40,7 +40,7 @@ def run_quick(tmp_path: Path, *only: str) -> subprocess.CompletedProcess:
         text=True,
         cwd=tmp_path,
         env=env,
-        timeout=600,
+        timeout=1200,  # a hang guard, not a timing: every row's quick run took 6 min alone, over 10 beside the suite
     )
 
 
