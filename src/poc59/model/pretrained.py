@@ -486,6 +486,18 @@ def fetch(
     return dest
 
 
+def init_from_file(path: str | Path) -> Path:
+    """The checkpoint `init_from=` names, or a SettingError naming the key when there is no such file (the
+    training's preflight asks this before any data is touched; `init_from_checkpoint` again when it loads)."""
+    found = Path(str(path)).expanduser()
+    if not found.is_file():
+        raise SettingError(
+            f"init_from={path}: no such file; give a checkpoint, e.g. "
+            "init_from=outputs/runs/<run>/checkpoints/best.ckpt, or drop init_from"
+        )
+    return found
+
+
 def init_from_checkpoint(
     net: nn.Module, path: str | Path, network: Mapping[str, Any], classes: Mapping[str, Any]
 ) -> Path:
@@ -496,11 +508,7 @@ def init_from_checkpoint(
     poc59 training checkpoint, or when its network (`network`: the new run's model card's) or class table
     (`classes`: names and ignore id) differ from this run's, since the weights would not mean the same."""
 
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise SettingError(
-            f"init_from={path}: no such file; give a checkpoint, e.g. init_from=outputs/runs/<run>/checkpoints/best.ckpt"
-        )
+    path = init_from_file(path)
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as e:  # truncated, or not a torch file

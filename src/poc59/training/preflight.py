@@ -26,6 +26,7 @@ from poc59.data.masks import check_mask_remap
 from poc59.data.sources import check_root
 from poc59.data.split import check_fractions
 from poc59.model.factory import WeightsMismatchError, check_image_size, check_network
+from poc59.model.pretrained import init_from_file
 from poc59.training.loss import check_loss
 
 GROUPS = (
@@ -70,12 +71,8 @@ def check_settings(cfg: DictConfig) -> None:
             f"data.crop_sampling.rare_fraction={rare}: the share of windows placed over rare classes, 0 to 1"
         )
     check_seed(cfg.get("seed"))
-    init_from = cfg.get("init_from")
-    if init_from and not Path(str(init_from)).expanduser().is_file():
-        raise SettingError(
-            f"init_from={init_from}: no such file; give a checkpoint, e.g. "
-            "init_from=outputs/runs/<run>/checkpoints/best.ckpt, or drop init_from"
-        )
+    if cfg.get("init_from"):
+        init_from_file(cfg.init_from)
     threads = cfg.get("threads", "auto")
     if str(threads).lower() != "auto" and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
         raise SettingError(f"threads={threads}: choose auto or a whole number of CPU threads, at least 1")
