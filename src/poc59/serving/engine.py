@@ -48,7 +48,16 @@ from poc59.core.device import autocast_dtype, resolve_device
 from poc59.inference.iiif_source import IiifClient, IiifError, IiifImage, iiif_inputs, is_iiif_input
 from poc59.inference.image import band_labels, logit_bands, streaming_bytes
 from poc59.inference.outputs import STATISTICS_CONVENTION, band_confidence, damage_statistics, label_map_png
-from poc59.inference.report import card_facts, class_ious, trust_word, write_condition_report
+from poc59.inference.report import (
+    card_facts,
+    class_ious,
+    preview_factor,
+    reduce_confidence,
+    reduce_labels,
+    reduce_rgb,
+    trust_word,
+    write_condition_report,
+)
 from poc59.inference.run import Settings as PredictSettings
 from poc59.inference.scans import ScanError, open_scan, scan_size
 from poc59.serving.limits import Limits, RequestRefused, check_scan_size, working_bytes
@@ -56,7 +65,7 @@ from poc59.serving.startup import model_path
 
 log = logging.getLogger(__name__)
 
-__all__ = ["KEPT", "PREVIEW_SIDE", "Engine", "Served"]
+__all__ = ["KEPT", "PREVIEW_SIDE", "Engine", "Served", "previews"]
 
 KEPT = 8  # results kept for the page's toggles (each a preview of at most PREVIEW_SIDE px, about 13 MB)
 PREVIEW_SIDE = 1600  # the longest side of the pictures shown in the page and embedded in the report
@@ -69,8 +78,16 @@ def _stem(name: str) -> str:
     return stem[:80]
 
 
-def _preview_scale(width: int, height: int) -> float:
-    return min(1.0, PREVIEW_SIDE / max(width, height))
+def previews(
+    rgb: np.ndarray, labels: np.ndarray, confidence: np.ndarray, classes: ClassTable
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The page's pictures of one scan, at most `PREVIEW_SIDE` on the long side: the scan, its class ids and its
+    confidence reduced by one whole number k, as the condition report reduces them (`poc59.inference.report`):
+    block means for the scan and the confidence, and for the classes a block's most frequent damage class
+    wherever it holds any damage, so a crack one pixel wide on a large scan still shows on the page."""
+    height, width = labels.shape
+    k = preview_factor(width, height, PREVIEW_SIDE)
+    return reduce_rgb(rgb, k), reduce_labels(labels, k, classes), reduce_confidence(confidence, k)
 
 
 @dataclass
@@ -216,15 +233,7 @@ class Engine:
         folder = self.work_dir / key
         folder.mkdir(parents=True)
         stem = _stem(source.stem if isinstance(source, IiifImage) else name)
-        scale = _preview_scale(width, height)
-        size = (max(1, round(width * scale)), max(1, round(height * scale)))
-        previews = (
-            np.asarray(Image.fromarray(rgb).resize(size, Image.Resampling.BILINEAR)) if scale < 1 else rgb.copy(),
-            np.asarray(Image.fromarray(labels).resize(size, Image.Resampling.NEAREST)) if scale < 1 else labels,
-            np.asarray(Image.fromarray(confidence).resize(size, Image.Resampling.BILINEAR))
-            if scale < 1
-            else confidence,
-        )
+        shown = previews(rgb, labels, confidence, classes)
         settings = {"tile overlap": overlap, "minimum region size (pixels)": min_region, "model": str(model.source)}
         statistics = {
             "convention": STATISTICS_CONVENTION,
@@ -241,8 +250,8 @@ class Engine:
             "confidence": write_bytes(folder / f"{stem}_confidence.png", _gray_png(confidence)),
             "statistics": write_json(folder / f"{stem}_statistics.json", statistics),
         }
-        files["report"] = self._write_report(folder / f"{stem}.report.html", stem, previews, row, settings)
-        served = Served(key, name, *previews, row, files, round(time.monotonic() - start, 3), folder)
+        files["report"] = self._write_report(folder / f"{stem}.report.html", stem, shown, row, settings)
+        served = Served(key, name, *shown, row, files, round(time.monotonic() - start, 3), folder)
         self._keep(served)
         log.info("%s: %d x %d px predicted in %.1f s", name, width, height, served.seconds)
         return served
@@ -251,9 +260,9 @@ class Engine:
         return trust_word(self.ious.get(name))
 
     def _write_report(
-        self, path: Path, stem: str, previews: tuple[np.ndarray, ...], row: dict, settings: dict[str, Any]
+        self, path: Path, stem: str, pictures: tuple[np.ndarray, ...], row: dict, settings: dict[str, Any]
     ) -> Path:
-        scan, labels, confidence = previews
+        scan, labels, confidence = pictures
         write_condition_report(
             path,
             stem=stem,
