@@ -382,3 +382,61 @@ def test_scaling_16_bits_takes_no_int64_copy_of_the_samples(tmp_path):
             tracemalloc.stop()
     assert np.array_equal(got, _by_hand(pixels, "rgb"))
     assert peak < 12 * height * width, f"{peak / (height * width):.1f} bytes a pixel"
+
+
+def test_tiles_decoded_on_several_threads_give_the_single_threaded_pixels_across_tile_borders(tmp_path, monkeypatch):
+    """open_scan's `workers`: a band's tiles decoded on 1 or 3 threads give the same pixels, whole and in bands
+    that start and end inside tiles (11 and 22 rows against 32-row tiles), for a 16-bit master (its peak pass
+    kept on disk, or decoded twice when the disk has no room), an 8-bit one and min-is-white, all equal to
+    tifffile's own whole decode."""
+    files = {
+        "rgb": tmp_path / "rgb16.tif",
+        "miniswhite": tmp_path / "white16.tif",
+        "rgb8": tmp_path / "rgb8.tif",
+    }
+    tifffile.imwrite(files["rgb"], _pixels(3, np.uint16), photometric="rgb", compression="lzw", tile=(32, 32))
+    tifffile.imwrite(
+        files["miniswhite"],
+        _pixels(1, np.uint16, 1)[..., 0],
+        photometric="miniswhite",
+        compression="lzw",
+        tile=(32, 16),
+    )
+    tifffile.imwrite(files["rgb8"], _pixels(3, np.uint8, 2), photometric="rgb", compression="deflate", tile=(16, 32))
+
+    def read_all(room: bool) -> None:
+        for name, path in files.items():
+            expect = _reference(path, "rgb" if name == "rgb8" else name)
+            for workers in (1, 3):
+                assert np.array_equal(_streamed(path, workers=workers), expect), (name, workers, room)
+                assert np.array_equal(open_scan(path, workers=workers).whole(), expect), (name, workers, room)
+
+    read_all(room=True)
+    monkeypatch.setattr(shutil, "disk_usage", lambda folder: SimpleNamespace(free=0))
+    read_all(room=False)
+
+
+def test_tiff_tiles_are_decoded_on_pytorchs_thread_count_unless_told(tmp_path, monkeypatch):
+    import torch
+
+    from poc59.inference import scans
+
+    asked = []
+
+    def recording(path, level=0, workers=None):
+        asked.append(workers)
+        return open_raster(path, level, workers)
+
+    monkeypatch.setattr(scans, "open_raster", recording)
+    path, _ = _tiff(tmp_path, "master.tif")
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(3)  # what predict's threads=3 sets
+        for workers, expect in ((None, 3), (1, 1), (2, 2)):
+            asked.clear()
+            scan = open_scan(path, max_bytes=1, workers=workers)
+            assert np.array_equal(scan.rows(0, H), _reference(path, "rgb"))
+            scan.close()
+            assert asked == [expect], (workers, asked)
+    finally:
+        torch.set_num_threads(before)

@@ -15,7 +15,10 @@ evaluate use for them too: a TIFF (striped or tiled, any compression imagecodecs
 decodes, 8 or 16 bits, BigTIFF) decodes only the strips or tiles that cover the
 rows asked for, and a pyramidal TIFF's reduced levels open with `level=`
 (`scan_levels`, `level_at_least`). A layout that reader does not handle goes to
-Pillow, as every other format does.
+Pillow, as every other format does. Its strips or tiles are decoded on as many
+threads as PyTorch's intra-op thread count (what predict's and serve's
+`threads=` set, `poc59.core.threads`), or `workers=`: the codecs release the
+GIL, and a thread beyond the CPUs the job was given would only wait.
 
 Strips. A scan whose decoded pixels would exceed the memory budget is read in
 bands of rows, top to bottom, without decoding the whole image first:
@@ -55,6 +58,7 @@ __all__ = [
     "IMAGE_SUFFIXES",
     "Scan",
     "ScanError",
+    "decode_threads",
     "level_at_least",
     "open_scan",
     "read_object_mask",
@@ -230,8 +234,8 @@ class _RawBands:
 class _RegionBands:
     """Rows of a TIFF (or JPEG 2000) through `poc59.data.regions`, a band at a time, 16 bits scaled by `peak`."""
 
-    def __init__(self, raster: Raster, peak: float | None, first_read: str | None = None) -> None:
-        self.raster, self.peak, self.y = raster, peak, 0
+    def __init__(self, raster: Raster, peak: float | None, workers: int, first_read: str | None = None) -> None:
+        self.raster, self.peak, self.workers, self.y = raster, peak, workers, 0
         self.first_read = first_read  # logged (a warning) when the first rows are read
 
     def read(self, n: int) -> Image.Image | np.ndarray:
@@ -330,7 +334,7 @@ class Scan:
                 )
             return self.whole()
         try:
-            with open_raster(self.path, level) as raster:
+            with open_raster(self.path, level, self._bands.workers) as raster:
                 log.info(
                     "%s: level %d (%d x %d) read for the model's %d x %d, not the full %d x %d",
                     self.path,
@@ -428,14 +432,25 @@ def _peak(path: Path, img: Image.Image, strip_rows: int) -> float:
     return peak
 
 
-def _raster(path: Path, allow_large: bool, level: int = 0) -> Raster | None:
-    """The TIFF / JPEG 2000 reader's view of `path` (level `level`), or None when another decoder reads it."""
+def decode_threads(workers: int | None = None) -> int:
+    """Threads that decode a TIFF's strips or tiles: `workers`, else PyTorch's intra-op thread count (what
+    predict's and serve's `threads=` set)."""
+    if workers is not None:
+        return max(1, workers)
+    import torch  # loaded already wherever a model predicts; here only for its thread count
+
+    return torch.get_num_threads()
+
+
+def _raster(path: Path, allow_large: bool, level: int = 0, workers: int = 1) -> Raster | None:
+    """The TIFF / JPEG 2000 reader's view of `path` (level `level`, its segments decoded on `workers` threads),
+    or None when another decoder reads it."""
     if not handles(path):
         return None
     try:
         with pixel_limit(allow_large), warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # refused below, with the way out
-            raster = open_raster(path, level)
+            raster = open_raster(path, level, workers)
     except NotInRegions as why:
         log.debug("%s: read through Pillow (%s)", path, why)
         return None
@@ -486,7 +501,7 @@ def _region_pixel_bytes(raster: Raster) -> int:
     return raster.sample_bytes + (colours if raster.wide else 0) + 4 + 3
 
 
-def _region_scan(path: Path, raster: Raster, max_bytes: int | None) -> Scan:
+def _region_scan(path: Path, raster: Raster, max_bytes: int | None, workers: int) -> Scan:
     """A Scan over a TIFF / JPEG 2000 raster: whole when that fits `max_bytes`, else a band at a time."""
     w, h = raster.width, raster.height
     pixel = _region_pixel_bytes(raster)
@@ -505,7 +520,12 @@ def _region_scan(path: Path, raster: Raster, max_bytes: int | None) -> Scan:
             )
             strip_rows = max(_MIN_STRIP_ROWS, max_bytes // (4 * w * pixel))
             return Scan(
-                path, w, h, bands=_RegionBands(raster, None, why), convert=_Converter(transform), strip_rows=strip_rows
+                path,
+                w,
+                h,
+                bands=_RegionBands(raster, None, workers, why),
+                convert=_Converter(transform),
+                strip_rows=strip_rows,
             )
         segment = raster.rows_per_segment
         strip_rows = max(_MIN_STRIP_ROWS, max_bytes // (4 * w * pixel))
@@ -524,19 +544,30 @@ def _region_scan(path: Path, raster: Raster, max_bytes: int | None) -> Scan:
         raster.close()
         raise ScanError(str(err)) from None
     log.info("%s: %d x %d read in strips of %d rows (TIFF strips/tiles; never decoded whole)", path, w, h, strip_rows)
-    return Scan(path, w, h, bands=_RegionBands(raster, peak), convert=_Converter(transform), strip_rows=strip_rows)
+    return Scan(
+        path, w, h, bands=_RegionBands(raster, peak, workers), convert=_Converter(transform), strip_rows=strip_rows
+    )
 
 
-def open_scan(path: str | Path, allow_large_images: bool = False, max_bytes: int | None = None, level: int = 0) -> Scan:
+def open_scan(
+    path: str | Path,
+    allow_large_images: bool = False,
+    max_bytes: int | None = None,
+    level: int = 0,
+    workers: int | None = None,
+) -> Scan:
     """Open one image for prediction; decoded whole if that fits in `max_bytes` (None: always), else in strips.
 
     `level`: a reduced resolution of a pyramidal TIFF or a JPEG 2000 file (`scan_levels`; 0, the full one, for
-    any other file), its 16-bit samples scaled by that level's own peak.
+    any other file), its 16-bit samples scaled by that level's own peak. `workers`: threads decoding a TIFF's
+    strips or tiles (`decode_threads`: PyTorch's thread count unless given).
     """
     path = Path(path)
-    raster = _raster(path, allow_large_images, level)
+    if handles(path):
+        workers = decode_threads(workers)
+    raster = _raster(path, allow_large_images, level, workers or 1)
     if raster is not None:
-        return _region_scan(path, raster, max_bytes)
+        return _region_scan(path, raster, max_bytes, workers)
     if level:
         raise ValueError(f"{path}: level {level} asked for, but the file stores one resolution (see scan_levels)")
     img = _open(path, allow_large_images)
