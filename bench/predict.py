@@ -153,6 +153,7 @@ def memory_child(
         "width": row["width"],
         "height": row["height"],
         "max_memory_mb": max_memory_mb,
+        "outputs": sorted(f.name for f in Path(out).iterdir()),  # what the settings had it write
     }
 
 

@@ -13,8 +13,10 @@ LZW-compressed, tiled (256 px) TIFF generated here, a tile row at a time.
   `poc59.inference.run.predict_image` (the command's per-scan path, its defaults, the decompression-bomb limit
   lifted as allow_large_images=true does) handles the TIFF; the peak RSS above the model's own is the figure
   (bench.predict's child). Bar: at most 1.5 GB. The baseline is the whole 16-bit decode alone (W x H x 3 x 2
-  bytes). A second child with overlay=false is in the details: the overlay picture is held whole by
-  `poc59.inference.outputs`, so it says how much of the figure the reader and the sliding window take.
+  bytes). The defaults write the IIIF manifest and annotations (iiif=true). Two more children are in the
+  details (full mode): overlay=false (the overlay picture is held whole by `poc59.inference.outputs`, so it
+  says how much of the figure the reader and the sliding window take) and pyramid=true (the pyramidal TIFF
+  maps, written in bands, beside the defaults).
 
 `python -m bench.tiff_masters --only read` (or `memory`) runs one half by hand.
 """
@@ -180,23 +182,23 @@ MEMORY_CHILD = (
     "PIL.Image.MAX_IMAGE_PIXELS = None  # allow_large_images=true\n"
     "import bench.predict as p\n"
     "from poc59.inference import run\n"
-    "overlay = sys.argv[-1] == 'overlay'\n"
-    "if not overlay:\n"
-    "    class Settings(run.Settings):\n"
-    "        def __init__(self, **kw):\n"
-    "            super().__init__(**kw, overlay=False)\n"
-    "    run.Settings = Settings\n"
+    "changed = json.loads(sys.argv[-1])  # settings other than predict's defaults\n"
+    "class Settings(run.Settings):\n"
+    "    def __init__(self, **kw):\n"
+    "        super().__init__(**{**kw, **changed})\n"
+    "run.Settings = Settings\n"
     "a = sys.argv[1:-1]\n"
     "print(json.dumps(p.memory_child(a[0], a[1], a[2], int(a[3]), int(a[4]), float(a[5]), int(a[6]))))\n"
 )
 
 
-def measure_memory(image: Path, kind: str, tile: int, overlay: bool, max_memory_mb: float = 1024) -> dict:
-    """bench.predict's memory child on `image` in a fresh process (bomb limit lifted; overlay on or off)."""
+def measure_memory(image: Path, kind: str, tile: int, changed: dict | None = None, max_memory_mb: float = 1024) -> dict:
+    """bench.predict's memory child on `image` in a fresh process (bomb limit lifted), with predict's settings
+    `changed` from their defaults (e.g. {"overlay": False}, {"pyramid": True})."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
     with tempfile.TemporaryDirectory(prefix="tiff-mem-", dir=common.bench_dir()) as out:
         args = [str(image), out, kind, str(CLASSES), str(tile), str(max_memory_mb), "8"]
-        cmd = [sys.executable, "-c", MEMORY_CHILD, *args, "overlay" if overlay else "no-overlay"]
+        cmd = [sys.executable, "-c", MEMORY_CHILD, *args, json.dumps(changed or {})]
         proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env, timeout=3 * 3600)
     if proc.returncode != 0:
         raise RuntimeError(f"memory child failed ({proc.returncode}): {proc.stderr.strip()[-2000:]}")
@@ -241,8 +243,10 @@ def speed_row(s: Sizes, quick: bool) -> dict:
 
 def memory_row(s: Sizes, quick: bool, kind: str = "tiny") -> dict:
     tiff, _ = files(s)
-    mem = measure_memory(tiff, kind, s.model_tile, overlay=True)
-    bare = None if quick else measure_memory(tiff, kind, s.model_tile, overlay=False)  # quick: proves it runs
+    mem = measure_memory(tiff, kind, s.model_tile)
+    # quick: proves it runs; full: what the overlay takes, and the pyramidal maps beside the defaults
+    bare = None if quick else measure_memory(tiff, kind, s.model_tile, {"overlay": False})
+    pyramid = None if quick else measure_memory(tiff, kind, s.model_tile, {"pyramid": True})
     whole = s.width * s.height * 3 * 2
     return common.row(
         NAME_MEMORY,
@@ -257,7 +261,7 @@ def memory_row(s: Sizes, quick: bool, kind: str = "tiny") -> dict:
         f"<= {BAR_MEMORY / 1e6:,.0f} MB",
         mem["added_bytes"] <= BAR_MEMORY,
         quick,
-        {**mem, "overlay_false": bare, "load": common.load()},
+        {**mem, "overlay_false": bare, "pyramid_true": pyramid, "load": common.load()},
     )
 
 

@@ -10,6 +10,8 @@ from PIL import Image
 
 from bench import tiff_masters
 from poc59.data.regions import scale_to_8bit
+from poc59.inference.iiif import output_names
+from poc59.inference.outputs import MapPyramids
 
 
 def test_the_master_and_its_png_twin_hold_the_same_pixels(tmp_path, monkeypatch):
@@ -35,6 +37,16 @@ def test_predict_memory_child_streams_a_tiff_master(tmp_path, monkeypatch):
     monkeypatch.setenv("POC59_CACHE", str(tmp_path))
     s = tiff_masters.Sizes(height=1500, width=2000, model_tile=128, repeats=1)
     tiff, _ = tiff_masters.files(s)
-    got = tiff_masters.measure_memory(tiff, "pointwise", s.model_tile, overlay=False, max_memory_mb=8)
+    got = tiff_masters.measure_memory(tiff, "pointwise", s.model_tile, {"overlay": False}, max_memory_mb=8)
     # streamed, never decoded whole (at this size the figure itself cannot tell: the whole decode is only 18 MB)
     assert got["streamed"] and (got["width"], got["height"]) == (s.width, s.height) and got["added_bytes"] > 0
+    stem, iiif = tiff.stem, set(output_names(tiff.stem))  # the defaults write the IIIF documents
+    assert set(got["outputs"]) == {f"{stem}_labels.png", *iiif}  # and overlay=false took
+    with_maps = tiff_masters.measure_memory(tiff, "pointwise", s.model_tile, {"pyramid": True}, max_memory_mb=8)
+    maps = {stem + suffix for suffix in MapPyramids.SUFFIXES}
+    assert with_maps["streamed"] and set(with_maps["outputs"]) == {
+        f"{stem}_labels.png",
+        f"{stem}_overlay.png",
+        *iiif,
+        *maps,
+    }
