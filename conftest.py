@@ -6,7 +6,8 @@ A session-scoped fixture (tests/conftest.py's `trained_run`) is built once for e
 build time is not counted against the test that happened to need it first, and is listed on its own.
 
 Under pytest-xdist (`pytest -n auto --dist loadgroup`, the README's test command) each worker runs on its own
-share of the CPUs, and the tests that submit to the one SLURM cluster run one after another on one worker."""
+share of the CPUs, the tests that submit to the one SLURM cluster run one after another on one worker, and the
+tests of a module that share a module-scoped fixture run on one worker, which builds it once."""
 
 from __future__ import annotations
 
@@ -43,12 +44,36 @@ def pytest_configure(config: pytest.Config) -> None:
         torch.set_num_threads(len(share))
 
 
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """The tests of the SLURM cluster (the `slurm` fixture) share one xdist worker (`--dist loadgroup`): its
-    single node runs one test's jobs at a time, as the tests' timeouts assume."""
+def _shares_a_module_fixture(item: pytest.Item) -> bool:
+    """Whether `item` uses a module- or class-scoped fixture (a training, a sweep, a prediction its module's
+    tests share)."""
+    info = getattr(item, "_fixtureinfo", None)
+    defs = info.name2fixturedefs.values() if info is not None else ()
+    return any(chain and chain[-1].scope in ("module", "class") for chain in defs)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]):
+    """Groups for `--dist loadgroup`, each run on one xdist worker:
+    - the tests of the SLURM cluster (the `slurm` fixture): its single node runs one test's jobs at a time, as
+      the tests' timeouts assume;
+    - the tests of one module that share a module- or class-scoped fixture: a fixture is built once per worker
+      that runs a test needing it, so the module's trainings and sweeps would otherwise be built on every
+      worker its tests were dealt to. Its other tests stay free to run anywhere.
+    A test in the SLURM group stays there (xdist would join two group names into a third group)."""
     for item in items:
         if "slurm" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.xdist_group("slurm"))
+        elif _shares_a_module_fixture(item):
+            item.add_marker(pytest.mark.xdist_group(f"module:{item.nodeid.split('::', 1)[0]}"))
+    result = yield  # xdist's worker hook writes each group into the node id the scheduler reads
+    for item in items:
+        # pytest 9.2 reads the node id from `_id`, and xdist 3.8 still writes `_nodeid`, so without this every
+        # group is silently ignored (pytest-dev/pytest-xdist#1386)
+        grouped = item.__dict__.get("_nodeid")
+        if grouped and item.nodeid != grouped:
+            item._id = type(item._id).parse(grouped)
+    return result
 
 
 @pytest.hookimpl(hookwrapper=True)
