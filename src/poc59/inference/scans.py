@@ -384,7 +384,8 @@ class Scan:
         while end < y1:
             parts.append(self._decode(min(self.strip_rows, self.height - end)))
             end += len(parts[-1])
-        self._buffer = np.concatenate(parts) if len(parts) > 1 else parts[0]
+        parts = [part for part in parts if len(part)] or parts[:1]
+        self._buffer = np.concatenate(parts) if len(parts) > 1 else parts[0]  # a strip read afresh is not copied
         self._start = y0
         return self._buffer[: y1 - y0]
 
