@@ -37,25 +37,37 @@ def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One tiny real run folder, trained once per pytest session, for every test that needs a trained run
     (evaluate, predict, export, compare, ensembles, loading checkpoints).
 
-    What it holds: the run `python -m poc59.train <helpers.TRAINED_RUN>` trains (encoder=tiny, 10 synthetic images at
-    64 px in the ARTeFACT class table, 20% held out as a test split, 2 epochs of 3 steps, so best.ckpt is one
+    What it holds: the run `python -m poc59.train <helpers.TRAINED_RUN>` trains (encoder=tiny, 10 synthetic images
+    at 64 px in the ARTeFACT class table, 20% held out as a test split, 2 epochs of 3 steps, so best.ckpt is one
     of two epochs), trained in-process by `poc59.training.run.train`: checkpoints/best.ckpt and last.ckpt,
     summary.json, split.json, config.yaml, model_card.json, class_weights.json, the loggers' folders. Its data
-    lies in the session's private cache (`private_cache`). It has no .hydra/ (train records that only when
-    started through Hydra) and no evaluation/.
+    lies in the private cache (`private_cache`) of the process that built it. It has no .hydra/ (train records
+    that only when started through Hydra) and no evaluation/.
 
-    It is shared, so it must stay as built: a test that writes into a run (evaluate writes evaluation/ into
-    the run it scores, a resume adds epochs, a test that damages a file) copies it first,
+    The xdist workers of a session share it too: the first worker that needs it trains it, the others read it
+    (and its data, in the first worker's cache). It must stay as built: a test that writes into a run (evaluate
+    writes evaluation/ into the run it scores, a resume adds epochs, a test that damages a file) copies it first,
     `run = Path(shutil.copytree(trained_run, tmp_path / "run"))` (or the `trained_run_copy` fixture), and a
     module-scoped fixture copies it under `tmp_path_factory.mktemp(...)`. Every test is checked after it
     runs: one that changed, added or removed a file of the shared run fails, naming the files.
     """
+    from filelock import FileLock
+
     from helpers import TRAINED_RUN, make_cfg
     from poc59.training.run import train
 
-    tmp = tmp_path_factory.mktemp("trained_run")
-    train(make_cfg(tmp, *TRAINED_RUN))
-    run = tmp / "run"
+    # Under xdist the session's workers share one build: the first to need it trains it under a lock in the
+    # session's folder (above each worker's own), the others wait for it or find it done.
+    shared = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        shared = shared.parent
+    home, done = shared / "trained_run", shared / "trained_run.done"
+    with FileLock(str(shared / "trained_run.lock")):
+        if not done.is_file():
+            shutil.rmtree(home, ignore_errors=True)  # a build that failed on another worker, started again
+            train(make_cfg(home, *TRAINED_RUN))
+            done.touch()
+    run = home / "run"
     _trained.update(run=run, files=_files(run))
     return run
 
@@ -78,6 +90,7 @@ def _trained_run_unchanged(request: pytest.FixtureRequest):
         _trained["files"] = after  # name the culprit once, not every test after it
         pytest.fail(
             f"{request.node.nodeid} changed the shared trained_run ({', '.join(changed)}): copy it first, "
-            "shutil.copytree(trained_run, tmp_path / 'run') or the trained_run_copy fixture",
+            "shutil.copytree(trained_run, tmp_path / 'run') or the trained_run_copy fixture (under xdist the "
+            "change may come from a test running beside it on another worker, named by that worker's failure)",
             pytrace=False,
         )
