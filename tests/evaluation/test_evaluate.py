@@ -23,6 +23,7 @@ from PIL import Image
 from rich.console import Console
 
 from helpers import CRACKFOREST, SMALL, make_cfg, make_folder
+from in_process import command
 from poc59.artifacts.export import run_metrics
 from poc59.artifacts.load import load_model
 from poc59.data.datamodule import SegmentationDataModule
@@ -446,6 +447,15 @@ def _check_evaluate_all(run: Path, sweep: Path, returncode: int, log: str) -> No
 SBATCH_ARGS = ("bootstrap.resamples=50", "pictures=false")
 
 
+def test_evaluate_all_over_a_sweep(run, tmp_path, capsys, monkeypatch):
+    """`python -m poc59.evaluate sweep=...` answered in this process: every finished run evaluated, the others
+    named, exit 3 (the job script and the cluster below run the same command in real processes)."""
+    sweep = _sweep_to_evaluate(run, tmp_path)
+    said = command("evaluate", [f"sweep={sweep}", *SBATCH_ARGS], capsys, monkeypatch)
+    _check_evaluate_all(run, sweep, said.returncode, said.stdout + said.stderr)
+
+
+@pytest.mark.slow  # bash and a fresh python process evaluating two runs; the test above checks the command itself
 def test_evaluate_all_over_a_sweep_in_the_job_script(run, tmp_path, private_cache):
     """slurm/evaluate.sbatch's body as a job runs it (bash, no scheduler): every finished run evaluated."""
     sweep = _sweep_to_evaluate(run, tmp_path)
