@@ -298,6 +298,7 @@ def test_a_failed_grid_row_from_out_of_memory_names_every_batch_tried(monkeypatc
 # -- the fit row: the real training command beside the bare step (issue 12, item 9) ------------------------------
 
 
+@pytest.mark.slow  # two real training runs (tiny and cpu_small): 80 s under the quick loop's load
 def test_fit_rows_come_from_the_runs_own_summary_and_share_one_data_folder(tmp_path):
     grid = [gpu.Setting("32-true", False, False)]
     rows = gpu.run_grid(
