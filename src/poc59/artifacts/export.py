@@ -7,6 +7,16 @@ predict and evaluate need. `python -m poc59.export` is its command.
 calibrated on the run's training images, with its validation mIoU against the fp32 model's recorded in the
 card; an int8 model that loses more than `int8_tolerance` mIoU points is refused (nothing written) unless
 `allow_int8_loss`. The run's images come from the caller (`RunImages`): this package knows no data.
+
+Speed: on CPUs without VNNI (this project's AMD EPYC, AVX2 only) int8 is smaller but not 1.8x faster (issue
+32's aim). Measured 2026-12-07 per tile, bench/README.md "int8 on an AVX2 CPU without VNNI": ONNX Runtime's
+u8 x s8 kernels alone reach at most ~1.9x fp32 (a lone MatMul or 3x3 Conv, 1 thread; 1.1-1.8x at 2 threads),
+and every network also spends 14-47 % of its fp32 time where int8 gains nothing (depthwise and grouped
+convolutions aside: LayerNorm, GELU, softmax, transposes, resizing), which caps it at 1.3-1.7x before the
+quantize/dequantize steps are paid. Measured: the ConvNeXt-Tiny, MiT-B3 and MaxViT-Tiny U-Nets at 384 px
+0.9-1.5x, the quickstart's RegNetX-400MF FPN 0.8-1.3x, whichever choice (all ops, MatMul only, MatMul and
+dense convolutions, dynamic, QOperator, s8 activations, per-tensor or full-range weights). No choice beat the
+defaults below by more than the noise for every network, so they stay the accurate ones.
 """
 
 from __future__ import annotations
