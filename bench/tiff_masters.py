@@ -206,6 +206,8 @@ def measure_memory(image: Path, kind: str, tile: int, changed: dict | None = Non
 
 
 def speed_row(s: Sizes, quick: bool) -> dict:
+    from poc59.inference.scans import decode_threads
+
     tiff, png = files(s)
     megapixels = s.width * s.height / 1e6
     (_, crc_tiff, streamed), (_, crc_png, png_streamed) = read_through(tiff, True), read_through(png, True)
@@ -231,6 +233,7 @@ def speed_row(s: Sizes, quick: bool) -> dict:
         quick,
         {
             "runs_mp_per_s": runs,
+            "decode_threads": decode_threads(),  # PyTorch's thread count, as predict's threads= leaves it
             "tiff_streamed": streamed,
             "png_streamed": png_streamed,
             "tiff_bytes": tiff.stat().st_size,
