@@ -19,6 +19,15 @@ Interleaved eager, fp32, int8, eager, ... after one untimed round; medians of 2 
 
 --quick: the tiny preset's seeded network with 64 px tiles (no training, no validation cost), a 96 x 128
 scan, one round (about 15 s of CPU time, most of it ONNX Runtime's quantization and imports); the int8 model calibrated on 8 random images through the same `quantize_int8`.
+
+`python -m bench.serve_latency --int8-choices [--presets a,b] [--choices c,d] [--threads N] [--rounds R]`: whether
+another network or quantization choice reaches the int8 aim (bench/README.md, "int8 on an AVX2 CPU without
+VNNI"): each encoder preset in `--presets` (default: the three shipped at 384 px and the
+quickstart's at 128 px) under its preset's decoder, seeded (weights do not change speed), exported as `export`
+does, then fp32 and each of `--choices` (CHOICES; `all` is `quantize_int8` itself) timed per tile through ONNX
+Runtime (batch BATCHES, `--threads` intra-op threads on both sides), interleaved after one untimed round, medians
+of `--rounds`. One row per choice and preset: int8 ms per tile against fp32's, ratio fp32 / int8. Slow: a
+384 px network takes minutes to export and calibrate on 2 cores.
 """
 
 from __future__ import annotations
@@ -113,6 +122,193 @@ def seeded_models(scratch: Path, tile: int) -> tuple[dict, dict]:
         return TrainedModel(OnnxSegmenter(session), eager.card, path)
 
     return {"eager": eager, "fp32": onnx_side(fp32), "int8": onnx_side(int8)}, {"validation": None}
+
+
+# The quantization choices `--int8-choices` compares with fp32 (quantize_static / quantize_dynamic keywords;
+# "exclude_grouped": grouped and depthwise convolutions stay fp32, the kernels int8 speeds up least).
+CHOICES: dict[str, dict] = {
+    "all": {},  # quantize_int8, the export's own (INT8_SETTINGS)
+    "matmul": {"op_types_to_quantize": ["MatMul", "Gemm"]},
+    "matmul_dense_conv": {"op_types_to_quantize": ["MatMul", "Gemm", "Conv"], "exclude_grouped": True},
+    "matmul_dense_conv_constb": {
+        "op_types_to_quantize": ["MatMul", "Gemm", "Conv"],
+        "exclude_grouped": True,
+        "extra_options": {"MatMulConstBOnly": True},
+    },
+    "dense_conv": {"op_types_to_quantize": ["Conv"], "exclude_grouped": True},
+    "dense_conv_full_range": {"op_types_to_quantize": ["Conv"], "exclude_grouped": True, "reduce_range": False},
+    "dense_conv_s8_activations": {"op_types_to_quantize": ["Conv"], "exclude_grouped": True, "activations": "s8"},
+    "dense_conv_qoperator": {"op_types_to_quantize": ["Conv"], "exclude_grouped": True, "format": "QOperator"},
+    "dynamic_matmul": {"op_types_to_quantize": ["MatMul"], "dynamic": True},
+}
+PRESETS = {"convnext_tiny": 384, "segformer_b3": 384, "maxvit_tiny": 384, "cpu_small": 128}  # preset: tile
+BATCHES = {384: 1, 128: 8}  # tiles a run: predict's batch of 8 where a tile is small, one 384 px tile else
+CONF = Path(__file__).resolve().parents[1] / "conf"
+
+
+def preset_network(preset: str) -> torch.nn.Module:
+    """The encoder preset's network under its preset's decoder (conf/encoder, conf/decoder), seeded, 16 classes,
+    in a Segmenter (uint8 in, normalisation inside) as training and export build it."""
+    from omegaconf import OmegaConf
+
+    from poc59.model.factory import build_network
+    from poc59.model.segmenter import Segmenter
+
+    enc = OmegaConf.load(CONF / "encoder" / f"{preset}.yaml")
+    decoder = next(d["/decoder"] for d in enc.defaults if "/decoder" in d)
+    dec = OmegaConf.load(CONF / "decoder" / f"{decoder}.yaml")
+    torch.manual_seed(0)
+    net = build_network(
+        enc.encoder.name,
+        dec.name,
+        None,
+        16,
+        kwargs=OmegaConf.to_container(enc.encoder.kwargs),
+        decoder_kwargs=OmegaConf.to_container(dec.kwargs),
+    )
+    return Segmenter(net, [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]).eval()
+
+
+def grouped_convs(path: Path) -> list[str]:
+    """The names of the grouped (depthwise among them) Conv nodes of an ONNX model."""
+    import onnx
+
+    return [
+        n.name
+        for n in onnx.load(str(path)).graph.node
+        if n.op_type == "Conv" and any(a.name == "group" and a.i != 1 for a in n.attribute)
+    ]
+
+
+def quantize_choice(fp32: Path, out: Path, choice: str, batches: list[np.ndarray]) -> None:
+    """Write `out`, the int8 model of `fp32` under CHOICES[choice] (`all`: the export's `quantize_int8`)."""
+    import logging
+
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quantize_dynamic,
+        quantize_static,
+    )
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    from poc59.artifacts.export import INT8_SETTINGS, _Calibration, quantize_int8
+
+    if choice == "all":
+        quantize_int8(fp32, out, batches)
+        return
+    c = CHOICES[choice]
+    prepared = out.with_name(f"{out.stem}.prepared.onnx")
+    quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)  # as quantize_int8 does
+    keywords = {
+        "op_types_to_quantize": c["op_types_to_quantize"],
+        "nodes_to_exclude": grouped_convs(prepared) if c.get("exclude_grouped") else [],
+        "per_channel": INT8_SETTINGS["per_channel"],
+        "reduce_range": c.get("reduce_range", INT8_SETTINGS["reduce_range"]),
+        "weight_type": QuantType.QInt8,
+        "extra_options": c.get("extra_options", {}),
+    }
+    logging.getLogger().disabled, was = True, logging.getLogger().disabled  # per-tensor notices on the root logger
+    try:
+        if c.get("dynamic"):
+            quantize_dynamic(str(prepared), str(out), **keywords)
+        else:
+            quantize_static(
+                str(prepared),
+                str(out),
+                type("Reader", (_Calibration, CalibrationDataReader), {})(batches),
+                quant_format=QuantFormat.QOperator if c.get("format") == "QOperator" else QuantFormat.QDQ,
+                activation_type=QuantType.QInt8 if c.get("activations") == "s8" else QuantType.QUInt8,
+                **keywords,
+            )
+    finally:
+        logging.getLogger().disabled = was
+        prepared.unlink(missing_ok=True)
+
+
+def per_tile(sessions: dict, feed: dict[str, np.ndarray], rounds: int) -> dict[str, list[float]]:
+    """Seconds per tile of each ONNX Runtime session on the same batch `feed`, interleaved over `rounds`."""
+    tiles = len(next(iter(feed.values())))
+
+    def timed(session):
+        def once() -> float:
+            start = time.perf_counter()
+            session.run(None, feed)
+            return (time.perf_counter() - start) / tiles
+
+        return once
+
+    return common.interleaved({side: timed(s) for side, s in sessions.items()}, rounds)
+
+
+def int8_choices(presets: list[str], choices: list[str], threads: int, rounds: int, quick: bool = False) -> list[dict]:
+    """Per preset, fp32 against each int8 choice per tile (see the module's --int8-choices)."""
+    import onnxruntime
+
+    from poc59.artifacts.export import INPUT, to_onnx
+
+    image = scan_pixels(1536, 2048)
+    rng = np.random.default_rng(0)
+    rows = []
+    for preset in presets:
+        tile = 64 if quick else PRESETS.get(preset, 128)
+        batch = BATCHES.get(tile, 2)
+        crops = [
+            image[y : y + tile, x : x + tile].transpose(2, 0, 1)[None]
+            for y, x in zip(rng.integers(0, 1536 - tile, 4), rng.integers(0, 2048 - tile, 4), strict=True)
+        ]
+        calibration = [np.ascontiguousarray(c) for c in crops]
+        tiles = np.ascontiguousarray(np.concatenate([crops[i % 4] for i in range(batch)]))
+        scratch = common.scratch_dir("int8-choices-")
+        try:
+            example = torch.from_numpy(np.concatenate(calibration[:2]))
+            files = {"fp32": scratch / "fp32.onnx"}
+            files["fp32"].write_bytes(to_onnx(preset_network(preset), example, 18))
+            for choice in choices:
+                files[choice] = scratch / f"{choice}.onnx"
+                quantize_choice(files["fp32"], files[choice], choice, calibration)
+            options = onnxruntime.SessionOptions()
+            options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+            sessions = {
+                side: onnxruntime.InferenceSession(str(f), options, providers=["CPUExecutionProvider"])
+                for side, f in files.items()
+            }
+            logits = {side: s.run(None, {INPUT: tiles})[0] for side, s in sessions.items()}  # untimed round
+
+            before = common.load()
+            runs = per_tile(sessions, {INPUT: tiles}, rounds)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+        fp32 = common.median(runs["fp32"])
+        labels = logits["fp32"].argmax(1)
+        for choice in choices:
+            int8 = common.median(runs[choice])
+            rows.append(
+                common.row(
+                    f"int8_choice_{preset}_{choice}",
+                    f"{preset} ({tile} px tiles, batch {batch}), int8 {choice}: ONNX Runtime per tile",
+                    int8 * 1000,
+                    "ms",
+                    fp32 * 1000,
+                    "ONNX Runtime fp32, same network and tiles",
+                    fp32 / int8,
+                    "x",
+                    f">= {BAR_INT8}x",
+                    fp32 / int8 >= BAR_INT8,
+                    quick,
+                    {
+                        "choice": CHOICES[choice],
+                        "threads": threads,
+                        "runs_s_per_tile": {"fp32": runs["fp32"], choice: runs[choice]},
+                        "labels_agree_with_fp32": float((logits[choice].argmax(1) == labels).mean()),
+                        "load_before": before,
+                        "load_after": common.load(),
+                        "seeded": "untrained network: speed only; the mIoU cost needs a trained run (export)",
+                    },
+                )
+            )
+    return rows
 
 
 def scan_flops(model, image: np.ndarray) -> tuple[int, np.ndarray]:
@@ -248,5 +444,23 @@ if __name__ == "__main__":
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true")
-    for r in run(parser.parse_args().quick):
+    parser.add_argument("--int8-choices", action="store_true", help="the per-tile sweep of CHOICES (docstring)")
+    parser.add_argument("--presets", default=",".join(PRESETS), help="encoder presets (conf/encoder)")
+    parser.add_argument("--choices", default=",".join(CHOICES), help="choices of CHOICES")
+    parser.add_argument("--threads", type=int, default=2, help="ONNX Runtime intra-op threads, both sides")
+    parser.add_argument("--rounds", type=int, default=4, help="interleaved timed rounds")
+    args = parser.parse_args()
+    if args.int8_choices:
+        presets = sorted(p.stem for p in (CONF / "encoder").glob("*.yaml") if p.stem != "custom")
+        unknown = sorted(set(args.presets.split(",")) - set(presets)) + sorted(
+            set(args.choices.split(",")) - set(CHOICES)
+        )
+        if unknown:
+            parser.error(
+                f"unknown {', '.join(unknown)}: --presets from {', '.join(presets)}; --choices from {', '.join(CHOICES)}"
+            )
+        rows = int8_choices(args.presets.split(","), args.choices.split(","), args.threads, args.rounds, args.quick)
+    else:
+        rows = run(args.quick)
+    for r in rows:
         print(json.dumps(r, indent=1, default=str))

@@ -14,7 +14,7 @@ u8 x s8 kernels alone reach at most ~1.9x fp32 (a lone MatMul or 3x3 Conv, 1 thr
 and every network also spends 14-47 % of its fp32 time where int8 gains nothing (depthwise and grouped
 convolutions aside: LayerNorm, GELU, softmax, transposes, resizing), which caps it at 1.3-1.7x before the
 quantize/dequantize steps are paid. Measured: the ConvNeXt-Tiny, MiT-B3 and MaxViT-Tiny U-Nets at 384 px
-0.9-1.5x, the quickstart's RegNetX-400MF FPN 0.8-1.3x, whichever choice (all ops, MatMul only, MatMul and
+0.9-1.6x (ConvNeXt's best, 1.63x, near its own ceiling of 1.67x), the quickstart's RegNetX-400MF FPN 0.8-1.3x, whichever choice (all ops, MatMul only, MatMul and
 dense convolutions, dynamic, QOperator, s8 activations, per-tensor or full-range weights). No choice beat the
 defaults below by more than the noise for every network, so they stay the accurate ones.
 """
