@@ -15,8 +15,9 @@ and every network also spends 14-47 % of its fp32 time where int8 gains nothing 
 convolutions aside: LayerNorm, GELU, softmax, transposes, resizing), which caps it at 1.3-1.7x before the
 quantize/dequantize steps are paid. Measured: the ConvNeXt-Tiny, MiT-B3 and MaxViT-Tiny U-Nets at 384 px
 0.9-1.6x (ConvNeXt's best, 1.63x, near its own ceiling of 1.67x), the quickstart's RegNetX-400MF FPN 0.8-1.3x, whichever choice (all ops, MatMul only, MatMul and
-dense convolutions, dynamic, QOperator, s8 activations, per-tensor or full-range weights). No choice beat the
-defaults below by more than the noise for every network, so they stay the accurate ones.
+dense convolutions, dynamic, QOperator, s8 activations, per-tensor or full-range weights; a graph optimization
+level below ONNX Runtime's default only slows fp32 down more). No choice beat the defaults below by more than
+the noise for every network, so they stay the accurate ones.
 """
 
 from __future__ import annotations
