@@ -129,6 +129,7 @@ def seeded_models(scratch: Path, tile: int) -> tuple[dict, dict]:
 CHOICES: dict[str, dict] = {
     "all": {},  # quantize_int8, the export's own (INT8_SETTINGS)
     "matmul": {"op_types_to_quantize": ["MatMul", "Gemm"]},
+    "matmul_conv": {"op_types_to_quantize": ["MatMul", "Gemm", "Conv"]},
     "matmul_dense_conv": {"op_types_to_quantize": ["MatMul", "Gemm", "Conv"], "exclude_grouped": True},
     "matmul_dense_conv_constb": {
         "op_types_to_quantize": ["MatMul", "Gemm", "Conv"],
