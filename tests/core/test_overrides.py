@@ -3,11 +3,9 @@ the fix; --help lists every group and key with its default and meaning."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
 
+from in_process import command
 from poc59.core.config import SettingError
 from poc59.core.overrides import check_overrides, compose_keys_without, compose_train, config_keys, help_text
 
@@ -81,16 +79,13 @@ def test_help_lists_every_key_of_the_composed_config_with_its_default():
     assert "lightning.pytorch.Trainer(max_epochs=...)" in text
 
 
-def _run(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, timeout=300)
-
-
-@pytest.mark.parametrize("command", ["poc59.train", "poc59.prepare"])
-def test_train_and_prepare_answer_help_and_refuse_an_unknown_key_with_exit_2(command):
-    helped = _run(command, "--help")
+@pytest.mark.parametrize("name", ["train", "prepare"])
+def test_train_and_prepare_answer_help_and_refuse_an_unknown_key_with_exit_2(name, capsys, monkeypatch):
+    """Answered in this process (tests/core/test_cli.py sends the same calls through real processes)."""
+    helped = command(name, ["--help"], capsys, monkeypatch)
     assert helped.returncode == 0, helped.stderr
-    assert f"usage: python -m {command}" in helped.stdout and "data.image_size=384" in helped.stdout
-    refused = _run(command, "data.image_sise=256")
+    assert f"usage: python -m poc59.{name}" in helped.stdout and "data.image_size=384" in helped.stdout
+    refused = command(name, ["data.image_sise=256"], capsys, monkeypatch)
     assert refused.returncode == 2
     said = " ".join(refused.stderr.split())  # Rich wraps log lines at the terminal's width
     assert "did you mean data.image_size?" in said and "Traceback" not in said

@@ -14,6 +14,7 @@ import torch
 from safetensors.torch import save_file
 
 import poc59
+from in_process import command
 from poc59.model.factory import build_network
 from poc59.model.pretrained import (
     HubUnreachableError,
@@ -215,10 +216,11 @@ def _run_cli(*args: str, cache: Path) -> subprocess.CompletedProcess:
     )
 
 
-def test_cli_path_and_offline_fetch(tmp_path):
-    done = _run_cli("path", "encoder=tiny", cache=tmp_path)
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == str(tmp_path.resolve() / "weights" / f"{TINY}.imagenet.safetensors")
+def test_cli_path_and_offline_fetch(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("POC59_CACHE", str(tmp_path))
+    said = command("weights", ["path", "encoder=tiny"], capsys, monkeypatch)  # the fetch below: a real process
+    assert said.returncode == 0, said.stderr
+    assert said.stdout.strip() == str(tmp_path.resolve() / "weights" / f"{TINY}.imagenet.safetensors")
 
     start = time.perf_counter()
     done = _run_cli("fetch", "encoder=convnext_tiny", cache=tmp_path)
