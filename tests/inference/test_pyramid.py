@@ -16,6 +16,7 @@ import tifffile
 import torch
 from PIL import Image
 
+from in_process import command
 from inference.standins import LocalConv, model
 from poc59.analysis.colour import ignore_rgb
 from poc59.artifacts.load import load_model
@@ -376,17 +377,12 @@ def test_pyramid_true_takes_its_writers_memory_out_of_the_scan_decoding_budget(t
     assert budgets[0] - budgets[1] == MapPyramids.working_bytes(410) == 2 * 5 * 256 * 512
 
 
-def test_help_lists_the_pyramid_key_and_a_bad_value_is_named():
-    shown = subprocess.run(
-        [sys.executable, "-m", "poc59.predict", "--help"], capture_output=True, text=True, timeout=60, check=True
-    )
+def test_help_lists_the_pyramid_key_and_a_bad_value_is_named(capsys, monkeypatch):
+    """Answered in this process (tests/core/test_cli.py sends predict's --help and a bad value through a real one)."""
+    shown = command("predict", ["--help"], capsys, monkeypatch)
+    assert shown.returncode == 0, shown.stderr
     line = next(line for line in shown.stdout.splitlines() if line.strip().startswith("pyramid="))
     assert line.split()[0] == "pyramid=false" and "<stem>_classes.tif" in line and "<stem>_confidence.tif" in line
-    bad = subprocess.run(
-        [sys.executable, "-m", "poc59.predict", "ckpt=a.ckpt", "input=s", "output=o", "pyramid=maybe"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    bad = command("predict", ["ckpt=a.ckpt", "input=s", "output=o", "pyramid=maybe"], capsys, monkeypatch)
     assert bad.returncode == 2 and "pyramid=maybe: expected true or false" in bad.stderr
     assert "Traceback" not in bad.stderr
