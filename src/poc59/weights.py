@@ -64,7 +64,7 @@ def _resolve(given: dict[str, Any]) -> dict[str, Any]:
             f"unknown encoder preset {preset!r}: choose one of {', '.join(known) or '(none found)'}, "
             "or encoder=custom encoder.name=<smp encoder or tu-<timm model>>"
         )
-    from poc59.model.encoders import encoder_presets
+    from poc59.model.presets import encoder_presets
 
     presets = encoder_presets()
     if preset is not None:
@@ -87,12 +87,26 @@ def _resolve(given: dict[str, Any]) -> dict[str, Any]:
 
 
 def _weights(given: dict[str, Any]) -> int:
-    from poc59.model import pretrained
-    from poc59.model.encoders import check_encoder_name
+    from poc59.model import hub
 
     args = _resolve(given)
     name = args["name"]
-    if args["raw_name"]:  # presets' names are known; a raw name is checked before anything else
+    if args["command"] == "fetch":
+        dest = hub.cached_weights_path(name, args["weights_dir"])
+        if args["force"] or not dest.is_file():
+            # The hub is probed before smp, timm and torch are imported (seconds, more on a loaded machine): an
+            # unreachable hub is answered at once. A raw name is checked after it: offline, no name can be
+            # fetched anyway, and checking one needs smp and timm.
+            try:
+                hub.check_hub()
+            except hub.HubUnreachableError as e:
+                log.error("%s", hub.unreachable_message(name, dest, str(e), args["kwargs"]))
+                return 2  # the user acts on it (where to run), as on any input error
+
+    from poc59.model import pretrained
+    from poc59.model.encoders import check_encoder_name
+
+    if args["raw_name"]:  # presets' names are known; a raw name is checked before anything is built
         check_encoder_name(name)
     if args["command"] == "path":
         path = pretrained.cached_weights_path(name, args["weights_dir"])

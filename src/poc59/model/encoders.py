@@ -6,77 +6,21 @@ Shared by the network factory and the weight cache (neither needs the other for 
 from __future__ import annotations
 
 import difflib
-import json
-from collections.abc import Mapping
-from pathlib import Path
-from typing import Any
 
 import segmentation_models_pytorch as smp
 import timm
-from omegaconf import OmegaConf
 from segmentation_models_pytorch.encoders import is_equivalent_to_timm_universal
 
-from poc59.core.config import config_dir
+# The presets are yaml alone (poc59.model.presets, importable without smp and timm); their names stay here too.
+from poc59.model.presets import (
+    encoder_overrides,  # noqa: F401 (kept importable from here)
+    encoder_presets,
+    encoder_presets_dir,  # noqa: F401 (kept importable from here)
+)
 
 
 class UnknownEncoderError(ValueError):
     """An encoder name that is neither an smp encoder nor a timm model."""
-
-
-def encoder_presets_dir() -> Path:
-    """`conf/encoder` (inside the package of a wheel, or at the top of a checkout)."""
-    return config_dir(needs="encoder") / "encoder"
-
-
-def encoder_presets() -> dict[str, dict[str, Any]]:
-    """poc59's encoder presets (`conf/encoder/*.yaml`) by preset name, each what it sets: its `encoder` node
-    (name, weights, family, input_multiple, kwargs), the decoder it picks (`decoder`: the smp architecture,
-    `decoder_kwargs`: conf/decoder/<its option>.yaml's kwargs) and its recommended `batch_size` (data.batch_size)
-    and `lr` (optimizer.lr); {} when the configs cannot be found."""
-    try:
-        folder = encoder_presets_dir()
-    except FileNotFoundError:
-        return {}
-    presets = {}
-    for path in sorted(folder.glob("*.yaml")):
-        preset = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
-        picked = [d["/decoder"] for d in preset.get("defaults", []) if isinstance(d, dict) and "/decoder" in d]
-        decoder = (
-            OmegaConf.to_container(OmegaConf.load(folder.parent / "decoder" / f"{picked[0]}.yaml")) if picked else {}
-        )
-        presets[path.stem] = {
-            **{k: v for k, v in (preset.get("encoder") or {}).items() if not k.startswith("_")},
-            "decoder": decoder.get("name"),
-            "decoder_kwargs": decoder.get("kwargs") or {},
-            "batch_size": (preset.get("data") or {}).get("batch_size"),
-            "lr": (preset.get("optimizer") or {}).get("lr"),
-        }
-    return presets
-
-
-def _override_value(value: Any) -> str:
-    if isinstance(value, str):
-        return value
-    return json.dumps(value, separators=(",", ":"))
-
-
-def encoder_overrides(name: str, kwargs: Mapping[str, Any] | None = None) -> str:
-    """The command-line overrides that select encoder `name` (with `kwargs`): a preset if one matches.
-
-    e.g. "encoder=convnext_tiny", or "encoder=custom encoder.name=tu-resnet34".
-    """
-    kwargs = dict(kwargs or {})
-    presets = encoder_presets()
-    preset, preset_kwargs = None, {}
-    for preset_name, cfg in presets.items():
-        if preset_name != "custom" and cfg.get("name") == name:
-            preset, preset_kwargs = preset_name, dict(cfg.get("kwargs") or {})
-            break
-    parts = [f"encoder={preset}"] if preset else [f"encoder=custom encoder.name={name}"]
-    for key, value in kwargs.items():
-        if preset_kwargs.get(key, object()) != value:
-            parts.append(f"encoder.kwargs.{key}={_override_value(value)}")
-    return " ".join(parts)
 
 
 def _presets_hint() -> str:

@@ -22,9 +22,7 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
-import sys
 import threading
 from collections.abc import Mapping
 from pathlib import Path
@@ -33,21 +31,30 @@ from typing import Any
 import segmentation_models_pytorch as smp
 import timm
 import torch
-from huggingface_hub import constants
-from huggingface_hub.utils import get_session
 from safetensors import safe_open
 from safetensors.torch import load_file, save
 from torch import nn
 
 from poc59.core.atomic import write_bytes
-from poc59.core.config import SettingError, cache_root
-from poc59.model.encoders import check_encoder_name, encoder_overrides
+from poc59.core.config import SettingError
+from poc59.model.encoders import check_encoder_name
+
+# The cache's locations and the hub probe live in poc59.model.hub (no model library imported there, so
+# `python -m poc59.weights fetch` answers an unreachable hub at once); their names stay importable from here.
+from poc59.model.hub import (
+    FETCH_MODULE,  # noqa: F401 (kept importable from here)
+    IMAGENET,
+    HubUnreachableError,
+    cached_weights_path,
+    check_hub,
+    default_weights_dir,  # noqa: F401 (kept importable from here)
+    fetch_command,
+    resolve_weights_dir,  # noqa: F401 (kept importable from here)
+    unreachable_message,
+)
 from poc59.model.module import migrate_state_dict
 
 log = logging.getLogger(__name__)
-
-IMAGENET = "imagenet"
-FETCH_MODULE = "poc59.weights"
 
 # Top-level modules smp's own encoders delete (classification heads): tensors under them may be dropped.
 _NATIVE_HEAD_PREFIXES = ("fc", "head", "classifier", "last_linear", "_fc", "logits")
@@ -59,40 +66,6 @@ class MissingWeightsError(FileNotFoundError):
 
 class WeightsMismatchError(ValueError):
     """A weights file does not fit the encoder (other keys or shapes)."""
-
-
-class HubUnreachableError(ConnectionError):
-    """The model hub cannot be reached (or is disabled with HF_HUB_OFFLINE)."""
-
-
-# --------------------------------------------------------------------------- cache locations
-
-
-def default_weights_dir() -> Path:
-    """poc59's weight cache: `cache_root()/weights` ($POC59_CACHE/weights, else ~/.cache/poc59/weights)."""
-
-    return cache_root() / "weights"
-
-
-def resolve_weights_dir(weights_dir: str | Path | None = None) -> Path:
-    return Path(weights_dir).expanduser().resolve() if weights_dir else default_weights_dir()
-
-
-def cached_weights_path(name: str, weights_dir: str | Path | None = None) -> Path:
-    """Where the ImageNet weights of encoder `name` are expected: `<weights_dir>/<name>.imagenet.safetensors`."""
-    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", name)
-    return resolve_weights_dir(weights_dir) / f"{safe}.{IMAGENET}.safetensors"
-
-
-# --------------------------------------------------------------------------- presets
-
-
-def fetch_command(name: str, kwargs: Mapping[str, Any] | None = None, weights_dir: str | Path | None = None) -> str:
-    """The exact command that fills the weight cache for encoder `name`."""
-    command = f"python -m {FETCH_MODULE} fetch {encoder_overrides(name, kwargs)}"
-    if weights_dir is not None and resolve_weights_dir(weights_dir) != default_weights_dir():
-        command += f" weights_dir={resolve_weights_dir(weights_dir)}"
-    return command
 
 
 def missing_weights_message(
@@ -357,49 +330,6 @@ def load_encoder_weights(
 
 
 # --------------------------------------------------------------------------- fetching (needs the hub)
-
-
-def _hub_offline_env() -> bool:
-    values = (os.environ.get("HF_HUB_OFFLINE", ""), os.environ.get("TRANSFORMERS_OFFLINE", ""))
-    if any(v.strip().lower() in ("1", "true", "yes", "on") for v in values):
-        return True
-
-    constants = sys.modules.get("huggingface_hub.constants")
-    return bool(getattr(constants, "HF_HUB_OFFLINE", False))
-
-
-def check_hub(timeout: float = 10.0) -> None:
-    """Raise HubUnreachableError unless the model hub answers within `timeout` seconds (bounded, no retries)."""
-
-    endpoint = constants.ENDPOINT
-    if _hub_offline_env():
-        raise HubUnreachableError(f"the model hub is disabled here (HF_HUB_OFFLINE=1); {endpoint} was not contacted")
-    outcome: dict[str, Any] = {}
-
-    def probe() -> None:
-        try:
-            outcome["status"] = get_session().head(endpoint, timeout=timeout).status_code
-        except Exception as e:  # DNS failure, refused, proxy, TLS, timeout
-            outcome["error"] = f"{type(e).__name__}: {e}"
-
-    thread = threading.Thread(target=probe, name="poc59-hub-probe", daemon=True)
-    thread.start()
-    thread.join(timeout + 2.0)
-    if thread.is_alive():
-        raise HubUnreachableError(f"the model hub {endpoint} did not answer within {timeout:.0f} s")
-    if "error" in outcome:
-        raise HubUnreachableError(f"the model hub {endpoint} is unreachable ({outcome['error']})")
-
-
-def unreachable_message(name: str, dest: Path, reason: str, kwargs: Mapping[str, Any] | None = None) -> str:
-    return (
-        f"Cannot fetch ImageNet weights for encoder {name}: {reason}.\n"
-        "  - run the same command on a machine with network (e.g. a login node), with the same $POC59_CACHE:\n"
-        f"      {fetch_command(name, kwargs, dest.parent)}\n"
-        f"  - or copy a file in by hand: an smp encoder state dict as {dest}, or pass any file directly with "
-        "encoder.weights=/path/to/file (.safetensors or .pth; for tu- encoders a timm checkpoint works too)\n"
-        "  - or train from scratch: encoder.weights=null"
-    )
 
 
 def _atomic_save(tensors: dict[str, torch.Tensor], dest: Path, metadata: dict[str, str]) -> None:
