@@ -186,7 +186,6 @@ def quantize_choice(fp32: Path, out: Path, choice: str, batches: list[np.ndarray
     import logging
 
     from onnxruntime.quantization import (
-        CalibrationDataReader,
         QuantFormat,
         QuantType,
         quantize_dynamic,
@@ -194,7 +193,7 @@ def quantize_choice(fp32: Path, out: Path, choice: str, batches: list[np.ndarray
     )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    from poc59.artifacts.export import INT8_SETTINGS, _Calibration, quantize_int8
+    from poc59.artifacts.export import INT8_SETTINGS, calibration_reader, quantize_int8
 
     if choice == "all":
         quantize_int8(fp32, out, batches)
@@ -218,7 +217,7 @@ def quantize_choice(fp32: Path, out: Path, choice: str, batches: list[np.ndarray
             quantize_static(
                 str(prepared),
                 str(out),
-                type("Reader", (_Calibration, CalibrationDataReader), {})(batches),
+                calibration_reader(batches),
                 quant_format=QuantFormat.QOperator if c.get("format") == "QOperator" else QuantFormat.QDQ,
                 activation_type=QuantType.QInt8 if c.get("activations") == "s8" else QuantType.QUInt8,
                 **keywords,

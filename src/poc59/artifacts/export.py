@@ -53,7 +53,7 @@ from poc59.model.factory import count_parameters
 log = logging.getLogger("poc59.export")
 
 
-__all__ = ["ExportError", "RunImages", "export_model", "quantize_int8"]
+__all__ = ["ExportError", "RunImages", "calibration_reader", "export_model", "quantize_int8"]
 
 
 SUFFIXES = {"onnx": ".onnx", "torchscript": ".pt"}
@@ -264,12 +264,19 @@ class _Calibration:
         return None if batch is None else {INPUT: np.ascontiguousarray(batch)}
 
 
+def calibration_reader(batches: Iterable[np.ndarray]) -> Any:
+    """An ONNX Runtime CalibrationDataReader feeding the exported model's input the uint8 `batches` in turn."""
+    from onnxruntime.quantization import CalibrationDataReader
+
+    return type("Reader", (_Calibration, CalibrationDataReader), {})(batches)
+
+
 def quantize_int8(fp32: Path, out: Path, batches: Iterable[np.ndarray]) -> None:
     """Write `out`, the int8 model of the fp32 ONNX model `fp32`, calibrated on `batches` (INT8_SETTINGS)."""
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    reader = type("Reader", (_Calibration, CalibrationDataReader), {})(batches)
+    reader = calibration_reader(batches)
     prepared = out.with_name(f"{out.stem}.prepared.onnx")
     # ONNX Runtime's own pre-processing (constant folding, shapes) before quantizing, as its guide advises;
     # symbolic shape inference is skipped: height and width are dynamic and it gains nothing for convolutions
