@@ -294,3 +294,26 @@ def test_thecomponent_bound_is_never_below_the_components():
         count = cv2.connectedComponents(mask.view(np.uint8), connectivity=8)[0] - 1
         assert count <= component_bound(mask) <= int(mask.sum())
     assert component_bound(np.ones((3000, 5), bool)) == 1  # one region across the bands
+
+
+def test_dense_damage_whose_labelling_overflows_16_bits_is_labelled_in_32():
+    """Seeded noise at 60 %: fewer than 65,535 components by the bound (61,931), yet OpenCV's block-based
+    labelling counts more provisional labels than 16 bits hold and refuses (cv2.error): a 300 MP master's
+    predicted map did this at the IIIF step."""
+    import cv2
+
+    from poc59.inference.iiif import component_bound, label_components
+
+    mask = np.random.default_rng(0).random((2000, 2000)) < 0.6
+    assert component_bound(mask) < 65_535
+    with pytest.raises(cv2.error, match="overflow"):
+        cv2.connectedComponentsWithStats(mask.view(np.uint8), connectivity=8, ltype=cv2.CV_16U)
+    n, labels, stats, _ = label_components(mask)
+    expected = cv2.connectedComponentsWithStats(mask.view(np.uint8), connectivity=8, ltype=cv2.CV_32S)
+    assert n == expected[0] and labels.dtype == np.int32
+    np.testing.assert_array_equal(labels, expected[1])
+    np.testing.assert_array_equal(stats, expected[2])
+    small = np.zeros((50, 60), bool)
+    small[10:20, 10:20] = small[30:40, 5:8] = True
+    n, labels, _, _ = label_components(small)
+    assert n == 3 and labels.dtype == np.uint16  # 2 bytes a pixel where 16 bits hold the labelling

@@ -69,6 +69,7 @@ __all__ = [
     "damage_layer_png",
     "ids_base",
     "iiif_documents",
+    "label_components",
     "output_names",
     "write_iiif",
 ]
@@ -291,7 +292,7 @@ def iiif_documents(
         mask = labels == c
         if inside is not None:
             mask &= inside
-        _, components, stats, _ = _components(mask)
+        _, components, stats, _ = label_components(mask)
         del mask  # tracing needs only the component map
         areas = stats[1:, cv2.CC_STAT_AREA]
         specks = areas < min_area
@@ -364,11 +365,22 @@ def component_bound(mask: np.ndarray) -> int:
     return starts
 
 
-def _components(mask: np.ndarray) -> tuple[int, np.ndarray, np.ndarray, np.ndarray]:
+def label_components(mask: np.ndarray) -> tuple[int, np.ndarray, np.ndarray, np.ndarray]:
     """OpenCV's 8-connected components of `mask` (bool [H, W]) with their stats; the component map is uint16
-    (2 bytes a pixel) when the mask cannot hold 65,535 components, else int32 (4 bytes a pixel)."""
-    ltype = cv2.CV_16U if component_bound(mask) < 65_535 else cv2.CV_32S
-    return cv2.connectedComponentsWithStats(mask.view(np.uint8), connectivity=8, ltype=ltype)
+    (2 bytes a pixel) when the mask cannot hold 65,535 components and OpenCV's labelling fits in 16 bits, else
+    int32 (4 bytes a pixel).
+
+    `component_bound` bounds the components, not the provisional labels OpenCV's block-based labelling hands
+    out before it merges them (dense noise: a bound of 61,931 and over 65,535 provisional labels), and OpenCV
+    refuses a 16-bit map whose counter would overflow (cv2.error): that case is labelled again in 32 bits."""
+    image = mask.view(np.uint8)
+    if component_bound(mask) < 65_535:
+        try:
+            return cv2.connectedComponentsWithStats(image, connectivity=8, ltype=cv2.CV_16U)
+        except cv2.error as e:
+            if "overflow" not in str(e):
+                raise
+    return cv2.connectedComponentsWithStats(image, connectivity=8, ltype=cv2.CV_32S)
 
 
 def _region_annotation(
