@@ -30,6 +30,7 @@ not decode, a compression no codec decodes) raises `RegionError`, naming the fil
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import shutil
@@ -87,16 +88,16 @@ def scale_to_8bit(samples: np.ndarray, peak: float) -> np.ndarray:
     """Samples wider than 8 bits as uint8, scaled so that `peak` becomes 255 (a peak of 0 counts as 1).
 
     Each value v becomes round(float64(v) * (255 / peak)), rounded half to even. 16-bit samples go through
-    a table of that arithmetic for each of the 65,536 values (the same numbers, no float copy; looked up
-    with `np.take` 65,536 samples at a time, about 5x faster than indexing the table with the samples, and
-    its int64 copy of the indices stays 0.5 MB); wider ones are computed in float64 a slice of rows at a time (the float copy of a whole band
-    would take 4 times a 16-bit band).
+    a table of that arithmetic for each of the 65,536 values (the same numbers, no float copy; built once a
+    peak, and looked up with `np.take` 65,536 samples at a time, about 5x faster than indexing the table with
+    the samples, and its int64 copy of the indices stays 0.5 MB; np.take releases the GIL, so threads scale
+    parts of a band at once); wider ones are computed in float64 a slice of rows at a time (the float copy
+    of a whole band would take 4 times a 16-bit band).
     """
     peak = peak if peak > 0 else 1.0
     samples = np.asarray(samples)
     if samples.dtype.kind == "u" and samples.dtype.itemsize <= 2:
-        table = (np.arange(1 << (8 * samples.dtype.itemsize), dtype=np.float64) * (255.0 / peak)).round()
-        table = table.astype(np.uint8)
+        table = _table(samples.dtype.itemsize, peak)
         flat = samples.reshape(-1)
         out = np.empty(flat.shape, np.uint8)
         for i in range(0, flat.size, _LOOKUP_CHUNK):  # np.take copies its indices as int64: a slice at a time
@@ -107,6 +108,14 @@ def scale_to_8bit(samples: np.ndarray, peak: float) -> np.ndarray:
     for y in range(0, len(samples), step):
         out[y : y + step] = (samples[y : y + step].astype(np.float64) * (255.0 / peak)).round()
     return out
+
+
+@functools.lru_cache(maxsize=4)
+def _table(itemsize: int, peak: float) -> np.ndarray:
+    """uint8 [2**(8 * itemsize)]: `scale_to_8bit`'s value for every sample value (read-only: it is shared)."""
+    table = (np.arange(1 << (8 * itemsize), dtype=np.float64) * (255.0 / peak)).round().astype(np.uint8)
+    table.flags.writeable = False
+    return table
 
 
 class Raster(ABC):
@@ -237,7 +246,6 @@ class _TiffRaster(Raster):
         self._colours = _COLOUR_SAMPLES[photometric]
         self._invert = photometric == 0
         self._separate = page.planarconfig == 2
-        self._planes = page.samplesperpixel if self._separate else 1
         self._samples = page.samplesperpixel
         self.sample_bytes = self._colours * page.dtype.itemsize
         self.icc = page.iccprofile
@@ -273,9 +281,7 @@ class _TiffRaster(Raster):
         offset, count = int(self._page.dataoffsets[index]), int(self._page.databytecounts[index])
         if count == 0 or offset == 0:
             return None  # an empty segment: tifffile fills it with 0, as other readers do
-        fh = self._tif.filehandle
-        fh.seek(offset)
-        data = fh.read(count)
+        data = os.pread(self._tif.filehandle.fileno(), count, offset)  # no shared file position: any thread
         if len(data) < count:
             raise RegionError(
                 f"cannot read {self.path}: the file is truncated ({self._segment_name(index)} needs bytes "
@@ -312,84 +318,128 @@ class _TiffRaster(Raster):
             ) from None
         return segment, position
 
-    def _decode_row(self, row: int) -> list[tuple[np.ndarray | None, tuple[int, ...]]]:
-        """Every segment of segment row `row` (all planes), decoded on the pool's threads; the last row decoded
-        is kept, so a band that ends inside a segment row and the band after it decode that row once."""
+    def _block(self, row: int, col: int) -> np.ndarray:
+        """The colour samples of the strip or tile at segment row `row`, column `col` (every colour plane, read
+        and decoded here: any thread), cropped to the image and inverted where min-is-white: [h, w, colours]."""
+        y0, x0 = row * self._seg_rows, col * self._seg_cols
+        h, w = min(self._seg_rows, self.height - y0), min(self._seg_cols, self.width - x0)
+        out = None
+        for plane in range(self._colours if self._separate else 1):  # extra samples (alpha) are not decoded
+            index = plane * self._across * self._down + row * self._across + col
+            segment, _ = self._decode(index, self._read_segment(index))
+            part = None if segment is None else segment[0, :h, :w, : 1 if self._separate else self._colours]
+            if out is None and part is not None and part.shape[:2] == (h, w) and not self._separate:
+                out = np.ascontiguousarray(part)  # the common case: one copy, off the codec's padded tile
+                break
+            if out is None:
+                out = np.zeros((h, w, self._colours), self._page.dtype)
+            if part is not None:  # an empty segment stays 0, a short one 0 past its end, as tifffile fills them
+                channels = slice(plane, plane + 1) if self._separate else slice(None)
+                out[: part.shape[0], : part.shape[1], channels] = part
+        if self._invert:  # a new array: `out` may be the codec's own, read-only
+            out = np.subtract(np.iinfo(out.dtype).max, out, dtype=out.dtype)
+        return out
+
+    def _row_blocks(self, row: int) -> list[np.ndarray]:
+        """Every block of segment row `row`, decoded on the pool's threads; the last row decoded is kept, so a
+        band that ends inside a segment row and the band after it decode that row once."""
         if self._last is not None and self._last[0] == row:
             return self._last[1]
-        decoded = self._decode_segments(row)
-        self._last = (row, decoded)
-        return decoded
+        if self._across == 1:
+            blocks = [self._block(row, 0)]
+        else:
+            blocks = list(self._pool.map(self._block, [row] * self._across, range(self._across)))
+        self._last = (row, blocks)
+        return blocks
 
-    def _decode_segments(self, row: int) -> list[tuple[np.ndarray | None, tuple[int, ...]]]:
-        per_plane = self._across * self._down
-        indices = [p * per_plane + row * self._across + c for p in range(self._planes) for c in range(self._across)]
-        raw = [self._read_segment(i) for i in indices]  # one file handle: read in order, decode in parallel
-        if len(indices) == 1:
-            return [self._decode(indices[0], raw[0])]
-        return list(self._pool.map(self._decode, indices, raw))
+    def _spill_offset(self, row: int, col: int, y: int) -> int:
+        """Where image row `y` of block (row, col) starts in the spill file: segment rows one after the other,
+        each its blocks one after the other (what a worker writes at once), each block row-major."""
+        top, x0 = row * self._seg_rows, col * self._seg_cols
+        h, w = min(self._seg_rows, self.height - top), min(self._seg_cols, self.width - x0)
+        return (top * self.width + h * x0 + (y - top) * w) * self.sample_bytes
 
     def peak(self) -> float:
-        """The largest colour sample, every segment decoded once: while it is found, a compressed TIFF's colour
-        samples are kept in an unlinked temporary file (where the disk has room for them), and the bands read
-        after it come from there instead of being decoded a second time. Memory: one segment row."""
+        """The largest colour sample, every segment decoded once, on the pool's threads: while it is found, a
+        compressed TIFF's colour samples are kept in an unlinked temporary file (where the disk has room for
+        them), each worker writing the block it decoded, and the bands read after it come from there instead of
+        being decoded a second time. Memory: a block a worker."""
         if self._peak is not None:
             return self._peak
-        spill = None if self._direct else _spill_file(self.width * self.height * self.sample_bytes)
-        peak = 0.0
+        if self._direct:
+            return super().peak()
+        spill = _spill_file(self.width * self.height * self.sample_bytes)
+        failed: list[OSError] = []
+
+        def one(row: int, col: int) -> float:
+            block = self._block(row, col)
+            if spill is not None and not failed:
+                try:
+                    _write_at(
+                        spill.fileno(), memoryview(block).cast("B"), self._spill_offset(row, col, row * self._seg_rows)
+                    )
+                except OSError as err:  # the disk filled meanwhile: decode again instead
+                    failed.append(err)
+            return float(block.max(initial=0))
+
+        rows, cols = zip(*[(r, c) for r in range(self._down) for c in range(self._across)])
         try:
-            for y in range(0, self.height, self.rows_per_segment):
-                data = self.samples(y, min(y + self.rows_per_segment, self.height))
-                peak = max(peak, float(data.max(initial=0)))
-                if spill is not None:
-                    try:
-                        spill.write(memoryview(np.ascontiguousarray(data)).cast("B"))
-                    except OSError as err:  # the disk filled meanwhile: decode again instead
-                        log.info("%s: decoded samples not kept on disk (%s); bands are decoded again", self.path, err)
-                        spill.close()
-                        spill = None
-            if spill is not None:
-                spill.flush()
+            peak = max(self._pool.map(one, rows, cols), default=0.0)
         except BaseException:
             if spill is not None:
                 spill.close()
             raise
-        self._spill, self._peak = spill, peak
+        if spill is not None and failed:
+            log.info("%s: decoded samples not kept on disk (%s); bands are decoded again", self.path, failed[0])
+            spill.close()
+            spill = None
+        self._spill, self._peak, self._last = spill, peak, None
         return peak
 
-    def _spilled(self, y0: int, y1: int) -> np.ndarray:
-        """Rows y0..y1-1 read back from the spill file `peak` wrote."""
-        out = np.empty((y1 - y0, self.width, self._colours), self._page.dtype)
-        offset = y0 * self.width * self.sample_bytes
-        if os.preadv(self._spill.fileno(), [memoryview(out).cast("B")], offset) != out.nbytes:
-            raise RegionError(
-                f"cannot read {self.path}: its decoded samples, kept in a temporary file, came back short"
-            )
+    def _from_spill(self, y0: int, y1: int, peak: float | None) -> np.ndarray:
+        """Rows y0..y1-1 read back from the spill file `peak` wrote, scaled by `peak` unless it is None; each
+        block's rows read and scaled on the pool's threads."""
+        out = np.empty((y1 - y0, self.width, self._colours), self._page.dtype if peak is None else np.uint8)
+
+        def one(row: int, col: int) -> None:
+            top, x0 = row * self._seg_rows, col * self._seg_cols
+            a, b = max(y0, top), min(y1, top + self._seg_rows)
+            part = np.empty((b - a, min(self._seg_cols, self.width - x0), self._colours), self._page.dtype)
+            if (
+                os.preadv(self._spill.fileno(), [memoryview(part).cast("B")], self._spill_offset(row, col, a))
+                != part.nbytes
+            ):
+                raise RegionError(
+                    f"cannot read {self.path}: its decoded samples, kept in a temporary file, came back short"
+                )
+            out[a - y0 : b - y0, x0 : x0 + part.shape[1]] = part if peak is None else scale_to_8bit(part, peak)
+
+        first, last = y0 // self._seg_rows, (y1 - 1) // self._seg_rows
+        rows, cols = zip(*[(r, c) for r in range(first, last + 1) for c in range(self._across)])
+        list(self._pool.map(one, rows, cols))
         return out
+
+    def pixels(self, y0: int, y1: int, peak: float | None = None) -> np.ndarray:
+        if not self.wide:
+            return self.samples(y0, y1)
+        peak = self.peak() if peak is None else peak
+        if self._spill is None:
+            return super().pixels(y0, y1, peak)
+        return self._from_spill(y0, min(y1, self.height), peak)
 
     def samples(self, y0: int, y1: int) -> np.ndarray:
         y1 = min(y1, self.height)
         if self._spill is not None:
-            return self._spilled(y0, y1)
+            return self._from_spill(y0, y1, None)
         if self._direct:
             return self._direct_rows(y0, y1)
-        out = np.zeros((y1 - y0, self.width, self._colours), self._page.dtype)
+        out = np.empty((y1 - y0, self.width, self._colours), self._page.dtype)
         for row in range(y0 // self._seg_rows, (y1 - 1) // self._seg_rows + 1):
-            for segment, (plane, _, sy, sx, _) in self._decode_row(row):
-                if segment is None:
-                    continue
-                seg = segment[0]  # [length, width, contig samples]
-                top, bottom = max(sy, y0), min(sy + seg.shape[0], y1, self.height)
-                right = min(sx + seg.shape[1], self.width)
-                if bottom <= top or (self._separate and plane >= self._colours):
-                    continue
-                part = seg[top - sy : bottom - sy, : right - sx]
-                if self._separate:
-                    out[top - y0 : bottom - y0, sx:right, plane] = part[..., 0]
-                else:
-                    out[top - y0 : bottom - y0, sx:right] = part[..., : self._colours]
-        if self._invert:
-            np.subtract(np.iinfo(out.dtype).max, out, out=out)
+            top = row * self._seg_rows
+            a, b = max(y0, top), min(y1, top + self._seg_rows)
+            for col, block in enumerate(self._row_blocks(row)):
+                x0 = col * self._seg_cols
+                out[a - y0 : b - y0, x0 : x0 + block.shape[1]] = block[a - top : b - top]
         return out
 
     def _direct_rows(self, y0: int, y1: int) -> np.ndarray:
@@ -509,6 +559,13 @@ class _Jpeg2000Raster(Raster):
 
     def close(self) -> None:
         self._img.close()
+
+
+def _write_at(fd: int, data: memoryview, offset: int) -> None:
+    """All of `data` written at `offset` of `fd` (pwrite may write less than asked)."""
+    while len(data):
+        n = os.pwrite(fd, data, offset)
+        data, offset = data[n:], offset + n
 
 
 def _spill_file(nbytes: int) -> IO[bytes] | None:
