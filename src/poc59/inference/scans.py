@@ -46,6 +46,7 @@ import zlib
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image, ImageCms, ImageOps
 
 from poc59.core.pixels import pixel_limit
@@ -438,8 +439,6 @@ def decode_threads(workers: int | None = None) -> int:
     predict's and serve's `threads=` set)."""
     if workers is not None:
         return max(1, workers)
-    import torch  # loaded already wherever a model predicts; here only for its thread count
-
     return torch.get_num_threads()
 
 
