@@ -563,9 +563,8 @@ def open_scan(
     strips or tiles (`decode_threads`: PyTorch's thread count unless given).
     """
     path = Path(path)
-    if handles(path):
-        workers = decode_threads(workers)
-    raster = _raster(path, allow_large_images, level, workers or 1)
+    workers = decode_threads(workers)
+    raster = _raster(path, allow_large_images, level, workers)
     if raster is not None:
         return _region_scan(path, raster, max_bytes, workers)
     if level:
