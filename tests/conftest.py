@@ -33,7 +33,7 @@ def _files(run: Path) -> dict[str, tuple[int, int]]:
 
 
 @pytest.fixture(scope="session")
-def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def trained_run(tmp_path_factory: pytest.TempPathFactory, pytestconfig: pytest.Config) -> Path:
     """One tiny real run folder, trained once per pytest session, for every test that needs a trained run
     (evaluate, predict, export, compare, ensembles, loading checkpoints).
 
@@ -57,9 +57,11 @@ def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from poc59.training.run import train
 
     # Under xdist the session's workers share one build: the first to need it trains it under a lock in the
-    # session's folder (above each worker's own), the others wait for it or find it done.
+    # session's folder (above each worker's own), the others wait for it or find it done. A worker is known by
+    # its config, not by PYTEST_XDIST_WORKER: a pytest started from a worker's test inherits that variable, and
+    # its folder's parent is pytest's root for every session, where another session's build may lie.
     shared = tmp_path_factory.getbasetemp()
-    if os.environ.get("PYTEST_XDIST_WORKER"):
+    if hasattr(pytestconfig, "workerinput"):
         shared = shared.parent
     home, done = shared / "trained_run", shared / "trained_run.done"
     with FileLock(str(shared / "trained_run.lock")):

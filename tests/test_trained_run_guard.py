@@ -38,9 +38,19 @@ def test_a_test_that_changes_the_shared_run_fails_naming_the_files_and_the_copy(
     shutil.copy(TESTS / "conftest.py", tmp_path / "conftest.py")
     (tmp_path / "pytest.ini").write_text("[pytest]\naddopts = -p no:cacheprovider\n")
     (tmp_path / "test_users.py").write_text(USERS)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")]))}
+    # As when this test runs under xdist: the sub-pytest inherits the worker's PYTEST_XDIST_WORKER, and beside
+    # its own folder lies another session's finished build, changed (CI found one in pytest's root folder). The
+    # sub-pytest is no worker: it must build its own run, not take that one.
+    stale = tmp_path / "trained_run" / "run" / "evaluation"
+    stale.mkdir(parents=True)
+    (tmp_path / "trained_run.done").touch()
+    env = {
+        **os.environ,
+        "PYTEST_XDIST_WORKER": "gw7",
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")])),
+    }
     done = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-rA", str(tmp_path)],
+        [sys.executable, "-m", "pytest", "-q", "-rA", f"--basetemp={tmp_path / 'base'}", str(tmp_path / "test_users.py")],
         cwd=tmp_path,
         capture_output=True,
         text=True,
