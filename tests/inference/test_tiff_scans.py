@@ -384,6 +384,39 @@ def test_scaling_16_bits_takes_no_int64_copy_of_the_samples(tmp_path):
     assert peak < 12 * height * width, f"{peak / (height * width):.1f} bytes a pixel"
 
 
+def test_lzw_in_either_byte_order_with_and_without_the_predictor_streams_as_tifffile_decodes(tmp_path):
+    """LZW, the masters' usual compression, every way its samples come out of the codec: 8 and 16 bits, big- and
+    little-endian, horizontal differencing or none, gray, RGB and RGBA, 32 x 16 tiles and 9-row strips (an
+    odd-sized image: edge tiles and a short last strip), bands across their borders on 1 and 2 threads, equal to
+    tifffile's own whole decode."""
+    cases = [
+        (dtype, samples, order, predictor, layout)
+        for dtype in (np.uint8, np.uint16)
+        for samples in (1, 3, 4)
+        for order in ("<", ">")
+        for predictor in (False, True)
+        for layout in ("tiled", "striped")
+    ]
+    for dtype, samples, order, predictor, layout in cases:
+        name = f"{np.dtype(dtype).name}-{samples}-{'be' if order == '>' else 'le'}-p{int(predictor)}-{layout}.tif"
+        photometric = "minisblack" if samples == 1 else "rgb"
+        data = _pixels(samples, dtype, seed=len(name))
+        tifffile.imwrite(
+            tmp_path / name,
+            data[..., 0] if samples == 1 else data,
+            photometric=photometric,
+            compression="lzw",
+            predictor=predictor,
+            byteorder=order,
+            extrasamples=[2] if samples == 4 else None,
+            **{"tiled": {"tile": (32, 16)}, "striped": {"rowsperstrip": 9}}[layout],
+        )
+        expect = _reference(tmp_path / name, photometric)
+        for workers in (1, 2):
+            assert np.array_equal(_streamed(tmp_path / name, workers=workers), expect), (name, workers)
+            assert np.array_equal(open_scan(tmp_path / name, workers=workers).whole(), expect), (name, workers)
+
+
 def test_tiles_decoded_on_several_threads_give_the_single_threaded_pixels_across_tile_borders(tmp_path, monkeypatch):
     """open_scan's `workers`: a band's tiles decoded on 1 or 3 threads give the same pixels, whole and in bands
     that start and end inside tiles (11 and 22 rows against 32-row tiles), for a 16-bit master (its peak pass
