@@ -12,11 +12,12 @@ LZW-compressed, tiled (256 px) TIFF generated here, a tile row at a time.
 - `tiff_predict_memory`: in a fresh process, the model is built and its RSS read; then
   `poc59.inference.run.predict_image` (the command's per-scan path, its defaults, the decompression-bomb limit
   lifted as allow_large_images=true does) handles the TIFF; the peak RSS above the model's own is the figure
-  (bench.predict's child). Bar: at most 1.5 GB. The baseline is the whole 16-bit decode alone (W x H x 3 x 2
-  bytes). The defaults write the IIIF manifest and annotations (iiif=true). Two more children are in the
-  details (full mode): overlay=false (the overlay picture is held whole by `poc59.inference.outputs`, so it
-  says how much of the figure the reader and the sliding window take) and pyramid=true (the pyramidal TIFF
-  maps, written in bands, beside the defaults).
+  (bench.predict's child). The defaults are the outputs a user gets: the label map, the overlay and the IIIF
+  damage layer, annotations and manifest (overlay=true, iiif=true). Full mode adds two children to the
+  details: pyramid=true beside the defaults (the pyramidal TIFF maps too: every output predict writes) and
+  overlay=false (what the reader, the sliding window and the IIIF step take without the overlay). Bar: the
+  worse of the defaults and pyramid=true, at most 1.5 GB. The baseline is the whole 16-bit decode alone
+  (W x H x 3 x 2 bytes).
 
 `python -m bench.tiff_masters --only read` (or `memory`) runs one half by hand.
 """
@@ -247,24 +248,26 @@ def speed_row(s: Sizes, quick: bool) -> dict:
 def memory_row(s: Sizes, quick: bool, kind: str = "tiny") -> dict:
     tiff, _ = files(s)
     mem = measure_memory(tiff, kind, s.model_tile)
-    # quick: proves it runs; full: what the overlay takes, and the pyramidal maps beside the defaults
-    bare = None if quick else measure_memory(tiff, kind, s.model_tile, {"overlay": False})
+    # quick: proves it runs; full: every output (the pyramidal maps beside the defaults), and without the overlay
     pyramid = None if quick else measure_memory(tiff, kind, s.model_tile, {"pyramid": True})
+    bare = None if quick else measure_memory(tiff, kind, s.model_tile, {"overlay": False})
+    worst = max(mem["added_bytes"], pyramid["added_bytes"] if pyramid else 0)
     whole = s.width * s.height * 3 * 2
     return common.row(
         NAME_MEMORY,
         f"peak RSS above the model's own, {s.width:,} x {s.height:,} 16-bit LZW TIFF through predict_image "
-        f"({kind} network, crop geometry, tile {s.model_tile}, defaults)",
-        mem["added_bytes"] / 1e6,
+        f"({kind} network, crop geometry, tile {s.model_tile}; the worse of the defaults"
+        f"{'' if quick else ' and pyramid=true'})",
+        worst / 1e6,
         "MB",
         whole / 1e6,
         "the whole 16-bit decode alone (W x H x 3 x 2)",
-        mem["added_bytes"] / whole,
+        worst / whole,
         "x",
         f"<= {BAR_MEMORY / 1e6:,.0f} MB",
-        mem["added_bytes"] <= BAR_MEMORY,
+        worst <= BAR_MEMORY,
         quick,
-        {**mem, "overlay_false": bare, "pyramid_true": pyramid, "load": common.load()},
+        {**mem, "pyramid_true": pyramid, "overlay_false": bare, "load": common.load()},
     )
 
 

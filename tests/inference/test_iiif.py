@@ -20,11 +20,13 @@ from poc59.inference.iiif import (
     TOLERANCE_PX,
     ScanRef,
     check_base_url,
+    damage_layer_palette,
     ids_base,
     iiif_documents,
     output_names,
     write_iiif,
 )
+from poc59.inference.outputs import PngFile, SpilledMap
 
 CRACKS, DUST, SCRATCH, PEEL = (ARTEFACT.names.index(n) for n in ("Cracks", "Dust", "Scratch", "Peel"))
 H, W = 60, 80
@@ -317,3 +319,26 @@ def test_dense_damage_whose_labelling_overflows_16_bits_is_labelled_in_32():
     small[10:20, 10:20] = small[30:40, 5:8] = True
     n, labels, _, _ = label_components(small)
     assert n == 3 and labels.dtype == np.uint16  # 2 bytes a pixel where 16 bits hold the labelling
+
+
+def test_maps_kept_on_disk_give_the_same_documents_as_arrays(tmp_path):
+    """predict keeps a scan's maps on disk (`SpilledMap`) and writes the damage layer as the bands come: the same
+    annotations, manifest and summary as from the arrays, and the layer it streams is the same picture."""
+    labels, _, inside, _ = _scene()
+    confidence = (np.random.default_rng(6).random((H, W)) * 255).astype(np.uint8)
+    kept = [SpilledMap(tmp_path, W, H) for _ in range(2)]
+    for y in range(0, H, 7):  # bands of a height that divides nothing
+        kept[0].add(labels[y : y + 7])
+        kept[1].add(confidence[y : y + 7])
+    scan = ScanRef.local("s.png", W, H)
+    from_arrays = iiif_documents("s", labels, confidence, ARTEFACT, scan, "file:///m/", inside)
+    from_disk = iiif_documents("s", *kept, ARTEFACT, scan, "file:///m/", inside, layer=False)
+    layer = output_names("s")[0]
+    assert from_disk.files == {k: v for k, v in from_arrays.files.items() if k != layer}
+    assert from_disk.summary == from_arrays.summary and from_disk.summary["regions"] >= 3
+    streamed = PngFile(tmp_path / layer, W, *damage_layer_palette(ARTEFACT))
+    for y in range(0, H, 11):
+        streamed.add(labels[y : y + 11])
+    with Image.open(streamed.close()) as ours, Image.open(io.BytesIO(from_arrays.files[layer])) as whole:
+        assert np.array_equal(np.asarray(ours.convert("RGBA")), np.asarray(whole.convert("RGBA")))
+    assert np.array_equal(np.asarray(Image.open(tmp_path / layer)), labels)

@@ -37,9 +37,12 @@ predict's statistics); such specks are counted per class in the returned summary
 IDs are URIs under a base: `base_url` (e.g. where the folder will be served, `https://example.org/maps/`)
 or, without it, the output folder's own `file:` URI. The same labels give the same IDs.
 
-Memory: besides the inputs, one class at a time needs its mask (1 byte a pixel) and OpenCV's component
-labels (2 bytes a pixel, 4 for a class that may hold 65,535 regions or more; the mask is released once they
-are found); tracing one region needs 4 bytes a pixel of its bounding box.
+Memory: the label and confidence maps may be arrays or kept on disk (`MapRows`, e.g. predict's
+`poc59.inference.outputs.SpilledMap`): they are read a band of rows, or a region's bounding box, at a time.
+Besides them, one class at a time needs its mask (1 byte a pixel) and OpenCV's component labels (2 bytes a
+pixel, 4 for a class that may hold 65,535 regions or more; the mask is released once they are found); tracing
+one region needs about 9 bytes a pixel of its bounding box (the region, the contour grid twice as fine and
+OpenCV's copy of it).
 """
 
 from __future__ import annotations
@@ -49,16 +52,16 @@ import json
 import mimetypes
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import quote, urlsplit
 
 import cv2
 import numpy as np
-from PIL import Image
 
 from poc59.analysis.colour import lookup_table
 from poc59.core.atomic import write_bytes
 from poc59.core.classes import ClassTable
+from poc59.inference.outputs import PngStream
 
 __all__ = [
     "MIN_AREA",
@@ -66,6 +69,8 @@ __all__ = [
     "IiifDocuments",
     "ScanRef",
     "check_base_url",
+    "MapRows",
+    "damage_layer_palette",
     "damage_layer_png",
     "ids_base",
     "iiif_documents",
@@ -148,15 +153,48 @@ def ids_base(out_dir: str | Path, base_url: str | None = None) -> str:
     return check_base_url(base_url) if base_url else Path(out_dir).resolve().as_uri() + "/"
 
 
-def damage_layer_png(labels: np.ndarray, classes: ClassTable) -> bytes:
-    """Palette PNG of a label map uint8 [H, W] with the class table's colours, Clean (0) and the ignore id
-    transparent: the layer a viewer lays over the scan."""
-    img = Image.fromarray(np.ascontiguousarray(labels, dtype=np.uint8), "L")
-    img.putpalette(lookup_table(classes).reshape(-1).tolist())
+class MapRows(Protocol):
+    """A map [H, W] read a window at a time: an array (`_ArrayRows`), or one kept on disk
+    (`poc59.inference.outputs.SpilledMap`), so a scan's maps need not be in memory for its annotations."""
+
+    shape: tuple[int, int]
+    dtype: np.dtype
+
+    def rows(self, y0: int, y1: int, x0: int = 0, x1: int | None = None) -> np.ndarray: ...
+
+
+class _ArrayRows:
+    """An array as `MapRows` (windows are views)."""
+
+    def __init__(self, array: np.ndarray) -> None:
+        self.array, self.shape, self.dtype = array, array.shape, array.dtype
+
+    def rows(self, y0: int, y1: int, x0: int = 0, x1: int | None = None) -> np.ndarray:
+        return self.array[y0:y1, x0:x1]
+
+
+def _map_rows(m: np.ndarray | MapRows) -> MapRows:
+    return _ArrayRows(m) if isinstance(m, np.ndarray) else m
+
+
+def damage_layer_palette(classes: ClassTable) -> tuple[np.ndarray, bytes]:
+    """The damage layer's palette (the class table's colours, uint8 [256, 3]) and its alpha per value: Clean
+    (0) and the ignore id transparent."""
     alpha = bytearray([255] * 256)
     alpha[0] = alpha[classes.ignore_index] = 0
+    return lookup_table(classes), bytes(alpha)
+
+
+def damage_layer_png(labels: np.ndarray | MapRows, classes: ClassTable) -> bytes:
+    """Palette PNG of a label map uint8 [H, W] (`damage_layer_palette`): the layer a viewer lays over the
+    scan, encoded a band of rows at a time (`PngStream`)."""
+    labels = _map_rows(labels)
     buf = io.BytesIO()
-    img.save(buf, format="PNG", compress_level=1, transparency=bytes(alpha))  # large scans: fast, lossless
+    png = PngStream(buf, labels.shape[1], *damage_layer_palette(classes))
+    step = max(1, _COUNT_PIXELS // max(1, labels.shape[1]))
+    for y in range(0, labels.shape[0], step):
+        png.add(labels.rows(y, y + step))
+    png.finish()
     return buf.getvalue()
 
 
@@ -233,10 +271,10 @@ def _svg(rings: list[tuple[np.ndarray, bool]], colour: str) -> str:
 
 
 def _checked(
-    labels: np.ndarray, confidence: np.ndarray, classes: ClassTable, object_mask: np.ndarray | None
+    labels: MapRows, confidence: MapRows, classes: ClassTable, object_mask: np.ndarray | None
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Pixels per label value; the object mask as bool. ValueError for shapes or labels that do not fit."""
-    if labels.ndim != 2 or labels.dtype != np.uint8:
+    if len(labels.shape) != 2 or labels.dtype != np.uint8:
         raise ValueError(f"labels must be a uint8 label map [H, W], got {labels.dtype} {labels.shape}")
     if confidence.shape != labels.shape:
         raise ValueError(f"confidence {confidence.shape} and labels {labels.shape} differ in size")
@@ -245,7 +283,7 @@ def _checked(
     counts = np.zeros(256, np.int64)
     step = max(1, _COUNT_PIXELS // max(1, labels.shape[1]))
     for y in range(0, labels.shape[0], step):  # bincount casts to int64: 8 bytes a pixel of what it is given
-        counts += np.bincount(labels[y : y + step].reshape(-1), minlength=256)
+        counts += np.bincount(labels.rows(y, y + step).reshape(-1), minlength=256)
     stray = [int(v) for v in np.flatnonzero(counts) if v >= classes.num_classes and v != classes.ignore_index]
     if stray:
         raise ValueError(f"labels {stray[:10]} are neither a class id nor the ignore id {classes.ignore_index}")
@@ -254,22 +292,26 @@ def _checked(
 
 def iiif_documents(
     stem: str,
-    labels: np.ndarray,
-    confidence: np.ndarray,
+    labels: np.ndarray | MapRows,
+    confidence: np.ndarray | MapRows,
     classes: ClassTable,
     scan: ScanRef,
     base: str,
     object_mask: np.ndarray | None = None,
     min_area: int = MIN_AREA,
     tolerance: float = TOLERANCE_PX,
+    layer: bool = True,
 ) -> IiifDocuments:
     """The damage layer, the AnnotationPage and the manifest of one scan (see the module docstring).
 
     `labels` uint8 [H, W] (class ids, 255 outside the object); `confidence` [H, W], the winning class's
     probability: floats in [0, 1], or uint8 where 0..255 means 0..1; `object_mask` [H, W], non-zero = object
     (the share of each region is of the object, else of the whole image; pixels outside it are in no region);
-    `base` the IDs' base URI ending in "/" (`ids_base`).
+    `base` the IDs' base URI ending in "/" (`ids_base`). The maps may be arrays or kept on disk (`MapRows`):
+    they are read a band or a region's window at a time. `layer=False` leaves the damage layer out of the
+    files (a caller that wrote it as the labels streamed, `damage_layer_palette`).
     """
+    labels, confidence = _map_rows(labels), _map_rows(confidence)
     if min_area < 1 or tolerance < 0:
         raise ValueError(f"min_area must be at least 1 and tolerance at least 0, got {min_area} and {tolerance}")
     counts, inside = _checked(labels, confidence, classes, object_mask)
@@ -278,7 +320,7 @@ def iiif_documents(
             f"the scan is {scan.width} x {scan.height} px but the labels {labels.shape[1]} x {labels.shape[0]} px"
         )
     scale = 1 / 255 if confidence.dtype == np.uint8 else 1.0
-    reference = int(np.count_nonzero(inside)) if inside is not None else labels.size
+    reference = int(np.count_nonzero(inside)) if inside is not None else labels.shape[0] * labels.shape[1]
     names = dict(zip(LAYOUT, output_names(stem)))
     manifest_id, page_id, layer_id = (base + quote(names[k]) for k in ("manifest", "annotations", "layer"))
     canvas_id = f"{base}{quote(stem)}/canvas/1"
@@ -289,7 +331,10 @@ def iiif_documents(
     for c in range(1, classes.num_classes):  # Clean (0) is no damage
         if not counts[c]:
             continue
-        mask = labels == c
+        mask = np.empty(labels.shape, bool)
+        step = max(1, _COUNT_PIXELS // max(1, labels.shape[1]))
+        for y in range(0, labels.shape[0], step):
+            np.equal(labels.rows(y, y + step), c, out=mask[y : y + step])
         if inside is not None:
             mask &= inside
         _, components, stats, _ = label_components(mask)
@@ -312,7 +357,7 @@ def iiif_documents(
                 "pixels": area,
                 "percent": 100 * area / reference,
                 "reference": where,
-                "mean_confidence": float(confidence[window][region].mean(dtype=np.float64)) * scale,
+                "mean_confidence": float(confidence.rows(y, y + h, x, x + w)[region].mean(dtype=np.float64)) * scale,
                 "bbox": [x, y, w, h],
                 "holes": sum(hole for _, hole in rings),
             }
@@ -336,7 +381,7 @@ def iiif_documents(
         "classes": per_class,
     }
     files = {
-        names["layer"]: damage_layer_png(labels, classes),
+        **({names["layer"]: damage_layer_png(labels, classes)} if layer else {}),
         names["annotations"]: _json(page),  # compact: thousands of regions
         names["manifest"]: _json(manifest, indent=1),  # last: a manifest on disk means its page and layer are there
     }

@@ -21,7 +21,7 @@ import logging
 import shlex
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, closing, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +30,7 @@ import torch
 from rich.console import Console
 from rich.progress import Progress
 
+from poc59.analysis.colour import lookup_table
 from poc59.analysis.colour import overlay as colour_overlay
 from poc59.artifacts.load import load_models
 from poc59.artifacts.trained import TrainedModel
@@ -38,7 +39,7 @@ from poc59.core.classes import ClassTable
 from poc59.core.device import autocast_dtype, resolve_device
 from poc59.core.outputs import UNWRITABLE, check_writable, refuse_existing, writing
 from poc59.core.progress import Steps
-from poc59.inference.iiif import MIN_AREA, ScanRef, ids_base, iiif_documents
+from poc59.inference.iiif import MIN_AREA, ScanRef, damage_layer_palette, ids_base, iiif_documents
 from poc59.inference.iiif import output_names as iiif_outputs
 from poc59.inference.iiif_source import IiifClient, IiifError, IiifImage, iiif_inputs, is_iiif_input
 from poc59.inference.image import band_labels, logit_bands, streaming_bytes
@@ -46,14 +47,16 @@ from poc59.inference.outputs import (
     STATISTICS_CONVENTION,
     MapPyramids,
     OverlayPicture,
+    PngFile,
+    SpilledMap,
     band_confidence,
     damage_statistics,
-    label_map_png,
     report_outputs,
     write_batch_index,
     write_scan_report,
     write_statistics,
 )
+from poc59.inference.pyramid import StreamedFile
 from poc59.inference.scans import (
     IMAGE_SUFFIXES,
     ScanError,
@@ -75,6 +78,7 @@ class _OutputNotWritten(Exception):
 
 
 STATISTICS = ("statistics.csv", "statistics.json")
+OVERLAY_ROWS = 64  # the overlay is coloured this many rows at a time: its float temporaries stay ~25 bytes x 64 x W
 
 
 @contextmanager
@@ -256,76 +260,105 @@ def predict_image(
     else:
         scan = open_scan(path, s.allow_large_images, max_bytes=decode_budget)
     task = None
-    pyramids = None
-    try:
-        inside = read_object_mask(mask_path, (scan.width, scan.height), s.allow_large_images) if mask_path else None
-        if s.pyramid:
+    # every output streams as the bands of the map are finished: the PNGs (`PngFile`, `OverlayPicture`) and
+    # the pyramids are written under temporary names, and the label and confidence maps the IIIF annotations
+    # and the report need are kept on disk (`SpilledMap`), so no full-size picture or map is ever in memory
+    size = (scan.width, scan.height)
+    with ExitStack() as kept:  # the label and confidence maps kept on disk for the IIIF documents and the report
+        files: list[StreamedFile] = []  # closed once every band is in; given up if the scan fails part-way
+        try:
+            inside = read_object_mask(mask_path, (scan.width, scan.height), s.allow_large_images) if mask_path else None
             with _into_output():
-                pyramids = MapPyramids(out, path.stem, scan.width, scan.height, model.classes)
-        labels = np.empty((scan.height, scan.width), np.uint8)
-        confidences = np.empty((scan.height, scan.width), np.uint8) if s.iiif or s.report else None
-        picture = OverlayPicture(scan.width, scan.height, model.classes) if s.overlay else None
-        counts = np.zeros(256, np.int64)
-        task = progress.add_task(f"{path.name}", total=scan.height) if progress else None
-        for y0, band in logit_bands(model, scan, s.overlap, s.batch_size, s.tta, device, autocast):
-            y1 = y0 + band.shape[1]
-            lab = band_labels(band)
-            if inside is not None:
-                lab[~inside[y0:y1]] = model.classes.ignore_index
-            labels[y0:y1] = lab
-            counts += np.bincount(lab.reshape(-1), minlength=256)
-            if picture is not None:
-                picture.paste(y0, colour_overlay(scan.rows(y0, y1), lab, model.classes))
-            if pyramids is not None or confidences is not None:
-                confidence = band_confidence(band)
+                pyramids = MapPyramids(out, path.stem, scan.width, scan.height, model.classes) if s.pyramid else None
+                files += [pyramids] if pyramids is not None else []
+                label_png = PngFile(out / f"{path.stem}_labels.png", scan.width, lookup_table(model.classes))
+                files.append(label_png)
+                layer = picture = None
+                if s.iiif:  # the damage layer, the first of the IIIF files: the label map with its own palette
+                    layer = PngFile(out / iiif_outputs(path.stem)[0], scan.width, *damage_layer_palette(model.classes))
+                    files.append(layer)
+                if s.overlay:
+                    picture = OverlayPicture(out / f"{path.stem}_overlay.png", scan.width, scan.height, model.classes)
+                    files.append(picture)
+                labels = confidences = None
+                if s.iiif or s.report:  # freed however the scan ends
+                    labels, confidences = (kept.enter_context(closing(SpilledMap(out, *size))) for _ in range(2))
+            counts = np.zeros(256, np.int64)
+            task = progress.add_task(f"{path.name}", total=scan.height) if progress else None
+            band = None
+            for y0, band in logit_bands(model, scan, s.overlap, s.batch_size, s.tta, device, autocast):
+                y1 = y0 + band.shape[1]
+                lab = band_labels(band)
                 if inside is not None:
-                    confidence[~inside[y0:y1]] = 0
-                if confidences is not None:
-                    confidences[y0:y1] = confidence
-                if pyramids is not None:
-                    with _into_output():
+                    lab[~inside[y0:y1]] = model.classes.ignore_index
+                counts += np.bincount(lab.reshape(-1), minlength=256)
+                confidence = None
+                if pyramids is not None or confidences is not None:
+                    confidence = band_confidence(band)
+                    if inside is not None:
+                        confidence[~inside[y0:y1]] = 0
+                with _into_output():
+                    label_png.add(lab)
+                    if layer is not None:
+                        layer.add(lab)
+                    if labels is not None:
+                        labels.add(lab)
+                        confidences.add(confidence)
+                    if pyramids is not None:
                         pyramids.add(lab, confidence)
-            if task is not None:
-                progress.update(task, completed=y1)
-        if pyramids is not None:
+                for y in range(y0, y1, OVERLAY_ROWS) if picture is not None else ():
+                    rows = scan.rows(y, min(y1, y + OVERLAY_ROWS))
+                    rgb = colour_overlay(rows, lab[y - y0 : y - y0 + len(rows)], model.classes)
+                    with _into_output():
+                        picture.paste(y, rgb)
+                if task is not None:
+                    progress.update(task, completed=y1)
+            del band  # a view into the tile row of logits: released before the annotations are made
             with _into_output():
-                pyramids.close()
-    finally:
-        if pyramids is not None:
-            pyramids.abort()  # a scan that failed part-way: neither TIFF appears under its name
-        scan.close()
-        if task is not None:
-            progress.remove_task(task)
-    _write(out, f"{path.stem}_labels.png", label_map_png(labels, model.classes))
-    if picture is not None:
-        _write(out, f"{path.stem}_overlay.png", picture.png(set(np.flatnonzero(counts).tolist())))
-    row = damage_statistics(
-        str(path), counts, model.classes, (scan.width, scan.height), int(inside.sum()) if inside is not None else None
-    )
-    if remote:
-        row["source"] = path.url  # the info.json the pixels came from
-    row["labels"] = f"{path.stem}_labels.png"
-    row["overlay"] = f"{path.stem}_overlay.png" if picture is not None else None
-    row["classes_tif"], row["confidence_tif"] = pyramids.names if pyramids is not None else (None, None)
-    row["iiif"] = None
-    if s.iiif:
-        scan_ref = path.scan_ref() if remote else ScanRef.local(path, scan.width, scan.height)
-        docs = iiif_documents(
-            path.stem,
-            labels,
-            confidences,
+                for file in files:
+                    if file is picture:
+                        picture.close(set(np.flatnonzero(counts).tolist()))
+                    else:
+                        file.close()
+        finally:
+            for file in files:
+                file.abort()  # a scan that failed part-way: no file appears under its name (closed ones: no effect)
+            scan.close()
+            if task is not None:
+                progress.remove_task(task)
+        row = damage_statistics(
+            str(path),
+            counts,
             model.classes,
-            scan_ref,
-            ids_base(out, s.iiif_base_url),
-            inside,
-            s.iiif_min_area,
+            (scan.width, scan.height),
+            int(inside.sum()) if inside is not None else None,
         )
-        for name, data in docs.files.items():  # the manifest last: a manifest on disk has its page and layer
-            _write(out, name, data)
-        row["iiif"] = docs.summary
-    if s.report:
-        with _into_output():
-            row.update(write_scan_report(out, path, labels, confidences, row, model, s))
+        if remote:
+            row["source"] = path.url  # the info.json the pixels came from
+        row["labels"] = f"{path.stem}_labels.png"
+        row["overlay"] = f"{path.stem}_overlay.png" if picture is not None else None
+        row["classes_tif"], row["confidence_tif"] = pyramids.names if pyramids is not None else (None, None)
+        row["iiif"] = None
+        if s.iiif:
+            scan_ref = path.scan_ref() if remote else ScanRef.local(path, scan.width, scan.height)
+            docs = iiif_documents(
+                path.stem,
+                labels,
+                confidences,
+                model.classes,
+                scan_ref,
+                ids_base(out, s.iiif_base_url),
+                inside,
+                s.iiif_min_area,
+                layer=False,  # written as the bands came
+            )
+            for name, data in docs.files.items():  # the manifest last: a manifest on disk has its page and layer
+                _write(out, name, data)
+            row["iiif"] = docs.summary
+        if s.report:
+            whole = [m.rows(0, scan.height) for m in (labels, confidences)]  # the report reduces them whole
+            with _into_output():
+                row.update(write_scan_report(out, path, *whole, row, model, s))
     row["seconds"] = round(time.perf_counter() - start, 3)
     return row
 
