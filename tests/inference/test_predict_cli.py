@@ -306,20 +306,36 @@ def test_a_full_disk_mid_batch_stops_it_naming_the_folder_and_leaves_none_of_its
     ckpt, scans, tmp_path, monkeypatch, caplog
 ):
     import errno
+    from contextlib import contextmanager
 
-    import poc59.inference.run as predict
+    import poc59.inference.outputs as outputs
 
-    real = predict.write_bytes
+    real = outputs.replacing
 
-    def full(path, data):
-        if Path(path).name == f"{IMAGES[1]}_overlay.png":
-            raise OSError(errno.ENOSPC, "No space left on device")
-        return real(path, data)
+    class FillsUp:
+        """The second scan's overlay file: its header goes in, the disk is full when its rows follow."""
+
+        def __init__(self, f):
+            self.f, self.writes = f, 0
+
+        def write(self, data):
+            self.writes += 1
+            if self.writes > 1:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return self.f.write(data)
+
+        def __getattr__(self, name):
+            return getattr(self.f, name)
+
+    @contextmanager
+    def full(path):
+        with real(path) as f:
+            yield FillsUp(f) if Path(path).name == f"{IMAGES[1]}_overlay.png" else f
 
     out = tmp_path / "out"
     out.mkdir()
     (out / "notes.txt").write_text("mine")
-    monkeypatch.setattr(predict, "write_bytes", full)
+    monkeypatch.setattr(outputs, "replacing", full)  # the overlay is streamed into its file as the rows come
     assert main([f"ckpt={ckpt}", f"input={scans}", f"output={out}"]) == 2
     assert caplog.messages[-1] == (
         f"output={out}: cannot write there (no space left on its disk: No space left on device). "
