@@ -26,6 +26,23 @@ def _cmd(run_dir: Path, *extra: str) -> list[str]:
     return [sys.executable, "-m", "poc59.train", *TINY, f"run_dir={run_dir}", "threads=2", *extra]
 
 
+@pytest.fixture(scope="module")
+def two_epochs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A finished 2-epoch run of `_cmd`, trained once by the real command (so it has its .hydra/ records) for
+    the tests that resume, refuse or damage a run: each works on its own copy (`_copy`), as a user's copied run
+    resumes in place (tests/training/test_run_folder.py checks that a copy resumes as its original would)."""
+    run_dir = tmp_path_factory.mktemp("two-epochs") / "run"
+    first = subprocess.run(_cmd(run_dir, "trainer.max_epochs=2"), capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stderr[-3000:]
+    return run_dir
+
+
+def _copy(run: Path, tmp_path: Path) -> Path:
+    """`run` copied to tmp_path/run, every file's bytes and modification time kept (cp -a)."""
+    subprocess.run(["cp", "-a", str(run), str(tmp_path / "run")], check=True)
+    return tmp_path / "run"
+
+
 def _epoch_of(ckpt: Path) -> int:
     try:
         return int(torch.load(ckpt, map_location="cpu", weights_only=False)["epoch"])
@@ -144,20 +161,18 @@ def test_a_stopped_and_resumed_run_ends_exactly_as_an_unbroken_one(tmp_path, sto
 
 
 @pytest.mark.slow
-def test_resume_with_a_changed_learning_rate_is_refused_and_never_starts_over(tmp_path):
-    run_dir = tmp_path / "run"
-    first = subprocess.run(_cmd(run_dir, "trainer.max_epochs=1"), capture_output=True, text=True, timeout=300)
-    assert first.returncode == 0, first.stderr[-3000:]
+def test_resume_with_a_changed_learning_rate_is_refused_and_never_starts_over(tmp_path, two_epochs):
+    run_dir = _copy(two_epochs, tmp_path)
     changed = subprocess.run(
-        _cmd(run_dir, "trainer.max_epochs=2", "optimizer.lr=0.05"), capture_output=True, text=True, timeout=300
+        _cmd(run_dir, "trainer.max_epochs=3", "optimizer.lr=0.05"), capture_output=True, text=True, timeout=300
     )
     assert changed.returncode == 2
     assert "optimizer.lr" in changed.stderr and "resume=never" in changed.stderr
     assert "optimizer.scheduler" not in changed.stderr
     # more epochs alone is a safe change: the run continues
-    longer = subprocess.run(_cmd(run_dir, "trainer.max_epochs=2"), capture_output=True, text=True, timeout=300)
+    longer = subprocess.run(_cmd(run_dir, "trainer.max_epochs=3"), capture_output=True, text=True, timeout=300)
     assert longer.returncode == 0, longer.stderr[-3000:]
-    assert [h["epoch"] for h in json.loads((run_dir / "summary.json").read_text())["history"]] == [0, 1]
+    assert [h["epoch"] for h in json.loads((run_dir / "summary.json").read_text())["history"]] == [0, 1, 2]
     fresh = subprocess.run(
         _cmd(run_dir, "trainer.max_epochs=1", "resume=never"), capture_output=True, text=True, timeout=300
     )
@@ -243,10 +258,8 @@ def _records(run_dir: Path) -> dict[str, bytes]:
 
 
 @pytest.mark.slow
-def test_a_refused_start_changes_nothing_and_a_rerun_of_a_finished_run_keeps_its_figures(tmp_path):
-    run_dir = tmp_path / "run"
-    first = subprocess.run(_cmd(run_dir, "trainer.max_epochs=2"), capture_output=True, text=True, timeout=300)
-    assert first.returncode == 0, first.stderr[-3000:]
+def test_a_refused_start_changes_nothing_and_a_rerun_of_a_finished_run_keeps_its_figures(tmp_path, two_epochs):
+    run_dir = _copy(two_epochs, tmp_path)
     assert (run_dir / ".hydra" / "overrides.yaml").exists() and (run_dir / ".hydra" / "hydra.yaml").exists()
     before = _records(run_dir)
     summary = json.loads((run_dir / "summary.json").read_text())
@@ -273,19 +286,17 @@ def test_a_refused_start_changes_nothing_and_a_rerun_of_a_finished_run_keeps_its
 
 
 @pytest.mark.slow
-def test_a_truncated_last_checkpoint_stops_with_the_file_and_the_ways_on(tmp_path):
-    run_dir = tmp_path / "run"
-    first = subprocess.run(_cmd(run_dir, "trainer.max_epochs=1"), capture_output=True, text=True, timeout=300)
-    assert first.returncode == 0, first.stderr[-3000:]
+def test_a_truncated_last_checkpoint_stops_with_the_file_and_the_ways_on(tmp_path, two_epochs):
+    run_dir = _copy(two_epochs, tmp_path)
     last = run_dir / "checkpoints" / "last.ckpt"
     last.write_bytes(last.read_bytes()[: last.stat().st_size // 2])  # cut short, as a full disk leaves it
-    again = subprocess.run(_cmd(run_dir, "trainer.max_epochs=2"), capture_output=True, text=True, timeout=300)
+    again = subprocess.run(_cmd(run_dir, "trainer.max_epochs=3"), capture_output=True, text=True, timeout=300)
     assert again.returncode == 2, again.stderr[-3000:]
     said = " ".join(again.stderr.split())
     assert f"{last} is damaged" in said and "resume=never" in said and "Traceback" not in said
     assert f"ckpt_path={run_dir / 'checkpoints' / 'best.ckpt'}" in said  # the intact one, named
     continued = subprocess.run(
-        _cmd(run_dir, "trainer.max_epochs=2", f"ckpt_path={run_dir / 'checkpoints' / 'best.ckpt'}"),
+        _cmd(run_dir, "trainer.max_epochs=3", f"ckpt_path={run_dir / 'checkpoints' / 'best.ckpt'}"),
         capture_output=True,
         text=True,
         timeout=300,
@@ -294,14 +305,12 @@ def test_a_truncated_last_checkpoint_stops_with_the_file_and_the_ways_on(tmp_pat
 
 
 @pytest.mark.slow
-def test_raising_max_epochs_on_resume_stretches_the_schedule_to_the_new_end(tmp_path):
+def test_raising_max_epochs_on_resume_stretches_the_schedule_to_the_new_end(tmp_path, two_epochs):
     """OneCycle over the new length: after the peak the lr only falls, and it ends near its floor (it used to
     climb back up past the old end, the phases keeping the old total)."""
     import csv
 
-    run_dir = tmp_path / "run"
-    first = subprocess.run(_cmd(run_dir, "trainer.max_epochs=2"), capture_output=True, text=True, timeout=300)
-    assert first.returncode == 0, first.stderr[-3000:]
+    run_dir = _copy(two_epochs, tmp_path)
     longer = subprocess.run(_cmd(run_dir, "trainer.max_epochs=6"), capture_output=True, text=True, timeout=300)
     assert longer.returncode == 0, longer.stderr[-3000:]
     assert "the schedule is stretched from" in longer.stderr
