@@ -49,11 +49,20 @@ def _said(proc: subprocess.CompletedProcess) -> str:
     return " ".join(proc.stderr.split())
 
 
-@pytest.mark.slow
-def test_a_copied_run_resumes_in_place_and_leaves_the_original_byte_identical(tmp_path):
-    original, copy = tmp_path / "runs" / "r1", tmp_path / "runs" / "r1copy"
-    first = _train(original, "trainer.max_epochs=1")
+@pytest.fixture(scope="module")
+def one_epoch(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A finished 1-epoch run trained by the real command, for the tests that copy a run and resume the copy:
+    each test copies it (cp -a, as a user copies a run) and never writes into it."""
+    run_dir = tmp_path_factory.mktemp("runs") / "r1"
+    first = _train(run_dir, "trainer.max_epochs=1")
     assert first.returncode == 0, first.stderr[-3000:]
+    return run_dir
+
+
+@pytest.mark.slow
+def test_a_copied_run_resumes_in_place_and_leaves_the_original_byte_identical(tmp_path, one_epoch):
+    original, copy = one_epoch, tmp_path / "runs" / "r1copy"
+    copy.parent.mkdir()
     before = _files(original)
     subprocess.run(["cp", "-a", str(original), str(copy)], check=True)
 
@@ -180,12 +189,11 @@ def test_a_start_refused_by_a_held_lock_writes_nothing_not_even_the_holders_log(
 
 
 @pytest.mark.slow
-def test_a_resume_its_data_refuses_leaves_the_runs_hydra_records_as_they_were(tmp_path):
+def test_a_resume_its_data_refuses_leaves_the_runs_hydra_records_as_they_were(tmp_path, one_epoch):
     """The data is checked (here: the run's split names an image the data no longer has) before any record of
     the start is written."""
     run_dir = tmp_path / "run"
-    first = _train(run_dir, "trainer.max_epochs=1")
-    assert first.returncode == 0, first.stderr[-3000:]
+    subprocess.run(["cp", "-a", str(one_epoch), str(run_dir)], check=True)
     split = json.loads((run_dir / "split.json").read_text())
     split["val"].append("no_such_image")
     del split["fingerprint"]  # a deliberate edit (poc59.data.split.from_dict), as a split of other data reads
