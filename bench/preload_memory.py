@@ -31,7 +31,7 @@ from poc59.data.decoding import canvas_side
 
 NAME = "preload_memory"
 BAR = 1.15  # x the raw uint8 bytes
-MIXED = {False: 600, True: 12}  # pairs of the mixed-size set (full: about 1 GB of content; quick)
+MIXED = {False: 600, True: 4}  # pairs of the mixed-size set (full: about 1 GB of content; quick)
 MAX_SIDE = 1200
 REPO = Path(__file__).resolve().parents[1]
 

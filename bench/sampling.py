@@ -53,8 +53,8 @@ SETS = {
 # class-aware ones reach 2 % at 20 and 8.5 % at 60.
 EPOCHS = {"synthetic": {False: 12, True: 1}, "crackforest": {False: 12, True: 1}, TINY: {False: 30, True: 1}}
 QUICK = ("trainer.limit_train_batches=2", "trainer.limit_val_batches=2")  # proves it runs, in seconds
-QUICK_SETS = {"synthetic": ("data.synthetic.n=24",), "crackforest": (), TINY: ("trainer.check_val_every_n_epoch=1",)}
-TINY_PAIRS = {False: 200, True: 24}  # images of the tiny-defect set
+QUICK_SETS = {"synthetic": ("data.synthetic.n=8",), "crackforest": (), TINY: ("trainer.check_val_every_n_epoch=1",)}
+TINY_PAIRS = {False: 200, True: 8}  # images of the tiny-defect set
 SPOT_CLASSES = ("Puncture", "Burn marks")  # the synthetic classes labelled `spot` in (c)
 
 

@@ -15,7 +15,7 @@ from bench import common
 
 NAME = "warm_start"
 BAR = 20.0  # x faster than a cold start
-WARM_PER_ROUND = 5  # warm starts are short: several per round, all in the median
+WARM_PER_ROUND = {False: 5, True: 1}  # warm starts are short: several per round, all in the median (quick: one)
 
 
 def setup_to_first_batch(root, s, cache_dir) -> float:
@@ -57,7 +57,7 @@ def run(quick: bool) -> list[dict]:
 
     def warm() -> float:
         times = []
-        for _ in range(WARM_PER_ROUND):
+        for _ in range(WARM_PER_ROUND[quick]):
             seconds, source = setup_to_first_batch(root, s, warm_dir)
             if source != "cache":
                 raise RuntimeError(f"a warm start decoded ({source})")

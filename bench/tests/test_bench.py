@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -40,7 +41,7 @@ def run_quick(tmp_path: Path, *only: str) -> subprocess.CompletedProcess:
         text=True,
         cwd=tmp_path,
         env=env,
-        timeout=1200,  # a hang guard, not a timing: every row's quick run took 6 min alone, over 10 beside the suite
+        timeout=3600,  # a hang guard, not a timing: at load average 15-20 on 2 cores the quick run took over 20 min
     )
 
 
@@ -49,6 +50,8 @@ def run_quick(tmp_path: Path, *only: str) -> subprocess.CompletedProcess:
 
 @pytest.mark.slow
 def test_quick_run_writes_all_rows_and_the_table(tmp_path):
+    """Every benchmark's quick mode under the harness, as CI runs it: no error row, every row in the table, and the
+    rows of the benchmarks without a test of their own hold what they say (the others' tests check theirs)."""
     try:
         import albumentations  # noqa: F401  (the feed baseline; in the dev extra)
 
@@ -62,58 +65,52 @@ def test_quick_run_writes_all_rows_and_the_table(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(out.read_text())
     assert report["mode"] == "quick"
-    rows = {r["name"]: r for r in report["rows"]}
-    assert ISSUE_3 <= set(rows)
-    for name in ISSUE_3:
-        r = rows[name]
-        if name in expected_errors:
-            assert "albumentations" in r["error"] and r["passed"] is False
-            continue
-        assert "error" not in r, (name, r.get("error"), r.get("traceback"))
-        assert r["value"] > 0 and r["baseline"] > 0 and r["ratio"] > 0 and r["bar"]
-        assert r["passed"] is None  # quick mode proves it runs; bars are judged in full mode only
+    for name in bench_run.BENCHMARKS:  # each module ran, timed in wall and CPU seconds
+        assert re.search(rf"^\[bench\] {name}: [\d.]+ s \(CPU [\d.]+ s\)$", proc.stdout, re.M), name
+    errors = {r["name"]: (r["error"], r.get("traceback")) for r in report["rows"] if "error" in r}
+    assert set(errors) == expected_errors, errors
+    if expected_errors:
+        assert "albumentations" in errors["feed"][0]
     assert "| benchmark | poc59 | baseline | ratio | bar | result |" in proc.stdout
-    for name in ISSUE_3:
-        assert f"**{name}**" in proc.stdout
+    rows = {r["name"]: r for r in report["rows"]}
+    for r in rows.values():
+        assert r["passed"] is False if "error" in r else r["passed"] is None  # quick: bars never judged
+        assert f"**{r['name']}**" in proc.stdout or "error" in r  # the table has every row
+        assert r["seconds"] >= 0 and r["cpu_seconds"] > 0  # the harness timed it, its child processes included
+    assert ISSUE_3 <= set(rows)
+    for name in ISSUE_3 - expected_errors:
+        r = rows[name]
+        assert r["value"] > 0 and r["baseline"] > 0 and r["ratio"] > 0 and r["bar"]
     # issue 7: Lightning's training steps against a plain loop that did exactly the same arithmetic
     step = rows["train_step"]
-    assert "error" not in step, (step.get("error"), step.get("traceback"))
     assert (
         step["value"] > 0
         and step["baseline"] > 0
         and step["ratio"] == pytest.approx(step["details"]["pair_ratios"][0], abs=1e-4)
     )
-    assert step["passed"] is None and step["bar"].startswith(">= 0.95x") and "**train_step**" in proc.stdout
+    assert step["bar"].startswith(">= 0.95x")
     assert step["details"]["max_weight_difference"] == 0.0  # same weights after both runs: same batches and updates
     # issue 29 item 16: the quickstart command from empty caches (bench/quickstart.py's own tests below)
     for name in ("quickstart_time", "quickstart_score"):
-        r = rows[name]
-        assert "error" not in r, (name, r.get("error"), r.get("traceback"))
-        assert r["passed"] is None and r["baseline"] > 0 and f"**{name}**" in proc.stdout
+        assert rows[name]["baseline"] > 0
     assert (tmp_path / "cache" / "bench").is_dir()  # generated data went to the private cache
     # issue 16: class-aware windows against uniform ones, same seed and steps (bars judged in full mode)
     for name in ("sampling_synthetic", "sampling_rare_half", "sampling_crackforest", "sampling_tiny_defects"):
-        r = rows[name]
-        assert "error" not in r, (name, r.get("error"), r.get("traceback"))
-        assert r["passed"] is None and len(r["details"]) == 6 and f"**{name}**" in proc.stdout
+        assert len(rows[name]["details"]) == 6
     tiny = rows["sampling_tiny_defects"]["details"]["tiny-defects rare_fraction=0.25"]
     assert set(tiny["val_iou"]) == {"background", "spot"}  # the two-label set, scored by its own class names
     # issue 16: class-aware windows cost what uniform ones cost in the crop feed (bar judged in full mode)
     if "feed" not in expected_errors:  # one module with the feed row: without albumentations neither runs
-        aware = rows["feed_class_aware"]
-        assert "error" not in aware, (aware.get("error"), aware.get("traceback"))
-        assert aware["passed"] is None and aware["details"]["class_aware_windows_per_batch"] > 0
+        assert rows["feed_class_aware"]["details"]["class_aware_windows_per_batch"] > 0
     # issue 18: threads=2 against threads=1, on a quiet machine and beside a busy core (reported, no bar)
     for name in ("threads_quiet", "threads_loaded"):
         r = rows[name]
-        assert "error" not in r, (name, r.get("error"), r.get("traceback"))
         got = r["details"]["images_per_s"]
         assert r["value"] == got["2"][0] > 0 and r["baseline"] == got["1"][0] > 0
-        assert r["ratio"] == pytest.approx(r["value"] / r["baseline"]) and r["passed"] is None
+        assert r["ratio"] == pytest.approx(r["value"] / r["baseline"])
     # issue 15: the fold ensemble against its best fold, on the same test images (reported, no bar)
     ens = rows["fold_ensemble"]
-    assert "error" not in ens, (ens.get("error"), ens.get("traceback"))
-    assert ens["bar"] == "none (reported)" and ens["passed"] is None and len(ens["details"]["fold_test_miou"]) == 3
+    assert ens["bar"] == "none (reported)" and len(ens["details"]["fold_test_miou"]) == 3
     assert ens["value"] == pytest.approx(100 * ens["details"]["ensemble_test_miou"])
     assert ens["baseline"] == pytest.approx(100 * max(ens["details"]["fold_test_miou"]))
 
@@ -154,7 +151,7 @@ def test_a_failing_benchmark_is_an_error_row_and_the_others_still_run():
         and "deliberately broken" in rows[0]["error"]
         and "RuntimeError" in rows[0]["traceback"]
     )
-    assert rows[1]["passed"] is True and rows[1]["seconds"] >= 0
+    assert rows[1]["passed"] is True and rows[1]["seconds"] >= 0 and rows[1]["cpu_seconds"] >= 0
     text = bench_run.table(rows)
     assert "ERROR: RuntimeError: deliberately broken" in text and "| pass |" in text
 
