@@ -356,10 +356,18 @@ def test_crop_geometry_scores_every_tile_once(run, tmp_path, monkeypatch):
     }  # 2 x 2 tiles a canvas
     torch.save(ckpt, tmp_path / "crop.ckpt")
     cfg = OmegaConf.load(run / "config.yaml").data
-    m = evaluate_run(ckpt=tmp_path / "crop.ckpt", data_root=cfg.root, pictures=False, **FAST)
+    import poc59.evaluation.pictures as pictures
+
+    drawn = []
+    real = pictures.sample_grid_figure
+    monkeypatch.setattr(
+        pictures, "sample_grid_figure", lambda im, t, p, *a: drawn.append((im, t, p)) or real(im, t, p, *a)
+    )
+    m = evaluate_run(ckpt=tmp_path / "crop.ckpt", data_root=cfg.root, pictures=True, **FAST)
     # a checkpoint outside its run, with a data folder: all its source images, at the checkpoint's geometry
     assert m["run_dir"] is None and m["split"] == "all" and m["num_images"] == 10 and m["geometry"]["policy"] == "crop"
-    assert (tmp_path / "crop-evaluation" / f"{Path(cfg.root).name}-all" / "metrics.json").exists()
+    out = tmp_path / "crop-evaluation" / f"{Path(cfg.root).name}-all"
+    assert (out / "metrics.json").exists()
 
     model = load_model(tmp_path / "crop.ckpt")
     dm = SegmentationDataModule(
@@ -372,16 +380,8 @@ def test_crop_geometry_scores_every_tile_once(run, tmp_path, monkeypatch):
     assert confmat.tolist() == m["confusion_matrix"]
     masks = [dm.data.mask(i) for i in indices]  # each image's content (ragged under crop)
     assert confmat.sum(1).tolist() == _label_counts(torch.cat([m.flatten() for m in masks]), 16)  # each pixel once
-    # its pictures: every panel cropped to its image's content, no canvas padding drawn
-    import poc59.evaluation.pictures as pictures
-
-    drawn = []
-    real = pictures.sample_grid_figure
-    monkeypatch.setattr(
-        pictures, "sample_grid_figure", lambda im, t, p, *a: drawn.append((im, t, p)) or real(im, t, p, *a)
-    )
-    evaluate_run(ckpt=tmp_path / "crop.ckpt", data_root=cfg.root, pictures=True, out=tmp_path / "pics", **FAST)
-    assert drawn and (tmp_path / "pics" / "sample.png").exists()
+    # its pictures (drawn by the same evaluation): every panel cropped to its image's content, no canvas padding
+    assert drawn and (out / "sample.png").exists()
     sizes = {tuple(dm.data.sizes[i].tolist()) for i in indices}
     shown = [image.shape[:2] for images, _, _ in drawn for image in images]
     assert set(shown) <= sizes and any(hw != (64, 64) for hw in shown)  # content, not the 64 x 64 canvas
