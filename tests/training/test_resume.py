@@ -107,9 +107,20 @@ STOPS = {  # how a run is stopped as epoch 2 starts: (callback, its variable, th
 }
 
 
+@pytest.fixture(scope="module")
+def unbroken(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 3-epoch run of `_cmd` never stopped, with no stop callback: the reference every stopped and resumed
+    run is compared with (one for both ways of stopping; the callbacks do nothing until their variable names
+    an epoch, and hold no state a checkpoint records)."""
+    run_dir = tmp_path_factory.mktemp("unbroken") / "run"
+    done = subprocess.run(_cmd(run_dir, "trainer.max_epochs=3"), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return run_dir
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("stop", sorted(STOPS))
-def test_a_stopped_and_resumed_run_ends_exactly_as_an_unbroken_one(tmp_path, stop):
+def test_a_stopped_and_resumed_run_ends_exactly_as_an_unbroken_one(tmp_path, stop, unbroken):
     """Weights, optimizer moments, scheduler, augmentation generator and every epoch's figures: a run killed
     (SIGKILL) or terminated (SIGTERM: exit 143, where it stopped and the resume command logged) at an epoch
     start and resumed is bit-identical to one that was never stopped (augmentation and OneCycle on)."""
@@ -122,9 +133,7 @@ def test_a_stopped_and_resumed_run_ends_exactly_as_an_unbroken_one(tmp_path, sto
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",  # `python` is this one
     }
     extra = ("trainer.max_epochs=3", f"+callbacks.stop._target_={target}")
-    unbroken, broken = tmp_path / "unbroken", tmp_path / "broken"
-    done = subprocess.run(_cmd(unbroken, *extra), capture_output=True, text=True, timeout=300, env=env)
-    assert done.returncode == 0, done.stderr[-3000:]
+    broken = tmp_path / "broken"
     stopped = subprocess.run(
         _cmd(broken, *extra), capture_output=True, text=True, timeout=300, env={**env, variable: "2"}
     )
