@@ -247,17 +247,19 @@ def test_ids_lie_under_the_base_url_or_the_output_folder(tmp_path):
 
 
 def test_a_large_map_with_thousands_of_regions_takes_seconds(tmp_path):
-    """6000 x 4000 px, five damage classes, ~5000 regions: no per-pixel Python loop (that would take minutes)."""
+    """6000 x 4000 px, five damage classes, ~5000 regions: no per-pixel Python loop (that would take minutes).
+    The process's CPU time, not the wall clock: on a busy machine the wall time of the same 2 CPU-seconds
+    reached 161 s."""
     rng = np.random.default_rng(2)
     labels = np.zeros((4000, 6000), np.uint8)
     for y, x, h, w, c in zip(*(rng.integers(0, n, 6000) for n in (3980, 5980, 20, 20)), rng.integers(1, 6, 6000)):
         labels[y : y + h + 1, x : x + w + 1] = c
     confidence = rng.random(labels.shape, dtype=np.float32)
-    start = time.perf_counter()
+    start = time.process_time()
     summary = write_iiif(tmp_path, "big", labels, confidence, ARTEFACT, ScanRef.local("big.png", 6000, 4000))
-    seconds = time.perf_counter() - start
+    seconds = time.process_time() - start
     assert summary["regions"] > 3000
-    assert seconds < 30, f"{seconds:.1f} s"
+    assert seconds < 30, f"{seconds:.1f} CPU-s"
     page = json.loads((tmp_path / "big.annotations.json").read_text())
     assert len(page["items"]) == summary["regions"]
     AnnotationPage.model_validate(page | {"items": page["items"][:50]})  # all 5000: pydantic alone takes 5 s
