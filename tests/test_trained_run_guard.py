@@ -50,7 +50,15 @@ def test_a_test_that_changes_the_shared_run_fails_naming_the_files_and_the_copy(
         "PYTHONPATH": os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")])),
     }
     done = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-rA", f"--basetemp={tmp_path / 'base'}", str(tmp_path / "test_users.py")],
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-rA",
+            f"--basetemp={tmp_path / 'base'}",
+            str(tmp_path / "test_users.py"),
+        ],
         cwd=tmp_path,
         capture_output=True,
         text=True,
