@@ -11,18 +11,23 @@ from PIL import Image
 
 from poc59.analysis.colour import ignore_rgb, lookup_table, overlay
 from poc59.core.classes import ARTEFACT
-from poc59.inference.outputs import OverlayPicture, PngFile, SpilledMap, label_map_png, stacked_png
+from poc59.inference.outputs import OverlayPicture, PngFile, PngStream, SpilledMap, label_map_png
 
 
-def test_stacked_png_is_the_parts_one_above_the_other_exactly():
+def test_an_rgb_png_streamed_in_bands_is_the_rows_one_above_the_other_exactly():
     rng = np.random.default_rng(0)
     top, bottom = rng.integers(0, 256, (37, 23, 3), np.uint8), rng.integers(0, 256, (5, 23, 3), np.uint8)
-    data = stacked_png([Image.fromarray(top), Image.fromarray(bottom)], band_rows=8)  # bands cross the parts
-    decoded = Image.open(io.BytesIO(data))
+    buf = io.BytesIO()
+    png = PngStream(buf, 23)
+    for y in range(0, 37, 8):  # bands of 8 rows, the last one short, then a part of another height
+        png.add(top[y : y + 8])
+    png.add(bottom)
+    with pytest.raises(ValueError, match="uint8 \\[h, 23, 3\\]"):  # a row of another width is refused
+        png.add(np.zeros((4, 22, 3), np.uint8))
+    assert png.finish() == 42
+    decoded = Image.open(io.BytesIO(buf.getvalue()))
     assert decoded.format == "PNG" and decoded.mode == "RGB"
     assert np.array_equal(np.asarray(decoded), np.concatenate([top, bottom]))
-    with pytest.raises(ValueError, match="23 px wide"):
-        stacked_png([Image.fromarray(top), Image.new("RGB", (22, 4))])
 
 
 def _swatches(panel: np.ndarray) -> set[str]:

@@ -35,7 +35,6 @@ import math
 import struct
 import tempfile
 import zlib
-from collections.abc import Sequence
 from contextlib import ExitStack
 from datetime import datetime, timezone
 from pathlib import Path
@@ -75,7 +74,6 @@ __all__ = [
     "report_outputs",
     "SpilledMap",
     "scan_preview",
-    "stacked_png",
     "write_batch_index",
     "write_scan_report",
     "write_statistics",
@@ -242,21 +240,6 @@ class PngFile(StreamedFile):
 
 class _Aborted(Exception):
     """Handed to `replacing` to give up a streamed file."""
-
-
-def stacked_png(parts: Sequence[Image.Image], band_rows: int = 256) -> bytes:
-    """One RGB PNG of `parts` (RGB images of one width) stacked top to bottom, encoded a band of rows at a time
-    (`PngStream`): no stacked copy of the pixels is ever made."""
-    width = parts[0].width
-    if any(p.width != width or p.mode != "RGB" for p in parts):
-        raise ValueError(f"stacked parts must be RGB images {width} px wide, got {[(p.mode, p.width) for p in parts]}")
-    buf = io.BytesIO()
-    png = PngStream(buf, width)
-    for part in parts:
-        for y0 in range(0, part.height, band_rows):
-            png.add(np.asarray(part.crop((0, y0, width, min(part.height, y0 + band_rows)))))
-    png.finish()
-    return buf.getvalue()
 
 
 class OverlayPicture(StreamedFile):
