@@ -191,7 +191,7 @@ def damage_layer_png(labels: np.ndarray | MapRows, classes: ClassTable) -> bytes
     labels = _map_rows(labels)
     buf = io.BytesIO()
     png = PngStream(buf, labels.shape[1], *damage_layer_palette(classes))
-    step = max(1, _COUNT_PIXELS // max(1, labels.shape[1]))
+    step = _band_rows(labels.shape[1])
     for y in range(0, labels.shape[0], step):
         png.add(labels.rows(y, y + step))
     png.finish()
@@ -281,7 +281,7 @@ def _checked(
     if object_mask is not None and object_mask.shape != labels.shape:
         raise ValueError(f"object_mask {object_mask.shape} and labels {labels.shape} differ in size")
     counts = np.zeros(256, np.int64)
-    step = max(1, _COUNT_PIXELS // max(1, labels.shape[1]))
+    step = _band_rows(labels.shape[1])
     for y in range(0, labels.shape[0], step):  # bincount casts to int64: 8 bytes a pixel of what it is given
         counts += np.bincount(labels.rows(y, y + step).reshape(-1), minlength=256)
     stray = [int(v) for v in np.flatnonzero(counts) if v >= classes.num_classes and v != classes.ignore_index]
@@ -332,7 +332,7 @@ def iiif_documents(
         if not counts[c]:
             continue
         mask = np.empty(labels.shape, bool)
-        step = max(1, _COUNT_PIXELS // max(1, labels.shape[1]))
+        step = _band_rows(labels.shape[1])
         for y in range(0, labels.shape[0], step):
             np.equal(labels.rows(y, y + step), c, out=mask[y : y + step])
         if inside is not None:
@@ -389,6 +389,13 @@ def iiif_documents(
 
 
 _COUNT_PIXELS = 1 << 18  # pixels counted at once (bincount's int64 copy of them: 2 MB)
+
+
+def _band_rows(width: int) -> int:
+    """Rows of a map `width` px wide read at once: about `_COUNT_PIXELS` pixels, at least one row."""
+    return max(1, _COUNT_PIXELS // max(1, width))
+
+
 _BOUND_ROWS = 256  # rows `component_bound` looks at at once: its temporaries stay a few bytes x 256 x W
 
 
