@@ -39,10 +39,10 @@ or, without it, the output folder's own `file:` URI. The same labels give the sa
 
 Memory: the label and confidence maps may be arrays or kept on disk (`MapRows`, e.g. predict's
 `poc59.inference.outputs.SpilledMap`): they are read a band of rows, or a region's bounding box, at a time.
-Besides them, one class at a time needs its mask (1 byte a pixel) and OpenCV's component labels (2 bytes a
-pixel, 4 for a class that may hold 65,535 regions or more; the mask is released once they are found); tracing
-one region needs about 9 bytes a pixel of its bounding box (the region, the contour grid twice as fine and
-OpenCV's copy of it).
+A class's regions are found a band of rows at a time (`class_regions`: about 40 bytes a pixel of a band of
+`_LABEL_PIXELS` pixels at most, plus about 60 bytes per region piece a band holds), never as a whole-scan
+mask or component map. Tracing one region then needs about 9 bytes a pixel of its bounding box (the
+region's pixels, the contour grid twice as fine and OpenCV's copy of it): the largest box is the step's peak.
 """
 
 from __future__ import annotations
@@ -74,7 +74,8 @@ __all__ = [
     "damage_layer_png",
     "ids_base",
     "iiif_documents",
-    "label_components",
+    "ClassRegions",
+    "class_regions",
     "output_names",
     "write_iiif",
 ]
@@ -331,25 +332,17 @@ def iiif_documents(
     for c in range(1, classes.num_classes):  # Clean (0) is no damage
         if not counts[c]:
             continue
-        mask = np.empty(labels.shape, bool)
-        step = _band_rows(labels.shape[1])
-        for y in range(0, labels.shape[0], step):
-            np.equal(labels.rows(y, y + step), c, out=mask[y : y + step])
-        if inside is not None:
-            mask &= inside
-        _, components, stats, _ = label_components(mask)
-        del mask  # tracing needs only the component map
-        areas = stats[1:, cv2.CC_STAT_AREA]
+        found = class_regions(labels, c, inside)
+        areas = found.stats[:, cv2.CC_STAT_AREA]
         specks = areas < min_area
         per_class[classes.names[c]] = {
             "regions": int(np.count_nonzero(~specks)),
             "specks": int(np.count_nonzero(specks)),
             "speck_pixels": int(areas[specks].sum()),
         }
-        for k in np.flatnonzero(~specks) + 1:
-            x, y, w, h, area = (int(v) for v in stats[k])
-            window = (slice(y, y + h), slice(x, x + w))
-            region = components[window] == k
+        for k in np.flatnonzero(~specks):
+            x, y, w, h, area = (int(v) for v in found.stats[k])
+            region = _region_in_box(labels, c, inside, (x, y, w, h), found.seeds[k])
             rings = [(ring + (x, y), hole) for ring, hole in _edge_rings(region, tolerance)]
             damage = {
                 "class_id": c,
@@ -361,8 +354,8 @@ def iiif_documents(
                 "bbox": [x, y, w, h],
                 "holes": sum(hole for _, hole in rings),
             }
+            del region
             items.append(_region_annotation(f"{page_id}#region-{len(items) + 1}", canvas_id, damage, rings, classes))
-        del components  # released before the next class's mask and map are made
     specks = sum(v["specks"] for v in per_class.values())
     page = {
         "@context": PRESENTATION_CONTEXT,
@@ -396,43 +389,140 @@ def _band_rows(width: int) -> int:
     return max(1, _COUNT_PIXELS // max(1, width))
 
 
-_BOUND_ROWS = 256  # rows `component_bound` looks at at once: its temporaries stay a few bytes x 256 x W
+_LABEL_PIXELS = 1 << 20  # pixels labelled at once: OpenCV's int32 map and the per-pixel temporaries of a band
 
 
-def component_bound(mask: np.ndarray) -> int:
-    """An upper bound on the 8-connected components of `mask` (bool [H, W]): the pixels none of whose four
-    neighbours read before them (left, and the three above) is set. A component's first pixel in reading
-    order is one of them. Counted a band of rows at a time."""
-    height, width = mask.shape
-    starts = 0
-    above = np.zeros(width + 2, bool)
-    padded = np.zeros((_BOUND_ROWS + 1, width + 2), bool)
-    for y0 in range(0, height, _BOUND_ROWS):
-        rows = mask[y0 : y0 + _BOUND_ROWS]
-        n = len(rows)
-        padded[0], padded[1 : n + 1, 1:-1] = above, rows
-        seen = padded[1 : n + 1, :-2] | padded[:n, :-2] | padded[:n, 1:-1] | padded[:n, 2:]
-        starts += int(np.count_nonzero(rows & ~seen))
-        above = padded[n].copy()
-    return starts
+@dataclass
+class ClassRegions:
+    """The 8-connected regions of one class, in OpenCV's label order (`class_regions`): `stats` int64 [n, 5]
+    as OpenCV's (left, top, width, height, area), `seeds` int64 [n, 2] one pixel (y, x) of each region,
+    `confidence_sums` float64 [n] the sum of the confidence map over each region (when one was given)."""
+
+    stats: np.ndarray
+    seeds: np.ndarray
+    confidence_sums: np.ndarray | None
 
 
-def label_components(mask: np.ndarray) -> tuple[int, np.ndarray, np.ndarray, np.ndarray]:
-    """OpenCV's 8-connected components of `mask` (bool [H, W]) with their stats; the component map is uint16
-    (2 bytes a pixel) when the mask cannot hold 65,535 components and OpenCV's labelling fits in 16 bits, else
-    int32 (4 bytes a pixel).
+def _roots(parent: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Union-find over the pairs (a[i], b[i]) of ids 0..len(parent)-1, vectorised: each id's root, the smallest
+    id it is joined to."""
+    while True:
+        while True:  # path compression: every id points at its root
+            up = parent[parent]
+            if np.array_equal(up, parent):
+                break
+            parent = up
+        ra, rb = parent[a], parent[b]
+        apart = ra != rb
+        if not apart.any():
+            return parent
+        np.minimum.at(parent, np.maximum(ra, rb)[apart], np.minimum(ra, rb)[apart])
 
-    `component_bound` bounds the components, not the provisional labels OpenCV's block-based labelling hands
-    out before it merges them (dense noise: a bound of 61,931 and over 65,535 provisional labels), and OpenCV
-    refuses a 16-bit map whose counter would overflow (cv2.error): that case is labelled again in 32 bits."""
-    image = mask.view(np.uint8)
-    if component_bound(mask) < 65_535:
-        try:
-            return cv2.connectedComponentsWithStats(image, connectivity=8, ltype=cv2.CV_16U)
-        except cv2.error as e:
-            if "overflow" not in str(e):
-                raise
-    return cv2.connectedComponentsWithStats(image, connectivity=8, ltype=cv2.CV_32S)
+
+def class_regions(
+    labels: np.ndarray | MapRows,
+    c: int,
+    inside: np.ndarray | None = None,
+    confidence: np.ndarray | MapRows | None = None,
+    band_rows: int | None = None,
+) -> ClassRegions:
+    """The 8-connected regions of the pixels of class `c` in `labels` (within `inside`, bool, where given), found
+    a band of rows at a time: the same regions, figures and order as one `cv2.connectedComponentsWithStats` of
+    the whole mask, without the whole mask or component map.
+
+    Each band is labelled by OpenCV; the regions of consecutive bands that touch across their edge (a pixel of
+    one band's last row and one of the next band's first row, dx in -1..1) are joined by a union-find over
+    the bands' labels, and their areas, boxes and confidence sums added up. The order is OpenCV's: its
+    block-based labelling numbers the regions in the raster order of the first 2 x 2 block (aligned on even
+    rows and columns) each one touches, so the regions are sorted by that block, and a seed pixel is kept
+    from it. `band_rows` (by default about `_LABEL_PIXELS` pixels) sets the band's height."""
+    labels = _map_rows(labels)
+    confidence = None if confidence is None else _map_rows(confidence)
+    height, width = labels.shape
+    step = band_rows or max(1, _LABEL_PIXELS // max(1, width))
+    blocks_wide = (width + 1) // 2
+    parts: list[list[np.ndarray]] = []  # per band: stats [n, 5] in the scan's rows, first key [n], sums [n]
+    joins: list[np.ndarray] = []  # [2, k] provisional ids that touch across a band edge
+    last: np.ndarray | None = None  # the provisional id of each pixel of the previous band's last row, -1 none
+    count = 0
+    for y0 in range(0, height, step):
+        mask = labels.rows(y0, y0 + step) == c
+        if inside is not None:
+            mask &= inside[y0 : y0 + step]
+        if not mask.any():
+            last = None
+            continue
+        n, comp, stats, _ = cv2.connectedComponentsWithStats(mask.view(np.uint8), connectivity=8, ltype=cv2.CV_32S)
+        del mask
+        at = np.flatnonzero(comp)
+        ids = comp.reshape(-1)[at]
+        ys, xs = np.divmod(at, width)
+        ys += y0
+        # the 2 x 2 block of the scan (raster order) and the pixel in it: its minimum over a region is the
+        # region's first block and a pixel of the region in it
+        key = ((ys >> 1) * blocks_wide + (xs >> 1)) * 4 + (ys & 1) * 2 + (xs & 1)
+        del ys, xs
+        first = np.full(n, np.iinfo(np.int64).max)
+        np.minimum.at(first, ids, key)
+        del key
+        sums = np.zeros(n)
+        if confidence is not None:
+            sums = np.bincount(ids, weights=confidence.rows(y0, y0 + step).reshape(-1)[at], minlength=n)
+        del at, ids
+        band_stats = stats[1:].astype(np.int64)
+        band_stats[:, cv2.CC_STAT_TOP] += y0
+        parts.append([band_stats, first[1:], sums[1:]])
+        top = np.where(comp[0] > 0, comp[0].astype(np.int64) + count - 1, -1)
+        if last is not None:
+            for dx in (-1, 0, 1):  # pixel x of this band's first row against x + dx of the last band's last row
+                a = top[max(0, -dx) : width - max(0, dx)]
+                b = last[max(0, dx) : width - max(0, -dx)]
+                both = (a >= 0) & (b >= 0)
+                joins.append(np.stack([a[both], b[both]]))
+        last = np.where(comp[-1] > 0, comp[-1].astype(np.int64) + count - 1, -1)
+        count += n - 1
+        del comp
+    if not count:
+        return ClassRegions(
+            np.zeros((0, 5), np.int64), np.zeros((0, 2), np.int64), None if confidence is None else np.zeros(0)
+        )
+    stats, first, sums = (np.concatenate(p) for p in zip(*parts))
+    del parts
+    pairs = np.concatenate(joins, axis=1) if joins else np.zeros((2, 0), np.int64)
+    roots = _roots(np.arange(count), pairs[0], pairs[1])
+    _, region = np.unique(roots, return_inverse=True)
+    by_region = np.argsort(region, kind="stable")
+    starts = np.flatnonzero(np.r_[True, np.diff(region[by_region]) != 0])
+
+    def reduce(ufunc: np.ufunc, values: np.ndarray) -> np.ndarray:
+        return ufunc.reduceat(values[by_region], starts)
+
+    left, top_row = stats[:, cv2.CC_STAT_LEFT], stats[:, cv2.CC_STAT_TOP]
+    x0, y0_ = reduce(np.minimum, left), reduce(np.minimum, top_row)
+    x1 = reduce(np.maximum, left + stats[:, cv2.CC_STAT_WIDTH])
+    y1 = reduce(np.maximum, top_row + stats[:, cv2.CC_STAT_HEIGHT])
+    merged = np.stack([x0, y0_, x1 - x0, y1 - y0_, reduce(np.add, stats[:, cv2.CC_STAT_AREA])], 1)
+    key, total = reduce(np.minimum, first), reduce(np.add, sums)
+    order = np.argsort(key)
+    key = key[order]
+    block_y, block_x = np.divmod(key >> 2, blocks_wide)
+    seeds = np.stack([2 * block_y + ((key >> 1) & 1), 2 * block_x + (key & 1)], 1)
+    return ClassRegions(merged[order], seeds, None if confidence is None else total[order])
+
+
+def _region_in_box(
+    labels: MapRows, c: int, inside: np.ndarray | None, box: tuple[int, int, int, int], seed: np.ndarray
+) -> np.ndarray:
+    """The region of class `c` holding `seed` (y, x) as bool [h, w] of its box (x, y, w, h): the box's pixels of
+    the class, flood-filled 8-connected from the seed (a region is connected within its own box)."""
+    x, y, w, h = box
+    mask = labels.rows(y, y + h, x, x + w) == c
+    if inside is not None:
+        mask &= inside[y : y + h, x : x + w]
+    image = mask.view(np.uint8)  # 1 = the class; the region filled with 2, in place (no component map)
+    cv2.floodFill(image, None, (int(seed[1]) - x, int(seed[0]) - y), 2, flags=8)
+    np.equal(image, 2, out=mask)
+    return mask
 
 
 def _region_annotation(
