@@ -52,6 +52,9 @@ def server(tmp_path_factory):
         ],
         stdout=log,
         stderr=subprocess.STDOUT,
+        # without MLflow's job runner (huey consumer processes for its GenAI jobs, which poc59 never submits):
+        # the tracking API and the UI are the same server, less a dozen seconds of CPU starting the consumers
+        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
@@ -88,12 +91,20 @@ def _train(run_dir: Path, *extra: str) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=run_dir.parent)
 
 
-@pytest.mark.slow  # whole training runs, seconds to a minute each
-def test_a_tracked_run_on_a_server_has_its_config_per_class_metrics_and_records(server, tmp_path):
-    run_dir = tmp_path / "run"
-    tracked = ("logger=mlflow", f"logger.mlflow.tracking_uri={server}")
-    first = _train(run_dir, "trainer.max_epochs=2", *tracked)
+@pytest.fixture(scope="module")
+def server_run(server, tmp_path_factory) -> Path:
+    """A 2-epoch run tracked on the server by the real command: the server's one run of experiment `poc59`.
+    The first test resumes and evaluates it; the UI test only shows it (as it is before or after that)."""
+    run_dir = tmp_path_factory.mktemp("tracked") / "run"
+    first = _train(run_dir, "trainer.max_epochs=2", *_tracked(server))
     assert first.returncode == 0, first.stderr[-3000:]
+    return run_dir
+
+
+@pytest.mark.slow  # whole training runs, seconds to a minute each
+def test_a_tracked_run_on_a_server_has_its_config_per_class_metrics_and_records(server, server_run, tmp_path):
+    run_dir = server_run
+    tracked = _tracked(server)
     (run,) = _runs(server)
     record = json.loads((run_dir / "tracking.json").read_text())["mlflow"]
     assert record == {
@@ -149,17 +160,14 @@ def test_a_tracked_run_on_a_server_has_its_config_per_class_metrics_and_records(
     assert "evaluation/val/metrics.json" in added and any(p.endswith(".png") for p in added)
 
 
-@pytest.mark.slow  # a training run and a browser, about 30 s
-def test_the_mlflow_ui_shows_the_run(server, tmp_path):
+@pytest.mark.slow  # the module's tracked run and a browser
+def test_the_mlflow_ui_shows_the_run(server, server_run):
     """The README's screenshot, taken with headless Chromium (Debian's package; .ci/run installs it)."""
     chromium = mirador.chromium_binary()
     if chromium is None and not os.environ.get("CI"):
         pytest.skip("no chromium here (apt-get install chromium); CI installs it and runs this test")
     assert chromium, "CI needs chromium for the MLflow UI screenshot (.ci/run installs it)"
-    run_dir = tmp_path / "run"
-    ui = "ui"  # an experiment of its own: the server's `poc59` holds the other test's one run, whatever the order
-    train(make_cfg(tmp_path, *SMALL, "trainer.max_epochs=1", *_tracked(server, ui)))
-    record = json.loads((run_dir / "tracking.json").read_text())["mlflow"]
+    record = json.loads((server_run / "tracking.json").read_text())["mlflow"]
     page = f"{server}/#/experiments/{record['experiment_id']}/runs/{record['run_id']}"
     with _browser(1400, 1100, limit_s=BROWSER_LIMIT_S) as browser:
         shown = _page_text(browser, page, record["run_id"])
@@ -279,8 +287,8 @@ def _shows_run(text: str, run_id: str) -> bool:
     return run_id in text and "val/mIoU" in text and "not found" not in lowered and "does not exist" not in lowered
 
 
-def _tracked(server: str, experiment: str = "poc59") -> tuple[str, ...]:
-    return ("logger=mlflow", f"logger.mlflow.tracking_uri={server}", f"logger.mlflow.experiment_name={experiment}")
+def _tracked(server: str) -> tuple[str, ...]:
+    return ("logger=mlflow", f"logger.mlflow.tracking_uri={server}")
 
 
 def _client(outputs: Path) -> MlflowClient:
