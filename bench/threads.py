@@ -8,6 +8,12 @@ process that keeps one core busy (a pure-Python loop, as a second user's job wou
 the run and stopped after it. Runs alternate 1, 2, 1, 2 ... so drift in the machine's load falls on
 both. The ratio is threads=2 over threads=1; the default (`threads=auto`: every CPU this job may use)
 is right where that ratio is >= 1 on a quiet machine, which is what the README's numbers assume.
+
+--quick runs threads=1 and threads=2 of each condition in one process, as a Hydra sweep (`-m threads=1,2`, the
+default launcher's jobs one after the other, threads=1 first), beside one busy job for both in the loaded case:
+the same `train` and the same summary.json figure, two interpreter starts instead of four. A full run keeps one
+fresh process per run (OMP_NUM_THREADS set to its count, nothing warmed by an earlier run): its figure is a
+speed, and a second run in a warm process would be measured under other conditions than the first.
 """
 
 from __future__ import annotations
@@ -33,32 +39,55 @@ QUICK = (
     "trainer.max_epochs=2",
     "trainer.enable_progress_bar=false",
 )
-SIZE = {False: "80 images at the quickstart's size, 4 epochs", True: "quick: 12 images at 64 px, 2 epochs"}
+SIZE = {
+    False: "80 images at the quickstart's size, 4 epochs",
+    True: "quick: 12 images at 64 px, 2 epochs, both counts in one process",
+}
 BUSY = "while True: pass"
 
 
-def _images_per_s(threads: int, quick: bool, cache: str) -> float:
+THREADS = (1, 2)
+
+
+def _images_per_s(counts: tuple[int, ...], quick: bool, cache: str) -> dict[int, float]:
+    """{threads: training images/s} of one `python -m poc59.train` per count in `counts`: one run (full mode),
+    or one `-m` sweep over them (--quick)."""
     scratch = common.scratch_dir("threads-")
     try:
-        cmd = [sys.executable, "-m", "poc59.train", *(QUICK if quick else RUN), f"threads={threads}"]
-        cmd.append(f"run_dir={scratch / 'run'}")
-        env = {**os.environ, "POC59_CACHE": cache, "OMP_NUM_THREADS": str(threads)}
+        cmd = [sys.executable, "-m", "poc59.train", *(QUICK if quick else RUN)]
+        if len(counts) == 1:
+            cmd += [f"threads={counts[0]}", f"run_dir={scratch / 'run'}"]
+            run_dirs = [scratch / "run"]
+        else:
+            cmd[3:3] = ["-m"]
+            cmd += [f"threads={','.join(map(str, counts))}", f"hydra.sweep.dir={scratch / 'sweep'}"]
+            run_dirs = [scratch / "sweep" / str(job) for job in range(len(counts))]  # the jobs in the given order
+        env = {**os.environ, "POC59_CACHE": cache, "OMP_NUM_THREADS": str(max(counts))}
         proc = subprocess.run(cmd, cwd=scratch, env=env, capture_output=True, text=True)
         if proc.returncode != 0:
             raise RuntimeError(f"{' '.join(cmd[1:])} exited {proc.returncode}:\n{proc.stderr[-2000:]}")
-        return float(json.loads((scratch / "run" / "summary.json").read_text())["train_images_per_s"])
+        out = {}
+        for threads, run_dir in zip(counts, run_dirs):
+            summary = json.loads((run_dir / "summary.json").read_text())
+            if summary["provenance"]["threads"] != threads:
+                raise RuntimeError(f"{run_dir} trained at threads={summary['provenance']['threads']}, not {threads}")
+            out[threads] = float(summary["train_images_per_s"])
+        return out
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
 
 def _measure(loaded: bool, quick: bool, cache: str, repeats: int) -> dict[int, list[float]]:
-    out: dict[int, list[float]] = {1: [], 2: []}
+    out: dict[int, list[float]] = {t: [] for t in THREADS}
+    # full: a fresh process per run, alternating; --quick: one process for the pair (module docstring)
+    batches = [THREADS] if quick else [(t,) for t in THREADS]
     for _ in range(repeats):
-        for threads in (1, 2):
+        for counts in batches:
             busy = subprocess.Popen([sys.executable, "-c", BUSY]) if loaded else None
             try:
                 time.sleep(0.5 if loaded else 0)
-                out[threads].append(_images_per_s(threads, quick, cache))
+                for threads, speed in _images_per_s(counts, quick, cache).items():
+                    out[threads].append(speed)
             finally:
                 if busy is not None:
                     busy.kill()

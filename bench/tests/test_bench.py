@@ -90,10 +90,10 @@ def test_quick_run_writes_all_rows_and_the_table(tmp_path):
     )
     assert step["bar"].startswith(">= 0.95x")
     assert step["details"]["max_weight_difference"] == 0.0  # same weights after both runs: same batches and updates
-    # issue 29 item 16: the quickstart command from empty caches (bench/quickstart.py's own tests below)
-    for name in ("quickstart_time", "quickstart_score"):
-        assert rows[name]["baseline"] > 0
+    _check_quickstart_rows(rows, proc.stdout)
     assert (tmp_path / "cache" / "bench").is_dir()  # generated data went to the private cache
+    scratch = tmp_path / "cache" / "bench" / "tmp"
+    assert not scratch.exists() or not list(scratch.iterdir())  # every run's private cache and folders removed
     # issue 16: class-aware windows against uniform ones, same seed and steps (bars judged in full mode)
     for name in ("sampling_synthetic", "sampling_rare_half", "sampling_crackforest", "sampling_tiny_defects"):
         assert len(rows[name]["details"]) == 6
@@ -173,18 +173,14 @@ def test_exit_code_is_zero_unless_strict(tmp_path, monkeypatch, capsys):
 # -- the quickstart's promise (issue 29 item 16) -----------------------------------------------------
 
 
-@pytest.mark.slow
-def test_quickstart_row_runs_the_command_per_seed_and_thread_count_from_empty_caches(tmp_path):
-    """--quick runs the real command (tiny sizes) at threads=1 and 2, each from its own empty cache, and the
-    rows quote the worst run of those the details list."""
-    out = tmp_path / "results.json"
-    proc = run_quick(tmp_path, "quickstart")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    rows = {r["name"]: r for r in json.loads(out.read_text())["rows"]}
+def _check_quickstart_rows(rows: dict[str, dict], stdout: str) -> None:
+    """Issue 29 item 16, the quick run's quickstart rows: --quick runs the real command (tiny sizes) at threads=1
+    and 2, each from its own empty cache, and the rows quote the worst run of those the details list."""
     took, score = rows["quickstart_time"], rows["quickstart_score"]
     for r in (took, score):
         assert "error" not in r, (r.get("error"), r.get("traceback"))
-        assert r["passed"] is None and f"**{r['name']}**" in proc.stdout  # quick: bars not judged
+        assert r["passed"] is None and f"**{r['name']}**" in stdout  # quick: bars not judged
+        assert r["baseline"] > 0
     runs = score["details"]["runs"]
     assert [(r["seed"], r["threads"]) for r in runs] == [(0, 1), (0, 2)]  # as each run's summary.json records
     for r in runs:
@@ -198,8 +194,7 @@ def test_quickstart_row_runs_the_command_per_seed_and_thread_count_from_empty_ca
     assert score["ratio"] == worst["ratio"] and score["value"] == pytest.approx(100 * worst["val_miou"])
     assert score["details"]["ratio"]["min"] == worst["ratio"]
     assert "min / median / max" in score["title"] and "threads 1, 2" in score["title"]
-    scratch = tmp_path / "cache" / "bench" / "tmp"
-    assert not scratch.exists() or not list(scratch.iterdir())  # each run's private cache removed
+    assert took["details"] == score["details"]  # both rows quote the same runs
 
 
 def _fake_run(seed: int, threads: int, quick: bool, *, wall: float = 200.0, ratio: float = 2.5) -> dict:
