@@ -126,6 +126,7 @@ def test_train_refuses_a_hostile_setting_before_anything_is_written(tmp_path, ca
     _train_refused(tmp_path, *TRAIN[case], answer=train_answers)
 
 
+@pytest.mark.slow  # a fresh python -m poc59.train: 69 s at a load of 8-10; the cases in-process above stay quick
 def test_train_refuses_a_hostile_setting_through_a_real_process(tmp_path):
     """What main answers in-process (the test above) is what the command's process exits with and prints."""
 

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 TESTS = """
@@ -35,6 +37,7 @@ def test_unmarked_and_slow():
 """
 
 
+@pytest.mark.slow  # a pytest in a fresh process: 10 s at a load of 8-10
 def test_a_session_fixtures_build_is_listed_on_its_own_not_against_its_first_test(tmp_path):
     shutil.copy(ROOT / "conftest.py", tmp_path / "conftest.py")
     (tmp_path / "pytest.ini").write_text("[pytest]\nmarkers =\n    slow: slow\nslow_seconds = 0.4\n")

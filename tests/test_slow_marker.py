@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 TESTS = """
@@ -29,6 +31,7 @@ def test_quick():
 """
 
 
+@pytest.mark.slow  # a pytest in a fresh process: 11 s at a load of 8-10
 def test_a_slow_test_without_the_marker_is_named_and_a_marked_one_is_not(tmp_path):
     shutil.copy(ROOT / "conftest.py", tmp_path / "conftest.py")
     (tmp_path / "pytest.ini").write_text("[pytest]\nmarkers =\n    slow: slow\nslow_seconds = 0.4\n")

@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 TESTS = """
@@ -54,6 +56,7 @@ def test_cluster(shared, slurm, n):
 """
 
 
+@pytest.mark.slow  # a pytest of two xdist workers in a fresh process: 25 s at a load of 8-10
 def test_a_module_fixture_is_built_once_across_workers_and_the_slurm_group_is_kept(tmp_path):
     shutil.copy(ROOT / "conftest.py", tmp_path / "conftest.py")
     (tmp_path / "pytest.ini").write_text("[pytest]\nmarkers =\n    slow: slow\n")

@@ -41,6 +41,7 @@ def test_without_a_baseline_or_best_epoch_the_curves_stand_alone():
     assert fig.axes[0].get_legend_handles_labels()[1] == ["train loss (epoch mean)"]
 
 
+@pytest.mark.slow  # a training: 20 s at a load of 8-10
 def test_a_training_run_draws_its_baseline_and_best_epoch(tmp_path, monkeypatch):
     drawn = {}
 

@@ -52,6 +52,7 @@ def _best(runs: list[Path]) -> list[Path]:
     return [r / "checkpoints" / "best.ckpt" for r in runs]
 
 
+@pytest.mark.slow  # `folds` trains three runs: 36 s at a load of 8-10, needed by every test here
 def test_the_ensemble_is_the_mean_of_its_members_probabilities(folds):
     ensemble = load_ensemble(_best(folds))
     members = [load_model(p) for p in _best(folds)]
@@ -68,6 +69,7 @@ def test_the_ensemble_is_the_mean_of_its_members_probabilities(folds):
     assert [m["cv"]["fold"] for m in record["members"]] == [0, 1, 2]
 
 
+@pytest.mark.slow  # `folds`: three trainings (36 s at a load of 8-10)
 def test_two_identical_checkpoints_equal_one(folds, tmp_path):
     one = _best(folds)[0]
     twin = tmp_path / "twin.ckpt"
@@ -80,6 +82,7 @@ def test_two_identical_checkpoints_equal_one(folds, tmp_path):
         load_ensemble([one, one])
 
 
+@pytest.mark.slow  # `folds`: three trainings (36 s at a load of 8-10)
 def test_members_that_differ_in_classes_or_geometry_are_refused_by_name(folds, tmp_path):
     base = torch.load(_best(folds)[1], map_location="cpu", weights_only=False)
     renamed = tmp_path / "renamed.ckpt"
@@ -96,6 +99,7 @@ def test_members_that_differ_in_classes_or_geometry_are_refused_by_name(folds, t
         load_ensemble([_best(folds)[0], resized])
 
 
+@pytest.mark.slow  # `folds`, then two predict batches: 34 s at a load of 8-10
 def test_predict_with_three_fold_checkpoints_writes_the_ensembles_label_maps(folds, tmp_path):
     from PIL import Image
 
@@ -116,6 +120,7 @@ def test_predict_with_three_fold_checkpoints_writes_the_ensembles_label_maps(fol
     assert np.array_equal(np.asarray(Image.open(sweep_out / "a_labels.png")), labels)  # the same members
 
 
+@pytest.mark.slow  # `folds`, then three evaluations: 23 s at a load of 8-10
 def test_evaluate_scores_the_fold_ensemble_on_the_test_split_only(folds, tmp_path, caplog):
     metrics = evaluate_run(run_dirs=[str(f) for f in folds], resamples=20, pictures=False)
     assert metrics["split"] == "test" and len(metrics["ensemble"]["members"]) == FOLDS

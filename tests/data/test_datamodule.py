@@ -74,6 +74,7 @@ def test_crop_policy_trains_on_windows_and_validates_on_tiles(tmp_path):
     assert val_pixels == len(dm.split["val"]) * 40 * 44  # every content pixel scored exactly once
 
 
+@pytest.mark.slow  # decodes CrackForest's 118 photographs twice: 14 s at a load of 8-10
 def test_prepare_reports_real_crackforest(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("POC59_CACHE", str(tmp_path / "cache"))
     code = prepare_main(["data=artefact", f"data.root={CRACKFOREST}", "data.image_size=32", "encoder=tiny"])
@@ -127,6 +128,7 @@ def test_files_without_their_partner_are_left_out_under_skip_and_named(tmp_path,
     assert "Skipping img004: an image without its mask" in caplog.text
 
 
+@pytest.mark.slow  # four prepare runs: 23 s at a load of 8-10
 def test_prepare_names_a_metadata_file_it_cannot_read_and_a_split_from_other_data_keeps_that_file(
     tmp_path, caplog, monkeypatch
 ):

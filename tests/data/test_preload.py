@@ -198,6 +198,7 @@ def test_a_few_overwritten_bytes_anywhere_in_the_cache_are_noticed_and_the_cache
     assert warm.source == "cache" and torch.equal(warm.masks, cold.masks)
 
 
+@pytest.mark.slow  # 120 images generated and a writer process killed: 24 s at a load of 8-10
 def test_a_preload_killed_while_writing_leaves_nothing_for_long(tmp_path, caplog):
     """The next start removes a dead writer's temporary folder, and leaves a live writer's alone."""
     import logging

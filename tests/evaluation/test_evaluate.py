@@ -301,6 +301,7 @@ def test_a_full_out_folder_is_named_and_leaves_no_partial_results(run, disk, cap
     assert [p.name for p in full.rglob("*")] == []  # neither metrics.json nor the pictures written before
 
 
+@pytest.mark.slow  # a training of its own: 18 s at a load of 8-10
 def test_data_changed_since_training_is_named_and_scored_only_when_asked(tmp_path, caplog):
     data = make_folder(tmp_path / "data", n=6, copies=1, size=(32, 32))
     train(
@@ -346,6 +347,7 @@ def test_data_changed_since_training_is_named_and_scored_only_when_asked(tmp_pat
     assert "data.split_file" not in message  # a key train takes, not evaluate: that advice would fail when pasted
 
 
+@pytest.mark.slow  # an evaluation with its pictures and two scorings more: 34 s at a load of 8-10
 def test_crop_geometry_scores_every_tile_once(run, tmp_path, monkeypatch):
     """policy=crop: validation-style tiles; per-image matrices, the split's matrix and the pasted label maps agree."""
     ckpt = torch.load(run / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=False)
@@ -608,6 +610,7 @@ def test_a_metric_is_added_by_one_function_and_one_registration(run, monkeypatch
         shutil.rmtree(out, ignore_errors=True)
 
 
+@pytest.mark.slow  # two evaluations with pictures: 17 s at a load of 8-10
 def test_a_failed_re_evaluation_leaves_no_earlier_metrics_pointing_at_removed_pictures(run, tmp_path, monkeypatch):
     out = tmp_path / "out"
     evaluate_run(run_dir=run, out=out, worst_k=2, **FAST)

@@ -436,6 +436,7 @@ def test_tiles_from_a_real_iipsrv_that_caps_its_answers(tmp_path):
     assert len(asked) == (W // 16) * (H // 16) and f"{server.url}?IIIF=scan.tif/80,64,16,16/16,/0/default.jpg" in asked
 
 
+@pytest.mark.slow  # trains test_predict_cli's crop model, then predicts twice: 28 s at a load of 8-10
 def test_a_native_scale_model_predicts_a_tiled_service_as_the_file(ckpt, server, tmp_path, caplog):  # noqa: F811
     """A crop (sliding-window) model reads the size from info.json and the pixels from 256 px tiles: the
     labels equal predict's from the same pixels on disk; a memory budget the whole image exceeds is named."""

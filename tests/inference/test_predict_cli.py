@@ -182,6 +182,7 @@ def test_a_scan_that_runs_out_of_gpu_memory_is_reported_and_the_others_go_on(ckp
     assert stats["predicted"] == len(IMAGES) - 1 and (out / f"{IMAGES[1]}_labels.png").exists()
 
 
+@pytest.mark.slow  # a batch read in strips, then the label map again: 9 s at a load of 8-10
 def test_a_small_budget_reads_png_in_strips_says_what_is_decoded_whole_and_names_a_cut_file(
     ckpt, scans, tmp_path, caplog
 ):
@@ -211,6 +212,7 @@ def _outputs(folder):
     return sorted(p.name for p in folder.iterdir())
 
 
+@pytest.mark.slow  # two predict batches of real photographs: 13 s at a load of 8-10
 def test_overwrite_replaces_the_earlier_batch_and_nothing_else(ckpt, scans, tmp_path):
     """The folder says what this batch produced: the earlier batch's maps go (a scan that fails now keeps no
     old map), files no batch recorded stay."""
@@ -250,6 +252,7 @@ def test_overwrite_never_replaces_a_file_no_batch_recorded(ckpt, scans, tmp_path
     assert _outputs(out) == ["001_labels.png"] and (out / "001_labels.png").read_bytes() == b"the user's own map"
 
 
+@pytest.mark.slow  # five predict batches of real photographs: 36 s at a load of 8-10
 def test_an_output_folder_inside_the_input_never_reads_its_maps_as_scans(ckpt, scans, tmp_path, caplog):
     assert main([f"ckpt={ckpt}", f"input={scans}", f"output={scans}"]) == 0
     caplog.set_level("WARNING")
@@ -302,6 +305,7 @@ def test_a_read_only_output_folder_is_named_and_nothing_is_written(ckpt, scans, 
     assert _outputs(out) == [] and "Traceback" not in caplog.text
 
 
+@pytest.mark.slow  # a tmpfs and two predict batches: 14 s at a load of 8-10
 def test_a_full_disk_mid_batch_stops_it_naming_the_folder_and_leaves_none_of_its_files(
     ckpt, scans, tmp_path, monkeypatch, caplog
 ):

@@ -263,6 +263,7 @@ def _scans(folder: Path) -> Path:
     return folder
 
 
+@pytest.mark.slow  # two predict batches and the logits again: 12 s at a load of 8-10
 def test_predict_pyramid_true_writes_both_maps_that_match_its_png_map(trained_run, tmp_path):
     scans = _scans(tmp_path / "scans")
     ckpt = trained_run / "checkpoints" / "best.ckpt"

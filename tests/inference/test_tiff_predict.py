@@ -9,6 +9,7 @@ import json
 import shutil
 
 import numpy as np
+import pytest
 import tifffile
 from PIL import Image
 
@@ -26,6 +27,7 @@ def _master(path, pixels: np.ndarray) -> tuple[list[int], list[int]]:
         return list(tif.pages[0].dataoffsets), list(tif.pages[0].databytecounts)
 
 
+@pytest.mark.slow  # trains test_predict_cli's crop model, then streams TIFF masters: 27 s at a load of 8-10
 def test_tiff_masters_stream_and_broken_ones_are_named_while_the_batch_goes_on(ckpt, tmp_path, caplog):  # noqa: F811
     pixels = np.asarray(Image.open(CRACKFOREST / "images" / "003.jpg").convert("RGB"))
     scans = tmp_path / "scans"

@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import sys
 
+import pytest
+
 import host_syncs
 from helpers import make_cfg
 from poc59.metrics import confusion
 from poc59.training.run import train
 
 
+@pytest.mark.slow  # a training with every tensor operation followed: 28 s at a load of 8-10
 def test_training_steps_read_nothing_from_the_device_but_the_bar_at_its_refresh(tmp_path, monkeypatch):
     monkeypatch.setattr(sys.stderr, "isatty", lambda: True)  # a terminal: the bar is shown (not in a file)
     # count the confusion matrix as a GPU does (a CPU's bincount reads the max; a GPU's scatter does not)

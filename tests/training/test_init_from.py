@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 
 from helpers import TRAINED_RUN, make_cfg
@@ -21,6 +22,7 @@ def _parameters(ckpt) -> dict[str, torch.Tensor]:
     return {k: v for k, v in state.items() if "running_" not in k and "num_batches_tracked" not in k}
 
 
+@pytest.mark.slow  # two trainings: 34 s at a load of 8-10
 def test_init_from_starts_the_network_from_the_checkpoints_weights_in_a_new_run(trained_run, tmp_path):
     best = trained_run / "checkpoints" / "best.ckpt"
     started = make_cfg(tmp_path / "a", *TRAINED_RUN, *STILL, f"init_from={best}")

@@ -47,6 +47,7 @@ def no_preload(monkeypatch):
     ],
     ids=["smp-lovasz", "torch-cross-entropy"],
 )
+@pytest.mark.slow  # a training each: 14-16 s at a load of 8-10
 def test_a_third_party_loss_trains_as_given_and_the_run_says_no_class_weights(tmp_path, caplog, loss):
     caplog.set_level(logging.INFO, logger="poc59")
     summary = train(make_cfg(tmp_path, *ONE_STEP, "loss=ce", *loss))
@@ -59,6 +60,7 @@ def test_a_third_party_loss_trains_as_given_and_the_run_says_no_class_weights(tm
     assert summary["epochs_run"] == 1 and summary["history"][0]["epoch"] == 0
 
 
+@pytest.mark.slow  # a training: 13 s at a load of 8-10
 def test_poc59s_loss_gets_the_class_weights_and_says_so(tmp_path):
     summary = train(make_cfg(tmp_path, *ONE_STEP, "loss=ce"))
     said = summary["provenance"]["loss"]
@@ -97,6 +99,7 @@ def test_a_loss_that_cannot_work_is_refused_before_the_data(tmp_path, no_preload
     assert not cache.exists() and not (tmp_path / "run").exists()  # nothing generated, read or started
 
 
+@pytest.mark.slow  # a training: 17 s at a load of 8-10
 def test_the_custom_loss_preset_and_its_advice_work(tmp_path, capsys, monkeypatch):
     """loss=custom names no class: exit 2 with an example; a preset's key a new class does not take points to
     loss=custom; the example the messages give trains."""

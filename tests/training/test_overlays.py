@@ -37,6 +37,7 @@ def events(tmp_path_factory):
     return _events(tmp / "run")
 
 
+@pytest.mark.slow  # `events` trains a run: 20 s at a load of 8-10
 def test_k_overlays_per_validation_epoch_not_the_sanity_check(events):
     tags = events.Tags()["images"]
     assert sorted(tags) == ["val_overlay/0", "val_overlay/1"]
@@ -45,6 +46,7 @@ def test_k_overlays_per_validation_epoch_not_the_sanity_check(events):
     assert any(t.startswith("val_overlay/legend") for t in events.Tags()["tensors"])
 
 
+@pytest.mark.slow  # `events` trains a run: 20 s at a load of 8-10
 def test_overlays_show_image_truth_and_prediction_in_palette_colours(events):
     for tag in ("val_overlay/0", "val_overlay/1"):
         first, second = (
@@ -58,6 +60,7 @@ def test_overlays_show_image_truth_and_prediction_in_palette_colours(events):
         assert not np.array_equal(truth, left)  # the synthetic images carry damage: the truth overlay shows it
 
 
+@pytest.mark.slow  # a training: 15 s at a load of 8-10
 def test_k_null_logs_no_overlays(tmp_path):
     train(
         make_cfg(

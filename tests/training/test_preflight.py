@@ -147,6 +147,7 @@ def _weights_files(folder: Path) -> dict[str, tuple[Path, str]]:
     }
 
 
+@pytest.mark.slow  # six weights files, each through a composed config and train's checks: 20 s at a load of 8-10
 def test_a_weights_file_that_does_not_fit_stops_the_run_before_the_data(tmp_path):
     """Each file is named with encoder.weights= and the way out, before the set is generated and decoded."""
     cache = tmp_path / "cache"
