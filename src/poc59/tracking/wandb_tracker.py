@@ -91,7 +91,7 @@ class WandbTracker(RunTracker, WandbLogger):
         run = self.experiment
         run.summary.update({metric_name(k): v for k, v in metrics.items() if v is not None})
         keep(run, files, "run")
-        run.finish()  # the run file complete now, not at the process's exit (train called as a library)
+        finish(run)  # the run file complete now, not at the process's exit (train called as a library)
 
 
 def add(entry: dict, metrics: dict[str, float], files: list[Path], under: str) -> None:
@@ -110,7 +110,17 @@ def add(entry: dict, metrics: dict[str, float], files: list[Path], under: str) -
         run.summary.update({metric_name(k): v for k, v in metrics.items() if v is not None})
         keep(run, files, under)
     finally:
-        run.finish()
+        finish(run)
+
+
+def finish(run: Any) -> None:
+    """End `run` with its files written: `run.finish()` returns before wandb-core has written the offline
+    transaction log (<run>/wandb/offline-run-*/run-<id>.wandb; a reader right after can find its header alone),
+    and `wandb.teardown()` waits for the service to close it. The next `wandb.init` starts a new service."""
+    import wandb
+
+    run.finish()
+    wandb.teardown()
 
 
 def keep(run: Any, files: list[Path], under: str) -> None:
