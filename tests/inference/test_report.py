@@ -18,6 +18,7 @@ import pytest
 import torch
 from PIL import Image
 
+from in_process import command as in_process
 from poc59.inference.report import (
     NEVER_LEARNT,
     NEVER_LEARNT_BELOW,
@@ -228,27 +229,32 @@ def test_the_printed_report_is_one_or_two_a4_pages_and_not_blank(predicted, tmp_
         assert colour.mean() > 0.005  # the scan's warm colours and the class swatches printed, not gray only
 
 
-@pytest.mark.slow  # three predict commands started as a user starts them (each imports torch)
-def test_report_pdf_needs_report_and_chromium_and_a_report_name_no_batch_recorded_is_refused(trained_run, tmp_path):
+@pytest.mark.slow  # a predict command started as a user starts it (it imports torch), after three refusals
+def test_report_pdf_needs_report_and_chromium_and_a_report_name_no_batch_recorded_is_refused(
+    trained_run, tmp_path, capsys, monkeypatch
+):
+    """The refusals answer in this process (tests/in_process.py: the same main and arguments); the batch that
+    ends in exit 3 runs as a process of its own, with a stand-in chromium first on its PATH."""
     ckpt = trained_run / "checkpoints" / "best.ckpt"
     scans = tmp_path / "scans"
     scans.mkdir()
     _scan(scans / "vase.png", 0)
     out = tmp_path / "out"
-    command = [sys.executable, "-m", "poc59.predict", f"ckpt={ckpt}", f"input={scans}", f"output={out}"]
-    alone = subprocess.run([*command, "report_pdf=true"], capture_output=True, text=True, timeout=120)
+    argv = [f"ckpt={ckpt}", f"input={scans}", f"output={out}"]
+    command = [sys.executable, "-m", "poc59.predict", *argv]
+    alone = in_process("predict", [*argv, "report_pdf=true"], capsys, monkeypatch)
     assert alone.returncode == 2 and "add report=true" in alone.stderr and "Traceback" not in alone.stderr
     # no chromium on PATH: refused before anything is read or written
-    bare = {**os.environ, "PATH": str(Path(sys.executable).parent)}
-    missing = subprocess.run(
-        [*command, "report=true", "report_pdf=true"], capture_output=True, text=True, timeout=120, env=bare
-    )
+    path = os.environ["PATH"]
+    monkeypatch.setenv("PATH", str(Path(sys.executable).parent))
+    missing = in_process("predict", [*argv, "report=true", "report_pdf=true"], capsys, monkeypatch)
+    monkeypatch.setenv("PATH", path)
     assert missing.returncode == 2 and "apt-get install chromium" in missing.stderr, missing.stderr
     assert "drop report_pdf=true" in missing.stderr and not out.exists()
     # a user's file where a report would go is never replaced
     out.mkdir()
     (out / "vase.report.html").write_text("the conservator's own notes")
-    mine = subprocess.run([*command, "report=true"], capture_output=True, text=True, timeout=120)
+    mine = in_process("predict", [*argv, "report=true"], capsys, monkeypatch)
     assert mine.returncode == 2 and "vase.report.html exists" in mine.stderr, mine.stderr
     assert (out / "vase.report.html").read_text() == "the conservator's own notes"
     assert sorted(p.name for p in out.iterdir()) == ["vase.report.html"]

@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from helpers import TINY_RUN
+from in_process import command
 from poc59.tracking.search import search_space
 
 TINY = [*TINY_RUN, "trainer.max_epochs=1"]
@@ -34,7 +35,7 @@ def _value(run: Path) -> float:
 
 
 @pytest.mark.slow  # whole training runs, seconds to a minute each
-def test_a_search_tells_each_trial_its_val_miou_and_a_rerun_adds_trials(tmp_path):
+def test_a_search_tells_each_trial_its_val_miou_and_a_rerun_adds_trials(tmp_path, capsys, monkeypatch):
     first = _search(tmp_path, "hydra.sweeper.n_trials=3")
     assert first.returncode == 0, first.stderr[-3000:]
     sweep = tmp_path / "outputs" / "searches" / "search"
@@ -59,10 +60,8 @@ def test_a_search_tells_each_trial_its_val_miou_and_a_rerun_adds_trials(tmp_path
     assert {t.params["optimizer.lr"] for t in trials[3:]}.isdisjoint(t.params["optimizer.lr"] for t in trials[:3])
     assert trials[0].value == pytest.approx(_value(sweep / "0"))  # no rerun wrote into an earlier trial's folder
 
-    compared = subprocess.run(
-        [sys.executable, "-m", "poc59.compare", f"sweep={sweep}", "evaluate=false"],
-        capture_output=True, text=True, timeout=300, cwd=tmp_path,
-    )  # fmt: skip
+    # compare's own process is tested elsewhere (tests/test_command_output.py): here it answers in this one
+    compared = command("compare", [f"sweep={sweep}", "evaluate=false"], capsys, monkeypatch)
     assert compared.returncode == 0, compared.stderr[-3000:]
     best = max(trials, key=lambda t: t.value)
     report = (sweep / "comparison" / "comparison.md").read_text()
