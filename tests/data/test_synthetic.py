@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from in_process import command
 from poc59.core import publish
 from poc59.core.classes import ARTEFACT, IGNORE_INDEX
 from poc59.data import synthetic
@@ -244,9 +245,10 @@ def test_cli_writes_a_set(tmp_path):
     ).read_bytes()
 
 
-def test_cli_bad_arguments_are_named(tmp_path):
-    res = _cli(f"out={tmp_path / 'x'}", "size=3")
-    assert res.returncode != 0 and "unknown argument 'size=3'" in res.stderr and "out, n, seed, aug" in res.stderr
+def test_cli_bad_arguments_are_named(tmp_path, capsys, monkeypatch):
+    # in-process (tests/in_process.py): test_cli_writes_a_set keeps the command's own process
+    res = command("data.synthetic", [f"out={tmp_path / 'x'}", "size=3"], capsys, monkeypatch)
+    assert res.returncode == 2 and "unknown argument 'size=3'" in res.stderr and "out, n, seed, aug" in res.stderr
     assert synthetic.main(["n=2"]) != 0  # missing out=
     assert synthetic.main([f"out={tmp_path / 'y'}", "n=two"]) != 0
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
