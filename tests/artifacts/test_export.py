@@ -183,7 +183,7 @@ def test_parity_is_judged_on_labels_and_relative_logits(exported, tmp_path):
     assert "label agreement" in parity_record["convention"] and "relative" in parity_record["convention"]
 
 
-@pytest.mark.slow  # exports at two opsets: 12 s at a load of 8-10
+@pytest.mark.slow  # a TorchScript export with its parity check after the refusal: 12 s at a load of 8-10
 def test_opset_outside_the_exporters_range_is_refused(exported, tmp_path, caplog):
     run, _ = exported
     assert main([f"run_dir={run}", f"out={tmp_path / 'x'}", "opset=5"]) == 2
@@ -271,7 +271,7 @@ def test_bad_input_is_named(exported, tmp_path, monkeypatch, caplog):
         load_onnx(out / "model.onnx")
 
 
-@pytest.mark.slow  # two real ONNX exports with parity: 15 s at a load of 8-10
+@pytest.mark.slow  # a real ONNX export with its parity check among the refusals: 15 s at a load of 8-10
 def test_an_unsupported_operator_gets_an_opset_the_exporter_writes_and_other_errors_are_bugs(
     exported, tmp_path, monkeypatch, caplog
 ):

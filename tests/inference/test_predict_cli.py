@@ -305,7 +305,6 @@ def test_a_read_only_output_folder_is_named_and_nothing_is_written(ckpt, scans, 
     assert _outputs(out) == [] and "Traceback" not in caplog.text
 
 
-@pytest.mark.slow  # a tmpfs and two predict batches: 14 s at a load of 8-10
 def test_a_full_disk_mid_batch_stops_it_naming_the_folder_and_leaves_none_of_its_files(
     ckpt, scans, tmp_path, monkeypatch, caplog
 ):
