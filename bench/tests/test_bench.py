@@ -24,7 +24,7 @@ from poc59.data.sources import discover_pairs
 
 REPO = Path(__file__).resolve().parents[2]
 
-from bench import quickstart
+from bench import pyramid, quickstart, serve_latency
 from bench import run as bench_run
 
 ISSUE_3 = {"cold_preload", "warm_start", "preload_memory", "feed"}
@@ -91,6 +91,8 @@ def test_quick_run_writes_all_rows_and_the_table(tmp_path):
     assert step["bar"].startswith(">= 0.95x")
     assert step["details"]["max_weight_difference"] == 0.0  # same weights after both runs: same batches and updates
     _check_quickstart_rows(rows, proc.stdout)
+    _check_pyramid_rows(rows)
+    _check_serve_latency_rows(rows)
     assert (tmp_path / "cache" / "bench").is_dir()  # generated data went to the private cache
     scratch = tmp_path / "cache" / "bench" / "tmp"
     assert not scratch.exists() or not list(scratch.iterdir())  # every run's private cache and folders removed
@@ -171,6 +173,27 @@ def test_exit_code_is_zero_unless_strict(tmp_path, monkeypatch, capsys):
 
 
 # -- the quickstart's promise (issue 29 item 16) -----------------------------------------------------
+
+
+def _check_pyramid_rows(rows: dict[str, dict]) -> None:
+    """Issue 31 item 4, the quick run's pyramid rows (bench/tests/test_pyramid_bench.py checks the peak's growth)."""
+    for name in (pyramid.NAME_SPEED, pyramid.NAME_MEMORY):
+        r = rows[name]
+        assert r["value"] > 0 and r["baseline"] > 0 and r["passed"] is None  # quick mode: no bar judged
+    assert set(rows[pyramid.NAME_MEMORY]["details"]["file_bytes"]) == {"scan_classes.tif", "scan_confidence.tif"}
+
+
+def _check_serve_latency_rows(rows: dict[str, dict]) -> None:
+    """Issue 32 item 2, the quick run's serving rows: eager, ONNX Runtime fp32 and int8 timed on one scan."""
+    fp32, int8, limit = (rows[n] for n in (serve_latency.NAME_FP32, serve_latency.NAME_INT8, serve_latency.NAME_LIMIT))
+    for r in (fp32, int8, limit):
+        assert r["value"] > 0 and r["baseline"] > 0 and r["passed"] is None  # quick: bars not judged
+        assert all(len(v) == serve_latency.QUICK.repeats for v in r["details"]["runs_s"].values())
+    assert fp32["ratio"] == fp32["baseline"] / fp32["value"]  # eager seconds / ONNX Runtime seconds
+    assert int8["baseline"] == fp32["value"] and int8["ratio"] == fp32["value"] / int8["value"]
+    assert fp32["details"]["labels_agree_with_eager"] > 0.999  # the same model, exported
+    gflop, peak = limit["details"]["scan_gflop"], limit["details"]["peak_gflop_per_s"]
+    assert gflop > 0 and peak > 0 and limit["baseline"] == pytest.approx(gflop / peak)
 
 
 def _check_quickstart_rows(rows: dict[str, dict], stdout: str) -> None:

@@ -1,6 +1,7 @@
-"""bench/serve_latency.py: its quick rows time eager, ONNX Runtime fp32 and int8 on one scan through predict's
-path, the physical limit's two measurements (FLOPs per scan, the CPU's peak) are what they say, and the int8
-choices sweep quantizes what each choice names and times it against fp32."""
+"""bench/serve_latency.py: the physical limit's two measurements (FLOPs per scan, the CPU's peak) are what they
+say, and the int8 choices sweep quantizes what each choice names and times it against fp32. Its quick rows (eager,
+ONNX Runtime fp32 and int8 on one scan through predict's path) are checked on the whole quick run's, in
+bench/tests/test_bench.py."""
 
 from __future__ import annotations
 
@@ -13,21 +14,6 @@ from bench import serve_latency
 from bench.predict import model as seeded_model
 from bench.predict import scan_pixels
 from poc59.inference.tiling import tile_starts
-
-
-@pytest.mark.slow
-def test_quick_rows_time_the_three_sides_on_one_scan():
-    rows = {r["name"]: r for r in serve_latency.run(quick=True)}
-    assert set(rows) == {serve_latency.NAME_FP32, serve_latency.NAME_INT8, serve_latency.NAME_LIMIT}
-    fp32, int8, limit = (rows[n] for n in (serve_latency.NAME_FP32, serve_latency.NAME_INT8, serve_latency.NAME_LIMIT))
-    for r in rows.values():
-        assert r["value"] > 0 and r["baseline"] > 0 and r["passed"] is None  # quick: bars not judged
-        assert all(len(v) == serve_latency.QUICK.repeats for v in r["details"]["runs_s"].values())
-    assert fp32["ratio"] == fp32["baseline"] / fp32["value"]  # eager seconds / ONNX Runtime seconds
-    assert int8["baseline"] == fp32["value"] and int8["ratio"] == fp32["value"] / int8["value"]
-    assert fp32["details"]["labels_agree_with_eager"] > 0.999  # the same model, exported
-    gflop, peak = limit["details"]["scan_gflop"], limit["details"]["peak_gflop_per_s"]
-    assert gflop > 0 and peak > 0 and limit["baseline"] == pytest.approx(gflop / peak)
 
 
 def test_flops_per_scan_count_every_tile_of_predicts_path():
