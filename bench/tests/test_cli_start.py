@@ -5,10 +5,14 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from bench import cli_start
 from bench import run as bench_run
 
 
+@pytest.mark.slow  # every command started fresh three times: 34 s at a load of 8-10 (tests/core/test_cli.py keeps
+# the answers themselves in the quick loop)
 def test_quick_mode_times_help_a_misspelt_key_and_a_bad_value_of_each_command(tmp_path, capsys):
     out = tmp_path / "results.json"
     assert bench_run.main(["--quick", "--only", "cli_start", "--output", str(out)]) == 0

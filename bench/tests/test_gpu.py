@@ -36,6 +36,7 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
+@pytest.mark.slow  # a fresh bench/gpu.py process: 19 s at a load of 8-10
 def test_without_cuda_it_says_why_in_one_line_and_exits_0(tmp_path):
     out = tmp_path / "gpu.json"
     proc = subprocess.run(
@@ -53,6 +54,7 @@ def test_without_cuda_it_says_why_in_one_line_and_exits_0(tmp_path):
     assert not out.exists()  # no figures written without a GPU
 
 
+@pytest.mark.slow  # every grid mode measured on a CPU: 20 s at a load of 8-10
 def test_the_grid_on_a_cpu_measures_each_mode_and_reports_a_failed_setting_as_a_row():
     grid = [gpu.Setting("32-true", True, False), gpu.Setting("fp8-imaginary", True, False)]
     logged: list[str] = []
@@ -145,6 +147,7 @@ class _MemoryLimit(nn.Module):
         return self.net(x)
 
 
+@pytest.mark.slow  # training steps at several batch sizes: 25 s at a load of 8-10
 def test_out_of_memory_backs_off_to_the_largest_batch_that_fits(cfg):
     tried: list[int] = []
     logged: list[str] = []
@@ -205,6 +208,7 @@ def test_table_puts_the_seed_figure_beside_convnext_training_only():
 # -- the budget and a back-off that cannot run away (issue 12, item 10) ------------------------------------------
 
 
+@pytest.mark.slow  # a grid run to its budget: 21 s at a load of 8-10
 def test_a_row_the_budget_leaves_no_time_for_is_a_skipped_row_and_every_row_is_saved(tmp_path):
     out = tmp_path / "gpu.json"
     saved: list[int] = []
@@ -283,6 +287,7 @@ def test_an_out_of_memory_error_wrapped_by_torch_compile_is_retried_smaller_with
     assert tried == [96]
 
 
+@pytest.mark.slow  # a grid row through every batch size: 41 s at a load of 8-10
 def test_a_failed_grid_row_from_out_of_memory_names_every_batch_tried(monkeypatch):
     def oom(*args, **kwargs):
         raise torch.OutOfMemoryError("CUDA out of memory (stand-in)")
@@ -342,6 +347,7 @@ def test_fit_rows_come_from_the_runs_own_summary_and_share_one_data_folder(tmp_p
     )
 
 
+@pytest.mark.slow  # a training stopped at its budget: 11 s at a load of 8-10
 def test_a_fit_row_stops_at_the_budgets_end_and_is_reported_as_cut(tmp_path):
     data = gpu.fit_data(tmp_path / "data", gpu.fit_images(2, 3), 64)
     with pytest.raises(gpu.OverBudget, match="stopped at the budget's end"):
@@ -410,6 +416,7 @@ def test_table_of_a_results_file_prints_without_a_gpu(tmp_path, capsys):
 # -- bench/gpu_check.sh (issue 12, item 12) ---------------------------------------------------------------------
 
 
+@pytest.mark.slow  # bench/gpu_check.sh end to end on a CPU: 39 s at a load of 8-10
 @pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
 def test_gpu_check_without_cuda_writes_a_report_saying_so_and_runs_no_gpu_step(tmp_path):
     out = tmp_path / "out"
