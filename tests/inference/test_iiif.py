@@ -353,6 +353,50 @@ def test_dense_damage_found_in_bands_is_that_of_one_whole_labelling():
         assert len(got.stats) > 2000 and got.stats[0].tolist()[:4] == [0, 0, 2000, 2000]
 
 
+def test_outlines_followed_along_pixel_edges_are_opencvs_on_the_fine_grid():
+    """`_crack_contours` (large boxes) against OpenCV's contours on the fine grid (`_fine_contours`, small
+    boxes): the same points from the same start in the same direction, ring by ring in the same order, for
+    every region of random maps (holes, holes touching the outline or each other diagonally, regions touching
+    themselves diagonally, one-pixel regions and holes; each region cut to its box touches its edges)."""
+    import cv2
+
+    from poc59.inference.iiif import _crack_contours, _fine_contours
+
+    rng = np.random.default_rng(7)
+    compared = holes = 0
+    for _ in range(300):
+        height, width = (int(v) for v in rng.integers(1, 40, 2))
+        mask = rng.random((height, width)) < rng.random()
+        n, components = cv2.connectedComponents(mask.view(np.uint8), connectivity=8)
+        for k in range(1, n):
+            ys, xs = np.nonzero(components == k)
+            region = (components == k)[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1]
+            ours, reference = _crack_contours(region), _fine_contours(region)
+            assert [h for _, h in ours] == [h for _, h in reference]
+            for (a, _), (b, _) in zip(ours, reference):
+                np.testing.assert_array_equal(a, b)
+            compared += 1
+            holes += len(ours) - 1
+    assert compared > 1000 and holes > 100
+
+
+def test_documents_are_the_same_whichever_way_the_outlines_are_traced(monkeypatch):
+    """Every region traced by following its pixel edges (as a box over `_FINE_PIXELS` is) gives byte for byte
+    the documents of OpenCV's fine grid."""
+    from poc59.inference import iiif
+
+    labels, confidence, inside, _ = _scene()
+    noisy = np.where(np.random.default_rng(8).random((H, W)) < 0.55, DUST, labels).astype(np.uint8)
+    noisy[~inside] = ARTEFACT.ignore_index
+    scan = ScanRef.local("s.png", W, H)
+    fine = [iiif_documents("s", m, confidence, ARTEFACT, scan, "file:///m/", inside) for m in (labels, noisy)]
+    monkeypatch.setattr(iiif, "_FINE_PIXELS", 0)
+    followed = [iiif_documents("s", m, confidence, ARTEFACT, scan, "file:///m/", inside) for m in (labels, noisy)]
+    for a, b in zip(fine, followed):
+        assert a.files == b.files and a.summary == b.summary
+    assert fine[1].summary["classes"]["Dust"]["regions"] >= 1
+
+
 def test_maps_kept_on_disk_give_the_same_documents_as_arrays(tmp_path):
     """predict keeps a scan's maps on disk (`SpilledMap`) and writes the damage layer as the bands come: the same
     annotations, manifest and summary as from the arrays, and the layer it streams is the same picture."""

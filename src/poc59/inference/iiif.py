@@ -41,8 +41,10 @@ Memory: the label and confidence maps may be arrays or kept on disk (`MapRows`, 
 `poc59.inference.outputs.SpilledMap`): they are read a band of rows, or a region's bounding box, at a time.
 A class's regions are found a band of rows at a time (`class_regions`: about 40 bytes a pixel of a band of
 `_LABEL_PIXELS` pixels at most, plus about 60 bytes per region piece a band holds), never as a whole-scan
-mask or component map. Tracing one region then needs about 9 bytes a pixel of its bounding box (the
-region's pixels, the contour grid twice as fine and OpenCV's copy of it): the largest box is the step's peak.
+mask or component map. Tracing one region takes its pixels (1 byte a pixel of its bounding box) and its
+outline: a box of up to `_FINE_PIXELS` pixels on OpenCV's fine grid (8 bytes a pixel of the box), a larger
+one by following its pixel edges (`_crack_contours`: about 2 bytes a pixel of the box for a moment, then
+about 80 bytes an edge of its outline).
 """
 
 from __future__ import annotations
@@ -229,29 +231,133 @@ def _corners_restored(points: np.ndarray) -> np.ndarray:
     return out.reshape(-1, 1, 2)
 
 
-def _edge_rings(region: np.ndarray, tolerance: float) -> list[tuple[np.ndarray, bool]]:
-    """Outlines of a region (bool [h, w], one 8-connected component) along its pixels' edges, simplified:
-    [(ring [n, 2] float in the region's pixel coordinates, is a hole)].
-
-    The region is drawn on a grid twice as fine plus one line: pixel (y, x) covers the fine cells
-    2y+1..2y+3 x 2x+1..2x+3 (one cell of border), so neighbouring pixels share cells and a one-pixel hole
-    leaves its centre cell empty. Contours through the centres of the fine cells then run along the pixel
-    edges: fine coordinate f is pixel coordinate (f - 1) / 2.
-    """
+def _fine_contours(region: np.ndarray) -> list[tuple[np.ndarray, bool]]:
+    """`_crack_contours` traced by OpenCV: the region drawn on a grid twice as fine plus one line (pixel
+    (y, x) covers the fine cells 2y+1..2y+3 x 2x+1..2x+3, one cell of border, so neighbouring pixels share
+    cells and a one-pixel hole leaves its centre cell empty), its contours through the centres of the fine
+    cells, the corners cut put back. Fast for small boxes; 8 bytes a pixel of the box (the grid and
+    OpenCV's copy of it)."""
     h, w = region.shape
     fine = np.zeros((2 * h + 3, 2 * w + 3), np.uint8)
     for dy in range(3):
         for dx in range(3):
             fine[1 + dy : 1 + dy + 2 * h : 2, 1 + dx : 1 + dx + 2 * w : 2] |= region
     contours, hierarchy = cv2.findContours(fine, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_NONE)
+    return [
+        (_corners_restored(traced.reshape(-1, 2)), bool(parent >= 0))
+        for traced, (_, _, _, parent) in zip(contours, hierarchy[0])
+    ]
+
+
+_FINE_PIXELS = 1 << 21  # boxes up to this many pixels are traced by OpenCV on the fine grid (<= 16 MB)
+
+
+_TURN = np.array([[0, 1], [1, 0], [0, -1], [-1, 0]])  # (dy, dx) of a step east, south, west, north
+
+
+def _crack_contours(region: np.ndarray) -> list[tuple[np.ndarray, bool]]:
+    """The outlines of a region (bool [h, w], one 8-connected component) along its pixels' edges: [(contour
+    int32 [n, 1, 2] of fine cells (x, y), is a hole)], the outline first.
+
+    Fine cells are those of a grid twice as fine plus one line: pixel corner (y, x) is fine cell (2y+1, 2x+1)
+    and an edge's middle lies between two corners; each ring lists every corner and edge middle it passes.
+    The rings are exactly what OpenCV's `findContours(RETR_CCOMP, CHAIN_APPROX_NONE)` traces on that fine
+    grid with the region drawn over it (each pixel covering 3 x 3 fine cells), once the corners its diagonal
+    steps cut are put back: the same points from the same start in the same direction, in the same order
+    (the outline, then the holes, last found first), so the simplified outlines are OpenCV's. They are
+    found from the region's boundary edges, not from a fine grid: memory goes with the perimeter (about 80
+    bytes an edge) once the edges are found (two bytes a pixel of the box for a moment).
+
+    Each boundary edge is walked with the region on its left (the outline counter-clockwise on screen,
+    holes clockwise); at a corner where the region touches itself diagonally the walk turns right, so an
+    8-connected region is one ring. OpenCV starts the outline at the top-left corner of the region's first
+    pixel (reading order), going down, and a hole at the middle of the left edge of its first pixel, going
+    up.
+    """
+    h, w = region.shape
+    padded = np.zeros((h + 2, w + 2), bool)
+    padded[1:-1, 1:-1] = region
+    above, below = padded[:-1, 1:-1], padded[1:, 1:-1]
+    hy, hx = np.nonzero(above != below)  # horizontal edges: corner row hy, from x = hx to hx + 1
+    east = above[hy, hx]  # the region above: walked east
+    left, right = padded[1:-1, :-1], padded[1:-1, 1:]
+    vy, vx = np.nonzero(left != right)  # vertical edges: corner column vx, from y = vy to vy + 1
+    south = right[vy, vx]  # the region to the right: walked south
+    del padded, above, below, left, right
+    direction = np.concatenate([np.where(east, 0, 2), np.where(south, 1, 3)]).astype(np.int8)
+    y = np.concatenate([hy, np.where(south, vy, vy + 1)]).astype(np.int32)  # where each edge starts
+    x = np.concatenate([np.where(east, hx, hx + 1), vx]).astype(np.int32)
+    del hy, hx, vy, vx, east, south
+    to_y, to_x = y + _TURN[direction, 0], x + _TURN[direction, 1]
+    n = len(direction)
+    corner = y.astype(np.int64) * (w + 1) + x
+    by_corner = np.argsort(corner, kind="stable").astype(np.int32)
+    first = np.searchsorted(corner[by_corner], to_y.astype(np.int64) * (w + 1) + to_x).astype(np.int32)
+    del corner
+    following = by_corner[first]
+    # two edges leave a corner where the region touches itself diagonally: the one turning right
+    pinch = np.flatnonzero(first + 1 < n)
+    pinch = pinch[(y[by_corner[first[pinch] + 1]] == to_y[pinch]) & (x[by_corner[first[pinch] + 1]] == to_x[pinch])]
+    other = by_corner[first[pinch] + 1]
+    following[pinch] = np.where(direction[other] == (direction[pinch] + 1) % 4, other, following[pinch])
+    del by_corner, first, pinch, other
+    # each ring named by its smallest edge, by pointer doubling
+    steps = int(n).bit_length() + 1
+    ring, jump = np.arange(n, dtype=np.int32), following.copy()
+    for _ in range(steps):
+        np.minimum(ring, ring[jump], out=ring)
+        jump = jump[jump]
+    # where each ring starts: the outline at the first pixel's left edge going down (the first such edge in
+    # reading order), a hole at the left edge of its first pixel going up
+    never = np.iinfo(np.int64).max
+    down = np.where(direction == 1, y.astype(np.int64) * w + x, never)  # the region's pixel right of the edge
+    up = np.where(direction == 3, to_y.astype(np.int64) * w + to_x, never)  # the hole's pixel right of it
+    outline = ring[np.argmin(down)]
+    key = np.where(ring == outline, down, up)
+    del down, up
+    least = np.full(n, never)
+    np.minimum.at(least, ring, key)
+    starts = np.flatnonzero(key == least[ring])
+    # each edge's place in its ring: its distance to the ring's last edge (the one before its start)
+    last = np.zeros(n, bool)
+    before = np.empty(n, np.int32)
+    before[following] = np.arange(n, dtype=np.int32)
+    last[before[starts]] = True
+    del before
+    to_end = (~last).astype(np.int32)
+    jump = np.where(last, np.arange(n, dtype=np.int32), following)
+    for _ in range(steps):
+        to_end += to_end[jump]
+        jump = jump[jump]
+    del jump, following
+    place = np.bincount(ring, minlength=n)[ring] - 1 - to_end
+    order = np.lexsort((place, ring))  # edges ring by ring, each from its start
+    points = np.empty((2 * n, 2), np.int32)  # per edge: its first corner, then its middle
+    points[0::2, 0], points[0::2, 1] = 2 * x[order] + 1, 2 * y[order] + 1
+    points[1::2, 0], points[1::2, 1] = x[order] + to_x[order] + 1, y[order] + to_y[order] + 1
+    bounds = np.searchsorted(ring[order], ring[starts])
+    sizes = np.bincount(ring, minlength=n)[ring[starts]]
+    holes = [i for i in np.argsort(-key[starts], kind="stable") if ring[starts[i]] != outline]
     rings = []
-    for traced, (_, _, _, parent) in zip(contours, hierarchy[0]):
-        contour = _corners_restored(traced.reshape(-1, 2))
+    for i in [int(np.flatnonzero(ring[starts] == outline)[0]), *holes]:
+        pts = points[2 * bounds[i] : 2 * (bounds[i] + sizes[i])]
+        hole = bool(ring[starts[i]] != outline)
+        rings.append((np.roll(pts, -1, axis=0) if hole else pts, hole))  # a hole starts at its edge's middle
+    return [(pts.reshape(-1, 1, 2), hole) for pts, hole in rings]
+
+
+def _edge_rings(region: np.ndarray, tolerance: float) -> list[tuple[np.ndarray, bool]]:
+    """Outlines of a region (bool [h, w], one 8-connected component) along its pixels' edges, simplified:
+    [(ring [n, 2] float in the region's pixel coordinates, is a hole)]. The rings of `_crack_contours` (by
+    OpenCV on the fine grid for a box of up to `_FINE_PIXELS` pixels: the same points, faster), simplified by
+    Douglas-Peucker; fine coordinate f is pixel coordinate (f - 1) / 2."""
+    rings = []
+    trace = _fine_contours if region.size <= _FINE_PIXELS else _crack_contours
+    for contour, hole in trace(region):
         simple = cv2.approxPolyDP(contour, 2.0 * tolerance, True)  # fine cells are half a pixel
         if len(simple) < 3:
             simple = contour
         ring = (simple.reshape(-1, 2).astype(np.float64) - 1.0) / 2.0
-        hole = bool(parent >= 0)
         if (_signed_area(ring) < 0) != hole:  # outlines clockwise, holes counter-clockwise
             ring = ring[::-1]
         rings.append((ring, hole))
