@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -51,27 +52,70 @@ def trained_run(tmp_path_factory: pytest.TempPathFactory, pytestconfig: pytest.C
     module-scoped fixture copies it under `tmp_path_factory.mktemp(...)`. Every test is checked after it
     runs: one that changed, added or removed a file of the shared run fails, naming the files.
     """
-    from filelock import FileLock
-
     from helpers import TRAINED_RUN, make_cfg
     from poc59.training.run import train
 
-    # Under xdist the session's workers share one build: the first to need it trains it under a lock in the
-    # session's folder (above each worker's own), the others wait for it or find it done. A worker is known by
-    # its config, not by PYTEST_XDIST_WORKER: a pytest started from a worker's test inherits that variable, and
-    # its folder's parent is pytest's root for every session, where another session's build may lie.
-    shared = tmp_path_factory.getbasetemp()
-    if hasattr(pytestconfig, "workerinput"):
-        shared = shared.parent
-    home, done = shared / "trained_run", shared / "trained_run.done"
-    with FileLock(str(shared / "trained_run.lock")):
-        if not done.is_file():
-            shutil.rmtree(home, ignore_errors=True)  # a build that failed on another worker, started again
-            train(make_cfg(home, *TRAINED_RUN))
-            done.touch()
+    home = _built_once(tmp_path_factory, pytestconfig, "trained_run", lambda h: train(make_cfg(h, *TRAINED_RUN)))
     run = home / "run"
     _trained.update(run=run, files=_files(run))
     return run
+
+
+def _built_once(
+    tmp_path_factory: pytest.TempPathFactory, pytestconfig: pytest.Config, name: str, build: Callable[[Path], None]
+) -> Path:
+    """The folder `name` that `build(folder)` fills, built once per pytest session.
+
+    Under xdist the session's workers share one build: the first to need it builds it under a lock in the
+    session's folder (above each worker's own), the others wait for it or find it done. A worker is known by
+    its config, not by PYTEST_XDIST_WORKER: a pytest started from a worker's test inherits that variable, and
+    its folder's parent is pytest's root for every session, where another session's build may lie."""
+    from filelock import FileLock
+
+    shared = tmp_path_factory.getbasetemp()
+    if hasattr(pytestconfig, "workerinput"):
+        shared = shared.parent
+    home, done = shared / name, shared / f"{name}.done"
+    with FileLock(str(shared / f"{name}.lock")):
+        if not done.is_file():
+            shutil.rmtree(home, ignore_errors=True)  # a build that failed on another worker, started again
+            build(home)
+            done.touch()
+    return home
+
+
+@pytest.fixture(scope="session")
+def crop_ckpt(tmp_path_factory: pytest.TempPathFactory, pytestconfig: pytest.Config) -> Path:
+    """A tiny native-scale (crop) model's best.ckpt, 128 px tiles, trained for 2 steps on 6 CrackForest
+    photographs (`data.max_side=480`), once per pytest session like `trained_run`; the predict tests read it."""
+    from helpers import CRACKFOREST, make_cfg
+    from poc59.training.run import train
+
+    def build(home: Path) -> None:
+        root = home / "crackforest"
+        for sub in ("images", "annotations"):
+            (root / sub).mkdir(parents=True)
+        shutil.copy(CRACKFOREST / "classes.json", root)
+        for i in range(1, 7):
+            shutil.copy(CRACKFOREST / "images" / f"{i:03d}.jpg", root / "images")
+            shutil.copy(CRACKFOREST / "annotations" / f"{i:03d}.png", root / "annotations")
+        cfg = make_cfg(
+            home,
+            "encoder=tiny",
+            "data=artefact",
+            f"data.root={root}",
+            "data.image_size=128",
+            "data.batch_size=8",
+            "data.policy=crop",
+            "data.max_side=480",
+            "trainer.enable_progress_bar=false",
+            "trainer.max_epochs=1",
+            "trainer.limit_train_batches=2",
+            "trainer.limit_val_batches=1",
+        )
+        train(cfg)
+
+    return _built_once(tmp_path_factory, pytestconfig, "crop_ckpt", build) / "run" / "checkpoints" / "best.ckpt"
 
 
 @pytest.fixture

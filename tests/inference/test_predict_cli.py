@@ -11,43 +11,19 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from helpers import CRACKFOREST, make_cfg
+from helpers import CRACKFOREST
 from poc59.artifacts.load import load_model
 from poc59.inference.image import predict_label_map
 from poc59.inference.scans import open_scan
 from poc59.predict import main, parse_args
-from poc59.training.run import train
 
 IMAGES = ["001", "002"]
 
 
 @pytest.fixture(scope="module")
-def ckpt(tmp_path_factory):
-    """A tiny native-scale (crop) model, 128 px tiles, trained for 2 steps on 6 CrackForest photographs."""
-    tmp = tmp_path_factory.mktemp("predict")
-    root = tmp / "crackforest"
-    for sub in ("images", "annotations"):
-        (root / sub).mkdir(parents=True)
-    shutil.copy(CRACKFOREST / "classes.json", root)
-    for i in range(1, 7):
-        shutil.copy(CRACKFOREST / "images" / f"{i:03d}.jpg", root / "images")
-        shutil.copy(CRACKFOREST / "annotations" / f"{i:03d}.png", root / "annotations")
-    cfg = make_cfg(
-        tmp,
-        "encoder=tiny",
-        "data=artefact",
-        f"data.root={root}",
-        "data.image_size=128",
-        "data.batch_size=8",
-        "data.policy=crop",
-        "data.max_side=480",
-        "trainer.enable_progress_bar=false",
-        "trainer.max_epochs=1",
-        "trainer.limit_train_batches=2",
-        "trainer.limit_val_batches=1",
-    )
-    train(cfg)
-    return tmp / "run" / "checkpoints" / "best.ckpt"
+def ckpt(crop_ckpt: Path) -> Path:
+    """The session's tiny native-scale (crop) model (tests/conftest.py `crop_ckpt`), under this module's name."""
+    return crop_ckpt
 
 
 @pytest.fixture
