@@ -15,11 +15,13 @@ def test_a_6000_by_4000_scan_stays_within_the_memory_setting(tmp_path):
     assert got["streamed"]  # decoded in strips of rows, never whole
     pixels = width * height
     # what the strips guarantee: the max_memory_mb working set (decoded strip + one tile row of logits + a batch),
-    # plus the IIIF annotations' working set (one class's mask, 1 byte/pixel, and its connected-component map, at
-    # most 4 bytes/pixel), plus tracing a region (its bounding box's copies, up to 4 bytes a pixel of the image),
+    # plus the IIIF annotations' working set, which no longer holds a whole mask or component map: a band of rows
+    # being labelled (about 40 MB) and the region being traced (1 byte a pixel of its box, plus 8 on OpenCV's fine
+    # grid for a box of up to 2 MP, or about 2 for a moment and then its perimeter's edges for a larger one),
     # plus allocator and encoder slack. Nothing for the outputs: the PNGs are encoded band by band and the label
-    # and confidence maps kept on disk. Measured 2026-12-07: 308 MB alone, 443 MB in the whole suite beside
-    # another worker, against this bound's 526 MB.
+    # and confidence maps kept on disk. Measured 2026-12-07 before the banded labelling: 308 MB alone, 443 MB in
+    # the whole suite beside another worker, against this bound's 526 MB; kept, since a region's box may still be
+    # the whole scan.
     bound = budget_mb * MB + 9 * pixels + 160 * MB
     whole_logits = classes * pixels * 4  # what holding the full image's logits alone would take: 768 MB
     assert got["added_bytes"] < bound, got
