@@ -438,15 +438,13 @@ def iiif_documents(
     for c in range(1, classes.num_classes):  # Clean (0) is no damage
         if not counts[c]:
             continue
-        found = class_regions(labels, c, inside)
-        areas = found.stats[:, cv2.CC_STAT_AREA]
-        specks = areas < min_area
+        found = class_regions(labels, c, inside, min_area=min_area)
         per_class[classes.names[c]] = {
-            "regions": int(np.count_nonzero(~specks)),
-            "specks": int(np.count_nonzero(specks)),
-            "speck_pixels": int(areas[specks].sum()),
+            "regions": len(found.stats),
+            "specks": found.specks,
+            "speck_pixels": found.speck_pixels,
         }
-        for k in np.flatnonzero(~specks):
+        for k in range(len(found.stats)):
             x, y, w, h, area = (int(v) for v in found.stats[k])
             region = _region_in_box(labels, c, inside, (x, y, w, h), found.seeds[k])
             rings = [(ring + (x, y), hole) for ring, hole in _edge_rings(region, tolerance)]
@@ -502,11 +500,14 @@ _LABEL_PIXELS = 1 << 20  # pixels labelled at once: OpenCV's int32 map and the p
 class ClassRegions:
     """The 8-connected regions of one class, in OpenCV's label order (`class_regions`): `stats` int64 [n, 5]
     as OpenCV's (left, top, width, height, area), `seeds` int64 [n, 2] one pixel (y, x) of each region,
-    `confidence_sums` float64 [n] the sum of the confidence map over each region (when one was given)."""
+    `confidence_sums` float64 [n] the sum of the confidence map over each region (when one was given); the
+    regions under `min_area` pixels are left out, counted in `specks` and their pixels in `speck_pixels`."""
 
     stats: np.ndarray
     seeds: np.ndarray
     confidence_sums: np.ndarray | None
+    specks: int = 0
+    speck_pixels: int = 0
 
 
 def _roots(parent: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -531,6 +532,7 @@ def class_regions(
     inside: np.ndarray | None = None,
     confidence: np.ndarray | MapRows | None = None,
     band_rows: int | None = None,
+    min_area: int = 1,
 ) -> ClassRegions:
     """The 8-connected regions of the pixels of class `c` in `labels` (within `inside`, bool, where given), found
     a band of rows at a time: the same regions, figures and order as one `cv2.connectedComponentsWithStats` of
@@ -541,7 +543,11 @@ def class_regions(
     the bands' labels, and their areas, boxes and confidence sums added up. The order is OpenCV's: its
     block-based labelling numbers the regions in the raster order of the first 2 x 2 block (aligned on even
     rows and columns) each one touches, so the regions are sorted by that block, and a seed pixel is kept
-    from it. `band_rows` (by default about `_LABEL_PIXELS` pixels) sets the band's height."""
+    from it. `band_rows` (by default about `_LABEL_PIXELS` pixels) sets the band's height.
+
+    Regions of fewer than `min_area` pixels (specks) are only counted: one that lies within a band is dropped
+    as soon as the band is labelled, so a map of dense specks keeps records only of the pieces that touch a
+    band edge and of the regions kept."""
     labels = _map_rows(labels)
     confidence = None if confidence is None else _map_rows(confidence)
     height, width = labels.shape
@@ -550,7 +556,7 @@ def class_regions(
     parts: list[list[np.ndarray]] = []  # per band: stats [n, 5] in the scan's rows, first key [n], sums [n]
     joins: list[np.ndarray] = []  # [2, k] provisional ids that touch across a band edge
     last: np.ndarray | None = None  # the provisional id of each pixel of the previous band's last row, -1 none
-    count = 0
+    count = specks = speck_pixels = 0
     for y0 in range(0, height, step):
         mask = labels.rows(y0, y0 + step) == c
         if inside is not None:
@@ -575,23 +581,33 @@ def class_regions(
         if confidence is not None:
             sums = np.bincount(ids, weights=confidence.rows(y0, y0 + step).reshape(-1)[at], minlength=n)
         del at, ids
-        band_stats = stats[1:].astype(np.int64)
+        # a piece touching neither band edge is a whole region: a speck is counted and dropped at once
+        band_top, band_area = stats[:, cv2.CC_STAT_TOP], stats[:, cv2.CC_STAT_AREA]
+        edge = (band_top == 0) | (band_top + stats[:, cv2.CC_STAT_HEIGHT] == len(comp))
+        small = ~edge & (band_area < min_area)
+        small[0] = False
+        specks += int(np.count_nonzero(small))
+        speck_pixels += int(band_area[small].sum())
+        kept = ~small
+        kept[0] = False
+        ids_of = np.full(n, -1, np.int64)  # provisional id of each band label, -1 for none
+        ids_of[kept] = count + np.arange(int(np.count_nonzero(kept)))
+        band_stats = stats[kept].astype(np.int64)
         band_stats[:, cv2.CC_STAT_TOP] += y0
-        parts.append([band_stats, first[1:], sums[1:]])
-        top = np.where(comp[0] > 0, comp[0].astype(np.int64) + count - 1, -1)
+        parts.append([band_stats, first[kept], sums[kept]])
+        top = ids_of[comp[0]]
         if last is not None:
             for dx in (-1, 0, 1):  # pixel x of this band's first row against x + dx of the last band's last row
                 a = top[max(0, -dx) : width - max(0, dx)]
                 b = last[max(0, dx) : width - max(0, -dx)]
                 both = (a >= 0) & (b >= 0)
                 joins.append(np.stack([a[both], b[both]]))
-        last = np.where(comp[-1] > 0, comp[-1].astype(np.int64) + count - 1, -1)
-        count += n - 1
+        last = ids_of[comp[-1]]
+        count += len(band_stats)
         del comp
     if not count:
-        return ClassRegions(
-            np.zeros((0, 5), np.int64), np.zeros((0, 2), np.int64), None if confidence is None else np.zeros(0)
-        )
+        none = None if confidence is None else np.zeros(0)
+        return ClassRegions(np.zeros((0, 5), np.int64), np.zeros((0, 2), np.int64), none, specks, speck_pixels)
     stats, first, sums = (np.concatenate(p) for p in zip(*parts))
     del parts
     pairs = np.concatenate(joins, axis=1) if joins else np.zeros((2, 0), np.int64)
@@ -609,11 +625,15 @@ def class_regions(
     y1 = reduce(np.maximum, top_row + stats[:, cv2.CC_STAT_HEIGHT])
     merged = np.stack([x0, y0_, x1 - x0, y1 - y0_, reduce(np.add, stats[:, cv2.CC_STAT_AREA])], 1)
     key, total = reduce(np.minimum, first), reduce(np.add, sums)
+    small = merged[:, cv2.CC_STAT_AREA] < min_area
+    specks += int(np.count_nonzero(small))
+    speck_pixels += int(merged[small, cv2.CC_STAT_AREA].sum())
+    merged, key, total = merged[~small], key[~small], total[~small]
     order = np.argsort(key)
     key = key[order]
     block_y, block_x = np.divmod(key >> 2, blocks_wide)
     seeds = np.stack([2 * block_y + ((key >> 1) & 1), 2 * block_x + (key & 1)], 1)
-    return ClassRegions(merged[order], seeds, None if confidence is None else total[order])
+    return ClassRegions(merged[order], seeds, None if confidence is None else total[order], specks, speck_pixels)
 
 
 def _region_in_box(
