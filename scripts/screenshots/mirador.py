@@ -26,7 +26,9 @@ import fcntl
 import http.server
 import json
 import os
+import select
 import shutil
+import signal
 import subprocess
 import sys
 import tarfile
@@ -174,6 +176,7 @@ class Chromium:
             ],
             pass_fds=(3, 4),
             preexec_fn=pipes,
+            start_new_session=True,  # its zygotes, renderers and utilities in its group: close() ends them all
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -207,7 +210,9 @@ class Chromium:
 
     def _read(self, deadline: float) -> dict[str, Any]:
         while b"\0" not in self._pending:
-            if time.monotonic() > deadline:
+            left = deadline - time.monotonic()
+            # a wedged page never writes: wait for the pipe no longer than the deadline, never in a bare read
+            if left <= 0 or not select.select([self._from_browser], [], [], left)[0]:
                 raise ViewerError("chromium did not answer in time")
             chunk = os.read(self._from_browser, 1 << 16)
             if not chunk:
@@ -220,9 +225,11 @@ class Chromium:
         """Navigate the page to `url`."""
         self.send("Page.navigate", url=url)
 
-    def evaluate(self, expression: str) -> Any:
+    def evaluate(self, expression: str, timeout: float = 60) -> Any:
         """The value of a JavaScript expression in the page (awaited when it is a promise)."""
-        result = self.send("Runtime.evaluate", expression=expression, returnByValue=True, awaitPromise=True)
+        result = self.send(
+            "Runtime.evaluate", timeout=timeout, expression=expression, returnByValue=True, awaitPromise=True
+        )
         if "exceptionDetails" in result:
             raise ViewerError(f"{expression[:80]}: {result['exceptionDetails'].get('text')}")
         return result["result"].get("value")
@@ -231,7 +238,7 @@ class Chromium:
         """Poll a JavaScript expression until it is truthy; its value. ViewerError naming `what` on time-out."""
         deadline = time.monotonic() + timeout
         while True:
-            value = self.evaluate(expression)
+            value = self.evaluate(expression, timeout=max(deadline - time.monotonic(), 0.1))  # a wedged page too
             if value:
                 return value
             if time.monotonic() > deadline:
@@ -243,14 +250,18 @@ class Chromium:
         return base64.b64decode(self.send("Page.captureScreenshot", format="png")["data"])
 
     def close(self) -> None:
-        """Close the browser (by its pid: it and nothing else) and the pipes."""
+        """Close the browser and every process it started (its own process group, nothing else) and the pipes."""
         if self._proc.poll() is None:
             self._proc.terminate()
             try:
                 self._proc.wait(10)
             except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait(10)
+                pass
+        try:
+            os.killpg(self._proc.pid, signal.SIGKILL)  # the group's leader's pid: children a wedged browser left
+        except ProcessLookupError:
+            pass
+        self._proc.wait(10)
         for fd in (self._to_browser, self._from_browser):
             try:
                 os.close(fd)

@@ -117,3 +117,24 @@ def test_mirador_shows_the_scan_the_damage_layer_and_the_annotations_by_class(tm
         x0, y0, x1, y1 = box
         listed = [line for line in lines if line.startswith(f"{name} {(x1 - x0) * (y1 - y0)} px, ")]
         assert len(listed) == 1, f"the annotation panel does not list one {name} region: {lines}"
+
+
+def test_the_driver_gives_up_on_a_page_that_never_answers_and_leaves_no_chromium():
+    """A page whose script never returns keeps the DevTools pipe silent: the driver's wait ends at its own
+    time-out (a bare read on the pipe would block for ever), and closing it ends every process it started."""
+    if mirador.chromium_binary() is None:
+        pytest.skip("no chromium here (apt-get install chromium)")
+    import time
+
+    import psutil
+
+    started = time.monotonic()
+    with pytest.raises(mirador.ViewerError, match="did not answer in time"):
+        with mirador.Chromium(800, 600) as browser:
+            root = psutil.Process(browser._proc.pid)
+            processes = [root, *root.children(recursive=True)]
+            browser.open("data:text/html,<p>stuck</p><script>for (;;) {}</script>")
+            browser.wait_for("false", timeout=5)
+    assert time.monotonic() - started < 45  # the 5 s wait, Chromium's start and its end
+    alive = [p for p in processes if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    assert not alive, alive
