@@ -65,6 +65,7 @@ def trained(tmp_path_factory) -> tuple[Path, str, str]:
     return run, stdout, stderr
 
 
+@pytest.mark.slow  # `trained` is a real `python -m poc59.train`: 136 s of set-up at a load of 8-10
 def test_train_prints_the_run_folder_and_logs_plain_lines(trained):
     run, stdout, stderr = trained
     assert stdout == f"{run}\n"  # the one result a script reads
@@ -88,11 +89,13 @@ def test_training_as_a_library_prints_nothing_the_command_prints_the_folder(tmp_
     assert capsys.readouterr().out == ""
 
 
+@pytest.mark.slow  # a real training process: 78 s at a load of 8-10
 def test_verbose_brings_lightnings_notices_back(tmp_path):
     _, stderr = _run(["poc59.train", "-v", *TINY_RUN, "trainer.max_epochs=1", f"run_dir={tmp_path / 'v'}"], tmp_path)
     assert "GPU available" in stderr and "limit_val_batches=1.0" in stderr
 
 
+@pytest.mark.slow  # a real prepare process over generated data: 52 s at a load of 8-10
 def test_prepare_prints_its_report_on_stdout(tmp_path):
     stdout, stderr = _run(["poc59.prepare", *TINY_RUN], tmp_path)
     _no_log_lines(stdout)
@@ -174,6 +177,7 @@ def test_predict_logs_each_image_and_prints_the_summary(trained, tmp_path):
     assert not [line for line in lines if NOT_WHEN_LOADED in line]
 
 
+@pytest.mark.slow  # `trained` (a real training process) and a predict: 17 s at a load of 8-10
 def test_long_steps_report_progress_in_files(trained, tmp_path, monkeypatch, caplog):
     """evaluate (passes, bootstrap), compare (runs read), prepare (the generator, the decode): their progress
     lines, here for every step (a real run logs at most every 10 s, and only for steps that take longer)."""

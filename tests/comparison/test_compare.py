@@ -284,6 +284,7 @@ def test_a_failed_job_is_named_with_its_cause(sweep, tmp_path):
     assert "ValueError: data.root=/nope: no images" in (s / "comparison" / "comparison.md").read_text()
 
 
+@pytest.mark.slow  # a training, a resume and three evaluations: 61 s at a load of 8-10
 def test_an_evaluation_of_an_earlier_best_checkpoint_is_redone_after_a_resume(tmp_path, caplog):
     """Evaluated at epoch 0, resumed to a later best epoch: the old metrics.json scored another file. compare
     neither pairs the new score with the old interval nor calls them the same checkpoint; it evaluates again."""

@@ -13,6 +13,7 @@ from poc59.training.run import train
 from wandb_offline import offline_runs, read_run
 
 
+@pytest.mark.slow  # two trainings and an evaluation: 67 s at a load of 8-10
 def test_an_offline_run_holds_what_mlflow_gets_and_a_resume_keeps_its_id(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("WANDB_MODE", raising=False)

@@ -80,6 +80,7 @@ def test_bad_data_is_one_plain_message_with_exit_2(tmp_path, case):
     assert _contents(root) == before  # the user's data is read, never written
 
 
+@pytest.mark.slow  # real train processes over each bad folder: 67 s at a load of 8-10
 def test_bad_data_through_the_command_is_exit_2_and_one_message_on_stderr(tmp_path):
     make, says = CASES["classes.json not JSON"]
     root = make(tmp_path / "data")

@@ -26,6 +26,7 @@ from poc59.training.run import train
 REPO = Path(__file__).resolve().parents[2]
 
 
+@pytest.mark.slow  # a training through the composed config: 11 s at a load of 8-10
 def test_fast_dev_run_through_the_real_config(tmp_path):
     cfg = make_cfg(tmp_path, *SMALL, "trainer.fast_dev_run=true")
     summary = train(cfg)
@@ -41,6 +42,7 @@ def test_progress_bar_refreshes_at_the_logging_interval(tmp_path):
     assert isinstance(bar, RichProgressBar) and bar.refresh_rate == 25
 
 
+@pytest.mark.slow  # a training: 22 s at a load of 8-10
 def test_short_run_writes_a_complete_run_folder(tmp_path):
     cfg = make_cfg(tmp_path, *SMALL, "trainer.max_epochs=2")
     summary = train(cfg)
@@ -94,6 +96,7 @@ def test_split_keeps_copies_with_their_original(trained_run):
     assert all("_aug" not in i for i in split["val"])
 
 
+@pytest.mark.slow  # a training on CrackForest's photographs: 14 s at a load of 8-10
 def test_real_crackforest_trains_as_it_is(tmp_path, caplog):
     """A few-class set: its classes by name, the baseline line naming class 0 as the class table does, and
     the crack IoU printed, so a model that learned only the background shows it at a glance."""
@@ -165,6 +168,7 @@ def test_missing_data_folder_says_where_it_looked(tmp_path, capsys, monkeypatch)
     assert "Traceback" not in out.stderr
 
 
+@pytest.mark.slow  # pip builds a wheel, then train composes its config from it: 39 s at a load of 8-10
 def test_configs_ship_inside_the_wheel(tmp_path):
     """poc59 must run from a built wheel, not only from a checkout."""
     build = subprocess.run(
