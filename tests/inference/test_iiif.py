@@ -268,11 +268,11 @@ def test_a_large_map_with_thousands_of_regions_takes_seconds(tmp_path):
 def test_the_annotations_hold_a_band_of_rows_not_the_whole_map():
     """The regions are found a band of rows at a time (`class_regions`) and traced in their boxes: NumPy's
     allocations while the documents of a 24 MP map are built stay within the working set of one band (about
-    40 bytes a pixel of `_LABEL_PIXELS`) and of the largest box; one class's whole mask and 16-bit component
+    40 bytes a pixel of `LABEL_PIXELS`) and of the largest box; one class's whole mask and 16-bit component
     map, what the annotations held before, would take 72 MB."""
     import tracemalloc
 
-    from poc59.inference.iiif import _LABEL_PIXELS
+    from poc59.inference.iiif import LABEL_PIXELS
 
     rng = np.random.default_rng(4)
     height, width, box = 4000, 6000, 30
@@ -288,7 +288,7 @@ def test_the_annotations_hold_a_band_of_rows_not_the_whole_map():
         tracemalloc.stop()
     assert docs.summary["regions"] > 100
     whole = 3 * height * width
-    bound = 40 * _LABEL_PIXELS + 12 * (2 * box) ** 2  # a box may hold two overlapping squares
+    bound = 40 * LABEL_PIXELS + 12 * (2 * box) ** 2  # a box may hold two overlapping squares
     assert bound < whole and peak < bound, f"{peak / 2**20:.1f} MB"
 
 
@@ -360,13 +360,13 @@ def test_dense_damage_found_in_bands_is_that_of_one_whole_labelling():
 
 
 def test_outlines_followed_along_pixel_edges_are_opencvs_on_the_fine_grid():
-    """`_crack_contours` (large boxes) against OpenCV's contours on the fine grid (`_fine_contours`, small
+    """`crack_contours` (large boxes) against OpenCV's contours on the fine grid (`fine_contours`, small
     boxes): the same points from the same start in the same direction, ring by ring in the same order, for
     every region of random maps (holes, holes touching the outline or each other diagonally, regions touching
     themselves diagonally, one-pixel regions and holes; each region cut to its box touches its edges)."""
     import cv2
 
-    from poc59.inference.iiif import _crack_contours, _fine_contours
+    from poc59.inference.iiif import crack_contours, fine_contours
 
     rng = np.random.default_rng(7)
     compared = holes = 0
@@ -377,7 +377,7 @@ def test_outlines_followed_along_pixel_edges_are_opencvs_on_the_fine_grid():
         for k in range(1, n):
             ys, xs = np.nonzero(components == k)
             region = (components == k)[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1]
-            ours, reference = _crack_contours(region), _fine_contours(region)
+            ours, reference = crack_contours(region), fine_contours(region)
             assert [h for _, h in ours] == [h for _, h in reference]
             for (a, _), (b, _) in zip(ours, reference):
                 np.testing.assert_array_equal(a, b)

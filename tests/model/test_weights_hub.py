@@ -225,4 +225,6 @@ def test_a_failing_hub_leaves_no_file_and_says_what_to_do(tmp_path, hub, mode):
     said = " ".join(done.stderr.split())
     assert "Traceback" not in said and "encoder.weights=null" in said
     assert not list((tmp_path / "weights").rglob("*.safetensors")) and not list((tmp_path / "weights").rglob("*tmp*"))
-    assert took < 60  # within the timeouts, not hanging
+    # within the timeouts (a 10 s probe, the 15 s download) and a fresh process's start, which load stretches
+    # (67 s beside a 300 MP benchmark); hanging on, or HF's own retries, take minutes
+    assert took < 100

@@ -40,10 +40,10 @@ or, without it, the output folder's own `file:` URI. The same labels give the sa
 Memory: the label and confidence maps may be arrays or kept on disk (`MapRows`, e.g. predict's
 `poc59.inference.outputs.SpilledMap`): they are read a band of rows, or a region's bounding box, at a time.
 A class's regions are found a band of rows at a time (`class_regions`: about 40 bytes a pixel of a band of
-`_LABEL_PIXELS` pixels at most, plus about 60 bytes per region piece a band holds), never as a whole-scan
+`LABEL_PIXELS` pixels at most, plus about 60 bytes per region piece a band holds), never as a whole-scan
 mask or component map. Tracing one region takes its pixels (1 byte a pixel of its bounding box) and its
 outline: a box of up to `_FINE_PIXELS` pixels on OpenCV's fine grid (8 bytes a pixel of the box), a larger
-one by following its pixel edges (`_crack_contours`: about 2 bytes a pixel of the box for a moment, then
+one by following its pixel edges (`crack_contours`: about 2 bytes a pixel of the box for a moment, then
 about 80 bytes an edge of its outline).
 """
 
@@ -231,8 +231,8 @@ def _corners_restored(points: np.ndarray) -> np.ndarray:
     return out.reshape(-1, 1, 2)
 
 
-def _fine_contours(region: np.ndarray) -> list[tuple[np.ndarray, bool]]:
-    """`_crack_contours` traced by OpenCV: the region drawn on a grid twice as fine plus one line (pixel
+def fine_contours(region: np.ndarray) -> list[tuple[np.ndarray, bool]]:
+    """`crack_contours` traced by OpenCV: the region drawn on a grid twice as fine plus one line (pixel
     (y, x) covers the fine cells 2y+1..2y+3 x 2x+1..2x+3, one cell of border, so neighbouring pixels share
     cells and a one-pixel hole leaves its centre cell empty), its contours through the centres of the fine
     cells, the corners cut put back. Fast for small boxes; 8 bytes a pixel of the box (the grid and
@@ -255,7 +255,7 @@ _FINE_PIXELS = 1 << 21  # boxes up to this many pixels are traced by OpenCV on t
 _TURN = np.array([[0, 1], [1, 0], [0, -1], [-1, 0]])  # (dy, dx) of a step east, south, west, north
 
 
-def _crack_contours(region: np.ndarray) -> list[tuple[np.ndarray, bool]]:
+def crack_contours(region: np.ndarray) -> list[tuple[np.ndarray, bool]]:
     """The outlines of a region (bool [h, w], one 8-connected component) along its pixels' edges: [(contour
     int32 [n, 1, 2] of fine cells (x, y), is a hole)], the outline first.
 
@@ -348,11 +348,11 @@ def _crack_contours(region: np.ndarray) -> list[tuple[np.ndarray, bool]]:
 
 def _edge_rings(region: np.ndarray, tolerance: float) -> list[tuple[np.ndarray, bool]]:
     """Outlines of a region (bool [h, w], one 8-connected component) along its pixels' edges, simplified:
-    [(ring [n, 2] float in the region's pixel coordinates, is a hole)]. The rings of `_crack_contours` (by
+    [(ring [n, 2] float in the region's pixel coordinates, is a hole)]. The rings of `crack_contours` (by
     OpenCV on the fine grid for a box of up to `_FINE_PIXELS` pixels: the same points, faster), simplified by
     Douglas-Peucker; fine coordinate f is pixel coordinate (f - 1) / 2."""
     rings = []
-    trace = _fine_contours if region.size <= _FINE_PIXELS else _crack_contours
+    trace = fine_contours if region.size <= _FINE_PIXELS else crack_contours
     for contour, hole in trace(region):
         simple = cv2.approxPolyDP(contour, 2.0 * tolerance, True)  # fine cells are half a pixel
         if len(simple) < 3:
@@ -493,7 +493,7 @@ def _band_rows(width: int) -> int:
     return max(1, _COUNT_PIXELS // max(1, width))
 
 
-_LABEL_PIXELS = 1 << 20  # pixels labelled at once: OpenCV's int32 map and the per-pixel temporaries of a band
+LABEL_PIXELS = 1 << 20  # pixels labelled at once: OpenCV's int32 map and the per-pixel temporaries of a band
 
 
 @dataclass
@@ -543,7 +543,7 @@ def class_regions(
     the bands' labels, and their areas, boxes and confidence sums added up. The order is OpenCV's: its
     block-based labelling numbers the regions in the raster order of the first 2 x 2 block (aligned on even
     rows and columns) each one touches, so the regions are sorted by that block, and a seed pixel is kept
-    from it. `band_rows` (by default about `_LABEL_PIXELS` pixels) sets the band's height.
+    from it. `band_rows` (by default about `LABEL_PIXELS` pixels) sets the band's height.
 
     Regions of fewer than `min_area` pixels (specks) are only counted: one that lies within a band is dropped
     as soon as the band is labelled, so a map of dense specks keeps records only of the pieces that touch a
@@ -551,7 +551,7 @@ def class_regions(
     labels = _map_rows(labels)
     confidence = None if confidence is None else _map_rows(confidence)
     height, width = labels.shape
-    step = band_rows or max(1, _LABEL_PIXELS // max(1, width))
+    step = band_rows or max(1, LABEL_PIXELS // max(1, width))
     blocks_wide = (width + 1) // 2
     parts: list[list[np.ndarray]] = []  # per band: stats [n, 5] in the scan's rows, first key [n], sums [n]
     joins: list[np.ndarray] = []  # [2, k] provisional ids that touch across a band edge
