@@ -239,12 +239,7 @@ class _Watched(mirador.Chromium):
 
     def close(self) -> None:
         self._timer.cancel()
-        left = self.processes()
-        super().close()
-        psutil.wait_procs([p for p in left if _alive(p)], timeout=10, callback=None)
-        for process in left:  # a child Chromium did not end with its browser
-            if _alive(process):
-                process.kill()
+        super().close()  # ends Chromium's whole process group
 
 
 def _alive(process: psutil.Process) -> bool:
