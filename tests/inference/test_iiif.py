@@ -424,3 +424,165 @@ def test_maps_kept_on_disk_give_the_same_documents_as_arrays(tmp_path):
     with Image.open(streamed.close()) as ours, Image.open(io.BytesIO(from_arrays.files[layer])) as whole:
         assert np.array_equal(np.asarray(ours.convert("RGBA")), np.asarray(whole.convert("RGBA")))
     assert np.array_equal(np.asarray(Image.open(tmp_path / layer)), labels)
+
+
+def _many_squares(height: int, width: int, pitch: int) -> np.ndarray:
+    """5 x 5 px squares of Dust and Cracks every `pitch` px: many regions, each well over MIN_AREA."""
+    labels = np.zeros((height, width), np.uint8)
+    for k, y in enumerate(range(0, height - 5, pitch)):
+        labels[y : y + 5].reshape(5, -1, pitch)[:, :, :5] = (DUST, CRACKS)[k % 2]
+    return labels
+
+
+def test_the_page_is_written_a_region_at_a_time_not_held_whole(tmp_path):
+    """`write_iiif` streams the AnnotationPage into its file as each region is traced: with 13,400 regions the
+    memory NumPy and Python hold at the peak stays under the page's own size (7 MB against 12 MB; the page
+    built whole in memory, as before, peaked at 50 MB: its annotations as Python objects, then its text)."""
+    import tracemalloc
+
+    labels = _many_squares(1000, 3000, 15)
+    confidence = np.full(labels.shape, 128, np.uint8)
+    scan = ScanRef.local("m.png", 3000, 1000)
+    tracemalloc.start()
+    try:
+        summary = write_iiif(tmp_path, "m", labels, confidence, ARTEFACT, scan, layer=False)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    page_bytes = (tmp_path / "m.annotations.json").stat().st_size
+    assert summary["regions"] == 67 * 200
+    assert peak < page_bytes, f"peak {peak / 2**20:.1f} MB, page {page_bytes / 2**20:.1f} MB"
+    page = json.loads((tmp_path / "m.annotations.json").read_text())
+    assert len(page["items"]) == summary["regions"] and page["label"] == {
+        "en": [f"m: {summary['regions']} damage regions"]
+    }
+    assert [a["id"] for a in page["items"][:2]] == [f"{page['id']}#region-1", f"{page['id']}#region-2"]
+    AnnotationPage.model_validate(page | {"items": page["items"][:50]})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.annotations.json", "m.manifest.json"]
+
+
+def test_a_failure_while_tracing_leaves_no_page_and_no_manifest(tmp_path, monkeypatch):
+    """A scan whose annotations fail part-way (here the 100th region's outline) leaves neither the partly
+    written page nor a manifest; a page or manifest from an earlier run stays as it was."""
+    from poc59.inference import iiif
+
+    labels = _many_squares(300, 300, 15)
+    confidence = np.full(labels.shape, 128, np.uint8)
+    scan = ScanRef.local("m.png", 300, 300)
+    (tmp_path / "m.annotations.json").write_text("earlier\n")
+    traced = iiif._edge_rings
+    calls = []
+
+    def failing(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 100:
+            raise MemoryError("the 100th region")
+        return traced(*args, **kwargs)
+
+    monkeypatch.setattr(iiif, "_edge_rings", failing)
+    with pytest.raises(MemoryError):
+        write_iiif(tmp_path, "m", labels, confidence, ARTEFACT, scan)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.annotations.json", "m_damage.png"]
+    assert (tmp_path / "m.annotations.json").read_text() == "earlier\n"
+
+
+def _even_odd_fill(subpaths: list[np.ndarray], height: int, width: int) -> np.ndarray:
+    """The pixels whose centres the subpaths enclose by the even-odd rule (a ray cast along each pixel row)."""
+    yc, xc = np.arange(height)[:, None] + 0.5, np.arange(width)[None, :] + 0.5
+    crossings = np.zeros((height, width), np.int64)
+    for ring in subpaths:
+        for (x1, y1), (x2, y2) in zip(ring, np.roll(ring, -1, axis=0)):
+            if y1 == y2:
+                continue
+            rows = (np.minimum(y1, y2) <= yc[:, 0]) & (yc[:, 0] < np.maximum(y1, y2))
+            at = x1 + (yc[rows] - y1) * (x2 - x1) / (y2 - y1)
+            crossings[rows] += xc < at
+    return crossings % 2 == 1
+
+
+def test_a_region_too_large_to_outline_whole_is_annotated_in_parts(monkeypatch):
+    """A region whose box is over the whole-outline limit (here 2,000 px, squares of 32 px; 64 MP by default) gets one annotation
+    per square of its box it touches: each part outlines exactly the region's pixels in that square (tolerance
+    0, filled even-odd), with the part's own figures, and carries the whole region's; the other regions stay
+    whole."""
+    from scipy import ndimage
+
+    from poc59.inference import iiif
+
+    monkeypatch.setattr(iiif, "PART_SIDE", 32)
+    monkeypatch.setattr(iiif, "_FINE_PIXELS", 0)  # past it, the box limit decides
+    monkeypatch.setattr(iiif, "_WHOLE_BOX", 2000)
+    rng = np.random.default_rng(11)
+    h, w = 90, 120
+    labels = np.zeros((h, w), np.uint8)
+    labels[3:87, 5:115] = DUST
+    labels[rng.random((h, w)) < 0.2] = 0  # holes, necks and islands
+    confidence = rng.random((h, w)).astype(np.float32)
+    docs = iiif_documents("s", labels, confidence, ARTEFACT, ScanRef.local("s.png", w, h), "file:///m/", None, 1, 0.0)
+    page = json.loads(docs.files["s.annotations.json"])
+    components, n = ndimage.label(labels == DUST, structure=np.ones((3, 3), int))
+    big = components == 1 + np.argmax(np.bincount(components.reshape(-1))[1:])
+    ys, xs = np.nonzero(big)
+    top, left = ys.min(), xs.min()
+    parts = [a for a in page["items"] if "part" in a["damage"]]
+    squares = [(ty, tx) for ty in range(top, ys.max() + 1, 32) for tx in range(left, xs.max() + 1, 32)]
+    assert docs.summary["regions"] == n == len(page["items"]) - len(parts) + 1
+    assert docs.summary["parted"] == 1 and docs.summary["parts"] == len(parts) == len(squares) == 12
+    whole = {
+        "pixels": int(big.sum()),
+        "bbox": [int(left), int(top), int(xs.max() - left + 1), int(ys.max() - top + 1)],
+        "mean_confidence": pytest.approx(float(confidence[big].mean(dtype=np.float64)), rel=1e-12),
+    }
+    number = [a["id"] for a in page["items"]].index(parts[0]["id"])  # the regions before it are whole
+    for k, (a, (ty, tx)) in enumerate(zip(parts, squares), 1):
+        expected = np.zeros_like(big)
+        expected[ty : ty + 32, tx : tx + 32] = big[ty : ty + 32, tx : tx + 32]
+        py, px = np.nonzero(expected)
+        damage = a["damage"]
+        assert a["id"] == f"{page['id']}#region-{number + 1}-part-{k}"
+        assert damage["pixels"] == int(expected.sum())
+        assert damage["bbox"] == [
+            int(px.min()),
+            int(py.min()),
+            int(px.max() - px.min() + 1),
+            int(py.max() - py.min() + 1),
+        ]
+        assert damage["mean_confidence"] == pytest.approx(float(confidence[expected].mean(dtype=np.float64)), rel=1e-12)
+        assert np.array_equal(_even_odd_fill(_subpaths(a["target"]["selector"]["value"]), h, w), expected)
+        assert damage["part"]["index"] == k and damage["part"]["of"] == 12
+        assert {key: damage["part"]["region"][key] for key in whole} == whole
+        assert f"; part {k} of 12 of one region of {whole['pixels']} px" in a["body"][1]["value"]
+    assert sum(a["damage"]["pixels"] for a in parts) == whole["pixels"]
+    for a in page["items"]:
+        if "part" not in a["damage"]:  # whole regions: exactly their pixels
+            x, y, bw, bh = a["damage"]["bbox"]
+            (region,) = [
+                r for r in range(1, n + 1) if (components[y : y + bh, x : x + bw] == r).sum() == a["damage"]["pixels"]
+            ][:1]
+            assert np.array_equal(
+                _even_odd_fill(_subpaths(a["target"]["selector"]["value"]), h, w), components == region
+            )
+    assert page["label"] == {
+        "en": [f"s: {n} damage regions in {len(page['items'])} annotations (1 of them in 12 parts)"]
+    }
+
+
+def test_a_region_is_outlined_whole_up_to_the_limit_on_its_edges(monkeypatch):
+    """Past `_FINE_PIXELS`, a region is outlined whole while its outline has at most `_WHOLE_EDGES` pixel edges
+    (counted exactly: the test's own perimeter), in parts from one edge more."""
+    from scipy import ndimage
+
+    from poc59.inference import iiif
+
+    rng = np.random.default_rng(12)
+    components, _ = ndimage.label(rng.random((40, 50)) < 0.7, structure=np.ones((3, 3), int))
+    region = components == 1 + np.argmax(np.bincount(components.reshape(-1))[1:])
+    labels = np.where(region, DUST, 0).astype(np.uint8)
+    monkeypatch.setattr(iiif, "_FINE_PIXELS", 0)
+    monkeypatch.setattr(iiif, "PART_SIDE", 16)
+    got = []
+    for limit in (_perimeter(region), _perimeter(region) - 1):
+        monkeypatch.setattr(iiif, "_WHOLE_EDGES", limit)
+        docs = iiif_documents("s", labels, np.ones((40, 50)), ARTEFACT, ScanRef.local("s.png", 50, 40), "file:///m/")
+        got.append((docs.summary["regions"], docs.summary["parted"]))
+    assert got == [(1, 0), (1, 1)]

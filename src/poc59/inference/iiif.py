@@ -37,14 +37,25 @@ predict's statistics); such specks are counted per class in the returned summary
 IDs are URIs under a base: `base_url` (e.g. where the folder will be served, `https://example.org/maps/`)
 or, without it, the output folder's own `file:` URI. The same labels give the same IDs.
 
+Large regions. A region whose box is over `_WHOLE_BOX` pixels (64 MP), or over `_FINE_PIXELS` (2 MP) with
+more than `_WHOLE_EDGES` pixel edges (4 M) on its outline and holes, is annotated in parts: one annotation
+per `PART_SIDE` px square of its box (from the box's top-left corner) that it touches, outlining the region's
+pixels in that square (which may be several pieces: one SVG path, a subpath per ring), with the part's own
+figures and, under `damage.part`, its number, the number of parts and the whole region's figures; its text
+adds "part k of n of one region of N px, ...". Its id is `#region-<r>-part-<k>`. Why: such a region (a class
+spread over the scan, holding thousands of holes) would cost memory without bound to trace in one piece, and
+one SVG path of millions of points is more than a viewer draws; squares are how map tiles cut large polygons.
+
 Memory: the label and confidence maps may be arrays or kept on disk (`MapRows`, e.g. predict's
 `poc59.inference.outputs.SpilledMap`): they are read a band of rows, or a region's bounding box, at a time.
 A class's regions are found a band of rows at a time (`class_regions`: about 40 bytes a pixel of a band of
 `LABEL_PIXELS` pixels at most, plus about 60 bytes per region piece a band holds), never as a whole-scan
-mask or component map. Tracing one region takes its pixels (1 byte a pixel of its bounding box) and its
-outline: a box of up to `_FINE_PIXELS` pixels on OpenCV's fine grid (8 bytes a pixel of the box), a larger
-one by following its pixel edges (`crack_contours`: about 2 bytes a pixel of the box for a moment, then
-about 80 bytes an edge of its outline).
+mask or component map. Tracing one region takes its pixels (1 byte a pixel of its bounding box, and up to as
+much again for OpenCV's flood fill while they are found) and its outline: a box of up to `_FINE_PIXELS`
+pixels on OpenCV's fine grid (8 bytes a pixel of the box), a larger one by following its pixel edges
+(`crack_contours`: about 2 bytes a pixel of the box for a moment, then about 80 bytes an edge: at most
+`_WHOLE_BOX` and `_WHOLE_EDGES`), a part on the fine grid of its square (at most 8 MB). The AnnotationPage is
+written an annotation at a time (`write_iiif`), so the documents are never whole in memory.
 """
 
 from __future__ import annotations
@@ -52,16 +63,18 @@ from __future__ import annotations
 import io
 import json
 import mimetypes
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, BinaryIO, Protocol
 from urllib.parse import quote, urlsplit
 
 import cv2
 import numpy as np
 
 from poc59.analysis.colour import lookup_table
-from poc59.core.atomic import write_bytes
+from poc59.core.atomic import replacing
 from poc59.core.classes import ClassTable
 from poc59.inference.outputs import PngStream
 
@@ -73,12 +86,13 @@ __all__ = [
     "check_base_url",
     "MapRows",
     "damage_layer_palette",
-    "damage_layer_png",
     "ids_base",
     "iiif_documents",
     "ClassRegions",
     "class_regions",
     "output_names",
+    "write_damage_layer",
+    "write_documents",
     "write_iiif",
 ]
 
@@ -188,17 +202,15 @@ def damage_layer_palette(classes: ClassTable) -> tuple[np.ndarray, bytes]:
     return lookup_table(classes), bytes(alpha)
 
 
-def damage_layer_png(labels: np.ndarray | MapRows, classes: ClassTable) -> bytes:
-    """Palette PNG of a label map uint8 [H, W] (`damage_layer_palette`): the layer a viewer lays over the
-    scan, encoded a band of rows at a time (`PngStream`)."""
+def write_damage_layer(f: BinaryIO, labels: np.ndarray | MapRows, classes: ClassTable) -> None:
+    """Palette PNG of a label map uint8 [H, W] (`damage_layer_palette`) into `f`: the layer a viewer lays over
+    the scan, encoded a band of rows at a time (`PngStream`)."""
     labels = _map_rows(labels)
-    buf = io.BytesIO()
-    png = PngStream(buf, labels.shape[1], *damage_layer_palette(classes))
+    png = PngStream(f, labels.shape[1], *damage_layer_palette(classes))
     step = _band_rows(labels.shape[1])
     for y in range(0, labels.shape[0], step):
         png.add(labels.rows(y, y + step))
     png.finish()
-    return buf.getvalue()
 
 
 def _signed_area(ring: np.ndarray) -> float:
@@ -346,13 +358,14 @@ def crack_contours(region: np.ndarray) -> list[tuple[np.ndarray, bool]]:
     return [(pts.reshape(-1, 1, 2), hole) for pts, hole in rings]
 
 
-def _edge_rings(region: np.ndarray, tolerance: float) -> list[tuple[np.ndarray, bool]]:
+def _edge_rings(region: np.ndarray, tolerance: float, whole: bool = True) -> list[tuple[np.ndarray, bool]]:
     """Outlines of a region (bool [h, w], one 8-connected component) along its pixels' edges, simplified:
     [(ring [n, 2] float in the region's pixel coordinates, is a hole)]. The rings of `crack_contours` (by
     OpenCV on the fine grid for a box of up to `_FINE_PIXELS` pixels: the same points, faster), simplified by
-    Douglas-Peucker; fine coordinate f is pixel coordinate (f - 1) / 2."""
+    Douglas-Peucker; fine coordinate f is pixel coordinate (f - 1) / 2. `whole=False`: a part of a region
+    (`_part_boxes`), which may fall apart into several pieces, each outlined: always on the fine grid."""
     rings = []
-    trace = fine_contours if region.size <= _FINE_PIXELS else crack_contours
+    trace = fine_contours if region.size <= _FINE_PIXELS or not whole else crack_contours
     for contour, hole in trace(region):
         simple = cv2.approxPolyDP(contour, 2.0 * tolerance, True)  # fine cells are half a pixel
         if len(simple) < 3:
@@ -409,7 +422,38 @@ def iiif_documents(
     tolerance: float = TOLERANCE_PX,
     layer: bool = True,
 ) -> IiifDocuments:
-    """The damage layer, the AnnotationPage and the manifest of one scan (see the module docstring).
+    """The damage layer, the AnnotationPage and the manifest of one scan (see the module docstring), in memory:
+    `write_documents` into bytes. For a small scan; `write_iiif` streams them to files."""
+    files: dict[str, bytes] = {}
+
+    @contextmanager
+    def into_memory(name: str) -> Iterator[BinaryIO]:
+        buffer = io.BytesIO()
+        yield buffer
+        files[name] = buffer.getvalue()
+
+    summary = write_documents(
+        into_memory, stem, labels, confidence, classes, scan, base, object_mask, min_area, tolerance, layer
+    )
+    return IiifDocuments(files, summary)
+
+
+def write_documents(
+    open_file: Callable[[str], AbstractContextManager[BinaryIO]],
+    stem: str,
+    labels: np.ndarray | MapRows,
+    confidence: np.ndarray | MapRows,
+    classes: ClassTable,
+    scan: ScanRef,
+    base: str,
+    object_mask: np.ndarray | None = None,
+    min_area: int = MIN_AREA,
+    tolerance: float = TOLERANCE_PX,
+    layer: bool = True,
+) -> dict[str, Any]:
+    """Write the damage layer, the AnnotationPage and the manifest of one scan (see the module docstring), each
+    through `open_file(name)` (a context manager giving a binary file: `poc59.core.atomic.replacing` for files
+    that appear whole or not at all), the manifest last; return the summary.
 
     `labels` uint8 [H, W] (class ids, 255 outside the object); `confidence` [H, W], the winning class's
     probability: floats in [0, 1], or uint8 where 0..255 means 0..1; `object_mask` [H, W], non-zero = object
@@ -417,6 +461,9 @@ def iiif_documents(
     `base` the IDs' base URI ending in "/" (`ids_base`). The maps may be arrays or kept on disk (`MapRows`):
     they are read a band or a region's window at a time. `layer=False` leaves the damage layer out of the
     files (a caller that wrote it as the labels streamed, `damage_layer_palette`).
+
+    The AnnotationPage is written an annotation at a time as each region is traced, so its size in memory is
+    one region's, however many regions the scan holds (its label, which counts them, comes after its items).
     """
     labels, confidence = _map_rows(labels), _map_rows(confidence)
     if min_area < 1 or tolerance < 0:
@@ -431,58 +478,83 @@ def iiif_documents(
     names = dict(zip(LAYOUT, output_names(stem)))
     manifest_id, page_id, layer_id = (base + quote(names[k]) for k in ("manifest", "annotations", "layer"))
     canvas_id = f"{base}{quote(stem)}/canvas/1"
+    if layer:
+        with open_file(names["layer"]) as f:
+            write_damage_layer(f, labels, classes)
 
     where = "object mask" if inside is not None else "image"
-    items: list[dict[str, Any]] = []
     per_class: dict[str, dict[str, int]] = {}
-    for c in range(1, classes.num_classes):  # Clean (0) is no damage
-        if not counts[c]:
-            continue
-        found = class_regions(labels, c, inside, min_area=min_area)
-        per_class[classes.names[c]] = {
-            "regions": len(found.stats),
-            "specks": found.specks,
-            "speck_pixels": found.speck_pixels,
-        }
-        for k in range(len(found.stats)):
-            x, y, w, h, area = (int(v) for v in found.stats[k])
-            region = _region_in_box(labels, c, inside, (x, y, w, h), found.seeds[k])
-            rings = [(ring + (x, y), hole) for ring, hole in _edge_rings(region, tolerance)]
-            damage = {
-                "class_id": c,
-                "class": classes.names[c],
-                "pixels": area,
-                "percent": 100 * area / reference,
-                "reference": where,
-                "mean_confidence": float(confidence.rows(y, y + h, x, x + w)[region].mean(dtype=np.float64)) * scale,
-                "bbox": [x, y, w, h],
-                "holes": sum(hole for _, hole in rings),
+    regions = parted = parts = written = 0  # regions; those annotated in parts and their parts; annotations
+    with open_file(names["annotations"]) as f:
+        head = {"@context": PRESENTATION_CONTEXT, "id": page_id, "type": "AnnotationPage"}
+        f.write(_json(head).rstrip()[:-1] + b', "items": [')  # compact: thousands of regions
+        for c in range(1, classes.num_classes):  # Clean (0) is no damage
+            if not counts[c]:
+                continue
+            found = class_regions(labels, c, inside, confidence, min_area=min_area)
+            per_class[classes.names[c]] = {
+                "regions": len(found.stats),
+                "specks": found.specks,
+                "speck_pixels": found.speck_pixels,
             }
-            del region
-            items.append(_region_annotation(f"{page_id}#region-{len(items) + 1}", canvas_id, damage, rings, classes))
+            for k in range(len(found.stats)):
+                x, y, w, h, area = (int(v) for v in found.stats[k])
+                damage = {
+                    "class_id": c,
+                    "class": classes.names[c],
+                    "pixels": area,
+                    "percent": 100 * area / reference,
+                    "reference": where,
+                    "mean_confidence": float(found.confidence_sums[k]) / area * scale,
+                    "bbox": [x, y, w, h],
+                }
+                region = _region_in_box(labels, c, inside, (x, y, w, h), found.seeds[k])
+                regions += 1
+                pieces = [(0, 0, h, w)] if _outlined_whole(region) else _part_boxes(region)
+                if len(pieces) > 1:
+                    parted, parts = parted + 1, parts + len(pieces)
+                for i, (py, px, ph, pw) in enumerate(pieces, 1):
+                    piece = region if len(pieces) == 1 else np.ascontiguousarray(region[py : py + ph, px : px + pw])
+                    gx, gy = x + px, y + py
+                    outlines = _edge_rings(piece, tolerance, whole=len(pieces) == 1)
+                    rings = [(ring + (gx, gy), hole) for ring, hole in outlines]
+                    if len(pieces) == 1:
+                        part, annotation_id = damage, f"{page_id}#region-{regions}"
+                    else:
+                        pixels = int(np.count_nonzero(piece))
+                        window = confidence.rows(gy, gy + ph, gx, gx + pw)
+                        part = {
+                            **damage,
+                            "pixels": pixels,
+                            "percent": 100 * pixels / reference,
+                            "mean_confidence": float(window[piece].mean(dtype=np.float64)) * scale,
+                            "bbox": [gx, gy, pw, ph],
+                            "part": {"index": i, "of": len(pieces), "region": damage},
+                        }
+                        annotation_id = f"{page_id}#region-{regions}-part-{i}"
+                    part = {**part, "holes": sum(hole for _, hole in rings)}
+                    annotation = _region_annotation(annotation_id, canvas_id, part, rings, classes)
+                    f.write((b"" if written == 0 else b", ") + _json(annotation).rstrip())
+                    written += 1
+                del region, piece
+        label = f"{stem}: {regions} damage regions"
+        if parted:
+            label += f" in {written} annotations ({parted} of them in {parts} parts)"
+        f.write(b'], "label": ' + _json({"en": [label]}).rstrip() + b"}\n")
     specks = sum(v["specks"] for v in per_class.values())
-    page = {
-        "@context": PRESENTATION_CONTEXT,
-        "id": page_id,
-        "type": "AnnotationPage",
-        "label": {"en": [f"{stem}: {len(items)} damage regions"]},
-        "items": items,
-    }
-    manifest = _manifest(stem, scan, manifest_id, canvas_id, page_id, layer_id, len(items), specks, min_area)
-    summary = {
+    manifest = _manifest(stem, scan, manifest_id, canvas_id, page_id, layer_id, regions, parted, specks, min_area)
+    with open_file(names["manifest"]) as f:  # last: a manifest on disk means its page and layer are there
+        f.write(_json(manifest, indent=1))
+    return {
         **{k: names[k] for k in LAYOUT},
-        "regions": len(items),
+        "regions": regions,
+        "parted": parted,
+        "parts": parts,
         "specks": specks,
         "min_area": min_area,
         "tolerance_px": tolerance,
         "classes": per_class,
     }
-    files = {
-        **({names["layer"]: damage_layer_png(labels, classes)} if layer else {}),
-        names["annotations"]: _json(page),  # compact: thousands of regions
-        names["manifest"]: _json(manifest, indent=1),  # last: a manifest on disk means its page and layer are there
-    }
-    return IiifDocuments(files, summary)
 
 
 _COUNT_PIXELS = 1 << 18  # pixels counted at once (bincount's int64 copy of them: 2 MB)
@@ -597,11 +669,15 @@ def class_regions(
         parts.append([band_stats, first[kept], sums[kept]])
         top = ids_of[comp[0]]
         if last is not None:
+            touching = []
             for dx in (-1, 0, 1):  # pixel x of this band's first row against x + dx of the last band's last row
                 a = top[max(0, -dx) : width - max(0, dx)]
                 b = last[max(0, dx) : width - max(0, -dx)]
                 both = (a >= 0) & (b >= 0)
-                joins.append(np.stack([a[both], b[both]]))
+                touching.append((a[both] << 32) | b[both])
+            # each pair of pieces once: a class covering the scan touches across every pixel of every band edge
+            pairs = np.unique(np.concatenate(touching))
+            joins.append(np.stack([pairs >> 32, pairs & 0xFFFFFFFF]))
         last = ids_of[comp[-1]]
         count += len(band_stats)
         del comp
@@ -642,13 +718,60 @@ def _region_in_box(
     """The region of class `c` holding `seed` (y, x) as bool [h, w] of its box (x, y, w, h): the box's pixels of
     the class, flood-filled 8-connected from the seed (a region is connected within its own box)."""
     x, y, w, h = box
-    mask = labels.rows(y, y + h, x, x + w) == c
+    mask = np.empty((h, w), bool)
+    step = max(1, LABEL_PIXELS // w)
+    for top in range(0, h, step):  # read in bands: 1 byte a pixel of the box, not 2
+        np.equal(labels.rows(y + top, y + min(h, top + step), x, x + w), c, out=mask[top : top + step])
     if inside is not None:
         mask &= inside[y : y + h, x : x + w]
     image = mask.view(np.uint8)  # 1 = the class; the region filled with 2, in place (no component map)
     cv2.floodFill(image, None, (int(seed[1]) - x, int(seed[0]) - y), 2, flags=8)
     np.equal(image, 2, out=mask)
     return mask
+
+
+PART_SIDE = 1024
+"""A region too large to outline whole (`_outlined_whole`) is annotated in parts: its pixels within each square of
+a grid of this side (from its box's top-left corner), one annotation per square it touches."""
+
+_WHOLE_BOX = 1 << 26  # the largest box outlined whole by following its edges: 2 bytes a pixel for a moment (128 MB)
+_WHOLE_EDGES = 1 << 22  # the most pixel edges an outline followed whole may have: about 80 bytes each (320 MB)
+
+
+def _outlined_whole(region: np.ndarray) -> bool:
+    """Whether the region (bool [h, w], its box) is outlined in one annotation: a box of up to `_FINE_PIXELS`
+    pixels, or of up to `_WHOLE_BOX` pixels whose outline has at most `_WHOLE_EDGES` pixel edges. Past that,
+    tracing it whole would cost memory without bound (a region spread over the scan, holding thousands of
+    holes), and one SVG path of millions of points is more than a viewer can draw."""
+    if region.size <= _FINE_PIXELS:
+        return True
+    if region.size > _WHOLE_BOX:
+        return False
+    height, width = region.shape
+    edges = int(np.count_nonzero(region[0])) + int(np.count_nonzero(region[-1]))
+    step = max(1, _FINE_PIXELS // width)
+    for y in range(0, height, step):  # counted a band at a time: 1 byte a pixel of a band for the comparisons
+        band = region[max(0, y - 1) : y + step]
+        edges += int(np.count_nonzero(band[1:] != band[:-1]))
+        band = region[y : y + step]
+        edges += int(np.count_nonzero(band[:, 1:] != band[:, :-1]) + np.count_nonzero(band[:, [0, -1]]))
+        if edges > _WHOLE_EDGES:
+            return False
+    return True
+
+
+def _part_boxes(region: np.ndarray) -> list[tuple[int, int, int, int]]:
+    """The boxes (top, left within the region's box, height, width) of the region's pixels within each
+    `PART_SIDE` square of its box that it touches, in reading order of the squares."""
+    boxes = []
+    for ty in range(0, region.shape[0], PART_SIDE):
+        for tx in range(0, region.shape[1], PART_SIDE):
+            square = region[ty : ty + PART_SIDE, tx : tx + PART_SIDE]
+            rows, cols = np.flatnonzero(square.any(1)), np.flatnonzero(square.any(0))
+            if len(rows):
+                y0, x0 = int(rows[0]), int(cols[0])
+                boxes.append((ty + y0, tx + x0, int(rows[-1]) + 1 - y0, int(cols[-1]) + 1 - x0))
+    return boxes
 
 
 def _region_annotation(
@@ -663,6 +786,12 @@ def _region_annotation(
     figures = (
         f"{damage['pixels']} px, {damage['percent']:.2f} % of {of}, mean confidence {damage['mean_confidence']:.2f}"
     )
+    if "part" in damage:
+        part, region = damage["part"], damage["part"]["region"]
+        figures += (
+            f"; part {part['index']} of {part['of']} of one region of {region['pixels']} px, "
+            f"{region['percent']:.2f} % of {of}, mean confidence {region['mean_confidence']:.2f}"
+        )
     return {
         "id": annotation_id,
         "type": "Annotation",
@@ -693,6 +822,7 @@ def _manifest(
     page_id: str,
     layer_id: str,
     regions: int,
+    parted: int,
     specks: int,
     min_area: int,
 ) -> dict[str, Any]:
@@ -709,8 +839,9 @@ def _manifest(
         "label": {"none": [stem]},
         "summary": {
             "en": [
-                f"Damage predicted by poc59: {regions} regions annotated; {specks} specks under {min_area} px "
-                "left out of the annotations (they are in the damage map)."
+                f"Damage predicted by poc59: {regions} regions annotated"
+                + (f" ({parted} too large to outline whole, in parts of {PART_SIDE} px squares)" if parted else "")
+                + f"; {specks} specks under {min_area} px left out of the annotations (they are in the damage map)."
             ]
         },
         "items": [
@@ -745,20 +876,32 @@ def _manifest(
 def write_iiif(
     out_dir: str | Path,
     stem: str,
-    labels: np.ndarray,
-    confidence: np.ndarray,
+    labels: np.ndarray | MapRows,
+    confidence: np.ndarray | MapRows,
     classes: ClassTable,
     scan: ScanRef,
     object_mask: np.ndarray | None = None,
     min_area: int = MIN_AREA,
     tolerance: float = TOLERANCE_PX,
     base_url: str | None = None,
+    layer: bool = True,
 ) -> dict[str, Any]:
-    """Write `<stem>_damage.png`, `<stem>.annotations.json` and `<stem>.manifest.json` into `out_dir`
-    (each atomically, the manifest last) and return the summary: the three file names, the regions
-    annotated, the specks left out, per class. IDs under `base_url`, or the folder's file: URI without it."""
+    """Write `<stem>_damage.png` (unless `layer=False`), `<stem>.annotations.json` and `<stem>.manifest.json`
+    into `out_dir`, each streamed into a new file that replaces its name only when complete, the manifest last,
+    and return the summary: the three file names, the regions annotated, the specks left out, per class. IDs
+    under `base_url`, or the folder's file: URI without it. See `write_documents`."""
     base = ids_base(out_dir, base_url)
-    docs = iiif_documents(stem, labels, confidence, classes, scan, base, object_mask, min_area, tolerance)
-    for name, data in docs.files.items():
-        write_bytes(Path(out_dir) / name, data)
-    return docs.summary
+    out = Path(out_dir)
+    return write_documents(
+        lambda name: replacing(out / name),
+        stem,
+        labels,
+        confidence,
+        classes,
+        scan,
+        base,
+        object_mask,
+        min_area,
+        tolerance,
+        layer,
+    )

@@ -302,7 +302,7 @@ class SpilledMap:
     """A uint8 map [height, width] written band by band, top to bottom (`add`), into an anonymous file in
     `folder` (no name: it vanishes when closed or with the process), and read back a window at a time
     (`rows`): the full-size map is never in memory. What predict keeps of a scan's label and confidence maps
-    for the IIIF annotations (`poc59.inference.iiif.iiif_documents` reads it as it reads an array)."""
+    for the IIIF annotations (`poc59.inference.iiif.write_documents` reads it as it reads an array)."""
 
     READ_BYTES = 4 * 2**20  # read back in chunks of whole rows of about this size
 

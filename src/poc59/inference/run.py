@@ -34,12 +34,11 @@ from poc59.analysis.colour import lookup_table
 from poc59.analysis.colour import overlay as colour_overlay
 from poc59.artifacts.load import load_models
 from poc59.artifacts.trained import TrainedModel
-from poc59.core.atomic import write_bytes
 from poc59.core.classes import ClassTable
 from poc59.core.device import autocast_dtype, resolve_device
 from poc59.core.outputs import UNWRITABLE, check_writable, refuse_existing, writing
 from poc59.core.progress import Steps
-from poc59.inference.iiif import MIN_AREA, ScanRef, damage_layer_palette, ids_base, iiif_documents
+from poc59.inference.iiif import MIN_AREA, ScanRef, damage_layer_palette, write_iiif
 from poc59.inference.iiif import output_names as iiif_outputs
 from poc59.inference.iiif_source import IiifClient, IiifError, IiifImage, iiif_inputs, is_iiif_input
 from poc59.inference.image import band_labels, logit_bands, streaming_bytes
@@ -90,12 +89,6 @@ def _into_output() -> Iterator[None]:
         if err.errno in UNWRITABLE:
             raise _OutputNotWritten(err) from err
         raise
-
-
-def _write(out: Path, name: str, data: bytes) -> Path:
-    """`write_bytes` into the output folder; a refusal of the folder's is raised as _OutputNotWritten."""
-    with _into_output():
-        return write_bytes(out / name, data)
 
 
 def _outputs_of(image: Path | IiifImage, overlay: bool, pyramid: bool, iiif: bool) -> list[str]:
@@ -341,20 +334,19 @@ def predict_image(
         row["iiif"] = None
         if s.iiif:
             scan_ref = path.scan_ref() if remote else ScanRef.local(path, scan.width, scan.height)
-            docs = iiif_documents(
-                path.stem,
-                labels,
-                confidences,
-                model.classes,
-                scan_ref,
-                ids_base(out, s.iiif_base_url),
-                inside,
-                s.iiif_min_area,
-                layer=False,  # written as the bands came
-            )
-            for name, data in docs.files.items():  # the manifest last: a manifest on disk has its page and layer
-                _write(out, name, data)
-            row["iiif"] = docs.summary
+            with _into_output():  # the manifest last: a manifest on disk has its page and layer
+                row["iiif"] = write_iiif(
+                    out,
+                    path.stem,
+                    labels,
+                    confidences,
+                    model.classes,
+                    scan_ref,
+                    inside,
+                    s.iiif_min_area,
+                    base_url=s.iiif_base_url,
+                    layer=False,  # written as the bands came
+                )
         if s.report:
             whole = [m.rows(0, scan.height) for m in (labels, confidences)]  # the report reduces them whole
             with _into_output():
