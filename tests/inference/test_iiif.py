@@ -7,6 +7,8 @@ import io
 import json
 import re
 import time
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -22,14 +24,33 @@ from poc59.inference.iiif import (
     check_base_url,
     damage_layer_palette,
     ids_base,
-    iiif_documents,
     output_names,
+    write_documents,
     write_iiif,
 )
 from poc59.inference.outputs import PngFile, SpilledMap
 
 CRACKS, DUST, SCRATCH, PEEL = (ARTEFACT.names.index(n) for n in ("Cracks", "Dust", "Scratch", "Peel"))
 H, W = 60, 80
+
+
+@dataclass
+class Documents:
+    files: dict[str, bytes]  # each file's contents by name
+    summary: dict
+
+
+def iiif_documents(*args, **kwargs) -> Documents:
+    """`write_documents` into memory: what it writes, by name, and its summary."""
+    files: dict[str, bytes] = {}
+
+    @contextmanager
+    def into_memory(name: str):
+        buffer = io.BytesIO()
+        yield buffer
+        files[name] = buffer.getvalue()
+
+    return Documents(files, write_documents(into_memory, *args, **kwargs))
 
 
 def _scene() -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, np.ndarray]]:

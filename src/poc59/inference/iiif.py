@@ -60,11 +60,10 @@ written an annotation at a time (`write_iiif`), so the documents are never whole
 
 from __future__ import annotations
 
-import io
 import json
 import mimetypes
-from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
@@ -81,13 +80,11 @@ from poc59.inference.outputs import PngStream
 __all__ = [
     "MIN_AREA",
     "TOLERANCE_PX",
-    "IiifDocuments",
     "ScanRef",
     "check_base_url",
     "MapRows",
     "damage_layer_palette",
     "ids_base",
-    "iiif_documents",
     "ClassRegions",
     "class_regions",
     "output_names",
@@ -144,14 +141,6 @@ class ScanRef:
         kind, profile, full = _IMAGE_API[version]
         base = service.removesuffix("/info.json").rstrip("/")
         return cls(f"{base}/{full}", width, height, "image/jpeg", {"id": base, "type": kind, "profile": profile})
-
-
-@dataclass
-class IiifDocuments:
-    """One scan's IIIF files (name in the output folder -> bytes) and what they hold (`summary`)."""
-
-    files: dict[str, bytes]
-    summary: dict[str, Any]
 
 
 def check_base_url(url: str) -> str:
@@ -408,34 +397,6 @@ def _checked(
     if stray:
         raise ValueError(f"labels {stray[:10]} are neither a class id nor the ignore id {classes.ignore_index}")
     return counts, None if object_mask is None else object_mask.astype(bool, copy=False)
-
-
-def iiif_documents(
-    stem: str,
-    labels: np.ndarray | MapRows,
-    confidence: np.ndarray | MapRows,
-    classes: ClassTable,
-    scan: ScanRef,
-    base: str,
-    object_mask: np.ndarray | None = None,
-    min_area: int = MIN_AREA,
-    tolerance: float = TOLERANCE_PX,
-    layer: bool = True,
-) -> IiifDocuments:
-    """The damage layer, the AnnotationPage and the manifest of one scan (see the module docstring), in memory:
-    `write_documents` into bytes. For a small scan; `write_iiif` streams them to files."""
-    files: dict[str, bytes] = {}
-
-    @contextmanager
-    def into_memory(name: str) -> Iterator[BinaryIO]:
-        buffer = io.BytesIO()
-        yield buffer
-        files[name] = buffer.getvalue()
-
-    summary = write_documents(
-        into_memory, stem, labels, confidence, classes, scan, base, object_mask, min_area, tolerance, layer
-    )
-    return IiifDocuments(files, summary)
 
 
 def write_documents(
