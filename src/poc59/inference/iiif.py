@@ -472,14 +472,14 @@ def write_documents(
                 region = _region_in_box(labels, c, inside, (x, y, w, h), found.seeds[k])
                 regions += 1
                 pieces = [(0, 0, h, w)] if _outlined_whole(region) else _part_boxes(region)
-                if len(pieces) > 1:
+                whole = len(pieces) == 1  # a region in one square is a whole region
+                if not whole:
                     parted, parts = parted + 1, parts + len(pieces)
                 for i, (py, px, ph, pw) in enumerate(pieces, 1):
-                    piece = region if len(pieces) == 1 else np.ascontiguousarray(region[py : py + ph, px : px + pw])
+                    piece = region if whole else np.ascontiguousarray(region[py : py + ph, px : px + pw])
                     gx, gy = x + px, y + py
-                    outlines = _edge_rings(piece, tolerance, whole=len(pieces) == 1)
-                    rings = [(ring + (gx, gy), hole) for ring, hole in outlines]
-                    if len(pieces) == 1:
+                    rings = [(ring + (gx, gy), hole) for ring, hole in _edge_rings(piece, tolerance, whole)]
+                    if whole:
                         part, annotation_id = damage, f"{page_id}#region-{regions}"
                     else:
                         pixels = int(np.count_nonzero(piece))
