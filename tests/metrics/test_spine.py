@@ -104,17 +104,23 @@ def _train(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.slow
-def test_one_monitor_setting_picks_the_best_epoch_for_checkpoint_summary_and_log(tmp_path):
+def test_one_monitor_setting_picks_the_best_epoch_for_checkpoint_summary_and_log(tmp_path, capsys, monkeypatch):
     """An unknown monitor is refused (exit 2, nothing written) with advice that, pasted, trains; the run's
-    best.ckpt, summary.json and epoch lines then all follow that metric."""
+    best.ckpt, summary.json and epoch lines then all follow that metric. The refusals are answered in this
+    process (tests/in_process.py: they come before Hydra); the pasted advice trains in a real one."""
+    from in_process import command
+
     common = [*SMALL, "data.synthetic.n=6", "trainer.max_epochs=3", "trainer.limit_train_batches=2", "threads=1"]
-    refused = _train(*common, "monitor=val/nope", f"run_dir={tmp_path / 'refused'}", cwd=tmp_path)
+    refused = command("train", [*common, "monitor=val/nope", f"run_dir={tmp_path / 'refused'}"], capsys, monkeypatch)
     assert refused.returncode == 2, refused.stderr[-3000:]
-    assert "Traceback" not in refused.stderr and not (tmp_path / "refused" / "summary.json").exists()
+    assert "Traceback" not in refused.stderr and not (tmp_path / "refused").exists()
     advice = re.findall(r"monitor=val/\S+?(?=[,\s]|$)", refused.stderr.split("monitor=val/nope", 1)[1])
     assert "monitor=val/fwIoU" in advice, refused.stderr[-2000:]
-    mismatch = _train(
-        *common, "callbacks.model_checkpoint.monitor=val/fwIoU", f"run_dir={tmp_path / 'x'}", cwd=tmp_path
+    mismatch = command(
+        "train",
+        [*common, "callbacks.model_checkpoint.monitor=val/fwIoU", f"run_dir={tmp_path / 'x'}"],
+        capsys,
+        monkeypatch,
     )
     assert mismatch.returncode == 2 and "pass monitor=val/fwIoU" in mismatch.stderr, mismatch.stderr[-2000:]
 

@@ -25,6 +25,7 @@ from poc59.data.decoding import POLICIES
 from poc59.data.masks import check_mask_remap
 from poc59.data.sources import check_root
 from poc59.data.split import check_fractions
+from poc59.metrics import registry
 from poc59.model.factory import WeightsMismatchError, check_image_size, check_network
 from poc59.model.pretrained import init_from_file
 from poc59.training.loss import check_loss
@@ -90,6 +91,7 @@ def check_settings(cfg: DictConfig) -> None:
     if max_epochs is not None and int(max_epochs) == 0:
         raise SettingError("trainer.max_epochs=0 trains nothing: set 1 or more (or -1 with trainer.max_steps)")
     _check_trainer_names(cfg.trainer)
+    check_monitor(cfg)
     if _runs_here(cfg):
         check_accelerator(cfg.trainer)
     _user_value(
@@ -253,3 +255,16 @@ def _user_value(check: Any, *args: Any) -> Any:
         if type(err) is not ValueError and not isinstance(err, SettingError):
             raise  # UnknownEncoderError & co: user errors of their own kind (the command exits 2)
         raise SettingError(str(err)) from None
+
+
+def check_monitor(cfg: DictConfig) -> None:
+    """The setting `monitor` (the validation metric that picks the best epoch), checked: a registered split
+    metric, and the one the best checkpoint is kept by (a checkpoint callback told another would keep a
+    best.ckpt that summary.json and compare do not call best)."""
+    monitor = registry.check_monitor(cfg.get("monitor"))
+    kept = OmegaConf.select(cfg, "callbacks.model_checkpoint.monitor", default=monitor)
+    if kept != monitor:
+        raise SettingError(
+            f"callbacks.model_checkpoint.monitor={kept} but monitor={monitor}: the best epoch is chosen by one "
+            f"setting; pass monitor={kept} instead (and leave callbacks.model_checkpoint.monitor to follow it)"
+        )

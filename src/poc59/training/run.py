@@ -124,20 +124,6 @@ def record_hydra(run_dir: Path, config_yaml: str) -> None:
     write_bytes(folder / "overrides.yaml", OmegaConf.to_yaml(hydra.overrides.task).encode())
 
 
-def check_monitor(cfg: DictConfig) -> str:
-    """The setting `monitor` (the validation metric that picks the best epoch), checked: a registered split
-    metric, and the one the best checkpoint is kept by (a checkpoint callback told another would keep a
-    best.ckpt that summary.json and compare do not call best)."""
-    monitor = registry.check_monitor(cfg.get("monitor"))
-    kept = OmegaConf.select(cfg, "callbacks.model_checkpoint.monitor", default=monitor)
-    if kept != monitor:
-        raise SettingError(
-            f"callbacks.model_checkpoint.monitor={kept} but monitor={monitor}: the best epoch is chosen by one "
-            f"setting; pass monitor={kept} instead (and leave callbacks.model_checkpoint.monitor to follow it)"
-        )
-    return monitor
-
-
 SIGTERM_EXIT = 128 + 15  # a job ended by SIGTERM (SLURM's preemption, time limit, scancel), as a shell reports it
 
 
@@ -176,7 +162,6 @@ def train(cfg: DictConfig) -> dict:
     # zero changes no result that matters and does nothing on GPUs.
     torch.set_flush_denormal(True)
     check_settings(cfg)  # everything that can be checked without the data, before any of it is touched
-    check_monitor(cfg)
     devices = cfg.trainer.get("devices")
     on_cpu = str(cfg.trainer.get("accelerator")) == "cpu" and isinstance(devices, int)
     threads = set_threads(cfg.get("threads", "auto"), processes=devices if on_cpu else 1)  # CPU DDP: shared
