@@ -32,6 +32,11 @@ def pytest_configure(config: pytest.Config) -> None:
     it starts, whose threads=auto then counts those: without it every worker's processes would each claim
     every core (oversubscribed, several times slower), and a command's thread count would follow the moment's
     load, which changes the float sums of runs a test compares bit for bit."""
+    if getattr(config.option, "loadscopereorder", None):
+        # xdist would deal the groups largest first and every single test after them, so the longest single
+        # tests (a quickstart, the benchmarks' quick run) started late and ran on alone at the end: the order
+        # is `_longest_first`'s instead
+        config.option.loadscopereorder = False
     worker, count = os.environ.get("PYTEST_XDIST_WORKER"), int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
     if worker is None or count < 2 or not hasattr(os, "sched_setaffinity"):
         return
@@ -73,7 +78,29 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         grouped = item.__dict__.get("_nodeid")
         if grouped and item.nodeid != grouped:
             item._id = type(item._id).parse(grouped)
+    if hasattr(config, "workerinput"):
+        items[:] = _longest_first(items)
     return result
+
+
+def _longest_first(items: list[pytest.Item]) -> list[pytest.Item]:
+    """The tests in the order the xdist scheduler hands them out (it deals the units in collection order, one
+    at a time as a worker runs short: `pytest_configure` turns off its reordering by unit size): the SLURM
+    group first (its tests run one after another, the longest chain), then the other units holding a slow
+    test, then the quick ones, which fill in at the end while the last slow test finishes on the other
+    worker. A unit is a group (`@name` in the node id, as loadgroup splits them) or a single test; its tests
+    keep their order and stay together, so a module's fixture is built once. Only under xdist: in one
+    process, pytest's module order already builds each module fixture once."""
+    units: dict[str, list[pytest.Item]] = {}
+    for item in items:
+        units.setdefault(item.nodeid.rsplit("@", 1)[-1] if "@" in item.nodeid else item.nodeid, []).append(item)
+
+    def rank(unit: str) -> int:
+        if unit == "slurm":
+            return 0
+        return 1 if any("slow" in item.keywords for item in units[unit]) else 2
+
+    return [item for unit in sorted(units, key=rank) for item in units[unit]]
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -1,6 +1,7 @@
 """The root conftest.py deals the tests of one module that share a module-scoped fixture to one xdist worker
 (`--dist loadgroup`), so the fixture (a training, a sweep) is built once, not once on every worker; the tests of
-the SLURM cluster keep their own group."""
+the SLURM cluster keep their own group; and the units are dealt longest first (the SLURM group, then those
+with a slow test, then the quick ones), so the longest single tests do not start last."""
 
 from __future__ import annotations
 
@@ -53,6 +54,11 @@ def test_free(n):
 @pytest.mark.parametrize("n", range(3))
 def test_cluster(shared, slurm, n):
     _record("cluster")
+
+
+@pytest.mark.slow
+def test_long():
+    _record("long")
 """
 
 
@@ -70,8 +76,12 @@ def test_a_module_fixture_is_built_once_across_workers_and_the_slurm_group_is_ke
     )
     assert done.returncode == 0, done.stdout + done.stderr
     log = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
-    workers = {kind: [w for k, w in log if k == kind] for kind in ("built", "shares", "free", "cluster")}
-    assert [len(workers[k]) for k in ("shares", "free", "cluster")] == [6, 6, 3]
+    workers = {kind: [w for k, w in log if k == kind] for kind in ("built", "shares", "free", "cluster", "long")}
+    assert [len(workers[k]) for k in ("shares", "free", "cluster", "long")] == [6, 6, 3, 1]
     assert len(set(workers["shares"])) == 1 and len(set(workers["cluster"])) == 1
     # one build for the grouped tests, one more only where the SLURM group runs on the other worker
     assert sorted(workers["built"]) == sorted(set(workers["shares"]) | set(workers["cluster"]))
+    # dealt longest first: the SLURM group to one worker, the slow single test (collected last) to the other,
+    # each the first thing its worker runs (xdist's own order would deal it after every other unit)
+    first = {w: next(k for k, v in log if v == w) for w in {w for _, w in log}}
+    assert first[workers["long"][0]] == "long" and first[workers["cluster"][0]] in ("built", "cluster"), log
