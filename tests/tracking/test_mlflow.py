@@ -22,6 +22,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from helpers import SMALL, TINY_RUN, make_cfg, make_folder
+from in_process import command
 from poc59.comparison.run import compare
 from poc59.core.config import SettingError
 from poc59.training.run import train
@@ -102,7 +103,9 @@ def server_run(server, tmp_path_factory) -> Path:
 
 
 @pytest.mark.slow  # whole training runs, seconds to a minute each
-def test_a_tracked_run_on_a_server_has_its_config_per_class_metrics_and_records(server, server_run, tmp_path):
+def test_a_tracked_run_on_a_server_has_its_config_per_class_metrics_and_records(
+    server, server_run, tmp_path, capsys, monkeypatch
+):
     run_dir = server_run
     tracked = _tracked(server)
     (run,) = _runs(server)
@@ -146,10 +149,9 @@ def test_a_tracked_run_on_a_server_has_its_config_per_class_metrics_and_records(
     tags = {t["key"]: t["value"] for t in run["data"]["tags"]}
     assert tags["poc59.changed_on_resume"] == "trainer.max_epochs"  # MLflow keeps a param's first value
 
-    evaluated = subprocess.run(
-        [sys.executable, "-m", "poc59.evaluate", f"run_dir={run_dir}", "bootstrap.resamples=50"],
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+    # evaluate adds its figures to the run through tracking.json: what is checked is the server's run, so the
+    # command answers in this process (its own process is tested in tests/test_command_output.py)
+    evaluated = command("evaluate", [f"run_dir={run_dir}", "bootstrap.resamples=50"], capsys, monkeypatch)
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
     metrics_json = json.loads((run_dir / "evaluation" / "val" / "metrics.json").read_text())
     (run,) = _runs(server)
