@@ -12,6 +12,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -468,17 +469,41 @@ def test_evaluate_all_over_a_sweep_in_the_job_script(run, tmp_path, private_cach
     _check_evaluate_all(run, sweep, done.returncode, done.stdout + done.stderr)
 
 
-@pytest.mark.slow
+# the states a job ends in (`scontrol show job` keeps it MinJobAge, 300 s on the test cluster, after it ends)
+ENDED = set("COMPLETED FAILED CANCELLED TIMEOUT NODE_FAIL OUT_OF_MEMORY PREEMPTED BOOT_FAIL DEADLINE".split())
+
+
+def _submit_and_wait(args: list[str], env: dict, cwd: Path, timeout: float = 600) -> int:
+    """`sbatch <args>`, then its job's exit code once it has ended, looked up every half second. (`sbatch --wait`
+    gives the same code but looks 2, 10, 42, 74 s after submitting: a job ending at 11 s is answered at 42 s.)"""
+    submitted = subprocess.run(
+        ["sbatch", "--parsable", *args], capture_output=True, text=True, env=env, cwd=cwd, timeout=60
+    )
+    assert submitted.returncode == 0, submitted.stderr
+    job = submitted.stdout.strip().split(";")[0]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        show = subprocess.run(
+            ["scontrol", "-o", "show", "job", job], capture_output=True, text=True, env=env, timeout=30
+        )
+        fields = dict(f.split("=", 1) for f in show.stdout.split() if "=" in f)
+        if fields.get("JobState") in ENDED:
+            code, signal = (int(n) for n in fields["ExitCode"].split(":"))
+            return code or -signal
+        time.sleep(0.5)
+    subprocess.run(["scancel", job], env=env, timeout=30)
+    pytest.fail(f"job {job} still not ended after {timeout:.0f} s: {show.stdout.strip()}")
+
+
+@pytest.mark.slow  # a job on the cluster, a fresh python process evaluating two runs: 27 s at a load of 10-12
 def test_evaluate_all_over_a_sweep_submitted_to_slurm(run, tmp_path, private_cache, slurm):
     """The same job submitted as a user does, to a real cluster (the `slurm` fixture: CI's, or one started
     here; it skips with its reason where none can run, and fails under CI); command-line options override
     the script's #SBATCH lines."""
     sweep = _sweep_to_evaluate(run, tmp_path)
     job_out = tmp_path / "job.out"
-    done = subprocess.run(
+    returncode = _submit_and_wait(
         [
-            "sbatch",
-            "--wait",
             f"--partition={slurm.partition}",
             "--gpus-per-node=0",
             "--cpus-per-task=1",
@@ -489,13 +514,10 @@ def test_evaluate_all_over_a_sweep_submitted_to_slurm(run, tmp_path, private_cac
             f"sweep={sweep}",
             *SBATCH_ARGS,
         ],
-        capture_output=True,
-        text=True,
         env={**slurm.env, **_job_env(private_cache)},
         cwd=tmp_path,
-        timeout=600,
     )
-    _check_evaluate_all(run, sweep, done.returncode, job_out.read_text() if job_out.exists() else done.stderr)
+    _check_evaluate_all(run, sweep, returncode, job_out.read_text() if job_out.exists() else f"job {returncode}")
 
 
 def test_native_mode_scores_full_resolution_predictions(run, val_metrics):

@@ -133,22 +133,28 @@ def test_a_bug_exits_1_with_its_traceback_in_the_run_log(tmp_path):
     assert "Traceback" in log and "PlantedBug: a planted bug" in log
 
 
-@pytest.mark.slow
+@pytest.mark.slow  # two trainings in one train process: 100 s at a load of 10-12
 def test_skipped_files_are_named_in_the_log_and_summary_on_a_cold_and_a_warm_start(tmp_path):
     """data.on_bad_file=skip through real runs sharing one cache: a pair whose image is cut short and an
     image without its mask are left out, and each run (the second from the warm cache) names both in its
-    log and in summary.json."""
+    log and in summary.json. The two runs are one sweep (`-m seed=0,1`, run one after the other in one
+    process): the second finds the cache the first wrote on disk, as a later command would."""
     root = make_folder(tmp_path / "data", n=6, copies=0, size=(32, 32))
     image = root / "images" / "img002.png"
     image.write_bytes(image.read_bytes()[:60])  # cut short: unreadable
     write_pair(tmp_path / "lone", "lone", np.zeros((32, 32, 3), np.uint8), np.zeros((32, 32)))
     (tmp_path / "lone" / "images" / "lone.png").rename(root / "images" / "lone.png")  # no annotation
-    cache = tmp_path / "cache"
-    for n, source in ((1, "decoded"), (2, "cache")):
-        run = tmp_path / f"run{n}"
-        args = [*TINY, f"data.root={root}", "data.on_bad_file=skip", f"paths.cache_dir={cache}", f"hydra.run.dir={run}"]
-        out = subprocess.run([sys.executable, "-m", "poc59.train", *args], capture_output=True, text=True, timeout=300)
-        assert out.returncode == 0, out.stderr[-3000:]
+    sweep = tmp_path / "sweep"
+    args = [*TINY, f"data.root={root}", "data.on_bad_file=skip", f"paths.cache_dir={tmp_path / 'cache'}"]
+    out = subprocess.run(
+        [sys.executable, "-m", "poc59.train", "-m", *args, "seed=0,1", f"hydra.sweep.dir={sweep}"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    for n, source in ((0, "decoded"), (1, "cache")):
+        run = sweep / str(n)
         summary = json.loads((run / "summary.json").read_text())
         assert summary["provenance"]["data"]["preload_source"] == source
         skipped = {f["id"]: f for f in summary["provenance"]["data"]["skipped_files"]}
@@ -159,15 +165,18 @@ def test_skipped_files_are_named_in_the_log_and_summary_on_a_cold_and_a_warm_sta
         assert summary["provenance"]["data"]["train_images"] + summary["provenance"]["data"]["val_images"] == 5
 
 
-@pytest.mark.slow
+@pytest.mark.slow  # a train process: 54 s at a load of 10-12
 def test_the_advice_for_masks_stored_as_0_255_trains_on_the_object_when_pasted(tmp_path):
-    """The refusal's fix, copied from its message onto the same command line, trains on the crack class."""
+    """The refusal's fix, copied from its message onto the same command line, trains on the crack class. The
+    message is train's own (the command logs it and exits 2: the tests above); the pasted command runs for real."""
     root = _binary_0_255(tmp_path / "data")
-    args = [*TINY, f"data.root={root}", f"paths.cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={tmp_path / 'run'}"]
-    refused = subprocess.run([sys.executable, "-m", "poc59.train", *args], capture_output=True, text=True, timeout=300)
-    assert refused.returncode == 2, refused.stderr[-3000:]
-    advice = [w.rstrip(",;") for w in refused.stderr.split() if w.startswith("data.mask_remap=")]
-    assert advice == ["data.mask_remap={255:1}"], refused.stderr[-3000:]
+    cache = f"paths.cache_dir={tmp_path / 'cache'}"
+    with pytest.raises(USER_ERRORS) as refused:
+        train(make_cfg(tmp_path / "refused", *TINY, f"data.root={root}", cache))
+    said = str(refused.value)
+    advice = [w.rstrip(",;") for w in said.split() if w.startswith("data.mask_remap=")]
+    assert advice == ["data.mask_remap={255:1}"], said
+    args = [*TINY, f"data.root={root}", cache, f"hydra.run.dir={tmp_path / 'run'}"]
     done = subprocess.run(
         [sys.executable, "-m", "poc59.train", *args, *advice], capture_output=True, text=True, timeout=300
     )
