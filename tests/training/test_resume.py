@@ -178,10 +178,8 @@ def test_resume_with_a_changed_learning_rate_is_refused_and_never_starts_over(tm
     assert changed.returncode == 2
     assert "optimizer.lr" in changed.stderr and "resume=never" in changed.stderr
     assert "optimizer.scheduler" not in changed.stderr
-    # more epochs alone is a safe change: the run continues
-    longer = subprocess.run(_cmd(run_dir, "trainer.max_epochs=3"), capture_output=True, text=True, timeout=300)
-    assert longer.returncode == 0, longer.stderr[-3000:]
-    assert [h["epoch"] for h in json.loads((run_dir / "summary.json").read_text())["history"]] == [0, 1, 2]
+    # more epochs alone is a safe change: the run continues, after a refused start too (`longer` in
+    # test_a_refused_start_changes_nothing_and_a_rerun_of_a_finished_run_keeps_its_figures)
     fresh = subprocess.run(
         _cmd(run_dir, "trainer.max_epochs=1", "resume=never"), capture_output=True, text=True, timeout=300
     )

@@ -50,32 +50,33 @@ def _said(proc: subprocess.CompletedProcess) -> str:
 
 
 @pytest.fixture(scope="module")
-def one_epoch(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A finished 1-epoch run trained by the real command, for the tests that copy a run and resume the copy:
-    each test copies it (cp -a, as a user copies a run) and never writes into it."""
+def two_epochs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A finished 2-epoch run trained by the real command, for the tests that copy a run and resume the copy
+    (or refuse to): each test copies it (cp -a, as a user copies a run) and never writes into it. Two epochs,
+    so that a max_epochs of 1 is below them."""
     run_dir = tmp_path_factory.mktemp("runs") / "r1"
-    first = _train(run_dir, "trainer.max_epochs=1")
+    first = _train(run_dir, "trainer.max_epochs=2")
     assert first.returncode == 0, first.stderr[-3000:]
     return run_dir
 
 
 @pytest.mark.slow
-def test_a_copied_run_resumes_in_place_and_leaves_the_original_byte_identical(tmp_path, one_epoch):
-    original, copy = one_epoch, tmp_path / "runs" / "r1copy"
+def test_a_copied_run_resumes_in_place_and_leaves_the_original_byte_identical(tmp_path, two_epochs):
+    original, copy = two_epochs, tmp_path / "runs" / "r1copy"
     copy.parent.mkdir()
     before = _files(original)
     subprocess.run(["cp", "-a", str(original), str(copy)], check=True)
 
-    resumed = _train(copy, "trainer.max_epochs=2")  # the README's resume command, with the copy's folder
+    resumed = _train(copy, "trainer.max_epochs=3")  # the README's resume command, with the copy's folder
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"Resuming from {copy / 'checkpoints' / 'last.ckpt'}" in resumed.stderr
     assert "dirpath" not in resumed.stderr and NOT_EMPTY not in resumed.stderr
     assert _files(original) == before  # not one byte of the original changed
     summary = json.loads((copy / "summary.json").read_text())
-    assert [h["epoch"] for h in summary["history"]] == [0, 1]
+    assert [h["epoch"] for h in summary["history"]] == [0, 1, 2]
     assert summary["checkpoint"]["best"].startswith(str(copy / "checkpoints"))
     last = torch.load(copy / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
-    assert last["epoch"] == 1
+    assert last["epoch"] == 2
     states = json.dumps({k: str(v) for k, v in last["callbacks"].items()})
     assert str(original) + os.sep not in states  # its checkpoint callbacks name the copy only
     assert sorted(p.name for p in (copy / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]
@@ -108,10 +109,9 @@ def test_a_folder_that_is_not_a_run_is_refused_naming_what_is_there_and_left_unt
 
 
 @pytest.mark.slow
-def test_max_epochs_below_a_runs_epochs_is_refused_before_anything_is_written(tmp_path):
+def test_max_epochs_below_a_runs_epochs_is_refused_before_anything_is_written(tmp_path, two_epochs):
     run_dir = tmp_path / "run"
-    first = _train(run_dir, "trainer.max_epochs=2")
-    assert first.returncode == 0, first.stderr[-3000:]
+    subprocess.run(["cp", "-a", str(two_epochs), str(run_dir)], check=True)  # a copy resumes as its original
     before = _files(run_dir, skip=("train.log",))  # config.yaml, .hydra/, split.json, class_weights.json, csv/...
 
     refused = _train(run_dir, "trainer.max_epochs=1")
@@ -197,18 +197,18 @@ def test_a_start_refused_by_a_held_lock_writes_nothing_not_even_the_holders_log(
 
 
 @pytest.mark.slow
-def test_a_resume_its_data_refuses_leaves_the_runs_hydra_records_as_they_were(tmp_path, one_epoch):
+def test_a_resume_its_data_refuses_leaves_the_runs_hydra_records_as_they_were(tmp_path, two_epochs):
     """The data is checked (here: the run's split names an image the data no longer has) before any record of
     the start is written."""
     run_dir = tmp_path / "run"
-    subprocess.run(["cp", "-a", str(one_epoch), str(run_dir)], check=True)
+    subprocess.run(["cp", "-a", str(two_epochs), str(run_dir)], check=True)
     split = json.loads((run_dir / "split.json").read_text())
     split["val"].append("no_such_image")
     del split["fingerprint"]  # a deliberate edit (poc59.data.split.from_dict), as a split of other data reads
     (run_dir / "split.json").write_text(json.dumps(split))
     before = _files(run_dir, skip=("train.log",))
 
-    refused = _train(run_dir, "trainer.max_epochs=2")
+    refused = _train(run_dir, "trainer.max_epochs=3")
     assert refused.returncode == 2, refused.stderr[-3000:]
     assert "no_such_image" in _said(refused) and "Traceback" not in refused.stderr
     assert _files(run_dir, skip=("train.log",)) == before  # .hydra/config.yaml and overrides.yaml included
@@ -216,7 +216,7 @@ def test_a_resume_its_data_refuses_leaves_the_runs_hydra_records_as_they_were(tm
 
 @pytest.mark.slow
 def test_a_run_resumed_through_a_symlinked_folder_gives_no_checkpoint_folder_warning(tmp_path):
-    """Its own training, not a copy of `one_epoch`: a copy's records name another folder, which would hide the
+    """Its own training, not a copy of `two_epochs`: a copy's records name another folder, which would hide the
     symlink's path from the check."""
     real, link = tmp_path / "real" / "run", tmp_path / "link"
     first = _train(real, "trainer.max_epochs=1")
