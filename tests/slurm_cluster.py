@@ -26,6 +26,15 @@ class Cluster:
     partition: str
     started_here: bool
 
+    def job(self, job_id: str) -> dict[str, str]:
+        """`scontrol show job` as a dict ({} once the job has left the controller)."""
+        out = subprocess.run(
+            ["scontrol", "-o", "show", "job", job_id], capture_output=True, text=True, env=self.env, timeout=30
+        )
+        if out.returncode != 0:
+            return {}
+        return dict(kv.split("=", 1) for kv in out.stdout.split() if "=" in kv)
+
 
 def _ping(env: dict) -> bool:
     if not shutil.which("scontrol"):

@@ -36,6 +36,7 @@ from poc59.evaluation.run import EvaluateError, evaluate_run
 from poc59.metrics import registry
 from poc59.metrics.confusion import recall
 from poc59.training.run import train
+from slurm_cluster import Cluster
 
 REPO = Path(__file__).resolve().parents[2]
 FAST = {"resamples": 200, "device": "cpu"}
@@ -473,7 +474,7 @@ def test_evaluate_all_over_a_sweep_in_the_job_script(run, tmp_path, private_cach
 ENDED = set("COMPLETED FAILED CANCELLED TIMEOUT NODE_FAIL OUT_OF_MEMORY PREEMPTED BOOT_FAIL DEADLINE".split())
 
 
-def _submit_and_wait(args: list[str], env: dict, cwd: Path, timeout: float = 600) -> int:
+def _submit_and_wait(args: list[str], slurm: Cluster, env: dict, cwd: Path, timeout: float = 600) -> int:
     """`sbatch <args>`, then its job's exit code once it has ended, looked up every half second. (`sbatch --wait`
     gives the same code but looks 2, 10, 42, 74 s after submitting: a job ending at 11 s is answered at 42 s.)"""
     submitted = subprocess.run(
@@ -483,16 +484,13 @@ def _submit_and_wait(args: list[str], env: dict, cwd: Path, timeout: float = 600
     job = submitted.stdout.strip().split(";")[0]
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        show = subprocess.run(
-            ["scontrol", "-o", "show", "job", job], capture_output=True, text=True, env=env, timeout=30
-        )
-        fields = dict(f.split("=", 1) for f in show.stdout.split() if "=" in f)
+        fields = slurm.job(job)
         if fields.get("JobState") in ENDED:
             code, signal = (int(n) for n in fields["ExitCode"].split(":"))
             return code or -signal
         time.sleep(0.5)
     subprocess.run(["scancel", job], env=env, timeout=30)
-    pytest.fail(f"job {job} still not ended after {timeout:.0f} s: {show.stdout.strip()}")
+    pytest.fail(f"job {job} still not ended after {timeout:.0f} s: {slurm.job(job)}")
 
 
 @pytest.mark.slow  # a job on the cluster, a fresh python process evaluating two runs: 27 s at a load of 10-12
@@ -514,6 +512,7 @@ def test_evaluate_all_over_a_sweep_submitted_to_slurm(run, tmp_path, private_cac
             f"sweep={sweep}",
             *SBATCH_ARGS,
         ],
+        slurm,
         env={**slurm.env, **_job_env(private_cache)},
         cwd=tmp_path,
     )

@@ -55,16 +55,6 @@ def _epoch_of(path: Path) -> int:
     return -1 if ckpt is None else int(ckpt["epoch"])
 
 
-def _job(slurm: Cluster, job_id: str) -> dict[str, str]:
-    """`scontrol show job` as a dict ({} once the job has left the controller)."""
-    out = subprocess.run(
-        ["scontrol", "-o", "show", "job", job_id], capture_output=True, text=True, env=slurm.env, timeout=30
-    )
-    if out.returncode != 0:
-        return {}
-    return dict(kv.split("=", 1) for kv in out.stdout.split() if "=" in kv)
-
-
 def _in_queue(slurm: Cluster, job_id: str) -> bool:
     out = subprocess.run(
         ["squeue", "-h", "-j", job_id, "-o", "%T"], capture_output=True, text=True, env=slurm.env, timeout=30
@@ -109,10 +99,10 @@ def _requeue_after_epoch_1(
         180,
         explain,
     )
-    assert _job(slurm, job_id).get("JobState") == "RUNNING", "the job ended before it could be requeued\n" + explain()
+    assert slurm.job(job_id).get("JobState") == "RUNNING", "the job ended before it could be requeued\n" + explain()
     _run(requeue, slurm)
-    _wait("the requeued job pending", lambda: _job(slurm, job_id).get("JobState") == "PENDING", 60, explain)
-    assert _job(slurm, job_id).get("Restarts") == "1", explain()
+    _wait("the requeued job pending", lambda: slurm.job(job_id).get("JobState") == "PENDING", 60, explain)
+    assert slurm.job(job_id).get("Restarts") == "1", explain()
     ckpt = _ckpt(last)  # the first attempt has ended: this is the state the second one starts from
     assert ckpt is not None, explain()
     epoch, step = int(ckpt["epoch"]), int(ckpt["global_step"])
@@ -202,7 +192,7 @@ def sbatch_requeued(slurm, tmp_path_factory, private_cache) -> Requeued:
     assert sub.returncode == 0, sub.stderr
     job_id = sub.stdout.strip().split(";")[0]
     log = run_dir / f"slurm-{job_id}.log"  # train.sbatch tees every attempt into the run folder
-    explain = lambda: f"job {job_id}: {_job(slurm, job_id)}\n---- {log}\n{_tail(log)}"  # noqa: E731
+    explain = lambda: f"job {job_id}: {slurm.job(job_id)}\n---- {log}\n{_tail(log)}"  # noqa: E731
     try:
         epoch, step = _requeue_after_epoch_1(
             slurm,
@@ -278,7 +268,7 @@ def test_preempted_submitit_job_requeues_itself_and_resumes_from_last_ckpt(slurm
     job_id = ""
     log = Path("/nonexistent")
     explain = lambda: (
-        f"job {job_id}: {_job(slurm, job_id) if job_id else None}\n---- {log}\n{_tail(log)}"  # noqa: E731
+        f"job {job_id}: {slurm.job(job_id) if job_id else None}\n---- {log}\n{_tail(log)}"  # noqa: E731
         f"\n---- launcher\n{_tail(launcher_err, 20)}"
     )
     try:
