@@ -1,31 +1,27 @@
-"""The real composed config (conf/train.yaml, as `python -m poc59.train` composes it) and the LightningModule
-poc59.train builds from it: what the model benchmarks measure, so none of them builds its own copy."""
+"""The real composed config (conf/train.yaml, as `python -m poc59.train` composes it), the LightningModule
+poc59.train builds from it, and a run trained from it in this process: what the model benchmarks measure, so
+none of them builds its own copy."""
 
 from __future__ import annotations
 
+import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig
 
 from poc59.core.classes import ClassTable
-from poc59.core.config import config_dir, register_resolvers
+from poc59.core.overrides import compose_train
 from poc59.model.factory import build_network
 from poc59.model.module import SegmentationModule
-from poc59.training.run import model_card
+from poc59.training.run import model_card, train
 
 
 def train_config(*overrides: str, run_dir: Path | None = None) -> DictConfig:
     """conf/train.yaml with `overrides`; `run_dir` is where loggers would write (else left to Hydra's run folder)."""
-    register_resolvers()
-    with initialize_config_dir(str(config_dir()), version_base="1.3"):
-        cfg = compose("train", overrides=list(overrides))
-    if run_dir is not None:
-        with open_dict(cfg):
-            cfg.paths.run_dir = str(run_dir)
-    return cfg
+    return compose_train(overrides, run_dir=run_dir)
 
 
 def segmentation_module(cfg: DictConfig, classes: ClassTable, class_weights: torch.Tensor) -> SegmentationModule:
@@ -43,3 +39,22 @@ def segmentation_module(cfg: DictConfig, classes: ClassTable, class_weights: tor
         instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
         card=card.to_dict(),
     )
+
+
+def train_here(overrides: Sequence[str], run_dir: Path, cache: str | Path) -> dict:
+    """The run `POC59_CACHE=<cache> python -m poc59.train <overrides> run_dir=<run_dir>` makes, trained in this
+    process: the same composed config and `train`, the same files in `run_dir` (summary.json, config.yaml,
+    class_weights.json, checkpoints), without the interpreter start, which costs about 10 s of CPU on a 2-core
+    machine. For --quick runs, whose figures only prove the harness; a figure that is a time, or a check of the
+    command itself, keeps a fresh process. Returns the run's summary; torch's thread count (a run sets its own,
+    `threads=`) and POC59_CACHE are as they were afterwards."""
+    threads, cache_before = torch.get_num_threads(), os.environ.get("POC59_CACHE")
+    os.environ["POC59_CACHE"] = str(cache)
+    try:
+        return train(compose_train(overrides, run_dir=run_dir))
+    finally:
+        torch.set_num_threads(threads)
+        if cache_before is None:
+            os.environ.pop("POC59_CACHE")
+        else:
+            os.environ["POC59_CACHE"] = cache_before

@@ -4,7 +4,9 @@
 it (the quickstart's synthetic set, encoder and schedule; one run per fold, in a fresh POC59_CACHE), then
 `evaluate_run` scores each fold's best.ckpt and their ensemble (the members' softmax probabilities
 averaged) on the same test images, which no fold trained or validated on. The figure is the ensemble's
-test mIoU over the best fold's (no bar: it is reported). --quick: 16 images at 64 px, batches of 4, 1 epoch.
+test mIoU over the best fold's (no bar: it is reported). --quick: 16 images at 64 px, batches of 4, 1 epoch,
+each fold trained in the harness's process (`bench.composed.train_here`, with `data.cv.fold=k` as the sweep
+gives each job), without the interpreter start.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import sys
 from pathlib import Path
 
 from bench import common
+from bench.composed import train_here
 from poc59.evaluation.run import evaluate_run
 
 NAME = "fold_ensemble"
@@ -29,20 +32,21 @@ def run(quick: bool) -> list[dict]:
     env = {**os.environ, "POC59_CACHE": str(scratch / "cache")}
     try:
         sweep = scratch / "sweep"
-        cmd = [
-            sys.executable,
-            "-m",
-            "poc59.train",
+        run = [
             "experiment=[quickstart,cv]",
             f"data.cv.folds={FOLDS}",
             "data.test_fraction=0.2",
-            f"hydra.sweep.dir={sweep}",
             "trainer.enable_progress_bar=false",
             *(QUICK if quick else ()),
         ]
-        proc = subprocess.run(cmd, cwd=scratch, env=env, capture_output=True, text=True)
-        if proc.returncode != 0:
-            raise RuntimeError(f"{' '.join(cmd[1:])} exited {proc.returncode}:\n{proc.stderr[-2000:]}")
+        cmd = [sys.executable, "-m", "poc59.train", *run, f"hydra.sweep.dir={sweep}"]
+        if quick:  # each fold in this process, as the sweep's jobs would run it (module docstring)
+            for k in range(FOLDS):
+                train_here([*run, f"data.cv.fold={k}"], sweep / str(k), env["POC59_CACHE"])
+        else:
+            proc = subprocess.run(cmd, cwd=scratch, env=env, capture_output=True, text=True)
+            if proc.returncode != 0:
+                raise RuntimeError(f"{' '.join(cmd[1:])} exited {proc.returncode}:\n{proc.stderr[-2000:]}")
         runs = [sweep / str(k) for k in range(FOLDS)]
         old = os.environ.get("POC59_CACHE")
         os.environ["POC59_CACHE"] = env["POC59_CACHE"]

@@ -8,10 +8,10 @@ summary.json (best val/mIoU, validation tiles, never sampled): val mIoU, the mea
 of the classes present in training (by the run's class_weights.json pixel counts), and crack IoU.
 Bars: synthetic val mIoU >= 1.1x uniform; CrackForest crack IoU >= 0.97x uniform.
 
---quick trains each set's pair in one process, as a Hydra sweep (`-m data.crop_sampling.rare_fraction=0.0,0.25`,
-the default launcher's jobs run one after the other, uniform first): the same `train` and summary.json per run,
-three interpreter starts instead of six. The figures are scores, not times, and each job seeds everything
-it draws from (`seed_everything` at its start), so running in sequence in one process changes none of them.
+--quick trains every run in the harness's process (`bench.composed.train_here`: the same composed config, `train`
+and summary.json, uniform first), without the six interpreter starts. The figures are scores, not times, and
+each run seeds everything it draws from (`seed_everything` at its start), so running in sequence in one process
+changes none of them.
 
 A third pair, (c) tiny defects, is the case the issue started from (a few-class set whose defects cover
 well under 1 % of the pixels, where uniform windows let the model collapse to the background): the
@@ -31,10 +31,10 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import yaml
 from PIL import Image
 
 from bench import common
+from bench.composed import train_here
 from poc59.core.classes import ARTEFACT, IGNORE_INDEX
 from poc59.data.synthetic import render
 
@@ -168,35 +168,23 @@ RARES = (0.0, RARE_FRACTION)  # uniform windows first, then class-aware ones
 
 def _train_pair(scratch: Path, env: dict, name: str, quick: bool, extra: tuple[str, ...] = ()) -> dict[float, dict]:
     """Set `name` trained at each of RARES: {rare_fraction: its figures}. Full mode: one `python -m poc59.train`
-    per rare_fraction; --quick: both in one `-m` sweep (the module docstring says why that keeps the figures)."""
-    base = [
-        sys.executable,
-        "-m",
-        "poc59.train",
+    per rare_fraction; --quick: each run in this process (the module docstring says why that keeps the figures)."""
+    overrides = [
         *COMMON,
         *SETS[name],
         *extra,
         f"trainer.max_epochs={EPOCHS[name][quick]}",
         *((*QUICK, *QUICK_SETS[name]) if quick else ()),
     ]
-    if not quick:
-        out = {}
-        for rare in RARES:
-            run_dir = scratch / f"{name}-{rare}"
-            cmd = [*base, f"data.crop_sampling.rare_fraction={rare}", f"run_dir={run_dir}"]
-            _call(cmd, scratch, env)
-            out[rare] = _figures(run_dir, cmd)
-        return out
-    sweep = scratch / name
-    values = ",".join(str(r) for r in RARES)
-    cmd = [*base[:3], "-m", *base[3:], f"data.crop_sampling.rare_fraction={values}", f"hydra.sweep.dir={sweep}"]
-    _call(cmd, scratch, env)
     out = {}
-    for job, rare in enumerate(RARES):  # the launcher numbers the jobs in the order the values are given
-        run_dir = sweep / str(job)
-        ran = yaml.safe_load((run_dir / "config.yaml").read_text())["data"]["crop_sampling"]["rare_fraction"]
-        if ran != rare:
-            raise RuntimeError(f"{run_dir} trained with rare_fraction={ran}, expected {rare}")
+    for rare in RARES:
+        run_dir = scratch / f"{name}-{rare}"
+        run = [*overrides, f"data.crop_sampling.rare_fraction={rare}"]
+        cmd = [sys.executable, "-m", "poc59.train", *run, f"run_dir={run_dir}"]
+        if quick:
+            train_here(run, run_dir, env["POC59_CACHE"])
+        else:
+            _call(cmd, scratch, env)
         out[rare] = _figures(run_dir, cmd)
     return out
 

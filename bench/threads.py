@@ -9,11 +9,11 @@ the run and stopped after it. Runs alternate 1, 2, 1, 2 ... so drift in the mach
 both. The ratio is threads=2 over threads=1; the default (`threads=auto`: every CPU this job may use)
 is right where that ratio is >= 1 on a quiet machine, which is what the README's numbers assume.
 
---quick runs threads=1 and threads=2 of each condition in one process, as a Hydra sweep (`-m threads=1,2`, the
-default launcher's jobs one after the other, threads=1 first), beside one busy job for both in the loaded case:
-the same `train` and the same summary.json figure, two interpreter starts instead of four. A full run keeps one
-fresh process per run (OMP_NUM_THREADS set to its count, nothing warmed by an earlier run): its figure is a
-speed, and a second run in a warm process would be measured under other conditions than the first.
+--quick runs threads=1 and threads=2 of each condition in the harness's process (`bench.composed.train_here`:
+the same `train` and the same summary.json figure, threads=1 first), beside one busy job for both in the loaded
+case, without four interpreter starts. A full run keeps one fresh process per run (OMP_NUM_THREADS set to its
+count, nothing warmed by an earlier run): its figure is a speed, and a second run in a warm process would be
+measured under other conditions than the first.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ import sys
 import time
 
 from bench import common
+from bench.composed import train_here
 
 NAME = "threads"
 RUN = ("experiment=quickstart", "data.synthetic.n=80", "trainer.max_epochs=4", "trainer.enable_progress_bar=false")
@@ -50,24 +51,22 @@ THREADS = (1, 2)
 
 
 def _images_per_s(counts: tuple[int, ...], quick: bool, cache: str) -> dict[int, float]:
-    """{threads: training images/s} of one `python -m poc59.train` per count in `counts`: one run (full mode),
-    or one `-m` sweep over them (--quick)."""
+    """{threads: training images/s} of one run per count in `counts`: `python -m poc59.train` in a fresh
+    process (full mode, one count), or each run in this process (--quick)."""
     scratch = common.scratch_dir("threads-")
     try:
-        cmd = [sys.executable, "-m", "poc59.train", *(QUICK if quick else RUN)]
-        if len(counts) == 1:
-            cmd += [f"threads={counts[0]}", f"run_dir={scratch / 'run'}"]
-            run_dirs = [scratch / "run"]
-        else:
-            cmd[3:3] = ["-m"]
-            cmd += [f"threads={','.join(map(str, counts))}", f"hydra.sweep.dir={scratch / 'sweep'}"]
-            run_dirs = [scratch / "sweep" / str(job) for job in range(len(counts))]  # the jobs in the given order
-        env = {**os.environ, "POC59_CACHE": cache, "OMP_NUM_THREADS": str(max(counts))}
-        proc = subprocess.run(cmd, cwd=scratch, env=env, capture_output=True, text=True)
-        if proc.returncode != 0:
-            raise RuntimeError(f"{' '.join(cmd[1:])} exited {proc.returncode}:\n{proc.stderr[-2000:]}")
         out = {}
-        for threads, run_dir in zip(counts, run_dirs):
+        for threads in counts:
+            run = [*(QUICK if quick else RUN), f"threads={threads}"]
+            run_dir = scratch / f"run-{threads}"
+            if quick:
+                train_here(run, run_dir, cache)
+            else:
+                cmd = [sys.executable, "-m", "poc59.train", *run, f"run_dir={run_dir}"]
+                env = {**os.environ, "POC59_CACHE": cache, "OMP_NUM_THREADS": str(threads)}
+                proc = subprocess.run(cmd, cwd=scratch, env=env, capture_output=True, text=True)
+                if proc.returncode != 0:
+                    raise RuntimeError(f"{' '.join(cmd[1:])} exited {proc.returncode}:\n{proc.stderr[-2000:]}")
             summary = json.loads((run_dir / "summary.json").read_text())
             if summary["provenance"]["threads"] != threads:
                 raise RuntimeError(f"{run_dir} trained at threads={summary['provenance']['threads']}, not {threads}")
@@ -79,7 +78,7 @@ def _images_per_s(counts: tuple[int, ...], quick: bool, cache: str) -> dict[int,
 
 def _measure(loaded: bool, quick: bool, cache: str, repeats: int) -> dict[int, list[float]]:
     out: dict[int, list[float]] = {t: [] for t in THREADS}
-    # full: a fresh process per run, alternating; --quick: one process for the pair (module docstring)
+    # full: a fresh process per run, alternating; --quick: both in this process (module docstring)
     batches = [THREADS] if quick else [(t,) for t in THREADS]
     for _ in range(repeats):
         for counts in batches:

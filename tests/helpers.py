@@ -6,11 +6,10 @@ from pathlib import Path
 
 import numpy as np
 import yaml
-from hydra import compose, initialize_config_dir
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig
 from PIL import Image
 
-from poc59.core.config import config_dir, register_resolvers
+from poc59.core.overrides import compose_train
 
 # A small real set shipped inside the repository (tests/fixtures/crackforest/README.md: source, licence), so the
 # suite needs nothing outside the checkout.
@@ -48,12 +47,7 @@ def make_folder(
 
 def make_cfg(tmp_path: Path, *overrides: str) -> DictConfig:
     """The real config with a private run folder, as `python -m poc59.train <overrides>` would compose it."""
-    register_resolvers()
-    with initialize_config_dir(str(config_dir()), version_base="1.3"):
-        cfg = compose("train", overrides=list(overrides), return_hydra_config=False)
-    with open_dict(cfg):
-        cfg.paths.run_dir = str(tmp_path / "run")
-    return cfg
+    return compose_train(overrides, run_dir=tmp_path / "run")
 
 
 SMALL = (

@@ -23,7 +23,7 @@ from hydra import compose, initialize_config_dir
 from hydra._internal.utils import get_args_parser
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
 from poc59.core.cli import HELP as _HELP_WORDS
@@ -61,12 +61,20 @@ def split_argv(argv: Sequence[str]) -> tuple[list[str], bool]:
     return list(args.overrides), bool(other or args.config_name or args.config_path or args.config_dir)
 
 
-def compose_train(overrides: Sequence[str], hydra: bool = False) -> DictConfig:
-    """conf/train.yaml composed with `overrides` (no sweep syntax); a Hydra error is a SettingError."""
+def compose_train(overrides: Sequence[str], hydra: bool = False, run_dir: str | Path | None = None) -> DictConfig:
+    """conf/train.yaml composed with `overrides` (no sweep syntax); a Hydra error is a SettingError.
+
+    `run_dir`: the run's folder, for a config that `poc59.training.run.train` runs without Hydra (whose runtime
+    otherwise names it: `paths.run_dir` is Hydra's output folder), as `python -m poc59.train <overrides>
+    run_dir=<run_dir>` would train it."""
     try:
-        return _compose(overrides, hydra)
+        cfg = _compose(overrides, hydra)
     except (HydraException, OmegaConfBaseException) as err:
         raise SettingError(_explain(err, overrides)) from None
+    if run_dir is not None:
+        with open_dict(cfg):
+            cfg.paths.run_dir = str(run_dir)
+    return cfg
 
 
 def _compose(overrides: Sequence[str], hydra: bool = False) -> DictConfig:
