@@ -142,3 +142,32 @@ def test_bench_and_tests_use_public_names_and_tests_do_not_import_bench():
                 assert not (in_tests and node.module.split(".")[0] == "bench"), f"{f} line {node.lineno}"
             if isinstance(node, ast.Import) and in_tests:
                 assert all(a.name.split(".")[0] != "bench" for a in node.names), f"{f} line {node.lineno}"
+
+
+# The commands a conservator runs on a laptop: Lightning (with torchmetrics, scipy and matplotlib) is about 4 s of
+# a cold start there, and none of them trains.
+WITHOUT_LIGHTNING = ("poc59.predict", "poc59.serve", "poc59.annotate", "poc59.weights")
+
+
+def _reached(start: str) -> set[str]:
+    """The poc59 modules `start` may import, itself included (imports inside functions counted)."""
+    seen, todo = set(), [start]
+    while todo:
+        m = todo.pop()
+        if m not in seen:
+            seen.add(m)
+            todo += [
+                t for _, names, _ in _imports(MODULES[m]) for n in names if n.startswith("poc59") and (t := _resolve(n))
+            ]
+    return seen
+
+
+@pytest.mark.parametrize("command", WITHOUT_LIGHTNING)
+def test_the_commands_that_do_not_train_never_import_lightning(command):
+    heavy = sorted(
+        f"{m} line {node.lineno} imports {names[0]}"
+        for m in _reached(command)
+        for node, names, _ in _imports(MODULES[m])
+        if names[0].split(".")[0] in ("lightning", "torchmetrics")
+    )
+    assert not heavy, f"{command} reaches Lightning: {heavy}"

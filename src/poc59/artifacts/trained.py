@@ -22,8 +22,7 @@ import yaml
 from poc59.artifacts.card import CardError, ModelCard
 from poc59.core.classes import ClassTable
 from poc59.model.factory import build_network
-from poc59.model.module import migrate_state_dict
-from poc59.model.segmenter import Segmenter
+from poc59.model.segmenter import Segmenter, network_state
 
 log = logging.getLogger(__name__)
 
@@ -124,8 +123,8 @@ def _run_dir_of(ckpt: Path) -> Path | None:
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> TrainedModel:
     """Rebuild the network of a poc59 Lightning checkpoint (weights from the file; no hub, no data).
 
-    Checkpoints of every poc59 version load: those from before the model card (26ca46b and earlier)
-    through `ModelCard.from_checkpoint` and `migrate_state_dict`.
+    Checkpoints of every poc59 version load: those from before the model card through
+    `ModelCard.from_checkpoint`, those from before the Segmenter through `network_state`.
     """
     path = Path(path).expanduser()
     if not path.is_file():
@@ -144,10 +143,7 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Tra
             f"{path}: not a poc59 training checkpoint ({e}); pass a checkpoint written by python -m poc59.train"
         ) from None
     net = build_network(**card.network, weights=None)
-    prefix = "segmenter.net."
-    state = {
-        k[len(prefix) :]: v for k, v in migrate_state_dict(dict(ckpt["state_dict"])).items() if k.startswith(prefix)
-    }
+    state = network_state(ckpt["state_dict"])
     try:
         net.load_state_dict(state, strict=True)
     except RuntimeError as e:

@@ -19,7 +19,7 @@ from torchmetrics import MeanMetric
 from poc59.metrics import registry
 from poc59.metrics.confusion import metric_convention
 from poc59.model.metrics import SegmentationStatistics
-from poc59.model.segmenter import Segmenter
+from poc59.model.segmenter import Segmenter, migrate_state_dict
 
 log = logging.getLogger(__name__)
 
@@ -180,11 +180,3 @@ class SegmentationModule(L.LightningModule):
         migrate_state_dict(checkpoint["state_dict"])
         self.history = list(checkpoint.get("poc59_history", []))
         self._resumed_scheduler_states = checkpoint.get("lr_schedulers") or []
-
-
-def migrate_state_dict(state: dict[str, Any]) -> dict[str, Any]:
-    """In place: a checkpoint's weights under this module's names. Checkpoints written before the module
-    held a Segmenter (26ca46b and earlier) kept the network under `net.`; it is `segmenter.net.` now."""
-    for key in [k for k in state if k.startswith("net.")]:
-        state["segmenter." + key] = state.pop(key)
-    return state

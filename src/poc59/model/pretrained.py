@@ -52,7 +52,7 @@ from poc59.model.hub import (
     resolve_weights_dir,  # noqa: F401 (kept importable from here)
     unreachable_message,
 )
-from poc59.model.module import migrate_state_dict
+from poc59.model.segmenter import network_state
 
 log = logging.getLogger(__name__)
 
@@ -461,10 +461,7 @@ def init_from_checkpoint(
             f"init_from={path}: its network {card.get('network')} is not this run's {dict(network)}; "
             "train with the same encoder and decoder settings as that run, or without init_from"
         )
-    prefix = "segmenter.net."
-    state = {
-        k[len(prefix) :]: v for k, v in migrate_state_dict(dict(ckpt["state_dict"])).items() if k.startswith(prefix)
-    }
+    state = network_state(ckpt["state_dict"])
     net.load_state_dict(state, strict=True)
     log.info("network weights from %s (init_from: a fresh run, not a resume)", path)
     return path
